@@ -1,0 +1,46 @@
+# Throwaway PostgreSQL 15 instances on loopback, run as user postgres
+# (initdb refuses root). Source this file; every function is idempotent
+# enough to be called from tests, the demo and the benchmarks.
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_USER=${PG_USER:-postgres}
+
+as_pg() {
+    if [ "$(id -un)" = "$PG_USER" ]; then "$@"; else runuser -u "$PG_USER" -- "$@"; fi
+}
+
+# pg_up DIR PORT [extra postgresql.conf lines...]: initdb (if needed) and start.
+pg_up() {
+    local dir=$1 port=$2; shift 2
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        mkdir -p "$dir" && chown "$PG_USER" "$dir"
+        as_pg "$PGBIN/initdb" -D "$dir" -A trust -U postgres --no-sync >"$dir.initdb.log" 2>&1 \
+            || { cat "$dir.initdb.log"; return 1; }
+        {
+            echo "port = $port"
+            echo "listen_addresses = '127.0.0.1'"
+            echo "unix_socket_directories = '/tmp'"
+            echo "wal_level = logical"
+            echo "fsync = off"
+            echo "max_replication_slots = 20"
+            echo "max_wal_senders = 20"
+            echo "output_plugin_libraries = 'pgoutput, test_decoding, converge'"
+            for line in "$@"; do echo "$line"; done
+        } >>"$dir/postgresql.conf"
+    fi
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null \
+        || { tail -20 "$dir/server.log"; return 1; }
+}
+
+# pg_down DIR: fast stop of the instance in DIR (if running).
+pg_down() {
+    local dir=$1
+    [ -f "$dir/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w -t 60 stop >/dev/null 2>&1
+    return 0
+}
+
+# psql against a local port, quiet, stop on error.
+pq() {
+    local port=$1; shift
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"
+}

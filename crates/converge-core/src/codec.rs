@@ -1,0 +1,128 @@
+//! The one contract every CRDT type fulfils, and its two encodings.
+//!
+//! Binary: `[FORMAT_VERSION, type tag, postcard body]`. Text: canonical JSON
+//! (sorted keys, empty members left out, the empty value is `{}`).
+
+use crate::error::{Error, ErrorKind, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Version byte of the binary form. 0 and unknown versions are rejected.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// A join-semilattice with deltas: `merge` is commutative, associative and
+/// idempotent; `delta(new, old)` is what `old` lacks to become `merge(old, new)`.
+pub trait Crdt: Sized + Clone + PartialEq + Default + Serialize + DeserializeOwned {
+    /// Second byte of the binary form; distinct per type.
+    const TAG: u8;
+    /// SQL type name.
+    const NAME: &'static str;
+
+    fn merge(&mut self, other: &Self);
+
+    fn delta(new: &Self, old: &Self) -> Self;
+
+    /// Check every invariant that `merge` relies on. Run on untrusted input.
+    fn validate(&self) -> Result<()>;
+
+    /// The user-level value (what `::jsonb` shows).
+    fn to_user_json(&self) -> Result<serde_json::Value>;
+
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn merged(&self, other: &Self) -> Self {
+        let mut m = self.clone();
+        m.merge(other);
+        m
+    }
+
+    /// Called on the JSON of the full state before it is printed; the default
+    /// drops empty top-level members so `{}` is the empty value.
+    fn prune_text(v: &mut serde_json::Value) {
+        prune_empty_members(v);
+    }
+}
+
+/// Remove object members whose value is null, `{}` or `[]`.
+pub fn prune_empty_members(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(m) = v {
+        m.retain(|_, x| match x {
+            serde_json::Value::Null => false,
+            serde_json::Value::Object(o) => !o.is_empty(),
+            serde_json::Value::Array(a) => !a.is_empty(),
+            _ => true,
+        });
+    }
+}
+
+pub fn encode<T: Crdt>(v: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION, T::TAG];
+    // Serializing our own structs into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(v).expect("postcard encoding of a CRDT state"));
+    out
+}
+
+fn check_header<T: Crdt>(bytes: &[u8]) -> Result<&[u8]> {
+    match bytes {
+        [] | [_] => Err(Error::binary(format!("{} value is truncated", T::NAME))),
+        [0, ..] => Err(Error::binary(format!("{} value has format version 0, which is not supported", T::NAME))),
+        [v, ..] if *v != FORMAT_VERSION => Err(Error::binary(format!(
+            "{} value has unknown format version {v} (this build reads version {FORMAT_VERSION})",
+            T::NAME
+        ))),
+        [_, tag, ..] if *tag != T::TAG => Err(Error::binary(format!(
+            "value is not a {} (type tag {tag}, expected {})",
+            T::NAME,
+            T::TAG
+        ))),
+        [_, _, body @ ..] => Ok(body),
+    }
+}
+
+/// Decode bytes this extension wrote itself (stored datums): structure only.
+pub fn decode_trusted<T: Crdt>(bytes: &[u8]) -> Result<T> {
+    let body = check_header::<T>(bytes)?;
+    let (v, rest) = postcard::take_from_bytes::<T>(body)
+        .map_err(|e| Error::binary(format!("corrupt {} value: {e}", T::NAME)))?;
+    if !rest.is_empty() {
+        return Err(Error::binary(format!("corrupt {} value: {} trailing bytes", T::NAME, rest.len())));
+    }
+    Ok(v)
+}
+
+/// Decode bytes from outside (binary COPY, `recv`, ops from peers): the state
+/// must satisfy every invariant and be in canonical form, so a stored value
+/// can never break merge or compare unequal to its own re-encoding.
+pub fn decode<T: Crdt>(bytes: &[u8]) -> Result<T> {
+    let v: T = decode_trusted(bytes)?;
+    v.validate().map_err(|e| Error::binary(format!("invalid {} value: {}", T::NAME, e.message)))?;
+    if encode(&v) != bytes {
+        return Err(Error::binary(format!("{} value is not in canonical form", T::NAME)));
+    }
+    Ok(v)
+}
+
+pub fn to_text<T: Crdt>(v: &T) -> String {
+    let mut j = serde_json::to_value(v).expect("JSON form of a CRDT state");
+    T::prune_text(&mut j);
+    j.to_string()
+}
+
+pub fn from_text<T: Crdt>(s: &str) -> Result<T> {
+    let syntax = |e: serde_json::Error| Error::text(format!("invalid input syntax for type {}: {e}", T::NAME));
+    let j: serde_json::Value = serde_json::from_str(s).map_err(syntax)?;
+    // serde would also take a struct written as an array; the text form is an object.
+    if !j.is_object() {
+        return Err(Error::text(format!("invalid input syntax for type {}: expected a JSON object", T::NAME)));
+    }
+    let v: T = serde_json::from_value(j).map_err(syntax)?;
+    v.validate().map_err(|e| {
+        Error::new(
+            if e.kind == ErrorKind::InvalidBinary { ErrorKind::InvalidText } else { e.kind },
+            format!("invalid input for type {}: {}", T::NAME, e.message),
+        )
+    })?;
+    Ok(v)
+}

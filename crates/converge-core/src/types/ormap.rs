@@ -1,0 +1,345 @@
+//! Observed-remove map from text keys to nested CRDTs: a counter
+//! (pncounter), a set (orset) or a register (mvreg) per key.
+//!
+//! One causal context covers the whole map. Every mutation on a key tags it
+//! with a fresh presence dot of its kind; removing a key covers exactly the
+//! dots observed, so a concurrent update elsewhere keeps the key alive holding
+//! only that update. Counters are not dot-based, so a key remove records the
+//! counts it observed (`rp`, `rn`) and the counter's value is what came after:
+//! a node's increments the remover saw stay gone even if it kept incrementing.
+
+use super::counts::{amount, to_bigint, Counts};
+use crate::codec::{prune_empty_members, Crdt};
+use crate::dots::{Dot, DotMap, DotSet};
+use crate::error::{Error, ErrorKind, Result};
+use crate::json::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The nested type a key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    #[serde(rename = "pncounter")]
+    Counter,
+    #[serde(rename = "orset")]
+    Set,
+    #[serde(rename = "mvreg")]
+    Register,
+}
+
+impl Kind {
+    /// With its article, for messages.
+    pub fn a_name(self) -> &'static str {
+        match self {
+            Kind::Counter => "a pncounter",
+            Kind::Set => "an orset",
+            Kind::Register => "an mvreg",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "pncounter",
+            Kind::Set => "orset",
+            Kind::Register => "mvreg",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    /// Presence dots: which kinds are live at this key.
+    #[serde(default)]
+    pub kinds: DotMap<Kind>,
+    /// Nested orset elements.
+    #[serde(default)]
+    pub set: DotMap<String>,
+    /// Nested mvreg values.
+    #[serde(default)]
+    pub reg: DotMap<Json>,
+    /// Nested counter: increments and decrements per node.
+    #[serde(default)]
+    pub p: Counts,
+    #[serde(default)]
+    pub n: Counts,
+    /// Counts observed by key removes (subtracted from p and n).
+    #[serde(default)]
+    pub rp: Counts,
+    #[serde(default)]
+    pub rn: Counts,
+}
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        *self == Slot::default()
+    }
+
+    pub fn live_kinds(&self) -> Vec<Kind> {
+        self.kinds.distinct_values()
+    }
+
+    fn counter_exact(&self) -> i128 {
+        (self.p.total() - self.rp.total()) - (self.n.total() - self.rn.total())
+    }
+
+    fn merge(&mut self, my_ctx: &DotSet, other: &Slot, other_ctx: &DotSet) {
+        self.kinds.merge(my_ctx, &other.kinds, other_ctx);
+        self.set.merge(my_ctx, &other.set, other_ctx);
+        self.reg.merge(my_ctx, &other.reg, other_ctx);
+        self.p.merge(&other.p);
+        self.n.merge(&other.n);
+        self.rp.merge(&other.rp);
+        self.rn.merge(&other.rn);
+    }
+
+    fn user_value(&self, kind: Kind) -> Result<serde_json::Value> {
+        Ok(match kind {
+            Kind::Counter => to_bigint(self.counter_exact(), "ormap counter value")?.into(),
+            Kind::Set => self.set.distinct_values().into(),
+            Kind::Register => self.reg.distinct_values().iter().map(Json::to_value).collect::<Vec<_>>().into(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrMap {
+    #[serde(default)]
+    pub entries: BTreeMap<String, Slot>,
+    #[serde(default)]
+    pub context: DotSet,
+}
+
+impl OrMap {
+    fn slot(&self, k: &str) -> Option<&Slot> {
+        self.entries.get(k)
+    }
+
+    /// Locally, a key keeps the nested type its first mutator gave it.
+    fn check_kind(&self, k: &str, kind: Kind) -> Result<()> {
+        if let Some(s) = self.slot(k) {
+            let live = s.live_kinds();
+            if !live.is_empty() && !live.contains(&kind) {
+                let names: Vec<&str> = live.iter().map(|k| k.a_name()).collect();
+                return Err(Error::new(
+                    ErrorKind::WrongType,
+                    format!("ormap key \"{k}\" holds {}, not {}", names.join(" and "), kind.a_name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn kind_dots(&self, k: &str, kind: Kind) -> DotSet {
+        self.slot(k).map(|s| s.kinds.dots_where(|x| *x == kind)).unwrap_or_default()
+    }
+
+    fn apply(&mut self, k: &str, slot: Slot, mut context: DotSet, dot: &Dot) -> OrMap {
+        context.insert(dot);
+        let mut d = OrMap { entries: BTreeMap::new(), context };
+        d.entries.insert(k.to_string(), slot);
+        self.merge(&d);
+        d
+    }
+
+    /// Add `n` to the counter at `k` (negative subtracts). Returns the delta.
+    pub fn incr(&mut self, k: &str, node: &str, n: i64, dot: Dot) -> Result<OrMap> {
+        if n < 0 {
+            return self.decr(k, node, n.checked_neg().unwrap_or(i64::MAX), dot);
+        }
+        self.count(k, node, amount(n, "increment")?, false, dot)
+    }
+
+    pub fn decr(&mut self, k: &str, node: &str, n: i64, dot: Dot) -> Result<OrMap> {
+        if n < 0 {
+            return self.incr(k, node, n.checked_neg().unwrap_or(i64::MAX), dot);
+        }
+        self.count(k, node, amount(n, "decrement")?, true, dot)
+    }
+
+    fn count(&mut self, k: &str, node: &str, n: u64, down: bool, dot: Dot) -> Result<OrMap> {
+        self.check_kind(k, Kind::Counter)?;
+        let cur = self.slot(k).cloned().unwrap_or_default();
+        let signed = if down { -(n as i128) } else { n as i128 };
+        to_bigint(cur.counter_exact() + signed, "ormap counter value")?;
+        let mut s = Slot::default();
+        s.kinds.0.insert(dot.clone(), Kind::Counter);
+        if down {
+            s.n = Counts::single(node, cur.n.bump(node, n)?);
+        } else {
+            s.p = Counts::single(node, cur.p.bump(node, n)?);
+        }
+        let ctx = self.kind_dots(k, Kind::Counter);
+        Ok(self.apply(k, s, ctx, &dot))
+    }
+
+    /// Add element `e` to the set at `k`.
+    pub fn add(&mut self, k: &str, e: &str, dot: Dot) -> Result<OrMap> {
+        self.check_kind(k, Kind::Set)?;
+        let mut ctx = self.kind_dots(k, Kind::Set);
+        if let Some(s) = self.slot(k) {
+            ctx.union(&s.set.dots_where(|v| v == e));
+        }
+        let mut s = Slot::default();
+        s.kinds.0.insert(dot.clone(), Kind::Set);
+        s.set.0.insert(dot.clone(), e.to_string());
+        Ok(self.apply(k, s, ctx, &dot))
+    }
+
+    /// Remove element `e` from the set at `k`; a no-op if it is not there.
+    pub fn remove_element(&mut self, k: &str, e: &str, dot: Dot) -> Result<OrMap> {
+        self.check_kind(k, Kind::Set)?;
+        let seen = self.slot(k).map(|s| s.set.dots_where(|v| v == e)).unwrap_or_default();
+        if seen.is_empty() {
+            return Ok(OrMap::default());
+        }
+        let mut ctx = self.kind_dots(k, Kind::Set);
+        ctx.union(&seen);
+        let mut s = Slot::default();
+        s.kinds.0.insert(dot.clone(), Kind::Set);
+        Ok(self.apply(k, s, ctx, &dot))
+    }
+
+    /// Write `v` to the register at `k`, superseding every value seen there.
+    pub fn assign(&mut self, k: &str, v: Json, dot: Dot) -> Result<OrMap> {
+        self.check_kind(k, Kind::Register)?;
+        let mut ctx = self.kind_dots(k, Kind::Register);
+        if let Some(s) = self.slot(k) {
+            ctx.union(&s.reg.dots_where(|_| true));
+        }
+        let mut s = Slot::default();
+        s.kinds.0.insert(dot.clone(), Kind::Register);
+        s.reg.0.insert(dot.clone(), v);
+        Ok(self.apply(k, s, ctx, &dot))
+    }
+
+    /// Remove key `k` as observed here; a no-op if it is not there.
+    pub fn remove_key(&mut self, k: &str) -> OrMap {
+        let Some(cur) = self.slot(k) else { return OrMap::default() };
+        if cur.kinds.is_empty() {
+            return OrMap::default();
+        }
+        let mut ctx = cur.kinds.dots_where(|_| true);
+        ctx.union(&cur.set.dots_where(|_| true));
+        ctx.union(&cur.reg.dots_where(|_| true));
+        let s = Slot { rp: cur.p.clone(), rn: cur.n.clone(), ..Default::default() };
+        let mut d = OrMap { entries: BTreeMap::new(), context: ctx };
+        if !s.is_empty() {
+            d.entries.insert(k.to_string(), s);
+        }
+        self.merge(&d);
+        d
+    }
+
+    /// The value at `k` as JSON, or None if the key is absent.
+    pub fn get(&self, k: &str) -> Result<Option<serde_json::Value>> {
+        let Some(s) = self.slot(k) else { return Ok(None) };
+        let kinds = s.live_kinds();
+        match kinds.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(s.user_value(*one)?)),
+            many => {
+                let mut m = serde_json::Map::new();
+                for kind in many {
+                    m.insert(kind.name().to_string(), s.user_value(*kind)?);
+                }
+                Ok(Some(serde_json::json!({ "conflict": m })))
+            }
+        }
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.entries.iter().filter(|(_, s)| !s.kinds.is_empty()).map(|(k, _)| k.clone()).collect()
+    }
+}
+
+impl Crdt for OrMap {
+    const TAG: u8 = 9;
+    const NAME: &'static str = "ormap";
+
+    fn merge(&mut self, other: &Self) {
+        let empty = Slot::default();
+        for (k, s) in self.entries.iter_mut() {
+            s.merge(&self.context, other.entries.get(k).unwrap_or(&empty), &other.context);
+        }
+        for (k, os) in &other.entries {
+            if !self.entries.contains_key(k) {
+                let mut s = Slot::default();
+                s.merge(&self.context, os, &other.context);
+                self.entries.insert(k.clone(), s);
+            }
+        }
+        self.entries.retain(|_, s| !s.is_empty());
+        self.context.union(&other.context);
+    }
+
+    fn delta(new: &Self, old: &Self) -> Self {
+        let empty = Slot::default();
+        let mut removed = DotSet::new();
+        let mut entries = BTreeMap::new();
+        for (k, ns) in &new.entries {
+            let os = old.entries.get(k).unwrap_or(&empty);
+            let d = Slot {
+                kinds: DotMap::delta(&ns.kinds, &new.context, &os.kinds, &old.context, &mut removed),
+                set: DotMap::delta(&ns.set, &new.context, &os.set, &old.context, &mut removed),
+                reg: DotMap::delta(&ns.reg, &new.context, &os.reg, &old.context, &mut removed),
+                p: Counts::delta(&ns.p, &os.p),
+                n: Counts::delta(&ns.n, &os.n),
+                rp: Counts::delta(&ns.rp, &os.rp),
+                rn: Counts::delta(&ns.rn, &os.rn),
+            };
+            if !d.is_empty() {
+                entries.insert(k.clone(), d);
+            }
+        }
+        for (k, os) in &old.entries {
+            if !new.entries.contains_key(k) {
+                DotMap::delta(&empty.kinds, &new.context, &os.kinds, &old.context, &mut removed);
+                DotMap::delta(&empty.set, &new.context, &os.set, &old.context, &mut removed);
+                DotMap::delta(&empty.reg, &new.context, &os.reg, &old.context, &mut removed);
+            }
+        }
+        let mut context = new.context.difference(&old.context);
+        context.union(&removed);
+        OrMap { entries, context }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.context.validate()?;
+        for s in self.entries.values() {
+            if s.is_empty() {
+                return Err(Error::binary("empty ormap entry"));
+            }
+            s.kinds.validate(&self.context)?;
+            s.set.validate(&self.context)?;
+            s.reg.validate(&self.context)?;
+            for v in s.reg.0.values() {
+                v.validate()?;
+            }
+            for c in [&s.p, &s.n, &s.rp, &s.rn] {
+                c.validate()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn to_user_json(&self) -> Result<serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        for k in self.keys() {
+            if let Some(v) = self.get(&k)? {
+                m.insert(k, v);
+            }
+        }
+        Ok(serde_json::Value::Object(m))
+    }
+
+    fn prune_text(v: &mut serde_json::Value) {
+        if let Some(serde_json::Value::Object(entries)) = v.get_mut("entries") {
+            for slot in entries.values_mut() {
+                prune_empty_members(slot);
+            }
+        }
+        prune_empty_members(v);
+    }
+}

@@ -1,0 +1,71 @@
+//! Observed-remove set of text (add wins over a concurrent remove).
+//!
+//! Each add tags the element with a fresh dot; a remove covers exactly the
+//! dots it has observed, so an add made concurrently elsewhere survives.
+
+use crate::codec::Crdt;
+use crate::dots::{Dot, DotMap, DotSet};
+use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrSet {
+    /// Live (dot, element) pairs.
+    #[serde(default)]
+    pub entries: DotMap<String>,
+    /// Every dot this state has seen.
+    #[serde(default)]
+    pub context: DotSet,
+}
+
+impl OrSet {
+    /// Add `e` under the fresh dot `dot`; returns the delta, already applied.
+    pub fn add(&mut self, e: &str, dot: Dot) -> OrSet {
+        let mut d = OrSet::default();
+        d.context = self.entries.dots_where(|v| v == e);
+        d.context.insert(&dot);
+        d.entries.0.insert(dot, e.to_string());
+        self.merge(&d);
+        d
+    }
+
+    /// Remove every observed instance of `e`; a no-op (empty delta) if absent.
+    pub fn remove(&mut self, e: &str) -> OrSet {
+        let d = OrSet { entries: DotMap::default(), context: self.entries.dots_where(|v| v == e) };
+        self.merge(&d);
+        d
+    }
+
+    pub fn contains(&self, e: &str) -> bool {
+        self.entries.0.values().any(|v| v == e)
+    }
+
+    pub fn elements(&self) -> Vec<String> {
+        self.entries.distinct_values()
+    }
+}
+
+impl Crdt for OrSet {
+    const TAG: u8 = 5;
+    const NAME: &'static str = "orset";
+
+    fn merge(&mut self, other: &Self) {
+        self.entries.merge(&self.context, &other.entries, &other.context);
+        self.context.union(&other.context);
+    }
+    fn delta(new: &Self, old: &Self) -> Self {
+        let mut removed = DotSet::new();
+        let entries = DotMap::delta(&new.entries, &new.context, &old.entries, &old.context, &mut removed);
+        let mut context = new.context.difference(&old.context);
+        context.union(&removed);
+        OrSet { entries, context }
+    }
+    fn validate(&self) -> Result<()> {
+        self.context.validate()?;
+        self.entries.validate(&self.context)
+    }
+    fn to_user_json(&self) -> Result<serde_json::Value> {
+        Ok(self.elements().into())
+    }
+}

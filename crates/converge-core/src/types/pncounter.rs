@@ -1,0 +1,64 @@
+//! Counter that goes up and down: two grow-only counters, value p - n.
+
+use super::counts::{amount, to_bigint, Counts};
+use crate::codec::Crdt;
+use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PnCounter {
+    #[serde(default)]
+    pub p: Counts,
+    #[serde(default)]
+    pub n: Counts,
+}
+
+impl PnCounter {
+    pub fn value(&self) -> Result<i64> {
+        to_bigint(self.p.total() - self.n.total(), "pncounter value")
+    }
+
+    /// Add `n` for `node`; a negative `n` decrements. Returns the delta.
+    pub fn incr(&mut self, node: &str, n: i64) -> Result<PnCounter> {
+        if n < 0 {
+            return self.decr(node, n.checked_neg().unwrap_or(i64::MAX));
+        }
+        let n = amount(n, "pncounter increment")?;
+        to_bigint(self.p.total() + n as i128 - self.n.total(), "pncounter value")?;
+        let d = PnCounter { p: Counts::single(node, self.p.bump(node, n)?), n: Counts::default() };
+        self.merge(&d);
+        Ok(d)
+    }
+
+    pub fn decr(&mut self, node: &str, n: i64) -> Result<PnCounter> {
+        if n < 0 {
+            return self.incr(node, n.checked_neg().unwrap_or(i64::MAX));
+        }
+        let n = amount(n, "pncounter decrement")?;
+        to_bigint(self.p.total() - n as i128 - self.n.total(), "pncounter value")?;
+        let d = PnCounter { p: Counts::default(), n: Counts::single(node, self.n.bump(node, n)?) };
+        self.merge(&d);
+        Ok(d)
+    }
+}
+
+impl Crdt for PnCounter {
+    const TAG: u8 = 2;
+    const NAME: &'static str = "pncounter";
+
+    fn merge(&mut self, other: &Self) {
+        self.p.merge(&other.p);
+        self.n.merge(&other.n);
+    }
+    fn delta(new: &Self, old: &Self) -> Self {
+        PnCounter { p: Counts::delta(&new.p, &old.p), n: Counts::delta(&new.n, &old.n) }
+    }
+    fn validate(&self) -> Result<()> {
+        self.p.validate()?;
+        self.n.validate()
+    }
+    fn to_user_json(&self) -> Result<serde_json::Value> {
+        Ok(self.value()?.into())
+    }
+}

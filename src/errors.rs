@@ -1,0 +1,50 @@
+//! One place that turns algebra errors into PostgreSQL errors with the
+//! SQLSTATE users can match on.
+
+use converge_core::{Error, ErrorKind};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
+    match kind {
+        ErrorKind::InvalidText => PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+        ErrorKind::InvalidBinary => PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+        ErrorKind::InvalidParameter => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::OutOfRange => PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+        ErrorKind::InsufficientRights => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        ErrorKind::WrongType => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+        ErrorKind::TooLarge => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+    }
+}
+
+/// Raise `msg` as an ERROR with `code`. Never returns.
+pub fn raise(code: PgSqlErrorCode, msg: impl Into<String>) -> ! {
+    ErrorReport::new(code, msg.into(), "converge").report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+pub fn raise_core(e: Error) -> ! {
+    raise(sqlstate(e.kind), e.message)
+}
+
+/// Unwrap an algebra result or raise it as a PostgreSQL error.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, Error> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => raise_core(e),
+        }
+    }
+}
+
+/// Arguments other than the CRDT state may not be NULL (22004).
+pub fn required<T>(v: Option<T>, what: &str) -> T {
+    match v {
+        Some(v) => v,
+        None => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be NULL")),
+    }
+}

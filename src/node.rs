@@ -1,0 +1,137 @@
+//! This instance's node identity, its durable dot counter and its clock.
+//!
+//! The identity is one row in `converge.node_identity`; dots come from the
+//! sequence `converge.dot_seq`, so two values built from NULL in different
+//! rows or statements never share a dot. Both are dumped by pg_dump (they are
+//! extension configuration), so a restored node keeps counting where it was.
+
+use crate::errors::{raise, OrRaise};
+use converge_core::{validate_actor, Dot, Hlc, Timestamp};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+
+thread_local! {
+    static NODE: RefCell<Option<String>> = const { RefCell::new(None) };
+    static CLOCK: RefCell<Hlc> = RefCell::new(Hlc::new());
+    static DOT_SEQ: RefCell<Option<pg_sys::Oid>> = const { RefCell::new(None) };
+}
+
+fn dot_seq_oid() -> pg_sys::Oid {
+    if let Some(oid) = DOT_SEQ.with(|c| *c.borrow()) {
+        return oid;
+    }
+    let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'converge.dot_seq'::regclass::oid")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "sequence converge.dot_seq is missing"));
+    DOT_SEQ.with(|c| *c.borrow_mut() = Some(oid));
+    oid
+}
+
+fn next_counter() -> u64 {
+    // nextval is durable and never repeats a value a committed transaction used.
+    let v = unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[dot_seq_oid().into_datum()]) };
+    v.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "nextval returned NULL")) as u64
+}
+
+/// The local node name, or an error telling the user to set it.
+pub fn local_node() -> String {
+    if let Some(n) = NODE.with(|c| c.borrow().clone()) {
+        return n;
+    }
+    let name = Spi::get_one::<String>("SELECT name FROM converge.node_identity")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            ErrorReportHint::raise(
+                "converge node identity is not set",
+                "Run SELECT converge.set_node('<name>') once in this database before using a mutator.",
+            )
+        });
+    NODE.with(|c| *c.borrow_mut() = Some(name.clone()));
+    name
+}
+
+struct ErrorReportHint;
+impl ErrorReportHint {
+    fn raise(msg: &str, hint: &str) -> ! {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            msg.to_string(),
+            "converge",
+        )
+        .set_hint(hint.to_string())
+        .report(pgrx::PgLogLevel::ERROR);
+        unreachable!()
+    }
+}
+
+/// Who is mutating, with a fresh dot. Every mutator takes one, so the dot
+/// sequence also records that this node has written data.
+pub fn mutation() -> (String, Dot) {
+    let c = next_counter();
+    let node = local_node();
+    let dot = Dot::new(node.clone(), c);
+    (node, dot)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A timestamp newer than `floor` and than anything this backend issued.
+pub fn timestamp(node: &str, floor: Option<&Timestamp>) -> Timestamp {
+    CLOCK.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(f) = floor {
+            c.observe(f);
+        }
+        c.tick(wall_ms(), node)
+    })
+}
+
+/// Set this database's node identity. Setting the same name again is a
+/// no-op; a different name is refused once the node has written data.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn set_node(name: &str) -> pgrx::Uuid {
+    validate_actor(name).or_raise();
+    let current = Spi::get_two::<String, pgrx::Uuid>(
+        "SELECT name, node_uuid FROM converge.node_identity FOR UPDATE",
+    );
+    let used = Spi::get_one::<bool>("SELECT is_called FROM converge.dot_seq").ok().flatten().unwrap_or(false);
+    let uuid = match current {
+        Ok((Some(old), Some(uuid))) if old == name => uuid,
+        Ok((Some(old), Some(_))) => {
+            if used {
+                raise(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("node identity is already \"{old}\"; it cannot change after this node has written data"),
+                );
+            }
+            Spi::get_one_with_args::<pgrx::Uuid>(
+                "UPDATE converge.node_identity SET name = $1, node_uuid = gen_random_uuid(), set_at = now() RETURNING node_uuid",
+                &[name.into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "could not update node identity"))
+        }
+        _ => Spi::get_one_with_args::<pgrx::Uuid>(
+            "INSERT INTO converge.node_identity (name) VALUES ($1) RETURNING node_uuid",
+            &[name.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "could not store node identity")),
+    };
+    // Re-read on next use, so a rolled-back set_node leaves no trace here.
+    NODE.with(|c| *c.borrow_mut() = None);
+    uuid
+}
+
+/// This database's node name, or NULL if it is not set yet.
+#[pg_extern(stable, parallel_safe)]
+fn node() -> Option<String> {
+    Spi::get_one::<String>("SELECT name FROM converge.node_identity").ok().flatten()
+}
