@@ -22,7 +22,79 @@ pub extern "C-unwind" fn _PG_init() {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    mod unit;
+    use pgrx::prelude::*;
+
+    fn one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql).expect("query").expect("non-NULL result")
+    }
+
+    #[pg_test]
+    fn dots_never_repeat_across_rows_or_statements() {
+        Spi::run("SELECT converge.set_node('t1')").unwrap();
+        let distinct: i64 = one(
+            "SELECT count(DISTINCT converge.add(NULL::converge.orset, 'x')::text) FROM generate_series(1, 500)",
+        );
+        assert_eq!(distinct, 500);
+        let a: String = one("SELECT converge.add(NULL::converge.orset, 'x')::text");
+        let b: String = one("SELECT converge.add(NULL::converge.orset, 'x')::text");
+        assert_ne!(a, b);
+    }
+
+    #[pg_test]
+    fn lww_timestamps_strictly_increase_within_one_statement() {
+        Spi::run("SELECT converge.set_node('t2')").unwrap();
+        let ok: bool = one(
+            "WITH w AS (SELECT i, converge.assign(NULL::converge.lwwreg, to_jsonb(i))::text::jsonb -> 'write' -> 'ts' AS ts
+                          FROM generate_series(1, 2000) i),
+                  k AS (SELECT i, ((ts->>0)::numeric * 4294967296 + (ts->>1)::numeric) AS t FROM w)
+             SELECT bool_and(t > prev) FROM (SELECT t, lag(t) OVER (ORDER BY i) AS prev FROM k) z WHERE prev IS NOT NULL",
+        );
+        assert!(ok);
+    }
+
+    #[pg_test]
+    fn merge_agg_in_parallel_equals_serial_fold() {
+        Spi::run("SELECT converge.set_node('t3')").unwrap();
+        Spi::run(
+            "CREATE TABLE pv AS SELECT i % 7 AS g, converge.incr(NULL::converge.gcounter, i) AS c,
+                    converge.add(NULL::converge.orset, (i % 50)::text) AS s
+               FROM generate_series(1, 20000) i",
+        )
+        .unwrap();
+        Spi::run("ANALYZE pv").unwrap();
+        for setting in [
+            "SET parallel_setup_cost = 0",
+            "SET parallel_tuple_cost = 0",
+            "SET min_parallel_table_scan_size = 0",
+            "SET max_parallel_workers_per_gather = 2",
+            "SET force_parallel_mode = on",
+        ] {
+            Spi::run(setting).unwrap();
+        }
+        let plan: String = Spi::connect(|c| {
+            c.select("EXPLAIN SELECT converge.merge_agg(c) FROM pv", None, &[])
+                .expect("explain")
+                .map(|row| row.get::<String>(1).ok().flatten().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        assert!(plan.contains("Partial Aggregate"), "expected a parallel plan, got:\n{plan}");
+        let parallel: String = one("SELECT converge.merge_agg(c)::text FROM pv");
+        let sets: i64 = one("SELECT converge.size(converge.merge_agg(s)) FROM pv");
+        Spi::run("SET max_parallel_workers_per_gather = 0").unwrap();
+        let serial: String = one("SELECT converge.merge_agg(c)::text FROM pv");
+        assert_eq!(parallel, serial);
+        assert_eq!(sets, 50);
+        let value: i64 = one("SELECT converge.value(converge.merge_agg(c)) FROM pv");
+        // Every row is a state of one node's count, so merge keeps the largest:
+        // merge_agg joins replicas of a value, it does not sum separate counters.
+        assert_eq!(value, 20000);
+    }
+
+    #[pg_test(error = "converge node identity is not set")]
+    fn mutator_needs_node_identity() {
+        Spi::run("SELECT converge.incr(NULL::converge.gcounter, 1)").unwrap();
+    }
 }
 
 /// Required by `cargo pgrx test`.
