@@ -292,6 +292,62 @@ fn check_convergence<T: Model>(run: &Run<T>, seed: u64) -> std::result::Result<(
     Ok(())
 }
 
+/// Byte edits applied to a valid encoding: (position, kind, byte).
+fn edits_strategy() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
+    prop::collection::vec((any::<usize>(), 0u8..4, any::<u8>()), 1..6)
+}
+
+fn fuzz_case<T: Model>(
+    run: &Run<T>,
+    seed: u64,
+    edits: &[(usize, u8, u8)],
+    noise: &[u8],
+) -> std::result::Result<(), TestCaseError> {
+    let base = pick(&run.snapshots, seed, 7);
+    let mut bytes = encode(&base);
+    for &(pos, kind, b) in edits {
+        let n = bytes.len();
+        match kind {
+            0 => bytes[pos % n] = b,
+            1 => bytes.insert(pos % (n + 1), b),
+            2 if n > 2 => {
+                bytes.remove(pos % n);
+            }
+            _ => bytes[pos % n] ^= 1 << (b % 8),
+        }
+    }
+    // Mutated valid encodings, raw noise, and noise behind a valid header.
+    let mut headed = vec![FORMAT_VERSION, T::TAG];
+    headed.extend_from_slice(noise);
+    for input in [&bytes[..], noise, &headed[..]] {
+        if let Ok(v) = decode::<T>(input) {
+            prop_assert!(v.validate().is_ok());
+            prop_assert_eq!(encode(&v), input.to_vec(), "accepted bytes are not canonical");
+            prop_assert_eq!(v.merged(&v), v.clone());
+            prop_assert_eq!(v.merged(&base), base.merged(&v));
+            let _ = v.to_user_json();
+            let _ = T::delta(&v, &base);
+        }
+    }
+    // The text decoder on mutated canonical text and on noise.
+    let mut text = to_text(&base).into_bytes();
+    for &(pos, _, b) in edits {
+        let n = text.len();
+        text[pos % n] = b" {}[],:\"0123456789-abcdefghijklmnopqrstuvwxyz"[b as usize % 45];
+    }
+    for t in [String::from_utf8_lossy(&text).into_owned(), String::from_utf8_lossy(noise).into_owned()] {
+        if let Ok(v) = from_text::<T>(&t) {
+            prop_assert!(v.validate().is_ok());
+            prop_assert_eq!(from_text::<T>(&to_text(&v)).ok(), Some(v.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn fuzz_cases() -> u32 {
+    std::env::var("CONVERGE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
 macro_rules! law_tests {
     ($($m:ident: $t:ty),* $(,)?) => {$(
         mod $m {
@@ -313,6 +369,15 @@ macro_rules! law_tests {
                 #[test]
                 fn replicas_converge((h, seed) in history_strategy()) {
                     check_convergence(&run::<$t>(&h)?, seed)?;
+                }
+            }
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+                /// Decoders never panic; whatever they accept is valid and canonical.
+                #[test]
+                fn fuzz_decoders((h, seed) in history_strategy(), edits in edits_strategy(),
+                                 noise in prop::collection::vec(any::<u8>(), 0..64)) {
+                    fuzz_case(&run::<$t>(&h)?, seed, &edits, &noise)?;
                 }
             }
         }
