@@ -18,7 +18,7 @@ CREATE TABLE everything (
     id int PRIMARY KEY, g gcounter, pn pncounter, b bcounter, gs gset, os orset,
     lr lwwreg, mv mvreg, lm lwwmap, om ormap);
 INSERT INTO everything
-SELECT i, incr(NULL::gcounter, i), decr(incr(NULL::pncounter, i), 2), transfer(incr(NULL::bcounter, 10), 'dublin', i),
+SELECT i, incr(NULL::gcounter, i), decr(incr(NULL::pncounter, i), 2), transfer(incr(NULL::bcounter, 100), 'dublin', i),
        add(add(NULL::gset, 'g' || i), 'x'), remove(add(add(NULL::orset, 'a' || i), 'b'), 'b'),
        assign(NULL::lwwreg, jsonb_build_object('i', i)), assign(assign(NULL::mvreg, to_jsonb(i)), '"t"'),
        remove(put(put(NULL::lwwmap, 'k', to_jsonb(i)), 'gone', 'null'), 'gone'),
