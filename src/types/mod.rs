@@ -172,6 +172,48 @@ macro_rules! crdt_type {
                 }
             }
 
+            /// The same SQL type seen as its stored bytes, for functions that
+            /// can work on the encoding without decoding (merge_agg).
+            #[allow(non_camel_case_types)]
+            pub struct [<$ty _bytes>](*const pgrx::pg_sys::varlena);
+
+            impl [<$ty _bytes>] {
+                fn bytes(&self) -> &[u8] {
+                    unsafe { pgrx::varlena::varlena_to_byte_slice(self.0) }
+                }
+            }
+
+            unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for [<$ty _bytes>] {
+                const TYPE_IDENT: &'static str = <$ty as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::TYPE_IDENT;
+                const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+                    <$ty as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::TYPE_ORIGIN;
+                const ARGUMENT_SQL: Result<pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef, pgrx::pgrx_sql_entity_graph::metadata::ArgumentError> =
+                    <$ty as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::ARGUMENT_SQL;
+                const RETURN_SQL: Result<pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef, pgrx::pgrx_sql_entity_graph::metadata::ReturnsError> =
+                    <$ty as pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable>::RETURN_SQL;
+            }
+
+            impl pgrx::datum::FromDatum for [<$ty _bytes>] {
+                unsafe fn from_polymorphic_datum(
+                    datum: pgrx::pg_sys::Datum,
+                    is_null: bool,
+                    _typoid: pgrx::pg_sys::Oid,
+                ) -> Option<Self> {
+                    if is_null {
+                        None
+                    } else {
+                        Some([<$ty _bytes>](pgrx::pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr())))
+                    }
+                }
+            }
+
+            unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for [<$ty _bytes>] {
+                unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+                    let index = arg.index();
+                    arg.unbox_arg_using_from_datum().unwrap_or_else(|| panic!("argument {index} must not be null"))
+                }
+            }
+
             /// Binary output: the stored form, `[version, tag, body]`.
             #[pg_extern(immutable, strict, parallel_safe)]
             fn [<$ty _send>](v: $ty) -> Vec<u8> {
@@ -225,7 +267,7 @@ macro_rules! crdt_type {
             #[pg_extern(immutable, parallel_safe)]
             fn [<$ty _agg_trans>](
                 mut state: pgrx::datum::Internal,
-                v: Option<$ty>,
+                v: Option<[<$ty _bytes>]>,
                 fcinfo: pgrx::pg_sys::FunctionCallInfo,
             ) -> pgrx::datum::Internal {
                 use converge_core::Crdt;
@@ -233,9 +275,15 @@ macro_rules! crdt_type {
                     let ctx = $crate::types::agg_context(fcinfo, "merge_agg");
                     if let Some(v) = v {
                         match state.get_mut::<$core>() {
-                            Some(s) => s.merge(&v.0),
+                            // Merge straight from the stored bytes: no decoded copy per row.
+                            Some(s) => {
+                                if let Err(e) = s.merge_encoded(v.bytes()) {
+                                    $crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, e.message);
+                                }
+                            }
                             None => {
-                                let p = pgrx::PgMemoryContexts::For(ctx).leak_and_drop_on_delete(v.0);
+                                let first = $crate::types::from_bytes_trusted::<$core>(v.bytes());
+                                let p = pgrx::PgMemoryContexts::For(ctx).leak_and_drop_on_delete(first);
                                 state = pgrx::datum::Internal::from(Some(pgrx::pg_sys::Datum::from(p)));
                             }
                         }

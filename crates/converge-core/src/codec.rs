@@ -32,6 +32,15 @@ pub trait Crdt: Sized + Clone + PartialEq + Default + Serialize + DeserializeOwn
         *self == Self::default()
     }
 
+    /// Merge a value given in its stored binary form. The default decodes it;
+    /// types on the hot path of `merge_agg` override it to merge without
+    /// building the other value. Must equal `merge(decode_trusted(bytes))`.
+    fn merge_encoded(&mut self, bytes: &[u8]) -> Result<()> {
+        let other: Self = decode_trusted(bytes)?;
+        self.merge(&other);
+        Ok(())
+    }
+
     fn merged(&self, other: &Self) -> Self {
         let mut m = self.clone();
         m.merge(other);
@@ -64,7 +73,7 @@ pub fn encode<T: Crdt>(v: &T) -> Vec<u8> {
     out
 }
 
-fn check_header<T: Crdt>(bytes: &[u8]) -> Result<&[u8]> {
+pub(crate) fn check_header<T: Crdt>(bytes: &[u8]) -> Result<&[u8]> {
     match bytes {
         [] | [_] => Err(Error::binary(format!("{} value is truncated", T::NAME))),
         [0, ..] => Err(Error::binary(format!("{} value has format version 0, which is not supported", T::NAME))),
@@ -79,6 +88,17 @@ fn check_header<T: Crdt>(bytes: &[u8]) -> Result<&[u8]> {
         ))),
         [_, _, body @ ..] => Ok(body),
     }
+}
+
+/// Decode a borrowed view `V` of a `T` body (for zero-copy merges).
+pub(crate) fn decode_view<'a, T: Crdt, V: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<V> {
+    let body = check_header::<T>(bytes)?;
+    let (v, rest) = postcard::take_from_bytes::<V>(body)
+        .map_err(|e| Error::binary(format!("corrupt {} value: {e}", T::NAME)))?;
+    if !rest.is_empty() {
+        return Err(Error::binary(format!("corrupt {} value: {} trailing bytes", T::NAME, rest.len())));
+    }
+    Ok(v)
 }
 
 /// Decode bytes this extension wrote itself (stored datums): structure only.

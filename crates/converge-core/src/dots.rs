@@ -90,7 +90,10 @@ impl DotSet {
 
     pub fn insert(&mut self, d: &Dot) {
         let c = d.counter;
-        let r = self.0.entry(d.actor.clone()).or_default();
+        if !self.0.contains_key(&d.actor) {
+            self.0.insert(d.actor.clone(), Vec::new());
+        }
+        let Some(r) = self.0.get_mut(&d.actor) else { return };
         let i = r.partition_point(|&(_, hi)| hi < c);
         if i < r.len() && r[i].0 <= c {
             return;

@@ -233,6 +233,11 @@ fn check_codec<T: Model>(run: &Run<T>) -> std::result::Result<(), TestCaseError>
         let bytes = encode(s);
         prop_assert_eq!(bytes[0], FORMAT_VERSION);
         prop_assert_eq!(&decode::<T>(&bytes).map_err(|e| TestCaseError::fail(e.message))?, s);
+        // merge_encoded (the merge_agg fast path) equals decode-then-merge.
+        let base = pick(&run.snapshots, bytes.len() as u64, 5);
+        let mut fast = base.clone();
+        fast.merge_encoded(&bytes).map_err(|e| TestCaseError::fail(e.message))?;
+        prop_assert_eq!(fast, base.merged(s), "merge_encoded differs from merge");
         let text = to_text(s);
         let back: T = from_text(&text).map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
         prop_assert_eq!(&back, s, "text round trip: {}", text);

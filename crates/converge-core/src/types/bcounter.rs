@@ -94,7 +94,12 @@ impl Crdt for BCounter {
         self.p.merge(&other.p);
         self.n.merge(&other.n);
         for (from, c) in &other.t {
-            self.t.entry(from.clone()).or_default().merge(c);
+            match self.t.get_mut(from) {
+                Some(mine) => mine.merge(c),
+                None => {
+                    self.t.insert(from.clone(), c.clone());
+                }
+            }
         }
     }
     fn delta(new: &Self, old: &Self) -> Self {

@@ -50,9 +50,26 @@ impl Counts {
 
     pub fn merge(&mut self, other: &Counts) {
         for (a, &v) in &other.0 {
-            let e = self.0.entry(a.clone()).or_insert(0);
-            if v > *e {
-                *e = v;
+            // get_mut first: merge runs per row in merge_agg, and cloning the
+            // key for `entry` would allocate even when it is already there.
+            match self.0.get_mut(a) {
+                Some(e) => *e = (*e).max(v),
+                None => {
+                    self.0.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+
+    /// Merge entries given as borrowed (node, count) pairs, allocating only
+    /// for nodes not seen before.
+    pub fn merge_pairs(&mut self, pairs: &[(&str, u64)]) {
+        for &(a, v) in pairs {
+            match self.0.get_mut(a) {
+                Some(e) => *e = (*e).max(v),
+                None => {
+                    self.0.insert(a.to_string(), v);
+                }
             }
         }
     }

@@ -41,6 +41,12 @@ impl Crdt for GCounter {
     fn validate(&self) -> Result<()> {
         self.counts.validate()
     }
+    fn merge_encoded(&mut self, bytes: &[u8]) -> Result<()> {
+        // A postcard map and a sequence of pairs have the same bytes.
+        let pairs: Vec<(&str, u64)> = crate::codec::decode_view::<Self, _>(bytes)?;
+        self.counts.merge_pairs(&pairs);
+        Ok(())
+    }
     fn to_user_json(&self) -> Result<serde_json::Value> {
         Ok(self.value()?.into())
     }

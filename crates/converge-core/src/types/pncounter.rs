@@ -58,6 +58,13 @@ impl Crdt for PnCounter {
         self.p.validate()?;
         self.n.validate()
     }
+    fn merge_encoded(&mut self, bytes: &[u8]) -> Result<()> {
+        type Pairs<'a> = Vec<(&'a str, u64)>;
+        let (p, n): (Pairs, Pairs) = crate::codec::decode_view::<Self, _>(bytes)?;
+        self.p.merge_pairs(&p);
+        self.n.merge_pairs(&n);
+        Ok(())
+    }
     fn to_user_json(&self) -> Result<serde_json::Value> {
         Ok(self.value()?.into())
     }
