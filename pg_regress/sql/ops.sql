@@ -1,0 +1,89 @@
+-- The operation log and idempotent apply (SPEC section 3).
+SET search_path = public, converge;
+CREATE TABLE incident (id int PRIMARY KEY, title text DEFAULT 'untitled', tags orset, visits gcounter, note lwwreg);
+CREATE TABLE unmarked (id int PRIMARY KEY, visits gcounter);
+CREATE TABLE no_pk (visits gcounter);
+SELECT replicate('no_pk');
+SELECT replicate('incident');
+SELECT table_name, key_columns, crdt_columns FROM replicated;
+
+-- Local changes become ops of this node, whatever path they take.
+INSERT INTO incident (id, tags) VALUES (1, add(NULL::orset, 'pump'));
+UPDATE incident SET visits = incr(visits, 2) WHERE id = 1;
+UPDATE incident SET visits = visits || '{"counts":{"dublin":5}}' WHERE id = 1;
+UPDATE incident SET title = 'renamed' WHERE id = 1;   -- not a CRDT column: no op
+SELECT op_id, target_key, target_column, delta::text, outcome, origin FROM op_log ORDER BY seq;
+SELECT frontier();
+
+-- An op's text form round-trips.
+SELECT o::text, o::text::op = o AS round_trips
+  FROM (SELECT ROW('phone1:1', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{}',
+                   '{"counts":{"phone1":3}}'::gcounter::bytea, NULL)::op AS o) s;
+
+-- applied, then duplicate.
+SELECT * FROM apply(ROW('phone1:1', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{}',
+                        '{"counts":{"phone1":3}}'::gcounter::bytea, NULL)::op);
+SELECT * FROM apply(ROW('phone1:1', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{}',
+                        '{"counts":{"phone1":3}}'::gcounter::bytea, NULL)::op);
+-- A child before its parent is buffered...
+SELECT * FROM apply(ROW('phone1:3', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{phone1:2}',
+                        '{"counts":{"phone1":9}}'::gcounter::bytea, NULL)::op);
+SELECT op_id, missing FROM pending;
+-- ...and applied, without any extra command, when the parent arrives.
+SELECT * FROM apply(ROW('phone1:2', 'phone1', 'incident', '{"id":2}', 'tags', 1, 0, '{phone1:1}',
+                        '{"context":{"phone1":[[2,2]]},"entries":[["phone1",2,"x"]]}'::orset::bytea, NULL)::op);
+SELECT count(*) AS still_pending FROM pending;
+-- The row was created by apply (other columns take their defaults), and the
+-- applied ops were not recorded again as local ops.
+SELECT id, title, elements(tags), value(visits) FROM incident ORDER BY id;
+SELECT op_id, outcome, reason, origin FROM op_log WHERE origin <> 'local' ORDER BY seq;
+SELECT frontier();
+
+-- Pushing the same batch twice: the second time every op is a duplicate.
+CREATE TEMP TABLE batch AS SELECT ARRAY[
+    ROW('phone2:1', 'phone2', 'incident', '{"id":1}', 'tags', 1, 0, '{}',
+        '{"context":{"phone2":[[1,1]]},"entries":[["phone2",1,"leak"]]}'::orset::bytea, NULL)::op,
+    ROW('phone2:2', 'phone2', 'incident', '{"id":1}', 'note', 1, 0, '{phone2:1}',
+        '{"write":{"ts":[1700000000000,0,"phone2"],"value":"seen at 3am"}}'::lwwreg::bytea, NULL)::op] AS ops;
+SELECT * FROM apply_batch((SELECT ops FROM batch));
+SELECT * FROM apply_batch((SELECT ops FROM batch));
+SELECT elements(tags), value(note) FROM incident WHERE id = 1;
+
+-- Malformed envelopes are rejected with a reason; the batch goes on.
+SELECT * FROM apply_batch(ARRAY[
+    ROW('no-counter', 'x', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:1', 'phone3', 'nosuch', '{"id":2}', 'visits', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:2', 'phone3', 'unmarked', '{"id":2}', 'visits', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:3', 'phone3', 'incident', '{"id":2}', 'title', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:4', 'phone3', 'incident', '{"id":2}', 'nope', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:5', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '\x0101ff'::bytea, NULL)::op,
+    ROW('phone3:6', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '{"elements":["a"]}'::gset::bytea, NULL)::op,
+    ROW('phone3:7', 'phone3', 'incident', '{"zz":2}', 'visits', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:8', 'other', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:9', 'phone3', 'incident', '{"id":2}', 'visits', 2, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:10', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{not an id}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:11', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{}', NULL, NULL)::op,
+    ROW('phone3:12', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '\x010101067068', NULL)::op
+]::op[]) ORDER BY op_id;
+SELECT * FROM op_outcomes ORDER BY outcome, reason;
+SELECT count(*) AS kept_in_quarantine FROM quarantine;
+
+-- A rejected op is kept and can be replayed after a repair.
+SELECT replicate('unmarked');
+SELECT * FROM replay('phone3:2');
+SELECT value(visits) FROM unmarked;
+SELECT * FROM replay('phone1:1');
+
+-- Sync by frontier: what a client at this cursor lacks, parents first.
+SELECT op_id, target_column FROM changes_since('{"madrid":2,"phone1":1}');
+-- phone3:1 was rejected, so phone3's contiguous frontier is still 0 and the
+-- applied phone3:2 is offered again: a frontier never claims a gap.
+SELECT op_id FROM changes_since(frontier());
+SELECT changes_since('[1]');
+-- A cursor from before a compaction gets a clear answer, not a gap.
+INSERT INTO log_horizon VALUES ('phone1', 2);
+SELECT * FROM changes_since('{"phone1":1}');
+SELECT count(*) FROM changes_since('{"phone1":2,"madrid":3}');
+DELETE FROM log_horizon;
+SELECT s -> 'frontier' AS frontier, jsonb_array_length(s -> 'rows') AS rows FROM (SELECT snapshot('incident') s) v;
+DROP TABLE incident, unmarked, no_pk;
