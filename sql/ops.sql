@@ -75,7 +75,7 @@ CREATE TABLE converge.local_op_counter (
     only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     counter  bigint NOT NULL DEFAULT 0
 );
-INSERT INTO converge.local_op_counter DEFAULT VALUES;
+-- (The row is created on first use, so a restored dump's row does not collide.)
 
 SELECT pg_catalog.pg_extension_config_dump('converge.replicated', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.op_log', '');
@@ -94,17 +94,21 @@ CREATE VIEW converge.quarantine AS
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.op_id = op_log.op_id AND a.outcome = 'applied');
 COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (kept, never dropped; converge.replay(op_id) retries one).';
 
--- Split 'actor:counter'; NULL when malformed.
+-- Split 'actor:counter'; NULLs when malformed.
 CREATE FUNCTION converge.parse_op_id(op_id text, OUT actor text, OUT counter bigint)
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT m[1], m[2]::bigint FROM regexp_match(op_id, '^([A-Za-z0-9_.-]{1,63}):([1-9][0-9]{0,17})$') m
+    SELECT converge.op_id_actor(op_id), converge.op_id_counter(op_id)
 $$;
 COMMENT ON FUNCTION converge.parse_op_id(text) IS 'Split an op_id ''actor:counter'' into its parts (NULLs when malformed).';
+COMMENT ON FUNCTION converge.op_id_actor(text) IS 'The actor of an op_id ''actor:counter'', or NULL when malformed.';
+COMMENT ON FUNCTION converge.op_id_counter(text) IS 'The counter of an op_id ''actor:counter'', or NULL when malformed.';
+COMMENT ON FUNCTION converge.delta_error(text, bytea) IS 'Why a delta is not a valid value of the named converge type (NULL when valid); never raises.';
 
 CREATE FUNCTION converge.is_applied(op_id text) RETURNS boolean
 LANGUAGE sql STABLE STRICT AS $$
-    SELECT EXISTS (SELECT 1 FROM converge.op_log l, converge.parse_op_id($1) p
-                    WHERE l.actor = p.actor AND l.counter = p.counter AND l.outcome = 'applied')
+    SELECT EXISTS (SELECT 1 FROM converge.op_log l
+                    WHERE l.actor = converge.op_id_actor($1) AND l.counter = converge.op_id_counter($1)
+                      AND l.outcome = 'applied')
 $$;
 COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here.';
 
@@ -115,172 +119,312 @@ DECLARE cur bigint;
 BEGIN
     INSERT INTO converge.actor_frontier (actor) VALUES (a) ON CONFLICT DO NOTHING;
     SELECT contiguous INTO cur FROM converge.actor_frontier WHERE actor = a FOR UPDATE;
-    WHILE EXISTS (SELECT 1 FROM converge.op_log WHERE actor = a AND counter = cur + 1 AND outcome = 'applied') LOOP
-        cur := cur + 1;
-    END LOOP;
+    -- The applied counters above cur that continue it without a gap: the
+    -- k-th of them (in order) is cur + k exactly while there is no gap.
+    cur := cur + (SELECT count(*) FROM (
+        SELECT l.counter, row_number() OVER (ORDER BY l.counter) AS k
+          FROM converge.op_log l WHERE l.actor = a AND l.outcome = 'applied' AND l.counter > cur) s
+        WHERE s.counter = cur + s.k);
     UPDATE converge.actor_frontier SET contiguous = cur WHERE actor = a AND contiguous < cur;
 END $$;
 
-CREATE FUNCTION converge.log_op(o converge.op, outcome text, reason text, origin text) RETURNS void
+-- One op with what apply_batch found out about it.
+CREATE TYPE converge.op_check AS (
+    op          converge.op,
+    n           bigint,     -- position in the batch
+    actor       text,       -- parsed from op_id
+    counter     bigint,
+    tbl         regclass,
+    key_columns text[],
+    coltype     text,
+    bad         text        -- rejection reason, NULL when valid
+);
+COMMENT ON TYPE converge.op_check IS 'Internal: an op in a batch with its parsed id, target and rejection reason.';
+
+CREATE FUNCTION converge.log_ops(checks converge.op_check[], outcome text, origin text) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
                                  epoch, deps, delta, signature, outcome, reason, origin)
-    SELECT o.op_id, coalesce(p.actor, o.actor, ''), coalesce(p.counter, 0), o.target_table, o.target_key,
-           o.target_column, o.schema_version, o.epoch, o.deps, o.delta, o.signature, outcome, reason, origin
-      FROM converge.parse_op_id(o.op_id) p
+    SELECT coalesce((x.op).op_id, ''), coalesce(x.actor, (x.op).actor, ''), coalesce(x.counter, 0), (x.op).target_table,
+           (x.op).target_key, (x.op).target_column, (x.op).schema_version, (x.op).epoch, (x.op).deps, (x.op).delta,
+           (x.op).signature, $2, x.bad, $3
+      FROM unnest($1) x ORDER BY x.n
 $$;
+COMMENT ON FUNCTION converge.log_ops(converge.op_check[], text, text) IS 'Internal: record ops with one outcome (reason from each op''s bad field).';
 
--- Merge one op's delta into its target row. Raises on anything invalid;
--- the caller turns that into a 'rejected' outcome.
-CREATE FUNCTION converge.merge_op(o converge.op) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    r       converge.replicated;
-    rel     regclass;
-    coltype text;
-    cols    text;
-    vals    text;
+-- Merge one group's deltas (one table and column) into their rows: deltas
+-- for the same row are merged first (merge_agg), then one upsert creates or
+-- merges each row, in key order so concurrent batches lock rows in the same order.
+CREATE FUNCTION converge.merge_group(checks converge.op_check[], tbl regclass, col text, coltype text, keys text[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE cols text; kcols text;
 BEGIN
-    rel := to_regclass(o.target_table);
-    IF rel IS NULL THEN
-        RAISE EXCEPTION 'unknown_table' USING ERRCODE = 'CV001';
-    END IF;
-    SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'not_replicated' USING ERRCODE = 'CV001';
-    END IF;
-    coltype := r.crdt_columns ->> o.target_column;
-    IF coltype IS NULL THEN
-        IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = rel AND attname = o.target_column AND attnum > 0 AND NOT attisdropped) THEN
-            RAISE EXCEPTION 'not_crdt_column' USING ERRCODE = 'CV001';
-        END IF;
-        RAISE EXCEPTION 'unknown_column' USING ERRCODE = 'CV001';
-    END IF;
-    IF o.target_key IS NULL OR jsonb_typeof(o.target_key) <> 'object'
-       OR NOT (o.target_key ?& r.key_columns) THEN
-        RAISE EXCEPTION 'invalid_key' USING ERRCODE = 'CV001';
-    END IF;
-    IF o.delta IS NULL THEN
-        RAISE EXCEPTION 'invalid_delta' USING ERRCODE = 'CV001';
-    END IF;
-    SELECT string_agg(quote_ident(k), ', '), string_agg('k.' || quote_ident(k), ', ')
-      INTO cols, vals FROM unnest(r.key_columns) k;
-    -- Creates the row (other columns take their defaults) or merges into it.
+    SELECT string_agg(quote_ident(k), ', '), string_agg('k.' || quote_ident(k) || ' AS ' || quote_ident(k), ', ')
+      INTO cols, kcols FROM unnest(keys) k;
     EXECUTE format(
-        'INSERT INTO %1$s AS t (%2$s, %4$I) SELECT %3$s, $2::converge.%5$I FROM jsonb_populate_record(NULL::%1$s, $1) k
+        'INSERT INTO %1$s AS t (%2$s, %4$I)
+         SELECT %2$s, converge.merge_agg(d) FROM (
+             SELECT %3$s, (x.op).delta::converge.%5$I AS d
+               FROM unnest($1) x, jsonb_populate_record(NULL::%1$s, (x.op).target_key) k
+              WHERE x.tbl = $2 AND (x.op).target_column = $3) w
+          GROUP BY %2$s ORDER BY %2$s
          ON CONFLICT (%2$s) DO UPDATE SET %4$I = converge.merge(t.%4$I, EXCLUDED.%4$I)',
-        rel, cols, vals, o.target_column, coltype)
-    USING o.target_key, o.delta;
+        tbl, cols, kcols, col, coltype)
+    USING checks, tbl, col;
 END $$;
+COMMENT ON FUNCTION converge.merge_group(converge.op_check[], regclass, text, text, text[]) IS 'Internal: merge the deltas of one table column into their rows, creating rows when missing.';
 
-CREATE FUNCTION converge.validate_envelope(o converge.op) RETURNS text
+-- Mark ops applied (the dedupe gate) and merge them. Returns the ops it
+-- applied; ops another session applied first come back in `lost`.
+CREATE FUNCTION converge.apply_checked(checks converge.op_check[], origin text, OUT won converge.op_check[], OUT lost converge.op_check[])
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ids  text[];
+    g    record;
+    one  converge.op_check;
+    inserted text;
+BEGIN
+    won := '{}'; lost := '{}';
+    BEGIN
+        -- Sorted by (actor, counter): concurrent batches take the gate in one order.
+        WITH ins AS (
+            INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                         epoch, deps, delta, signature, outcome, origin)
+            SELECT (x.op).op_id, x.actor, x.counter, (x.op).target_table, (x.op).target_key, (x.op).target_column,
+                   (x.op).schema_version, (x.op).epoch, (x.op).deps, (x.op).delta, (x.op).signature, 'applied', origin
+              FROM unnest(checks) x ORDER BY x.actor, x.counter
+            ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING
+            RETURNING op_id)
+        SELECT coalesce(array_agg(op_id), '{}') INTO ids FROM ins;
+        SELECT coalesce(array_agg(x ORDER BY (x).n) FILTER (WHERE ((x).op).op_id = ANY (ids)), '{}'),
+               coalesce(array_agg(x ORDER BY (x).n) FILTER (WHERE NOT ((x).op).op_id = ANY (ids)), '{}')
+          INTO won, lost FROM unnest(checks) x;
+        PERFORM set_config('converge.applying', 'on', true);
+        FOR g IN SELECT DISTINCT x.tbl, (x.op).target_column AS col, x.coltype, x.key_columns
+                   FROM unnest(won) x ORDER BY 1, 2 LOOP
+            PERFORM converge.merge_group(won, g.tbl, g.col, g.coltype, g.key_columns);
+        END LOOP;
+        PERFORM set_config('converge.applying', 'off', true);
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        -- A deadlock or serialization failure is the transaction's, not an
+        -- op's: let it abort the batch so the caller retries it whole.
+        IF SQLSTATE IN ('40P01', '40001') THEN
+            RAISE;
+        END IF;
+        PERFORM set_config('converge.applying', 'off', true);
+    END;
+    -- Something in the batch failed (say a key value of the wrong type):
+    -- apply op by op so only the culprit is rejected.
+    won := '{}'; lost := '{}';
+    FOR one IN SELECT x.* FROM unnest(checks) x ORDER BY x.tbl, (x.op).target_column, (x.op).target_key::text, x.n LOOP
+        BEGIN
+            inserted := NULL;
+            INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                         epoch, deps, delta, signature, outcome, origin)
+            VALUES ((one.op).op_id, one.actor, one.counter, (one.op).target_table, (one.op).target_key,
+                    (one.op).target_column, (one.op).schema_version, (one.op).epoch, (one.op).deps, (one.op).delta,
+                    (one.op).signature, 'applied', origin)
+            ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING
+            RETURNING op_id INTO inserted;
+            IF inserted IS NULL THEN
+                lost := lost || one;
+                CONTINUE;
+            END IF;
+            PERFORM set_config('converge.applying', 'on', true);
+            PERFORM converge.merge_group(ARRAY[one], one.tbl, (one.op).target_column, one.coltype, one.key_columns);
+            PERFORM set_config('converge.applying', 'off', true);
+            won := won || one;
+        EXCEPTION WHEN OTHERS THEN
+            IF SQLSTATE IN ('40P01', '40001') THEN
+                RAISE;
+            END IF;
+            PERFORM set_config('converge.applying', 'off', true);
+            one.bad := CASE WHEN SQLSTATE IN ('22P02', '22P03', '22023', '22003', '22007', '22008') THEN 'invalid_key: ' || SQLERRM
+                            ELSE 'error ' || SQLSTATE || ': ' || SQLERRM END;
+            PERFORM converge.log_ops(ARRAY[one], 'rejected', origin);
+        END;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION converge.apply_checked(converge.op_check[], text) IS 'Internal: the dedupe gate and the merge of a batch of valid, unblocked ops.';
+
+-- The ops of a batch (by position) that must wait: a dep is neither applied
+-- here nor in the batch, or a dep in the batch must wait itself.
+CREATE FUNCTION converge.blocked_ops(fresh converge.op_check[]) RETURNS bigint[]
 LANGUAGE plpgsql STABLE AS $$
+DECLARE blocked bigint[] := '{}';
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(fresh) c WHERE cardinality((c.op).deps) > 0) THEN
+        WITH RECURSIVE f AS (SELECT c.n, (c.op).op_id AS id, (c.op).deps AS deps FROM unnest(fresh) c),
+        dep AS (SELECT f.n, d FROM f, unnest(coalesce(f.deps, '{}')) d),
+        edge AS (SELECT dep.n, f.n AS parent FROM dep JOIN f ON f.id = dep.d),
+        missing AS (SELECT DISTINCT dep.n FROM dep LEFT JOIN f ON f.id = dep.d
+                     WHERE f.n IS NULL AND NOT converge.is_applied(dep.d)),
+        blk(n) AS (SELECT n FROM missing
+                   UNION
+                   SELECT edge.n FROM edge JOIN blk ON blk.n = edge.parent)
+        SELECT coalesce(array_agg(n), '{}') INTO blocked FROM blk;
+    END IF;
+    RETURN blocked;
+END $$;
+COMMENT ON FUNCTION converge.blocked_ops(converge.op_check[]) IS 'Internal: positions of the ops in a batch whose deps are missing (directly or through another op of the batch).';
+
+-- Pending ops whose deps are all applied, applied now.
+CREATE FUNCTION converge.retry_pending()
+RETURNS TABLE (op_id text, outcome text, reason text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE p record;
 BEGIN
-    SELECT * INTO p FROM converge.parse_op_id(o.op_id);
-    IF o.op_id IS NULL OR p.actor IS NULL THEN RETURN 'invalid_op_id'; END IF;
-    IF o.actor IS DISTINCT FROM p.actor THEN RETURN 'actor_mismatch'; END IF;
-    IF o.schema_version IS DISTINCT FROM 1 THEN RETURN 'unsupported_schema_version'; END IF;
-    IF o.deps IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(o.deps) d WHERE (converge.parse_op_id(d)).actor IS NULL) THEN
-        RETURN 'invalid_deps';
+    IF NOT EXISTS (SELECT 1 FROM converge.pending) THEN
+        RETURN;
     END IF;
-    RETURN NULL;
+    FOR p IN
+        WITH ready AS (
+            DELETE FROM converge.pending q
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
+            RETURNING q.op, q.origin, q.received_at)
+        SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
+    LOOP
+        RETURN QUERY SELECT * FROM converge.apply_ops(p.batch, p.origin, false);
+    END LOOP;
 END $$;
+COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair).';
 
--- Apply one op (and whatever pending ops it unblocks); one row per op decided.
-CREATE FUNCTION converge.apply_one(o converge.op, origin text)
+CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    bad      text;
+    checks   converge.op_check[];
+    bad      converge.op_check[];
+    dup      converge.op_check[];
+    fresh    converge.op_check[];
+    blocked  bigint[];
+    res      record;
+    a        text;
     p        record;
-    missing  text[];
-    won      boolean;
-    unblocked converge.pending;
+    pc       converge.op_check;
 BEGIN
-    bad := converge.validate_envelope(o);
-    IF bad IS NOT NULL THEN
-        PERFORM converge.log_op(o, 'rejected', bad, origin);
-        RETURN QUERY SELECT o.op_id, 'rejected'::text, bad;
-        RETURN;
-    END IF;
-    SELECT * INTO p FROM converge.parse_op_id(o.op_id);
-    IF converge.is_applied(o.op_id) OR EXISTS (SELECT 1 FROM converge.pending q WHERE q.op_id = o.op_id) THEN
-        PERFORM converge.log_op(o, 'duplicate', NULL, origin);
-        RETURN QUERY SELECT o.op_id, 'duplicate'::text, NULL::text;
-        RETURN;
-    END IF;
-    SELECT coalesce(array_agg(d ORDER BY d), '{}') INTO missing
-      FROM unnest(coalesce(o.deps, '{}')) d WHERE NOT converge.is_applied(d);
-    IF cardinality(missing) > 0 THEN
-        INSERT INTO converge.pending (op_id, op, missing, origin) VALUES (o.op_id, o, missing, origin)
-            ON CONFLICT DO NOTHING;
-        PERFORM converge.log_op(o, 'buffered', 'missing ' || array_to_string(missing, ', '), origin);
-        RETURN QUERY SELECT o.op_id, 'buffered'::text, 'missing ' || array_to_string(missing, ', ');
-        RETURN;
-    END IF;
-    BEGIN
-        -- The gate: whoever inserts the applied row first owns the op; a
-        -- concurrent session waits here and then sees a conflict.
-        INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                     epoch, deps, delta, signature, outcome, origin)
-        VALUES (o.op_id, p.actor, p.counter, o.target_table, o.target_key, o.target_column, o.schema_version,
-                o.epoch, o.deps, o.delta, o.signature, 'applied', origin)
-        ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING
-        RETURNING true INTO won;
-        IF won IS NULL THEN
-            PERFORM converge.log_op(o, 'duplicate', NULL, origin);
-            RETURN QUERY SELECT o.op_id, 'duplicate'::text, NULL::text;
-            RETURN;
-        END IF;
-        PERFORM set_config('converge.applying', 'on', true);
-        PERFORM converge.merge_op(o);
-        PERFORM set_config('converge.applying', 'off', true);
-    EXCEPTION WHEN OTHERS THEN
-        PERFORM set_config('converge.applying', 'off', true);
-        bad := CASE WHEN SQLSTATE = 'CV001' THEN SQLERRM
-                    WHEN SQLSTATE IN ('22P02', '22P03') THEN 'invalid_delta: ' || SQLERRM
-                    WHEN SQLSTATE = '54000' THEN 'too_large: ' || SQLERRM
-                    ELSE 'error ' || SQLSTATE || ': ' || SQLERRM END;
-        PERFORM converge.log_op(o, 'rejected', bad, origin);
-        RETURN QUERY SELECT o.op_id, 'rejected'::text, bad;
-        RETURN;
-    END;
-    PERFORM converge.advance_frontier(p.actor);
-    RETURN QUERY SELECT o.op_id, 'applied'::text, NULL::text;
-    -- Ops that waited for this one.
-    FOR unblocked IN SELECT * FROM converge.pending q WHERE o.op_id = ANY (q.missing) ORDER BY q.received_at, q.op_id LOOP
-        UPDATE converge.pending q SET missing = array_remove(q.missing, o.op_id) WHERE q.op_id = unblocked.op_id
-            RETURNING q.missing INTO missing;
-        IF cardinality(missing) = 0 THEN
-            DELETE FROM converge.pending q WHERE q.op_id = unblocked.op_id;
-            RETURN QUERY SELECT * FROM converge.apply_one(unblocked.op, unblocked.origin);
-        END IF;
-    END LOOP;
-END $$;
+    -- 1. Validate every envelope and delta, without raising.
+    SELECT coalesce(array_agg(c ORDER BY (c).n), '{}') INTO checks FROM (
+        SELECT ROW(ROW(x.op_id, x.actor, x.target_table, x.target_key, x.target_column, x.schema_version, x.epoch,
+                       x.deps, x.delta, x.signature)::converge.op,
+                   x.n, i.a, i.c, t.rel, r.key_columns, r.crdt_columns ->> x.target_column,
+                   CASE
+                       WHEN i.a IS NULL THEN 'invalid_op_id'
+                       WHEN x.actor IS DISTINCT FROM i.a THEN 'actor_mismatch'
+                       WHEN x.schema_version IS DISTINCT FROM 1 THEN 'unsupported_schema_version'
+                       WHEN EXISTS (SELECT 1 FROM unnest(x.deps) d WHERE converge.op_id_actor(d) IS NULL) THEN 'invalid_deps'
+                       WHEN t.rel IS NULL THEN 'unknown_table'
+                       WHEN r.table_name IS NULL THEN 'not_replicated'
+                       WHEN r.crdt_columns ->> x.target_column IS NULL THEN
+                           CASE WHEN EXISTS (SELECT 1 FROM pg_attribute pa WHERE pa.attrelid = t.rel AND pa.attname = x.target_column
+                                                AND pa.attnum > 0 AND NOT pa.attisdropped)
+                                THEN 'not_crdt_column' ELSE 'unknown_column' END
+                       WHEN x.target_key IS NULL OR jsonb_typeof(x.target_key) <> 'object'
+                            OR NOT (x.target_key ?& r.key_columns) THEN 'invalid_key'
+                       ELSE converge.delta_error(r.crdt_columns ->> x.target_column, x.delta)
+                   END)::converge.op_check AS c
+          FROM unnest(ops) WITH ORDINALITY x(op_id, actor, target_table, target_key, target_column, schema_version,
+                                             epoch, deps, delta, signature, n)
+          CROSS JOIN LATERAL (SELECT converge.op_id_actor(x.op_id) AS a, converge.op_id_counter(x.op_id) AS c) i
+          CROSS JOIN LATERAL (SELECT CASE WHEN x.target_table ~ '^[^.]+(\.[^.]+)?$' THEN to_regclass(x.target_table) END AS rel) t
+          LEFT JOIN converge.replicated r ON r.table_name = t.rel) s;
 
-CREATE FUNCTION converge.apply(op converge.op, origin text DEFAULT 'client')
-RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE sql AS $$ SELECT * FROM converge.apply_one(op, origin) $$;
-COMMENT ON FUNCTION converge.apply(converge.op, text) IS 'Apply one op: authenticate, validate, deduplicate, check deps (buffer if missing), merge into the target row. One row per op decided (including ops it unblocked).';
+    SELECT coalesce(array_agg(c ORDER BY (c).n), '{}') INTO bad FROM unnest(checks) c WHERE (c).bad IS NOT NULL;
+    PERFORM converge.log_ops(bad, 'rejected', origin);
+    RETURN QUERY SELECT (c.op).op_id, 'rejected'::text, c.bad FROM unnest(bad) c ORDER BY c.n;
+
+    -- 2. Duplicates: applied already, waiting in pending, or earlier in this batch.
+    SELECT coalesce(array_agg(s.chk ORDER BY (s.chk).n) FILTER (WHERE s.is_dup), '{}'),
+           coalesce(array_agg(s.chk ORDER BY (s.chk).n) FILTER (WHERE NOT s.is_dup), '{}')
+      INTO dup, fresh
+      FROM (SELECT c AS chk,
+                   (row_number() OVER (PARTITION BY c.actor, c.counter ORDER BY c.n) > 1
+                    OR EXISTS (SELECT 1 FROM converge.op_log l WHERE l.actor = c.actor AND l.counter = c.counter AND l.outcome = 'applied')
+                    OR EXISTS (SELECT 1 FROM converge.pending q WHERE q.op_id = (c.op).op_id)) AS is_dup
+              FROM unnest(checks) c WHERE c.bad IS NULL) s;
+    PERFORM converge.log_ops(dup, 'duplicate', origin);
+    RETURN QUERY SELECT (c.op).op_id, 'duplicate'::text, NULL::text FROM unnest(dup) c ORDER BY c.n;
+
+    -- 3. Ops whose deps are missing (not applied here, not in this batch), and
+    --    ops that depend on those, wait in pending.
+    blocked := converge.blocked_ops(fresh);
+    -- Two sessions can race on an op D: one applying D, one buffering a child
+    -- of D because D is not visible yet. Both lock D (sorted, before any row
+    -- lock, so no deadlock), and the second re-checks after the first commits.
+    -- Only the top-level call locks: the pass over pending ops that this
+    -- batch unblocks takes no further locks (that would break the order).
+    -- A child buffered while its parent is applied from pending by another
+    -- session is picked up by the next batch (retry_pending).
+    -- Locks are on 64 hash buckets (bounded per transaction): appliers take
+    -- theirs shared and do not block each other; a session about to buffer
+    -- on a missing dep takes that dep's bucket exclusive.
+    PERFORM CASE WHEN z.excl THEN pg_advisory_xact_lock(7231, z.b) ELSE pg_advisory_xact_lock_shared(7231, z.b) END
+       FROM (SELECT y.b, bool_or(y.excl) AS excl
+               FROM (SELECT hashtext((c.op).op_id) & 63 AS b, false AS excl FROM unnest(fresh) c
+                     UNION ALL
+                     SELECT hashtext(d) & 63, true FROM unnest(fresh) c, unnest(coalesce((c.op).deps, '{}')) d
+                      WHERE c.n = ANY (blocked)) y
+              GROUP BY y.b ORDER BY y.b) z
+      WHERE top_level;
+    IF cardinality(blocked) > 0 THEN
+        blocked := converge.blocked_ops(fresh);
+    END IF;
+    FOR p IN SELECT c, ARRAY(SELECT d FROM unnest(coalesce((c.op).deps, '{}')) d WHERE NOT converge.is_applied(d) ORDER BY d) AS miss
+               FROM unnest(fresh) c WHERE c.n = ANY (blocked)
+              ORDER BY (c.op).op_id LOOP  -- a fixed order: concurrent batches take pending keys alike
+        pc := p.c;
+        pc.bad := 'missing ' || array_to_string(p.miss, ', ');
+        INSERT INTO converge.pending (op_id, op, missing, origin) VALUES ((pc.op).op_id, pc.op, p.miss, origin)
+            ON CONFLICT DO NOTHING;
+        PERFORM converge.log_ops(ARRAY[pc], 'buffered', origin);
+        RETURN QUERY SELECT (pc.op).op_id, 'buffered'::text, pc.bad;
+    END LOOP;
+
+    -- 4. Everything else: through the dedupe gate, then merged.
+    SELECT * INTO res FROM converge.apply_checked(
+        ARRAY(SELECT c FROM unnest(fresh) c WHERE NOT c.n = ANY (blocked) ORDER BY c.n), origin);
+    PERFORM converge.log_ops(res.lost, 'duplicate', origin);
+    RETURN QUERY SELECT (c.op).op_id, 'duplicate'::text, NULL::text FROM unnest(res.lost) c ORDER BY c.n;
+    RETURN QUERY SELECT (c.op).op_id, 'applied'::text, NULL::text FROM unnest(res.won) c ORDER BY c.n;
+    FOR a IN SELECT DISTINCT c.actor FROM unnest(res.won) c ORDER BY 1 LOOP
+        PERFORM converge.advance_frontier(a);
+    END LOOP;
+
+    -- 5. Pending ops whose deps are now all applied go through the same path
+    --    (any of them, not only those waiting for this batch: self-healing).
+    IF cardinality(res.won) > 0 THEN
+        FOR p IN
+            WITH ready AS (
+                DELETE FROM converge.pending q
+                 WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
+                RETURNING q.op, q.origin, q.received_at)
+            SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
+        LOOP
+            RETURN QUERY SELECT * FROM converge.apply_ops(p.batch, p.origin, false);
+        END LOOP;
+    END IF;
+END $$;
+COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch.';
 
 CREATE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE o converge.op;
-BEGIN
-    -- A fixed order (target row, then op_id) so concurrent batches lock rows
-    -- in the same order and cannot deadlock; deps are honoured regardless,
-    -- because an op that comes before its parent is buffered and applied
-    -- as soon as the parent is.
-    FOR o IN SELECT x.* FROM unnest(ops) x
-              ORDER BY x.target_table, x.target_key::text, x.target_column, x.op_id LOOP
-        RETURN QUERY SELECT * FROM converge.apply_one(o, origin);
-    END LOOP;
-END $$;
-COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops; one row per op (op_id, outcome, reason). Never aborts the batch for a bad op.';
+LANGUAGE sql AS $$
+    -- First ops left pending although their deps are applied (see
+    -- apply_ops), then the batch.
+    SELECT * FROM converge.retry_pending()
+    UNION ALL
+    SELECT * FROM converge.apply_ops(ops, origin, true)
+$$;
+COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
+
+CREATE FUNCTION converge.apply(op converge.op, origin text DEFAULT 'client')
+RETURNS TABLE (op_id text, outcome text, reason text)
+LANGUAGE sql AS $$ SELECT * FROM converge.apply_batch(ARRAY[op], origin) $$;
+COMMENT ON FUNCTION converge.apply(converge.op, text) IS 'Apply one op (see apply_batch): validate, deduplicate, check deps (buffer if missing), merge into the target row. One row per op decided, including ops it unblocked.';
 
 CREATE FUNCTION converge.replay(replay_op_id text)
 RETURNS TABLE (op_id text, outcome text, reason text)
@@ -295,7 +439,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no rejected or quarantined op with op_id %', replay_op_id USING ERRCODE = 'P0002';
     END IF;
-    RETURN QUERY SELECT * FROM converge.apply_one(o, 'replay');
+    RETURN QUERY SELECT * FROM converge.apply_batch(ARRAY[o], 'replay');
 END $$;
 COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair); the log keeps both outcomes.';
 
@@ -371,7 +515,8 @@ BEGIN
                 RAISE EXCEPTION 'converge node identity is not set' USING ERRCODE = '55000';
             END IF;
         END IF;
-        UPDATE converge.local_op_counter SET counter = counter + 1 RETURNING counter INTO c;
+        INSERT INTO converge.local_op_counter AS l VALUES (true, 1)
+            ON CONFLICT (only_row) DO UPDATE SET counter = l.counter + 1 RETURNING l.counter INTO c;
         INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
                                      epoch, deps, delta, outcome, origin)
         VALUES (me || ':' || c, me, c, TG_RELID::regclass::text, key, col, 1, 0, '{}', d, 'applied', 'local');
@@ -408,8 +553,4 @@ END $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log: every later change to its CRDT columns is recorded as an op of this node. Run again after adding CRDT columns.';
 
 COMMENT ON FUNCTION converge.advance_frontier(text) IS 'Internal: move an actor''s contiguous frontier past every applied counter.';
-COMMENT ON FUNCTION converge.log_op(converge.op, text, text, text) IS 'Internal: record an op outcome in converge.op_log.';
-COMMENT ON FUNCTION converge.merge_op(converge.op) IS 'Internal: merge an op''s delta into its target row, creating the row when missing.';
-COMMENT ON FUNCTION converge.validate_envelope(converge.op) IS 'Internal: the rejection reason for a malformed envelope, or NULL.';
-COMMENT ON FUNCTION converge.apply_one(converge.op, text) IS 'Internal: apply one op and the pending ops it unblocks.';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column as an op of this node.';

@@ -7,12 +7,17 @@ use pgrx::prelude::*;
 
 mod errors;
 mod node;
+mod ops;
 mod types;
 
 pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!("../sql/ops.sql", name = "ops", requires = ["bootstrap"]);
+extension_sql_file!(
+    "../sql/ops.sql",
+    name = "ops",
+    requires = ["bootstrap", ops::op_id_actor, ops::op_id_counter, ops::delta_error]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

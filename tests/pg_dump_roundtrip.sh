@@ -17,6 +17,7 @@ SELECT set_node('madrid');
 CREATE TABLE everything (
     id int PRIMARY KEY, g gcounter, pn pncounter, b bcounter, gs gset, os orset,
     lr lwwreg, mv mvreg, lm lwwmap, om ormap);
+SELECT replicate('everything');   -- so the op log has history to carry too
 INSERT INTO everything
 SELECT i, incr(NULL::gcounter, i), decr(incr(NULL::pncounter, i), 2), transfer(incr(NULL::bcounter, 100), 'dublin', i),
        add(add(NULL::gset, 'g' || i), 'x'), remove(add(add(NULL::orset, 'a' || i), 'b'), 'b'),
@@ -38,12 +39,17 @@ if [ "$a" != "$b" ]; then
 fi
 echo "$(echo "$a" | wc -l) rows identical after dump and restore"
 
-# The restored node keeps its identity and never reissues a dot.
+log() { pq "$PORT" -d "$1" -At -c "SELECT count(*), converge.frontier() FROM converge.op_log"; }
+[ "$(log dump_src)" = "$(log dump_dst)" ] || { echo "op log differs: $(log dump_src) vs $(log dump_dst)"; exit 1; }
+echo "op log and frontier identical: $(log dump_dst)"
+
+# The restored node keeps its identity, never reissues a dot or an op_id.
 pq "$PORT" -d dump_dst -At <<'SQL' | tee "$DIR.after"
 SET search_path = public, converge;
 SELECT node();
 SELECT (SELECT last_value FROM dot_seq) >= 50 * 5;
-SELECT value(incr(g, 1)) = id + 1 FROM everything WHERE id = 7;
+UPDATE everything SET g = incr(g, 1) WHERE id = 7 RETURNING value(g) = 8;
+SELECT count(*) = 1 FROM op_log WHERE op_id = (SELECT 'madrid:' || max(counter) FROM op_log WHERE actor = 'madrid');
 SQL
-[ "$(cat "$DIR.after")" = "$(printf 'madrid\nt\nt')" ] || { echo "restored node state is wrong"; exit 1; }
+[ "$(cat "$DIR.after")" = "$(printf 'madrid\nt\nt\nt')" ] || { echo "restored node state is wrong"; exit 1; }
 echo "pg_dump round trip: ok"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# SPEC section 7, fourth row: remote delta apply throughput, one core, in
+# batches of 1 000 ops (converge.apply_batch), next to the plain-SQL
+# equivalent (an INSERT .. ON CONFLICT DO UPDATE of a bigint per op) on the
+# same rows, in one run on one throwaway server.
+# Usage: bash bench/apply_throughput.sh [ops, default 20000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .ci/pg.sh
+cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+OPS=${1:-20000} PORT=${PORT:-55497}
+DIR=$(mktemp -d /tmp/converge-bench.XXXXXX); chown postgres "$DIR"
+trap 'pg_down "$DIR/pg"; rm -rf "$DIR"' EXIT
+pg_up "$DIR/pg" "$PORT" "shared_buffers = 512MB" "synchronous_commit = off"
+pq "$PORT" -d postgres <<SQL
+CREATE EXTENSION converge;
+SELECT converge.set_node('bench') IS NOT NULL AS node_set;
+CREATE TABLE counters (id int PRIMARY KEY, n converge.gcounter);
+CREATE TABLE plain (id int PRIMARY KEY, n bigint);
+SELECT converge.replicate('counters');
+-- Ops from one remote actor, 1 000 rows, in batches of 1 000.
+CREATE TABLE batches AS
+SELECT (i - 1) / 1000 AS b,
+       array_agg(ROW('phone:' || i, 'phone', 'counters', jsonb_build_object('id', i % 1000), 'n', 1, 0, '{}'::text[],
+                     format('{"counts":{"phone":%s}}', i)::converge.gcounter::bytea, NULL)::converge.op ORDER BY i) AS ops
+  FROM generate_series(1, $OPS) i GROUP BY 1;
+DO \$\$
+DECLARE t0 timestamptz; conv float8; pl float8; b record; n bigint := 0;
+BEGIN
+    t0 := clock_timestamp();
+    FOR b IN SELECT ops FROM batches ORDER BY 1 LOOP
+        n := n + (SELECT count(*) FROM converge.apply_batch(b.ops, 'bench'));
+    END LOOP;
+    conv := extract(epoch FROM clock_timestamp() - t0);
+    t0 := clock_timestamp();
+    FOR b IN SELECT ops FROM batches ORDER BY 1 LOOP
+        INSERT INTO plain SELECT (o.target_key->>'id')::int, 1 FROM unnest(b.ops) o
+            ON CONFLICT (id) DO UPDATE SET n = plain.n + 1;
+    END LOOP;
+    pl := extract(epoch FROM clock_timestamp() - t0);
+    RAISE NOTICE 'apply_batch: % ops in % s = % ops/s; plain upsert of the same rows: % rows/s',
+        n, round(conv::numeric, 2), round($OPS / conv), round($OPS / pl);
+END \$\$;
+SELECT count(*) FILTER (WHERE outcome = 'applied') AS applied FROM converge.op_log WHERE origin = 'bench';
+SQL

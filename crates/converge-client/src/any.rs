@@ -1,0 +1,122 @@
+//! A CRDT value of any of the nine types, chosen by the column's type name.
+
+use converge_core::*;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyCrdt {
+    GCounter(GCounter),
+    PnCounter(PnCounter),
+    BCounter(BCounter),
+    GSet(GSet),
+    OrSet(OrSet),
+    LwwReg(LwwReg),
+    MvReg(MvReg),
+    LwwMap(LwwMap),
+    OrMap(OrMap),
+}
+
+macro_rules! each {
+    ($v:expr, $x:ident => $body:expr) => {
+        match $v {
+            AnyCrdt::GCounter($x) => $body,
+            AnyCrdt::PnCounter($x) => $body,
+            AnyCrdt::BCounter($x) => $body,
+            AnyCrdt::GSet($x) => $body,
+            AnyCrdt::OrSet($x) => $body,
+            AnyCrdt::LwwReg($x) => $body,
+            AnyCrdt::MvReg($x) => $body,
+            AnyCrdt::LwwMap($x) => $body,
+            AnyCrdt::OrMap($x) => $body,
+        }
+    };
+}
+
+impl AnyCrdt {
+    /// The empty value of the SQL type `type_name`.
+    pub fn empty(type_name: &str) -> Result<AnyCrdt> {
+        Ok(match type_name {
+            "gcounter" => AnyCrdt::GCounter(Default::default()),
+            "pncounter" => AnyCrdt::PnCounter(Default::default()),
+            "bcounter" => AnyCrdt::BCounter(Default::default()),
+            "gset" => AnyCrdt::GSet(Default::default()),
+            "orset" => AnyCrdt::OrSet(Default::default()),
+            "lwwreg" => AnyCrdt::LwwReg(Default::default()),
+            "mvreg" => AnyCrdt::MvReg(Default::default()),
+            "lwwmap" => AnyCrdt::LwwMap(Default::default()),
+            "ormap" => AnyCrdt::OrMap(Default::default()),
+            other => return Err(Error::param(format!("unknown converge type \"{other}\""))),
+        })
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        fn name<T: Crdt>(_: &T) -> &'static str {
+            T::NAME
+        }
+        each!(self, x => name(x))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        each!(self, x => encode(x))
+    }
+
+    pub fn to_text(&self) -> String {
+        each!(self, x => to_text(x))
+    }
+
+    /// Decode `bytes` as a value of the same type as `self`.
+    pub fn decode_like(&self, bytes: &[u8]) -> Result<AnyCrdt> {
+        Ok(match self {
+            AnyCrdt::GCounter(_) => AnyCrdt::GCounter(decode(bytes)?),
+            AnyCrdt::PnCounter(_) => AnyCrdt::PnCounter(decode(bytes)?),
+            AnyCrdt::BCounter(_) => AnyCrdt::BCounter(decode(bytes)?),
+            AnyCrdt::GSet(_) => AnyCrdt::GSet(decode(bytes)?),
+            AnyCrdt::OrSet(_) => AnyCrdt::OrSet(decode(bytes)?),
+            AnyCrdt::LwwReg(_) => AnyCrdt::LwwReg(decode(bytes)?),
+            AnyCrdt::MvReg(_) => AnyCrdt::MvReg(decode(bytes)?),
+            AnyCrdt::LwwMap(_) => AnyCrdt::LwwMap(decode(bytes)?),
+            AnyCrdt::OrMap(_) => AnyCrdt::OrMap(decode(bytes)?),
+        })
+    }
+
+    /// Parse the full-state text form as a value of the same type as `self`.
+    pub fn parse_like(&self, text: &str) -> Result<AnyCrdt> {
+        Ok(match self {
+            AnyCrdt::GCounter(_) => AnyCrdt::GCounter(from_text(text)?),
+            AnyCrdt::PnCounter(_) => AnyCrdt::PnCounter(from_text(text)?),
+            AnyCrdt::BCounter(_) => AnyCrdt::BCounter(from_text(text)?),
+            AnyCrdt::GSet(_) => AnyCrdt::GSet(from_text(text)?),
+            AnyCrdt::OrSet(_) => AnyCrdt::OrSet(from_text(text)?),
+            AnyCrdt::LwwReg(_) => AnyCrdt::LwwReg(from_text(text)?),
+            AnyCrdt::MvReg(_) => AnyCrdt::MvReg(from_text(text)?),
+            AnyCrdt::LwwMap(_) => AnyCrdt::LwwMap(from_text(text)?),
+            AnyCrdt::OrMap(_) => AnyCrdt::OrMap(from_text(text)?),
+        })
+    }
+
+    /// Merge a delta or state in binary form into this value.
+    pub fn merge_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let other = self.decode_like(bytes)?;
+        self.merge(&other)
+    }
+
+    pub fn merge(&mut self, other: &AnyCrdt) -> Result<()> {
+        match (self, other) {
+            (AnyCrdt::GCounter(a), AnyCrdt::GCounter(b)) => a.merge(b),
+            (AnyCrdt::PnCounter(a), AnyCrdt::PnCounter(b)) => a.merge(b),
+            (AnyCrdt::BCounter(a), AnyCrdt::BCounter(b)) => a.merge(b),
+            (AnyCrdt::GSet(a), AnyCrdt::GSet(b)) => a.merge(b),
+            (AnyCrdt::OrSet(a), AnyCrdt::OrSet(b)) => a.merge(b),
+            (AnyCrdt::LwwReg(a), AnyCrdt::LwwReg(b)) => a.merge(b),
+            (AnyCrdt::MvReg(a), AnyCrdt::MvReg(b)) => a.merge(b),
+            (AnyCrdt::LwwMap(a), AnyCrdt::LwwMap(b)) => a.merge(b),
+            (AnyCrdt::OrMap(a), AnyCrdt::OrMap(b)) => a.merge(b),
+            (a, b) => {
+                return Err(Error::new(
+                    ErrorKind::WrongType,
+                    format!("cannot merge a {} into a {}", b.type_name(), a.type_name()),
+                ))
+            }
+        }
+        Ok(())
+    }
+}

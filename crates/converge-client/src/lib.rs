@@ -1,0 +1,494 @@
+//! converge-client: an offline-first replica for a converge server.
+//!
+//! A client (a phone, an edge box) keeps its own CRDT state and a durable
+//! outbox of ops in a directory. It mutates locally with the same algebra as
+//! the server (`converge-core`), pushes its outbox with
+//! `converge.apply_batch`, and pulls what it lacks with
+//! `converge.changes_since(frontier)`. Every step is crash-safe:
+//!
+//! - mutate: the op is appended (fsync) to the outbox before the state is
+//!   saved; on open, outbox ops are merged into the state again (merge is
+//!   idempotent), so a kill between the two loses nothing.
+//! - push: ops leave the outbox only after the server answered; a kill in
+//!   between sends them again, and the server reports `duplicate`.
+//! - pull: state and frontier are saved together (atomic rename); a kill
+//!   before that pulls the same ops again, and merging them twice is harmless.
+
+pub mod any;
+
+pub use any::AnyCrdt;
+use converge_core::{Dot, Hlc, Json, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub enum ClientError {
+    Io(std::io::Error),
+    Core(converge_core::Error),
+    Db(postgres::Error),
+    Format(String),
+    /// A simulated crash (test hook): the process "died" at this point.
+    Crashed(CrashPoint),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "io: {e}"),
+            ClientError::Core(e) => write!(f, "{e}"),
+            ClientError::Db(e) => write!(f, "database: {e}"),
+            ClientError::Format(e) => write!(f, "bad client file: {e}"),
+            ClientError::Crashed(p) => write!(f, "simulated crash at {p:?}"),
+        }
+    }
+}
+impl std::error::Error for ClientError {}
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+impl From<converge_core::Error> for ClientError {
+    fn from(e: converge_core::Error) -> Self {
+        ClientError::Core(e)
+    }
+}
+impl From<postgres::Error> for ClientError {
+    fn from(e: postgres::Error) -> Self {
+        ClientError::Db(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Where a test can make the client "die" (the caller then drops it and
+/// opens the directory again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    AfterOutboxAppend,
+    AfterPushBeforeAck,
+    AfterPullBeforeSave,
+}
+
+/// One op, as the client stores and sends it (the fields of `converge.op`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    pub op_id: String,
+    pub actor: String,
+    pub counter: u64,
+    pub table: String,
+    pub key: serde_json::Value,
+    pub column: String,
+    pub deps: Vec<String>,
+    #[serde(with = "hex")]
+    pub delta: Vec<u8>,
+}
+
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd hex length"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// A cell: one CRDT column of one row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CellId {
+    pub table: String,
+    /// Canonical JSON of the primary key.
+    pub key: String,
+    pub column: String,
+}
+
+impl CellId {
+    pub fn new(table: &str, key: &serde_json::Value, column: &str) -> CellId {
+        CellId { table: table.into(), key: Json::from_value(key).as_str().to_string(), column: column.into() }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Saved {
+    actor: String,
+    next_counter: u64,
+    /// "table.column" -> SQL type name.
+    columns: BTreeMap<String, String>,
+    /// Cell -> full-state text.
+    cells: Vec<(CellId, String)>,
+    /// Highest contiguous counter received per actor.
+    frontier: BTreeMap<String, u64>,
+    /// Counters received above the contiguous frontier.
+    seen_above: BTreeMap<String, BTreeSet<u64>>,
+    /// Ops the server rejected (kept for inspection, never resent).
+    rejected: Vec<(Op, String)>,
+    /// Largest LWW timestamp this client issued (so its clock never goes back).
+    clock: Option<Timestamp>,
+}
+
+/// What a push did, per op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub op_id: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+}
+
+/// Apply `ops` on a server with one `converge.apply_batch`; one outcome per
+/// op decided (an op buffered and then applied in the same call shows twice).
+/// A batch that hits a deadlock or serialization failure with a concurrent
+/// batch is rolled back whole by the server and sent again here.
+pub fn send_ops(db: &mut postgres::Client, ops: &[Op], origin: &str) -> Result<Vec<Outcome>> {
+    let mut attempt = 0;
+    loop {
+        match send_once(db, ops, origin) {
+            Err(ClientError::Db(e))
+                if attempt < 8
+                    && matches!(
+                        e.code(),
+                        Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+                            | Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+                    ) =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn send_once(db: &mut postgres::Client, ops: &[Op], origin: &str) -> Result<Vec<Outcome>> {
+    if ops.is_empty() {
+        return Ok(vec![]);
+    }
+    let col = |f: &dyn Fn(&Op) -> String| ops.iter().map(f).collect::<Vec<String>>();
+    let ids = col(&|o| o.op_id.clone());
+    let actors = col(&|o| o.actor.clone());
+    let tables = col(&|o| o.table.clone());
+    let keys = col(&|o| o.key.to_string());
+    let cols = col(&|o| o.column.clone());
+    let deps = col(&|o| o.deps.join(","));
+    let deltas: Vec<Vec<u8>> = ops.iter().map(|o| o.delta.clone()).collect();
+    let rows = db.query(
+        "SELECT r.op_id, r.outcome, r.reason FROM converge.apply_batch(ARRAY(
+             SELECT ROW(u.i, u.a, u.t, u.k::jsonb, u.c, 1, 0, string_to_array(u.d, ','), u.dl, NULL)::converge.op
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[])
+                    WITH ORDINALITY AS u(i, a, t, k, c, d, dl, n)
+              ORDER BY u.n), $8) r",
+        &[&ids, &actors, &tables, &keys, &cols, &deps, &deltas, &origin],
+    )?;
+    Ok(rows.iter().map(|r| Outcome { op_id: r.get(0), outcome: r.get(1), reason: r.get(2) }).collect())
+}
+
+/// Context a mutation gets: who is mutating, a fresh dot, and a clock.
+pub struct MutCtx<'a> {
+    pub actor: &'a str,
+    pub dot: Dot,
+    clock: &'a mut Hlc,
+    issued: &'a mut Option<Timestamp>,
+}
+
+impl MutCtx<'_> {
+    /// A timestamp newer than `floor` and than anything issued before.
+    pub fn timestamp(&mut self, floor: Option<&Timestamp>) -> Timestamp {
+        if let Some(f) = floor {
+            self.clock.observe(f);
+        }
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let ts = self.clock.tick(wall, self.actor);
+        *self.issued = Some(ts.clone());
+        ts
+    }
+}
+
+pub struct Client {
+    dir: PathBuf,
+    saved: Saved,
+    cells: BTreeMap<CellId, AnyCrdt>,
+    outbox: Vec<Op>,
+    clock: Hlc,
+    /// Test hook: fail with `Crashed` at this point, leaving files as a
+    /// killed process would.
+    pub crash: Option<CrashPoint>,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Open (or create) the client stored in `dir` for `actor`.
+    pub fn open(dir: impl AsRef<Path>, actor: &str) -> Result<Client> {
+        converge_core::validate_actor(actor)?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir)?;
+        let state_path = dir.join("state.json");
+        let saved: Saved = if state_path.exists() {
+            serde_json::from_slice(&fs::read(&state_path)?).map_err(|e| ClientError::Format(e.to_string()))?
+        } else {
+            Saved { actor: actor.to_string(), next_counter: 1, ..Default::default() }
+        };
+        if saved.actor != actor {
+            return Err(ClientError::Format(format!("{} belongs to actor \"{}\"", dir.display(), saved.actor)));
+        }
+        let mut outbox = Vec::new();
+        if let Ok(f) = File::open(dir.join("outbox.jsonl")) {
+            for line in BufReader::new(f).lines() {
+                let line = line?;
+                // A torn last line (killed mid-write) was never acknowledged: drop it.
+                match serde_json::from_str::<Op>(&line) {
+                    Ok(op) => outbox.push(op),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut c = Client { dir, saved, cells: BTreeMap::new(), outbox, clock: Hlc::new(), crash: None };
+        if let Some(ts) = c.saved.clock.clone() {
+            c.clock.observe(&ts);
+        }
+        for (id, text) in std::mem::take(&mut c.saved.cells) {
+            let ty = c.column_type(&id.table, &id.column)?;
+            let v = AnyCrdt::empty(&ty)?.parse_like(&text)?;
+            c.cells.insert(id, v);
+        }
+        // Recovery: ops in the outbox may be newer than the saved state.
+        for op in c.outbox.clone() {
+            c.saved.next_counter = c.saved.next_counter.max(op.counter + 1);
+            c.merge_delta(&op)?;
+            c.mark_seen(&op.actor.clone(), op.counter);
+        }
+        Ok(c)
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.saved.actor
+    }
+
+    /// Say which converge type a column has (the client only syncs these).
+    pub fn declare(&mut self, table: &str, column: &str, type_name: &str) -> Result<()> {
+        AnyCrdt::empty(type_name)?;
+        self.saved.columns.insert(format!("{table}.{column}"), type_name.to_string());
+        self.save()
+    }
+
+    fn column_type(&self, table: &str, column: &str) -> Result<String> {
+        self.saved
+            .columns
+            .get(&format!("{table}.{column}"))
+            .cloned()
+            .ok_or_else(|| ClientError::Format(format!("column {table}.{column} was not declared")))
+    }
+
+    pub fn value(&self, table: &str, key: &serde_json::Value, column: &str) -> Option<&AnyCrdt> {
+        self.cells.get(&CellId::new(table, key, column))
+    }
+
+    pub fn cells(&self) -> &BTreeMap<CellId, AnyCrdt> {
+        &self.cells
+    }
+
+    pub fn outbox(&self) -> &[Op] {
+        &self.outbox
+    }
+
+    pub fn frontier(&self) -> &BTreeMap<String, u64> {
+        &self.saved.frontier
+    }
+
+    pub fn rejected(&self) -> &[(Op, String)] {
+        &self.saved.rejected
+    }
+
+    fn merge_delta(&mut self, op: &Op) -> Result<()> {
+        let ty = self.column_type(&op.table, &op.column)?;
+        let id = CellId::new(&op.table, &op.key, &op.column);
+        let cell = match self.cells.get_mut(&id) {
+            Some(c) => c,
+            None => self.cells.entry(id).or_insert(AnyCrdt::empty(&ty)?),
+        };
+        cell.merge_bytes(&op.delta)?;
+        Ok(())
+    }
+
+    fn mark_seen(&mut self, actor: &str, counter: u64) {
+        let f = self.saved.frontier.entry(actor.to_string()).or_insert(0);
+        if counter <= *f {
+            return;
+        }
+        let above = self.saved.seen_above.entry(actor.to_string()).or_default();
+        above.insert(counter);
+        while above.remove(&(*f + 1)) {
+            *f += 1;
+        }
+        if above.is_empty() {
+            self.saved.seen_above.remove(actor);
+        }
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.saved.cells = self.cells.iter().map(|(k, v)| (k.clone(), v.to_text())).collect();
+        let bytes = serde_json::to_vec(&self.saved).map_err(|e| ClientError::Format(e.to_string()))?;
+        self.saved.cells.clear();
+        write_atomic(&self.dir.join("state.json"), &bytes)
+    }
+
+    fn rewrite_outbox(&self) -> Result<()> {
+        let mut buf = Vec::new();
+        for op in &self.outbox {
+            serde_json::to_writer(&mut buf, op).map_err(|e| ClientError::Format(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        write_atomic(&self.dir.join("outbox.jsonl"), &buf)
+    }
+
+    /// Change one cell offline. `f` gets the current value (empty if none)
+    /// and a context, mutates the value and returns the delta. The op is in
+    /// the durable outbox when this returns.
+    pub fn mutate(
+        &mut self,
+        table: &str,
+        key: serde_json::Value,
+        column: &str,
+        f: impl FnOnce(&mut AnyCrdt, &mut MutCtx) -> converge_core::Result<AnyCrdt>,
+    ) -> Result<Op> {
+        let ty = self.column_type(table, column)?;
+        let id = CellId::new(table, &key, column);
+        let counter = self.saved.next_counter;
+        let actor = self.saved.actor.clone();
+        let mut value = self.cells.get(&id).cloned().unwrap_or(AnyCrdt::empty(&ty)?);
+        let mut issued = None;
+        let delta = {
+            let mut ctx = MutCtx { actor: &actor, dot: Dot::new(actor.clone(), counter), clock: &mut self.clock, issued: &mut issued };
+            f(&mut value, &mut ctx)?
+        };
+        let op = Op {
+            op_id: format!("{actor}:{counter}"),
+            actor: actor.clone(),
+            counter,
+            table: table.into(),
+            key,
+            column: column.into(),
+            // Each op follows this client's previous one.
+            deps: if counter > 1 { vec![format!("{actor}:{}", counter - 1)] } else { vec![] },
+            delta: delta.encode(),
+        };
+        let mut line = serde_json::to_vec(&op).map_err(|e| ClientError::Format(e.to_string()))?;
+        line.push(b'\n');
+        {
+            let mut f = OpenOptions::new().create(true).append(true).open(self.dir.join("outbox.jsonl"))?;
+            f.write_all(&line)?;
+            f.sync_all()?;
+        }
+        if self.crash == Some(CrashPoint::AfterOutboxAppend) {
+            return Err(ClientError::Crashed(CrashPoint::AfterOutboxAppend));
+        }
+        self.outbox.push(op.clone());
+        self.cells.insert(id, value);
+        self.saved.next_counter = counter + 1;
+        if issued.is_some() {
+            self.saved.clock = issued;
+        }
+        self.mark_seen(&actor, counter);
+        self.save()?;
+        Ok(op)
+    }
+
+    /// Push the outbox (after `arrange`, which may reorder or repeat ops, as
+    /// a flaky network would) with one `converge.apply_batch`.
+    pub fn push_with(&mut self, db: &mut postgres::Client, arrange: impl FnOnce(Vec<Op>) -> Vec<Op>) -> Result<Vec<Outcome>> {
+        let ops = arrange(self.outbox.clone());
+        if ops.is_empty() {
+            return Ok(vec![]);
+        }
+        let outcomes = send_ops(db, &ops, &self.saved.actor)?;
+        if self.crash == Some(CrashPoint::AfterPushBeforeAck) {
+            return Err(ClientError::Crashed(CrashPoint::AfterPushBeforeAck));
+        }
+        let mut done = BTreeSet::new();
+        for o in &outcomes {
+            match o.outcome.as_str() {
+                // The server has it (buffered ops wait there for their deps).
+                "applied" | "duplicate" | "buffered" => {
+                    done.insert(o.op_id.clone());
+                }
+                _ => {
+                    if let Some(op) = self.outbox.iter().find(|x| x.op_id == o.op_id) {
+                        self.saved.rejected.push((op.clone(), o.reason.clone().unwrap_or_default()));
+                    }
+                    done.insert(o.op_id.clone());
+                }
+            }
+        }
+        self.outbox.retain(|o| !done.contains(&o.op_id));
+        self.save()?;
+        self.rewrite_outbox()?;
+        Ok(outcomes)
+    }
+
+    /// Push the whole outbox in order.
+    pub fn push(&mut self, db: &mut postgres::Client) -> Result<Vec<Outcome>> {
+        self.push_with(db, |ops| ops)
+    }
+
+    /// Pull what this client lacks and merge it. Returns the number of ops.
+    pub fn pull(&mut self, db: &mut postgres::Client) -> Result<usize> {
+        let frontier = serde_json::to_string(&self.saved.frontier).map_err(|e| ClientError::Format(e.to_string()))?;
+        let rows = db.query(
+            "SELECT op_id, actor, target_table, target_key::text, target_column, delta, deps
+               FROM converge.changes_since($1::text::jsonb)",
+            &[&frontier],
+        )?;
+        let n = rows.len();
+        for r in rows {
+            let op_id: String = r.get(0);
+            let actor: String = r.get(1);
+            let counter: u64 = op_id.rsplit(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            let key: String = r.get(3);
+            let op = Op {
+                op_id,
+                actor: actor.clone(),
+                counter,
+                table: r.get(2),
+                key: serde_json::from_str(&key).map_err(|e| ClientError::Format(e.to_string()))?,
+                column: r.get(4),
+                deps: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+                delta: r.get(5),
+            };
+            if self.saved.columns.contains_key(&format!("{}.{}", op.table, op.column)) {
+                self.merge_delta(&op)?;
+            }
+            self.mark_seen(&actor, counter);
+        }
+        if self.crash == Some(CrashPoint::AfterPullBeforeSave) {
+            return Err(ClientError::Crashed(CrashPoint::AfterPullBeforeSave));
+        }
+        self.save()?;
+        Ok(n)
+    }
+}
