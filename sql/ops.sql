@@ -397,15 +397,7 @@ BEGIN
     -- 5. Pending ops whose deps are now all applied go through the same path
     --    (any of them, not only those waiting for this batch: self-healing).
     IF cardinality(res.won) > 0 THEN
-        FOR p IN
-            WITH ready AS (
-                DELETE FROM converge.pending q
-                 WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
-                RETURNING q.op, q.origin, q.received_at)
-            SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
-        LOOP
-            RETURN QUERY SELECT * FROM converge.apply_ops(p.batch, p.origin, false);
-        END LOOP;
+        RETURN QUERY SELECT * FROM converge.retry_pending();
     END IF;
 END $$;
 COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch.';

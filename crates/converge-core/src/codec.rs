@@ -103,13 +103,7 @@ pub(crate) fn decode_view<'a, T: Crdt, V: serde::Deserialize<'a>>(bytes: &'a [u8
 
 /// Decode bytes this extension wrote itself (stored datums): structure only.
 pub fn decode_trusted<T: Crdt>(bytes: &[u8]) -> Result<T> {
-    let body = check_header::<T>(bytes)?;
-    let (v, rest) = postcard::take_from_bytes::<T>(body)
-        .map_err(|e| Error::binary(format!("corrupt {} value: {e}", T::NAME)))?;
-    if !rest.is_empty() {
-        return Err(Error::binary(format!("corrupt {} value: {} trailing bytes", T::NAME, rest.len())));
-    }
-    Ok(v)
+    decode_view::<T, T>(bytes)
 }
 
 /// Decode bytes from outside (binary COPY, `recv`, ops from peers): the state

@@ -272,3 +272,26 @@ impl<V: Clone + Ord> DotMap<V> {
         v
     }
 }
+
+/// Join of two dot-kernel states (a dot store with its causal context), the
+/// merge of orset and mvreg.
+pub fn kernel_merge<V: Clone + Ord>(entries: &mut DotMap<V>, ctx: &mut DotSet, other: &DotMap<V>, other_ctx: &DotSet) {
+    entries.merge(ctx, other, other_ctx);
+    ctx.union(other_ctx);
+}
+
+/// `delta(new, old)` of a dot-kernel state: the dots `old` has not seen,
+/// and as context what `new` saw beyond `old` plus the dots of `old` that
+/// `new` removed.
+pub fn kernel_delta<V: Clone + Ord>(
+    new: &DotMap<V>,
+    new_ctx: &DotSet,
+    old: &DotMap<V>,
+    old_ctx: &DotSet,
+) -> (DotMap<V>, DotSet) {
+    let mut removed = DotSet::new();
+    let entries = DotMap::delta(new, new_ctx, old, old_ctx, &mut removed);
+    let mut context = new_ctx.difference(old_ctx);
+    context.union(&removed);
+    (entries, context)
+}

@@ -2,7 +2,7 @@
 //! (one that has seen them) supersedes them.
 
 use crate::codec::Crdt;
-use crate::dots::{Dot, DotMap, DotSet};
+use crate::dots::{kernel_delta, kernel_merge, Dot, DotMap, DotSet};
 use crate::error::Result;
 use crate::json::Json;
 use serde::{Deserialize, Serialize};
@@ -41,14 +41,10 @@ impl Crdt for MvReg {
     const NAME: &'static str = "mvreg";
 
     fn merge(&mut self, other: &Self) {
-        self.entries.merge(&self.context, &other.entries, &other.context);
-        self.context.union(&other.context);
+        kernel_merge(&mut self.entries, &mut self.context, &other.entries, &other.context);
     }
     fn delta(new: &Self, old: &Self) -> Self {
-        let mut removed = DotSet::new();
-        let entries = DotMap::delta(&new.entries, &new.context, &old.entries, &old.context, &mut removed);
-        let mut context = new.context.difference(&old.context);
-        context.union(&removed);
+        let (entries, context) = kernel_delta(&new.entries, &new.context, &old.entries, &old.context);
         MvReg { entries, context }
     }
     fn validate(&self) -> Result<()> {
