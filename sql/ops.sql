@@ -94,6 +94,21 @@ CREATE VIEW converge.quarantine AS
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.op_id = op_log.op_id AND a.outcome = 'applied');
 COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (kept, never dropped; converge.replay(op_id) retries one).';
 
+CREATE FUNCTION converge.op_encode(o converge.op) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT converge.op_encode_fields(o.op_id, o.actor, o.target_table, o.target_key, o.target_column,
+                                     o.schema_version, o.epoch, o.deps, o.delta, o.signature)
+$$;
+COMMENT ON FUNCTION converge.op_encode(converge.op) IS 'The binary form of an op (the one converge-core''s Op::encode writes): [format version, tag 64, postcard body].';
+COMMENT ON FUNCTION converge.op_encode_fields(text, text, text, jsonb, text, int, bigint, text[], bytea, bytea) IS 'Internal: the binary form of an op from its fields (see op_encode).';
+
+CREATE FUNCTION converge.op_decode(b bytea) RETURNS converge.op
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT ROW(f.*)::converge.op FROM converge.op_decode_fields(b) f
+$$;
+COMMENT ON FUNCTION converge.op_decode(bytea) IS 'An op from its binary form; validated and canonical only (22P03 otherwise).';
+COMMENT ON FUNCTION converge.op_decode_fields(bytea) IS 'Internal: the fields of an op in binary form (see op_decode).';
+
 -- Split 'actor:counter'; NULLs when malformed.
 CREATE FUNCTION converge.parse_op_id(op_id text, OUT actor text, OUT counter bigint)
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$

@@ -16,7 +16,14 @@ extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(
     "../sql/ops.sql",
     name = "ops",
-    requires = ["bootstrap", ops::op_id_actor, ops::op_id_counter, ops::delta_error]
+    requires = [
+        "bootstrap",
+        ops::op_id_actor,
+        ops::op_id_counter,
+        ops::delta_error,
+        ops::op_encode_fields,
+        ops::op_decode_fields
+    ]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

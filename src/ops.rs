@@ -2,29 +2,21 @@
 //! validation that reports instead of raising, so one bad op in a batch is
 //! rejected without aborting the statement.
 
-use converge_core::{decode, Crdt};
+use crate::errors::OrRaise;
+use converge_core::{decode, parse_op_id, Crdt, Json, Op};
+use pgrx::JsonB;
 use pgrx::prelude::*;
-
-fn split_op_id(op_id: &str) -> Option<(&str, i64)> {
-    let (actor, counter) = op_id.rsplit_once(':')?;
-    converge_core::validate_actor(actor).ok()?;
-    if counter.is_empty() || counter.starts_with('0') || !counter.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let c: i64 = counter.parse().ok()?;
-    Some((actor, c))
-}
 
 /// The actor of an op_id `actor:counter`, or NULL when malformed.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn op_id_actor(op_id: &str) -> Option<String> {
-    split_op_id(op_id).map(|(a, _)| a.to_string())
+    parse_op_id(op_id).map(|(a, _)| a.to_string())
 }
 
 /// The counter of an op_id `actor:counter` (>= 1), or NULL when malformed.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn op_id_counter(op_id: &str) -> Option<i64> {
-    split_op_id(op_id).map(|(_, c)| c)
+    parse_op_id(op_id).map(|(_, c)| c as i64)
 }
 
 fn check<T: Crdt>(bytes: &[u8]) -> Option<String> {
@@ -53,4 +45,73 @@ fn delta_error(type_name: Option<&str>, delta: Option<&[u8]>) -> Option<String> 
         "ormap" => check::<OrMap>(bytes),
         other => Some(format!("not_crdt_column: type {other}")),
     }
+}
+
+/// The binary form of an op (converge-core's `Op::encode`), from its fields.
+/// `converge.op_encode(op)` wraps it.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(immutable, parallel_safe)]
+fn op_encode_fields(
+    op_id: Option<String>,
+    actor: Option<String>,
+    target_table: Option<String>,
+    target_key: Option<JsonB>,
+    target_column: Option<String>,
+    schema_version: Option<i32>,
+    epoch: Option<i64>,
+    deps: Option<Vec<Option<String>>>,
+    delta: Option<Vec<u8>>,
+    signature: Option<Vec<u8>>,
+) -> Vec<u8> {
+    use crate::errors::required;
+    let op = Op {
+        op_id: required(op_id, "op_id"),
+        actor: required(actor, "actor"),
+        target_table: required(target_table, "target_table"),
+        target_key: Json::from_value(&required(target_key, "target_key").0),
+        target_column: required(target_column, "target_column"),
+        schema_version: required(schema_version, "schema_version"),
+        epoch: epoch.unwrap_or(0),
+        deps: deps.unwrap_or_default().into_iter().map(|d| required(d, "a dep")).collect(),
+        delta: required(delta, "delta"),
+        signature,
+    };
+    op.validate().or_raise();
+    op.encode()
+}
+
+/// The fields of an op in binary form (validated, canonical only).
+/// `converge.op_decode(bytes)` wraps it.
+#[pg_extern(immutable, strict, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn op_decode_fields(
+    bytes: &[u8],
+) -> TableIterator<
+    'static,
+    (
+        name!(op_id, String),
+        name!(actor, String),
+        name!(target_table, String),
+        name!(target_key, JsonB),
+        name!(target_column, String),
+        name!(schema_version, i32),
+        name!(epoch, i64),
+        name!(deps, Vec<String>),
+        name!(delta, Vec<u8>),
+        name!(signature, Option<Vec<u8>>),
+    ),
+> {
+    let op = Op::decode(bytes).or_raise();
+    TableIterator::once((
+        op.op_id,
+        op.actor,
+        op.target_table,
+        JsonB(op.target_key.to_value()),
+        op.target_column,
+        op.schema_version,
+        op.epoch,
+        op.deps,
+        op.delta,
+        op.signature,
+    ))
 }

@@ -20,6 +20,14 @@ SELECT o::text, o::text::op = o AS round_trips
   FROM (SELECT ROW('phone1:1', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{}',
                    '{"counts":{"phone1":3}}'::gcounter::bytea, NULL)::op AS o) s;
 
+-- The binary form (converge-core's Op::encode, what converge-client sends).
+SELECT op_decode(op_encode(o)) = o AS binary_round_trip, length(op_encode(o)) AS bytes
+  FROM (SELECT ROW('phone1:1', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{}',
+                   '{"counts":{"phone1":3}}'::gcounter::bytea, NULL)::op AS o) s;
+SELECT op_decode('\x0140'::bytea);
+SELECT op_decode('\x0105'::bytea);
+SELECT op_encode(ROW('phone1:0', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '\x00'::bytea, NULL)::op);
+
 -- applied, then duplicate.
 SELECT * FROM apply(ROW('phone1:1', 'phone1', 'incident', '{"id":2}', 'visits', 1, 0, '{}',
                         '{"counts":{"phone1":3}}'::gcounter::bytea, NULL)::op);

@@ -74,36 +74,8 @@ pub enum CrashPoint {
     AfterPullBeforeSave,
 }
 
-/// One op, as the client stores and sends it (the fields of `converge.op`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Op {
-    pub op_id: String,
-    pub actor: String,
-    pub counter: u64,
-    pub table: String,
-    pub key: serde_json::Value,
-    pub column: String,
-    pub deps: Vec<String>,
-    #[serde(with = "hex")]
-    pub delta: Vec<u8>,
-}
-
-mod hex {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&b.iter().map(|x| format!("{x:02x}")).collect::<String>())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("odd hex length"));
-        }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(serde::de::Error::custom))
-            .collect()
-    }
-}
+/// An op: converge-core's envelope, the same the server decodes.
+pub use converge_core::Op;
 
 /// A cell: one CRDT column of one row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -117,6 +89,11 @@ pub struct CellId {
 impl CellId {
     pub fn new(table: &str, key: &serde_json::Value, column: &str) -> CellId {
         CellId { table: table.into(), key: Json::from_value(key).as_str().to_string(), column: column.into() }
+    }
+
+    /// The cell an op targets.
+    pub fn of(op: &Op) -> CellId {
+        CellId { table: op.target_table.clone(), key: op.target_key.as_str().to_string(), column: op.target_column.clone() }
     }
 }
 
@@ -174,21 +151,13 @@ fn send_once(db: &mut postgres::Client, ops: &[Op], origin: &str) -> Result<Vec<
     if ops.is_empty() {
         return Ok(vec![]);
     }
-    let col = |f: &dyn Fn(&Op) -> String| ops.iter().map(f).collect::<Vec<String>>();
-    let ids = col(&|o| o.op_id.clone());
-    let actors = col(&|o| o.actor.clone());
-    let tables = col(&|o| o.table.clone());
-    let keys = col(&|o| o.key.to_string());
-    let cols = col(&|o| o.column.clone());
-    let deps = col(&|o| o.deps.join(","));
-    let deltas: Vec<Vec<u8>> = ops.iter().map(|o| o.delta.clone()).collect();
+    // The ops travel in their binary form (converge-core's Op::encode) and
+    // the server decodes them with the same code (converge.op_decode).
+    let encoded: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
     let rows = db.query(
         "SELECT r.op_id, r.outcome, r.reason FROM converge.apply_batch(ARRAY(
-             SELECT ROW(u.i, u.a, u.t, u.k::jsonb, u.c, 1, 0, string_to_array(u.d, ','), u.dl, NULL)::converge.op
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[])
-                    WITH ORDINALITY AS u(i, a, t, k, c, d, dl, n)
-              ORDER BY u.n), $8) r",
-        &[&ids, &actors, &tables, &keys, &cols, &deps, &deltas, &origin],
+             SELECT converge.op_decode(u.b) FROM unnest($1::bytea[]) WITH ORDINALITY AS u(b, n) ORDER BY u.n), $2) r",
+        &[&encoded, &origin],
     )?;
     Ok(rows.iter().map(|r| Outcome { op_id: r.get(0), outcome: r.get(1), reason: r.get(2) }).collect())
 }
@@ -279,9 +248,9 @@ impl Client {
         }
         // Recovery: ops in the outbox may be newer than the saved state.
         for op in c.outbox.clone() {
-            c.saved.next_counter = c.saved.next_counter.max(op.counter + 1);
+            c.saved.next_counter = c.saved.next_counter.max(op.counter() + 1);
             c.merge_delta(&op)?;
-            c.mark_seen(&op.actor.clone(), op.counter);
+            c.mark_seen(&op.actor, op.counter());
         }
         Ok(c)
     }
@@ -326,8 +295,8 @@ impl Client {
     }
 
     fn merge_delta(&mut self, op: &Op) -> Result<()> {
-        let ty = self.column_type(&op.table, &op.column)?;
-        let id = CellId::new(&op.table, &op.key, &op.column);
+        let ty = self.column_type(&op.target_table, &op.target_column)?;
+        let id = CellId::of(op);
         let cell = match self.cells.get_mut(&id) {
             Some(c) => c,
             None => self.cells.entry(id).or_insert(AnyCrdt::empty(&ty)?),
@@ -387,17 +356,9 @@ impl Client {
             let mut ctx = MutCtx { actor: &actor, dot: Dot::new(actor.clone(), counter), clock: &mut self.clock, issued: &mut issued };
             f(&mut value, &mut ctx)?
         };
-        let op = Op {
-            op_id: format!("{actor}:{counter}"),
-            actor: actor.clone(),
-            counter,
-            table: table.into(),
-            key,
-            column: column.into(),
-            // Each op follows this client's previous one.
-            deps: if counter > 1 { vec![format!("{actor}:{}", counter - 1)] } else { vec![] },
-            delta: delta.encode(),
-        };
+        // Each op follows this client's previous one.
+        let deps = if counter > 1 { vec![converge_core::format_op_id(&actor, counter - 1)] } else { vec![] };
+        let op = Op::new(&actor, counter, table, &key, column, deps, delta.encode());
         let mut line = serde_json::to_vec(&op).map_err(|e| ClientError::Format(e.to_string()))?;
         line.push(b'\n');
         {
@@ -460,30 +421,16 @@ impl Client {
     pub fn pull(&mut self, db: &mut postgres::Client) -> Result<usize> {
         let frontier = serde_json::to_string(&self.saved.frontier).map_err(|e| ClientError::Format(e.to_string()))?;
         let rows = db.query(
-            "SELECT op_id, actor, target_table, target_key::text, target_column, delta, deps
-               FROM converge.changes_since($1::text::jsonb)",
+            "SELECT converge.op_encode(o) FROM converge.changes_since($1::text::jsonb) o",
             &[&frontier],
         )?;
         let n = rows.len();
         for r in rows {
-            let op_id: String = r.get(0);
-            let actor: String = r.get(1);
-            let counter: u64 = op_id.rsplit(':').next().and_then(|c| c.parse().ok()).unwrap_or(0);
-            let key: String = r.get(3);
-            let op = Op {
-                op_id,
-                actor: actor.clone(),
-                counter,
-                table: r.get(2),
-                key: serde_json::from_str(&key).map_err(|e| ClientError::Format(e.to_string()))?,
-                column: r.get(4),
-                deps: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
-                delta: r.get(5),
-            };
-            if self.saved.columns.contains_key(&format!("{}.{}", op.table, op.column)) {
+            let op = Op::decode(r.get::<_, &[u8]>(0))?;
+            if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) {
                 self.merge_delta(&op)?;
             }
-            self.mark_seen(&actor, counter);
+            self.mark_seen(&op.actor, op.counter());
         }
         if self.crash == Some(CrashPoint::AfterPullBeforeSave) {
             return Err(ClientError::Crashed(CrashPoint::AfterPullBeforeSave));

@@ -167,7 +167,7 @@ fn random_offline_histories_converge() {
                 // A flaky network: ~25% lost this time (parents too, so
                 // children arrive first), shuffled, ~20% twice.
                 ops.retain(|_| !r.chance(25));
-                let twice: Vec<Op> = ops.iter().filter(|_| r.chance(20)).cloned().collect();
+                let twice: Vec<Op> = ops.iter().filter(|_| r.chance(25)).cloned().collect();
                 repeats += twice.len();
                 ops.extend(twice);
                 for k in (1..ops.len()).rev() {
@@ -214,8 +214,8 @@ fn random_offline_histories_converge() {
     let server = server_cells(&mut db);
     let mut folded: BTreeMap<CellId, AnyCrdt> = BTreeMap::new();
     for op in all_ops.values() {
-        let ty = COLUMNS.iter().find(|(n, _)| *n == op.column).unwrap().1;
-        let cell = folded.entry(CellId::new(&op.table, &op.key, &op.column)).or_insert(AnyCrdt::empty(ty).unwrap());
+        let ty = COLUMNS.iter().find(|(n, _)| *n == op.target_column).unwrap().1;
+        let cell = folded.entry(CellId::of(op)).or_insert(AnyCrdt::empty(ty).unwrap());
         cell.merge_bytes(&op.delta).unwrap();
     }
     let folded_text: BTreeMap<CellId, String> = folded.iter().map(|(k, v)| (k.clone(), v.to_text())).collect();
@@ -323,8 +323,8 @@ fn concurrent_batches_on_the_same_rows() {
     assert_eq!((applied, pending), (400, 0));
     let mut folded: BTreeMap<CellId, AnyCrdt> = BTreeMap::new();
     for op in &ops {
-        let ty = COLUMNS.iter().find(|(n, _)| *n == op.column).unwrap().1;
-        folded.entry(CellId::new(&op.table, &op.key, &op.column)).or_insert(AnyCrdt::empty(ty).unwrap()).merge_bytes(&op.delta).unwrap();
+        let ty = COLUMNS.iter().find(|(n, _)| *n == op.target_column).unwrap().1;
+        folded.entry(CellId::of(op)).or_insert(AnyCrdt::empty(ty).unwrap()).merge_bytes(&op.delta).unwrap();
     }
     let folded_text: BTreeMap<CellId, String> = folded.iter().map(|(k, v)| (k.clone(), v.to_text())).collect();
     assert_eq!(server_cells(&mut db), folded_text);

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod dots;
 pub mod error;
 pub mod json;
+pub mod op;
 pub mod types;
 
 pub use actor::{validate_actor, Actor};
@@ -20,4 +21,5 @@ pub use codec::{decode, decode_trusted, encode, from_text, to_text, Crdt, FORMAT
 pub use dots::{Dot, DotMap, DotSet};
 pub use error::{Error, ErrorKind, Result};
 pub use json::Json;
+pub use op::{format_op_id, parse_op_id, Op, OP_TAG, SCHEMA_VERSION};
 pub use types::*;

@@ -400,3 +400,33 @@ law_tests! {
     lwwmap: LwwMap,
     ormap: OrMap,
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+    /// The op decoder never panics; what it accepts is valid and canonical.
+    #[test]
+    fn fuzz_op_decoder(edits in edits_strategy(), noise in prop::collection::vec(any::<u8>(), 0..96),
+                       counter in 1u64..1000, delta in prop::collection::vec(any::<u8>(), 0..16)) {
+        let op = Op::new("phone", counter, "incident", &serde_json::json!({"id": counter}), "tags",
+                         if counter > 1 { vec![format_op_id("phone", counter - 1)] } else { vec![] }, delta);
+        let mut bytes = op.encode();
+        prop_assert_eq!(Op::decode(&bytes).ok(), Some(op.clone()));
+        for &(pos, kind, b) in &edits {
+            let n = bytes.len();
+            match kind {
+                0 => bytes[pos % n] = b,
+                1 => bytes.insert(pos % (n + 1), b),
+                2 if n > 2 => { bytes.remove(pos % n); }
+                _ => bytes[pos % n] ^= 1 << (b % 8),
+            }
+        }
+        let mut headed = vec![FORMAT_VERSION, OP_TAG];
+        headed.extend_from_slice(&noise);
+        for input in [&bytes[..], &noise[..], &headed[..]] {
+            if let Ok(o) = Op::decode(input) {
+                prop_assert!(o.validate().is_ok());
+                prop_assert_eq!(o.encode(), input.to_vec());
+            }
+        }
+    }
+}
