@@ -83,7 +83,7 @@ impl Crdt for LwwMap {
             entries: new
                 .entries
                 .iter()
-                .filter(|(k, e)| old.entries.get(*k).map_or(true, |o| *e > o))
+                .filter(|(k, e)| old.entries.get(*k).is_none_or(|o| *e > o))
                 .map(|(k, e)| (k.clone(), e.clone()))
                 .collect(),
         }

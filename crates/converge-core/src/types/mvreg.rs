@@ -18,8 +18,7 @@ pub struct MvReg {
 
 impl MvReg {
     pub fn assign(&mut self, v: Json, dot: Dot) -> MvReg {
-        let mut d = MvReg::default();
-        d.context = self.entries.dots_where(|_| true);
+        let mut d = MvReg { entries: DotMap::default(), context: self.entries.dots_where(|_| true) };
         d.context.insert(&dot);
         d.entries.0.insert(dot, v);
         self.merge(&d);

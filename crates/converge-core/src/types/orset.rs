@@ -22,8 +22,7 @@ pub struct OrSet {
 impl OrSet {
     /// Add `e` under the fresh dot `dot`; returns the delta, already applied.
     pub fn add(&mut self, e: &str, dot: Dot) -> OrSet {
-        let mut d = OrSet::default();
-        d.context = self.entries.dots_where(|v| v == e);
+        let mut d = OrSet { entries: DotMap::default(), context: self.entries.dots_where(|v| v == e) };
         d.context.insert(&dot);
         d.entries.0.insert(dot, e.to_string());
         self.merge(&d);
