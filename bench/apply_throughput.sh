@@ -7,11 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/pg.sh
-cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
 OPS=${1:-20000} PORT=${PORT:-55497}
-DIR=$(mktemp -d /tmp/converge-bench.XXXXXX); chown postgres "$DIR"
-trap 'pg_down "$DIR/pg"; rm -rf "$DIR"' EXIT
-pg_up "$DIR/pg" "$PORT" "shared_buffers = 512MB" "synchronous_commit = off"
+bench_up "$PORT" "shared_buffers = 512MB" "synchronous_commit = off"
 pq "$PORT" -d postgres <<SQL
 CREATE EXTENSION converge;
 SELECT converge.set_node('bench') IS NOT NULL AS node_set;

@@ -6,11 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/pg.sh
-cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
 ROWS=${1:-1000000} PORT=${PORT:-55498}
-DIR=$(mktemp -d /tmp/converge-bench.XXXXXX); chown postgres "$DIR"
-trap 'pg_down "$DIR/pg"; rm -rf "$DIR"' EXIT
-pg_up "$DIR/pg" "$PORT" "shared_buffers = 1GB" "work_mem = 256MB"
+bench_up "$PORT" "shared_buffers = 1GB" "work_mem = 256MB"
 pq "$PORT" -d postgres >/dev/null <<SQL
 CREATE EXTENSION converge;
 -- Each row: a gcounter touched by three nodes, and a bigint beside it.

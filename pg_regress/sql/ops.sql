@@ -12,6 +12,12 @@ INSERT INTO incident (id, tags) VALUES (1, add(NULL::orset, 'pump'));
 UPDATE incident SET visits = incr(visits, 2) WHERE id = 1;
 UPDATE incident SET visits = visits || '{"counts":{"dublin":5}}' WHERE id = 1;
 UPDATE incident SET title = 'renamed' WHERE id = 1;   -- not a CRDT column: no op
+-- The trigger works whatever the search_path (names inside are qualified).
+SET search_path = public;
+UPDATE incident SET visits = converge.incr(visits, 0) WHERE id = 1;   -- no change: no op
+UPDATE incident SET tags = converge.add(tags, 'valve') WHERE id = 1;
+UPDATE incident SET tags = converge.remove(tags, 'valve') WHERE id = 1;
+SET search_path = public, converge;
 SELECT op_id, target_key, target_column, delta::text, outcome, origin FROM op_log ORDER BY seq;
 SELECT frontier();
 
