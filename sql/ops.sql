@@ -508,10 +508,12 @@ BEGIN
     SELECT * INTO r FROM converge.replicated WHERE table_name = TG_RELID;
     FOR col, typ IN SELECT * FROM jsonb_each_text(r.crdt_columns) LOOP
         IF TG_OP = 'INSERT' THEN
-            EXECUTE format('SELECT converge.delta(($1).%1$I, NULL::converge.%2$I)::bytea, converge.delta(($1).%1$I, NULL::converge.%2$I) OPERATOR(converge.=) ''{}''::converge.%2$I', col, typ)
+            EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
+                              FROM converge.delta(($1).%1$I, NULL::converge.%2$I) x', col, typ)
                 INTO d, empty USING NEW;
         ELSE
-            EXECUTE format('SELECT converge.delta(($1).%1$I, ($2).%1$I)::bytea, converge.delta(($1).%1$I, ($2).%1$I) OPERATOR(converge.=) ''{}''::converge.%2$I', col, typ)
+            EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
+                              FROM converge.delta(($1).%1$I, ($2).%1$I) x', col, typ)
                 INTO d, empty USING NEW, OLD;
         END IF;
         CONTINUE WHEN d IS NULL OR empty;

@@ -23,6 +23,12 @@ pub fn raise(code: PgSqlErrorCode, msg: impl Into<String>) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// Raise an ERROR with a hint. Never returns.
+pub fn raise_hint(code: PgSqlErrorCode, msg: impl Into<String>, hint: impl Into<String>) -> ! {
+    ErrorReport::new(code, msg.into(), "converge").set_hint(hint.into()).report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 pub fn raise_core(e: Error) -> ! {
     raise(sqlstate(e.kind), e.message)
 }

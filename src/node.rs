@@ -5,7 +5,7 @@
 //! rows or statements never share a dot. Both are dumped by pg_dump (they are
 //! extension configuration), so a restored node keeps counting where it was.
 
-use crate::errors::{raise, OrRaise};
+use crate::errors::{raise, raise_hint, OrRaise};
 use converge_core::{validate_actor, Dot, Hlc, Timestamp};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -44,27 +44,14 @@ pub fn local_node() -> String {
         .ok()
         .flatten()
         .unwrap_or_else(|| {
-            ErrorReportHint::raise(
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "converge node identity is not set",
                 "Run SELECT converge.set_node('<name>') once in this database before using a mutator.",
             )
         });
     NODE.with(|c| *c.borrow_mut() = Some(name.clone()));
     name
-}
-
-struct ErrorReportHint;
-impl ErrorReportHint {
-    fn raise(msg: &str, hint: &str) -> ! {
-        pgrx::pg_sys::panic::ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            msg.to_string(),
-            "converge",
-        )
-        .set_hint(hint.to_string())
-        .report(pgrx::PgLogLevel::ERROR);
-        unreachable!()
-    }
 }
 
 /// Who is mutating, with a fresh dot. Every mutator takes one, so the dot

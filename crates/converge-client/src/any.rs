@@ -31,6 +31,24 @@ macro_rules! each {
     };
 }
 
+/// `$e` (a generic call that returns `Result<T>`) evaluated for the type of
+/// `$v`'s variant and wrapped in that variant.
+macro_rules! same_variant {
+    ($v:expr, $e:expr) => {
+        match $v {
+            AnyCrdt::GCounter(_) => AnyCrdt::GCounter($e?),
+            AnyCrdt::PnCounter(_) => AnyCrdt::PnCounter($e?),
+            AnyCrdt::BCounter(_) => AnyCrdt::BCounter($e?),
+            AnyCrdt::GSet(_) => AnyCrdt::GSet($e?),
+            AnyCrdt::OrSet(_) => AnyCrdt::OrSet($e?),
+            AnyCrdt::LwwReg(_) => AnyCrdt::LwwReg($e?),
+            AnyCrdt::MvReg(_) => AnyCrdt::MvReg($e?),
+            AnyCrdt::LwwMap(_) => AnyCrdt::LwwMap($e?),
+            AnyCrdt::OrMap(_) => AnyCrdt::OrMap($e?),
+        }
+    };
+}
+
 impl AnyCrdt {
     /// The empty value of the SQL type `type_name`.
     pub fn empty(type_name: &str) -> Result<AnyCrdt> {
@@ -65,32 +83,12 @@ impl AnyCrdt {
 
     /// Decode `bytes` as a value of the same type as `self`.
     pub fn decode_like(&self, bytes: &[u8]) -> Result<AnyCrdt> {
-        Ok(match self {
-            AnyCrdt::GCounter(_) => AnyCrdt::GCounter(decode(bytes)?),
-            AnyCrdt::PnCounter(_) => AnyCrdt::PnCounter(decode(bytes)?),
-            AnyCrdt::BCounter(_) => AnyCrdt::BCounter(decode(bytes)?),
-            AnyCrdt::GSet(_) => AnyCrdt::GSet(decode(bytes)?),
-            AnyCrdt::OrSet(_) => AnyCrdt::OrSet(decode(bytes)?),
-            AnyCrdt::LwwReg(_) => AnyCrdt::LwwReg(decode(bytes)?),
-            AnyCrdt::MvReg(_) => AnyCrdt::MvReg(decode(bytes)?),
-            AnyCrdt::LwwMap(_) => AnyCrdt::LwwMap(decode(bytes)?),
-            AnyCrdt::OrMap(_) => AnyCrdt::OrMap(decode(bytes)?),
-        })
+        Ok(same_variant!(self, decode(bytes)))
     }
 
     /// Parse the full-state text form as a value of the same type as `self`.
     pub fn parse_like(&self, text: &str) -> Result<AnyCrdt> {
-        Ok(match self {
-            AnyCrdt::GCounter(_) => AnyCrdt::GCounter(from_text(text)?),
-            AnyCrdt::PnCounter(_) => AnyCrdt::PnCounter(from_text(text)?),
-            AnyCrdt::BCounter(_) => AnyCrdt::BCounter(from_text(text)?),
-            AnyCrdt::GSet(_) => AnyCrdt::GSet(from_text(text)?),
-            AnyCrdt::OrSet(_) => AnyCrdt::OrSet(from_text(text)?),
-            AnyCrdt::LwwReg(_) => AnyCrdt::LwwReg(from_text(text)?),
-            AnyCrdt::MvReg(_) => AnyCrdt::MvReg(from_text(text)?),
-            AnyCrdt::LwwMap(_) => AnyCrdt::LwwMap(from_text(text)?),
-            AnyCrdt::OrMap(_) => AnyCrdt::OrMap(from_text(text)?),
-        })
+        Ok(same_variant!(self, from_text(text)))
     }
 
     /// Merge a delta or state in binary form into this value.
