@@ -22,9 +22,29 @@ CREATE TABLE converge.replicated (
     table_name   regclass PRIMARY KEY,
     key_columns  text[] NOT NULL,
     crdt_columns jsonb NOT NULL,          -- column name -> converge type name
+    other_columns text[] NOT NULL DEFAULT '{}',  -- the rest: last writer wins, shipped as row ops
+    row_expr     text NOT NULL DEFAULT '',      -- jsonb_build_object arguments reading other_columns from $1
     marked_at    timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE converge.replicated IS 'Tables marked with converge.replicate(): their CRDT column changes are recorded as ops.';
+
+-- Row-level state of replicated rows, the same on every node once the same
+-- ops are applied. A row op (target_column '') carries an lwwmap delta: the
+-- non-CRDT columns (last writer wins by hybrid logical clock) and "$live"
+-- (true on INSERT, false on DELETE). A row is present while "$live" is not
+-- false. A deleted row's CRDT state moves to `stash`, deltas that arrive
+-- for it are merged there, and a later insert of the key resumes it: the
+-- state of a key is the merge of every delta ever made to it, whichever
+-- order the inserts, deletes and edits arrive in.
+CREATE TABLE converge.row_state (
+    tbl        regclass NOT NULL,
+    target_key jsonb NOT NULL,
+    clock      converge.lwwmap NOT NULL,
+    live       boolean NOT NULL,
+    stash      jsonb NOT NULL DEFAULT '{}',   -- column -> CRDT text, while deleted
+    PRIMARY KEY (tbl, target_key)
+);
+COMMENT ON TABLE converge.row_state IS 'Per replicated row: last-writer-wins clock of its non-CRDT columns and liveness (row tombstones), and the CRDT state of deleted rows.';
 
 CREATE TABLE converge.op_log (
     seq            bigserial PRIMARY KEY,  -- local order of recording (respects deps)
@@ -84,6 +104,7 @@ SELECT pg_catalog.pg_extension_config_dump('converge.pending', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.actor_frontier', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.log_horizon', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.local_op_counter', '');
+SELECT pg_catalog.pg_extension_config_dump('converge.row_state', '');
 
 CREATE VIEW converge.op_outcomes AS
     SELECT outcome, reason, count(*) AS ops FROM converge.op_log GROUP BY outcome, reason;
@@ -167,21 +188,141 @@ LANGUAGE sql AS $$
 $$;
 COMMENT ON FUNCTION converge.log_ops(converge.op_check[], text, text) IS 'Internal: record ops with one outcome (reason from each op''s bad field).';
 
+-- 't.k1 = v.k1 AND ...': the row t whose primary key equals record v's.
+CREATE FUNCTION converge.key_match(keys text[]) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT string_agg(format('t.%1$I = v.%1$I', k), ' AND ') FROM unnest(keys) k
+$$;
+COMMENT ON FUNCTION converge.key_match(text[]) IS 'Internal: SQL condition matching row t to record v on the given key columns.';
+
+-- The CRDT columns of one row as {column: text}, from a row as jsonb of text values.
+CREATE FUNCTION converge.crdt_values(tbl regclass, crdt jsonb, key jsonb, keys text[]) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    vals jsonb := '{}';
+    col text;
+    v text;
+BEGIN
+    FOR col IN SELECT jsonb_object_keys(crdt) LOOP
+        EXECUTE format('SELECT t.%I::text FROM %s t, jsonb_populate_record(NULL::%s, $1) v WHERE %s', col, tbl, tbl,
+                       converge.key_match(keys)) INTO v USING key;
+        IF v IS NOT NULL THEN
+            vals := vals || jsonb_build_object(col, v);
+        END IF;
+    END LOOP;
+    RETURN vals;
+END $$;
+COMMENT ON FUNCTION converge.crdt_values(regclass, jsonb, jsonb, text[]) IS 'Internal: the CRDT column values (as text) of the row with this key.';
+
+-- Merge two {column: CRDT text} objects column by column.
+CREATE FUNCTION converge.merge_stash(a jsonb, b jsonb, crdt jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    out jsonb := coalesce(a, '{}');
+    col text;
+    v text;
+BEGIN
+    FOR col IN SELECT jsonb_object_keys(coalesce(b, '{}')) LOOP
+        EXECUTE format('SELECT converge.merge(coalesce($1, ''{}'')::converge.%1$I, $2::converge.%1$I)::text', crdt ->> col)
+            INTO v USING out ->> col, b ->> col;
+        out := out || jsonb_build_object(col, v);
+    END LOOP;
+    RETURN out;
+END $$;
+COMMENT ON FUNCTION converge.merge_stash(jsonb, jsonb, jsonb) IS 'Internal: merge two {column: CRDT text} objects column by column.';
+
+-- Apply row ops (target_column ''): merge each lwwmap delta into the row's
+-- clock, then make the table agree with it: present with the winning
+-- non-CRDT values while "$live" is not false, absent (state stashed) otherwise.
+CREATE FUNCTION converge.merge_rows(checks converge.op_check[], rel regclass, keys text[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    x       converge.op_check;
+    r       converge.replicated;
+    rs      converge.row_state;
+    clk     converge.lwwmap;
+    alive   boolean;
+    vals    jsonb;
+    sets    text;
+    present boolean;
+    col     text;
+BEGIN
+    SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
+    FOR x IN SELECT c.* FROM unnest(checks) c WHERE c.tbl = merge_rows.rel AND (c.op).target_column = ''
+              ORDER BY (c.op).target_key::text, c.n LOOP
+        SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = merge_rows.rel AND s.target_key = (x.op).target_key FOR UPDATE;
+        clk := converge.merge(coalesce(rs.clock, '{}'), (x.op).delta::converge.lwwmap);
+        alive := coalesce((converge.get(clk, '$live'))::boolean, true);
+        vals := (converge.to_jsonb(clk) - '$live') - r.key_columns;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s)',
+                       rel, converge.key_match(keys))
+            INTO present USING (x.op).target_key;
+        IF alive THEN
+            IF NOT present THEN
+                EXECUTE format('INSERT INTO %1$s SELECT * FROM jsonb_populate_record(NULL::%1$s, $1)', rel)
+                    USING vals || (x.op).target_key;
+                -- Back from a tombstone: resume the CRDT state it kept.
+                FOR col IN SELECT jsonb_object_keys(coalesce(rs.stash, '{}')) LOOP
+                    EXECUTE format('UPDATE %1$s t SET %2$I = converge.merge(coalesce(t.%2$I, ''{}''), $2::converge.%3$I)
+                                      FROM jsonb_populate_record(NULL::%1$s, $1) v WHERE %4$s',
+                                   rel, col, r.crdt_columns ->> col, converge.key_match(keys))
+                        USING (x.op).target_key, rs.stash ->> col;
+                END LOOP;
+                rs.stash := '{}';
+            ELSIF vals <> '{}' THEN
+                SELECT string_agg(format('%I = w.%I', k, k), ', ') INTO sets
+                  FROM jsonb_object_keys(vals) k WHERE k = ANY (r.other_columns);
+                IF sets IS NOT NULL THEN
+                    EXECUTE format('UPDATE %1$s t SET %2$s FROM jsonb_populate_record(NULL::%1$s, $1) v,
+                                           jsonb_populate_record(NULL::%1$s, $2) w WHERE %3$s',
+                                   rel, sets, converge.key_match(keys))
+                        USING (x.op).target_key, vals;
+                END IF;
+            END IF;
+        ELSIF present THEN
+            rs.stash := converge.merge_stash(rs.stash, converge.crdt_values(rel, r.crdt_columns, (x.op).target_key, keys),
+                                             r.crdt_columns);
+            EXECUTE format('DELETE FROM %1$s t USING jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s', rel, converge.key_match(keys))
+                USING (x.op).target_key;
+        END IF;
+        INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
+        VALUES (merge_rows.rel, (x.op).target_key, clk, alive, coalesce(rs.stash, '{}'))
+        ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION converge.merge_rows(converge.op_check[], regclass, text[]) IS 'Internal: apply row ops (inserts, deletes, last-writer-wins columns) of one table.';
+
 -- Merge one group's deltas (one table and column) into their rows: deltas
 -- for the same row are merged first (merge_agg), then one upsert creates or
 -- merges each row, in key order so concurrent batches lock rows in the same order.
+-- Deltas for deleted rows go to their tombstone's stash instead.
 CREATE FUNCTION converge.merge_group(checks converge.op_check[], tbl regclass, col text, coltype text, keys text[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE cols text; kcols text;
 BEGIN
+    IF coltype = 'row' THEN
+        PERFORM converge.merge_rows(checks, tbl, keys);
+        RETURN;
+    END IF;
     SELECT string_agg(quote_ident(k), ', '), string_agg('k.' || quote_ident(k) || ' AS ' || quote_ident(k), ', ')
       INTO cols, kcols FROM unnest(keys) k;
+    IF EXISTS (SELECT 1 FROM converge.row_state rs WHERE rs.tbl = merge_group.tbl AND NOT rs.live) THEN
+        EXECUTE format(
+            'UPDATE converge.row_state rs
+                SET stash = rs.stash || jsonb_build_object($3, converge.merge(coalesce(rs.stash ->> $3, ''{}'')::converge.%1$I, d.m)::text)
+               FROM (SELECT (x.op).target_key AS key, converge.merge_agg((x.op).delta::converge.%1$I) AS m
+                       FROM unnest($1) x WHERE x.tbl = $2 AND (x.op).target_column = $3 GROUP BY 1) d
+              WHERE rs.tbl = $2 AND rs.target_key = d.key AND NOT rs.live', coltype)
+        USING checks, tbl, col;
+    END IF;
     EXECUTE format(
         'INSERT INTO %1$s AS t (%2$s, %4$I)
          SELECT %2$s, converge.merge_agg(d) FROM (
              SELECT %3$s, (x.op).delta::converge.%5$I AS d
                FROM unnest($1) x, jsonb_populate_record(NULL::%1$s, (x.op).target_key) k
-              WHERE x.tbl = $2 AND (x.op).target_column = $3) w
+              WHERE x.tbl = $2 AND (x.op).target_column = $3
+                AND NOT EXISTS (SELECT 1 FROM converge.row_state rs
+                                 WHERE rs.tbl = $2 AND rs.target_key = (x.op).target_key AND NOT rs.live)) w
           GROUP BY %2$s ORDER BY %2$s
          ON CONFLICT (%2$s) DO UPDATE SET %4$I = converge.merge(t.%4$I, EXCLUDED.%4$I)',
         tbl, cols, kcols, col, coltype)
@@ -326,7 +467,8 @@ BEGIN
     SELECT coalesce(array_agg(c ORDER BY (c).n), '{}') INTO checks FROM (
         SELECT ROW(ROW(x.op_id, x.actor, x.target_table, x.target_key, x.target_column, x.schema_version, x.epoch,
                        x.deps, x.delta, x.signature)::converge.op,
-                   x.n, i.a, i.c, t.rel, r.key_columns, r.crdt_columns ->> x.target_column,
+                   x.n, i.a, i.c, t.rel, r.key_columns,
+                   CASE WHEN x.target_column = '' THEN 'row' ELSE r.crdt_columns ->> x.target_column END,
                    CASE
                        WHEN i.a IS NULL THEN 'invalid_op_id'
                        WHEN x.actor IS DISTINCT FROM i.a THEN 'actor_mismatch'
@@ -334,6 +476,10 @@ BEGIN
                        WHEN EXISTS (SELECT 1 FROM unnest(x.deps) d WHERE converge.op_id_actor(d) IS NULL) THEN 'invalid_deps'
                        WHEN t.rel IS NULL THEN 'unknown_table'
                        WHEN r.table_name IS NULL THEN 'not_replicated'
+                       WHEN x.target_column = '' THEN
+                           CASE WHEN x.target_key IS NULL OR jsonb_typeof(x.target_key) <> 'object'
+                                     OR NOT (x.target_key ?& r.key_columns) THEN 'invalid_key'
+                                ELSE converge.delta_error('lwwmap', x.delta) END
                        WHEN r.crdt_columns ->> x.target_column IS NULL THEN
                            CASE WHEN EXISTS (SELECT 1 FROM pg_attribute pa WHERE pa.attrelid = t.rel AND pa.attname = x.target_column
                                                 AND pa.attnum > 0 AND NOT pa.attisdropped)
@@ -489,7 +635,9 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.snapshot(regclass) IS 'Every row of a table (CRDT columns as their full-state text) with the frontier it reflects; a client rejoins from it.';
 
--- Record local changes to CRDT columns as ops of this node.
+-- Record local changes of replicated tables as ops of this node: one op per
+-- changed CRDT column (its delta), and a row op (target_column '') when the
+-- row is inserted or deleted or a non-CRDT column changes.
 CREATE FUNCTION converge.record_local_ops() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -501,44 +649,124 @@ DECLARE
     key   jsonb;
     c     bigint;
     me    text;
+    tname text := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    nnew  jsonb := '{}';
+    nold  jsonb := '{}';
+    rs    converge.row_state;
+    clk   converge.lwwmap;
+    k     text;
+    stash jsonb;
+    v     text;
+    gone  jsonb := '{}';
+    logged boolean := false;
 BEGIN
     IF current_setting('converge.applying', true) = 'on' THEN
         RETURN NULL;  -- the change came from converge.apply, which logged the op itself
     END IF;
     SELECT * INTO r FROM converge.replicated WHERE table_name = TG_RELID;
-    FOR col, typ IN SELECT * FROM jsonb_each_text(r.crdt_columns) LOOP
-        IF TG_OP = 'INSERT' THEN
-            EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
-                              FROM converge.delta(($1).%1$I, NULL::converge.%2$I) x', col, typ)
-                INTO d, empty USING NEW;
-        ELSE
-            EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
-                              FROM converge.delta(($1).%1$I, ($2).%1$I) x', col, typ)
-                INTO d, empty USING NEW, OLD;
+    me := converge.node();
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'converge node identity is not set' USING ERRCODE = '55000',
+            HINT = 'Run SELECT converge.set_node(''<name>'') once in this database.';
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        SELECT jsonb_object_agg(kc, to_jsonb(OLD) -> kc) INTO key FROM unnest(r.key_columns) kc;
+    ELSE
+        SELECT jsonb_object_agg(kc, to_jsonb(NEW) -> kc) INTO key FROM unnest(r.key_columns) kc;
+    END IF;
+    IF TG_OP = 'UPDATE' AND key IS DISTINCT FROM (SELECT jsonb_object_agg(kc, to_jsonb(OLD) -> kc) FROM unnest(r.key_columns) kc) THEN
+        RAISE EXCEPTION 'the primary key of replicated table % cannot be changed', TG_RELID::regclass
+            USING ERRCODE = '0A000', HINT = 'Delete the row and insert it with the new key.';
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        FOR col, typ IN SELECT * FROM jsonb_each_text(r.crdt_columns) LOOP
+            IF TG_OP = 'INSERT' THEN
+                EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
+                                  FROM converge.delta(($1).%1$I, NULL::converge.%2$I) x', col, typ)
+                    INTO d, empty USING NEW;
+            ELSE
+                EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
+                                  FROM converge.delta(($1).%1$I, ($2).%1$I) x', col, typ)
+                    INTO d, empty USING NEW, OLD;
+            END IF;
+            CONTINUE WHEN d IS NULL OR empty;
+            INSERT INTO converge.local_op_counter AS l VALUES (true, 1)
+                ON CONFLICT (only_row) DO UPDATE SET counter = l.counter + 1 RETURNING l.counter INTO c;
+            INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                         epoch, deps, delta, outcome, origin)
+            VALUES (me || ':' || c, me, c, tname, key, col, 1, 0, '{}', d, 'applied', 'local');
+            logged := true;
+        END LOOP;
+    END IF;
+    -- The row: liveness and the non-CRDT columns, last writer wins.
+    IF cardinality(r.other_columns) > 0 THEN
+        IF TG_OP <> 'DELETE' THEN
+            EXECUTE 'SELECT jsonb_build_object(' || r.row_expr || ')' INTO nnew USING NEW;
         END IF;
-        CONTINUE WHEN d IS NULL OR empty;
-        IF key IS NULL THEN
-            SELECT jsonb_object_agg(k, to_jsonb(NEW) -> k) INTO key FROM unnest(r.key_columns) k;
-            me := converge.node();
-            IF me IS NULL THEN
-                RAISE EXCEPTION 'converge node identity is not set' USING ERRCODE = '55000';
+        IF TG_OP = 'UPDATE' THEN
+            EXECUTE 'SELECT jsonb_build_object(' || r.row_expr || ')' INTO nold USING OLD;
+        END IF;
+    END IF;
+    IF TG_OP = 'UPDATE' AND nnew = nold THEN
+        IF logged THEN
+            PERFORM converge.advance_frontier(me);
+        END IF;
+        RETURN NULL;
+    END IF;
+    SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = TG_RELID AND s.target_key = key FOR UPDATE;
+    clk := coalesce(rs.clock, '{}');
+    stash := coalesce(rs.stash, '{}');
+    IF TG_OP = 'DELETE' THEN
+        clk := converge.put(clk, '$live', 'false');
+        -- The row is gone: its CRDT state moves to the tombstone.
+        FOR col IN SELECT jsonb_object_keys(r.crdt_columns) LOOP
+            EXECUTE format('SELECT ($1).%I::text', col) INTO v USING OLD;
+            IF v IS NOT NULL THEN
+                gone := gone || jsonb_build_object(col, v);
+            END IF;
+        END LOOP;
+        stash := converge.merge_stash(stash, gone, r.crdt_columns);
+    ELSE
+        FOR k IN SELECT e.key FROM jsonb_each(nnew) e WHERE e.value IS DISTINCT FROM nold -> e.key OR TG_OP = 'INSERT' LOOP
+            clk := converge.put(clk, k, nnew -> k);
+        END LOOP;
+        IF TG_OP = 'INSERT' THEN
+            clk := converge.put(clk, '$live', 'true');
+            IF stash <> '{}' THEN
+                -- The key comes back from a tombstone: it resumes the CRDT
+                -- state the tombstone kept (every node does the same).
+                PERFORM set_config('converge.applying', 'on', true);
+                FOR col IN SELECT jsonb_object_keys(stash) LOOP
+                    EXECUTE format('UPDATE %1$s t SET %2$I = converge.merge(coalesce(t.%2$I, ''{}''), $2::converge.%3$I)
+                                      FROM jsonb_populate_record(NULL::%1$s, $1) v WHERE %4$s',
+                                   TG_RELID::regclass, col, r.crdt_columns ->> col, converge.key_match(r.key_columns))
+                        USING key, stash ->> col;
+                END LOOP;
+                PERFORM set_config('converge.applying', 'off', true);
+                stash := '{}';
             END IF;
         END IF;
-        INSERT INTO converge.local_op_counter AS l VALUES (true, 1)
-            ON CONFLICT (only_row) DO UPDATE SET counter = l.counter + 1 RETURNING l.counter INTO c;
-        INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                     epoch, deps, delta, outcome, origin)
-        VALUES (me || ':' || c, me, c, TG_RELID::regclass::text, key, col, 1, 0, '{}', d, 'applied', 'local');
-        PERFORM converge.advance_frontier(me);
-    END LOOP;
+    END IF;
+    INSERT INTO converge.local_op_counter AS l VALUES (true, 1)
+        ON CONFLICT (only_row) DO UPDATE SET counter = l.counter + 1 RETURNING l.counter INTO c;
+    INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                 epoch, deps, delta, outcome, origin)
+    VALUES (me || ':' || c, me, c, tname, key, '', 1, 0, '{}',
+            converge.delta(clk, coalesce(rs.clock, '{}'))::bytea, 'applied', 'local');
+    INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
+    VALUES (TG_RELID, key, clk, TG_OP <> 'DELETE', stash)
+    ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
+    PERFORM converge.advance_frontier(me);
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION converge.replicate(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    keys text[];
-    crdt jsonb;
+    keys  text[];
+    crdt  jsonb;
+    other text[];
+    expr  text;
 BEGIN
     SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
       INTO keys
@@ -553,13 +781,21 @@ BEGIN
      WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
        AND t.typnamespace = 'converge'::regnamespace
        AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap');
-    INSERT INTO converge.replicated (table_name, key_columns, crdt_columns) VALUES (tbl, keys, crdt)
-        ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, crdt_columns = EXCLUDED.crdt_columns;
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}'),
+           coalesce(string_agg(format('%L, ($1).%I', a.attname, a.attname), ', ' ORDER BY a.attnum), '')
+      INTO other, expr
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+       AND NOT a.attname = ANY (keys) AND NOT crdt ? a.attname;
+    INSERT INTO converge.replicated (table_name, key_columns, crdt_columns, other_columns, row_expr)
+    VALUES (tbl, keys, crdt, other, expr)
+        ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, crdt_columns = EXCLUDED.crdt_columns,
+                                               other_columns = EXCLUDED.other_columns, row_expr = EXCLUDED.row_expr;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'converge_record_ops') THEN
-        EXECUTE format('CREATE TRIGGER converge_record_ops AFTER INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION converge.record_local_ops()', tbl);
+        EXECUTE format('CREATE TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION converge.record_local_ops()', tbl);
     END IF;
 END $$;
-COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log: every later change to its CRDT columns is recorded as an op of this node. Run again after adding CRDT columns.';
+COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';
 
 COMMENT ON FUNCTION converge.advance_frontier(text) IS 'Internal: move an actor''s contiguous frontier past every applied counter.';
-COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column as an op of this node.';
+COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

@@ -8,6 +8,8 @@ use pgrx::prelude::*;
 mod errors;
 mod node;
 mod ops;
+mod replication;
+mod spi;
 mod types;
 
 pgrx::pg_module_magic!();
@@ -18,6 +20,7 @@ extension_sql_file!(
     name = "ops",
     requires = [
         "bootstrap",
+        types::maps::lwwmap,
         ops::op_id_actor,
         ops::op_id_counter,
         ops::delta_error,
@@ -25,11 +28,26 @@ extension_sql_file!(
         ops::op_decode_fields
     ]
 );
+extension_sql_file!(
+    "../sql/replication.sql",
+    name = "replication",
+    requires = [
+        "ops",
+        replication::peers::add_peer,
+        replication::peers::remove_peer,
+        replication::peers::sync,
+        replication::peers::wait_for_peers,
+        replication::peers::pause_peer,
+        replication::peers::resume_peer,
+        replication::decoder::describe_change
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     types::register_gucs();
+    replication::worker::register();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

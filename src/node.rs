@@ -21,9 +21,7 @@ fn dot_seq_oid() -> pg_sys::Oid {
     if let Some(oid) = DOT_SEQ.with(|c| *c.borrow()) {
         return oid;
     }
-    let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'converge.dot_seq'::regclass::oid")
-        .ok()
-        .flatten()
+    let oid = crate::spi::read_one::<pg_sys::Oid>("SELECT 'converge.dot_seq'::regclass::oid", &[])
         .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "sequence converge.dot_seq is missing"));
     DOT_SEQ.with(|c| *c.borrow_mut() = Some(oid));
     oid
@@ -40,9 +38,7 @@ pub fn local_node() -> String {
     if let Some(n) = NODE.with(|c| c.borrow().clone()) {
         return n;
     }
-    let name = Spi::get_one::<String>("SELECT name FROM converge.node_identity")
-        .ok()
-        .flatten()
+    let name = crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])
         .unwrap_or_else(|| {
             raise_hint(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -120,5 +116,5 @@ fn set_node(name: &str) -> pgrx::Uuid {
 /// This database's node name, or NULL if it is not set yet.
 #[pg_extern(stable, parallel_safe)]
 fn node() -> Option<String> {
-    Spi::get_one::<String>("SELECT name FROM converge.node_identity").ok().flatten()
+    crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])
 }

@@ -18,7 +18,10 @@ UPDATE incident SET visits = converge.incr(visits, 0) WHERE id = 1;   -- no chan
 UPDATE incident SET tags = converge.add(tags, 'valve') WHERE id = 1;
 UPDATE incident SET tags = converge.remove(tags, 'valve') WHERE id = 1;
 SET search_path = public, converge;
-SELECT op_id, target_key, target_column, delta::text, outcome, origin FROM op_log ORDER BY seq;
+SELECT op_id, target_key, target_column,
+       CASE WHEN target_column = '' THEN 'row: ' || array_to_string(keys(delta::lwwmap), ', ') ELSE delta::text END AS delta,
+       outcome, origin
+  FROM op_log ORDER BY seq;
 SELECT frontier();
 
 -- An op's text form round-trips.

@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 mod counters;
-mod maps;
+pub mod maps;
 mod registers;
 mod sets;
 

@@ -1,0 +1,112 @@
+-- Replication (SPEC section 4): row ops, the output plugin's stream, and two
+-- databases of this server replicating as two nodes (madrid here, dublin in
+-- a second database) through real logical slots and replication origins.
+SET search_path = public, converge;
+
+-- Rows: an insert is a row op even with every CRDT column NULL; a change of
+-- a non-CRDT column is a row op with that column only; a delete is a row
+-- tombstone that keeps the CRDT state.
+CREATE TABLE ticket (id int PRIMARY KEY, title text, severity int DEFAULT 3,
+                       hits gcounter, tags orset);
+SELECT replicate('ticket');
+SELECT table_name, key_columns, crdt_columns, other_columns FROM replicated WHERE table_name = 'ticket'::regclass;
+SELECT pg_create_logical_replication_slot('regress_slot', 'converge') IS NOT NULL AS slot_created;
+INSERT INTO ticket (id, title) VALUES (1, 'fire');
+UPDATE ticket SET hits = incr(hits, 2), title = 'big fire' WHERE id = 1;
+UPDATE ticket SET hits = incr(hits, 1) WHERE id = 1;        -- CRDT column only: no row op
+INSERT INTO ticket (id, title, tags) VALUES (2, 'flood', add(NULL::orset, 'pump'));
+DELETE FROM ticket WHERE id = 2;
+SELECT target_key, live, keys(clock) AS clock_keys, stash <> '{}' AS stashed
+  FROM row_state WHERE tbl = 'ticket'::regclass ORDER BY target_key::text;
+-- Back from the tombstone: the key resumes its CRDT state.
+INSERT INTO ticket (id, title) VALUES (2, 'flood again');
+SELECT id, title, severity, value(hits) AS hits, elements(tags) AS tags FROM ticket ORDER BY id;
+UPDATE ticket SET id = 3 WHERE id = 1;
+
+-- What a peer receives: one message per op, one per commit, in commit order.
+SELECT d ->> 'op' AS op, d ->> 'column' AS col, d -> 'key' AS key, (d ->> 'bytes')::int < 200 AS small,
+       d ? 'commit' AS is_commit
+  FROM (SELECT describe_change(data) AS d FROM pg_logical_slot_peek_binary_changes('regress_slot', NULL, NULL)) s;
+SELECT count(*) FROM pg_logical_slot_peek_binary_changes('regress_slot', NULL, NULL, 'origins', 'all');
+SELECT count(*) FROM pg_logical_slot_peek_binary_changes('regress_slot', NULL, NULL, 'origins', 'elsewhere');
+SELECT count(*) FROM pg_logical_slot_peek_binary_changes('regress_slot', NULL, NULL, 'format', 'json');
+SELECT describe_change('\x5a00'::bytea);
+SELECT pg_drop_replication_slot('regress_slot');
+
+-- Peers: bad calls.
+SELECT add_peer('bad name', 'dbname=x');
+SELECT add_peer('madrid', 'dbname=x');
+SELECT sync('nobody');
+SELECT remove_peer('nobody');
+SELECT pause_peer('nobody');
+DO $$ BEGIN
+    PERFORM add_peer('ghost', 'host=127.0.0.1 port=1 connect_timeout=2');
+EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'unreachable peer: SQLSTATE %', SQLSTATE;
+END $$;
+SELECT wait_for_peers('1 second');   -- no peers: trivially caught up
+
+-- A second node: database converge_regress_rdub plays dublin.
+CREATE DATABASE converge_regress_rdub;
+\c converge_regress_rdub
+CREATE EXTENSION converge;
+SET search_path = public, converge;
+SELECT set_node('dublin') IS NOT NULL AS dublin_set;
+CREATE TABLE ticket (id int PRIMARY KEY, title text, severity int DEFAULT 3, hits gcounter, tags orset);
+SELECT replicate('ticket');
+INSERT INTO ticket (id, title, hits) VALUES (7, 'made in dublin', incr(NULL::gcounter, 5));
+SELECT add_peer('madrid', format('host=%s port=%s dbname=regression user=%s',
+                                 current_setting('unix_socket_directories'), current_setting('port'), current_user));
+-- add_peer copied what madrid had:
+SELECT id, title, value(hits) AS hits, elements(tags) AS tags FROM ticket ORDER BY id;
+\c regression
+SET search_path = public, converge;
+SELECT add_peer('madrid', 'dbname=x');   -- this node's own name
+SELECT add_peer('dublin', format('host=%s port=%s dbname=converge_regress_rdub user=%s',
+                                 current_setting('unix_socket_directories'), current_setting('port'), current_user));
+SELECT id, title, value(hits) AS hits FROM ticket ORDER BY id;
+SELECT add_peer('virginia', format('host=%s port=%s dbname=converge_regress_rdub user=%s',
+                                   current_setting('unix_socket_directories'), current_setting('port'), current_user));
+SELECT name, state, slot LIKE 'converge_madrid_%' AS slot_named, lag_bytes IS NULL OR lag_bytes >= 0 AS lag_ok FROM peers;
+
+-- Concurrent edits on both nodes, then one pull round each way.
+UPDATE ticket SET hits = incr(hits, 10), tags = add(tags, 'm') WHERE id = 1;
+UPDATE ticket SET title = 'madrid title' WHERE id = 7;
+DELETE FROM ticket WHERE id = 2;
+\c converge_regress_rdub
+SET search_path = public, converge;
+UPDATE ticket SET hits = incr(hits, 100), tags = add(tags, 'd') WHERE id = 1;
+UPDATE ticket SET title = 'dublin title' WHERE id = 7;   -- later: wins
+UPDATE ticket SET tags = add(tags, 'late') WHERE id = 2; -- concurrent with the delete: delete wins
+SELECT sync('madrid') > 0 AS pulled;
+\c regression
+SET search_path = public, converge;
+SELECT sync('dublin') > 0 AS pulled;
+SELECT sync('dublin') AS nothing_left;
+SELECT wait_for_peers('5 seconds');
+SELECT id, title, severity, value(hits) AS hits, elements(tags) AS tags FROM ticket ORDER BY id;
+SELECT string_agg(format('%s|%s|%s|%s|%s', id, title, severity, hits, tags), E'\n' ORDER BY id) AS madrid_rows FROM ticket \gset
+\c converge_regress_rdub
+SET search_path = public, converge;
+SELECT id, title, severity, value(hits) AS hits, elements(tags) AS tags FROM ticket ORDER BY id;
+SELECT string_agg(format('%s|%s|%s|%s|%s', id, title, severity, hits, tags), E'\n' ORDER BY id) = :'madrid_rows' AS identical
+  FROM ticket;
+-- Nothing came back to the node that made it.
+SELECT count(*) AS own_ops_received FROM op_log WHERE actor = node() AND origin <> 'local';
+SELECT name, state, ops_received > 0 AS received, last_error FROM peers;
+\c regression
+SET search_path = public, converge;
+SELECT count(*) AS own_ops_received FROM op_log WHERE actor = node() AND origin <> 'local';
+
+-- remove_peer drops the slot on the peer and the origin here.
+SELECT pause_peer('dublin');
+SELECT name, state FROM peers;
+SELECT remove_peer('dublin');
+SELECT count(*) AS slots FROM pg_replication_slots WHERE slot_name LIKE 'converge_madrid_%';
+SELECT count(*) AS origins FROM pg_replication_origin WHERE roname LIKE 'converge_%_dublin';
+\c converge_regress_rdub
+SELECT converge.remove_peer('madrid');
+\c regression
+SELECT count(*) AS slots_left FROM pg_replication_slots;
+SELECT count(*) AS origins_left FROM pg_replication_origin;
+DROP DATABASE converge_regress_rdub;
+DROP TABLE ticket;

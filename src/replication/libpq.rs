@@ -1,0 +1,304 @@
+//! A small, safe wrapper over the few libpq calls converge needs to talk to a
+//! peer: connect, run a query with a deadline, read LISTEN notifications.
+//!
+//! libpq is what dblink and postgres_fdw use inside a backend; it is the
+//! client PostgreSQL itself ships, so it speaks every auth method the peer may
+//! require. Queries are sent asynchronously and waited on with poll(), so a
+//! hung peer costs at most the deadline and a user can cancel `sync()`.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::time::{Duration, Instant};
+
+#[allow(non_camel_case_types)]
+type PGconn = c_void;
+#[allow(non_camel_case_types)]
+type PGresult = c_void;
+
+#[repr(C)]
+struct PGnotify {
+    relname: *mut c_char,
+    be_pid: c_int,
+    extra: *mut c_char,
+    next: *mut c_void,
+}
+
+const CONNECTION_OK: c_int = 0;
+const PGRES_COMMAND_OK: c_int = 1;
+const PGRES_TUPLES_OK: c_int = 2;
+const PG_DIAG_SQLSTATE: c_int = b'C' as c_int;
+
+#[link(name = "pq")]
+extern "C" {
+    fn PQconnectdb(conninfo: *const c_char) -> *mut PGconn;
+    fn PQstatus(conn: *const PGconn) -> c_int;
+    fn PQerrorMessage(conn: *const PGconn) -> *const c_char;
+    fn PQfinish(conn: *mut PGconn);
+    fn PQsocket(conn: *const PGconn) -> c_int;
+    fn PQsendQueryParams(
+        conn: *mut PGconn,
+        command: *const c_char,
+        n_params: c_int,
+        param_types: *const c_uint,
+        param_values: *const *const c_char,
+        param_lengths: *const c_int,
+        param_formats: *const c_int,
+        result_format: c_int,
+    ) -> c_int;
+    fn PQconsumeInput(conn: *mut PGconn) -> c_int;
+    fn PQisBusy(conn: *mut PGconn) -> c_int;
+    fn PQflush(conn: *mut PGconn) -> c_int;
+    fn PQsetnonblocking(conn: *mut PGconn, arg: c_int) -> c_int;
+    fn PQgetResult(conn: *mut PGconn) -> *mut PGresult;
+    fn PQresultStatus(res: *const PGresult) -> c_int;
+    fn PQresultErrorMessage(res: *const PGresult) -> *const c_char;
+    fn PQresultErrorField(res: *const PGresult, field: c_int) -> *const c_char;
+    fn PQntuples(res: *const PGresult) -> c_int;
+    fn PQnfields(res: *const PGresult) -> c_int;
+    fn PQgetvalue(res: *const PGresult, row: c_int, col: c_int) -> *const c_char;
+    fn PQgetlength(res: *const PGresult, row: c_int, col: c_int) -> c_int;
+    fn PQgetisnull(res: *const PGresult, row: c_int, col: c_int) -> c_int;
+    fn PQclear(res: *mut PGresult);
+    fn PQnotifies(conn: *mut PGconn) -> *mut PGnotify;
+    fn PQfreemem(ptr: *mut c_void);
+}
+
+fn cstr(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().trim_end().to_string()
+    }
+}
+
+/// What went wrong talking to a peer: its SQLSTATE when the peer sent one.
+#[derive(Debug, Clone)]
+pub struct PeerError {
+    pub sqlstate: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn err(message: impl Into<String>) -> PeerError {
+    PeerError { sqlstate: None, message: message.into() }
+}
+
+/// One query result, copied out of libpq (rows of optional byte strings).
+pub struct Rows {
+    pub rows: Vec<Vec<Option<Vec<u8>>>>,
+}
+
+impl Rows {
+    pub fn text(&self, row: usize, col: usize) -> Option<String> {
+        self.rows.get(row)?.get(col)?.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+}
+
+pub struct Conn {
+    raw: *mut PGconn,
+}
+
+// The connection is only ever used from the backend's one thread.
+unsafe impl Send for Conn {}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        unsafe { PQfinish(self.raw) }
+    }
+}
+
+/// Polled while waiting, so the caller can honour cancel/terminate
+/// requests: true means give up.
+pub type Interrupt<'a> = &'a dyn Fn() -> bool;
+
+impl Conn {
+    /// Connect (blocking, bounded by `connect_timeout`, which converge adds
+    /// to the conninfo when the user did not set one).
+    pub fn connect(conninfo: &str) -> Result<Conn, PeerError> {
+        let info = if conninfo.contains("connect_timeout") {
+            conninfo.to_string()
+        } else {
+            format!("{conninfo} connect_timeout=5")
+        };
+        let c = CString::new(info).map_err(|_| err("conninfo contains a NUL byte"))?;
+        let raw = unsafe { PQconnectdb(c.as_ptr()) };
+        if raw.is_null() {
+            return Err(err("out of memory allocating a libpq connection"));
+        }
+        let conn = Conn { raw };
+        if unsafe { PQstatus(raw) } != CONNECTION_OK {
+            return Err(err(format!("could not connect to peer: {}", cstr(unsafe { PQerrorMessage(raw) }))));
+        }
+        unsafe { PQsetnonblocking(raw, 1) };
+        Ok(conn)
+    }
+
+    pub fn socket(&self) -> c_int {
+        unsafe { PQsocket(self.raw) }
+    }
+
+    /// Run one statement with text parameters; `binary` asks for binary
+    /// results. Waits at most `timeout`, calling `interrupt` meanwhile.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        binary: bool,
+        timeout: Duration,
+        interrupt: Interrupt,
+    ) -> Result<Rows, PeerError> {
+        let sql = CString::new(sql).map_err(|_| err("query contains a NUL byte"))?;
+        let owned: Vec<CString> =
+            params.iter().map(|p| CString::new(*p)).collect::<Result<_, _>>().map_err(|_| err("NUL in parameter"))?;
+        let ptrs: Vec<*const c_char> = owned.iter().map(|p| p.as_ptr()).collect();
+        let sent = unsafe {
+            PQsendQueryParams(
+                self.raw,
+                sql.as_ptr(),
+                ptrs.len() as c_int,
+                std::ptr::null(),
+                ptrs.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                binary as c_int,
+            )
+        };
+        if sent == 0 {
+            return Err(err(format!("could not send query to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+        }
+        let deadline = Instant::now() + timeout;
+        // Flush what libpq could not send at once, then wait for the answer.
+        loop {
+            let f = unsafe { PQflush(self.raw) };
+            if f < 0 {
+                return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+            }
+            if f == 0 {
+                break;
+            }
+            self.wait(true, deadline, interrupt)?;
+        }
+        let mut out: Option<Result<Rows, PeerError>> = None;
+        loop {
+            while unsafe { PQisBusy(self.raw) } != 0 {
+                self.wait(false, deadline, interrupt)?;
+                if unsafe { PQconsumeInput(self.raw) } == 0 {
+                    return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+                }
+            }
+            let res = unsafe { PQgetResult(self.raw) };
+            if res.is_null() {
+                break;
+            }
+            let r = unsafe { Self::take(res) };
+            unsafe { PQclear(res) };
+            if out.is_none() || r.is_err() {
+                out = Some(r);
+            }
+        }
+        out.unwrap_or_else(|| Err(err("peer returned no result")))
+    }
+
+    unsafe fn take(res: *mut PGresult) -> Result<Rows, PeerError> {
+        match PQresultStatus(res) {
+            PGRES_TUPLES_OK | PGRES_COMMAND_OK => {
+                let (n, m) = (PQntuples(res), PQnfields(res));
+                let mut rows = Vec::with_capacity(n as usize);
+                for i in 0..n {
+                    let mut row = Vec::with_capacity(m as usize);
+                    for j in 0..m {
+                        if PQgetisnull(res, i, j) != 0 {
+                            row.push(None);
+                        } else {
+                            let p = PQgetvalue(res, i, j) as *const u8;
+                            let len = PQgetlength(res, i, j) as usize;
+                            row.push(Some(std::slice::from_raw_parts(p, len).to_vec()));
+                        }
+                    }
+                    rows.push(row);
+                }
+                Ok(Rows { rows })
+            }
+            _ => {
+                let code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                Err(PeerError {
+                    sqlstate: (!code.is_null()).then(|| cstr(code)),
+                    message: format!("peer: {}", cstr(PQresultErrorMessage(res))),
+                })
+            }
+        }
+    }
+
+    fn wait(&mut self, write: bool, deadline: Instant, interrupt: Interrupt) -> Result<(), PeerError> {
+        loop {
+            if interrupt() {
+                return Err(err("interrupted"));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(err("peer did not answer in time"));
+            }
+            let slice = (deadline - now).min(Duration::from_millis(100));
+            match poll_fds(&[self.socket()], write, slice) {
+                Ok(true) => return Ok(()),
+                Ok(false) => continue,
+                Err(e) => return Err(err(format!("poll failed: {e}"))),
+            }
+        }
+    }
+
+    /// Read whatever arrived on the socket and return whether any LISTEN
+    /// notification came (draining them). Err if the connection broke.
+    pub fn take_notifications(&mut self) -> Result<bool, PeerError> {
+        if unsafe { PQconsumeInput(self.raw) } == 0 {
+            return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+        }
+        let mut any = false;
+        loop {
+            let n = unsafe { PQnotifies(self.raw) };
+            if n.is_null() {
+                return Ok(any);
+            }
+            any = true;
+            unsafe { PQfreemem(n as *mut c_void) };
+        }
+    }
+}
+
+/// poll() on sockets for readability (or writability); true if any is ready.
+pub fn poll_fds(fds: &[c_int], write: bool, timeout: Duration) -> std::io::Result<bool> {
+    let events = if write { libc_pollout() } else { libc_pollin() };
+    let mut p: Vec<PollFd> = fds.iter().filter(|f| **f >= 0).map(|&fd| PollFd { fd, events, revents: 0 }).collect();
+    if p.is_empty() {
+        std::thread::sleep(timeout);
+        return Ok(false);
+    }
+    let r = unsafe { poll(p.as_mut_ptr(), p.len() as u64, timeout.as_millis() as c_int) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(r > 0)
+}
+
+#[repr(C)]
+struct PollFd {
+    fd: c_int,
+    events: i16,
+    revents: i16,
+}
+
+extern "C" {
+    fn poll(fds: *mut PollFd, nfds: u64, timeout: c_int) -> c_int;
+}
+
+const fn libc_pollin() -> i16 {
+    0x001
+}
+const fn libc_pollout() -> i16 {
+    0x004
+}

@@ -1,0 +1,291 @@
+//! Peers: `add_peer`, `remove_peer`, `sync`, `wait_for_peers`,
+//! `pause_peer`/`resume_peer`. The tables and the `converge.peers` view are
+//! in sql/replication.sql.
+//!
+//! Names, per database so several databases of one server can each run
+//! converge:
+//! - our slot on the peer: `converge_<this node>_<8 hex of (system id, db)>`;
+//! - the peer's replication origin here: `converge_<db oid>_<peer>`.
+
+use super::libpq::{Conn, PeerError};
+use super::pull::{apply_encoded, load_peers, origin_id, pull_round, QUERY_TIMEOUT};
+use crate::errors::{raise, raise_hint};
+use crate::node;
+use crate::spi::read_one;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::time::{Duration, Instant};
+
+fn interrupt() -> bool {
+    pgrx::check_for_interrupts!();
+    false
+}
+
+fn peer_failed(peer: &str, e: PeerError) -> ! {
+    let code = match e.sqlstate.as_deref() {
+        None => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        Some(_) => PgSqlErrorCode::ERRCODE_FDW_ERROR,
+    };
+    raise(code, format!("peer \"{peer}\": {}", e.message))
+}
+
+fn connect(peer: &str, conninfo: &str) -> Conn {
+    Conn::connect(conninfo).unwrap_or_else(|e| peer_failed(peer, e))
+}
+
+/// Serializes pulls of one peer in this database (the worker, sync(),
+/// remove_peer): a slot and an origin are used by one session at a time.
+pub fn peer_lock_key(peer: &str) -> i64 {
+    // FNV-1a: stable across processes, unlike std's randomized hasher.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in peer.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    (h >> 1) as i64
+}
+
+pub fn lock_peer(peer: &str, wait: bool) -> bool {
+    let sql = if wait { "SELECT true FROM pg_advisory_xact_lock(7232, $1::int)" } else { "SELECT pg_try_advisory_xact_lock(7232, $1::int)" };
+    let key = (peer_lock_key(peer) & 0x7fff_ffff) as i32;
+    read_one::<bool>(sql, &[key.into()]).unwrap_or(false)
+}
+
+fn validate_peer_name(name: &str) {
+    if converge_core::validate_actor(name).is_err() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid peer name \"{}\": use 1-63 of A-Z a-z 0-9 _ . - (the peer's converge.node())", name.escape_default()),
+        );
+    }
+}
+
+fn slot_name(me: &str) -> String {
+    let (sysid, db) = Spi::connect(|c| {
+        let r = c
+            .select("SELECT system_identifier::text, (SELECT oid FROM pg_database WHERE datname = current_database())::text FROM pg_control_system()", None, &[])
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
+            .first();
+        (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default())
+    });
+    let clean: String =
+        me.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let tag = peer_lock_key(&format!("{sysid}/{db}/{me}")) as u64;
+    format!("converge_{clean}_{:08x}", tag & 0xffff_ffff)
+}
+
+fn origin_name(peer: &str) -> String {
+    let db = read_one::<String>("SELECT oid::text FROM pg_database WHERE datname = current_database()", &[])
+        .unwrap_or_default();
+    format!("converge_{db}_{peer}")
+}
+
+/// Connect to a peer: create (or take over) our slot there and the peer's
+/// origin here, bring over the ops the peer has that this node lacks, and
+/// register it for pulling.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn add_peer(name: &str, conninfo: &str) {
+    validate_peer_name(name);
+    let me = node::local_node();
+    if me == name {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("\"{name}\" is this node; a node is not its own peer"));
+    }
+    let slot = slot_name(&me);
+    let origin = origin_name(name);
+    let mut conn = connect(name, conninfo);
+    let q = |conn: &mut Conn, sql: &str, params: &[&str], binary: bool| {
+        conn.query(sql, params, binary, QUERY_TIMEOUT, &interrupt).unwrap_or_else(|e| peer_failed(name, e))
+    };
+    let who = q(
+        &mut conn,
+        "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'converge'),
+                CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'converge') THEN converge.node() END",
+        &[],
+        false,
+    );
+    if who.text(0, 0).is_none() {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("peer \"{name}\" does not have the converge extension in that database"),
+            "Run CREATE EXTENSION converge and converge.set_node() there first.",
+        );
+    }
+    match who.text(0, 1) {
+        Some(n) if n == name => {}
+        Some(n) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("the server at that conninfo is converge node \"{n}\", not \"{name}\""),
+        ),
+        None => raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("peer \"{name}\" has no node identity"),
+            "Run SELECT converge.set_node(...) on the peer first.",
+        ),
+    }
+    // The slot first: everything the peer commits from now on is kept for
+    // us, and the copy below covers everything before (overlap is deduped).
+    let existing = q(&mut conn, "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot], false);
+    match existing.text(0, 0) {
+        Some(p) if p == "converge" => {} // left from an earlier setup: take it over
+        Some(p) => raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("peer \"{name}\" already has a slot \"{slot}\" using plugin \"{p}\"; drop it there first"),
+        ),
+        None => {
+            q(&mut conn, "SELECT lsn FROM pg_create_logical_replication_slot($1, 'converge')", &[&slot], false);
+        }
+    }
+    let oid = match origin_id(&origin) {
+        Some(o) => o,
+        None => {
+            Spi::run_with_args("SELECT pg_replication_origin_create($1)", &[origin.clone().into()])
+                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+            origin_id(&origin).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "origin not created"))
+        }
+    };
+    Spi::run_with_args(
+        "INSERT INTO converge.peer (name, conninfo, slot_name, origin_name) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET conninfo = EXCLUDED.conninfo, slot_name = EXCLUDED.slot_name,
+                                          origin_name = EXCLUDED.origin_name, paused = false",
+        &[name.into(), conninfo.into(), slot.clone().into(), origin.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    Spi::run_with_args(
+        "INSERT INTO converge.peer_status (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET state = 'new', last_error = NULL",
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    // Initial copy: the applied ops the peer has and this node lacks.
+    let frontier = read_one::<String>("SELECT converge.frontier()::text", &[]).unwrap_or("{}".into());
+    let ops = q(&mut conn, "SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true);
+    let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+    apply_encoded(ops, name, oid, 0, 0);
+}
+
+/// Stop replicating with a peer: drop our slot on it and its origin here.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn remove_peer(name: &str) {
+    let Some(peer) = load_peers(Some(name)).pop() else {
+        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
+    };
+    lock_peer(name, true);
+    match Conn::connect(&peer.conninfo) {
+        Ok(mut conn) => {
+            let r = conn.query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&peer.slot],
+                false,
+                QUERY_TIMEOUT,
+                &interrupt,
+            );
+            if let Err(e) = r {
+                peer_failed(name, e);
+            }
+        }
+        Err(e) => pgrx::warning!(
+            "peer \"{name}\" is unreachable ({e}); its slot \"{}\" is left there: drop it on the peer with SELECT pg_drop_replication_slot('{}')",
+            peer.slot,
+            peer.slot
+        ),
+    }
+    if origin_id(&peer.origin).is_some() {
+        Spi::run_with_args("SELECT pg_replication_origin_drop($1)", &[peer.origin.clone().into()])
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, e.to_string()));
+    }
+    Spi::run_with_args("DELETE FROM converge.peer WHERE name = $1", &[name.into()])
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+}
+
+/// One pull round from a peer, now, in this transaction (call it in a
+/// transaction of its own: the whole transaction is marked as the peer's).
+/// Returns the number of ops received.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn sync(name: &str) -> i64 {
+    let Some(peer) = load_peers(Some(name)).pop() else {
+        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
+    };
+    lock_peer(name, true);
+    let mut conn = connect(name, &peer.conninfo);
+    match pull_round(&peer, &mut conn, &interrupt, false) {
+        Ok(r) => r.ops as i64,
+        Err(e) => peer_failed(name, e),
+    }
+}
+
+fn worker_running() -> bool {
+    read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'converge worker' AND datname = current_database())",
+        &[],
+    )
+    .unwrap_or(false)
+}
+
+/// True once every (unpaused) peer is caught up: everything each peer had
+/// committed when this call started is applied here. False on timeout.
+/// With the background worker running it waits for the worker; without it
+/// it only checks each peer's slot (pull with converge.sync() meanwhile).
+#[pg_extern(volatile, parallel_unsafe)]
+fn wait_for_peers(timeout: default!(pgrx::datum::Interval, "'10 seconds'")) -> bool {
+    let micros = timeout.as_micros().max(0) as u64;
+    let deadline = Instant::now() + Duration::from_micros(micros);
+    let peers = load_peers(None);
+    if peers.is_empty() {
+        return true;
+    }
+    if !worker_running() {
+        loop {
+            let all = peers.iter().all(|peer| {
+                Conn::connect(&peer.conninfo)
+                    .and_then(|mut c| pull_round(peer, &mut c, &interrupt, true))
+                    .map(|r| r.txns == 0)
+                    .unwrap_or(false)
+            });
+            if all || Instant::now() >= deadline {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            pgrx::check_for_interrupts!();
+        }
+    }
+    let start = read_one::<String>("SELECT clock_timestamp()::text", &[]).unwrap_or_default();
+    let poll = format!(
+        "SELECT count(*) FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
+          WHERE NOT p.paused AND (s.caught_up_at IS NULL OR s.caught_up_at < '{}'::timestamptz)",
+        start.replace('\'', "")
+    );
+    loop {
+        let behind = crate::spi::read_fresh_i64(&poll).unwrap_or(1);
+        if behind == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        pgrx::check_for_interrupts!();
+    }
+}
+
+/// Stop pulling from a peer (its slot keeps what we have not read).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn pause_peer(name: &str) {
+    set_paused(name, true)
+}
+
+/// Resume pulling from a paused peer.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn resume_peer(name: &str) {
+    set_paused(name, false)
+}
+
+fn set_paused(name: &str, paused: bool) {
+    let n = Spi::get_one_with_args::<i64>(
+        "WITH u AS (UPDATE converge.peer SET paused = $2 WHERE name = $1 RETURNING 1) SELECT count(*) FROM u",
+        &[name.into(), paused.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    if n == 0 {
+        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
+    }
+}

@@ -1,0 +1,254 @@
+//! Pulling from a peer: one round reads the peer's slot (our slot there),
+//! applies the ops of every new transaction in one local transaction under
+//! the peer's replication origin, and records the remote commit LSN as that
+//! origin's progress in the same commit. The slot on the peer is advanced
+//! only to what is committed here, so a crash anywhere loses nothing; a
+//! transaction seen twice is skipped by LSN, and an op seen twice is a
+//! `duplicate` anyway.
+
+use super::decoder::{parse_message, Message};
+use super::libpq::{Conn, PeerError};
+use crate::errors::raise;
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Changes read from a slot per round (more rounds follow at once when hit).
+pub const ROUND_LIMIT: i64 = 20_000;
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct PeerRow {
+    pub name: String,
+    pub conninfo: String,
+    pub slot: String,
+    pub origin: String,
+}
+
+pub fn load_peers(only_name: Option<&str>) -> Vec<PeerRow> {
+    Spi::connect(|c| {
+        let rows = c
+            .select(
+                "SELECT name, conninfo, slot_name, origin_name FROM converge.peer
+                  WHERE ($1::text IS NULL AND NOT paused) OR name = $1 ORDER BY name",
+                None,
+                &[only_name.into()],
+            )
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading converge.peer: {e}")));
+        rows.map(|r| PeerRow {
+            name: r.get(1).ok().flatten().unwrap_or_default(),
+            conninfo: r.get(2).ok().flatten().unwrap_or_default(),
+            slot: r.get(3).ok().flatten().unwrap_or_default(),
+            origin: r.get(4).ok().flatten().unwrap_or_default(),
+        })
+        .collect()
+    })
+}
+
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub fn fmt_lsn(l: u64) -> String {
+    format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
+}
+
+/// What a round did.
+#[derive(Default, Debug)]
+pub struct Round {
+    pub ops: usize,
+    pub bytes: usize,
+    pub txns: usize,
+    /// The slot had more than one round's worth: pull again at once.
+    pub more: bool,
+    /// Remote commit end LSN of the last transaction applied (0 if none).
+    pub applied_lsn: u64,
+}
+
+// The replication origin this backend set up for the current transaction;
+// reset when the transaction ends, so later local writes of the session are
+// not mistaken for a peer's (and are shipped).
+static ORIGIN_ACTIVE: AtomicBool = AtomicBool::new(false);
+static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT)
+        && ORIGIN_ACTIVE.swap(false, Ordering::SeqCst)
+    {
+        pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
+        pg_sys::replorigin_session_origin_lsn = 0;
+        pg_sys::replorigin_session_origin_timestamp = 0;
+        pg_sys::replorigin_session_reset();
+    }
+}
+
+pub fn origin_id(name: &str) -> Option<pg_sys::RepOriginId> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let id = unsafe { pg_sys::replorigin_by_name(c.as_ptr(), true) };
+    (id != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId).then_some(id)
+}
+
+/// Mark the rest of this transaction as applying `origin`'s changes up to
+/// `remote_lsn`: the commit records that progress, and decoding on this node
+/// filters the transaction out (it is never shipped again).
+fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) {
+    unsafe {
+        if !CALLBACK_REGISTERED.swap(true, Ordering::SeqCst) {
+            pg_sys::RegisterXactCallback(Some(reset_origin_at_end), std::ptr::null_mut());
+        }
+        if !ORIGIN_ACTIVE.swap(true, Ordering::SeqCst) {
+            if pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
+                ORIGIN_ACTIVE.store(false, Ordering::SeqCst);
+                raise(
+                    PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                    "this session already has a replication origin set up (pg_replication_origin_session_setup)",
+                );
+            }
+            pg_sys::replorigin_session_setup(origin);
+            pg_sys::replorigin_session_origin = origin;
+        }
+        pg_sys::replorigin_session_origin_lsn = remote_lsn;
+        pg_sys::replorigin_session_origin_timestamp = remote_time;
+    }
+}
+
+/// Apply encoded ops (as a peer shipped them) here, under `origin`.
+pub fn apply_encoded(ops: Vec<Vec<u8>>, peer: &str, origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) -> usize {
+    if ops.is_empty() {
+        return 0;
+    }
+    setup_origin(origin, remote_lsn, remote_time);
+    let n = ops.len();
+    Spi::run_with_args(
+        "SELECT count(*) FROM converge.apply_batch(ARRAY(SELECT converge.op_decode(b) FROM unnest($1::bytea[]) b), $2)",
+        &[ops.into(), format!("peer:{peer}").into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("applying ops from peer {peer}: {e}")));
+    n
+}
+
+fn lsn_of(rows: &super::libpq::Rows, row: usize, col: usize) -> u64 {
+    rows.text(row, col).and_then(|s| parse_lsn(&s)).unwrap_or(0)
+}
+
+/// One pull round from `peer` over `conn`, inside the caller's transaction.
+/// `stop` is polled while waiting on the network (true = give up).
+/// With `dry_run` it only reports what a round would apply (no writes here
+/// or on the peer).
+pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_run: bool) -> Result<Round, PeerError> {
+    let perr = |m: String| PeerError { sqlstate: None, message: m };
+    let origin = origin_id(&peer.origin)
+        .ok_or_else(|| perr(format!("replication origin \"{}\" is missing; run converge.add_peer again", peer.origin)))?;
+    let progress = unsafe { pg_sys::replorigin_get_progress(origin, false) };
+    let round_start = crate::spi::read_one::<TimestampWithTimeZone>("SELECT clock_timestamp()", &[]);
+
+    let st = conn.query(
+        "SELECT pg_current_wal_lsn()::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&peer.slot],
+        false,
+        QUERY_TIMEOUT,
+        stop,
+    )?;
+    if st.rows.is_empty() {
+        return Err(perr(format!(
+            "replication slot \"{}\" does not exist on peer \"{}\"; run converge.add_peer again",
+            peer.slot, peer.name
+        )));
+    }
+    let peer_lsn = lsn_of(&st, 0, 0);
+    let mut confirmed = lsn_of(&st, 0, 1);
+    // What an earlier round committed here can be released on the peer.
+    if progress > confirmed && !dry_run {
+        conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop)?;
+        confirmed = progress;
+    }
+    let limit = ROUND_LIMIT.to_string();
+    let changes = conn.query(
+        "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int)",
+        &[&peer.slot, &limit],
+        true,
+        QUERY_TIMEOUT,
+        stop,
+    )?;
+    let mut round = Round { more: changes.rows.len() as i64 >= ROUND_LIMIT, ..Default::default() };
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut current: Vec<Vec<u8>> = Vec::new();
+    let mut last_time = 0i64;
+    for row in &changes.rows {
+        let Some(Some(data)) = row.first() else { continue };
+        round.bytes += data.len();
+        match parse_message(data).map_err(perr)? {
+            Message::Op(op) => current.push(op),
+            Message::Commit { end_lsn, commit_time } => {
+                if end_lsn > progress {
+                    round.txns += 1;
+                    batch.append(&mut current);
+                    round.applied_lsn = end_lsn;
+                    last_time = commit_time;
+                } else {
+                    current.clear();
+                }
+            }
+        }
+    }
+    if dry_run {
+        round.ops = batch.len();
+        return Ok(round);
+    }
+    round.ops = apply_encoded(batch, &peer.name, origin, round.applied_lsn, last_time);
+    if round.ops == 0 && !round.more && peer_lsn > confirmed {
+        // Nothing for us up to peer_lsn: let the peer recycle that WAL.
+        conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(peer_lsn)], false, QUERY_TIMEOUT, stop)?;
+        confirmed = peer_lsn;
+    }
+    let lag_seconds = if round.ops > 0 && last_time != 0 {
+        // now() - the last applied commit's time, in seconds.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        Some((now - last_time).max(0) as f64 / 1e6)
+    } else if !round.more {
+        Some(0.0)
+    } else {
+        None
+    };
+    Spi::run_with_args(
+        "UPDATE converge.peer_status SET state = 'ok', peer_lsn = $2::pg_lsn, confirmed_lsn = $3::pg_lsn,
+                lag_bytes = greatest(pg_wal_lsn_diff($2::pg_lsn, $3::pg_lsn), 0)::bigint,
+                lag_seconds = coalesce($4, lag_seconds), last_success = clock_timestamp(),
+                caught_up_at = CASE WHEN $5 THEN $6 ELSE caught_up_at END,
+                ops_received = ops_received + $7, bytes_received = bytes_received + $8
+          WHERE name = $1",
+        &[
+            peer.name.clone().into(),
+            fmt_lsn(peer_lsn).into(),
+            fmt_lsn(confirmed.max(round.applied_lsn)).into(),
+            lag_seconds.into(),
+            (!round.more).into(),
+            round_start.into(),
+            (round.ops as i64).into(),
+            (round.bytes as i64).into(),
+        ],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("updating peer status: {e}")));
+    Ok(round)
+}
+
+/// Record a failure to reach or pull from a peer (in its own transaction).
+pub fn record_error(peer: &str, message: &str) {
+    let _ = Spi::run_with_args(
+        "UPDATE converge.peer_status SET state = 'down', last_error = $2, last_error_at = clock_timestamp() WHERE name = $1",
+        &[peer.into(), message.into()],
+    );
+}
+
+/// Release on the peer what this node committed (best effort: the next
+/// round does it anyway).
+pub fn confirm(peer: &PeerRow, conn: &mut Conn, lsn: u64, stop: &dyn Fn() -> bool) {
+    if lsn > 0 {
+        let _ = conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(lsn)], false, QUERY_TIMEOUT, stop);
+    }
+}
