@@ -250,13 +250,16 @@ BEGIN
     SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
     FOR x IN SELECT c.* FROM unnest(checks) c WHERE c.tbl = merge_rows.rel AND (c.op).target_column = ''
               ORDER BY (c.op).target_key::text, c.n LOOP
+        -- Lock order as in local writes (the row, then its row_state), so a
+        -- local UPDATE and this apply never wait on each other in a cycle.
+        EXECUTE format('SELECT true FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s FOR UPDATE OF t',
+                       rel, converge.key_match(keys))
+            INTO present USING (x.op).target_key;
+        present := coalesce(present, false);
         SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = merge_rows.rel AND s.target_key = (x.op).target_key FOR UPDATE;
         clk := converge.merge(coalesce(rs.clock, '{}'), (x.op).delta::converge.lwwmap);
         alive := coalesce((converge.get(clk, '$live'))::boolean, true);
         vals := (converge.to_jsonb(clk) - '$live') - r.key_columns;
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s)',
-                       rel, converge.key_match(keys))
-            INTO present USING (x.op).target_key;
         IF alive THEN
             IF NOT present THEN
                 EXECUTE format('INSERT INTO %1$s SELECT * FROM jsonb_populate_record(NULL::%1$s, $1)', rel)

@@ -6,7 +6,7 @@
 //! backoff (up to 30 s) and shown as `down` in `converge.peers`; it never
 //! holds up the others beyond one connect timeout.
 
-use super::libpq::{poll_fds, Conn};
+use super::libpq::{poll_fds, Conn, PeerError};
 use super::peers::lock_peer;
 use super::pull::{self, confirm, pull_round, PeerRow};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -50,6 +50,37 @@ struct Link {
     next_round: Instant,
     next_connect: Instant,
     backoff: Duration,
+}
+
+/// Run `f` in a transaction of its own; a PostgreSQL error rolls it back and
+/// comes back as Err (the worker logs it in converge.peers and goes on,
+/// instead of exiting and waiting to be restarted).
+fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let r = PgTryBuilder::new(|| Ok(f()))
+        .catch_others(|e| {
+            Err(match e {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    format!("{} ({:?})", r.message(), r.sql_error_code())
+                }
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            })
+        })
+        .execute();
+    unsafe {
+        match &r {
+            Ok(_) => {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Err(_) => pg_sys::AbortCurrentTransaction(),
+        }
+    }
+    r
 }
 
 fn stop_requested() -> bool {
@@ -121,7 +152,7 @@ fn fail(link: &mut Link, message: &str) {
     link.backoff = (link.backoff * 2).min(Duration::from_secs(30));
     let name = link.peer.name.clone();
     let msg = message.to_string();
-    BackgroundWorker::transaction(move || pull::record_error(&name, &msg));
+    let _ = in_transaction(move || pull::record_error(&name, &msg));
 }
 
 fn step(link: &mut Link) {
@@ -144,14 +175,17 @@ fn step(link: &mut Link) {
         return;
     }
     let peer = link.peer.clone();
-    let mut conn = link.conn.take().expect("connected");
-    let (conn, result) = BackgroundWorker::transaction(move || {
+    let conn = link.conn.take().expect("connected");
+    let cell = std::cell::RefCell::new(Some(conn));
+    let result = in_transaction(std::panic::AssertUnwindSafe(|| {
         if !lock_peer(&peer.name, false) {
-            return (conn, Ok(None)); // a sync() or remove_peer is at it
+            return Ok(None); // a sync() or remove_peer is at it
         }
-        let r = pull_round(&peer, &mut conn, &stop_requested, false);
-        (conn, r.map(Some))
-    });
+        let mut c = cell.borrow_mut();
+        pull_round(&peer, c.as_mut().expect("connection"), &stop_requested, false).map(Some)
+    }))
+    .unwrap_or_else(|e| Err(PeerError { sqlstate: None, message: format!("applying: {e}") }));
+    let conn = cell.into_inner().expect("connection");
     link.conn = Some(conn);
     match result {
         Ok(Some(round)) => {

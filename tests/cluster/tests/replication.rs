@@ -1,0 +1,296 @@
+//! Three real nodes (madrid, dublin, virginia) in a full mesh, each with the
+//! converge background worker, take 10 000 random operations over every
+//! CRDT type, row inserts, deletes and last-writer-wins columns, through:
+//! a partition (pulls paused both ways), a kill -9 of a node while the
+//! others write and its worker is pulling, and a node down for a long
+//! stretch (stop -m immediate) then back. In the end every row is
+//! byte-identical on all nodes (text output), every counter equals the sum
+//! of the increments that were acknowledged, no op came back to the node
+//! that made it, and remove_peer leaves no slot or origin behind.
+//!
+//! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
+//! runs it. Ports come from CONVERGE_CLUSTER_PORT (default 5710).
+
+use converge_cluster_tests::*;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const NAMES: [&str; 3] = ["madrid", "dublin", "virginia"];
+
+fn base_port() -> u16 {
+    std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710)
+}
+
+const SCHEMA: &str = "
+    CREATE EXTENSION converge;
+    CREATE TABLE ctr (id int PRIMARY KEY, g converge.gcounter, pn converge.pncounter);
+    CREATE TABLE item (id int PRIMARY KEY, title text, sev int DEFAULT 3,
+                       tags converge.orset, seen converge.gset, owner converge.lwwreg, headline converge.mvreg,
+                       meta converge.lwwmap, inv converge.ormap, budget converge.bcounter);
+    SELECT converge.replicate('ctr');
+    SELECT converge.replicate('item');";
+
+/// What the test expects the counters to sum to: only acknowledged writes.
+#[derive(Default)]
+struct Expect {
+    g: BTreeMap<i32, i64>,
+    pn: BTreeMap<i32, i64>,
+}
+
+struct Load {
+    rng: Rng,
+    expect: Expect,
+    done: usize,
+    retries: usize,
+    by_node: BTreeMap<String, usize>,
+}
+
+impl Load {
+    /// One random operation on node `n` (an ordinary SQL statement).
+    fn op(&mut self, n: &Node, c: &mut postgres::Client) {
+        let r = &mut self.rng;
+        let id = 1 + r.below(40) as i32;
+        let k = 1 + r.below(5) as i64;
+        let word = ["a", "b", "c", "d", "e", "f"][r.below(6) as usize];
+        let (sql, counted): (String, Option<(bool, i64)>) = match r.below(16) {
+            0..=2 => (format!("UPDATE ctr SET g = converge.incr(g, {k}) WHERE id = {id}"), Some((true, k))),
+            3 => (format!("UPDATE ctr SET pn = converge.incr(pn, {k}) WHERE id = {id}"), Some((false, k))),
+            4 => (format!("UPDATE ctr SET pn = converge.decr(pn, {k}) WHERE id = {id}"), Some((false, -k))),
+            5 => (format!("INSERT INTO item (id, title) VALUES ({id}, 'new {word}') ON CONFLICT (id) DO NOTHING"), None),
+            6 => (format!("DELETE FROM item WHERE id = {id}"), None),
+            7 => (format!("UPDATE item SET title = '{} {word}' WHERE id = {id}", n.name), None),
+            8 => (format!("UPDATE item SET tags = converge.add(tags, '{word}') WHERE id = {id}"), None),
+            9 => (format!("UPDATE item SET tags = converge.remove(tags, '{word}') WHERE id = {id}"), None),
+            10 => (format!("UPDATE item SET seen = converge.add(seen, '{}') WHERE id = {id}", n.name), None),
+            11 => (format!("UPDATE item SET owner = converge.assign(owner, '\"{}\"') WHERE id = {id}", n.name), None),
+            12 => (format!("UPDATE item SET headline = converge.assign(headline, '\"{word}\"'), sev = {k} WHERE id = {id}"), None),
+            13 => (format!("UPDATE item SET meta = converge.put(meta, '{word}', '{k}') WHERE id = {id}"), None),
+            14 => (format!("UPDATE item SET inv = converge.add(converge.incr(inv, 'n', {k}), 'tags', '{word}') WHERE id = {id}"), None),
+            _ => (format!("UPDATE item SET budget = converge.incr(budget, {k}) WHERE id = {id}"), None),
+        };
+        // A deadlock with the apply of a peer's ops on the same row (40P01)
+        // rolls the statement back, as for any client: retry it.
+        let mut tries = 0;
+        let id_rows = loop {
+            match c.execute(sql.as_str(), &[]) {
+                Ok(n) => break n,
+                Err(e) if tries < 5 && matches!(e.code().map(|s| s.code()), Some("40P01") | Some("40001")) => {
+                    tries += 1;
+                    self.retries += 1;
+                }
+                Err(e) => panic!(
+                    "{sql} on {}: {}",
+                    n.name,
+                    e.as_db_error().map(|d| format!("{} {} {:?}", d.code().code(), d.message(), d.where_())).unwrap_or(e.to_string())
+                ),
+            }
+        };
+        // Acknowledged (committed, autocommit) increments are what must survive.
+        if let Some((is_g, amount)) = counted {
+            if id_rows == 1 {
+                let m = if is_g { &mut self.expect.g } else { &mut self.expect.pn };
+                *m.entry(id).or_default() += amount;
+            }
+        }
+        self.done += 1;
+        *self.by_node.entry(n.name.clone()).or_default() += 1;
+    }
+
+    /// `count` ops spread over the nodes whose index is in `live`.
+    fn run(&mut self, nodes: &[Node], clients: &mut [Option<postgres::Client>], live: &[usize], count: usize) {
+        for _ in 0..count {
+            let i = live[self.rng.below(live.len() as u64) as usize];
+            let c = clients[i].get_or_insert_with(|| nodes[i].client());
+            self.op(&nodes[i], c);
+        }
+    }
+}
+
+fn dump(n: &Node, table: &str) -> String {
+    n.client()
+        .query_one(&format!("SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY id), '') FROM {table} t"), &[])
+        .unwrap()
+        .get(0)
+}
+
+fn pause(nodes: &[Node], a: usize, b: usize, paused: bool) {
+    let f = if paused { "pause_peer" } else { "resume_peer" };
+    nodes[a].client().execute(&format!("SELECT converge.{f}($1)"), &[&nodes[b].name]).unwrap();
+    nodes[b].client().execute(&format!("SELECT converge.{f}($1)"), &[&nodes[a].name]).unwrap();
+}
+
+#[test]
+fn three_regions_converge_through_partition_kill9_and_long_outage() {
+    let started = Instant::now();
+    let root = Scratch::new("cluster");
+    let port = base_port();
+    let nodes: Vec<Node> =
+        NAMES.iter().enumerate().map(|(i, name)| Node::new(&root.0, name, port + i as u16, true)).collect();
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute(SCHEMA).unwrap();
+        c.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
+    }
+    // The counter rows exist before replication starts: add_peer copies them.
+    nodes[0].client().batch_execute("INSERT INTO ctr SELECT g, '{}', '{}' FROM generate_series(1, 40) g").unwrap();
+    full_mesh(&nodes);
+    converge_all(&nodes, Duration::from_secs(60));
+    for n in &nodes {
+        let rows: i64 = n.client().query_one("SELECT count(*) FROM ctr", &[]).unwrap().get(0);
+        assert_eq!(rows, 40, "{} has the counter rows after add_peer", n.name);
+    }
+
+    let mut load = Load { rng: Rng(0x9e3779b97f4a7c15), expect: Expect::default(), done: 0, retries: 0, by_node: BTreeMap::new() };
+    let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
+
+    // 1. All connected.
+    load.run(&nodes, &mut clients, &[0, 1, 2], 3000);
+
+    // 2. Partition: virginia cut off from both (pulls stopped both ways), and
+    //    everyone keeps writing.
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    load.run(&nodes, &mut clients, &[0, 1, 2], 2000);
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+
+    // 3. kill -9 dublin while madrid and virginia write and dublin's worker
+    //    is pulling their ops; restart it (crash recovery) and go on.
+    load.run(&nodes, &mut clients, &[0, 2], 1000);
+    // A burst dublin's worker is busy applying when the kill lands: every
+    // counter row incremented in one transaction on each writer.
+    for i in [0, 2] {
+        let c = clients[i].get_or_insert_with(|| nodes[i].client());
+        let n = c.execute("UPDATE ctr SET g = converge.incr(g, 1)", &[]).unwrap();
+        assert_eq!(n, 40);
+        for id in 1..=40 {
+            *load.expect.g.entry(id).or_default() += 1;
+        }
+    }
+    nodes[1].kill9();
+    clients[1] = None;
+    load.run(&nodes, &mut clients, &[0, 2], 200);
+    nodes[1].start();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 800);
+
+    // 4. virginia down for a long stretch (immediate stop), then back.
+    nodes[2].stop_immediate();
+    clients[2] = None;
+    load.run(&nodes, &mut clients, &[0, 1], 2000);
+    nodes[2].start();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 1000);
+    assert_eq!(load.done, 10_000);
+
+    let converge_start = Instant::now();
+    converge_all(&nodes, Duration::from_secs(180));
+    let converge_time = converge_start.elapsed();
+
+    // Every row byte-identical on every node (canonical text output).
+    for table in ["ctr", "item"] {
+        let reference = dump(&nodes[0], table);
+        assert!(!reference.is_empty(), "{table} is not empty");
+        for n in &nodes[1..] {
+            assert!(dump(n, table) == reference, "{table} differs between {} and {}", nodes[0].name, n.name);
+        }
+    }
+    // Every acknowledged increment, exactly once, everywhere.
+    for n in &nodes {
+        let mut c = n.client();
+        for row in c.query("SELECT id, converge.value(g), converge.value(pn) FROM ctr ORDER BY id", &[]).unwrap() {
+            let id: i32 = row.get(0);
+            let g: Option<i64> = row.get(1);
+            let pn: Option<i64> = row.get(2);
+            assert_eq!(g.unwrap_or(0), load.expect.g.get(&id).copied().unwrap_or(0), "g of row {id} on {}", n.name);
+            assert_eq!(pn.unwrap_or(0), load.expect.pn.get(&id).copied().unwrap_or(0), "pn of row {id} on {}", n.name);
+        }
+    }
+    // No op shipped back to the node that made it; every peer caught up.
+    let mut report = Vec::new();
+    for n in &nodes {
+        let mut c = n.client();
+        let back: i64 = c
+            .query_one("SELECT count(*) FROM converge.op_log WHERE actor = converge.node() AND origin <> 'local'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(back, 0, "ops that came back to {}", n.name);
+        let row = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE outcome = 'applied' AND origin = 'local'),
+                        count(*) FILTER (WHERE outcome = 'applied' AND origin <> 'local'),
+                        count(*) FILTER (WHERE outcome = 'duplicate'),
+                        count(*) FILTER (WHERE outcome NOT IN ('applied', 'duplicate'))
+                   FROM converge.op_log",
+                &[],
+            )
+            .unwrap();
+        let (local, remote, dup, other): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(other, 0, "rejected or buffered ops on {}", n.name);
+        let peers: i64 = c
+            .query_one("SELECT count(*) FROM converge.peers WHERE state = 'ok' AND lag_bytes >= 0", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(peers, 2, "peers of {} all ok", n.name);
+        report.push(format!("{}: {local} local ops, {remote} received, {dup} duplicates (redelivered)", n.name));
+    }
+    // Each node holds every op once: its own plus the others'.
+    let totals: Vec<i64> = nodes
+        .iter()
+        .map(|n| n.client().query_one("SELECT count(*) FROM converge.op_log WHERE outcome = 'applied'", &[]).unwrap().get(0))
+        .collect();
+    assert!(totals.iter().all(|t| *t == totals[0]), "applied op counts differ: {totals:?}");
+
+    // remove_peer leaves no slot or origin behind.
+    for n in &nodes {
+        let mut c = n.client();
+        for other in NAMES.iter().filter(|o| **o != n.name) {
+            c.execute("SELECT converge.remove_peer($1)", &[other]).unwrap();
+        }
+    }
+    for n in &nodes {
+        let mut c = n.client();
+        let slots: i64 = c.query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
+        let origins: i64 = c.query_one("SELECT count(*) FROM pg_replication_origin", &[]).unwrap().get(0);
+        assert_eq!((slots, origins), (0, 0), "slots and origins left on {}", n.name);
+    }
+    eprintln!(
+        "cluster: 10000 ops ({:?}, {} statements retried after 40P01); converged {:.1}s after the last write; total {:.0}s\n  {}",
+        load.by_node,
+        load.retries,
+        converge_time.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        report.join("\n  ")
+    );
+}
+
+/// Bytes a peer receives for one `add` to an orset of 10 000 elements,
+/// measured from the slot: independent of the set's size.
+#[test]
+fn add_to_a_10k_orset_ships_a_few_dozen_bytes() {
+    let root = Scratch::new("bytes");
+    let node = Node::new(&root.0, "madrid", base_port() + 10, false);
+    let mut c = node.client();
+    c.batch_execute(
+        "CREATE EXTENSION converge;
+         SELECT converge.set_node('madrid');
+         CREATE TABLE big (id int PRIMARY KEY, s converge.orset);
+         SELECT converge.replicate('big');
+         INSERT INTO big VALUES (1, (SELECT converge.merge_agg(converge.add(NULL::converge.orset, 'e' || g)) FROM generate_series(1, 10000) g));",
+    )
+    .unwrap();
+    let n: i32 = c.query_one("SELECT cardinality(converge.elements(s)) FROM big", &[]).unwrap().get(0);
+    assert_eq!(n, 10_000);
+    c.batch_execute("SELECT pg_create_logical_replication_slot('measure', 'converge')").unwrap();
+    c.batch_execute("UPDATE big SET s = converge.add(s, 'one more') WHERE id = 1").unwrap();
+    let row = c
+        .query_one(
+            "SELECT count(*), sum(length(data))::int8, max(length(data)) FILTER (WHERE get_byte(data, 0) = 79)
+               FROM pg_logical_slot_peek_binary_changes('measure', NULL, NULL)",
+            &[],
+        )
+        .unwrap();
+    let (messages, total, op): (i64, i64, Option<i32>) = (row.get(0), row.get(1), row.get(2));
+    eprintln!("add to a 10k orset: {messages} messages, {total} bytes in all (op message {op:?} bytes)");
+    assert_eq!(messages, 2, "one op and one commit");
+    assert!(total < 200, "{total} bytes shipped for one add");
+    c.batch_execute("SELECT pg_drop_replication_slot('measure')").unwrap();
+}
