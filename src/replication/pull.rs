@@ -147,6 +147,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     let progress = unsafe { pg_sys::replorigin_get_progress(origin, false) };
     let round_start = crate::spi::read_one::<TimestampWithTimeZone>("SELECT clock_timestamp()", &[]);
 
+    let t0 = std::time::Instant::now();
     let st = conn.query(
         "SELECT pg_current_wal_lsn()::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
         &[&peer.slot],
@@ -167,6 +168,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
         conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop)?;
         confirmed = progress;
     }
+    let t1 = t0.elapsed();
     let limit = ROUND_LIMIT.to_string();
     let changes = conn.query(
         "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int)",
@@ -175,6 +177,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
         QUERY_TIMEOUT,
         stop,
     )?;
+    let t2 = t0.elapsed();
     let mut round = Round { more: changes.rows.len() as i64 >= ROUND_LIMIT, ..Default::default() };
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut current: Vec<Vec<u8>> = Vec::new();
@@ -201,6 +204,8 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
         return Ok(round);
     }
     round.ops = apply_encoded(batch, &peer.name, origin, round.applied_lsn, last_time);
+    let t3 = t0.elapsed();
+    pgrx::debug2!("converge round: status {:?} peek {:?} apply {:?}", t1, t2 - t1, t3 - t2);
     if round.ops == 0 && !round.more && peer_lsn > confirmed {
         // Nothing for us up to peer_lsn: let the peer recycle that WAL.
         conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(peer_lsn)], false, QUERY_TIMEOUT, stop)?;

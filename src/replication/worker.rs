@@ -83,19 +83,38 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
     r
 }
 
+extern "C-unwind" {
+    /// PostgreSQL's own SIGTERM handler for backends (pgrx wraps the Rust
+    /// binding in a guard; a signal handler needs the C symbol itself).
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
 fn stop_requested() -> bool {
-    BackgroundWorker::sigterm_received()
+    // die() only sets the flag; exit through the normal FATAL path.
+    if unsafe { pg_sys::ProcDiePending } != 0 {
+        pgrx::check_for_interrupts!();
+    }
+    false
 }
 
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn converge_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM as for any backend (die): a long apply is cancelled at its next
+    // CHECK_FOR_INTERRUPTS and the worker exits, so shutdown never waits on it.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
     let db = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut next_refresh = Instant::now();
     while !stop_requested() {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
         let now = Instant::now();
         if now >= next_refresh {
             next_refresh = now + Duration::from_secs(1);
@@ -176,10 +195,19 @@ fn step(link: &mut Link) {
     }
     let peer = link.peer.clone();
     let conn = link.conn.take().expect("connected");
+    let t0 = Instant::now();
     let cell = std::cell::RefCell::new(Some(conn));
     let result = in_transaction(std::panic::AssertUnwindSafe(|| {
         if !lock_peer(&peer.name, false) {
             return Ok(None); // a sync() or remove_peer is at it
+        }
+        // Paused (or removed) since the last refresh of the peer list.
+        let active = crate::spi::read_one::<bool>(
+            "SELECT NOT paused FROM converge.peer WHERE name = $1",
+            &[peer.name.as_str().into()],
+        );
+        if active != Some(true) {
+            return Ok(None);
         }
         let mut c = cell.borrow_mut();
         pull_round(&peer, c.as_mut().expect("connection"), &stop_requested, false).map(Some)
@@ -189,6 +217,16 @@ fn step(link: &mut Link) {
     link.conn = Some(conn);
     match result {
         Ok(Some(round)) => {
+            if round.txns > 0 {
+                pgrx::debug1!(
+                    "converge: pulled {} ops ({} transactions, {} bytes) from peer \"{}\" in {:.1} ms",
+                    round.ops,
+                    round.txns,
+                    round.bytes,
+                    link.peer.name,
+                    t0.elapsed().as_secs_f64() * 1000.0
+                );
+            }
             link.backoff = Duration::from_millis(500);
             link.due = round.more;
             link.next_round = Instant::now() + Duration::from_secs(1);
