@@ -89,13 +89,6 @@ CREATE TABLE converge.log_horizon (
     upto  bigint NOT NULL
 );
 
--- Gap-free counter of this node's own ops. The row lock is held to commit, so
--- local ops commit in counter order and a frontier never skips one.
-CREATE TABLE converge.local_op_counter (
-    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
-    counter  bigint NOT NULL DEFAULT 0
-);
--- (The row is created on first use, so a restored dump's row does not collide.)
 
 SELECT pg_catalog.pg_extension_config_dump('converge.replicated', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.op_log', '');
@@ -103,7 +96,6 @@ SELECT pg_catalog.pg_extension_config_dump('converge.op_log_seq_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.pending', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.actor_frontier', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.log_horizon', '');
-SELECT pg_catalog.pg_extension_config_dump('converge.local_op_counter', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.row_state', '');
 
 CREATE VIEW converge.op_outcomes AS
@@ -164,29 +156,7 @@ BEGIN
     UPDATE converge.actor_frontier SET contiguous = cur WHERE actor = a AND contiguous < cur;
 END $$;
 
--- One op with what apply_batch found out about it.
-CREATE TYPE converge.op_check AS (
-    op          converge.op,
-    n           bigint,     -- position in the batch
-    actor       text,       -- parsed from op_id
-    counter     bigint,
-    tbl         regclass,
-    key_columns text[],
-    coltype     text,
-    bad         text        -- rejection reason, NULL when valid
-);
-COMMENT ON TYPE converge.op_check IS 'Internal: an op in a batch with its parsed id, target and rejection reason.';
 
-CREATE FUNCTION converge.log_ops(checks converge.op_check[], outcome text, origin text) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                 epoch, deps, delta, signature, outcome, reason, origin)
-    SELECT coalesce((x.op).op_id, ''), coalesce(x.actor, (x.op).actor, ''), coalesce(x.counter, 0), (x.op).target_table,
-           (x.op).target_key, (x.op).target_column, (x.op).schema_version, (x.op).epoch, (x.op).deps, (x.op).delta,
-           (x.op).signature, $2, x.bad, $3
-      FROM unnest($1) x ORDER BY x.n
-$$;
-COMMENT ON FUNCTION converge.log_ops(converge.op_check[], text, text) IS 'Internal: record ops with one outcome (reason from each op''s bad field).';
 
 -- 't.k1 = v.k1 AND ...': the row t whose primary key equals record v's.
 CREATE FUNCTION converge.key_match(keys text[]) RETURNS text
@@ -234,10 +204,10 @@ COMMENT ON FUNCTION converge.merge_stash(jsonb, jsonb, jsonb) IS 'Internal: merg
 -- Apply row ops (target_column ''): merge each lwwmap delta into the row's
 -- clock, then make the table agree with it: present with the winning
 -- non-CRDT values while "$live" is not false, absent (state stashed) otherwise.
-CREATE FUNCTION converge.merge_rows(checks converge.op_check[], rel regclass, keys text[])
+CREATE FUNCTION converge.merge_rows(rel regclass, keys text[], tkeys jsonb[], deltas bytea[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    x       converge.op_check;
+    x       record;
     r       converge.replicated;
     rs      converge.row_state;
     clk     converge.lwwmap;
@@ -248,28 +218,28 @@ DECLARE
     col     text;
 BEGIN
     SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
-    FOR x IN SELECT c.* FROM unnest(checks) c WHERE c.tbl = merge_rows.rel AND (c.op).target_column = ''
-              ORDER BY (c.op).target_key::text, c.n LOOP
+    FOR x IN SELECT u.target_key, u.delta FROM unnest(tkeys, deltas) WITH ORDINALITY u(target_key, delta, n)
+              ORDER BY u.target_key::text, u.n LOOP
         -- Lock order as in local writes (the row, then its row_state), so a
         -- local UPDATE and this apply never wait on each other in a cycle.
         EXECUTE format('SELECT true FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s FOR UPDATE OF t',
                        rel, converge.key_match(keys))
-            INTO present USING (x.op).target_key;
+            INTO present USING x.target_key;
         present := coalesce(present, false);
-        SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = merge_rows.rel AND s.target_key = (x.op).target_key FOR UPDATE;
-        clk := converge.merge(coalesce(rs.clock, '{}'), (x.op).delta::converge.lwwmap);
+        SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = merge_rows.rel AND s.target_key = x.target_key FOR UPDATE;
+        clk := converge.merge(coalesce(rs.clock, '{}'), x.delta::converge.lwwmap);
         alive := coalesce((converge.get(clk, '$live'))::boolean, true);
         vals := (converge.to_jsonb(clk) - '$live') - r.key_columns;
         IF alive THEN
             IF NOT present THEN
                 EXECUTE format('INSERT INTO %1$s SELECT * FROM jsonb_populate_record(NULL::%1$s, $1)', rel)
-                    USING vals || (x.op).target_key;
+                    USING vals || x.target_key;
                 -- Back from a tombstone: resume the CRDT state it kept.
                 FOR col IN SELECT jsonb_object_keys(coalesce(rs.stash, '{}')) LOOP
                     EXECUTE format('UPDATE %1$s t SET %2$I = converge.merge(coalesce(t.%2$I, ''{}''), $2::converge.%3$I)
                                       FROM jsonb_populate_record(NULL::%1$s, $1) v WHERE %4$s',
                                    rel, col, r.crdt_columns ->> col, converge.key_match(keys))
-                        USING (x.op).target_key, rs.stash ->> col;
+                        USING x.target_key, rs.stash ->> col;
                 END LOOP;
                 rs.stash := '{}';
             ELSIF vals <> '{}' THEN
@@ -279,155 +249,24 @@ BEGIN
                     EXECUTE format('UPDATE %1$s t SET %2$s FROM jsonb_populate_record(NULL::%1$s, $1) v,
                                            jsonb_populate_record(NULL::%1$s, $2) w WHERE %3$s',
                                    rel, sets, converge.key_match(keys))
-                        USING (x.op).target_key, vals;
+                        USING x.target_key, vals;
                 END IF;
             END IF;
         ELSIF present THEN
-            rs.stash := converge.merge_stash(rs.stash, converge.crdt_values(rel, r.crdt_columns, (x.op).target_key, keys),
+            rs.stash := converge.merge_stash(rs.stash, converge.crdt_values(rel, r.crdt_columns, x.target_key, keys),
                                              r.crdt_columns);
             EXECUTE format('DELETE FROM %1$s t USING jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s', rel, converge.key_match(keys))
-                USING (x.op).target_key;
+                USING x.target_key;
         END IF;
         INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-        VALUES (merge_rows.rel, (x.op).target_key, clk, alive, coalesce(rs.stash, '{}'))
+        VALUES (merge_rows.rel, x.target_key, clk, alive, coalesce(rs.stash, '{}'))
         ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
     END LOOP;
 END $$;
-COMMENT ON FUNCTION converge.merge_rows(converge.op_check[], regclass, text[]) IS 'Internal: apply row ops (inserts, deletes, last-writer-wins columns) of one table.';
+COMMENT ON FUNCTION converge.merge_rows(regclass, text[], jsonb[], bytea[]) IS 'Internal: apply row ops (inserts, deletes, last-writer-wins columns) of one table.';
 
--- Merge one group's deltas (one table and column) into their rows: deltas
--- for the same row are merged first (merge_agg), then one upsert creates or
--- merges each row, in key order so concurrent batches lock rows in the same order.
--- Deltas for deleted rows go to their tombstone's stash instead.
-CREATE FUNCTION converge.merge_group(checks converge.op_check[], tbl regclass, col text, coltype text, keys text[])
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE cols text; kcols text;
-BEGIN
-    IF coltype = 'row' THEN
-        PERFORM converge.merge_rows(checks, tbl, keys);
-        RETURN;
-    END IF;
-    SELECT string_agg(quote_ident(k), ', '), string_agg('k.' || quote_ident(k) || ' AS ' || quote_ident(k), ', ')
-      INTO cols, kcols FROM unnest(keys) k;
-    IF EXISTS (SELECT 1 FROM converge.row_state rs WHERE rs.tbl = merge_group.tbl AND NOT rs.live) THEN
-        EXECUTE format(
-            'UPDATE converge.row_state rs
-                SET stash = rs.stash || jsonb_build_object($3, converge.merge(coalesce(rs.stash ->> $3, ''{}'')::converge.%1$I, d.m)::text)
-               FROM (SELECT (x.op).target_key AS key, converge.merge_agg((x.op).delta::converge.%1$I) AS m
-                       FROM unnest($1) x WHERE x.tbl = $2 AND (x.op).target_column = $3 GROUP BY 1) d
-              WHERE rs.tbl = $2 AND rs.target_key = d.key AND NOT rs.live', coltype)
-        USING checks, tbl, col;
-    END IF;
-    EXECUTE format(
-        'INSERT INTO %1$s AS t (%2$s, %4$I)
-         SELECT %2$s, converge.merge_agg(d) FROM (
-             SELECT %3$s, (x.op).delta::converge.%5$I AS d
-               FROM unnest($1) x, jsonb_populate_record(NULL::%1$s, (x.op).target_key) k
-              WHERE x.tbl = $2 AND (x.op).target_column = $3
-                AND NOT EXISTS (SELECT 1 FROM converge.row_state rs
-                                 WHERE rs.tbl = $2 AND rs.target_key = (x.op).target_key AND NOT rs.live)) w
-          GROUP BY %2$s ORDER BY %2$s
-         ON CONFLICT (%2$s) DO UPDATE SET %4$I = converge.merge(t.%4$I, EXCLUDED.%4$I)',
-        tbl, cols, kcols, col, coltype)
-    USING checks, tbl, col;
-END $$;
-COMMENT ON FUNCTION converge.merge_group(converge.op_check[], regclass, text, text, text[]) IS 'Internal: merge the deltas of one table column into their rows, creating rows when missing.';
 
--- Mark ops applied (the dedupe gate) and merge them. Returns the ops it
--- applied; ops another session applied first come back in `lost`.
-CREATE FUNCTION converge.apply_checked(checks converge.op_check[], origin text, OUT won converge.op_check[], OUT lost converge.op_check[])
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    ids  text[];
-    g    record;
-    one  converge.op_check;
-    inserted text;
-BEGIN
-    won := '{}'; lost := '{}';
-    BEGIN
-        -- Sorted by (actor, counter): concurrent batches take the gate in one order.
-        WITH ins AS (
-            INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                         epoch, deps, delta, signature, outcome, origin)
-            SELECT (x.op).op_id, x.actor, x.counter, (x.op).target_table, (x.op).target_key, (x.op).target_column,
-                   (x.op).schema_version, (x.op).epoch, (x.op).deps, (x.op).delta, (x.op).signature, 'applied', origin
-              FROM unnest(checks) x ORDER BY x.actor, x.counter
-            ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING
-            RETURNING op_id)
-        SELECT coalesce(array_agg(op_id), '{}') INTO ids FROM ins;
-        SELECT coalesce(array_agg(x ORDER BY (x).n) FILTER (WHERE ((x).op).op_id = ANY (ids)), '{}'),
-               coalesce(array_agg(x ORDER BY (x).n) FILTER (WHERE NOT ((x).op).op_id = ANY (ids)), '{}')
-          INTO won, lost FROM unnest(checks) x;
-        PERFORM set_config('converge.applying', 'on', true);
-        FOR g IN SELECT DISTINCT x.tbl, (x.op).target_column AS col, x.coltype, x.key_columns
-                   FROM unnest(won) x ORDER BY 1, 2 LOOP
-            PERFORM converge.merge_group(won, g.tbl, g.col, g.coltype, g.key_columns);
-        END LOOP;
-        PERFORM set_config('converge.applying', 'off', true);
-        RETURN;
-    EXCEPTION WHEN OTHERS THEN
-        -- A deadlock or serialization failure is the transaction's, not an
-        -- op's: let it abort the batch so the caller retries it whole.
-        IF SQLSTATE IN ('40P01', '40001') THEN
-            RAISE;
-        END IF;
-        PERFORM set_config('converge.applying', 'off', true);
-    END;
-    -- Something in the batch failed (say a key value of the wrong type):
-    -- apply op by op so only the culprit is rejected.
-    won := '{}'; lost := '{}';
-    FOR one IN SELECT x.* FROM unnest(checks) x ORDER BY x.tbl, (x.op).target_column, (x.op).target_key::text, x.n LOOP
-        BEGIN
-            inserted := NULL;
-            INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                         epoch, deps, delta, signature, outcome, origin)
-            VALUES ((one.op).op_id, one.actor, one.counter, (one.op).target_table, (one.op).target_key,
-                    (one.op).target_column, (one.op).schema_version, (one.op).epoch, (one.op).deps, (one.op).delta,
-                    (one.op).signature, 'applied', origin)
-            ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING
-            RETURNING op_id INTO inserted;
-            IF inserted IS NULL THEN
-                lost := lost || one;
-                CONTINUE;
-            END IF;
-            PERFORM set_config('converge.applying', 'on', true);
-            PERFORM converge.merge_group(ARRAY[one], one.tbl, (one.op).target_column, one.coltype, one.key_columns);
-            PERFORM set_config('converge.applying', 'off', true);
-            won := won || one;
-        EXCEPTION WHEN OTHERS THEN
-            IF SQLSTATE IN ('40P01', '40001') THEN
-                RAISE;
-            END IF;
-            PERFORM set_config('converge.applying', 'off', true);
-            one.bad := CASE WHEN SQLSTATE IN ('22P02', '22P03', '22023', '22003', '22007', '22008') THEN 'invalid_key: ' || SQLERRM
-                            ELSE 'error ' || SQLSTATE || ': ' || SQLERRM END;
-            PERFORM converge.log_ops(ARRAY[one], 'rejected', origin);
-        END;
-    END LOOP;
-END $$;
-COMMENT ON FUNCTION converge.apply_checked(converge.op_check[], text) IS 'Internal: the dedupe gate and the merge of a batch of valid, unblocked ops.';
 
--- The ops of a batch (by position) that must wait: a dep is neither applied
--- here nor in the batch, or a dep in the batch must wait itself.
-CREATE FUNCTION converge.blocked_ops(fresh converge.op_check[]) RETURNS bigint[]
-LANGUAGE plpgsql STABLE AS $$
-DECLARE blocked bigint[] := '{}';
-BEGIN
-    IF EXISTS (SELECT 1 FROM unnest(fresh) c WHERE cardinality((c.op).deps) > 0) THEN
-        WITH RECURSIVE f AS (SELECT c.n, (c.op).op_id AS id, (c.op).deps AS deps FROM unnest(fresh) c),
-        dep AS (SELECT f.n, d FROM f, unnest(coalesce(f.deps, '{}')) d),
-        edge AS (SELECT dep.n, f.n AS parent FROM dep JOIN f ON f.id = dep.d),
-        missing AS (SELECT DISTINCT dep.n FROM dep LEFT JOIN f ON f.id = dep.d
-                     WHERE f.n IS NULL AND NOT converge.is_applied(dep.d)),
-        blk(n) AS (SELECT n FROM missing
-                   UNION
-                   SELECT edge.n FROM edge JOIN blk ON blk.n = edge.parent)
-        SELECT coalesce(array_agg(n), '{}') INTO blocked FROM blk;
-    END IF;
-    RETURN blocked;
-END $$;
-COMMENT ON FUNCTION converge.blocked_ops(converge.op_check[]) IS 'Internal: positions of the ops in a batch whose deps are missing (directly or through another op of the batch).';
 
 -- Pending ops whose deps are all applied, applied now.
 CREATE FUNCTION converge.retry_pending()
@@ -451,119 +290,22 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair).';
 
+-- The body of apply_batch is Rust (src/apply.rs): the ops go in as arrays.
 CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    checks   converge.op_check[];
-    bad      converge.op_check[];
-    dup      converge.op_check[];
-    fresh    converge.op_check[];
-    blocked  bigint[];
-    res      record;
-    a        text;
-    p        record;
-    pc       converge.op_check;
-BEGIN
-    -- 1. Validate every envelope and delta, without raising.
-    SELECT coalesce(array_agg(c ORDER BY (c).n), '{}') INTO checks FROM (
-        SELECT ROW(ROW(x.op_id, x.actor, x.target_table, x.target_key, x.target_column, x.schema_version, x.epoch,
-                       x.deps, x.delta, x.signature)::converge.op,
-                   x.n, i.a, i.c, t.rel, r.key_columns,
-                   CASE WHEN x.target_column = '' THEN 'row' ELSE r.crdt_columns ->> x.target_column END,
-                   CASE
-                       WHEN i.a IS NULL THEN 'invalid_op_id'
-                       WHEN x.actor IS DISTINCT FROM i.a THEN 'actor_mismatch'
-                       WHEN x.schema_version IS DISTINCT FROM 1 THEN 'unsupported_schema_version'
-                       WHEN EXISTS (SELECT 1 FROM unnest(x.deps) d WHERE converge.op_id_actor(d) IS NULL) THEN 'invalid_deps'
-                       WHEN t.rel IS NULL THEN 'unknown_table'
-                       WHEN r.table_name IS NULL THEN 'not_replicated'
-                       WHEN x.target_column = '' THEN
-                           CASE WHEN x.target_key IS NULL OR jsonb_typeof(x.target_key) <> 'object'
-                                     OR NOT (x.target_key ?& r.key_columns) THEN 'invalid_key'
-                                ELSE converge.delta_error('lwwmap', x.delta) END
-                       WHEN r.crdt_columns ->> x.target_column IS NULL THEN
-                           CASE WHEN EXISTS (SELECT 1 FROM pg_attribute pa WHERE pa.attrelid = t.rel AND pa.attname = x.target_column
-                                                AND pa.attnum > 0 AND NOT pa.attisdropped)
-                                THEN 'not_crdt_column' ELSE 'unknown_column' END
-                       WHEN x.target_key IS NULL OR jsonb_typeof(x.target_key) <> 'object'
-                            OR NOT (x.target_key ?& r.key_columns) THEN 'invalid_key'
-                       ELSE converge.delta_error(r.crdt_columns ->> x.target_column, x.delta)
-                   END)::converge.op_check AS c
-          FROM unnest(ops) WITH ORDINALITY x(op_id, actor, target_table, target_key, target_column, schema_version,
-                                             epoch, deps, delta, signature, n)
-          CROSS JOIN LATERAL (SELECT converge.op_id_actor(x.op_id) AS a, converge.op_id_counter(x.op_id) AS c) i
-          CROSS JOIN LATERAL (SELECT CASE WHEN x.target_table ~ '^[^.]+(\.[^.]+)?$' THEN to_regclass(x.target_table) END AS rel) t
-          LEFT JOIN converge.replicated r ON r.table_name = t.rel) s;
-
-    SELECT coalesce(array_agg(c ORDER BY (c).n), '{}') INTO bad FROM unnest(checks) c WHERE (c).bad IS NOT NULL;
-    PERFORM converge.log_ops(bad, 'rejected', origin);
-    RETURN QUERY SELECT (c.op).op_id, 'rejected'::text, c.bad FROM unnest(bad) c ORDER BY c.n;
-
-    -- 2. Duplicates: applied already, waiting in pending, or earlier in this batch.
-    SELECT coalesce(array_agg(s.chk ORDER BY (s.chk).n) FILTER (WHERE s.is_dup), '{}'),
-           coalesce(array_agg(s.chk ORDER BY (s.chk).n) FILTER (WHERE NOT s.is_dup), '{}')
-      INTO dup, fresh
-      FROM (SELECT c AS chk,
-                   (row_number() OVER (PARTITION BY c.actor, c.counter ORDER BY c.n) > 1
-                    OR EXISTS (SELECT 1 FROM converge.op_log l WHERE l.actor = c.actor AND l.counter = c.counter AND l.outcome = 'applied')
-                    OR EXISTS (SELECT 1 FROM converge.pending q WHERE q.op_id = (c.op).op_id)) AS is_dup
-              FROM unnest(checks) c WHERE c.bad IS NULL) s;
-    PERFORM converge.log_ops(dup, 'duplicate', origin);
-    RETURN QUERY SELECT (c.op).op_id, 'duplicate'::text, NULL::text FROM unnest(dup) c ORDER BY c.n;
-
-    -- 3. Ops whose deps are missing (not applied here, not in this batch), and
-    --    ops that depend on those, wait in pending.
-    blocked := converge.blocked_ops(fresh);
-    -- Two sessions can race on an op D: one applying D, one buffering a child
-    -- of D because D is not visible yet. Both lock D (sorted, before any row
-    -- lock, so no deadlock), and the second re-checks after the first commits.
-    -- Only the top-level call locks: the pass over pending ops that this
-    -- batch unblocks takes no further locks (that would break the order).
-    -- A child buffered while its parent is applied from pending by another
-    -- session is picked up by the next batch (retry_pending).
-    -- Locks are on 64 hash buckets (bounded per transaction): appliers take
-    -- theirs shared and do not block each other; a session about to buffer
-    -- on a missing dep takes that dep's bucket exclusive.
-    PERFORM CASE WHEN z.excl THEN pg_advisory_xact_lock(7231, z.b) ELSE pg_advisory_xact_lock_shared(7231, z.b) END
-       FROM (SELECT y.b, bool_or(y.excl) AS excl
-               FROM (SELECT hashtext((c.op).op_id) & 63 AS b, false AS excl FROM unnest(fresh) c
-                     UNION ALL
-                     SELECT hashtext(d) & 63, true FROM unnest(fresh) c, unnest(coalesce((c.op).deps, '{}')) d
-                      WHERE c.n = ANY (blocked)) y
-              GROUP BY y.b ORDER BY y.b) z
-      WHERE top_level;
-    IF cardinality(blocked) > 0 THEN
-        blocked := converge.blocked_ops(fresh);
-    END IF;
-    FOR p IN SELECT c, ARRAY(SELECT d FROM unnest(coalesce((c.op).deps, '{}')) d WHERE NOT converge.is_applied(d) ORDER BY d) AS miss
-               FROM unnest(fresh) c WHERE c.n = ANY (blocked)
-              ORDER BY (c.op).op_id LOOP  -- a fixed order: concurrent batches take pending keys alike
-        pc := p.c;
-        pc.bad := 'missing ' || array_to_string(p.miss, ', ');
-        INSERT INTO converge.pending (op_id, op, missing, origin) VALUES ((pc.op).op_id, pc.op, p.miss, origin)
-            ON CONFLICT DO NOTHING;
-        PERFORM converge.log_ops(ARRAY[pc], 'buffered', origin);
-        RETURN QUERY SELECT (pc.op).op_id, 'buffered'::text, pc.bad;
-    END LOOP;
-
-    -- 4. Everything else: through the dedupe gate, then merged.
-    SELECT * INTO res FROM converge.apply_checked(
-        ARRAY(SELECT c FROM unnest(fresh) c WHERE NOT c.n = ANY (blocked) ORDER BY c.n), origin);
-    PERFORM converge.log_ops(res.lost, 'duplicate', origin);
-    RETURN QUERY SELECT (c.op).op_id, 'duplicate'::text, NULL::text FROM unnest(res.lost) c ORDER BY c.n;
-    RETURN QUERY SELECT (c.op).op_id, 'applied'::text, NULL::text FROM unnest(res.won) c ORDER BY c.n;
-    FOR a IN SELECT DISTINCT c.actor FROM unnest(res.won) c ORDER BY 1 LOOP
-        PERFORM converge.advance_frontier(a);
-    END LOOP;
-
-    -- 5. Pending ops whose deps are now all applied go through the same path
-    --    (any of them, not only those waiting for this batch: self-healing).
-    IF cardinality(res.won) > 0 THEN
-        RETURN QUERY SELECT * FROM converge.retry_pending();
-    END IF;
-END $$;
+LANGUAGE sql AS $$
+    SELECT r.* FROM (
+        SELECT array_agg(o.op_id ORDER BY o.n) AS ids, array_agg(o.actor ORDER BY o.n) AS actors,
+               array_agg(o.target_table ORDER BY o.n) AS tbls, array_agg(o.target_key ORDER BY o.n) AS keys,
+               array_agg(o.target_column ORDER BY o.n) AS cols, array_agg(o.schema_version ORDER BY o.n) AS vers,
+               array_agg(o.epoch ORDER BY o.n) AS eps, array_agg(to_jsonb(o.deps) ORDER BY o.n) AS deps,
+               array_agg(o.delta ORDER BY o.n) AS deltas, array_agg(o.signature ORDER BY o.n) AS sigs
+          FROM unnest(ops) WITH ORDINALITY o(op_id, actor, target_table, target_key, target_column, schema_version,
+                                             epoch, deps, delta, signature, n)) a,
+    LATERAL converge.apply_ops_core(a.ids, a.actors, a.tbls, a.keys, a.cols, a.vers, a.eps, a.deps, a.deltas, a.sigs,
+                                    origin, top_level) r
+    WHERE a.ids IS NOT NULL
+$$;
 COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch.';
 
 CREATE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
@@ -638,102 +380,44 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.snapshot(regclass) IS 'Every row of a table (CRDT columns as their full-state text) with the frontier it reflects; a client rejoins from it.';
 
--- Record local changes of replicated tables as ops of this node: one op per
--- changed CRDT column (its delta), and a row op (target_column '') when the
--- row is inserted or deleted or a non-CRDT column changes.
-CREATE FUNCTION converge.record_local_ops() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- The row op of a local INSERT, DELETE or change of non-CRDT columns, called
+-- by the trigger converge.record_local_ops (src/trigger.rs), which records
+-- the CRDT columns' ops itself. newrow/oldrow are the rows as jsonb.
+CREATE FUNCTION converge.record_row_op(op text, rel regclass, me text, key jsonb, newrow jsonb, oldrow jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     r     converge.replicated;
-    col   text;
-    typ   text;
-    d     bytea;
-    empty boolean;
-    key   jsonb;
-    c     bigint;
-    me    text;
-    tname text := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     nnew  jsonb := '{}';
     nold  jsonb := '{}';
     rs    converge.row_state;
     clk   converge.lwwmap;
     k     text;
+    col   text;
     stash jsonb;
-    v     text;
-    gone  jsonb := '{}';
-    logged boolean := false;
+    gone  jsonb;
+    c     bigint;
 BEGIN
-    IF current_setting('converge.applying', true) = 'on' THEN
-        RETURN NULL;  -- the change came from converge.apply, which logged the op itself
+    SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
+    IF newrow IS NOT NULL THEN
+        SELECT coalesce(jsonb_object_agg(o, newrow -> o), '{}') INTO nnew FROM unnest(r.other_columns) o;
     END IF;
-    SELECT * INTO r FROM converge.replicated WHERE table_name = TG_RELID;
-    me := converge.node();
-    IF me IS NULL THEN
-        RAISE EXCEPTION 'converge node identity is not set' USING ERRCODE = '55000',
-            HINT = 'Run SELECT converge.set_node(''<name>'') once in this database.';
+    IF oldrow IS NOT NULL THEN
+        SELECT coalesce(jsonb_object_agg(o, oldrow -> o), '{}') INTO nold FROM unnest(r.other_columns) o;
     END IF;
-    IF TG_OP = 'DELETE' THEN
-        SELECT jsonb_object_agg(kc, to_jsonb(OLD) -> kc) INTO key FROM unnest(r.key_columns) kc;
-    ELSE
-        SELECT jsonb_object_agg(kc, to_jsonb(NEW) -> kc) INTO key FROM unnest(r.key_columns) kc;
-    END IF;
-    IF TG_OP = 'UPDATE' AND key IS DISTINCT FROM (SELECT jsonb_object_agg(kc, to_jsonb(OLD) -> kc) FROM unnest(r.key_columns) kc) THEN
-        RAISE EXCEPTION 'the primary key of replicated table % cannot be changed', TG_RELID::regclass
-            USING ERRCODE = '0A000', HINT = 'Delete the row and insert it with the new key.';
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        FOR col, typ IN SELECT * FROM jsonb_each_text(r.crdt_columns) LOOP
-            IF TG_OP = 'INSERT' THEN
-                EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
-                                  FROM converge.delta(($1).%1$I, NULL::converge.%2$I) x', col, typ)
-                    INTO d, empty USING NEW;
-            ELSE
-                EXECUTE format('SELECT x::bytea, x OPERATOR(converge.=) ''{}''::converge.%2$I
-                                  FROM converge.delta(($1).%1$I, ($2).%1$I) x', col, typ)
-                    INTO d, empty USING NEW, OLD;
-            END IF;
-            CONTINUE WHEN d IS NULL OR empty;
-            INSERT INTO converge.local_op_counter AS l VALUES (true, 1)
-                ON CONFLICT (only_row) DO UPDATE SET counter = l.counter + 1 RETURNING l.counter INTO c;
-            INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                         epoch, deps, delta, outcome, origin)
-            VALUES (me || ':' || c, me, c, tname, key, col, 1, 0, '{}', d, 'applied', 'local');
-            logged := true;
-        END LOOP;
-    END IF;
-    -- The row: liveness and the non-CRDT columns, last writer wins.
-    IF cardinality(r.other_columns) > 0 THEN
-        IF TG_OP <> 'DELETE' THEN
-            EXECUTE 'SELECT jsonb_build_object(' || r.row_expr || ')' INTO nnew USING NEW;
-        END IF;
-        IF TG_OP = 'UPDATE' THEN
-            EXECUTE 'SELECT jsonb_build_object(' || r.row_expr || ')' INTO nold USING OLD;
-        END IF;
-    END IF;
-    IF TG_OP = 'UPDATE' AND nnew = nold THEN
-        IF logged THEN
-            PERFORM converge.advance_frontier(me);
-        END IF;
-        RETURN NULL;
-    END IF;
-    SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = TG_RELID AND s.target_key = key FOR UPDATE;
+    SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = rel AND s.target_key = key FOR UPDATE;
     clk := coalesce(rs.clock, '{}');
     stash := coalesce(rs.stash, '{}');
-    IF TG_OP = 'DELETE' THEN
+    IF op = 'DELETE' THEN
         clk := converge.put(clk, '$live', 'false');
         -- The row is gone: its CRDT state moves to the tombstone.
-        FOR col IN SELECT jsonb_object_keys(r.crdt_columns) LOOP
-            EXECUTE format('SELECT ($1).%I::text', col) INTO v USING OLD;
-            IF v IS NOT NULL THEN
-                gone := gone || jsonb_build_object(col, v);
-            END IF;
-        END LOOP;
+        SELECT coalesce(jsonb_object_agg(cc, oldrow ->> cc), '{}') INTO gone
+          FROM jsonb_object_keys(r.crdt_columns) cc WHERE oldrow ->> cc IS NOT NULL;
         stash := converge.merge_stash(stash, gone, r.crdt_columns);
     ELSE
-        FOR k IN SELECT e.key FROM jsonb_each(nnew) e WHERE e.value IS DISTINCT FROM nold -> e.key OR TG_OP = 'INSERT' LOOP
+        FOR k IN SELECT e.key FROM jsonb_each(nnew) e WHERE op = 'INSERT' OR e.value IS DISTINCT FROM nold -> e.key LOOP
             clk := converge.put(clk, k, nnew -> k);
         END LOOP;
-        IF TG_OP = 'INSERT' THEN
+        IF op = 'INSERT' THEN
             clk := converge.put(clk, '$live', 'true');
             IF stash <> '{}' THEN
                 -- The key comes back from a tombstone: it resumes the CRDT
@@ -742,7 +426,7 @@ BEGIN
                 FOR col IN SELECT jsonb_object_keys(stash) LOOP
                     EXECUTE format('UPDATE %1$s t SET %2$I = converge.merge(coalesce(t.%2$I, ''{}''), $2::converge.%3$I)
                                       FROM jsonb_populate_record(NULL::%1$s, $1) v WHERE %4$s',
-                                   TG_RELID::regclass, col, r.crdt_columns ->> col, converge.key_match(r.key_columns))
+                                   rel, col, r.crdt_columns ->> col, converge.key_match(r.key_columns))
                         USING key, stash ->> col;
                 END LOOP;
                 PERFORM set_config('converge.applying', 'off', true);
@@ -750,18 +434,21 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    INSERT INTO converge.local_op_counter AS l VALUES (true, 1)
-        ON CONFLICT (only_row) DO UPDATE SET counter = l.counter + 1 RETURNING l.counter INTO c;
+    IF clk OPERATOR(converge.=) coalesce(rs.clock, '{}') THEN
+        RETURN;
+    END IF;
+    INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES (me, 1)
+        ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous + 1 RETURNING f.contiguous INTO c;
     INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
                                  epoch, deps, delta, outcome, origin)
-    VALUES (me || ':' || c, me, c, tname, key, '', 1, 0, '{}',
-            converge.delta(clk, coalesce(rs.clock, '{}'))::bytea, 'applied', 'local');
+    SELECT me || ':' || c, me, c, format('%I.%I', n.nspname, cl.relname), key, '', 1, 0, '{}',
+           converge.delta(clk, coalesce(rs.clock, '{}'))::bytea, 'applied', 'local'
+      FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = rel;
     INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-    VALUES (TG_RELID, key, clk, TG_OP <> 'DELETE', stash)
+    VALUES (rel, key, clk, op <> 'DELETE', stash)
     ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
-    PERFORM converge.advance_frontier(me);
-    RETURN NULL;
 END $$;
+COMMENT ON FUNCTION converge.record_row_op(text, regclass, text, jsonb, jsonb, jsonb) IS 'Internal: record the row op (liveness, last-writer-wins columns) of a local insert, delete or update.';
 
 CREATE FUNCTION converge.replicate(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -796,6 +483,9 @@ BEGIN
                                                other_columns = EXCLUDED.other_columns, row_expr = EXCLUDED.row_expr;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'converge_record_ops') THEN
         EXECUTE format('CREATE TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION converge.record_local_ops()', tbl);
+    ELSE
+        -- Sessions cache the table's layout in the trigger; this invalidates it.
+        EXECUTE format('ALTER TABLE %s ENABLE TRIGGER converge_record_ops', tbl);
     END IF;
 END $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';

@@ -5,11 +5,13 @@
 
 use pgrx::prelude::*;
 
+mod apply;
 mod errors;
 mod node;
 mod ops;
 mod replication;
 mod spi;
+mod trigger;
 mod types;
 
 pgrx::pg_module_magic!();
@@ -25,7 +27,9 @@ extension_sql_file!(
         ops::op_id_counter,
         ops::delta_error,
         ops::op_encode_fields,
-        ops::op_decode_fields
+        ops::op_decode_fields,
+        apply::apply_ops_core,
+        trigger::record_local_ops
     ]
 );
 extension_sql_file!(

@@ -26,7 +26,7 @@ fn check<T: Crdt>(bytes: &[u8]) -> Option<String> {
 /// Why `delta` is not a valid value of the converge type `type_name`, or
 /// NULL when it is. Never raises.
 #[pg_extern(immutable, parallel_safe)]
-fn delta_error(type_name: Option<&str>, delta: Option<&[u8]>) -> Option<String> {
+pub(crate) fn delta_error(type_name: Option<&str>, delta: Option<&[u8]>) -> Option<String> {
     let Some(bytes) = delta else { return Some("invalid_delta: NULL".into()) };
     let limit = crate::types::MAX_VALUE_BYTES.get().max(0) as usize;
     if bytes.len() > limit {

@@ -1,0 +1,712 @@
+//! The batch apply path: `converge.apply_ops` (the body of `apply_batch`)
+//! in Rust. Classification (validation, duplicates, missing deps) happens in
+//! memory; the database sees a handful of set-based statements per batch:
+//! one lookup per distinct target table, one duplicate check, one dedupe
+//! gate (an insert into op_log that skips what another session applied
+//! first), one upsert per (table, column) with the deltas of each row
+//! merged here first, and the outcome rows.
+//!
+//! The outcomes and reasons are those of SPEC section 3 and the pg_regress
+//! contract (`ops`): rejected, duplicate, buffered, applied, in that order,
+//! then whatever the batch unblocked in `converge.pending`.
+
+use crate::errors::raise;
+use converge_core::{parse_op_id, Crdt};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// One op of the batch, as given, with what classification found.
+struct Item {
+    n: usize,
+    op_id: Option<String>,
+    actor_given: Option<String>,
+    table: Option<String>,
+    key: Option<serde_json::Value>,
+    column: Option<String>,
+    version: Option<i32>,
+    epoch: Option<i64>,
+    deps: Option<Vec<Option<String>>>,
+    delta: Option<Vec<u8>>,
+    signature: Option<Vec<u8>>,
+    /// Parsed op_id.
+    actor: Option<String>,
+    counter: Option<i64>,
+    target: Option<usize>,
+    coltype: Option<String>,
+    bad: Option<String>,
+}
+
+/// A replicated table as the batch found it.
+struct Target {
+    rel: pg_sys::Oid,
+    keys: Vec<String>,
+    crdt: HashMap<String, String>,
+}
+
+type Outcome = (String, String, Option<String>);
+
+fn spi_err(e: impl std::fmt::Display) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge apply: {e}"))
+}
+
+fn run(sql: &str, args: &[DatumWithOid]) {
+    Spi::run_with_args(sql, args).unwrap_or_else(|e| spi_err(e));
+}
+
+/// A PostgreSQL error caught by `subtransaction`.
+pub struct Caught {
+    pub sqlstate: String,
+    pub code: PgSqlErrorCode,
+    pub message: String,
+}
+
+/// Run `f` in a subtransaction: on a PostgreSQL error its work is rolled
+/// back and the error returned (what PL/pgSQL's BEGIN .. EXCEPTION does).
+pub fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
+    unsafe {
+        let cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+        let r = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
+            .catch_others(|e| {
+                use pg_sys::panic::CaughtError::*;
+                let (code, message) = match e {
+                    PostgresError(r) | ErrorReport(r) => (r.sql_error_code(), r.message().to_string()),
+                    RustPanic { ereport, .. } => (ereport.sql_error_code(), ereport.message().to_string()),
+                };
+                let sqlstate = std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code as i32)).to_string_lossy().into_owned();
+                Err(Caught { sqlstate, code, message })
+            })
+            .execute();
+        match r {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        r
+    }
+}
+
+/// A deadlock or serialization failure belongs to the transaction, not to
+/// an op: the whole batch aborts and the caller retries it.
+fn reraise_if_transaction_error(c: &Caught) {
+    if c.sqlstate == "40P01" || c.sqlstate == "40001" {
+        raise(c.code, c.message.clone());
+    }
+}
+
+fn merge_all<T: Crdt>(deltas: &[&[u8]]) -> Vec<u8> {
+    let mut acc = T::default();
+    for d in deltas {
+        // Validated when the batch was classified.
+        acc.merge(&converge_core::decode_trusted::<T>(d).unwrap_or_else(|e| spi_err(e.message)));
+    }
+    converge_core::encode(&acc)
+}
+
+/// Merge several encoded deltas of the named type into one.
+fn merge_bytes(coltype: &str, deltas: &[&[u8]]) -> Vec<u8> {
+    use converge_core::types::*;
+    match coltype {
+        "gcounter" => merge_all::<GCounter>(deltas),
+        "pncounter" => merge_all::<PnCounter>(deltas),
+        "bcounter" => merge_all::<BCounter>(deltas),
+        "gset" => merge_all::<GSet>(deltas),
+        "orset" => merge_all::<OrSet>(deltas),
+        "lwwreg" => merge_all::<LwwReg>(deltas),
+        "mvreg" => merge_all::<MvReg>(deltas),
+        "lwwmap" => merge_all::<LwwMap>(deltas),
+        "ormap" => merge_all::<OrMap>(deltas),
+        other => spi_err(format!("not a converge type: {other}")),
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Resolve a target table name to a replicated table (cached per batch).
+fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) -> Result<usize, &'static str> {
+    if let Some(r) = cache.get(name) {
+        return *r;
+    }
+    // to_regclass raises on some malformed names: a subtransaction keeps that
+    // an op's rejection, not the batch's error.
+    let found = subtransaction(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text
+                   FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
+                   LEFT JOIN converge.replicated r ON r.table_name = t.rel",
+                Some(1),
+                &[name.into()],
+            )?;
+            let row = t.first();
+            Ok::<_, pgrx::spi::SpiError>((
+                row.get::<pg_sys::Oid>(1)?,
+                row.get::<bool>(2)?.unwrap_or(false),
+                row.get::<Vec<String>>(3)?,
+                row.get::<String>(4)?,
+            ))
+        })
+    });
+    let r = match found {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt)))) => {
+            let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
+            targets.push(Target { rel, keys, crdt });
+            Ok(targets.len() - 1)
+        }
+        Ok(Ok((Some(_), _, _, _))) => Err("not_replicated"),
+        Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
+        Err(c) => {
+            reraise_if_transaction_error(&c);
+            Err("unknown_table")
+        }
+    };
+    cache.insert(name.to_string(), r);
+    r
+}
+
+fn column_exists(rel: pg_sys::Oid, col: &str) -> bool {
+    crate::spi::read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+        &[rel.into(), col.into()],
+    )
+    .unwrap_or(false)
+}
+
+fn classify(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) {
+    let parsed = it.op_id.as_deref().and_then(parse_op_id);
+    it.actor = parsed.map(|(a, _)| a.to_string());
+    it.counter = parsed.map(|(_, c)| c as i64);
+    let Some((actor, _)) = parsed else {
+        it.bad = Some("invalid_op_id".into());
+        return;
+    };
+    if it.actor_given.as_deref() != Some(actor) {
+        it.bad = Some("actor_mismatch".into());
+        return;
+    }
+    if it.version != Some(1) {
+        it.bad = Some("unsupported_schema_version".into());
+        return;
+    }
+    if it.deps.iter().flatten().any(|d| d.as_deref().and_then(parse_op_id).is_none()) {
+        it.bad = Some("invalid_deps".into());
+        return;
+    }
+    let t = match it.table.as_deref().map(|name| resolve(name, targets, cache)) {
+        Some(Ok(t)) => t,
+        Some(Err(reason)) => {
+            it.bad = Some(reason.into());
+            return;
+        }
+        None => {
+            it.bad = Some("unknown_table".into());
+            return;
+        }
+    };
+    it.target = Some(t);
+    let target = &targets[t];
+    let key_ok = |key: &Option<serde_json::Value>| match key {
+        Some(serde_json::Value::Object(m)) => target.keys.iter().all(|k| m.contains_key(k)),
+        _ => false,
+    };
+    let col = it.column.as_deref();
+    let coltype = match col {
+        Some("") => "row".to_string(),
+        Some(c) => match target.crdt.get(c) {
+            Some(ty) => ty.clone(),
+            None => {
+                it.bad = Some(if column_exists(target.rel, c) { "not_crdt_column" } else { "unknown_column" }.into());
+                return;
+            }
+        },
+        None => {
+            it.bad = Some("unknown_column".into());
+            return;
+        }
+    };
+    if !key_ok(&it.key) {
+        it.bad = Some("invalid_key".into());
+        return;
+    }
+    let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
+    it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
+    it.coltype = Some(coltype);
+}
+
+/// Arrays for one op_log insert of the given items.
+fn log_rows(items: &[&Item], outcome: &str, reasons: &[Option<String>], origin: &str) {
+    if items.is_empty() {
+        return;
+    }
+    run(
+        "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                     epoch, deps, delta, signature, outcome, reason, origin)
+         SELECT u.op_id, u.actor, u.counter, u.tbl, u.key, u.col, u.ver, u.ep,
+                CASE WHEN u.deps IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(u.deps)) END,
+                u.delta, u.sig, $12, u.reason, $13
+           FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::int[], $8::int8[],
+                       $9::jsonb[], $10::bytea[], $11::bytea[], $14::text[])
+                WITH ORDINALITY u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, reason, ord)
+          ORDER BY u.ord",
+        &envelope_args(items, Some((outcome, reasons, origin))),
+    );
+}
+
+/// The 11 envelope arrays ($1..$11), plus outcome, origin and reasons.
+fn envelope_args<'a>(items: &[&Item], extra: Option<(&str, &[Option<String>], &str)>) -> Vec<DatumWithOid<'a>> {
+    let mut a: Vec<DatumWithOid<'a>> = vec![
+        items.iter().map(|i| i.op_id.clone().unwrap_or_default()).collect::<Vec<String>>().into(),
+        items
+            .iter()
+            .map(|i| i.actor.clone().or_else(|| i.actor_given.clone()).unwrap_or_default())
+            .collect::<Vec<String>>()
+            .into(),
+        items.iter().map(|i| i.counter.unwrap_or(0)).collect::<Vec<i64>>().into(),
+        items.iter().map(|i| i.table.clone()).collect::<Vec<Option<String>>>().into(),
+        items.iter().map(|i| i.key.clone().map(JsonB)).collect::<Vec<Option<JsonB>>>().into(),
+        items.iter().map(|i| i.column.clone()).collect::<Vec<Option<String>>>().into(),
+        items.iter().map(|i| i.version).collect::<Vec<Option<i32>>>().into(),
+        items.iter().map(|i| i.epoch).collect::<Vec<Option<i64>>>().into(),
+        items
+            .iter()
+            .map(|i| i.deps.clone().map(|d| JsonB(serde_json::json!(d))))
+            .collect::<Vec<Option<JsonB>>>()
+            .into(),
+        items.iter().map(|i| i.delta.clone()).collect::<Vec<Option<Vec<u8>>>>().into(),
+        items.iter().map(|i| i.signature.clone()).collect::<Vec<Option<Vec<u8>>>>().into(),
+    ];
+    if let Some((outcome, reasons, origin)) = extra {
+        a.push(outcome.to_string().into());
+        a.push(origin.to_string().into());
+        a.push(reasons.to_vec().into());
+    }
+    a
+}
+
+fn deps_of(it: &Item) -> Vec<String> {
+    it.deps.iter().flatten().flatten().cloned().collect()
+}
+
+/// Of these op_ids, the ones applied here.
+fn applied_set(ids: &[String]) -> HashSet<String> {
+    if ids.is_empty() {
+        return HashSet::new();
+    }
+    Spi::connect_mut(|c| {
+        c.update(
+            "SELECT d FROM unnest($1::text[]) d
+              WHERE EXISTS (SELECT 1 FROM converge.op_log l WHERE l.actor = converge.op_id_actor(d)
+                               AND l.counter = converge.op_id_counter(d) AND l.outcome = 'applied')",
+            None,
+            &[ids.to_vec().into()],
+        )
+        .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+    })
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+/// Positions (n) of the fresh ops that must wait: a dep neither applied
+/// here nor among the fresh ops, or a dep that waits itself.
+fn blocked(fresh: &[&Item]) -> HashSet<usize> {
+    let all_deps: Vec<String> = fresh.iter().flat_map(|i| deps_of(i)).collect::<HashSet<_>>().into_iter().collect();
+    if all_deps.is_empty() {
+        return HashSet::new();
+    }
+    let applied = applied_set(&all_deps);
+    let by_id: HashMap<&str, usize> = fresh.iter().filter_map(|i| i.op_id.as_deref().map(|id| (id, i.n))).collect();
+    let mut blocked: HashSet<usize> = HashSet::new();
+    // Fixed point: an op waits if one of its deps is missing or waits.
+    loop {
+        let before = blocked.len();
+        for it in fresh {
+            if blocked.contains(&it.n) {
+                continue;
+            }
+            let waits = deps_of(it).iter().any(|d| match by_id.get(d.as_str()) {
+                Some(parent) => blocked.contains(parent),
+                None => !applied.contains(d),
+            });
+            if waits {
+                blocked.insert(it.n);
+            }
+        }
+        if blocked.len() == before {
+            return blocked;
+        }
+    }
+}
+
+fn set_applying(on: bool) {
+    run("SELECT set_config('converge.applying', $1, true)", &[if on { "on" } else { "off" }.into()]);
+}
+
+/// Merge the deltas of `ops` (all valid, all through the gate) into their
+/// rows: row ops first, in batch order; then per (table, column) one upsert
+/// with each row's deltas merged here first, rows in key order.
+fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
+    set_applying(true);
+    let mut groups: BTreeMap<(u32, String), Vec<&Item>> = BTreeMap::new();
+    for it in ops {
+        let t = &targets[it.target.expect("classified")];
+        groups.entry((t.rel.to_u32(), it.column.clone().unwrap_or_default())).or_default().push(it);
+    }
+    for ((_, col), items) in &groups {
+        let t = &targets[items[0].target.expect("classified")];
+        let coltype = items[0].coltype.as_deref().expect("classified");
+        let keys: Vec<String> = t.keys.iter().map(|k| quote_ident(k)).collect();
+        if coltype == "row" {
+            run(
+                "SELECT converge.merge_rows($1::oid::regclass, $2, $3, $4)",
+                &[
+                    t.rel.into(),
+                    t.keys.clone().into(),
+                    items.iter().map(|i| JsonB(i.key.clone().unwrap_or_default())).collect::<Vec<JsonB>>().into(),
+                    items.iter().map(|i| i.delta.clone().unwrap_or_default()).collect::<Vec<Vec<u8>>>().into(),
+                ],
+            );
+            continue;
+        }
+        // The deltas of one row, merged (canonical JSON of the key as its name).
+        let mut per_key: BTreeMap<String, (serde_json::Value, Vec<&[u8]>)> = BTreeMap::new();
+        for it in items {
+            let key = it.key.clone().unwrap_or_default();
+            per_key.entry(key.to_string()).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
+        }
+        let (key_json, merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) =
+            per_key.into_values().map(|(k, ds)| (k, merge_bytes(coltype, &ds))).unzip();
+        let jsonb = |v: &[serde_json::Value]| v.iter().cloned().map(JsonB).collect::<Vec<JsonB>>();
+        let rel = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[t.rel.into()]).unwrap_or_default();
+        let cols = keys.join(", ");
+        let kcols: String = keys.iter().map(|k| format!("k.{k}")).collect::<Vec<_>>().join(", ");
+        let qcol = quote_ident(col);
+        let dead = crate::spi::read_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM converge.row_state WHERE tbl = $1::oid::regclass AND NOT live)",
+            &[t.rel.into()],
+        )
+        .unwrap_or(false);
+        if dead {
+            // Deltas for deleted rows go to their tombstone's stash.
+            run(
+                &format!(
+                    "UPDATE converge.row_state rs
+                        SET stash = rs.stash || jsonb_build_object($4::text,
+                            converge.merge(coalesce(rs.stash ->> $4, '{{}}')::converge.{coltype}, d.v::converge.{coltype})::text)
+                       FROM unnest($2::jsonb[], $3::bytea[]) d(key, v)
+                      WHERE rs.tbl = $1::oid::regclass AND rs.target_key = d.key AND NOT rs.live"
+                ),
+                &[t.rel.into(), jsonb(&key_json).into(), merged.clone().into(), col.clone().into()],
+            );
+        }
+        let live_only = if dead {
+            "WHERE NOT EXISTS (SELECT 1 FROM converge.row_state rs WHERE rs.tbl = $1::oid::regclass AND rs.target_key = d.key AND NOT rs.live)"
+        } else {
+            "WHERE $1::oid IS NOT NULL"
+        };
+        run(
+            &format!(
+                "INSERT INTO {rel} AS t ({cols}, {qcol})
+                 SELECT {kcols}, d.v::converge.{coltype}
+                   FROM unnest($2::jsonb[], $3::bytea[]) d(key, v), jsonb_populate_record(NULL::{rel}, d.key) k
+                  {live_only}
+                  ORDER BY {kcols}
+                 ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})"
+            ),
+            &[t.rel.into(), jsonb(&key_json).into(), merged.into()],
+        );
+    }
+    set_applying(false);
+}
+
+/// Through the dedupe gate (an op_log row per op, unless another session
+/// applied it first) and into the rows. Returns (won, lost, rejected with reason).
+#[allow(clippy::type_complexity)]
+fn gate_and_merge<'a>(
+    ops: &[&'a Item],
+    targets: &[Target],
+    origin: &str,
+) -> (Vec<&'a Item>, Vec<&'a Item>, Vec<(&'a Item, String)>) {
+    let gate = |items: &[&Item]| -> HashSet<String> {
+        // In (actor, counter) order: concurrent batches take the gate alike.
+        let mut sorted: Vec<&Item> = items.to_vec();
+        sorted.sort_by(|a, b| (&a.actor, a.counter).cmp(&(&b.actor, b.counter)));
+        let mut args = envelope_args(&sorted, None);
+        args.push(origin.to_string().into());
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                             epoch, deps, delta, signature, outcome, origin)
+                 SELECT u.op_id, u.actor, u.counter, u.tbl, u.key, u.col, u.ver, u.ep,
+                        CASE WHEN u.deps IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(u.deps)) END,
+                        u.delta, u.sig, 'applied', $12
+                   FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::int[],
+                               $8::int8[], $9::jsonb[], $10::bytea[], $11::bytea[])
+                        WITH ORDINALITY u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, ord)
+                  ORDER BY u.ord
+                 ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING
+                 RETURNING op_id",
+                None,
+                &args,
+            )
+            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+        .unwrap_or_else(|e| spi_err(e))
+    };
+    let fast = subtransaction(|| {
+        let tg = std::time::Instant::now();
+        let won_ids = gate(ops);
+        pgrx::debug1!("converge apply: gate {:?}", tg.elapsed());
+        let (won, lost): (Vec<&Item>, Vec<&Item>) =
+            ops.iter().partition(|i| i.op_id.as_ref().is_some_and(|id| won_ids.contains(id)));
+        merge_into_rows(&won, targets);
+        (won, lost)
+    });
+    match fast {
+        Ok((won, lost)) => return (won, lost, Vec::new()),
+        Err(c) => reraise_if_transaction_error(&c),
+    }
+    // Something in the batch failed (say a key value of the wrong type):
+    // op by op, so only the culprit is rejected.
+    let (mut won, mut lost, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut order: Vec<&Item> = ops.to_vec();
+    order.sort_by(|a, b| {
+        let ka = (targets[a.target.unwrap()].rel.to_u32(), &a.column, a.key.as_ref().map(|k| k.to_string()), a.n);
+        let kb = (targets[b.target.unwrap()].rel.to_u32(), &b.column, b.key.as_ref().map(|k| k.to_string()), b.n);
+        ka.cmp(&kb)
+    });
+    for it in order {
+        match subtransaction(|| {
+            let ok = !gate(&[it]).is_empty();
+            if ok {
+                merge_into_rows(&[it], targets);
+            }
+            ok
+        }) {
+            Ok(true) => won.push(it),
+            Ok(false) => lost.push(it),
+            Err(c) => {
+                reraise_if_transaction_error(&c);
+                let reason = if ["22P02", "22P03", "22023", "22003", "22007", "22008"].contains(&c.sqlstate.as_str()) {
+                    format!("invalid_key: {}", c.message)
+                } else {
+                    format!("error {}: {}", c.sqlstate, c.message)
+                };
+                rejected.push((it, reason));
+            }
+        }
+    }
+    won.sort_by_key(|i| i.n);
+    lost.sort_by_key(|i| i.n);
+    (won, lost, rejected)
+}
+
+/// The body of `converge.apply_batch` for one batch (see sql/ops.sql for the
+/// SQL wrapper that unpacks `converge.op[]` into these arrays).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn apply_ops_core(
+    op_ids: Vec<Option<String>>,
+    actors: Vec<Option<String>>,
+    tables: Vec<Option<String>>,
+    keys: Vec<Option<JsonB>>,
+    columns: Vec<Option<String>>,
+    versions: Vec<Option<i32>>,
+    epochs: Vec<Option<i64>>,
+    deps: Vec<Option<JsonB>>,
+    deltas: pgrx::Array<&[u8]>,
+    signatures: pgrx::Array<&[u8]>,
+    origin: String,
+    top_level: bool,
+) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
+    let mut items: Vec<Item> = Vec::with_capacity(op_ids.len());
+    let mut deps = deps.into_iter();
+    let mut rest = (actors.into_iter(), tables.into_iter(), keys.into_iter(), columns.into_iter());
+    let mut more = (
+        versions.into_iter(),
+        epochs.into_iter(),
+        deltas.iter().map(|d| d.map(<[u8]>::to_vec)),
+        signatures.iter().map(|d| d.map(<[u8]>::to_vec)),
+    );
+    for (n, op_id) in op_ids.into_iter().enumerate() {
+        let d = deps.next().flatten().map(|j| match j.0 {
+            serde_json::Value::Array(a) => a.into_iter().map(|v| v.as_str().map(String::from)).collect(),
+            _ => vec![None],
+        });
+        items.push(Item {
+            n,
+            op_id,
+            actor_given: rest.0.next().flatten(),
+            table: rest.1.next().flatten(),
+            key: rest.2.next().flatten().map(|j| j.0),
+            column: rest.3.next().flatten(),
+            version: more.0.next().flatten(),
+            epoch: more.1.next().flatten(),
+            deps: d,
+            delta: more.2.next().flatten(),
+            signature: more.3.next().flatten(),
+            actor: None,
+            counter: None,
+            target: None,
+            coltype: None,
+            bad: None,
+        });
+    }
+    let t0 = std::time::Instant::now();
+    let mut out: Vec<Outcome> = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+    let mut cache = HashMap::new();
+
+    // 1. Validate every envelope and delta, without raising.
+    for it in items.iter_mut() {
+        classify(it, &mut targets, &mut cache);
+    }
+    let bad: Vec<&Item> = items.iter().filter(|i| i.bad.is_some()).collect();
+    log_rows(&bad, "rejected", &bad.iter().map(|i| i.bad.clone()).collect::<Vec<_>>(), &origin);
+    out.extend(bad.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), i.bad.clone())));
+
+    let t_classify = t0.elapsed();
+    // 2. Duplicates: applied already, waiting in pending, or earlier in this batch.
+    let valid: Vec<&Item> = items.iter().filter(|i| i.bad.is_none()).collect();
+    let ids: Vec<String> = valid.iter().filter_map(|i| i.op_id.clone()).collect();
+    let known: HashSet<String> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        let mut s = applied_set(&ids);
+        let pending: Vec<String> = Spi::connect(|c| {
+            c.select("SELECT op_id FROM converge.pending WHERE op_id = ANY ($1)", None, &[ids.clone().into()])
+                .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+        .unwrap_or_else(|e| spi_err(e));
+        s.extend(pending);
+        s
+    };
+    let mut seen: HashSet<(String, i64)> = HashSet::new();
+    let (mut dup, mut fresh): (Vec<&Item>, Vec<&Item>) = (Vec::new(), Vec::new());
+    for it in valid {
+        let first = seen.insert((it.actor.clone().unwrap_or_default(), it.counter.unwrap_or(0)));
+        if !first || known.contains(it.op_id.as_deref().unwrap_or("")) {
+            dup.push(it);
+        } else {
+            fresh.push(it);
+        }
+    }
+    log_rows(&dup, "duplicate", &vec![None; dup.len()], &origin);
+    out.extend(dup.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "duplicate".to_string(), None)));
+
+    // 3. Ops whose deps are missing (not applied here, not in this batch),
+    //    and ops that depend on those, wait in pending. Two sessions can race
+    //    on an op D: one applying D, one buffering a child of D because D is
+    //    not visible yet. Both lock D's bucket (sorted, before any row lock,
+    //    so no deadlock); appliers share theirs, a session about to buffer
+    //    takes it exclusive, and re-checks after the other commits. Only the
+    //    top-level call locks (retry_pending's pass takes no further locks).
+    let mut waiting = blocked(&fresh);
+    if top_level && !fresh.is_empty() {
+        let mut lock_ids: Vec<String> = Vec::new();
+        let mut lock_excl: Vec<bool> = Vec::new();
+        for it in &fresh {
+            lock_ids.push(it.op_id.clone().unwrap_or_default());
+            lock_excl.push(false);
+            if waiting.contains(&it.n) {
+                for d in deps_of(it) {
+                    lock_ids.push(d);
+                    lock_excl.push(true);
+                }
+            }
+        }
+        run(
+            "SELECT count(CASE WHEN z.excl THEN pg_advisory_xact_lock(7231, z.b) ELSE pg_advisory_xact_lock_shared(7231, z.b) END)
+               FROM (SELECT hashtext(u.id) & 63 AS b, bool_or(u.excl) AS excl
+                       FROM unnest($1::text[], $2::bool[]) u(id, excl) GROUP BY 1 ORDER BY 1) z",
+            &[lock_ids.into(), lock_excl.into()],
+        );
+        if !waiting.is_empty() {
+            waiting = blocked(&fresh);
+        }
+    }
+    let mut buffered: Vec<&Item> = fresh.iter().copied().filter(|i| waiting.contains(&i.n)).collect();
+    buffered.sort_by(|a, b| a.op_id.cmp(&b.op_id));
+    if !buffered.is_empty() {
+        let all: Vec<String> = buffered.iter().flat_map(|i| deps_of(i)).collect();
+        let applied = applied_set(&all);
+        let missing: Vec<Vec<String>> = buffered
+            .iter()
+            .map(|i| {
+                let mut m: Vec<String> = deps_of(i).into_iter().filter(|d| !applied.contains(d)).collect();
+                m.sort();
+                m.dedup();
+                m
+            })
+            .collect();
+        let reasons: Vec<Option<String>> = missing.iter().map(|m| Some(format!("missing {}", m.join(", ")))).collect();
+        let mut args = envelope_args(&buffered, None);
+        args.push(missing.iter().map(|m| JsonB(serde_json::json!(m))).collect::<Vec<JsonB>>().into());
+        args.push(origin.clone().into());
+        run(
+            "INSERT INTO converge.pending (op_id, op, missing, origin)
+             SELECT u.op_id,
+                    ROW(u.op_id, u.actor, u.tbl, u.key, u.col, u.ver, u.ep,
+                        CASE WHEN u.deps IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(u.deps)) END,
+                        u.delta, u.sig)::converge.op,
+                    ARRAY(SELECT jsonb_array_elements_text(u.missing)), $13
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::int[],
+                           $8::int8[], $9::jsonb[], $10::bytea[], $11::bytea[], $12::jsonb[])
+                    u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, missing)
+             ON CONFLICT DO NOTHING",
+            &args,
+        );
+        log_rows(&buffered, "buffered", &reasons, &origin);
+        out.extend(buffered.iter().zip(&reasons).map(|(i, r)| (i.op_id.clone().unwrap_or_default(), "buffered".to_string(), r.clone())));
+    }
+
+    let t_dups = t0.elapsed();
+    // 4. Everything else: through the dedupe gate, then merged.
+    let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
+    let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, &targets, &origin) };
+    if !rejected.is_empty() {
+        let (items, reasons): (Vec<&Item>, Vec<Option<String>>) = rejected.iter().map(|(i, r)| (*i, Some(r.clone()))).unzip();
+        log_rows(&items, "rejected", &reasons, &origin);
+        out.extend(items.iter().zip(&reasons).map(|(i, r)| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), r.clone())));
+    }
+    log_rows(&lost, "duplicate", &vec![None; lost.len()], &origin);
+    out.extend(lost.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "duplicate".to_string(), None)));
+    out.extend(won.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "applied".to_string(), None)));
+    let t_merge = t0.elapsed();
+    let actors: std::collections::BTreeSet<String> = won.iter().filter_map(|i| i.actor.clone()).collect();
+    for a in actors {
+        run("SELECT converge.advance_frontier($1)", &[a.into()]);
+    }
+
+    pgrx::debug1!(
+        "converge apply: {} ops: classify {:?}, dups+deps {:?}, gate+merge {:?}, frontier {:?}",
+        items.len(),
+        t_classify,
+        t_dups - t_classify,
+        t_merge - t_dups,
+        t0.elapsed() - t_merge
+    );
+    // 5. Pending ops whose deps are now all applied go through the same path.
+    if !won.is_empty() {
+        let more: Vec<Outcome> = Spi::connect_mut(|c| {
+            c.update("SELECT op_id, outcome, reason FROM converge.retry_pending()", None, &[]).map(|t| {
+                t.map(|r| {
+                    (
+                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                        r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                        r.get::<String>(3).ok().flatten(),
+                    )
+                })
+                .collect()
+            })
+        })
+        .unwrap_or_else(|e| spi_err(e));
+        out.extend(more);
+    }
+    TableIterator::new(out)
+}

@@ -1,0 +1,333 @@
+//! The trigger that `converge.replicate(table)` installs: every local change
+//! of a replicated table becomes ops of this node.
+//!
+//! The hot path (an UPDATE that changes CRDT columns only) stays in Rust:
+//! the table's layout is cached per backend (dropped on relcache
+//! invalidation), each changed column's delta is computed from the stored
+//! bytes with converge-core, and one prepared statement takes the op
+//! counters and inserts the ops. Row ops (INSERT, DELETE, a change of a
+//! non-CRDT column) go through `converge.record_row_op` in SQL.
+//!
+//! Op counters: `converge.actor_frontier` row of this node is the counter
+//! (one `+ n` per statement). Its row lock is held to commit, so this node's
+//! ops commit in counter order and its frontier is always contiguous.
+
+use crate::errors::raise_hint;
+use crate::node;
+use converge_core::{decode_trusted, encode, Crdt};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{JsonB, PgSqlErrorCode};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+struct Column {
+    index: usize,
+    name: String,
+    kind: String,
+}
+
+/// What the trigger needs to know about a replicated table.
+struct Meta {
+    name: String,
+    keys: Vec<Column>,
+    crdt: Vec<Column>,
+    other: Vec<usize>,
+}
+
+thread_local! {
+    static META: RefCell<HashMap<pg_sys::Oid, Option<Rc<Meta>>>> = RefCell::new(HashMap::new());
+    static INSERT_OPS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static CALLBACK: RefCell<bool> = const { RefCell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_meta(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    META.with(|m| {
+        if relid == pg_sys::InvalidOid {
+            m.borrow_mut().clear();
+        } else {
+            m.borrow_mut().remove(&relid);
+        }
+    });
+}
+
+fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
+    let relid = unsafe { (*rel).rd_id };
+    if let Some(m) = META.with(|m| m.borrow().get(&relid).cloned()) {
+        return m;
+    }
+    CALLBACK.with(|c| {
+        if !*c.borrow() {
+            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_meta), pg_sys::Datum::from(0)) };
+            *c.borrow_mut() = true;
+        }
+    });
+    let row = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns
+               FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE r.table_name = $1::oid::regclass",
+            Some(1),
+            &[relid.into()],
+        )?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::SpiError>(None);
+        }
+        let r = t.first();
+        Ok(Some((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<Vec<String>>(2)?.unwrap_or_default(),
+            r.get::<String>(3)?.unwrap_or_default(),
+            r.get::<Vec<String>>(4)?.unwrap_or_default(),
+        )))
+    })
+    .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    let m = row.map(|(name, keys, crdt, other)| {
+        let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
+        let index_of = |n: &str| desc.iter().position(|a| a.name() == n && !a.is_dropped());
+        let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
+        let col = |n: &String, kind: String| index_of(n).map(|index| Column { index, name: n.clone(), kind });
+        let mut crdt_cols: Vec<Column> = crdt.iter().filter_map(|(n, t)| col(n, t.clone())).collect();
+        crdt_cols.sort_by(|a, b| a.name.cmp(&b.name));
+        Rc::new(Meta {
+            name,
+            keys: keys.iter().filter_map(|k| col(k, String::new())).collect(),
+            crdt: crdt_cols,
+            other: other.iter().filter_map(|n| index_of(n)).collect(),
+        })
+    });
+    META.with(|c| c.borrow_mut().insert(relid, m.clone()));
+    m
+}
+
+/// `converge.applying` is on while converge.apply merges: those changes are
+/// the op being applied, already logged.
+fn applying() -> bool {
+    let v = unsafe { pg_sys::GetConfigOption(c"converge.applying".as_ptr(), true, false) };
+    !v.is_null() && unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes() == b"on"
+}
+
+struct Row {
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+}
+
+unsafe fn deform(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Row {
+    let n = (*desc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0usize); n];
+    let mut nulls = vec![true; n];
+    pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    Row { values, nulls }
+}
+
+unsafe fn bytes_of<'a>(row: &Row, i: usize) -> Option<&'a [u8]> {
+    if row.nulls[i] {
+        return None;
+    }
+    let v = pg_sys::pg_detoast_datum_packed(row.values[i].cast_mut_ptr());
+    Some(pgrx::varlena::varlena_to_byte_slice(v))
+}
+
+/// A key column's value as JSON: numbers and booleans as themselves,
+/// anything else as its text form. The same on every node, so keys compare.
+unsafe fn key_value(row: &Row, i: usize, typid: pg_sys::Oid) -> serde_json::Value {
+    if row.nulls[i] {
+        return serde_json::Value::Null;
+    }
+    let d = row.values[i];
+    match typid {
+        pg_sys::INT2OID => serde_json::json!(i16::from_datum(d, false)),
+        pg_sys::INT4OID => serde_json::json!(i32::from_datum(d, false)),
+        pg_sys::INT8OID => serde_json::json!(i64::from_datum(d, false)),
+        pg_sys::BOOLOID => serde_json::json!(bool::from_datum(d, false)),
+        _ => {
+            let mut out = pg_sys::InvalidOid;
+            let mut varlena = false;
+            pg_sys::getTypeOutputInfo(typid, &mut out, &mut varlena);
+            let text = std::ffi::CStr::from_ptr(pg_sys::OidOutputFunctionCall(out, d)).to_string_lossy().into_owned();
+            if typid == pg_sys::NUMERICOID || typid == pg_sys::FLOAT4OID || typid == pg_sys::FLOAT8OID {
+                if let Ok(n @ serde_json::Value::Number(_)) = serde_json::from_str::<serde_json::Value>(&text) {
+                    return n;
+                }
+            }
+            serde_json::Value::String(text)
+        }
+    }
+}
+
+unsafe fn attr<'a>(desc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::FormData_pg_attribute {
+    &(*desc).attrs.as_slice((*desc).natts as usize)[i]
+}
+
+/// Binary equality of two non-NULL values of one column (a changed detector:
+/// equal values with different bytes only cost an extra row op).
+unsafe fn same_value(a: &pg_sys::FormData_pg_attribute, x: pg_sys::Datum, y: pg_sys::Datum) -> bool {
+    if a.attbyval {
+        return x == y;
+    }
+    match a.attlen {
+        -1 => {
+            let bx = pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(x.cast_mut_ptr()));
+            let by = pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(y.cast_mut_ptr()));
+            bx == by
+        }
+        -2 => std::ffi::CStr::from_ptr(x.cast_mut_ptr()) == std::ffi::CStr::from_ptr(y.cast_mut_ptr()),
+        n => {
+            let n = n as usize;
+            std::slice::from_raw_parts(x.cast_mut_ptr::<u8>(), n) == std::slice::from_raw_parts(y.cast_mut_ptr::<u8>(), n)
+        }
+    }
+}
+
+unsafe fn key_of(meta: &Meta, row: &Row, desc: pg_sys::TupleDesc) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for k in &meta.keys {
+        let typid = attr(desc, k.index).atttypid;
+        m.insert(k.name.clone(), key_value(row, k.index, typid));
+    }
+    serde_json::Value::Object(m)
+}
+
+fn delta_of<T: Crdt>(new: &[u8], old: Option<&[u8]>) -> Option<Vec<u8>> {
+    let n = decode_trusted::<T>(new).ok()?;
+    let o = match old {
+        Some(b) => decode_trusted::<T>(b).ok()?,
+        None => T::default(),
+    };
+    let d = T::delta(&n, &o);
+    (!d.is_empty()).then(|| encode(&d))
+}
+
+/// The delta that takes `old` to `new` (None when nothing grew).
+fn delta_bytes(kind: &str, new: &[u8], old: Option<&[u8]>) -> Option<Vec<u8>> {
+    use converge_core::types::*;
+    match kind {
+        "gcounter" => delta_of::<GCounter>(new, old),
+        "pncounter" => delta_of::<PnCounter>(new, old),
+        "bcounter" => delta_of::<BCounter>(new, old),
+        "gset" => delta_of::<GSet>(new, old),
+        "orset" => delta_of::<OrSet>(new, old),
+        "lwwreg" => delta_of::<LwwReg>(new, old),
+        "mvreg" => delta_of::<MvReg>(new, old),
+        "lwwmap" => delta_of::<LwwMap>(new, old),
+        "ormap" => delta_of::<OrMap>(new, old),
+        _ => None,
+    }
+}
+
+fn insert_ops(me: &str, table: &str, key: &serde_json::Value, cols: Vec<String>, deltas: Vec<Vec<u8>>) {
+    let n = cols.len() as i64;
+    let args: Vec<DatumWithOid> =
+        vec![me.into(), table.into(), JsonB(key.clone()).into(), cols.into(), n.into(), deltas.into()];
+    Spi::connect_mut(|c| {
+        INSERT_OPS.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.is_none() {
+                use pgrx::PgOid;
+                let types = [
+                    PgOid::from(pg_sys::TEXTOID),
+                    PgOid::from(pg_sys::TEXTOID),
+                    PgOid::from(pg_sys::JSONBOID),
+                    PgOid::from(pg_sys::TEXTARRAYOID),
+                    PgOid::from(pg_sys::INT8OID),
+                    PgOid::from(pg_sys::BYTEAARRAYOID),
+                ];
+                let p = c.prepare_mut(
+                    "WITH c AS (INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES ($1, $5)
+                                ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous + $5 RETURNING contiguous)
+                     INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column,
+                                                  schema_version, epoch, deps, delta, outcome, origin)
+                     SELECT $1 || ':' || (c.contiguous - $5 + u.i), $1, c.contiguous - $5 + u.i, $2, $3, u.col,
+                            1, 0, '{}', u.delta, 'applied', 'local'
+                       FROM c, unnest($4, $6) WITH ORDINALITY u(col, delta, i)",
+                    &types,
+                )?;
+                *s = Some(p.keep());
+            }
+            c.update(s.as_ref().expect("prepared"), None, &args).map(|_| ())
+        })
+    })
+    .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording ops: {e}")));
+}
+
+/// Trigger of replicated tables (AFTER INSERT OR UPDATE OR DELETE, per row).
+#[pg_trigger]
+fn record_local_ops<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    if applying() {
+        return Ok(None);
+    }
+    let td = trigger.trigger_data();
+    let rel = td.tg_relation;
+    let Some(meta) = meta(rel) else { return Ok(None) };
+    let desc = unsafe { (*rel).rd_att };
+    let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+    let (is_insert, is_delete) = (event == pg_sys::TRIGGER_EVENT_INSERT, event == pg_sys::TRIGGER_EVENT_DELETE);
+    // tg_trigtuple: the inserted row, or the old row of an UPDATE/DELETE.
+    let first = unsafe { deform(td.tg_trigtuple, desc) };
+    let (new, old) = if is_insert {
+        (Some(first), None)
+    } else if is_delete {
+        (None, Some(first))
+    } else {
+        (Some(unsafe { deform(td.tg_newtuple, desc) }), Some(first))
+    };
+    let me = node::local_node();
+    let key = unsafe { key_of(&meta, new.as_ref().or(old.as_ref()).expect("a row"), desc) };
+    if let (Some(n), Some(o)) = (&new, &old) {
+        if unsafe { key_of(&meta, o, desc) } != key {
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("the primary key of replicated table {} cannot be changed", meta.name),
+                "Delete the row and insert it with the new key.",
+            );
+        }
+        let _ = n;
+    }
+    // One op per CRDT column that grew.
+    if let Some(n) = &new {
+        let (mut cols, mut deltas) = (Vec::new(), Vec::new());
+        for c in &meta.crdt {
+            let Some(nb) = (unsafe { bytes_of(n, c.index) }) else { continue };
+            let ob = old.as_ref().and_then(|o| unsafe { bytes_of(o, c.index) });
+            if let Some(d) = delta_bytes(&c.kind, nb, ob) {
+                cols.push(c.name.clone());
+                deltas.push(d);
+            }
+        }
+        if !cols.is_empty() {
+            insert_ops(&me, &meta.name, &key, cols, deltas);
+        }
+    }
+    // The row itself: inserted, deleted, or a non-CRDT column changed.
+    let row_changed = match (&new, &old) {
+        (Some(n), Some(o)) => meta.other.iter().any(|&i| unsafe {
+            n.nulls[i] != o.nulls[i] || (!n.nulls[i] && !same_value(attr(desc, i), n.values[i], o.values[i]))
+        }),
+        _ => true,
+    };
+    if row_changed {
+        let rowtype = unsafe { (*(*rel).rd_rel).reltype };
+        let as_datum = |t: pg_sys::HeapTuple| unsafe {
+            DatumWithOid::new(pg_sys::heap_copy_tuple_as_datum(t, desc), rowtype)
+        };
+        let (newrow, oldrow) = if is_insert {
+            (as_datum(td.tg_trigtuple), DatumWithOid::null_oid(rowtype))
+        } else if is_delete {
+            (DatumWithOid::null_oid(rowtype), as_datum(td.tg_trigtuple))
+        } else {
+            (as_datum(td.tg_newtuple), as_datum(td.tg_trigtuple))
+        };
+        let op = if is_insert { "INSERT" } else if is_delete { "DELETE" } else { "UPDATE" };
+        Spi::run_with_args(
+            "SELECT converge.record_row_op($1, $2::oid::regclass, $3, $4, to_jsonb($5), to_jsonb($6))",
+            &[op.into(), unsafe { (*rel).rd_id }.into(), me.as_str().into(), JsonB(key).into(), newrow, oldrow],
+        )
+        .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording a row op: {e}")));
+    }
+    Ok(None)
+}
