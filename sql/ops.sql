@@ -66,7 +66,8 @@ CREATE TABLE converge.op_log (
 );
 -- The dedupe gate: an op (actor, counter) is applied at most once.
 CREATE UNIQUE INDEX op_log_applied_once ON converge.op_log (actor, counter) WHERE outcome = 'applied';
-CREATE INDEX op_log_op_id ON converge.op_log (op_id);
+-- Rejected and quarantined ops, found by op_id for replay and the quarantine view.
+CREATE INDEX op_log_problems ON converge.op_log (op_id) WHERE outcome IN ('rejected', 'quarantined');
 COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason) or quarantined.';
 
 CREATE TABLE converge.pending (
@@ -104,7 +105,8 @@ COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and 
 
 CREATE VIEW converge.quarantine AS
     SELECT * FROM converge.op_log WHERE outcome IN ('rejected', 'quarantined')
-       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.op_id = op_log.op_id AND a.outcome = 'applied');
+       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = op_log.actor AND a.counter = op_log.counter
+                          AND a.outcome = 'applied');
 COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (kept, never dropped; converge.replay(op_id) retries one).';
 
 CREATE FUNCTION converge.op_encode(o converge.op) RETURNS bytea
@@ -140,21 +142,6 @@ LANGUAGE sql STABLE STRICT AS $$
 $$;
 COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here.';
 
--- Move an actor's contiguous frontier forward past every applied counter.
-CREATE FUNCTION converge.advance_frontier(a text) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE cur bigint;
-BEGIN
-    INSERT INTO converge.actor_frontier (actor) VALUES (a) ON CONFLICT DO NOTHING;
-    SELECT contiguous INTO cur FROM converge.actor_frontier WHERE actor = a FOR UPDATE;
-    -- The applied counters above cur that continue it without a gap: the
-    -- k-th of them (in order) is cur + k exactly while there is no gap.
-    cur := cur + (SELECT count(*) FROM (
-        SELECT l.counter, row_number() OVER (ORDER BY l.counter) AS k
-          FROM converge.op_log l WHERE l.actor = a AND l.outcome = 'applied' AND l.counter > cur) s
-        WHERE s.counter = cur + s.k);
-    UPDATE converge.actor_frontier SET contiguous = cur WHERE actor = a AND contiguous < cur;
-END $$;
 
 
 
@@ -295,13 +282,14 @@ CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boo
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE sql AS $$
     SELECT r.* FROM (
-        SELECT array_agg(o.op_id ORDER BY o.n) AS ids, array_agg(o.actor ORDER BY o.n) AS actors,
-               array_agg(o.target_table ORDER BY o.n) AS tbls, array_agg(o.target_key ORDER BY o.n) AS keys,
-               array_agg(o.target_column ORDER BY o.n) AS cols, array_agg(o.schema_version ORDER BY o.n) AS vers,
-               array_agg(o.epoch ORDER BY o.n) AS eps, array_agg(to_jsonb(o.deps) ORDER BY o.n) AS deps,
-               array_agg(o.delta ORDER BY o.n) AS deltas, array_agg(o.signature ORDER BY o.n) AS sigs
-          FROM unnest(ops) WITH ORDINALITY o(op_id, actor, target_table, target_key, target_column, schema_version,
-                                             epoch, deps, delta, signature, n)) a,
+        -- One sort, then the aggregates read the rows in that order.
+        SELECT array_agg(o.op_id) AS ids, array_agg(o.actor) AS actors, array_agg(o.target_table) AS tbls,
+               array_agg(o.target_key) AS keys, array_agg(o.target_column) AS cols, array_agg(o.schema_version) AS vers,
+               array_agg(o.epoch) AS eps, array_agg(to_jsonb(o.deps)) AS deps, array_agg(o.delta) AS deltas,
+               array_agg(o.signature) AS sigs
+          FROM (SELECT * FROM unnest(ops) WITH ORDINALITY u(op_id, actor, target_table, target_key, target_column,
+                                                           schema_version, epoch, deps, delta, signature, n)
+                 ORDER BY n) o) a,
     LATERAL converge.apply_ops_core(a.ids, a.actors, a.tbls, a.keys, a.cols, a.vers, a.eps, a.deps, a.deltas, a.sigs,
                                     origin, top_level) r
     WHERE a.ids IS NOT NULL
@@ -482,7 +470,11 @@ BEGIN
         ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, crdt_columns = EXCLUDED.crdt_columns,
                                                other_columns = EXCLUDED.other_columns, row_expr = EXCLUDED.row_expr;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'converge_record_ops') THEN
-        EXECUTE format('CREATE TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION converge.record_local_ops()', tbl);
+        -- The WHEN clause keeps converge.apply's own changes (already logged
+        -- as the op being applied) from even queueing a trigger event.
+        EXECUTE format('CREATE TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW
+                        WHEN (pg_catalog.current_setting(''converge.applying'', true) IS DISTINCT FROM ''on'')
+                        EXECUTE FUNCTION converge.record_local_ops()', tbl);
     ELSE
         -- Sessions cache the table's layout in the trigger; this invalidates it.
         EXECUTE format('ALTER TABLE %s ENABLE TRIGGER converge_record_ops', tbl);
@@ -490,5 +482,4 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';
 
-COMMENT ON FUNCTION converge.advance_frontier(text) IS 'Internal: move an actor''s contiguous frontier past every applied counter.';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

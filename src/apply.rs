@@ -42,6 +42,8 @@ struct Item {
 struct Target {
     rel: pg_sys::Oid,
     keys: Vec<String>,
+    /// SQL types of the key columns (keys travel as text and are cast).
+    key_types: Vec<String>,
     crdt: HashMap<String, String>,
 }
 
@@ -139,7 +141,10 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
     let found = subtransaction(|| {
         Spi::connect(|c| {
             let t = c.select(
-                "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text
+                "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text,
+                        ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
+                                FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
+                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i)
                    FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel",
                 Some(1),
@@ -151,16 +156,17 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
                 row.get::<bool>(2)?.unwrap_or(false),
                 row.get::<Vec<String>>(3)?,
                 row.get::<String>(4)?,
+                row.get::<Vec<String>>(5)?,
             ))
         })
     });
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt)))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
-            targets.push(Target { rel, keys, crdt });
+            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);
@@ -294,22 +300,43 @@ fn deps_of(it: &Item) -> Vec<String> {
     it.deps.iter().flatten().flatten().cloned().collect()
 }
 
-/// Of these op_ids, the ones applied here.
+/// Of these op_ids, the ones applied here: one index range scan per actor
+/// (counters at or below the actor's contiguous frontier are applied without
+/// looking further).
 fn applied_set(ids: &[String]) -> HashSet<String> {
-    if ids.is_empty() {
+    let mut by_actor: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for id in ids {
+        if let Some((a, c)) = parse_op_id(id) {
+            by_actor.entry(a).or_default().push(c);
+        }
+    }
+    if by_actor.is_empty() {
         return HashSet::new();
     }
-    Spi::connect_mut(|c| {
+    let actors: Vec<String> = by_actor.keys().map(|a| a.to_string()).collect();
+    let lows: Vec<i64> = by_actor.values().map(|c| *c.iter().min().unwrap() as i64).collect();
+    let highs: Vec<i64> = by_actor.values().map(|c| *c.iter().max().unwrap() as i64).collect();
+    let found: Vec<(String, i64)> = Spi::connect_mut(|c| {
         c.update(
-            "SELECT d FROM unnest($1::text[]) d
-              WHERE EXISTS (SELECT 1 FROM converge.op_log l WHERE l.actor = converge.op_id_actor(d)
-                               AND l.counter = converge.op_id_counter(d) AND l.outcome = 'applied')",
+            "SELECT u.a, l.counter
+               FROM unnest($1::text[], $2::int8[], $3::int8[]) u(a, lo, hi)
+               LEFT JOIN converge.actor_frontier f ON f.actor = u.a
+               JOIN LATERAL (SELECT g AS counter FROM generate_series(u.lo, least(u.hi, coalesce(f.contiguous, 0))) g
+                             UNION ALL
+                             SELECT l.counter FROM converge.op_log l
+                              WHERE l.actor = u.a AND l.outcome = 'applied'
+                                AND l.counter BETWEEN greatest(u.lo, coalesce(f.contiguous, 0) + 1) AND u.hi) l ON true",
             None,
-            &[ids.to_vec().into()],
+            &[actors.into(), lows.into(), highs.into()],
         )
-        .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        .map(|t| t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??))).collect())
     })
-    .unwrap_or_else(|e| spi_err(e))
+    .unwrap_or_else(|e| spi_err(e));
+    let found: HashSet<(String, i64)> = found.into_iter().collect();
+    ids.iter()
+        .filter(|id| parse_op_id(id).is_some_and(|(a, c)| found.contains(&(a.to_string(), c as i64))))
+        .cloned()
+        .collect()
 }
 
 /// Positions (n) of the fresh ops that must wait: a dep neither applied
@@ -340,6 +367,64 @@ fn blocked(fresh: &[&Item]) -> HashSet<usize> {
         if blocked.len() == before {
             return blocked;
         }
+    }
+}
+
+/// Move `actor`'s contiguous frontier past the counters just applied
+/// (`won`, sorted) and any applied earlier out of order.
+fn advance_frontier(actor: &str, won: &[i64]) {
+    let cur = Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO converge.actor_frontier AS f (actor) VALUES ($1)
+             ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous RETURNING f.contiguous",
+            Some(1),
+            &[actor.into()],
+        )?
+        .first()
+        .get_one::<i64>()
+    })
+    .unwrap_or_else(|e| spi_err(e))
+    .unwrap_or(0);
+    let mut next = cur;
+    for c in won.iter().copied().skip_while(|c| *c <= cur) {
+        if c != next + 1 {
+            break;
+        }
+        next = c;
+    }
+    // Counters applied by earlier batches (out of order) may continue the
+    // run: a probe of the unique index first, a range read only if so.
+    loop {
+        let follows = crate::spi::read_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM converge.op_log WHERE actor = $1 AND counter = $2 AND outcome = 'applied')",
+            &[actor.into(), (next + 1).into()],
+        )
+        .unwrap_or(false);
+        if !follows {
+            break;
+        }
+        let more: Vec<i64> = Spi::connect_mut(|c| {
+            c.update(
+                "SELECT counter FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' AND counter > $2
+                  ORDER BY counter LIMIT 1000",
+                None,
+                &[actor.into(), next.into()],
+            )
+            .map(|t| t.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect())
+        })
+        .unwrap_or_else(|e| spi_err(e));
+        for c in &more {
+            if *c != next + 1 {
+                break;
+            }
+            next = *c;
+        }
+        if more.len() < 1000 || more.last() != Some(&next) {
+            break;
+        }
+    }
+    if next > cur {
+        run("UPDATE converge.actor_frontier SET contiguous = $2 WHERE actor = $1", &[actor.into(), next.into()]);
     }
 }
 
@@ -384,7 +469,6 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         let jsonb = |v: &[serde_json::Value]| v.iter().cloned().map(JsonB).collect::<Vec<JsonB>>();
         let rel = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[t.rel.into()]).unwrap_or_default();
         let cols = keys.join(", ");
-        let kcols: String = keys.iter().map(|k| format!("k.{k}")).collect::<Vec<_>>().join(", ");
         let qcol = quote_ident(col);
         let dead = crate::spi::read_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM converge.row_state WHERE tbl = $1::oid::regclass AND NOT live)",
@@ -404,21 +488,43 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
                 &[t.rel.into(), jsonb(&key_json).into(), merged.clone().into(), col.clone().into()],
             );
         }
+        // Keys travel as text per key column and are cast to the column's type.
+        let mut args: Vec<DatumWithOid> = vec![t.rel.into(), merged.into(), jsonb(&key_json).into()];
+        let mut names = Vec::new();
+        let mut casts = Vec::new();
+        for (i, (k, ty)) in t.keys.iter().zip(&t.key_types).enumerate() {
+            let texts: Vec<Option<String>> = key_json
+                .iter()
+                .map(|kv| match kv.get(k) {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(other) => Some(other.to_string()),
+                })
+                .collect();
+            args.push(texts.into());
+            names.push(format!("k{i}"));
+            casts.push(format!("u.k{i}::{ty}"));
+        }
+        let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("${}::text[]", i + 4)).collect();
         let live_only = if dead {
-            "WHERE NOT EXISTS (SELECT 1 FROM converge.row_state rs WHERE rs.tbl = $1::oid::regclass AND rs.target_key = d.key AND NOT rs.live)"
+            "WHERE NOT EXISTS (SELECT 1 FROM converge.row_state rs WHERE rs.tbl = $1::oid::regclass AND rs.target_key = u.key AND NOT rs.live)"
         } else {
             "WHERE $1::oid IS NOT NULL"
         };
         run(
             &format!(
                 "INSERT INTO {rel} AS t ({cols}, {qcol})
-                 SELECT {kcols}, d.v::converge.{coltype}
-                   FROM unnest($2::jsonb[], $3::bytea[]) d(key, v), jsonb_populate_record(NULL::{rel}, d.key) k
+                 SELECT {casts}, u.v::converge.{coltype}
+                   FROM unnest($2::bytea[], $3::jsonb[], {texts}) u(v, key, {names})
                   {live_only}
-                  ORDER BY {kcols}
-                 ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})"
+                  ORDER BY {order}
+                 ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})",
+                casts = casts.join(", "),
+                texts = texts.join(", "),
+                names = names.join(", "),
+                order = (1..=t.keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
             ),
-            &[t.rel.into(), jsonb(&key_json).into(), merged.into()],
+            &args,
         );
     }
     set_applying(false);
@@ -432,36 +538,40 @@ fn gate_and_merge<'a>(
     targets: &[Target],
     origin: &str,
 ) -> (Vec<&'a Item>, Vec<&'a Item>, Vec<(&'a Item, String)>) {
-    let gate = |items: &[&Item]| -> HashSet<String> {
+    // The gate: one op_log row per op. `guarded` (ON CONFLICT .. DO NOTHING)
+    // skips ops another session applied first; the fast path inserts plainly
+    // (cheaper) and falls back to op by op on a unique violation.
+    let gate = |items: &[&Item], guarded: bool| -> HashSet<String> {
         // In (actor, counter) order: concurrent batches take the gate alike.
         let mut sorted: Vec<&Item> = items.to_vec();
         sorted.sort_by(|a, b| (&a.actor, a.counter).cmp(&(&b.actor, b.counter)));
         let mut args = envelope_args(&sorted, None);
         args.push(origin.to_string().into());
+        // Valid deps are op_ids, which never contain a comma.
+        args.push(sorted.iter().map(|i| i.deps.as_ref().map(|_| deps_of(i).join(","))).collect::<Vec<Option<String>>>().into());
+        let sql = format!(
+            "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                         epoch, deps, delta, signature, outcome, origin)
+             SELECT u.op_id, u.actor, u.counter, u.tbl, u.key, u.col, u.ver, u.ep,
+                    string_to_array(u.deps_text, ','), u.delta, u.sig, 'applied', $12
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::int[],
+                           $8::int8[], $9::jsonb[], $10::bytea[], $11::bytea[], $13::text[])
+                    WITH ORDINALITY u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, deps_text, ord)
+              ORDER BY u.ord
+             {}",
+            if guarded { "ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING RETURNING op_id" } else { "" }
+        );
+        if !guarded {
+            run(&sql, &args);
+            return sorted.iter().filter_map(|i| i.op_id.clone()).collect();
+        }
         Spi::connect_mut(|c| {
-            c.update(
-                "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                             epoch, deps, delta, signature, outcome, origin)
-                 SELECT u.op_id, u.actor, u.counter, u.tbl, u.key, u.col, u.ver, u.ep,
-                        CASE WHEN u.deps IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(u.deps)) END,
-                        u.delta, u.sig, 'applied', $12
-                   FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::int[],
-                               $8::int8[], $9::jsonb[], $10::bytea[], $11::bytea[])
-                        WITH ORDINALITY u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, ord)
-                  ORDER BY u.ord
-                 ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING
-                 RETURNING op_id",
-                None,
-                &args,
-            )
-            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            c.update(sql.as_str(), None, &args).map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
         })
         .unwrap_or_else(|e| spi_err(e))
     };
     let fast = subtransaction(|| {
-        let tg = std::time::Instant::now();
-        let won_ids = gate(ops);
-        pgrx::debug1!("converge apply: gate {:?}", tg.elapsed());
+        let won_ids = gate(ops, false);
         let (won, lost): (Vec<&Item>, Vec<&Item>) =
             ops.iter().partition(|i| i.op_id.as_ref().is_some_and(|id| won_ids.contains(id)));
         merge_into_rows(&won, targets);
@@ -482,7 +592,7 @@ fn gate_and_merge<'a>(
     });
     for it in order {
         match subtransaction(|| {
-            let ok = !gate(&[it]).is_empty();
+            let ok = !gate(&[it], true).is_empty();
             if ok {
                 merge_into_rows(&[it], targets);
             }
@@ -578,9 +688,13 @@ fn apply_ops_core(
         HashSet::new()
     } else {
         let mut s = applied_set(&ids);
-        let pending: Vec<String> = Spi::connect(|c| {
-            c.select("SELECT op_id FROM converge.pending WHERE op_id = ANY ($1)", None, &[ids.clone().into()])
-                .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        let pending: Vec<String> = Spi::connect_mut(|c| {
+            c.update(
+                "SELECT q.op_id FROM converge.pending q WHERE EXISTS (SELECT 1 FROM converge.pending) AND q.op_id = ANY ($1)",
+                None,
+                &[ids.clone().into()],
+            )
+            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
         })
         .unwrap_or_else(|e| spi_err(e));
         s.extend(pending);
@@ -680,7 +794,9 @@ fn apply_ops_core(
     let t_merge = t0.elapsed();
     let actors: std::collections::BTreeSet<String> = won.iter().filter_map(|i| i.actor.clone()).collect();
     for a in actors {
-        run("SELECT converge.advance_frontier($1)", &[a.into()]);
+        let mut mine: Vec<i64> = won.iter().filter(|i| i.actor.as_deref() == Some(a.as_str())).filter_map(|i| i.counter).collect();
+        mine.sort_unstable();
+        advance_frontier(&a, &mine);
     }
 
     pgrx::debug1!(
