@@ -435,6 +435,7 @@ BEGIN
     INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
     VALUES (rel, key, clk, op <> 'DELETE', stash)
     ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
+    PERFORM pg_notify('converge_ops', '');   -- wake the peers' pullers at commit
 END $$;
 COMMENT ON FUNCTION converge.record_row_op(text, regclass, text, jsonb, jsonb, jsonb) IS 'Internal: record the row op (liveness, last-writer-wins columns) of a local insert, delete or update.';
 
@@ -472,7 +473,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'converge_record_ops') THEN
         -- The WHEN clause keeps converge.apply's own changes (already logged
         -- as the op being applied) from even queueing a trigger event.
-        EXECUTE format('CREATE TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW
+        -- Deferred to commit: the node's op counter is locked from then to
+        -- the end of commit only, not for the whole transaction.
+        EXECUTE format('CREATE CONSTRAINT TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON %s
+                        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
                         WHEN (pg_catalog.current_setting(''converge.applying'', true) IS DISTINCT FROM ''on'')
                         EXECUTE FUNCTION converge.record_local_ops()', tbl);
     ELSE

@@ -41,21 +41,9 @@ REVOKE ALL ON converge.peer, converge.peer_status, converge.peers FROM PUBLIC;
 REVOKE ALL ON FUNCTION converge.add_peer(text, text), converge.remove_peer(text), converge.sync(text),
                converge.pause_peer(text), converge.resume_peer(text) FROM PUBLIC;
 
--- Wake pullers on other nodes: a LISTENing worker pulls at once instead of
--- at its next timer tick. Only ops made here (not ones a peer sent, which
--- run under a replication origin) are worth a wake-up. NOTIFY is sent at
--- commit and folded to one per transaction.
-CREATE FUNCTION converge.notify_ops() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT pg_replication_origin_session_is_setup() THEN
-        PERFORM pg_notify('converge_ops', '');
-    END IF;
-    RETURN NULL;
-END $$;
-COMMENT ON FUNCTION converge.notify_ops() IS 'Internal: statement trigger on converge.op_log that NOTIFYs converge_ops so peers pull at once.';
-CREATE TRIGGER converge_notify_ops AFTER INSERT ON converge.op_log
-    FOR EACH STATEMENT EXECUTE FUNCTION converge.notify_ops();
+-- Pullers on other nodes LISTEN on converge_ops: the op-recording trigger,
+-- converge.apply and record_row_op NOTIFY it (at commit, once per
+-- transaction) when ops made or received here (not from a peer) commit.
 
 COMMENT ON FUNCTION converge.add_peer(text, text) IS 'Connect to a peer: create our logical slot there (plugin converge) and its replication origin here, copy the ops it has that this node lacks, then pull continuously (background worker) or on converge.sync().';
 COMMENT ON FUNCTION converge.remove_peer(text) IS 'Stop replicating with a peer: drop our slot on it and its replication origin here.';
