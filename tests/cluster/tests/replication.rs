@@ -177,6 +177,15 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
     nodes[2].stop_immediate();
     clients[2] = None;
     load.run(&nodes, &mut clients, &[0, 1], 2000);
+    // The others report it down (and keep working).
+    for i in [0, 1] {
+        let row = nodes[i]
+            .client()
+            .query_one("SELECT state, last_error IS NOT NULL FROM converge.peers WHERE name = 'virginia'", &[])
+            .unwrap();
+        let (state, has_error): (String, bool) = (row.get(0), row.get(1));
+        assert_eq!((state.as_str(), has_error), ("down", true), "{} sees virginia down", nodes[i].name);
+    }
     nodes[2].start();
     load.run(&nodes, &mut clients, &[0, 1, 2], 1000);
     assert_eq!(load.done, 10_000);
