@@ -435,7 +435,6 @@ BEGIN
     INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
     VALUES (rel, key, clk, op <> 'DELETE', stash)
     ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
-    PERFORM pg_notify('converge_ops', '');   -- wake the peers' pullers at commit
 END $$;
 COMMENT ON FUNCTION converge.record_row_op(text, regclass, text, jsonb, jsonb, jsonb) IS 'Internal: record the row op (liveness, last-writer-wins columns) of a local insert, delete or update.';
 

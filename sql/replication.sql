@@ -41,9 +41,6 @@ REVOKE ALL ON converge.peer, converge.peer_status, converge.peers FROM PUBLIC;
 REVOKE ALL ON FUNCTION converge.add_peer(text, text), converge.remove_peer(text), converge.sync(text),
                converge.pause_peer(text), converge.resume_peer(text) FROM PUBLIC;
 
--- Pullers on other nodes LISTEN on converge_ops: the op-recording trigger,
--- converge.apply and record_row_op NOTIFY it (at commit, once per
--- transaction) when ops made or received here (not from a peer) commit.
 
 COMMENT ON FUNCTION converge.add_peer(text, text) IS 'Connect to a peer: create our logical slot there (plugin converge) and its replication origin here, copy the ops it has that this node lacks, then pull continuously (background worker) or on converge.sync().';
 COMMENT ON FUNCTION converge.remove_peer(text) IS 'Stop replicating with a peer: drop our slot on it and its replication origin here.';

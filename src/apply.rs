@@ -807,9 +807,6 @@ fn apply_ops_core(
         t_merge - t_dups,
         t0.elapsed() - t_merge
     );
-    if !won.is_empty() {
-        crate::trigger::notify_peers();
-    }
     // 5. Pending ops whose deps are now all applied go through the same path.
     if !won.is_empty() {
         let more: Vec<Outcome> = Spi::connect_mut(|c| {

@@ -103,22 +103,6 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
     m
 }
 
-extern "C-unwind" {
-    // commands/async.h (not in pgrx's bindings): queue a NOTIFY for commit.
-    fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
-}
-
-/// Wake the peers' pullers (LISTEN converge_ops) when ops made here
-/// commit; NOTIFY folds repeats within a transaction into one. Changes
-/// applied under a replication origin are a peer's, and are not shipped.
-pub fn notify_peers() {
-    unsafe {
-        if pg_sys::replorigin_session_origin == pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
-            Async_Notify(c"converge_ops".as_ptr(), c"".as_ptr());
-        }
-    }
-}
-
 /// `converge.applying` is on while converge.apply merges: those changes are
 /// the op being applied, already logged.
 fn applying() -> bool {
@@ -317,7 +301,6 @@ fn record_local_ops<'a>(
         }
         if !cols.is_empty() {
             insert_ops(&me, &meta.name, &key, cols, deltas);
-            notify_peers();
         }
     }
     // The row itself: inserted, deleted, or a non-CRDT column changed.

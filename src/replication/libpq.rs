@@ -1,10 +1,11 @@
 //! A small, safe wrapper over the few libpq calls converge needs to talk to a
-//! peer: connect, run a query with a deadline, read LISTEN notifications.
+//! peer: connect, run a query with a deadline, stream from a logical slot.
 //!
 //! libpq is what dblink and postgres_fdw use inside a backend; it is the
 //! client PostgreSQL itself ships, so it speaks every auth method the peer may
-//! require. Queries are sent asynchronously and waited on with poll(), so a
-//! hung peer costs at most the deadline and a user can cancel `sync()`.
+//! require, and the replication protocol. Queries are sent asynchronously and
+//! waited on with poll(), so a hung peer costs at most the deadline and a
+//! user can cancel `sync()`.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::time::{Duration, Instant};
@@ -14,17 +15,11 @@ type PGconn = c_void;
 #[allow(non_camel_case_types)]
 type PGresult = c_void;
 
-#[repr(C)]
-struct PGnotify {
-    relname: *mut c_char,
-    be_pid: c_int,
-    extra: *mut c_char,
-    next: *mut c_void,
-}
 
 const CONNECTION_OK: c_int = 0;
 const PGRES_COMMAND_OK: c_int = 1;
 const PGRES_TUPLES_OK: c_int = 2;
+const PGRES_COPY_BOTH: c_int = 8;
 const PG_DIAG_SQLSTATE: c_int = b'C' as c_int;
 
 #[link(name = "pq")]
@@ -58,7 +53,9 @@ extern "C" {
     fn PQgetlength(res: *const PGresult, row: c_int, col: c_int) -> c_int;
     fn PQgetisnull(res: *const PGresult, row: c_int, col: c_int) -> c_int;
     fn PQclear(res: *mut PGresult);
-    fn PQnotifies(conn: *mut PGconn) -> *mut PGnotify;
+    fn PQsendQuery(conn: *mut PGconn, command: *const c_char) -> c_int;
+    fn PQgetCopyData(conn: *mut PGconn, buffer: *mut *mut c_char, is_async: c_int) -> c_int;
+    fn PQputCopyData(conn: *mut PGconn, buffer: *const c_char, nbytes: c_int) -> c_int;
     fn PQfreemem(ptr: *mut c_void);
 }
 
@@ -251,21 +248,69 @@ impl Conn {
         }
     }
 
-    /// Read whatever arrived on the socket and return whether any LISTEN
-    /// notification came (draining them). Err if the connection broke.
-    pub fn take_notifications(&mut self) -> Result<bool, PeerError> {
+    /// Start streaming on a replication connection (`replication=database`):
+    /// `START_REPLICATION ...` goes over the simple protocol and leaves the
+    /// connection in COPY BOTH mode.
+    pub fn start_copy_both(&mut self, command: &str, timeout: Duration, interrupt: Interrupt) -> Result<(), PeerError> {
+        let c = CString::new(command).map_err(|_| err("command contains a NUL byte"))?;
+        if unsafe { PQsendQuery(self.raw, c.as_ptr()) } == 0 {
+            return Err(err(format!("could not send to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+        }
+        let deadline = Instant::now() + timeout;
+        while unsafe { PQflush(self.raw) } > 0 {
+            self.wait(true, deadline, interrupt)?;
+        }
+        while unsafe { PQisBusy(self.raw) } != 0 {
+            self.wait(false, deadline, interrupt)?;
+            if unsafe { PQconsumeInput(self.raw) } == 0 {
+                return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+            }
+        }
+        let res = unsafe { PQgetResult(self.raw) };
+        if res.is_null() {
+            return Err(err("peer returned no result"));
+        }
+        let status = unsafe { PQresultStatus(res) };
+        let out = if status == PGRES_COPY_BOTH { Ok(()) } else { unsafe { Self::take(res) }.map(|_| ()) };
+        unsafe { PQclear(res) };
+        match out {
+            Ok(()) if status == PGRES_COPY_BOTH => Ok(()),
+            Ok(()) => Err(err("peer did not start streaming")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read what arrived (non-blocking) and return the complete COPY
+    /// messages; Err when the stream or the connection ended.
+    pub fn read_copy(&mut self) -> Result<Vec<Vec<u8>>, PeerError> {
         if unsafe { PQconsumeInput(self.raw) } == 0 {
             return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
         }
-        let mut any = false;
+        let mut out = Vec::new();
         loop {
-            let n = unsafe { PQnotifies(self.raw) };
-            if n.is_null() {
-                return Ok(any);
+            let mut buf: *mut c_char = std::ptr::null_mut();
+            let n = unsafe { PQgetCopyData(self.raw, &mut buf, 1) };
+            if n > 0 {
+                out.push(unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) }.to_vec());
+                unsafe { PQfreemem(buf as *mut c_void) };
+            } else if n == 0 {
+                return Ok(out);
+            } else {
+                let msg = cstr(unsafe { PQerrorMessage(self.raw) });
+                return Err(err(if msg.is_empty() { "peer ended the stream".to_string() } else { msg }));
             }
-            any = true;
-            unsafe { PQfreemem(n as *mut c_void) };
         }
+    }
+
+    /// Send one COPY message (a standby status update) and flush it.
+    pub fn write_copy(&mut self, data: &[u8]) -> Result<(), PeerError> {
+        if unsafe { PQputCopyData(self.raw, data.as_ptr() as *const c_char, data.len() as c_int) } != 1 {
+            return Err(err(format!("could not send to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+        }
+        if unsafe { PQflush(self.raw) } < 0 {
+            return Err(err(format!("could not send to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+        }
+        Ok(())
     }
 }
 

@@ -170,15 +170,34 @@ fn remove_peer(name: &str) {
     lock_peer(name, true);
     match Conn::connect(&peer.conninfo) {
         Ok(mut conn) => {
-            let r = conn.query(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&peer.slot],
-                false,
-                QUERY_TIMEOUT,
-                &interrupt,
-            );
-            if let Err(e) = r {
-                peer_failed(name, e);
+            // The worker may be streaming from the slot: end that session
+            // (it reconnects only after backoff, and finds the peer gone).
+            let mut tries = 0;
+            loop {
+                let r = conn.query(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[&peer.slot],
+                    false,
+                    QUERY_TIMEOUT,
+                    &interrupt,
+                )
+                .and_then(|_| {
+                    conn.query(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&peer.slot],
+                        false,
+                        QUERY_TIMEOUT,
+                        &interrupt,
+                    )
+                });
+                match r {
+                    Ok(_) => break,
+                    Err(e) if e.sqlstate.as_deref() == Some("55006") && tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => peer_failed(name, e),
+                }
             }
         }
         Err(e) => pgrx::warning!(
@@ -195,19 +214,57 @@ fn remove_peer(name: &str) {
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
 }
 
-/// One pull round from a peer, now, in this transaction (call it in a
-/// transaction of its own: the whole transaction is marked as the peer's).
+/// One pull round from a peer, now. Without the background worker it reads
+/// the slot and applies in this transaction (run it in a transaction of its
+/// own: the whole transaction is marked as the peer's). With the worker
+/// streaming from the peer, it waits (up to 30 s) until the worker has
+/// caught up with what the peer had committed when the call started.
 /// Returns the number of ops received.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn sync(name: &str) -> i64 {
     let Some(peer) = load_peers(Some(name)).pop() else {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
     };
+    if worker_running() {
+        let quoted = name.replace('\'', "''");
+        let received = format!("SELECT ops_received FROM converge.peer_status WHERE name = '{quoted}'");
+        let before = crate::spi::read_fresh_i64(&received).unwrap_or(0);
+        if !wait_until_caught_up(Some(name), Duration::from_secs(30)) {
+            raise(
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+                format!("the background worker did not catch up with peer \"{name}\" within 30 s; see converge.peers"),
+            );
+        }
+        return crate::spi::read_fresh_i64(&received).unwrap_or(0) - before;
+    }
     lock_peer(name, true);
     let mut conn = connect(name, &peer.conninfo);
     match pull_round(&peer, &mut conn, &interrupt, false) {
         Ok(r) => r.ops as i64,
         Err(e) => peer_failed(name, e),
+    }
+}
+
+/// Wait until the worker reports the peer (or every unpaused peer) caught up
+/// as of a moment after this call started.
+fn wait_until_caught_up(peer: Option<&str>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let start = read_one::<String>("SELECT clock_timestamp()::text", &[]).unwrap_or_default();
+    let only = peer.map(|p| format!(" AND p.name = '{}'", p.replace('\'', "''"))).unwrap_or_default();
+    let poll = format!(
+        "SELECT count(*) FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
+          WHERE NOT p.paused AND (s.caught_up_at IS NULL OR s.caught_up_at < '{}'::timestamptz){only}",
+        start.replace('\'', "")
+    );
+    loop {
+        if crate::spi::read_fresh_i64(&poll).unwrap_or(1) == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        pgrx::check_for_interrupts!();
     }
 }
 
@@ -246,23 +303,7 @@ fn wait_for_peers(timeout: default!(pgrx::datum::Interval, "'10 seconds'")) -> b
             pgrx::check_for_interrupts!();
         }
     }
-    let start = read_one::<String>("SELECT clock_timestamp()::text", &[]).unwrap_or_default();
-    let poll = format!(
-        "SELECT count(*) FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
-          WHERE NOT p.paused AND (s.caught_up_at IS NULL OR s.caught_up_at < '{}'::timestamptz)",
-        start.replace('\'', "")
-    );
-    loop {
-        let behind = crate::spi::read_fresh_i64(&poll).unwrap_or(1);
-        if behind == 0 {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        pgrx::check_for_interrupts!();
-    }
+    wait_until_caught_up(None, Duration::from_micros(micros))
 }
 
 /// Stop pulling from a peer (its slot keeps what we have not read).

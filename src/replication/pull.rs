@@ -249,11 +249,3 @@ pub fn record_error(peer: &str, message: &str) {
         &[peer.into(), message.into()],
     );
 }
-
-/// Release on the peer what this node committed (best effort: the next
-/// round does it anyway).
-pub fn confirm(peer: &PeerRow, conn: &mut Conn, lsn: u64, stop: &dyn Fn() -> bool) {
-    if lsn > 0 {
-        let _ = conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(lsn)], false, QUERY_TIMEOUT, stop);
-    }
-}

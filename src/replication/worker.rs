@@ -1,14 +1,18 @@
 //! The background worker: one per database listed in `converge.databases`
-//! (needs `shared_preload_libraries = 'converge'`). It keeps a connection to
-//! every unpaused peer, LISTENs there for `converge_ops` (sent when ops are
-//! committed), and pulls a round when woken, when a round left more, or once
-//! a second. A peer that cannot be reached is retried with exponential
-//! backoff (up to 30 s) and shown as `down` in `converge.peers`; it never
-//! holds up the others beyond one connect timeout.
+//! (needs `shared_preload_libraries = 'converge'`). It streams from every
+//! unpaused peer over the replication protocol (`START_REPLICATION` on our
+//! slot there, from this node's origin progress), applies each batch of
+//! complete transactions as soon as it has them, and then confirms that
+//! position to the peer (standby status update), so the slot keeps
+//! everything not committed here. A second, normal connection probes the
+//! peer's WAL position to tell when we are caught up (`wait_for_peers`).
+//! A peer that cannot be reached is retried with exponential backoff (up to
+//! 30 s) and shown as `down` in `converge.peers`; it never holds up the
+//! others beyond one connect timeout.
 
-use super::libpq::{poll_fds, Conn, PeerError};
-use super::peers::lock_peer;
-use super::pull::{self, confirm, pull_round, PeerRow};
+use super::libpq::{poll_fds, Conn};
+use super::decoder;
+use super::pull::{self, PeerRow};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -45,11 +49,61 @@ pub fn register() {
 
 struct Link {
     peer: PeerRow,
-    conn: Option<Conn>,
-    due: bool,
-    next_round: Instant,
+    /// Replication connection, streaming.
+    stream: Option<Conn>,
+    /// Normal connection: probes of the peer's WAL position.
+    probe_conn: Option<Conn>,
+    /// Ops of the transaction being received.
+    txn: Vec<Vec<u8>>,
+    /// Ops of complete transactions received and not applied yet.
+    ready: Vec<Vec<u8>>,
+    ready_lsn: u64,
+    ready_time: i64,
+    ready_txns: usize,
+    ready_bytes: usize,
+    /// Remote commit LSN applied and committed here (our origin's progress).
+    flushed: u64,
+    /// How far the peer has decoded our slot (keepalives).
+    sent_ptr: u64,
+    /// A probe in flight: the peer's insert LSN and our clock when asked.
+    probe: Option<(u64, String)>,
+    next_probe: Instant,
+    last_feedback: Instant,
     next_connect: Instant,
     backoff: Duration,
+}
+
+impl Link {
+    fn new(peer: PeerRow, now: Instant) -> Link {
+        Link {
+            peer,
+            stream: None,
+            probe_conn: None,
+            txn: Vec::new(),
+            ready: Vec::new(),
+            ready_lsn: 0,
+            ready_time: 0,
+            ready_txns: 0,
+            ready_bytes: 0,
+            flushed: 0,
+            sent_ptr: 0,
+            probe: None,
+            next_probe: now,
+            last_feedback: now,
+            next_connect: now,
+            backoff: Duration::from_millis(500),
+        }
+    }
+
+    fn disconnect(&mut self) {
+        self.stream = None;
+        self.probe_conn = None;
+        self.txn.clear();
+        self.ready.clear();
+        self.ready_txns = 0;
+        self.ready_bytes = 0;
+        self.probe = None;
+    }
 }
 
 /// Run `f` in a transaction of its own; a PostgreSQL error rolls it back and
@@ -129,14 +183,7 @@ pub extern "C-unwind" fn converge_worker_main(_arg: pg_sys::Datum) {
             let peers = if installed { BackgroundWorker::transaction(|| pull::load_peers(None)) } else { Vec::new() };
             links.retain(|name, l| peers.iter().any(|p| p.name == *name && p.conninfo == l.peer.conninfo));
             for p in peers {
-                links.entry(p.name.clone()).or_insert(Link {
-                    peer: p,
-                    conn: None,
-                    due: true,
-                    next_round: now,
-                    next_connect: now,
-                    backoff: Duration::from_millis(500),
-                });
+                links.entry(p.name.clone()).or_insert_with(|| Link::new(p, now));
             }
         }
         for link in links.values_mut() {
@@ -145,17 +192,11 @@ pub extern "C-unwind" fn converge_worker_main(_arg: pg_sys::Datum) {
             }
             step(link);
         }
-        let sockets: Vec<i32> = links.values().filter_map(|l| l.conn.as_ref().map(|c| c.socket())).collect();
-        let busy = links.values().any(|l| l.conn.is_some() && l.due);
-        let wait = if busy { Duration::ZERO } else { Duration::from_millis(100) };
-        let _ = poll_fds(&sockets, false, wait);
+        let sockets: Vec<i32> = links.values().filter_map(|l| l.stream.as_ref().map(|c| c.socket())).collect();
+        let _ = poll_fds(&sockets, false, Duration::from_millis(50));
         for link in links.values_mut() {
-            if let Some(c) = link.conn.as_mut() {
-                match c.take_notifications() {
-                    Ok(true) => link.due = true,
-                    Ok(false) => {}
-                    Err(e) => fail(link, &e.message),
-                }
+            if link.stream.is_some() {
+                drain(link);
             }
         }
         // Also notices postmaster death and SIGTERM.
@@ -166,7 +207,7 @@ pub extern "C-unwind" fn converge_worker_main(_arg: pg_sys::Datum) {
 }
 
 fn fail(link: &mut Link, message: &str) {
-    link.conn = None;
+    link.disconnect();
     link.next_connect = Instant::now() + link.backoff;
     link.backoff = (link.backoff * 2).min(Duration::from_secs(30));
     let name = link.peer.name.clone();
@@ -174,71 +215,219 @@ fn fail(link: &mut Link, message: &str) {
     let _ = in_transaction(move || pull::record_error(&name, &msg));
 }
 
+/// Connect and start streaming when not streaming (after the backoff).
 fn step(link: &mut Link) {
-    let now = Instant::now();
-    if link.conn.is_none() {
-        if now < link.next_connect {
-            return;
-        }
-        match Conn::connect(&link.peer.conninfo).and_then(|mut c| {
-            c.query("LISTEN converge_ops", &[], false, pull::QUERY_TIMEOUT, &stop_requested).map(|_| c)
-        }) {
-            Ok(c) => {
-                link.conn = Some(c);
-                link.due = true;
-            }
-            Err(e) => return fail(link, &e.message),
-        }
-    }
-    if !link.due && now < link.next_round {
+    if link.stream.is_some() || Instant::now() < link.next_connect {
         return;
     }
     let peer = link.peer.clone();
-    let conn = link.conn.take().expect("connected");
-    let t0 = Instant::now();
-    let cell = std::cell::RefCell::new(Some(conn));
-    let result = in_transaction(std::panic::AssertUnwindSafe(|| {
-        if !lock_peer(&peer.name, false) {
-            return Ok(None); // a sync() or remove_peer is at it
+    let progress = in_transaction(|| pull::origin_id(&peer.origin).map(|o| unsafe { pg_sys::replorigin_get_progress(o, false) }));
+    let progress = match progress {
+        Ok(Some(p)) => p,
+        Ok(None) => return fail(link, &format!("replication origin \"{}\" is missing; run converge.add_peer again", peer.origin)),
+        Err(e) => return fail(link, &e),
+    };
+    let started = Conn::connect(&format!("{} replication=database", peer.conninfo)).and_then(|mut c| {
+        c.start_copy_both(
+            &format!("START_REPLICATION SLOT \"{}\" LOGICAL {}", peer.slot.replace('"', ""), pull::fmt_lsn(progress)),
+            pull::QUERY_TIMEOUT,
+            &stop_requested,
+        )
+        .map(|_| c)
+    });
+    let probe = Conn::connect(&peer.conninfo);
+    match (started, probe) {
+        (Ok(s), Ok(p)) => {
+            link.stream = Some(s);
+            link.probe_conn = Some(p);
+            link.flushed = progress;
+            link.sent_ptr = 0;
+            link.backoff = Duration::from_millis(500);
+            link.next_probe = Instant::now();
+            let name = peer.name.clone();
+            let _ = in_transaction(move || {
+                let _ = Spi::run_with_args(
+                    "UPDATE converge.peer_status SET state = 'ok', last_success = clock_timestamp() WHERE name = $1",
+                    &[name.as_str().into()],
+                );
+            });
         }
-        // Paused (or removed) since the last refresh of the peer list.
+        (Err(e), _) | (_, Err(e)) => fail(link, &e.message),
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+/// A standby status update: everything up to `flushed` is applied here.
+fn feedback(link: &mut Link, reply: bool) {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut m = Vec::with_capacity(34);
+    m.push(b'r');
+    for _ in 0..3 {
+        m.extend(link.flushed.to_be_bytes());
+    }
+    m.extend(now.to_be_bytes());
+    m.push(reply as u8);
+    let r = link.stream.as_mut().map(|s| s.write_copy(&m));
+    link.last_feedback = Instant::now();
+    if let Some(Err(e)) = r {
+        fail(link, &e.message);
+    }
+}
+
+/// Read what the peer sent, apply complete transactions, confirm them.
+fn drain(link: &mut Link) {
+    let msgs = match link.stream.as_mut().expect("streaming").read_copy() {
+        Ok(m) => m,
+        Err(e) => return fail(link, &e.message),
+    };
+    let mut reply = false;
+    for m in msgs {
+        match m.first() {
+            // XLogData: 'w', start LSN, end of WAL, send time, then our message.
+            Some(b'w') if m.len() >= 25 => {
+                let data = &m[25..];
+                match decoder::parse_message(data) {
+                    Ok(decoder::Message::Op(op)) => link.txn.push(op),
+                    Ok(decoder::Message::Commit { end_lsn, commit_time }) => {
+                        if end_lsn > link.flushed.max(link.ready_lsn) {
+                            link.ready.append(&mut link.txn);
+                            link.ready_lsn = end_lsn;
+                            link.ready_time = commit_time;
+                            link.ready_txns += 1;
+                        } else {
+                            link.txn.clear(); // applied before a reconnect
+                        }
+                        link.sent_ptr = link.sent_ptr.max(end_lsn);
+                    }
+                    Err(e) => return fail(link, &e),
+                }
+                link.ready_bytes += data.len();
+            }
+            // Keepalive: 'k', how far the peer has decoded, send time, reply requested.
+            Some(b'k') if m.len() >= 18 => {
+                link.sent_ptr = link.sent_ptr.max(be_u64(&m[1..9]));
+                reply |= m[17] == 1;
+            }
+            _ => {}
+        }
+    }
+    if !link.ready.is_empty() {
+        if !apply(link) {
+            return;
+        }
+        reply = true;
+    }
+    if link.txn.is_empty() && link.ready.is_empty() {
+        caught_up(link);
+    }
+    if link.stream.is_some() && (reply || link.last_feedback.elapsed() >= Duration::from_secs(1)) {
+        feedback(link, false);
+    }
+}
+
+/// Apply the complete transactions received, in one local transaction
+/// under the peer's origin (progress = the last commit's LSN). False if the
+/// link was dropped (error, or the peer was paused or removed meanwhile).
+fn apply(link: &mut Link) -> bool {
+    let t0 = Instant::now();
+    let peer = link.peer.clone();
+    let ops = std::mem::take(&mut link.ready);
+    let (n, lsn, time, txns, bytes) = (ops.len(), link.ready_lsn, link.ready_time, link.ready_txns, link.ready_bytes);
+    link.ready_txns = 0;
+    link.ready_bytes = 0;
+    let result = in_transaction(std::panic::AssertUnwindSafe(|| {
         let active = crate::spi::read_one::<bool>(
             "SELECT NOT paused FROM converge.peer WHERE name = $1",
             &[peer.name.as_str().into()],
         );
         if active != Some(true) {
-            return Ok(None);
+            return false;
         }
-        let mut c = cell.borrow_mut();
-        pull_round(&peer, c.as_mut().expect("connection"), &stop_requested, false).map(Some)
-    }))
-    .unwrap_or_else(|e| Err(PeerError { sqlstate: None, message: format!("applying: {e}") }));
-    let conn = cell.into_inner().expect("connection");
-    link.conn = Some(conn);
+        let origin = pull::origin_id(&peer.origin);
+        let Some(origin) = origin else { return false };
+        pull::apply_encoded(ops, &peer.name, origin, lsn, time);
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let _ = Spi::run_with_args(
+            "UPDATE converge.peer_status SET state = 'ok', confirmed_lsn = $2::pg_lsn, last_success = clock_timestamp(),
+                    lag_seconds = $3, ops_received = ops_received + $4, bytes_received = bytes_received + $5
+              WHERE name = $1",
+            &[
+                peer.name.as_str().into(),
+                pull::fmt_lsn(lsn).into(),
+                ((now - time).max(0) as f64 / 1e6).into(),
+                (n as i64).into(),
+                (bytes as i64).into(),
+            ],
+        );
+        true
+    }));
     match result {
-        Ok(Some(round)) => {
-            if round.txns > 0 {
-                pgrx::debug1!(
-                    "converge: pulled {} ops ({} transactions, {} bytes) from peer \"{}\" in {:.1} ms",
-                    round.ops,
-                    round.txns,
-                    round.bytes,
-                    link.peer.name,
-                    t0.elapsed().as_secs_f64() * 1000.0
+        Ok(true) => {
+            link.flushed = lsn;
+            pgrx::debug1!(
+                "converge: applied {n} ops ({txns} transactions, {bytes} bytes) from peer \"{}\" in {:.1} ms",
+                peer.name,
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+            true
+        }
+        Ok(false) => {
+            // Paused or removed: drop what we hold; the slot still has it.
+            link.disconnect();
+            link.next_connect = Instant::now() + Duration::from_secs(1);
+            false
+        }
+        Err(e) => {
+            fail(link, &format!("applying: {e}"));
+            false
+        }
+    }
+}
+
+/// Every 200 ms while idle: ask the peer for its WAL insert position P (and
+/// note our clock), and ask the walsender for a keepalive; once it has
+/// decoded past P with nothing left to apply, everything the peer had
+/// committed when we asked is here: caught_up_at is that moment.
+fn caught_up(link: &mut Link) {
+    if let Some((p, at)) = link.probe.clone() {
+        if link.sent_ptr >= p {
+            link.probe = None;
+            let (name, flushed) = (link.peer.name.clone(), link.flushed);
+            let _ = in_transaction(move || {
+                let _ = Spi::run_with_args(
+                    "UPDATE converge.peer_status SET caught_up_at = $2::timestamptz, peer_lsn = $3::pg_lsn,
+                            confirmed_lsn = greatest(confirmed_lsn, $4::pg_lsn),
+                            lag_bytes = greatest(pg_wal_lsn_diff($3::pg_lsn, $4::pg_lsn), 0)::bigint, lag_seconds = 0
+                      WHERE name = $1",
+                    &[name.as_str().into(), at.as_str().into(), pull::fmt_lsn(p).into(), pull::fmt_lsn(flushed).into()],
                 );
-            }
-            link.backoff = Duration::from_millis(500);
-            link.due = round.more;
-            link.next_round = Instant::now() + Duration::from_secs(1);
-            if round.applied_lsn > 0 {
-                let peer = link.peer.clone();
-                confirm(&peer, link.conn.as_mut().expect("connected"), round.applied_lsn, &stop_requested);
+            });
+        } else if link.next_probe.elapsed() < Duration::from_secs(2) {
+            return; // wait for the keepalive
+        }
+    }
+    if Instant::now() < link.next_probe {
+        return;
+    }
+    link.next_probe = Instant::now() + Duration::from_millis(200);
+    let at = in_transaction(|| crate::spi::read_one::<String>("SELECT clock_timestamp()::text", &[]))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let asked = link.probe_conn.as_mut().map(|c| {
+        c.query("SELECT pg_current_wal_insert_lsn()::text", &[], false, pull::QUERY_TIMEOUT, &stop_requested)
+    });
+    match asked {
+        Some(Ok(rows)) => {
+            if let Some(p) = rows.text(0, 0).and_then(|t| pull::parse_lsn(&t)) {
+                link.probe = Some((p, at));
+                feedback(link, true);
             }
         }
-        Ok(None) => {
-            link.due = false;
-            link.next_round = Instant::now() + Duration::from_millis(50);
-        }
-        Err(e) => fail(link, &e.message),
+        Some(Err(e)) => fail(link, &e.message),
+        None => {}
     }
 }
