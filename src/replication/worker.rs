@@ -65,6 +65,9 @@ struct Link {
     flushed: u64,
     /// How far the peer has decoded our slot (keepalives).
     sent_ptr: u64,
+    /// What we confirm to the peer: `flushed`, or further while caught up
+    /// (WAL with nothing for us need not be kept).
+    reported: u64,
     /// A probe in flight: the peer's insert LSN and our clock when asked.
     probe: Option<(u64, String)>,
     next_probe: Instant,
@@ -87,6 +90,7 @@ impl Link {
             ready_bytes: 0,
             flushed: 0,
             sent_ptr: 0,
+            reported: 0,
             probe: None,
             next_probe: now,
             last_feedback: now,
@@ -241,6 +245,7 @@ fn step(link: &mut Link) {
             link.stream = Some(s);
             link.probe_conn = Some(p);
             link.flushed = progress;
+            link.reported = progress;
             link.sent_ptr = 0;
             link.backoff = Duration::from_millis(500);
             link.next_probe = Instant::now();
@@ -265,8 +270,9 @@ fn feedback(link: &mut Link, reply: bool) {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let mut m = Vec::with_capacity(34);
     m.push(b'r');
+    link.reported = link.reported.max(link.flushed);
     for _ in 0..3 {
-        m.extend(link.flushed.to_be_bytes());
+        m.extend(link.reported.to_be_bytes());
     }
     m.extend(now.to_be_bytes());
     m.push(reply as u8);
@@ -395,7 +401,9 @@ fn caught_up(link: &mut Link) {
     if let Some((p, at)) = link.probe.clone() {
         if link.sent_ptr >= p {
             link.probe = None;
-            let (name, flushed) = (link.peer.name.clone(), link.flushed);
+            // Nothing for us up to sent_ptr is waiting: release that WAL.
+            link.reported = link.reported.max(link.sent_ptr).max(link.flushed);
+            let (name, flushed) = (link.peer.name.clone(), link.reported);
             let _ = in_transaction(move || {
                 let _ = Spi::run_with_args(
                     "UPDATE converge.peer_status SET caught_up_at = $2::timestamptz, peer_lsn = $3::pg_lsn,
