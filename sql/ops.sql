@@ -188,6 +188,25 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.merge_stash(jsonb, jsonb, jsonb) IS 'Internal: merge two {column: CRDT text} objects column by column.';
 
+-- A row the apply re-created while a local DELETE of it committed: move its
+-- CRDT state to the tombstone's stash and delete it again.
+CREATE FUNCTION converge.bury(rel regclass, keys jsonb[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r converge.replicated;
+    k jsonb;
+BEGIN
+    SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
+    FOREACH k IN ARRAY keys LOOP
+        UPDATE converge.row_state rs
+           SET stash = converge.merge_stash(rs.stash, converge.crdt_values(rel, r.crdt_columns, k, r.key_columns), r.crdt_columns)
+         WHERE rs.tbl = rel AND rs.target_key = k;
+        EXECUTE format('DELETE FROM %1$s t USING jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s', rel,
+                       converge.key_match(r.key_columns)) USING k;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION converge.bury(regclass, jsonb[]) IS 'Internal: move rows that are tombstones here back into their stash (apply racing a local delete).';
+
 -- Apply row ops (target_column ''): merge each lwwmap delta into the row's
 -- clock, then make the table agree with it: present with the winning
 -- non-CRDT values while "$live" is not false, absent (state stashed) otherwise.

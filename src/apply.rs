@@ -466,34 +466,39 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         }
         let (key_json, merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) =
             per_key.into_values().map(|(k, ds)| (k, merge_bytes(coltype, &ds))).unzip();
-        let jsonb = |v: &[serde_json::Value]| v.iter().cloned().map(JsonB).collect::<Vec<JsonB>>();
         let rel = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[t.rel.into()]).unwrap_or_default();
         let cols = keys.join(", ");
         let qcol = quote_ident(col);
-        let dead = crate::spi::read_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM converge.row_state WHERE tbl = $1::oid::regclass AND NOT live)",
-            &[t.rel.into()],
-        )
-        .unwrap_or(false);
-        if dead {
-            // Deltas for deleted rows go to their tombstone's stash.
+        // Rows deleted here (tombstones): their deltas go to the stash. The
+        // tombstones are locked, so a concurrent local re-insert either sees
+        // the stash grown or has made the row live first.
+        let dead: HashSet<usize> = tombstones(t.rel, &key_json).into_iter().collect();
+        if !dead.is_empty() {
+            let pick = |v: &[Vec<u8>]| dead.iter().map(|&i| v[i].clone()).collect::<Vec<Vec<u8>>>();
+            let keys_dead: Vec<JsonB> = dead.iter().map(|&i| JsonB(key_json[i].clone())).collect();
             run(
                 &format!(
                     "UPDATE converge.row_state rs
                         SET stash = rs.stash || jsonb_build_object($4::text,
                             converge.merge(coalesce(rs.stash ->> $4, '{{}}')::converge.{coltype}, d.v::converge.{coltype})::text)
                        FROM unnest($2::jsonb[], $3::bytea[]) d(key, v)
-                      WHERE rs.tbl = $1::oid::regclass AND rs.target_key = d.key AND NOT rs.live"
+                      WHERE rs.tbl = $1::oid::regclass AND rs.target_key = d.key"
                 ),
-                &[t.rel.into(), jsonb(&key_json).into(), merged.clone().into(), col.clone().into()],
+                &[t.rel.into(), keys_dead.into(), pick(&merged).into(), col.clone().into()],
             );
         }
+        let live: Vec<usize> = (0..key_json.len()).filter(|i| !dead.contains(i)).collect();
+        if live.is_empty() {
+            continue;
+        }
+        let live_keys: Vec<serde_json::Value> = live.iter().map(|&i| key_json[i].clone()).collect();
+        let live_merged: Vec<Vec<u8>> = live.iter().map(|&i| merged[i].clone()).collect();
         // Keys travel as text per key column and are cast to the column's type.
-        let mut args: Vec<DatumWithOid> = vec![t.rel.into(), merged.into(), jsonb(&key_json).into()];
+        let mut args: Vec<DatumWithOid> = vec![t.rel.into(), live_merged.into()];
         let mut names = Vec::new();
         let mut casts = Vec::new();
         for (i, (k, ty)) in t.keys.iter().zip(&t.key_types).enumerate() {
-            let texts: Vec<Option<String>> = key_json
+            let texts: Vec<Option<String>> = live_keys
                 .iter()
                 .map(|kv| match kv.get(k) {
                     None | Some(serde_json::Value::Null) => None,
@@ -505,18 +510,13 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
             names.push(format!("k{i}"));
             casts.push(format!("u.k{i}::{ty}"));
         }
-        let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("${}::text[]", i + 4)).collect();
-        let live_only = if dead {
-            "WHERE NOT EXISTS (SELECT 1 FROM converge.row_state rs WHERE rs.tbl = $1::oid::regclass AND rs.target_key = u.key AND NOT rs.live)"
-        } else {
-            "WHERE $1::oid IS NOT NULL"
-        };
+        let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("${}::text[]", i + 3)).collect();
         run(
             &format!(
                 "INSERT INTO {rel} AS t ({cols}, {qcol})
                  SELECT {casts}, u.v::converge.{coltype}
-                   FROM unnest($2::bytea[], $3::jsonb[], {texts}) u(v, key, {names})
-                  {live_only}
+                   FROM unnest($2::bytea[], {texts}) u(v, {names})
+                  WHERE $1::oid IS NOT NULL
                   ORDER BY {order}
                  ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})",
                 casts = casts.join(", "),
@@ -526,8 +526,36 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
             ),
             &args,
         );
+        // A local DELETE that committed while the upsert waited for it leaves
+        // a tombstone: the upsert made that row again, so bury it (its state
+        // joins the stash, as on every other node).
+        let zombies = tombstones(t.rel, &live_keys);
+        if !zombies.is_empty() {
+            let keys: Vec<JsonB> = zombies.iter().map(|&i| JsonB(live_keys[i].clone())).collect();
+            run("SELECT converge.bury($1::oid::regclass, $2)", &[t.rel.into(), keys.into()]);
+        }
     }
     set_applying(false);
+}
+
+/// Positions (in `keys`) of the rows of `rel` that are tombstones here,
+/// locked (a lock that had to wait re-reads the row as last committed).
+fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let keys: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    Spi::connect_mut(|c| {
+        c.update(
+            "SELECT u.i FROM unnest($2::jsonb[]) WITH ORDINALITY u(k, i)
+               JOIN converge.row_state rs ON rs.tbl = $1::oid::regclass AND rs.target_key = u.k
+              WHERE NOT rs.live ORDER BY u.i FOR UPDATE OF rs",
+            None,
+            &[rel.into(), keys.into()],
+        )
+        .map(|t| t.filter_map(|r| r.get::<i64>(1).ok().flatten().map(|i| i as usize - 1)).collect())
+    })
+    .unwrap_or_else(|e| spi_err(e))
 }
 
 /// Through the dedupe gate (an op_log row per op, unless another session
