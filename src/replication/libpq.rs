@@ -168,25 +168,10 @@ impl Conn {
             return Err(err(format!("could not send query to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
         }
         let deadline = Instant::now() + timeout;
-        // Flush what libpq could not send at once, then wait for the answer.
-        loop {
-            let f = unsafe { PQflush(self.raw) };
-            if f < 0 {
-                return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
-            }
-            if f == 0 {
-                break;
-            }
-            self.wait(true, deadline, interrupt)?;
-        }
+        self.flush_all(deadline, interrupt)?;
         let mut out: Option<Result<Rows, PeerError>> = None;
         loop {
-            while unsafe { PQisBusy(self.raw) } != 0 {
-                self.wait(false, deadline, interrupt)?;
-                if unsafe { PQconsumeInput(self.raw) } == 0 {
-                    return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
-                }
-            }
+            self.wait_result(deadline, interrupt)?;
             let res = unsafe { PQgetResult(self.raw) };
             if res.is_null() {
                 break;
@@ -198,6 +183,32 @@ impl Conn {
             }
         }
         out.unwrap_or_else(|| Err(err("peer returned no result")))
+    }
+
+    fn lost(&self) -> PeerError {
+        err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) })))
+    }
+
+    /// Send what libpq could not send at once.
+    fn flush_all(&mut self, deadline: Instant, interrupt: Interrupt) -> Result<(), PeerError> {
+        loop {
+            match unsafe { PQflush(self.raw) } {
+                0 => return Ok(()),
+                f if f < 0 => return Err(self.lost()),
+                _ => self.wait(true, deadline, interrupt)?,
+            }
+        }
+    }
+
+    /// Wait until libpq holds a whole result.
+    fn wait_result(&mut self, deadline: Instant, interrupt: Interrupt) -> Result<(), PeerError> {
+        while unsafe { PQisBusy(self.raw) } != 0 {
+            self.wait(false, deadline, interrupt)?;
+            if unsafe { PQconsumeInput(self.raw) } == 0 {
+                return Err(self.lost());
+            }
+        }
+        Ok(())
     }
 
     unsafe fn take(res: *mut PGresult) -> Result<Rows, PeerError> {
@@ -257,15 +268,8 @@ impl Conn {
             return Err(err(format!("could not send to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
         }
         let deadline = Instant::now() + timeout;
-        while unsafe { PQflush(self.raw) } > 0 {
-            self.wait(true, deadline, interrupt)?;
-        }
-        while unsafe { PQisBusy(self.raw) } != 0 {
-            self.wait(false, deadline, interrupt)?;
-            if unsafe { PQconsumeInput(self.raw) } == 0 {
-                return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
-            }
-        }
+        self.flush_all(deadline, interrupt)?;
+        self.wait_result(deadline, interrupt)?;
         let res = unsafe { PQgetResult(self.raw) };
         if res.is_null() {
             return Err(err("peer returned no result"));
@@ -284,7 +288,7 @@ impl Conn {
     /// messages; Err when the stream or the connection ended.
     pub fn read_copy(&mut self) -> Result<Vec<Vec<u8>>, PeerError> {
         if unsafe { PQconsumeInput(self.raw) } == 0 {
-            return Err(err(format!("lost connection to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+            return Err(self.lost());
         }
         let mut out = Vec::new();
         loop {
