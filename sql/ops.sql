@@ -44,6 +44,8 @@ CREATE TABLE converge.row_state (
     stash      jsonb NOT NULL DEFAULT '{}',   -- column -> CRDT text, while deleted
     PRIMARY KEY (tbl, target_key)
 );
+-- Finds a table's tombstones at once (most tables have none).
+CREATE INDEX row_state_dead ON converge.row_state (tbl) WHERE NOT live;
 COMMENT ON TABLE converge.row_state IS 'Per replicated row: last-writer-wins clock of its non-CRDT columns and liveness (row tombstones), and the CRDT state of deleted rows.';
 
 CREATE TABLE converge.op_log (
