@@ -86,11 +86,14 @@ CREATE TABLE converge.actor_frontier (
     contiguous bigint NOT NULL DEFAULT 0   -- every counter 1..contiguous is applied
 );
 
+COMMENT ON TABLE converge.actor_frontier IS 'Per actor, the highest counter c such that every op 1..c of that actor is applied here (converge.frontier()); this node''s own row is also its op counter.';
+
 -- Where the log was compacted: a cursor older than this must rejoin from a snapshot.
 CREATE TABLE converge.log_horizon (
     actor text PRIMARY KEY,
     upto  bigint NOT NULL
 );
+COMMENT ON TABLE converge.log_horizon IS 'Per actor, up to which counter the log was compacted; changes_since from an older cursor answers 55000 (rejoin from a snapshot).';
 
 
 SELECT pg_catalog.pg_extension_config_dump('converge.replicated', '');
@@ -316,6 +319,7 @@ LANGUAGE sql AS $$
     WHERE a.ids IS NOT NULL
 $$;
 COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch.';
+COMMENT ON FUNCTION converge.apply_ops_core(text[], text[], text[], jsonb[], text[], int[], bigint[], jsonb[], bytea[], bytea[], text, boolean) IS 'Internal: the batch apply path (Rust): validate, deduplicate, buffer, gate and merge; one outcome row per op.';
 
 CREATE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
 RETURNS TABLE (op_id text, outcome text, reason text)

@@ -101,16 +101,26 @@ fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) 
         if !CALLBACK_REGISTERED.swap(true, Ordering::SeqCst) {
             pg_sys::RegisterXactCallback(Some(reset_origin_at_end), std::ptr::null_mut());
         }
-        if !ORIGIN_ACTIVE.swap(true, Ordering::SeqCst) {
-            if pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
-                ORIGIN_ACTIVE.store(false, Ordering::SeqCst);
+        let none = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
+        if ORIGIN_ACTIVE.load(Ordering::SeqCst) {
+            if pg_sys::replorigin_session_origin != origin {
+                raise(
+                    PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                    "ops of two peers cannot be applied in one transaction (sync one peer per transaction)",
+                );
+            }
+        } else {
+            if pg_sys::replorigin_session_origin != none {
                 raise(
                     PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
                     "this session already has a replication origin set up (pg_replication_origin_session_setup)",
                 );
             }
+            // Raises if another process (the worker) is using the origin.
             pg_sys::replorigin_session_setup(origin);
             pg_sys::replorigin_session_origin = origin;
+            // Only now: the end-of-transaction callback resets what is set up.
+            ORIGIN_ACTIVE.store(true, Ordering::SeqCst);
         }
         pg_sys::replorigin_session_origin_lsn = remote_lsn;
         pg_sys::replorigin_session_origin_timestamp = remote_time;
