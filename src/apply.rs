@@ -112,19 +112,7 @@ fn merge_all<T: Crdt>(deltas: &[&[u8]]) -> Vec<u8> {
 
 /// Merge several encoded deltas of the named type into one.
 fn merge_bytes(coltype: &str, deltas: &[&[u8]]) -> Vec<u8> {
-    use converge_core::types::*;
-    match coltype {
-        "gcounter" => merge_all::<GCounter>(deltas),
-        "pncounter" => merge_all::<PnCounter>(deltas),
-        "bcounter" => merge_all::<BCounter>(deltas),
-        "gset" => merge_all::<GSet>(deltas),
-        "orset" => merge_all::<OrSet>(deltas),
-        "lwwreg" => merge_all::<LwwReg>(deltas),
-        "mvreg" => merge_all::<MvReg>(deltas),
-        "lwwmap" => merge_all::<LwwMap>(deltas),
-        "ormap" => merge_all::<OrMap>(deltas),
-        other => spi_err(format!("not a converge type: {other}")),
-    }
+    for_crdt_type!(coltype, T => merge_all::<T>(deltas), _ => spi_err(format!("not a converge type: {coltype}")))
 }
 
 fn quote_ident(s: &str) -> String {

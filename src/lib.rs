@@ -5,6 +5,29 @@
 
 use pgrx::prelude::*;
 
+/// Run `$body` with the type alias `$T` bound to the converge-core type of
+/// the converge SQL type named `$name` (a `&str`); `$other` for any other
+/// name. One place that maps names to types for code that gets them at run
+/// time (the apply path, the op trigger, delta validation).
+macro_rules! for_crdt_type {
+    ($name:expr, $T:ident => $body:expr, _ => $other:expr) => {{
+        #[allow(unused_imports)]
+        use converge_core::types::*;
+        match $name {
+            "gcounter" => { type $T = GCounter; $body }
+            "pncounter" => { type $T = PnCounter; $body }
+            "bcounter" => { type $T = BCounter; $body }
+            "gset" => { type $T = GSet; $body }
+            "orset" => { type $T = OrSet; $body }
+            "lwwreg" => { type $T = LwwReg; $body }
+            "mvreg" => { type $T = MvReg; $body }
+            "lwwmap" => { type $T = LwwMap; $body }
+            "ormap" => { type $T = OrMap; $body }
+            _ => $other,
+        }
+    }};
+}
+
 mod apply;
 mod errors;
 mod node;

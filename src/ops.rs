@@ -32,19 +32,8 @@ pub(crate) fn delta_error(type_name: Option<&str>, delta: Option<&[u8]>) -> Opti
     if bytes.len() > limit {
         return Some(format!("too_large: delta of {} bytes exceeds converge.max_value_bytes ({limit})", bytes.len()));
     }
-    use converge_core::types::*;
-    match type_name.unwrap_or("") {
-        "gcounter" => check::<GCounter>(bytes),
-        "pncounter" => check::<PnCounter>(bytes),
-        "bcounter" => check::<BCounter>(bytes),
-        "gset" => check::<GSet>(bytes),
-        "orset" => check::<OrSet>(bytes),
-        "lwwreg" => check::<LwwReg>(bytes),
-        "mvreg" => check::<MvReg>(bytes),
-        "lwwmap" => check::<LwwMap>(bytes),
-        "ormap" => check::<OrMap>(bytes),
-        other => Some(format!("not_crdt_column: type {other}")),
-    }
+    let name = type_name.unwrap_or("");
+    for_crdt_type!(name, T => check::<T>(bytes), _ => Some(format!("not_crdt_column: type {name}")))
 }
 
 /// The binary form of an op (converge-core's `Op::encode`), from its fields.

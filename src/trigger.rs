@@ -203,19 +203,7 @@ fn delta_of<T: Crdt>(new: &[u8], old: Option<&[u8]>) -> Option<Vec<u8>> {
 
 /// The delta that takes `old` to `new` (None when nothing grew).
 fn delta_bytes(kind: &str, new: &[u8], old: Option<&[u8]>) -> Option<Vec<u8>> {
-    use converge_core::types::*;
-    match kind {
-        "gcounter" => delta_of::<GCounter>(new, old),
-        "pncounter" => delta_of::<PnCounter>(new, old),
-        "bcounter" => delta_of::<BCounter>(new, old),
-        "gset" => delta_of::<GSet>(new, old),
-        "orset" => delta_of::<OrSet>(new, old),
-        "lwwreg" => delta_of::<LwwReg>(new, old),
-        "mvreg" => delta_of::<MvReg>(new, old),
-        "lwwmap" => delta_of::<LwwMap>(new, old),
-        "ormap" => delta_of::<OrMap>(new, old),
-        _ => None,
-    }
+    for_crdt_type!(kind, T => delta_of::<T>(new, old), _ => None)
 }
 
 fn insert_ops(me: &str, table: &str, key: &serde_json::Value, cols: Vec<String>, deltas: Vec<Vec<u8>>) {
