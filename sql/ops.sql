@@ -479,6 +479,15 @@ BEGIN
         RAISE EXCEPTION 'table % has no primary key', tbl USING ERRCODE = '55000',
             HINT = 'converge replicates rows by primary key; add one first.';
     END IF;
+    -- Keys travel as JSON; the text of these types depends on session
+    -- settings (TimeZone, DateStyle, IntervalStyle), so one row could get two keys.
+    IF EXISTS (SELECT 1 FROM pg_attribute a
+                WHERE a.attrelid = tbl AND a.attname = ANY (keys)
+                  AND a.atttypid IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
+                                     'timestamptz'::regtype, 'interval'::regtype, 'money'::regtype)) THEN
+        RAISE EXCEPTION 'the primary key of % has a date, time or money column', tbl USING ERRCODE = '0A000',
+            HINT = 'Use integer, bigint, numeric, text or uuid key columns for replicated tables.';
+    END IF;
     SELECT coalesce(jsonb_object_agg(a.attname, t.typname), '{}') INTO crdt
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
      WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
@@ -503,11 +512,11 @@ BEGIN
                         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
                         WHEN (pg_catalog.current_setting(''converge.applying'', true) IS DISTINCT FROM ''on'')
                         EXECUTE FUNCTION converge.record_local_ops()', tbl);
-    ELSE
-        -- Sessions cache the table's layout in the trigger; this invalidates it.
-        EXECUTE format('ALTER TABLE %s ENABLE TRIGGER converge_record_ops', tbl);
     END IF;
+    -- Sessions cache the table's layout in the trigger: make them read it again.
+    PERFORM converge.forget_layout(tbl::oid);
 END $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';
 
+COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

@@ -93,10 +93,13 @@ pub fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
     }
 }
 
-/// A deadlock or serialization failure belongs to the transaction, not to
-/// an op: the whole batch aborts and the caller retries it.
+/// Only errors about the op's own data (classes 22 data, 23 integrity, 42
+/// names and privileges) reject an op. Anything else (a deadlock or
+/// serialization failure, a cancel or timeout, out of memory or disk)
+/// belongs to the transaction: the whole batch aborts and is retried, rather
+/// than rejecting ops for good.
 fn reraise_if_transaction_error(c: &Caught) {
-    if c.sqlstate == "40P01" || c.sqlstate == "40001" {
+    if !["22", "23", "42"].iter().any(|class| c.sqlstate.starts_with(class)) {
         raise(c.code, c.message.clone());
     }
 }
@@ -165,6 +168,50 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
     r
 }
 
+/// A key object with exactly the key columns, each value as the op trigger
+/// renders it: integers and booleans as JSON, numeric and floating point as
+/// JSON numbers, anything else as a string. None if it cannot be.
+fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let obj = key.as_object()?;
+    if obj.len() != names.len() {
+        return None;
+    }
+    let mut out = serde_json::Map::new();
+    for (name, ty) in names.iter().zip(types) {
+        let v = obj.get(name)?;
+        let ty = ty.split('(').next().unwrap_or("").trim();
+        let canon = match ty {
+            "smallint" | "integer" | "bigint" => match v {
+                Value::Number(n) => n.as_i64().map(Value::from)?,
+                Value::String(s) => Value::from(s.trim().parse::<i64>().ok()?),
+                _ => return None,
+            },
+            "boolean" => match v {
+                Value::Bool(b) => Value::Bool(*b),
+                Value::String(s) if s == "true" || s == "false" => Value::Bool(s == "true"),
+                _ => return None,
+            },
+            "numeric" | "real" | "double precision" => match v {
+                Value::Number(_) => v.clone(),
+                Value::String(s) => match serde_json::from_str::<Value>(s).ok()? {
+                    n @ Value::Number(_) => n,
+                    _ => return None,
+                },
+                _ => return None,
+            },
+            _ => match v {
+                Value::String(s) => Value::String(s.clone()),
+                Value::Number(n) => Value::String(n.to_string()),
+                Value::Bool(b) => Value::String(b.to_string()),
+                _ => return None,
+            },
+        };
+        out.insert(name.clone(), canon);
+    }
+    Some(Value::Object(out))
+}
+
 fn column_exists(rel: pg_sys::Oid, col: &str) -> bool {
     crate::spi::read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
@@ -228,6 +275,15 @@ fn classify(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String
     if !key_ok(&it.key) {
         it.bad = Some("invalid_key".into());
         return;
+    }
+    // The key in the form the op trigger writes (src/trigger.rs), so that the
+    // same row has one key everywhere (row_state, tombstones).
+    match canonical_key(it.key.as_ref().expect("checked"), &target.keys, &target.key_types) {
+        Some(k) => it.key = Some(k),
+        None => {
+            it.bad = Some("invalid_key".into());
+            return;
+        }
     }
     let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
     it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
@@ -619,7 +675,25 @@ fn gate_and_merge<'a>(
         let kb = (targets[b.target.unwrap()].rel.to_u32(), &b.column, b.key.as_ref().map(|k| k.to_string()), b.n);
         ka.cmp(&kb)
     });
-    for it in order {
+    // In-batch parents before their children, so a child whose parent is
+    // rejected here is rejected too (a peer could never apply it).
+    let ids: HashSet<&str> = order.iter().filter_map(|i| i.op_id.as_deref()).collect();
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    while !order.is_empty() {
+        let pos = order
+            .iter()
+            .position(|i| deps_of(i).iter().all(|d| !ids.contains(d.as_str()) || done.contains(d.as_str())))
+            .unwrap_or(0);
+        let it = order.remove(pos);
+        if let Some(id) = it.op_id.as_deref() {
+            done.insert(id);
+        }
+        if let Some(d) = deps_of(it).into_iter().find(|d| failed.contains(d)) {
+            failed.insert(it.op_id.clone().unwrap_or_default());
+            rejected.push((it, format!("dependency_rejected: {d}")));
+            continue;
+        }
         match subtransaction(|| {
             let ok = !gate(&[it], true).is_empty();
             if ok {
@@ -636,6 +710,7 @@ fn gate_and_merge<'a>(
                 } else {
                     format!("error {}: {}", c.sqlstate, c.message)
                 };
+                failed.insert(it.op_id.clone().unwrap_or_default());
                 rejected.push((it, reason));
             }
         }

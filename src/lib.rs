@@ -52,7 +52,8 @@ extension_sql_file!(
         ops::op_encode_fields,
         ops::op_decode_fields,
         apply::apply_ops_core,
-        trigger::record_local_ops
+        trigger::record_local_ops,
+        trigger::forget_layout
     ]
 );
 extension_sql_file!(

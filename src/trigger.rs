@@ -103,6 +103,13 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
     m
 }
 
+/// Drop every session's cached layout of `tbl` (converge.replicate calls it
+/// after changing what it records).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn forget_layout(tbl: pg_sys::Oid) {
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+}
+
 /// `converge.applying` is on while converge.apply merges: those changes are
 /// the op being applied, already logged.
 fn applying() -> bool {

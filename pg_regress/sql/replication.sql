@@ -109,4 +109,19 @@ SELECT converge.remove_peer('madrid');
 SELECT count(*) AS slots_left FROM pg_replication_slots;
 SELECT count(*) AS origins_left FROM pg_replication_origin;
 DROP DATABASE converge_regress_rdub;
+
+-- Keys have one JSON form per key column type, whoever wrote the op.
+SET search_path = public, converge;
+SELECT outcome, reason FROM apply(ROW('phone9:1', 'phone9', 'ticket', '{"id": "7"}', 'hits', 1, 0, '{}',
+                                      '{"counts":{"phone9":2}}'::gcounter::bytea, NULL)::op);
+SELECT target_key FROM op_log WHERE op_id = 'phone9:1';
+SELECT outcome, reason FROM apply(ROW('phone9:2', 'phone9', 'ticket', '{"id": 7, "extra": 1}', 'hits', 1, 0, '{}',
+                                      '{"counts":{"phone9":3}}'::gcounter::bytea, NULL)::op);
+SELECT outcome, reason FROM apply(ROW('phone9:3', 'phone9', 'ticket', '{"id": "seven"}', 'hits', 1, 0, '{}',
+                                      '{"counts":{"phone9":4}}'::gcounter::bytea, NULL)::op);
+SELECT value(hits) FROM ticket WHERE id = 7;
+-- Date and time keys are refused: their text depends on session settings.
+CREATE TABLE dated (day date PRIMARY KEY, n gcounter);
+SELECT replicate('dated');
+DROP TABLE dated;
 DROP TABLE ticket;

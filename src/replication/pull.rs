@@ -77,6 +77,14 @@ static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 #[pg_guard]
 unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
+    if event == XACT_EVENT_PRE_PREPARE && ORIGIN_ACTIVE.load(Ordering::SeqCst) {
+        // The origin would stay on the session after PREPARE and tag later
+        // local transactions as the peer's.
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "a transaction that applied a peer's ops (converge.sync) cannot be prepared",
+        );
+    }
     if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT)
         && ORIGIN_ACTIVE.swap(false, Ordering::SeqCst)
     {
@@ -159,7 +167,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
 
     let t0 = std::time::Instant::now();
     let st = conn.query(
-        "SELECT pg_current_wal_lsn()::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
         &[&peer.slot],
         false,
         QUERY_TIMEOUT,

@@ -104,6 +104,7 @@ impl Link {
         self.probe_conn = None;
         self.txn.clear();
         self.ready.clear();
+        self.ready_lsn = 0;
         self.ready_txns = 0;
         self.ready_bytes = 0;
         self.probe = None;
@@ -298,7 +299,7 @@ fn drain(link: &mut Link) {
                 match decoder::parse_message(data) {
                     Ok(decoder::Message::Op(op)) => link.txn.push(op),
                     Ok(decoder::Message::Commit { end_lsn, commit_time }) => {
-                        if end_lsn > link.flushed.max(link.ready_lsn) {
+                        if end_lsn > link.flushed {
                             link.ready.append(&mut link.txn);
                             link.ready_lsn = end_lsn;
                             link.ready_time = commit_time;
