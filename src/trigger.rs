@@ -273,15 +273,15 @@ fn record_local_ops<'a>(
     };
     let me = node::local_node();
     let key = unsafe { key_of(&meta, new.as_ref().or(old.as_ref()).expect("a row"), desc) };
+    // A changed key (compared as stored values: no second JSON rendering).
     if let (Some(n), Some(o)) = (&new, &old) {
-        if unsafe { key_of(&meta, o, desc) } != key {
+        if meta.keys.iter().any(|k| unsafe { !same_value(attr(desc, k.index), n.values[k.index], o.values[k.index]) }) {
             raise_hint(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!("the primary key of replicated table {} cannot be changed", meta.name),
                 "Delete the row and insert it with the new key.",
             );
         }
-        let _ = n;
     }
     // One op per CRDT column that grew.
     if let Some(n) = &new {
