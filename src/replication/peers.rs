@@ -33,21 +33,22 @@ fn connect(peer: &str, conninfo: &str) -> Conn {
     Conn::connect(conninfo).unwrap_or_else(|e| peer_failed(peer, e))
 }
 
-/// Serializes pulls of one peer in this database (the worker, sync(),
-/// remove_peer): a slot and an origin are used by one session at a time.
-pub fn peer_lock_key(peer: &str) -> i64 {
-    // FNV-1a: stable across processes, unlike std's randomized hasher.
+/// A stable hash of a name (FNV-1a: the same in every process, unlike
+/// std's randomized hasher): slot names and advisory lock keys.
+fn stable_hash(name: &str) -> i64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in peer.bytes() {
+    for b in name.bytes() {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
     (h >> 1) as i64
 }
 
-pub fn lock_peer(peer: &str, wait: bool) -> bool {
-    let sql = if wait { "SELECT true FROM pg_advisory_xact_lock(7232, $1::int)" } else { "SELECT pg_try_advisory_xact_lock(7232, $1::int)" };
-    let key = (peer_lock_key(peer) & 0x7fff_ffff) as i32;
-    read_one::<bool>(sql, &[key.into()]).unwrap_or(false)
+/// Serializes sync() rounds and remove_peer for one peer in this database
+/// (a slot and an origin are used by one session at a time; the worker's
+/// stream is ended by remove_peer itself).
+fn lock_peer(peer: &str) {
+    let key = (stable_hash(peer) & 0x7fff_ffff) as i32;
+    read_one::<bool>("SELECT true FROM pg_advisory_xact_lock(7232, $1::int)", &[key.into()]);
 }
 
 fn validate_peer_name(name: &str) {
@@ -69,7 +70,7 @@ fn slot_name(me: &str) -> String {
     });
     let clean: String =
         me.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    let tag = peer_lock_key(&format!("{sysid}/{db}/{me}")) as u64;
+    let tag = stable_hash(&format!("{sysid}/{db}/{me}")) as u64;
     format!("converge_{clean}_{:08x}", tag & 0xffff_ffff)
 }
 
@@ -167,7 +168,7 @@ fn remove_peer(name: &str) {
     let Some(peer) = load_peers(Some(name)).pop() else {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
     };
-    lock_peer(name, true);
+    lock_peer(name);
     match Conn::connect(&peer.conninfo) {
         Ok(mut conn) => {
             // The worker may be streaming from the slot: end that session
@@ -237,7 +238,7 @@ fn sync(name: &str) -> i64 {
         }
         return crate::spi::read_fresh_i64(&received).unwrap_or(0) - before;
     }
-    lock_peer(name, true);
+    lock_peer(name);
     let mut conn = connect(name, &peer.conninfo);
     match pull_round(&peer, &mut conn, &interrupt, false) {
         Ok(r) => r.ops as i64,
