@@ -73,7 +73,7 @@ impl Model for GCounter {
 impl Model for PnCounter {
     fn step(&mut self, _: &mut Env, op: &RawOp) -> Option<Self> {
         let a = NODES[op.actor];
-        if op.code % 2 == 0 { self.incr(a, op.n) } else { self.decr(a, op.n) }.ok()
+        if op.code.is_multiple_of(2) { self.incr(a, op.n) } else { self.decr(a, op.n) }.ok()
     }
 }
 
@@ -98,7 +98,7 @@ impl Model for GSet {
 impl Model for OrSet {
     fn step(&mut self, env: &mut Env, op: &RawOp) -> Option<Self> {
         let e = format!("e{}", op.elem);
-        Some(if op.code % 3 == 0 { self.remove(&e) } else { self.add(&e, env.dot(op.actor)) })
+        Some(if op.code.is_multiple_of(3) { self.remove(&e) } else { self.add(&e, env.dot(op.actor)) })
     }
 }
 
@@ -119,7 +119,7 @@ impl Model for LwwMap {
     fn step(&mut self, env: &mut Env, op: &RawOp) -> Option<Self> {
         let k = format!("k{}", op.key);
         let ts = env.ts(op.actor, self.max_timestamp());
-        Some(if op.code % 3 == 0 { self.remove(&k, ts) } else { self.put(&k, json(op.elem), ts) })
+        Some(if op.code.is_multiple_of(3) { self.remove(&k, ts) } else { self.put(&k, json(op.elem), ts) })
     }
 }
 

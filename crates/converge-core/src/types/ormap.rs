@@ -7,8 +7,15 @@
 //! only that update. Counters are not dot-based, so a key remove records the
 //! counts it observed (`rp`, `rn`) and the counter's value is what came after:
 //! a node's increments the remover saw stay gone even if it kept incrementing.
+//!
+//! A set element's dot is also its Set presence marker, so `kinds` holds one
+//! marker per live element (bounded by the set's size) plus the element-less
+//! markers that element removes leave. A set mutation may only supersede
+//! those element-less markers and the dots of the element it touches. A
+//! counter or register mutation supersedes every marker of its kind: no
+//! counter value lives in a dot, and an assign supersedes every value it saw.
 
-use super::counts::{amount, to_bigint, Counts};
+use super::counts::{to_bigint, Counts};
 use crate::codec::{prune_empty_members, Crdt};
 use crate::dots::{Dot, DotMap, DotSet};
 use crate::error::{Error, ErrorKind, Result};
@@ -145,17 +152,12 @@ impl OrMap {
 
     /// Add `n` to the counter at `k` (negative subtracts). Returns the delta.
     pub fn incr(&mut self, k: &str, node: &str, n: i64, dot: Dot) -> Result<OrMap> {
-        if n < 0 {
-            return self.decr(k, node, n.checked_neg().unwrap_or(i64::MAX), dot);
-        }
-        self.count(k, node, amount(n, "increment")?, false, dot)
+        // unsigned_abs: i64::MIN is a decrement of 2^63, not of i64::MAX.
+        self.count(k, node, n.unsigned_abs(), n < 0, dot)
     }
 
     pub fn decr(&mut self, k: &str, node: &str, n: i64, dot: Dot) -> Result<OrMap> {
-        if n < 0 {
-            return self.incr(k, node, n.checked_neg().unwrap_or(i64::MAX), dot);
-        }
-        self.count(k, node, amount(n, "decrement")?, true, dot)
+        self.count(k, node, n.unsigned_abs(), n >= 0, dot)
     }
 
     fn count(&mut self, k: &str, node: &str, n: u64, down: bool, dot: Dot) -> Result<OrMap> {
@@ -174,13 +176,21 @@ impl OrMap {
         Ok(self.apply(k, s, ctx, &dot))
     }
 
+    /// What a set mutation on `k` touching element `e` supersedes: the dots
+    /// of `e` and the Set markers that carry no element (left by element
+    /// removes). Another element's dot is also its Set marker and must stay
+    /// out, or merging the delta would drop that element.
+    fn set_context(&self, k: &str, e: &str) -> DotSet {
+        let Some(s) = self.slot(k) else { return DotSet::new() };
+        let mut ctx = s.kinds.dots_where(|x| *x == Kind::Set).difference(&s.set.dots_where(|_| true));
+        ctx.union(&s.set.dots_where(|v| v == e));
+        ctx
+    }
+
     /// Add element `e` to the set at `k`.
     pub fn add(&mut self, k: &str, e: &str, dot: Dot) -> Result<OrMap> {
         self.check_kind(k, Kind::Set)?;
-        let mut ctx = self.kind_dots(k, Kind::Set);
-        if let Some(s) = self.slot(k) {
-            ctx.union(&s.set.dots_where(|v| v == e));
-        }
+        let ctx = self.set_context(k, e);
         let mut s = Slot::default();
         s.kinds.0.insert(dot.clone(), Kind::Set);
         s.set.0.insert(dot.clone(), e.to_string());
@@ -194,8 +204,8 @@ impl OrMap {
         if seen.is_empty() {
             return Ok(OrMap::default());
         }
-        let mut ctx = self.kind_dots(k, Kind::Set);
-        ctx.union(&seen);
+        // The new marker keeps the key (and its set, maybe now empty) alive.
+        let ctx = self.set_context(k, e);
         let mut s = Slot::default();
         s.kinds.0.insert(dot.clone(), Kind::Set);
         Ok(self.apply(k, s, ctx, &dot))
@@ -341,5 +351,89 @@ impl Crdt for OrMap {
             }
         }
         prune_empty_members(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dot(a: &str, c: u64) -> Dot {
+        Dot::new(a, c)
+    }
+
+    #[test]
+    fn second_add_keeps_first_element() {
+        let mut m = OrMap::default();
+        m.add("b", "x", dot("madrid", 1)).unwrap();
+        m.add("b", "y", dot("madrid", 2)).unwrap();
+        assert_eq!(m.get("b").unwrap(), Some(json!(["x", "y"])));
+    }
+
+    #[test]
+    fn remove_element_keeps_the_others() {
+        // Elements from two nodes, so no add has ever covered the other one.
+        let mut m = OrMap::default();
+        let mut other = OrMap::default();
+        m.add("b", "x", dot("madrid", 1)).unwrap();
+        other.add("b", "y", dot("dublin", 1)).unwrap();
+        m.merge(&other);
+        other.merge(&m);
+        assert_eq!(m.get("b").unwrap(), Some(json!(["x", "y"])));
+        let d = m.remove_element("b", "x", dot("madrid", 2)).unwrap();
+        assert_eq!(m.get("b").unwrap(), Some(json!(["y"])));
+        // The delta alone does the same to the other replica.
+        other.merge(&d);
+        assert_eq!(other, m);
+        // Removing the last element leaves the key with an empty set.
+        m.remove_element("b", "y", dot("madrid", 3)).unwrap();
+        assert_eq!(m.get("b").unwrap(), Some(json!([])));
+        assert_eq!(m.keys(), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn elements_from_two_nodes_survive_a_later_add() {
+        let mut a = OrMap::default();
+        let mut b = OrMap::default();
+        a.add("k", "x", dot("madrid", 1)).unwrap();
+        b.add("k", "y", dot("dublin", 1)).unwrap();
+        a.merge(&b);
+        b.merge(&a);
+        let d = a.add("k", "z", dot("madrid", 2)).unwrap();
+        assert_eq!(a.get("k").unwrap(), Some(json!(["x", "y", "z"])));
+        b.merge(&d);
+        assert_eq!(b, a);
+        // A remove on the other node takes only its element.
+        let d = b.remove_element("k", "x", dot("dublin", 2)).unwrap();
+        a.merge(&d);
+        assert_eq!(a.get("k").unwrap(), Some(json!(["y", "z"])));
+    }
+
+    #[test]
+    fn remove_key_keeps_only_the_concurrent_add() {
+        let mut a = OrMap::default();
+        a.add("k", "x", dot("madrid", 1)).unwrap();
+        a.add("k", "y", dot("madrid", 2)).unwrap();
+        let mut b = a.clone();
+        let removed = a.remove_key("k");
+        assert_eq!(a.get("k").unwrap(), None);
+        let added = b.add("k", "z", dot("dublin", 1)).unwrap();
+        a.merge(&added);
+        b.merge(&removed);
+        assert_eq!(a, b);
+        assert_eq!(a.get("k").unwrap(), Some(json!(["z"])));
+    }
+
+    #[test]
+    fn concurrent_kinds_both_survive_later_set_updates() {
+        let mut a = OrMap::default();
+        let mut b = OrMap::default();
+        a.add("k", "x", dot("madrid", 1)).unwrap();
+        b.assign("k", Json::parse("1").unwrap(), dot("dublin", 1)).unwrap();
+        a.merge(&b);
+        a.add("k", "y", dot("madrid", 2)).unwrap();
+        assert_eq!(a.get("k").unwrap(), Some(json!({"conflict": {"orset": ["x", "y"], "mvreg": [1]}})));
+        assert_eq!(a.incr("k", "madrid", 1, dot("madrid", 3)).unwrap_err().kind, ErrorKind::WrongType);
     }
 }

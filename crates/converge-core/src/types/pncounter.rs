@@ -1,6 +1,6 @@
 //! Counter that goes up and down: two grow-only counters, value p - n.
 
-use super::counts::{amount, to_bigint, Counts};
+use super::counts::{to_bigint, Counts};
 use crate::codec::Crdt;
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
@@ -21,23 +21,23 @@ impl PnCounter {
 
     /// Add `n` for `node`; a negative `n` decrements. Returns the delta.
     pub fn incr(&mut self, node: &str, n: i64) -> Result<PnCounter> {
-        if n < 0 {
-            return self.decr(node, n.checked_neg().unwrap_or(i64::MAX));
-        }
-        let n = amount(n, "pncounter increment")?;
-        to_bigint(self.p.total() + n as i128 - self.n.total(), "pncounter value")?;
-        let d = PnCounter { p: Counts::single(node, self.p.bump(node, n)?), n: Counts::default() };
-        self.merge(&d);
-        Ok(d)
+        // unsigned_abs: i64::MIN is a decrement of 2^63, not of i64::MAX.
+        self.count(node, n.unsigned_abs(), n < 0)
     }
 
+    /// Subtract `n` for `node`; a negative `n` increments.
     pub fn decr(&mut self, node: &str, n: i64) -> Result<PnCounter> {
-        if n < 0 {
-            return self.incr(node, n.checked_neg().unwrap_or(i64::MAX));
-        }
-        let n = amount(n, "pncounter decrement")?;
-        to_bigint(self.p.total() - n as i128 - self.n.total(), "pncounter value")?;
-        let d = PnCounter { p: Counts::default(), n: Counts::single(node, self.n.bump(node, n)?) };
+        self.count(node, n.unsigned_abs(), n >= 0)
+    }
+
+    fn count(&mut self, node: &str, n: u64, down: bool) -> Result<PnCounter> {
+        let signed = if down { -(n as i128) } else { n as i128 };
+        to_bigint(self.p.total() - self.n.total() + signed, "pncounter value")?;
+        let d = if down {
+            PnCounter { p: Counts::default(), n: Counts::single(node, self.n.bump(node, n)?) }
+        } else {
+            PnCounter { p: Counts::single(node, self.p.bump(node, n)?), n: Counts::default() }
+        };
         self.merge(&d);
         Ok(d)
     }
