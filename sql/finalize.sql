@@ -341,3 +341,31 @@ COMMENT ON FUNCTION remove(ormap, text) IS 'Remove key k as observed here; concu
 COMMENT ON FUNCTION get(ormap, text) IS 'The nested value at k as jsonb (counter: number; set: sorted array; register: sorted array of values; concurrent types: {"conflict": {...}}), or NULL.';
 COMMENT ON FUNCTION keys(ormap) IS 'The present keys, sorted.';
 COMMENT ON FUNCTION to_jsonb(ormap) IS 'The map as a jsonb object of get(m, k) for every key.';
+
+-- Security (SPEC section 7; docs/security.md). Everyday use needs no
+-- superuser: the schema, the types and their functions belong to PUBLIC.
+-- converge's internal tables are written only as their owner, by
+-- converge's own code (src/security.rs); readers of them get what they may.
+GRANT USAGE ON SCHEMA converge TO PUBLIC;
+GRANT SELECT ON converge.node_identity, converge.replicated, converge.actor_frontier, converge.log_horizon,
+                converge.op_outcomes TO PUBLIC;
+-- The op log: each role sees the ops of the tables it may SELECT.
+ALTER TABLE converge.op_log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY op_log_readable ON converge.op_log FOR SELECT USING (converge.may_read(target_table));
+GRANT SELECT ON converge.op_log TO PUBLIC;
+ALTER VIEW converge.quarantine SET (security_invoker = true);
+GRANT SELECT ON converge.quarantine TO PUBLIC;
+-- Administration and internal steps: not for PUBLIC.
+REVOKE ALL ON FUNCTION converge.set_node(text), converge.start_worker(), converge.retry_pending(),
+    converge.record_row_op(text, regclass, text, jsonb, jsonb, jsonb), converge.merge_stash(jsonb, jsonb, jsonb),
+    converge.replicate_layout(regclass), converge.forget_layout(oid) FROM PUBLIC;
+
+COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log): whether the acting role may SELECT the table an op targets.';
+COMMENT ON FUNCTION converge.may_write(text) IS 'Internal: whether the acting role may apply ops to a table (INSERT and UPDATE).';
+COMMENT ON FUNCTION converge.acting_role() IS 'The role converge acts for: the caller of the current converge function, also inside converge''s internal steps.';
+COMMENT ON FUNCTION converge.worker_problem_here() IS 'Why no background worker can serve this database (the no_worker state of converge.peers), or NULL.';
+COMMENT ON FUNCTION converge.start_worker() IS 'Internal: start this database''s background worker when the transaction commits (CREATE EXTENSION and add_peer do).';
+COMMENT ON FUNCTION converge.replicate_table(oid) IS 'Internal: the body of converge.replicate (checks that the caller owns the table).';
+
+-- This database gets its background worker as soon as CREATE EXTENSION commits.
+SELECT converge.start_worker();

@@ -150,35 +150,11 @@ COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id
 
 
 
--- 't.k1 = v.k1 AND ...': the row t whose primary key equals record v's.
-CREATE FUNCTION converge.key_match(keys text[]) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT string_agg(format('t.%1$I = v.%1$I', k), ' AND ') FROM unnest(keys) k
-$$;
-COMMENT ON FUNCTION converge.key_match(text[]) IS 'Internal: SQL condition matching row t to record v on the given key columns.';
 
--- The CRDT columns of one row as {column: text}, from a row as jsonb of text values.
-CREATE FUNCTION converge.crdt_values(tbl regclass, crdt jsonb, key jsonb, keys text[]) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    vals jsonb := '{}';
-    col text;
-    v text;
-BEGIN
-    FOR col IN SELECT jsonb_object_keys(crdt) LOOP
-        EXECUTE format('SELECT t.%I::text FROM %s t, jsonb_populate_record(NULL::%s, $1) v WHERE %s', col, tbl, tbl,
-                       converge.key_match(keys)) INTO v USING key;
-        IF v IS NOT NULL THEN
-            vals := vals || jsonb_build_object(col, v);
-        END IF;
-    END LOOP;
-    RETURN vals;
-END $$;
-COMMENT ON FUNCTION converge.crdt_values(regclass, jsonb, jsonb, text[]) IS 'Internal: the CRDT column values (as text) of the row with this key.';
 
 -- Merge two {column: CRDT text} objects column by column.
 CREATE FUNCTION converge.merge_stash(a jsonb, b jsonb, crdt jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     out jsonb := coalesce(a, '{}');
     col text;
@@ -193,88 +169,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.merge_stash(jsonb, jsonb, jsonb) IS 'Internal: merge two {column: CRDT text} objects column by column.';
 
--- A row the apply re-created while a local DELETE of it committed: move its
--- CRDT state to the tombstone's stash and delete it again.
-CREATE FUNCTION converge.bury(rel regclass, keys jsonb[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    r converge.replicated;
-    k jsonb;
-BEGIN
-    SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
-    FOREACH k IN ARRAY keys LOOP
-        UPDATE converge.row_state rs
-           SET stash = converge.merge_stash(rs.stash, converge.crdt_values(rel, r.crdt_columns, k, r.key_columns), r.crdt_columns)
-         WHERE rs.tbl = rel AND rs.target_key = k;
-        EXECUTE format('DELETE FROM %1$s t USING jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s', rel,
-                       converge.key_match(r.key_columns)) USING k;
-    END LOOP;
-END $$;
-COMMENT ON FUNCTION converge.bury(regclass, jsonb[]) IS 'Internal: move rows that are tombstones here back into their stash (apply racing a local delete).';
 
--- Apply row ops (target_column ''): merge each lwwmap delta into the row's
--- clock, then make the table agree with it: present with the winning
--- non-CRDT values while "$live" is not false, absent (state stashed) otherwise.
-CREATE FUNCTION converge.merge_rows(rel regclass, keys text[], tkeys jsonb[], deltas bytea[])
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    x       record;
-    r       converge.replicated;
-    rs      converge.row_state;
-    clk     converge.lwwmap;
-    alive   boolean;
-    vals    jsonb;
-    sets    text;
-    present boolean;
-    col     text;
-BEGIN
-    SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
-    FOR x IN SELECT u.target_key, u.delta FROM unnest(tkeys, deltas) WITH ORDINALITY u(target_key, delta, n)
-              ORDER BY u.target_key::text, u.n LOOP
-        -- Lock order as in local writes (the row, then its row_state), so a
-        -- local UPDATE and this apply never wait on each other in a cycle.
-        EXECUTE format('SELECT true FROM %1$s t, jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s FOR UPDATE OF t',
-                       rel, converge.key_match(keys))
-            INTO present USING x.target_key;
-        present := coalesce(present, false);
-        SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = merge_rows.rel AND s.target_key = x.target_key FOR UPDATE;
-        clk := converge.merge(coalesce(rs.clock, '{}'), x.delta::converge.lwwmap);
-        alive := coalesce((converge.get(clk, '$live'))::boolean, true);
-        vals := (converge.to_jsonb(clk) - '$live') - r.key_columns;
-        IF alive THEN
-            IF NOT present THEN
-                EXECUTE format('INSERT INTO %1$s SELECT * FROM jsonb_populate_record(NULL::%1$s, $1)', rel)
-                    USING vals || x.target_key;
-                -- Back from a tombstone: resume the CRDT state it kept.
-                FOR col IN SELECT jsonb_object_keys(coalesce(rs.stash, '{}')) LOOP
-                    EXECUTE format('UPDATE %1$s t SET %2$I = converge.merge(coalesce(t.%2$I, ''{}''), $2::converge.%3$I)
-                                      FROM jsonb_populate_record(NULL::%1$s, $1) v WHERE %4$s',
-                                   rel, col, r.crdt_columns ->> col, converge.key_match(keys))
-                        USING x.target_key, rs.stash ->> col;
-                END LOOP;
-                rs.stash := '{}';
-            ELSIF vals <> '{}' THEN
-                SELECT string_agg(format('%I = w.%I', k, k), ', ') INTO sets
-                  FROM jsonb_object_keys(vals) k WHERE k = ANY (r.other_columns);
-                IF sets IS NOT NULL THEN
-                    EXECUTE format('UPDATE %1$s t SET %2$s FROM jsonb_populate_record(NULL::%1$s, $1) v,
-                                           jsonb_populate_record(NULL::%1$s, $2) w WHERE %3$s',
-                                   rel, sets, converge.key_match(keys))
-                        USING x.target_key, vals;
-                END IF;
-            END IF;
-        ELSIF present THEN
-            rs.stash := converge.merge_stash(rs.stash, converge.crdt_values(rel, r.crdt_columns, x.target_key, keys),
-                                             r.crdt_columns);
-            EXECUTE format('DELETE FROM %1$s t USING jsonb_populate_record(NULL::%1$s, $1) v WHERE %2$s', rel, converge.key_match(keys))
-                USING x.target_key;
-        END IF;
-        INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-        VALUES (merge_rows.rel, x.target_key, clk, alive, coalesce(rs.stash, '{}'))
-        ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
-    END LOOP;
-END $$;
-COMMENT ON FUNCTION converge.merge_rows(regclass, text[], jsonb[], bytea[]) IS 'Internal: apply row ops (inserts, deletes, last-writer-wins columns) of one table.';
 
 
 
@@ -282,7 +177,7 @@ COMMENT ON FUNCTION converge.merge_rows(regclass, text[], jsonb[], bytea[]) IS '
 -- Pending ops whose deps are all applied, applied now.
 CREATE FUNCTION converge.retry_pending()
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 #variable_conflict use_column
 DECLARE p record;
 BEGIN
@@ -293,6 +188,7 @@ BEGIN
         WITH ready AS (
             DELETE FROM converge.pending q
              WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
+               AND converge.may_write((q.op).target_table)
             RETURNING q.op, q.origin, q.received_at)
         SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
     LOOP
@@ -324,10 +220,8 @@ COMMENT ON FUNCTION converge.apply_ops_core(text[], text[], text[], jsonb[], tex
 CREATE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE sql AS $$
-    -- First ops left pending although their deps are applied (see
-    -- apply_ops), then the batch.
-    SELECT * FROM converge.retry_pending()
-    UNION ALL
+    -- apply_ops first applies ops left pending although their deps are
+    -- applied, then the batch.
     SELECT * FROM converge.apply_ops(ops, origin, true)
 $$;
 COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
@@ -396,8 +290,11 @@ COMMENT ON FUNCTION converge.snapshot(regclass) IS 'Every row of a table (CRDT c
 -- The row op of a local INSERT, DELETE or change of non-CRDT columns, called
 -- by the trigger converge.record_local_ops (src/trigger.rs), which records
 -- the CRDT columns' ops itself. newrow/oldrow are the rows as jsonb.
+-- It runs as converge's owner (security.rs) and touches internal tables only:
+-- a stash to resume is returned, and the caller's trigger merges it into
+-- the row as the calling role.
 CREATE FUNCTION converge.record_row_op(op text, rel regclass, me text, key jsonb, newrow jsonb, oldrow jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     r     converge.replicated;
     nnew  jsonb := '{}';
@@ -405,10 +302,10 @@ DECLARE
     rs    converge.row_state;
     clk   converge.lwwmap;
     k     text;
-    col   text;
     stash jsonb;
     gone  jsonb;
     c     bigint;
+    resume jsonb := '{}';
 BEGIN
     SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
     IF newrow IS NOT NULL THEN
@@ -432,23 +329,14 @@ BEGIN
         END LOOP;
         IF op = 'INSERT' THEN
             clk := converge.put(clk, '$live', 'true');
-            IF stash <> '{}' THEN
-                -- The key comes back from a tombstone: it resumes the CRDT
-                -- state the tombstone kept (every node does the same).
-                PERFORM set_config('converge.applying', 'on', true);
-                FOR col IN SELECT jsonb_object_keys(stash) LOOP
-                    EXECUTE format('UPDATE %1$s t SET %2$I = converge.merge(coalesce(t.%2$I, ''{}''), $2::converge.%3$I)
-                                      FROM jsonb_populate_record(NULL::%1$s, $1) v WHERE %4$s',
-                                   rel, col, r.crdt_columns ->> col, converge.key_match(r.key_columns))
-                        USING key, stash ->> col;
-                END LOOP;
-                PERFORM set_config('converge.applying', 'off', true);
-                stash := '{}';
-            END IF;
+            -- The key comes back from a tombstone: it resumes the CRDT state
+            -- the tombstone kept (every node does the same).
+            resume := stash;
+            stash := '{}';
         END IF;
     END IF;
     IF clk OPERATOR(converge.=) coalesce(rs.clock, '{}') THEN
-        RETURN;
+        RETURN resume;
     END IF;
     INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES (me, 1)
         ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous + 1 RETURNING f.contiguous INTO c;
@@ -460,11 +348,14 @@ BEGIN
     INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
     VALUES (rel, key, clk, op <> 'DELETE', stash)
     ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
+    RETURN resume;
 END $$;
 COMMENT ON FUNCTION converge.record_row_op(text, regclass, text, jsonb, jsonb, jsonb) IS 'Internal: record the row op (liveness, last-writer-wins columns) of a local insert, delete or update.';
 
-CREATE FUNCTION converge.replicate(tbl regclass) RETURNS void
-LANGUAGE plpgsql AS $$
+-- The layout half of converge.replicate (src/security.rs checks ownership,
+-- creates the trigger as the table's owner and calls this as converge's owner).
+CREATE FUNCTION converge.replicate_layout(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     keys  text[];
     crdt  jsonb;
@@ -503,19 +394,11 @@ BEGIN
     VALUES (tbl, keys, crdt, other, expr)
         ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, crdt_columns = EXCLUDED.crdt_columns,
                                                other_columns = EXCLUDED.other_columns, row_expr = EXCLUDED.row_expr;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'converge_record_ops') THEN
-        -- The WHEN clause keeps converge.apply's own changes (already logged
-        -- as the op being applied) from even queueing a trigger event.
-        -- Deferred to commit: the node's op counter is locked from then to
-        -- the end of commit only, not for the whole transaction.
-        EXECUTE format('CREATE CONSTRAINT TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON %s
-                        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-                        WHEN (pg_catalog.current_setting(''converge.applying'', true) IS DISTINCT FROM ''on'')
-                        EXECUTE FUNCTION converge.record_local_ops()', tbl);
-    END IF;
-    -- Sessions cache the table's layout in the trigger: make them read it again.
-    PERFORM converge.forget_layout(tbl::oid);
 END $$;
+COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the layout of a table marked by converge.replicate.';
+
+CREATE FUNCTION converge.replicate(tbl regclass) RETURNS void
+LANGUAGE sql AS $$ SELECT converge.replicate_table(tbl::oid) $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';
 
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';

@@ -28,16 +28,53 @@ CREATE TABLE converge.peer_status (
 );
 COMMENT ON TABLE converge.peer_status IS 'Internal: what the last pull rounds found, per peer (read converge.peers).';
 
-CREATE VIEW converge.peers AS
-    SELECT p.name, p.conninfo, CASE WHEN p.paused THEN 'paused' ELSE s.state END AS state,
-           p.slot_name AS slot, s.confirmed_lsn, s.lag_bytes, s.lag_seconds, s.last_success, s.last_error,
-           s.last_error_at, s.caught_up_at, s.ops_received, s.bytes_received, p.origin_name AS origin,
-           pg_replication_origin_progress(p.origin_name, false) AS origin_lsn
-      FROM converge.peer p LEFT JOIN converge.peer_status s USING (name);
-COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error.';
+-- How far a peer's ops are applied here (pg_replication_origin_progress is
+-- for superusers; an LSN is no secret).
+CREATE FUNCTION converge.origin_progress(origin text) RETURNS pg_lsn
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_replication_origin_progress(origin, false)
+$$;
+COMMENT ON FUNCTION converge.origin_progress(text) IS 'The remote LSN up to which a replication origin''s changes are applied here (for converge.peers).';
 
--- conninfo may hold a password: peers are for superusers (and whom they grant).
-REVOKE ALL ON converge.peer, converge.peer_status, converge.peers FROM PUBLIC;
+-- Readable by every role (monitoring): the conninfo without its password.
+-- no_worker: no background worker can serve this database (and says why).
+CREATE VIEW converge.peers AS
+    SELECT p.name,
+           regexp_replace(p.conninfo, 'password\s*=\s*(''([^'']|\\'')*''|\S+)', 'password=********', 'g') AS conninfo,
+           CASE WHEN p.paused THEN 'paused' WHEN w.problem IS NOT NULL THEN 'no_worker' ELSE s.state END AS state,
+           p.slot_name AS slot, s.confirmed_lsn, s.lag_bytes, s.lag_seconds, s.last_success,
+           coalesce(w.problem, s.last_error) AS last_error,
+           s.last_error_at, s.caught_up_at, s.ops_received, s.bytes_received, p.origin_name AS origin,
+           converge.origin_progress(p.origin_name) AS origin_lsn
+      FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
+           CROSS JOIN (SELECT converge.worker_problem_here() AS problem) w;
+COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password).';
+GRANT SELECT ON converge.peers TO PUBLIC;
+
+-- Roles peers connect as (converge.grant_peer): they may read the ops and
+-- snapshots of every replicated table, also of tables replicated later.
+CREATE TABLE converge.peer_reader (
+    role       regrole PRIMARY KEY,
+    granted_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE converge.peer_reader IS 'Roles given converge.grant_peer: converge.replicate grants them SELECT on each table it marks.';
+
+CREATE FUNCTION converge.grant_peer(role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE t record;
+BEGIN
+    INSERT INTO converge.peer_reader (role) VALUES (grant_peer.role) ON CONFLICT DO NOTHING;
+    EXECUTE format('GRANT USAGE ON SCHEMA converge TO %s', role);
+    FOR t IN SELECT r.table_name, n.nspname FROM converge.replicated r
+               JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %s', t.nspname, role);
+        EXECUTE format('GRANT SELECT ON %s TO %s', t.table_name, role);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION converge.grant_peer(regrole) IS 'Let a role (LOGIN REPLICATION, not superuser) serve as the role peers connect as: it may read the ops and snapshots of every replicated table, also of tables replicated later.';
+
+REVOKE ALL ON converge.peer, converge.peer_status, converge.peer_reader FROM PUBLIC;
+REVOKE ALL ON FUNCTION converge.grant_peer(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION converge.add_peer(text, text), converge.remove_peer(text), converge.sync(text),
                converge.pause_peer(text), converge.resume_peer(text) FROM PUBLIC;
 

@@ -45,6 +45,15 @@ struct Target {
     /// SQL types of the key columns (keys travel as text and are cast).
     key_types: Vec<String>,
     crdt: HashMap<String, String>,
+    /// Non-CRDT, non-key columns (row ops write them).
+    other: Vec<String>,
+    /// Whether the batch has row ops for it (they may delete rows).
+    row_ops: bool,
+}
+
+fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
+    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[t.rel.into()]).unwrap_or_default();
+    crate::rows::RowTable { name, rel: t.rel, keys: &t.keys, crdt: &t.crdt }
 }
 
 type Outcome = (String, String, Option<String>);
@@ -132,7 +141,7 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
     let found = subtransaction(|| {
         Spi::connect(|c| {
             let t = c.select(
-                "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text,
+                "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text, r.other_columns,
                         ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i)
@@ -147,17 +156,19 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
                 row.get::<bool>(2)?.unwrap_or(false),
                 row.get::<Vec<String>>(3)?,
                 row.get::<String>(4)?,
+                row.get::<Vec<String>>(6)?,
                 row.get::<Vec<String>>(5)?,
             ))
         })
     });
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
-            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt });
+            let other = other.unwrap_or_default();
+            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);
@@ -491,15 +502,9 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         let coltype = items[0].coltype.as_deref().expect("classified");
         let keys: Vec<String> = t.keys.iter().map(|k| quote_ident(k)).collect();
         if coltype == "row" {
-            run(
-                "SELECT converge.merge_rows($1::oid::regclass, $2, $3, $4)",
-                &[
-                    t.rel.into(),
-                    t.keys.clone().into(),
-                    items.iter().map(|i| JsonB(i.key.clone().unwrap_or_default())).collect::<Vec<JsonB>>().into(),
-                    items.iter().map(|i| i.delta.clone().unwrap_or_default()).collect::<Vec<Vec<u8>>>().into(),
-                ],
-            );
+            let ops: Vec<(serde_json::Value, Vec<u8>)> =
+                items.iter().map(|i| (i.key.clone().unwrap_or_default(), i.delta.clone().unwrap_or_default())).collect();
+            crate::rows::merge_row_ops(&row_table(t), &t.other, ops);
             continue;
         }
         // The deltas of one row, merged (canonical JSON of the key as its name).
@@ -555,8 +560,7 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
             casts.push(format!("u.k{i}::{ty}"));
         }
         let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("${}::text[]", i + 3)).collect();
-        run(
-            &format!(
+        let upsert = format!(
                 "INSERT INTO {rel} AS t ({cols}, {qcol})
                  SELECT {casts}, u.v::converge.{coltype}
                    FROM unnest($2::bytea[], {texts}) u(v, {names})
@@ -567,16 +571,16 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
                 texts = texts.join(", "),
                 names = names.join(", "),
                 order = (1..=t.keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
-            ),
-            &args,
-        );
+            );
+        // The user's table is written as the caller (its rights, its triggers).
+        crate::security::as_caller(|| run(&upsert, &args));
         // A local DELETE that committed while the upsert waited for it leaves
         // a tombstone: the upsert made that row again, so bury it (its state
         // joins the stash, as on every other node).
         let zombies = tombstones(t.rel, &live_keys);
         if !zombies.is_empty() {
-            let keys: Vec<JsonB> = zombies.iter().map(|&i| JsonB(live_keys[i].clone())).collect();
-            run("SELECT converge.bury($1::oid::regclass, $2)", &[t.rel.into(), keys.into()]);
+            let keys: Vec<serde_json::Value> = zombies.iter().map(|&i| live_keys[i].clone()).collect();
+            crate::rows::bury(&row_table(t), &keys);
         }
     }
     set_applying(false);
@@ -720,6 +724,24 @@ fn gate_and_merge<'a>(
     (won, lost, rejected)
 }
 
+/// Pending ops whose deps are all applied, applied now (those the acting
+/// role may write; the others wait for a role that may).
+fn retry_pending() -> Vec<Outcome> {
+    Spi::connect_mut(|c| {
+        c.update("SELECT op_id, outcome, reason FROM converge.retry_pending()", None, &[]).map(|t| {
+            t.map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(3).ok().flatten(),
+                )
+            })
+            .collect()
+        })
+    })
+    .unwrap_or_else(|e| spi_err(e))
+}
+
 /// The body of `converge.apply_batch` for one batch (see sql/ops.sql for the
 /// SQL wrapper that unpacks `converge.op[]` into these arrays).
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -772,14 +794,44 @@ fn apply_ops_core(
         });
     }
     let t0 = std::time::Instant::now();
-    let mut out: Vec<Outcome> = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
     let mut cache = HashMap::new();
 
-    // 1. Validate every envelope and delta, without raising.
-    for it in items.iter_mut() {
-        classify(it, &mut targets, &mut cache);
+    // 1. Validate every envelope and delta, without raising (as the caller:
+    //    table names resolve with its search_path).
+    crate::security::as_caller(|| {
+        for it in items.iter_mut() {
+            classify(it, &mut targets, &mut cache);
+        }
+    });
+    // A privilege error is the caller's, not an op's: the whole call fails
+    // and nothing of it is recorded.
+    for it in items.iter().filter(|i| i.bad.is_none()) {
+        if it.coltype.as_deref() == Some("row") {
+            targets[it.target.expect("classified")].row_ops = true;
+        }
     }
+    for t in &targets {
+        use crate::security::{require_rights, DELETE, INSERT, UPDATE};
+        require_rights(t.rel, &[(INSERT, "INSERT"), (UPDATE, "UPDATE")]);
+        if t.row_ops {
+            require_rights(t.rel, &[(DELETE, "DELETE (row ops delete rows)")]);
+        }
+    }
+    let out = crate::security::as_owner(|| {
+        // First ops left pending although their deps are applied.
+        let mut out = if top_level { retry_pending() } else { Vec::new() };
+        out.extend(apply_classified(&items, &targets, &origin, top_level, t0));
+        out
+    });
+    TableIterator::new(out)
+}
+
+/// Steps 2-5 of the apply, on converge's internal tables as their owner
+/// (the user's tables are written as the caller, in merge_into_rows).
+fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level: bool, t0: std::time::Instant) -> Vec<Outcome> {
+    let mut out: Vec<Outcome> = Vec::new();
+    let origin = origin.to_string();
     let bad: Vec<&Item> = items.iter().filter(|i| i.bad.is_some()).collect();
     log_rows(&bad, "rejected", &bad.iter().map(|i| i.bad.clone()).collect::<Vec<_>>(), &origin);
     out.extend(bad.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), i.bad.clone())));
@@ -886,7 +938,7 @@ fn apply_ops_core(
     let t_dups = t0.elapsed();
     // 4. Everything else: through the dedupe gate, then merged.
     let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
-    let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, &targets, &origin) };
+    let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, targets, &origin) };
     if !rejected.is_empty() {
         let (items, reasons): (Vec<&Item>, Vec<Option<String>>) = rejected.iter().map(|(i, r)| (*i, Some(r.clone()))).unzip();
         log_rows(&items, "rejected", &reasons, &origin);
@@ -913,20 +965,8 @@ fn apply_ops_core(
     );
     // 5. Pending ops whose deps are now all applied go through the same path.
     if !won.is_empty() {
-        let more: Vec<Outcome> = Spi::connect_mut(|c| {
-            c.update("SELECT op_id, outcome, reason FROM converge.retry_pending()", None, &[]).map(|t| {
-                t.map(|r| {
-                    (
-                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                        r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                        r.get::<String>(3).ok().flatten(),
-                    )
-                })
-                .collect()
-            })
-        })
-        .unwrap_or_else(|e| spi_err(e));
+        let more = retry_pending();
         out.extend(more);
     }
-    TableIterator::new(out)
+    out
 }

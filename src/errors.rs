@@ -54,3 +54,26 @@ pub fn required<T>(v: Option<T>, what: &str) -> T {
         None => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be NULL")),
     }
 }
+
+/// Run `f`; a PostgreSQL error raised inside it (say by a statement run
+/// through SPI) is raised again as itself (code, message, detail, hint),
+/// without the Rust backtrace pgrx would attach on its way through.
+pub fn plain_errors<R>(f: impl FnOnce() -> R) -> R {
+    use pgrx::pg_sys::panic::CaughtError;
+    pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .catch_others(|e| match e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+                let mut n = ErrorReport::new(r.sql_error_code(), r.message().to_string(), "converge");
+                if let Some(d) = r.detail().filter(|d| !d.trim().is_empty()) {
+                    n = n.set_detail(d.to_string());
+                }
+                if let Some(h) = r.hint() {
+                    n = n.set_hint(h.to_string());
+                }
+                n.report(PgLogLevel::ERROR);
+                unreachable!("ERROR does not return")
+            }
+            other => other.rethrow(),
+        })
+        .execute()
+}

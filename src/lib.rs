@@ -33,6 +33,8 @@ mod errors;
 mod node;
 mod ops;
 mod replication;
+mod rows;
+mod security;
 mod spi;
 mod trigger;
 mod types;
@@ -53,7 +55,9 @@ extension_sql_file!(
         ops::op_decode_fields,
         apply::apply_ops_core,
         trigger::record_local_ops,
-        trigger::forget_layout
+        trigger::forget_layout,
+        trigger::replicate_table,
+        security::may_write
     ]
 );
 extension_sql_file!(
@@ -67,7 +71,8 @@ extension_sql_file!(
         replication::peers::wait_for_peers,
         replication::peers::pause_peer,
         replication::peers::resume_peer,
-        replication::decoder::describe_change
+        replication::decoder::describe_change,
+        replication::launcher::worker_problem_here
     ]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
@@ -75,7 +80,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     types::register_gucs();
-    replication::worker::register();
+    replication::launcher::register();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

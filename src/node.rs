@@ -29,7 +29,9 @@ fn dot_seq_oid() -> pg_sys::Oid {
 
 fn next_counter() -> u64 {
     // nextval is durable and never repeats a value a committed transaction used.
-    let v = unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[dot_seq_oid().into_datum()]) };
+    // As converge's owner: callers need no right on the sequence.
+    let seq = dot_seq_oid();
+    let v = crate::security::as_owner(|| unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) });
     v.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "nextval returned NULL")) as u64
 }
 

@@ -198,26 +198,41 @@ unsafe fn key_of(meta: &Meta, row: &Row, desc: pg_sys::TupleDesc) -> serde_json:
     serde_json::Value::Object(m)
 }
 
-fn delta_of<T: Crdt>(new: &[u8], old: Option<&[u8]>) -> Option<Vec<u8>> {
-    let n = decode_trusted::<T>(new).ok()?;
-    let o = match old {
-        Some(b) => decode_trusted::<T>(b).ok()?,
-        None => T::default(),
+/// The delta that takes `old` to `new`: None when nothing changed. A
+/// replicated CRDT column only grows by merge (every node must reach the
+/// same state from the ops), so a change that drops state is refused.
+fn delta_of<T: Crdt>(new: &[u8], old: Option<&[u8]>) -> Result<Option<Vec<u8>>, ()> {
+    let Ok(n) = decode_trusted::<T>(new) else { return Ok(None) };
+    let Some(ob) = old else {
+        // NULL to a value, even the empty one: the other nodes store it too.
+        return Ok(Some(encode(&T::delta(&n, &T::default()))));
     };
+    let Ok(o) = decode_trusted::<T>(ob) else { return Ok(None) };
+    if !T::delta(&o, &n).is_empty() {
+        return Err(());
+    }
     let d = T::delta(&n, &o);
-    (!d.is_empty()).then(|| encode(&d))
+    Ok((!d.is_empty()).then(|| encode(&d)))
 }
 
-/// The delta that takes `old` to `new` (None when nothing grew).
-fn delta_bytes(kind: &str, new: &[u8], old: Option<&[u8]>) -> Option<Vec<u8>> {
-    for_crdt_type!(kind, T => delta_of::<T>(new, old), _ => None)
+fn delta_bytes(kind: &str, new: &[u8], old: Option<&[u8]>) -> Result<Option<Vec<u8>>, ()> {
+    for_crdt_type!(kind, T => delta_of::<T>(new, old), _ => Ok(None))
+}
+
+fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
+    raise_hint(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("column \"{column}\" of replicated table {table} cannot be {what}"),
+        "A replicated CRDT column only changes by merge, so that every node reaches the same value: use its \
+         mutators (remove, decr, assign, ...) or merge into it (c = c || other).",
+    )
 }
 
 fn insert_ops(me: &str, table: &str, key: &serde_json::Value, cols: Vec<String>, deltas: Vec<Vec<u8>>) {
     let n = cols.len() as i64;
     let args: Vec<DatumWithOid> =
         vec![me.into(), table.into(), JsonB(key.clone()).into(), cols.into(), n.into(), deltas.into()];
-    Spi::connect_mut(|c| {
+    crate::security::as_owner(|| Spi::connect_mut(|c| {
         INSERT_OPS.with(|s| {
             let mut s = s.borrow_mut();
             if s.is_none() {
@@ -244,7 +259,7 @@ fn insert_ops(me: &str, table: &str, key: &serde_json::Value, cols: Vec<String>,
             }
             c.update(s.as_ref().expect("prepared"), None, &args).map(|_| ())
         })
-    })
+    }))
     .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording ops: {e}")));
 }
 
@@ -287,11 +302,20 @@ fn record_local_ops<'a>(
     if let Some(n) = &new {
         let (mut cols, mut deltas) = (Vec::new(), Vec::new());
         for c in &meta.crdt {
-            let Some(nb) = (unsafe { bytes_of(n, c.index) }) else { continue };
             let ob = old.as_ref().and_then(|o| unsafe { bytes_of(o, c.index) });
-            if let Some(d) = delta_bytes(&c.kind, nb, ob) {
-                cols.push(c.name.clone());
-                deltas.push(d);
+            let Some(nb) = (unsafe { bytes_of(n, c.index) }) else {
+                if ob.is_some() {
+                    refuse_overwrite(&meta.name, &c.name, "set to NULL");
+                }
+                continue;
+            };
+            match delta_bytes(&c.kind, nb, ob) {
+                Ok(Some(d)) => {
+                    cols.push(c.name.clone());
+                    deltas.push(d);
+                }
+                Ok(None) => {}
+                Err(()) => refuse_overwrite(&meta.name, &c.name, "overwritten with a value that lacks part of its state"),
             }
         }
         if !cols.is_empty() {
@@ -318,11 +342,93 @@ fn record_local_ops<'a>(
             (as_datum(td.tg_newtuple), as_datum(td.tg_trigtuple))
         };
         let op = if is_insert { "INSERT" } else if is_delete { "DELETE" } else { "UPDATE" };
-        Spi::run_with_args(
-            "SELECT converge.record_row_op($1, $2::oid::regclass, $3, $4, to_jsonb($5), to_jsonb($6))",
-            &[op.into(), unsafe { (*rel).rd_id }.into(), me.as_str().into(), JsonB(key).into(), newrow, oldrow],
-        )
-        .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording a row op: {e}")));
+        record_row_op(&meta, unsafe { (*rel).rd_id }, op, &me, key, newrow, oldrow);
     }
     Ok(None)
+}
+
+/// The row op of a local insert, delete or change of a non-CRDT column:
+/// the rows become jsonb as the caller, `converge.record_row_op` keeps
+/// row_state and the op log as converge's owner, and a key inserted again
+/// resumes the CRDT state its tombstone kept (as the caller).
+fn record_row_op(meta: &Meta, rel: pg_sys::Oid, op: &str, me: &str, key: serde_json::Value, newrow: DatumWithOid, oldrow: DatumWithOid) {
+    let err = |e: pgrx::spi::SpiError| -> ! {
+        crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording a row op: {e}"))
+    };
+    let (newj, oldj) = Spi::connect(|c| {
+        let r = c.select("SELECT to_jsonb($1), to_jsonb($2)", Some(1), &[newrow, oldrow])?;
+        let row = r.first();
+        Ok::<_, pgrx::spi::SpiError>((row.get::<JsonB>(1)?, row.get::<JsonB>(2)?))
+    })
+    .unwrap_or_else(|e| err(e));
+    let resume = crate::security::as_owner(|| {
+        Spi::connect_mut(|c| {
+            let r = c.update(
+                "SELECT converge.record_row_op($1, $2::oid::regclass, $3, $4, $5, $6)",
+                Some(1),
+                &[op.into(), rel.into(), me.into(), JsonB(key.clone()).into(), newj.into(), oldj.into()],
+            )?;
+            r.first().get::<JsonB>(1)
+        })
+    })
+    .unwrap_or_else(|e| err(e));
+    if let Some(JsonB(serde_json::Value::Object(stash))) = resume {
+        if stash.is_empty() {
+            return;
+        }
+        let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[rel.into()]).unwrap_or_default();
+        let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
+        let crdt: HashMap<String, String> = meta.crdt.iter().map(|c| (c.name.clone(), c.kind.clone())).collect();
+        let t = crate::rows::RowTable { name, rel, keys: &keys, crdt: &crdt };
+        // The resumed state is this key's history, already logged as ops.
+        Spi::run("SELECT set_config('converge.applying', 'on', true)").unwrap_or_else(|e| err(e));
+        t.resume(&key, &stash);
+        Spi::run("SELECT set_config('converge.applying', 'off', true)").unwrap_or_else(|e| err(e));
+    }
+}
+
+/// `converge.replicate(t)`: only the table's owner may mark it. The layout
+/// is recorded as converge's owner; the trigger is created, and SELECT
+/// granted to the peer roles (converge.grant_peer), as the table's owner.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn replicate_table(tbl: pg_sys::Oid) {
+    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[tbl.into()])
+        .unwrap_or_else(|| crate::errors::raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
+    if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of table {name} to replicate it"),
+        );
+    }
+    let err = |e: pgrx::spi::SpiError| -> ! { crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()) };
+    let readers: Vec<String> = crate::security::as_owner(|| {
+        crate::errors::plain_errors(|| Spi::run_with_args("SELECT converge.replicate_layout($1::oid::regclass)", &[tbl.into()]))?;
+        Spi::connect(|c| {
+            c.select("SELECT role::text FROM converge.peer_reader", None, &[])
+                .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+    })
+    .unwrap_or_else(|e| err(e));
+    let has_trigger = crate::spi::read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = 'converge_record_ops')",
+        &[tbl.into()],
+    );
+    if has_trigger != Some(true) {
+        // The WHEN clause keeps converge.apply's own changes (already logged
+        // as the op being applied) from even queueing a trigger event.
+        // Deferred to commit: the node's op counter is locked from then to
+        // the end of commit only, not for the whole transaction.
+        Spi::run(&format!(
+            "CREATE CONSTRAINT TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON {name}
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+             WHEN (pg_catalog.current_setting('converge.applying', true) IS DISTINCT FROM 'on')
+             EXECUTE FUNCTION converge.record_local_ops()"
+        ))
+        .unwrap_or_else(|e| err(e));
+    }
+    for role in readers {
+        Spi::run(&format!("GRANT SELECT ON {name} TO {role}")).unwrap_or_else(|e| err(e));
+    }
+    // Sessions cache the table's layout in the trigger: make them read it again.
+    forget_layout(tbl);
 }

@@ -11,7 +11,7 @@ SELECT table_name, key_columns, crdt_columns FROM replicated;
 INSERT INTO incident (id, tags) VALUES (1, add(NULL::orset, 'pump'));
 UPDATE incident SET visits = incr(visits, 2) WHERE id = 1;
 UPDATE incident SET visits = visits || '{"counts":{"dublin":5}}' WHERE id = 1;
-UPDATE incident SET title = 'renamed' WHERE id = 1;   -- not a CRDT column: no op
+UPDATE incident SET title = 'renamed' WHERE id = 1;   -- a plain column: a row op (last writer wins)
 -- The trigger works whatever the search_path (names inside are qualified).
 SET search_path = public;
 UPDATE incident SET visits = converge.incr(visits, 0) WHERE id = 1;   -- no change: no op
@@ -100,6 +100,9 @@ SELECT changes_since('[1]');
 -- A cursor from before a compaction gets a clear answer, not a gap.
 INSERT INTO log_horizon VALUES ('phone1', 2);
 SELECT * FROM changes_since('{"phone1":1}');
+\set VERBOSITY sqlstate
+SELECT * FROM changes_since('{"phone1":1}');
+\set VERBOSITY default
 SELECT count(*) FROM changes_since('{"phone1":2,"madrid":3}');
 DELETE FROM log_horizon;
 SELECT s -> 'frontier' AS frontier, jsonb_array_length(s -> 'rows') AS rows FROM (SELECT snapshot('incident') s) v;

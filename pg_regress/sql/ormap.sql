@@ -11,10 +11,19 @@ SELECT get(decr(m, 'filters', 5), 'filters'), get(remove(m, 'tags', 'pump'), 'ta
 SELECT keys(remove(m, 'tags', 'pump') ) FROM (SELECT add(NULL::ormap, 'tags', 'pump') m) v;
 SELECT keys(remove(m, 'tags')), get(remove(m, 'tags'), 'tags') FROM om;
 SELECT remove('{}'::ormap, 'absent') = '{}'::ormap AS remove_absent_is_noop;
+-- Adding to a set at a key keeps what the key held, also elements another
+-- node put there (dublin's 'seal', merged in before this node adds 'gasket').
+SELECT get(add(m || '{"context":{"dublin":[[5,5]]},"entries":{"tags":{"kinds":[["dublin",5,"orset"]],"set":[["dublin",5,"seal"]]}}}',
+               'tags', 'gasket'), 'tags') FROM om;
+-- Removing one element keeps the others.
+SELECT get(remove(add(add(NULL::ormap, 'b', 'x'), 'b', 'y'), 'b', 'x'), 'b');
 -- Another kind's mutator on a key is an error (42804).
+\set VERBOSITY sqlstate
 SELECT incr(m, 'tags', 1) FROM om;
 SELECT add(m, 'filters', 'x') FROM om;
 SELECT assign(m, 'tags', '1') FROM om;
+\set VERBOSITY default
+SELECT incr(m, 'tags', 1) FROM om;
 -- Observed-remove: dublin saw filters=4 (2+2 by madrid), removed the key;
 -- meanwhile madrid added 3 more. The key survives with only the unseen 3.
 CREATE TEMP TABLE om2 AS SELECT m AS before FROM om;

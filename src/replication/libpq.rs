@@ -57,6 +57,7 @@ extern "C" {
     fn PQgetCopyData(conn: *mut PGconn, buffer: *mut *mut c_char, is_async: c_int) -> c_int;
     fn PQputCopyData(conn: *mut PGconn, buffer: *const c_char, nbytes: c_int) -> c_int;
     fn PQfreemem(ptr: *mut c_void);
+    fn PQconnectionUsedPassword(conn: *const PGconn) -> c_int;
 }
 
 fn cstr(p: *const c_char) -> String {
@@ -132,6 +133,11 @@ impl Conn {
         }
         unsafe { PQsetnonblocking(raw, 1) };
         Ok(conn)
+    }
+
+    /// Whether the server asked for the password and got it.
+    pub fn used_password(&self) -> bool {
+        unsafe { PQconnectionUsedPassword(self.raw) != 0 }
     }
 
     pub fn socket(&self) -> c_int {

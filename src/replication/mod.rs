@@ -3,6 +3,7 @@
 //! a logical slot and apply it under a replication origin.
 
 pub mod decoder;
+pub mod launcher;
 pub mod libpq;
 pub mod peers;
 pub mod pull;

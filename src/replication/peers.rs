@@ -93,6 +93,16 @@ fn add_peer(name: &str, conninfo: &str) {
     let slot = slot_name(&me);
     let origin = origin_name(name);
     let mut conn = connect(name, conninfo);
+    // A role that is not superuser must not make this server connect with
+    // credentials it does not hold (trust, a .pgpass, a peer's key file):
+    // the conninfo must carry a password, and the peer must have asked for it.
+    if !unsafe { pg_sys::superuser() } && !conn.used_password() {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("peer \"{name}\": only a superuser may add a peer whose connection does not use a password from the conninfo"),
+            "Give the peer role's password in the conninfo (password=...) and have the peer ask for it (pg_hba.conf: scram-sha-256).",
+        );
+    }
     let q = |conn: &mut Conn, sql: &str, params: &[&str], binary: bool| {
         conn.query(sql, params, binary, QUERY_TIMEOUT, &interrupt).unwrap_or_else(|e| peer_failed(name, e))
     };
@@ -160,6 +170,7 @@ fn add_peer(name: &str, conninfo: &str) {
     let ops = q(&mut conn, "SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true);
     let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     apply_encoded(ops, name, oid, 0, 0);
+    super::launcher::start_worker();
 }
 
 /// Stop replicating with a peer: drop our slot on it and its origin here.

@@ -1,5 +1,5 @@
-//! The background worker: one per database listed in `converge.databases`
-//! (needs `shared_preload_libraries = 'converge'`). It streams from every
+//! The background worker: one per database where converge is installed
+//! (started by the launcher, launcher.rs). It streams from every
 //! unpaused peer over the replication protocol (`START_REPLICATION` on our
 //! slot there, from this node's origin progress), applies each batch of
 //! complete transactions as soon as it has them, and then confirms that
@@ -13,39 +13,10 @@
 use super::libpq::{poll_fds, Conn};
 use super::decoder;
 use super::pull::{self, PeerRow};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::time::{Duration, Instant};
-
-pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
-
-pub fn register() {
-    GucRegistry::define_string_guc(
-        c"converge.databases",
-        c"Databases (comma separated) in which the converge background worker pulls from peers.",
-        c"One worker per database, started with the server (a change needs a restart); it needs shared_preload_libraries = 'converge'. Empty: no worker.",
-        &DATABASES,
-        GucContext::Sighup, // read at startup only; Postmaster GUCs cannot be defined by a library loaded later
-        GucFlags::default(),
-    );
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
-    let dbs = DATABASES.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
-    for db in dbs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        BackgroundWorkerBuilder::new(&format!("converge worker {db}"))
-            .set_type("converge worker")
-            .set_library("converge")
-            .set_function("converge_worker_main")
-            .set_extra(db)
-            .enable_spi_access()
-            .set_restart_time(Some(Duration::from_secs(2)))
-            .load();
-    }
-}
 
 struct Link {
     peer: PeerRow,
@@ -159,15 +130,18 @@ fn stop_requested() -> bool {
 
 #[pg_guard]
 #[no_mangle]
-pub extern "C-unwind" fn converge_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     // SIGTERM as for any backend (die): a long apply is cancelled at its next
     // CHECK_FOR_INTERRUPTS and the worker exits, so shutdown never waits on it.
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
     }
-    let db = BackgroundWorker::get_extra().to_string();
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    let dboid = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    if !claim_database() {
+        return; // exit 0: not restarted
+    }
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut next_refresh = Instant::now();
     while !stop_requested() {
@@ -177,15 +151,10 @@ pub extern "C-unwind" fn converge_worker_main(_arg: pg_sys::Datum) {
         let now = Instant::now();
         if now >= next_refresh {
             next_refresh = now + Duration::from_secs(1);
-            let installed = BackgroundWorker::transaction(|| {
-                crate::spi::read_one::<bool>(
-                    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'converge')
-                        AND to_regclass('converge.peer') IS NOT NULL",
-                    &[],
-                )
-                .unwrap_or(false)
-            });
-            let peers = if installed { BackgroundWorker::transaction(|| pull::load_peers(None)) } else { Vec::new() };
+            if !BackgroundWorker::transaction(installed_and_allowed) {
+                break; // DROP EXTENSION, or converge.databases excludes us now: exit 0
+            }
+            let peers = BackgroundWorker::transaction(|| pull::load_peers(None));
             links.retain(|name, l| peers.iter().any(|p| p.name == *name && p.conninfo == l.peer.conninfo));
             for p in peers {
                 links.entry(p.name.clone()).or_insert_with(|| Link::new(p, now));
@@ -209,6 +178,42 @@ pub extern "C-unwind" fn converge_worker_main(_arg: pg_sys::Datum) {
             break;
         }
     }
+}
+
+/// converge is installed here and converge.databases allows this database.
+fn installed_and_allowed() -> bool {
+    let db = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) };
+    super::launcher::database_allowed(&db.to_string_lossy())
+        && crate::spi::read_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'converge')
+                AND to_regclass('converge.peer') IS NOT NULL",
+            &[],
+        )
+        .unwrap_or(false)
+}
+
+/// Become this database's only worker: converge installed and allowed,
+/// and the database's worker lock held for the life of this process. A
+/// worker started while the previous one is still exiting waits a little.
+fn claim_database() -> bool {
+    if !BackgroundWorker::transaction(installed_and_allowed) {
+        return false;
+    }
+    for _ in 0..20 {
+        let got = BackgroundWorker::transaction(|| {
+            crate::spi::read_one::<bool>(
+                "SELECT pg_try_advisory_lock($1, 0)",
+                &[super::launcher::WORKER_LOCK_CLASS.into()],
+            )
+        });
+        if got == Some(true) {
+            return true;
+        }
+        if stop_requested() || !BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+            return false;
+        }
+    }
+    false
 }
 
 fn fail(link: &mut Link, message: &str) {

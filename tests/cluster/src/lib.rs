@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// The role peers connect as: LOGIN REPLICATION plus converge.grant_peer,
+/// never superuser (docs/security.md).
+pub const PEER_ROLE: &str = "converge_peer";
+const PEER_PASSWORD: &str = "peer-secret";
+
 fn as_postgres(bin: &str) -> Command {
     let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
     if is_root {
@@ -65,7 +70,7 @@ impl Node {
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\n\
              fsync = off\nmax_replication_slots = 20\nmax_wal_senders = 20\n\
              output_plugin_libraries = 'pgoutput, test_decoding, converge'\n\
-             shared_preload_libraries = '{}'\nconverge.databases = 'postgres'\n",
+             shared_preload_libraries = '{}'\n",
             root.display(),
             if worker { "converge" } else { "" }
         );
@@ -73,6 +78,15 @@ impl Node {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str(&conf);
         std::fs::write(&path, text).unwrap();
+        // Peers connect as the least-privilege role, with a password the
+        // server asks for; the test's own admin and app connections trust.
+        let hba = format!(
+            "local all all trust\n\
+             host all {PEER_ROLE} 127.0.0.1/32 scram-sha-256\n\
+             host replication {PEER_ROLE} 127.0.0.1/32 scram-sha-256\n\
+             host all all 127.0.0.1/32 trust\n"
+        );
+        std::fs::write(dir.join("pg_hba.conf"), hba).unwrap();
         let node = Node { name: name.to_string(), port, dir };
         node.start();
         node
@@ -118,7 +132,33 @@ impl Node {
     }
 
     pub fn conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        self.conninfo_as("postgres", "postgres")
+    }
+
+    pub fn conninfo_as(&self, user: &str, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port)
+    }
+
+    /// How a peer reaches this node's database `db`: the peer role, by password.
+    pub fn peer_conninfo(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={PEER_ROLE} password={PEER_PASSWORD} dbname={db}", self.port)
+    }
+
+    /// Create the peer role (once per node) and grant it converge's peer
+    /// rights in the database `c` is connected to.
+    pub fn grant_peer(c: &mut postgres::Client) {
+        c.batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {PEER_ROLE} LOGIN REPLICATION PASSWORD '{PEER_PASSWORD}';
+                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             SELECT converge.grant_peer('{PEER_ROLE}');"
+        ))
+        .unwrap();
+    }
+
+    /// A client connection to database `db` as `user`.
+    pub fn client_as(&self, user: &str, db: &str) -> postgres::Client {
+        postgres::Client::connect(&self.conninfo_as(user, db), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {} as {user}: {e}", self.name))
     }
 
     /// A client connection, retried while the server comes up.
@@ -147,9 +187,12 @@ impl Drop for Node {
 /// a server waits for its running transactions).
 pub fn full_mesh(nodes: &[Node]) {
     for a in nodes {
+        Node::grant_peer(&mut a.client());
+    }
+    for a in nodes {
         let mut c = a.client();
         for b in nodes.iter().filter(|b| b.name != a.name) {
-            c.execute("SELECT converge.add_peer($1, $2)", &[&b.name, &b.conninfo()]).unwrap();
+            c.execute("SELECT converge.add_peer($1, $2)", &[&b.name, &b.peer_conninfo("postgres")]).unwrap();
         }
     }
 }

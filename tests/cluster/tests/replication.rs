@@ -322,3 +322,76 @@ fn add_to_a_10k_orset_ships_a_few_dozen_bytes() {
     assert!(total < 200, "{total} bytes shipped for one add");
     c.batch_execute("SELECT pg_drop_replication_slot('measure')").unwrap();
 }
+
+/// A database other than `postgres`, with no setting naming it, used by an
+/// ordinary application role and replicated by peers that connect as the
+/// least-privilege peer role with a password: the worker of each node finds
+/// the database by itself. No-op mutators on NULL columns leave every node
+/// with the same row text (NULL and '{}' must not diverge).
+#[test]
+fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
+    let root = Scratch::new("newdb");
+    let port = base_port() + 20;
+    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, true)).collect();
+    for n in &nodes {
+        let mut pg = n.client();
+        pg.batch_execute("CREATE DATABASE fieldcare").unwrap();
+        pg.batch_execute("CREATE ROLE app LOGIN").unwrap();
+        let mut admin = postgres::Client::connect(&n.conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
+        admin.batch_execute("CREATE EXTENSION converge; GRANT CREATE ON SCHEMA public TO app").unwrap();
+        admin.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
+        let mut app = n.client_as("app", "fieldcare");
+        app.batch_execute(
+            "CREATE TABLE note (id int PRIMARY KEY, body text, tags converge.orset, parts converge.ormap, n converge.gcounter);
+             SELECT converge.replicate('note');",
+        )
+        .unwrap();
+        Node::grant_peer(&mut admin);
+    }
+    for (a, b) in [(0, 1), (1, 0)] {
+        let mut admin = postgres::Client::connect(&nodes[a].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
+        admin.execute("SELECT converge.add_peer($1, $2)", &[&nodes[b].name, &nodes[b].peer_conninfo("fieldcare")]).unwrap();
+    }
+    // The application role writes on both nodes, with no-op mutators on NULL columns.
+    let mut lisbon = nodes[0].client_as("app", "fieldcare");
+    let mut oslo = nodes[1].client_as("app", "fieldcare");
+    lisbon
+        .batch_execute(
+            "INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL);
+             UPDATE note SET tags = converge.remove(tags, 'nothing'), parts = converge.remove(parts, 'k') WHERE id = 1;
+             UPDATE note SET parts = converge.remove(parts, 'k', 'e'), n = converge.incr(n, 0) WHERE id = 1;",
+        )
+        .unwrap();
+    oslo.batch_execute(
+        "INSERT INTO note VALUES (2, 'valve', NULL, NULL, NULL);
+         UPDATE note SET tags = converge.add(tags, 'urgent'), parts = converge.add(converge.add(parts, 'seals', 'a'), 'seals', 'b') WHERE id = 2;",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dump = |c: &mut postgres::Client| -> String {
+        c.query_one("SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY id), '') FROM note t", &[]).unwrap().get(0)
+    };
+    loop {
+        let (a, b) = (dump(&mut lisbon), dump(&mut oslo));
+        if a == b && a.lines().count() == 2 {
+            eprintln!("fieldcare on both nodes:\n{a}");
+            // The no-op mutators stored empty values, not NULL, on every node.
+            let first = a.lines().next().unwrap();
+            assert!(first.starts_with("(1,pump,{},{},") && !first.ends_with(",)"), "row 1: {first}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "fieldcare did not converge:\nlisbon:\n{a}\noslo:\n{b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let parts: String = oslo.query_one("SELECT converge.get(parts, 'seals')::text FROM note WHERE id = 2", &[]).unwrap().get(0);
+    assert_eq!(parts, r#"["a", "b"]"#);
+    // Both peers report ok: a worker serves this database.
+    for n in &nodes {
+        let mut admin = postgres::Client::connect(&n.conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
+        let states: Vec<String> = admin.query("SELECT state FROM converge.peers", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(states, vec!["ok".to_string()], "{}: peers of fieldcare", n.name);
+        // The peer role is no superuser and the app role wrote without one.
+        let su: bool = admin.query_one("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('app', 'converge_peer')", &[]).unwrap().get(0);
+        assert!(!su);
+    }
+}

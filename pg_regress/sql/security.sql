@@ -1,0 +1,115 @@
+-- Security (SPEC section 7), as real roles: an application role that owns
+-- its table, an intruder with no rights on it, and a peer role.
+SET search_path = public, converge;
+\set VERBOSITY sqlstate
+DROP TABLE IF EXISTS sec_incident, sec_later, sec_seen;
+DROP ROLE IF EXISTS cv_app;
+DROP ROLE IF EXISTS cv_intruder;
+DROP ROLE IF EXISTS cv_peer;
+\set VERBOSITY default
+CREATE ROLE cv_app LOGIN;
+CREATE ROLE cv_intruder LOGIN;
+CREATE ROLE cv_peer LOGIN REPLICATION;
+GRANT CREATE ON SCHEMA public TO cv_app;
+
+-- Everyday use by the application role: its own replicated table, mutators,
+-- plain columns, the op log of its table.
+SET ROLE cv_app;
+CREATE TABLE sec_incident (id int PRIMARY KEY, visits gcounter, tags orset, status text);
+CREATE TABLE sec_seen (who text, what text);
+SELECT replicate('sec_incident');
+INSERT INTO sec_incident VALUES (1, NULL, NULL, 'open');
+UPDATE sec_incident SET visits = incr(visits, 1), tags = add(tags, 'pump');
+UPDATE sec_incident SET status = 'closed';
+SELECT id, value(visits), elements(tags), status FROM sec_incident;
+SELECT target_column, outcome FROM op_log WHERE target_table = 'public.sec_incident' ORDER BY seq;
+-- A client's op, applied as this role: the table's own trigger runs as it.
+CREATE FUNCTION seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO sec_seen VALUES (current_user, TG_OP); RETURN NEW; END $$;
+CREATE TRIGGER sec_seen BEFORE UPDATE ON sec_incident FOR EACH ROW EXECUTE FUNCTION seen();
+SELECT * FROM apply(ROW('phone:1', 'phone', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{}',
+                        '{"counts":{"phone":4}}'::gcounter::bytea, NULL)::op);
+SELECT value(visits) FROM sec_incident;
+SELECT * FROM sec_seen;
+-- A function in the caller's search_path never runs with converge's rights:
+-- converge's internal statements use a fixed search_path.
+CREATE FUNCTION hijack(jsonb, text, jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN RAISE NOTICE 'hijacked, running as %', current_user; RETURN $1; END $$;
+CREATE AGGREGATE jsonb_object_agg(text, jsonb) (sfunc = hijack, stype = jsonb, initcond = '{}');
+SET search_path = public, pg_catalog, converge;
+UPDATE sec_incident SET status = 'reopened';
+SET search_path = public, converge;
+DROP AGGREGATE jsonb_object_agg(text, jsonb);
+SELECT status FROM sec_incident;
+
+-- It cannot write converge's internal tables, nor run administration.
+\set VERBOSITY sqlstate
+INSERT INTO op_log (op_id, actor, counter, outcome, origin) VALUES ('x:1', 'x', 1, 'applied', 'local');
+UPDATE row_state SET live = false;
+DELETE FROM actor_frontier;
+INSERT INTO pending (op_id, op, missing, origin) VALUES ('x:1', NULL, '{}', 'x');
+SELECT nextval('converge.dot_seq');
+SELECT set_node('elsewhere');
+SELECT add_peer('dublin', 'host=127.0.0.1 dbname=postgres');
+SELECT remove_peer('dublin');
+SELECT pause_peer('dublin');
+SELECT resume_peer('dublin');
+SELECT sync('dublin');
+SELECT grant_peer('cv_app');
+SELECT retry_pending();
+\set VERBOSITY default
+-- The messages are plain.
+SELECT set_node('elsewhere');
+RESET ROLE;
+
+-- The intruder: no rights on the table, so none through converge either.
+SET ROLE cv_intruder;
+\set VERBOSITY sqlstate
+SELECT * FROM sec_incident;
+UPDATE sec_incident SET visits = incr(visits, 1);
+SELECT replicate('sec_incident');
+SELECT snapshot('sec_incident');
+\set VERBOSITY default
+SELECT * FROM apply(ROW('phone:2', 'phone', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{}',
+                        '{"counts":{"phone":9}}'::gcounter::bytea, NULL)::op);
+SELECT replicate('sec_incident');
+-- It sees no op of a table it may not read.
+SELECT count(*) FROM op_log WHERE target_table = 'public.sec_incident';
+SELECT count(*) FROM changes_since('{}') WHERE target_table = 'public.sec_incident';
+SELECT count(*) FROM quarantine;
+-- Types, mutators, readers and the monitoring views are everyone's.
+SELECT value(incr(NULL::gcounter, 2)), elements(add(NULL::orset, 'x'));
+SELECT count(*) >= 0 AS readable FROM peers;
+SELECT count(*) >= 0 AS readable FROM op_outcomes;
+RESET ROLE;
+-- Nothing of the refused call was recorded.
+SELECT count(*) FROM op_log WHERE op_id = 'phone:2';
+SELECT value(visits) FROM sec_incident;
+
+-- The peer role: reads every replicated table's ops and snapshots, also of
+-- tables replicated later, and writes nothing.
+SELECT grant_peer('cv_peer');
+SET ROLE cv_peer;
+SELECT count(*) > 0 AS reads_ops FROM changes_since('{}') WHERE target_table = 'public.sec_incident';
+SELECT snapshot('sec_incident') -> 'rows' -> 0 ->> 'status' AS status;
+\set VERBOSITY sqlstate
+UPDATE sec_incident SET status = 'peer';
+\set VERBOSITY default
+RESET ROLE;
+SET ROLE cv_app;
+CREATE TABLE sec_later (id int PRIMARY KEY, n gcounter);
+SELECT replicate('sec_later');
+INSERT INTO sec_later VALUES (1, incr(NULL::gcounter, 5));
+RESET ROLE;
+SET ROLE cv_peer;
+SELECT id, value(n) FROM sec_later;
+SELECT count(*) AS later_ops FROM changes_since('{}') WHERE target_table = 'public.sec_later';
+RESET ROLE;
+
+-- Clean up (the roles are cluster-wide).
+DELETE FROM peer_reader WHERE role::text = 'cv_peer';
+DROP TABLE sec_incident, sec_later, sec_seen;
+DROP OWNED BY cv_app, cv_intruder, cv_peer;
+DROP ROLE cv_app;
+DROP ROLE cv_intruder;
+DROP ROLE cv_peer;

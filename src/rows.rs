@@ -1,0 +1,216 @@
+//! Rows of replicated tables: applying row ops (target_column '': an
+//! lwwmap delta of the non-CRDT columns plus "$live"), stashing a deleted
+//! row's CRDT state and resuming it when the key is inserted again.
+//!
+//! These steps touch both a user's table and converge.row_state, so they
+//! run inside `as_owner` (row_state) and switch to the caller for every
+//! statement on the user's table (`as_caller`, security.rs).
+
+use crate::errors::raise;
+use crate::security::as_caller;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// A replicated table as row code needs it.
+pub struct RowTable<'a> {
+    /// The table's name, qualified as needed (regclass text).
+    pub name: String,
+    pub rel: pg_sys::Oid,
+    pub keys: &'a [String],
+    /// CRDT column -> converge type name.
+    pub crdt: &'a HashMap<String, String>,
+}
+
+fn fail(e: impl std::fmt::Display) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge rows: {e}"))
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl RowTable<'_> {
+    /// `t.k1 = v.k1 AND ...`: row t has record v's key.
+    fn key_match(&self) -> String {
+        self.keys.iter().map(|k| format!("t.{0} = v.{0}", ident(k))).collect::<Vec<_>>().join(" AND ")
+    }
+
+    /// `FROM <table> t, jsonb_populate_record(NULL::<table>, $1) v WHERE <key>`.
+    fn from_key(&self) -> String {
+        format!("{0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match())
+    }
+
+    fn update(&self, sql: &str, args: &[DatumWithOid]) -> Vec<Option<JsonB>> {
+        as_caller(|| {
+            Spi::connect_mut(|c| c.update(sql, None, args).map(|t| t.map(|r| r.get::<JsonB>(1).ok().flatten()).collect()))
+        })
+        .unwrap_or_else(|e| fail(e))
+    }
+
+    /// Lock the row with this key (as the caller); whether it exists.
+    fn lock(&self, key: &Value) -> bool {
+        let sql = format!("SELECT NULL::jsonb FROM {} FOR UPDATE OF t", self.from_key());
+        !self.update(&sql, &[JsonB(key.clone()).into()]).is_empty()
+    }
+
+    /// The row's CRDT values as {column: text} (as the caller).
+    fn crdt_values(&self, key: &Value) -> Map<String, Value> {
+        if self.crdt.is_empty() {
+            return Map::new();
+        }
+        let cols: Vec<String> = self.crdt.keys().map(|c| format!("'{}', t.{}::text", c.replace('\'', "''"), ident(c))).collect();
+        let sql = format!("SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({})) FROM {}", cols.join(", "), self.from_key());
+        match self.update(&sql, &[JsonB(key.clone()).into()]).pop().flatten() {
+            Some(JsonB(Value::Object(m))) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// Merge a stash ({column: CRDT text}) into the row (as the caller).
+    pub fn resume(&self, key: &Value, stash: &Map<String, Value>) {
+        for (col, v) in stash {
+            let Some(ty) = self.crdt.get(col) else { continue };
+            let sql = format!(
+                "UPDATE {0} t SET {1} = converge.merge(coalesce(t.{1}, '{{}}'), $2::converge.{2})
+                   FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {3}",
+                self.name,
+                ident(col),
+                ident(ty),
+                self.key_match()
+            );
+            let text = v.as_str().unwrap_or("{}").to_string();
+            as_caller(|| Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), text.into()])).unwrap_or_else(|e| fail(e));
+        }
+    }
+
+    /// Delete the row (as the caller); its CRDT state is returned for the stash.
+    fn delete(&self, key: &Value) -> Map<String, Value> {
+        let state = self.crdt_values(key);
+        let sql = format!("DELETE FROM {0} t USING pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match());
+        as_caller(|| Spi::run_with_args(&sql, &[JsonB(key.clone()).into()])).unwrap_or_else(|e| fail(e));
+        state
+    }
+}
+
+/// Merge two stashes column by column (CRDT merge of the text forms).
+pub fn merge_stash(a: &Map<String, Value>, b: &Map<String, Value>, crdt: &HashMap<String, String>) -> Map<String, Value> {
+    let mut out = a.clone();
+    for (col, v) in b {
+        let (Some(ty), Some(bt)) = (crdt.get(col), v.as_str()) else { continue };
+        let merged = match out.get(col).and_then(Value::as_str) {
+            None => bt.to_string(),
+            Some(at) => merge_text(ty, at, bt),
+        };
+        out.insert(col.clone(), Value::String(merged));
+    }
+    out
+}
+
+fn merge_text(ty: &str, a: &str, b: &str) -> String {
+    fn go<T: converge_core::Crdt>(a: &str, b: &str) -> String {
+        let mut x = converge_core::from_text::<T>(a).unwrap_or_else(|e| fail(e));
+        x.merge(&converge_core::from_text::<T>(b).unwrap_or_else(|e| fail(e)));
+        converge_core::to_text(&x)
+    }
+    for_crdt_type!(ty, T => go::<T>(a, b), _ => fail(format!("unknown type {ty}")))
+}
+
+fn as_map(v: Option<JsonB>) -> Map<String, Value> {
+    match v {
+        Some(JsonB(Value::Object(m))) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Apply row ops of one table, in key order then batch order: merge each
+/// lwwmap delta into the row's clock, then make the table agree with it:
+/// present with the winning non-CRDT values while "$live" is not false,
+/// absent (CRDT state stashed) otherwise. Runs inside `as_owner`.
+pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value, Vec<u8>)>) {
+    ops.sort_by_cached_key(|(k, _)| k.to_string()); // stable: batch order within a key
+    for (key, delta) in ops {
+        // Lock order as in local writes: the row, then its row_state.
+        let present = t.lock(&key);
+        let state = Spi::connect_mut(|c| {
+            let r = c.update(
+                "WITH rs AS (SELECT clock, stash FROM converge.row_state
+                              WHERE tbl = $1::oid::regclass AND target_key = $2 FOR UPDATE),
+                      m AS (SELECT converge.merge(coalesce((SELECT clock FROM rs), '{}'), $3::bytea::converge.lwwmap) AS clk)
+                 SELECT m.clk::text, coalesce((converge.get(m.clk, '$live'))::text::boolean, true),
+                        (converge.to_jsonb(m.clk) - '$live') - $4::text[], (SELECT stash FROM rs)
+                   FROM m",
+                Some(1),
+                &[t.rel.into(), JsonB(key.clone()).into(), delta.into(), t.keys.to_vec().into()],
+            )?;
+            let row = r.first();
+            Ok::<_, pgrx::spi::SpiError>((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<bool>(2)?.unwrap_or(true),
+                as_map(row.get::<JsonB>(3)?),
+                as_map(row.get::<JsonB>(4)?),
+            ))
+        })
+        .unwrap_or_else(|e| fail(e));
+        let (clock, alive, vals, mut stash) = state;
+        if alive && !present {
+            let mut row = vals.clone();
+            if let Value::Object(k) = &key {
+                row.extend(k.clone());
+            }
+            let sql = format!("INSERT INTO {0} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
+            as_caller(|| Spi::run_with_args(&sql, &[JsonB(Value::Object(row)).into()])).unwrap_or_else(|e| fail(e));
+            t.resume(&key, &stash); // back from a tombstone: resume the state it kept
+            stash.clear();
+        } else if alive {
+            let sets: Vec<String> =
+                vals.keys().filter(|k| other_columns.contains(k)).map(|k| format!("{0} = w.{0}", ident(k))).collect();
+            if !sets.is_empty() {
+                let sql = format!(
+                    "UPDATE {0} t SET {1} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1) v,
+                            pg_catalog.jsonb_populate_record(NULL::{0}, $2) w WHERE {2}",
+                    t.name,
+                    sets.join(", "),
+                    t.key_match()
+                );
+                as_caller(|| Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]))
+                    .unwrap_or_else(|e| fail(e));
+            }
+        } else if present {
+            let gone = t.delete(&key);
+            stash = merge_stash(&stash, &gone, t.crdt);
+        }
+        Spi::run_with_args(
+            "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
+             VALUES ($1::oid::regclass, $2, $3::converge.lwwmap, $4, $5)
+             ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
+            &[t.rel.into(), JsonB(key).into(), clock.into(), alive.into(), JsonB(Value::Object(stash)).into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+}
+
+/// Rows the apply re-created while a local DELETE of them committed: their
+/// CRDT state joins the tombstone's stash and they are deleted again.
+pub fn bury(t: &RowTable, keys: &[Value]) {
+    for key in keys {
+        let gone = t.delete(key);
+        let stash = Spi::connect_mut(|c| {
+            c.update(
+                "SELECT stash FROM converge.row_state WHERE tbl = $1::oid::regclass AND target_key = $2 FOR UPDATE",
+                Some(1),
+                &[t.rel.into(), JsonB(key.clone()).into()],
+            )
+            .and_then(|r| if r.is_empty() { Ok(None) } else { r.first().get::<JsonB>(1) })
+        })
+        .unwrap_or_else(|e| fail(e));
+        let merged = merge_stash(&as_map(stash), &gone, t.crdt);
+        Spi::run_with_args(
+            "UPDATE converge.row_state SET stash = $3 WHERE tbl = $1::oid::regclass AND target_key = $2",
+            &[t.rel.into(), JsonB(key.clone()).into(), JsonB(Value::Object(merged)).into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+    }
+}

@@ -1,0 +1,195 @@
+//! Two identities (SPEC section 7). Statements on a user's table run as the
+//! calling role, so its privileges, row security and the table's own
+//! triggers apply as for any write of that role. Statements on converge's
+//! internal tables (op_log, row_state, pending, actor_frontier, ...) run as
+//! the role that owns them, through `as_owner`, with a fixed search_path:
+//! no role gets write access to them, and nothing a caller defines (a
+//! function or operator earlier in its search_path, a trigger) runs with
+//! the owner's rights. Inside `as_owner`, `as_caller` goes back to the
+//! caller (identity and search_path) for one user-table statement.
+
+use crate::errors::raise;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use std::ffi::CString;
+
+/// The search_path of internal statements.
+const FIXED_PATH: &std::ffi::CStr = c"pg_catalog, converge, pg_temp";
+
+struct Frame {
+    user: pg_sys::Oid,
+    sec: i32,
+    path: CString,
+}
+
+thread_local! {
+    static OWNER: RefCell<Option<pg_sys::Oid>> = const { RefCell::new(None) };
+    /// The callers `as_owner` switched away from, innermost last.
+    static CALLERS: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The owner of converge's internal tables (who ran CREATE EXTENSION).
+fn owner() -> pg_sys::Oid {
+    if let Some(o) = OWNER.with(|c| *c.borrow()) {
+        return o;
+    }
+    let o = crate::spi::read_one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'converge.op_log'::pg_catalog.regclass", &[])
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "converge.op_log is missing"));
+    OWNER.with(|c| *c.borrow_mut() = Some(o));
+    o
+}
+
+/// The role on whose behalf converge acts: the caller of the outermost
+/// `as_owner`, or the current role outside one.
+pub fn caller() -> pg_sys::Oid {
+    CALLERS.with(|c| c.borrow().first().map(|f| f.user)).unwrap_or_else(|| unsafe { pg_sys::GetUserId() })
+}
+
+fn current_path() -> CString {
+    let p = unsafe { pg_sys::GetConfigOption(c"search_path".as_ptr(), false, false) };
+    if p.is_null() {
+        return CString::default();
+    }
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_owned()
+}
+
+fn set_path(path: &std::ffi::CStr) -> i32 {
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            path.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        nest
+    }
+}
+
+/// Restores identity (always) and search_path (on success; an error's
+/// (sub)transaction abort resets the GUC nest level itself).
+struct Restore {
+    user: pg_sys::Oid,
+    sec: i32,
+    nest: i32,
+    popped: bool,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        unsafe {
+            if !std::thread::panicking() {
+                pg_sys::AtEOXact_GUC(true, self.nest);
+            }
+            pg_sys::SetUserIdAndSecContext(self.user, self.sec);
+        }
+        if self.popped {
+            CALLERS.with(|c| c.borrow_mut().pop());
+        }
+    }
+}
+
+/// Run `f` as the owner of converge's internal tables, with a fixed
+/// search_path and as a security-restricted operation.
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = owner();
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
+    CALLERS.with(|c| c.borrow_mut().push(Frame { user, sec, path: current_path() }));
+    let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
+    unsafe { pg_sys::SetUserIdAndSecContext(owner, sec | flags) };
+    let nest = set_path(FIXED_PATH);
+    let _restore = Restore { user, sec, nest, popped: true };
+    f()
+}
+
+/// Inside `as_owner`: run `f` as the caller again, with its search_path.
+pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
+    // The outermost caller: a nested as_owner (an apply inside an apply)
+    // still acts for the role that started it.
+    let Some((user, sec, path)) = CALLERS.with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone()))) else {
+        return f();
+    };
+    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec);
+        pg_sys::SetUserIdAndSecContext(user, sec);
+    }
+    let nest = set_path(&path);
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
+    f()
+}
+
+fn table_name(rel: pg_sys::Oid) -> String {
+    let n = unsafe { pg_sys::get_rel_name(rel) };
+    if n.is_null() {
+        return format!("{}", rel.to_u32());
+    }
+    unsafe { std::ffi::CStr::from_ptr(n) }.to_string_lossy().into_owned()
+}
+
+/// Whether `role` holds every privilege in `modes` on table `rel`.
+pub fn has_rights(role: pg_sys::Oid, rel: pg_sys::Oid, modes: &[pg_sys::AclMode]) -> bool {
+    modes.iter().all(|m| unsafe { pg_sys::pg_class_aclcheck(rel, role, *m) } == pg_sys::AclResult::ACLCHECK_OK)
+}
+
+/// 42501 naming the table unless the caller holds every privilege in `modes`.
+pub fn require_rights(rel: pg_sys::Oid, modes: &[(pg_sys::AclMode, &str)]) {
+    let role = caller();
+    for (m, name) in modes {
+        if !has_rights(role, rel, &[*m]) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("permission denied for table {}: converge needs {name} on it to apply ops there", table_name(rel)),
+            );
+        }
+    }
+}
+
+pub const INSERT: pg_sys::AclMode = pg_sys::ACL_INSERT as pg_sys::AclMode;
+pub const UPDATE: pg_sys::AclMode = pg_sys::ACL_UPDATE as pg_sys::AclMode;
+pub const DELETE: pg_sys::AclMode = pg_sys::ACL_DELETE as pg_sys::AclMode;
+pub const SELECT: pg_sys::AclMode = pg_sys::ACL_SELECT as pg_sys::AclMode;
+
+/// The role converge acts for (the caller of the outermost internal step).
+#[pg_extern(stable, parallel_safe)]
+fn acting_role() -> pg_sys::Oid {
+    caller()
+}
+
+/// Whether the acting role may read ops of `table` (a name as in an op):
+/// it may SELECT that table (converge.grant_peer grants that on every
+/// replicated table). Row security of converge.op_log uses it.
+#[pg_extern(stable, parallel_safe)]
+fn may_read(table: Option<&str>) -> bool {
+    let Some(t) = table else { return true };
+    match resolve(t) {
+        Some(rel) => has_rights(caller(), rel, &[SELECT]),
+        None => false,
+    }
+}
+
+/// Whether the acting role may apply ops to `table` (INSERT and UPDATE);
+/// a name that is no table is left to the apply to reject.
+#[pg_extern(stable, parallel_safe)]
+fn may_write(table: Option<&str>) -> bool {
+    let Some(t) = table else { return true };
+    match as_caller(|| resolve(t)) {
+        Some(rel) => has_rights(caller(), rel, &[INSERT, UPDATE]),
+        None => true,
+    }
+}
+
+/// A table name as ops carry it, resolved with the current search_path.
+pub fn resolve(name: &str) -> Option<pg_sys::Oid> {
+    crate::spi::read_one::<pg_sys::Oid>(
+        "SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN pg_catalog.to_regclass($1)::oid END",
+        &[name.into()],
+    )
+    .filter(|o| *o != pg_sys::InvalidOid)
+}
