@@ -342,6 +342,44 @@ COMMENT ON FUNCTION get(ormap, text) IS 'The nested value at k as jsonb (counter
 COMMENT ON FUNCTION keys(ormap) IS 'The present keys, sorted.';
 COMMENT ON FUNCTION to_jsonb(ormap) IS 'The map as a jsonb object of get(m, k) for every key.';
 
+-- seqtext
+ALTER TYPE seqtext SET (RECEIVE = seqtext_recv, SEND = seqtext_send);
+CREATE OPERATOR = (LEFTARG = seqtext, RIGHTARG = seqtext, FUNCTION = seqtext_eq, COMMUTATOR = =, NEGATOR = <>, RESTRICT = eqsel, JOIN = eqjoinsel);
+CREATE OPERATOR <> (LEFTARG = seqtext, RIGHTARG = seqtext, FUNCTION = seqtext_ne, COMMUTATOR = <>, NEGATOR = =, RESTRICT = neqsel, JOIN = neqjoinsel);
+CREATE OPERATOR || (LEFTARG = seqtext, RIGHTARG = seqtext, FUNCTION = merge);
+CREATE CAST (seqtext AS jsonb) WITH FUNCTION seqtext_to_jsonb(seqtext);
+CREATE CAST (seqtext AS bytea) WITH FUNCTION seqtext_send(seqtext);
+CREATE CAST (bytea AS seqtext) WITH FUNCTION seqtext_from_bytea(bytea);
+COMMENT ON FUNCTION seqtext_from_bytea(bytea) IS 'bytea::seqtext: decode the binary form, with the same validation as binary input (22P03 on bad bytes).';
+CREATE AGGREGATE merge_agg(seqtext) (
+    SFUNC = seqtext_agg_trans, STYPE = internal, FINALFUNC = seqtext_agg_final,
+    COMBINEFUNC = seqtext_agg_combine, SERIALFUNC = seqtext_agg_serial, DESERIALFUNC = seqtext_agg_deserial,
+    PARALLEL = SAFE);
+COMMENT ON TYPE seqtext IS 'converge CRDT: collaborative text (a sequence CRDT): concurrent inserts are all kept, typed runs never interleave, a delete removes exactly the characters its node saw. Positions count characters. Text form is canonical JSON of the full state; the empty value is ''{}''.';
+COMMENT ON FUNCTION seqtext_in(cstring) IS 'Text input of seqtext: strict canonical JSON of the full state.';
+COMMENT ON FUNCTION seqtext_out(seqtext) IS 'Text output of seqtext: canonical JSON of the full state (equal states print equal text).';
+COMMENT ON FUNCTION seqtext_recv(internal) IS 'Binary input of seqtext: [format version 1, type tag, postcard body], validated and canonical.';
+COMMENT ON FUNCTION seqtext_send(seqtext) IS 'Binary output of seqtext: the stored form [format version, type tag, postcard body].';
+COMMENT ON FUNCTION merge(seqtext, seqtext) IS 'Join of two seqtext states (commutative, associative, idempotent); NULL counts as empty, NULL with NULL is NULL.';
+COMMENT ON FUNCTION delta(seqtext, seqtext) IS 'delta(new, old): the smallest seqtext d with merge(old, d) = merge(old, new); NULL old is empty, NULL new gives NULL.';
+COMMENT ON FUNCTION seqtext_eq(seqtext, seqtext) IS 'Full-state equality of seqtext (support of =).';
+COMMENT ON FUNCTION seqtext_ne(seqtext, seqtext) IS 'Full-state inequality of seqtext (support of <>).';
+COMMENT ON FUNCTION seqtext_to_jsonb(seqtext) IS 'The user-level value of a seqtext (its text) as jsonb (support of the cast seqtext::jsonb).';
+COMMENT ON FUNCTION seqtext_agg_trans(internal, seqtext) IS 'merge_agg(seqtext) transition: merges into an in-memory state, skipping NULLs.';
+COMMENT ON FUNCTION seqtext_agg_combine(internal, internal) IS 'merge_agg(seqtext) combine step for parallel aggregation.';
+COMMENT ON FUNCTION seqtext_agg_final(internal) IS 'merge_agg(seqtext) result; NULL when no non-NULL input.';
+COMMENT ON FUNCTION seqtext_agg_serial(internal) IS 'merge_agg(seqtext) state serialization for parallel aggregation.';
+COMMENT ON FUNCTION seqtext_agg_deserial(bytea, internal) IS 'merge_agg(seqtext) state deserialization for parallel aggregation.';
+COMMENT ON AGGREGATE merge_agg(seqtext) IS 'Merge of all non-NULL seqtext values (NULL over no rows, like sum); parallel safe.';
+COMMENT ON OPERATOR || (seqtext, seqtext) IS 'Merge of two seqtext values (same as merge(a, b)).';
+COMMENT ON OPERATOR = (seqtext, seqtext) IS 'Full-state equality of seqtext.';
+COMMENT ON OPERATOR <> (seqtext, seqtext) IS 'Full-state inequality of seqtext.';
+
+COMMENT ON FUNCTION insert(seqtext, bigint, text) IS 'insert(t, pos, s): insert s before the character at pos (0-based, in characters; pos = length(t) appends). One dot per character. 22023 for a position outside the text.';
+COMMENT ON FUNCTION delete(seqtext, bigint, bigint) IS 'delete(t, pos, n): delete n characters from pos; text inserted concurrently elsewhere inside the range survives. 22023 for a range outside the text.';
+COMMENT ON FUNCTION value(seqtext) IS 'The text.';
+COMMENT ON FUNCTION length(seqtext) IS 'The length of the text in characters (code points).';
+
 -- Security (SPEC section 7; docs/security.md). Everyday use needs no
 -- superuser: the schema, the types and their functions belong to PUBLIC.
 -- converge's internal tables are written only as their owner, by

@@ -383,7 +383,7 @@ BEGIN
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
      WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
        AND t.typnamespace = 'converge'::regnamespace
-       AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap');
+       AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext');
     SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}'),
            coalesce(string_agg(format('%L, ($1).%I', a.attname, a.attname), ', ' ORDER BY a.attnum), '')
       INTO other, expr

@@ -23,6 +23,7 @@ macro_rules! for_crdt_type {
             "mvreg" => { type $T = MvReg; $body }
             "lwwmap" => { type $T = LwwMap; $body }
             "ormap" => { type $T = OrMap; $body }
+            "seqtext" => { type $T = SeqText; $body }
             _ => $other,
         }
     }};

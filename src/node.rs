@@ -61,6 +61,21 @@ pub fn mutation() -> (String, Dot) {
     (node, dot)
 }
 
+/// Who is mutating, with `n` fresh dots (one per character a seqtext
+/// insert adds). Consecutive when no other session drew dots meanwhile,
+/// so typed text forms one run.
+pub fn dots(n: usize) -> (String, Vec<u64>) {
+    let node = local_node();
+    let seq = dot_seq_oid();
+    let v = crate::security::as_owner(|| {
+        (0..n)
+            .map(|_| unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) })
+            .map(|v| v.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "nextval returned NULL")) as u64)
+            .collect()
+    });
+    (node, v)
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -12,6 +12,7 @@ mod counters;
 pub mod maps;
 mod registers;
 mod sets;
+mod text;
 
 
 /// Largest encoded CRDT value, in bytes (`converge.max_value_bytes`).

@@ -1,4 +1,4 @@
-//! A CRDT value of any of the nine types, chosen by the column's type name.
+//! A CRDT value of any of the ten types, chosen by the column's type name.
 
 use converge_core::*;
 
@@ -13,6 +13,7 @@ pub enum AnyCrdt {
     MvReg(MvReg),
     LwwMap(LwwMap),
     OrMap(OrMap),
+    SeqText(SeqText),
 }
 
 macro_rules! each {
@@ -27,6 +28,7 @@ macro_rules! each {
             AnyCrdt::MvReg($x) => $body,
             AnyCrdt::LwwMap($x) => $body,
             AnyCrdt::OrMap($x) => $body,
+            AnyCrdt::SeqText($x) => $body,
         }
     };
 }
@@ -45,6 +47,7 @@ macro_rules! same_variant {
             AnyCrdt::MvReg(_) => AnyCrdt::MvReg($e?),
             AnyCrdt::LwwMap(_) => AnyCrdt::LwwMap($e?),
             AnyCrdt::OrMap(_) => AnyCrdt::OrMap($e?),
+            AnyCrdt::SeqText(_) => AnyCrdt::SeqText($e?),
         }
     };
 }
@@ -62,6 +65,7 @@ impl AnyCrdt {
             "mvreg" => AnyCrdt::MvReg(Default::default()),
             "lwwmap" => AnyCrdt::LwwMap(Default::default()),
             "ormap" => AnyCrdt::OrMap(Default::default()),
+            "seqtext" => AnyCrdt::SeqText(Default::default()),
             other => return Err(Error::param(format!("unknown converge type \"{other}\""))),
         })
     }
@@ -108,6 +112,7 @@ impl AnyCrdt {
             (AnyCrdt::MvReg(a), AnyCrdt::MvReg(b)) => a.merge(b),
             (AnyCrdt::LwwMap(a), AnyCrdt::LwwMap(b)) => a.merge(b),
             (AnyCrdt::OrMap(a), AnyCrdt::OrMap(b)) => a.merge(b),
+            (AnyCrdt::SeqText(a), AnyCrdt::SeqText(b)) => a.merge(b),
             (a, b) => {
                 return Err(Error::new(
                     ErrorKind::WrongType,

@@ -141,6 +141,29 @@ impl Model for OrMap {
     }
 }
 
+impl Model for SeqText {
+    fn step(&mut self, env: &mut Env, op: &RawOp) -> Option<Self> {
+        let len = self.length();
+        let pos = (op.key as u64 * 7 + op.elem as u64) % (len + 1);
+        let before = encode(self);
+        if op.code.is_multiple_of(3) {
+            let n = (op.n.unsigned_abs() % 4).min(len - pos);
+            let d = self.delete(pos, n).ok()?;
+            // The stored-bytes path gives the same bytes as the decoded one.
+            assert_eq!(converge_core::types::seqtext::stream::delete(&before, pos, n).unwrap(), encode(self));
+            return Some(d);
+        }
+        let text = ["a", "bc", "\u{e9}", "xyz"][op.elem as usize % 4];
+        let first = env.counters[op.actor] + 1;
+        env.counters[op.actor] += text.chars().count() as u64;
+        let d = self.insert(pos, text, NODES[op.actor], first).ok()?;
+        if let Some(b) = converge_core::types::seqtext::stream::insert(&before, pos, text, NODES[op.actor], first).unwrap() {
+            assert_eq!(b, encode(self));
+        }
+        Some(d)
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Op(RawOp),
@@ -399,6 +422,7 @@ law_tests! {
     mvreg: MvReg,
     lwwmap: LwwMap,
     ormap: OrMap,
+    seqtext: SeqText,
 }
 
 proptest! {

@@ -31,6 +31,8 @@ mod counters;
 mod ormap;
 #[path = "models/registers.rs"]
 mod registers;
+#[path = "models/seqtext.rs"]
+mod seqtext;
 #[path = "models/sets.rs"]
 mod sets;
 

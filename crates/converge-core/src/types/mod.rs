@@ -1,4 +1,4 @@
-//! The nine CRDT types, one module each.
+//! The ten CRDT types, one module each.
 
 pub mod bcounter;
 pub mod counts;
@@ -10,6 +10,7 @@ pub mod mvreg;
 pub mod ormap;
 pub mod orset;
 pub mod pncounter;
+pub mod seqtext;
 
 pub use bcounter::BCounter;
 pub use gcounter::GCounter;
@@ -20,3 +21,4 @@ pub use mvreg::MvReg;
 pub use ormap::OrMap;
 pub use orset::OrSet;
 pub use pncounter::PnCounter;
+pub use seqtext::SeqText;
