@@ -26,7 +26,7 @@ const SCHEMA: &str = "
     CREATE TABLE ctr (id int PRIMARY KEY, g converge.gcounter, pn converge.pncounter);
     CREATE TABLE item (id int PRIMARY KEY, title text, sev int DEFAULT 3,
                        tags converge.orset, seen converge.gset, owner converge.lwwreg, headline converge.mvreg,
-                       meta converge.lwwmap, inv converge.ormap, budget converge.bcounter);
+                       meta converge.lwwmap, inv converge.ormap, budget converge.bcounter, notes converge.seqtext);
     SELECT converge.replicate('ctr');
     SELECT converge.replicate('item');";
 
@@ -52,7 +52,9 @@ impl Load {
         let id = 1 + r.below(40) as i32;
         let k = 1 + r.below(5) as i64;
         let word = ["a", "b", "c", "d", "e", "f"][r.below(6) as usize];
-        let (sql, counted): (String, Option<(bool, i64)>) = match r.below(16) {
+        let f = r.below(101) as f64 / 100.0;
+        let len = "coalesce(converge.length(notes), 0)";
+        let (sql, counted): (String, Option<(bool, i64)>) = match r.below(18) {
             0..=2 => (format!("UPDATE ctr SET g = converge.incr(g, {k}) WHERE id = {id}"), Some((true, k))),
             3 => (format!("UPDATE ctr SET pn = converge.incr(pn, {k}) WHERE id = {id}"), Some((false, k))),
             4 => (format!("UPDATE ctr SET pn = converge.decr(pn, {k}) WHERE id = {id}"), Some((false, -k))),
@@ -66,7 +68,12 @@ impl Load {
             12 => (format!("UPDATE item SET headline = converge.assign(headline, '\"{word}\"'), sev = {k} WHERE id = {id}"), None),
             13 => (format!("UPDATE item SET meta = converge.put(meta, '{word}', '{k}') WHERE id = {id}"), None),
             14 => (format!("UPDATE item SET inv = converge.add(converge.incr(inv, 'n', {k}), 'tags', '{word}') WHERE id = {id}"), None),
-            _ => (format!("UPDATE item SET budget = converge.incr(budget, {k}) WHERE id = {id}"), None),
+            15 => (format!("UPDATE item SET budget = converge.incr(budget, {k}) WHERE id = {id}"), None),
+            16 => (format!("UPDATE item SET notes = converge.insert(notes, ({len} * {f})::bigint, '{} {word} ') WHERE id = {id}", n.name), None),
+            _ => (
+                format!("UPDATE item SET notes = converge.delete(notes, ({len} * {f})::bigint, least({k}, {len} - ({len} * {f})::bigint)) WHERE id = {id}"),
+                None,
+            ),
         };
         // A deadlock with the apply of a peer's ops on the same row (40P01)
         // rolls the statement back, as for any client: retry it.
@@ -221,6 +228,16 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
             }
         }
     }
+    // The notes were really edited concurrently: text survives in many rows.
+    let (notes, chars): (i64, Option<i64>) = {
+        let r = nodes[0]
+            .client()
+            .query_one("SELECT count(*) FILTER (WHERE converge.length(notes) > 0), sum(converge.length(notes))::int8 FROM item", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    eprintln!("seqtext notes: {notes} rows with text, {chars:?} characters in all");
+    assert!(notes > 5, "only {notes} rows have notes");
     // Every acknowledged increment, exactly once, everywhere.
     for n in &nodes {
         let mut c = n.client();
@@ -288,6 +305,40 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
         started.elapsed().as_secs_f64(),
         report.join("\n  ")
     );
+}
+
+/// Bytes a peer receives for one keystroke in a 100 000-character seqtext,
+/// measured from the slot: independent of the note's size.
+#[test]
+fn a_keystroke_in_a_100k_note_ships_under_200_bytes() {
+    let root = Scratch::new("keystroke");
+    let node = Node::new(&root.0, "madrid", base_port() + 11, false);
+    let mut c = node.client();
+    c.batch_execute(
+        "CREATE EXTENSION converge;
+         SELECT converge.set_node('madrid');
+         CREATE TABLE note (id int PRIMARY KEY, body converge.seqtext);
+         SELECT converge.replicate('note');
+         INSERT INTO note VALUES (1, converge.insert(NULL::converge.seqtext, 0, repeat('lorem ipsum ', 8334)));
+         UPDATE note SET body = converge.delete(body, 100000, converge.length(body) - 100000) WHERE id = 1;",
+    )
+    .unwrap();
+    let n: i64 = c.query_one("SELECT converge.length(body) FROM note", &[]).unwrap().get(0);
+    assert_eq!(n, 100_000);
+    c.batch_execute("SELECT pg_create_logical_replication_slot('measure', 'converge')").unwrap();
+    c.batch_execute("UPDATE note SET body = converge.insert(body, 50000, 'k') WHERE id = 1").unwrap();
+    let row = c
+        .query_one(
+            "SELECT count(*), sum(length(data))::int8, max(length(data)) FILTER (WHERE get_byte(data, 0) = 79)
+               FROM pg_logical_slot_peek_binary_changes('measure', NULL, NULL)",
+            &[],
+        )
+        .unwrap();
+    let (messages, total, op): (i64, i64, Option<i32>) = (row.get(0), row.get(1), row.get(2));
+    eprintln!("one keystroke in a 100 000-character note: {messages} messages, {total} bytes in all (op message {op:?} bytes)");
+    assert_eq!(messages, 2, "one op and one commit");
+    assert!(total < 200, "{total} bytes shipped for one keystroke");
+    c.batch_execute("SELECT pg_drop_replication_slot('measure')").unwrap();
 }
 
 /// Bytes a peer receives for one `add` to an orset of 10 000 elements,
@@ -394,4 +445,49 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
         let su: bool = admin.query_one("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('app', 'converge_peer')", &[]).unwrap().get(0);
         assert!(!su);
     }
+}
+
+/// SPEC section 2's seqtext examples on real servers: two regions cut off
+/// from each other type at the same place, one keystroke per statement,
+/// and one deletes a range while the other inserts inside it. After the
+/// partition heals both hold the same text, each typed run unbroken, and
+/// the text typed inside the deleted range survives.
+#[test]
+fn seqtext_concurrent_edits_on_two_real_nodes() {
+    let root = Scratch::new("seqtext");
+    let port = base_port() + 30;
+    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, true)).collect();
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute("CREATE EXTENSION converge; CREATE TABLE note (id int PRIMARY KEY, body converge.seqtext);
+                         SELECT converge.replicate('note');")
+            .unwrap();
+        c.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO note VALUES (1, converge.insert(NULL, 0, 'Pump [] stopped; valve ok.'))").unwrap();
+    full_mesh(&nodes);
+    converge_all(&nodes, Duration::from_secs(60));
+    pause(&nodes, 0, 1, true);
+    // Both type inside the brackets (position 6), a character per statement.
+    for (i, ch) in "LEFT".chars().enumerate() {
+        nodes[0].client().execute(&format!("UPDATE note SET body = converge.insert(body, {}, '{ch}')", 6 + i), &[]).unwrap();
+    }
+    for (i, ch) in "right".chars().enumerate() {
+        nodes[1].client().execute(&format!("UPDATE note SET body = converge.insert(body, {}, '{ch}')", 6 + i), &[]).unwrap();
+    }
+    // lisbon deletes "valve ok" while oslo inserts inside it.
+    let text = |n: &Node| -> String { n.client().query_one("SELECT converge.value(body) FROM note", &[]).unwrap().get(0) };
+    let at = text(&nodes[0]).find("valve").unwrap() as i64;
+    nodes[0].client().execute("UPDATE note SET body = converge.delete(body, $1, 8)", &[&at]).unwrap();
+    let at = text(&nodes[1]).find("valve").unwrap() as i64;
+    nodes[1].client().execute("UPDATE note SET body = converge.insert(body, $1, 'new ')", &[&(at + 6)]).unwrap();
+    eprintln!("during the partition:\n  lisbon: {}\n  oslo:   {}", text(&nodes[0]), text(&nodes[1]));
+    pause(&nodes, 0, 1, false);
+    converge_all(&nodes, Duration::from_secs(60));
+    let (a, b) = (text(&nodes[0]), text(&nodes[1]));
+    eprintln!("after healing:\n  lisbon: {a}\n  oslo:   {b}");
+    assert_eq!(a, b);
+    assert!(a == "Pump [LEFTright] stopped; new ." || a == "Pump [rightLEFT] stopped; new .", "{a}");
+    let rows: Vec<String> = nodes.iter().map(|n| n.client().query_one("SELECT body::text FROM note", &[]).unwrap().get(0)).collect();
+    assert_eq!(rows[0], rows[1], "the full states are identical");
 }
