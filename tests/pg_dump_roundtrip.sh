@@ -16,14 +16,15 @@ SET search_path = public, converge;
 SELECT set_node('madrid');
 CREATE TABLE everything (
     id int PRIMARY KEY, g gcounter, pn pncounter, b bcounter, gs gset, os orset,
-    lr lwwreg, mv mvreg, lm lwwmap, om ormap);
+    lr lwwreg, mv mvreg, lm lwwmap, om ormap, st seqtext);
 SELECT replicate('everything');   -- so the op log has history to carry too
 INSERT INTO everything
 SELECT i, incr(NULL::gcounter, i), decr(incr(NULL::pncounter, i), 2), transfer(incr(NULL::bcounter, 100), 'dublin', i),
        add(add(NULL::gset, 'g' || i), 'x'), remove(add(add(NULL::orset, 'a' || i), 'b'), 'b'),
        assign(NULL::lwwreg, jsonb_build_object('i', i)), assign(assign(NULL::mvreg, to_jsonb(i)), '"t"'),
        remove(put(put(NULL::lwwmap, 'k', to_jsonb(i)), 'gone', 'null'), 'gone'),
-       assign(add(incr(NULL::ormap, 'n', i), 's', 'e'), 'r', '[1,2]')
+       assign(add(incr(NULL::ormap, 'n', i), 's', 'e'), 'r', '[1,2]'),
+       delete(insert(insert(NULL::seqtext, 0, 'note ' || i), 0, 'the '), 2, 3)
   FROM generate_series(1, 50) i;
 INSERT INTO everything (id) VALUES (0);
 SQL
@@ -31,7 +32,7 @@ pg_dump -h 127.0.0.1 -p "$PORT" -U postgres dump_src > "$DIR.dump.sql"
 pq "$PORT" -d dump_dst -f "$DIR.dump.sql" >/dev/null
 
 snapshot() {
-    pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', id, g, pn, b, gs, os, lr, mv, lm, om), E'\n' ORDER BY id) FROM everything"
+    pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', id, g, pn, b, gs, os, lr, mv, lm, om, st), E'\n' ORDER BY id) FROM everything"
 }
 a=$(snapshot dump_src); b=$(snapshot dump_dst)
 if [ "$a" != "$b" ]; then

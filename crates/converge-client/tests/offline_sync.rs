@@ -14,7 +14,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-const COLUMNS: [(&str, &str); 8] = [
+const COLUMNS: [(&str, &str); 9] = [
     ("visits", "gcounter"),
     ("stock", "pncounter"),
     ("tags", "orset"),
@@ -23,6 +23,7 @@ const COLUMNS: [(&str, &str); 8] = [
     ("notes", "lwwmap"),
     ("items", "ormap"),
     ("seen", "gset"),
+    ("body", "seqtext"),
 ];
 
 fn dsn() -> String {
@@ -109,6 +110,15 @@ fn random_mutation(c: &mut Client, rng: &mut Rng) -> converge_client::Result<Op>
             AnyCrdt::OrMap(x) => AnyCrdt::OrMap(if choice == 0 { x.incr(&k, &actor, n, dot)? } else { x.remove_key(&k) }),
             AnyCrdt::GSet(x) => AnyCrdt::GSet(x.add(&e)),
             AnyCrdt::BCounter(x) => AnyCrdt::BCounter(x.incr(&actor, n)?),
+            // One character per op: the mutation has one dot to give it.
+            AnyCrdt::SeqText(x) => {
+                let len = x.length();
+                AnyCrdt::SeqText(if choice == 0 || len == 0 {
+                    x.insert(n as u64 % (len + 1), &e[1..], &actor, dot.counter)?
+                } else {
+                    x.delete(n as u64 % len, 1)?
+                })
+            }
         })
     })
 }
