@@ -399,7 +399,8 @@ REVOKE ALL ON FUNCTION converge.set_node(text), converge.start_worker(), converg
     converge.replicate_layout(regclass), converge.forget_layout(oid) FROM PUBLIC;
 
 COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log): whether the acting role may SELECT the table an op targets.';
-COMMENT ON FUNCTION converge.may_write(text) IS 'Internal: whether the acting role may apply ops to a table (INSERT and UPDATE).';
+COMMENT ON FUNCTION converge.may_write(text, text) IS 'Internal: whether the acting role may apply ops of a column to a table (INSERT and UPDATE; DELETE too for row ops).';
+COMMENT ON FUNCTION converge.applying() IS 'Internal: whether converge is merging changes that are already ops (the op trigger''s WHEN clause skips those rows).';
 COMMENT ON FUNCTION converge.acting_role() IS 'The role converge acts for: the caller of the current converge function, also inside converge''s internal steps.';
 COMMENT ON FUNCTION converge.worker_problem_here() IS 'Why no background worker can serve this database (the no_worker state of converge.peers), or NULL.';
 COMMENT ON FUNCTION converge.start_worker() IS 'Internal: start this database''s background worker when the transaction commits (CREATE EXTENSION and add_peer do).';

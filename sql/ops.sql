@@ -188,7 +188,7 @@ BEGIN
         WITH ready AS (
             DELETE FROM converge.pending q
              WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
-               AND converge.may_write((q.op).target_table)
+               AND converge.may_write((q.op).target_table, (q.op).target_column)
             RETURNING q.op, q.origin, q.received_at)
         SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
     LOOP

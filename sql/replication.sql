@@ -40,7 +40,8 @@ COMMENT ON FUNCTION converge.origin_progress(text) IS 'The remote LSN up to whic
 -- no_worker: no background worker can serve this database (and says why).
 CREATE VIEW converge.peers AS
     SELECT p.name,
-           regexp_replace(p.conninfo, 'password\s*=\s*(''([^'']|\\'')*''|\S+)', 'password=********', 'g') AS conninfo,
+           regexp_replace(regexp_replace(p.conninfo, 'password\s*=\s*(''([^'']|\\'')*''|\S+)', 'password=********', 'g'),
+                          '(://[^:/@]*:)[^@]*@', '\1********@') AS conninfo,
            CASE WHEN p.paused THEN 'paused' WHEN w.problem IS NOT NULL THEN 'no_worker' ELSE s.state END AS state,
            p.slot_name AS slot, s.confirmed_lsn, s.lag_bytes, s.lag_seconds, s.last_success,
            coalesce(w.problem, s.last_error) AS last_error,

@@ -49,6 +49,8 @@ struct Target {
     other: Vec<String>,
     /// Whether the batch has row ops for it (they may delete rows).
     row_ops: bool,
+    /// `schema.table`, quoted as needed: the name ops are logged under.
+    name: String,
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
@@ -142,6 +144,8 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
         Spi::connect(|c| {
             let t = c.select(
                 "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text, r.other_columns,
+                        (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.oid = t.rel),
                         ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i)
@@ -156,19 +160,21 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
                 row.get::<bool>(2)?.unwrap_or(false),
                 row.get::<Vec<String>>(3)?,
                 row.get::<String>(4)?,
-                row.get::<Vec<String>>(6)?,
+                row.get::<Vec<String>>(7)?,
                 row.get::<Vec<String>>(5)?,
+                row.get::<String>(6)?,
             ))
         })
     });
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
             let other = other.unwrap_or_default();
-            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false });
+            let name = name.unwrap_or_default();
+            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false, name });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);
@@ -231,7 +237,49 @@ fn column_exists(rel: pg_sys::Oid, col: &str) -> bool {
     .unwrap_or(false)
 }
 
-fn classify(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) {
+thread_local! {
+    static TRUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` (an apply of ops that came through a peer's replication) with
+/// the ops of node actors accepted: a node's own ops travel that way only.
+pub fn from_peer<R>(f: impl FnOnce() -> R) -> R {
+    let before = TRUSTED.with(|t| t.replace(true));
+    struct Back(bool);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            TRUSTED.with(|t| t.set(self.0));
+        }
+    }
+    let _back = Back(before);
+    f()
+}
+
+/// This node's name and its peers': actors whose ops a client may not send
+/// (they would take over op ids the node or a peer issues).
+fn node_actors() -> HashSet<String> {
+    if TRUSTED.with(|t| t.get()) {
+        return HashSet::new();
+    }
+    crate::security::as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer",
+                None,
+                &[],
+            )
+            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+    })
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+fn classify(
+    it: &mut Item,
+    targets: &mut Vec<Target>,
+    cache: &mut HashMap<String, Result<usize, &'static str>>,
+    nodes: &HashSet<String>,
+) {
     let parsed = it.op_id.as_deref().and_then(parse_op_id);
     it.actor = parsed.map(|(a, _)| a.to_string());
     it.counter = parsed.map(|(_, c)| c as i64);
@@ -241,6 +289,10 @@ fn classify(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String
     };
     if it.actor_given.as_deref() != Some(actor) {
         it.bad = Some("actor_mismatch".into());
+        return;
+    }
+    if nodes.contains(actor) {
+        it.bad = Some("node_actor".into());
         return;
     }
     if it.version != Some(1) {
@@ -264,6 +316,9 @@ fn classify(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String
     };
     it.target = Some(t);
     let target = &targets[t];
+    // Logged (and shipped) under its qualified name, so that readers find
+    // it whatever their search_path, and no other table can stand in.
+    it.table = Some(target.name.clone());
     let key_ok = |key: &Option<serde_json::Value>| match key {
         Some(serde_json::Value::Object(m)) => target.keys.iter().all(|k| m.contains_key(k)),
         _ => false,
@@ -483,9 +538,7 @@ fn advance_frontier(actor: &str, won: &[i64]) {
     }
 }
 
-fn set_applying(on: bool) {
-    run("SELECT set_config('converge.applying', $1, true)", &[if on { "on" } else { "off" }.into()]);
-}
+use crate::trigger::set_applying;
 
 /// Merge the deltas of `ops` (all valid, all through the gate) into their
 /// rows: row ops first, in batch order; then per (table, column) one upsert
@@ -573,7 +626,7 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
                 order = (1..=t.keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
             );
         // The user's table is written as the caller (its rights, its triggers).
-        crate::security::as_caller(|| run(&upsert, &args));
+        crate::security::as_writer(t.rel, || run(&upsert, &args));
         // A local DELETE that committed while the upsert waited for it leaves
         // a tombstone: the upsert made that row again, so bury it (its state
         // joins the stash, as on every other node).
@@ -799,9 +852,10 @@ fn apply_ops_core(
 
     // 1. Validate every envelope and delta, without raising (as the caller:
     //    table names resolve with its search_path).
+    let nodes = node_actors();
     crate::security::as_caller(|| {
         for it in items.iter_mut() {
-            classify(it, &mut targets, &mut cache);
+            classify(it, &mut targets, &mut cache, &nodes);
         }
     });
     // A privilege error is the caller's, not an op's: the whole call fails

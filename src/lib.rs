@@ -58,6 +58,7 @@ extension_sql_file!(
         trigger::record_local_ops,
         trigger::forget_layout,
         trigger::replicate_table,
+        trigger::applying,
         security::may_write
     ]
 );
@@ -81,6 +82,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     types::register_gucs();
+    trigger::register_guc();
     replication::launcher::register();
 }
 

@@ -4,10 +4,10 @@
 //!
 //! These steps touch both a user's table and converge.row_state, so they
 //! run inside `as_owner` (row_state) and switch to the caller for every
-//! statement on the user's table (`as_caller`, security.rs).
+//! statement on the user's table (`as_writer`, security.rs).
 
 use crate::errors::raise;
-use crate::security::as_caller;
+use crate::security::as_writer;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -39,12 +39,12 @@ impl RowTable<'_> {
     }
 
     /// `FROM <table> t, jsonb_populate_record(NULL::<table>, $1) v WHERE <key>`.
-    fn from_key(&self) -> String {
+    fn key_source(&self) -> String {
         format!("{0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match())
     }
 
     fn update(&self, sql: &str, args: &[DatumWithOid]) -> Vec<Option<JsonB>> {
-        as_caller(|| {
+        as_writer(self.rel, || {
             Spi::connect_mut(|c| c.update(sql, None, args).map(|t| t.map(|r| r.get::<JsonB>(1).ok().flatten()).collect()))
         })
         .unwrap_or_else(|e| fail(e))
@@ -52,7 +52,7 @@ impl RowTable<'_> {
 
     /// Lock the row with this key (as the caller); whether it exists.
     fn lock(&self, key: &Value) -> bool {
-        let sql = format!("SELECT NULL::jsonb FROM {} FOR UPDATE OF t", self.from_key());
+        let sql = format!("SELECT NULL::jsonb FROM {} FOR UPDATE OF t", self.key_source());
         !self.update(&sql, &[JsonB(key.clone()).into()]).is_empty()
     }
 
@@ -62,7 +62,7 @@ impl RowTable<'_> {
             return Map::new();
         }
         let cols: Vec<String> = self.crdt.keys().map(|c| format!("'{}', t.{}::text", c.replace('\'', "''"), ident(c))).collect();
-        let sql = format!("SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({})) FROM {}", cols.join(", "), self.from_key());
+        let sql = format!("SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({})) FROM {}", cols.join(", "), self.key_source());
         match self.update(&sql, &[JsonB(key.clone()).into()]).pop().flatten() {
             Some(JsonB(Value::Object(m))) => m,
             _ => Map::new(),
@@ -82,7 +82,7 @@ impl RowTable<'_> {
                 self.key_match()
             );
             let text = v.as_str().unwrap_or("{}").to_string();
-            as_caller(|| Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), text.into()])).unwrap_or_else(|e| fail(e));
+            as_writer(self.rel, || Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), text.into()])).unwrap_or_else(|e| fail(e));
         }
     }
 
@@ -90,7 +90,7 @@ impl RowTable<'_> {
     fn delete(&self, key: &Value) -> Map<String, Value> {
         let state = self.crdt_values(key);
         let sql = format!("DELETE FROM {0} t USING pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match());
-        as_caller(|| Spi::run_with_args(&sql, &[JsonB(key.clone()).into()])).unwrap_or_else(|e| fail(e));
+        as_writer(self.rel, || Spi::run_with_args(&sql, &[JsonB(key.clone()).into()])).unwrap_or_else(|e| fail(e));
         state
     }
 }
@@ -161,7 +161,7 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
                 row.extend(k.clone());
             }
             let sql = format!("INSERT INTO {0} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
-            as_caller(|| Spi::run_with_args(&sql, &[JsonB(Value::Object(row)).into()])).unwrap_or_else(|e| fail(e));
+            as_writer(t.rel, || Spi::run_with_args(&sql, &[JsonB(Value::Object(row)).into()])).unwrap_or_else(|e| fail(e));
             t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
@@ -175,7 +175,7 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
                     sets.join(", "),
                     t.key_match()
                 );
-                as_caller(|| Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]))
+                as_writer(t.rel, || Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]))
                     .unwrap_or_else(|e| fail(e));
             }
         } else if present {

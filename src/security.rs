@@ -125,6 +125,32 @@ pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Run a statement on the user's table `rel` as the role converge acts for
+/// (with its search_path). When that role is a superuser (the background
+/// worker, an administrator's `sync`), run it as the table's owner in a
+/// security-restricted operation instead: the table's triggers, defaults
+/// and expressions are its owner's code and never get superuser rights
+/// (what PostgreSQL 16 does for logical replication apply).
+pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
+    let (user, sec, path) = CALLERS
+        .with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone())))
+        .unwrap_or_else(|| (cur, cur_sec, current_path()));
+    let (role, sec) = if unsafe { pg_sys::superuser_arg(user) } {
+        let owner = crate::spi::read_one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[rel.into()])
+            .unwrap_or(user);
+        let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
+        (owner, if owner == user { sec } else { sec | flags })
+    } else {
+        (user, sec)
+    };
+    unsafe { pg_sys::SetUserIdAndSecContext(role, sec) };
+    let nest = set_path(&path);
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
+    f()
+}
+
 fn table_name(rel: pg_sys::Oid) -> String {
     let n = unsafe { pg_sys::get_rel_name(rel) };
     if n.is_null() {
@@ -164,32 +190,84 @@ fn acting_role() -> pg_sys::Oid {
 
 /// Whether the acting role may read ops of `table` (a name as in an op):
 /// it may SELECT that table (converge.grant_peer grants that on every
-/// replicated table). Row security of converge.op_log uses it.
+/// replicated table). Row security of converge.op_log uses it; it never
+/// raises, and a name it cannot resolve exactly is not readable.
 #[pg_extern(stable, parallel_safe)]
 fn may_read(table: Option<&str>) -> bool {
     let Some(t) = table else { return true };
-    match resolve(t) {
+    match lookup(t) {
         Some(rel) => has_rights(caller(), rel, &[SELECT]),
         None => false,
     }
 }
 
-/// Whether the acting role may apply ops to `table` (INSERT and UPDATE);
-/// a name that is no table is left to the apply to reject.
+/// Whether the acting role may apply ops of `column` to `table` (INSERT
+/// and UPDATE, and DELETE for row ops), as `apply` requires.
 #[pg_extern(stable, parallel_safe)]
-fn may_write(table: Option<&str>) -> bool {
+fn may_write(table: Option<&str>, column: Option<&str>) -> bool {
     let Some(t) = table else { return true };
-    match as_caller(|| resolve(t)) {
-        Some(rel) => has_rights(caller(), rel, &[INSERT, UPDATE]),
-        None => true,
+    let mut modes = vec![INSERT, UPDATE];
+    if column == Some("") {
+        modes.push(DELETE);
+    }
+    match lookup(t) {
+        Some(rel) => has_rights(caller(), rel, &modes),
+        None => false,
     }
 }
 
-/// A table name as ops carry it, resolved with the current search_path.
-pub fn resolve(name: &str) -> Option<pg_sys::Oid> {
+/// `schema.table` (each part plain or double-quoted, as `format('%I.%I')`
+/// writes it) split into its two names; None for anything else.
+fn parse_qualified(s: &str) -> Option<(String, String)> {
+    let mut parts = Vec::new();
+    let mut it = s.chars().peekable();
+    loop {
+        let mut id = String::new();
+        if it.peek() == Some(&'"') {
+            it.next();
+            loop {
+                match it.next()? {
+                    '"' if it.peek() == Some(&'"') => {
+                        it.next();
+                        id.push('"');
+                    }
+                    '"' => break,
+                    c => id.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = it.peek() {
+                if c == '.' {
+                    break;
+                }
+                id.push(c.to_ascii_lowercase());
+                it.next();
+            }
+        }
+        if id.is_empty() {
+            return None;
+        }
+        parts.push(id);
+        match it.next() {
+            None => break,
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+    match <[String; 2]>::try_from(parts) {
+        Ok([schema, table]) => Some((schema, table)),
+        Err(_) => None,
+    }
+}
+
+/// The table an op names: its qualified name looked up in the catalog
+/// directly (no search_path, so a temporary table cannot stand in for it;
+/// no error for a bad name or a schema the reader may not use).
+pub fn lookup(name: &str) -> Option<pg_sys::Oid> {
+    let (schema, table) = parse_qualified(name)?;
     crate::spi::read_one::<pg_sys::Oid>(
-        "SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN pg_catalog.to_regclass($1)::oid END",
-        &[name.into()],
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2",
+        &[schema.into(), table.into()],
     )
-    .filter(|o| *o != pg_sys::InvalidOid)
 }

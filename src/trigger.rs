@@ -110,11 +110,46 @@ fn forget_layout(tbl: pg_sys::Oid) {
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
 }
 
-/// `converge.applying` is on while converge.apply merges: those changes are
-/// the op being applied, already logged.
+pub static APPLYING: pgrx::guc::GucSetting<bool> = pgrx::guc::GucSetting::<bool>::new(false);
+
+/// `converge.applying`: superuser-only, so no role can turn op recording off
+/// for its own writes; converge sets it itself (`set_applying`).
+pub fn register_guc() {
+    pgrx::guc::GucRegistry::define_bool_guc(
+        c"converge.applying",
+        c"Internal: on while converge merges changes that are already ops (an apply, a resumed row).",
+        c"Set by converge only; the op trigger skips rows changed while it is on.",
+        &APPLYING,
+        pgrx::guc::GucContext::Suset,
+        pgrx::guc::GucFlags::NO_SHOW_ALL | pgrx::guc::GucFlags::NO_RESET_ALL,
+    );
+}
+
+/// Turn `converge.applying` on or off for the rest of the transaction (or
+/// the current function's GUC level), whoever the caller is.
+pub fn set_applying(on: bool) {
+    unsafe {
+        pg_sys::set_config_option(
+            c"converge.applying".as_ptr(),
+            if on { c"on".as_ptr() } else { c"off".as_ptr() },
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Whether `converge.applying` is on: converge is merging changes that are
+/// already ops. The op trigger's WHEN clause calls it (a function of this
+/// library, so the library, and with it the superuser-only setting, is
+/// loaded before the value is read: a value a role set before that is
+/// discarded, not trusted).
+#[pg_extern(volatile, parallel_safe)]
 fn applying() -> bool {
-    let v = unsafe { pg_sys::GetConfigOption(c"converge.applying".as_ptr(), true, false) };
-    !v.is_null() && unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes() == b"on"
+    APPLYING.get()
 }
 
 struct Row {
@@ -268,7 +303,7 @@ fn insert_ops(me: &str, table: &str, key: &serde_json::Value, cols: Vec<String>,
 fn record_local_ops<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
-    if applying() {
+    if APPLYING.get() {
         return Ok(None);
     }
     let td = trigger.trigger_data();
@@ -381,9 +416,9 @@ fn record_row_op(meta: &Meta, rel: pg_sys::Oid, op: &str, me: &str, key: serde_j
         let crdt: HashMap<String, String> = meta.crdt.iter().map(|c| (c.name.clone(), c.kind.clone())).collect();
         let t = crate::rows::RowTable { name, rel, keys: &keys, crdt: &crdt };
         // The resumed state is this key's history, already logged as ops.
-        Spi::run("SELECT set_config('converge.applying', 'on', true)").unwrap_or_else(|e| err(e));
+        set_applying(true);
         t.resume(&key, &stash);
-        Spi::run("SELECT set_config('converge.applying', 'off', true)").unwrap_or_else(|e| err(e));
+        set_applying(false);
     }
 }
 
@@ -404,7 +439,8 @@ fn replicate_table(tbl: pg_sys::Oid) {
     let readers: Vec<String> = crate::security::as_owner(|| {
         crate::errors::plain_errors(|| Spi::run_with_args("SELECT converge.replicate_layout($1::oid::regclass)", &[tbl.into()]))?;
         Spi::connect(|c| {
-            c.select("SELECT role::text FROM converge.peer_reader", None, &[])
+            // Roles dropped since grant_peer are skipped.
+            c.select("SELECT r.role::text FROM converge.peer_reader r JOIN pg_catalog.pg_roles g ON g.oid = r.role", None, &[])
                 .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
         })
     })
@@ -421,7 +457,7 @@ fn replicate_table(tbl: pg_sys::Oid) {
         Spi::run(&format!(
             "CREATE CONSTRAINT TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON {name}
              DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-             WHEN (pg_catalog.current_setting('converge.applying', true) IS DISTINCT FROM 'on')
+             WHEN (NOT converge.applying())
              EXECUTE FUNCTION converge.record_local_ops()"
         ))
         .unwrap_or_else(|e| err(e));

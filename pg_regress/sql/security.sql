@@ -31,6 +31,13 @@ SELECT * FROM apply(ROW('phone:1', 'phone', 'sec_incident', '{"id":1}', 'visits'
                         '{"counts":{"phone":4}}'::gcounter::bytea, NULL)::op);
 SELECT value(visits) FROM sec_incident;
 SELECT * FROM sec_seen;
+-- An op may not claim op ids of this node (or of a peer): rejected.
+SELECT * FROM apply(ROW('madrid:900000', 'madrid', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{}',
+                        '{"counts":{"madrid":1}}'::gcounter::bytea, NULL)::op);
+-- Op recording is converge's to switch off, not a role's.
+\set VERBOSITY sqlstate
+SET converge.applying = on;
+\set VERBOSITY default
 -- A function in the caller's search_path never runs with converge's rights:
 -- converge's internal statements use a fixed search_path.
 CREATE FUNCTION hijack(jsonb, text, jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -62,6 +69,12 @@ SELECT retry_pending();
 SELECT set_node('elsewhere');
 RESET ROLE;
 
+-- A superuser's apply (the background worker's, a sync) writes the table as
+-- its owner: the table's trigger never runs with superuser rights.
+SELECT * FROM apply(ROW('phone:3', 'phone', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{}',
+                        '{"counts":{"phone":6}}'::gcounter::bytea, NULL)::op);
+SELECT who, count(*) FROM sec_seen GROUP BY who ORDER BY who;
+
 -- The intruder: no rights on the table, so none through converge either.
 SET ROLE cv_intruder;
 \set VERBOSITY sqlstate
@@ -85,6 +98,12 @@ RESET ROLE;
 -- Nothing of the refused call was recorded.
 SELECT count(*) FROM op_log WHERE op_id = 'phone:2';
 SELECT value(visits) FROM sec_incident;
+-- A temporary table of the same name does not open another table's ops.
+SET ROLE cv_intruder;
+CREATE TEMP TABLE sec_incident (id int);
+SELECT count(*) FROM op_log WHERE target_table LIKE '%sec_incident%';
+DROP TABLE sec_incident;
+RESET ROLE;
 
 -- The peer role: reads every replicated table's ops and snapshots, also of
 -- tables replicated later, and writes nothing.

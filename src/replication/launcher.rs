@@ -104,7 +104,8 @@ pub fn start_worker() -> bool {
         return false;
     }
     let running = crate::spi::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'converge worker' AND datid = $1)",
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'converge worker' AND datid = $1)
+             OR (SELECT datistemplate OR NOT datallowconn FROM pg_database WHERE oid = $1)",
         &[unsafe { pg_sys::MyDatabaseId }.into()],
     );
     if running == Some(true) {

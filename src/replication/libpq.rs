@@ -58,6 +58,8 @@ extern "C" {
     fn PQputCopyData(conn: *mut PGconn, buffer: *const c_char, nbytes: c_int) -> c_int;
     fn PQfreemem(ptr: *mut c_void);
     fn PQconnectionUsedPassword(conn: *const PGconn) -> c_int;
+    fn PQconninfoParse(conninfo: *const c_char, errmsg: *mut *mut c_char) -> *mut ConninfoOption;
+    fn PQconninfoFree(options: *mut ConninfoOption);
 }
 
 fn cstr(p: *const c_char) -> String {
@@ -325,6 +327,44 @@ impl Conn {
 }
 
 /// poll() on sockets for readability (or writability); true if any is ready.
+#[repr(C)]
+struct ConninfoOption {
+    keyword: *mut c_char,
+    envvar: *mut c_char,
+    compiled: *mut c_char,
+    val: *mut c_char,
+    label: *mut c_char,
+    dispchar: *mut c_char,
+    dispsize: c_int,
+}
+
+/// The values a conninfo string sets itself (keyword -> value), or None if
+/// libpq cannot parse it.
+pub fn conninfo_values(conninfo: &str) -> Option<std::collections::HashMap<String, String>> {
+    let c = std::ffi::CString::new(conninfo).ok()?;
+    let mut err: *mut c_char = std::ptr::null_mut();
+    let opts = unsafe { PQconninfoParse(c.as_ptr(), &mut err) };
+    if !err.is_null() {
+        unsafe { PQfreemem(err as *mut c_void) };
+    }
+    if opts.is_null() {
+        return None;
+    }
+    let mut out = std::collections::HashMap::new();
+    let mut p = opts;
+    unsafe {
+        while !(*p).keyword.is_null() {
+            if !(*p).val.is_null() {
+                let k = std::ffi::CStr::from_ptr((*p).keyword).to_string_lossy().into_owned();
+                out.insert(k, std::ffi::CStr::from_ptr((*p).val).to_string_lossy().into_owned());
+            }
+            p = p.add(1);
+        }
+        PQconninfoFree(opts);
+    }
+    Some(out)
+}
+
 pub fn poll_fds(fds: &[c_int], write: bool, timeout: Duration) -> std::io::Result<bool> {
     let events = if write { libc_pollout() } else { libc_pollin() };
     let mut p: Vec<PollFd> = fds.iter().filter(|f| **f >= 0).map(|&fd| PollFd { fd, events, revents: 0 }).collect();

@@ -92,11 +92,23 @@ fn add_peer(name: &str, conninfo: &str) {
     }
     let slot = slot_name(&me);
     let origin = origin_name(name);
-    let mut conn = connect(name, conninfo);
     // A role that is not superuser must not make this server connect with
-    // credentials it does not hold (trust, a .pgpass, a peer's key file):
-    // the conninfo must carry a password, and the peer must have asked for it.
-    if !unsafe { pg_sys::superuser() } && !conn.used_password() {
+    // credentials it does not hold (trust, the server's .pgpass or
+    // environment): the conninfo itself must carry the password, name no
+    // password file, and the peer must ask for the password.
+    let su = unsafe { pg_sys::superuser() };
+    if !su {
+        let v = super::libpq::conninfo_values(conninfo).unwrap_or_default();
+        if v.get("password").is_none_or(|p| p.is_empty()) || v.get("passfile").is_some_and(|p| !p.is_empty()) {
+            raise_hint(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("peer \"{name}\": only a superuser may add a peer without a password in the conninfo"),
+                "Give the peer role's password in the conninfo (password=...); passfile is not allowed.",
+            );
+        }
+    }
+    let mut conn = connect(name, conninfo);
+    if !su && !conn.used_password() {
         raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("peer \"{name}\": only a superuser may add a peer whose connection does not use a password from the conninfo"),

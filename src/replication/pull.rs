@@ -142,10 +142,12 @@ pub fn apply_encoded(ops: Vec<Vec<u8>>, peer: &str, origin: pg_sys::RepOriginId,
     }
     setup_origin(origin, remote_lsn, remote_time);
     let n = ops.len();
-    Spi::run_with_args(
-        "SELECT count(*) FROM converge.apply_batch(ARRAY(SELECT converge.op_decode(b) FROM unnest($1::bytea[]) b), $2)",
-        &[ops.into(), format!("peer:{peer}").into()],
-    )
+    crate::apply::from_peer(|| {
+        Spi::run_with_args(
+            "SELECT count(*) FROM converge.apply_batch(ARRAY(SELECT converge.op_decode(b) FROM unnest($1::bytea[]) b), $2)",
+            &[ops.into(), format!("peer:{peer}").into()],
+        )
+    })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("applying ops from peer {peer}: {e}")));
     n
 }

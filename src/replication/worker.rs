@@ -186,7 +186,9 @@ fn installed_and_allowed() -> bool {
     super::launcher::database_allowed(&db.to_string_lossy())
         && crate::spi::read_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'converge')
-                AND to_regclass('converge.peer') IS NOT NULL",
+                AND to_regclass('converge.peer') IS NOT NULL
+                -- never hold a template open (CREATE DATABASE copies it)
+                AND (SELECT datallowconn AND NOT datistemplate FROM pg_database WHERE datname = current_database())",
             &[],
         )
         .unwrap_or(false)

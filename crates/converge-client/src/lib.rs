@@ -426,7 +426,17 @@ impl Client {
         )?;
         let n = rows.len();
         for r in rows {
-            let op = Op::decode(r.get::<_, &[u8]>(0))?;
+            let mut op = Op::decode(r.get::<_, &[u8]>(0))?;
+            // The server logs ops under the qualified table name
+            // (schema.table); a client may have declared the bare name.
+            let declared = |t: &str| self.saved.columns.contains_key(&format!("{t}.{}", op.target_column));
+            if !declared(&op.target_table) {
+                if let Some(bare) = op.target_table.split_once('.').map(|(_, t)| t.trim_matches('"').to_string()) {
+                    if declared(&bare) {
+                        op.target_table = bare;
+                    }
+                }
+            }
             if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) {
                 self.merge_delta(&op)?;
             }

@@ -40,6 +40,13 @@ fn main() {
     let secs = t0.elapsed().as_secs_f64();
     let t: SeqText = decode_trusted(&bytes).unwrap();
     assert_eq!(t.value(), end, "final text differs");
+    // How many runs continue the one before except for the deleted flag.
+    let cont = t.runs.windows(2).filter(|w| {
+        let (a, b) = (&w[0], &w[1]);
+        a.0 == b.0 && b.1 == a.1 + a.2 && b.3 == a.3 + a.2 && b.4 == Some(converge_core::types::seqtext::CharId(a.0, a.1 + a.2 - 1))
+    }).count();
+    let deleted = t.runs.iter().filter(|r| r.5).count();
+    println!("{cont} runs continue the previous one; {deleted} deleted runs");
     println!(
         "{edits} edits in {secs:.2} s ({:.0}/s); text {} chars / {} bytes; stored {} bytes ({:.2}x); {} runs",
         edits as f64 / secs,

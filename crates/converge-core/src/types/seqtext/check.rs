@@ -24,11 +24,15 @@ fn check_run(s: &SeqText, r: &Run, used: &mut [bool]) -> Result<()> {
     if r.2 == 0 || r.1 == 0 || r.3 == 0 {
         return Err(bad("seqtext run with zero length, seq or Lamport number"));
     }
-    if r.1.checked_add(r.2).is_none() || r.3.checked_add(r.2).is_none() {
-        return Err(bad("seqtext run overflows its seq or Lamport numbers"));
+    // Headroom below u64::MAX, so edits can always add to them.
+    if r.1.saturating_add(r.2) > super::MAX_NUMBER || r.3.saturating_add(r.2) > super::MAX_NUMBER {
+        return Err(bad("seqtext run has a seq or Lamport number beyond 2^62"));
     }
     if r.5 && !r.6.is_empty() {
         return Err(bad("deleted seqtext run keeps text"));
+    }
+    if r.6.contains('\0') {
+        return Err(bad("seqtext text contains a NUL character"));
     }
     if !r.5 && r.6.chars().count() as u64 != r.2 {
         return Err(bad("seqtext run length does not match its text"));
@@ -48,7 +52,7 @@ pub(super) fn validate(s: &SeqText) -> Result<()> {
         check_run(s, r, &mut used)?;
     }
     for t in &s.tombs {
-        if t.0 as usize >= s.nodes.len() || t.2 == 0 || t.1 == 0 || t.1.checked_add(t.2).is_none() {
+        if t.0 as usize >= s.nodes.len() || t.2 == 0 || t.1 == 0 || t.1.saturating_add(t.2) > super::MAX_NUMBER {
             return Err(bad("invalid seqtext tombstone span"));
         }
         used[t.0 as usize] = true;

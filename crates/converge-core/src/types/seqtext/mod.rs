@@ -25,6 +25,9 @@ use crate::codec::Crdt;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+/// The largest seq or Lamport number a value may hold (room to add to it).
+pub const MAX_NUMBER: u64 = 1 << 62;
+
 /// A character: (node index in `nodes`, seq).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CharId(pub u32, pub u64);
@@ -86,6 +89,10 @@ impl SeqText {
         }
         if text.is_empty() {
             return Ok(SeqText::default());
+        }
+        let n = text.chars().count() as u64;
+        if self.lamport.saturating_add(n) > MAX_NUMBER || first_seq == 0 || first_seq.saturating_add(n) > MAX_NUMBER {
+            return Err(Error::range("seqtext Lamport number or seq out of range"));
         }
         edit::insert(self, pos, text, node, first_seq)
     }

@@ -165,6 +165,9 @@ pub fn insert(b: &[u8], pos: u64, text: &str, node: &str, first_seq: u64) -> Res
     }
     let Some(me) = l.me else { return Ok(None) };
     let len = text.chars().count() as u64;
+    if l.lamport.saturating_add(len) > super::MAX_NUMBER || first_seq == 0 || first_seq.saturating_add(len) > super::MAX_NUMBER {
+        return Err(Error::range("seqtext Lamport number or seq out of range"));
+    }
     let lamport = l.lamport + 1;
     let (cut_from, cut_to, replacement) = match target {
         None => (l.runs_at, l.runs_at, vec![Run(me, first_seq, len, lamport, None, false, text.to_string())]),
