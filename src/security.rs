@@ -108,6 +108,27 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Run `f` as the owner of converge's tables without touching the
+/// search_path: only for direct C calls that resolve no names (nextval of
+/// converge's own sequence by oid), where `as_owner`'s GUC work would be
+/// pure cost on every mutator call.
+pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
+    let owner = owner();
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    struct Back(pg_sys::Oid, i32);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let _back = Back(user, sec);
+    f()
+}
+
 /// Inside `as_owner`: run `f` as the caller again, with its search_path.
 pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
     // The outermost caller: a nested as_owner (an apply inside an apply)
