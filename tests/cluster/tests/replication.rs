@@ -325,20 +325,9 @@ fn a_keystroke_in_a_100k_note_ships_under_200_bytes() {
     .unwrap();
     let n: i64 = c.query_one("SELECT converge.length(body) FROM note", &[]).unwrap().get(0);
     assert_eq!(n, 100_000);
-    c.batch_execute("SELECT pg_create_logical_replication_slot('measure', 'converge')").unwrap();
-    c.batch_execute("UPDATE note SET body = converge.insert(body, 50000, 'k') WHERE id = 1").unwrap();
-    let row = c
-        .query_one(
-            "SELECT count(*), sum(length(data))::int8, max(length(data)) FILTER (WHERE get_byte(data, 0) = 79)
-               FROM pg_logical_slot_peek_binary_changes('measure', NULL, NULL)",
-            &[],
-        )
-        .unwrap();
-    let (messages, total, op): (i64, i64, Option<i32>) = (row.get(0), row.get(1), row.get(2));
-    eprintln!("one keystroke in a 100 000-character note: {messages} messages, {total} bytes in all (op message {op:?} bytes)");
+    let (messages, total) = shipped(&mut c, "UPDATE note SET body = converge.insert(body, 50000, 'k') WHERE id = 1", "one keystroke in a 100 000-character note");
     assert_eq!(messages, 2, "one op and one commit");
     assert!(total < 200, "{total} bytes shipped for one keystroke");
-    c.batch_execute("SELECT pg_drop_replication_slot('measure')").unwrap();
 }
 
 /// Bytes a peer receives for one `add` to an orset of 10 000 elements,
@@ -358,8 +347,15 @@ fn add_to_a_10k_orset_ships_a_few_dozen_bytes() {
     .unwrap();
     let n: i32 = c.query_one("SELECT cardinality(converge.elements(s)) FROM big", &[]).unwrap().get(0);
     assert_eq!(n, 10_000);
+    let (messages, total) = shipped(&mut c, "UPDATE big SET s = converge.add(s, 'one more') WHERE id = 1", "add to a 10k orset");
+    assert_eq!(messages, 2, "one op and one commit");
+    assert!(total < 200, "{total} bytes shipped for one add");
+}
+
+/// Run `sql` and read what a peer's slot gets for it: (messages, bytes).
+fn shipped(c: &mut postgres::Client, sql: &str, what: &str) -> (i64, i64) {
     c.batch_execute("SELECT pg_create_logical_replication_slot('measure', 'converge')").unwrap();
-    c.batch_execute("UPDATE big SET s = converge.add(s, 'one more') WHERE id = 1").unwrap();
+    c.batch_execute(sql).unwrap();
     let row = c
         .query_one(
             "SELECT count(*), sum(length(data))::int8, max(length(data)) FILTER (WHERE get_byte(data, 0) = 79)
@@ -368,10 +364,9 @@ fn add_to_a_10k_orset_ships_a_few_dozen_bytes() {
         )
         .unwrap();
     let (messages, total, op): (i64, i64, Option<i32>) = (row.get(0), row.get(1), row.get(2));
-    eprintln!("add to a 10k orset: {messages} messages, {total} bytes in all (op message {op:?} bytes)");
-    assert_eq!(messages, 2, "one op and one commit");
-    assert!(total < 200, "{total} bytes shipped for one add");
+    eprintln!("{what}: {messages} messages, {total} bytes in all (op message {op:?} bytes)");
     c.batch_execute("SELECT pg_drop_replication_slot('measure')").unwrap();
+    (messages, total)
 }
 
 /// A database other than `postgres`, with no setting naming it, used by an
