@@ -86,7 +86,7 @@ CREATE TABLE converge.actor_frontier (
     contiguous bigint NOT NULL DEFAULT 0   -- every counter 1..contiguous is applied
 );
 
-COMMENT ON TABLE converge.actor_frontier IS 'Per actor, the highest counter c such that every op 1..c of that actor is applied here (converge.frontier()); this node''s own row is also its op counter.';
+COMMENT ON TABLE converge.actor_frontier IS 'Per actor, the highest counter c such that every op 1..c of that actor is applied here (converge.frontier()); this node''s own counter is its newest op in the log (converge.frontier() shows both).';
 
 -- Where the log was compacted: a cursor older than this must rejoin from a snapshot.
 CREATE TABLE converge.log_horizon (
@@ -248,9 +248,16 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair); the log keeps both outcomes.';
 
+-- This node's own entry is its highest op counter (converge.last_op_counter):
+-- recording an op does not update a frontier row.
 CREATE FUNCTION converge.frontier() RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(jsonb_object_agg(actor, contiguous ORDER BY actor), '{}') FROM converge.actor_frontier WHERE contiguous > 0
+    SELECT coalesce(jsonb_object_agg(actor, c ORDER BY actor), '{}')
+      FROM (SELECT actor, contiguous AS c FROM converge.actor_frontier
+             WHERE actor IS DISTINCT FROM (SELECT name FROM converge.node_identity)
+            UNION ALL
+            SELECT name, converge.last_op_counter(name) FROM converge.node_identity) f
+     WHERE c > 0
 $$;
 COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied here}.';
 
@@ -338,8 +345,7 @@ BEGIN
     IF clk OPERATOR(converge.=) coalesce(rs.clock, '{}') THEN
         RETURN resume;
     END IF;
-    INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES (me, 1)
-        ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous + 1 RETURNING f.contiguous INTO c;
+    c := converge.take_op_counter(me);
     INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
                                  epoch, deps, delta, outcome, origin)
     SELECT me || ':' || c, me, c, format('%I.%I', n.nspname, cl.relname), key, '', 1, 0, '{}',
@@ -402,4 +408,6 @@ LANGUAGE sql AS $$ SELECT converge.replicate_table(tbl::oid) $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';
 
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
+COMMENT ON FUNCTION converge.last_op_counter(text) IS 'Internal: the highest op counter of this node (its newest op in the log), for converge.frontier().';
+COMMENT ON FUNCTION converge.take_op_counter(text) IS 'Internal: reserve the next op counter of this node (locked to the end of the transaction, so its ops commit in counter order).';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

@@ -30,7 +30,10 @@ macro_rules! for_crdt_type {
 }
 
 mod apply;
+mod counter_cache;
+mod direct;
 mod errors;
+mod local_ops;
 mod node;
 mod ops;
 mod replication;
@@ -59,6 +62,8 @@ extension_sql_file!(
         trigger::forget_layout,
         trigger::replicate_table,
         trigger::applying,
+        local_ops::take_op_counter,
+        local_ops::last_op_counter,
         security::may_write
     ]
 );
@@ -84,6 +89,7 @@ pub extern "C-unwind" fn _PG_init() {
     types::register_gucs();
     trigger::register_guc();
     replication::launcher::register();
+    counter_cache::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

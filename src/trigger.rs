@@ -17,7 +17,6 @@ use crate::node;
 use converge_core::{decode_trusted, encode, Crdt};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{JsonB, PgSqlErrorCode};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,12 +38,12 @@ struct Meta {
 
 thread_local! {
     static META: RefCell<HashMap<pg_sys::Oid, Option<Rc<Meta>>>> = RefCell::new(HashMap::new());
-    static INSERT_OPS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static CALLBACK: RefCell<bool> = const { RefCell::new(false) };
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_meta(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    crate::direct::forget_oid(relid);
     META.with(|m| {
         if relid == pg_sys::InvalidOid {
             m.borrow_mut().clear();
@@ -54,17 +53,23 @@ unsafe extern "C-unwind" fn forget_meta(_arg: pg_sys::Datum, relid: pg_sys::Oid)
     });
 }
 
-fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
-    let relid = unsafe { (*rel).rd_id };
-    if let Some(m) = META.with(|m| m.borrow().get(&relid).cloned()) {
-        return m;
-    }
+/// Drop this backend's caches of converge's layouts and oids whenever the
+/// relcache entry of a table is invalidated (registered once per backend).
+pub fn watch_relcache() {
     CALLBACK.with(|c| {
         if !*c.borrow() {
             unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_meta), pg_sys::Datum::from(0)) };
             *c.borrow_mut() = true;
         }
     });
+}
+
+fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
+    let relid = unsafe { (*rel).rd_id };
+    if let Some(m) = META.with(|m| m.borrow().get(&relid).cloned()) {
+        return m;
+    }
+    watch_relcache();
     let row = Spi::connect(|c| {
         let t = c.select(
             "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns
@@ -263,41 +268,6 @@ fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
     )
 }
 
-fn insert_ops(me: &str, table: &str, key: &serde_json::Value, cols: Vec<String>, deltas: Vec<Vec<u8>>) {
-    let n = cols.len() as i64;
-    let args: Vec<DatumWithOid> =
-        vec![me.into(), table.into(), JsonB(key.clone()).into(), cols.into(), n.into(), deltas.into()];
-    crate::security::as_owner(|| Spi::connect_mut(|c| {
-        INSERT_OPS.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.is_none() {
-                use pgrx::PgOid;
-                let types = [
-                    PgOid::from(pg_sys::TEXTOID),
-                    PgOid::from(pg_sys::TEXTOID),
-                    PgOid::from(pg_sys::JSONBOID),
-                    PgOid::from(pg_sys::TEXTARRAYOID),
-                    PgOid::from(pg_sys::INT8OID),
-                    PgOid::from(pg_sys::BYTEAARRAYOID),
-                ];
-                let p = c.prepare_mut(
-                    "WITH c AS (INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES ($1, $5)
-                                ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous + $5 RETURNING contiguous)
-                     INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column,
-                                                  schema_version, epoch, deps, delta, outcome, origin)
-                     SELECT $1 || ':' || (c.contiguous - $5 + u.i), $1, c.contiguous - $5 + u.i, $2, $3, u.col,
-                            1, 0, '{}', u.delta, 'applied', 'local'
-                       FROM c, unnest($4, $6) WITH ORDINALITY u(col, delta, i)",
-                    &types,
-                )?;
-                *s = Some(p.keep());
-            }
-            c.update(s.as_ref().expect("prepared"), None, &args).map(|_| ())
-        })
-    }))
-    .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording ops: {e}")));
-}
-
 /// Trigger of replicated tables (AFTER INSERT OR UPDATE OR DELETE, per row).
 #[pg_trigger]
 fn record_local_ops<'a>(
@@ -354,7 +324,7 @@ fn record_local_ops<'a>(
             }
         }
         if !cols.is_empty() {
-            insert_ops(&me, &meta.name, &key, cols, deltas);
+            crate::local_ops::log_local_ops(&me, &meta.name, &key, &cols, deltas);
         }
     }
     // The row itself: inserted, deleted, or a non-CRDT column changed.

@@ -1,0 +1,164 @@
+//! Writing converge's own tables without SQL, for the path every write
+//! takes (the op trigger's op rows).
+//!
+//! Why: a planned statement through SPI costs tens of microseconds (plan
+//! cache revalidation, executor start for a ModifyTable, a search_path
+//! switch to run it as converge's owner), which is more than the user's own
+//! UPDATE. These rows are converge's, their values are built here, and
+//! the tables have no triggers, no rules and no expression defaults that
+//! matter, so they are written the way PostgreSQL's logical replication
+//! apply writes rows: a heap insert and its index entries,
+//! under the same locks. No ACL or RLS check is made: the caller is
+//! converge itself, acting for a user the trigger already checked.
+//!
+//! Column values are given by name, so a table that gained a column in an
+//! update script still gets every value in its place (missing ones NULL).
+
+use crate::errors::raise;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::ffi::CStr;
+
+thread_local! {
+    /// Oids of converge's tables by name, dropped on any relcache reset
+    /// or invalidation of one of them (DROP EXTENSION, ALTER ...).
+    static OIDS: std::cell::RefCell<Vec<(&'static CStr, pg_sys::Oid)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Called by the trigger's relcache callback.
+pub fn forget_oid(relid: pg_sys::Oid) {
+    OIDS.with(|o| o.borrow_mut().retain(|(_, oid)| relid != pg_sys::InvalidOid && *oid != relid));
+}
+
+/// The oid of `converge.<name>`, or an error saying it is missing.
+pub fn relid(name: &'static CStr) -> pg_sys::Oid {
+    if let Some(oid) = OIDS.with(|o| o.borrow().iter().find(|(n, _)| *n == name).map(|(_, oid)| *oid)) {
+        return oid;
+    }
+    crate::trigger::watch_relcache();
+    let oid = lookup(name);
+    OIDS.with(|o| o.borrow_mut().push((name, oid)));
+    oid
+}
+
+fn lookup(name: &CStr) -> pg_sys::Oid {
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"converge".as_ptr(), false);
+        let oid = pg_sys::get_relname_relid(name.as_ptr(), ns);
+        if oid == pg_sys::InvalidOid {
+            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("converge.{} is missing", name.to_string_lossy()));
+        }
+        oid
+    }
+}
+
+/// One of converge's tables opened for writing, with its indexes.
+pub struct Table {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    names: Vec<String>,
+}
+
+impl Table {
+    pub fn open(name: &'static CStr) -> Table {
+        unsafe {
+            let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+            let rel = pg_sys::table_open(relid(name), lock);
+            let estate = pg_sys::CreateExecutorState();
+            let mut rte = PgBox::<pg_sys::RangeTblEntry>::alloc_node(pg_sys::NodeTag::T_RangeTblEntry);
+            rte.rtekind = pg_sys::RTEKind::RTE_RELATION;
+            rte.relid = (*rel).rd_id;
+            rte.relkind = (*(*rel).rd_rel).relkind;
+            rte.rellockmode = lock;
+            let mut rtes = pgrx::PgList::<pg_sys::RangeTblEntry>::new();
+            rtes.push(rte.into_pg());
+            pg_sys::ExecInitRangeTable(estate, rtes.into_pg());
+            let rri = PgBox::<pg_sys::ResultRelInfo>::alloc_node(pg_sys::NodeTag::T_ResultRelInfo).into_pg();
+            pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            pg_sys::ExecOpenIndices(rri, false);
+            let desc = (*rel).rd_att;
+            let slot = pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsHeapTuple);
+            let natts = (*desc).natts as usize;
+            let names = (*desc)
+                .attrs
+                .as_slice(natts)
+                .iter()
+                .map(|a| if a.attisdropped { String::new() } else { pgrx::name_data_to_str(&a.attname).to_string() })
+                .collect();
+            Table { rel, estate, rri, slot, names }
+        }
+    }
+
+    /// A tuple of this table from (column, value) pairs; columns not named are NULL.
+    fn form(&self, values: &[(&str, Option<pg_sys::Datum>)]) -> pg_sys::HeapTuple {
+        let n = self.names.len();
+        let mut datums = vec![pg_sys::Datum::from(0usize); n];
+        let mut nulls = vec![true; n];
+        for (name, v) in values {
+            let Some(i) = self.names.iter().position(|c| c == name) else {
+                raise(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("converge table lacks column {name}"));
+            };
+            if let Some(d) = v {
+                datums[i] = *d;
+                nulls[i] = false;
+            }
+        }
+        unsafe { pg_sys::heap_form_tuple((*self.rel).rd_att, datums.as_mut_ptr(), nulls.as_mut_ptr()) }
+    }
+
+    /// Insert one row and its index entries (unique indexes are enforced).
+    pub fn insert(&mut self, values: &[(&str, Option<pg_sys::Datum>)]) {
+        let tuple = self.form(values);
+        unsafe {
+            pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
+            pg_sys::simple_table_tuple_insert(self.rel, self.slot);
+            self.index();
+        }
+    }
+
+    unsafe fn index(&mut self) {
+        if (*self.rri).ri_NumIndices > 0 {
+            let found = pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                self.slot,
+                self.estate,
+                false,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::list_free(found);
+        }
+        let econtext = (*self.estate).es_per_tuple_exprcontext;
+        if !econtext.is_null() {
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+        }
+    }
+
+    /// Close the indexes and the table (locks are kept to the transaction's
+    /// end), and make the rows visible to the rest of the transaction.
+    pub fn close(self) {
+        unsafe {
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+}
+
+pub fn text(s: &str) -> Option<pg_sys::Datum> {
+    s.into_datum()
+}
+
+pub fn int8(v: i64) -> Option<pg_sys::Datum> {
+    Some(pg_sys::Datum::from(v))
+}
+
+pub fn int4(v: i32) -> Option<pg_sys::Datum> {
+    Some(pg_sys::Datum::from(v))
+}

@@ -1,0 +1,153 @@
+//! Recording this node's own ops: the op counter and the op rows.
+//!
+//! The counter is the highest counter of this node's ops in the log.
+//! Taking counters locks a converge-private lock tag until the transaction
+//! ends, so this node's ops commit in counter order and its counters have
+//! no gaps (a rolled-back transaction gives its counters back). Inside the
+//! lock the log is read at its newest committed state, so a REPEATABLE READ
+//! or SERIALIZABLE transaction never fails on it: the counter is not data
+//! a snapshot should see.
+
+use crate::direct::{int4, int8, relid, text, Table};
+use std::ffi::CStr;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// Reserve `n` consecutive op counters of actor `me` (this node) and
+/// return the last; the first is `last - n + 1`.
+pub fn take_counters(me: &str, n: i64) -> i64 {
+    unsafe {
+        // A tag no SQL statement can take (LOCKTAG_OBJECT on a relation's
+        // pg_class row is used by nothing else): only op recorders wait here.
+        let frontier = relid(c"actor_frontier");
+        pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, frontier, 1, pg_sys::ExclusiveLock as pg_sys::LOCKMODE);
+    }
+    let last = crate::counter_cache::get(me).unwrap_or_else(|| last_counter(me)) + n;
+    crate::counter_cache::set(me, last);
+    last
+}
+
+/// The highest op counter of actor `me` taken by a committed transaction
+/// (or by this one): its last applied op in the log, or its row of
+/// actor_frontier when compaction has emptied the log of its ops.
+///
+/// Why not a counter row updated per op: one row updated thousands of
+/// times a second grows a HOT chain that every reader walks. The log's
+/// (actor, counter) index already holds the answer at its right end.
+pub fn last_counter(me: &str) -> i64 {
+    // A backward index scan reads a whole leaf page of matches; a floor
+    // this backend already saw (counters only grow) keeps that to the ops
+    // recorded since.
+    let floor = SEEN.with(|s| s.borrow().as_ref().filter(|(a, _)| a == me).map(|(_, c)| *c));
+    // Nothing at or above the floor (it came from a transaction that
+    // rolled back): read without it.
+    let logged = newest(c"op_log", c"op_log_applied_once", me, "counter", floor)
+        .or_else(|| floor.and_then(|_| newest(c"op_log", c"op_log_applied_once", me, "counter", None)));
+    // Compaction that removes all of this node's ops keeps the counter in
+    // its actor_frontier row (it never removes the newest op otherwise).
+    let last = logged.or_else(|| newest(c"actor_frontier", c"actor_frontier_pkey", me, "contiguous", None)).unwrap_or(0);
+    SEEN.with(|s| *s.borrow_mut() = Some((me.to_string(), last)));
+    last
+}
+
+thread_local! {
+    /// The last counter this backend read, as a lower bound for the next read.
+    static SEEN: std::cell::RefCell<Option<(String, i64)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The value of `column` in the row of `table` found last by `index`
+/// (first column: actor = `actor`), read at the newest committed state.
+/// With `floor`, only rows whose second index column is at least `floor`.
+fn newest(table: &'static CStr, index: &'static CStr, actor: &str, column: &str, floor: Option<i64>) -> Option<i64> {
+    unsafe {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(relid(table), lock);
+        let idx = pg_sys::index_open(relid(index), lock);
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        let actor_datum = actor.into_datum().expect("text");
+        pg_sys::ScanKeyInit(&mut keys[0], 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_TEXTEQ.into(), actor_datum);
+        // Compare as the index sorts (its collation), or the descent can miss.
+        keys[0].sk_collation = *(*idx).rd_indcollation;
+        let mut nkeys = 1;
+        if let Some(f) = floor {
+            let ge = pg_sys::BTGreaterEqualStrategyNumber as u16;
+            pg_sys::ScanKeyInit(&mut keys[1], 2, ge, pg_sys::F_INT8GE.into(), pg_sys::Datum::from(f));
+            nkeys = 2;
+        }
+        let scan = pg_sys::index_beginscan(heap, idx, pg_sys::GetLatestSnapshot(), nkeys, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let mut out = None;
+        if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::BackwardScanDirection, slot) {
+            let mut isnull = false;
+            let d = pg_sys::slot_getattr(slot, column_number(heap, column), &mut isnull);
+            out = (!isnull).then(|| d.value() as i64);
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        out
+    }
+}
+
+/// `converge.last_op_counter(actor)`: this node's highest op counter, for
+/// `converge.frontier()` (internal).
+#[pg_extern(stable, strict, parallel_safe)]
+fn last_op_counter(actor: &str) -> i64 {
+    last_counter(actor)
+}
+
+/// `converge.take_op_counter(actor)`: one counter for SQL that records an
+/// op of this node itself (internal; converge's owner only).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn take_op_counter(actor: &str) -> i64 {
+    take_counters(actor, 1)
+}
+
+/// Log the ops of one row change of this node: one op per changed column,
+/// with consecutive counters.
+pub fn log_local_ops(me: &str, table: &str, key: &serde_json::Value, cols: &[String], deltas: Vec<Vec<u8>>) {
+    let n = cols.len() as i64;
+    let last = take_counters(me, n);
+    let seq = relid(c"op_log_seq_seq");
+    let key = JsonB(key.clone()).into_datum();
+    let deps = Vec::<String>::new().into_datum();
+    let now = Some(pg_sys::Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }));
+    let mut t = Table::open(c"op_log");
+    for (i, (col, delta)) in cols.iter().zip(deltas).enumerate() {
+        let counter = last - n + 1 + i as i64;
+        let seqno = crate::security::as_owner_id(|| unsafe {
+            pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+        });
+        t.insert(&[
+            ("seq", seqno.and_then(|s| s.into_datum())),
+            ("op_id", text(&format!("{me}:{counter}"))),
+            ("actor", text(me)),
+            ("counter", int8(counter)),
+            ("target_table", text(table)),
+            ("target_key", key),
+            ("target_column", text(col)),
+            ("schema_version", int4(1)),
+            ("epoch", int8(0)),
+            ("deps", deps),
+            ("delta", delta.into_datum()),
+            ("outcome", text("applied")),
+            ("origin", text("local")),
+            ("received_at", now),
+        ]);
+    }
+    t.close();
+}
+
+unsafe fn column_number(rel: pg_sys::Relation, name: &str) -> i32 {
+    let desc = (*rel).rd_att;
+    let natts = (*desc).natts as usize;
+    (*desc)
+        .attrs
+        .as_slice(natts)
+        .iter()
+        .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name)
+        .map(|i| i as i32 + 1)
+        .unwrap_or_else(|| crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("converge table lacks column {name}")))
+}

@@ -1,0 +1,114 @@
+//! A guard on the cost of the paths every write takes, counted, not timed:
+//! rows written to converge's tables and WAL bytes per replicated update
+//! and per applied op, on a real server with converge preloaded. A later
+//! change that quietly doubles the work fails here, on any machine.
+//!
+//! The WAL bounds are the bytes measured when the fast paths landed
+//! (printed by the test) with a margin for version-to-version drift;
+//! raise one only with a note of why the extra bytes are worth it.
+
+use converge_cluster_tests::*;
+
+fn port() -> u16 {
+    std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 40
+}
+
+/// Rows written (inserted, updated, deleted) to converge's tables so far,
+/// as this backend's statistics see them after a flush.
+fn converge_rows(c: &mut postgres::Client) -> i64 {
+    c.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+    c.batch_execute("SELECT 1").unwrap();
+    c.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+    c.query_one(
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8 FROM pg_stat_user_tables WHERE schemaname = 'converge'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn lsn(c: &mut postgres::Client) -> i64 {
+    c.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8", &[]).unwrap().get(0)
+}
+
+fn op_rows(c: &mut postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM converge.op_log", &[]).unwrap().get(0)
+}
+
+/// Per statement (each its own transaction) of `n` runs of `sql` with $1 =
+/// n+1..2n, after a warm-up with 1..n: (op_log rows, rows written to
+/// converge's tables, WAL bytes).
+fn per_statement(c: &mut postgres::Client, sql: &str, n: i32) -> (f64, f64, f64) {
+    // Warm up: first touches after a checkpoint log full pages.
+    for i in 1..=n {
+        c.execute(sql, &[&i]).unwrap();
+    }
+    let (ops0, rows0, wal0) = (op_rows(c), converge_rows(c), lsn(c));
+    for i in n + 1..=2 * n {
+        c.execute(sql, &[&i]).unwrap();
+    }
+    let (ops1, wal1) = (op_rows(c), lsn(c));
+    let rows1 = converge_rows(c);
+    let n = n as f64;
+    ((ops1 - ops0) as f64 / n, (rows1 - rows0) as f64 / n, (wal1 - wal0) as f64 / n)
+}
+
+#[test]
+fn work_per_replicated_update_and_per_applied_op_stays_put() {
+    let scratch = Scratch::new("costs");
+    let node = Node::new(&scratch.0, "madrid", port(), true);
+    let mut c = node.client();
+    for setting in ["checkpoint_timeout = '1h'", "max_wal_size = '10GB'"] {
+        c.execute(&format!("ALTER SYSTEM SET {setting}"), &[]).unwrap();
+    }
+    c.batch_execute(
+        "SELECT pg_reload_conf();
+         CREATE EXTENSION converge; SELECT converge.set_node('madrid');
+         CREATE TABLE plain (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, note text);
+         CREATE TABLE repl (id int PRIMARY KEY, n converge.gcounter, tags converge.orset, note text);
+         INSERT INTO plain (id) SELECT generate_series(1, 200);
+         INSERT INTO repl (id) SELECT generate_series(1, 200);
+         SELECT converge.replicate('repl');",
+    )
+    .unwrap();
+    let n = 200;
+    let (_, _, plain_wal) = per_statement(&mut c, "UPDATE plain SET n = n + 1 WHERE id = 1 + $1 % 200", n);
+    let (ops, rows, incr_wal) = per_statement(&mut c, "UPDATE repl SET n = converge.incr(n, 1) WHERE id = 1 + $1 % 200", n);
+    println!("incr on a replicated table: {ops} op rows, {rows} converge rows, {incr_wal:.0} WAL bytes (plain update {plain_wal:.0})");
+    assert_eq!(ops, 1.0, "one op row per CRDT update");
+    assert_eq!(rows, 1.0, "the op row is the only converge row an update writes");
+    assert!(incr_wal <= 650.0, "WAL per replicated incr grew to {incr_wal:.0} bytes");
+
+    let (ops, rows, add_wal) = per_statement(&mut c, "UPDATE repl SET tags = converge.add(tags, 'x' || $1) WHERE id = 1 + $1 % 200", n);
+    println!("add on a replicated table: {ops} op rows, {rows} converge rows, {add_wal:.0} WAL bytes");
+    assert_eq!((ops, rows), (1.0, 1.0));
+    assert!(add_wal <= 750.0, "WAL per replicated add grew to {add_wal:.0} bytes");
+
+    let (_, _, plain_note) = per_statement(&mut c, "UPDATE plain SET note = 'v' || $1 WHERE id = 1 + $1 % 200", n);
+    let (ops, rows, note_wal) = per_statement(&mut c, "UPDATE repl SET note = 'v' || $1 WHERE id = 1 + $1 % 200", n);
+    println!("text column of a replicated table: {ops} op rows, {rows} converge rows, {note_wal:.0} WAL bytes (plain {plain_note:.0})");
+    assert_eq!(ops, 1.0, "one row op per changed row");
+    assert_eq!(rows, 2.0, "the row op and the row's last-writer-wins clock");
+    assert!(note_wal <= 1050.0, "WAL per row op grew to {note_wal:.0} bytes");
+
+    // Applying 1 000 ops of another node in one batch.
+    c.batch_execute(
+        "CREATE TABLE batch AS SELECT array_agg(ROW('dublin:' || i, 'dublin', 'public.repl', jsonb_build_object('id', 1 + i % 200),
+                'n', 1, 0, '{}'::text[], format('{\"counts\":{\"dublin\":%s}}', i)::converge.gcounter::bytea, NULL)::converge.op
+                ORDER BY i) AS ops FROM generate_series(1, 1000) i",
+    )
+    .unwrap();
+    let (ops0, rows0, wal0) = (op_rows(&mut c), converge_rows(&mut c), lsn(&mut c));
+    let applied: i64 = c
+        .query_one("SELECT count(*) FROM batch, converge.apply_batch(batch.ops, 'dublin') a WHERE a.outcome = 'applied'", &[])
+        .unwrap()
+        .get(0);
+    let (ops1, wal1) = (op_rows(&mut c), lsn(&mut c));
+    let rows1 = converge_rows(&mut c);
+    let (ops, rows, wal) = ((ops1 - ops0) as f64 / 1000.0, (rows1 - rows0) as f64 / 1000.0, (wal1 - wal0) as f64 / 1000.0);
+    println!("apply_batch of 1 000 ops: {applied} applied; per op {ops} op rows, {rows} converge rows, {wal:.0} WAL bytes");
+    assert_eq!(applied, 1000);
+    assert_eq!(ops, 1.0, "one op row per applied op");
+    assert!(rows <= 1.01, "apply writes the op row and the actor's frontier once per batch, got {rows} rows per op");
+    assert!(wal <= 550.0, "WAL per applied op grew to {wal:.0} bytes");
+}
