@@ -395,8 +395,7 @@ ALTER VIEW converge.quarantine SET (security_invoker = true);
 GRANT SELECT ON converge.quarantine TO PUBLIC;
 -- Administration and internal steps: not for PUBLIC.
 REVOKE ALL ON FUNCTION converge.set_node(text), converge.start_worker(), converge.retry_pending(),
-    converge.record_row_op(text, regclass, text, jsonb, jsonb, jsonb), converge.merge_stash(jsonb, jsonb, jsonb),
-    converge.replicate_layout(regclass), converge.forget_layout(oid), converge.take_op_counter(text) FROM PUBLIC;
+    converge.replicate_layout(regclass), converge.forget_layout(oid) FROM PUBLIC;
 
 COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log): whether the acting role may SELECT the table an op targets.';
 COMMENT ON FUNCTION converge.may_write(text, text) IS 'Internal: whether the acting role may apply ops of a column to a table (INSERT and UPDATE; DELETE too for row ops).';

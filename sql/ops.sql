@@ -148,32 +148,6 @@ $$;
 COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here.';
 
 
-
-
-
-
--- Merge two {column: CRDT text} objects column by column.
-CREATE FUNCTION converge.merge_stash(a jsonb, b jsonb, crdt jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
-DECLARE
-    out jsonb := coalesce(a, '{}');
-    col text;
-    v text;
-BEGIN
-    FOR col IN SELECT jsonb_object_keys(coalesce(b, '{}')) LOOP
-        EXECUTE format('SELECT converge.merge(coalesce($1, ''{}'')::converge.%1$I, $2::converge.%1$I)::text', crdt ->> col)
-            INTO v USING out ->> col, b ->> col;
-        out := out || jsonb_build_object(col, v);
-    END LOOP;
-    RETURN out;
-END $$;
-COMMENT ON FUNCTION converge.merge_stash(jsonb, jsonb, jsonb) IS 'Internal: merge two {column: CRDT text} objects column by column.';
-
-
-
-
-
-
 -- Pending ops whose deps are all applied, applied now.
 CREATE FUNCTION converge.retry_pending()
 RETURNS TABLE (op_id text, outcome text, reason text)
@@ -294,69 +268,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.snapshot(regclass) IS 'Every row of a table (CRDT columns as their full-state text) with the frontier it reflects; a client rejoins from it.';
 
--- The row op of a local INSERT, DELETE or change of non-CRDT columns, called
--- by the trigger converge.record_local_ops (src/trigger.rs), which records
--- the CRDT columns' ops itself. newrow/oldrow are the rows as jsonb.
--- It runs as converge's owner (security.rs) and touches internal tables only:
--- a stash to resume is returned, and the caller's trigger merges it into
--- the row as the calling role.
-CREATE FUNCTION converge.record_row_op(op text, rel regclass, me text, key jsonb, newrow jsonb, oldrow jsonb)
-RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
-DECLARE
-    r     converge.replicated;
-    nnew  jsonb := '{}';
-    nold  jsonb := '{}';
-    rs    converge.row_state;
-    clk   converge.lwwmap;
-    k     text;
-    stash jsonb;
-    gone  jsonb;
-    c     bigint;
-    resume jsonb := '{}';
-BEGIN
-    SELECT * INTO r FROM converge.replicated WHERE table_name = rel;
-    IF newrow IS NOT NULL THEN
-        SELECT coalesce(jsonb_object_agg(o, newrow -> o), '{}') INTO nnew FROM unnest(r.other_columns) o;
-    END IF;
-    IF oldrow IS NOT NULL THEN
-        SELECT coalesce(jsonb_object_agg(o, oldrow -> o), '{}') INTO nold FROM unnest(r.other_columns) o;
-    END IF;
-    SELECT * INTO rs FROM converge.row_state s WHERE s.tbl = rel AND s.target_key = key FOR UPDATE;
-    clk := coalesce(rs.clock, '{}');
-    stash := coalesce(rs.stash, '{}');
-    IF op = 'DELETE' THEN
-        clk := converge.put(clk, '$live', 'false');
-        -- The row is gone: its CRDT state moves to the tombstone.
-        SELECT coalesce(jsonb_object_agg(cc, oldrow ->> cc), '{}') INTO gone
-          FROM jsonb_object_keys(r.crdt_columns) cc WHERE oldrow ->> cc IS NOT NULL;
-        stash := converge.merge_stash(stash, gone, r.crdt_columns);
-    ELSE
-        FOR k IN SELECT e.key FROM jsonb_each(nnew) e WHERE op = 'INSERT' OR e.value IS DISTINCT FROM nold -> e.key LOOP
-            clk := converge.put(clk, k, nnew -> k);
-        END LOOP;
-        IF op = 'INSERT' THEN
-            clk := converge.put(clk, '$live', 'true');
-            -- The key comes back from a tombstone: it resumes the CRDT state
-            -- the tombstone kept (every node does the same).
-            resume := stash;
-            stash := '{}';
-        END IF;
-    END IF;
-    IF clk OPERATOR(converge.=) coalesce(rs.clock, '{}') THEN
-        RETURN resume;
-    END IF;
-    c := converge.take_op_counter(me);
-    INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                 epoch, deps, delta, outcome, origin)
-    SELECT me || ':' || c, me, c, format('%I.%I', n.nspname, cl.relname), key, '', 1, 0, '{}',
-           converge.delta(clk, coalesce(rs.clock, '{}'))::bytea, 'applied', 'local'
-      FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = rel;
-    INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-    VALUES (rel, key, clk, op <> 'DELETE', stash)
-    ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash;
-    RETURN resume;
-END $$;
-COMMENT ON FUNCTION converge.record_row_op(text, regclass, text, jsonb, jsonb, jsonb) IS 'Internal: record the row op (liveness, last-writer-wins columns) of a local insert, delete or update.';
 
 -- The layout half of converge.replicate (src/security.rs checks ownership,
 -- creates the trigger as the table's owner and calls this as converge's owner).
@@ -409,5 +320,4 @@ COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primar
 
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
 COMMENT ON FUNCTION converge.last_op_counter(text) IS 'Internal: the highest op counter of this node (its newest op in the log), for converge.frontier().';
-COMMENT ON FUNCTION converge.take_op_counter(text) IS 'Internal: reserve the next op counter of this node (locked to the end of the transaction, so its ops commit in counter order).';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

@@ -680,6 +680,13 @@ fn gate_and_merge<'a>(
     targets: &[Target],
     origin: &str,
 ) -> (Vec<&'a Item>, Vec<&'a Item>, Vec<(&'a Item, String)>) {
+    // This node's own ops, sent back by a peer (to a node restored from a
+    // backup): they enter the log outside the op trigger's counter.
+    if let Some(me) = crate::node::local_node_if_set() {
+        if ops.iter().any(|i| i.actor.as_deref() == Some(me.as_str())) {
+            crate::local_ops::own_ops_arrive();
+        }
+    }
     // The gate: one op_log row per op. `guarded` (ON CONFLICT .. DO NOTHING)
     // skips ops another session applied first; the fast path inserts plainly
     // (cheaper) and falls back to op by op on a unique violation.

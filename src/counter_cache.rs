@@ -24,6 +24,9 @@ struct Slot {
     /// A hash of the node name the counter belongs to (set_node may rename
     /// a node that has not written data).
     actor: u64,
+    /// Which log (op_log's oid and file): a recreated extension or a
+    /// truncated log starts over.
+    log: u64,
     last: i64,
 }
 
@@ -73,17 +76,17 @@ fn actor_hash(actor: &str) -> u64 {
 
 /// The last counter of `actor` in this database, if known. Call only
 /// under the counter lock.
-pub fn get(actor: &str) -> Option<i64> {
+pub fn get(actor: &str, log: u64) -> Option<i64> {
     if !READY.load(Ordering::Relaxed) {
         return None;
     }
     let (d, a) = (db(), actor_hash(actor));
-    COUNTERS.share().slots.iter().find(|s| s.db == d && s.actor == a).map(|s| s.last)
+    COUNTERS.share().slots.iter().find(|s| s.db == d && s.actor == a && s.log == log).map(|s| s.last)
 }
 
 /// Record `last` as the last counter of `actor` in this database, taken
 /// by this transaction. Call only under the counter lock.
-pub fn set(actor: &str, last: i64) {
+pub fn set(actor: &str, log: u64, last: i64) {
     if !READY.load(Ordering::Relaxed) {
         return;
     }
@@ -92,12 +95,20 @@ pub fn set(actor: &str, last: i64) {
     let (d, actor) = (db(), actor_hash(actor));
     let mut c = COUNTERS.exclusive();
     if let Some(s) = c.slots.iter_mut().find(|s| s.db == d) {
-        *s = Slot { db: d, actor, last };
+        *s = Slot { db: d, actor, log, last };
         return;
     }
     let i = c.next;
-    c.slots[i] = Slot { db: d, actor, last };
+    c.slots[i] = Slot { db: d, actor, log, last };
     c.next = (i + 1) % SLOTS;
+}
+
+/// Drop this database's entry (the next take reads the log). Call only
+/// under the counter lock.
+pub fn forget_here() {
+    if READY.load(Ordering::Relaxed) {
+        forget();
+    }
 }
 
 fn forget() {

@@ -37,6 +37,7 @@ mod local_ops;
 mod node;
 mod ops;
 mod replication;
+mod row_ops;
 mod rows;
 mod security;
 mod spi;
@@ -62,7 +63,6 @@ extension_sql_file!(
         trigger::forget_layout,
         trigger::replicate_table,
         trigger::applying,
-        local_ops::take_op_counter,
         local_ops::last_op_counter,
         security::may_write
     ]

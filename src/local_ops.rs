@@ -4,48 +4,86 @@
 //! Taking counters locks a converge-private lock tag until the transaction
 //! ends, so this node's ops commit in counter order and its counters have
 //! no gaps (a rolled-back transaction gives its counters back). Inside the
-//! lock the log is read at its newest committed state, so a REPEATABLE READ
-//! or SERIALIZABLE transaction never fails on it: the counter is not data
-//! a snapshot should see.
+//! lock the log is read with SnapshotSelf (every committed row and this
+//! transaction's own), so a REPEATABLE READ or SERIALIZABLE transaction
+//! never fails on it: the counter is not data a snapshot should see.
 
 use crate::direct::{int4, int8, relid, text, Table};
 use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
+/// Hold this node's op-counter lock to the end of the transaction.
+fn lock_counter() {
+    // A tag no SQL statement can take (LOCKTAG_OBJECT on a relation's
+    // pg_class row is used by nothing else): only op recorders wait here.
+    let frontier = relid(c"actor_frontier");
+    unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, frontier, 1, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+}
+
 /// Reserve `n` consecutive op counters of actor `me` (this node) and
 /// return the last; the first is `last - n + 1`.
 pub fn take_counters(me: &str, n: i64) -> i64 {
-    unsafe {
-        // A tag no SQL statement can take (LOCKTAG_OBJECT on a relation's
-        // pg_class row is used by nothing else): only op recorders wait here.
-        let frontier = relid(c"actor_frontier");
-        pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, frontier, 1, pg_sys::ExclusiveLock as pg_sys::LOCKMODE);
-    }
-    let last = crate::counter_cache::get(me).unwrap_or_else(|| last_counter(me)) + n;
-    crate::counter_cache::set(me, last);
+    lock_counter();
+    let log = log_identity();
+    let last = crate::counter_cache::get(me, log).unwrap_or_else(|| last_counter(me, View::Newest)) + n;
+    crate::counter_cache::set(me, log, last);
     last
 }
 
-/// The highest op counter of actor `me` taken by a committed transaction
-/// (or by this one): its last applied op in the log, or its row of
-/// actor_frontier when compaction has emptied the log of its ops.
+/// Ops of this node itself are about to enter the log by another path (a
+/// peer sending back ops that a node restored from a backup lost): no
+/// local take may interleave, and the cached counter is stale after.
+pub fn own_ops_arrive() {
+    lock_counter();
+    crate::counter_cache::forget_here();
+}
+
+/// Which log the cache describes: op_log's oid and file (a new extension
+/// or a TRUNCATE is a new log).
+fn log_identity() -> u64 {
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid(c"op_log"));
+        let id = ((*rel).rd_id.to_u32() as u64) << 32 | (*rel).rd_node.relNode.to_u32() as u64;
+        pg_sys::RelationClose(rel);
+        id
+    }
+}
+
+/// Which rows a counter read sees.
+#[derive(Clone, Copy)]
+pub enum View {
+    /// Every committed row and this transaction's own (SnapshotSelf): for
+    /// a holder of the counter lock. No snapshot, so no serialization
+    /// conflict and no predicate lock on the log.
+    Newest,
+    /// The calling statement's snapshot: for readers (frontier()), so
+    /// the counter agrees with the rows the same statement reads. Local
+    /// ops commit in counter order, so any snapshot sees a gapless prefix.
+    Statement,
+}
+
+/// The highest op counter of actor `me` in `view`: its last applied op in
+/// the log, or its row of actor_frontier when compaction has emptied the
+/// log of its ops.
 ///
 /// Why not a counter row updated per op: one row updated thousands of
 /// times a second grows a HOT chain that every reader walks. The log's
 /// (actor, counter) index already holds the answer at its right end.
-pub fn last_counter(me: &str) -> i64 {
+pub fn last_counter(me: &str, view: View) -> i64 {
     // A backward index scan reads a whole leaf page of matches; a floor
     // this backend already saw (counters only grow) keeps that to the ops
     // recorded since.
     let floor = SEEN.with(|s| s.borrow().as_ref().filter(|(a, _)| a == me).map(|(_, c)| *c));
     // Nothing at or above the floor (it came from a transaction that
-    // rolled back): read without it.
-    let logged = newest(c"op_log", c"op_log_applied_once", me, "counter", floor)
-        .or_else(|| floor.and_then(|_| newest(c"op_log", c"op_log_applied_once", me, "counter", None)));
+    // rolled back, or from a newer view than this one): read without it.
+    let logged = newest(c"op_log", c"op_log_applied_once", me, "counter", floor, view)
+        .or_else(|| floor.and_then(|_| newest(c"op_log", c"op_log_applied_once", me, "counter", None, view)));
     // Compaction that removes all of this node's ops keeps the counter in
     // its actor_frontier row (it never removes the newest op otherwise).
-    let last = logged.or_else(|| newest(c"actor_frontier", c"actor_frontier_pkey", me, "contiguous", None)).unwrap_or(0);
+    let last = logged
+        .or_else(|| newest(c"actor_frontier", c"actor_frontier_pkey", me, "contiguous", None, view))
+        .unwrap_or(0);
     SEEN.with(|s| *s.borrow_mut() = Some((me.to_string(), last)));
     last
 }
@@ -56,9 +94,9 @@ thread_local! {
 }
 
 /// The value of `column` in the row of `table` found last by `index`
-/// (first column: actor = `actor`), read at the newest committed state.
-/// With `floor`, only rows whose second index column is at least `floor`.
-fn newest(table: &'static CStr, index: &'static CStr, actor: &str, column: &str, floor: Option<i64>) -> Option<i64> {
+/// (first column: actor = `actor`), in `view`. With `floor`, only rows
+/// whose second index column is at least `floor`.
+fn newest(table: &'static CStr, index: &'static CStr, actor: &str, column: &str, floor: Option<i64>, view: View) -> Option<i64> {
     unsafe {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let heap = pg_sys::table_open(relid(table), lock);
@@ -74,7 +112,11 @@ fn newest(table: &'static CStr, index: &'static CStr, actor: &str, column: &str,
             pg_sys::ScanKeyInit(&mut keys[1], 2, ge, pg_sys::F_INT8GE.into(), pg_sys::Datum::from(f));
             nkeys = 2;
         }
-        let scan = pg_sys::index_beginscan(heap, idx, pg_sys::GetLatestSnapshot(), nkeys, 0);
+        let snapshot = match view {
+            View::Newest => &raw mut pg_sys::SnapshotSelfData,
+            View::Statement => pg_sys::GetActiveSnapshot(),
+        };
+        let scan = pg_sys::index_beginscan(heap, idx, snapshot, nkeys, 0);
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
         let mut out = None;
@@ -91,19 +133,13 @@ fn newest(table: &'static CStr, index: &'static CStr, actor: &str, column: &str,
     }
 }
 
-/// `converge.last_op_counter(actor)`: this node's highest op counter, for
-/// `converge.frontier()` (internal).
-#[pg_extern(stable, strict, parallel_safe)]
+/// `converge.last_op_counter(actor)`: this node's highest op counter in
+/// the statement's snapshot, for `converge.frontier()` (internal).
+#[pg_extern(stable, strict, parallel_restricted)]
 fn last_op_counter(actor: &str) -> i64 {
-    last_counter(actor)
+    last_counter(actor, View::Statement)
 }
 
-/// `converge.take_op_counter(actor)`: one counter for SQL that records an
-/// op of this node itself (internal; converge's owner only).
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn take_op_counter(actor: &str) -> i64 {
-    take_counters(actor, 1)
-}
 
 /// Log the ops of one row change of this node: one op per changed column,
 /// with consecutive counters.

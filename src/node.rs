@@ -52,6 +52,14 @@ pub fn local_node() -> String {
     name
 }
 
+/// The local node name, or None when it is not set.
+pub fn local_node_if_set() -> Option<String> {
+    if let Some(n) = NODE.with(|c| c.borrow().clone()) {
+        return Some(n);
+    }
+    crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])
+}
+
 /// Who is mutating, with a fresh dot. Every mutator takes one, so the dot
 /// sequence also records that this node has written data.
 pub fn mutation() -> (String, Dot) {

@@ -4,20 +4,18 @@
 //! The hot path (an UPDATE that changes CRDT columns only) stays in Rust:
 //! the table's layout is cached per backend (dropped on relcache
 //! invalidation), each changed column's delta is computed from the stored
-//! bytes with converge-core, and one prepared statement takes the op
-//! counters and inserts the ops. Row ops (INSERT, DELETE, a change of a
-//! non-CRDT column) go through `converge.record_row_op` in SQL.
-//!
-//! Op counters: `converge.actor_frontier` row of this node is the counter
-//! (one `+ n` per statement). Its row lock is held to commit, so this node's
-//! ops commit in counter order and its frontier is always contiguous.
+//! bytes with converge-core, and the op rows go straight into the log
+//! (`local_ops`: the op counter, locked to commit, so this node's ops
+//! commit in counter order). Row ops (INSERT, DELETE, a change of a
+//! non-CRDT column) are recorded by `row_ops`.
 
 use crate::errors::raise_hint;
 use crate::node;
+use crate::row_ops::{RowChange, RowEvent};
 use converge_core::{decode_trusted, encode, Crdt};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -33,7 +31,10 @@ struct Meta {
     name: String,
     keys: Vec<Column>,
     crdt: Vec<Column>,
+    /// CRDT column -> converge type name.
+    crdt_types: HashMap<String, String>,
     other: Vec<usize>,
+    other_names: Vec<String>,
 }
 
 thread_local! {
@@ -101,7 +102,9 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             name,
             keys: keys.iter().filter_map(|k| col(k, String::new())).collect(),
             crdt: crdt_cols,
+            crdt_types: crdt.clone(),
             other: other.iter().filter_map(|n| index_of(n)).collect(),
+            other_names: other.clone(),
         })
     });
     META.with(|c| c.borrow_mut().insert(relid, m.clone()));
@@ -337,59 +340,56 @@ fn record_local_ops<'a>(
     if row_changed {
         let rowtype = unsafe { (*(*rel).rd_rel).reltype };
         let as_datum = |t: pg_sys::HeapTuple| unsafe {
-            DatumWithOid::new(pg_sys::heap_copy_tuple_as_datum(t, desc), rowtype)
+            Some(DatumWithOid::new(pg_sys::heap_copy_tuple_as_datum(t, desc), rowtype))
         };
-        let (newrow, oldrow) = if is_insert {
-            (as_datum(td.tg_trigtuple), DatumWithOid::null_oid(rowtype))
+        let (newrow, oldrow, event) = if is_insert {
+            (as_datum(td.tg_trigtuple), None, RowEvent::Insert)
         } else if is_delete {
-            (DatumWithOid::null_oid(rowtype), as_datum(td.tg_trigtuple))
+            (None, as_datum(td.tg_trigtuple), RowEvent::Delete)
         } else {
-            (as_datum(td.tg_newtuple), as_datum(td.tg_trigtuple))
+            (as_datum(td.tg_newtuple), as_datum(td.tg_trigtuple), RowEvent::Update)
         };
-        let op = if is_insert { "INSERT" } else if is_delete { "DELETE" } else { "UPDATE" };
-        record_row_op(&meta, unsafe { (*rel).rd_id }, op, &me, key, newrow, oldrow);
+        // A deleted row's CRDT state, for its tombstone.
+        let gone = match (&old, event) {
+            (Some(o), RowEvent::Delete) => meta
+                .crdt
+                .iter()
+                .filter_map(|c| {
+                    let b = unsafe { bytes_of(o, c.index) }?;
+                    crate::row_ops::crdt_text(&c.kind, b).map(|t| (c.name.clone(), serde_json::Value::String(t)))
+                })
+                .collect(),
+            _ => serde_json::Map::new(),
+        };
+        let change = RowChange {
+            rel: unsafe { (*rel).rd_id },
+            rowtype,
+            table: &meta.name,
+            other: &meta.other_names,
+            gone,
+            crdt: &meta.crdt_types,
+            event,
+            key: &key,
+            new: newrow,
+            old: oldrow,
+        };
+        let stash = crate::row_ops::record(&me, change);
+        if !stash.is_empty() {
+            resume(&meta, unsafe { (*rel).rd_id }, &key, &stash);
+        }
     }
     Ok(None)
 }
 
-/// The row op of a local insert, delete or change of a non-CRDT column:
-/// the rows become jsonb as the caller, `converge.record_row_op` keeps
-/// row_state and the op log as converge's owner, and a key inserted again
-/// resumes the CRDT state its tombstone kept (as the caller).
-fn record_row_op(meta: &Meta, rel: pg_sys::Oid, op: &str, me: &str, key: serde_json::Value, newrow: DatumWithOid, oldrow: DatumWithOid) {
-    let err = |e: pgrx::spi::SpiError| -> ! {
-        crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording a row op: {e}"))
-    };
-    let (newj, oldj) = Spi::connect(|c| {
-        let r = c.select("SELECT to_jsonb($1), to_jsonb($2)", Some(1), &[newrow, oldrow])?;
-        let row = r.first();
-        Ok::<_, pgrx::spi::SpiError>((row.get::<JsonB>(1)?, row.get::<JsonB>(2)?))
-    })
-    .unwrap_or_else(|e| err(e));
-    let resume = crate::security::as_owner(|| {
-        Spi::connect_mut(|c| {
-            let r = c.update(
-                "SELECT converge.record_row_op($1, $2::oid::regclass, $3, $4, $5, $6)",
-                Some(1),
-                &[op.into(), rel.into(), me.into(), JsonB(key.clone()).into(), newj.into(), oldj.into()],
-            )?;
-            r.first().get::<JsonB>(1)
-        })
-    })
-    .unwrap_or_else(|e| err(e));
-    if let Some(JsonB(serde_json::Value::Object(stash))) = resume {
-        if stash.is_empty() {
-            return;
-        }
-        let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[rel.into()]).unwrap_or_default();
-        let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
-        let crdt: HashMap<String, String> = meta.crdt.iter().map(|c| (c.name.clone(), c.kind.clone())).collect();
-        let t = crate::rows::RowTable { name, rel, keys: &keys, crdt: &crdt };
-        // The resumed state is this key's history, already logged as ops.
-        set_applying(true);
-        t.resume(&key, &stash);
-        set_applying(false);
-    }
+/// A key inserted again resumes the CRDT state its tombstone kept (merged
+/// into the new row as the caller; already logged as ops, so not again).
+fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, stash: &serde_json::Map<String, serde_json::Value>) {
+    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[rel.into()]).unwrap_or_default();
+    let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
+    let t = crate::rows::RowTable { name, rel, keys: &keys, crdt: &meta.crdt_types };
+    set_applying(true);
+    t.resume(key, stash);
+    set_applying(false);
 }
 
 /// `converge.replicate(t)`: only the table's owner may mark it. The layout

@@ -23,6 +23,19 @@ SELECT op_id, target_key, target_column,
        outcome, origin
   FROM op_log ORDER BY seq;
 SELECT frontier();
+-- A transaction that rolls back gives its op counters back, and so does a
+-- rolled-back savepoint: the next op continues the sequence, no gap.
+BEGIN;
+UPDATE incident SET visits = incr(visits, 1) WHERE id = 1;
+SET CONSTRAINTS ALL IMMEDIATE;   -- record the op now, inside the transaction
+ROLLBACK;
+BEGIN;
+SAVEPOINT s;
+UPDATE incident SET title = 'not kept' WHERE id = 1;
+SET CONSTRAINTS ALL IMMEDIATE;
+ROLLBACK TO s;
+COMMIT;
+SELECT count(*) AS ops, max(counter) AS last_counter, frontier() AS frontier FROM op_log;
 
 -- An op's text form round-trips.
 SELECT o::text, o::text::op = o AS round_trips
