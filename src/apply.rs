@@ -672,6 +672,39 @@ fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
     .unwrap_or_else(|e| spi_err(e))
 }
 
+/// The gate's fast path: `items` (sorted by actor and counter) go into the
+/// log as applied, straight into its heap and indexes (`direct`): no
+/// arrays to build, no statement to plan. A duplicate violates the log's
+/// unique (actor, counter) index and fails the batch's subtransaction,
+/// which then goes op by op through the guarded SQL insert.
+fn insert_applied(items: &[&Item], origin: &str) {
+    use crate::direct::{int4, int8, relid, text, Table};
+    let seq = relid(c"op_log_seq_seq");
+    let now = Some(pg_sys::Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }));
+    let mut t = Table::open(c"op_log");
+    for it in items {
+        let seqno = unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) };
+        t.insert(&[
+            ("seq", seqno.and_then(|s| s.into_datum())),
+            ("op_id", it.op_id.as_deref().and_then(text)),
+            ("actor", it.actor.as_deref().and_then(text)),
+            ("counter", it.counter.and_then(int8)),
+            ("target_table", it.table.as_deref().and_then(text)),
+            ("target_key", it.key.clone().and_then(|k| JsonB(k).into_datum())),
+            ("target_column", it.column.as_deref().and_then(text)),
+            ("schema_version", it.version.and_then(int4)),
+            ("epoch", it.epoch.and_then(int8)),
+            ("deps", it.deps.as_ref().and_then(|_| deps_of(it).into_datum())),
+            ("delta", it.delta.as_deref().and_then(|d| d.into_datum())),
+            ("signature", it.signature.as_deref().and_then(|d| d.into_datum())),
+            ("outcome", text("applied")),
+            ("origin", text(origin)),
+            ("received_at", now),
+        ]);
+    }
+    t.close();
+}
+
 /// Through the dedupe gate (an op_log row per op, unless another session
 /// applied it first) and into the rows. Returns (won, lost, rejected with reason).
 #[allow(clippy::type_complexity)]
@@ -694,12 +727,15 @@ fn gate_and_merge<'a>(
         // In (actor, counter) order: concurrent batches take the gate alike.
         let mut sorted: Vec<&Item> = items.to_vec();
         sorted.sort_by(|a, b| (&a.actor, a.counter).cmp(&(&b.actor, b.counter)));
+        if !guarded {
+            insert_applied(&sorted, origin);
+            return sorted.iter().filter_map(|i| i.op_id.clone()).collect();
+        }
         let mut args = envelope_args(&sorted, None);
         args.push(origin.to_string().into());
         // Valid deps are op_ids, which never contain a comma.
         args.push(sorted.iter().map(|i| i.deps.as_ref().map(|_| deps_of(i).join(","))).collect::<Vec<Option<String>>>().into());
-        let sql = format!(
-            "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+        let sql = "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
                                          epoch, deps, delta, signature, outcome, origin)
              SELECT u.op_id, u.actor, u.counter, u.tbl, u.key, u.col, u.ver, u.ep,
                     string_to_array(u.deps_text, ','), u.delta, u.sig, 'applied', $12
@@ -707,15 +743,9 @@ fn gate_and_merge<'a>(
                            $8::int8[], $9::jsonb[], $10::bytea[], $11::bytea[], $13::text[])
                     WITH ORDINALITY u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, deps_text, ord)
               ORDER BY u.ord
-             {}",
-            if guarded { "ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING RETURNING op_id" } else { "" }
-        );
-        if !guarded {
-            run(&sql, &args);
-            return sorted.iter().filter_map(|i| i.op_id.clone()).collect();
-        }
+             ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING RETURNING op_id";
         Spi::connect_mut(|c| {
-            c.update(sql.as_str(), None, &args).map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            c.update(sql, None, &args).map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
         })
         .unwrap_or_else(|e| spi_err(e))
     };
