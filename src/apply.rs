@@ -39,6 +39,7 @@ struct Item {
 }
 
 /// A replicated table as the batch found it.
+#[derive(Clone)]
 struct Target {
     rel: pg_sys::Oid,
     keys: Vec<String>,
@@ -65,7 +66,7 @@ fn spi_err(e: impl std::fmt::Display) -> ! {
 }
 
 fn run(sql: &str, args: &[DatumWithOid]) {
-    Spi::run_with_args(sql, args).unwrap_or_else(|e| spi_err(e));
+    crate::spi::prepared(sql, args, |_| Ok(())).unwrap_or_else(|e| spi_err(e));
 }
 
 /// A PostgreSQL error caught by `subtransaction`.
@@ -133,11 +134,57 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Resolve a target table name to a replicated table (cached per batch).
+thread_local! {
+    /// resolve()'s answers across calls, by (search_path, name): a worker
+    /// or a client names the same few tables batch after batch. Cleared
+    /// on any relcache invalidation (DDL, converge.replicate, ANALYZE)
+    /// and on any change of a schema (trigger::watch_relcache).
+    static RESOLVED: std::cell::RefCell<HashMap<(String, String), Result<Target, &'static str>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+pub fn forget_resolved() {
+    RESOLVED.with(|r| r.borrow_mut().clear());
+}
+
+fn search_path() -> String {
+    let p = unsafe { pg_sys::GetConfigOption(c"search_path".as_ptr(), false, false) };
+    if p.is_null() {
+        return String::new();
+    }
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Resolve a target table name to a replicated table (cached per batch,
+/// and across batches in RESOLVED).
 fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) -> Result<usize, &'static str> {
     if let Some(r) = cache.get(name) {
         return *r;
     }
+    let key = (search_path(), name.to_string());
+    // A table created in a transaction that rolled back sent no
+    // invalidation: an answer whose table is gone is not used.
+    let alive = |k: &Result<Target, &'static str>| k.as_ref().map_or(true, |t| !unsafe { pg_sys::get_rel_name(t.rel) }.is_null());
+    if let Some(known) = RESOLVED.with(|r| r.borrow().get(&key).cloned()).filter(alive) {
+        let r = known.map(|t| {
+            targets.push(t);
+            targets.len() - 1
+        });
+        cache.insert(name.to_string(), r);
+        return r;
+    }
+    crate::trigger::watch_relcache();
+    let r = resolve_now(name, targets);
+    // An unknown name is not kept: creating that table later sends no
+    // invalidation that would clear it.
+    if r != Err("unknown_table") {
+        RESOLVED.with(|m| m.borrow_mut().insert(key, r.map(|i| targets[i].clone())));
+    }
+    cache.insert(name.to_string(), r);
+    r
+}
+
+fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize, &'static str> {
     // to_regclass raises on some malformed names: a subtransaction keeps that
     // an op's rejection, not the batch's error.
     let found = subtransaction(|| {
@@ -181,7 +228,6 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
             Err("unknown_table")
         }
     };
-    cache.insert(name.to_string(), r);
     r
 }
 
@@ -426,9 +472,8 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
     let actors: Vec<String> = by_actor.keys().map(|a| a.to_string()).collect();
     let lows: Vec<i64> = by_actor.values().map(|c| *c.iter().min().unwrap() as i64).collect();
     let highs: Vec<i64> = by_actor.values().map(|c| *c.iter().max().unwrap() as i64).collect();
-    let found: Vec<(String, i64)> = Spi::connect_mut(|c| {
-        c.update(
-            "SELECT u.a, l.counter
+    let found: Vec<(String, i64)> = crate::spi::prepared(
+        "SELECT u.a, l.counter
                FROM unnest($1::text[], $2::int8[], $3::int8[]) u(a, lo, hi)
                LEFT JOIN converge.actor_frontier f ON f.actor = u.a
                JOIN LATERAL (SELECT g AS counter FROM generate_series(u.lo, least(u.hi, coalesce(f.contiguous, 0))) g
@@ -436,11 +481,9 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
                              SELECT l.counter FROM converge.op_log l
                               WHERE l.actor = u.a AND l.outcome = 'applied'
                                 AND l.counter BETWEEN greatest(u.lo, coalesce(f.contiguous, 0) + 1) AND u.hi) l ON true",
-            None,
-            &[actors.into(), lows.into(), highs.into()],
-        )
-        .map(|t| t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??))).collect())
-    })
+        &[actors.into(), lows.into(), highs.into()],
+        |t| Ok(t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??))).collect()),
+    )
     .unwrap_or_else(|e| spi_err(e));
     let found: HashSet<(String, i64)> = found.into_iter().collect();
     ids.iter()
@@ -483,16 +526,12 @@ fn blocked(fresh: &[&Item]) -> HashSet<usize> {
 /// Move `actor`'s contiguous frontier past the counters just applied
 /// (`won`, sorted) and any applied earlier out of order.
 fn advance_frontier(actor: &str, won: &[i64]) {
-    let cur = Spi::connect_mut(|c| {
-        c.update(
-            "INSERT INTO converge.actor_frontier AS f (actor) VALUES ($1)
+    let cur = crate::spi::prepared(
+        "INSERT INTO converge.actor_frontier AS f (actor) VALUES ($1)
              ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous RETURNING f.contiguous",
-            Some(1),
-            &[actor.into()],
-        )?
-        .first()
-        .get_one::<i64>()
-    })
+        &[actor.into()],
+        |t| if t.is_empty() { Ok(None) } else { t.first().get_one::<i64>() },
+    )
     .unwrap_or_else(|e| spi_err(e))
     .unwrap_or(0);
     let mut next = cur;
@@ -505,23 +544,22 @@ fn advance_frontier(actor: &str, won: &[i64]) {
     // Counters applied by earlier batches (out of order) may continue the
     // run: a probe of the unique index first, a range read only if so.
     loop {
-        let follows = crate::spi::read_one::<bool>(
+        let follows = crate::spi::prepared(
             "SELECT EXISTS (SELECT 1 FROM converge.op_log WHERE actor = $1 AND counter = $2 AND outcome = 'applied')",
             &[actor.into(), (next + 1).into()],
+            |t| t.first().get_one::<bool>(),
         )
+        .unwrap_or_else(|e| spi_err(e))
         .unwrap_or(false);
         if !follows {
             break;
         }
-        let more: Vec<i64> = Spi::connect_mut(|c| {
-            c.update(
-                "SELECT counter FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' AND counter > $2
+        let more: Vec<i64> = crate::spi::prepared(
+            "SELECT counter FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' AND counter > $2
                   ORDER BY counter LIMIT 1000",
-                None,
-                &[actor.into(), next.into()],
-            )
-            .map(|t| t.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect())
-        })
+            &[actor.into(), next.into()],
+            |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect()),
+        )
         .unwrap_or_else(|e| spi_err(e));
         for c in &more {
             if *c != next + 1 {
@@ -644,31 +682,24 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
 fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
     // Most tables have no tombstone at all: one probe of a partial index.
     let any = keys.is_empty()
-        || Spi::connect_mut(|c| {
-            c.update(
-                "SELECT EXISTS (SELECT 1 FROM converge.row_state WHERE tbl = $1::oid::regclass AND NOT live)",
-                Some(1),
-                &[rel.into()],
-            )?
-            .first()
-            .get_one::<bool>()
-        })
+        || crate::spi::prepared(
+            "SELECT EXISTS (SELECT 1 FROM converge.row_state WHERE tbl = $1::oid::regclass AND NOT live)",
+            &[rel.into()],
+            |t| if t.is_empty() { Ok(None) } else { t.first().get_one::<bool>() },
+        )
         .unwrap_or_else(|e| spi_err(e))
         .unwrap_or(false);
     if keys.is_empty() || !any {
         return Vec::new();
     }
     let keys: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
-    Spi::connect_mut(|c| {
-        c.update(
-            "SELECT u.i FROM unnest($2::jsonb[]) WITH ORDINALITY u(k, i)
+    crate::spi::prepared(
+        "SELECT u.i FROM unnest($2::jsonb[]) WITH ORDINALITY u(k, i)
                JOIN converge.row_state rs ON rs.tbl = $1::oid::regclass AND rs.target_key = u.k
               WHERE NOT rs.live ORDER BY u.i FOR UPDATE OF rs",
-            None,
-            &[rel.into(), keys.into()],
-        )
-        .map(|t| t.filter_map(|r| r.get::<i64>(1).ok().flatten().map(|i| i as usize - 1)).collect())
-    })
+        &[rel.into(), keys.into()],
+        |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten().map(|i| i as usize - 1)).collect()),
+    )
     .unwrap_or_else(|e| spi_err(e))
 }
 
@@ -817,17 +848,15 @@ fn gate_and_merge<'a>(
 /// Pending ops whose deps are all applied, applied now (those the acting
 /// role may write; the others wait for a role that may).
 fn retry_pending() -> Vec<Outcome> {
-    Spi::connect_mut(|c| {
-        c.update("SELECT op_id, outcome, reason FROM converge.retry_pending()", None, &[]).map(|t| {
-            t.map(|r| {
-                (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(3).ok().flatten(),
-                )
-            })
-            .collect()
+    crate::spi::prepared("SELECT op_id, outcome, reason FROM converge.retry_pending()", &[], |t| {
+        Ok(t.map(|r| {
+            (
+                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                r.get::<String>(3).ok().flatten(),
+            )
         })
+        .collect())
     })
     .unwrap_or_else(|e| spi_err(e))
 }
@@ -935,14 +964,11 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         HashSet::new()
     } else {
         let mut s = applied_set(&ids);
-        let pending: Vec<String> = Spi::connect_mut(|c| {
-            c.update(
-                "SELECT q.op_id FROM converge.pending q WHERE EXISTS (SELECT 1 FROM converge.pending) AND q.op_id = ANY ($1)",
-                None,
-                &[ids.clone().into()],
-            )
-            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
-        })
+        let pending: Vec<String> = crate::spi::prepared(
+            "SELECT q.op_id FROM converge.pending q WHERE EXISTS (SELECT 1 FROM converge.pending) AND q.op_id = ANY ($1)",
+            &[ids.clone().into()],
+            |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
+        )
         .unwrap_or_else(|e| spi_err(e));
         s.extend(pending);
         s

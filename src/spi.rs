@@ -41,3 +41,38 @@ pub fn read_fresh_i64(sql: &str) -> Option<i64> {
         out
     }
 }
+
+thread_local! {
+    /// Plans of statements run often (by SQL text and argument types),
+    /// prepared once per backend.
+    static PLANS: std::cell::RefCell<std::collections::HashMap<(String, Vec<u32>), pgrx::spi::OwnedPreparedStatement>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Run `sql` through a plan prepared once per backend (parse and analysis
+/// once; PostgreSQL's plan cache then picks custom or generic plans, and
+/// replans after invalidations and search_path changes), and read its
+/// result with `read`. For statements of the apply path that run per
+/// batch: planning them every time cost more than running them.
+pub fn prepared<R>(
+    sql: &str,
+    args: &[DatumWithOid],
+    read: impl FnOnce(pgrx::spi::SpiTupleTable) -> Result<R, pgrx::spi::SpiError>,
+) -> Result<R, pgrx::spi::SpiError> {
+    let key = (sql.to_string(), args.iter().map(|a| a.oid().to_u32()).collect::<Vec<u32>>());
+    // Taken out while it runs: a statement may reach this function again
+    // (a user's trigger fired by an upsert), and then prepares its own.
+    let cached = PLANS.with(|p| p.borrow_mut().remove(&key));
+    Spi::connect_mut(|c| {
+        let plan = match cached {
+            Some(plan) => plan,
+            None => {
+                let types: Vec<pgrx::PgOid> = args.iter().map(|a| pgrx::PgOid::from(a.oid())).collect();
+                c.prepare_mut(sql, &types)?.keep()
+            }
+        };
+        let out = c.update(&plan, None, args).and_then(read);
+        PLANS.with(|p| p.borrow_mut().insert(key, plan));
+        out
+    })
+}

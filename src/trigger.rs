@@ -45,6 +45,7 @@ thread_local! {
 #[pg_guard]
 unsafe extern "C-unwind" fn forget_meta(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     crate::direct::forget_oid(relid);
+    crate::apply::forget_resolved();
     META.with(|m| {
         if relid == pg_sys::InvalidOid {
             m.borrow_mut().clear();
@@ -59,10 +60,20 @@ unsafe extern "C-unwind" fn forget_meta(_arg: pg_sys::Datum, relid: pg_sys::Oid)
 pub fn watch_relcache() {
     CALLBACK.with(|c| {
         if !*c.borrow() {
-            unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_meta), pg_sys::Datum::from(0)) };
+            unsafe {
+                pg_sys::CacheRegisterRelcacheCallback(Some(forget_meta), pg_sys::Datum::from(0));
+                // A renamed schema changes the names of its tables.
+                let ns = pg_sys::SysCacheIdentifier::NAMESPACEOID as i32;
+                pg_sys::CacheRegisterSyscacheCallback(ns, Some(forget_all), pg_sys::Datum::from(0));
+            }
             *c.borrow_mut() = true;
         }
     });
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_all(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    forget_meta(pg_sys::Datum::from(0), pg_sys::InvalidOid);
 }
 
 fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
