@@ -308,13 +308,8 @@ fn node_actors() -> HashSet<String> {
         return HashSet::new();
     }
     crate::security::as_owner(|| {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer",
-                None,
-                &[],
-            )
-            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        crate::spi::prepared("SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer", &[], |t| {
+            Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
         })
     })
     .unwrap_or_else(|e| spi_err(e))
@@ -472,19 +467,26 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
     let actors: Vec<String> = by_actor.keys().map(|a| a.to_string()).collect();
     let lows: Vec<i64> = by_actor.values().map(|c| *c.iter().min().unwrap() as i64).collect();
     let highs: Vec<i64> = by_actor.values().map(|c| *c.iter().max().unwrap() as i64).collect();
-    let found: Vec<(String, i64)> = crate::spi::prepared(
-        "SELECT u.a, l.counter
-               FROM unnest($1::text[], $2::int8[], $3::int8[]) u(a, lo, hi)
-               LEFT JOIN converge.actor_frontier f ON f.actor = u.a
-               JOIN LATERAL (SELECT g AS counter FROM generate_series(u.lo, least(u.hi, coalesce(f.contiguous, 0))) g
-                             UNION ALL
-                             SELECT l.counter FROM converge.op_log l
-                              WHERE l.actor = u.a AND l.outcome = 'applied'
-                                AND l.counter BETWEEN greatest(u.lo, coalesce(f.contiguous, 0) + 1) AND u.hi) l ON true",
-        &[actors.into(), lows.into(), highs.into()],
-        |t| Ok(t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??))).collect()),
-    )
-    .unwrap_or_else(|e| spi_err(e));
+    // A generic plan: the arrays' lengths change nothing in how to read
+    // them, and a custom plan per call cost more than the read.
+    let found: Vec<(String, i64)> = crate::spi::generic_rows(
+        c"SELECT u.a, l.counter
+            FROM unnest($1::text[], $2::int8[], $3::int8[]) u(a, lo, hi)
+            LEFT JOIN converge.actor_frontier f ON f.actor = u.a
+            JOIN LATERAL (SELECT g AS counter FROM generate_series(u.lo, least(u.hi, coalesce(f.contiguous, 0))) g
+                          UNION ALL
+                          SELECT l.counter FROM converge.op_log l
+                           WHERE l.actor = u.a AND l.outcome = 'applied'
+                             AND l.counter BETWEEN greatest(u.lo, coalesce(f.contiguous, 0) + 1) AND u.hi) l ON true",
+        &[pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        vec![actors.into_datum(), lows.into_datum(), highs.into_datum()],
+        |tup, desc| unsafe {
+            let (mut n1, mut n2) = (false, false);
+            let a = String::from_datum(pg_sys::SPI_getbinval(tup, desc, 1, &mut n1), n1).unwrap_or_default();
+            let c = i64::from_datum(pg_sys::SPI_getbinval(tup, desc, 2, &mut n2), n2).unwrap_or(0);
+            (a, c)
+        },
+    );
     let found: HashSet<(String, i64)> = found.into_iter().collect();
     ids.iter()
         .filter(|id| parse_op_id(id).is_some_and(|(a, c)| found.contains(&(a.to_string(), c as i64))))
@@ -606,7 +608,7 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         }
         let (key_json, merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) =
             per_key.into_values().map(|(k, ds)| (k, merge_bytes(coltype, &ds))).unzip();
-        let rel = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[t.rel.into()]).unwrap_or_default();
+        let rel = t.name.clone();
         let cols = keys.join(", ");
         let qcol = quote_ident(col);
         // Rows deleted here (tombstones): their deltas go to the stash. The

@@ -57,7 +57,9 @@ pub fn local_node_if_set() -> Option<String> {
     if let Some(n) = NODE.with(|c| c.borrow().clone()) {
         return Some(n);
     }
-    crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])
+    let name = crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])?;
+    NODE.with(|c| *c.borrow_mut() = Some(name.clone()));
+    Some(name)
 }
 
 /// Who is mutating, with a fresh dot. Every mutator takes one, so the dot
@@ -141,5 +143,7 @@ fn set_node(name: &str) -> pgrx::Uuid {
 /// This database's node name, or NULL if it is not set yet.
 #[pg_extern(stable, parallel_safe)]
 fn node() -> Option<String> {
-    crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])
+    let name = crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])?;
+    NODE.with(|c| *c.borrow_mut() = Some(name.clone()));
+    Some(name)
 }

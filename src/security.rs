@@ -159,8 +159,12 @@ pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         .with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone())))
         .unwrap_or_else(|| (cur, cur_sec, current_path()));
     let (role, sec) = if unsafe { pg_sys::superuser_arg(user) } {
-        let owner = crate::spi::read_one::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[rel.into()])
-            .unwrap_or(user);
+        let owner = crate::spi::prepared("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[rel.into()], |t| {
+            if t.is_empty() { Ok(None) } else { t.first().get_one::<pg_sys::Oid>() }
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(user);
         let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
         (owner, if owner == user { sec } else { sec | flags })
     } else {
