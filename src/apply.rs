@@ -135,16 +135,20 @@ fn quote_ident(s: &str) -> String {
 }
 
 thread_local! {
-    /// resolve()'s answers across calls, by (search_path, name): a worker
+    /// resolve()'s answers across calls, by (role, search_path, name): the
+    /// role matters ("$user" in the path, schemas it may not use). A worker
     /// or a client names the same few tables batch after batch. Cleared
     /// on any relcache invalidation (DDL, converge.replicate, ANALYZE)
     /// and on any change of a schema (trigger::watch_relcache).
-    static RESOLVED: std::cell::RefCell<HashMap<(String, String), Result<Target, &'static str>>> =
+    static RESOLVED: std::cell::RefCell<HashMap<(pg_sys::Oid, String, String), Result<Target, &'static str>>> =
         std::cell::RefCell::new(HashMap::new());
+    /// Bumped by every clear: an answer read before a clear is not kept.
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 pub fn forget_resolved() {
     RESOLVED.with(|r| r.borrow_mut().clear());
+    GENERATION.with(|g| g.set(g.get() + 1));
 }
 
 fn search_path() -> String {
@@ -161,7 +165,7 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
     if let Some(r) = cache.get(name) {
         return *r;
     }
-    let key = (search_path(), name.to_string());
+    let key = (unsafe { pg_sys::GetUserId() }, search_path(), name.to_string());
     // A table created in a transaction that rolled back sent no
     // invalidation: an answer whose table is gone is not used.
     let alive = |k: &Result<Target, &'static str>| k.as_ref().map_or(true, |t| !unsafe { pg_sys::get_rel_name(t.rel) }.is_null());
@@ -174,10 +178,12 @@ fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Re
         return r;
     }
     crate::trigger::watch_relcache();
+    let generation = GENERATION.with(|g| g.get());
     let r = resolve_now(name, targets);
     // An unknown name is not kept: creating that table later sends no
-    // invalidation that would clear it.
-    if r != Err("unknown_table") {
+    // invalidation that would clear it. Nor is an answer that an
+    // invalidation processed while it was read may have outdated.
+    if r != Err("unknown_table") && GENERATION.with(|g| g.get()) == generation {
         RESOLVED.with(|m| m.borrow_mut().insert(key, r.map(|i| targets[i].clone())));
     }
     cache.insert(name.to_string(), r);
@@ -746,13 +752,6 @@ fn gate_and_merge<'a>(
     targets: &[Target],
     origin: &str,
 ) -> (Vec<&'a Item>, Vec<&'a Item>, Vec<(&'a Item, String)>) {
-    // This node's own ops, sent back by a peer (to a node restored from a
-    // backup): they enter the log outside the op trigger's counter.
-    if let Some(me) = crate::node::local_node_if_set() {
-        if ops.iter().any(|i| i.actor.as_deref() == Some(me.as_str())) {
-            crate::local_ops::own_ops_arrive();
-        }
-    }
     // The gate: one op_log row per op. `guarded` (ON CONFLICT .. DO NOTHING)
     // skips ops another session applied first; the fast path inserts plainly
     // (cheaper) and falls back to op by op on a unique violation.
@@ -1058,6 +1057,15 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     // 4. Everything else: through the dedupe gate, then merged.
     let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
     let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, targets, &origin) };
+    // This node's own ops, sent back by a peer (to a node restored from a
+    // backup), entered the log outside the op trigger's counter. The lock
+    // is taken after the rows are merged: taken before, it would wait on a
+    // local writer that holds one of those rows and waits for the lock.
+    if let Some(me) = crate::node::local_node_if_set() {
+        if won.iter().any(|i| i.actor.as_deref() == Some(me.as_str())) {
+            crate::local_ops::own_ops_arrive();
+        }
+    }
     if !rejected.is_empty() {
         let (items, reasons): (Vec<&Item>, Vec<Option<String>>) = rejected.iter().map(|(i, r)| (*i, Some(r.clone()))).unzip();
         log_rows(&items, "rejected", &reasons, &origin);

@@ -13,6 +13,9 @@
 //!
 //! Column values are given by name, so a table that gained a column in an
 //! update script still gets every value in its place (missing ones NULL).
+//! Not run here: column defaults, CHECK and NOT NULL constraints, triggers
+//! and rules. A column added to op_log must be nullable or filled by the
+//! writers here (local_ops, apply's insert_applied).
 
 use crate::errors::raise;
 use pgrx::prelude::*;

@@ -40,6 +40,7 @@ pub fn local_node() -> String {
     if let Some(n) = NODE.with(|c| c.borrow().clone()) {
         return n;
     }
+    crate::trigger::watch_relcache();
     let name = crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])
         .unwrap_or_else(|| {
             raise_hint(
@@ -52,11 +53,18 @@ pub fn local_node() -> String {
     name
 }
 
+/// Drop the cached node name (relcache invalidation: set_node sends one
+/// for node_identity, and an aborted set_node replays it locally).
+pub fn forget_name() {
+    NODE.with(|c| *c.borrow_mut() = None);
+}
+
 /// The local node name, or None when it is not set.
 pub fn local_node_if_set() -> Option<String> {
     if let Some(n) = NODE.with(|c| c.borrow().clone()) {
         return Some(n);
     }
+    crate::trigger::watch_relcache();
     let name = crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])?;
     NODE.with(|c| *c.borrow_mut() = Some(name.clone()));
     Some(name)
@@ -135,8 +143,13 @@ fn set_node(name: &str) -> pgrx::Uuid {
         .flatten()
         .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "could not store node identity")),
     };
-    // Re-read on next use, so a rolled-back set_node leaves no trace here.
+    // Every session reads the name again after this commits (or this one
+    // after it rolls back): the cached names are dropped by invalidation.
     NODE.with(|c| *c.borrow_mut() = None);
+    crate::trigger::watch_relcache();
+    if let Some(rel) = crate::spi::read_one::<pg_sys::Oid>("SELECT 'converge.node_identity'::regclass::oid", &[]) {
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel) };
+    }
     uuid
 }
 

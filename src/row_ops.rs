@@ -9,6 +9,12 @@
 //! statements as converge's owner, and the op row goes straight into the
 //! log (`local_ops`). The owner's statements name every object and
 //! operator with its schema, so they run without a search_path switch.
+//!
+//! Differences from the PL/pgSQL version it replaced: a column's change is
+//! detected on the JSON values as serde sees them, so a numeric that only
+//! changed scale (1.5 to 1.50) now ships as a change; a column listed in
+//! the layout but absent from the row (renamed without running replicate
+//! again) is skipped instead of put as null; one dot is drawn per row op.
 
 use crate::errors::raise;
 use converge_core::types::LwwMap;

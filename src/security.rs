@@ -162,8 +162,7 @@ pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         let owner = crate::spi::prepared("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[rel.into()], |t| {
             if t.is_empty() { Ok(None) } else { t.first().get_one::<pg_sys::Oid>() }
         })
-        .ok()
-        .flatten()
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the owner of a table: {e}")))
         .unwrap_or(user);
         let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
         (owner, if owner == user { sec } else { sec | flags })

@@ -46,6 +46,8 @@ thread_local! {
 unsafe extern "C-unwind" fn forget_meta(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     crate::direct::forget_oid(relid);
     crate::apply::forget_resolved();
+    // set_node invalidates node_identity (and a rollback replays that here).
+    crate::node::forget_name();
     META.with(|m| {
         if relid == pg_sys::InvalidOid {
             m.borrow_mut().clear();
@@ -62,9 +64,11 @@ pub fn watch_relcache() {
         if !*c.borrow() {
             unsafe {
                 pg_sys::CacheRegisterRelcacheCallback(Some(forget_meta), pg_sys::Datum::from(0));
-                // A renamed schema changes the names of its tables.
-                let ns = pg_sys::SysCacheIdentifier::NAMESPACEOID as i32;
-                pg_sys::CacheRegisterSyscacheCallback(ns, Some(forget_all), pg_sys::Datum::from(0));
+                // A renamed schema changes the names of its tables, a
+                // renamed type the casts of key values.
+                for cache in [pg_sys::SysCacheIdentifier::NAMESPACEOID, pg_sys::SysCacheIdentifier::TYPEOID] {
+                    pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(forget_all), pg_sys::Datum::from(0));
+                }
             }
             *c.borrow_mut() = true;
         }
