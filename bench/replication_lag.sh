@@ -12,11 +12,12 @@
 # when the update arrives (one machine, one clock). converge runs as a full
 # mesh with the background worker woken by NOTIFY; native: madrid publishes
 # probe_native, dublin and virginia subscribe.
+# Then a burst: BURST (default 10 000, 0 to skip) updates as fast as madrid takes them.
 # Usage: bash bench/replication_lag.sh [seconds per rate, default 20] [rates, default "200 1000"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/pg.sh
-SECS=${1:-20} RATES=${2:-"200 1000"}
+SECS=${1:-20} RATES=${2:-"200 1000"} BURST=${BURST:-10000}
 NODES=(madrid dublin virginia)
 declare -A PORT=([madrid]=55521 [dublin]=55522 [virginia]=55523)
 [ -n "${SKIP_INSTALL:-}" ] || cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
@@ -85,6 +86,18 @@ for rate in $RATES; do
         for n in dublin virginia; do pq "${PORT[$n]}" -d postgres -c "UPDATE lag SET rate = $rate WHERE rate IS NULL" >/dev/null; done
     done
 done
+# A burst: BURST updates as fast as madrid takes them (two pgbench
+# clients, no rate limit; about a second or two here), then time for every
+# row to arrive. Labelled rate 0 ("burst" below).
+if [ "$BURST" -gt 0 ]; then
+    for sys in converge native; do
+        pgbench -h 127.0.0.1 -p "${PORT[madrid]}" -U postgres -n -c 2 -j 2 -t $((BURST / 2)) -f "$BENCH_DIR/$sys.sql" postgres \
+            >"$BENCH_DIR/pgbench.$sys.burst.log" 2>&1 || { cat "$BENCH_DIR/pgbench.$sys.burst.log"; exit 1; }
+        echo "$sys burst: $(grep -E 'actually processed|^tps' "$BENCH_DIR/pgbench.$sys.burst.log" | tr '\n' ' ')"
+        sleep 10
+        for n in dublin virginia; do pq "${PORT[$n]}" -d postgres -c "UPDATE lag SET rate = 0 WHERE rate IS NULL" >/dev/null; done
+    done
+fi
 echo
 printf '%-9s %-9s %9s %8s %9s %9s %9s\n' system receiver "rows/s" rows p50_ms p99_ms max_ms
 for n in dublin virginia; do
@@ -92,4 +105,5 @@ for n in dublin virginia; do
         SELECT system, '$n', rate, count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
                round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2), round(max(ms)::numeric, 2)
           FROM lag GROUP BY system, rate"
-done | sort -k3,3n -k1,1 -k2,2 | awk '{printf "%-9s %-9s %9s %8s %9s %9s %9s\n", $1, $2, $3, $4, $5, $6, $7}'
+done | sort -k3,3n -k1,1 -k2,2 |
+    awk '{if ($3 == 0) $3 = "burst"; printf "%-9s %-9s %9s %8s %9s %9s %9s\n", $1, $2, $3, $4, $5, $6, $7}'
