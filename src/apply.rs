@@ -475,7 +475,7 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
     let highs: Vec<i64> = by_actor.values().map(|c| *c.iter().max().unwrap() as i64).collect();
     // A generic plan: the arrays' lengths change nothing in how to read
     // them, and a custom plan per call cost more than the read.
-    let found: Vec<(String, i64)> = crate::spi::generic_rows(
+    let found: Vec<(String, i64)> = crate::spi::planned_rows(
         c"SELECT u.a, l.counter
             FROM unnest($1::text[], $2::int8[], $3::int8[]) u(a, lo, hi)
             LEFT JOIN converge.actor_frontier f ON f.actor = u.a
@@ -484,6 +484,7 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
                           SELECT l.counter FROM converge.op_log l
                            WHERE l.actor = u.a AND l.outcome = 'applied'
                              AND l.counter BETWEEN greatest(u.lo, coalesce(f.contiguous, 0) + 1) AND u.hi) l ON true",
+        pg_sys::CURSOR_OPT_GENERIC_PLAN,
         &[pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
         vec![actors.into_datum(), lows.into_datum(), highs.into_datum()],
         |tup, desc| unsafe {
@@ -717,14 +718,10 @@ fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
 /// unique (actor, counter) index and fails the batch's subtransaction,
 /// which then goes op by op through the guarded SQL insert.
 fn insert_applied(items: &[&Item], origin: &str) {
-    use crate::direct::{int4, int8, relid, text, Table};
-    let seq = relid(c"op_log_seq_seq");
-    let now = Some(pg_sys::Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }));
-    let mut t = Table::open(c"op_log");
+    use crate::direct::{int4, int8, text, OpLog};
+    let mut log = OpLog::open();
     for it in items {
-        let seqno = unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) };
-        t.insert(&[
-            ("seq", seqno.and_then(|s| s.into_datum())),
+        log.append(&[
             ("op_id", it.op_id.as_deref().and_then(text)),
             ("actor", it.actor.as_deref().and_then(text)),
             ("counter", it.counter.and_then(int8)),
@@ -736,12 +733,10 @@ fn insert_applied(items: &[&Item], origin: &str) {
             ("deps", it.deps.as_ref().and_then(|_| deps_of(it).into_datum())),
             ("delta", it.delta.as_deref().and_then(|d| d.into_datum())),
             ("signature", it.signature.as_deref().and_then(|d| d.into_datum())),
-            ("outcome", text("applied")),
             ("origin", text(origin)),
-            ("received_at", now),
         ]);
     }
-    t.close();
+    log.close();
 }
 
 /// Through the dedupe gate (an op_log row per op, unless another session

@@ -165,3 +165,52 @@ pub fn int8(v: i64) -> Option<pg_sys::Datum> {
 pub fn int4(v: i32) -> Option<pg_sys::Datum> {
     Some(pg_sys::Datum::from(v))
 }
+
+/// The attribute number of column `name` of `rel` (an error if missing).
+pub fn attnum(rel: pg_sys::Relation, name: &str) -> i32 {
+    unsafe {
+        let desc = (*rel).rd_att;
+        (*desc)
+            .attrs
+            .as_slice((*desc).natts as usize)
+            .iter()
+            .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name)
+            .map(|i| i as i32 + 1)
+            .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("converge table lacks column {name}")))
+    }
+}
+
+/// Appends applied ops to converge.op_log: the caller gives the envelope,
+/// this adds what every applied op row has (its place in the log's
+/// sequence, the outcome, the transaction's time). Local ops and applied
+/// batches both write through it.
+pub struct OpLog {
+    table: Table,
+    seq: pg_sys::Oid,
+    now: Option<pg_sys::Datum>,
+}
+
+impl OpLog {
+    pub fn open() -> OpLog {
+        let now = Some(pg_sys::Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }));
+        OpLog { table: Table::open(c"op_log"), seq: relid(c"op_log_seq_seq"), now }
+    }
+
+    /// One applied op; `envelope` names op_id, actor, counter, target_*,
+    /// schema_version, epoch, deps, delta, signature and origin.
+    pub fn append(&mut self, envelope: &[(&str, Option<pg_sys::Datum>)]) {
+        let seq = self.seq;
+        // As converge's owner: callers need no right on the sequence.
+        let seqno = crate::security::as_owner_id(|| unsafe {
+            pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+        });
+        let mut row: Vec<(&str, Option<pg_sys::Datum>)> =
+            vec![("seq", seqno.and_then(int8)), ("outcome", text("applied")), ("received_at", self.now)];
+        row.extend_from_slice(envelope);
+        self.table.insert(&row);
+    }
+
+    pub fn close(self) {
+        self.table.close();
+    }
+}

@@ -8,7 +8,7 @@
 //! transaction's own), so a REPEATABLE READ or SERIALIZABLE transaction
 //! never fails on it: the counter is not data a snapshot should see.
 
-use crate::direct::{int4, int8, relid, text, Table};
+use crate::direct::{attnum, int4, int8, relid, text, OpLog};
 use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -122,7 +122,7 @@ fn newest(table: &'static CStr, index: &'static CStr, actor: &str, column: &str,
         let mut out = None;
         if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::BackwardScanDirection, slot) {
             let mut isnull = false;
-            let d = pg_sys::slot_getattr(slot, column_number(heap, column), &mut isnull);
+            let d = pg_sys::slot_getattr(slot, attnum(heap, column), &mut isnull);
             out = (!isnull).then(|| d.value() as i64);
         }
         pg_sys::index_endscan(scan);
@@ -146,18 +146,12 @@ fn last_op_counter(actor: &str) -> i64 {
 pub fn log_local_ops(me: &str, table: &str, key: &serde_json::Value, cols: &[String], deltas: Vec<Vec<u8>>) {
     let n = cols.len() as i64;
     let last = take_counters(me, n);
-    let seq = relid(c"op_log_seq_seq");
     let key = JsonB(key.clone()).into_datum();
     let deps = Vec::<String>::new().into_datum();
-    let now = Some(pg_sys::Datum::from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }));
-    let mut t = Table::open(c"op_log");
+    let mut log = OpLog::open();
     for (i, (col, delta)) in cols.iter().zip(deltas).enumerate() {
         let counter = last - n + 1 + i as i64;
-        let seqno = crate::security::as_owner_id(|| unsafe {
-            pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
-        });
-        t.insert(&[
-            ("seq", seqno.and_then(|s| s.into_datum())),
+        log.append(&[
             ("op_id", text(&format!("{me}:{counter}"))),
             ("actor", text(me)),
             ("counter", int8(counter)),
@@ -168,22 +162,8 @@ pub fn log_local_ops(me: &str, table: &str, key: &serde_json::Value, cols: &[Str
             ("epoch", int8(0)),
             ("deps", deps),
             ("delta", delta.into_datum()),
-            ("outcome", text("applied")),
             ("origin", text("local")),
-            ("received_at", now),
         ]);
     }
-    t.close();
-}
-
-unsafe fn column_number(rel: pg_sys::Relation, name: &str) -> i32 {
-    let desc = (*rel).rd_att;
-    let natts = (*desc).natts as usize;
-    (*desc)
-        .attrs
-        .as_slice(natts)
-        .iter()
-        .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name)
-        .map(|i| i as i32 + 1)
-        .unwrap_or_else(|| crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("converge table lacks column {name}")))
+    log.close();
 }

@@ -37,20 +37,13 @@ fn next_counter() -> u64 {
 
 /// The local node name, or an error telling the user to set it.
 pub fn local_node() -> String {
-    if let Some(n) = NODE.with(|c| c.borrow().clone()) {
-        return n;
-    }
-    crate::trigger::watch_relcache();
-    let name = crate::spi::read_one::<String>("SELECT name FROM converge.node_identity", &[])
-        .unwrap_or_else(|| {
-            raise_hint(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "converge node identity is not set",
-                "Run SELECT converge.set_node('<name>') once in this database before using a mutator.",
-            )
-        });
-    NODE.with(|c| *c.borrow_mut() = Some(name.clone()));
-    name
+    local_node_if_set().unwrap_or_else(|| {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "converge node identity is not set",
+            "Run SELECT converge.set_node('<name>') once in this database before using a mutator.",
+        )
+    })
 }
 
 /// Drop the cached node name (relcache invalidation: set_node sends one

@@ -21,10 +21,8 @@ use converge_core::types::LwwMap;
 use converge_core::{decode_trusted, encode, from_text, to_text, Crdt, Json};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{JsonB, PgOid, PgSqlErrorCode};
+use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Map, Value};
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -50,33 +48,8 @@ pub struct RowChange<'a> {
     pub old: Option<DatumWithOid<'a>>,
 }
 
-thread_local! {
-    static TO_JSONB: RefCell<HashMap<pg_sys::Oid, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-    static READ_PLAN: std::cell::Cell<pg_sys::SPIPlanPtr> = const { std::cell::Cell::new(std::ptr::null_mut()) };
-    static WRITE_STATE: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-}
-
 fn fail(e: impl std::fmt::Display) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording a row op: {e}"))
-}
-
-/// Run the prepared statement in `cell` (preparing it with `sql` and
-/// `types` on first use), returning its rows' first two columns.
-fn run_prepared<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum>(
-    cell: &RefCell<Option<OwnedPreparedStatement>>,
-    sql: &str,
-    types: &[PgOid],
-    args: &[DatumWithOid],
-) -> Vec<(Option<A>, Option<B>)> {
-    Spi::connect_mut(|c| {
-        let mut s = cell.borrow_mut();
-        if s.is_none() {
-            *s = Some(c.prepare_mut(sql, types)?.keep());
-        }
-        let t = c.update(s.as_ref().expect("prepared"), None, args)?;
-        t.map(|r| Ok((r.get::<A>(1)?, r.get::<B>(2)?))).collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-    })
-    .unwrap_or_else(|e| fail(e))
 }
 
 /// `to_jsonb` of rows of one table, as the caller: {column: value}.
@@ -84,20 +57,12 @@ fn row_json(rowtype: pg_sys::Oid, rows: [Option<DatumWithOid>; 2]) -> [Map<Strin
     let [a, b] = rows;
     let (a_null, b_null) = (a.is_none(), b.is_none());
     let args = [a.unwrap_or_else(|| DatumWithOid::null_oid(rowtype)), b.unwrap_or_else(|| DatumWithOid::null_oid(rowtype))];
-    let out = TO_JSONB.with(|m| {
-        let mut m = m.borrow_mut();
-        Spi::connect_mut(|c| {
-            if !m.contains_key(&rowtype) {
-                let t = PgOid::from(rowtype);
-                let p = c.prepare_mut("SELECT pg_catalog.to_jsonb($1), pg_catalog.to_jsonb($2)", &[t, t])?.keep();
-                m.insert(rowtype, p);
-            }
-            let t = c.update(m.get(&rowtype).expect("prepared"), Some(1), &args)?;
-            let r = t.first();
-            Ok::<_, pgrx::spi::SpiError>((r.get::<JsonB>(1)?, r.get::<JsonB>(2)?))
-        })
-        .unwrap_or_else(|e| fail(e))
-    });
+    // Prepared per row type (the helper keys plans by argument types).
+    let out = crate::spi::prepared("SELECT pg_catalog.to_jsonb($1), pg_catalog.to_jsonb($2)", &args, |t| {
+        let r = t.first();
+        Ok((r.get::<JsonB>(1)?, r.get::<JsonB>(2)?))
+    })
+    .unwrap_or_else(|e| fail(e));
     let obj = |j: Option<JsonB>, null: bool| match j {
         Some(JsonB(Value::Object(m))) if !null => m,
         _ => Map::new(),
@@ -157,42 +122,23 @@ pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
 /// made while row_state is still empty is a sequential scan, and it would
 /// stay one, a full scan per row op, until the table is next analyzed.
 fn read_state(rel: pg_sys::Oid, key: &Value) -> (Option<LwwMap>, Option<Map<String, Value>>) {
-    const SQL: &std::ffi::CStr = c"SELECT s.clock::pg_catalog.text, s.stash FROM converge.row_state s
-              WHERE s.tbl OPERATOR(pg_catalog.=) $1::pg_catalog.regclass
-                AND s.target_key OPERATOR(pg_catalog.=) $2 FOR UPDATE";
-    let (clock, stash) = unsafe {
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            fail("SPI_connect failed");
-        }
-        let mut plan = READ_PLAN.with(|p| p.get());
-        if plan.is_null() {
-            let mut types = [pg_sys::OIDOID, pg_sys::JSONBOID];
-            plan = pg_sys::SPI_prepare_cursor(SQL.as_ptr(), 2, types.as_mut_ptr(), pg_sys::CURSOR_OPT_CUSTOM_PLAN as i32);
-            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                fail("could not prepare the row_state read");
-            }
-            READ_PLAN.with(|p| p.set(plan));
-        }
-        let mut values = [pg_sys::Datum::from(rel), JsonB(key.clone()).into_datum().expect("jsonb")];
-        let nulls = [b' ' as std::ffi::c_char; 2];
-        if pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 1) != pg_sys::SPI_OK_SELECT as i32 {
-            fail("reading row_state failed");
-        }
-        let mut out = (None, None);
-        if pg_sys::SPI_processed > 0 {
-            let (tup, desc) = (*(*pg_sys::SPI_tuptable).vals, (*pg_sys::SPI_tuptable).tupdesc);
+    let rows = crate::spi::planned_rows(
+        c"SELECT s.clock::pg_catalog.text, s.stash FROM converge.row_state s
+           WHERE s.tbl OPERATOR(pg_catalog.=) $1::pg_catalog.regclass
+             AND s.target_key OPERATOR(pg_catalog.=) $2 FOR UPDATE",
+        pg_sys::CURSOR_OPT_CUSTOM_PLAN,
+        &[pg_sys::OIDOID, pg_sys::JSONBOID],
+        vec![Some(pg_sys::Datum::from(rel)), JsonB(key.clone()).into_datum()],
+        |tup, desc| unsafe {
             let (mut n1, mut n2) = (false, false);
-            let c = pg_sys::SPI_getbinval(tup, desc, 1, &mut n1);
-            let st = pg_sys::SPI_getbinval(tup, desc, 2, &mut n2);
-            // Copied out before SPI_finish frees them.
-            out = (Some(String::from_datum(c, n1)), Some(JsonB::from_datum(st, n2)));
-        }
-        pg_sys::SPI_finish();
-        out
-    };
-    let Some(clock) = clock else { return (None, None) };
+            let clock = String::from_datum(pg_sys::SPI_getbinval(tup, desc, 1, &mut n1), n1);
+            let stash = JsonB::from_datum(pg_sys::SPI_getbinval(tup, desc, 2, &mut n2), n2);
+            (clock, stash)
+        },
+    );
+    let Some((clock, stash)) = rows.into_iter().next() else { return (None, None) };
     let clock = clock.map(|t| from_text::<LwwMap>(&t).unwrap_or_else(|e| fail(e))).unwrap_or_default();
-    let stash = match stash.flatten() {
+    let stash = match stash {
         Some(JsonB(Value::Object(m))) => m,
         _ => Map::new(),
     };
@@ -202,23 +148,15 @@ fn read_state(rel: pg_sys::Oid, key: &Value) -> (Option<LwwMap>, Option<Map<Stri
 fn write_state(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: Map<String, Value>) {
     let args: Vec<DatumWithOid> =
         vec![rel.into(), JsonB(key.clone()).into(), to_text(clock).into(), live.into(), JsonB(Value::Object(stash)).into()];
-    WRITE_STATE.with(|cell| {
-        run_prepared::<bool, bool>(
-            cell,
-            "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-             VALUES ($1::pg_catalog.regclass, $2, $3::converge.lwwmap, $4, $5)
-             ON CONFLICT (tbl, target_key) DO UPDATE
-                SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
-            &[
-                PgOid::from(pg_sys::OIDOID),
-                PgOid::from(pg_sys::JSONBOID),
-                PgOid::from(pg_sys::TEXTOID),
-                PgOid::from(pg_sys::BOOLOID),
-                PgOid::from(pg_sys::JSONBOID),
-            ],
-            &args,
-        )
-    });
+    crate::spi::prepared(
+        "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
+         VALUES ($1::pg_catalog.regclass, $2, $3::converge.lwwmap, $4, $5)
+         ON CONFLICT (tbl, target_key) DO UPDATE
+            SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
+        &args,
+        |_| Ok(()),
+    )
+    .unwrap_or_else(|e| fail(e));
 }
 
 /// The text form of a stored CRDT value of type `kind` (for the stash).

@@ -78,17 +78,20 @@ pub fn prepared<R>(
 }
 
 thread_local! {
-    static GENERIC: std::cell::RefCell<std::collections::HashMap<usize, pg_sys::SPIPlanPtr>> =
+    static KEPT: std::cell::RefCell<std::collections::HashMap<usize, pg_sys::SPIPlanPtr>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// Run `sql` with a generic plan made once per backend
-/// (CURSOR_OPT_GENERIC_PLAN), for a statement whose best plan does not
-/// depend on its arguments but whose custom plans PostgreSQL would prefer
-/// (arrays of unknown length) and redo on every call; `read` copies each
-/// row out before SPI frees it. `types` and `args` are the parameters.
-pub fn generic_rows<T>(
+/// Run `sql` through a plan kept per backend and prepared with cursor
+/// options `opts`: CURSOR_OPT_GENERIC_PLAN for a statement whose best plan
+/// does not depend on its arguments but whose custom plans PostgreSQL would
+/// prefer (arrays of unknown length) and redo on every call;
+/// CURSOR_OPT_CUSTOM_PLAN for one whose cached generic plan could go bad
+/// (made while a table was empty). `read` copies each row out before SPI
+/// frees it. `types` and `args` are the parameters.
+pub fn planned_rows<T>(
     sql: &'static std::ffi::CStr,
+    opts: u32,
     types: &[pg_sys::Oid],
     args: Vec<Option<pg_sys::Datum>>,
     read: impl Fn(pg_sys::HeapTuple, pg_sys::TupleDesc) -> T,
@@ -99,14 +102,14 @@ pub fn generic_rows<T>(
             fail("SPI_connect failed");
         }
         let key = sql.as_ptr() as usize;
-        let mut plan = GENERIC.with(|g| g.borrow().get(&key).copied()).unwrap_or(std::ptr::null_mut());
+        let mut plan = KEPT.with(|g| g.borrow().get(&key).copied()).unwrap_or(std::ptr::null_mut());
         if plan.is_null() {
             let mut t = types.to_vec();
-            plan = pg_sys::SPI_prepare_cursor(sql.as_ptr(), t.len() as i32, t.as_mut_ptr(), pg_sys::CURSOR_OPT_GENERIC_PLAN as i32);
+            plan = pg_sys::SPI_prepare_cursor(sql.as_ptr(), t.len() as i32, t.as_mut_ptr(), opts as i32);
             if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
                 fail("could not prepare");
             }
-            GENERIC.with(|g| g.borrow_mut().insert(key, plan));
+            KEPT.with(|g| g.borrow_mut().insert(key, plan));
         }
         let nulls: Vec<std::ffi::c_char> = args.iter().map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
         let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0usize))).collect();
