@@ -24,7 +24,18 @@ CREATE TABLE converge.peer_status (
     last_error_at  timestamptz,
     caught_up_at   timestamptz,                  -- start of the last round that found nothing left
     ops_received   bigint NOT NULL DEFAULT 0,
-    bytes_received bigint NOT NULL DEFAULT 0
+    bytes_received bigint NOT NULL DEFAULT 0,
+    -- Causal stability (SPEC section 6): the peer's frontier (what it has
+    -- applied), as read by a probe after which everything the peer had
+    -- committed was applied here; and what it has received from us.
+    frontier       jsonb,
+    frontier_at    timestamptz,
+    ops_shipped    bigint NOT NULL DEFAULT 0,
+    bytes_shipped  bigint NOT NULL DEFAULT 0,
+    -- Set when its slot here held more than converge.max_peer_lag_bytes and
+    -- was dropped; cleared once it has rejoined.
+    lost_at        timestamptz,
+    rejoining      boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE converge.peer_status IS 'Internal: what the last pull rounds found, per peer (read converge.peers).';
 
@@ -42,14 +53,16 @@ CREATE VIEW converge.peers AS
     SELECT p.name,
            regexp_replace(regexp_replace(p.conninfo, 'password\s*=\s*(''([^'']|\\'')*''|\S+)', 'password=********', 'g'),
                           '(://[^:/@]*:)[^@]*@', '\1********@') AS conninfo,
-           CASE WHEN p.paused THEN 'paused' WHEN w.problem IS NOT NULL THEN 'no_worker' ELSE s.state END AS state,
+           CASE WHEN s.lost_at IS NOT NULL THEN 'lost' WHEN p.paused THEN 'paused' WHEN w.problem IS NOT NULL THEN 'no_worker'
+                WHEN s.rejoining THEN 'rejoining' ELSE s.state END AS state,
            p.slot_name AS slot, s.confirmed_lsn, s.lag_bytes, s.lag_seconds, s.last_success,
            coalesce(w.problem, s.last_error) AS last_error,
            s.last_error_at, s.caught_up_at, s.ops_received, s.bytes_received, p.origin_name AS origin,
-           converge.origin_progress(p.origin_name) AS origin_lsn
+           converge.origin_progress(p.origin_name) AS origin_lsn,
+           s.frontier, s.frontier_at, s.ops_shipped, s.bytes_shipped, s.lost_at
       FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
            CROSS JOIN (SELECT converge.worker_problem_here() AS problem) w;
-COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password).';
+COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password).';
 GRANT SELECT ON converge.peers TO PUBLIC;
 
 -- Roles peers connect as (converge.grant_peer): they may read the ops and

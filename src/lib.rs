@@ -34,6 +34,7 @@ mod counter_cache;
 mod direct;
 mod errors;
 mod local_ops;
+mod maintenance;
 mod node;
 mod ops;
 mod replication;
@@ -82,11 +83,17 @@ extension_sql_file!(
         replication::launcher::worker_problem_here
     ]
 );
+extension_sql_file!(
+    "../sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["replication", maintenance::merge_deltas]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     types::register_gucs();
+    maintenance::register_gucs();
     trigger::register_guc();
     replication::launcher::register();
     counter_cache::init();

@@ -144,19 +144,7 @@ fn add_peer(name: &str, conninfo: &str) {
             "Run SELECT converge.set_node(...) on the peer first.",
         ),
     }
-    // The slot first: everything the peer commits from now on is kept for
-    // us, and the copy below covers everything before (overlap is deduped).
-    let existing = q(&mut conn, "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot], false);
-    match existing.text(0, 0) {
-        Some(p) if p == "converge" => {} // left from an earlier setup: take it over
-        Some(p) => raise(
-            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("peer \"{name}\" already has a slot \"{slot}\" using plugin \"{p}\"; drop it there first"),
-        ),
-        None => {
-            q(&mut conn, "SELECT lsn FROM pg_create_logical_replication_slot($1, 'converge')", &[&slot], false);
-        }
-    }
+    ensure_slot(name, &mut conn, &slot, &interrupt);
     let oid = match origin_id(&origin) {
         Some(o) => o,
         None => {
@@ -173,16 +161,47 @@ fn add_peer(name: &str, conninfo: &str) {
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     Spi::run_with_args(
-        "INSERT INTO converge.peer_status (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET state = 'new', last_error = NULL",
+        "INSERT INTO converge.peer_status (name) VALUES ($1)
+         ON CONFLICT (name) DO UPDATE SET state = 'new', last_error = NULL, lost_at = NULL, rejoining = false",
         &[name.into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    // Initial copy: the applied ops the peer has and this node lacks.
-    let frontier = read_one::<String>("SELECT converge.frontier()::text", &[]).unwrap_or("{}".into());
-    let ops = q(&mut conn, "SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true);
-    let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
-    apply_encoded(ops, name, oid, 0, 0);
+    copy_missing(name, &mut conn, oid, &interrupt);
     super::launcher::start_worker();
+}
+
+/// Make our slot on the peer, or take over one left from an earlier setup.
+/// Before this transaction writes anything: a logical slot waits for every
+/// transaction running on its server, and the peer may be this server.
+pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, stop: &dyn Fn() -> bool) {
+    let mut q = |sql: &str, params: &[&str]| {
+        conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| peer_failed(name, e))
+    };
+    let existing = q("SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1", &[slot]);
+    match existing.text(0, 0) {
+        Some(p) if p == "converge" => {} // left from an earlier setup: take it over
+        Some(p) => raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("peer \"{name}\" already has a slot \"{slot}\" using plugin \"{p}\"; drop it there first"),
+        ),
+        None => {
+            q("SELECT lsn FROM pg_create_logical_replication_slot($1, 'converge')", &[slot]);
+        }
+    }
+}
+
+/// Copy the applied ops the peer has and this node lacks, under the peer's
+/// origin. After ensure_slot: everything the peer commits from then on is
+/// kept for us, and the copy covers everything before (overlap is
+/// deduplicated). add_peer and a rejoin after being marked lost both do
+/// this. Returns the number of ops copied.
+pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool) -> usize {
+    let frontier = read_one::<String>("SELECT converge.frontier()::text", &[]).unwrap_or("{}".into());
+    let ops = conn
+        .query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true, QUERY_TIMEOUT, stop)
+        .unwrap_or_else(|e| peer_failed(name, e));
+    let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+    apply_encoded(ops, name, origin, 0, 0)
 }
 
 /// Stop replicating with a peer: drop our slot on it and its origin here.

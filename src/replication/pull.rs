@@ -169,7 +169,10 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
 
     let t0 = std::time::Instant::now();
     let st = conn.query(
-        "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        // The frontier in the statement's snapshot: every commit it counts
+        // is flushed before the peek below, which decodes up to the flush.
+        "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, converge.frontier()::text
+           FROM pg_replication_slots WHERE slot_name = $1",
         &[&peer.slot],
         false,
         QUERY_TIMEOUT,
@@ -183,6 +186,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     }
     let peer_lsn = lsn_of(&st, 0, 0);
     let mut confirmed = lsn_of(&st, 0, 1);
+    let peer_frontier = st.text(0, 2);
     // What an earlier round committed here can be released on the peer.
     if progress > confirmed && !dry_run {
         conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop)?;
@@ -245,7 +249,9 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
                 lag_bytes = greatest(pg_wal_lsn_diff($2::pg_lsn, $3::pg_lsn), 0)::bigint,
                 lag_seconds = coalesce($4, lag_seconds), last_success = clock_timestamp(),
                 caught_up_at = CASE WHEN $5 THEN $6 ELSE caught_up_at END,
-                ops_received = ops_received + $7, bytes_received = bytes_received + $8
+                ops_received = ops_received + $7, bytes_received = bytes_received + $8,
+                frontier = CASE WHEN $5 AND $9::jsonb IS NOT NULL THEN $9::jsonb ELSE frontier END,
+                frontier_at = CASE WHEN $5 AND $9::jsonb IS NOT NULL THEN $6 ELSE frontier_at END
           WHERE name = $1",
         &[
             peer.name.clone().into(),
@@ -256,6 +262,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
             round_start.into(),
             (round.ops as i64).into(),
             (round.bytes as i64).into(),
+            peer_frontier.into(),
         ],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("updating peer status: {e}")));

@@ -40,7 +40,7 @@ struct Link {
     /// (WAL with nothing for us need not be kept).
     reported: u64,
     /// A probe in flight: the peer's insert LSN and our clock when asked.
-    probe: Option<(u64, String)>,
+    probe: Option<Probe>,
     next_probe: Instant,
     last_feedback: Instant,
     next_connect: Instant,
@@ -144,6 +144,7 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
     }
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut next_refresh = Instant::now();
+    let mut next_lost_check = Instant::now();
     while !stop_requested() {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -158,6 +159,12 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
             links.retain(|name, l| peers.iter().any(|p| p.name == *name && p.conninfo == l.peer.conninfo));
             for p in peers {
                 links.entry(p.name.clone()).or_insert_with(|| Link::new(p, now));
+            }
+        }
+        if now >= next_lost_check {
+            next_lost_check = now + Duration::from_secs(5);
+            if let Err(e) = in_transaction(crate::maintenance::check_lost_peers) {
+                pgrx::warning!("converge: checking for lost peers: {e}");
             }
         }
         for link in links.values_mut() {
@@ -247,6 +254,15 @@ fn step(link: &mut Link) {
         )
         .map(|_| c)
     });
+    // Our slot there was dropped: the peer marked us lost while we were
+    // away. Rejoin (copy what we miss, make a new slot), then stream.
+    let started = match started {
+        Err(e) if slot_missing(&e) => match rejoin(&peer) {
+            Ok(()) => return,
+            Err(m) => return fail(link, &format!("rejoining: {m}")),
+        },
+        other => other,
+    };
     let probe = Conn::connect(&peer.conninfo);
     match (started, probe) {
         (Ok(s), Ok(p)) => {
@@ -267,6 +283,46 @@ fn step(link: &mut Link) {
         }
         (Err(e), _) | (_, Err(e)) => fail(link, &e.message),
     }
+}
+
+/// What a probe asked the peer: its WAL insert position, our clock then,
+/// and (for causal stability) the peer's frontier and how much of ours it
+/// has received, as of that moment.
+#[derive(Clone)]
+struct Probe {
+    lsn: u64,
+    at: String,
+    frontier: Option<String>,
+    shipped: Option<String>,
+}
+
+fn slot_missing(e: &super::libpq::PeerError) -> bool {
+    e.sqlstate.as_deref() == Some("42704") && e.message.contains("replication slot")
+}
+
+/// Rejoin a peer that dropped our slot (SPEC section 4): shown as
+/// `rejoining` until done; the copy and the new slot are add_peer's.
+fn rejoin(peer: &PeerRow) -> Result<(), String> {
+    let name = peer.name.clone();
+    let _ = in_transaction(move || {
+        Spi::run_with_args("UPDATE converge.peer_status SET rejoining = true WHERE name = $1", &[name.as_str().into()])
+    });
+    pgrx::log!("converge: our slot on peer \"{}\" is gone (it marked us lost); rejoining", peer.name);
+    let peer = peer.clone();
+    in_transaction(std::panic::AssertUnwindSafe(move || {
+        let origin = pull::origin_id(&peer.origin);
+        let Some(origin) = origin else { return Err(format!("replication origin \"{}\" is missing", peer.origin)) };
+        let mut conn = Conn::connect(&peer.conninfo).map_err(|e| e.message)?;
+        super::peers::ensure_slot(&peer.name, &mut conn, &peer.slot, &stop_requested);
+        let copied = super::peers::copy_missing(&peer.name, &mut conn, origin, &stop_requested);
+        let _ = Spi::run_with_args(
+            "UPDATE converge.peer_status SET rejoining = false, state = 'ok', last_error = NULL, last_success = clock_timestamp()
+              WHERE name = $1",
+            &[peer.name.as_str().into()],
+        );
+        pgrx::log!("converge: rejoined peer \"{}\" ({copied} ops copied)", peer.name);
+        Ok(())
+    }))?
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -406,21 +462,13 @@ fn apply(link: &mut Link) -> bool {
 /// decoded past P with nothing left to apply, everything the peer had
 /// committed when we asked is here: caught_up_at is that moment.
 fn caught_up(link: &mut Link) {
-    if let Some((p, at)) = link.probe.clone() {
-        if link.sent_ptr >= p {
+    if let Some(probe) = link.probe.clone() {
+        if link.sent_ptr >= probe.lsn {
             link.probe = None;
             // Nothing for us up to sent_ptr is waiting: release that WAL.
             link.reported = link.reported.max(link.sent_ptr).max(link.flushed);
             let (name, flushed) = (link.peer.name.clone(), link.reported);
-            let _ = in_transaction(move || {
-                let _ = Spi::run_with_args(
-                    "UPDATE converge.peer_status SET caught_up_at = $2::timestamptz, peer_lsn = $3::pg_lsn,
-                            confirmed_lsn = greatest(confirmed_lsn, $4::pg_lsn),
-                            lag_bytes = greatest(pg_wal_lsn_diff($3::pg_lsn, $4::pg_lsn), 0)::bigint, lag_seconds = 0
-                      WHERE name = $1",
-                    &[name.as_str().into(), at.as_str().into(), pull::fmt_lsn(p).into(), pull::fmt_lsn(flushed).into()],
-                );
-            });
+            let _ = in_transaction(move || record_probe(&name, &probe, flushed));
         } else if link.next_probe.elapsed() < Duration::from_secs(2) {
             return; // wait for the keepalive
         }
@@ -429,21 +477,62 @@ fn caught_up(link: &mut Link) {
         return;
     }
     link.next_probe = Instant::now() + Duration::from_millis(200);
-    let at = in_transaction(|| crate::spi::read_one::<String>("SELECT clock_timestamp()::text", &[]))
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let here = in_transaction(|| {
+        (
+            crate::spi::read_one::<String>("SELECT clock_timestamp()::text", &[]).unwrap_or_default(),
+            crate::node::local_node_if_set().unwrap_or_default(),
+        )
+    });
+    let Ok((at, me)) = here else { return };
+    // The frontier is read in the statement's snapshot, the insert position
+    // after it: every commit the frontier counts lies before that position.
     let asked = link.probe_conn.as_mut().map(|c| {
-        c.query("SELECT pg_current_wal_insert_lsn()::text", &[], false, pull::QUERY_TIMEOUT, &stop_requested)
+        c.query(
+            "SELECT pg_current_wal_insert_lsn()::text, converge.frontier()::text,
+                    (SELECT ops_received || ' ' || bytes_received FROM converge.peers WHERE name = $1)",
+            &[&me],
+            false,
+            pull::QUERY_TIMEOUT,
+            &stop_requested,
+        )
     });
     match asked {
         Some(Ok(rows)) => {
             if let Some(p) = rows.text(0, 0).and_then(|t| pull::parse_lsn(&t)) {
-                link.probe = Some((p, at));
+                link.probe = Some(Probe { lsn: p, at, frontier: rows.text(0, 1), shipped: rows.text(0, 2) });
                 feedback(link, true);
             }
         }
         Some(Err(e)) => fail(link, &e.message),
         None => {}
     }
+}
+
+/// A probe came true: everything the peer had committed when asked is
+/// applied here. Record that moment, its WAL position and its frontier
+/// (now usable for causal stability), and what it has received from us.
+fn record_probe(name: &str, probe: &Probe, flushed: u64) {
+    let (ops, bytes) = probe
+        .shipped
+        .as_deref()
+        .and_then(|s| s.split_once(' '))
+        .and_then(|(o, b)| Some((o.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
+        .unzip();
+    let _ = Spi::run_with_args(
+        "UPDATE converge.peer_status SET caught_up_at = $2::timestamptz, peer_lsn = $3::pg_lsn,
+                confirmed_lsn = greatest(confirmed_lsn, $4::pg_lsn),
+                lag_bytes = greatest(pg_wal_lsn_diff($3::pg_lsn, $4::pg_lsn), 0)::bigint, lag_seconds = 0,
+                frontier = coalesce($5::jsonb, frontier), frontier_at = CASE WHEN $5 IS NULL THEN frontier_at ELSE $2::timestamptz END,
+                ops_shipped = coalesce($6, ops_shipped), bytes_shipped = coalesce($7, bytes_shipped)
+          WHERE name = $1",
+        &[
+            name.into(),
+            probe.at.as_str().into(),
+            pull::fmt_lsn(probe.lsn).into(),
+            pull::fmt_lsn(flushed).into(),
+            probe.frontier.clone().into(),
+            ops.into(),
+            bytes.into(),
+        ],
+    );
 }

@@ -6,6 +6,8 @@
 //! Runs as the `postgres` user (initdb refuses root): when started as root it
 //! calls the server binaries through `runuser -u postgres`.
 
+pub mod workload;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,88 @@
+-- Compaction, the stable frontier and the stats (SPEC section 6), on a node
+-- of its own (a database with no peers: every op it has applied is stable).
+CREATE DATABASE converge_regress_lisbon;
+\c converge_regress_lisbon
+CREATE EXTENSION converge;
+SET search_path = public, converge;
+SELECT set_node('lisbon') IS NOT NULL AS lisbon_set;
+CREATE TABLE ticket (id int PRIMARY KEY, title text, tags orset, visits gcounter, notes seqtext);
+SELECT replicate('ticket');
+
+-- Some history: inserts, edits, deletes (row tombstones, one with CRDT
+-- state), a client's ops, one of them rejected.
+INSERT INTO ticket VALUES (1, 'pump', add(NULL::orset, 'urgent'), incr(NULL::gcounter, 1), insert(NULL::seqtext, 0, 'Pump stopped'));
+INSERT INTO ticket VALUES (2, 'valve', NULL, incr(NULL::gcounter, 1), NULL);
+INSERT INTO ticket (id, title) VALUES (3, 'filter');
+UPDATE ticket SET visits = incr(visits, 2), tags = add(tags, 'pump') WHERE id = 1;
+UPDATE ticket SET tags = remove(tags, 'urgent'), notes = delete(notes, 0, 5) WHERE id = 1;
+UPDATE ticket SET title = 'valve (leaking)' WHERE id = 2;
+DELETE FROM ticket WHERE id IN (2, 3);
+SELECT outcome, reason FROM apply_batch(ARRAY[
+    ROW('phone1:1', 'phone1', 'public.ticket', '{"id":1}', 'visits', 1, 0, '{}', '{"counts":{"phone1":4}}'::gcounter::bytea, NULL)::op,
+    ROW('phone1:2', 'phone1', 'public.ticket', '{"id":1}', 'visits', 1, 0, '{}', '\x00'::bytea, NULL)::op]);
+SELECT id, title, elements(tags) AS tags, value(visits) AS visits, value(notes) AS notes FROM ticket ORDER BY id;
+SELECT frontier(), stable_frontier() = frontier() AS all_stable_without_peers;
+SELECT outcome, count(*) FROM op_log GROUP BY outcome ORDER BY outcome;
+SELECT applied, duplicate, rejected, op_log_rows, pending, lost_peers, last_compaction FROM stats;
+
+-- compact() folds every applied op into the rows' bases and removes it; the
+-- rejected op stays (never dropped), and so do the values.
+SELECT ops_removed, bytes_after < bytes_before AS smaller FROM compact();
+SELECT op_id, outcome, reason FROM op_log ORDER BY seq;
+SELECT id, title, elements(tags) AS tags, value(visits) AS visits, value(notes) AS notes FROM ticket ORDER BY id;
+SELECT * FROM log_horizon ORDER BY actor;
+-- Row 3's tombstone is gone: every op on it was folded and it kept no CRDT
+-- state. Row 2's stays with its stash: a key inserted again resumes that
+-- state on every node, and another node may not have compacted yet.
+SELECT target_key, live FROM row_state ORDER BY target_key::text;
+SELECT target_key, target_column FROM row_base ORDER BY target_key::text, target_column;
+-- A row rebuilt from its base equals the row.
+SELECT rebuild('ticket', '{"id":1}', 'visits')::gcounter = visits AS visits_rebuilt,
+       rebuild('ticket', '{"id":1}', 'tags')::orset = tags AS tags_rebuilt,
+       rebuild('ticket', '{"id":1}', 'notes')::seqtext = notes AS notes_rebuilt
+  FROM ticket WHERE id = 1;
+-- The counts survive compaction.
+SELECT applied, duplicate, rejected, op_log_rows FROM stats;
+SELECT ops_removed, tombstones_removed, stable FROM compactions;
+
+-- An op compacted away that arrives again is still a duplicate.
+SELECT outcome FROM apply(ROW('phone1:1', 'phone1', 'public.ticket', '{"id":1}', 'visits', 1, 0, '{}',
+                              '{"counts":{"phone1":4}}'::gcounter::bytea, NULL)::op);
+SELECT value(visits) FROM ticket WHERE id = 1;
+-- A client whose cursor predates the compaction is sent to a snapshot; one
+-- at the frontier is told there is nothing new.
+\set VERBOSITY sqlstate
+SELECT * FROM changes_since('{}');
+\set VERBOSITY default
+SELECT * FROM changes_since('{"lisbon":2}');
+SELECT count(*) FROM changes_since(frontier());
+
+-- This node's counter goes on after its ops left the log: no op id is reused.
+UPDATE ticket SET visits = incr(visits, 1) WHERE id = 1;
+SELECT op_id FROM op_log WHERE actor = 'lisbon' ORDER BY seq;
+SELECT frontier();
+-- Deleted keys inserted again: row 2 resumes its CRDT state (as it would
+-- on every node), row 3 had none and starts afresh.
+INSERT INTO ticket (id, title) VALUES (2, 'valve again'), (3, 'filter again');
+SELECT id, title, elements(tags) AS tags, value(visits) AS visits FROM ticket WHERE id IN (2, 3) ORDER BY id;
+-- A second compaction takes only what is new: the two ops since and the
+-- record of the duplicate.
+SELECT ops_removed FROM compact();
+SELECT count(*) AS ops_left FROM op_log WHERE outcome = 'applied';
+-- With none of its ops left in the log, the node still counts on.
+UPDATE ticket SET visits = incr(visits, 1) WHERE id = 2;
+SELECT op_id FROM op_log WHERE actor = 'lisbon' ORDER BY seq;
+SELECT rebuild('ticket', '{"id":1}', 'visits')::gcounter = visits AS still_rebuilt FROM ticket WHERE id = 1;
+
+-- Settings and rights.
+SHOW converge.max_peer_lag_bytes;
+CREATE ROLE cv_compactor;
+SET ROLE cv_compactor;
+\set VERBOSITY sqlstate
+SELECT * FROM compact();
+\set VERBOSITY default
+SELECT applied > 0 AS counted FROM stats;   -- readable by everyone
+RESET ROLE;
+DROP ROLE cv_compactor;
+\c regression
+DROP DATABASE converge_regress_lisbon;

@@ -1,0 +1,181 @@
+//! Running for months, on real nodes (SPEC section 6 and the lost-peer part
+//! of section 4): compaction on a three-node mesh after thousands of ops
+//! leaves every row byte-identical and replication working; a paused peer
+//! holds the horizon back and loses nothing; a compacted node still answers
+//! an offline client through `snapshot`; a peer down past
+//! `converge.max_peer_lag_bytes` is marked lost, its slot dropped, and it
+//! rejoins by itself with the edits the others never received.
+//!
+//! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..65.
+
+use converge_cluster_tests::workload::*;
+use converge_cluster_tests::*;
+use std::time::{Duration, Instant};
+
+fn base_port() -> u16 {
+    std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 60
+}
+
+fn count(n: &Node, sql: &str) -> i64 {
+    n.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+fn text(n: &Node, sql: &str) -> String {
+    n.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+/// Wait until every node's stable frontier is its whole frontier: each
+/// peer has reported having everything (what the workers' probes learn).
+fn wait_all_stable(nodes: &[Node]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in nodes {
+        while count(n, "SELECT (converge.stable_frontier() = converge.frontier())::int::int8") != 1 {
+            assert!(Instant::now() < deadline, "{} never saw its frontier stable: {}", n.name,
+                    text(n, "SELECT converge.stable_frontier()::text || ' vs ' || converge.frontier()::text"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// compact() on each node: the ops it removed.
+fn compact_all(nodes: &[Node]) -> Vec<i64> {
+    nodes.iter().map(|n| count(n, "SELECT ops_removed FROM converge.compact()")).collect()
+}
+
+#[test]
+fn compaction_on_a_mesh_keeps_rows_and_replication_and_waits_for_a_paused_peer() {
+    let root = Scratch::new("compact");
+    let nodes = mesh_of_three(&root.0, base_port());
+    let mut load = Load::new(0x2545f4914f6cdd1d);
+    let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 3000);
+    converge_all(&nodes, Duration::from_secs(120));
+    wait_all_stable(&nodes);
+
+    // 1. Compaction on a caught-up mesh: under 5% of the log stays, every
+    //    row is what it was, and the same on every node.
+    assert_identical(&nodes, &["ctr", "item"]);
+    let before: Vec<String> = ["ctr", "item"].iter().map(|t| dump(&nodes[0], t)).collect();
+    let rows_before: Vec<i64> = nodes.iter().map(|n| count(n, "SELECT count(*) FROM converge.op_log")).collect();
+    let removed = compact_all(&nodes);
+    let rows_after: Vec<i64> = nodes.iter().map(|n| count(n, "SELECT count(*) FROM converge.op_log")).collect();
+    eprintln!("op_log rows before {rows_before:?}, removed {removed:?}, after {rows_after:?}");
+    for i in 0..3 {
+        assert!(rows_after[i] * 20 < rows_before[i], "{}: {} of {} rows left", nodes[i].name, rows_after[i], rows_before[i]);
+    }
+    let after: Vec<String> = ["ctr", "item"].iter().map(|t| dump(&nodes[0], t)).collect();
+    assert_eq!(before, after, "compaction changed a value");
+    assert_identical(&nodes, &["ctr", "item"]);
+    load.expect.check(&nodes);
+
+    // 2. An offline client with an old cursor is sent to a snapshot, which works.
+    let mut c = nodes[1].client();
+    let err = c.query("SELECT * FROM converge.changes_since('{}')", &[]).unwrap_err();
+    assert_eq!(err.code().map(|s| s.code()), Some("55000"), "{err:?}");
+    let snap_rows: i64 = c
+        .query_one("SELECT jsonb_array_length(converge.snapshot('item') -> 'rows')::int8", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(snap_rows, count(&nodes[1], "SELECT count(*) FROM item"));
+
+    // 3. Replication goes on after compaction.
+    load.run(&nodes, &mut clients, &[0, 1, 2], 1000);
+    converge_all(&nodes, Duration::from_secs(120));
+    assert_identical(&nodes, &["ctr", "item"]);
+    load.expect.check(&nodes);
+
+    // 4. dublin and virginia partitioned: dublin's new ops are not at
+    //    virginia, so dublin's compaction must keep them.
+    pause(&nodes, 1, 2, true);
+    load.run(&nodes, &mut clients, &[0, 1, 2], 600);
+    std::thread::sleep(Duration::from_secs(2)); // the probes report meanwhile
+    compact_all(&nodes);
+    let virginia_has = count(&nodes[2], "SELECT coalesce((converge.frontier() ->> 'dublin')::int8, 0)");
+    let dublin_made = count(&nodes[1], "SELECT (converge.frontier() ->> 'dublin')::int8");
+    let horizon = count(&nodes[1], "SELECT coalesce((SELECT upto FROM converge.log_horizon WHERE actor = 'dublin'), 0)");
+    let kept = count(&nodes[1], "SELECT count(*) FROM converge.op_log WHERE actor = 'dublin' AND outcome = 'applied'");
+    eprintln!("paused: dublin made {dublin_made}, virginia has {virginia_has}, dublin's horizon {horizon}, kept {kept}");
+    assert!(dublin_made > virginia_has, "dublin wrote while partitioned");
+    assert!(horizon <= virginia_has, "dublin compacted ops virginia lacks");
+    assert!(kept >= dublin_made - virginia_has, "dublin dropped ops virginia lacks");
+    pause(&nodes, 1, 2, false);
+    converge_all(&nodes, Duration::from_secs(120));
+    assert_identical(&nodes, &["ctr", "item"]);
+    load.expect.check(&nodes);
+    wait_all_stable(&nodes);
+    compact_all(&nodes);
+    assert_identical(&nodes, &["ctr", "item"]);
+    let outcomes: i64 = nodes.iter().map(|n| count(n, "SELECT count(*) FROM converge.op_log WHERE outcome NOT IN ('applied', 'duplicate')")).sum();
+    assert_eq!(outcomes, 0, "rejected or buffered ops");
+    let applied: Vec<i64> = nodes.iter().map(|n| count(n, "SELECT applied FROM converge.stats")).collect();
+    eprintln!("stats applied per node after compactions: {applied:?} (ops made: {})", load.done);
+    assert!(applied.iter().all(|a| *a == applied[0]), "cumulative applied counts differ: {applied:?}");
+}
+
+#[test]
+fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
+    let root = Scratch::new("lost");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = '1MB'").unwrap();
+        c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+    let mut load = Load::new(0x853c49e6748fea9b);
+    let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 500);
+    converge_all(&nodes, Duration::from_secs(60));
+
+    // virginia is cut off, writes what nobody else receives, and goes down.
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    load.run(&nodes, &mut clients, &[2], 300);
+    load.run(&nodes, &mut clients, &[0, 1], 300);
+    let unsent = count(&nodes[2], "SELECT (converge.frontier() ->> 'virginia')::int8");
+    nodes[2].stop_immediate();
+    clients[2] = None;
+    for i in [0, 1] {
+        nodes[i].client().execute("SELECT converge.resume_peer('virginia')", &[]).unwrap();
+    }
+    // More than 1MB of WAL on madrid and dublin while virginia is away.
+    for i in [0, 1] {
+        nodes[i].client().batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in [0, 1] {
+        while text(&nodes[i], "SELECT state FROM converge.peers WHERE name = 'virginia'") != "lost" {
+            assert!(Instant::now() < deadline, "{} never marked virginia lost", nodes[i].name);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let slots = count(&nodes[i], "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'converge_virginia_%'");
+        assert_eq!(slots, 0, "{} still holds virginia's slot (and its WAL)", nodes[i].name);
+        assert_eq!(count(&nodes[i], "SELECT lost_peers FROM converge.stats"), 1);
+    }
+    // A lost peer no longer holds the horizon back: with virginia's report
+    // counted, madrid's and dublin's newest ops could never be stable.
+    load.run(&nodes, &mut clients, &[0, 1], 100);
+    wait_all_stable(&nodes[..2]);
+
+    // virginia comes back: it finds its slots gone, rejoins, and everything
+    // it wrote while cut off reaches the others.
+    nodes[2].start();
+    nodes[2].client().execute("SELECT converge.resume_peer('madrid')", &[]).unwrap();
+    nodes[2].client().execute("SELECT converge.resume_peer('dublin')", &[]).unwrap();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 200);
+    converge_all(&nodes, Duration::from_secs(120));
+    assert_identical(&nodes, &["ctr", "item"]);
+    load.expect.check(&nodes);
+    for i in [0, 1] {
+        let has = count(&nodes[i], "SELECT (converge.frontier() ->> 'virginia')::int8");
+        assert!(has >= unsent, "{} has virginia's ops up to {has}, virginia made {unsent} while cut off", nodes[i].name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while text(&nodes[i], "SELECT state FROM converge.peers WHERE name = 'virginia'") != "ok" {
+            assert!(Instant::now() < deadline, "{} still sees virginia as {}", nodes[i].name,
+                    text(&nodes[i], "SELECT state FROM converge.peers WHERE name = 'virginia'"));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    let log = std::fs::read_to_string(nodes[2].dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("rejoined peer \"madrid\"") && log.contains("rejoined peer \"dublin\""), "virginia's log shows no rejoin");
+}
