@@ -4,7 +4,8 @@
 # as SQL edits on a PL/pgSQL variable in one loop, next to the same edits
 # with overlay() on a plain text variable, in one run on one throwaway
 # server. Checks the final text against the trace's endContent, and
-# reports the stored size of the final value in a replicated table.
+# reports the stored size of the final value in a replicated table, before
+# and after converge.compact() (one node, no peers: every op is stable).
 # Usage: bash bench/seqtext_trace.sh [runs, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ SELECT converge.replicate('note');
 -- The same value in a column compressed with lz4 (pglz gives up on it:
 -- it finds no repeat in the first kilobyte).
 CREATE TABLE note_lz4 (id int PRIMARY KEY, body converge.seqtext COMPRESSION lz4);
+SELECT converge.replicate('note_lz4');
 SQL
 for run in $(seq 1 "$RUNS"); do
     pq "$PORT" -d postgres >/dev/null <<SQL
@@ -67,10 +69,14 @@ SELECT kind, count(*) AS runs, bool_and(ok) AS final_text_equals_trace, min(edit
        round(min(secs)::numeric, 1) AS min_s, round(max(secs)::numeric, 1) AS max_s,
        round(min(edits) / percentile_cont(0.5) WITHIN GROUP (ORDER BY secs)) AS edits_per_s
   FROM result GROUP BY kind ORDER BY kind DESC;
+CREATE TEMP VIEW size AS
 SELECT octet_length(w.body) AS text_bytes, octet_length(n.body::bytea) AS value_bytes,
        round(octet_length(n.body::bytea)::numeric / octet_length(w.body), 2) AS value_over_text,
        pg_column_size(n.body) AS stored_default, pg_column_size(z.body) AS stored_lz4,
        round(pg_column_size(z.body)::numeric / octet_length(w.body), 2) AS lz4_over_text,
-       jsonb_array_length((n.body::text)::jsonb -> 'runs') AS runs
+       jsonb_array_length((n.body::text)::jsonb -> 'runs') AS runs, converge.value(n.body) = w.body AS text_ok
   FROM note n, note_lz4 z, want w;
+SELECT 'before compact()' AS "when", * FROM size;
+SELECT ops_removed FROM converge.compact();
+SELECT 'after compact()' AS "when", * FROM size;
 SQL

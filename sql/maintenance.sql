@@ -27,6 +27,7 @@ CREATE TABLE converge.compactions (
     stable      jsonb NOT NULL,
     ops_removed bigint NOT NULL,
     tombstones_removed bigint NOT NULL,
+    values_compacted bigint NOT NULL,
     bytes_before bigint NOT NULL,
     bytes_after bigint NOT NULL,
     duration    interval NOT NULL
@@ -67,6 +68,8 @@ DECLARE
     before bigint;
     n      bigint;
     dead   bigint;
+    vals   bigint := 0;
+    col    record;
     t0     timestamptz := clock_timestamp();
 BEGIN
     -- One compaction at a time (row_base is written by nothing else).
@@ -139,8 +142,15 @@ BEGIN
          WHERE b.target_table = d.target_table AND b.target_key = d.target_key)
     SELECT count(*) INTO dead FROM dropped;
 
-    INSERT INTO converge.compactions (stable, ops_removed, tombstones_removed, bytes_before, bytes_after, duration)
-    SELECT stable, n, dead, before, coalesce(sum(pg_column_size(l.*)), 0), clock_timestamp() - t0 FROM converge.op_log l
+    -- Metadata inside values: seqtext's deleted characters that nothing
+    -- hangs on, in rows whose every op of the column has been folded.
+    FOR col IN SELECT r.table_name, c.key AS name FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
+                WHERE c.value = 'seqtext' ORDER BY 1, 2 LOOP
+        vals := vals + converge.compact_seqtext(col.table_name, col.name);
+    END LOOP;
+
+    INSERT INTO converge.compactions (stable, ops_removed, tombstones_removed, values_compacted, bytes_before, bytes_after, duration)
+    SELECT stable, n, dead, vals, before, coalesce(sum(pg_column_size(l.*)), 0), clock_timestamp() - t0 FROM converge.op_log l
     RETURNING compactions.ops_removed, compactions.bytes_before, compactions.bytes_after
          INTO ops_removed, bytes_before, bytes_after;
     RETURN NEXT;
@@ -208,6 +218,8 @@ CREATE VIEW converge.stats AS
 COMMENT ON VIEW converge.stats IS 'One row of cumulative counters for monitoring: ops applied, duplicate, buffered, rejected, quarantined and superseded (compaction does not reset them), ops and bytes shipped to and received from peers, the op log''s rows and bytes, pending ops and the oldest one''s age, the stable frontier''s age, lost peers, the last compaction.';
 GRANT SELECT ON converge.stats TO PUBLIC;
 
-REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text), converge.compact_seqtext(oid, text) FROM PUBLIC;
+COMMENT ON FUNCTION converge.compact_seqtext(oid, text) IS 'Internal (converge.compact): drop the deleted characters nothing hangs on from a seqtext column, in rows whose ops are all folded.';
+COMMENT ON FUNCTION converge.seqtext_compacted(seqtext) IS 'Internal (converge.compact): the value without the deleted characters nothing hangs on, or NULL when there are none. Only correct for a value whose every op every node has applied.';
 REVOKE ALL ON converge.row_base, converge.compacted, converge.compactions FROM PUBLIC;
 COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';

@@ -111,3 +111,57 @@ pub fn check_lost_peers() {
         }
     }
 }
+
+/// converge.compact's step for the seqtext column `col` of `tbl`: rows with
+/// no op of that column left in the log (nor pending) hold only causally
+/// stable ops, so their deleted characters that nothing hangs on go. The
+/// table is written as converge writes applied ops (the table's rights, no
+/// op recorded: each node compacts its own copy). Returns the rows changed.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn compact_seqtext(tbl: pg_sys::Oid, col: &str) -> i64 {
+    let layout = crate::spi::read_one::<pgrx::JsonB>(
+        "SELECT jsonb_build_object('name', format('%I.%I', n.nspname, c.relname), 'keys', to_jsonb(r.key_columns))
+           FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE r.table_name = $1::oid::regclass AND r.crdt_columns ->> $2 = 'seqtext'",
+        &[tbl.into(), col.into()],
+    );
+    let Some(pgrx::JsonB(layout)) = layout else { return 0 };
+    let name = layout["name"].as_str().unwrap_or_default().to_string();
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let keys: Vec<String> = layout["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).map(ident).collect();
+    let matched = keys.iter().map(|k| format!("t.{k} = b.{k}")).collect::<Vec<_>>().join(" AND ");
+    let c = ident(col);
+    let sql = format!(
+        "WITH busy AS MATERIALIZED (
+             SELECT v.* FROM (SELECT l.target_key FROM converge.op_log l
+                               WHERE l.outcome = 'applied' AND l.target_table = $1 AND l.target_column = $2
+                              UNION
+                              SELECT (q.op).target_key FROM converge.pending q WHERE (q.op).target_table = $1) k,
+                  LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.target_key) v),
+         todo AS (SELECT t.ctid AS tid, converge.seqtext_compacted(t.{c}) AS v FROM {name} t
+                   WHERE t.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM busy b WHERE {matched}))
+         UPDATE {name} t SET {c} = todo.v FROM todo WHERE t.ctid = todo.tid AND todo.v IS NOT NULL"
+    );
+    crate::trigger::set_applying(true);
+    let n = crate::security::as_writer(tbl, || {
+        Spi::connect_mut(|cl| cl.update(&sql, None, &[name.as_str().into(), col.into()]).map(|t| t.len() as i64))
+    });
+    crate::trigger::set_applying(false);
+    let n = n.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting {name}.{col}: {e}")));
+    // The bases of those rows likewise, so a rebuilt row equals the row.
+    Spi::run_with_args(
+        "UPDATE converge.row_base b SET state = c.v::bytea
+           FROM (SELECT b2.target_key, converge.seqtext_compacted(b2.state::converge.seqtext) AS v FROM converge.row_base b2
+                  WHERE b2.target_table = $1 AND b2.target_column = $2
+                    AND b2.target_key NOT IN (SELECT l.target_key FROM converge.op_log l
+                                               WHERE l.outcome = 'applied' AND l.target_table = $1 AND l.target_column = $2
+                                                 AND l.target_key IS NOT NULL
+                                              UNION ALL
+                                              SELECT (q.op).target_key FROM converge.pending q
+                                               WHERE (q.op).target_table = $1 AND (q.op).target_key IS NOT NULL)) c
+          WHERE b.target_table = $1 AND b.target_column = $2 AND b.target_key = c.target_key AND c.v IS NOT NULL",
+        &[name.as_str().into(), col.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting the bases of {name}.{col}: {e}")));
+    n
+}

@@ -15,6 +15,8 @@ INSERT INTO ticket VALUES (2, 'valve', NULL, incr(NULL::gcounter, 1), NULL);
 INSERT INTO ticket (id, title) VALUES (3, 'filter');
 UPDATE ticket SET visits = incr(visits, 2), tags = add(tags, 'pump') WHERE id = 1;
 UPDATE ticket SET tags = remove(tags, 'urgent'), notes = delete(notes, 0, 5) WHERE id = 1;
+UPDATE ticket SET notes = insert(notes, length(notes), ' at noon') WHERE id = 1;
+UPDATE ticket SET notes = delete(notes, length(notes) - 8, 8) WHERE id = 1;   -- typed, then deleted again
 UPDATE ticket SET title = 'valve (leaking)' WHERE id = 2;
 DELETE FROM ticket WHERE id IN (2, 3);
 SELECT outcome, reason FROM apply_batch(ARRAY[
@@ -24,6 +26,7 @@ SELECT id, title, elements(tags) AS tags, value(visits) AS visits, value(notes) 
 SELECT frontier(), stable_frontier() = frontier() AS all_stable_without_peers;
 SELECT outcome, count(*) FROM op_log GROUP BY outcome ORDER BY outcome;
 SELECT applied, duplicate, rejected, op_log_rows, pending, lost_peers, last_compaction FROM stats;
+SELECT octet_length(notes::bytea) AS notes_bytes FROM ticket WHERE id = 1 \gset
 
 -- compact() folds every applied op into the rows' bases and removes it; the
 -- rejected op stays (never dropped), and so do the values.
@@ -31,6 +34,9 @@ SELECT ops_removed, bytes_after < bytes_before AS smaller FROM compact();
 SELECT op_id, outcome, reason FROM op_log ORDER BY seq;
 SELECT id, title, elements(tags) AS tags, value(visits) AS visits, value(notes) AS notes FROM ticket ORDER BY id;
 SELECT * FROM log_horizon ORDER BY actor;
+-- The notes lost the deleted ' at noon' (nothing hangs on it); 'Pump ',
+-- deleted too, stays: the rest of the text is placed after it.
+SELECT value(notes), octet_length(notes::bytea) < :notes_bytes AS smaller FROM ticket WHERE id = 1;
 -- Row 3's tombstone is gone: every op on it was folded and it kept no CRDT
 -- state. Row 2's stays with its stash: a key inserted again resumes that
 -- state on every node, and another node may not have compacted yet.
@@ -43,7 +49,7 @@ SELECT rebuild('ticket', '{"id":1}', 'visits')::gcounter = visits AS visits_rebu
   FROM ticket WHERE id = 1;
 -- The counts survive compaction.
 SELECT applied, duplicate, rejected, op_log_rows FROM stats;
-SELECT ops_removed, tombstones_removed, stable FROM compactions;
+SELECT ops_removed, tombstones_removed, values_compacted, stable FROM compactions;
 
 -- An op compacted away that arrives again is still a duplicate.
 SELECT outcome FROM apply(ROW('phone1:1', 'phone1', 'public.ticket', '{"id":1}', 'visits', 1, 0, '{}',

@@ -120,6 +120,26 @@ impl Load {
     }
 }
 
+/// The rows of `table` as users read them: seqtext notes as their text
+/// (compaction may shorten a seqtext's full state, never its text).
+pub fn user_values(n: &Node, table: &str) -> String {
+    let row = if table == "item" { "(to_jsonb(t) || jsonb_build_object('notes', converge.value(t.notes)))::text" } else { "t::text" };
+    n.client()
+        .query_one(&format!("SELECT coalesce(string_agg({row}, E'\\n' ORDER BY id), '') FROM {table} t"), &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Every row of `tables` the same on every node as users read it.
+pub fn assert_same_values(nodes: &[Node], tables: &[&str]) {
+    for table in tables {
+        let reference = user_values(&nodes[0], table);
+        for n in &nodes[1..] {
+            assert_eq!(user_values(n, table), reference, "{table} reads differently on {} and {}", nodes[0].name, n.name);
+        }
+    }
+}
+
 /// Every row of `tables` byte-identical on every node (canonical text
 /// output); on a difference, the rows only one side has.
 pub fn assert_identical(nodes: &[Node], tables: &[&str]) {

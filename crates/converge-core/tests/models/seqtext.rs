@@ -10,6 +10,10 @@
 //! what one insert typed stays together, in order; and any two characters
 //! a node ever saw in some order keep that order (no reordering of text a
 //! user saw).
+//! Compaction: at a random point of the concurrent history every node has
+//! every delta (all ops stable; later they are never delivered again, as
+//! the op log's dedupe guarantees), random nodes compact, and the history
+//! goes on: the same model must hold at the end.
 
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,7 +71,7 @@ proptest! {
 
     #[test]
     fn seqtext_concurrent(steps in prop::collection::vec((0usize..3, 0u8..10, any::<u16>(), 0u8..4), 0..50),
-                          seed in any::<u64>()) {
+                          seed in any::<u64>(), stable_at in 0usize..60) {
         let mut env = Env::default();
         let mut nodes = vec![SeqText::default(); 3];
         let mut deltas: Vec<SeqText> = Vec::new();
@@ -78,7 +82,21 @@ proptest! {
         let mut deleted: BTreeSet<char> = BTreeSet::new();
         // Pairs (x, y): some node saw x before y.
         let mut seen_order: BTreeSet<(char, char)> = BTreeSet::new();
-        for (a, code, r, n) in steps {
+        for (step, (a, code, r, n)) in steps.into_iter().enumerate() {
+            if step == stable_at {
+                for node in nodes.iter_mut() {
+                    for d in &deltas { node.merge(d); }
+                }
+                deltas.clear();
+                for (i, node) in nodes.iter_mut().enumerate().filter(|(i, _)| seed >> (i + 5) & 1 == 1) {
+                    let c = node.compacted();
+                    prop_assert_eq!(c.value(), node.value(), "compaction changed node {}'s text", i);
+                    prop_assert!(c.validate().is_ok(), "compacted value invalid: {:?}", c.validate());
+                    prop_assert_eq!(decode::<SeqText>(&encode(&c)).unwrap(), c.clone());
+                    prop_assert!(!c.has_deleted() || node.runs.len() >= c.runs.len());
+                    *node = c;
+                }
+            }
             let len = nodes[a].length();
             let pos = r as u64 % (len + 1);
             let d = if code < 6 {
@@ -119,8 +137,13 @@ proptest! {
         for node in nodes.iter_mut() {
             for &i in &order { node.merge(&deltas[i]); }
         }
-        prop_assert_eq!(&nodes[0], &nodes[1]);
-        prop_assert_eq!(&nodes[1], &nodes[2]);
+        // Nodes that compacted at different moments hold the same text (and
+        // the same state once all have compacted).
+        prop_assert_eq!(nodes[0].value(), nodes[1].value());
+        prop_assert_eq!(nodes[1].value(), nodes[2].value());
+        let all: Vec<SeqText> = nodes.iter().map(SeqText::compacted).collect();
+        prop_assert_eq!(&all[0], &all[1]);
+        prop_assert_eq!(&all[1], &all[2]);
         let fin = nodes[0].value();
         let want: BTreeSet<char> = typed.iter().flat_map(|s| s.chars()).filter(|c| !deleted.contains(c)).collect();
         let got: BTreeSet<char> = fin.chars().collect();

@@ -17,6 +17,7 @@
 //! sorted and coalesced, `lamport` the highest Lamport number present.
 
 mod check;
+mod compact;
 mod edit;
 mod wide;
 pub mod stream;
