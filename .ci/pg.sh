@@ -56,3 +56,21 @@ bench_up() {
     trap 'pg_down "$BENCH_DIR/pg"; rm -rf "$BENCH_DIR"' EXIT
     pg_up "$BENCH_DIR/pg" "$@"
 }
+
+# three_nodes FIRST_PORT: madrid, dublin and virginia (converge preloaded,
+# database postgres), on FIRST_PORT and the two after, in a fresh
+# $BENCH_DIR that is stopped and removed when the calling script exits
+# (KEEP=1 keeps it). Sets NODES, PORT and conninfo NODE.
+three_nodes() {
+    local first=$1
+    [ -n "${SKIP_INSTALL:-}" ] || cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+    NODES=(madrid dublin virginia)
+    declare -gA PORT=([madrid]=$first [dublin]=$((first + 1)) [virginia]=$((first + 2)))
+    BENCH_DIR=$(mktemp -d /tmp/converge-nodes.XXXXXX); chown postgres "$BENCH_DIR"; chmod 755 "$BENCH_DIR"
+    trap 'kill $(jobs -p) 2>/dev/null; for n in "${NODES[@]}"; do pg_down "$BENCH_DIR/$n"; done; [ -n "${KEEP:-}" ] || rm -rf "$BENCH_DIR"' EXIT
+    for n in "${NODES[@]}"; do
+        pg_up "$BENCH_DIR/$n" "${PORT[$n]}" "shared_preload_libraries = 'converge'" "converge.databases = 'postgres'" \
+            "max_worker_processes = 16" || return 1
+    done
+}
+conninfo() { echo "host=127.0.0.1 port=${PORT[$1]} user=postgres dbname=postgres"; }

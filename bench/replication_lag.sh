@@ -18,16 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/pg.sh
 SECS=${1:-20} RATES=${2:-"200 1000"} BURST=${BURST:-10000}
-NODES=(madrid dublin virginia)
-declare -A PORT=([madrid]=55521 [dublin]=55522 [virginia]=55523)
-[ -n "${SKIP_INSTALL:-}" ] || cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
-BENCH_DIR=$(mktemp -d /tmp/converge-lag.XXXXXX); chown postgres "$BENCH_DIR"
-trap 'for n in "${NODES[@]}"; do pg_down "$BENCH_DIR/$n"; done; [ -n "${KEEP:-}" ] || rm -rf "$BENCH_DIR"' EXIT
-conninfo() { echo "host=127.0.0.1 port=${PORT[$1]} user=postgres dbname=postgres"; }
-
+three_nodes 55521
 for n in "${NODES[@]}"; do
-    pg_up "$BENCH_DIR/$n" "${PORT[$n]}" "shared_preload_libraries = 'converge'" "converge.databases = 'postgres'" \
-        "max_worker_processes = 16"
     pq "${PORT[$n]}" -d postgres >/dev/null <<SQL
 CREATE EXTENSION converge;
 SELECT converge.set_node('$n');

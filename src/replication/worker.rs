@@ -187,11 +187,32 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
     }
 }
 
-/// converge is installed here and converge.databases allows this database.
+/// converge is installed here, at this library's version, and
+/// converge.databases allows this database.
 fn installed_and_allowed() -> bool {
     let db = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) };
-    super::launcher::database_allowed(&db.to_string_lossy())
-        && crate::spi::read_one::<bool>(
+    super::launcher::database_allowed(&db.to_string_lossy()) && same_version() && installed_here()
+}
+
+/// The library was updated and the extension not yet (or the reverse):
+/// the worker stops until they agree (ALTER EXTENSION converge UPDATE
+/// starts it again), rather than run new code on the old schema.
+fn same_version() -> bool {
+    let installed = crate::spi::read_one::<String>("SELECT extversion FROM pg_extension WHERE extname = 'converge'", &[]);
+    match installed {
+        Some(v) if v != env!("CARGO_PKG_VERSION") => {
+            pgrx::warning!(
+                "converge: the extension here is version {v} and the library is {}; replication waits for ALTER EXTENSION converge UPDATE",
+                env!("CARGO_PKG_VERSION")
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
+fn installed_here() -> bool {
+    crate::spi::read_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'converge')
                 AND to_regclass('converge.peer') IS NOT NULL
                 -- never hold a template open (CREATE DATABASE copies it)

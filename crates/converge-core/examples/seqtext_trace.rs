@@ -1,7 +1,8 @@
 //! Replays an editing trace (josephg/editing-traces JSON, uncompressed) on a
 //! seqtext the way the SQL functions do: every edit works on the stored
 //! bytes (`seqtext::stream`) and produces new bytes. Prints time, edits/s,
-//! sizes.
+//! sizes, before and after compaction (what converge.compact() does to a
+//! value whose ops every node has).
 //! `gzip -dc ../shared/data/seph-blog1.json.gz > /tmp/t.json &&
 //!  cargo run -p converge-core --release --example seqtext_trace /tmp/t.json`
 use converge_core::types::seqtext::stream;
@@ -55,5 +56,14 @@ fn main() {
         bytes.len(),
         bytes.len() as f64 / end.len() as f64,
         t.runs.len()
+    );
+    let c = t.compacted();
+    assert_eq!(c.value(), end, "compaction changed the text");
+    let cb = encode(&c).len();
+    println!(
+        "compacted: {cb} bytes ({:.2}x); {} runs, {} of them deleted (ids the text still hangs on)",
+        cb as f64 / end.len() as f64,
+        c.runs.len(),
+        c.runs.iter().filter(|r| r.5).count()
     );
 }

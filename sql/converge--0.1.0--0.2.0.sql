@@ -1,0 +1,279 @@
+-- converge 0.1.0 -> 0.2.0 (ALTER EXTENSION converge UPDATE): causal
+-- stability, compaction, lost peers and the stats view (SPEC section 6).
+-- Every value, op and peer is kept; tests/upgrade.sh checks that, and that
+-- the result is the schema a fresh 0.2.0 install makes.
+\echo Use "ALTER EXTENSION converge UPDATE TO '0.2.0'" to load this file. \quit
+
+-- New functions of the library.
+CREATE FUNCTION converge."merge_deltas"(
+	"ty" TEXT,
+	"deltas" bytea[]
+) RETURNS bytea
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'merge_deltas_wrapper';
+CREATE FUNCTION converge."compact_seqtext"(
+	"tbl" oid,
+	"col" TEXT
+) RETURNS bigint
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'compact_seqtext_wrapper';
+CREATE FUNCTION converge."seqtext_compacted"(
+	"t" converge.seqtext
+) RETURNS converge.seqtext
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'seqtext_compacted_wrapper';
+
+-- What the workers learn of each peer (causal stability, lost peers).
+ALTER TABLE converge.peer_status
+    ADD COLUMN frontier      jsonb,
+    ADD COLUMN frontier_at   timestamptz,
+    ADD COLUMN ops_shipped   bigint NOT NULL DEFAULT 0,
+    ADD COLUMN bytes_shipped bigint NOT NULL DEFAULT 0,
+    ADD COLUMN lost_at       timestamptz,
+    ADD COLUMN rejoining     boolean NOT NULL DEFAULT false;
+
+CREATE OR REPLACE VIEW converge.peers AS
+    SELECT p.name,
+           regexp_replace(regexp_replace(p.conninfo, 'password\s*=\s*(''([^'']|\\'')*''|\S+)', 'password=********', 'g'),
+                          '(://[^:/@]*:)[^@]*@', '\1********@') AS conninfo,
+           CASE WHEN s.lost_at IS NOT NULL THEN 'lost' WHEN p.paused THEN 'paused' WHEN w.problem IS NOT NULL THEN 'no_worker'
+                WHEN s.rejoining THEN 'rejoining' ELSE s.state END AS state,
+           p.slot_name AS slot, s.confirmed_lsn, s.lag_bytes, s.lag_seconds, s.last_success,
+           coalesce(w.problem, s.last_error) AS last_error,
+           s.last_error_at, s.caught_up_at, s.ops_received, s.bytes_received, p.origin_name AS origin,
+           converge.origin_progress(p.origin_name) AS origin_lsn,
+           s.frontier, s.frontier_at, s.ops_shipped, s.bytes_shipped, s.lost_at
+      FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
+           CROSS JOIN (SELECT converge.worker_problem_here() AS problem) w;
+COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password).';
+
+-- The rest is new in 0.2.0, as sql/maintenance.sql makes it.
+-- The base of each row: the merge of the deltas of every op compacted away
+-- (per column; '' holds the row ops' lwwmap). A row is rebuilt from its
+-- base and its remaining ops (converge.rebuild); the coordination features
+-- that must leave ops out of a row (revocation, repair) start from it.
+CREATE TABLE converge.row_base (
+    target_table  text NOT NULL,   -- qualified name, as ops name it
+    target_key    jsonb NOT NULL,
+    target_column text NOT NULL,   -- '' = the row ops (lwwmap of other columns and "$live")
+    state         bytea NOT NULL,  -- binary form of the column's type
+    PRIMARY KEY (target_table, target_key, target_column)
+);
+COMMENT ON TABLE converge.row_base IS 'Per row and column: the merge of the deltas of every op that converge.compact() removed from the log (the base a row is rebuilt from).';
+
+-- Cumulative counts that compaction must not reset (converge.stats adds
+-- the rows still in the log).
+CREATE TABLE converge.compacted (
+    outcome text PRIMARY KEY,
+    ops     bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE converge.compacted IS 'Per outcome, how many op_log rows converge.compact() has removed so far.';
+
+CREATE TABLE converge.compactions (
+    ran_at      timestamptz PRIMARY KEY DEFAULT clock_timestamp(),
+    stable      jsonb NOT NULL,
+    ops_removed bigint NOT NULL,
+    tombstones_removed bigint NOT NULL,
+    values_compacted bigint NOT NULL,
+    bytes_before bigint NOT NULL,
+    bytes_after bigint NOT NULL,
+    duration    interval NOT NULL
+);
+COMMENT ON TABLE converge.compactions IS 'One row per converge.compact() run: the stable frontier it used and what it removed.';
+
+SELECT pg_catalog.pg_extension_config_dump('converge.row_base', '');
+SELECT pg_catalog.pg_extension_config_dump('converge.compacted', '');
+SELECT pg_catalog.pg_extension_config_dump('converge.compactions', '');
+
+-- The stable frontier: per actor, the highest counter that this node and
+-- every peer not lost have applied. A peer's frontier counts only once a
+-- probe found everything the peer had committed when it reported applied
+-- here (src/replication/worker.rs), so every op a peer made before it saw
+-- an op of the stable frontier is here too.
+CREATE FUNCTION converge.stable_frontier() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, converge, pg_temp AS $$
+    WITH mine AS (SELECT converge.frontier() AS f),
+         views AS (SELECT f FROM mine
+                   UNION ALL
+                   SELECT coalesce(s.frontier, '{}') FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
+                    WHERE s.lost_at IS NULL)
+    SELECT coalesce(jsonb_object_agg(a.actor, a.c ORDER BY a.actor), '{}')
+      FROM (SELECT e.key AS actor, min(coalesce((v.f ->> e.key)::bigint, 0)) AS c
+              FROM mine CROSS JOIN jsonb_each(mine.f) e CROSS JOIN views v
+             GROUP BY e.key) a
+     WHERE a.c > 0
+$$;
+COMMENT ON FUNCTION converge.stable_frontier() IS 'Per actor, the highest counter every node (this one and each peer not lost) has applied: what converge.compact() may fold away.';
+
+CREATE FUNCTION converge.compact()
+RETURNS TABLE (ops_removed bigint, bytes_before bigint, bytes_after bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    me     text := (SELECT name FROM converge.node_identity);
+    stable jsonb;
+    before bigint;
+    n      bigint;
+    dead   bigint;
+    vals   bigint := 0;
+    col    record;
+    t0     timestamptz := clock_timestamp();
+BEGIN
+    -- One compaction at a time (row_base is written by nothing else).
+    LOCK TABLE converge.row_base IN EXCLUSIVE MODE;
+    stable := converge.stable_frontier();
+    SELECT coalesce(sum(pg_column_size(l.*)), 0) INTO before FROM converge.op_log l;
+    -- This node's counter lives in its newest op; once the log may hold
+    -- none, actor_frontier keeps it (src/local_ops.rs reads it there).
+    IF me IS NOT NULL AND stable ? me THEN
+        INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES (me, (stable ->> me)::bigint)
+            ON CONFLICT (actor) DO UPDATE SET contiguous = greatest(f.contiguous, EXCLUDED.contiguous);
+    END IF;
+    -- Applied ops every node has, and the duplicate and buffered records
+    -- of them, leave the log; applied deltas fold into the rows' bases.
+    -- Rejected and quarantined ops stay (SPEC section 3: never dropped).
+    WITH gone AS (
+        DELETE FROM converge.op_log l USING jsonb_each_text(stable) s(actor, upto)
+         WHERE l.actor = s.actor AND l.counter <= s.upto::bigint
+           AND l.outcome IN ('applied', 'duplicate', 'buffered')
+        RETURNING l.*),
+    folded AS (
+        SELECT g.target_table, g.target_key, g.target_column,
+               converge.merge_deltas(CASE WHEN g.target_column = '' THEN 'lwwmap'
+                                          ELSE r.crdt_columns ->> g.target_column END,
+                                     array_agg(g.delta ORDER BY g.seq)) AS state
+          FROM gone g LEFT JOIN converge.replicated r ON r.table_name = to_regclass(g.target_table)
+         WHERE g.outcome = 'applied' AND g.target_table IS NOT NULL
+           AND (g.target_column = '' OR r.crdt_columns ? g.target_column)
+         GROUP BY g.target_table, g.target_key, g.target_column, r.crdt_columns ->> g.target_column),
+    base AS (
+        INSERT INTO converge.row_base AS b (target_table, target_key, target_column, state)
+        SELECT f.target_table, f.target_key, f.target_column, f.state FROM folded f
+            ON CONFLICT (target_table, target_key, target_column) DO UPDATE
+           SET state = converge.merge_deltas(CASE WHEN b.target_column = '' THEN 'lwwmap'
+                                                  ELSE (SELECT r.crdt_columns ->> b.target_column FROM converge.replicated r
+                                                         WHERE r.table_name = to_regclass(b.target_table)) END,
+                                             ARRAY[b.state, EXCLUDED.state])),
+    horizon AS (
+        INSERT INTO converge.log_horizon AS h (actor, upto)
+        SELECT g.actor, max(g.counter) FROM gone g WHERE g.outcome = 'applied' GROUP BY g.actor
+            ON CONFLICT (actor) DO UPDATE SET upto = greatest(h.upto, EXCLUDED.upto)),
+    counted AS (
+        INSERT INTO converge.compacted AS c (outcome, ops)
+        SELECT g.outcome, count(*) FROM gone g GROUP BY g.outcome
+            ON CONFLICT (outcome) DO UPDATE SET ops = c.ops + EXCLUDED.ops)
+    SELECT count(*) INTO n FROM gone;
+
+    -- Row tombstones whose every op has been folded: all nodes have applied
+    -- the delete, and every op a node made before it saw the delete is
+    -- here, so no peer's op can be concurrent with it any more. Only
+    -- tombstones with an empty stash: a key inserted again resumes the
+    -- CRDT state its tombstone kept, on every node, and nodes compact at
+    -- different moments, so a stash dropped on one node and not on another
+    -- would make the same insert resume on one and start afresh on the
+    -- other (docs/operations.md). A tombstone without CRDT state can go: a
+    -- later insert writes every other column with a newer clock anyway.
+    WITH still AS (
+        SELECT DISTINCT l.target_table, l.target_key FROM converge.op_log l WHERE l.outcome = 'applied'
+        UNION
+        SELECT (q.op).target_table, (q.op).target_key FROM converge.pending q),
+    dropped AS (
+        DELETE FROM converge.row_state rs
+         USING pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+         WHERE c.oid = rs.tbl AND NOT rs.live AND rs.stash = '{}'
+           AND NOT EXISTS (SELECT 1 FROM still s
+                            WHERE s.target_table = format('%I.%I', ns.nspname, c.relname) AND s.target_key = rs.target_key)
+        RETURNING format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key),
+    unbased AS (
+        DELETE FROM converge.row_base b USING dropped d
+         WHERE b.target_table = d.target_table AND b.target_key = d.target_key)
+    SELECT count(*) INTO dead FROM dropped;
+
+    -- Metadata inside values: seqtext's deleted characters that nothing
+    -- hangs on, in rows whose every op of the column has been folded.
+    FOR col IN SELECT r.table_name, c.key AS name FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
+                WHERE c.value = 'seqtext' ORDER BY 1, 2 LOOP
+        vals := vals + converge.compact_seqtext(col.table_name, col.name);
+    END LOOP;
+
+    INSERT INTO converge.compactions (stable, ops_removed, tombstones_removed, values_compacted, bytes_before, bytes_after, duration)
+    SELECT stable, n, dead, vals, before, coalesce(sum(pg_column_size(l.*)), 0), clock_timestamp() - t0 FROM converge.op_log l
+    RETURNING compactions.ops_removed, compactions.bytes_before, compactions.bytes_after
+         INTO ops_removed, bytes_before, bytes_after;
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION converge.compact() IS 'Fold the ops every node not lost has applied into the rows'' bases and remove them from the op log, with the row tombstones and stashes whose ops are all folded; returns the ops removed and the log''s row bytes before and after (reclaiming the space is VACUUM''s). Runs only when called.';
+
+-- A row's column as rebuilt from its base and its ops still in the log.
+CREATE FUNCTION converge.rebuild(tbl regclass, key jsonb, col text) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
+    WITH t AS (SELECT format('%I.%I', n.nspname, c.relname) AS name,
+                      CASE WHEN col = '' THEN 'lwwmap' ELSE r.crdt_columns ->> col END AS ty
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN converge.replicated r ON r.table_name = c.oid
+                WHERE c.oid = tbl)
+    SELECT converge.merge_deltas(t.ty, array_agg(d ORDER BY o))
+      FROM t, LATERAL (SELECT b.state AS d, 0::bigint AS o FROM converge.row_base b
+                        WHERE b.target_table = t.name AND b.target_key = key AND b.target_column = col
+                       UNION ALL
+                       SELECT l.delta, l.seq FROM converge.op_log l
+                        WHERE l.outcome = 'applied' AND l.target_table = t.name AND l.target_key = key
+                          AND l.target_column = col) parts
+     WHERE t.ty IS NOT NULL
+     GROUP BY t.ty
+$$;
+COMMENT ON FUNCTION converge.rebuild(regclass, jsonb, text) IS 'The binary state of one column of one row rebuilt from its base (what compaction folded) and the applied ops still in the log; NULL when there are none.';
+
+-- One row, for a metrics exporter: cumulative outcome counts (compaction
+-- does not reset them), traffic, the log's size, and the ages an operator
+-- alerts on.
+CREATE VIEW converge.stats AS
+    WITH log AS (SELECT count(*) FILTER (WHERE outcome = 'applied') AS applied,
+                        count(*) FILTER (WHERE outcome = 'duplicate') AS duplicate,
+                        count(*) FILTER (WHERE outcome = 'buffered') AS buffered,
+                        count(*) FILTER (WHERE outcome = 'rejected') AS rejected,
+                        count(*) FILTER (WHERE outcome = 'quarantined') AS quarantined,
+                        count(*) AS rows
+                   FROM converge.op_log),
+         gone AS (SELECT coalesce(sum(ops) FILTER (WHERE outcome = 'applied'), 0) AS applied,
+                         coalesce(sum(ops) FILTER (WHERE outcome = 'duplicate'), 0) AS duplicate,
+                         coalesce(sum(ops) FILTER (WHERE outcome = 'buffered'), 0) AS buffered
+                    FROM converge.compacted),
+         peers AS (SELECT coalesce(sum(s.ops_shipped), 0) AS ops_shipped, coalesce(sum(s.bytes_shipped), 0) AS bytes_shipped,
+                          coalesce(sum(s.ops_received), 0) AS ops_received, coalesce(sum(s.bytes_received), 0) AS bytes_received,
+                          count(*) FILTER (WHERE s.lost_at IS NOT NULL) AS lost,
+                          min(coalesce(s.frontier_at, p.added_at)) FILTER (WHERE s.lost_at IS NULL) AS oldest_report
+                     FROM converge.peer p LEFT JOIN converge.peer_status s USING (name))
+    SELECT (log.applied + gone.applied)::bigint AS applied,
+           (log.duplicate + gone.duplicate)::bigint AS duplicate,
+           (log.buffered + gone.buffered)::bigint AS buffered,
+           log.rejected AS rejected,
+           log.quarantined AS quarantined,
+           0::bigint AS superseded,
+           peers.ops_shipped::bigint AS ops_shipped, peers.bytes_shipped::bigint AS bytes_shipped,
+           peers.ops_received::bigint AS ops_received, peers.bytes_received::bigint AS bytes_received,
+           log.rows AS op_log_rows,
+           pg_total_relation_size('converge.op_log') AS op_log_bytes,
+           (SELECT count(*) FROM converge.pending) AS pending,
+           extract(epoch FROM clock_timestamp() - (SELECT min(received_at) FROM converge.pending))::double precision
+               AS oldest_pending_age_seconds,
+           coalesce(extract(epoch FROM clock_timestamp() - peers.oldest_report), 0)::double precision
+               AS stable_frontier_age_seconds,
+           peers.lost AS lost_peers,
+           (SELECT max(ran_at) FROM converge.compactions) AS last_compaction
+      FROM log, gone, peers;
+COMMENT ON VIEW converge.stats IS 'One row of cumulative counters for monitoring: ops applied, duplicate, buffered, rejected, quarantined and superseded (compaction does not reset them), ops and bytes shipped to and received from peers, the op log''s rows and bytes, pending ops and the oldest one''s age, the stable frontier''s age, lost peers, the last compaction.';
+GRANT SELECT ON converge.stats TO PUBLIC;
+
+REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text), converge.compact_seqtext(oid, text) FROM PUBLIC;
+COMMENT ON FUNCTION converge.compact_seqtext(oid, text) IS 'Internal (converge.compact): drop the deleted characters nothing hangs on from a seqtext column, in rows whose ops are all folded.';
+COMMENT ON FUNCTION converge.seqtext_compacted(seqtext) IS 'Internal (converge.compact): the value without the deleted characters nothing hangs on, or NULL when there are none. Only correct for a value whose every op every node has applied.';
+REVOKE ALL ON converge.row_base, converge.compacted, converge.compactions FROM PUBLIC;
+COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';
+
+-- The worker of a database exits when the library and the extension
+-- disagree on the version; start it again now that they agree.
+SELECT converge.start_worker();
