@@ -55,9 +55,10 @@ chmod a+r "$BENCH_DIR"/*.sql
 sample() {  # t node: one CSV line
     pq "${PORT[$2]}" -d postgres -At -F, <<SQL
 SELECT $1, '$2', (SELECT count(*) FROM converge.op_log), pg_total_relation_size('converge.op_log'),
-       pg_total_relation_size('ticket') + pg_total_relation_size('converge.row_state') + pg_total_relation_size('converge.row_base'),
+       pg_total_relation_size('ticket'), pg_total_relation_size('converge.row_state') + pg_total_relation_size('converge.row_base'),
        coalesce((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) FROM pg_replication_slots), 0)::bigint,
-       (SELECT applied FROM converge.stats)
+       (SELECT applied FROM converge.stats),
+       (SELECT round(avg(octet_length(tags::bytea))) FROM ticket), (SELECT round(avg(octet_length(notes::bytea))) FROM ticket)
 SQL
 }
 
@@ -68,7 +69,7 @@ for n in "${NODES[@]}"; do
         -f update.sql@9 -f churn.sql@1 -l --log-prefix="pgbench_$n" --aggregate-interval=1 postgres \
         >"$BENCH_DIR/pgbench_$n.out" 2>&1) &
 done
-echo "t,node,op_log_rows,op_log_bytes,table_bytes,slot_wal_bytes,applied" >"$BENCH_DIR/samples.csv"
+echo "t,node,op_log_rows,op_log_bytes,table_bytes,rows_bytes,slot_wal_bytes,applied,tags_bytes,notes_bytes" >"$BENCH_DIR/samples.csv"
 next_compact=$COMPACT_EVERY
 while :; do
     t=$(( $(date +%s) - START ))
@@ -89,15 +90,18 @@ for n in "${NODES[@]}"; do
 done >"$BENCH_DIR/compactions.csv"
 same=$(for n in "${NODES[@]}"; do pq "${PORT[$n]}" -d postgres -Atc "SELECT md5(string_agg((to_jsonb(t) || jsonb_build_object('notes', converge.value(t.notes)))::text, ',' ORDER BY id)) FROM ticket t"; done | sort -u | wc -l)
 
-python3 - "$BENCH_DIR" "$START" "$same" <<'PY'
+# Debian's python3 has python3-matplotlib (a pyenv python3 first in PATH may not).
+PY=${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3 )}
+"$PY" - "$BENCH_DIR" "$START" "$same" <<'PY'
 import csv, glob, os, sys
 d, start, same = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = list(csv.DictReader(open(f"{d}/samples.csv")))
 comp = [r.split(",") for r in open(f"{d}/compactions.csv").read().split()]
-print("\nsamples (per node): t s | op_log rows | op_log MB | table + row_state + row_base MB | slot WAL MB | applied")
+print("\nsamples (per node): t s | op_log rows | op_log MB | ticket MB | row_state + row_base MB | slot WAL MB | applied | avg tags / notes bytes")
 for r in rows:
     print(f"{int(r['t']):>5} {r['node']:>8} | {int(r['op_log_rows']):>7} | {int(r['op_log_bytes'])/2**20:7.2f} | "
-          f"{int(r['table_bytes'])/2**20:7.2f} | {int(r['slot_wal_bytes'])/2**20:7.2f} | {int(r['applied']):>8}")
+          f"{int(r['table_bytes'])/2**20:7.2f} | {int(r['rows_bytes'])/2**20:7.2f} | {int(r['slot_wal_bytes'])/2**20:7.2f} | "
+          f"{int(r['applied']):>8} | {r['tags_bytes']:>6} / {r['notes_bytes']:>6}")
 print("\ncompactions: node | at s | took ms | ops removed | seqtext values compacted | tombstones removed")
 for node, at, took, ops, vals, dead in comp:
     print(f"{node:>8} | {float(at) - start:6.1f} | {float(took) * 1000:7.1f} | {ops:>7} | {vals:>5} | {dead:>5}")
@@ -126,11 +130,15 @@ except ImportError:
     sys.exit(0)
 fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
 panels = [("op_log_rows", "op_log rows", 1), ("op_log_bytes", "op_log size (MB)", 2**20),
-          ("table_bytes", "ticket + row_state + row_base (MB)", 2**20), ("slot_wal_bytes", "WAL held by slots (MB)", 2**20)]
-for ax, (col, title, scale) in zip(axes.flat, panels):
+          (("table_bytes", "rows_bytes"), "ticket (solid), row_state + row_base (dashed) (MB)", 2**20),
+          ("slot_wal_bytes", "WAL held by slots (MB)", 2**20)]
+colors = {"madrid": "tab:blue", "dublin": "tab:orange", "virginia": "tab:green"}
+for ax, (cols, title, scale) in zip(axes.flat, panels):
     for node in ("madrid", "dublin", "virginia"):
-        pts = [(int(r["t"]), int(r[col]) / scale) for r in rows if r["node"] == node]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=node)
+        for i, col in enumerate(cols if isinstance(cols, tuple) else (cols,)):
+            pts = [(int(r["t"]), int(r[col]) / scale) for r in rows if r["node"] == node]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[node], linestyle="--" if i else "-",
+                    label=node if i == 0 else None)
     for node, at, *_ in comp:
         ax.axvline(float(at) - start, color="grey", alpha=0.2)
     ax.set_title(title)

@@ -126,17 +126,23 @@ BEGIN
     -- would make the same insert resume on one and start afresh on the
     -- other (docs/operations.md). A tombstone without CRDT state can go: a
     -- later insert writes every other column with a newer clock anyway.
+    -- Rows another transaction holds are left for the next compaction
+    -- (SKIP LOCKED): compaction never waits on a writer, so it never
+    -- deadlocks with one.
     WITH still AS (
         SELECT DISTINCT l.target_table, l.target_key FROM converge.op_log l WHERE l.outcome = 'applied'
         UNION
         SELECT (q.op).target_table, (q.op).target_key FROM converge.pending q),
-    dropped AS (
-        DELETE FROM converge.row_state rs
-         USING pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
-         WHERE c.oid = rs.tbl AND NOT rs.live AND rs.stash = '{}'
+    cand AS (
+        SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
+          FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
+         WHERE NOT rs.live AND rs.stash = '{}'
            AND NOT EXISTS (SELECT 1 FROM still s
                             WHERE s.target_table = format('%I.%I', ns.nspname, c.relname) AND s.target_key = rs.target_key)
-        RETURNING format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key),
+           FOR UPDATE OF rs SKIP LOCKED),
+    dropped AS (
+        DELETE FROM converge.row_state rs USING cand WHERE rs.ctid = cand.tid
+        RETURNING cand.target_table, cand.target_key),
     unbased AS (
         DELETE FROM converge.row_base b USING dropped d
          WHERE b.target_table = d.target_table AND b.target_key = d.target_key)
@@ -176,6 +182,39 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
      GROUP BY t.ty
 $$;
 COMMENT ON FUNCTION converge.rebuild(regclass, jsonb, text) IS 'The binary state of one column of one row rebuilt from its base (what compaction folded) and the applied ops still in the log; NULL when there are none.';
+
+-- What a node joining or rejoining from a snapshot copies, when this node
+-- has compacted its log past that node's frontier
+-- (src/replication/rejoin.rs): every key of a replicated table with its
+-- CRDT state (the row's, or the stash of a deleted row), its row clock and
+-- whether it is live. For peer roles (converge.grant_peer) and superusers:
+-- it reads the whole table, as replication does.
+CREATE FUNCTION converge.rejoin_rows(tbl regclass)
+RETURNS TABLE (target_key jsonb, crdt jsonb, clock text, live boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE
+    r    converge.replicated;
+    keys text;
+    cols text;
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+       AND NOT EXISTS (SELECT 1 FROM converge.peer_reader p WHERE pg_has_role(session_user, p.role, 'MEMBER')) THEN
+        RAISE EXCEPTION 'permission denied: converge.rejoin_rows is for peer roles (converge.grant_peer)' USING ERRCODE = '42501';
+    END IF;
+    SELECT * INTO r FROM converge.replicated WHERE table_name = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not replicated', tbl USING ERRCODE = '55000';
+    END IF;
+    SELECT string_agg(format('%L, t.%I', k, k), ', ') INTO keys FROM unnest(r.key_columns) k;
+    SELECT coalesce(string_agg(format('%L, t.%I::text', c, c), ', '), '') INTO cols FROM jsonb_object_keys(r.crdt_columns) c;
+    RETURN QUERY EXECUTE format(
+        'SELECT coalesce(rs.target_key, k.key), CASE WHEN k.key IS NULL THEN rs.stash ELSE k.crdt END,
+                rs.clock::text, coalesce(rs.live, true)
+           FROM (SELECT jsonb_build_object(%s) AS key, jsonb_strip_nulls(jsonb_build_object(%s)) AS crdt FROM %s t) k
+           FULL JOIN (SELECT * FROM converge.row_state s WHERE s.tbl = $1) rs ON rs.target_key = k.key', keys, cols, tbl)
+        USING tbl;
+END $$;
+COMMENT ON FUNCTION converge.rejoin_rows(regclass) IS 'Every key of a replicated table with its CRDT state, row clock and liveness: what a peer copies to join or rejoin when the log was compacted past its frontier (peer roles only).';
 
 -- One row, for a metrics exporter: cumulative outcome counts (compaction
 -- does not reset them), traffic, the log's size, and the ages an operator

@@ -1092,3 +1092,44 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     }
     out
 }
+
+/// Merge full states into the rows of `table`, recording no op (a rejoin
+/// from a peer's snapshot, replication/rejoin.rs): per key its row clock
+/// (column "", an lwwmap) and its CRDT columns' states, each a validated
+/// binary value. Deleted rows take the states into their stash, as for any
+/// delta. Returns the canonical keys merged.
+pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>) -> Vec<serde_json::Value> {
+    let mut targets = Vec::new();
+    let mut cache = HashMap::new();
+    let Ok(ti) = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache)) else { return Vec::new() };
+    let (mut keys, mut items) = (Vec::new(), Vec::new());
+    for (n, (key, col, delta)) in entries.into_iter().enumerate() {
+        let t = &targets[ti];
+        let Some(key) = canonical_key(&key, &t.keys, &t.key_types) else { continue };
+        let coltype = if col.is_empty() { "row".to_string() } else if let Some(c) = t.crdt.get(&col) { c.clone() } else { continue };
+        keys.push(key.clone());
+        items.push(Item {
+            n,
+            op_id: None,
+            actor_given: None,
+            table: Some(table.to_string()),
+            key: Some(key),
+            column: Some(col),
+            version: None,
+            epoch: None,
+            deps: None,
+            delta: Some(delta),
+            signature: None,
+            actor: None,
+            counter: None,
+            target: Some(ti),
+            coltype: Some(coltype),
+            bad: None,
+        });
+    }
+    targets[ti].row_ops = items.iter().any(|i| i.coltype.as_deref() == Some("row"));
+    let refs: Vec<&Item> = items.iter().collect();
+    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
+    keys.dedup();
+    keys
+}

@@ -116,7 +116,9 @@ pub fn check_lost_peers() {
 /// no op of that column left in the log (nor pending) hold only causally
 /// stable ops, so their deleted characters that nothing hangs on go. The
 /// table is written as converge writes applied ops (the table's rights, no
-/// op recorded: each node compacts its own copy). Returns the rows changed.
+/// op recorded: each node compacts its own copy). Rows another transaction
+/// holds are skipped (compacted next time): compaction never waits on a
+/// writer. Returns the rows changed.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn compact_seqtext(tbl: pg_sys::Oid, col: &str) -> i64 {
     let layout = crate::spi::read_one::<pgrx::JsonB>(
@@ -139,7 +141,8 @@ fn compact_seqtext(tbl: pg_sys::Oid, col: &str) -> i64 {
                               SELECT (q.op).target_key FROM converge.pending q WHERE (q.op).target_table = $1) k,
                   LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.target_key) v),
          todo AS (SELECT t.ctid AS tid, converge.seqtext_compacted(t.{c}) AS v FROM {name} t
-                   WHERE t.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM busy b WHERE {matched}))
+                   WHERE t.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM busy b WHERE {matched})
+                     FOR UPDATE OF t SKIP LOCKED)
          UPDATE {name} t SET {c} = todo.v FROM todo WHERE t.ctid = todo.tid AND todo.v IS NOT NULL"
     );
     crate::trigger::set_applying(true);

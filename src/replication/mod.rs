@@ -7,4 +7,5 @@ pub mod launcher;
 pub mod libpq;
 pub mod peers;
 pub mod pull;
+pub mod rejoin;
 pub mod worker;

@@ -191,15 +191,18 @@ pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, stop: &dyn Fn() -> b
 }
 
 /// Copy the applied ops the peer has and this node lacks, under the peer's
-/// origin. After ensure_slot: everything the peer commits from then on is
+/// origin (or its rows, when it has compacted past our frontier: rejoin.rs). After ensure_slot: everything the peer commits from then on is
 /// kept for us, and the copy covers everything before (overlap is
 /// deduplicated). add_peer and a rejoin after being marked lost both do
 /// this. Returns the number of ops copied.
 pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool) -> usize {
     let frontier = read_one::<String>("SELECT converge.frontier()::text", &[]).unwrap_or("{}".into());
-    let ops = conn
-        .query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true, QUERY_TIMEOUT, stop)
-        .unwrap_or_else(|e| peer_failed(name, e));
+    let ops = match conn.query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true, QUERY_TIMEOUT, stop) {
+        Ok(ops) => ops,
+        // The peer compacted its log past our frontier: copy its rows.
+        Err(e) if e.sqlstate.as_deref() == Some("55000") => return super::rejoin::copy_snapshot(name, conn, stop),
+        Err(e) => peer_failed(name, e),
+    };
     let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     apply_encoded(ops, name, origin, 0, 0)
 }

@@ -3,8 +3,9 @@
 //! leaves every row byte-identical and replication working; a paused peer
 //! holds the horizon back and loses nothing; a compacted node still answers
 //! an offline client through `snapshot`; a peer down past
-//! `converge.max_peer_lag_bytes` is marked lost, its slot dropped, and it
-//! rejoins by itself with the edits the others never received.
+//! `converge.max_peer_lag_bytes` is marked lost, its slot dropped, the
+//! others compact past it, and it rejoins by itself (from their rows) with
+//! the edits the others never received.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
 //! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..65.
@@ -130,6 +131,8 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     let mut load = Load::new(0x853c49e6748fea9b);
     let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
     load.run(&nodes, &mut clients, &[0, 1, 2], 500);
+    // A row with no CRDT state: its tombstone is what compaction drops.
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1000, 'plain')").unwrap();
     converge_all(&nodes, Duration::from_secs(60));
 
     // virginia is cut off, writes what nobody else receives, and goes down.
@@ -138,6 +141,7 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     load.run(&nodes, &mut clients, &[2], 300);
     load.run(&nodes, &mut clients, &[0, 1], 300);
     let unsent = count(&nodes[2], "SELECT (converge.frontier() ->> 'virginia')::int8");
+    let virginia_had = count(&nodes[2], "SELECT (converge.frontier() ->> 'madrid')::int8");
     nodes[2].stop_immediate();
     clients[2] = None;
     for i in [0, 1] {
@@ -160,7 +164,14 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     // A lost peer no longer holds the horizon back: with virginia's report
     // counted, madrid's and dublin's newest ops could never be stable.
     load.run(&nodes, &mut clients, &[0, 1], 100);
+    nodes[0].client().batch_execute("DELETE FROM item WHERE id = 1000").unwrap();
     wait_all_stable(&nodes[..2]);
+    // So madrid and dublin compact past what virginia has: its rejoin must
+    // copy their rows, not their ops, and forget the row deleted meanwhile.
+    compact_all(&nodes[..2]);
+    let horizon = count(&nodes[0], "SELECT upto FROM converge.log_horizon WHERE actor = 'madrid'");
+    assert!(horizon > virginia_had, "madrid compacted through {horizon}, virginia has up to {virginia_had}");
+    assert_eq!(count(&nodes[0], "SELECT count(*) FROM converge.row_state WHERE target_key = '{\"id\": 1000}'"), 0);
 
     // virginia comes back: it finds its slots gone, rejoins, and everything
     // it wrote while cut off reaches the others.
@@ -169,7 +180,9 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     nodes[2].client().execute("SELECT converge.resume_peer('dublin')", &[]).unwrap();
     load.run(&nodes, &mut clients, &[0, 1, 2], 200);
     converge_all(&nodes, Duration::from_secs(120));
-    assert_identical(&nodes, &["ctr", "item"]);
+    // madrid and dublin compacted seqtext values virginia has not: same text,
+    // and the same full state once all compact with everything stable.
+    assert_same_values(&nodes, &["ctr", "item"]);
     load.expect.check(&nodes);
     for i in [0, 1] {
         let has = count(&nodes[i], "SELECT (converge.frontier() ->> 'virginia')::int8");
@@ -181,6 +194,14 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+    wait_all_stable(&nodes);
+    compact_all(&nodes);
+    assert_identical(&nodes, &["ctr", "item"]);
     let log = std::fs::read_to_string(nodes[2].dir.join("server.log")).unwrap_or_default();
     assert!(log.contains("rejoined peer \"madrid\"") && log.contains("rejoined peer \"dublin\""), "virginia's log shows no rejoin");
+    let ours: Vec<&str> = log.lines().filter(|l| l.contains("converge")).collect();
+    // The first peer it rejoins sends its rows (both compacted past it);
+    // that brings virginia's frontier up to date, so the second may send ops.
+    assert!(log.contains("from the snapshot of peer"), "virginia did not rejoin from a snapshot: {ours:#?}");
+    assert_eq!(count(&nodes[2], "SELECT count(*) FROM item WHERE id = 1000"), 0, "virginia kept the row deleted while it was lost");
 }

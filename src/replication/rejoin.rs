@@ -1,0 +1,142 @@
+//! Copying a peer's state instead of its ops (SPEC section 4): when the
+//! peer has compacted its log past this node's frontier (changes_since
+//! answers 55000), a node that joins (add_peer) or rejoins after being
+//! marked lost merges the peer's rows instead, read in one snapshot
+//! together with the peer's frontier:
+//! - every key's row clock and CRDT state (`converge.rejoin_rows` on the
+//!   peer: a deleted row's state is its stash), merged like deltas;
+//! - keys this node has and the peer does not, whose every op here is one
+//!   the peer has applied: the peer deleted them and compaction forgot
+//!   them, so they go here too;
+//! - then this node counts every op up to the peer's frontier as applied
+//!   (its state holds them), so later copies and dedupe start from there.
+
+use super::libpq::Conn;
+use super::pull::QUERY_TIMEOUT;
+use crate::errors::raise;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use std::collections::HashSet;
+
+fn fail(peer: &str, m: impl std::fmt::Display) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("peer \"{peer}\": rejoining from a snapshot: {m}"))
+}
+
+/// The binary form of a CRDT value given as text (validated).
+fn binary(ty: &str, text: &str) -> Option<Vec<u8>> {
+    for_crdt_type!(ty, T => converge_core::from_text::<T>(text).ok().map(|v| converge_core::encode(&v)), _ => None)
+}
+
+/// This node's replicated tables: (qualified name, {column: type}).
+fn local_tables() -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT format('%I.%I', n.nspname, c.relname), r.crdt_columns FROM converge.replicated r
+               JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1",
+            None,
+            &[],
+        )
+        .map(|t| {
+            t.filter_map(|r| {
+                let name = r.get::<String>(1).ok()??;
+                let cols = match r.get::<JsonB>(2).ok()?? {
+                    JsonB(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                Some((name, cols))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+    })
+}
+
+/// Merge the peer's rows into this node's; returns the keys merged.
+pub fn copy_snapshot(peer: &str, conn: &mut Conn, stop: &dyn Fn() -> bool) -> usize {
+    let mut q = |sql: &str, params: &[&str]| conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
+    q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
+    let frontier = q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
+    let mut merged = 0;
+    for (table, cols) in local_tables() {
+        let rows = q("SELECT target_key::text, crdt::text, clock, live FROM converge.rejoin_rows($1::regclass)", &[&table]);
+        let mut entries = Vec::new();
+        for i in 0..rows.rows.len() {
+            let key: serde_json::Value = serde_json::from_str(&rows.text(i, 0).unwrap_or_default()).unwrap_or_default();
+            if let Some(clock) = rows.text(i, 2).and_then(|c| binary("lwwmap", &c)) {
+                entries.push((key.clone(), String::new(), clock));
+            }
+            let crdt: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&rows.text(i, 1).unwrap_or_default()).unwrap_or_default();
+            for (col, v) in crdt {
+                let (Some(ty), Some(text)) = (cols.get(&col).and_then(|t| t.as_str()), v.as_str()) else { continue };
+                match binary(ty, text) {
+                    Some(b) => entries.push((key.clone(), col, b)),
+                    None => fail(peer, format!("{table}.{col} of {key} is not a valid {ty}")),
+                }
+            }
+        }
+        let theirs: HashSet<String> = crate::apply::merge_states(&table, entries).iter().map(|k| k.to_string()).collect();
+        merged += theirs.len();
+        forget_missing(&table, &theirs, &frontier);
+    }
+    q("COMMIT", &[]);
+    // Every op up to the peer's frontier is in this node's state now.
+    let me = crate::node::local_node_if_set().unwrap_or_default();
+    Spi::run_with_args(
+        "INSERT INTO converge.actor_frontier AS f (actor, contiguous)
+         SELECT e.key, e.value::int8 FROM jsonb_each_text($1::jsonb) e WHERE e.key <> $2
+             ON CONFLICT (actor) DO UPDATE SET contiguous = greatest(f.contiguous, EXCLUDED.contiguous)",
+        &[frontier.as_str().into(), me.as_str().into()],
+    )
+    .unwrap_or_else(|e| fail(peer, e));
+    pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
+    merged
+}
+
+/// Keys of `table` that have converge state here and are not among the
+/// peer's (`theirs`), with no op here that the peer lacks (beyond its
+/// `frontier`): the peer deleted them and forgot the tombstone, so the row
+/// and its state go (no op recorded: the others have forgotten it too).
+fn forget_missing(table: &str, theirs: &HashSet<String>, frontier: &str) {
+    let candidates: Vec<JsonB> = Spi::connect(|c| {
+        c.select(
+            "SELECT rs.target_key FROM converge.row_state rs WHERE rs.tbl = $1::regclass
+                AND NOT EXISTS (SELECT 1 FROM converge.op_log l
+                                 WHERE l.target_table = $1 AND l.target_key = rs.target_key AND l.outcome = 'applied'
+                                   AND l.counter > coalesce(($2::jsonb ->> l.actor)::int8, 0))",
+            None,
+            &[table.into(), frontier.into()],
+        )
+        .map(|t| t.filter_map(|r| r.get::<JsonB>(1).ok().flatten()).collect())
+        .unwrap_or_default()
+    });
+    let gone: Vec<JsonB> = candidates.into_iter().filter(|k| !theirs.contains(&k.0.to_string())).collect();
+    if gone.is_empty() {
+        return;
+    }
+    let sql = format!(
+        "WITH k AS (SELECT unnest($1::jsonb[]) AS key)
+         DELETE FROM {table} t USING k, LATERAL pg_catalog.jsonb_populate_record(NULL::{table}, k.key) v WHERE {}",
+        key_match(table)
+    );
+    let rel = crate::spi::read_one::<pg_sys::Oid>("SELECT $1::regclass::oid", &[table.into()]).unwrap_or(pg_sys::InvalidOid);
+    crate::trigger::set_applying(true);
+    let keys = || gone.iter().map(|k| JsonB(k.0.clone())).collect::<Vec<JsonB>>();
+    crate::security::as_writer(rel, || Spi::run_with_args(&sql, &[keys().into()])).unwrap_or_else(|e| fail(table, e));
+    crate::trigger::set_applying(false);
+    Spi::run_with_args(
+        "DELETE FROM converge.row_state WHERE tbl = $1::regclass AND target_key = ANY ($2::jsonb[])",
+        &[table.into(), keys().into()],
+    )
+    .unwrap_or_else(|e| fail(table, e));
+}
+
+/// `t.k = v.k AND ...` over the key columns of `table`.
+fn key_match(table: &str) -> String {
+    let keys = crate::spi::read_one::<Vec<String>>(
+        "SELECT key_columns FROM converge.replicated WHERE table_name = $1::regclass",
+        &[table.into()],
+    )
+    .unwrap_or_default();
+    keys.iter().map(|k| format!("t.\"{0}\" = v.\"{0}\"", k.replace('"', "\"\""))).collect::<Vec<_>>().join(" AND ")
+}
