@@ -67,7 +67,7 @@ three_nodes() {
     NODES=(madrid dublin virginia)
     declare -gA PORT=([madrid]=$first [dublin]=$((first + 1)) [virginia]=$((first + 2)))
     BENCH_DIR=$(mktemp -d /tmp/converge-nodes.XXXXXX); chown postgres "$BENCH_DIR"; chmod 755 "$BENCH_DIR"
-    trap 'kill $(jobs -p) 2>/dev/null; for n in "${NODES[@]}"; do pg_down "$BENCH_DIR/$n"; done; [ -n "${KEEP:-}" ] || rm -rf "$BENCH_DIR"' EXIT
+    trap 'kill $(jobs -p) 2>/dev/null || true; for n in "${NODES[@]}"; do pg_down "$BENCH_DIR/$n"; done; [ -n "${KEEP:-}" ] || rm -rf "$BENCH_DIR"' EXIT
     for n in "${NODES[@]}"; do
         pg_up "$BENCH_DIR/$n" "${PORT[$n]}" "shared_preload_libraries = 'converge'" "converge.databases = 'postgres'" \
             "max_worker_processes = 16" || return 1

@@ -148,11 +148,12 @@ BEGIN
          WHERE b.target_table = d.target_table AND b.target_key = d.target_key)
     SELECT count(*) INTO dead FROM dropped;
 
-    -- Metadata inside values: seqtext's deleted characters that nothing
-    -- hangs on, in rows whose every op of the column has been folded.
-    FOR col IN SELECT r.table_name, c.key AS name FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
-                WHERE c.value = 'seqtext' ORDER BY 1, 2 LOOP
-        vals := vals + converge.compact_seqtext(col.table_name, col.name);
+    -- Metadata inside values, against each row's base (its stable ops):
+    -- seqtext's deleted characters that nothing hangs on, the context dots
+    -- of removed orset elements and overwritten mvreg values.
+    FOR col IN SELECT r.table_name, c.key AS name, c.value AS ty FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
+                WHERE c.value IN ('seqtext', 'orset', 'mvreg') ORDER BY 1, 2 LOOP
+        vals := vals + converge.compact_values(col.table_name, col.name, col.ty);
     END LOOP;
 
     INSERT INTO converge.compactions (stable, ops_removed, tombstones_removed, values_compacted, bytes_before, bytes_after, duration)
@@ -186,11 +187,11 @@ COMMENT ON FUNCTION converge.rebuild(regclass, jsonb, text) IS 'The binary state
 -- What a node joining or rejoining from a snapshot copies, when this node
 -- has compacted its log past that node's frontier
 -- (src/replication/rejoin.rs): every key of a replicated table with its
--- CRDT state (the row's, or the stash of a deleted row), its row clock and
--- whether it is live. For peer roles (converge.grant_peer) and superusers:
+-- CRDT state (the row's, or the stash of a deleted row), its row clock,
+-- whether it is live, and its base (column -> base64 of the binary state). For peer roles (converge.grant_peer) and superusers:
 -- it reads the whole table, as replication does.
 CREATE FUNCTION converge.rejoin_rows(tbl regclass)
-RETURNS TABLE (target_key jsonb, crdt jsonb, clock text, live boolean)
+RETURNS TABLE (target_key jsonb, crdt jsonb, clock text, live boolean, base jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     r    converge.replicated;
@@ -208,11 +209,15 @@ BEGIN
     SELECT string_agg(format('%L, t.%I', k, k), ', ') INTO keys FROM unnest(r.key_columns) k;
     SELECT coalesce(string_agg(format('%L, t.%I::text', c, c), ', '), '') INTO cols FROM jsonb_object_keys(r.crdt_columns) c;
     RETURN QUERY EXECUTE format(
-        'SELECT coalesce(rs.target_key, k.key), CASE WHEN k.key IS NULL THEN rs.stash ELSE k.crdt END,
-                rs.clock::text, coalesce(rs.live, true)
-           FROM (SELECT jsonb_build_object(%s) AS key, jsonb_strip_nulls(jsonb_build_object(%s)) AS crdt FROM %s t) k
-           FULL JOIN (SELECT * FROM converge.row_state s WHERE s.tbl = $1) rs ON rs.target_key = k.key', keys, cols, tbl)
-        USING tbl;
+        'SELECT r.key, r.crdt, r.clock, r.live,
+                (SELECT jsonb_object_agg(b.target_column, encode(b.state, ''base64'')) FROM converge.row_base b
+                  WHERE b.target_table = $2 AND b.target_key = r.key)
+           FROM (SELECT coalesce(rs.target_key, k.key) AS key, CASE WHEN k.key IS NULL THEN rs.stash ELSE k.crdt END AS crdt,
+                        rs.clock::text AS clock, coalesce(rs.live, true) AS live
+                   FROM (SELECT jsonb_build_object(%s) AS key, jsonb_strip_nulls(jsonb_build_object(%s)) AS crdt FROM %s t) k
+                   FULL JOIN (SELECT * FROM converge.row_state s WHERE s.tbl = $1) rs ON rs.target_key = k.key) r', keys, cols, tbl)
+        USING tbl, (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = tbl);
 END $$;
 COMMENT ON FUNCTION converge.rejoin_rows(regclass) IS 'Every key of a replicated table with its CRDT state, row clock and liveness: what a peer copies to join or rejoin when the log was compacted past its frontier (peer roles only).';
 
@@ -257,8 +262,8 @@ CREATE VIEW converge.stats AS
 COMMENT ON VIEW converge.stats IS 'One row of cumulative counters for monitoring: ops applied, duplicate, buffered, rejected, quarantined and superseded (compaction does not reset them), ops and bytes shipped to and received from peers, the op log''s rows and bytes, pending ops and the oldest one''s age, the stable frontier''s age, lost peers, the last compaction.';
 GRANT SELECT ON converge.stats TO PUBLIC;
 
-REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text), converge.compact_seqtext(oid, text) FROM PUBLIC;
-COMMENT ON FUNCTION converge.compact_seqtext(oid, text) IS 'Internal (converge.compact): drop the deleted characters nothing hangs on from a seqtext column, in rows whose ops are all folded.';
-COMMENT ON FUNCTION converge.seqtext_compacted(seqtext) IS 'Internal (converge.compact): the value without the deleted characters nothing hangs on, or NULL when there are none. Only correct for a value whose every op every node has applied.';
+REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text), converge.compact_values(oid, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset or mvreg column their stable form, in rows whose ops are all folded.';
+COMMENT ON FUNCTION converge.stable_form(text, bytea, bytea) IS 'Internal (converge.compact): a value (binary form of the named type) without the metadata of what its stable ops (the second value: the row''s base) removed and nothing needs any more, or NULL when it has none.';
 REVOKE ALL ON converge.row_base, converge.compacted, converge.compactions FROM PUBLIC;
 COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';

@@ -1093,12 +1093,14 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     out
 }
 
-/// Merge full states into the rows of `table`, recording no op (a rejoin
-/// from a peer's snapshot, replication/rejoin.rs): per key its row clock
-/// (column "", an lwwmap) and its CRDT columns' states, each a validated
-/// binary value. Deleted rows take the states into their stash, as for any
-/// delta. Returns the canonical keys merged.
-pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>) -> Vec<serde_json::Value> {
+/// Merge full states or deltas into the rows of `table`, recording no op
+/// (a rejoin from a peer's snapshot, replication/rejoin.rs): per key its row
+/// clock (column "", an lwwmap) and its CRDT columns' states, each a
+/// validated binary value. Deleted rows take the states into their stash,
+/// as for any delta. With `reset`, each key's CRDT columns and row state
+/// are emptied first, so the row becomes exactly what is merged. Returns
+/// the canonical keys merged.
+pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>, reset: bool) -> Vec<serde_json::Value> {
     let mut targets = Vec::new();
     let mut cache = HashMap::new();
     let Ok(ti) = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache)) else { return Vec::new() };
@@ -1128,8 +1130,34 @@ pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8
         });
     }
     targets[ti].row_ops = items.iter().any(|i| i.coltype.as_deref() == Some("row"));
+    keys.dedup();
+    if reset && !keys.is_empty() {
+        empty_rows(&targets[ti], &keys);
+    }
     let refs: Vec<&Item> = items.iter().collect();
     crate::security::as_owner(|| merge_into_rows(&refs, &targets));
-    keys.dedup();
     keys
+}
+
+/// Set the CRDT columns of these rows to NULL and forget their row state
+/// (clock, tombstone, stash), recording no op.
+fn empty_rows(t: &Target, keys: &[serde_json::Value]) {
+    let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    if !t.crdt.is_empty() {
+        let cols: Vec<String> = t.crdt.keys().map(|c| format!("{} = NULL", quote_ident(c))).collect();
+        let matched: Vec<String> = t.keys.iter().map(|k| format!("t.{0} = v.{0}", quote_ident(k))).collect();
+        let sql = format!(
+            "UPDATE {name} t SET {cols} FROM unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
+              WHERE {matched}",
+            name = t.name,
+            cols = cols.join(", "),
+            matched = matched.join(" AND ")
+        );
+        set_applying(true);
+        crate::security::as_writer(t.rel, || run(&sql, &[json.iter().map(|j| JsonB(j.0.clone())).collect::<Vec<_>>().into()]));
+        set_applying(false);
+    }
+    crate::security::as_owner(|| {
+        run("DELETE FROM converge.row_state WHERE tbl = $1::oid::regclass AND target_key = ANY ($2::jsonb[])", &[t.rel.into(), json.into()])
+    });
 }

@@ -49,6 +49,27 @@ fn merge_deltas(ty: &str, deltas: pgrx::Array<&[u8]>) -> Option<Vec<u8>> {
     ))
 }
 
+fn stable_of<T: converge_core::Crdt>(ty: &str, v: &[u8], stable: &[u8]) -> Option<Vec<u8>> {
+    let read = |b: &[u8]| {
+        converge_core::decode::<T>(b).unwrap_or_else(|e| {
+            raise(PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION, format!("not a valid {ty} value: {}", e.message))
+        })
+    };
+    read(v).stable_form(&read(stable)).map(|c| converge_core::encode(&c))
+}
+
+/// Internal (converge.compact): `v` (binary form of the converge type `ty`)
+/// without the metadata of what `stable` (the merge of its causally stable
+/// ops: the row's base) removed and nothing needs any more, or NULL when
+/// there is none.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn stable_form(ty: &str, v: &[u8], stable: &[u8]) -> Option<Vec<u8>> {
+    for_crdt_type!(ty, T => stable_of::<T>(ty, v, stable), _ => raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        format!("\"{ty}\" is not a converge type")
+    ))
+}
+
 /// How a peer names its slots on this node (peers.rs slot_name: the name
 /// part, before the hash of its system and database).
 fn slot_pattern(peer: &str) -> String {
@@ -112,58 +133,67 @@ pub fn check_lost_peers() {
     }
 }
 
-/// converge.compact's step for the seqtext column `col` of `tbl`: rows with
-/// no op of that column left in the log (nor pending) hold only causally
-/// stable ops, so their deleted characters that nothing hangs on go. The
-/// table is written as converge writes applied ops (the table's rights, no
-/// op recorded: each node compacts its own copy). Rows another transaction
-/// holds are skipped (compacted next time): compaction never waits on a
-/// writer. Returns the rows changed.
+/// converge.compact's step for the column `col` (of converge type `ty`:
+/// seqtext, orset or mvreg) of `tbl`: each row with a base takes its stable
+/// form against it (what the base's ops removed and nothing needs any more
+/// goes: seqtext's deleted characters nothing hangs on, the context dots of
+/// removed orset elements and overwritten mvreg values), and so does the
+/// base. The table is written as converge writes applied ops (the table's
+/// rights, no op recorded: each node compacts its own copy). The new
+/// values are computed first, without locks; then the rows still as they
+/// were and not held by another transaction are locked and written at once
+/// (the others wait for the next compaction): compaction never waits on a
+/// writer, and holds its row locks only from that last statement to its
+/// commit. Returns the rows changed.
 #[pg_extern(volatile, strict, parallel_unsafe)]
-fn compact_seqtext(tbl: pg_sys::Oid, col: &str) -> i64 {
+fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     let layout = crate::spi::read_one::<pgrx::JsonB>(
         "SELECT jsonb_build_object('name', format('%I.%I', n.nspname, c.relname), 'keys', to_jsonb(r.key_columns))
            FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE r.table_name = $1::oid::regclass AND r.crdt_columns ->> $2 = 'seqtext'",
-        &[tbl.into(), col.into()],
+          WHERE r.table_name = $1::oid::regclass AND r.crdt_columns ->> $2 = $3",
+        &[tbl.into(), col.into(), ty.into()],
     );
     let Some(pgrx::JsonB(layout)) = layout else { return 0 };
     let name = layout["name"].as_str().unwrap_or_default().to_string();
     let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let keys: Vec<String> = layout["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).map(ident).collect();
-    let matched = keys.iter().map(|k| format!("t.{k} = b.{k}")).collect::<Vec<_>>().join(" AND ");
-    let c = ident(col);
+    let matched = keys.iter().map(|k| format!("t.{k} = k.{k}")).collect::<Vec<_>>().join(" AND ");
+    let (c, qty) = (ident(col), ident(ty));
     let sql = format!(
-        "WITH busy AS MATERIALIZED (
-             SELECT v.* FROM (SELECT l.target_key FROM converge.op_log l
-                               WHERE l.outcome = 'applied' AND l.target_table = $1 AND l.target_column = $2
-                              UNION
-                              SELECT (q.op).target_key FROM converge.pending q WHERE (q.op).target_table = $1) k,
-                  LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.target_key) v),
-         todo AS (SELECT t.ctid AS tid, converge.seqtext_compacted(t.{c}) AS v FROM {name} t
-                   WHERE t.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM busy b WHERE {matched})
-                     FOR UPDATE OF t SKIP LOCKED)
-         UPDATE {name} t SET {c} = todo.v FROM todo WHERE t.ctid = todo.tid AND todo.v IS NOT NULL"
+        "WITH todo AS MATERIALIZED (
+             SELECT t.ctid AS tid, b.target_key AS key, converge.stable_form($3, t.{c}::bytea, b.state) AS v
+               FROM converge.row_base b, LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, b.target_key) k, {name} t
+              WHERE b.target_table = $1 AND b.target_column = $2 AND {matched} AND t.{c} IS NOT NULL),
+         locked AS (SELECT t.ctid AS tid FROM {name} t JOIN todo ON t.ctid = todo.tid
+                     WHERE todo.v IS NOT NULL FOR UPDATE OF t SKIP LOCKED),
+         done AS (UPDATE {name} t SET {c} = todo.v::converge.{qty} FROM locked JOIN todo ON todo.tid = locked.tid
+                   WHERE t.ctid = locked.tid RETURNING todo.key)
+         SELECT pg_catalog.array_agg(key) FILTER (WHERE v IS NULL) AS same, (SELECT pg_catalog.array_agg(key) FROM done) AS done
+           FROM todo"
     );
     crate::trigger::set_applying(true);
-    let n = crate::security::as_writer(tbl, || {
-        Spi::connect_mut(|cl| cl.update(&sql, None, &[name.as_str().into(), col.into()]).map(|t| t.len() as i64))
-    });
+    let (same, done) = crate::security::as_writer(tbl, || {
+        Spi::connect_mut(|cl| {
+            let r = cl.update(&sql, None, &[name.as_str().into(), col.into(), ty.into()])?.first();
+            Ok::<_, pgrx::spi::SpiError>((r.get::<Vec<pgrx::JsonB>>(1)?.unwrap_or_default(), r.get::<Vec<pgrx::JsonB>>(2)?.unwrap_or_default()))
+        })
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting {name}.{col}: {e}")));
     crate::trigger::set_applying(false);
-    let n = n.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting {name}.{col}: {e}")));
-    // The bases of those rows likewise, so a rebuilt row equals the row.
+    let n = done.len() as i64;
+    // The bases of the rows compacted now or with nothing to drop (not of
+    // rows skipped: what their base forgets, they could never drop later).
+    // A seqtext base only once the row has no op left beyond it: a newer op
+    // may hang on a deleted character the base alone would not keep.
+    let keys: Vec<pgrx::JsonB> = same.into_iter().chain(done).collect();
     Spi::run_with_args(
-        "UPDATE converge.row_base b SET state = c.v::bytea
-           FROM (SELECT b2.target_key, converge.seqtext_compacted(b2.state::converge.seqtext) AS v FROM converge.row_base b2
-                  WHERE b2.target_table = $1 AND b2.target_column = $2
-                    AND b2.target_key NOT IN (SELECT l.target_key FROM converge.op_log l
-                                               WHERE l.outcome = 'applied' AND l.target_table = $1 AND l.target_column = $2
-                                                 AND l.target_key IS NOT NULL
-                                              UNION ALL
-                                              SELECT (q.op).target_key FROM converge.pending q
-                                               WHERE (q.op).target_table = $1 AND (q.op).target_key IS NOT NULL)) c
-          WHERE b.target_table = $1 AND b.target_column = $2 AND b.target_key = c.target_key AND c.v IS NOT NULL",
-        &[name.as_str().into(), col.into()],
+        "UPDATE converge.row_base b SET state = converge.stable_form($3, b.state, b.state)
+          WHERE b.target_table = $1 AND b.target_column = $2 AND b.target_key = ANY ($4::jsonb[])
+            AND ($3 <> 'seqtext' OR NOT EXISTS (SELECT 1 FROM converge.op_log l
+                                                 WHERE l.outcome = 'applied' AND l.target_table = $1
+                                                   AND l.target_column = $2 AND l.target_key = b.target_key))
+            AND converge.stable_form($3, b.state, b.state) IS NOT NULL",
+        &[name.as_str().into(), col.into(), ty.into(), keys.into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting the bases of {name}.{col}: {e}")));
     n

@@ -200,7 +200,7 @@ pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, st
     let ops = match conn.query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true, QUERY_TIMEOUT, stop) {
         Ok(ops) => ops,
         // The peer compacted its log past our frontier: copy its rows.
-        Err(e) if e.sqlstate.as_deref() == Some("55000") => return super::rejoin::copy_snapshot(name, conn, stop),
+        Err(e) if e.sqlstate.as_deref() == Some("55000") => return super::rejoin::copy_snapshot(name, conn, origin, stop),
         Err(e) => peer_failed(name, e),
     };
     let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();

@@ -4,7 +4,13 @@
 //! marked lost merges the peer's rows instead, read in one snapshot
 //! together with the peer's frontier:
 //! - every key's row clock and CRDT state (`converge.rejoin_rows` on the
-//!   peer: a deleted row's state is its stash), merged like deltas;
+//!   peer: a deleted row's state is its stash) replaces this node's (not
+//!   merged with it: this node's old state may still hold what the peer
+//!   removed and compaction then forgot), and every op of this node's log
+//!   that the peer has not applied is merged again on top;
+//! - the peer's row bases replace this node's, and the ops still in the
+//!   peer's log (beyond those bases) are applied here as ops, so this
+//!   node's rows are again its bases plus its log;
 //! - keys this node has and the peer does not, whose every op here is one
 //!   the peer has applied: the peer deleted them and compaction forgot
 //!   them, so they go here too;
@@ -52,18 +58,22 @@ fn local_tables() -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
 }
 
 /// Merge the peer's rows into this node's; returns the keys merged.
-pub fn copy_snapshot(peer: &str, conn: &mut Conn, stop: &dyn Fn() -> bool) -> usize {
+pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool) -> usize {
     let mut q = |sql: &str, params: &[&str]| conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
     let frontier = q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
     let mut merged = 0;
     for (table, cols) in local_tables() {
-        let rows = q("SELECT target_key::text, crdt::text, clock, live FROM converge.rejoin_rows($1::regclass)", &[&table]);
+        let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[&table]);
         let mut entries = Vec::new();
+        let mut bases: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
         for i in 0..rows.rows.len() {
             let key: serde_json::Value = serde_json::from_str(&rows.text(i, 0).unwrap_or_default()).unwrap_or_default();
             if let Some(clock) = rows.text(i, 2).and_then(|c| binary("lwwmap", &c)) {
                 entries.push((key.clone(), String::new(), clock));
+            }
+            if let Some(b) = rows.text(i, 4).and_then(|b| serde_json::from_str(&b).ok()) {
+                bases.push((key.clone(), b));
             }
             let crdt: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&rows.text(i, 1).unwrap_or_default()).unwrap_or_default();
@@ -75,11 +85,27 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, stop: &dyn Fn() -> bool) -> us
                 }
             }
         }
-        let theirs: HashSet<String> = crate::apply::merge_states(&table, entries).iter().map(|k| k.to_string()).collect();
+        // The peer's rows as they are there (not merged with ours: our old
+        // state may hold what the peer removed and then compacted away),
+        // then every op of ours the peer has not applied, again.
+        let theirs: HashSet<String> = crate::apply::merge_states(&table, entries, true).iter().map(|k| k.to_string()).collect();
+        adopt_bases(&table, bases);
+        crate::apply::merge_states(&table, ours_beyond(&table, &frontier), false);
         merged += theirs.len();
         forget_missing(&table, &theirs, &frontier);
     }
-    q("COMMIT", &[]);
+    // The ops still in the peer's log (those beyond its rows' bases): they
+    // are in the rows just copied, and applied here as ops too, so this
+    // node's bases fold them when they are stable, as the peer's will.
+    let horizon = q("SELECT coalesce(jsonb_object_agg(actor, upto), '{}')::text FROM converge.log_horizon", &[])
+        .text(0, 0)
+        .unwrap_or_else(|| "{}".into());
+    let left = conn
+        .query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&horizon], true, QUERY_TIMEOUT, stop)
+        .unwrap_or_else(|e| fail(peer, e));
+    let left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+    conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
+    super::pull::apply_encoded(left, peer, origin, 0, 0);
     // Every op up to the peer's frontier is in this node's state now.
     let me = crate::node::local_node_if_set().unwrap_or_default();
     Spi::run_with_args(
@@ -91,6 +117,43 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, stop: &dyn Fn() -> bool) -> us
     .unwrap_or_else(|e| fail(peer, e));
     pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
     merged
+}
+
+/// The peer's row bases replace ours for its keys: every op it folded is
+/// stable and is now in our rows too, so a row here is again its base and
+/// the ops in our log beyond it (converge.rebuild, and what compaction may
+/// drop, rely on that).
+fn adopt_bases(table: &str, bases: Vec<(serde_json::Value, serde_json::Value)>) {
+    let keys: Vec<JsonB> = bases.iter().map(|(k, _)| JsonB(k.clone())).collect();
+    let states: Vec<JsonB> = bases.into_iter().map(|(_, b)| JsonB(b)).collect();
+    Spi::run_with_args(
+        "WITH k AS (SELECT * FROM unnest($2::jsonb[], $3::jsonb[]) u(key, base)),
+              gone AS (DELETE FROM converge.row_base b USING k WHERE b.target_table = $1 AND b.target_key = k.key)
+         INSERT INTO converge.row_base (target_table, target_key, target_column, state)
+         SELECT $1, k.key, e.key, decode(e.value, 'base64') FROM k, jsonb_each_text(k.base) e",
+        &[table.into(), keys.into(), states.into()],
+    )
+    .unwrap_or_else(|e| fail(table, e));
+}
+
+/// The deltas of the applied ops of `table` in this node's log that the
+/// peer (at `frontier`) has not applied, in log order.
+fn ours_beyond(table: &str, frontier: &str) -> Vec<(serde_json::Value, String, Vec<u8>)> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT l.target_key, l.target_column, l.delta FROM converge.op_log l
+              WHERE l.target_table = $1 AND l.outcome = 'applied' AND l.delta IS NOT NULL
+                AND l.counter > coalesce(($2::jsonb ->> l.actor)::int8, 0)
+              ORDER BY l.seq",
+            None,
+            &[table.into(), frontier.into()],
+        )
+        .map(|t| {
+            t.filter_map(|r| Some((r.get::<JsonB>(1).ok()??.0, r.get::<String>(2).ok()??, r.get::<Vec<u8>>(3).ok()??)))
+                .collect()
+        })
+        .unwrap_or_default()
+    })
 }
 
 /// Keys of `table` that have converge state here and are not among the

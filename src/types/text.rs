@@ -96,14 +96,3 @@ fn seqtext_length(t: seqtext) -> i64 {
     t.0.length() as i64
 }
 
-/// Internal (converge.compact): the value without the deleted characters
-/// nothing hangs on, or NULL when it has none to drop. Only for a value
-/// whose every op is causally stable.
-#[pg_extern(immutable, strict, parallel_safe)]
-fn seqtext_compacted(t: seqtext) -> Option<seqtext> {
-    if !t.0.has_deleted() {
-        return None;
-    }
-    let c = t.0.compacted();
-    (c != t.0).then_some(seqtext(c))
-}

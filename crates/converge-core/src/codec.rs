@@ -32,6 +32,16 @@ pub trait Crdt: Sized + Clone + PartialEq + Default + Serialize + DeserializeOwn
         *self == Self::default()
     }
 
+    /// The value without the metadata that only ops not yet everywhere
+    /// could need, or None when there is none to drop. `stable` is the
+    /// merge of this value's causally stable ops (every node has applied
+    /// them, and every op made before a node saw one is here): only what
+    /// they removed may go (converge.compact(), with the row's base). The
+    /// user-level value is unchanged.
+    fn stable_form(&self, _stable: &Self) -> Option<Self> {
+        None
+    }
+
     /// Merge a value given in its stored binary form. The default decodes it;
     /// types on the hot path of `merge_agg` override it to merge without
     /// building the other value. Must equal `merge(decode_trusted(bytes))`.

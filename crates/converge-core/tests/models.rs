@@ -25,6 +25,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 // The crate root of a test resolves `mod x;` next to itself, hence the paths.
+#[path = "models/compaction.rs"]
+mod compaction;
 #[path = "models/counters.rs"]
 mod counters;
 #[path = "models/ormap.rs"]

@@ -120,10 +120,16 @@ impl Load {
     }
 }
 
-/// The rows of `table` as users read them: seqtext notes as their text
-/// (compaction may shorten a seqtext's full state, never its text).
+/// The rows of `table` as users read them: every CRDT column as its user
+/// value (compaction may shorten a full state, never what users read).
 pub fn user_values(n: &Node, table: &str) -> String {
-    let row = if table == "item" { "(to_jsonb(t) || jsonb_build_object('notes', converge.value(t.notes)))::text" } else { "t::text" };
+    let row = if table == "item" {
+        "jsonb_build_object('id', id, 'title', title, 'sev', sev, 'tags', tags::jsonb, 'seen', seen::jsonb,
+                            'owner', owner::jsonb, 'headline', headline::jsonb, 'meta', meta::jsonb, 'inv', inv::jsonb,
+                            'budget', budget::jsonb, 'notes', notes::jsonb)::text"
+    } else {
+        "t::text"
+    };
     n.client()
         .query_one(&format!("SELECT coalesce(string_agg({row}, E'\\n' ORDER BY id), '') FROM {table} t"), &[])
         .unwrap()

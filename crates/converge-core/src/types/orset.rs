@@ -56,6 +56,17 @@ impl Crdt for OrSet {
         let (entries, context) = kernel_delta(&new.entries, &new.context, &old.entries, &old.context);
         OrSet { entries, context }
     }
+    /// The context drops the dots whose removal (or overwrite) is stable:
+    /// such a dot only guarded against ops that had not arrived yet, and
+    /// once its removal is stable any op carrying it is a duplicate (the op
+    /// log deduplicates it by counter). Dots removed by ops not yet stable
+    /// stay.
+    fn stable_form(&self, stable: &Self) -> Option<Self> {
+        let removed = stable.context.difference(&stable.entries.dots_where(|_| true));
+        let gone = removed.difference(&self.entries.dots_where(|_| true));
+        let context = self.context.difference(&gone);
+        (context != self.context).then(|| OrSet { entries: self.entries.clone(), context })
+    }
     fn validate(&self) -> Result<()> {
         self.context.validate()?;
         self.entries.validate(&self.context)

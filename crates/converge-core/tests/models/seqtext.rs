@@ -12,8 +12,10 @@
 //! user saw).
 //! Compaction: at a random point of the concurrent history every node has
 //! every delta (all ops stable; later they are never delivered again, as
-//! the op log's dedupe guarantees), random nodes compact, and the history
-//! goes on: the same model must hold at the end.
+//! the op log's dedupe guarantees; their merge is the base), random nodes
+//! compact, and the history goes on, with nodes compacting against that
+//! base at random steps while they hold newer ops: the same model must hold
+//! at the end.
 
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,8 +84,12 @@ proptest! {
         let mut deleted: BTreeSet<char> = BTreeSet::new();
         // Pairs (x, y): some node saw x before y.
         let mut seen_order: BTreeSet<(char, char)> = BTreeSet::new();
+        let mut base: Option<SeqText> = None;
         for (step, (a, code, r, n)) in steps.into_iter().enumerate() {
             if step == stable_at {
+                let mut b = SeqText::default();
+                for d in &deltas { b.merge(d); }
+                base = Some(b);
                 for node in nodes.iter_mut() {
                     for d in &deltas { node.merge(d); }
                 }
@@ -112,6 +118,13 @@ proptest! {
                 let text: Vec<char> = nodes[a].value().chars().collect();
                 deleted.extend(&text[pos as usize..(pos + k) as usize]);
                 nodes[a].delete(pos, k).unwrap()
+            } else if code == 9 && base.is_some() {
+                // Compact against the stable base while holding newer ops.
+                let c = nodes[a].compacted_against(base.as_ref().unwrap());
+                prop_assert_eq!(c.value(), nodes[a].value(), "compaction changed node {}'s text", a);
+                prop_assert!(c.validate().is_ok(), "compacted value invalid: {:?}", c.validate());
+                nodes[a] = c;
+                SeqText::default()
             } else {
                 // Receive a random earlier delta (any order, repeats too).
                 if deltas.is_empty() { continue; }

@@ -20,9 +20,21 @@ impl SeqText {
     /// The same text without the deleted characters nothing hangs on.
     /// Only for a value whose every op is causally stable.
     pub fn compacted(&self) -> SeqText {
+        self.compacted_against(self)
+    }
+
+    /// The same text without the characters that `stable` (the merge of
+    /// this value's causally stable ops) has deleted and that nothing here
+    /// hangs on. A character whose deletion is not stable yet stays: an op
+    /// made by a node that has not seen the deletion may still name it.
+    pub fn compacted_against(&self, stable: &SeqText) -> SeqText {
         let w = wide::widen(self);
         if !w.runs.iter().any(|r| r.deleted) {
             return self.clone();
+        }
+        let mut gone_there = Ids::default();
+        for r in wide::widen(stable).runs.iter().filter(|r| r.deleted) {
+            gone_there.add(&r.node, r.seq, r.len);
         }
         // Walk backwards: a character's origin always comes before it.
         let mut needed = Ids::default();
@@ -34,8 +46,11 @@ impl SeqText {
         let mut kept: Vec<W> = Vec::with_capacity(w.runs.len());
         for r in w.runs.into_iter().rev() {
             let keep = if r.deleted {
-                // Characters of a run chain: keeping one keeps those before it.
-                match (0..r.len).rev().find(|k| needed.contains(&r.node, r.seq + k)) {
+                // Characters of a run chain: keeping one keeps those before
+                // it. Kept: up to the last one something hangs on or whose
+                // deletion is not stable.
+                let held = |k: &u64| needed.contains(&r.node, r.seq + k) || !gone_there.contains(&r.node, r.seq + k);
+                match (0..r.len).rev().find(held) {
                     Some(last) => r.slice(0, last + 1),
                     None => continue,
                 }

@@ -130,6 +130,10 @@ impl Crdt for SeqText {
         check::validate(self)
     }
 
+    fn stable_form(&self, stable: &Self) -> Option<Self> {
+        self.has_deleted().then(|| self.compacted_against(stable)).filter(|c| c != self)
+    }
+
     fn to_user_json(&self) -> Result<serde_json::Value> {
         Ok(serde_json::Value::String(self.value()))
     }
