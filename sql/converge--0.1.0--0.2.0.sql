@@ -170,6 +170,20 @@ BEGIN
             ON CONFLICT (outcome) DO UPDATE SET ops = c.ops + EXCLUDED.ops)
     SELECT count(*) INTO n FROM gone;
 
+    -- While a peer is lost, only the log and WAL are freed: its edits made
+    -- while away are concurrent with what the others remove now, and may
+    -- name a seqtext character, a dot or a deleted row that the metadata
+    -- below would drop. That metadata goes once it has rejoined (its new
+    -- report then counts in the stable frontier).
+    IF EXISTS (SELECT 1 FROM converge.peer_status WHERE lost_at IS NOT NULL) THEN
+        INSERT INTO converge.compactions (stable, ops_removed, tombstones_removed, values_compacted, bytes_before, bytes_after, duration)
+        SELECT stable, n, 0, 0, before, coalesce(sum(pg_column_size(l.*)), 0), clock_timestamp() - t0 FROM converge.op_log l
+        RETURNING compactions.ops_removed, compactions.bytes_before, compactions.bytes_after
+             INTO ops_removed, bytes_before, bytes_after;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
     -- Row tombstones whose every op has been folded: all nodes have applied
     -- the delete, and every op a node made before it saw the delete is
     -- here, so no peer's op can be concurrent with it any more. Only
@@ -316,7 +330,7 @@ COMMENT ON VIEW converge.stats IS 'One row of cumulative counters for monitoring
 GRANT SELECT ON converge.stats TO PUBLIC;
 
 REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text), converge.compact_values(oid, text, text) FROM PUBLIC;
-COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset or mvreg column their stable form, in rows whose ops are all folded.';
+COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset or mvreg column, and their bases, their stable form against each row''s base.';
 COMMENT ON FUNCTION converge.stable_form(text, bytea, bytea) IS 'Internal (converge.compact): a value (binary form of the named type) without the metadata of what its stable ops (the second value: the row''s base) removed and nothing needs any more, or NULL when it has none.';
 REVOKE ALL ON converge.row_base, converge.compacted, converge.compactions FROM PUBLIC;
 COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';

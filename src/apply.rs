@@ -1103,11 +1103,14 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
 pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>, reset: bool) -> Vec<serde_json::Value> {
     let mut targets = Vec::new();
     let mut cache = HashMap::new();
-    let Ok(ti) = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache)) else { return Vec::new() };
+    let ti = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache))
+        .unwrap_or_else(|why| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: {why}")));
     let (mut keys, mut items) = (Vec::new(), Vec::new());
     for (n, (key, col, delta)) in entries.into_iter().enumerate() {
         let t = &targets[ti];
-        let Some(key) = canonical_key(&key, &t.keys, &t.key_types) else { continue };
+        let Some(key) = canonical_key(&key, &t.keys, &t.key_types) else {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: key {key} does not fit its columns"))
+        };
         let coltype = if col.is_empty() { "row".to_string() } else if let Some(c) = t.crdt.get(&col) { c.clone() } else { continue };
         keys.push(key.clone());
         items.push(Item {

@@ -89,7 +89,15 @@ pub fn check_lost_peers() {
             .map(|t| t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<bool>(2).ok()??))).collect())
             .unwrap_or_default()
     });
-    for (name, lost) in peers {
+    // Slots are found by the peer's name as slot names carry it (lowercased,
+    // other characters as '_', 40 of them): two peers whose names read the
+    // same that way cannot be told apart, and neither is judged.
+    let cleaned: Vec<String> = peers.iter().map(|(n, _)| slot_pattern(n)).collect();
+    for (i, (name, lost)) in peers.into_iter().enumerate() {
+        if cleaned.iter().filter(|c| **c == cleaned[i]).count() > 1 {
+            pgrx::warning!("converge: peer \"{name}\" has a name another peer shares in slot names; it is never marked lost");
+            continue;
+        }
         let slots: Vec<(String, bool, i64)> = Spi::connect(|c| {
             c.select(
                 "SELECT slot_name::text, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
@@ -187,12 +195,15 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     // may hang on a deleted character the base alone would not keep.
     let keys: Vec<pgrx::JsonB> = same.into_iter().chain(done).collect();
     Spi::run_with_args(
-        "UPDATE converge.row_base b SET state = converge.stable_form($3, b.state, b.state)
-          WHERE b.target_table = $1 AND b.target_column = $2 AND b.target_key = ANY ($4::jsonb[])
-            AND ($3 <> 'seqtext' OR NOT EXISTS (SELECT 1 FROM converge.op_log l
-                                                 WHERE l.outcome = 'applied' AND l.target_table = $1
-                                                   AND l.target_column = $2 AND l.target_key = b.target_key))
-            AND converge.stable_form($3, b.state, b.state) IS NOT NULL",
+        // Materialized: the function must only see states of this column
+        // (a planner may test quals of one level in any order).
+        "WITH c AS MATERIALIZED (
+             SELECT b.ctid AS tid, converge.stable_form($3, b.state, b.state) AS v FROM converge.row_base b
+              WHERE b.target_table = $1 AND b.target_column = $2 AND b.target_key = ANY ($4::jsonb[])
+                AND ($3 <> 'seqtext' OR NOT EXISTS (SELECT 1 FROM converge.op_log l
+                                                     WHERE l.outcome = 'applied' AND l.target_table = $1
+                                                       AND l.target_column = $2 AND l.target_key = b.target_key)))
+         UPDATE converge.row_base b SET state = c.v FROM c WHERE b.ctid = c.tid AND c.v IS NOT NULL",
         &[name.as_str().into(), col.into(), ty.into(), keys.into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting the bases of {name}.{col}: {e}")));

@@ -169,9 +169,10 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
 
     let t0 = std::time::Instant::now();
     let st = conn.query(
-        // The frontier in the statement's snapshot: every commit it counts
-        // is flushed before the peek below, which decodes up to the flush.
-        "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, converge.frontier()::text
+        // The frontier in the statement's snapshot, and the insert position
+        // after it: every commit the frontier counts lies before that.
+        "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, converge.frontier()::text,
+                pg_current_wal_insert_lsn()::text
            FROM pg_replication_slots WHERE slot_name = $1",
         &[&peer.slot],
         false,
@@ -186,11 +187,20 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     }
     let peer_lsn = lsn_of(&st, 0, 0);
     let mut confirmed = lsn_of(&st, 0, 1);
-    let peer_frontier = st.text(0, 2);
+    let frontier_before = lsn_of(&st, 0, 3);
+    let mut peer_frontier = st.text(0, 2);
     // What an earlier round committed here can be released on the peer.
     if progress > confirmed && !dry_run {
         conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop)?;
         confirmed = progress;
+    }
+    // The peek decodes up to the flush position of its moment: the
+    // frontier counts (for causal stability) only if that is past every
+    // commit it counted (with synchronous_commit off, a commit is visible
+    // before it is flushed).
+    let flushed = conn.query("SELECT pg_current_wal_flush_lsn()::text", &[], false, QUERY_TIMEOUT, stop)?;
+    if lsn_of(&flushed, 0, 0) < frontier_before {
+        peer_frontier = None;
     }
     let t1 = t0.elapsed();
     let limit = ROUND_LIMIT.to_string();

@@ -106,6 +106,15 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     let left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     super::pull::apply_encoded(left, peer, origin, 0, 0);
+    // Ops up to the peer's horizon are in this node's rows, not its log:
+    // an older cursor must get 55000 here too.
+    Spi::run_with_args(
+        "INSERT INTO converge.log_horizon AS h (actor, upto)
+         SELECT e.key, e.value::int8 FROM jsonb_each_text($1::jsonb) e
+             ON CONFLICT (actor) DO UPDATE SET upto = greatest(h.upto, EXCLUDED.upto)",
+        &[horizon.as_str().into()],
+    )
+    .unwrap_or_else(|e| fail(peer, e));
     // Every op up to the peer's frontier is in this node's state now.
     let me = crate::node::local_node_if_set().unwrap_or_default();
     Spi::run_with_args(
@@ -126,11 +135,17 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
 fn adopt_bases(table: &str, bases: Vec<(serde_json::Value, serde_json::Value)>) {
     let keys: Vec<JsonB> = bases.iter().map(|(k, _)| JsonB(k.clone())).collect();
     let states: Vec<JsonB> = bases.into_iter().map(|(_, b)| JsonB(b)).collect();
+    // Two statements: a data-modifying CTE's DELETE would not be seen by
+    // the INSERT of the same statement.
+    let keys2: Vec<JsonB> = keys.iter().map(|k| JsonB(k.0.clone())).collect();
     Spi::run_with_args(
-        "WITH k AS (SELECT * FROM unnest($2::jsonb[], $3::jsonb[]) u(key, base)),
-              gone AS (DELETE FROM converge.row_base b USING k WHERE b.target_table = $1 AND b.target_key = k.key)
-         INSERT INTO converge.row_base (target_table, target_key, target_column, state)
-         SELECT $1, k.key, e.key, decode(e.value, 'base64') FROM k, jsonb_each_text(k.base) e",
+        "DELETE FROM converge.row_base b WHERE b.target_table = $1 AND b.target_key = ANY ($2::jsonb[])",
+        &[table.into(), keys2.into()],
+    )
+    .unwrap_or_else(|e| fail(table, e));
+    Spi::run_with_args(
+        "INSERT INTO converge.row_base (target_table, target_key, target_column, state)
+         SELECT $1, u.key, e.key, decode(e.value, 'base64') FROM unnest($2::jsonb[], $3::jsonb[]) u(key, base), jsonb_each_text(u.base) e",
         &[table.into(), keys.into(), states.into()],
     )
     .unwrap_or_else(|e| fail(table, e));

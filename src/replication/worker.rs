@@ -261,6 +261,16 @@ fn step(link: &mut Link) {
         return;
     }
     let peer = link.peer.clone();
+    // A rejoin that failed half way (its new slot made, the copy not
+    // committed) is done again before streaming from that slot.
+    let unfinished = in_transaction(|| {
+        crate::spi::read_one::<bool>("SELECT rejoining FROM converge.peer_status WHERE name = $1", &[peer.name.as_str().into()])
+    });
+    if matches!(unfinished, Ok(Some(true))) {
+        if let Err(m) = rejoin(&peer) {
+            return fail(link, &format!("rejoining: {m}"));
+        }
+    }
     let progress = in_transaction(|| pull::origin_id(&peer.origin).map(|o| unsafe { pg_sys::replorigin_get_progress(o, false) }));
     let progress = match progress {
         Ok(Some(p)) => p,
