@@ -103,7 +103,7 @@ for r in rows:
     print(f"{int(r['t']):>5} {r['node']:>8} | {int(r['op_log_rows']):>7} | {int(r['op_log_bytes'])/2**20:7.2f} | "
           f"{int(r['table_bytes'])/2**20:7.2f} | {int(r['rows_bytes'])/2**20:7.2f} | {int(r['slot_wal_bytes'])/2**20:7.2f} | "
           f"{int(r['applied']):>8} | {r['tags_bytes']:>6} / {r['notes_bytes']:>6}")
-print("\ncompactions: node | at s | took ms | ops removed | seqtext values compacted | tombstones removed")
+print("\ncompactions: node | at s | took ms | ops removed | values compacted (seqtext, orset) | tombstones removed")
 for node, at, took, ops, vals, dead in comp:
     print(f"{node:>8} | {float(at) - start:6.1f} | {float(took) * 1000:7.1f} | {ops:>7} | {vals:>5} | {dead:>5}")
 # Write rate (pgbench, per second) inside compaction windows vs outside, per node.
