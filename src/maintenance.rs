@@ -167,27 +167,48 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     let keys: Vec<String> = layout["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).map(ident).collect();
     let matched = keys.iter().map(|k| format!("t.{k} = k.{k}")).collect::<Vec<_>>().join(" AND ");
     let (c, qty) = (ident(col), ident(ty));
-    let sql = format!(
-        "WITH todo AS MATERIALIZED (
-             SELECT t.ctid AS tid, b.target_key AS key, converge.stable_form($3, t.{c}::bytea, b.state) AS v
-               FROM converge.row_base b, LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, b.target_key) k, {name} t
-              WHERE b.target_table = $1 AND b.target_column = $2 AND {matched} AND t.{c} IS NOT NULL),
-         locked AS (SELECT t.ctid AS tid FROM {name} t JOIN todo ON t.ctid = todo.tid
-                     WHERE todo.v IS NOT NULL FOR UPDATE OF t SKIP LOCKED),
-         done AS (UPDATE {name} t SET {c} = todo.v::converge.{qty} FROM locked JOIN todo ON todo.tid = locked.tid
-                   WHERE t.ctid = locked.tid RETURNING todo.key)
-         SELECT pg_catalog.array_agg(key) FILTER (WHERE v IS NULL) AS same, (SELECT pg_catalog.array_agg(key) FROM done) AS done
-           FROM todo"
+    // 1. As the caller (compact() runs as a superuser or the extension's
+    //    owner): converge's bases and the rows, the new values computed
+    //    without taking a lock.
+    let todo_sql = format!(
+        "SELECT t.ctid::text, b.target_key, converge.stable_form($3, t.{c}::bytea, b.state)
+           FROM converge.row_base b, LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, b.target_key) k, {name} t
+          WHERE b.target_table = $1 AND b.target_column = $2 AND {matched} AND t.{c} IS NOT NULL"
     );
-    crate::trigger::set_applying(true);
-    let (same, done) = crate::security::as_writer(tbl, || {
-        Spi::connect_mut(|cl| {
-            let r = cl.update(&sql, None, &[name.as_str().into(), col.into(), ty.into()])?.first();
-            Ok::<_, pgrx::spi::SpiError>((r.get::<Vec<pgrx::JsonB>>(1)?.unwrap_or_default(), r.get::<Vec<pgrx::JsonB>>(2)?.unwrap_or_default()))
+    type Todo = (String, pgrx::JsonB, Option<Vec<u8>>);
+    let todo: Vec<Todo> = Spi::connect(|cl| {
+        cl.select(&todo_sql, None, &[name.as_str().into(), col.into(), ty.into()]).map(|t| {
+            t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<pgrx::JsonB>(2).ok()??, r.get::<Vec<u8>>(3).ok()?)))
+                .collect()
         })
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting {name}.{col}: {e}")));
+    let (change, same): (Vec<Todo>, Vec<Todo>) = todo.into_iter().partition(|t| t.2.is_some());
+    // 2. As the table's writer: the rows still as they were (same tuple)
+    //    and not held by anyone, locked and written at once.
+    let tids: Vec<String> = change.iter().map(|t| t.0.clone()).collect();
+    let values: Vec<Vec<u8>> = change.iter().filter_map(|t| t.2.clone()).collect();
+    let write_sql = format!(
+        "WITH u AS (SELECT * FROM unnest($1::text[], $2::bytea[]) u(tid, v)),
+              locked AS (SELECT t.ctid AS tid FROM {name} t JOIN u ON t.ctid = u.tid::tid FOR UPDATE OF t SKIP LOCKED)
+         UPDATE {name} t SET {c} = u.v::converge.{qty} FROM locked JOIN u ON u.tid::tid = locked.tid
+          WHERE t.ctid = locked.tid RETURNING u.tid"
+    );
+    crate::trigger::set_applying(true);
+    let written: std::collections::HashSet<String> = if tids.is_empty() {
+        Default::default()
+    } else {
+        crate::security::as_writer(tbl, || {
+            Spi::connect_mut(|cl| {
+                cl.update(&write_sql, None, &[tids.into(), values.into()])
+                    .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            })
+        })
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting {name}.{col}: {e}")))
+    };
     crate::trigger::set_applying(false);
+    let done: Vec<pgrx::JsonB> = change.into_iter().filter(|t| written.contains(&t.0)).map(|t| t.1).collect();
+    let same: Vec<pgrx::JsonB> = same.into_iter().map(|t| t.1).collect();
     let n = done.len() as i64;
     // The bases of the rows compacted now or with nothing to drop (not of
     // rows skipped: what their base forgets, they could never drop later).
