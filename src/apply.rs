@@ -130,9 +130,7 @@ fn merge_bytes(coltype: &str, deltas: &[&[u8]]) -> Vec<u8> {
     for_crdt_type!(coltype, T => merge_all::<T>(deltas), _ => spi_err(format!("not a converge type: {coltype}")))
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use crate::rows::ident as quote_ident;
 
 thread_local! {
     /// resolve()'s answers across calls, by (role, search_path, name): the
@@ -1148,13 +1146,12 @@ fn empty_rows(t: &Target, keys: &[serde_json::Value]) {
     let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
     if !t.crdt.is_empty() {
         let cols: Vec<String> = t.crdt.keys().map(|c| format!("{} = NULL", quote_ident(c))).collect();
-        let matched: Vec<String> = t.keys.iter().map(|k| format!("t.{0} = v.{0}", quote_ident(k))).collect();
+        let matched = crate::rows::keys_match(&t.keys);
         let sql = format!(
             "UPDATE {name} t SET {cols} FROM unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
               WHERE {matched}",
             name = t.name,
             cols = cols.join(", "),
-            matched = matched.join(" AND ")
         );
         set_applying(true);
         crate::security::as_writer(t.rel, || run(&sql, &[json.iter().map(|j| JsonB(j.0.clone())).collect::<Vec<_>>().into()]));

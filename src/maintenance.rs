@@ -163,16 +163,16 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     );
     let Some(pgrx::JsonB(layout)) = layout else { return 0 };
     let name = layout["name"].as_str().unwrap_or_default().to_string();
-    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let keys: Vec<String> = layout["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).map(ident).collect();
-    let matched = keys.iter().map(|k| format!("t.{k} = k.{k}")).collect::<Vec<_>>().join(" AND ");
+    use crate::rows::{ident, keys_match};
+    let keys: Vec<String> = layout["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).map(String::from).collect();
+    let matched = keys_match(&keys);
     let (c, qty) = (ident(col), ident(ty));
     // 1. As the caller (compact() runs as a superuser or the extension's
     //    owner): converge's bases and the rows, the new values computed
     //    without taking a lock.
     let todo_sql = format!(
         "SELECT t.ctid::text, b.target_key, converge.stable_form($3, t.{c}::bytea, b.state)
-           FROM converge.row_base b, LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, b.target_key) k, {name} t
+           FROM converge.row_base b, LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, b.target_key) v, {name} t
           WHERE b.target_table = $1 AND b.target_column = $2 AND {matched} AND t.{c} IS NOT NULL"
     );
     type Todo = (String, pgrx::JsonB, Option<Vec<u8>>);

@@ -28,14 +28,21 @@ fn fail(e: impl std::fmt::Display) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge rows: {e}"))
 }
 
-fn ident(s: &str) -> String {
+/// A quoted SQL identifier.
+pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `t.k1 = v.k1 AND ...`: row t has the key of record v (a key given as
+/// JSON and read with jsonb_populate_record, so types compare as stored).
+pub fn keys_match(keys: &[String]) -> String {
+    keys.iter().map(|k| format!("t.{0} = v.{0}", ident(k))).collect::<Vec<_>>().join(" AND ")
 }
 
 impl RowTable<'_> {
     /// `t.k1 = v.k1 AND ...`: row t has record v's key.
     fn key_match(&self) -> String {
-        self.keys.iter().map(|k| format!("t.{0} = v.{0}", ident(k))).collect::<Vec<_>>().join(" AND ")
+        keys_match(self.keys)
     }
 
     /// `FROM <table> t, jsonb_populate_record(NULL::<table>, $1) v WHERE <key>`.

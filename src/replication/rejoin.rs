@@ -216,5 +216,5 @@ fn key_match(table: &str) -> String {
         &[table.into()],
     )
     .unwrap_or_default();
-    keys.iter().map(|k| format!("t.\"{0}\" = v.\"{0}\"", k.replace('"', "\"\""))).collect::<Vec<_>>().join(" AND ")
+    crate::rows::keys_match(&keys)
 }

@@ -338,7 +338,7 @@ fn rejoin(peer: &PeerRow) -> Result<(), String> {
     let _ = in_transaction(move || {
         Spi::run_with_args("UPDATE converge.peer_status SET rejoining = true WHERE name = $1", &[name.as_str().into()])
     });
-    pgrx::log!("converge: our slot on peer \"{}\" is gone (it marked us lost); rejoining", peer.name);
+    pgrx::log!("converge: rejoining peer \"{}\" (our slot there was dropped: it marked us lost)", peer.name);
     let peer = peer.clone();
     in_transaction(std::panic::AssertUnwindSafe(move || {
         let origin = pull::origin_id(&peer.origin);
