@@ -98,6 +98,11 @@ BEGIN
           FROM gone g LEFT JOIN converge.replicated r ON r.table_name = to_regclass(g.target_table)
          WHERE g.outcome = 'applied' AND g.target_table IS NOT NULL
            AND (g.target_column = '' OR r.crdt_columns ? g.target_column)
+           -- A row inserted again afresh: its earlier life is not folded.
+           AND NOT (g.target_column <> '' AND EXISTS (
+                    SELECT 1 FROM converge.row_state rs
+                     WHERE rs.reborn IS NOT NULL AND rs.tbl = r.table_name AND rs.target_key = g.target_key
+                       AND g.counter <= coalesce((rs.reborn ->> g.actor)::bigint, 0)))
          GROUP BY g.target_table, g.target_key, g.target_column, r.crdt_columns ->> g.target_column),
     base AS (
         INSERT INTO converge.row_base AS b (target_table, target_key, target_column, state)
@@ -133,13 +138,12 @@ BEGIN
 
     -- Row tombstones whose every op has been folded: all nodes have applied
     -- the delete, and every op a node made before it saw the delete is
-    -- here, so no peer's op can be concurrent with it any more. Only
-    -- tombstones with an empty stash: a key inserted again resumes the
-    -- CRDT state its tombstone kept, on every node, and nodes compact at
-    -- different moments, so a stash dropped on one node and not on another
-    -- would make the same insert resume on one and start afresh on the
-    -- other (docs/operations.md). A tombstone without CRDT state can go: a
-    -- later insert writes every other column with a newer clock anyway.
+    -- here, so no peer's op can be concurrent with it any more. Their
+    -- stashes go with them. A key inserted again here then starts afresh,
+    -- and its insert names this node's horizon: a node that still keeps
+    -- the stash resumes only its ops beyond that horizon (none, on a
+    -- caught-up mesh), so every node agrees (src/rows.rs). An insert made
+    -- where the stash is still kept resumes it and records that as ops.
     -- Rows another transaction holds are left for the next compaction
     -- (SKIP LOCKED): compaction never waits on a writer, so it never
     -- deadlocks with one.
@@ -150,7 +154,7 @@ BEGIN
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
-         WHERE NOT rs.live AND rs.stash = '{}'
+         WHERE NOT rs.live
            AND NOT EXISTS (SELECT 1 FROM still s
                             WHERE s.target_table = format('%I.%I', ns.nspname, c.relname) AND s.target_key = rs.target_key)
            FOR UPDATE OF rs SKIP LOCKED),
@@ -164,9 +168,10 @@ BEGIN
 
     -- Metadata inside values, against each row's base (its stable ops):
     -- seqtext's deleted characters that nothing hangs on, the context dots
-    -- of removed orset elements and overwritten mvreg values.
+    -- of removed orset elements, overwritten mvreg values and removed
+    -- ormap keys, elements and values.
     FOR col IN SELECT r.table_name, c.key AS name, c.value AS ty FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
-                WHERE c.value IN ('seqtext', 'orset', 'mvreg') ORDER BY 1, 2 LOOP
+                WHERE c.value IN ('seqtext', 'orset', 'mvreg', 'ormap') ORDER BY 1, 2 LOOP
         vals := vals + converge.compact_values(col.table_name, col.name, col.ty);
     END LOOP;
 
@@ -192,7 +197,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
                        UNION ALL
                        SELECT l.delta, l.seq FROM converge.op_log l
                         WHERE l.outcome = 'applied' AND l.target_table = t.name AND l.target_key = key
-                          AND l.target_column = col) parts
+                          AND l.target_column = col
+                          AND NOT (col <> '' AND EXISTS (
+                                   SELECT 1 FROM converge.row_state rs
+                                    WHERE rs.tbl = rebuild.tbl AND rs.target_key = key
+                                      AND l.counter <= coalesce((rs.reborn ->> l.actor)::bigint, 0)))) parts
      WHERE t.ty IS NOT NULL
      GROUP BY t.ty
 $$;
@@ -277,7 +286,8 @@ COMMENT ON VIEW converge.stats IS 'One row of cumulative counters for monitoring
 GRANT SELECT ON converge.stats TO PUBLIC;
 
 REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text), converge.compact_values(oid, text, text) FROM PUBLIC;
-COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset or mvreg column, and their bases, their stable form against each row''s base.';
+COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset, mvreg or ormap column, and their bases, their stable form against each row''s base.';
+COMMENT ON FUNCTION converge.base_form(text, bytea, bytea) IS 'Internal (converge.compact): a row''s base (binary form of the named type) without what its stable ops removed, or NULL when it has nothing to drop or when an op still in the log (the third value: their deltas merged) would read differently on it.';
 COMMENT ON FUNCTION converge.stable_form(text, bytea, bytea) IS 'Internal (converge.compact): a value (binary form of the named type) without the metadata of what its stable ops (the second value: the row''s base) removed and nothing needs any more, or NULL when it has none.';
 REVOKE ALL ON converge.row_base, converge.compacted, converge.compactions FROM PUBLIC;
 COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';

@@ -86,7 +86,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/maintenance.sql",
     name = "maintenance",
-    requires = ["replication", maintenance::merge_deltas, maintenance::compact_values, maintenance::stable_form]
+    requires = ["replication", maintenance::merge_deltas, maintenance::compact_values, maintenance::stable_form, maintenance::base_form]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

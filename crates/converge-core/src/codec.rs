@@ -42,6 +42,28 @@ pub trait Crdt: Sized + Clone + PartialEq + Default + Serialize + DeserializeOwn
         None
     }
 
+    /// A row's base (the merge of its compacted ops) in its stable form, or
+    /// None when it should stay as it is. `pending` is the merge of the
+    /// row's ops still in the log. Ops become stable in no causal order: a
+    /// removal can be folded into the base before the add it removed
+    /// (every node has the removal, one still lacks the add). The add is
+    /// then in `pending`; a base that forgot the removal would take the
+    /// removed element back when the add is folded. So the base is
+    /// compacted only if merging `pending` into it reads the same as
+    /// merging it into the base as it is.
+    fn base_form(&self, pending: Option<&Self>) -> Option<Self> {
+        let compacted = self.stable_form(self)?;
+        if let Some(p) = pending {
+            let (mut before, mut after) = (self.clone(), compacted.clone());
+            before.merge(p);
+            after.merge(p);
+            if before.to_user_json().ok() != after.to_user_json().ok() {
+                return None;
+            }
+        }
+        Some(compacted)
+    }
+
     /// Merge a value given in its stored binary form. The default decodes it;
     /// types on the hot path of `merge_agg` override it to merge without
     /// building the other value. Must equal `merge(decode_trusted(bytes))`.

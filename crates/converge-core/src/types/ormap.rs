@@ -259,6 +259,18 @@ impl OrMap {
         }
     }
 
+    /// Every dot some entry still holds (presence markers, set elements,
+    /// register values).
+    fn live_dots(&self) -> DotSet {
+        let mut all = DotSet::new();
+        for s in self.entries.values() {
+            all.union(&s.kinds.dots_where(|_| true));
+            all.union(&s.set.dots_where(|_| true));
+            all.union(&s.reg.dots_where(|_| true));
+        }
+        all
+    }
+
     pub fn keys(&self) -> Vec<String> {
         self.entries.iter().filter(|(_, s)| !s.kinds.is_empty()).map(|(k, _)| k.clone()).collect()
     }
@@ -313,6 +325,20 @@ impl Crdt for OrMap {
         let mut context = new.context.difference(&old.context);
         context.union(&removed);
         OrMap { entries, context }
+    }
+
+    /// As orset's: the context drops the dots whose removal or overwrite
+    /// is stable (the base has seen them and holds them no longer) and that
+    /// are not live here. Any op still carrying such a dot is a duplicate,
+    /// which the op log drops by its counter. A removed key's counts
+    /// (`p`/`n`/`rp`/`rn`) stay: a node's next increment sends its running
+    /// total, so forgetting what it counted before would change the sum on
+    /// nodes that did not forget.
+    fn stable_form(&self, stable: &Self) -> Option<Self> {
+        let removed = stable.context.difference(&stable.live_dots());
+        let gone = removed.difference(&self.live_dots());
+        let context = self.context.difference(&gone);
+        (context != self.context).then(|| OrMap { entries: self.entries.clone(), context })
     }
 
     fn validate(&self) -> Result<()> {
