@@ -52,6 +52,8 @@ struct Target {
     row_ops: bool,
     /// `schema.table`, quoted as needed: the name ops are logged under.
     name: String,
+    /// Its authority columns (coordination.rs).
+    authority: crate::coordination::Authorities,
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
@@ -199,7 +201,9 @@ fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize, &'static 
                           WHERE c.oid = t.rel),
                         ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
-                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i)
+                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
+                        (SELECT jsonb_object_agg(x.column_name, jsonb_build_array(x.node, x.default_value))::text
+                           FROM converge.authority x WHERE x.table_name = t.rel AND x.column_name <> '')
                    FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel",
                 Some(1),
@@ -214,18 +218,20 @@ fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize, &'static 
                 row.get::<Vec<String>>(7)?,
                 row.get::<Vec<String>>(5)?,
                 row.get::<String>(6)?,
+                row.get::<String>(8)?,
             ))
         })
     });
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
             let other = other.unwrap_or_default();
             let name = name.unwrap_or_default();
-            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false, name });
+            let authority = crate::coordination::parse(authority);
+            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false, name, authority });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);
@@ -398,6 +404,9 @@ fn classify(
     }
     let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
     it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
+    if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default()) {
+        it.bad = Some("not_authority".into());
+    }
     it.coltype = Some(coltype);
 }
 

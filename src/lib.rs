@@ -30,6 +30,7 @@ macro_rules! for_crdt_type {
 }
 
 mod apply;
+mod coordination;
 mod counter_cache;
 mod direct;
 mod errors;
@@ -88,6 +89,7 @@ extension_sql_file!(
     name = "maintenance",
     requires = ["replication", maintenance::merge_deltas, maintenance::compact_values, maintenance::stable_form, maintenance::base_form]
 );
+extension_sql_file!("../sql/coordination.sql", name = "coordination", requires = ["maintenance", coordination::set_authority_on]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -27,6 +27,7 @@ SELECT i, incr(NULL::gcounter, i), decr(incr(NULL::pncounter, i), 2), transfer(i
        delete(insert(insert(NULL::seqtext, 0, 'note ' || i), 0, 'the '), 2, 3)
   FROM generate_series(1, 50) i;
 INSERT INTO everything (id) VALUES (0);
+SELECT set_authority('everything', 'lr', 'virginia');   -- carried over with its guard
 SQL
 pg_dump -h 127.0.0.1 -p "$PORT" -U postgres dump_src > "$DIR.dump.sql"
 pq "$PORT" -d dump_dst -f "$DIR.dump.sql" >/dev/null
@@ -43,6 +44,12 @@ echo "$(echo "$a" | wc -l) rows identical after dump and restore"
 log() { pq "$PORT" -d "$1" -At -c "SELECT count(*), converge.frontier() FROM converge.op_log"; }
 [ "$(log dump_src)" = "$(log dump_dst)" ] || { echo "op log differs: $(log dump_src) vs $(log dump_dst)"; exit 1; }
 echo "op log and frontier identical: $(log dump_dst)"
+
+auth() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s.%s=%s', target_table, target_column, node), ',') FROM converge.authorities"; }
+[ "$(auth dump_dst)" = "public.everything.lr=virginia" ] || { echo "authorities not restored: $(auth dump_dst)"; exit 1; }
+out=$(pq "$PORT" -d dump_dst -c "UPDATE everything SET lr = converge.assign(lr, '1'::jsonb) WHERE id = 1" 2>&1 || true)
+echo "$out" | grep -q 'decided by node "virginia"' || { echo "the restored authority guard did not stop a change: $out"; exit 1; }
+echo "authority and its guard restored"
 
 # The restored node keeps its identity, never reissues a dot or an op_id.
 pq "$PORT" -d dump_dst -At <<'SQL' | tee "$DIR.after"

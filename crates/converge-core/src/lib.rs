@@ -7,6 +7,7 @@
 //! cannot disagree about what a value means.
 
 pub mod actor;
+pub mod authority;
 pub mod clock;
 pub mod codec;
 pub mod dots;

@@ -1,0 +1,92 @@
+-- Coordination boundaries (SPEC section 5): authorities, on a node of its
+-- own (dublin), with an application role that owns its table.
+CREATE DATABASE converge_regress_dublin;
+\c converge_regress_dublin
+CREATE EXTENSION converge;
+SET search_path = public, converge;
+SELECT set_node('dublin') IS NOT NULL AS dublin_set;
+CREATE ROLE cv_clinic;
+GRANT CREATE ON SCHEMA public TO cv_clinic;
+SET ROLE cv_clinic;
+CREATE TABLE incident (id int PRIMARY KEY, title text, status text DEFAULT 'open', audit_number bigint,
+                       tags converge.orset, visits converge.gcounter);
+SELECT converge.replicate('incident');
+INSERT INTO incident (id, title) VALUES (1, 'pump stopped');
+
+-- status and tags are decided by virginia; the table's authority too.
+SELECT converge.set_authority('incident', 'status', 'virginia');
+SELECT converge.set_authority('incident', 'tags', 'virginia');
+SELECT converge.set_authority('incident', NULL, 'virginia');
+SELECT * FROM converge.authorities ORDER BY target_column NULLS FIRST;
+
+-- Here (dublin) a local change of an authority column fails, naming the
+-- authority; other columns change as before.
+UPDATE incident SET status = 'closed' WHERE id = 1;
+UPDATE incident SET tags = converge.add(tags, 'warning') WHERE id = 1;
+UPDATE incident SET title = 'pump stopped (basement)', visits = converge.incr(visits, 1) WHERE id = 1;
+-- Rows can be created anywhere: an insert may leave an authority column
+-- NULL or at its constant default, not set it.
+INSERT INTO incident (id, title) VALUES (2, 'valve');
+INSERT INTO incident (id, title, status) VALUES (3, 'filter', 'open');
+INSERT INTO incident (id, title, status) VALUES (4, 'hose', 'closed');
+SELECT id, title, status, tags, converge.value(visits) AS visits FROM incident ORDER BY id;
+RESET ROLE;
+
+-- Ops of other actors: phone1 may write title, not status or tags; its
+-- insert may carry status's default. virginia is a peer node here, so its
+-- ops come through replication, not apply (node_actor): the authority's
+-- accepted ops are shown with an authority that is a client (phone2).
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone1:1', 'phone1', 'public.incident', '{"id":1}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, 'status', '"closed"')::bytea, NULL)::converge.op,
+    ROW('phone1:2', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
+        converge.add(NULL::converge.orset, 'stale')::bytea, NULL)::converge.op,
+    ROW('phone1:3', 'phone1', 'public.incident', '{"id":1}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, 'title', '"pump (phone)"')::bytea, NULL)::converge.op,
+    ROW('phone1:4', 'phone1', 'public.incident', '{"id":5}', '', 1, 0, '{}',
+        converge.put(converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'title', '"seal"'),
+                     'status', '"open"')::bytea, NULL)::converge.op,
+    ROW('phone1:5', 'phone1', 'public.incident', '{"id":6}', '', 1, 0, '{}',
+        converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'status', '"closed"')::bytea, NULL)::converge.op]);
+SELECT id, title, status FROM incident ORDER BY id;
+
+-- A second set_authority replaces the first: phone2 now decides status.
+SET ROLE cv_clinic;
+SELECT converge.set_authority('incident', 'status', 'phone2');
+RESET ROLE;
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone2:1', 'phone2', 'public.incident', '{"id":1}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, 'status', '"closed"')::bytea, NULL)::converge.op,
+    ROW('phone1:6', 'phone1', 'public.incident', '{"id":2}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, 'status', '"closed"')::bytea, NULL)::converge.op]);
+SELECT id, status FROM incident WHERE id IN (1, 2) ORDER BY id;
+-- The node that is the authority changes its column locally.
+SET ROLE cv_clinic;
+SELECT converge.set_authority('incident', 'status', 'dublin');
+UPDATE incident SET status = 'closed' WHERE id = 2;
+SELECT id, status FROM incident WHERE id = 2;
+SELECT target_column, node FROM converge.authorities ORDER BY target_column NULLS FIRST;
+
+-- Bad calls.
+\set VERBOSITY sqlstate
+SELECT converge.set_authority('incident', 'nope', 'virginia');
+SELECT converge.set_authority('incident', 'id', 'virginia');
+SELECT converge.set_authority('incident', 'status', 'bad name');
+SELECT converge.set_authority('incident', 'status', NULL);
+SELECT converge.set_authority('incident', 'tags', 'virginia', removes_only => true);
+SELECT converge.set_authority('incident', 'status', 'virginia', 'pg_catalog.now()'::regprocedure);
+CREATE TABLE plain (id int PRIMARY KEY, status text);
+SELECT converge.set_authority('plain', 'status', 'virginia');
+RESET ROLE;
+CREATE ROLE cv_stranger;
+SET ROLE cv_stranger;
+SELECT converge.set_authority('incident', 'title', 'virginia');
+\set VERBOSITY default
+RESET ROLE;
+SELECT converge.set_authority('incident', 'nope', 'virginia');
+SELECT converge.set_authority('incident', 'id', 'virginia');
+
+\c regression
+DROP DATABASE converge_regress_dublin;
+DROP ROLE cv_clinic;
+DROP ROLE cv_stranger;

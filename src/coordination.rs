@@ -1,0 +1,66 @@
+//! Coordination boundaries (SPEC section 5): authorities. A column with an
+//! authority is written only by that node: elsewhere a local change fails
+//! (the guard trigger, sql/coordination.sql), and an op of it made by any
+//! other actor is rejected with `not_authority` (`violates` in converge-core,
+//! called by the apply's classification).
+
+use crate::errors::raise;
+pub use converge_core::authority::{parse, violates, Authorities};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+/// `converge.set_authority`: only the table's owner may set one. The
+/// setting is recorded as converge's owner; the guard trigger is made again
+/// (as the table's owner) for the table's current authority columns.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_authority_on(
+    tbl: Option<pg_sys::Oid>,
+    col: Option<&str>,
+    node: Option<&str>,
+    decide: Option<pg_sys::Oid>,
+    removes_only: Option<bool>,
+) {
+    let Some(tbl) = tbl else { raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "the table must not be NULL") };
+    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[tbl.into()])
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
+    if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {name} to set its authority"));
+    }
+    let err = |e: pgrx::spi::SpiError| -> ! { raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()) };
+    let columns: Vec<String> = crate::security::as_owner(|| {
+        crate::errors::plain_errors(|| {
+            Spi::run_with_args(
+                "SELECT converge.store_authority($1::oid::regclass, $2, $3, $4::oid::regprocedure, $5)",
+                &[tbl.into(), col.into(), node.into(), decide.into(), removes_only.unwrap_or(false).into()],
+            )
+        })?;
+        Spi::connect(|c| {
+            c.select(
+                "SELECT column_name FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name <> ''
+                  ORDER BY column_name",
+                None,
+                &[tbl.into()],
+            )
+            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+    })
+    .unwrap_or_else(|e| err(e));
+    let cols: Vec<String> = columns.iter().map(|c| crate::rows::ident(c)).collect();
+    let has_guard = crate::spi::read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = 'converge_authority_guard')",
+        &[tbl.into()],
+    );
+    if has_guard == Some(true) {
+        Spi::run(&format!("DROP TRIGGER converge_authority_guard ON {name}")).unwrap_or_else(|e| err(e));
+    }
+    if !cols.is_empty() {
+        Spi::run(&format!(
+            "CREATE TRIGGER converge_authority_guard BEFORE INSERT OR UPDATE OF {} ON {name}
+             FOR EACH ROW WHEN (NOT converge.applying()) EXECUTE FUNCTION converge.guard_authority()",
+            cols.join(", ")
+        ))
+        .unwrap_or_else(|e| err(e));
+    }
+    // Sessions cache the table as the apply resolved it (with its authorities).
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+}
