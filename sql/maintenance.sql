@@ -98,11 +98,6 @@ BEGIN
           FROM gone g LEFT JOIN converge.replicated r ON r.table_name = to_regclass(g.target_table)
          WHERE g.outcome = 'applied' AND g.target_table IS NOT NULL
            AND (g.target_column = '' OR r.crdt_columns ? g.target_column)
-           -- A row inserted again afresh: its earlier life is not folded.
-           AND NOT (g.target_column <> '' AND EXISTS (
-                    SELECT 1 FROM converge.row_state rs
-                     WHERE rs.reborn IS NOT NULL AND rs.tbl = r.table_name AND rs.target_key = g.target_key
-                       AND g.counter <= coalesce((rs.reborn ->> g.actor)::bigint, 0)))
          GROUP BY g.target_table, g.target_key, g.target_column, r.crdt_columns ->> g.target_column),
     base AS (
         INSERT INTO converge.row_base AS b (target_table, target_key, target_column, state)
@@ -138,12 +133,13 @@ BEGIN
 
     -- Row tombstones whose every op has been folded: all nodes have applied
     -- the delete, and every op a node made before it saw the delete is
-    -- here, so no peer's op can be concurrent with it any more. Their
-    -- stashes go with them. A key inserted again here then starts afresh,
-    -- and its insert names this node's horizon: a node that still keeps
-    -- the stash resumes only its ops beyond that horizon (none, on a
-    -- caught-up mesh), so every node agrees (src/rows.rs). An insert made
-    -- where the stash is still kept resumes it and records that as ops.
+    -- here, so no peer's op can be concurrent with it any more. Only
+    -- tombstones with an empty stash: a key inserted again resumes the
+    -- CRDT state its tombstone kept, on every node, and nodes compact at
+    -- different moments, so a stash dropped on one node and not on another
+    -- would make the same insert resume on one and start afresh on the
+    -- other (docs/operations.md). A tombstone without CRDT state can go: a
+    -- later insert writes every other column with a newer clock anyway.
     -- Rows another transaction holds are left for the next compaction
     -- (SKIP LOCKED): compaction never waits on a writer, so it never
     -- deadlocks with one.
@@ -154,7 +150,7 @@ BEGIN
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
-         WHERE NOT rs.live
+         WHERE NOT rs.live AND rs.stash = '{}'
            AND NOT EXISTS (SELECT 1 FROM still s
                             WHERE s.target_table = format('%I.%I', ns.nspname, c.relname) AND s.target_key = rs.target_key)
            FOR UPDATE OF rs SKIP LOCKED),
@@ -197,11 +193,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
                        UNION ALL
                        SELECT l.delta, l.seq FROM converge.op_log l
                         WHERE l.outcome = 'applied' AND l.target_table = t.name AND l.target_key = key
-                          AND l.target_column = col
-                          AND NOT (col <> '' AND EXISTS (
-                                   SELECT 1 FROM converge.row_state rs
-                                    WHERE rs.tbl = rebuild.tbl AND rs.target_key = key
-                                      AND l.counter <= coalesce((rs.reborn ->> l.actor)::bigint, 0)))) parts
+                          AND l.target_column = col) parts
      WHERE t.ty IS NOT NULL
      GROUP BY t.ty
 $$;

@@ -42,11 +42,6 @@ CREATE TABLE converge.row_state (
     clock      converge.lwwmap NOT NULL,
     live       boolean NOT NULL,
     stash      jsonb NOT NULL DEFAULT '{}',   -- column -> CRDT text, while deleted
-    -- Set when the row was inserted again afresh over a stash this node
-    -- still kept (src/rows.rs): the CRDT ops at or below this frontier
-    -- ({actor: counter}) belong to its earlier life, and converge.rebuild
-    -- and compaction leave them out.
-    reborn     jsonb,
     PRIMARY KEY (tbl, target_key)
 );
 -- Finds a table's tombstones at once (most tables have none).

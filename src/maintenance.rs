@@ -249,6 +249,7 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
                LEFT JOIN (SELECT l.target_key, converge.merge_deltas($3, array_agg(l.delta ORDER BY l.seq)) AS pending
                             FROM converge.op_log l
                            WHERE l.outcome = 'applied' AND l.target_table = $1 AND l.target_column = $2
+                             AND l.target_key = ANY ($4::jsonb[])
                            GROUP BY l.target_key) p ON p.target_key = b.target_key
               WHERE b.target_table = $1 AND b.target_column = $2 AND b.target_key = ANY ($4::jsonb[])
                 AND ($3 <> 'seqtext' OR p.target_key IS NULL))

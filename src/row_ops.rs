@@ -101,16 +101,8 @@ pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
         if ch.event == RowEvent::Insert {
             put(&mut clock, "$live", &Value::Bool(true));
             // The key comes back from a tombstone: it resumes the CRDT
-            // state the tombstone kept (the trigger logs that as ops).
+            // state the tombstone kept (every node does the same).
             resume = std::mem::take(&mut stash);
-            if resume.is_empty() && !ch.crdt.is_empty() {
-                // Nothing kept here, perhaps because compaction dropped it:
-                // the op says up to where this node compacted, so that a
-                // node still keeping a stash resumes only what came after.
-                if let Some(h) = crate::security::as_owner_id(horizon) {
-                    put(&mut clock, crate::rows::HORIZON, &h);
-                }
-            }
         }
     }
     let before = clock0.unwrap_or_default();
@@ -118,22 +110,10 @@ pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
         return resume;
     }
     let delta = encode(&LwwMap::delta(&clock, &before));
-    clock.entries.remove(crate::rows::HORIZON); // it travels in the op only
     crate::local_ops::log_local_ops(me, ch.table, ch.key, &[String::new()], vec![delta]);
     let live = ch.event != RowEvent::Delete;
     crate::security::as_owner_id(|| write_state(ch.rel, key, &clock, live, stash));
     resume
-}
-
-/// `converge.log_horizon` as {actor: counter}, None while nothing was compacted.
-fn horizon() -> Option<Value> {
-    crate::spi::prepared(
-        "SELECT pg_catalog.jsonb_object_agg(h.actor, h.upto) FROM converge.log_horizon h",
-        &[],
-        |t| if t.is_empty() { Ok(None) } else { t.first().get::<JsonB>(1) },
-    )
-    .unwrap_or_else(|e| fail(e))
-    .map(|j| j.0)
 }
 
 /// The row's clock and stash, locked (None when the row has no state yet).

@@ -12,13 +12,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Map, Value};
-use converge_core::types::LwwMap;
 use std::collections::HashMap;
-
-/// Key of a row op's lwwmap that carries, in an insert made where the key
-/// had no stash, up to where that node had compacted its log. It travels in
-/// the op only; clocks never keep it.
-pub const HORIZON: &str = "$h";
 
 /// A replicated table as row code needs it.
 pub struct RowTable<'a> {
@@ -99,43 +93,6 @@ impl RowTable<'_> {
         }
     }
 
-    /// Per CRDT column, the merge of this row's applied ops in the log that
-    /// are beyond `horizon` ({actor: counter}), as {column: text}. Runs as
-    /// converge's owner.
-    fn beyond(&self, key: &Value, horizon: &Value) -> Map<String, Value> {
-        let mut out = Map::new();
-        for (col, ty) in self.crdt {
-            let sql = format!(
-                "SELECT (converge.merge_deltas($3, array_agg(l.delta ORDER BY l.seq))::converge.{})::text
-                   FROM converge.op_log l, pg_catalog.pg_class c, pg_catalog.pg_namespace n
-                  WHERE c.oid = $1 AND n.oid = c.relnamespace AND l.outcome = 'applied'
-                    AND l.target_table = pg_catalog.format('%I.%I', n.nspname, c.relname)
-                    AND l.target_key = $2 AND l.target_column = $4
-                    AND l.counter > coalesce((($5::jsonb) ->> l.actor)::bigint, 0)",
-                ident(ty)
-            );
-            let args = [self.rel.into(), JsonB(key.clone()).into(), ty.as_str().into(), col.as_str().into(), JsonB(horizon.clone()).into()];
-            if let Some(text) = Spi::get_one_with_args::<String>(&sql, &args).unwrap_or_else(|e| fail(e)) {
-                out.insert(col.clone(), Value::String(text));
-            }
-        }
-        out
-    }
-
-    /// Forget the bases of the row's CRDT columns (converge.rebuild starts
-    /// from them), as compaction does when it drops a tombstone. Runs as
-    /// converge's owner.
-    fn forget_bases(&self, key: &Value) {
-        Spi::run_with_args(
-            "DELETE FROM converge.row_base b USING pg_catalog.pg_class c, pg_catalog.pg_namespace n
-              WHERE c.oid = $1 AND n.oid = c.relnamespace
-                AND b.target_table = pg_catalog.format('%I.%I', n.nspname, c.relname)
-                AND b.target_key = $2 AND b.target_column <> ''",
-            &[self.rel.into(), JsonB(key.clone()).into()],
-        )
-        .unwrap_or_else(|e| fail(e));
-    }
-
     /// Delete the row (as the caller); its CRDT state is returned for the stash.
     fn delete(&self, key: &Value) -> Map<String, Value> {
         let state = self.crdt_values(key);
@@ -184,7 +141,6 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
     for (key, delta) in ops {
         // Lock order as in local writes: the row, then its row_state.
         let present = t.lock(&key);
-        let horizon = carried_horizon(&delta);
         let state = Spi::connect_mut(|c| {
             let r = c.update(
                 "WITH rs AS (SELECT clock, stash FROM converge.row_state
@@ -205,10 +161,7 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
             ))
         })
         .unwrap_or_else(|e| fail(e));
-        let (clock, alive, mut vals, mut stash) = state;
-        let clock = if horizon.is_some() { without_horizon(&clock) } else { clock };
-        let mut reborn: Option<Value> = None;
-        vals.remove(HORIZON);
+        let (clock, alive, vals, mut stash) = state;
         if alive && !present {
             let mut row = vals.clone();
             if let Value::Object(k) = &key {
@@ -216,23 +169,7 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
             }
             let sql = format!("INSERT INTO {0} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
             as_writer(t.rel, || Spi::run_with_args(&sql, &[JsonB(Value::Object(row)).into()])).unwrap_or_else(|e| fail(e));
-            // Back from a tombstone: resume the state it kept. An insert
-            // made where the key had no stash (its compaction dropped it,
-            // or it never saw the key) names that node's horizon: only the
-            // ops beyond it are resumed, as everything up to it was dropped
-            // there (a tombstone goes only once all its row's ops are
-            // folded) and is dropped here with this stash.
-            match (&horizon, stash.is_empty()) {
-                (Some(h), false) => {
-                    t.resume(&key, &t.beyond(&key, h));
-                    // The old values' history goes with them: their bases,
-                    // and their ops still in the log (left out by rebuild
-                    // and compaction).
-                    t.forget_bases(&key);
-                    reborn = Some(h.clone());
-                }
-                _ => t.resume(&key, &stash),
-            }
+            t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
             let sets: Vec<String> =
@@ -253,37 +190,13 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
             stash = merge_stash(&stash, &gone, t.crdt);
         }
         Spi::run_with_args(
-            "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash, reborn)
-             VALUES ($1::oid::regclass, $2, $3::converge.lwwmap, $4, $5, $6)
-             ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash,
-                                                         reborn = coalesce(EXCLUDED.reborn, s.reborn)",
-            &[
-                t.rel.into(),
-                JsonB(key).into(),
-                clock.into(),
-                alive.into(),
-                JsonB(Value::Object(stash)).into(),
-                reborn.map(JsonB).into(),
-            ],
+            "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
+             VALUES ($1::oid::regclass, $2, $3::converge.lwwmap, $4, $5)
+             ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
+            &[t.rel.into(), JsonB(key).into(), clock.into(), alive.into(), JsonB(Value::Object(stash)).into()],
         )
         .unwrap_or_else(|e| fail(e));
     }
-}
-
-/// The horizon a row op (binary lwwmap delta) carries, if any.
-fn carried_horizon(delta: &[u8]) -> Option<Value> {
-    if !delta.windows(HORIZON.len()).any(|w| w == HORIZON.as_bytes()) {
-        return None; // most row ops: no need to decode
-    }
-    let d = converge_core::decode_trusted::<LwwMap>(delta).ok()?;
-    d.get(HORIZON).map(|j| j.to_value())
-}
-
-/// A clock (text form) without the horizon entry: clocks never keep it.
-fn without_horizon(clock: &str) -> String {
-    let mut m = converge_core::from_text::<LwwMap>(clock).unwrap_or_else(|e| fail(e));
-    m.entries.remove(HORIZON);
-    converge_core::to_text(&m)
 }
 
 /// Rows the apply re-created while a local DELETE of them committed: their

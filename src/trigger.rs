@@ -396,15 +396,15 @@ fn record_local_ops<'a>(
     Ok(None)
 }
 
-/// A key inserted again resumes the CRDT state its tombstone kept, merged
-/// into the new row as the caller. That update is recorded as ops like any
-/// other (this trigger fires again for it): a node whose compaction already
-/// dropped the tombstone has no stash to resume and takes them instead.
+/// A key inserted again resumes the CRDT state its tombstone kept (merged
+/// into the new row as the caller; already logged as ops, so not again).
 fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, stash: &serde_json::Map<String, serde_json::Value>) {
     let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[rel.into()]).unwrap_or_default();
     let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
     let t = crate::rows::RowTable { name, rel, keys: &keys, crdt: &meta.crdt_types };
+    set_applying(true);
     t.resume(key, stash);
+    set_applying(false);
 }
 
 /// `converge.replicate(t)`: only the table's owner may mark it. The layout

@@ -18,8 +18,7 @@ INSERT INTO ticket (id, title, tags) VALUES (2, 'flood', add(NULL::orset, 'pump'
 DELETE FROM ticket WHERE id = 2;
 SELECT target_key, live, keys(clock) AS clock_keys, stash <> '{}' AS stashed
   FROM row_state WHERE tbl = 'ticket'::regclass ORDER BY target_key::text;
--- Back from the tombstone: the key resumes its CRDT state, recorded as an op
--- (the tags op of the second insert below) for nodes that no longer keep it.
+-- Back from the tombstone: the key resumes its CRDT state.
 INSERT INTO ticket (id, title) VALUES (2, 'flood again');
 SELECT id, title, severity, value(hits) AS hits, elements(tags) AS tags FROM ticket ORDER BY id;
 UPDATE ticket SET id = 3 WHERE id = 1;
