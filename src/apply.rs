@@ -57,8 +57,9 @@ struct Target {
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
-    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[t.rel.into()]).unwrap_or_default();
-    crate::rows::RowTable { name, rel: t.rel, keys: &t.keys, crdt: &t.crdt }
+    // Qualified: the statements run with the caller's search_path, which
+    // need not hold the table's schema (converge's own tables).
+    crate::rows::RowTable { name: t.name.clone(), rel: t.rel, keys: &t.keys, crdt: &t.crdt }
 }
 
 type Outcome = (String, String, Option<String>);
