@@ -58,7 +58,7 @@ struct Target {
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
     // Qualified: the statements run with the caller's search_path, which
-    // need not hold the table's schema (converge's own tables).
+    // need not hold the table's schema.
     crate::rows::RowTable { name: t.name.clone(), rel: t.rel, keys: &t.keys, crdt: &t.crdt }
 }
 

@@ -39,7 +39,6 @@ mod maintenance;
 mod node;
 mod ops;
 mod replication;
-mod requests;
 mod row_ops;
 mod rows;
 mod security;
@@ -90,7 +89,7 @@ extension_sql_file!(
     name = "maintenance",
     requires = ["replication", maintenance::merge_deltas, maintenance::compact_values, maintenance::stable_form, maintenance::base_form]
 );
-extension_sql_file!("../sql/coordination.sql", name = "coordination", requires = ["maintenance", coordination::set_authority_on, requests::request_on, requests::decide_requests, requests::decide_arrived]);
+extension_sql_file!("../sql/coordination.sql", name = "coordination", requires = ["maintenance", coordination::set_authority_on]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

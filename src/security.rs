@@ -129,26 +129,6 @@ pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Run `f` as `role` with a fixed search_path (a table owner's decide
-/// function and the decision's write, on converge's behalf: that owner's
-/// rights and no more; `SET ROLE` is refused inside). Not a
-/// security-restricted operation: the writes queue deferred triggers (the
-/// op trigger), which PostgreSQL refuses inside one.
-pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
-    unsafe { pg_sys::SetUserIdAndSecContext(role, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
-    let nest = set_path(FIXED_PATH);
-    let _restore = Restore { user, sec, nest, popped: false };
-    f()
-}
-
-/// `as_role` for converge's owner: for writes to converge's own replicated
-/// tables (converge.requests), whose op trigger is deferred.
-pub fn as_owner_writing<R>(f: impl FnOnce() -> R) -> R {
-    as_role(owner(), f)
-}
-
 /// Inside `as_owner`: run `f` as the caller again, with its search_path.
 pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
     // The outermost caller: a nested as_owner (an apply inside an apply)

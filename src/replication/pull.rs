@@ -95,12 +95,6 @@ unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, 
     }
 }
 
-/// Whether this transaction applies a peer's ops (under its origin: what
-/// it writes is never shipped from here).
-pub fn applying_peer_ops() -> bool {
-    unsafe { pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId }
-}
-
 pub fn origin_id(name: &str) -> Option<pg_sys::RepOriginId> {
     let c = std::ffi::CString::new(name).ok()?;
     let id = unsafe { pg_sys::replorigin_by_name(c.as_ptr(), true) };

@@ -468,11 +468,6 @@ fn apply(link: &mut Link) -> bool {
     match result {
         Ok(true) => {
             link.flushed = lsn;
-            // Requests that batch brought for this node to decide: decided
-            // now, in a transaction of its own, so the decisions ship.
-            if let Err(e) = in_transaction(crate::requests::decide_arrived) {
-                pgrx::warning!("converge: deciding requests: {e:?}");
-            }
             pgrx::debug1!(
                 "converge: applied {n} ops ({txns} transactions, {bytes} bytes) from peer \"{}\" in {:.1} ms",
                 peer.name,
