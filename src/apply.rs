@@ -312,14 +312,17 @@ pub fn from_peer<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// This node's name and its peers': actors whose ops a client may not send
-/// (they would take over op ids the node or a peer issues).
+/// This node's name, its peers' and the authorities' (set_authority):
+/// actors whose ops a client may not send (they would take over op ids
+/// the node or a peer issues, or write what only an authority may).
 fn node_actors() -> HashSet<String> {
     if TRUSTED.with(|t| t.get()) {
         return HashSet::new();
     }
     crate::security::as_owner(|| {
-        crate::spi::prepared("SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer", &[], |t| {
+        const SQL: &str = "SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer
+                           UNION SELECT node FROM converge.authority";
+        crate::spi::prepared(SQL, &[], |t| {
             Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
         })
     })

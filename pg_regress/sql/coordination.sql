@@ -43,9 +43,10 @@ SELECT id, title, status, tags, converge.value(visits) AS visits FROM incident O
 RESET ROLE;
 
 -- Ops of other actors: phone1 may write title, not status or tags; its
--- insert may carry status's default. virginia is a peer node here, so its
--- ops come through replication, not apply (node_actor): the authority's
--- accepted ops are shown with an authority that is a client (phone2).
+-- insert may carry status's default. The authority's own ops come through
+-- replication (tests/cluster/tests/coordination.rs): a client sending ops
+-- under an authority's name is refused as node_actor, like one sending
+-- under a peer's name.
 SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone1:1', 'phone1', 'public.incident', '{"id":1}', '', 1, 0, '{}',
         converge.put(NULL::converge.lwwmap, 'status', '"closed"')::bytea, NULL)::converge.op,
@@ -60,7 +61,8 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'status', '"closed"')::bytea, NULL)::converge.op]);
 SELECT id, title, status FROM incident ORDER BY id;
 
--- A second set_authority replaces the first: phone2 now decides status.
+-- A second set_authority replaces the first: phone2 now decides status,
+-- and a client can no longer send ops as phone2.
 SET ROLE cv_clinic;
 SELECT converge.set_authority('incident', 'status', 'phone2');
 RESET ROLE;
