@@ -171,7 +171,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair).';
 
--- The body of apply_batch is Rust (src/apply.rs): the ops go in as arrays.
+-- The body of apply_batch is Rust (src/apply/): the ops go in as arrays.
 CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE sql AS $$

@@ -118,17 +118,41 @@ impl Table {
         unsafe {
             pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
             pg_sys::simple_table_tuple_insert(self.rel, self.slot);
-            self.index();
+            self.index(false);
         }
     }
 
-    unsafe fn index(&mut self) {
+    /// Replace the row at `tid` (which this transaction holds locked) by
+    /// `values`; new index entries unless the update was HOT.
+    /// Every column must be named: a column left out would become NULL.
+    pub fn update(&mut self, tid: &mut pg_sys::ItemPointerData, values: &[(&str, Option<pg_sys::Datum>)]) {
+        if let Some(missing) = self.names.iter().find(|n| !n.is_empty() && !values.iter().any(|(v, _)| v == n)) {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge: an update of a row leaves out column {missing}"));
+        }
+        let tuple = self.form(values);
+        unsafe {
+            pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
+            let mut new_index_entries = false;
+            // heapam reads no snapshot here; pass the active one if any.
+            let snap = if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { std::ptr::null_mut() };
+            pg_sys::simple_table_tuple_update(self.rel, tid, self.slot, snap, &mut new_index_entries);
+            if new_index_entries {
+                self.index(true);
+            }
+        }
+    }
+
+    pub fn rel(&self) -> pg_sys::Relation {
+        self.rel
+    }
+
+    unsafe fn index(&mut self, update: bool) {
         if (*self.rri).ri_NumIndices > 0 {
             let found = pg_sys::ExecInsertIndexTuples(
                 self.rri,
                 self.slot,
                 self.estate,
-                false,
+                update,
                 false,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
@@ -212,5 +236,33 @@ impl OpLog {
 
     pub fn close(self) {
         self.table.close();
+    }
+}
+
+/// Whether `index` of `table` holds a row, committed or this transaction's
+/// own (SnapshotSelf), whose first column equals `first` (compared with the
+/// equality function `eq`), or any row at all without `first`. A probe
+/// with no statement, for checks the apply makes on every batch.
+pub fn any_row(table: &'static CStr, index: &'static CStr, first: Option<(pg_sys::Datum, pg_sys::RegProcedure)>) -> bool {
+    unsafe {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(relid(table), lock);
+        let idx = pg_sys::index_open(relid(index), lock);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        let nkeys = if let Some((value, eq)) = first {
+            pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, eq, value);
+            1
+        } else {
+            0
+        };
+        let scan = pg_sys::index_beginscan(heap, idx, &raw mut pg_sys::SnapshotSelfData, nkeys, 0);
+        pg_sys::index_rescan(scan, &mut key, nkeys, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
     }
 }

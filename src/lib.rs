@@ -40,6 +40,7 @@ mod node;
 mod ops;
 mod replication;
 mod row_ops;
+mod row_state;
 mod rows;
 mod security;
 mod spi;
@@ -60,7 +61,7 @@ extension_sql_file!(
         ops::delta_error,
         ops::op_encode_fields,
         ops::op_decode_fields,
-        apply::apply_ops_core,
+        apply::entry::apply_ops_core,
         trigger::record_local_ops,
         trigger::forget_layout,
         trigger::replicate_table,

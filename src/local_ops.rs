@@ -11,7 +11,6 @@
 use crate::direct::{attnum, int4, int8, relid, text, OpLog};
 use std::ffi::CStr;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 
 /// Hold this node's op-counter lock to the end of the transaction.
 fn lock_counter() {
@@ -97,33 +96,71 @@ thread_local! {
 /// (first column: actor = `actor`), in `view`. With `floor`, only rows
 /// whose second index column is at least `floor`.
 fn newest(table: &'static CStr, index: &'static CStr, actor: &str, column: &str, floor: Option<i64>, view: View) -> Option<i64> {
+    let range = (floor, None);
+    scan(table, index, actor, column, range, pg_sys::ScanDirection::BackwardScanDirection, Some(1), view).pop()
+}
+
+/// The counters of `actor`'s ops applied here with counters in `lo..=hi`,
+/// read from the log's unique (actor, counter) index of applied ops.
+pub fn applied_between(actor: &str, lo: i64, hi: i64) -> Vec<i64> {
+    let forward = pg_sys::ScanDirection::ForwardScanDirection;
+    scan(c"op_log", c"op_log_applied_once", actor, "counter", (Some(lo), Some(hi)), forward, None, View::Newest)
+}
+
+/// `actor`'s contiguous frontier here: every counter up to it is applied.
+pub fn contiguous(actor: &str) -> i64 {
+    newest(c"actor_frontier", c"actor_frontier_pkey", actor, "contiguous", None, View::Newest).unwrap_or(0)
+}
+
+/// `column` of the rows of `table` that `index` (first column: actor =
+/// `actor`; second, when `range` bounds it, within `range`) finds, in
+/// `direction`, at most `limit`, in `view`.
+#[allow(clippy::too_many_arguments)]
+fn scan(
+    table: &'static CStr,
+    index: &'static CStr,
+    actor: &str,
+    column: &str,
+    range: (Option<i64>, Option<i64>),
+    direction: pg_sys::ScanDirection::Type,
+    limit: Option<usize>,
+    view: View,
+) -> Vec<i64> {
     unsafe {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let heap = pg_sys::table_open(relid(table), lock);
         let idx = pg_sys::index_open(relid(index), lock);
-        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
         let actor_datum = actor.into_datum().expect("text");
         pg_sys::ScanKeyInit(&mut keys[0], 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_TEXTEQ.into(), actor_datum);
         // Compare as the index sorts (its collation), or the descent can miss.
         keys[0].sk_collation = *(*idx).rd_indcollation;
         let mut nkeys = 1;
-        if let Some(f) = floor {
+        if let Some(lo) = range.0 {
             let ge = pg_sys::BTGreaterEqualStrategyNumber as u16;
-            pg_sys::ScanKeyInit(&mut keys[1], 2, ge, pg_sys::F_INT8GE.into(), pg_sys::Datum::from(f));
-            nkeys = 2;
+            pg_sys::ScanKeyInit(&mut keys[nkeys], 2, ge, pg_sys::F_INT8GE.into(), pg_sys::Datum::from(lo));
+            nkeys += 1;
+        }
+        if let Some(hi) = range.1 {
+            let le = pg_sys::BTLessEqualStrategyNumber as u16;
+            pg_sys::ScanKeyInit(&mut keys[nkeys], 2, le, pg_sys::F_INT8LE.into(), pg_sys::Datum::from(hi));
+            nkeys += 1;
         }
         let snapshot = match view {
             View::Newest => &raw mut pg_sys::SnapshotSelfData,
             View::Statement => pg_sys::GetActiveSnapshot(),
         };
-        let scan = pg_sys::index_beginscan(heap, idx, snapshot, nkeys, 0);
-        pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+        let scan = pg_sys::index_beginscan(heap, idx, snapshot, nkeys as i32, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys as i32, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-        let mut out = None;
-        if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::BackwardScanDirection, slot) {
+        let att = attnum(heap, column);
+        let mut out = Vec::new();
+        while limit.is_none_or(|l| out.len() < l) && pg_sys::index_getnext_slot(scan, direction, slot) {
             let mut isnull = false;
-            let d = pg_sys::slot_getattr(slot, attnum(heap, column), &mut isnull);
-            out = (!isnull).then(|| d.value() as i64);
+            let d = pg_sys::slot_getattr(slot, att, &mut isnull);
+            if !isnull {
+                out.push(d.value() as i64);
+            }
         }
         pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
@@ -143,10 +180,11 @@ fn last_op_counter(actor: &str) -> i64 {
 
 /// Log the ops of one row change of this node: one op per changed column,
 /// with consecutive counters.
-pub fn log_local_ops(me: &str, table: &str, key: &serde_json::Value, cols: &[String], deltas: Vec<Vec<u8>>) {
+/// `key` is the row's key as a jsonb datum.
+pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], deltas: Vec<Vec<u8>>) {
     let n = cols.len() as i64;
     let last = take_counters(me, n);
-    let key = JsonB(key.clone()).into_datum();
+    let key = Some(key);
     let deps = Vec::<String>::new().into_datum();
     let mut log = OpLog::open();
     for (i, (col, delta)) in cols.iter().zip(deltas).enumerate() {

@@ -2,23 +2,23 @@
 //! replicated table (SPEC section 4): an lwwmap delta of the changed
 //! non-CRDT columns plus "$live", kept per row in `converge.row_state`.
 //!
-//! This replaced a PL/pgSQL function called through SPI (about ten
-//! statements per row). Now: the rows become jsonb through one prepared
-//! `to_jsonb` per table (as the caller: the row's own values), the clock is
-//! computed here, row_state is read and written with two prepared
-//! statements as converge's owner, and the op row goes straight into the
-//! log (`local_ops`). The owner's statements name every object and
-//! operator with its schema, so they run without a search_path switch.
+//! Everything here stays out of SQL (this replaced a PL/pgSQL function of
+//! about ten statements per row, then two planned statements per row):
+//! the new row becomes JSON through `row_to_json` called directly, an
+//! update puts only the columns whose stored values changed (the trigger
+//! compares them), the clock is computed here, the row's row_state entry
+//! is read, locked and rewritten in place (`row_state`), and the op row
+//! goes straight into the log (`local_ops`). Only the first row op of a
+//! key inserts its entry with a statement (an upsert, for the race with
+//! an apply inserting the same key).
 //!
-//! Differences from the PL/pgSQL version it replaced: a column's change is
-//! detected on the JSON values as serde sees them, so a numeric that only
-//! changed scale (1.5 to 1.50) now ships as a change; a column listed in
-//! the layout but absent from the row (renamed without running replicate
-//! again) is skipped instead of put as null; one dot is drawn per row op.
+//! A column listed in the layout but absent from the row (renamed without
+//! running replicate again) is skipped; one dot is drawn per row op.
 
 use crate::errors::raise;
 use converge_core::types::LwwMap;
-use converge_core::{decode_trusted, encode, from_text, to_text, Crdt, Json};
+use crate::direct::Table;
+use converge_core::{decode_trusted, encode, to_text, Crdt, Json};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -35,114 +35,108 @@ pub enum RowEvent {
 /// What the row op needs from the trigger.
 pub struct RowChange<'a> {
     pub rel: pg_sys::Oid,
-    pub rowtype: pg_sys::Oid,
     /// The table's qualified name, as ops name it.
     pub table: &'a str,
     pub other: &'a [String],
+    /// An update's non-CRDT columns whose stored values changed.
+    pub changed: Vec<&'a str>,
     /// The deleted row's CRDT columns as (column, text form).
     pub gone: Map<String, Value>,
     pub crdt: &'a HashMap<String, String>,
     pub event: RowEvent,
     pub key: &'a Value,
-    pub new: Option<DatumWithOid<'a>>,
-    pub old: Option<DatumWithOid<'a>>,
+    /// The new row (insert, update) as a composite datum.
+    pub new: Option<pg_sys::Datum>,
+    /// Whether its JSON must be checked by jsonb (see `row_values`).
+    pub check_json: bool,
 }
 
 fn fail(e: impl std::fmt::Display) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("recording a row op: {e}"))
 }
 
-/// `to_jsonb` of rows of one table, as the caller: {column: value}.
-fn row_json(rowtype: pg_sys::Oid, rows: [Option<DatumWithOid>; 2]) -> [Map<String, Value>; 2] {
-    let [a, b] = rows;
-    let (a_null, b_null) = (a.is_none(), b.is_none());
-    let args = [a.unwrap_or_else(|| DatumWithOid::null_oid(rowtype)), b.unwrap_or_else(|| DatumWithOid::null_oid(rowtype))];
-    // Prepared per row type (the helper keys plans by argument types).
-    let out = crate::spi::prepared("SELECT pg_catalog.to_jsonb($1), pg_catalog.to_jsonb($2)", &args, |t| {
-        let r = t.first();
-        Ok((r.get::<JsonB>(1)?, r.get::<JsonB>(2)?))
-    })
-    .unwrap_or_else(|e| fail(e));
-    let obj = |j: Option<JsonB>, null: bool| match j {
-        Some(JsonB(Value::Object(m))) if !null => m,
-        _ => Map::new(),
+/// The row's columns as JSON values, {column: value}, as `row_to_json`
+/// renders them: as `to_jsonb` does, except that `json` values and float
+/// exponents keep their text form (every node writes the same text back
+/// through jsonb, so all reach the same value). A `json` value jsonb
+/// refuses (a \u0000 escape, a number beyond numeric's range) would be
+/// refused by the other nodes only: with `check` (the table has `json`,
+/// composite or range columns) the row goes through `jsonb_in` here first,
+/// and such a write fails here as it did with `to_jsonb`.
+fn row_values(row: Option<pg_sys::Datum>, check: bool) -> Map<String, Value> {
+    let Some(row) = row else { return Map::new() };
+    let text = unsafe {
+        let json = pgrx::direct_function_call_as_datum(pg_sys::row_to_json, &[Some(row)]).expect("row_to_json");
+        let cstr = pg_sys::text_to_cstring(json.cast_mut_ptr());
+        if check {
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(cstr))]);
+        }
+        std::ffi::CStr::from_ptr(cstr).to_string_lossy().into_owned()
     };
-    [obj(out.0, a_null), obj(out.1, b_null)]
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => Map::new(),
+        Err(e) => fail(e),
+    }
 }
 
 /// Record the row op of `ch`; returns the CRDT state a re-inserted key
 /// resumes (its tombstone's stash), empty otherwise.
 pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
-    let [new, old] = row_json(ch.rowtype, [ch.new, ch.old]);
-    let pick = |row: &Map<String, Value>| -> Map<String, Value> {
-        ch.other.iter().filter_map(|o| row.get(o).map(|v| (o.clone(), v.clone()))).collect()
-    };
-    let (nnew, nold) = (pick(&new), pick(&old));
+    let new = row_values(ch.new, ch.check_json);
     let key = ch.key;
-    let (clock0, stash0) = crate::security::as_owner_id(|| read_state(ch.rel, key));
-    let mut clock = clock0.clone().unwrap_or_default();
-    let mut stash = stash0.unwrap_or_default();
+    let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+    let mut state = Table::open(c"row_state");
+    let locked = crate::row_state::lock(&state, ch.rel, key_datum);
+    let before = locked.as_ref().map(|l| l.clock.clone()).unwrap_or_default();
+    let mut clock = before.clone();
+    let mut stash = locked.as_ref().map(|l| l.stash.clone()).unwrap_or_default();
     let mut resume = Map::new();
     let (_, _) = crate::node::mutation(); // a row op is data written by this node
     let put = |clock: &mut LwwMap, k: &str, v: &Value| {
         let ts = crate::node::timestamp(me, clock.max_timestamp());
         clock.put(k, Json::from_value(v), ts);
     };
-    if ch.event == RowEvent::Delete {
-        put(&mut clock, "$live", &Value::Bool(false));
-        // The row is gone: its CRDT state moves to the tombstone.
-        stash = crate::rows::merge_stash(&stash, &ch.gone, ch.crdt);
-    } else {
-        for (k, v) in &nnew {
-            if ch.event == RowEvent::Insert || nold.get(k) != Some(v) {
-                put(&mut clock, k, v);
+    match ch.event {
+        RowEvent::Delete => {
+            put(&mut clock, "$live", &Value::Bool(false));
+            // The row is gone: its CRDT state moves to the tombstone.
+            stash = crate::rows::merge_stash(&stash, &ch.gone, ch.crdt);
+        }
+        RowEvent::Update => {
+            for k in &ch.changed {
+                if let Some(v) = new.get(*k) {
+                    put(&mut clock, k, v);
+                }
             }
         }
-        if ch.event == RowEvent::Insert {
+        RowEvent::Insert => {
+            for k in ch.other {
+                if let Some(v) = new.get(k) {
+                    put(&mut clock, k, v);
+                }
+            }
             put(&mut clock, "$live", &Value::Bool(true));
             // The key comes back from a tombstone: it resumes the CRDT
             // state the tombstone kept (every node does the same).
             resume = std::mem::take(&mut stash);
         }
     }
-    let before = clock0.unwrap_or_default();
     if clock == before {
+        state.close();
         return resume;
     }
     let delta = encode(&LwwMap::delta(&clock, &before));
-    crate::local_ops::log_local_ops(me, ch.table, ch.key, &[String::new()], vec![delta]);
+    crate::local_ops::log_local_ops(me, ch.table, key_datum, &[String::new()], vec![delta]);
     let live = ch.event != RowEvent::Delete;
-    crate::security::as_owner_id(|| write_state(ch.rel, key, &clock, live, stash));
+    match locked {
+        Some(entry) => crate::row_state::rewrite(&mut state, entry, ch.rel, key_datum, &clock, live, stash),
+        // A new key: an upsert, which waits for (and then overwrites) an
+        // entry another transaction is inserting.
+        None => crate::security::as_owner_id(|| write_state(ch.rel, key, &clock, live, stash)),
+    }
+    state.close();
     resume
-}
-
-/// The row's clock and stash, locked (None when the row has no state yet).
-///
-/// Planned afresh on every call (CURSOR_OPT_CUSTOM_PLAN): a generic plan
-/// made while row_state is still empty is a sequential scan, and it would
-/// stay one, a full scan per row op, until the table is next analyzed.
-fn read_state(rel: pg_sys::Oid, key: &Value) -> (Option<LwwMap>, Option<Map<String, Value>>) {
-    let rows = crate::spi::planned_rows(
-        c"SELECT s.clock::pg_catalog.text, s.stash FROM converge.row_state s
-           WHERE s.tbl OPERATOR(pg_catalog.=) $1::pg_catalog.regclass
-             AND s.target_key OPERATOR(pg_catalog.=) $2 FOR UPDATE",
-        pg_sys::CURSOR_OPT_CUSTOM_PLAN,
-        &[pg_sys::OIDOID, pg_sys::JSONBOID],
-        vec![Some(pg_sys::Datum::from(rel)), JsonB(key.clone()).into_datum()],
-        |tup, desc| unsafe {
-            let (mut n1, mut n2) = (false, false);
-            let clock = String::from_datum(pg_sys::SPI_getbinval(tup, desc, 1, &mut n1), n1);
-            let stash = JsonB::from_datum(pg_sys::SPI_getbinval(tup, desc, 2, &mut n2), n2);
-            (clock, stash)
-        },
-    );
-    let Some((clock, stash)) = rows.into_iter().next() else { return (None, None) };
-    let clock = clock.map(|t| from_text::<LwwMap>(&t).unwrap_or_else(|e| fail(e))).unwrap_or_default();
-    let stash = match stash {
-        Some(JsonB(Value::Object(m))) => m,
-        _ => Map::new(),
-    };
-    (Some(clock), Some(stash))
 }
 
 fn write_state(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: Map<String, Value>) {

@@ -159,11 +159,7 @@ pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         .with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone())))
         .unwrap_or_else(|| (cur, cur_sec, current_path()));
     let (role, sec) = if unsafe { pg_sys::superuser_arg(user) } {
-        let owner = crate::spi::prepared("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[rel.into()], |t| {
-            if t.is_empty() { Ok(None) } else { t.first().get_one::<pg_sys::Oid>() }
-        })
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the owner of a table: {e}")))
-        .unwrap_or(user);
+        let owner = relowner(rel).unwrap_or(user);
         let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
         (owner, if owner == user { sec } else { sec | flags })
     } else {
@@ -173,6 +169,20 @@ pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let nest = set_path(&path);
     let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
     f()
+}
+
+/// The owner of table `rel`, from the relcache (no statement: the worker
+/// asks once per applied batch).
+fn relowner(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    unsafe {
+        let r = pg_sys::RelationIdGetRelation(rel);
+        if r.is_null() {
+            return None;
+        }
+        let owner = (*(*r).rd_rel).relowner;
+        pg_sys::RelationClose(r);
+        Some(owner)
+    }
 }
 
 fn table_name(rel: pg_sys::Oid) -> String {

@@ -13,7 +13,6 @@ use crate::errors::raise_hint;
 use crate::node;
 use crate::row_ops::{RowChange, RowEvent};
 use converge_core::{decode_trusted, encode, Crdt};
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -33,8 +32,11 @@ struct Meta {
     crdt: Vec<Column>,
     /// CRDT column -> converge type name.
     crdt_types: HashMap<String, String>,
-    other: Vec<usize>,
+    /// The non-CRDT columns present in the table: (index, name).
+    other: Vec<(usize, String)>,
     other_names: Vec<String>,
+    /// Some non-CRDT column may render JSON that jsonb refuses (row_ops).
+    check_json: bool,
 }
 
 thread_local! {
@@ -113,17 +115,29 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
         let col = |n: &String, kind: String| index_of(n).map(|index| Column { index, name: n.clone(), kind });
         let mut crdt_cols: Vec<Column> = crdt.iter().filter_map(|(n, t)| col(n, t.clone())).collect();
         crdt_cols.sort_by(|a, b| a.name.cmp(&b.name));
+        let check_json = other.iter().filter_map(|n| index_of(n)).any(|i| unsafe { json_unchecked(attr((*rel).rd_att, i).atttypid) });
         Rc::new(Meta {
+            check_json,
             name,
             keys: keys.iter().filter_map(|k| col(k, String::new())).collect(),
             crdt: crdt_cols,
             crdt_types: crdt.clone(),
-            other: other.iter().filter_map(|n| index_of(n)).collect(),
+            other: other.iter().filter_map(|n| index_of(n).map(|i| (i, n.clone()))).collect(),
             other_names: other.clone(),
         })
     });
     META.with(|c| c.borrow_mut().insert(relid, m.clone()));
     m
+}
+
+/// Whether values of type `typid` may hold `json` text that `row_to_json`
+/// passes through unchecked: json itself, or a composite or range (which
+/// may hold json), directly, in an array or under a domain.
+unsafe fn json_unchecked(typid: pg_sys::Oid) -> bool {
+    let base = pg_sys::getBaseType(typid);
+    let elem = pg_sys::get_element_type(base);
+    let t = if elem == pg_sys::InvalidOid { base } else { pg_sys::getBaseType(elem) };
+    t == pg_sys::JSONOID || matches!(pg_sys::get_typtype(t) as u8, b'c' | b'r' | b'm')
 }
 
 /// Drop every session's cached layout of `tbl` (converge.replicate calls it
@@ -342,27 +356,31 @@ fn record_local_ops<'a>(
             }
         }
         if !cols.is_empty() {
-            crate::local_ops::log_local_ops(&me, &meta.name, &key, &cols, deltas);
+            let key = pgrx::JsonB(key.clone()).into_datum().expect("jsonb");
+            crate::local_ops::log_local_ops(&me, &meta.name, key, &cols, deltas);
         }
     }
     // The row itself: inserted, deleted, or a non-CRDT column changed.
-    let row_changed = match (&new, &old) {
-        (Some(n), Some(o)) => meta.other.iter().any(|&i| unsafe {
-            n.nulls[i] != o.nulls[i] || (!n.nulls[i] && !same_value(attr(desc, i), n.values[i], o.values[i]))
-        }),
-        _ => true,
+    let changed: Vec<&str> = match (&new, &old) {
+        (Some(n), Some(o)) => meta
+            .other
+            .iter()
+            .filter(|(i, _)| unsafe {
+                let i = *i;
+                n.nulls[i] != o.nulls[i] || (!n.nulls[i] && !same_value(attr(desc, i), n.values[i], o.values[i]))
+            })
+            .map(|(_, name)| name.as_str())
+            .collect(),
+        _ => Vec::new(),
     };
-    if row_changed {
-        let rowtype = unsafe { (*(*rel).rd_rel).reltype };
-        let as_datum = |t: pg_sys::HeapTuple| unsafe {
-            Some(DatumWithOid::new(pg_sys::heap_copy_tuple_as_datum(t, desc), rowtype))
-        };
-        let (newrow, oldrow, event) = if is_insert {
-            (as_datum(td.tg_trigtuple), None, RowEvent::Insert)
+    if is_insert || is_delete || !changed.is_empty() {
+        let as_datum = |t: pg_sys::HeapTuple| unsafe { Some(pg_sys::heap_copy_tuple_as_datum(t, desc)) };
+        let (newrow, event) = if is_insert {
+            (as_datum(td.tg_trigtuple), RowEvent::Insert)
         } else if is_delete {
-            (None, as_datum(td.tg_trigtuple), RowEvent::Delete)
+            (None, RowEvent::Delete)
         } else {
-            (as_datum(td.tg_newtuple), as_datum(td.tg_trigtuple), RowEvent::Update)
+            (as_datum(td.tg_newtuple), RowEvent::Update)
         };
         // A deleted row's CRDT state, for its tombstone.
         let gone = match (&old, event) {
@@ -378,15 +396,15 @@ fn record_local_ops<'a>(
         };
         let change = RowChange {
             rel: unsafe { (*rel).rd_id },
-            rowtype,
             table: &meta.name,
             other: &meta.other_names,
+            changed,
             gone,
             crdt: &meta.crdt_types,
             event,
             key: &key,
             new: newrow,
-            old: oldrow,
+            check_json: meta.check_json,
         };
         let stash = crate::row_ops::record(&me, change);
         if !stash.is_empty() {

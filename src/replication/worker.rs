@@ -346,10 +346,11 @@ fn rejoin(peer: &PeerRow) -> Result<(), String> {
         let mut conn = Conn::connect(&peer.conninfo).map_err(|e| e.message)?;
         super::peers::ensure_slot(&peer.name, &mut conn, &peer.slot, &stop_requested);
         let copied = super::peers::copy_missing(&peer.name, &mut conn, origin, &stop_requested);
-        let _ = Spi::run_with_args(
+        let _ = crate::spi::prepared(
             "UPDATE converge.peer_status SET rejoining = false, state = 'ok', last_error = NULL, last_success = clock_timestamp()
               WHERE name = $1",
             &[peer.name.as_str().into()],
+            |_| Ok(()),
         );
         pgrx::log!("converge: rejoined peer \"{}\" ({copied} ops copied)", peer.name);
         Ok(())
@@ -440,10 +441,11 @@ fn apply(link: &mut Link) -> bool {
     link.ready_txns = 0;
     link.ready_bytes = 0;
     let result = in_transaction(std::panic::AssertUnwindSafe(|| {
-        let active = crate::spi::read_one::<bool>(
-            "SELECT NOT paused FROM converge.peer WHERE name = $1",
-            &[peer.name.as_str().into()],
-        );
+        // Prepared once per worker (these two run per applied batch).
+        let active = crate::spi::prepared("SELECT NOT paused FROM converge.peer WHERE name = $1", &[peer.name.as_str().into()], |t| {
+            if t.is_empty() { Ok(None) } else { t.first().get_one::<bool>() }
+        })
+        .unwrap_or_else(|e| crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading converge.peer: {e}")));
         if active != Some(true) {
             return false;
         }
@@ -451,7 +453,7 @@ fn apply(link: &mut Link) -> bool {
         let Some(origin) = origin else { return false };
         pull::apply_encoded(ops, &peer.name, origin, lsn, time);
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
-        let _ = Spi::run_with_args(
+        let _ = crate::spi::prepared(
             "UPDATE converge.peer_status SET state = 'ok', confirmed_lsn = $2::pg_lsn, last_success = clock_timestamp(),
                     lag_seconds = $3, ops_received = ops_received + $4, bytes_received = bytes_received + $5
               WHERE name = $1",
@@ -462,6 +464,7 @@ fn apply(link: &mut Link) -> bool {
                 (n as i64).into(),
                 (bytes as i64).into(),
             ],
+            |_| Ok(()),
         );
         true
     }));

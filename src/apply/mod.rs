@@ -17,7 +17,15 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod entry;
+mod merge;
+
+pub use entry::apply_decoded;
+pub use merge::merge_states;
+use merge::gate_and_merge;
+
 /// One op of the batch, as given, with what classification found.
+#[derive(Default)]
 struct Item {
     n: usize,
     op_id: Option<String>,
@@ -133,7 +141,6 @@ fn merge_bytes(coltype: &str, deltas: &[&[u8]]) -> Vec<u8> {
     for_crdt_type!(coltype, T => merge_all::<T>(deltas), _ => spi_err(format!("not a converge type: {coltype}")))
 }
 
-use crate::rows::ident as quote_ident;
 
 thread_local! {
     /// resolve()'s answers across calls, by (role, search_path, name): the
@@ -468,9 +475,14 @@ fn deps_of(it: &Item) -> Vec<String> {
     it.deps.iter().flatten().flatten().cloned().collect()
 }
 
-/// Of these op_ids, the ones applied here: one index range scan per actor
-/// (counters at or below the actor's contiguous frontier are applied without
-/// looking further).
+/// Of these op_ids, the ones applied here: per actor, its contiguous
+/// frontier (every counter up to it is applied) and one range scan of the
+/// log's index of applied ops above it, read directly (a prepared
+/// statement kept the plan it got while the log was empty, a sequential
+/// scan of the whole log per batch, until the next ANALYZE).
+///
+/// Both reads see every committed row and this transaction's own, not a
+/// snapshot: an op another session applied since is a duplicate here too.
 fn applied_set(ids: &[String]) -> HashSet<String> {
     let mut by_actor: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for id in ids {
@@ -478,38 +490,17 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
             by_actor.entry(a).or_default().push(c);
         }
     }
-    if by_actor.is_empty() {
-        return HashSet::new();
+    let mut found: HashSet<(&str, u64)> = HashSet::new();
+    for (actor, counters) in &by_actor {
+        let (lo, hi) = (*counters.iter().min().unwrap() as i64, *counters.iter().max().unwrap() as i64);
+        let upto = crate::local_ops::contiguous(actor);
+        found.extend(counters.iter().filter(|c| **c as i64 <= upto).map(|c| (*actor, *c)));
+        if hi > upto {
+            let above = crate::local_ops::applied_between(actor, lo.max(upto + 1), hi);
+            found.extend(above.into_iter().map(|c| (*actor, c as u64)));
+        }
     }
-    let actors: Vec<String> = by_actor.keys().map(|a| a.to_string()).collect();
-    let lows: Vec<i64> = by_actor.values().map(|c| *c.iter().min().unwrap() as i64).collect();
-    let highs: Vec<i64> = by_actor.values().map(|c| *c.iter().max().unwrap() as i64).collect();
-    // A generic plan: the arrays' lengths change nothing in how to read
-    // them, and a custom plan per call cost more than the read.
-    let found: Vec<(String, i64)> = crate::spi::planned_rows(
-        c"SELECT u.a, l.counter
-            FROM unnest($1::text[], $2::int8[], $3::int8[]) u(a, lo, hi)
-            LEFT JOIN converge.actor_frontier f ON f.actor = u.a
-            JOIN LATERAL (SELECT g AS counter FROM generate_series(u.lo, least(u.hi, coalesce(f.contiguous, 0))) g
-                          UNION ALL
-                          SELECT l.counter FROM converge.op_log l
-                           WHERE l.actor = u.a AND l.outcome = 'applied'
-                             AND l.counter BETWEEN greatest(u.lo, coalesce(f.contiguous, 0) + 1) AND u.hi) l ON true",
-        pg_sys::CURSOR_OPT_GENERIC_PLAN,
-        &[pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
-        vec![actors.into_datum(), lows.into_datum(), highs.into_datum()],
-        |tup, desc| unsafe {
-            let (mut n1, mut n2) = (false, false);
-            let a = String::from_datum(pg_sys::SPI_getbinval(tup, desc, 1, &mut n1), n1).unwrap_or_default();
-            let c = i64::from_datum(pg_sys::SPI_getbinval(tup, desc, 2, &mut n2), n2).unwrap_or(0);
-            (a, c)
-        },
-    );
-    let found: HashSet<(String, i64)> = found.into_iter().collect();
-    ids.iter()
-        .filter(|id| parse_op_id(id).is_some_and(|(a, c)| found.contains(&(a.to_string(), c as i64))))
-        .cloned()
-        .collect()
+    ids.iter().filter(|id| parse_op_id(id).is_some_and(|(a, c)| found.contains(&(a, c)))).cloned().collect()
 }
 
 /// Positions (n) of the fresh ops that must wait: a dep neither applied
@@ -546,14 +537,14 @@ fn blocked(fresh: &[&Item]) -> HashSet<usize> {
 /// Move `actor`'s contiguous frontier past the counters just applied
 /// (`won`, sorted) and any applied earlier out of order.
 fn advance_frontier(actor: &str, won: &[i64]) {
-    let cur = crate::spi::prepared(
-        "INSERT INTO converge.actor_frontier AS f (actor) VALUES ($1)
-             ON CONFLICT (actor) DO UPDATE SET contiguous = f.contiguous RETURNING f.contiguous",
-        &[actor.into()],
-        |t| if t.is_empty() { Ok(None) } else { t.first().get_one::<i64>() },
-    )
-    .unwrap_or_else(|e| spi_err(e))
-    .unwrap_or(0);
+    // Appliers of one actor take turns here to the end of their
+    // transactions (an advisory lock on the actor's hash: no statement, no
+    // row version), so each reads what the one before it committed: two
+    // batches of one actor applied at once cannot leave the frontier short
+    // of what both applied. (converge's advisory keys: 7231 op_id buckets,
+    // 7232 a peer's sync (peers.rs), 7233 an actor's frontier.)
+    advisory_xact_lock(7233, (crate::replication::peers::stable_hash(actor) & 0x7fff_ffff) as i32, true);
+    let cur = crate::local_ops::contiguous(actor);
     let mut next = cur;
     for c in won.iter().copied().skip_while(|c| *c <= cur) {
         if c != next + 1 {
@@ -563,24 +554,8 @@ fn advance_frontier(actor: &str, won: &[i64]) {
     }
     // Counters applied by earlier batches (out of order) may continue the
     // run: a probe of the unique index first, a range read only if so.
-    loop {
-        let follows = crate::spi::prepared(
-            "SELECT EXISTS (SELECT 1 FROM converge.op_log WHERE actor = $1 AND counter = $2 AND outcome = 'applied')",
-            &[actor.into(), (next + 1).into()],
-            |t| t.first().get_one::<bool>(),
-        )
-        .unwrap_or_else(|e| spi_err(e))
-        .unwrap_or(false);
-        if !follows {
-            break;
-        }
-        let more: Vec<i64> = crate::spi::prepared(
-            "SELECT counter FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' AND counter > $2
-                  ORDER BY counter LIMIT 1000",
-            &[actor.into(), next.into()],
-            |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect()),
-        )
-        .unwrap_or_else(|e| spi_err(e));
+    while !crate::local_ops::applied_between(actor, next + 1, next + 1).is_empty() {
+        let more = crate::local_ops::applied_between(actor, next + 1, next + 1000);
         for c in &more {
             if *c != next + 1 {
                 break;
@@ -592,269 +567,47 @@ fn advance_frontier(actor: &str, won: &[i64]) {
         }
     }
     if next > cur {
-        run("UPDATE converge.actor_frontier SET contiguous = $2 WHERE actor = $1", &[actor.into(), next.into()]);
+        run(
+            "INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES ($1, $2)
+                 ON CONFLICT (actor) DO UPDATE SET contiguous = greatest(f.contiguous, EXCLUDED.contiguous)",
+            &[actor.into(), next.into()],
+        );
     }
 }
 
-use crate::trigger::set_applying;
-
-/// Merge the deltas of `ops` (all valid, all through the gate) into their
-/// rows: row ops first, in batch order; then per (table, column) one upsert
-/// with each row's deltas merged here first, rows in key order.
-fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
-    set_applying(true);
-    let mut groups: BTreeMap<(u32, String), Vec<&Item>> = BTreeMap::new();
-    for it in ops {
-        let t = &targets[it.target.expect("classified")];
-        groups.entry((t.rel.to_u32(), it.column.clone().unwrap_or_default())).or_default().push(it);
-    }
-    for ((_, col), items) in &groups {
-        let t = &targets[items[0].target.expect("classified")];
-        let coltype = items[0].coltype.as_deref().expect("classified");
-        let keys: Vec<String> = t.keys.iter().map(|k| quote_ident(k)).collect();
-        if coltype == "row" {
-            let ops: Vec<(serde_json::Value, Vec<u8>)> =
-                items.iter().map(|i| (i.key.clone().unwrap_or_default(), i.delta.clone().unwrap_or_default())).collect();
-            crate::rows::merge_row_ops(&row_table(t), &t.other, ops);
-            continue;
-        }
-        // The deltas of one row, merged (canonical JSON of the key as its name).
-        let mut per_key: BTreeMap<String, (serde_json::Value, Vec<&[u8]>)> = BTreeMap::new();
-        for it in items {
-            let key = it.key.clone().unwrap_or_default();
-            per_key.entry(key.to_string()).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
-        }
-        let (key_json, merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) =
-            per_key.into_values().map(|(k, ds)| (k, merge_bytes(coltype, &ds))).unzip();
-        let rel = t.name.clone();
-        let cols = keys.join(", ");
-        let qcol = quote_ident(col);
-        // Rows deleted here (tombstones): their deltas go to the stash. The
-        // tombstones are locked, so a concurrent local re-insert either sees
-        // the stash grown or has made the row live first.
-        let dead: HashSet<usize> = tombstones(t.rel, &key_json).into_iter().collect();
-        if !dead.is_empty() {
-            let pick = |v: &[Vec<u8>]| dead.iter().map(|&i| v[i].clone()).collect::<Vec<Vec<u8>>>();
-            let keys_dead: Vec<JsonB> = dead.iter().map(|&i| JsonB(key_json[i].clone())).collect();
-            run(
-                &format!(
-                    "UPDATE converge.row_state rs
-                        SET stash = rs.stash || jsonb_build_object($4::text,
-                            converge.merge(coalesce(rs.stash ->> $4, '{{}}')::converge.{coltype}, d.v::converge.{coltype})::text)
-                       FROM unnest($2::jsonb[], $3::bytea[]) d(key, v)
-                      WHERE rs.tbl = $1::oid::regclass AND rs.target_key = d.key"
-                ),
-                &[t.rel.into(), keys_dead.into(), pick(&merged).into(), col.clone().into()],
-            );
-        }
-        let live: Vec<usize> = (0..key_json.len()).filter(|i| !dead.contains(i)).collect();
-        if live.is_empty() {
-            continue;
-        }
-        let live_keys: Vec<serde_json::Value> = live.iter().map(|&i| key_json[i].clone()).collect();
-        let live_merged: Vec<Vec<u8>> = live.iter().map(|&i| merged[i].clone()).collect();
-        // Keys travel as text per key column and are cast to the column's type.
-        let mut args: Vec<DatumWithOid> = vec![t.rel.into(), live_merged.into()];
-        let mut names = Vec::new();
-        let mut casts = Vec::new();
-        for (i, (k, ty)) in t.keys.iter().zip(&t.key_types).enumerate() {
-            let texts: Vec<Option<String>> = live_keys
-                .iter()
-                .map(|kv| match kv.get(k) {
-                    None | Some(serde_json::Value::Null) => None,
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(other) => Some(other.to_string()),
-                })
-                .collect();
-            args.push(texts.into());
-            names.push(format!("k{i}"));
-            casts.push(format!("u.k{i}::{ty}"));
-        }
-        let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("${}::text[]", i + 3)).collect();
-        let upsert = format!(
-                "INSERT INTO {rel} AS t ({cols}, {qcol})
-                 SELECT {casts}, u.v::converge.{coltype}
-                   FROM unnest($2::bytea[], {texts}) u(v, {names})
-                  WHERE $1::oid IS NOT NULL
-                  ORDER BY {order}
-                 ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})",
-                casts = casts.join(", "),
-                texts = texts.join(", "),
-                names = names.join(", "),
-                order = (1..=t.keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
-            );
-        // The user's table is written as the caller (its rights, its triggers).
-        crate::security::as_writer(t.rel, || run(&upsert, &args));
-        // A local DELETE that committed while the upsert waited for it leaves
-        // a tombstone: the upsert made that row again, so bury it (its state
-        // joins the stash, as on every other node).
-        let zombies = tombstones(t.rel, &live_keys);
-        if !zombies.is_empty() {
-            let keys: Vec<serde_json::Value> = zombies.iter().map(|&i| live_keys[i].clone()).collect();
-            crate::rows::bury(&row_table(t), &keys);
-        }
-    }
-    set_applying(false);
+/// Whether converge.pending holds any op (a probe, no statement: most
+/// batches find it empty and skip the statements that read it).
+fn pending_any() -> bool {
+    crate::direct::any_row(c"pending", c"pending_pkey", None)
 }
 
-/// Positions (in `keys`) of the rows of `rel` that are tombstones here,
-/// locked (a lock that had to wait re-reads the row as last committed).
-fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
-    // Most tables have no tombstone at all: one probe of a partial index.
-    let any = keys.is_empty()
-        || crate::spi::prepared(
-            "SELECT EXISTS (SELECT 1 FROM converge.row_state WHERE tbl = $1::oid::regclass AND NOT live)",
-            &[rel.into()],
-            |t| if t.is_empty() { Ok(None) } else { t.first().get_one::<bool>() },
-        )
-        .unwrap_or_else(|e| spi_err(e))
-        .unwrap_or(false);
-    if keys.is_empty() || !any {
-        return Vec::new();
+/// Take the advisory locks of the op_id buckets (64 per database, under
+/// key 7231), sorted, exclusive where `excl` says so and shared otherwise:
+/// see step 3 of apply_classified.
+fn lock_buckets(ids: &[String], excl: &[bool]) {
+    let mut buckets: BTreeMap<i32, bool> = BTreeMap::new();
+    for (id, e) in ids.iter().zip(excl) {
+        // A hash every process computes alike (FNV-1a), whatever its build.
+        let b = (crate::replication::peers::stable_hash(id) & 63) as i32;
+        *buckets.entry(b).or_default() |= *e;
     }
-    let keys: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
-    crate::spi::prepared(
-        "SELECT u.i FROM unnest($2::jsonb[]) WITH ORDINALITY u(k, i)
-               JOIN converge.row_state rs ON rs.tbl = $1::oid::regclass AND rs.target_key = u.k
-              WHERE NOT rs.live ORDER BY u.i FOR UPDATE OF rs",
-        &[rel.into(), keys.into()],
-        |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten().map(|i| i as usize - 1)).collect()),
-    )
-    .unwrap_or_else(|e| spi_err(e))
+    for (b, e) in buckets {
+        advisory_xact_lock(7231, b, e);
+    }
 }
 
-/// The gate's fast path: `items` (sorted by actor and counter) go into the
-/// log as applied, straight into its heap and indexes (`direct`): no
-/// arrays to build, no statement to plan. A duplicate violates the log's
-/// unique (actor, counter) index and fails the batch's subtransaction,
-/// which then goes op by op through the guarded SQL insert.
-fn insert_applied(items: &[&Item], origin: &str) {
-    use crate::direct::{int4, int8, text, OpLog};
-    let mut log = OpLog::open();
-    for it in items {
-        log.append(&[
-            ("op_id", it.op_id.as_deref().and_then(text)),
-            ("actor", it.actor.as_deref().and_then(text)),
-            ("counter", it.counter.and_then(int8)),
-            ("target_table", it.table.as_deref().and_then(text)),
-            ("target_key", it.key.clone().and_then(|k| JsonB(k).into_datum())),
-            ("target_column", it.column.as_deref().and_then(text)),
-            ("schema_version", it.version.and_then(int4)),
-            ("epoch", it.epoch.and_then(int8)),
-            ("deps", it.deps.as_ref().and_then(|_| deps_of(it).into_datum())),
-            ("delta", it.delta.as_deref().and_then(|d| d.into_datum())),
-            ("signature", it.signature.as_deref().and_then(|d| d.into_datum())),
-            ("origin", text(origin)),
-        ]);
-    }
-    log.close();
-}
-
-/// Through the dedupe gate (an op_log row per op, unless another session
-/// applied it first) and into the rows. Returns (won, lost, rejected with reason).
-#[allow(clippy::type_complexity)]
-fn gate_and_merge<'a>(
-    ops: &[&'a Item],
-    targets: &[Target],
-    origin: &str,
-) -> (Vec<&'a Item>, Vec<&'a Item>, Vec<(&'a Item, String)>) {
-    // The gate: one op_log row per op. `guarded` (ON CONFLICT .. DO NOTHING)
-    // skips ops another session applied first; the fast path inserts plainly
-    // (cheaper) and falls back to op by op on a unique violation.
-    let gate = |items: &[&Item], guarded: bool| -> HashSet<String> {
-        // In (actor, counter) order: concurrent batches take the gate alike.
-        let mut sorted: Vec<&Item> = items.to_vec();
-        sorted.sort_by(|a, b| (&a.actor, a.counter).cmp(&(&b.actor, b.counter)));
-        if !guarded {
-            insert_applied(&sorted, origin);
-            return sorted.iter().filter_map(|i| i.op_id.clone()).collect();
-        }
-        let mut args = envelope_args(&sorted, None);
-        args.push(origin.to_string().into());
-        // Valid deps are op_ids, which never contain a comma.
-        args.push(sorted.iter().map(|i| i.deps.as_ref().map(|_| deps_of(i).join(","))).collect::<Vec<Option<String>>>().into());
-        let sql = "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
-                                         epoch, deps, delta, signature, outcome, origin)
-             SELECT u.op_id, u.actor, u.counter, u.tbl, u.key, u.col, u.ver, u.ep,
-                    string_to_array(u.deps_text, ','), u.delta, u.sig, 'applied', $12
-               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::int[],
-                           $8::int8[], $9::jsonb[], $10::bytea[], $11::bytea[], $13::text[])
-                    WITH ORDINALITY u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, deps_text, ord)
-              ORDER BY u.ord
-             ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING RETURNING op_id";
-        Spi::connect_mut(|c| {
-            c.update(sql, None, &args).map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
-        })
-        .unwrap_or_else(|e| spi_err(e))
-    };
-    let fast = subtransaction(|| {
-        let won_ids = gate(ops, false);
-        let (won, lost): (Vec<&Item>, Vec<&Item>) =
-            ops.iter().partition(|i| i.op_id.as_ref().is_some_and(|id| won_ids.contains(id)));
-        merge_into_rows(&won, targets);
-        (won, lost)
-    });
-    match fast {
-        Ok((won, lost)) => return (won, lost, Vec::new()),
-        Err(c) => reraise_if_transaction_error(&c),
-    }
-    // Something in the batch failed (say a key value of the wrong type):
-    // op by op, so only the culprit is rejected.
-    let (mut won, mut lost, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
-    let mut order: Vec<&Item> = ops.to_vec();
-    order.sort_by(|a, b| {
-        let ka = (targets[a.target.unwrap()].rel.to_u32(), &a.column, a.key.as_ref().map(|k| k.to_string()), a.n);
-        let kb = (targets[b.target.unwrap()].rel.to_u32(), &b.column, b.key.as_ref().map(|k| k.to_string()), b.n);
-        ka.cmp(&kb)
-    });
-    // In-batch parents before their children, so a child whose parent is
-    // rejected here is rejected too (a peer could never apply it).
-    let ids: HashSet<&str> = order.iter().filter_map(|i| i.op_id.as_deref()).collect();
-    let mut done: HashSet<&str> = HashSet::new();
-    let mut failed: HashSet<String> = HashSet::new();
-    while !order.is_empty() {
-        let pos = order
-            .iter()
-            .position(|i| deps_of(i).iter().all(|d| !ids.contains(d.as_str()) || done.contains(d.as_str())))
-            .unwrap_or(0);
-        let it = order.remove(pos);
-        if let Some(id) = it.op_id.as_deref() {
-            done.insert(id);
-        }
-        if let Some(d) = deps_of(it).into_iter().find(|d| failed.contains(d)) {
-            failed.insert(it.op_id.clone().unwrap_or_default());
-            rejected.push((it, format!("dependency_rejected: {d}")));
-            continue;
-        }
-        match subtransaction(|| {
-            let ok = !gate(&[it], true).is_empty();
-            if ok {
-                merge_into_rows(&[it], targets);
-            }
-            ok
-        }) {
-            Ok(true) => won.push(it),
-            Ok(false) => lost.push(it),
-            Err(c) => {
-                reraise_if_transaction_error(&c);
-                let reason = if ["22P02", "22P03", "22023", "22003", "22007", "22008"].contains(&c.sqlstate.as_str()) {
-                    format!("invalid_key: {}", c.message)
-                } else {
-                    format!("error {}: {}", c.sqlstate, c.message)
-                };
-                failed.insert(it.op_id.clone().unwrap_or_default());
-                rejected.push((it, reason));
-            }
-        }
-    }
-    won.sort_by_key(|i| i.n);
-    lost.sort_by_key(|i| i.n);
-    (won, lost, rejected)
+/// `pg_advisory_xact_lock(key, sub)` (or its shared form), with no statement.
+fn advisory_xact_lock(key: i32, sub: i32, exclusive: bool) {
+    let f = if exclusive { pg_sys::pg_advisory_xact_lock_int4 } else { pg_sys::pg_advisory_xact_lock_shared_int4 };
+    unsafe { pgrx::direct_function_call_as_datum(f, &[key.into_datum(), sub.into_datum()]) };
 }
 
 /// Pending ops whose deps are all applied, applied now (those the acting
 /// role may write; the others wait for a role that may).
 fn retry_pending() -> Vec<Outcome> {
+    if !pending_any() {
+        return Vec::new();
+    }
     crate::spi::prepared("SELECT op_id, outcome, reason FROM converge.retry_pending()", &[], |t| {
         Ok(t.map(|r| {
             (
@@ -866,92 +619,6 @@ fn retry_pending() -> Vec<Outcome> {
         .collect())
     })
     .unwrap_or_else(|e| spi_err(e))
-}
-
-/// The body of `converge.apply_batch` for one batch (see sql/ops.sql for the
-/// SQL wrapper that unpacks `converge.op[]` into these arrays).
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn apply_ops_core(
-    op_ids: Vec<Option<String>>,
-    actors: Vec<Option<String>>,
-    tables: Vec<Option<String>>,
-    keys: Vec<Option<JsonB>>,
-    columns: Vec<Option<String>>,
-    versions: Vec<Option<i32>>,
-    epochs: Vec<Option<i64>>,
-    deps: Vec<Option<JsonB>>,
-    deltas: pgrx::Array<&[u8]>,
-    signatures: pgrx::Array<&[u8]>,
-    origin: String,
-    top_level: bool,
-) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
-    let mut items: Vec<Item> = Vec::with_capacity(op_ids.len());
-    let mut deps = deps.into_iter();
-    let mut rest = (actors.into_iter(), tables.into_iter(), keys.into_iter(), columns.into_iter());
-    let mut more = (
-        versions.into_iter(),
-        epochs.into_iter(),
-        deltas.iter().map(|d| d.map(<[u8]>::to_vec)),
-        signatures.iter().map(|d| d.map(<[u8]>::to_vec)),
-    );
-    for (n, op_id) in op_ids.into_iter().enumerate() {
-        let d = deps.next().flatten().map(|j| match j.0 {
-            serde_json::Value::Array(a) => a.into_iter().map(|v| v.as_str().map(String::from)).collect(),
-            _ => vec![None],
-        });
-        items.push(Item {
-            n,
-            op_id,
-            actor_given: rest.0.next().flatten(),
-            table: rest.1.next().flatten(),
-            key: rest.2.next().flatten().map(|j| j.0),
-            column: rest.3.next().flatten(),
-            version: more.0.next().flatten(),
-            epoch: more.1.next().flatten(),
-            deps: d,
-            delta: more.2.next().flatten(),
-            signature: more.3.next().flatten(),
-            actor: None,
-            counter: None,
-            target: None,
-            coltype: None,
-            bad: None,
-        });
-    }
-    let t0 = std::time::Instant::now();
-    let mut targets: Vec<Target> = Vec::new();
-    let mut cache = HashMap::new();
-
-    // 1. Validate every envelope and delta, without raising (as the caller:
-    //    table names resolve with its search_path).
-    let nodes = node_actors();
-    crate::security::as_caller(|| {
-        for it in items.iter_mut() {
-            classify(it, &mut targets, &mut cache, &nodes);
-        }
-    });
-    // A privilege error is the caller's, not an op's: the whole call fails
-    // and nothing of it is recorded.
-    for it in items.iter().filter(|i| i.bad.is_none()) {
-        if it.coltype.as_deref() == Some("row") {
-            targets[it.target.expect("classified")].row_ops = true;
-        }
-    }
-    for t in &targets {
-        use crate::security::{require_rights, DELETE, INSERT, UPDATE};
-        require_rights(t.rel, &[(INSERT, "INSERT"), (UPDATE, "UPDATE")]);
-        if t.row_ops {
-            require_rights(t.rel, &[(DELETE, "DELETE (row ops delete rows)")]);
-        }
-    }
-    let out = crate::security::as_owner(|| {
-        // First ops left pending although their deps are applied.
-        let mut out = if top_level { retry_pending() } else { Vec::new() };
-        out.extend(apply_classified(&items, &targets, &origin, top_level, t0));
-        out
-    });
-    TableIterator::new(out)
 }
 
 /// Steps 2-5 of the apply, on converge's internal tables as their owner
@@ -971,12 +638,16 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         HashSet::new()
     } else {
         let mut s = applied_set(&ids);
-        let pending: Vec<String> = crate::spi::prepared(
+        let pending: Vec<String> = if !pending_any() {
+            Vec::new()
+        } else {
+            crate::spi::prepared(
             "SELECT q.op_id FROM converge.pending q WHERE EXISTS (SELECT 1 FROM converge.pending) AND q.op_id = ANY ($1)",
             &[ids.clone().into()],
             |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
-        )
-        .unwrap_or_else(|e| spi_err(e));
+            )
+            .unwrap_or_else(|e| spi_err(e))
+        };
         s.extend(pending);
         s
     };
@@ -1014,12 +685,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
                 }
             }
         }
-        run(
-            "SELECT count(CASE WHEN z.excl THEN pg_advisory_xact_lock(7231, z.b) ELSE pg_advisory_xact_lock_shared(7231, z.b) END)
-               FROM (SELECT hashtext(u.id) & 63 AS b, bool_or(u.excl) AS excl
-                       FROM unnest($1::text[], $2::bool[]) u(id, excl) GROUP BY 1 ORDER BY 1) z",
-            &[lock_ids.into(), lock_excl.into()],
-        );
+        lock_buckets(&lock_ids, &lock_excl);
         if !waiting.is_empty() {
             waiting = blocked(&fresh);
         }
@@ -1104,73 +770,3 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     out
 }
 
-/// Merge full states or deltas into the rows of `table`, recording no op
-/// (a rejoin from a peer's snapshot, replication/rejoin.rs): per key its row
-/// clock (column "", an lwwmap) and its CRDT columns' states, each a
-/// validated binary value. Deleted rows take the states into their stash,
-/// as for any delta. With `reset`, each key's CRDT columns and row state
-/// are emptied first, so the row becomes exactly what is merged. Returns
-/// the canonical keys merged.
-pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>, reset: bool) -> Vec<serde_json::Value> {
-    let mut targets = Vec::new();
-    let mut cache = HashMap::new();
-    let ti = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache))
-        .unwrap_or_else(|why| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: {why}")));
-    let (mut keys, mut items) = (Vec::new(), Vec::new());
-    for (n, (key, col, delta)) in entries.into_iter().enumerate() {
-        let t = &targets[ti];
-        let Some(key) = canonical_key(&key, &t.keys, &t.key_types) else {
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: key {key} does not fit its columns"))
-        };
-        let coltype = if col.is_empty() { "row".to_string() } else if let Some(c) = t.crdt.get(&col) { c.clone() } else { continue };
-        keys.push(key.clone());
-        items.push(Item {
-            n,
-            op_id: None,
-            actor_given: None,
-            table: Some(table.to_string()),
-            key: Some(key),
-            column: Some(col),
-            version: None,
-            epoch: None,
-            deps: None,
-            delta: Some(delta),
-            signature: None,
-            actor: None,
-            counter: None,
-            target: Some(ti),
-            coltype: Some(coltype),
-            bad: None,
-        });
-    }
-    targets[ti].row_ops = items.iter().any(|i| i.coltype.as_deref() == Some("row"));
-    keys.dedup();
-    if reset && !keys.is_empty() {
-        empty_rows(&targets[ti], &keys);
-    }
-    let refs: Vec<&Item> = items.iter().collect();
-    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
-    keys
-}
-
-/// Set the CRDT columns of these rows to NULL and forget their row state
-/// (clock, tombstone, stash), recording no op.
-fn empty_rows(t: &Target, keys: &[serde_json::Value]) {
-    let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
-    if !t.crdt.is_empty() {
-        let cols: Vec<String> = t.crdt.keys().map(|c| format!("{} = NULL", quote_ident(c))).collect();
-        let matched = crate::rows::keys_match(&t.keys);
-        let sql = format!(
-            "UPDATE {name} t SET {cols} FROM unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
-              WHERE {matched}",
-            name = t.name,
-            cols = cols.join(", "),
-        );
-        set_applying(true);
-        crate::security::as_writer(t.rel, || run(&sql, &[json.iter().map(|j| JsonB(j.0.clone())).collect::<Vec<_>>().into()]));
-        set_applying(false);
-    }
-    crate::security::as_owner(|| {
-        run("DELETE FROM converge.row_state WHERE tbl = $1::oid::regclass AND target_key = ANY ($2::jsonb[])", &[t.rel.into(), json.into()])
-    });
-}

@@ -1,0 +1,83 @@
+-- What replication costs, counted rather than timed (SPEC section 8): the
+-- rows each kind of change writes, table by table. A later change that
+-- doubles the work of a replicated update or of an applied op shows here.
+-- pg_stat_force_next_flush() empties this session's pending table counts
+-- (pg_stat_xact_all_tables) before each transaction, and SET CONSTRAINTS
+-- ALL IMMEDIATE fires the deferred op trigger inside it, so the view shows
+-- exactly what the transaction wrote.
+SET search_path = public, converge;
+CREATE TABLE cost_t (id int PRIMARY KEY, n gcounter, note text);
+SELECT replicate('cost_t');
+INSERT INTO cost_t (id) SELECT generate_series(1, 100);
+CREATE TEMP VIEW written AS
+    SELECT schemaname || '.' || relname AS "table", n_tup_ins AS inserted, n_tup_upd AS updated, n_tup_del AS deleted
+      FROM pg_stat_xact_all_tables
+     WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 AND schemaname NOT IN ('pg_catalog', 'pg_toast')
+     ORDER BY 1;
+
+-- incr of a CRDT column: the row itself and one op.
+SELECT pg_stat_force_next_flush();
+BEGIN;
+UPDATE cost_t SET n = incr(n, 1) WHERE id = 1;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT * FROM written;
+COMMIT;
+
+-- A plain column of a replicated table: the row, one op (the row op) and
+-- the row's last-writer-wins clock.
+SELECT pg_stat_force_next_flush();
+BEGIN;
+UPDATE cost_t SET note = 'checked' WHERE id = 2;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT * FROM written;
+COMMIT;
+
+-- Both in one statement: two ops.
+SELECT pg_stat_force_next_flush();
+BEGIN;
+UPDATE cost_t SET n = incr(n, 1), note = 'both' WHERE id = 3;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT * FROM written;
+COMMIT;
+
+-- An insert and a delete: one row op each, and the clock.
+SELECT pg_stat_force_next_flush();
+BEGIN;
+INSERT INTO cost_t (id) VALUES (101);
+DELETE FROM cost_t WHERE id = 4;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT * FROM written;
+COMMIT;
+
+-- A batch of 100 ops of a peer, one per row: one log row per op and one
+-- write per row; row 4 was deleted above, so its op goes to the stash of
+-- its tombstone (row_state) instead. The peer's frontier is written once
+-- per batch.
+SELECT pg_stat_force_next_flush();
+BEGIN;
+SELECT outcome, count(*) FROM apply_batch(ARRAY(
+    SELECT ROW('costpeer:' || i, 'costpeer', 'cost_t', jsonb_build_object('id', i), 'n', 1, 0, '{}'::text[],
+               format('{"counts":{"costpeer":%s}}', i)::gcounter::bytea, NULL)::op
+      FROM generate_series(1, 100) i), 'costpeer') GROUP BY 1;
+SELECT * FROM written;
+COMMIT;
+
+-- 100 ops on 10 rows: one write per row (9 rows and the stash of row 4).
+CREATE TEMP TABLE ten_rows AS SELECT ARRAY(
+    SELECT ROW('costpeer:' || i, 'costpeer', 'cost_t', jsonb_build_object('id', i % 10 + 1), 'n', 1, 0, '{}'::text[],
+               format('{"counts":{"costpeer":%s}}', i)::gcounter::bytea, NULL)::op
+      FROM generate_series(101, 200) i) AS ops;
+SELECT pg_stat_force_next_flush();
+BEGIN;
+SELECT outcome, count(*) FROM ten_rows, apply_batch(ten_rows.ops, 'costpeer') GROUP BY 1;
+SELECT * FROM written;
+COMMIT;
+
+-- The same batch again: duplicates, one log row each, no row written.
+SELECT pg_stat_force_next_flush();
+BEGIN;
+SELECT outcome, count(*) FROM ten_rows, apply_batch(ten_rows.ops, 'costpeer') GROUP BY 1;
+SELECT * FROM written;
+COMMIT;
+
+DROP TABLE cost_t;

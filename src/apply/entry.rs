@@ -1,0 +1,122 @@
+//! The ways into the batch apply: `converge.apply_ops_core` (the body of
+//! `apply_batch`, fed arrays by its SQL wrapper) and `apply_decoded` (ops
+//! a peer sent, decoded in Rust: the worker and `sync()` apply them with no
+//! SQL statement, wrapper or array in between). Both build the batch's
+//! items and run the same steps.
+
+use super::{apply_classified, classify, node_actors, retry_pending, Item, Outcome, Target};
+use converge_core::Op;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use std::collections::HashMap;
+
+/// The body of `converge.apply_batch` for one batch (see sql/ops.sql for the
+/// SQL wrapper that unpacks `converge.op[]` into these arrays).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn apply_ops_core(
+    op_ids: Vec<Option<String>>,
+    actors: Vec<Option<String>>,
+    tables: Vec<Option<String>>,
+    keys: Vec<Option<JsonB>>,
+    columns: Vec<Option<String>>,
+    versions: Vec<Option<i32>>,
+    epochs: Vec<Option<i64>>,
+    deps: Vec<Option<JsonB>>,
+    deltas: pgrx::Array<&[u8]>,
+    signatures: pgrx::Array<&[u8]>,
+    origin: String,
+    top_level: bool,
+) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
+    let mut items: Vec<Item> = Vec::with_capacity(op_ids.len());
+    let mut deps = deps.into_iter();
+    let mut rest = (actors.into_iter(), tables.into_iter(), keys.into_iter(), columns.into_iter());
+    let mut more = (
+        versions.into_iter(),
+        epochs.into_iter(),
+        deltas.iter().map(|d| d.map(<[u8]>::to_vec)),
+        signatures.iter().map(|d| d.map(<[u8]>::to_vec)),
+    );
+    for (n, op_id) in op_ids.into_iter().enumerate() {
+        let d = deps.next().flatten().map(|j| match j.0 {
+            serde_json::Value::Array(a) => a.into_iter().map(|v| v.as_str().map(String::from)).collect(),
+            _ => vec![None],
+        });
+        items.push(Item {
+            n,
+            op_id,
+            actor_given: rest.0.next().flatten(),
+            table: rest.1.next().flatten(),
+            key: rest.2.next().flatten().map(|j| j.0),
+            column: rest.3.next().flatten(),
+            version: more.0.next().flatten(),
+            epoch: more.1.next().flatten(),
+            deps: d,
+            delta: more.2.next().flatten(),
+            signature: more.3.next().flatten(),
+            ..Item::default()
+        });
+    }
+    TableIterator::new(run(items, &origin, top_level))
+}
+
+/// Apply ops a peer sent (decoded from its slot) as
+/// `converge.apply_batch(ops, origin)` would, with no SQL in between.
+pub fn apply_decoded(ops: Vec<Op>, origin: &str) -> Vec<Outcome> {
+    let items = ops
+        .into_iter()
+        .enumerate()
+        .map(|(n, op)| Item {
+            n,
+            op_id: Some(op.op_id),
+            actor_given: Some(op.actor),
+            table: Some(op.target_table),
+            key: Some(op.target_key.to_value()),
+            column: Some(op.target_column),
+            version: Some(op.schema_version),
+            epoch: Some(op.epoch),
+            deps: Some(op.deps.into_iter().map(Some).collect()),
+            delta: Some(op.delta),
+            signature: op.signature,
+            ..Item::default()
+        })
+        .collect();
+    run(items, origin, true)
+}
+
+/// Classify the batch as the caller, check the caller's rights on every
+/// target table, then apply as converge's owner.
+fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+    let t0 = std::time::Instant::now();
+    let mut targets: Vec<Target> = Vec::new();
+    let mut cache = HashMap::new();
+
+    // 1. Validate every envelope and delta, without raising (as the caller:
+    //    table names resolve with its search_path).
+    let nodes = node_actors();
+    crate::security::as_caller(|| {
+        for it in items.iter_mut() {
+            classify(it, &mut targets, &mut cache, &nodes);
+        }
+    });
+    // A privilege error is the caller's, not an op's: the whole call fails
+    // and nothing of it is recorded.
+    for it in items.iter().filter(|i| i.bad.is_none()) {
+        if it.coltype.as_deref() == Some("row") {
+            targets[it.target.expect("classified")].row_ops = true;
+        }
+    }
+    for t in &targets {
+        use crate::security::{require_rights, DELETE, INSERT, UPDATE};
+        require_rights(t.rel, &[(INSERT, "INSERT"), (UPDATE, "UPDATE")]);
+        if t.row_ops {
+            require_rights(t.rel, &[(DELETE, "DELETE (row ops delete rows)")]);
+        }
+    }
+    crate::security::as_owner(|| {
+        // First ops left pending although their deps are applied.
+        let mut out = if top_level { retry_pending() } else { Vec::new() };
+        out.extend(apply_classified(&items, &targets, origin, top_level, t0));
+        out
+    })
+}

@@ -1,0 +1,336 @@
+//! Step 5 of the apply: ops through the dedupe gate (a log row each) and
+//! into their rows, one set-wise upsert per (table, column) with each
+//! row's deltas merged here first; and merging full states for a rejoin.
+
+use super::{
+    canonical_key, deps_of, envelope_args, merge_bytes, reraise_if_transaction_error, resolve, row_table, run, spi_err, subtransaction, Item,
+    Target,
+};
+use crate::errors::raise;
+use crate::rows::ident as quote_ident;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::trigger::set_applying;
+
+/// Merge the deltas of `ops` (all valid, all through the gate) into their
+/// rows: row ops first, in batch order; then per (table, column) one upsert
+/// with each row's deltas merged here first, rows in key order.
+fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
+    set_applying(true);
+    let mut groups: BTreeMap<(u32, String), Vec<&Item>> = BTreeMap::new();
+    for it in ops {
+        let t = &targets[it.target.expect("classified")];
+        groups.entry((t.rel.to_u32(), it.column.clone().unwrap_or_default())).or_default().push(it);
+    }
+    for ((_, col), items) in &groups {
+        let t = &targets[items[0].target.expect("classified")];
+        let coltype = items[0].coltype.as_deref().expect("classified");
+        let keys: Vec<String> = t.keys.iter().map(|k| quote_ident(k)).collect();
+        if coltype == "row" {
+            let ops: Vec<(serde_json::Value, Vec<u8>)> =
+                items.iter().map(|i| (i.key.clone().unwrap_or_default(), i.delta.clone().unwrap_or_default())).collect();
+            crate::rows::merge_row_ops(&row_table(t), &t.other, ops);
+            continue;
+        }
+        // The deltas of one row, merged (canonical JSON of the key as its name).
+        let mut per_key: BTreeMap<String, (serde_json::Value, Vec<&[u8]>)> = BTreeMap::new();
+        for it in items {
+            let key = it.key.clone().unwrap_or_default();
+            per_key.entry(key.to_string()).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
+        }
+        let (key_json, merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) =
+            per_key.into_values().map(|(k, ds)| (k, merge_bytes(coltype, &ds))).unzip();
+        let rel = t.name.clone();
+        let cols = keys.join(", ");
+        let qcol = quote_ident(col);
+        // Rows deleted here (tombstones): their deltas go to the stash. The
+        // tombstones are locked, so a concurrent local re-insert either sees
+        // the stash grown or has made the row live first.
+        let dead: HashSet<usize> = tombstones(t.rel, &key_json).into_iter().collect();
+        if !dead.is_empty() {
+            let pick = |v: &[Vec<u8>]| dead.iter().map(|&i| v[i].clone()).collect::<Vec<Vec<u8>>>();
+            let keys_dead: Vec<JsonB> = dead.iter().map(|&i| JsonB(key_json[i].clone())).collect();
+            run(
+                &format!(
+                    "UPDATE converge.row_state rs
+                        SET stash = rs.stash || jsonb_build_object($4::text,
+                            converge.merge(coalesce(rs.stash ->> $4, '{{}}')::converge.{coltype}, d.v::converge.{coltype})::text)
+                       FROM unnest($2::jsonb[], $3::bytea[]) d(key, v)
+                      WHERE rs.tbl = $1::oid::regclass AND rs.target_key = d.key"
+                ),
+                &[t.rel.into(), keys_dead.into(), pick(&merged).into(), col.clone().into()],
+            );
+        }
+        let live: Vec<usize> = (0..key_json.len()).filter(|i| !dead.contains(i)).collect();
+        if live.is_empty() {
+            continue;
+        }
+        let live_keys: Vec<serde_json::Value> = live.iter().map(|&i| key_json[i].clone()).collect();
+        let live_merged: Vec<Vec<u8>> = live.iter().map(|&i| merged[i].clone()).collect();
+        // Keys travel as text per key column and are cast to the column's type.
+        let mut args: Vec<DatumWithOid> = vec![t.rel.into(), live_merged.into()];
+        let mut names = Vec::new();
+        let mut casts = Vec::new();
+        for (i, (k, ty)) in t.keys.iter().zip(&t.key_types).enumerate() {
+            let texts: Vec<Option<String>> = live_keys
+                .iter()
+                .map(|kv| match kv.get(k) {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(other) => Some(other.to_string()),
+                })
+                .collect();
+            args.push(texts.into());
+            names.push(format!("k{i}"));
+            casts.push(format!("u.k{i}::{ty}"));
+        }
+        let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("${}::text[]", i + 3)).collect();
+        let upsert = format!(
+                "INSERT INTO {rel} AS t ({cols}, {qcol})
+                 SELECT {casts}, u.v::converge.{coltype}
+                   FROM unnest($2::bytea[], {texts}) u(v, {names})
+                  WHERE $1::oid IS NOT NULL
+                  ORDER BY {order}
+                 ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})",
+                casts = casts.join(", "),
+                texts = texts.join(", "),
+                names = names.join(", "),
+                order = (1..=t.keys.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+            );
+        // The user's table is written as the caller (its rights, its triggers).
+        crate::security::as_writer(t.rel, || run(&upsert, &args));
+        // A local DELETE that committed while the upsert waited for it leaves
+        // a tombstone: the upsert made that row again, so bury it (its state
+        // joins the stash, as on every other node).
+        let zombies = tombstones(t.rel, &live_keys);
+        if !zombies.is_empty() {
+            let keys: Vec<serde_json::Value> = zombies.iter().map(|&i| live_keys[i].clone()).collect();
+            crate::rows::bury(&row_table(t), &keys);
+        }
+    }
+    set_applying(false);
+}
+
+/// Positions (in `keys`) of the rows of `rel` that are tombstones here,
+/// locked (a lock that had to wait re-reads the row as last committed).
+fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
+    // Most tables have no tombstone at all: one probe of a partial index.
+    let any = keys.is_empty()
+        || crate::direct::any_row(c"row_state", c"row_state_dead", Some((pg_sys::Datum::from(rel), pg_sys::F_OIDEQ.into())));
+    if keys.is_empty() || !any {
+        return Vec::new();
+    }
+    let keys: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    crate::spi::prepared(
+        "SELECT u.i FROM unnest($2::jsonb[]) WITH ORDINALITY u(k, i)
+               JOIN converge.row_state rs ON rs.tbl = $1::oid::regclass AND rs.target_key = u.k
+              WHERE NOT rs.live ORDER BY u.i FOR UPDATE OF rs",
+        &[rel.into(), keys.into()],
+        |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten().map(|i| i as usize - 1)).collect()),
+    )
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+/// The gate's fast path: `items` (sorted by actor and counter) go into the
+/// log as applied, straight into its heap and indexes (`direct`): no
+/// arrays to build, no statement to plan. A duplicate violates the log's
+/// unique (actor, counter) index and fails the batch's subtransaction,
+/// which then goes op by op through the guarded SQL insert.
+fn insert_applied(items: &[&Item], origin: &str) {
+    use crate::direct::{int4, int8, text, OpLog};
+    let mut log = OpLog::open();
+    for it in items {
+        log.append(&[
+            ("op_id", it.op_id.as_deref().and_then(text)),
+            ("actor", it.actor.as_deref().and_then(text)),
+            ("counter", it.counter.and_then(int8)),
+            ("target_table", it.table.as_deref().and_then(text)),
+            ("target_key", it.key.clone().and_then(|k| JsonB(k).into_datum())),
+            ("target_column", it.column.as_deref().and_then(text)),
+            ("schema_version", it.version.and_then(int4)),
+            ("epoch", it.epoch.and_then(int8)),
+            ("deps", it.deps.as_ref().and_then(|_| deps_of(it).into_datum())),
+            ("delta", it.delta.as_deref().and_then(|d| d.into_datum())),
+            ("signature", it.signature.as_deref().and_then(|d| d.into_datum())),
+            ("origin", text(origin)),
+        ]);
+    }
+    log.close();
+}
+
+/// Through the dedupe gate (an op_log row per op, unless another session
+/// applied it first) and into the rows. Returns (won, lost, rejected with reason).
+#[allow(clippy::type_complexity)]
+pub(super) fn gate_and_merge<'a>(
+    ops: &[&'a Item],
+    targets: &[Target],
+    origin: &str,
+) -> (Vec<&'a Item>, Vec<&'a Item>, Vec<(&'a Item, String)>) {
+    // The gate: one op_log row per op. `guarded` (ON CONFLICT .. DO NOTHING)
+    // skips ops another session applied first; the fast path inserts plainly
+    // (cheaper) and falls back to op by op on a unique violation.
+    let gate = |items: &[&Item], guarded: bool| -> HashSet<String> {
+        // In (actor, counter) order: concurrent batches take the gate alike.
+        let mut sorted: Vec<&Item> = items.to_vec();
+        sorted.sort_by(|a, b| (&a.actor, a.counter).cmp(&(&b.actor, b.counter)));
+        if !guarded {
+            insert_applied(&sorted, origin);
+            return sorted.iter().filter_map(|i| i.op_id.clone()).collect();
+        }
+        let mut args = envelope_args(&sorted, None);
+        args.push(origin.to_string().into());
+        // Valid deps are op_ids, which never contain a comma.
+        args.push(sorted.iter().map(|i| i.deps.as_ref().map(|_| deps_of(i).join(","))).collect::<Vec<Option<String>>>().into());
+        let sql = "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                         epoch, deps, delta, signature, outcome, origin)
+             SELECT u.op_id, u.actor, u.counter, u.tbl, u.key, u.col, u.ver, u.ep,
+                    string_to_array(u.deps_text, ','), u.delta, u.sig, 'applied', $12
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::text[], $7::int[],
+                           $8::int8[], $9::jsonb[], $10::bytea[], $11::bytea[], $13::text[])
+                    WITH ORDINALITY u(op_id, actor, counter, tbl, key, col, ver, ep, deps, delta, sig, deps_text, ord)
+              ORDER BY u.ord
+             ON CONFLICT (actor, counter) WHERE outcome = 'applied' DO NOTHING RETURNING op_id";
+        Spi::connect_mut(|c| {
+            c.update(sql, None, &args).map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+        .unwrap_or_else(|e| spi_err(e))
+    };
+    let fast = subtransaction(|| {
+        let won_ids = gate(ops, false);
+        let (won, lost): (Vec<&Item>, Vec<&Item>) =
+            ops.iter().partition(|i| i.op_id.as_ref().is_some_and(|id| won_ids.contains(id)));
+        merge_into_rows(&won, targets);
+        (won, lost)
+    });
+    match fast {
+        Ok((won, lost)) => return (won, lost, Vec::new()),
+        Err(c) => reraise_if_transaction_error(&c),
+    }
+    // Something in the batch failed (say a key value of the wrong type):
+    // op by op, so only the culprit is rejected.
+    let (mut won, mut lost, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut order: Vec<&Item> = ops.to_vec();
+    order.sort_by(|a, b| {
+        let ka = (targets[a.target.unwrap()].rel.to_u32(), &a.column, a.key.as_ref().map(|k| k.to_string()), a.n);
+        let kb = (targets[b.target.unwrap()].rel.to_u32(), &b.column, b.key.as_ref().map(|k| k.to_string()), b.n);
+        ka.cmp(&kb)
+    });
+    // In-batch parents before their children, so a child whose parent is
+    // rejected here is rejected too (a peer could never apply it).
+    let ids: HashSet<&str> = order.iter().filter_map(|i| i.op_id.as_deref()).collect();
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    while !order.is_empty() {
+        let pos = order
+            .iter()
+            .position(|i| deps_of(i).iter().all(|d| !ids.contains(d.as_str()) || done.contains(d.as_str())))
+            .unwrap_or(0);
+        let it = order.remove(pos);
+        if let Some(id) = it.op_id.as_deref() {
+            done.insert(id);
+        }
+        if let Some(d) = deps_of(it).into_iter().find(|d| failed.contains(d)) {
+            failed.insert(it.op_id.clone().unwrap_or_default());
+            rejected.push((it, format!("dependency_rejected: {d}")));
+            continue;
+        }
+        match subtransaction(|| {
+            let ok = !gate(&[it], true).is_empty();
+            if ok {
+                merge_into_rows(&[it], targets);
+            }
+            ok
+        }) {
+            Ok(true) => won.push(it),
+            Ok(false) => lost.push(it),
+            Err(c) => {
+                reraise_if_transaction_error(&c);
+                let reason = if ["22P02", "22P03", "22023", "22003", "22007", "22008"].contains(&c.sqlstate.as_str()) {
+                    format!("invalid_key: {}", c.message)
+                } else {
+                    format!("error {}: {}", c.sqlstate, c.message)
+                };
+                failed.insert(it.op_id.clone().unwrap_or_default());
+                rejected.push((it, reason));
+            }
+        }
+    }
+    won.sort_by_key(|i| i.n);
+    lost.sort_by_key(|i| i.n);
+    (won, lost, rejected)
+}
+
+
+/// Merge full states or deltas into the rows of `table`, recording no op
+/// (a rejoin from a peer's snapshot, replication/rejoin.rs): per key its row
+/// clock (column "", an lwwmap) and its CRDT columns' states, each a
+/// validated binary value. Deleted rows take the states into their stash,
+/// as for any delta. With `reset`, each key's CRDT columns and row state
+/// are emptied first, so the row becomes exactly what is merged. Returns
+/// the canonical keys merged.
+pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>, reset: bool) -> Vec<serde_json::Value> {
+    let mut targets = Vec::new();
+    let mut cache = HashMap::new();
+    let ti = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache))
+        .unwrap_or_else(|why| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: {why}")));
+    let (mut keys, mut items) = (Vec::new(), Vec::new());
+    for (n, (key, col, delta)) in entries.into_iter().enumerate() {
+        let t = &targets[ti];
+        let Some(key) = canonical_key(&key, &t.keys, &t.key_types) else {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: key {key} does not fit its columns"))
+        };
+        let coltype = if col.is_empty() { "row".to_string() } else if let Some(c) = t.crdt.get(&col) { c.clone() } else { continue };
+        keys.push(key.clone());
+        items.push(Item {
+            n,
+            op_id: None,
+            actor_given: None,
+            table: Some(table.to_string()),
+            key: Some(key),
+            column: Some(col),
+            version: None,
+            epoch: None,
+            deps: None,
+            delta: Some(delta),
+            signature: None,
+            actor: None,
+            counter: None,
+            target: Some(ti),
+            coltype: Some(coltype),
+            bad: None,
+        });
+    }
+    targets[ti].row_ops = items.iter().any(|i| i.coltype.as_deref() == Some("row"));
+    keys.dedup();
+    if reset && !keys.is_empty() {
+        empty_rows(&targets[ti], &keys);
+    }
+    let refs: Vec<&Item> = items.iter().collect();
+    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
+    keys
+}
+
+/// Set the CRDT columns of these rows to NULL and forget their row state
+/// (clock, tombstone, stash), recording no op.
+fn empty_rows(t: &Target, keys: &[serde_json::Value]) {
+    let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    if !t.crdt.is_empty() {
+        let cols: Vec<String> = t.crdt.keys().map(|c| format!("{} = NULL", quote_ident(c))).collect();
+        let matched = crate::rows::keys_match(&t.keys);
+        let sql = format!(
+            "UPDATE {name} t SET {cols} FROM unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
+              WHERE {matched}",
+            name = t.name,
+            cols = cols.join(", "),
+        );
+        set_applying(true);
+        crate::security::as_writer(t.rel, || run(&sql, &[json.iter().map(|j| JsonB(j.0.clone())).collect::<Vec<_>>().into()]));
+        set_applying(false);
+    }
+    crate::security::as_owner(|| {
+        run("DELETE FROM converge.row_state WHERE tbl = $1::oid::regclass AND target_key = ANY ($2::jsonb[])", &[t.rel.into(), json.into()])
+    });
+}
