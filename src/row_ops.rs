@@ -19,7 +19,6 @@ use crate::errors::raise;
 use converge_core::types::LwwMap;
 use crate::direct::Table;
 use converge_core::{decode_trusted, encode, to_text, Crdt, Json};
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Map, Value};
@@ -133,24 +132,10 @@ pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
         Some(entry) => crate::row_state::rewrite(&mut state, entry, ch.rel, key_datum, &clock, live, stash),
         // A new key: an upsert, which waits for (and then overwrites) an
         // entry another transaction is inserting.
-        None => crate::security::as_owner_id(|| write_state(ch.rel, key, &clock, live, stash)),
+        None => crate::security::as_owner_id(|| crate::row_state::insert(ch.rel, key, &clock, live, stash)),
     }
     state.close();
     resume
-}
-
-fn write_state(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: Map<String, Value>) {
-    let args: Vec<DatumWithOid> =
-        vec![rel.into(), JsonB(key.clone()).into(), to_text(clock).into(), live.into(), JsonB(Value::Object(stash)).into()];
-    crate::spi::prepared(
-        "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-         VALUES ($1::pg_catalog.regclass, $2, $3::converge.lwwmap, $4, $5)
-         ON CONFLICT (tbl, target_key) DO UPDATE
-            SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
-        &args,
-        |_| Ok(()),
-    )
-    .unwrap_or_else(|e| fail(e));
 }
 
 /// The text form of a stored CRDT value of type `kind` (for the stash).

@@ -13,7 +13,9 @@
 
 use crate::direct::{attnum, Table};
 use crate::errors::raise;
+use converge_core::to_text;
 use converge_core::types::LwwMap;
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Map, Value};
@@ -94,4 +96,20 @@ pub fn rewrite(t: &mut Table, mut entry: Locked, rel: pg_sys::Oid, key: pg_sys::
             ("stash", JsonB(Value::Object(stash)).into_datum()),
         ],
     );
+}
+
+/// A key's first entry: an upsert, which waits for (and then overwrites)
+/// an entry another transaction is inserting. As converge's owner.
+pub fn insert(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: Map<String, Value>) {
+    let args: Vec<DatumWithOid> =
+        vec![rel.into(), JsonB(key.clone()).into(), to_text(clock).into(), live.into(), JsonB(Value::Object(stash)).into()];
+    crate::spi::prepared(
+        "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
+         VALUES ($1::pg_catalog.regclass, $2, $3::converge.lwwmap, $4, $5)
+         ON CONFLICT (tbl, target_key) DO UPDATE
+            SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
+        &args,
+        |_| Ok(()),
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("writing converge.row_state: {e}")));
 }

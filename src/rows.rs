@@ -7,7 +7,10 @@
 //! statement on the user's table (`as_writer`, security.rs).
 
 use crate::errors::raise;
+use crate::direct::Table;
 use crate::security::as_writer;
+use converge_core::types::LwwMap;
+use converge_core::Crdt;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -26,6 +29,12 @@ pub struct RowTable<'a> {
 
 fn fail(e: impl std::fmt::Display) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge rows: {e}"))
+}
+
+/// Run a statement on a plan kept per backend (by its text): the apply
+/// runs the same few statements for every row op of a table.
+fn run(sql: &str, args: &[DatumWithOid]) {
+    crate::spi::prepared(sql, args, |_| Ok(())).unwrap_or_else(|e| fail(e));
 }
 
 /// A quoted SQL identifier.
@@ -51,10 +60,8 @@ impl RowTable<'_> {
     }
 
     fn update(&self, sql: &str, args: &[DatumWithOid]) -> Vec<Option<JsonB>> {
-        as_writer(self.rel, || {
-            Spi::connect_mut(|c| c.update(sql, None, args).map(|t| t.map(|r| r.get::<JsonB>(1).ok().flatten()).collect()))
-        })
-        .unwrap_or_else(|e| fail(e))
+        as_writer(self.rel, || crate::spi::prepared(sql, args, |t| Ok(t.map(|r| r.get::<JsonB>(1).ok().flatten()).collect())))
+            .unwrap_or_else(|e| fail(e))
     }
 
     /// Lock the row with this key (as the caller); whether it exists.
@@ -89,7 +96,7 @@ impl RowTable<'_> {
                 self.key_match()
             );
             let text = v.as_str().unwrap_or("{}").to_string();
-            as_writer(self.rel, || Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), text.into()])).unwrap_or_else(|e| fail(e));
+            as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into(), text.into()]));
         }
     }
 
@@ -97,7 +104,7 @@ impl RowTable<'_> {
     fn delete(&self, key: &Value) -> Map<String, Value> {
         let state = self.crdt_values(key);
         let sql = format!("DELETE FROM {0} t USING pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match());
-        as_writer(self.rel, || Spi::run_with_args(&sql, &[JsonB(key.clone()).into()])).unwrap_or_else(|e| fail(e));
+        as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into()]));
         state
     }
 }
@@ -141,34 +148,33 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
     for (key, delta) in ops {
         // Lock order as in local writes: the row, then its row_state.
         let present = t.lock(&key);
-        let state = Spi::connect_mut(|c| {
-            let r = c.update(
-                "WITH rs AS (SELECT clock, stash FROM converge.row_state
-                              WHERE tbl = $1::oid::regclass AND target_key = $2 FOR UPDATE),
-                      m AS (SELECT converge.merge(coalesce((SELECT clock FROM rs), '{}'), $3::bytea::converge.lwwmap) AS clk)
-                 SELECT m.clk::text, coalesce((converge.get(m.clk, '$live'))::text::boolean, true),
-                        (converge.to_jsonb(m.clk) - '$live') - $4::text[], (SELECT stash FROM rs)
-                   FROM m",
-                Some(1),
-                &[t.rel.into(), JsonB(key.clone()).into(), delta.into(), t.keys.to_vec().into()],
-            )?;
-            let row = r.first();
-            Ok::<_, pgrx::spi::SpiError>((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<bool>(2)?.unwrap_or(true),
-                as_map(row.get::<JsonB>(3)?),
-                as_map(row.get::<JsonB>(4)?),
-            ))
-        })
-        .unwrap_or_else(|e| fail(e));
-        let (clock, alive, vals, mut stash) = state;
+        // The row's clock and stash, locked in their newest version, and
+        // the delta merged in (row_state.rs: no statement).
+        let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+        let probe = Table::open(c"row_state");
+        let entry = crate::row_state::lock(&probe, t.rel, key_datum);
+        probe.close();
+        let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
+        let mut stash = entry.as_ref().map(|e| e.stash.clone()).unwrap_or_default();
+        // Validated by the apply's classification.
+        clock.merge(&converge_core::decode::<LwwMap>(&delta).unwrap_or_else(|e| fail(e.message)));
+        let alive = clock.get("$live").map(|j| j.to_value()).and_then(|v| v.as_bool()).unwrap_or(true);
+        let mut vals = match clock.to_user_json() {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => Map::new(),
+            Err(e) => fail(e.message),
+        };
+        vals.remove("$live");
+        for k in t.keys {
+            vals.remove(k);
+        }
         if alive && !present {
             let mut row = vals.clone();
             if let Value::Object(k) = &key {
                 row.extend(k.clone());
             }
             let sql = format!("INSERT INTO {0} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
-            as_writer(t.rel, || Spi::run_with_args(&sql, &[JsonB(Value::Object(row)).into()])).unwrap_or_else(|e| fail(e));
+            as_writer(t.rel, || run(&sql, &[JsonB(Value::Object(row)).into()]));
             t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
@@ -182,20 +188,20 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
                     sets.join(", "),
                     t.key_match()
                 );
-                as_writer(t.rel, || Spi::run_with_args(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]))
-                    .unwrap_or_else(|e| fail(e));
+                as_writer(t.rel, || run(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]));
             }
         } else if present {
             let gone = t.delete(&key);
             stash = merge_stash(&stash, &gone, t.crdt);
         }
-        Spi::run_with_args(
-            "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-             VALUES ($1::oid::regclass, $2, $3::converge.lwwmap, $4, $5)
-             ON CONFLICT (tbl, target_key) DO UPDATE SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
-            &[t.rel.into(), JsonB(key).into(), clock.into(), alive.into(), JsonB(Value::Object(stash)).into()],
-        )
-        .unwrap_or_else(|e| fail(e));
+        match entry {
+            Some(e) => {
+                let mut state = Table::open(c"row_state");
+                crate::row_state::rewrite(&mut state, e, t.rel, key_datum, &clock, alive, stash);
+                state.close();
+            }
+            None => crate::row_state::insert(t.rel, &key, &clock, alive, stash),
+        }
     }
 }
 
