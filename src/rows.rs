@@ -75,7 +75,10 @@ impl RowTable<'_> {
         if self.crdt.is_empty() {
             return Map::new();
         }
-        let cols: Vec<String> = self.crdt.keys().map(|c| format!("'{}', t.{}::text", c.replace('\'', "''"), ident(c))).collect();
+        // Sorted: the statement's text is its plan's key (spi::prepared).
+        let mut names: Vec<&String> = self.crdt.keys().collect();
+        names.sort();
+        let cols: Vec<String> = names.iter().map(|c| format!("'{}', t.{}::text", c.replace('\'', "''"), ident(c))).collect();
         let sql = format!("SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({})) FROM {}", cols.join(", "), self.key_source());
         match self.update(&sql, &[JsonB(key.clone()).into()]).pop().flatten() {
             Some(JsonB(Value::Object(m))) => m,

@@ -120,6 +120,11 @@ SELECT outcome, reason FROM apply(ROW('phone9:2', 'phone9', 'ticket', '{"id": 7,
 SELECT outcome, reason FROM apply(ROW('phone9:3', 'phone9', 'ticket', '{"id": "seven"}', 'hits', 1, 0, '{}',
                                       '{"counts":{"phone9":4}}'::gcounter::bytea, NULL)::op);
 SELECT value(hits) FROM ticket WHERE id = 7;
+-- A row op's "$live" is true or false; anything else is refused, so no two
+-- nodes (or releases) can read it differently. The row stays as it was.
+SELECT outcome, reason FROM apply(ROW('phone9:4', 'phone9', 'ticket', '{"id": 7}', '', 1, 0, '{}',
+                                      put(NULL::lwwmap, '$live', '0')::bytea, NULL)::op);
+SELECT id, title FROM ticket WHERE id = 7;
 -- Date and time keys are refused: their text depends on session settings.
 CREATE TABLE dated (day date PRIMARY KEY, n gcounter);
 SELECT replicate('dated');

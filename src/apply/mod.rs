@@ -415,10 +415,24 @@ fn classify(
     }
     let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
     it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
+    if it.bad.is_none() && coltype == "row" {
+        it.bad = live_error(it.delta.as_deref().unwrap_or_default());
+    }
     if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default()) {
         it.bad = Some("not_authority".into());
     }
     it.coltype = Some(coltype);
+}
+
+/// A row op's "$live", when it carries one, is true or false: every node
+/// reads it alike (a number or a string would read differently in
+/// releases that cast it through text).
+fn live_error(delta: &[u8]) -> Option<String> {
+    let map = converge_core::decode::<converge_core::types::LwwMap>(delta).ok()?;
+    match map.get("$live").map(|j| j.to_value()) {
+        None | Some(serde_json::Value::Bool(_)) => None,
+        Some(other) => Some(format!("invalid_delta: \"$live\" must be true or false, not {other}")),
+    }
 }
 
 /// Arrays for one op_log insert of the given items.
