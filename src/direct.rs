@@ -239,30 +239,94 @@ impl OpLog {
     }
 }
 
+/// A condition on column `attno` (1-based) of an index: compared by
+/// `strategy` (a btree strategy number) with the function `proc`.
+pub struct Key {
+    pub attno: i16,
+    pub strategy: u32,
+    pub proc: pg_sys::RegProcedure,
+    pub value: pg_sys::Datum,
+}
+
+impl Key {
+    pub fn eq(attno: i16, proc: pg_sys::RegProcedure, value: pg_sys::Datum) -> Key {
+        Key { attno, strategy: pg_sys::BTEqualStrategyNumber, proc, value }
+    }
+}
+
+/// Visit the rows of `heap` that `index` (of converge's) finds for `keys`,
+/// in `direction`, as `snapshot` sees them: `visit` gets each row in a slot
+/// (valid during the call) and says whether to go on. The one index scan
+/// behind every direct read (the op counter, the dedupe probes, row_state,
+/// the actor registry).
+pub fn index_scan(
+    heap: pg_sys::Relation,
+    index: &'static CStr,
+    keys: &[Key],
+    snapshot: pg_sys::Snapshot,
+    direction: pg_sys::ScanDirection::Type,
+    mut visit: impl FnMut(*mut pg_sys::TupleTableSlot) -> bool,
+) {
+    unsafe {
+        let idx = pg_sys::index_open(relid(index), pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut sk: Vec<pg_sys::ScanKeyData> = keys
+            .iter()
+            .map(|k| {
+                let mut s: pg_sys::ScanKeyData = std::mem::zeroed();
+                pg_sys::ScanKeyInit(&mut s, k.attno, k.strategy as u16, k.proc, k.value);
+                // Compare as the index sorts (its collation), or the descent can miss.
+                let coll = *(*idx).rd_indcollation.add(k.attno as usize - 1);
+                if coll != pg_sys::InvalidOid {
+                    s.sk_collation = coll;
+                }
+                s
+            })
+            .collect();
+        let n = sk.len() as i32;
+        let scan = pg_sys::index_beginscan(heap, idx, snapshot, n, 0);
+        pg_sys::index_rescan(scan, sk.as_mut_ptr(), n, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        while pg_sys::index_getnext_slot(scan, direction, slot) {
+            if !visit(slot) {
+                break;
+            }
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// `table` opened for reading, for `f`.
+pub fn reading<R>(table: &'static CStr, f: impl FnOnce(pg_sys::Relation) -> R) -> R {
+    unsafe {
+        let heap = pg_sys::table_open(relid(table), pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let r = f(heap);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        r
+    }
+}
+
 /// Whether `index` of `table` holds a row, committed or this transaction's
 /// own (SnapshotSelf), whose first column equals `first` (compared with the
 /// equality function `eq`), or any row at all without `first`. A probe
 /// with no statement, for checks the apply makes on every batch.
 pub fn any_row(table: &'static CStr, index: &'static CStr, first: Option<(pg_sys::Datum, pg_sys::RegProcedure)>) -> bool {
-    unsafe {
-        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let heap = pg_sys::table_open(relid(table), lock);
-        let idx = pg_sys::index_open(relid(index), lock);
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        let nkeys = if let Some((value, eq)) = first {
-            pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, eq, value);
-            1
-        } else {
-            0
-        };
-        let scan = pg_sys::index_beginscan(heap, idx, &raw mut pg_sys::SnapshotSelfData, nkeys, 0);
-        pg_sys::index_rescan(scan, &mut key, nkeys, std::ptr::null_mut(), 0);
-        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-        let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
-        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
-        found
-    }
+    let keys: Vec<Key> = first.map(|(value, eq)| Key::eq(1, eq, value)).into_iter().collect();
+    let mut found = false;
+    reading(table, |heap| {
+        let newest = &raw mut pg_sys::SnapshotSelfData;
+        index_scan(heap, index, &keys, newest, pg_sys::ScanDirection::ForwardScanDirection, |_| {
+            found = true;
+            false
+        })
+    });
+    found
+}
+
+/// The value of column `att` in a row read by `index_scan`.
+pub fn column(slot: *mut pg_sys::TupleTableSlot, att: i32) -> Option<pg_sys::Datum> {
+    let mut isnull = false;
+    let d = unsafe { pg_sys::slot_getattr(slot, att, &mut isnull) };
+    (!isnull).then_some(d)
 }

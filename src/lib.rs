@@ -29,6 +29,7 @@ macro_rules! for_crdt_type {
     }};
 }
 
+mod actors;
 mod apply;
 mod coordination;
 mod counter_cache;
@@ -38,6 +39,7 @@ mod local_ops;
 mod maintenance;
 mod node;
 mod ops;
+mod rebuild;
 mod replication;
 mod row_ops;
 mod row_state;
@@ -91,6 +93,11 @@ extension_sql_file!(
     requires = ["replication", maintenance::merge_deltas, maintenance::compact_values, maintenance::stable_form, maintenance::base_form]
 );
 extension_sql_file!("../sql/coordination.sql", name = "coordination", requires = ["maintenance", coordination::set_authority_on]);
+extension_sql_file!(
+    "../sql/actors.sql",
+    name = "actors",
+    requires = ["coordination", actors::register_actor, actors::revoke_actor, actors::op_signing_bytes_fields]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -126,48 +126,30 @@ fn scan(
     limit: Option<usize>,
     view: View,
 ) -> Vec<i64> {
-    unsafe {
-        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let heap = pg_sys::table_open(relid(table), lock);
-        let idx = pg_sys::index_open(relid(index), lock);
-        let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
-        let actor_datum = actor.into_datum().expect("text");
-        pg_sys::ScanKeyInit(&mut keys[0], 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_TEXTEQ.into(), actor_datum);
-        // Compare as the index sorts (its collation), or the descent can miss.
-        keys[0].sk_collation = *(*idx).rd_indcollation;
-        let mut nkeys = 1;
-        if let Some(lo) = range.0 {
-            let ge = pg_sys::BTGreaterEqualStrategyNumber as u16;
-            pg_sys::ScanKeyInit(&mut keys[nkeys], 2, ge, pg_sys::F_INT8GE.into(), pg_sys::Datum::from(lo));
-            nkeys += 1;
-        }
-        if let Some(hi) = range.1 {
-            let le = pg_sys::BTLessEqualStrategyNumber as u16;
-            pg_sys::ScanKeyInit(&mut keys[nkeys], 2, le, pg_sys::F_INT8LE.into(), pg_sys::Datum::from(hi));
-            nkeys += 1;
-        }
-        let snapshot = match view {
-            View::Newest => &raw mut pg_sys::SnapshotSelfData,
-            View::Statement => pg_sys::GetActiveSnapshot(),
-        };
-        let scan = pg_sys::index_beginscan(heap, idx, snapshot, nkeys as i32, 0);
-        pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys as i32, std::ptr::null_mut(), 0);
-        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+    use crate::direct::Key;
+    let actor_datum = actor.into_datum().expect("text");
+    let mut keys = vec![Key::eq(1, pg_sys::F_TEXTEQ.into(), actor_datum)];
+    if let Some(lo) = range.0 {
+        keys.push(Key { attno: 2, strategy: pg_sys::BTGreaterEqualStrategyNumber, proc: pg_sys::F_INT8GE.into(), value: lo.into() });
+    }
+    if let Some(hi) = range.1 {
+        keys.push(Key { attno: 2, strategy: pg_sys::BTLessEqualStrategyNumber, proc: pg_sys::F_INT8LE.into(), value: hi.into() });
+    }
+    let snapshot = match view {
+        View::Newest => &raw mut pg_sys::SnapshotSelfData,
+        View::Statement => unsafe { pg_sys::GetActiveSnapshot() },
+    };
+    let mut out = Vec::new();
+    crate::direct::reading(table, |heap| {
         let att = attnum(heap, column);
-        let mut out = Vec::new();
-        while limit.is_none_or(|l| out.len() < l) && pg_sys::index_getnext_slot(scan, direction, slot) {
-            let mut isnull = false;
-            let d = pg_sys::slot_getattr(slot, att, &mut isnull);
-            if !isnull {
+        crate::direct::index_scan(heap, index, &keys, snapshot, direction, |slot| {
+            if let Some(d) = crate::direct::column(slot, att) {
                 out.push(d.value() as i64);
             }
-        }
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
-        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
-        out
-    }
+            limit.is_none_or(|l| out.len() < l)
+        })
+    });
+    out
 }
 
 /// `converge.last_op_counter(actor)`: this node's highest op counter in

@@ -30,23 +30,19 @@ pub struct Locked {
 /// The entry of `key` (a jsonb datum) of table `rel`, locked; None when
 /// the key has none (or it was deleted concurrently).
 pub fn lock(t: &Table, rel: pg_sys::Oid, key: pg_sys::Datum) -> Option<Locked> {
+    use crate::direct::Key;
+    let heap = t.rel();
     unsafe {
-        let heap = t.rel();
-        let idx = pg_sys::index_open(crate::direct::relid(c"row_state_pkey"), pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-        let eq = pg_sys::BTEqualStrategyNumber as u16;
-        pg_sys::ScanKeyInit(&mut keys[0], 1, eq, pg_sys::F_OIDEQ.into(), pg_sys::Datum::from(rel));
-        pg_sys::ScanKeyInit(&mut keys[1], 2, eq, pg_sys::F_JSONB_EQ.into(), key);
         let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        let scan = pg_sys::index_beginscan(heap, idx, snap, 2, 0);
-        pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-        let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
-        let mut tid = (*slot).tts_tid;
-        pg_sys::index_endscan(scan);
-        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+        let keys = [Key::eq(1, pg_sys::F_OIDEQ.into(), pg_sys::Datum::from(rel)), Key::eq(2, pg_sys::F_JSONB_EQ.into(), key)];
+        let mut found = None;
+        crate::direct::index_scan(heap, c"row_state_pkey", &keys, snap, pg_sys::ScanDirection::ForwardScanDirection, |slot| {
+            found = Some((*slot).tts_tid);
+            false
+        });
         let mut out = None;
-        if found {
+        if let Some(mut tid) = found {
+            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
             let mut tmfd: pg_sys::TM_FailureData = std::mem::zeroed();
             let res = pg_sys::table_tuple_lock(
                 heap,
@@ -65,8 +61,8 @@ pub fn lock(t: &Table, rel: pg_sys::Oid, key: pg_sys::Datum) -> Option<Locked> {
                 pg_sys::TM_Result::TM_Deleted => {}
                 other => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("locking converge.row_state: result {other}")),
             }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
         }
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::UnregisterSnapshot(snap);
         out
     }

@@ -94,9 +94,12 @@ fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     // 1. Validate every envelope and delta, without raising (as the caller:
     //    table names resolve with its search_path).
     let nodes = node_actors();
+    // Read under the registry's lock (exclusive when the batch changes it).
+    crate::actors::lock_registry(items.iter().any(|i| i.table.as_deref() == Some(crate::actors::REGISTRY)));
+    let registry = crate::actors::Registry::load();
     crate::security::as_caller(|| {
         for it in items.iter_mut() {
-            classify(it, &mut targets, &mut cache, &nodes);
+            classify(it, &mut targets, &mut cache, &nodes, &registry);
         }
     });
     // A privilege error is the caller's, not an op's: the whole call fails

@@ -21,7 +21,8 @@ use crate::trigger::set_applying;
 fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
     set_applying(true);
     let mut groups: BTreeMap<(u32, String), Vec<&Item>> = BTreeMap::new();
-    for it in ops {
+    // Registry ops have no target table (actors.rs merges them).
+    for it in ops.iter().filter(|i| i.target.is_some()) {
         let t = &targets[it.target.expect("classified")];
         groups.entry((t.rel.to_u32(), it.column.clone().unwrap_or_default())).or_default().push(it);
     }
@@ -214,8 +215,9 @@ pub(super) fn gate_and_merge<'a>(
     let (mut won, mut lost, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
     let mut order: Vec<&Item> = ops.to_vec();
     order.sort_by(|a, b| {
-        let ka = (targets[a.target.unwrap()].rel.to_u32(), &a.column, a.key.as_ref().map(|k| k.to_string()), a.n);
-        let kb = (targets[b.target.unwrap()].rel.to_u32(), &b.column, b.key.as_ref().map(|k| k.to_string()), b.n);
+        let rel = |i: &Item| i.target.map_or(0, |t| targets[t].rel.to_u32());
+        let ka = (rel(a), &a.column, a.key.as_ref().map(|k| k.to_string()), a.n);
+        let kb = (rel(b), &b.column, b.key.as_ref().map(|k| k.to_string()), b.n);
         ka.cmp(&kb)
     });
     // In-batch parents before their children, so a child whose parent is
@@ -272,6 +274,31 @@ pub(super) fn gate_and_merge<'a>(
 /// are emptied first, so the row becomes exactly what is merged. Returns
 /// the canonical keys merged.
 pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>, reset: bool) -> Vec<serde_json::Value> {
+    let (targets, ti, items, keys) = state_items(table, entries);
+    if reset && !keys.is_empty() {
+        empty_rows(&targets[ti], &keys, &[]);
+    }
+    let refs: Vec<&Item> = items.iter().collect();
+    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
+    keys
+}
+
+/// Make these rows of `table` exactly the merge of `entries` (a rebuild,
+/// rebuild.rs), recording no op: their CRDT columns and row state are
+/// emptied and the rows in `gone` deleted first. Keys are canonical (as
+/// the log holds them).
+pub fn replace_rows(table: &str, keys: &[serde_json::Value], entries: Vec<(serde_json::Value, String, Vec<u8>)>, gone: &[serde_json::Value]) {
+    let (targets, ti, items, _) = state_items(table, entries);
+    if !keys.is_empty() {
+        empty_rows(&targets[ti], keys, gone);
+    }
+    let refs: Vec<&Item> = items.iter().collect();
+    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
+}
+
+/// The entries (key, column, state) as items of one target table, and
+/// their canonical keys.
+fn state_items(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>) -> (Vec<Target>, usize, Vec<Item>, Vec<serde_json::Value>) {
     let mut targets = Vec::new();
     let mut cache = HashMap::new();
     let ti = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache))
@@ -286,37 +313,36 @@ pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8
         keys.push(key.clone());
         items.push(Item {
             n,
-            op_id: None,
-            actor_given: None,
             table: Some(table.to_string()),
             key: Some(key),
             column: Some(col),
-            version: None,
-            epoch: None,
-            deps: None,
             delta: Some(delta),
-            signature: None,
-            actor: None,
-            counter: None,
             target: Some(ti),
             coltype: Some(coltype),
-            bad: None,
+            ..Item::default()
         });
     }
     targets[ti].row_ops = items.iter().any(|i| i.coltype.as_deref() == Some("row"));
     keys.dedup();
-    if reset && !keys.is_empty() {
-        empty_rows(&targets[ti], &keys);
-    }
-    let refs: Vec<&Item> = items.iter().collect();
-    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
-    keys
+    (targets, ti, items, keys)
 }
 
-/// Set the CRDT columns of these rows to NULL and forget their row state
-/// (clock, tombstone, stash), recording no op.
-fn empty_rows(t: &Target, keys: &[serde_json::Value]) {
+/// Set the CRDT columns of these rows to NULL, delete the rows in `gone`,
+/// and forget their row state (clock, tombstone, stash), recording no op.
+fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value]) {
     let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    if !gone.is_empty() {
+        let sql = format!(
+            "DELETE FROM {name} t USING unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
+              WHERE {matched}",
+            name = t.name,
+            matched = crate::rows::keys_match(&t.keys),
+        );
+        let gone: Vec<JsonB> = gone.iter().cloned().map(JsonB).collect();
+        set_applying(true);
+        crate::security::as_writer(t.rel, || run(&sql, &[gone.into()]));
+        set_applying(false);
+    }
     if !t.crdt.is_empty() {
         let cols: Vec<String> = t.crdt.keys().map(|c| format!("{} = NULL", quote_ident(c))).collect();
         let matched = crate::rows::keys_match(&t.keys);

@@ -21,7 +21,7 @@ mod entry;
 mod merge;
 
 pub use entry::apply_decoded;
-pub use merge::merge_states;
+pub use merge::{merge_states, replace_rows};
 use merge::gate_and_merge;
 
 /// One op of the batch, as given, with what classification found.
@@ -137,7 +137,7 @@ fn merge_all<T: Crdt>(deltas: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Merge several encoded deltas of the named type into one.
-fn merge_bytes(coltype: &str, deltas: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn merge_bytes(coltype: &str, deltas: &[&[u8]]) -> Vec<u8> {
     for_crdt_type!(coltype, T => merge_all::<T>(deltas), _ => spi_err(format!("not a converge type: {coltype}")))
 }
 
@@ -341,6 +341,7 @@ fn classify(
     targets: &mut Vec<Target>,
     cache: &mut HashMap<String, Result<usize, &'static str>>,
     nodes: &HashSet<String>,
+    registry: &crate::actors::Registry,
 ) {
     let parsed = it.op_id.as_deref().and_then(parse_op_id);
     it.actor = parsed.map(|(a, _)| a.to_string());
@@ -363,6 +364,12 @@ fn classify(
     }
     if it.deps.iter().flatten().any(|d| d.as_deref().and_then(parse_op_id).is_none()) {
         it.bad = Some("invalid_deps".into());
+        return;
+    }
+    if it.table.as_deref() == Some(crate::actors::REGISTRY) {
+        let from_peer = TRUSTED.with(|t| t.get());
+        it.bad = crate::actors::registry_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), it.delta.as_deref());
+        it.coltype = Some(REGISTRY_OP.into());
         return;
     }
     let t = match it.table.as_deref().map(|name| resolve(name, targets, cache)) {
@@ -421,7 +428,29 @@ fn classify(
     if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default()) {
         it.bad = Some("not_authority".into());
     }
+    if it.bad.is_none() && !registry.is_empty() {
+        it.bad = registry.refuse(&as_op(it)).map(String::from);
+    }
     it.coltype = Some(coltype);
+}
+
+/// The coltype of ops on the actor registry (actors.rs): no target table.
+pub(crate) const REGISTRY_OP: &str = "registry";
+
+/// The op as it will be logged and shipped (what its signature covers).
+fn as_op(it: &Item) -> converge_core::Op {
+    converge_core::Op {
+        op_id: it.op_id.clone().unwrap_or_default(),
+        actor: it.actor.clone().unwrap_or_default(),
+        target_table: it.table.clone().unwrap_or_default(),
+        target_key: converge_core::Json::from_value(it.key.as_ref().unwrap_or(&serde_json::Value::Null)),
+        target_column: it.column.clone().unwrap_or_default(),
+        schema_version: it.version.unwrap_or(0),
+        epoch: it.epoch.unwrap_or(0),
+        deps: deps_of(it),
+        delta: it.delta.clone().unwrap_or_default(),
+        signature: it.signature.clone(),
+    }
 }
 
 /// A row op's "$live", when it carries one, is true or false: every node
@@ -556,7 +585,8 @@ fn advance_frontier(actor: &str, won: &[i64]) {
     // row version), so each reads what the one before it committed: two
     // batches of one actor applied at once cannot leave the frontier short
     // of what both applied. (converge's advisory keys: 7231 op_id buckets,
-    // 7232 a peer's sync (peers.rs), 7233 an actor's frontier.)
+    // 7232 a peer's sync (peers.rs), 7233 an actor's frontier, 7234 the
+    // actor registry (actors.rs).)
     advisory_xact_lock(7233, (crate::replication::peers::stable_hash(actor) & 0x7fff_ffff) as i32, true);
     let cur = crate::local_ops::contiguous(actor);
     let mut next = cur;
@@ -611,7 +641,7 @@ fn lock_buckets(ids: &[String], excl: &[bool]) {
 }
 
 /// `pg_advisory_xact_lock(key, sub)` (or its shared form), with no statement.
-fn advisory_xact_lock(key: i32, sub: i32, exclusive: bool) {
+pub(crate) fn advisory_xact_lock(key: i32, sub: i32, exclusive: bool) {
     let f = if exclusive { pg_sys::pg_advisory_xact_lock_int4 } else { pg_sys::pg_advisory_xact_lock_shared_int4 };
     unsafe { pgrx::direct_function_call_as_datum(f, &[key.into_datum(), sub.into_datum()]) };
 }
@@ -743,6 +773,19 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     // 4. Everything else: through the dedupe gate, then merged.
     let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
     let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, targets, &origin) };
+    // Registry ops change which ops of an actor are admitted: merged after
+    // the batch's other ops, whose actors they then re-check (actors.rs).
+    let registry_ops: Vec<(String, String, Vec<u8>)> = won
+        .iter()
+        .filter(|i| i.coltype.as_deref() == Some(REGISTRY_OP))
+        .map(|i| {
+            let actor = i.key.as_ref().and_then(|k| k.get("actor")).and_then(|a| a.as_str()).unwrap_or_default();
+            (actor.to_string(), i.column.clone().unwrap_or_default(), i.delta.clone().unwrap_or_default())
+        })
+        .collect();
+    if !registry_ops.is_empty() {
+        crate::actors::merge_registry_ops(registry_ops);
+    }
     // This node's own ops, sent back by a peer (to a node restored from a
     // backup), entered the log outside the op trigger's counter. The lock
     // is taken after the rows are merged: taken before, it would wait on a

@@ -195,6 +195,8 @@ pub struct Client {
     /// Test hook: fail with `Crashed` at this point, leaving files as a
     /// killed process would.
     pub crash: Option<CrashPoint>,
+    /// The device's key and the schema of its tables, when its ops are signed.
+    signer: Option<(converge_core::signing::SigningKey, String)>,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -237,7 +239,7 @@ impl Client {
                 }
             }
         }
-        let mut c = Client { dir, saved, cells: BTreeMap::new(), outbox, clock: Hlc::new(), crash: None };
+        let mut c = Client { dir, saved, cells: BTreeMap::new(), outbox, clock: Hlc::new(), crash: None, signer: None };
         if let Some(ts) = c.saved.clock.clone() {
             c.clock.observe(&ts);
         }
@@ -253,6 +255,27 @@ impl Client {
             c.mark_seen(&op.actor, op.counter());
         }
         Ok(c)
+    }
+
+    /// Sign every op pushed from now on with the device's ed25519 key (its
+    /// public key registered on the server with `converge.register_actor`).
+    /// A table declared without a schema is signed and sent as
+    /// `schema.table`: nodes check the op as they log and forward it, under
+    /// its qualified name. The key is kept in memory only, never in `dir`.
+    pub fn sign_with(&mut self, key: converge_core::signing::SigningKey, schema: &str) {
+        self.signer = Some((key, schema.to_string()));
+    }
+
+    /// The op as it is sent: signed, under its qualified table name, when
+    /// this client signs.
+    fn outgoing(&self, mut op: Op) -> Op {
+        if let Some((key, schema)) = &self.signer {
+            if !op.target_table.contains('.') {
+                op.target_table = format!("{schema}.{}", op.target_table);
+            }
+            op.sign(key);
+        }
+        op
     }
 
     pub fn actor(&self) -> &str {
@@ -383,7 +406,7 @@ impl Client {
     /// Push the outbox (after `arrange`, which may reorder or repeat ops, as
     /// a flaky network would) with one `converge.apply_batch`.
     pub fn push_with(&mut self, db: &mut postgres::Client, arrange: impl FnOnce(Vec<Op>) -> Vec<Op>) -> Result<Vec<Outcome>> {
-        let ops = arrange(self.outbox.clone());
+        let ops: Vec<Op> = arrange(self.outbox.clone()).into_iter().map(|o| self.outgoing(o)).collect();
         if ops.is_empty() {
             return Ok(vec![]);
         }

@@ -14,6 +14,7 @@ pub mod dots;
 pub mod error;
 pub mod json;
 pub mod op;
+pub mod signing;
 pub mod types;
 
 pub use actor::{validate_actor, Actor};
@@ -23,4 +24,5 @@ pub use dots::{Dot, DotMap, DotSet};
 pub use error::{Error, ErrorKind, Result};
 pub use json::Json;
 pub use op::{format_op_id, parse_op_id, Op, OP_TAG, SCHEMA_VERSION};
+pub use signing::SignatureCheck;
 pub use types::*;

@@ -1,0 +1,33 @@
+-- Actors (SPEC section 5): devices with registered ed25519 keys, and
+-- revocation. src/actors.rs explains the rules; docs/coordination.md the use.
+
+-- The registry, the same on every node: it changes only through ops of
+-- nodes (register_actor, revoke_actor), which replicate like any op.
+CREATE TABLE converge.actor (
+    actor         text PRIMARY KEY,
+    key_state     bytea,      -- lwwreg (binary) of the key's hex: concurrent registrations settle on one key
+    public_key    bytea,      -- the key key_state holds (32 bytes)
+    revoked_after bigint,     -- ops with a higher counter are rejected ('revoked'); the least revocation holds
+    changed_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE converge.actor IS 'Registered actors (devices): the ed25519 key their ops must be signed with, and the counter after which they are revoked. Changed by converge.register_actor and converge.revoke_actor on any node; the same on every node once synced.';
+SELECT pg_catalog.pg_extension_config_dump('converge.actor', '');
+-- Public keys and revocations are not secrets; writing is converge's own.
+GRANT SELECT ON converge.actor TO PUBLIC;
+
+CREATE VIEW converge.actors AS
+    SELECT a.actor, a.public_key, a.revoked_after, a.changed_at FROM converge.actor a;
+COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops must be signed with, and the counter after which it is revoked (NULL: not revoked).';
+GRANT SELECT ON converge.actors TO PUBLIC;
+
+CREATE FUNCTION converge.op_signing_bytes(o converge.op) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT converge.op_signing_bytes_fields(o.op_id, o.actor, o.target_table, o.target_key, o.target_column,
+                                            o.schema_version, o.epoch, o.deps, o.delta)
+$$;
+COMMENT ON FUNCTION converge.op_signing_bytes(converge.op) IS 'The bytes an actor signs with its ed25519 key: a fixed domain tag and the op''s binary form without its signature. Sign the op as nodes log it: target_table schema-qualified, target_key with integer and boolean key columns as JSON numbers and booleans.';
+COMMENT ON FUNCTION converge.op_signing_bytes_fields(text, text, text, jsonb, text, integer, bigint, text[], bytea) IS 'Internal: the body of converge.op_signing_bytes.';
+
+COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): from then on, on every node, its ops must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
+COMMENT ON FUNCTION converge.revoke_actor(text, bigint) IS 'Revoke an actor: its ops with counters above after (default: the highest applied here) are rejected with revoked on every node, and those already applied are taken out of their rows (rebuilt from base and remaining ops, back to the compaction horizon). Replicates; returns the op''s id.';
+REVOKE ALL ON FUNCTION converge.register_actor(text, bytea), converge.revoke_actor(text, bigint) FROM PUBLIC;

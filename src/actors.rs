@@ -1,0 +1,406 @@
+//! Actors (SPEC section 5): devices with registered ed25519 keys, and
+//! revocation. The registry (`converge.actor`) changes only through ops of
+//! nodes (`register_actor`, `revoke_actor`), which replicate like any op, so
+//! every node ends with the same registry; and whatever order ops and
+//! registry changes arrive in, a node's applied ops of an actor are those
+//! the final registry admits: a registry change re-checks the actor's ops in
+//! the log, takes out the ones no longer admitted (their rows rebuilt,
+//! rebuild.rs) and applies those now admitted.
+//!
+//! Registry ops target `converge.actor`, key `{"actor": name}`, column
+//! `public_key` (an lwwreg of the key's hex: concurrent registrations of one
+//! actor settle on one key everywhere) or `revoked_after` (8 bytes, a
+//! big-endian counter; the least of all revocations holds).
+
+use crate::errors::{raise, OrRaise};
+use crate::rebuild::Excluded;
+use converge_core::signing::{parse_public_key, VerifyingKey};
+use converge_core::types::LwwReg;
+use converge_core::{Crdt, Json, Op};
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The `target_table` of registry ops.
+pub const REGISTRY: &str = "converge.actor";
+const KEY_COLUMN: &str = "public_key";
+const REVOKE_COLUMN: &str = "revoked_after";
+
+fn fail(e: impl std::fmt::Display) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge actors: {e}"))
+}
+
+struct Entry {
+    key: Option<VerifyingKey>,
+    revoked_after: Option<i64>,
+}
+
+/// The registry as one batch reads it, and the node names (a node's own
+/// ops are trusted through its replication connection: never checked).
+#[derive(Default)]
+pub struct Registry {
+    actors: HashMap<String, Entry>,
+    nodes: HashSet<String>,
+}
+
+impl Registry {
+    /// Read once per batch, under `lock_registry`, as last committed (not
+    /// as a REPEATABLE READ snapshot saw it: a registry change that
+    /// committed since counts); no statement when nothing is registered.
+    pub fn load() -> Registry {
+        if !crate::direct::any_row(c"actor", c"actor_pkey", None) {
+            return Registry::default();
+        }
+        let mut r = Registry { actors: HashMap::new(), nodes: Registry::load_nodes() };
+        crate::direct::reading(c"actor", |heap| {
+            let att = |name: &str| crate::direct::attnum(heap, name);
+            let (a_actor, a_key, a_after) = (att("actor"), att("public_key"), att("revoked_after"));
+            let newest = &raw mut pg_sys::SnapshotSelfData;
+            crate::direct::index_scan(heap, c"actor_pkey", &[], newest, pg_sys::ScanDirection::ForwardScanDirection, |slot| {
+                let get = |a| crate::direct::column(slot, a);
+                let actor = get(a_actor).and_then(|d| unsafe { String::from_datum(d, false) });
+                let key = get(a_key).and_then(|d| unsafe { Vec::<u8>::from_datum(d, false) }).and_then(|k| parse_public_key(&k).ok());
+                let revoked_after = get(a_after).and_then(|d| unsafe { i64::from_datum(d, false) });
+                if let Some(actor) = actor {
+                    r.actors.insert(actor, Entry { key, revoked_after });
+                }
+                true
+            })
+        });
+        r
+    }
+
+    /// Why the registry does not admit `op` (None: admitted). In the order
+    /// of SPEC section 3: authenticate, then authorize.
+    pub fn refuse(&self, op: &Op) -> Option<&'static str> {
+        if self.nodes.contains(&op.actor) {
+            return None;
+        }
+        let entry = self.actors.get(&op.actor)?;
+        if let Some(reason) = entry.key.as_ref().and_then(|k| op.check_signature(k).reason()) {
+            return Some(reason);
+        }
+        match entry.revoked_after {
+            Some(after) if op.counter() as i64 > after => Some("revoked"),
+            _ => None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+}
+
+/// Batches that read the registry (shared) and registry changes
+/// (exclusive) take turns, to the end of their transactions: a batch either
+/// reads a change or is in the log when the change re-checks it.
+pub fn lock_registry(exclusive: bool) {
+    crate::apply::advisory_xact_lock(7234, 0, exclusive);
+}
+
+/// Why a registry op is not valid (None: valid). Only nodes change the
+/// registry: an op that did not come through a peer's replication is
+/// `not_authority`.
+pub fn registry_op_error(from_peer: bool, key: Option<&Value>, column: Option<&str>, delta: Option<&[u8]>) -> Option<String> {
+    if !from_peer {
+        return Some("not_authority".into());
+    }
+    let actor = key.and_then(|k| k.as_object()).filter(|m| m.len() == 1).and_then(|m| m.get("actor")).and_then(Value::as_str);
+    if actor.is_none_or(|a| converge_core::validate_actor(a).is_err()) {
+        return Some("invalid_key".into());
+    }
+    let delta = delta.unwrap_or_default();
+    let ok = match column {
+        Some(KEY_COLUMN) => key_of_state(delta).is_some(),
+        Some(REVOKE_COLUMN) => cutoff(delta).is_some(),
+        _ => return Some("unknown_column".into()),
+    };
+    (!ok).then(|| "invalid_delta".into())
+}
+
+/// The key an lwwreg state of `public_key` holds, if valid.
+fn key_of_state(state: &[u8]) -> Option<Vec<u8>> {
+    let reg = converge_core::decode::<LwwReg>(state).ok()?;
+    let hex = reg.value()?.to_value();
+    let bytes = hex_decode(hex.as_str()?)?;
+    parse_public_key(&bytes).ok()?;
+    Some(bytes)
+}
+
+fn cutoff(delta: &[u8]) -> Option<i64> {
+    let v = i64::from_be_bytes(delta.try_into().ok()?);
+    (v >= 0).then_some(v)
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Merge registry ops (actor, column, delta), already through the dedupe
+/// gate, into the registry, then re-check the ops of every actor whose
+/// entry changed. As converge's owner.
+pub fn merge_registry_ops(ops: Vec<(String, String, Vec<u8>)>) {
+    let mut changed = Vec::new();
+    crate::security::as_owner(|| {
+        for (actor, column, delta) in ops {
+            if merge_one(&actor, &column, &delta) && !changed.contains(&actor) {
+                changed.push(actor);
+            }
+        }
+    });
+    for actor in changed {
+        reevaluate(&actor);
+    }
+}
+
+/// Merge one registry op; whether the actor's entry changed.
+fn merge_one(actor: &str, column: &str, delta: &[u8]) -> bool {
+    let (state, revoked) = Spi::connect_mut(|c| {
+        let t = c.update("SELECT key_state, revoked_after FROM converge.actor WHERE actor = $1 FOR UPDATE", None, &[actor.into()])?;
+        if t.is_empty() {
+            return Ok((None, None));
+        }
+        let row = t.first();
+        Ok::<_, pgrx::spi::SpiError>((row.get::<Vec<u8>>(1)?, row.get::<i64>(2)?))
+    })
+    .unwrap_or_else(|e| fail(e));
+    let (new_state, new_revoked) = if column == KEY_COLUMN {
+        let mut reg = state.as_deref().map(|s| converge_core::decode::<LwwReg>(s).unwrap_or_else(|e| fail(e.message))).unwrap_or_default();
+        reg.merge(&converge_core::decode::<LwwReg>(delta).unwrap_or_else(|e| fail(e.message)));
+        (Some(converge_core::encode(&reg)), revoked)
+    } else {
+        let at = cutoff(delta).unwrap_or_else(|| fail("invalid cut-off"));
+        (state.clone(), Some(revoked.map_or(at, |r| r.min(at))))
+    };
+    let key = new_state.as_deref().and_then(key_of_state);
+    let old_key = state.as_deref().and_then(key_of_state);
+    Spi::run_with_args(
+        "INSERT INTO converge.actor (actor, key_state, public_key, revoked_after) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (actor) DO UPDATE SET key_state = EXCLUDED.key_state, public_key = EXCLUDED.public_key,
+                                               revoked_after = EXCLUDED.revoked_after, changed_at = now()",
+        &[actor.into(), new_state.into(), key.clone().into(), new_revoked.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
+    key != old_key || new_revoked != revoked
+}
+
+/// Re-check every op of `actor` in the log against the registry: applied
+/// ops it no longer admits are taken out (rows rebuilt); ops rejected for
+/// their signature that it admits now (another key won) are applied.
+fn reevaluate(actor: &str) {
+    let registry = Registry::load();
+    if registry.nodes.contains(actor) {
+        return;
+    }
+    let rows = crate::security::as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT seq, op_id, target_table, target_key, target_column, schema_version, coalesce(epoch, 0),
+                        coalesce(deps, '{}'), delta, signature, outcome = 'applied'
+                   FROM converge.op_log
+                  WHERE actor = $1 AND (outcome = 'applied' OR (outcome = 'rejected' AND reason IN ('unsigned', 'bad_signature')))
+                  ORDER BY seq",
+                None,
+                &[actor.into()],
+            )?
+            .map(|r| {
+                let op = Op {
+                    op_id: r.get::<String>(2)?.unwrap_or_default(),
+                    actor: actor.to_string(),
+                    target_table: r.get::<String>(3)?.unwrap_or_default(),
+                    target_key: Json::from_value(&r.get::<JsonB>(4)?.map(|j| j.0).unwrap_or(Value::Null)),
+                    target_column: r.get::<String>(5)?.unwrap_or_default(),
+                    schema_version: r.get::<i32>(6)?.unwrap_or(0),
+                    epoch: r.get::<i64>(7)?.unwrap_or(0),
+                    deps: r.get::<Vec<String>>(8)?.unwrap_or_default(),
+                    delta: r.get::<Vec<u8>>(9)?.unwrap_or_default(),
+                    signature: r.get::<Vec<u8>>(10)?,
+                };
+                Ok((r.get::<i64>(1)?.unwrap_or(0), op, r.get::<bool>(11)?.unwrap_or(false)))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        })
+    })
+    .unwrap_or_else(|e| fail(e));
+    let applied: HashSet<String> = rows.iter().filter(|r| r.2).map(|r| r.1.op_id.clone()).collect();
+    // A REPEATABLE READ snapshot may miss ops of the actor that a batch
+    // committed before this change took the registry's lock.
+    let newest = crate::local_ops::applied_between(actor, 1, i64::MAX);
+    if newest.len() != applied.len() {
+        raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!("could not re-check the ops of \"{actor}\": some were applied after this transaction's snapshot"),
+        );
+    }
+    let mut excluded = Vec::new();
+    let mut readmit: BTreeMap<u64, Op> = BTreeMap::new();
+    for (seq, op, is_applied) in rows {
+        match (is_applied, registry.refuse(&op)) {
+            (true, Some(reason)) => excluded.push(Excluded {
+                seq,
+                table: op.target_table.clone(),
+                key: op.target_key.to_value(),
+                reason: reason.to_string(),
+            }),
+            (false, None) if !applied.contains(&op.op_id) => {
+                readmit.insert(op.counter(), op);
+            }
+            _ => {}
+        }
+    }
+    warn_if_compacted(actor, &registry);
+    crate::rebuild::exclude(&excluded);
+    if !readmit.is_empty() {
+        crate::apply::apply_decoded(readmit.into_values().collect(), "reverify");
+    }
+}
+
+/// A revocation reaches back to the compaction horizon only (rebuild.rs).
+fn warn_if_compacted(actor: &str, registry: &Registry) {
+    let Some(after) = registry.actors.get(actor).and_then(|e| e.revoked_after) else { return };
+    let horizon = crate::security::as_owner(|| {
+        crate::spi::read_one::<i64>("SELECT upto FROM converge.log_horizon WHERE actor = $1", &[actor.into()])
+    });
+    if let Some(upto) = horizon.filter(|u| *u > after) {
+        pgrx::warning!(
+            "ops {}:{}..{}:{} were compacted into row bases before this revocation reached this node and stay applied",
+            actor,
+            after + 1,
+            actor,
+            upto
+        );
+    }
+}
+
+/// Record a registry op of this node (and merge it): its op_id. The
+/// caller holds the registry's lock.
+fn record(actor: &str, column: &str, delta: Vec<u8>) -> String {
+    let me = crate::node::local_node();
+    let counter = crate::local_ops::take_counters(&me, 1);
+    let op_id = format!("{me}:{counter}");
+    crate::security::as_owner(|| {
+        use crate::direct::{int4, int8, text, OpLog};
+        let mut log = OpLog::open();
+        log.append(&[
+            ("op_id", text(&op_id)),
+            ("actor", text(&me)),
+            ("counter", int8(counter)),
+            ("target_table", text(REGISTRY)),
+            ("target_key", JsonB(json!({ "actor": actor })).into_datum()),
+            ("target_column", text(column)),
+            ("schema_version", int4(1)),
+            ("epoch", int8(0)),
+            ("deps", Vec::<String>::new().into_datum()),
+            ("delta", delta.clone().into_datum()),
+            ("origin", text("local")),
+        ]);
+        log.close();
+    });
+    merge_registry_ops(vec![(actor.to_string(), column.to_string(), delta)]);
+    op_id
+}
+
+/// Refuse a node's name: nodes are trusted through their connection.
+fn check_not_node(actor: &str) {
+    converge_core::validate_actor(actor).or_raise();
+    lock_registry(true);
+    if Registry::load_nodes().contains(actor) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("\"{actor}\" is a node of this mesh: a node's own ops are trusted through its replication connection"),
+        );
+    }
+}
+
+impl Registry {
+    fn load_nodes() -> HashSet<String> {
+        crate::security::as_owner(|| {
+            Spi::connect(|c| {
+                c.select("SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer", None, &[])
+                    .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            })
+        })
+        .unwrap_or_else(|e| fail(e))
+    }
+}
+
+/// `converge.register_actor(actor, public_key)`: from now on every op of
+/// `actor` must carry an ed25519 signature by this key, on every node.
+/// Returns the registry op's id (NULL when the actor already has this key).
+#[pg_extern(volatile, parallel_unsafe)]
+fn register_actor(actor: &str, public_key: &[u8]) -> Option<String> {
+    check_not_node(actor);
+    parse_public_key(public_key).or_raise();
+    let me = crate::node::local_node();
+    let current = crate::security::as_owner(|| {
+        crate::spi::read_one::<Vec<u8>>("SELECT key_state FROM converge.actor WHERE actor = $1", &[actor.into()])
+    });
+    if let Some(state) = &current {
+        match key_of_state(state) {
+            Some(k) if k == public_key => return None,
+            Some(_) => raise_hint_55000(actor),
+            None => {}
+        }
+    }
+    let floor = current.as_deref().and_then(|s| converge_core::decode::<LwwReg>(s).ok()).and_then(|r| r.max_timestamp().cloned());
+    let ts = crate::node::timestamp(&me, floor.as_ref());
+    let delta = LwwReg::default().assign(Json::from_value(&Value::String(hex(public_key))), ts);
+    Some(record(actor, KEY_COLUMN, converge_core::encode(&delta)))
+}
+
+fn raise_hint_55000(actor: &str) -> ! {
+    crate::errors::raise_hint(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("actor \"{actor}\" already has another key"),
+        "A key is an actor's identity: give the device with a new key a new actor name (and revoke the old one).",
+    )
+}
+
+/// `converge.revoke_actor(actor, after)`: ops of `actor` with counters
+/// above `after` (default: the highest counter of it applied here) are
+/// rejected with `revoked` on every node, also those applied already.
+#[pg_extern(volatile, parallel_unsafe)]
+fn revoke_actor(actor: &str, after: default!(Option<i64>, "NULL")) -> String {
+    check_not_node(actor);
+    let after = after.unwrap_or_else(|| {
+        crate::security::as_owner(|| {
+            crate::spi::read_one::<i64>(
+                "SELECT greatest((SELECT contiguous FROM converge.actor_frontier WHERE actor = $1),
+                                 (SELECT max(counter) FROM converge.op_log WHERE actor = $1 AND outcome = 'applied'), 0)",
+                &[actor.into()],
+            )
+        })
+        .unwrap_or(0)
+    });
+    if after < 0 {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("after must be 0 or more, not {after}"));
+    }
+    record(actor, REVOKE_COLUMN, after.to_be_bytes().to_vec())
+}
+
+/// The bytes an actor signs for an op (`Op::signing_bytes`), from its
+/// fields; `converge.op_signing_bytes(op)` wraps it.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(immutable, parallel_safe)]
+fn op_signing_bytes_fields(
+    op_id: Option<String>,
+    actor: Option<String>,
+    target_table: Option<String>,
+    target_key: Option<JsonB>,
+    target_column: Option<String>,
+    schema_version: Option<i32>,
+    epoch: Option<i64>,
+    deps: Option<Vec<Option<String>>>,
+    delta: Option<Vec<u8>>,
+) -> Vec<u8> {
+    let bytes = crate::ops::op_encode_fields(op_id, actor, target_table, target_key, target_column, schema_version, epoch, deps, delta, None);
+    Op::decode(&bytes).or_raise().signing_bytes()
+}
