@@ -5,8 +5,9 @@
 -- nodes (register_actor, revoke_actor), which replicate like any op.
 CREATE TABLE converge.actor (
     actor         text PRIMARY KEY,
-    key_state     bytea,      -- lwwreg (binary) of the key's hex: concurrent registrations settle on one key
+    key_state     bytea,      -- lwwreg (binary) of {"key": hex, "after": n}: concurrent registrations settle on one
     public_key    bytea,      -- the key key_state holds (32 bytes)
+    signed_after  bigint,     -- ops with a higher counter must be signed with it (earlier ones predate the key)
     revoked_after bigint,     -- ops with a higher counter are rejected ('revoked'); the least revocation holds
     changed_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -16,8 +17,8 @@ SELECT pg_catalog.pg_extension_config_dump('converge.actor', '');
 GRANT SELECT ON converge.actor TO PUBLIC;
 
 CREATE VIEW converge.actors AS
-    SELECT a.actor, a.public_key, a.revoked_after, a.changed_at FROM converge.actor a;
-COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops must be signed with, and the counter after which it is revoked (NULL: not revoked).';
+    SELECT a.actor, a.public_key, a.signed_after, a.revoked_after, a.changed_at FROM converge.actor a;
+COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops with counters above signed_after must be signed with, and the counter after which it is revoked (NULL: not revoked).';
 GRANT SELECT ON converge.actors TO PUBLIC;
 
 CREATE FUNCTION converge.op_signing_bytes(o converge.op) RETURNS bytea
@@ -28,6 +29,6 @@ $$;
 COMMENT ON FUNCTION converge.op_signing_bytes(converge.op) IS 'The bytes an actor signs with its ed25519 key: a fixed domain tag and the op''s binary form without its signature. Sign the op as nodes log it: target_table schema-qualified, target_key with integer and boolean key columns as JSON numbers and booleans.';
 COMMENT ON FUNCTION converge.op_signing_bytes_fields(text, text, text, jsonb, text, integer, bigint, text[], bytea) IS 'Internal: the body of converge.op_signing_bytes.';
 
-COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): from then on, on every node, its ops must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
+COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): on every node, its ops after those this node has applied without a gap (signed_after) must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied elsewhere before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
 COMMENT ON FUNCTION converge.revoke_actor(text, bigint) IS 'Revoke an actor: its ops with counters above after (default: the highest applied here) are rejected with revoked on every node, and those already applied are taken out of their rows (rebuilt from base and remaining ops, back to the compaction horizon). Replicates; returns the op''s id.';
 REVOKE ALL ON FUNCTION converge.register_actor(text, bytea), converge.revoke_actor(text, bigint) FROM PUBLIC;

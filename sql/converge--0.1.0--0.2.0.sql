@@ -46,6 +46,38 @@ CREATE FUNCTION converge."set_authority_on"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'set_authority_on_wrapper';
+CREATE FUNCTION converge."op_signing_bytes_fields"(
+	"op_id" TEXT,
+	"actor" TEXT,
+	"target_table" TEXT,
+	"target_key" jsonb,
+	"target_column" TEXT,
+	"schema_version" INT,
+	"epoch" bigint,
+	"deps" TEXT[],
+	"delta" bytea
+) RETURNS bytea
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'op_signing_bytes_fields_wrapper';
+CREATE FUNCTION converge."register_actor"(
+	"actor" TEXT,
+	"public_key" bytea
+) RETURNS TEXT
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'register_actor_wrapper';
+CREATE FUNCTION converge."revoke_actor"(
+	"actor" TEXT,
+	"after" bigint DEFAULT NULL
+) RETURNS TEXT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'revoke_actor_wrapper';
+CREATE FUNCTION converge."under_peer_origin"() RETURNS bool
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'under_peer_origin_sql_wrapper';
 
 -- What the workers learn of each peer (causal stability, lost peers).
 ALTER TABLE converge.peer_status
@@ -478,6 +510,70 @@ BEGIN
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION converge.guard_authority() IS 'Trigger of tables with authority columns: a local change of such a column on a node other than its authority fails with 42501.';
+
+-- Actors (SPEC section 5): devices with registered ed25519 keys, and
+-- revocation. src/actors.rs explains the rules; docs/coordination.md the use.
+
+-- The registry, the same on every node: it changes only through ops of
+-- nodes (register_actor, revoke_actor), which replicate like any op.
+CREATE TABLE converge.actor (
+    actor         text PRIMARY KEY,
+    key_state     bytea,      -- lwwreg (binary) of {"key": hex, "after": n}: concurrent registrations settle on one
+    public_key    bytea,      -- the key key_state holds (32 bytes)
+    signed_after  bigint,     -- ops with a higher counter must be signed with it (earlier ones predate the key)
+    revoked_after bigint,     -- ops with a higher counter are rejected ('revoked'); the least revocation holds
+    changed_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE converge.actor IS 'Registered actors (devices): the ed25519 key their ops must be signed with, and the counter after which they are revoked. Changed by converge.register_actor and converge.revoke_actor on any node; the same on every node once synced.';
+SELECT pg_catalog.pg_extension_config_dump('converge.actor', '');
+-- Public keys and revocations are not secrets; writing is converge's own.
+GRANT SELECT ON converge.actor TO PUBLIC;
+
+CREATE VIEW converge.actors AS
+    SELECT a.actor, a.public_key, a.signed_after, a.revoked_after, a.changed_at FROM converge.actor a;
+COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops with counters above signed_after must be signed with, and the counter after which it is revoked (NULL: not revoked).';
+GRANT SELECT ON converge.actors TO PUBLIC;
+
+CREATE FUNCTION converge.op_signing_bytes(o converge.op) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT converge.op_signing_bytes_fields(o.op_id, o.actor, o.target_table, o.target_key, o.target_column,
+                                            o.schema_version, o.epoch, o.deps, o.delta)
+$$;
+COMMENT ON FUNCTION converge.op_signing_bytes(converge.op) IS 'The bytes an actor signs with its ed25519 key: a fixed domain tag and the op''s binary form without its signature. Sign the op as nodes log it: target_table schema-qualified, target_key with integer and boolean key columns as JSON numbers and booleans.';
+COMMENT ON FUNCTION converge.op_signing_bytes_fields(text, text, text, jsonb, text, integer, bigint, text[], bytea) IS 'Internal: the body of converge.op_signing_bytes.';
+
+COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): on every node, its ops after those this node has applied without a gap (signed_after) must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied elsewhere before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
+COMMENT ON FUNCTION converge.revoke_actor(text, bigint) IS 'Revoke an actor: its ops with counters above after (default: the highest applied here) are rejected with revoked on every node, and those already applied are taken out of their rows (rebuilt from base and remaining ops, back to the compaction horizon). Replicates; returns the op''s id.';
+REVOKE ALL ON FUNCTION converge.register_actor(text, bytea), converge.revoke_actor(text, bigint) FROM PUBLIC;
+
+-- Ops clients sent wait out a peer's transaction (src/apply/mod.rs).
+-- Pending ops whose deps are all applied, applied now.
+CREATE OR REPLACE FUNCTION converge.retry_pending()
+RETURNS TABLE (op_id text, outcome text, reason text)
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+#variable_conflict use_column
+DECLARE p record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM converge.pending) THEN
+        RETURN;
+    END IF;
+    FOR p IN
+        WITH ready AS (
+            DELETE FROM converge.pending q
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
+               AND converge.may_write((q.op).target_table, (q.op).target_column)
+               -- Under a peer's origin nothing written is shipped: ops a
+               -- client sent here wait for a transaction of their own.
+               AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())
+            RETURNING q.op, q.origin, q.received_at)
+        SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
+    LOOP
+        RETURN QUERY SELECT * FROM converge.apply_ops(p.batch, p.origin, false);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). In a transaction that applies a peer''s changes (sync) only ops that came from peers: ops clients sent wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync.';
+
+COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
 
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.

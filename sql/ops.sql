@@ -163,13 +163,16 @@ BEGIN
             DELETE FROM converge.pending q
              WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
                AND converge.may_write((q.op).target_table, (q.op).target_column)
+               -- Under a peer's origin nothing written is shipped: ops a
+               -- client sent here wait for a transaction of their own.
+               AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())
             RETURNING q.op, q.origin, q.received_at)
         SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
     LOOP
         RETURN QUERY SELECT * FROM converge.apply_ops(p.batch, p.origin, false);
     END LOOP;
 END $$;
-COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair).';
+COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). In a transaction that applies a peer''s changes (sync) only ops that came from peers: ops clients sent wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync.';
 
 -- The body of apply_batch is Rust (src/apply/): the ops go in as arrays.
 CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
@@ -319,5 +322,6 @@ LANGUAGE sql AS $$ SELECT converge.replicate_table(tbl::oid) $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';
 
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
+COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
 COMMENT ON FUNCTION converge.last_op_counter(text) IS 'Internal: the highest op counter of this node (its newest op in the log), for converge.frontier().';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

@@ -8,9 +8,10 @@
 //! rebuild.rs) and applies those now admitted.
 //!
 //! Registry ops target `converge.actor`, key `{"actor": name}`, column
-//! `public_key` (an lwwreg of the key's hex: concurrent registrations of one
-//! actor settle on one key everywhere) or `revoked_after` (8 bytes, a
-//! big-endian counter; the least of all revocations holds).
+//! `public_key` (an lwwreg of `{"key": hex, "after": n}`: ops with counters
+//! above n must be signed; concurrent registrations of one actor settle on
+//! one everywhere) or `revoked_after` (8 bytes, a big-endian counter; the
+//! least of all revocations holds).
 
 use crate::errors::{raise, OrRaise};
 use crate::rebuild::Excluded;
@@ -33,6 +34,9 @@ fn fail(e: impl std::fmt::Display) -> ! {
 
 struct Entry {
     key: Option<VerifyingKey>,
+    /// Ops with counters up to this one were made before the key was
+    /// registered (as the registering node had them): they need none.
+    signed_after: i64,
     revoked_after: Option<i64>,
 }
 
@@ -55,15 +59,19 @@ impl Registry {
         let mut r = Registry { actors: HashMap::new(), nodes: Registry::load_nodes() };
         crate::direct::reading(c"actor", |heap| {
             let att = |name: &str| crate::direct::attnum(heap, name);
-            let (a_actor, a_key, a_after) = (att("actor"), att("public_key"), att("revoked_after"));
+            let (a_actor, a_key, a_after) = (att("actor"), att("key_state"), att("revoked_after"));
             let newest = &raw mut pg_sys::SnapshotSelfData;
             crate::direct::index_scan(heap, c"actor_pkey", &[], newest, pg_sys::ScanDirection::ForwardScanDirection, |slot| {
                 let get = |a| crate::direct::column(slot, a);
                 let actor = get(a_actor).and_then(|d| unsafe { String::from_datum(d, false) });
-                let key = get(a_key).and_then(|d| unsafe { Vec::<u8>::from_datum(d, false) }).and_then(|k| parse_public_key(&k).ok());
+                let key = get(a_key).and_then(|d| unsafe { Vec::<u8>::from_datum(d, false) }).and_then(|s| key_of_state(&s));
                 let revoked_after = get(a_after).and_then(|d| unsafe { i64::from_datum(d, false) });
                 if let Some(actor) = actor {
-                    r.actors.insert(actor, Entry { key, revoked_after });
+                    let (key, signed_after) = match key {
+                        Some(k) => (parse_public_key(&k.key).ok(), k.after),
+                        None => (None, 0),
+                    };
+                    r.actors.insert(actor, Entry { key, signed_after, revoked_after });
                 }
                 true
             })
@@ -78,7 +86,8 @@ impl Registry {
             return None;
         }
         let entry = self.actors.get(&op.actor)?;
-        if let Some(reason) = entry.key.as_ref().and_then(|k| op.check_signature(k).reason()) {
+        let must_sign = op.counter() as i64 > entry.signed_after;
+        if let Some(reason) = entry.key.as_ref().filter(|_| must_sign).and_then(|k| op.check_signature(k).reason()) {
             return Some(reason);
         }
         match entry.revoked_after {
@@ -95,8 +104,32 @@ impl Registry {
 /// Batches that read the registry (shared) and registry changes
 /// (exclusive) take turns, to the end of their transactions: a batch either
 /// reads a change or is in the log when the change re-checks it.
+/// Under a peer's origin (the worker, which applies every peer's batches)
+/// the exclusive lock is not waited for long: a client transaction left
+/// open after an apply_batch must not stall replication; the batch fails
+/// (55P03) and the worker tries it again.
 pub fn lock_registry(exclusive: bool) {
-    crate::apply::advisory_xact_lock(7234, 0, exclusive);
+    if !(exclusive && crate::apply::under_peer_origin()) {
+        crate::apply::advisory_xact_lock(7234, 0, exclusive);
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let got = unsafe {
+            pgrx::direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int4, &[7234i32.into_datum(), 0i32.into_datum()])
+        };
+        if got == Some(true) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            raise(
+                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                "the actor registry is held by another transaction (an apply_batch or a registry change not yet committed); retrying later",
+            );
+        }
+        pgrx::check_for_interrupts!();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Why a registry op is not valid (None: valid). Only nodes change the
@@ -119,13 +152,25 @@ pub fn registry_op_error(from_peer: bool, key: Option<&Value>, column: Option<&s
     (!ok).then(|| "invalid_delta".into())
 }
 
-/// The key an lwwreg state of `public_key` holds, if valid.
-fn key_of_state(state: &[u8]) -> Option<Vec<u8>> {
+/// A registration: the key, and the counter after which ops need it.
+#[derive(PartialEq)]
+struct Registered {
+    key: Vec<u8>,
+    after: i64,
+}
+
+/// The registration an lwwreg state of `public_key` holds, if valid: its
+/// value is `{"key": "<hex>", "after": n}`.
+fn key_of_state(state: &[u8]) -> Option<Registered> {
     let reg = converge_core::decode::<LwwReg>(state).ok()?;
-    let hex = reg.value()?.to_value();
-    let bytes = hex_decode(hex.as_str()?)?;
-    parse_public_key(&bytes).ok()?;
-    Some(bytes)
+    let v = reg.value()?.to_value();
+    let key = hex_decode(v.get("key")?.as_str()?)?;
+    let after = v.get("after")?.as_i64().filter(|a| *a >= 0)?;
+    if v.as_object()?.len() != 2 {
+        return None;
+    }
+    parse_public_key(&key).ok()?;
+    Some(Registered { key, after })
 }
 
 fn cutoff(delta: &[u8]) -> Option<i64> {
@@ -161,6 +206,26 @@ pub fn merge_registry_ops(ops: Vec<(String, String, Vec<u8>)>) {
     }
 }
 
+/// Merge a peer's registry, read as rows (actor, key_state hex,
+/// revoked_after): a node that copies a peer's state instead of its ops
+/// (rejoin.rs) gets the registry that way, its ops being compacted there.
+pub fn merge_registry_state(rows: Vec<(Option<String>, Option<String>, Option<String>)>) {
+    let mut ops = Vec::new();
+    for (actor, key_state, after) in rows {
+        let Some(actor) = actor else { continue };
+        if let Some(state) = key_state.as_deref().and_then(hex_decode).filter(|s| key_of_state(s).is_some()) {
+            ops.push((actor.clone(), KEY_COLUMN.to_string(), state));
+        }
+        if let Some(after) = after.and_then(|a| a.parse::<i64>().ok()).filter(|a| *a >= 0) {
+            ops.push((actor, REVOKE_COLUMN.to_string(), after.to_be_bytes().to_vec()));
+        }
+    }
+    if !ops.is_empty() {
+        lock_registry(true);
+        merge_registry_ops(ops);
+    }
+}
+
 /// Merge one registry op; whether the actor's entry changed.
 fn merge_one(actor: &str, column: &str, delta: &[u8]) -> bool {
     let (state, revoked) = Spi::connect_mut(|c| {
@@ -182,11 +247,13 @@ fn merge_one(actor: &str, column: &str, delta: &[u8]) -> bool {
     };
     let key = new_state.as_deref().and_then(key_of_state);
     let old_key = state.as_deref().and_then(key_of_state);
+    let (public, after) = key.as_ref().map(|k| (k.key.clone(), k.after)).unzip();
     Spi::run_with_args(
-        "INSERT INTO converge.actor (actor, key_state, public_key, revoked_after) VALUES ($1, $2, $3, $4)
+        "INSERT INTO converge.actor (actor, key_state, public_key, signed_after, revoked_after) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (actor) DO UPDATE SET key_state = EXCLUDED.key_state, public_key = EXCLUDED.public_key,
-                                               revoked_after = EXCLUDED.revoked_after, changed_at = now()",
-        &[actor.into(), new_state.into(), key.clone().into(), new_revoked.into()],
+                                               signed_after = EXCLUDED.signed_after, revoked_after = EXCLUDED.revoked_after,
+                                               changed_at = now()",
+        &[actor.into(), new_state.into(), public.into(), after.into(), new_revoked.into()],
     )
     .unwrap_or_else(|e| fail(e));
     key != old_key || new_revoked != revoked
@@ -256,11 +323,52 @@ fn reevaluate(actor: &str) {
             _ => {}
         }
     }
+    // Ops of the actor waiting for their deps go through the checks again
+    // (an op past a cut-off waits for nothing any more: it is rejected).
+    for op in take_pending(actor) {
+        readmit.insert(op.counter(), op);
+    }
     warn_if_compacted(actor, &registry);
     crate::rebuild::exclude(&excluded);
-    if !readmit.is_empty() {
-        crate::apply::apply_decoded(readmit.into_values().collect(), "reverify");
+    let readmit: Vec<Op> = readmit.into_values().collect();
+    if readmit.is_empty() {
+        return;
     }
+    if crate::apply::under_peer_origin() {
+        // Applied here they would never be shipped: the worker applies them
+        // next, in a transaction of its own (apply::note_deferred).
+        park(&readmit);
+    } else {
+        crate::apply::apply_decoded(readmit, "reverify");
+    }
+}
+
+/// Put ops in converge.pending with nothing missing: the next retry
+/// applies them (or buffers them again if their deps are not applied).
+fn park(ops: &[Op]) {
+    let encoded: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
+    crate::security::as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO converge.pending (op_id, op, missing, origin)
+             SELECT (x.o).op_id, x.o, '{}', 'reverify' FROM (SELECT converge.op_decode(b) AS o FROM unnest($1::bytea[]) b) x
+                 ON CONFLICT DO NOTHING",
+            &[encoded.into()],
+        )
+    })
+    .unwrap_or_else(|e| fail(e));
+}
+
+/// The ops of `actor` waiting in converge.pending, taken out of it.
+fn take_pending(actor: &str) -> Vec<Op> {
+    crate::security::as_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update("DELETE FROM converge.pending q WHERE (q.op).actor = $1 RETURNING converge.op_encode(q.op)", None, &[actor.into()])?
+                .filter_map(|r| r.get::<Vec<u8>>(1).transpose())
+                .map(|b| b.map(|b| Op::decode(&b).unwrap_or_else(|e| fail(e.message))))
+                .collect::<Result<Vec<Op>, _>>()
+        })
+    })
+    .unwrap_or_else(|e| fail(e))
 }
 
 /// A revocation reaches back to the compaction horizon only (rebuild.rs).
@@ -284,6 +392,10 @@ fn warn_if_compacted(actor: &str, registry: &Registry) {
 /// caller holds the registry's lock.
 fn record(actor: &str, column: &str, delta: Vec<u8>) -> String {
     let me = crate::node::local_node();
+    // Merged (and rows rebuilt) before the node's op counter is taken: the
+    // counter lock is held to commit, and local writers need it to commit
+    // while holding rows a rebuild may wait for.
+    merge_registry_ops(vec![(actor.to_string(), column.to_string(), delta.clone())]);
     let counter = crate::local_ops::take_counters(&me, 1);
     let op_id = format!("{me}:{counter}");
     crate::security::as_owner(|| {
@@ -304,7 +416,6 @@ fn record(actor: &str, column: &str, delta: Vec<u8>) -> String {
         ]);
         log.close();
     });
-    merge_registry_ops(vec![(actor.to_string(), column.to_string(), delta)]);
     op_id
 }
 
@@ -345,14 +456,18 @@ fn register_actor(actor: &str, public_key: &[u8]) -> Option<String> {
     });
     if let Some(state) = &current {
         match key_of_state(state) {
-            Some(k) if k == public_key => return None,
+            Some(k) if k.key == public_key => return None,
             Some(_) => raise_hint_55000(actor),
             None => {}
         }
     }
+    // Ops this node has of the actor without a gap were made before the
+    // key existed: they stay valid on every node (they may be compacted
+    // anywhere already); every later one must be signed.
+    let after = crate::local_ops::contiguous(actor);
     let floor = current.as_deref().and_then(|s| converge_core::decode::<LwwReg>(s).ok()).and_then(|r| r.max_timestamp().cloned());
     let ts = crate::node::timestamp(&me, floor.as_ref());
-    let delta = LwwReg::default().assign(Json::from_value(&Value::String(hex(public_key))), ts);
+    let delta = LwwReg::default().assign(Json::from_value(&json!({ "key": hex(public_key), "after": after })), ts);
     Some(record(actor, KEY_COLUMN, converge_core::encode(&delta)))
 }
 
@@ -382,6 +497,18 @@ fn revoke_actor(actor: &str, after: default!(Option<i64>, "NULL")) -> String {
     });
     if after < 0 {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("after must be 0 or more, not {after}"));
+    }
+    // Ops folded into bases cannot be taken out (rebuild.rs): a cut-off
+    // behind this node's horizon would leave them here and not elsewhere.
+    let horizon = crate::security::as_owner(|| {
+        crate::spi::read_one::<i64>("SELECT upto FROM converge.log_horizon WHERE actor = $1", &[actor.into()])
+    });
+    if let Some(upto) = horizon.filter(|u| after < *u) {
+        crate::errors::raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("ops of \"{actor}\" through counter {upto} are compacted here and cannot be taken out"),
+            format!("Revoke after {upto} or later; undo earlier ops with new ops."),
+        );
     }
     record(actor, REVOKE_COLUMN, after.to_be_bytes().to_vec())
 }

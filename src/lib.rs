@@ -64,6 +64,7 @@ extension_sql_file!(
         ops::op_encode_fields,
         ops::op_decode_fields,
         apply::entry::apply_ops_core,
+        apply::under_peer_origin_sql,
         trigger::record_local_ops,
         trigger::forget_layout,
         trigger::replicate_table,

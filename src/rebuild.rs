@@ -40,6 +40,16 @@ pub fn exclude(ops: &[Excluded]) {
             ],
         )
         .unwrap_or_else(|e| fail(e));
+        // Their actors' contiguous frontiers end before them again: an op
+        // taken out is no longer applied here (if it arrives again, it is
+        // checked again, not taken for a duplicate).
+        Spi::run_with_args(
+            "UPDATE converge.actor_frontier f SET contiguous = least(f.contiguous, m.lo - 1)
+               FROM (SELECT l.actor, min(l.counter) AS lo FROM converge.op_log l WHERE l.seq = ANY ($1) GROUP BY l.actor) m
+              WHERE f.actor = m.actor",
+            &[ops.iter().map(|o| o.seq).collect::<Vec<i64>>().into()],
+        )
+        .unwrap_or_else(|e| fail(e));
         let mut rows: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for o in ops {
             rows.entry(o.table.clone()).or_default().insert(o.key.to_string());
@@ -51,22 +61,65 @@ pub fn exclude(ops: &[Excluded]) {
     })
 }
 
-/// The types of `table`'s CRDT columns, or None when it is no longer
-/// replicated (its rows are nobody's to rebuild).
-fn crdt_columns(table: &str) -> Option<HashMap<String, String>> {
-    let text = crate::spi::read_one::<String>(
-        "SELECT r.crdt_columns::text FROM converge.replicated r WHERE r.table_name = to_regclass($1)",
-        &[table.into()],
-    )?;
-    serde_json::from_str(&text).ok()
+/// A replicated table as a rebuild needs it.
+struct Layout {
+    rel: pg_sys::Oid,
+    keys: Vec<String>,
+    crdt: HashMap<String, String>,
+}
+
+/// `table`'s layout, or None when it is no longer replicated under that
+/// name (its rows are nobody's to rebuild).
+fn layout(table: &str) -> Option<Layout> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT r.table_name::oid, r.key_columns, r.crdt_columns::text FROM converge.replicated r
+              WHERE r.table_name = to_regclass($1)
+                AND (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace
+                      WHERE k.oid = r.table_name) = $1",
+            Some(1),
+            &[table.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let row = t.first();
+        let crdt = row.get::<String>(3)?.and_then(|j| serde_json::from_str(&j).ok());
+        Ok::<_, pgrx::spi::SpiError>(match (row.get::<pg_sys::Oid>(1)?, row.get::<Vec<String>>(2)?, crdt) {
+            (Some(rel), Some(keys), Some(crdt)) => Some(Layout { rel, keys, crdt }),
+            _ => None,
+        })
+    })
+    .unwrap_or_else(|e| fail(e))
+}
+
+/// Lock the rows (as the writer of the table) and their row_state entries,
+/// in the order local writes take them, before their parts are read: a
+/// writer that held one commits its op first, and the read then sees it.
+fn lock_rows(table: &str, t: &Layout, json: &[JsonB]) {
+    let matched = crate::rows::keys_match(&t.keys);
+    let sql = format!(
+        "SELECT 1 FROM {table} t, unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{table}, k.key) v
+          WHERE {matched} FOR UPDATE OF t"
+    );
+    let keys: Vec<JsonB> = json.iter().map(|j| JsonB(j.0.clone())).collect();
+    crate::security::as_writer(t.rel, || Spi::run_with_args(&sql, &[keys.into()])).unwrap_or_else(|e| fail(e));
+    let keys: Vec<JsonB> = json.iter().map(|j| JsonB(j.0.clone())).collect();
+    Spi::run_with_args(
+        "SELECT 1 FROM converge.row_state s WHERE s.tbl = $1::oid::regclass AND s.target_key = ANY ($2) FOR UPDATE",
+        &[t.rel.into(), keys.into()],
+    )
+    .unwrap_or_else(|e| fail(e));
 }
 
 /// Rebuild these rows of `table` (its qualified name, as ops name it) from
 /// their bases and their applied ops: each row becomes what applying those
 /// alone to an empty table would make it.
 pub fn rebuild_rows(table: &str, keys: &[Value]) {
-    let Some(crdt) = crdt_columns(table) else { return };
+    let Some(t) = layout(table) else { return };
+    let crdt = &t.crdt;
     let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    lock_rows(table, &t, &json);
     // Every part of the rows in one read (per row and column: base first,
     // then log order).
     let rows: Vec<(Value, String, Vec<u8>)> = Spi::connect(|c| {

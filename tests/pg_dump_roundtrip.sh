@@ -28,6 +28,9 @@ SELECT i, incr(NULL::gcounter, i), decr(incr(NULL::pncounter, i), 2), transfer(i
   FROM generate_series(1, 50) i;
 INSERT INTO everything (id) VALUES (0);
 SELECT set_authority('everything', 'lr', 'virginia');   -- carried over with its guard
+-- A device's key and a revocation (seed 07 x 32: see pg_regress/sql/actors.sql).
+SELECT register_actor('phone7', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c') IS NOT NULL;
+SELECT revoke_actor('phone8', 0) IS NOT NULL;
 SQL
 pg_dump -h 127.0.0.1 -p "$PORT" -U postgres dump_src > "$DIR.dump.sql"
 pq "$PORT" -d dump_dst -f "$DIR.dump.sql" >/dev/null
@@ -50,6 +53,12 @@ auth() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s.%s=%s', target_
 out=$(pq "$PORT" -d dump_dst -c "UPDATE everything SET lr = converge.assign(lr, '1'::jsonb) WHERE id = 1" 2>&1 || true)
 echo "$out" | grep -q 'decided by node "virginia"' || { echo "the restored authority guard did not stop a change: $out"; exit 1; }
 echo "authority and its guard restored"
+
+reg() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s %s %s %s', actor, encode(public_key, 'hex'), signed_after, revoked_after), ',' ORDER BY actor) FROM converge.actors"; }
+[ -n "$(reg dump_src)" ] && [ "$(reg dump_src)" = "$(reg dump_dst)" ] || { echo "actor registry not restored: $(reg dump_src) vs $(reg dump_dst)"; exit 1; }
+out=$(pq "$PORT" -d dump_dst -At -c "SELECT reason FROM converge.apply(ROW('phone7:1', 'phone7', 'public.everything', '{\"id\":1}', 'g', 1, 0, '{}', '{\"counts\":{\"phone7\":1}}'::converge.gcounter::bytea, NULL)::converge.op)")
+[ "$out" = "unsigned" ] || { echo "the restored registry did not reject an unsigned op: $out"; exit 1; }
+echo "actor registry restored: $(reg dump_dst)"
 
 # The restored node keeps its identity, never reissues a dot or an op_id.
 pq "$PORT" -d dump_dst -At <<'SQL' | tee "$DIR.after"

@@ -120,6 +120,43 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         '\x0000000000000000', NULL)::converge.op]);
 SELECT outcome, reason, count(*) FROM converge.op_log GROUP BY 1, 2 ORDER BY 1, 2;
 
+-- A key registered after an actor's first ops: those stay valid (they
+-- predate the key, as this node had them without a gap: signed_after),
+-- every later op must be signed.
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone6:1', 'phone6', 'public.reading', '{"id":1}', 'hits', 1, 0, '{}',
+        '{"counts":{"phone6":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone6:2', 'phone6', 'public.reading', '{"id":1}', 'hits', 1, 0, '{}',
+        '{"counts":{"phone6":2}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT converge.register_actor('phone6', '\x1398f62c6d1a457c51ba6a4b5f3dbd2f69fca93216218dc8997e416bd17d93ca') IS NOT NULL AS registered;
+SELECT actor, signed_after, revoked_after FROM converge.actors WHERE actor = 'phone6';
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone6:3', 'phone6', 'public.reading', '{"id":1}', 'hits', 1, 0, '{}',
+        '{"counts":{"phone6":3}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT op_id, outcome FROM converge.op_log WHERE actor = 'phone6' ORDER BY seq;
+
+-- Rows are rebuilt in place: a CRDT column declared NOT NULL never goes
+-- through NULL (phone5's second increment is taken out, its first stays).
+SET ROLE cv_field;
+CREATE TABLE meter (id int PRIMARY KEY, n converge.gcounter NOT NULL DEFAULT '{}');
+SELECT converge.replicate('meter');
+INSERT INTO meter (id) VALUES (1);
+RESET ROLE;
+SELECT op_id, outcome FROM converge.apply_batch(ARRAY[
+    ROW('phone5:1', 'phone5', 'public.meter', '{"id":1}', 'n', 1, 0, '{}',
+        '{"counts":{"phone5":4}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone5:2', 'phone5', 'public.meter', '{"id":1}', 'n', 1, 0, '{}',
+        '{"counts":{"phone5":9}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT converge.revoke_actor('phone5', 1) IS NOT NULL AS revoked;
+SELECT id, n FROM meter;
+
+-- Compacted ops cannot be taken out: a cut-off behind this node's horizon
+-- is refused (one at or after it is taken).
+SELECT ops_removed > 0 AS compacted FROM converge.compact();
+SELECT converge.revoke_actor('phone6', 1);
+SELECT converge.revoke_actor('phone6', 2) IS NOT NULL AS revoked;
+SELECT id, note, converge.value(hits) AS hits FROM reading ORDER BY id;
+
 \c regression
 DROP DATABASE converge_regress_faro;
 DROP ROLE cv_field;

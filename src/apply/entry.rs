@@ -94,9 +94,17 @@ fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     // 1. Validate every envelope and delta, without raising (as the caller:
     //    table names resolve with its search_path).
     let nodes = node_actors();
-    // Read under the registry's lock (exclusive when the batch changes it).
-    crate::actors::lock_registry(items.iter().any(|i| i.table.as_deref() == Some(crate::actors::REGISTRY)));
-    let registry = crate::actors::Registry::load();
+    // The actor registry, read under its lock (exclusive when the batch
+    // changes it); not at all for a batch of a peer's own ops only (node
+    // ops are never checked against it), most of what the worker applies.
+    let changes_registry = items.iter().any(|i| i.table.as_deref() == Some(crate::actors::REGISTRY));
+    let peer = origin.strip_prefix("peer:");
+    let registry = if changes_registry || items.iter().any(|i| peer.is_none() || i.actor_given.as_deref() != peer) {
+        crate::actors::lock_registry(changes_registry);
+        crate::actors::Registry::load()
+    } else {
+        crate::actors::Registry::default()
+    };
     crate::security::as_caller(|| {
         for it in items.iter_mut() {
             classify(it, &mut targets, &mut cache, &nodes, &registry);

@@ -276,7 +276,7 @@ pub(super) fn gate_and_merge<'a>(
 pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>, reset: bool) -> Vec<serde_json::Value> {
     let (targets, ti, items, keys) = state_items(table, entries);
     if reset && !keys.is_empty() {
-        empty_rows(&targets[ti], &keys, &[]);
+        empty_rows(&targets[ti], &keys, &[], &items);
     }
     let refs: Vec<&Item> = items.iter().collect();
     crate::security::as_owner(|| merge_into_rows(&refs, &targets));
@@ -290,7 +290,7 @@ pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8
 pub fn replace_rows(table: &str, keys: &[serde_json::Value], entries: Vec<(serde_json::Value, String, Vec<u8>)>, gone: &[serde_json::Value]) {
     let (targets, ti, items, _) = state_items(table, entries);
     if !keys.is_empty() {
-        empty_rows(&targets[ti], keys, gone);
+        empty_rows(&targets[ti], keys, gone, &items);
     }
     let refs: Vec<&Item> = items.iter().collect();
     crate::security::as_owner(|| merge_into_rows(&refs, &targets));
@@ -327,9 +327,10 @@ fn state_items(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>) 
     (targets, ti, items, keys)
 }
 
-/// Set the CRDT columns of these rows to NULL, delete the rows in `gone`,
-/// and forget their row state (clock, tombstone, stash), recording no op.
-fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value]) {
+/// Set the CRDT columns of these rows to the states `items` give them
+/// (NULL where none), delete the rows in `gone`, and forget their row state
+/// (clock, tombstone, stash), recording no op.
+fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value], items: &[Item]) {
     let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
     if !gone.is_empty() {
         let sql = format!(
@@ -344,16 +345,39 @@ fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value]
         set_applying(false);
     }
     if !t.crdt.is_empty() {
-        let cols: Vec<String> = t.crdt.keys().map(|c| format!("{} = NULL", quote_ident(c))).collect();
-        let matched = crate::rows::keys_match(&t.keys);
+        // Each CRDT column set straight to the state it ends with (NULL
+        // when none): never NULL on the way (a NOT NULL column would fail),
+        // and the merge that follows finds it there already.
+        let mut cols: Vec<(&String, &String)> = t.crdt.iter().collect();
+        cols.sort();
+        let mut finals: BTreeMap<String, HashMap<&str, &[u8]>> = BTreeMap::new();
+        for it in items.iter().filter(|i| i.coltype.as_deref() != Some("row")) {
+            let key = it.key.as_ref().map(|k| k.to_string()).unwrap_or_default();
+            let col = it.column.as_deref().unwrap_or_default();
+            finals.entry(key).or_default().insert(col, it.delta.as_deref().unwrap_or_default());
+        }
+        let mut args: Vec<DatumWithOid> = vec![json.iter().map(|j| JsonB(j.0.clone())).collect::<Vec<_>>().into()];
+        for (col, _) in &cols {
+            let values: Vec<Option<Vec<u8>>> =
+                keys.iter().map(|k| finals.get(&k.to_string()).and_then(|m| m.get(col.as_str())).map(|d| d.to_vec())).collect();
+            args.push(values.into());
+        }
+        let sets: Vec<String> =
+            cols.iter().enumerate().map(|(i, (c, ty))| format!("{} = u.c{i}::converge.{}", quote_ident(c), quote_ident(ty))).collect();
+        let arrays: Vec<String> = (0..cols.len()).map(|i| format!("${}::bytea[]", i + 2)).collect();
+        let names: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
         let sql = format!(
-            "UPDATE {name} t SET {cols} FROM unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
+            "UPDATE {name} t SET {sets} FROM unnest($1::jsonb[], {arrays}) u(key, {names}),
+                    LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, u.key) v
               WHERE {matched}",
             name = t.name,
-            cols = cols.join(", "),
+            sets = sets.join(", "),
+            arrays = arrays.join(", "),
+            names = names.join(", "),
+            matched = crate::rows::keys_match(&t.keys),
         );
         set_applying(true);
-        crate::security::as_writer(t.rel, || run(&sql, &[json.iter().map(|j| JsonB(j.0.clone())).collect::<Vec<_>>().into()]));
+        crate::security::as_writer(t.rel, || run(&sql, &args));
         set_applying(false);
     }
     crate::security::as_owner(|| {

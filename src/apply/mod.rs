@@ -646,8 +646,54 @@ pub(crate) fn advisory_xact_lock(key: i32, sub: i32, exclusive: bool) {
     unsafe { pgrx::direct_function_call_as_datum(f, &[key.into_datum(), sub.into_datum()]) };
 }
 
+/// Whether this transaction applies a peer's changes (a replication origin
+/// is set up: the worker, `sync`). Nothing it writes is shipped again.
+pub fn under_peer_origin() -> bool {
+    unsafe { pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId }
+}
+
+/// `converge.under_peer_origin()`: for `converge.retry_pending`, which
+/// leaves ops that did not come from a peer for a transaction of their own
+/// then, so that this node forwards them once they apply (internal).
+#[pg_extern(volatile, parallel_restricted, name = "under_peer_origin")]
+fn under_peer_origin_sql() -> bool {
+    under_peer_origin()
+}
+
+thread_local! {
+    /// A transaction under a peer's origin left ready ops that did not come
+    /// from a peer in converge.pending: the worker retries them right after
+    /// (take_deferred).
+    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether ops were left for a retry outside the peer's origin (and forget it).
+pub fn take_deferred() -> bool {
+    DEFERRED.with(|d| d.replace(false))
+}
+
+/// Note, under a peer's origin, that ops of clients (or readmitted ones)
+/// wait in converge.pending for a transaction of their own.
+pub fn note_deferred() {
+    if !under_peer_origin() || !pending_any() {
+        return;
+    }
+    let waiting = crate::spi::prepared(
+        "SELECT EXISTS (SELECT 1 FROM converge.pending WHERE origin NOT LIKE 'peer:%')",
+        &[],
+        |t| t.first().get_one::<bool>(),
+    )
+    .unwrap_or_else(|e| spi_err(e));
+    if waiting == Some(true) {
+        DEFERRED.with(|d| d.set(true));
+    }
+}
+
 /// Pending ops whose deps are all applied, applied now (those the acting
-/// role may write; the others wait for a role that may).
+/// role may write; the others wait for a role that may). Under a peer's
+/// origin only ops that came from peers: an op a client sent here must be
+/// applied where this node ships it (what is written under a peer's origin
+/// never is), so it waits for the worker's next transaction.
 fn retry_pending() -> Vec<Outcome> {
     if !pending_any() {
         return Vec::new();
@@ -823,6 +869,9 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     if !won.is_empty() {
         let more = retry_pending();
         out.extend(more);
+    }
+    if top_level {
+        note_deferred();
     }
     out
 }

@@ -62,6 +62,14 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     let mut q = |sql: &str, params: &[&str]| conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
     let frontier = q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
+    // The actor registry: its ops may be compacted away there, so it is
+    // copied as state (a peer of a release without it has none).
+    let registry = if q("SELECT to_regclass('converge.actor') IS NOT NULL", &[]).text(0, 0).as_deref() == Some("t") {
+        let r = q("SELECT actor, encode(key_state, 'hex'), revoked_after::text FROM converge.actor", &[]);
+        (0..r.rows.len()).map(|i| (r.text(i, 0), r.text(i, 1), r.text(i, 2))).collect()
+    } else {
+        Vec::new()
+    };
     let mut merged = 0;
     for (table, cols) in local_tables() {
         let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[&table]);
@@ -105,6 +113,7 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
         .unwrap_or_else(|e| fail(peer, e));
     let left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
+    crate::actors::merge_registry_state(registry);
     super::pull::apply_encoded(left, peer, origin, 0, 0);
     // Ops up to the peer's horizon are in this node's rows, not its log:
     // an older cursor must get 55000 here too.

@@ -468,6 +468,9 @@ fn apply(link: &mut Link) -> bool {
         );
         true
     }));
+    if matches!(result, Ok(true)) && crate::apply::take_deferred() {
+        retry_deferred(&peer.name);
+    }
     match result {
         Ok(true) => {
             link.flushed = lsn;
@@ -488,6 +491,19 @@ fn apply(link: &mut Link) -> bool {
             fail(link, &format!("applying: {e}"));
             false
         }
+    }
+}
+
+/// Ops that clients sent to this node and that waited for ops the batch
+/// just applied: applied in a transaction of their own, with no replication
+/// origin, so that this node ships them to its peers (what it writes under
+/// a peer's origin, it never ships).
+fn retry_deferred(peer: &str) {
+    let r = in_transaction(|| {
+        crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[])
+    });
+    if let Err(e) = r {
+        pgrx::warning!("converge: applying ops that waited for peer \"{peer}\"'s: {e}");
     }
 }
 

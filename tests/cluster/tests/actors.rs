@@ -24,9 +24,9 @@ fn text(n: &Node, sql: &str) -> String {
     n.client().query_one(sql, &[]).unwrap().get(0)
 }
 
-fn incr(phone: &mut Client, id: i32, by: i64) -> Op {
+fn incr(phone: &mut Client, table: &str, id: i32, by: i64) -> Op {
     phone
-        .mutate("ctr", json!({ "id": id }), "g", move |v, ctx| match v {
+        .mutate(table, json!({ "id": id }), "g", move |v, ctx| match v {
             AnyCrdt::GCounter(c) => Ok(AnyCrdt::GCounter(c.incr(ctx.actor, by)?)),
             _ => unreachable!(),
         })
@@ -39,7 +39,7 @@ fn outcomes(n: &Node, actor: &str) -> String {
         n,
         &format!(
             "SELECT string_agg(format('%s %s %s', op_id, outcome, coalesce(reason, '-')), ', ' ORDER BY counter, seq)
-               FROM converge.op_log WHERE actor = '{actor}' AND outcome <> 'duplicate'"
+               FROM converge.op_log WHERE actor = '{actor}' AND outcome NOT IN ('duplicate', 'buffered')"
         ),
     )
 }
@@ -62,8 +62,8 @@ fn a_revoked_device_stops_counting_on_every_node() {
     let mut phone = Client::open(&dir, "phone-ana").unwrap();
     phone.declare("ctr", "g", "gcounter").unwrap();
     phone.sign_with(key, "public");
-    incr(&mut phone, 1, 1);
-    incr(&mut phone, 1, 1);
+    incr(&mut phone, "ctr", 1, 1);
+    incr(&mut phone, "ctr", 1, 1);
     let out = phone.push(&mut nodes[0].client()).unwrap();
     assert!(out.iter().all(|o| o.outcome == "applied"), "{out:?}");
     // Someone without the key: unsigned, and signed by another key.
@@ -80,8 +80,8 @@ fn a_revoked_device_stops_counting_on_every_node() {
     // applies and forwards to dublin; madrid crashes and comes back.
     pause(&nodes, 2, 0, true);
     pause(&nodes, 2, 1, true);
-    incr(&mut phone, 1, 50);
-    incr(&mut phone, 2, 70);
+    incr(&mut phone, "ctr", 1, 50);
+    incr(&mut phone, "ctr", 2, 70);
     let out = phone.push(&mut nodes[0].client()).unwrap();
     assert!(out.iter().all(|o| o.outcome == "applied"), "{out:?}");
     nodes[0].kill9();
@@ -113,7 +113,174 @@ fn a_revoked_device_stops_counting_on_every_node() {
     }
     assert_identical(&nodes, &["ctr"]);
     // Its next push is refused wherever it lands.
-    incr(&mut phone, 1, 5);
+    incr(&mut phone, "ctr", 1, 5);
     let out = phone.push(&mut nodes[1].client()).unwrap();
     assert_eq!(out.last().and_then(|o| o.reason.clone()).as_deref(), Some("revoked"), "{out:?}");
+}
+
+/// One signed device of the random history: its client, and per row of
+/// `dev` the running total of its increments after each of its ops.
+struct Device {
+    client: Client,
+    totals: std::collections::BTreeMap<i32, Vec<(u64, i64)>>,
+}
+
+impl Device {
+    /// Its share of row `id` once its ops above `cut` are out.
+    fn share(&self, id: i32, cut: Option<i64>) -> i64 {
+        let admitted = |c: u64| cut.is_none_or(|cut| c as i64 <= cut);
+        self.totals.get(&id).and_then(|t| t.iter().rev().find(|(c, _)| admitted(*c))).map_or(0, |(_, total)| *total)
+    }
+}
+
+/// Random history: the nodes' own random writes (`Load`) and three signed
+/// devices counting on `dev` through random nodes, under partitions, a kill
+/// -9 and two revocations made on nodes that had not seen all of the
+/// device's ops. In the end every node has the same rows, the same outcome
+/// for every device op, and each `dev` counter is what the admitted ops
+/// alone add up to (a model of the counters, not a comparison of nodes).
+#[test]
+fn random_history_with_devices_and_revocations_converges() {
+    let root = Scratch::new("actors-random");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    for n in &nodes {
+        n.client().batch_execute("CREATE TABLE dev (id int PRIMARY KEY, g converge.gcounter); SELECT converge.replicate('dev');").unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO dev SELECT g, '{}' FROM generate_series(1, 10) g").unwrap();
+    let names = ["tab-1", "tab-2", "tab-3"];
+    let mut devices: Vec<Device> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let key = SigningKey::from_bytes(&[20 + i as u8; 32]);
+        let public = key.verifying_key().to_bytes().to_vec();
+        nodes[i].client().execute("SELECT converge.register_actor($1, $2)", &[name, &public]).unwrap();
+        let mut client = Client::open(root.0.join(name), name).unwrap();
+        client.declare("dev", "g", "gcounter").unwrap();
+        client.sign_with(key, "public");
+        devices.push(Device { client, totals: Default::default() });
+    }
+    converge_all(&nodes, Duration::from_secs(60));
+
+    let mut load = Load::new(0x5eed_1234_abcd_0001);
+    let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
+    let mut rng = Rng(0xdead_beef_1234_5678);
+    let device_round = |devices: &mut Vec<Device>, rng: &mut Rng, live: &[usize]| {
+        for _ in 0..20 {
+            let d = rng.below(3) as usize;
+            let id = 1 + rng.below(10) as i32;
+            let by = 1 + rng.below(9) as i64;
+            let op = incr(&mut devices[d].client, "dev", id, by);
+            let own = devices[d].totals.get(&id).and_then(|t| t.last()).map_or(0, |t| t.1) + by;
+            devices[d].totals.entry(id).or_default().push((op.counter(), own));
+            if rng.below(3) == 0 {
+                let at = live[rng.below(live.len() as u64) as usize];
+                devices[d].client.push(&mut nodes[at].client()).unwrap();
+            }
+        }
+    };
+
+    for round in 0..12 {
+        let live: Vec<usize> = match round % 4 {
+            // virginia cut off, or madrid-dublin cut, or all connected.
+            1 => {
+                pause(&nodes, 2, 0, true);
+                pause(&nodes, 2, 1, true);
+                vec![0, 1, 2]
+            }
+            2 => {
+                pause(&nodes, 2, 0, false);
+                pause(&nodes, 2, 1, false);
+                pause(&nodes, 0, 1, true);
+                vec![0, 1, 2]
+            }
+            3 => {
+                pause(&nodes, 0, 1, false);
+                vec![0, 1, 2]
+            }
+            _ => vec![0, 1, 2],
+        };
+        load.run(&nodes, &mut clients, &live, 150);
+        device_round(&mut devices, &mut rng, &live);
+        match round {
+            // Revoked on a node cut off from some of the device's ops.
+            5 => drop(nodes[2].client().query_one("SELECT converge.revoke_actor('tab-1')", &[]).unwrap()),
+            6 => {
+                let cut = devices[1].client.outbox().first().map_or(3, |o| o.counter() as i64 / 2);
+                nodes[0].client().execute("SELECT converge.revoke_actor('tab-2', $1)", &[&cut]).unwrap();
+            }
+            8 => {
+                nodes[1].kill9();
+                clients[1] = None;
+                nodes[1].start();
+            }
+            _ => {}
+        }
+    }
+    pause(&nodes, 0, 1, false);
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+    for d in devices.iter_mut() {
+        let _ = d.client.push(&mut nodes[0].client()).unwrap();
+    }
+    converge_all(&nodes, Duration::from_secs(120));
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT count(*)::text FROM converge.pending"), "0", "ops left waiting on {}", n.name);
+    }
+    assert_identical(&nodes, &["ctr", "item", "dev"]);
+    load.expect.check(&nodes);
+    // Every node applied the same ops of each device; an op a node saw and
+    // another did not was rejected where it arrived (rejected ops are not
+    // forwarded); an op two nodes saw has the same last outcome on both.
+    for name in names {
+        let last = |n: &Node| -> std::collections::BTreeMap<String, String> {
+            n.client()
+                .query(
+                    "SELECT DISTINCT ON (op_id) op_id, outcome || ' ' || coalesce(reason, '-') FROM converge.op_log
+                      WHERE actor = $1 AND outcome NOT IN ('duplicate', 'buffered') ORDER BY op_id, seq DESC",
+                    &[&name],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        };
+        let applied = |m: &std::collections::BTreeMap<String, String>| -> Vec<String> {
+            m.iter().filter(|(_, o)| o.starts_with("applied")).map(|(id, _)| id.clone()).collect()
+        };
+        let reference = last(&nodes[0]);
+        for n in &nodes[1..] {
+            let other = last(n);
+            assert_eq!(applied(&other), applied(&reference), "{name}'s applied ops on {} and {}", nodes[0].name, n.name);
+            for (id, outcome) in &other {
+                if let Some(r) = reference.get(id) {
+                    assert_eq!(outcome, r, "{id} on {} and {}", n.name, nodes[0].name);
+                } else {
+                    assert!(outcome.starts_with("rejected"), "{id} only on {}: {outcome}", n.name);
+                }
+            }
+        }
+    }
+    let cuts: Vec<Option<i64>> = names
+        .iter()
+        .map(|name| {
+            nodes[0].client().query_one("SELECT revoked_after FROM converge.actors WHERE actor = $1", &[name]).unwrap().get(0)
+        })
+        .collect();
+    assert!(cuts[0].is_some() && cuts[1].is_some() && cuts[2].is_none(), "{cuts:?}");
+    for n in &nodes {
+        for id in 1..=10 {
+            let expect: i64 = devices.iter().zip(&cuts).map(|(d, cut)| d.share(id, *cut)).sum();
+            let got: i64 = n.client().query_one("SELECT converge.value(g) FROM dev WHERE id = $1", &[&id]).unwrap().get(0);
+            assert_eq!(got, expect, "dev {id} on {}", n.name);
+        }
+        let late: i64 = n
+            .client()
+            .query_one(
+                "SELECT count(*) FROM converge.op_log l JOIN converge.actors a USING (actor)
+                  WHERE l.outcome = 'applied' AND l.counter > a.revoked_after",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(late, 0, "ops past a cut-off applied on {}", n.name);
+    }
 }
