@@ -300,8 +300,9 @@ fn reevaluate(actor: &str) {
     let applied: HashSet<String> = rows.iter().filter(|r| r.2).map(|r| r.1.op_id.clone()).collect();
     // A REPEATABLE READ snapshot may miss ops of the actor that a batch
     // committed before this change took the registry's lock.
-    let newest = crate::local_ops::applied_between(actor, 1, i64::MAX);
-    if newest.len() != applied.len() {
+    let newest: HashSet<u64> = crate::local_ops::applied_between(actor, 1, i64::MAX).into_iter().map(|c| c as u64).collect();
+    let seen: HashSet<u64> = rows.iter().filter(|r| r.2).map(|r| r.1.counter()).collect();
+    if newest != seen {
         raise(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             format!("could not re-check the ops of \"{actor}\": some were applied after this transaction's snapshot"),
