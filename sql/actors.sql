@@ -32,3 +32,16 @@ COMMENT ON FUNCTION converge.op_signing_bytes_fields(text, text, text, jsonb, te
 COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): on every node, its ops after those this node has applied without a gap (signed_after) must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied elsewhere before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
 COMMENT ON FUNCTION converge.revoke_actor(text, bigint) IS 'Revoke an actor: its ops with counters above after (default: the highest applied here) are rejected with revoked on every node, and those already applied are taken out of their rows (rebuilt from base and remaining ops, back to the compaction horizon). Replicates; returns the op''s id.';
 REVOKE ALL ON FUNCTION converge.register_actor(text, bytea), converge.revoke_actor(text, bigint) FROM PUBLIC;
+
+-- Repairs (SPEC section 5, src/repair.rs): which op each repair excluded.
+-- Written only by converge when a repair op applies (here or from a peer).
+CREATE TABLE converge.superseded (
+    op_id     text PRIMARY KEY,
+    repair_id text NOT NULL
+);
+COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repair): outcome superseded wherever they are or arrive; repair_id is the repair op.';
+SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
+GRANT SELECT ON converge.superseded TO PUBLIC;
+
+COMMENT ON FUNCTION converge.repair(text[], text) IS 'Exclude ops on every node: they get the outcome superseded, the rows they touched are rebuilt without them (back to the compaction horizon), and ops named here that arrive later are superseded on arrival. An op of this node that replicates; it stays in converge.op_log with its reason. Returns its op_id.';
+REVOKE ALL ON FUNCTION converge.repair(text[], text) FROM PUBLIC;

@@ -78,6 +78,21 @@ CREATE FUNCTION converge."under_peer_origin"() RETURNS bool
 STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'under_peer_origin_sql_wrapper';
+CREATE FUNCTION converge."repair"(
+	"supersedes" TEXT[],
+	"reason" TEXT
+) RETURNS TEXT
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'repair_wrapper';
+CREATE FUNCTION converge."set_schema_version_on"(
+	"tbl" oid,
+	"col" TEXT,
+	"version" INT
+) RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_schema_version_on_wrapper';
 
 -- What the workers learn of each peer (causal stability, lost peers).
 ALTER TABLE converge.peer_status
@@ -348,6 +363,7 @@ CREATE VIEW converge.stats AS
                         count(*) FILTER (WHERE outcome = 'buffered') AS buffered,
                         count(*) FILTER (WHERE outcome = 'rejected') AS rejected,
                         count(*) FILTER (WHERE outcome = 'quarantined') AS quarantined,
+                        count(*) FILTER (WHERE outcome = 'superseded') AS superseded,
                         count(*) AS rows
                    FROM converge.op_log),
          gone AS (SELECT coalesce(sum(ops) FILTER (WHERE outcome = 'applied'), 0) AS applied,
@@ -364,7 +380,7 @@ CREATE VIEW converge.stats AS
            (log.buffered + gone.buffered)::bigint AS buffered,
            log.rejected AS rejected,
            log.quarantined AS quarantined,
-           0::bigint AS superseded,
+           log.superseded AS superseded,
            peers.ops_shipped::bigint AS ops_shipped, peers.bytes_shipped::bigint AS bytes_shipped,
            peers.ops_received::bigint AS ops_received, peers.bytes_received::bigint AS bytes_received,
            log.rows AS op_log_rows,
@@ -545,6 +561,67 @@ COMMENT ON FUNCTION converge.op_signing_bytes_fields(text, text, text, jsonb, te
 COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): on every node, its ops after those this node has applied without a gap (signed_after) must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied elsewhere before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
 COMMENT ON FUNCTION converge.revoke_actor(text, bigint) IS 'Revoke an actor: its ops with counters above after (default: the highest applied here) are rejected with revoked on every node, and those already applied are taken out of their rows (rebuilt from base and remaining ops, back to the compaction horizon). Replicates; returns the op''s id.';
 REVOKE ALL ON FUNCTION converge.register_actor(text, bytea), converge.revoke_actor(text, bigint) FROM PUBLIC;
+
+-- Repairs (SPEC section 5, src/repair.rs): which op each repair excluded.
+-- Written only by converge when a repair op applies (here or from a peer).
+CREATE TABLE converge.superseded (
+    op_id     text PRIMARY KEY,
+    repair_id text NOT NULL
+);
+COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repair): outcome superseded wherever they are or arrive; repair_id is the repair op.';
+SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
+GRANT SELECT ON converge.superseded TO PUBLIC;
+
+COMMENT ON FUNCTION converge.repair(text[], text) IS 'Exclude ops on every node: they get the outcome superseded, the rows they touched are rebuilt without them (back to the compaction horizon), and ops named here that arrive later are superseded on arrival. An op of this node that replicates; it stays in converge.op_log with its reason. Returns its op_id.';
+REVOKE ALL ON FUNCTION converge.repair(text[], text) FROM PUBLIC;
+
+-- Schema versions (SPEC section 5): which merge semantics a column follows.
+-- Set on every node alike with converge.set_schema_version (configuration,
+-- like set_authority: it does not replicate). src/coordination.rs.
+CREATE TABLE converge.schema_version (
+    table_name  regclass NOT NULL,
+    column_name text NOT NULL,          -- '' = the row ops (the plain columns)
+    version     int NOT NULL CHECK (version >= 1),
+    PRIMARY KEY (table_name, column_name)
+);
+COMMENT ON TABLE converge.schema_version IS 'Per replicated table and column (empty: the row ops of its plain columns), the schema version of its merge semantics (set with converge.set_schema_version on every node; 1 when not set).';
+SELECT pg_catalog.pg_extension_config_dump('converge.schema_version', '');
+GRANT SELECT ON converge.schema_version TO PUBLIC;
+
+-- Internal: validate and record a version (run as converge's owner by
+-- converge.set_schema_version once it has checked the caller owns the table).
+CREATE FUNCTION converge.store_schema_version(tbl regclass, col text, version int)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE r converge.replicated;
+BEGIN
+    SELECT * INTO r FROM converge.replicated WHERE table_name = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not replicated', tbl USING ERRCODE = '55000',
+            HINT = 'Run converge.replicate on it first.';
+    END IF;
+    IF col IS NOT NULL AND NOT r.crdt_columns ? col THEN
+        IF col = ANY (r.other_columns) OR col = ANY (r.key_columns) THEN
+            RAISE EXCEPTION 'column "%" of % is not a CRDT column', col, tbl USING ERRCODE = '22023',
+                HINT = 'Plain columns travel together as the row ops: pass NULL as the column to version them.';
+        END IF;
+        RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = '42703';
+    END IF;
+    INSERT INTO converge.schema_version (table_name, column_name, version) VALUES (tbl, coalesce(col, ''), version)
+        ON CONFLICT (table_name, column_name) DO UPDATE SET version = EXCLUDED.version;
+END $$;
+REVOKE ALL ON FUNCTION converge.store_schema_version(regclass, text, int) FROM PUBLIC;
+COMMENT ON FUNCTION converge.store_schema_version(regclass, text, int) IS 'Internal: the body of converge.set_schema_version, run as converge''s owner.';
+
+CREATE FUNCTION converge.set_schema_version(tbl regclass, col text, version int) RETURNS bigint
+LANGUAGE sql AS $$ SELECT converge.set_schema_version_on(tbl::oid, col, version) $$;
+COMMENT ON FUNCTION converge.set_schema_version_on(oid, text, integer) IS 'Internal: the body of converge.set_schema_version (checks that the caller owns the table).';
+COMMENT ON FUNCTION converge.set_schema_version(regclass, text, integer) IS 'Declare the schema version of a CRDT column''s merge semantics (col NULL: the row ops of the plain columns). Run it on every node, as the table''s owner. Local ops carry it; an op made under an older version is quarantined with old_schema (kept for replay after translation), one made under a newer version with new_schema, and those of exactly this version are applied again now. Returns how many were.';
+
+-- Repairs give ops the outcome superseded.
+ALTER TABLE converge.op_log DROP CONSTRAINT op_log_outcome_check,
+    ADD CONSTRAINT op_log_outcome_check
+        CHECK (outcome IN ('applied', 'duplicate', 'buffered', 'rejected', 'quarantined', 'superseded'));
+COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair: reason names it).';
 
 -- Ops clients sent wait out a peer's transaction (src/apply/mod.rs).
 -- Pending ops whose deps are all applied, applied now.

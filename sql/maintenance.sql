@@ -245,6 +245,7 @@ CREATE VIEW converge.stats AS
                         count(*) FILTER (WHERE outcome = 'buffered') AS buffered,
                         count(*) FILTER (WHERE outcome = 'rejected') AS rejected,
                         count(*) FILTER (WHERE outcome = 'quarantined') AS quarantined,
+                        count(*) FILTER (WHERE outcome = 'superseded') AS superseded,
                         count(*) AS rows
                    FROM converge.op_log),
          gone AS (SELECT coalesce(sum(ops) FILTER (WHERE outcome = 'applied'), 0) AS applied,
@@ -261,7 +262,7 @@ CREATE VIEW converge.stats AS
            (log.buffered + gone.buffered)::bigint AS buffered,
            log.rejected AS rejected,
            log.quarantined AS quarantined,
-           0::bigint AS superseded,
+           log.superseded AS superseded,
            peers.ops_shipped::bigint AS ops_shipped, peers.bytes_shipped::bigint AS bytes_shipped,
            peers.ops_received::bigint AS ops_received, peers.bytes_received::bigint AS bytes_received,
            log.rows AS op_log_rows,

@@ -61,7 +61,7 @@ CREATE TABLE converge.op_log (
     deps           text[],
     delta          bytea,
     signature      bytea,
-    outcome        text NOT NULL CHECK (outcome IN ('applied', 'duplicate', 'buffered', 'rejected', 'quarantined')),
+    outcome        text NOT NULL CHECK (outcome IN ('applied', 'duplicate', 'buffered', 'rejected', 'quarantined', 'superseded')),
     reason         text,
     origin         text NOT NULL,          -- 'local' or who delivered it
     received_at    timestamptz NOT NULL DEFAULT now()
@@ -70,7 +70,7 @@ CREATE TABLE converge.op_log (
 CREATE UNIQUE INDEX op_log_applied_once ON converge.op_log (actor, counter) WHERE outcome = 'applied';
 -- Rejected and quarantined ops, found by op_id for replay and the quarantine view.
 CREATE INDEX op_log_problems ON converge.op_log (op_id) WHERE outcome IN ('rejected', 'quarantined');
-COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason) or quarantined.';
+COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair: reason names it).';
 
 CREATE TABLE converge.pending (
     op_id       text PRIMARY KEY,

@@ -46,6 +46,9 @@ struct Entry {
 pub struct Registry {
     actors: HashMap<String, Entry>,
     nodes: HashSet<String>,
+    /// Whether any op was ever superseded by a repair (repair.rs): only
+    /// then is each op looked up there.
+    pub repairs: bool,
 }
 
 impl Registry {
@@ -56,7 +59,7 @@ impl Registry {
         if !crate::direct::any_row(c"actor", c"actor_pkey", None) {
             return Registry::default();
         }
-        let mut r = Registry { actors: HashMap::new(), nodes: Registry::load_nodes() };
+        let mut r = Registry { actors: HashMap::new(), nodes: Registry::load_nodes(), repairs: false };
         crate::direct::reading(c"actor", |heap| {
             let att = |name: &str| crate::direct::attnum(heap, name);
             let (a_actor, a_key, a_after) = (att("actor"), att("key_state"), att("revoked_after"));
@@ -330,7 +333,7 @@ fn reevaluate(actor: &str) {
         readmit.insert(op.counter(), op);
     }
     warn_if_compacted(actor, &registry);
-    crate::rebuild::exclude(&excluded);
+    crate::rebuild::exclude(&excluded, "rejected");
     let readmit: Vec<Op> = readmit.into_values().collect();
     if readmit.is_empty() {
         return;
@@ -397,27 +400,7 @@ fn record(actor: &str, column: &str, delta: Vec<u8>) -> String {
     // counter lock is held to commit, and local writers need it to commit
     // while holding rows a rebuild may wait for.
     merge_registry_ops(vec![(actor.to_string(), column.to_string(), delta.clone())]);
-    let counter = crate::local_ops::take_counters(&me, 1);
-    let op_id = format!("{me}:{counter}");
-    crate::security::as_owner(|| {
-        use crate::direct::{int4, int8, text, OpLog};
-        let mut log = OpLog::open();
-        log.append(&[
-            ("op_id", text(&op_id)),
-            ("actor", text(&me)),
-            ("counter", int8(counter)),
-            ("target_table", text(REGISTRY)),
-            ("target_key", JsonB(json!({ "actor": actor })).into_datum()),
-            ("target_column", text(column)),
-            ("schema_version", int4(1)),
-            ("epoch", int8(0)),
-            ("deps", Vec::<String>::new().into_datum()),
-            ("delta", delta.clone().into_datum()),
-            ("origin", text("local")),
-        ]);
-        log.close();
-    });
-    op_id
+    crate::local_ops::log_control_op(&me, REGISTRY, json!({ "actor": actor }), column, delta)
 }
 
 /// Refuse a node's name: nodes are trusted through their connection.

@@ -64,3 +64,53 @@ fn set_authority_on(
     // Sessions cache the table as the apply resolved it (with its authorities).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
 }
+
+/// `converge.set_schema_version(tbl, col, version)`: the merge semantics
+/// column `col` (NULL: the row ops of the plain columns) now follows. Run
+/// on every node, by the table's owner, like set_authority. Local ops carry
+/// it; ops made under another version are kept aside (`quarantined`,
+/// `old_schema` or `new_schema`, apply/classify.rs). Ops kept aside as
+/// `new_schema` that carry this version are applied again now.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_schema_version_on(tbl: Option<pg_sys::Oid>, col: Option<&str>, version: Option<i32>) -> i64 {
+    let Some(tbl) = tbl else { raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "the table must not be NULL") };
+    let Some(version) = version.filter(|v| *v >= 1) else {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "a schema version is 1 or more")
+    };
+    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[tbl.into()])
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
+    if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {name} to set its schema versions"));
+    }
+    let err = |e: pgrx::spi::SpiError| -> ! { raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()) };
+    crate::security::as_owner(|| {
+        crate::errors::plain_errors(|| {
+            Spi::run_with_args(
+                "SELECT converge.store_schema_version($1::oid::regclass, $2, $3)",
+                &[tbl.into(), col.into(), version.into()],
+            )
+        })
+    })
+    .unwrap_or_else(|e| err(e));
+    // Sessions cache the versions (the op trigger, the apply).
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+    unsafe { pg_sys::CommandCounterIncrement() };
+    let waiting: Vec<String> = crate::security::as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT DISTINCT q.op_id FROM converge.quarantine q
+                  WHERE q.target_table = (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k
+                                            JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = $1)
+                    AND q.target_column = coalesce($2, '') AND q.reason = 'new_schema' AND q.schema_version = $3",
+                None,
+                &[tbl.into(), col.into(), version.into()],
+            )
+            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+    })
+    .unwrap_or_else(|e| err(e));
+    for op_id in &waiting {
+        Spi::run_with_args("SELECT count(*) FROM converge.replay($1)", &[op_id.as_str().into()]).unwrap_or_else(|e| err(e));
+    }
+    waiting.len() as i64
+}

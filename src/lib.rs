@@ -40,6 +40,7 @@ mod maintenance;
 mod node;
 mod ops;
 mod rebuild;
+mod repair;
 mod replication;
 mod row_ops;
 mod row_state;
@@ -64,7 +65,7 @@ extension_sql_file!(
         ops::op_encode_fields,
         ops::op_decode_fields,
         apply::entry::apply_ops_core,
-        apply::under_peer_origin_sql,
+        apply::waiting::under_peer_origin_sql,
         trigger::record_local_ops,
         trigger::forget_layout,
         trigger::replicate_table,
@@ -97,8 +98,9 @@ extension_sql_file!("../sql/coordination.sql", name = "coordination", requires =
 extension_sql_file!(
     "../sql/actors.sql",
     name = "actors",
-    requires = ["coordination", actors::register_actor, actors::revoke_actor, actors::op_signing_bytes_fields]
+    requires = ["coordination", actors::register_actor, actors::revoke_actor, actors::op_signing_bytes_fields, repair::repair]
 );
+extension_sql_file!("../sql/versions.sql", name = "versions", requires = ["actors", coordination::set_schema_version_on]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

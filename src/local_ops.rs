@@ -161,15 +161,15 @@ fn last_op_counter(actor: &str) -> i64 {
 
 
 /// Log the ops of one row change of this node: one op per changed column,
-/// with consecutive counters.
+/// with consecutive counters, each with its column's schema version.
 /// `key` is the row's key as a jsonb datum.
-pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], deltas: Vec<Vec<u8>>) {
+pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versions: &[i32], deltas: Vec<Vec<u8>>) {
     let n = cols.len() as i64;
     let last = take_counters(me, n);
     let key = Some(key);
     let deps = Vec::<String>::new().into_datum();
     let mut log = OpLog::open();
-    for (i, (col, delta)) in cols.iter().zip(deltas).enumerate() {
+    for (i, ((col, delta), version)) in cols.iter().zip(deltas).zip(versions).enumerate() {
         let counter = last - n + 1 + i as i64;
         log.append(&[
             ("op_id", text(&format!("{me}:{counter}"))),
@@ -178,7 +178,7 @@ pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String],
             ("target_table", text(table)),
             ("target_key", key),
             ("target_column", text(col)),
-            ("schema_version", int4(1)),
+            ("schema_version", int4(*version)),
             ("epoch", int8(0)),
             ("deps", deps),
             ("delta", delta.into_datum()),
@@ -186,4 +186,30 @@ pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String],
         ]);
     }
     log.close();
+}
+
+/// Log one op of this node on converge's own state (the actor registry, a
+/// repair): target `table` (`converge.<name>`), `key`, `column`, `delta`.
+/// Returns its op_id.
+pub fn log_control_op(me: &str, table: &str, key: serde_json::Value, column: &str, delta: Vec<u8>) -> String {
+    let counter = take_counters(me, 1);
+    let op_id = format!("{me}:{counter}");
+    crate::security::as_owner(|| {
+        let mut log = OpLog::open();
+        log.append(&[
+            ("op_id", text(&op_id)),
+            ("actor", text(me)),
+            ("counter", int8(counter)),
+            ("target_table", text(table)),
+            ("target_key", pgrx::JsonB(key).into_datum()),
+            ("target_column", text(column)),
+            ("schema_version", int4(1)),
+            ("epoch", int8(0)),
+            ("deps", Vec::<String>::new().into_datum()),
+            ("delta", delta.into_datum()),
+            ("origin", text("local")),
+        ]);
+        log.close();
+    });
+    op_id
 }

@@ -1,5 +1,5 @@
-//! The one rebuild mechanism behind revocation (and, as they land, repair
-//! and freeze), SPEC section 5: a row's state is the merge of its base (what
+//! The one rebuild mechanism behind revocation and repair (and freeze, when
+//! it lands), SPEC section 5: a row's state is the merge of its base (what
 //! compaction folded) and every op of the row that is still `applied` in the
 //! log. To leave ops out, their log rows get another outcome and every row
 //! they touched is rebuilt that way. Its limit: an op already folded into a
@@ -23,33 +23,39 @@ pub struct Excluded {
     pub reason: String,
 }
 
-/// Mark these applied ops `rejected` with their reasons and rebuild every
-/// row they touched. Runs as converge's owner (the user's tables are written
-/// as in the apply: as the caller, or as the table's owner for a superuser).
-pub fn exclude(ops: &[Excluded]) {
+/// Give these applied ops the outcome `outcome` (`rejected` for a
+/// revocation, `superseded` for a repair) with their reasons and rebuild
+/// every row they touched. Runs as converge's owner (the user's tables are
+/// written as in the apply: as the caller, or as the table's owner for a
+/// superuser).
+pub fn exclude(ops: &[Excluded], outcome: &str) {
     if ops.is_empty() {
         return;
     }
     crate::security::as_owner(|| {
         Spi::run_with_args(
-            "UPDATE converge.op_log l SET outcome = 'rejected', reason = u.reason
+            "UPDATE converge.op_log l SET outcome = $3, reason = u.reason
                FROM unnest($1::int8[], $2::text[]) u(seq, reason) WHERE l.seq = u.seq AND l.outcome = 'applied'",
             &[
                 ops.iter().map(|o| o.seq).collect::<Vec<i64>>().into(),
                 ops.iter().map(|o| o.reason.clone()).collect::<Vec<String>>().into(),
+                outcome.into(),
             ],
         )
         .unwrap_or_else(|e| fail(e));
-        // Their actors' contiguous frontiers end before them again: an op
-        // taken out is no longer applied here (if it arrives again, it is
-        // checked again, not taken for a duplicate).
-        Spi::run_with_args(
+        // A rejected op's actor's contiguous frontier ends before it again:
+        // it is no longer applied here (if it arrives again, it is checked
+        // again, not taken for a duplicate). A superseded op's counter stays
+        // used up (apply's advance_frontier goes past it).
+        if outcome == "rejected" {
+            Spi::run_with_args(
             "UPDATE converge.actor_frontier f SET contiguous = least(f.contiguous, m.lo - 1)
                FROM (SELECT l.actor, min(l.counter) AS lo FROM converge.op_log l WHERE l.seq = ANY ($1) GROUP BY l.actor) m
               WHERE f.actor = m.actor",
             &[ops.iter().map(|o| o.seq).collect::<Vec<i64>>().into()],
-        )
-        .unwrap_or_else(|e| fail(e));
+            )
+            .unwrap_or_else(|e| fail(e));
+        }
         let mut rows: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for o in ops {
             rows.entry(o.table.clone()).or_default().insert(o.key.to_string());

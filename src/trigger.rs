@@ -37,6 +37,9 @@ struct Meta {
     other_names: Vec<String>,
     /// Some non-CRDT column may render JSON that jsonb refuses (row_ops).
     check_json: bool,
+    /// Schema versions set with converge.set_schema_version: column (''
+    /// for the row ops) -> version; 1 for any other.
+    versions: HashMap<String, i32>,
 }
 
 thread_local! {
@@ -90,7 +93,9 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
     watch_relcache();
     let row = Spi::connect(|c| {
         let t = c.select(
-            "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns
+            "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns,
+                    (SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v
+                      WHERE v.table_name = r.table_name)
                FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.table_name = $1::oid::regclass",
             Some(1),
@@ -105,10 +110,11 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             r.get::<Vec<String>>(2)?.unwrap_or_default(),
             r.get::<String>(3)?.unwrap_or_default(),
             r.get::<Vec<String>>(4)?.unwrap_or_default(),
+            r.get::<String>(5)?.unwrap_or_default(),
         )))
     })
     .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    let m = row.map(|(name, keys, crdt, other)| {
+    let m = row.map(|(name, keys, crdt, other, versions)| {
         let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
         let index_of = |n: &str| desc.iter().position(|a| a.name() == n && !a.is_dropped());
         let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
@@ -124,6 +130,7 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             crdt_types: crdt.clone(),
             other: other.iter().filter_map(|n| index_of(n).map(|i| (i, n.clone()))).collect(),
             other_names: other.clone(),
+            versions: serde_json::from_str(&versions).unwrap_or_default(),
         })
     });
     META.with(|c| c.borrow_mut().insert(relid, m.clone()));
@@ -357,7 +364,8 @@ fn record_local_ops<'a>(
         }
         if !cols.is_empty() {
             let key = pgrx::JsonB(key.clone()).into_datum().expect("jsonb");
-            crate::local_ops::log_local_ops(&me, &meta.name, key, &cols, deltas);
+            let versions: Vec<i32> = cols.iter().map(|c| meta.versions.get(c).copied().unwrap_or(1)).collect();
+            crate::local_ops::log_local_ops(&me, &meta.name, key, &cols, &versions, deltas);
         }
     }
     // The row itself: inserted, deleted, or a non-CRDT column changed.
@@ -405,6 +413,7 @@ fn record_local_ops<'a>(
             key: &key,
             new: newrow,
             check_json: meta.check_json,
+            version: meta.versions.get("").copied().unwrap_or(1),
         };
         let stash = crate::row_ops::record(&me, change);
         if !stash.is_empty() {

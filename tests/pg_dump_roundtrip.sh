@@ -31,6 +31,8 @@ SELECT set_authority('everything', 'lr', 'virginia');   -- carried over with its
 -- A device's key and a revocation (seed 07 x 32: see pg_regress/sql/actors.sql).
 SELECT register_actor('phone7', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c') IS NOT NULL;
 SELECT revoke_actor('phone8', 0) IS NOT NULL;
+SELECT set_schema_version('everything', 'os', 2);
+SELECT repair(ARRAY['phone9:1'], 'known bad import') IS NOT NULL;
 SQL
 pg_dump -h 127.0.0.1 -p "$PORT" -U postgres dump_src > "$DIR.dump.sql"
 pq "$PORT" -d dump_dst -f "$DIR.dump.sql" >/dev/null
@@ -59,6 +61,10 @@ reg() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s %s %s %s', actor
 out=$(pq "$PORT" -d dump_dst -At -c "SELECT reason FROM converge.apply(ROW('phone7:1', 'phone7', 'public.everything', '{\"id\":1}', 'g', 1, 0, '{}', '{\"counts\":{\"phone7\":1}}'::converge.gcounter::bytea, NULL)::converge.op)")
 [ "$out" = "unsigned" ] || { echo "the restored registry did not reject an unsigned op: $out"; exit 1; }
 echo "actor registry restored: $(reg dump_dst)"
+ctl() { pq "$PORT" -d "$1" -At -c "SELECT (SELECT string_agg(format('%s.%s=%s', table_name, column_name, version), ',') FROM converge.schema_version) || ' ' || (SELECT string_agg(op_id || '<' || repair_id, ',') FROM converge.superseded)"; }
+[ "$(ctl dump_dst)" = "$(ctl dump_src)" ] && [ "$(ctl dump_dst)" = "everything.os=2 phone9:1<madrid:$(pq "$PORT" -d dump_src -At -c "SELECT max(counter) FROM converge.op_log WHERE actor = 'madrid'")" ] \
+    || { echo "schema versions or repairs not restored: $(ctl dump_src) vs $(ctl dump_dst)"; exit 1; }
+echo "schema versions and repairs restored: $(ctl dump_dst)"
 
 # The restored node keeps its identity, never reissues a dot or an op_id.
 pq "$PORT" -d dump_dst -At <<'SQL' | tee "$DIR.after"

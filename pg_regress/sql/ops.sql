@@ -90,7 +90,7 @@ SELECT * FROM apply_batch(ARRAY[
     ROW('phone3:6', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '{"elements":["a"]}'::gset::bytea, NULL)::op,
     ROW('phone3:7', 'phone3', 'incident', '{"zz":2}', 'visits', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
     ROW('phone3:8', 'other', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '\x010100'::bytea, NULL)::op,
-    ROW('phone3:9', 'phone3', 'incident', '{"id":2}', 'visits', 2, 0, '{}', '\x010100'::bytea, NULL)::op,
+    ROW('phone3:9', 'phone3', 'incident', '{"id":2}', 'visits', 0, 0, '{}', '\x010100'::bytea, NULL)::op,
     ROW('phone3:10', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{not an id}', '\x010100'::bytea, NULL)::op,
     ROW('phone3:11', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{}', NULL, NULL)::op,
     ROW('phone3:12', 'phone3', 'incident', '{"id":2}', 'visits', 1, 0, '{}', '\x010101067068', NULL)::op

@@ -94,17 +94,22 @@ fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     // 1. Validate every envelope and delta, without raising (as the caller:
     //    table names resolve with its search_path).
     let nodes = node_actors();
-    // The actor registry, read under its lock (exclusive when the batch
-    // changes it); not at all for a batch of a peer's own ops only (node
-    // ops are never checked against it), most of what the worker applies.
-    let changes_registry = items.iter().any(|i| i.table.as_deref() == Some(crate::actors::REGISTRY));
+    // The actor registry and the repairs, read under their lock (exclusive
+    // when the batch changes them); the registry not at all for a batch of
+    // a peer's own ops only (node ops are never checked against it).
+    // Every batch holds it (shared) while a repair or registry change may
+    // exclude what it applies: either the change sees the batch's ops in
+    // the log, or the batch sees the change.
+    let control = [crate::actors::REGISTRY, crate::repair::REPAIR];
+    let changes = items.iter().any(|i| i.table.as_deref().is_some_and(|t| control.contains(&t)));
+    crate::actors::lock_registry(changes);
     let peer = origin.strip_prefix("peer:");
-    let registry = if changes_registry || items.iter().any(|i| peer.is_none() || i.actor_given.as_deref() != peer) {
-        crate::actors::lock_registry(changes_registry);
+    let mut registry = if changes || items.iter().any(|i| peer.is_none() || i.actor_given.as_deref() != peer) {
         crate::actors::Registry::load()
     } else {
         crate::actors::Registry::default()
     };
+    registry.repairs = crate::repair::any_superseded();
     crate::security::as_caller(|| {
         for it in items.iter_mut() {
             classify(it, &mut targets, &mut cache, &nodes, &registry);

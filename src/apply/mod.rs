@@ -17,10 +17,19 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod classify;
 mod entry;
 mod merge;
+mod target;
+mod waiting;
 
+pub use classify::from_peer;
 pub use entry::apply_decoded;
+pub use target::forget_resolved;
+pub use waiting::{advisory_xact_lock, note_deferred, take_deferred, under_peer_origin};
+use classify::*;
+use target::*;
+use waiting::*;
 pub use merge::{merge_states, replace_rows};
 use merge::gate_and_merge;
 
@@ -44,6 +53,11 @@ struct Item {
     target: Option<usize>,
     coltype: Option<String>,
     bad: Option<String>,
+    /// The repair that excluded this op (it is `superseded`, repair.rs).
+    superseded: Option<String>,
+    /// Why it is kept aside (`quarantined`): made with another schema
+    /// version of its column than this node's (`old_schema`, `new_schema`).
+    quarantine: Option<String>,
 }
 
 /// A replicated table as the batch found it.
@@ -62,6 +76,8 @@ struct Target {
     name: String,
     /// Its authority columns (coordination.rs).
     authority: crate::coordination::Authorities,
+    /// Schema versions set for its columns ('' for the row ops); 1 otherwise.
+    versions: HashMap<String, i32>,
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
@@ -141,328 +157,6 @@ pub(crate) fn merge_bytes(coltype: &str, deltas: &[&[u8]]) -> Vec<u8> {
     for_crdt_type!(coltype, T => merge_all::<T>(deltas), _ => spi_err(format!("not a converge type: {coltype}")))
 }
 
-
-thread_local! {
-    /// resolve()'s answers across calls, by (role, search_path, name): the
-    /// role matters ("$user" in the path, schemas it may not use). A worker
-    /// or a client names the same few tables batch after batch. Cleared
-    /// on any relcache invalidation (DDL, converge.replicate, ANALYZE)
-    /// and on any change of a schema (trigger::watch_relcache).
-    static RESOLVED: std::cell::RefCell<HashMap<(pg_sys::Oid, String, String), Result<Target, &'static str>>> =
-        std::cell::RefCell::new(HashMap::new());
-    /// Bumped by every clear: an answer read before a clear is not kept.
-    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-pub fn forget_resolved() {
-    RESOLVED.with(|r| r.borrow_mut().clear());
-    GENERATION.with(|g| g.set(g.get() + 1));
-}
-
-fn search_path() -> String {
-    let p = unsafe { pg_sys::GetConfigOption(c"search_path".as_ptr(), false, false) };
-    if p.is_null() {
-        return String::new();
-    }
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-/// Resolve a target table name to a replicated table (cached per batch,
-/// and across batches in RESOLVED).
-fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) -> Result<usize, &'static str> {
-    if let Some(r) = cache.get(name) {
-        return *r;
-    }
-    let key = (unsafe { pg_sys::GetUserId() }, search_path(), name.to_string());
-    // A table created in a transaction that rolled back sent no
-    // invalidation: an answer whose table is gone is not used.
-    let alive = |k: &Result<Target, &'static str>| k.as_ref().map_or(true, |t| !unsafe { pg_sys::get_rel_name(t.rel) }.is_null());
-    if let Some(known) = RESOLVED.with(|r| r.borrow().get(&key).cloned()).filter(alive) {
-        let r = known.map(|t| {
-            targets.push(t);
-            targets.len() - 1
-        });
-        cache.insert(name.to_string(), r);
-        return r;
-    }
-    crate::trigger::watch_relcache();
-    let generation = GENERATION.with(|g| g.get());
-    let r = resolve_now(name, targets);
-    // An unknown name is not kept: creating that table later sends no
-    // invalidation that would clear it. Nor is an answer that an
-    // invalidation processed while it was read may have outdated.
-    if r != Err("unknown_table") && GENERATION.with(|g| g.get()) == generation {
-        RESOLVED.with(|m| m.borrow_mut().insert(key, r.map(|i| targets[i].clone())));
-    }
-    cache.insert(name.to_string(), r);
-    r
-}
-
-fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize, &'static str> {
-    // to_regclass raises on some malformed names: a subtransaction keeps that
-    // an op's rejection, not the batch's error.
-    let found = subtransaction(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text, r.other_columns,
-                        (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                          WHERE c.oid = t.rel),
-                        ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
-                                FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
-                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
-                        (SELECT jsonb_object_agg(x.column_name, jsonb_build_array(x.node, x.default_value))::text
-                           FROM converge.authority x WHERE x.table_name = t.rel AND x.column_name <> '')
-                   FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
-                   LEFT JOIN converge.replicated r ON r.table_name = t.rel",
-                Some(1),
-                &[name.into()],
-            )?;
-            let row = t.first();
-            Ok::<_, pgrx::spi::SpiError>((
-                row.get::<pg_sys::Oid>(1)?,
-                row.get::<bool>(2)?.unwrap_or(false),
-                row.get::<Vec<String>>(3)?,
-                row.get::<String>(4)?,
-                row.get::<Vec<String>>(7)?,
-                row.get::<Vec<String>>(5)?,
-                row.get::<String>(6)?,
-                row.get::<String>(8)?,
-            ))
-        })
-    });
-    let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority))) => {
-            let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
-            let other = other.unwrap_or_default();
-            let name = name.unwrap_or_default();
-            let authority = crate::coordination::parse(authority);
-            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false, name, authority });
-            Ok(targets.len() - 1)
-        }
-        Ok(Ok((Some(_), _, _, _, _, _, _, _))) => Err("not_replicated"),
-        Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
-        Err(c) => {
-            reraise_if_transaction_error(&c);
-            Err("unknown_table")
-        }
-    };
-    r
-}
-
-/// A key object with exactly the key columns, each value as the op trigger
-/// renders it: integers and booleans as JSON, numeric and floating point as
-/// JSON numbers, anything else as a string. None if it cannot be.
-fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
-    use serde_json::Value;
-    let obj = key.as_object()?;
-    if obj.len() != names.len() {
-        return None;
-    }
-    let mut out = serde_json::Map::new();
-    for (name, ty) in names.iter().zip(types) {
-        let v = obj.get(name)?;
-        let ty = ty.split('(').next().unwrap_or("").trim();
-        let canon = match ty {
-            "smallint" | "integer" | "bigint" => match v {
-                Value::Number(n) => n.as_i64().map(Value::from)?,
-                Value::String(s) => Value::from(s.trim().parse::<i64>().ok()?),
-                _ => return None,
-            },
-            "boolean" => match v {
-                Value::Bool(b) => Value::Bool(*b),
-                Value::String(s) if s == "true" || s == "false" => Value::Bool(s == "true"),
-                _ => return None,
-            },
-            "numeric" | "real" | "double precision" => match v {
-                Value::Number(_) => v.clone(),
-                Value::String(s) => match serde_json::from_str::<Value>(s).ok()? {
-                    n @ Value::Number(_) => n,
-                    _ => return None,
-                },
-                _ => return None,
-            },
-            _ => match v {
-                Value::String(s) => Value::String(s.clone()),
-                Value::Number(n) => Value::String(n.to_string()),
-                Value::Bool(b) => Value::String(b.to_string()),
-                _ => return None,
-            },
-        };
-        out.insert(name.clone(), canon);
-    }
-    Some(Value::Object(out))
-}
-
-fn column_exists(rel: pg_sys::Oid, col: &str) -> bool {
-    crate::spi::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-        &[rel.into(), col.into()],
-    )
-    .unwrap_or(false)
-}
-
-thread_local! {
-    static TRUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Run `f` (an apply of ops that came through a peer's replication) with
-/// the ops of node actors accepted: a node's own ops travel that way only.
-pub fn from_peer<R>(f: impl FnOnce() -> R) -> R {
-    let before = TRUSTED.with(|t| t.replace(true));
-    struct Back(bool);
-    impl Drop for Back {
-        fn drop(&mut self) {
-            TRUSTED.with(|t| t.set(self.0));
-        }
-    }
-    let _back = Back(before);
-    f()
-}
-
-/// This node's name, its peers' and the authorities' (set_authority):
-/// actors whose ops a client may not send (they would take over op ids
-/// the node or a peer issues, or write what only an authority may).
-fn node_actors() -> HashSet<String> {
-    if TRUSTED.with(|t| t.get()) {
-        return HashSet::new();
-    }
-    crate::security::as_owner(|| {
-        const SQL: &str = "SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer
-                           UNION SELECT node FROM converge.authority";
-        crate::spi::prepared(SQL, &[], |t| {
-            Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
-        })
-    })
-    .unwrap_or_else(|e| spi_err(e))
-}
-
-fn classify(
-    it: &mut Item,
-    targets: &mut Vec<Target>,
-    cache: &mut HashMap<String, Result<usize, &'static str>>,
-    nodes: &HashSet<String>,
-    registry: &crate::actors::Registry,
-) {
-    let parsed = it.op_id.as_deref().and_then(parse_op_id);
-    it.actor = parsed.map(|(a, _)| a.to_string());
-    it.counter = parsed.map(|(_, c)| c as i64);
-    let Some((actor, _)) = parsed else {
-        it.bad = Some("invalid_op_id".into());
-        return;
-    };
-    if it.actor_given.as_deref() != Some(actor) {
-        it.bad = Some("actor_mismatch".into());
-        return;
-    }
-    if nodes.contains(actor) {
-        it.bad = Some("node_actor".into());
-        return;
-    }
-    if it.version != Some(1) {
-        it.bad = Some("unsupported_schema_version".into());
-        return;
-    }
-    if it.deps.iter().flatten().any(|d| d.as_deref().and_then(parse_op_id).is_none()) {
-        it.bad = Some("invalid_deps".into());
-        return;
-    }
-    if it.table.as_deref() == Some(crate::actors::REGISTRY) {
-        let from_peer = TRUSTED.with(|t| t.get());
-        it.bad = crate::actors::registry_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), it.delta.as_deref());
-        it.coltype = Some(REGISTRY_OP.into());
-        return;
-    }
-    let t = match it.table.as_deref().map(|name| resolve(name, targets, cache)) {
-        Some(Ok(t)) => t,
-        Some(Err(reason)) => {
-            it.bad = Some(reason.into());
-            return;
-        }
-        None => {
-            it.bad = Some("unknown_table".into());
-            return;
-        }
-    };
-    it.target = Some(t);
-    let target = &targets[t];
-    // Logged (and shipped) under its qualified name, so that readers find
-    // it whatever their search_path, and no other table can stand in.
-    it.table = Some(target.name.clone());
-    let key_ok = |key: &Option<serde_json::Value>| match key {
-        Some(serde_json::Value::Object(m)) => target.keys.iter().all(|k| m.contains_key(k)),
-        _ => false,
-    };
-    let col = it.column.as_deref();
-    let coltype = match col {
-        Some("") => "row".to_string(),
-        Some(c) => match target.crdt.get(c) {
-            Some(ty) => ty.clone(),
-            None => {
-                it.bad = Some(if column_exists(target.rel, c) { "not_crdt_column" } else { "unknown_column" }.into());
-                return;
-            }
-        },
-        None => {
-            it.bad = Some("unknown_column".into());
-            return;
-        }
-    };
-    if !key_ok(&it.key) {
-        it.bad = Some("invalid_key".into());
-        return;
-    }
-    // The key in the form the op trigger writes (src/trigger.rs), so that the
-    // same row has one key everywhere (row_state, tombstones).
-    match canonical_key(it.key.as_ref().expect("checked"), &target.keys, &target.key_types) {
-        Some(k) => it.key = Some(k),
-        None => {
-            it.bad = Some("invalid_key".into());
-            return;
-        }
-    }
-    let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
-    it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
-    if it.bad.is_none() && coltype == "row" {
-        it.bad = live_error(it.delta.as_deref().unwrap_or_default());
-    }
-    if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default()) {
-        it.bad = Some("not_authority".into());
-    }
-    if it.bad.is_none() && !registry.is_empty() {
-        it.bad = registry.refuse(&as_op(it)).map(String::from);
-    }
-    it.coltype = Some(coltype);
-}
-
-/// The coltype of ops on the actor registry (actors.rs): no target table.
-pub(crate) const REGISTRY_OP: &str = "registry";
-
-/// The op as it will be logged and shipped (what its signature covers).
-fn as_op(it: &Item) -> converge_core::Op {
-    converge_core::Op {
-        op_id: it.op_id.clone().unwrap_or_default(),
-        actor: it.actor.clone().unwrap_or_default(),
-        target_table: it.table.clone().unwrap_or_default(),
-        target_key: converge_core::Json::from_value(it.key.as_ref().unwrap_or(&serde_json::Value::Null)),
-        target_column: it.column.clone().unwrap_or_default(),
-        schema_version: it.version.unwrap_or(0),
-        epoch: it.epoch.unwrap_or(0),
-        deps: deps_of(it),
-        delta: it.delta.clone().unwrap_or_default(),
-        signature: it.signature.clone(),
-    }
-}
-
-/// A row op's "$live", when it carries one, is true or false: every node
-/// reads it alike (a number or a string would read differently in
-/// releases that cast it through text).
-fn live_error(delta: &[u8]) -> Option<String> {
-    let map = converge_core::decode::<converge_core::types::LwwMap>(delta).ok()?;
-    match map.get("$live").map(|j| j.to_value()) {
-        None | Some(serde_json::Value::Bool(_)) => None,
-        Some(other) => Some(format!("invalid_delta: \"$live\" must be true or false, not {other}")),
-    }
-}
 
 /// Arrays for one op_log insert of the given items.
 fn log_rows(items: &[&Item], outcome: &str, reasons: &[Option<String>], origin: &str) {
@@ -596,19 +290,29 @@ fn advance_frontier(actor: &str, won: &[i64]) {
         }
         next = c;
     }
-    // Counters applied by earlier batches (out of order) may continue the
-    // run: a probe of the unique index first, a range read only if so.
-    while !crate::local_ops::applied_between(actor, next + 1, next + 1).is_empty() {
-        let more = crate::local_ops::applied_between(actor, next + 1, next + 1000);
-        for c in &more {
-            if *c != next + 1 {
+    let repairs = crate::repair::any_superseded();
+    loop {
+        // Counters applied by earlier batches (out of order) may continue the
+        // run: a probe of the unique index first, a range read only if so.
+        while !crate::local_ops::applied_between(actor, next + 1, next + 1).is_empty() {
+            let more = crate::local_ops::applied_between(actor, next + 1, next + 1000);
+            for c in &more {
+                if *c != next + 1 {
+                    break;
+                }
+                next = *c;
+            }
+            if more.len() < 1000 || more.last() != Some(&next) {
                 break;
             }
-            next = *c;
         }
-        if more.len() < 1000 || more.last() != Some(&next) {
-            break;
+        // A counter a repair superseded is used up: the run goes on past it
+        // (or the actor's frontier, and compaction with it, would stop there).
+        if repairs && crate::repair::superseded_by(&format!("{actor}:{}", next + 1)).is_some() {
+            next += 1;
+            continue;
         }
+        break;
     }
     if next > cur {
         run(
@@ -617,98 +321,6 @@ fn advance_frontier(actor: &str, won: &[i64]) {
             &[actor.into(), next.into()],
         );
     }
-}
-
-/// Whether converge.pending holds any op (a probe, no statement: most
-/// batches find it empty and skip the statements that read it).
-fn pending_any() -> bool {
-    crate::direct::any_row(c"pending", c"pending_pkey", None)
-}
-
-/// Take the advisory locks of the op_id buckets (64 per database, under
-/// key 7231), sorted, exclusive where `excl` says so and shared otherwise:
-/// see step 3 of apply_classified.
-fn lock_buckets(ids: &[String], excl: &[bool]) {
-    let mut buckets: BTreeMap<i32, bool> = BTreeMap::new();
-    for (id, e) in ids.iter().zip(excl) {
-        // A hash every process computes alike (FNV-1a), whatever its build.
-        let b = (crate::replication::peers::stable_hash(id) & 63) as i32;
-        *buckets.entry(b).or_default() |= *e;
-    }
-    for (b, e) in buckets {
-        advisory_xact_lock(7231, b, e);
-    }
-}
-
-/// `pg_advisory_xact_lock(key, sub)` (or its shared form), with no statement.
-pub(crate) fn advisory_xact_lock(key: i32, sub: i32, exclusive: bool) {
-    let f = if exclusive { pg_sys::pg_advisory_xact_lock_int4 } else { pg_sys::pg_advisory_xact_lock_shared_int4 };
-    unsafe { pgrx::direct_function_call_as_datum(f, &[key.into_datum(), sub.into_datum()]) };
-}
-
-/// Whether this transaction applies a peer's changes (a replication origin
-/// is set up: the worker, `sync`). Nothing it writes is shipped again.
-pub fn under_peer_origin() -> bool {
-    unsafe { pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId }
-}
-
-/// `converge.under_peer_origin()`: for `converge.retry_pending`, which
-/// leaves ops that did not come from a peer for a transaction of their own
-/// then, so that this node forwards them once they apply (internal).
-#[pg_extern(volatile, parallel_restricted, name = "under_peer_origin")]
-fn under_peer_origin_sql() -> bool {
-    under_peer_origin()
-}
-
-thread_local! {
-    /// A transaction under a peer's origin left ready ops that did not come
-    /// from a peer in converge.pending: the worker retries them right after
-    /// (take_deferred).
-    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether ops were left for a retry outside the peer's origin (and forget it).
-pub fn take_deferred() -> bool {
-    DEFERRED.with(|d| d.replace(false))
-}
-
-/// Note, under a peer's origin, that ops of clients (or readmitted ones)
-/// wait in converge.pending for a transaction of their own.
-pub fn note_deferred() {
-    if !under_peer_origin() || !pending_any() {
-        return;
-    }
-    let waiting = crate::spi::prepared(
-        "SELECT EXISTS (SELECT 1 FROM converge.pending WHERE origin NOT LIKE 'peer:%')",
-        &[],
-        |t| t.first().get_one::<bool>(),
-    )
-    .unwrap_or_else(|e| spi_err(e));
-    if waiting == Some(true) {
-        DEFERRED.with(|d| d.set(true));
-    }
-}
-
-/// Pending ops whose deps are all applied, applied now (those the acting
-/// role may write; the others wait for a role that may). Under a peer's
-/// origin only ops that came from peers: an op a client sent here must be
-/// applied where this node ships it (what is written under a peer's origin
-/// never is), so it waits for the worker's next transaction.
-fn retry_pending() -> Vec<Outcome> {
-    if !pending_any() {
-        return Vec::new();
-    }
-    crate::spi::prepared("SELECT op_id, outcome, reason FROM converge.retry_pending()", &[], |t| {
-        Ok(t.map(|r| {
-            (
-                r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                r.get::<String>(3).ok().flatten(),
-            )
-        })
-        .collect())
-    })
-    .unwrap_or_else(|e| spi_err(e))
 }
 
 /// Steps 2-5 of the apply, on converge's internal tables as their owner
@@ -720,9 +332,18 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     log_rows(&bad, "rejected", &bad.iter().map(|i| i.bad.clone()).collect::<Vec<_>>(), &origin);
     out.extend(bad.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), i.bad.clone())));
 
+    // Ops a repair excluded (repair.rs): superseded wherever they arrive.
+    let gone: Vec<&Item> = items.iter().filter(|i| i.bad.is_none() && i.superseded.is_some()).collect();
+    log_rows(&gone, "superseded", &gone.iter().map(|i| i.superseded.clone()).collect::<Vec<_>>(), &origin);
+    out.extend(gone.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "superseded".to_string(), i.superseded.clone())));
+    // Ops of another schema version of their column: kept aside for replay.
+    let aside: Vec<&Item> = items.iter().filter(|i| i.bad.is_none() && i.superseded.is_none() && i.quarantine.is_some()).collect();
+    log_rows(&aside, "quarantined", &aside.iter().map(|i| i.quarantine.clone()).collect::<Vec<_>>(), &origin);
+    out.extend(aside.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "quarantined".to_string(), i.quarantine.clone())));
+
     let t_classify = t0.elapsed();
     // 2. Duplicates: applied already, waiting in pending, or earlier in this batch.
-    let valid: Vec<&Item> = items.iter().filter(|i| i.bad.is_none()).collect();
+    let valid: Vec<&Item> = items.iter().filter(|i| i.bad.is_none() && i.superseded.is_none() && i.quarantine.is_none()).collect();
     let ids: Vec<String> = valid.iter().filter_map(|i| i.op_id.clone()).collect();
     let known: HashSet<String> = if ids.is_empty() {
         HashSet::new()
@@ -832,6 +453,17 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     if !registry_ops.is_empty() {
         crate::actors::merge_registry_ops(registry_ops);
     }
+    let repairs: Vec<(String, String, Vec<u8>)> = won
+        .iter()
+        .filter(|i| i.coltype.as_deref() == Some(REPAIR_OP))
+        .map(|i| {
+            let reason = i.key.as_ref().and_then(|k| k.get("reason")).and_then(|r| r.as_str()).unwrap_or_default();
+            (i.op_id.clone().unwrap_or_default(), reason.to_string(), i.delta.clone().unwrap_or_default())
+        })
+        .collect();
+    if !repairs.is_empty() {
+        crate::repair::merge_repair_ops(repairs);
+    }
     // This node's own ops, sent back by a peer (to a node restored from a
     // backup), entered the log outside the op trigger's counter. The lock
     // is taken after the rows are merged: taken before, it would wait on a
@@ -850,7 +482,8 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     out.extend(lost.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "duplicate".to_string(), None)));
     out.extend(won.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "applied".to_string(), None)));
     let t_merge = t0.elapsed();
-    let actors: std::collections::BTreeSet<String> = won.iter().filter_map(|i| i.actor.clone()).collect();
+    // Superseded ops use up their counters too (advance_frontier).
+    let actors: std::collections::BTreeSet<String> = won.iter().chain(gone.iter()).filter_map(|i| i.actor.clone()).collect();
     for a in actors {
         let mut mine: Vec<i64> = won.iter().filter(|i| i.actor.as_deref() == Some(a.as_str())).filter_map(|i| i.counter).collect();
         mine.sort_unstable();

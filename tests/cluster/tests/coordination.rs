@@ -63,3 +63,55 @@ fn only_the_authority_changes_its_column_through_a_partition() {
         assert_eq!(rejected, "0", "{} rejected or buffered ops", n.name);
     }
 }
+
+/// Apply one op of the client `tab` to `ctr.g` on `n` with this schema version.
+fn tab_op(n: &Node, counter: i32, version: i32, total: i32) -> (String, Option<String>) {
+    let row = n
+        .client()
+        .query_one(
+            &format!(
+                "SELECT outcome, reason FROM converge.apply(ROW('tab:{counter}', 'tab', 'public.ctr', '{{\"id\":1}}', 'g', {version}, 0, '{{}}',
+                     '{{\"counts\":{{\"tab\":{total}}}}}'::converge.gcounter::bytea, NULL)::converge.op)"
+            ),
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn an_old_schema_op_is_kept_aside_on_every_node() {
+    let root = Scratch::new("versions");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_schema_version('ctr', 'g', 2)").unwrap();
+    }
+    // Local ops carry version 2.
+    nodes[0].client().batch_execute("UPDATE ctr SET g = converge.incr(g, 1) WHERE id = 1").unwrap();
+    // An old client's op is kept aside where it arrives; a current one applies.
+    assert_eq!(tab_op(&nodes[1], 1, 1, 50), ("quarantined".into(), Some("old_schema".into())));
+    assert_eq!(tab_op(&nodes[2], 2, 2, 7), ("applied".into(), None));
+    // A client already on version 3 while virginia is cut off: madrid keeps
+    // its op aside until the nodes move to version 3, then applies and
+    // ships it, and virginia (moved while cut off) gets it after healing.
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    assert_eq!(tab_op(&nodes[0], 3, 3, 9), ("quarantined".into(), Some("new_schema".into())));
+    // madrid last: the others already know version 3 when its op arrives.
+    let applied: Vec<i64> = [1, 2, 0]
+        .iter()
+        .map(|&i| nodes[i].client().query_one("SELECT converge.set_schema_version('ctr', 'g', 3)", &[]).unwrap().get(0))
+        .collect();
+    assert_eq!(applied, [0, 0, 1]);
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["ctr"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT converge.value(g)::text FROM ctr WHERE id = 1"), "10", "{}", n.name);
+        let versions = text(n, "SELECT string_agg(DISTINCT schema_version::text, ',') FROM converge.op_log WHERE actor = 'madrid' AND target_column = 'g'");
+        assert_eq!(versions, "1,2", "{}", n.name);
+    }
+    let aside = text(&nodes[1], "SELECT string_agg(op_id || ' ' || reason, ',') FROM converge.quarantine");
+    assert_eq!(aside, "tab:1 old_schema");
+}

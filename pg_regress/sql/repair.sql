@@ -1,0 +1,65 @@
+-- Repair (SPEC section 5): converge.repair excludes named ops on every node
+-- (outcome superseded, their rows rebuilt without them) and stays in the
+-- log with its reason. On a node of its own (lagos), with an application
+-- role owning its table.
+CREATE DATABASE converge_regress_lagos;
+\c converge_regress_lagos
+CREATE EXTENSION converge;
+SET search_path = public, converge;
+SELECT set_node('lagos') IS NOT NULL AS lagos_set;
+CREATE ROLE cv_depot;
+GRANT CREATE ON SCHEMA public TO cv_depot;
+SET ROLE cv_depot;
+CREATE TABLE task (id int PRIMARY KEY, title text, n converge.gcounter);
+SELECT converge.replicate('task');
+INSERT INTO task (id, title) VALUES (1, 'inspect pump'), (2, 'order seal');
+-- Repairing is administration.
+SELECT converge.repair(ARRAY['phone1:1'], 'wrong task');
+RESET ROLE;
+
+-- A tablet typed a title into the wrong task and counted on it.
+SELECT op_id, outcome FROM converge.apply_batch(ARRAY[
+    ROW('phone1:1', 'phone1', 'public.task', '{"id":1}', '', 1, 0, '{}',
+        '{"entries":{"title":[[9999999999999,0,"phone1"],{"put":"order seal"}]}}'::converge.lwwmap::bytea, NULL)::converge.op,
+    ROW('phone1:2', 'phone1', 'public.task', '{"id":2}', 'n', 1, 0, '{}',
+        '{"counts":{"phone1":3}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT id, title, converge.value(n) AS n FROM task ORDER BY id;
+
+-- The repair: the title op is excluded, task 1 has its title back; the
+-- history keeps the op (superseded, naming the repair) and the repair with
+-- its reason.
+SELECT converge.repair(ARRAY['phone1:1'], 'title typed into the wrong task') AS repair_id;
+SELECT id, title, converge.value(n) AS n FROM task ORDER BY id;
+SELECT op_id, actor, target_table, outcome, reason FROM converge.op_log WHERE actor = 'phone1' OR target_table = 'converge.repair' ORDER BY seq;
+SELECT * FROM converge.superseded;
+
+-- An op named before it arrives is superseded on arrival, wherever.
+SELECT converge.repair(ARRAY['phone1:9', 'phone2:1'], 'bad import') IS NOT NULL AS recorded;
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone1:9', 'phone1', 'public.task', '{"id":2}', 'n', 1, 0, '{}',
+        '{"counts":{"phone1":40}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT id, title, converge.value(n) AS n FROM task ORDER BY id;
+SELECT superseded FROM converge.stats;
+-- A superseded op uses up its counter: the actor's frontier goes past it
+-- (phone1 stays at 2 although its first op was taken out; phone2 reaches 2
+-- although its first op was never applied).
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone2:1', 'phone2', 'public.task', '{"id":2}', 'n', 1, 0, '{}',
+        '{"counts":{"phone2":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone2:2', 'phone2', 'public.task', '{"id":2}', 'n', 1, 0, '{}',
+        '{"counts":{"phone2":2}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT converge.frontier() - 'lagos' AS frontier;
+
+-- Only nodes repair, through replication: a client's repair op is refused.
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone3:1', 'phone3', 'converge.repair', '{"reason":"mine"}', '', 1, 0, '{}',
+        '\x0100', NULL)::converge.op]);
+
+-- Errors: nothing to supersede, not an op_id, no reason.
+SELECT converge.repair('{}', 'nothing');
+SELECT converge.repair(ARRAY['not an op'], 'typo');
+SELECT converge.repair(ARRAY['phone1:2'], ' ');
+
+\c regression
+DROP DATABASE converge_regress_lagos;
+DROP ROLE cv_depot;

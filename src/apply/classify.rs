@@ -1,0 +1,189 @@
+//! Step 1 of the apply: classifying each op of a batch in memory (its
+//! envelope, target, key and delta; authorities, the actor registry and
+//! repairs), and who may send ops under a node's name.
+
+use super::*;
+
+thread_local! {
+    static TRUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` (an apply of ops that came through a peer's replication) with
+/// the ops of node actors accepted: a node's own ops travel that way only.
+pub fn from_peer<R>(f: impl FnOnce() -> R) -> R {
+    let before = TRUSTED.with(|t| t.replace(true));
+    struct Back(bool);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            TRUSTED.with(|t| t.set(self.0));
+        }
+    }
+    let _back = Back(before);
+    f()
+}
+
+/// This node's name, its peers' and the authorities' (set_authority):
+/// actors whose ops a client may not send (they would take over op ids
+/// the node or a peer issues, or write what only an authority may).
+pub(super) fn node_actors() -> HashSet<String> {
+    if TRUSTED.with(|t| t.get()) {
+        return HashSet::new();
+    }
+    crate::security::as_owner(|| {
+        const SQL: &str = "SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer
+                           UNION SELECT node FROM converge.authority";
+        crate::spi::prepared(SQL, &[], |t| {
+            Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        })
+    })
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+pub(super) fn classify(
+    it: &mut Item,
+    targets: &mut Vec<Target>,
+    cache: &mut HashMap<String, Result<usize, &'static str>>,
+    nodes: &HashSet<String>,
+    registry: &crate::actors::Registry,
+) {
+    let parsed = it.op_id.as_deref().and_then(parse_op_id);
+    it.actor = parsed.map(|(a, _)| a.to_string());
+    it.counter = parsed.map(|(_, c)| c as i64);
+    let Some((actor, _)) = parsed else {
+        it.bad = Some("invalid_op_id".into());
+        return;
+    };
+    if it.actor_given.as_deref() != Some(actor) {
+        it.bad = Some("actor_mismatch".into());
+        return;
+    }
+    if nodes.contains(actor) {
+        it.bad = Some("node_actor".into());
+        return;
+    }
+    if it.version.is_none_or(|v| v < 1) {
+        it.bad = Some("unsupported_schema_version".into());
+        return;
+    }
+    if it.deps.iter().flatten().any(|d| d.as_deref().and_then(parse_op_id).is_none()) {
+        it.bad = Some("invalid_deps".into());
+        return;
+    }
+    let from_peer = TRUSTED.with(|t| t.get());
+    if it.table.as_deref() == Some(crate::actors::REGISTRY) {
+        it.bad = crate::actors::registry_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), it.delta.as_deref());
+        it.coltype = Some(REGISTRY_OP.into());
+        return;
+    }
+    if it.table.as_deref() == Some(crate::repair::REPAIR) {
+        it.bad = crate::repair::repair_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), it.delta.as_deref());
+        it.coltype = Some(REPAIR_OP.into());
+        return;
+    }
+    let t = match it.table.as_deref().map(|name| resolve(name, targets, cache)) {
+        Some(Ok(t)) => t,
+        Some(Err(reason)) => {
+            it.bad = Some(reason.into());
+            return;
+        }
+        None => {
+            it.bad = Some("unknown_table".into());
+            return;
+        }
+    };
+    it.target = Some(t);
+    let target = &targets[t];
+    // Logged (and shipped) under its qualified name, so that readers find
+    // it whatever their search_path, and no other table can stand in.
+    it.table = Some(target.name.clone());
+    let key_ok = |key: &Option<serde_json::Value>| match key {
+        Some(serde_json::Value::Object(m)) => target.keys.iter().all(|k| m.contains_key(k)),
+        _ => false,
+    };
+    let col = it.column.as_deref();
+    let coltype = match col {
+        Some("") => "row".to_string(),
+        Some(c) => match target.crdt.get(c) {
+            Some(ty) => ty.clone(),
+            None => {
+                it.bad = Some(if column_exists(target.rel, c) { "not_crdt_column" } else { "unknown_column" }.into());
+                return;
+            }
+        },
+        None => {
+            it.bad = Some("unknown_column".into());
+            return;
+        }
+    };
+    if !key_ok(&it.key) {
+        it.bad = Some("invalid_key".into());
+        return;
+    }
+    // The key in the form the op trigger writes (src/trigger.rs), so that the
+    // same row has one key everywhere (row_state, tombstones).
+    match canonical_key(it.key.as_ref().expect("checked"), &target.keys, &target.key_types) {
+        Some(k) => it.key = Some(k),
+        None => {
+            it.bad = Some("invalid_key".into());
+            return;
+        }
+    }
+    let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
+    it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
+    if it.bad.is_none() && coltype == "row" {
+        it.bad = live_error(it.delta.as_deref().unwrap_or_default());
+    }
+    if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default()) {
+        it.bad = Some("not_authority".into());
+    }
+    if it.bad.is_none() && !registry.is_empty() {
+        it.bad = registry.refuse(&as_op(it)).map(String::from);
+    }
+    // A column's merge semantics are those of its schema version here: an
+    // op made under another version is kept aside, not merged.
+    let declared = target.versions.get(col.unwrap_or_default()).copied().unwrap_or(1);
+    if it.bad.is_none() {
+        it.quarantine = match it.version.unwrap_or(1).cmp(&declared) {
+            std::cmp::Ordering::Less => Some("old_schema".into()),
+            std::cmp::Ordering::Greater => Some("new_schema".into()),
+            std::cmp::Ordering::Equal => None,
+        };
+    }
+    if it.bad.is_none() && registry.repairs {
+        it.superseded = crate::repair::superseded_by(it.op_id.as_deref().unwrap_or_default());
+    }
+    it.coltype = Some(coltype);
+}
+
+/// The coltype of ops on the actor registry (actors.rs) and of repair ops
+/// (repair.rs): they have no target table.
+pub(crate) const REGISTRY_OP: &str = "registry";
+pub(crate) const REPAIR_OP: &str = "repair";
+
+/// The op as it will be logged and shipped (what its signature covers).
+pub(super) fn as_op(it: &Item) -> converge_core::Op {
+    converge_core::Op {
+        op_id: it.op_id.clone().unwrap_or_default(),
+        actor: it.actor.clone().unwrap_or_default(),
+        target_table: it.table.clone().unwrap_or_default(),
+        target_key: converge_core::Json::from_value(it.key.as_ref().unwrap_or(&serde_json::Value::Null)),
+        target_column: it.column.clone().unwrap_or_default(),
+        schema_version: it.version.unwrap_or(0),
+        epoch: it.epoch.unwrap_or(0),
+        deps: deps_of(it),
+        delta: it.delta.clone().unwrap_or_default(),
+        signature: it.signature.clone(),
+    }
+}
+
+/// A row op's "$live", when it carries one, is true or false: every node
+/// reads it alike (a number or a string would read differently in
+/// releases that cast it through text).
+pub(super) fn live_error(delta: &[u8]) -> Option<String> {
+    let map = converge_core::decode::<converge_core::types::LwwMap>(delta).ok()?;
+    match map.get("$live").map(|j| j.to_value()) {
+        None | Some(serde_json::Value::Bool(_)) => None,
+        Some(other) => Some(format!("invalid_delta: \"$live\" must be true or false, not {other}")),
+    }
+}
+

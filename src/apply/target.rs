@@ -1,0 +1,177 @@
+//! Which table an op names: resolving a target name to a replicated table
+//! (cached across batches, cleared by relcache invalidations) and the
+//! canonical form of a row key.
+
+use super::*;
+
+thread_local! {
+    /// resolve()'s answers across calls, by (role, search_path, name): the
+    /// role matters ("$user" in the path, schemas it may not use). A worker
+    /// or a client names the same few tables batch after batch. Cleared
+    /// on any relcache invalidation (DDL, converge.replicate, ANALYZE)
+    /// and on any change of a schema (trigger::watch_relcache).
+    static RESOLVED: std::cell::RefCell<HashMap<(pg_sys::Oid, String, String), Result<Target, &'static str>>> =
+        std::cell::RefCell::new(HashMap::new());
+    /// Bumped by every clear: an answer read before a clear is not kept.
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+pub fn forget_resolved() {
+    RESOLVED.with(|r| r.borrow_mut().clear());
+    GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+pub(super) fn search_path() -> String {
+    let p = unsafe { pg_sys::GetConfigOption(c"search_path".as_ptr(), false, false) };
+    if p.is_null() {
+        return String::new();
+    }
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Resolve a target table name to a replicated table (cached per batch,
+/// and across batches in RESOLVED).
+pub(super) fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) -> Result<usize, &'static str> {
+    if let Some(r) = cache.get(name) {
+        return *r;
+    }
+    let key = (unsafe { pg_sys::GetUserId() }, search_path(), name.to_string());
+    // A table created in a transaction that rolled back sent no
+    // invalidation: an answer whose table is gone is not used.
+    let alive = |k: &Result<Target, &'static str>| k.as_ref().map_or(true, |t| !unsafe { pg_sys::get_rel_name(t.rel) }.is_null());
+    if let Some(known) = RESOLVED.with(|r| r.borrow().get(&key).cloned()).filter(alive) {
+        let r = known.map(|t| {
+            targets.push(t);
+            targets.len() - 1
+        });
+        cache.insert(name.to_string(), r);
+        return r;
+    }
+    crate::trigger::watch_relcache();
+    let generation = GENERATION.with(|g| g.get());
+    let r = resolve_now(name, targets);
+    // An unknown name is not kept: creating that table later sends no
+    // invalidation that would clear it. Nor is an answer that an
+    // invalidation processed while it was read may have outdated.
+    if r != Err("unknown_table") && GENERATION.with(|g| g.get()) == generation {
+        RESOLVED.with(|m| m.borrow_mut().insert(key, r.map(|i| targets[i].clone())));
+    }
+    cache.insert(name.to_string(), r);
+    r
+}
+
+pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize, &'static str> {
+    // to_regclass raises on some malformed names: a subtransaction keeps that
+    // an op's rejection, not the batch's error.
+    let found = subtransaction(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text, r.other_columns,
+                        (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.oid = t.rel),
+                        ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
+                                FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
+                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
+                        (SELECT jsonb_object_agg(x.column_name, jsonb_build_array(x.node, x.default_value))::text
+                           FROM converge.authority x WHERE x.table_name = t.rel AND x.column_name <> '')
+                   FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
+                   LEFT JOIN converge.replicated r ON r.table_name = t.rel",
+                Some(1),
+                &[name.into()],
+            )?;
+            let row = t.first();
+            Ok::<_, pgrx::spi::SpiError>((
+                row.get::<pg_sys::Oid>(1)?,
+                row.get::<bool>(2)?.unwrap_or(false),
+                row.get::<Vec<String>>(3)?,
+                row.get::<String>(4)?,
+                row.get::<Vec<String>>(7)?,
+                row.get::<Vec<String>>(5)?,
+                row.get::<String>(6)?,
+                row.get::<String>(8)?,
+            ))
+        })
+    });
+    let r = match found {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority))) => {
+            let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
+            let other = other.unwrap_or_default();
+            let name = name.unwrap_or_default();
+            let authority = crate::coordination::parse(authority);
+            let versions = schema_versions(rel);
+            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false, name, authority, versions });
+            Ok(targets.len() - 1)
+        }
+        Ok(Ok((Some(_), _, _, _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
+        Err(c) => {
+            reraise_if_transaction_error(&c);
+            Err("unknown_table")
+        }
+    };
+    r
+}
+
+/// A key object with exactly the key columns, each value as the op trigger
+/// renders it: integers and booleans as JSON, numeric and floating point as
+/// JSON numbers, anything else as a string. None if it cannot be.
+pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let obj = key.as_object()?;
+    if obj.len() != names.len() {
+        return None;
+    }
+    let mut out = serde_json::Map::new();
+    for (name, ty) in names.iter().zip(types) {
+        let v = obj.get(name)?;
+        let ty = ty.split('(').next().unwrap_or("").trim();
+        let canon = match ty {
+            "smallint" | "integer" | "bigint" => match v {
+                Value::Number(n) => n.as_i64().map(Value::from)?,
+                Value::String(s) => Value::from(s.trim().parse::<i64>().ok()?),
+                _ => return None,
+            },
+            "boolean" => match v {
+                Value::Bool(b) => Value::Bool(*b),
+                Value::String(s) if s == "true" || s == "false" => Value::Bool(s == "true"),
+                _ => return None,
+            },
+            "numeric" | "real" | "double precision" => match v {
+                Value::Number(_) => v.clone(),
+                Value::String(s) => match serde_json::from_str::<Value>(s).ok()? {
+                    n @ Value::Number(_) => n,
+                    _ => return None,
+                },
+                _ => return None,
+            },
+            _ => match v {
+                Value::String(s) => Value::String(s.clone()),
+                Value::Number(n) => Value::String(n.to_string()),
+                Value::Bool(b) => Value::String(b.to_string()),
+                _ => return None,
+            },
+        };
+        out.insert(name.clone(), canon);
+    }
+    Some(Value::Object(out))
+}
+
+pub(super) fn column_exists(rel: pg_sys::Oid, col: &str) -> bool {
+    crate::spi::read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+        &[rel.into(), col.into()],
+    )
+    .unwrap_or(false)
+}
+
+
+/// The schema versions set for a table's columns (converge.set_schema_version):
+/// column ('' for the row ops) -> version.
+fn schema_versions(rel: pg_sys::Oid) -> HashMap<String, i32> {
+    crate::spi::read_one::<String>(
+        "SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v WHERE v.table_name = $1::oid::regclass",
+        &[rel.into()],
+    )
+    .and_then(|j| serde_json::from_str(&j).ok())
+    .unwrap_or_default()
+}

@@ -1,0 +1,98 @@
+//! Ops that wait and the locks that order appliers: converge.pending
+//! (ops missing deps) and its retries, the op_id bucket locks, and client
+//! ops left for a transaction outside a peer's replication origin.
+
+use super::*;
+
+/// Whether converge.pending holds any op (a probe, no statement: most
+/// batches find it empty and skip the statements that read it).
+pub(super) fn pending_any() -> bool {
+    crate::direct::any_row(c"pending", c"pending_pkey", None)
+}
+
+/// Take the advisory locks of the op_id buckets (64 per database, under
+/// key 7231), sorted, exclusive where `excl` says so and shared otherwise:
+/// see step 3 of apply_classified.
+pub(super) fn lock_buckets(ids: &[String], excl: &[bool]) {
+    let mut buckets: BTreeMap<i32, bool> = BTreeMap::new();
+    for (id, e) in ids.iter().zip(excl) {
+        // A hash every process computes alike (FNV-1a), whatever its build.
+        let b = (crate::replication::peers::stable_hash(id) & 63) as i32;
+        *buckets.entry(b).or_default() |= *e;
+    }
+    for (b, e) in buckets {
+        advisory_xact_lock(7231, b, e);
+    }
+}
+
+/// `pg_advisory_xact_lock(key, sub)` (or its shared form), with no statement.
+pub fn advisory_xact_lock(key: i32, sub: i32, exclusive: bool) {
+    let f = if exclusive { pg_sys::pg_advisory_xact_lock_int4 } else { pg_sys::pg_advisory_xact_lock_shared_int4 };
+    unsafe { pgrx::direct_function_call_as_datum(f, &[key.into_datum(), sub.into_datum()]) };
+}
+
+/// Whether this transaction applies a peer's changes (a replication origin
+/// is set up: the worker, `sync`). Nothing it writes is shipped again.
+pub fn under_peer_origin() -> bool {
+    unsafe { pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId }
+}
+
+/// `converge.under_peer_origin()`: for `converge.retry_pending`, which
+/// leaves ops that did not come from a peer for a transaction of their own
+/// then, so that this node forwards them once they apply (internal).
+#[pg_extern(volatile, parallel_restricted, name = "under_peer_origin")]
+pub(super) fn under_peer_origin_sql() -> bool {
+    under_peer_origin()
+}
+
+thread_local! {
+    /// A transaction under a peer's origin left ready ops that did not come
+    /// from a peer in converge.pending: the worker retries them right after
+    /// (take_deferred).
+    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether ops were left for a retry outside the peer's origin (and forget it).
+pub fn take_deferred() -> bool {
+    DEFERRED.with(|d| d.replace(false))
+}
+
+/// Note, under a peer's origin, that ops of clients (or readmitted ones)
+/// wait in converge.pending for a transaction of their own.
+pub fn note_deferred() {
+    if !under_peer_origin() || !pending_any() {
+        return;
+    }
+    let waiting = crate::spi::prepared(
+        "SELECT EXISTS (SELECT 1 FROM converge.pending WHERE origin NOT LIKE 'peer:%')",
+        &[],
+        |t| t.first().get_one::<bool>(),
+    )
+    .unwrap_or_else(|e| spi_err(e));
+    if waiting == Some(true) {
+        DEFERRED.with(|d| d.set(true));
+    }
+}
+
+/// Pending ops whose deps are all applied, applied now (those the acting
+/// role may write; the others wait for a role that may). Under a peer's
+/// origin only ops that came from peers: an op a client sent here must be
+/// applied where this node ships it (what is written under a peer's origin
+/// never is), so it waits for the worker's next transaction.
+pub(super) fn retry_pending() -> Vec<Outcome> {
+    if !pending_any() {
+        return Vec::new();
+    }
+    crate::spi::prepared("SELECT op_id, outcome, reason FROM converge.retry_pending()", &[], |t| {
+        Ok(t.map(|r| {
+            (
+                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                r.get::<String>(3).ok().flatten(),
+            )
+        })
+        .collect())
+    })
+    .unwrap_or_else(|e| spi_err(e))
+}
+
