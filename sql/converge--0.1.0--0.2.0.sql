@@ -207,6 +207,8 @@ BEGIN
         DELETE FROM converge.op_log l USING jsonb_each_text(stable) s(actor, upto)
          WHERE l.actor = s.actor AND l.counter <= s.upto::bigint
            AND l.outcome IN ('applied', 'duplicate', 'buffered')
+           -- A repair stays in the history with its reason (SPEC 5).
+           AND l.target_table IS DISTINCT FROM 'converge.repair'
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,
@@ -214,7 +216,7 @@ BEGIN
                                           ELSE r.crdt_columns ->> g.target_column END,
                                      array_agg(g.delta ORDER BY g.seq)) AS state
           FROM gone g LEFT JOIN converge.replicated r ON r.table_name = to_regclass(g.target_table)
-         WHERE g.outcome = 'applied' AND g.target_table IS NOT NULL
+         WHERE g.outcome = 'applied' AND g.target_table IS NOT NULL AND r.table_name IS NOT NULL
            AND (g.target_column = '' OR r.crdt_columns ? g.target_column)
          GROUP BY g.target_table, g.target_key, g.target_column, r.crdt_columns ->> g.target_column),
     base AS (
@@ -363,7 +365,7 @@ CREATE VIEW converge.stats AS
                         count(*) FILTER (WHERE outcome = 'buffered') AS buffered,
                         count(*) FILTER (WHERE outcome = 'rejected') AS rejected,
                         count(*) FILTER (WHERE outcome = 'quarantined') AS quarantined,
-                        count(*) FILTER (WHERE outcome = 'superseded') AS superseded,
+                        count(DISTINCT op_id) FILTER (WHERE outcome = 'superseded') AS superseded,
                         count(*) AS rows
                    FROM converge.op_log),
          gone AS (SELECT coalesce(sum(ops) FILTER (WHERE outcome = 'applied'), 0) AS applied,
@@ -617,6 +619,16 @@ LANGUAGE sql AS $$ SELECT converge.set_schema_version_on(tbl::oid, col, version)
 COMMENT ON FUNCTION converge.set_schema_version_on(oid, text, integer) IS 'Internal: the body of converge.set_schema_version (checks that the caller owns the table).';
 COMMENT ON FUNCTION converge.set_schema_version(regclass, text, integer) IS 'Declare the schema version of a CRDT column''s merge semantics (col NULL: the row ops of the plain columns). Run it on every node, as the table''s owner. Local ops carry it; an op made under an older version is quarantined with old_schema (kept for replay after translation), one made under a newer version with new_schema, and those of exactly this version are applied again now. Returns how many were.';
 
+-- One row per op_id in the quarantine view (a replayed op is not listed twice).
+CREATE OR REPLACE VIEW converge.quarantine AS
+    SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
+       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
+                          AND a.outcome = 'applied')
+     ORDER BY l.op_id, l.seq DESC;
+COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since, one row per op_id (its latest outcome; the log keeps every one; converge.replay(op_id) retries one).';
+
+COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';
+
 -- Repairs give ops the outcome superseded.
 ALTER TABLE converge.op_log DROP CONSTRAINT op_log_outcome_check,
     ADD CONSTRAINT op_log_outcome_check
@@ -637,7 +649,8 @@ BEGIN
     FOR p IN
         WITH ready AS (
             DELETE FROM converge.pending q
-             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d
+                                WHERE NOT converge.is_applied(d) AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = d))
                AND converge.may_write((q.op).target_table, (q.op).target_column)
                -- Under a peer's origin nothing written is shipped: ops a
                -- client sent here wait for a transaction of their own.

@@ -89,6 +89,8 @@ BEGIN
         DELETE FROM converge.op_log l USING jsonb_each_text(stable) s(actor, upto)
          WHERE l.actor = s.actor AND l.counter <= s.upto::bigint
            AND l.outcome IN ('applied', 'duplicate', 'buffered')
+           -- A repair stays in the history with its reason (SPEC 5).
+           AND l.target_table IS DISTINCT FROM 'converge.repair'
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,
@@ -96,7 +98,7 @@ BEGIN
                                           ELSE r.crdt_columns ->> g.target_column END,
                                      array_agg(g.delta ORDER BY g.seq)) AS state
           FROM gone g LEFT JOIN converge.replicated r ON r.table_name = to_regclass(g.target_table)
-         WHERE g.outcome = 'applied' AND g.target_table IS NOT NULL
+         WHERE g.outcome = 'applied' AND g.target_table IS NOT NULL AND r.table_name IS NOT NULL
            AND (g.target_column = '' OR r.crdt_columns ? g.target_column)
          GROUP BY g.target_table, g.target_key, g.target_column, r.crdt_columns ->> g.target_column),
     base AS (
@@ -245,7 +247,7 @@ CREATE VIEW converge.stats AS
                         count(*) FILTER (WHERE outcome = 'buffered') AS buffered,
                         count(*) FILTER (WHERE outcome = 'rejected') AS rejected,
                         count(*) FILTER (WHERE outcome = 'quarantined') AS quarantined,
-                        count(*) FILTER (WHERE outcome = 'superseded') AS superseded,
+                        count(DISTINCT op_id) FILTER (WHERE outcome = 'superseded') AS superseded,
                         count(*) AS rows
                    FROM converge.op_log),
          gone AS (SELECT coalesce(sum(ops) FILTER (WHERE outcome = 'applied'), 0) AS applied,

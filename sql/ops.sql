@@ -109,10 +109,11 @@ CREATE VIEW converge.op_outcomes AS
 COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and reason.';
 
 CREATE VIEW converge.quarantine AS
-    SELECT * FROM converge.op_log WHERE outcome IN ('rejected', 'quarantined')
-       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = op_log.actor AND a.counter = op_log.counter
-                          AND a.outcome = 'applied');
-COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (kept, never dropped; converge.replay(op_id) retries one).';
+    SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
+       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
+                          AND a.outcome = 'applied')
+     ORDER BY l.op_id, l.seq DESC;
+COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since, one row per op_id (its latest outcome; the log keeps every one; converge.replay(op_id) retries one).';
 
 CREATE FUNCTION converge.op_encode(o converge.op) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
@@ -161,7 +162,8 @@ BEGIN
     FOR p IN
         WITH ready AS (
             DELETE FROM converge.pending q
-             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.is_applied(d))
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d
+                                WHERE NOT converge.is_applied(d) AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = d))
                AND converge.may_write((q.op).target_table, (q.op).target_column)
                -- Under a peer's origin nothing written is shipped: ops a
                -- client sent here wait for a transaction of their own.
@@ -236,7 +238,7 @@ LANGUAGE sql STABLE AS $$
             SELECT name, converge.last_op_counter(name) FROM converge.node_identity) f
      WHERE c > 0
 $$;
-COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied here}.';
+COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';
 
 CREATE FUNCTION converge.changes_since(frontier jsonb)
 RETURNS SETOF converge.op

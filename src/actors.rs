@@ -110,29 +110,23 @@ impl Registry {
 /// Under a peer's origin (the worker, which applies every peer's batches)
 /// the exclusive lock is not waited for long: a client transaction left
 /// open after an apply_batch must not stall replication; the batch fails
-/// (55P03) and the worker tries it again.
+/// (55P03, "canceling statement due to lock timeout") and the worker tries
+/// it again.
 pub fn lock_registry(exclusive: bool) {
     if !(exclusive && crate::apply::under_peer_origin()) {
         crate::apply::advisory_xact_lock(7234, 0, exclusive);
         return;
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let got = unsafe {
-            pgrx::direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int4, &[7234i32.into_datum(), 0i32.into_datum()])
-        };
-        if got == Some(true) {
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            raise(
-                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-                "the actor registry is held by another transaction (an apply_batch or a registry change not yet committed); retrying later",
-            );
-        }
-        pgrx::check_for_interrupts!();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // Queued like any lock (so shared holders that come later wait behind
+    // it), but for 2 s at most (lock_timeout): then 55P03, and the worker
+    // tries the batch again.
+    let old = crate::spi::read_one::<String>("SELECT current_setting('lock_timeout')", &[]).unwrap_or_default();
+    let set = |v: &str| {
+        Spi::run_with_args("SELECT set_config('lock_timeout', $1, true)", &[v.into()]).unwrap_or_else(|e| fail(e));
+    };
+    set("2s");
+    crate::apply::advisory_xact_lock(7234, 0, true);
+    set(&old);
 }
 
 /// Why a registry op is not valid (None: valid). Only nodes change the
@@ -225,8 +219,17 @@ pub fn merge_registry_state(rows: Vec<(Option<String>, Option<String>, Option<St
     }
     if !ops.is_empty() {
         lock_registry(true);
+        // The rejoin's transaction ends under the peer's origin: ops this
+        // admits again wait for the worker's next transaction.
+        PARKING.with(|p| p.set(true));
         merge_registry_ops(ops);
+        PARKING.with(|p| p.set(false));
     }
+}
+
+thread_local! {
+    /// Readmitted ops go to converge.pending instead of being applied now.
+    static PARKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Merge one registry op; whether the actor's entry changed.
@@ -338,7 +341,7 @@ fn reevaluate(actor: &str) {
     if readmit.is_empty() {
         return;
     }
-    if crate::apply::under_peer_origin() {
+    if crate::apply::under_peer_origin() || PARKING.with(|p| p.get()) {
         // Applied here they would never be shipped: the worker applies them
         // next, in a transaction of its own (apply::note_deferred).
         park(&readmit);
@@ -413,6 +416,11 @@ fn check_not_node(actor: &str) {
             format!("\"{actor}\" is a node of this mesh: a node's own ops are trusted through its replication connection"),
         );
     }
+}
+
+/// This node's name and its peers'.
+pub fn node_names() -> HashSet<String> {
+    Registry::load_nodes()
 }
 
 impl Registry {

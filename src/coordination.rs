@@ -95,22 +95,38 @@ fn set_schema_version_on(tbl: Option<pg_sys::Oid>, col: Option<&str>, version: O
     // Sessions cache the versions (the op trigger, the apply).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
     unsafe { pg_sys::CommandCounterIncrement() };
-    let waiting: Vec<String> = crate::security::as_owner(|| {
+    // The ops kept aside as new_schema that carry this version, with where
+    // they came from: a peer's own ops are applied as that peer's (a client
+    // may not send ops under a node's name), the others as the caller's.
+    let waiting: Vec<(Vec<u8>, String)> = crate::security::as_owner(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT DISTINCT q.op_id FROM converge.quarantine q
+                "SELECT DISTINCT ON (q.op_id)
+                        converge.op_encode(ROW(q.op_id, q.actor, q.target_table, q.target_key, q.target_column, q.schema_version,
+                                               q.epoch, q.deps, q.delta, q.signature)::converge.op), q.origin
+                   FROM converge.quarantine q
                   WHERE q.target_table = (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k
                                             JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = $1)
-                    AND q.target_column = coalesce($2, '') AND q.reason = 'new_schema' AND q.schema_version = $3",
+                    AND q.target_column = coalesce($2, '') AND q.reason = 'new_schema' AND q.schema_version = $3
+                  ORDER BY q.op_id, q.seq DESC",
                 None,
                 &[tbl.into(), col.into(), version.into()],
             )
-            .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            .map(|t| t.filter_map(|r| Some((r.get::<Vec<u8>>(1).ok()??, r.get::<String>(2).ok()??))).collect())
         })
     })
     .unwrap_or_else(|e| err(e));
-    for op_id in &waiting {
-        Spi::run_with_args("SELECT count(*) FROM converge.replay($1)", &[op_id.as_str().into()]).unwrap_or_else(|e| err(e));
+    let decode = |b: &Vec<u8>| converge_core::Op::decode(b).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, e.message));
+    let mut by_origin: std::collections::BTreeMap<&str, Vec<converge_core::Op>> = std::collections::BTreeMap::new();
+    for (b, origin) in &waiting {
+        by_origin.entry(origin.as_str()).or_default().push(decode(b));
+    }
+    for (origin, ops) in by_origin {
+        if origin.starts_with("peer:") {
+            crate::apply::from_peer(|| crate::apply::apply_decoded(ops, origin));
+        } else {
+            crate::apply::apply_decoded(ops, "replay");
+        }
     }
     waiting.len() as i64
 }

@@ -79,10 +79,10 @@ pub fn last_counter(me: &str, view: View) -> i64 {
     let logged = newest(c"op_log", c"op_log_applied_once", me, "counter", floor, view)
         .or_else(|| floor.and_then(|_| newest(c"op_log", c"op_log_applied_once", me, "counter", None, view)));
     // Compaction that removes all of this node's ops keeps the counter in
-    // its actor_frontier row (it never removes the newest op otherwise).
-    let last = logged
-        .or_else(|| newest(c"actor_frontier", c"actor_frontier_pkey", me, "contiguous", None, view))
-        .unwrap_or(0);
+    // its actor_frontier row, and so does a repair that superseded its
+    // newest op (it is no longer applied, its counter stays used).
+    let kept = newest(c"actor_frontier", c"actor_frontier_pkey", me, "contiguous", None, view);
+    let last = logged.unwrap_or(0).max(kept.unwrap_or(0));
     SEEN.with(|s| *s.borrow_mut() = Some((me.to_string(), last)));
     last
 }

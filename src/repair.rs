@@ -75,33 +75,75 @@ pub fn superseded_by(op_id: &str) -> Option<String> {
 /// repair's reason on its log row. The caller holds the registry's lock
 /// (exclusive).
 pub fn merge_repair_ops(ops: Vec<(String, String, Vec<u8>)>) {
-    let mut excluded = Vec::new();
+    let mut superseded = Vec::new();
     crate::security::as_owner(|| {
         for (repair_id, reason, delta) in ops {
             let ids = named(&delta).unwrap_or_else(|| fail("invalid repair op"));
-            Spi::run_with_args(
-                "INSERT INTO converge.superseded (op_id, repair_id) SELECT u, $2 FROM unnest($1::text[]) u ON CONFLICT DO NOTHING",
-                &[ids.clone().into(), repair_id.as_str().into()],
-            )
-            .unwrap_or_else(|e| fail(e));
             Spi::run_with_args(
                 "UPDATE converge.op_log SET reason = $2 WHERE op_id = $1 AND outcome = 'applied'",
                 &[repair_id.as_str().into(), reason.into()],
             )
             .unwrap_or_else(|e| fail(e));
-            excluded.extend(applied_of(&ids, &repair_id));
+            superseded.extend(ids.into_iter().map(|id| (id, repair_id.clone())));
         }
     });
-    crate::rebuild::exclude(&excluded, "superseded");
+    supersede(superseded);
 }
 
-/// The log rows of these ops that are applied here.
-fn applied_of(ids: &[String], repair_id: &str) -> Vec<Excluded> {
-    Spi::connect(|c| {
+/// Record these (op_id, repair_id) pairs, exclude the ops applied here
+/// (rows rebuilt), and let their actors' frontiers go past them.
+pub fn supersede(pairs: Vec<(String, String)>) {
+    if pairs.is_empty() {
+        return;
+    }
+    let (ids, repairs): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+    let excluded = crate::security::as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO converge.superseded (op_id, repair_id) SELECT u.id, u.r FROM unnest($1::text[], $2::text[]) u(id, r)
+                 ON CONFLICT DO NOTHING",
+            &[ids.clone().into(), repairs.clone().into()],
+        )
+        .unwrap_or_else(|e| fail(e));
+        let by: std::collections::HashMap<&String, &String> = ids.iter().zip(&repairs).collect();
+        let mut excluded = applied_of(&ids);
+        for e in excluded.iter_mut() {
+            e.reason = by.get(&e.reason).map(|r| r.to_string()).unwrap_or_default();
+        }
+        excluded
+    });
+    // This node's own op keeps its counter used (the next local op must not
+    // take it again): its frontier row says so when the log no longer can.
+    if let Some(me) = crate::node::local_node_if_set() {
+        let mine: Option<i64> = ids.iter().filter_map(|id| parse_op_id(id)).filter(|(a, _)| *a == me).map(|(_, c)| c as i64).max();
+        if let Some(c) = mine {
+            crate::security::as_owner(|| {
+                Spi::run_with_args(
+                    "INSERT INTO converge.actor_frontier AS f (actor, contiguous) VALUES ($1, $2)
+                         ON CONFLICT (actor) DO UPDATE SET contiguous = greatest(f.contiguous, EXCLUDED.contiguous)",
+                    &[me.as_str().into(), c.into()],
+                )
+            })
+            .unwrap_or_else(|e| fail(e));
+        }
+    }
+    crate::rebuild::exclude(&excluded, "superseded");
+    let actors: std::collections::BTreeSet<&str> = ids.iter().filter_map(|id| parse_op_id(id)).map(|(a, _)| a).collect();
+    crate::security::as_owner(|| {
+        for a in actors {
+            crate::apply::advance_frontier(a, &[]);
+        }
+    });
+}
+
+/// The log rows of these ops that are applied here (reason: the op_id).
+/// A REPEATABLE READ snapshot that misses one applied since is refused
+/// (40001), as for registry changes.
+fn applied_of(ids: &[String]) -> Vec<Excluded> {
+    let found = Spi::connect(|c| {
         c.select(
-            "SELECT l.seq, l.target_table, l.target_key FROM converge.op_log l
+            "SELECT l.seq, l.target_table, l.target_key, l.op_id FROM converge.op_log l
                JOIN unnest($1::text[]) u(id) ON l.actor = converge.op_id_actor(u.id) AND l.counter = converge.op_id_counter(u.id)
-              WHERE l.outcome = 'applied' AND l.target_table IS NOT NULL AND l.target_table NOT LIKE 'converge.%'",
+              WHERE l.outcome = 'applied' AND l.target_table IS NOT NULL",
             None,
             &[ids.to_vec().into()],
         )?
@@ -110,12 +152,24 @@ fn applied_of(ids: &[String], repair_id: &str) -> Vec<Excluded> {
                 seq: r.get::<i64>(1)?.unwrap_or(0),
                 table: r.get::<String>(2)?.unwrap_or_default(),
                 key: r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
-                reason: repair_id.to_string(),
+                reason: r.get::<String>(4)?.unwrap_or_default(),
             })
         })
         .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
     })
-    .unwrap_or_else(|e| fail(e))
+    .unwrap_or_else(|e| fail(e));
+    let seen: std::collections::HashSet<&str> = found.iter().map(|e| e.reason.as_str()).collect();
+    let missed = ids.iter().filter(|id| !seen.contains(id.as_str())).any(|id| {
+        parse_op_id(id).is_some_and(|(a, c)| !crate::local_ops::applied_between(a, c as i64, c as i64).is_empty())
+    });
+    if missed {
+        raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "could not repair: some of the ops were applied after this transaction's snapshot",
+        );
+    }
+    // Registry and repair ops are never taken out (they have no rows).
+    found.into_iter().filter(|e| !e.table.starts_with("converge.")).collect()
 }
 
 /// `converge.repair(supersedes, reason)`: exclude these ops on every node
@@ -134,12 +188,13 @@ fn repair(supersedes: Vec<Option<String>>, reason: &str) -> String {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "a repair needs a reason (the history shows it)");
     }
     let me = crate::node::local_node();
+    crate::actors::lock_registry(true);
+    check_repairable(&ids);
     let mut set = GSet::default();
     for id in &ids {
         set.add(id);
     }
     let delta = converge_core::encode(&set);
-    crate::actors::lock_registry(true);
     // Rows are rebuilt before the node's op counter is taken (it is held to
     // commit, and local writers need it to commit while holding rows a
     // rebuild waits for), under a placeholder for the repair's id (the
@@ -160,5 +215,36 @@ fn repair(supersedes: Vec<Option<String>>, reason: &str) -> String {
         )
         .unwrap_or_else(|e| fail(e));
     });
+    // Ops that waited for a superseded op wait no more.
+    crate::security::as_owner(|| Spi::run("SELECT count(*) FROM converge.retry_pending()")).unwrap_or_else(|e| fail(e));
     op_id
+}
+
+/// Refuse what a repair here could not do alike everywhere: an op of a
+/// node (this one or a peer) that is not applied here (its own node applies
+/// it without asking, so only an op every node can have seen is repaired),
+/// and an op folded into a base here (compaction: it cannot be taken out).
+fn check_repairable(ids: &[String]) {
+    let nodes = crate::actors::node_names();
+    for id in ids {
+        let Some((actor, counter)) = parse_op_id(id) else { continue };
+        let counter = counter as i64;
+        let applied = !crate::local_ops::applied_between(actor, counter, counter).is_empty();
+        if nodes.contains(actor) && !applied {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("op {id} of node \"{actor}\" is not applied here: only a node's ops this node has can be repaired"),
+            );
+        }
+        let horizon = crate::security::as_owner(|| {
+            crate::spi::read_one::<i64>("SELECT upto FROM converge.log_horizon WHERE actor = $1", &[actor.into()])
+        });
+        if horizon.is_some_and(|upto| counter <= upto) && !applied {
+            crate::errors::raise_hint(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("op {id} is compacted here and cannot be taken out"),
+                "Undo its effect with a new op.",
+            );
+        }
+    }
 }

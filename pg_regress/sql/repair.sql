@@ -55,10 +55,18 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone3:1', 'phone3', 'converge.repair', '{"reason":"mine"}', '', 1, 0, '{}',
         '\x0100', NULL)::converge.op]);
 
--- Errors: nothing to supersede, not an op_id, no reason.
+-- Errors: nothing to supersede, not an op_id, no reason; an op of a node
+-- that is not applied here (its node would apply it regardless).
 SELECT converge.repair('{}', 'nothing');
 SELECT converge.repair(ARRAY['not an op'], 'typo');
 SELECT converge.repair(ARRAY['phone1:2'], ' ');
+SELECT converge.repair(ARRAY['lagos:99'], 'not made yet');
+
+-- Compaction keeps the repairs (the history) and the superseded ops; an op
+-- folded into a base can no longer be taken out.
+SELECT ops_removed > 0 AS compacted FROM converge.compact();
+SELECT op_id, outcome, reason FROM converge.op_log ORDER BY seq;
+SELECT converge.repair(ARRAY['phone1:2'], 'too late');
 
 \c regression
 DROP DATABASE converge_regress_lagos;

@@ -4,7 +4,7 @@
 //! SQL statement, wrapper or array in between). Both build the batch's
 //! items and run the same steps.
 
-use super::{apply_classified, classify, node_actors, retry_pending, Item, Outcome, Target};
+use super::{apply_classified, classify, node_actors, retry_pending, trusted, Item, Outcome, Target};
 use converge_core::Op;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -103,7 +103,9 @@ fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     let control = [crate::actors::REGISTRY, crate::repair::REPAIR];
     let changes = items.iter().any(|i| i.table.as_deref().is_some_and(|t| control.contains(&t)));
     crate::actors::lock_registry(changes);
-    let peer = origin.strip_prefix("peer:");
+    // Only a batch that came through a peer's replication is that peer's
+    // (an origin named by an SQL caller proves nothing).
+    let peer = if trusted() { origin.strip_prefix("peer:") } else { None };
     let mut registry = if changes || items.iter().any(|i| peer.is_none() || i.actor_given.as_deref() != peer) {
         crate::actors::Registry::load()
     } else {

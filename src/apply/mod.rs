@@ -240,6 +240,17 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
     ids.iter().filter(|id| parse_op_id(id).is_some_and(|(a, c)| found.contains(&(a, c)))).cloned().collect()
 }
 
+/// Of these deps, the ones done here: applied, or superseded by a repair
+/// (an op that waits for a superseded op would wait for ever on the nodes
+/// that superseded it on arrival, while nodes that had applied it went on).
+fn deps_done(ids: &[String]) -> HashSet<String> {
+    let mut done = applied_set(ids);
+    if crate::repair::any_superseded() {
+        done.extend(ids.iter().filter(|id| !done.contains(*id) && crate::repair::superseded_by(id).is_some()).cloned().collect::<Vec<_>>());
+    }
+    done
+}
+
 /// Positions (n) of the fresh ops that must wait: a dep neither applied
 /// here nor among the fresh ops, or a dep that waits itself.
 fn blocked(fresh: &[&Item]) -> HashSet<usize> {
@@ -247,7 +258,7 @@ fn blocked(fresh: &[&Item]) -> HashSet<usize> {
     if all_deps.is_empty() {
         return HashSet::new();
     }
-    let applied = applied_set(&all_deps);
+    let applied = deps_done(&all_deps);
     let by_id: HashMap<&str, usize> = fresh.iter().filter_map(|i| i.op_id.as_deref().map(|id| (id, i.n))).collect();
     let mut blocked: HashSet<usize> = HashSet::new();
     // Fixed point: an op waits if one of its deps is missing or waits.
@@ -273,7 +284,7 @@ fn blocked(fresh: &[&Item]) -> HashSet<usize> {
 
 /// Move `actor`'s contiguous frontier past the counters just applied
 /// (`won`, sorted) and any applied earlier out of order.
-fn advance_frontier(actor: &str, won: &[i64]) {
+pub(crate) fn advance_frontier(actor: &str, won: &[i64]) {
     // Appliers of one actor take turns here to the end of their
     // transactions (an advisory lock on the actor's hash: no statement, no
     // row version), so each reads what the one before it committed: two
@@ -405,7 +416,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     buffered.sort_by(|a, b| a.op_id.cmp(&b.op_id));
     if !buffered.is_empty() {
         let all: Vec<String> = buffered.iter().flat_map(|i| deps_of(i)).collect();
-        let applied = applied_set(&all);
+        let applied = deps_done(&all);
         let missing: Vec<Vec<String>> = buffered
             .iter()
             .map(|i| {

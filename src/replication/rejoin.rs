@@ -70,6 +70,14 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     } else {
         Vec::new()
     };
+    // The repairs, likewise (their ops stay in the log, but below the
+    // horizon a copy starts from).
+    let superseded: Vec<(String, String)> = if q("SELECT to_regclass('converge.superseded') IS NOT NULL", &[]).text(0, 0).as_deref() == Some("t") {
+        let r = q("SELECT op_id, repair_id FROM converge.superseded", &[]);
+        (0..r.rows.len()).filter_map(|i| Some((r.text(i, 0)?, r.text(i, 1)?))).collect()
+    } else {
+        Vec::new()
+    };
     let mut merged = 0;
     for (table, cols) in local_tables() {
         let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[&table]);
@@ -114,6 +122,10 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     let left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     crate::actors::merge_registry_state(registry);
+    if !superseded.is_empty() {
+        crate::actors::lock_registry(true);
+        crate::repair::supersede(superseded);
+    }
     super::pull::apply_encoded(left, peer, origin, 0, 0);
     // Ops up to the peer's horizon are in this node's rows, not its log:
     // an older cursor must get 55000 here too.
