@@ -620,7 +620,7 @@ COMMENT ON FUNCTION converge.set_schema_version_on(oid, text, integer) IS 'Inter
 COMMENT ON FUNCTION converge.set_schema_version(regclass, text, integer) IS 'Declare the schema version of a CRDT column''s merge semantics (col NULL: the row ops of the plain columns). Run it on every node, as the table''s owner. Local ops carry it; an op made under an older version is quarantined with old_schema (kept for replay after translation), one made under a newer version with new_schema, and those of exactly this version are applied again now. Returns how many were.';
 
 -- One row per op_id in the quarantine view (a replayed op is not listed twice).
-CREATE OR REPLACE VIEW converge.quarantine AS
+CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
                           AND a.outcome = 'applied')
