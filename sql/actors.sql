@@ -22,12 +22,9 @@ COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops w
 GRANT SELECT ON converge.actors TO PUBLIC;
 
 CREATE FUNCTION converge.op_signing_bytes(o converge.op) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT converge.op_signing_bytes_fields(o.op_id, o.actor, o.target_table, o.target_key, o.target_column,
-                                            o.schema_version, o.epoch, o.deps, o.delta)
-$$;
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT converge.op_signing_bytes_of(converge.op_encode(o)) $$;
 COMMENT ON FUNCTION converge.op_signing_bytes(converge.op) IS 'The bytes an actor signs with its ed25519 key: a fixed domain tag and the op''s binary form without its signature. Sign the op as nodes log it: target_table schema-qualified, target_key with integer and boolean key columns as JSON numbers and booleans.';
-COMMENT ON FUNCTION converge.op_signing_bytes_fields(text, text, text, jsonb, text, integer, bigint, text[], bytea) IS 'Internal: the body of converge.op_signing_bytes.';
+COMMENT ON FUNCTION converge.op_signing_bytes_of(bytea) IS 'Internal: the body of converge.op_signing_bytes (from the op''s binary form).';
 
 COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): on every node, its ops after those this node has applied without a gap (signed_after) must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied elsewhere before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
 COMMENT ON FUNCTION converge.revoke_actor(text, bigint) IS 'Revoke an actor: its ops with counters above after (default: the highest applied here) are rejected with revoked on every node, and those already applied are taken out of their rows (rebuilt from base and remaining ops, back to the compaction horizon). Replicates; returns the op''s id.';
@@ -42,6 +39,15 @@ CREATE TABLE converge.superseded (
 COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repair): outcome superseded wherever they are or arrive; repair_id is the repair op.';
 SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
 GRANT SELECT ON converge.superseded TO PUBLIC;
+
+-- An op's dependency is done here when it is applied or superseded (an op
+-- waiting for a superseded op would wait for ever where it was superseded
+-- on arrival): converge.retry_pending and the apply (src/apply) agree.
+CREATE FUNCTION converge.dep_done(op_id text) RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT converge.is_applied($1) OR EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = $1)
+$$;
+COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, or superseded by a repair.';
 
 COMMENT ON FUNCTION converge.repair(text[], text) IS 'Exclude ops on every node: they get the outcome superseded, the rows they touched are rebuilt without them (back to the compaction horizon), and ops named here that arrive later are superseded on arrival. An op of this node that replicates; it stays in converge.op_log with its reason. Returns its op_id.';
 REVOKE ALL ON FUNCTION converge.repair(text[], text) FROM PUBLIC;

@@ -46,20 +46,12 @@ CREATE FUNCTION converge."set_authority_on"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'set_authority_on_wrapper';
-CREATE FUNCTION converge."op_signing_bytes_fields"(
-	"op_id" TEXT,
-	"actor" TEXT,
-	"target_table" TEXT,
-	"target_key" jsonb,
-	"target_column" TEXT,
-	"schema_version" INT,
-	"epoch" bigint,
-	"deps" TEXT[],
-	"delta" bytea
+CREATE FUNCTION converge."op_signing_bytes_of"(
+	"op" bytea
 ) RETURNS bytea
-IMMUTABLE PARALLEL SAFE
+IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'op_signing_bytes_fields_wrapper';
+AS 'MODULE_PATHNAME', 'op_signing_bytes_of_wrapper';
 CREATE FUNCTION converge."register_actor"(
 	"actor" TEXT,
 	"public_key" bytea
@@ -553,12 +545,9 @@ COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops w
 GRANT SELECT ON converge.actors TO PUBLIC;
 
 CREATE FUNCTION converge.op_signing_bytes(o converge.op) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT converge.op_signing_bytes_fields(o.op_id, o.actor, o.target_table, o.target_key, o.target_column,
-                                            o.schema_version, o.epoch, o.deps, o.delta)
-$$;
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT converge.op_signing_bytes_of(converge.op_encode(o)) $$;
 COMMENT ON FUNCTION converge.op_signing_bytes(converge.op) IS 'The bytes an actor signs with its ed25519 key: a fixed domain tag and the op''s binary form without its signature. Sign the op as nodes log it: target_table schema-qualified, target_key with integer and boolean key columns as JSON numbers and booleans.';
-COMMENT ON FUNCTION converge.op_signing_bytes_fields(text, text, text, jsonb, text, integer, bigint, text[], bytea) IS 'Internal: the body of converge.op_signing_bytes.';
+COMMENT ON FUNCTION converge.op_signing_bytes_of(bytea) IS 'Internal: the body of converge.op_signing_bytes (from the op''s binary form).';
 
 COMMENT ON FUNCTION converge.register_actor(text, bytea) IS 'Register an actor''s ed25519 public key (32 bytes): on every node, its ops after those this node has applied without a gap (signed_after) must carry a signature by that key (else rejected with unsigned or bad_signature), also those applied elsewhere before the registration arrived. Replicates; returns the op''s id (NULL when the actor already has this key).';
 COMMENT ON FUNCTION converge.revoke_actor(text, bigint) IS 'Revoke an actor: its ops with counters above after (default: the highest applied here) are rejected with revoked on every node, and those already applied are taken out of their rows (rebuilt from base and remaining ops, back to the compaction horizon). Replicates; returns the op''s id.';
@@ -573,6 +562,15 @@ CREATE TABLE converge.superseded (
 COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repair): outcome superseded wherever they are or arrive; repair_id is the repair op.';
 SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
 GRANT SELECT ON converge.superseded TO PUBLIC;
+
+-- An op's dependency is done here when it is applied or superseded (an op
+-- waiting for a superseded op would wait for ever where it was superseded
+-- on arrival): converge.retry_pending and the apply (src/apply) agree.
+CREATE FUNCTION converge.dep_done(op_id text) RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT converge.is_applied($1) OR EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = $1)
+$$;
+COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, or superseded by a repair.';
 
 COMMENT ON FUNCTION converge.repair(text[], text) IS 'Exclude ops on every node: they get the outcome superseded, the rows they touched are rebuilt without them (back to the compaction horizon), and ops named here that arrive later are superseded on arrival. An op of this node that replicates; it stays in converge.op_log with its reason. Returns its op_id.';
 REVOKE ALL ON FUNCTION converge.repair(text[], text) FROM PUBLIC;
@@ -649,8 +647,7 @@ BEGIN
     FOR p IN
         WITH ready AS (
             DELETE FROM converge.pending q
-             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d
-                                WHERE NOT converge.is_applied(d) AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = d))
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
                AND converge.may_write((q.op).target_table, (q.op).target_column)
                -- Under a peer's origin nothing written is shipped: ops a
                -- client sent here wait for a transaction of their own.

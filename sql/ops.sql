@@ -162,8 +162,7 @@ BEGIN
     FOR p IN
         WITH ready AS (
             DELETE FROM converge.pending q
-             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d
-                                WHERE NOT converge.is_applied(d) AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = d))
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
                AND converge.may_write((q.op).target_table, (q.op).target_column)
                -- Under a peer's origin nothing written is shipped: ops a
                -- client sent here wait for a transaction of their own.

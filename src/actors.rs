@@ -505,21 +505,9 @@ fn revoke_actor(actor: &str, after: default!(Option<i64>, "NULL")) -> String {
     record(actor, REVOKE_COLUMN, after.to_be_bytes().to_vec())
 }
 
-/// The bytes an actor signs for an op (`Op::signing_bytes`), from its
-/// fields; `converge.op_signing_bytes(op)` wraps it.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(immutable, parallel_safe)]
-fn op_signing_bytes_fields(
-    op_id: Option<String>,
-    actor: Option<String>,
-    target_table: Option<String>,
-    target_key: Option<JsonB>,
-    target_column: Option<String>,
-    schema_version: Option<i32>,
-    epoch: Option<i64>,
-    deps: Option<Vec<Option<String>>>,
-    delta: Option<Vec<u8>>,
-) -> Vec<u8> {
-    let bytes = crate::ops::op_encode_fields(op_id, actor, target_table, target_key, target_column, schema_version, epoch, deps, delta, None);
-    Op::decode(&bytes).or_raise().signing_bytes()
+/// The bytes an actor signs for an op (`Op::signing_bytes`), from the op's
+/// binary form; `converge.op_signing_bytes(op)` wraps it.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn op_signing_bytes_of(op: &[u8]) -> Vec<u8> {
+    Op::decode(op).or_raise().signing_bytes()
 }

@@ -98,7 +98,7 @@ extension_sql_file!("../sql/coordination.sql", name = "coordination", requires =
 extension_sql_file!(
     "../sql/actors.sql",
     name = "actors",
-    requires = ["coordination", actors::register_actor, actors::revoke_actor, actors::op_signing_bytes_fields, repair::repair]
+    requires = ["coordination", actors::register_actor, actors::revoke_actor, actors::op_signing_bytes_of, repair::repair]
 );
 extension_sql_file!("../sql/versions.sql", name = "versions", requires = ["actors", coordination::set_schema_version_on]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

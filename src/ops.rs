@@ -40,7 +40,7 @@ pub(crate) fn delta_error(type_name: Option<&str>, delta: Option<&[u8]>) -> Opti
 /// `converge.op_encode(op)` wraps it.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(immutable, parallel_safe)]
-pub(crate) fn op_encode_fields(
+fn op_encode_fields(
     op_id: Option<String>,
     actor: Option<String>,
     target_table: Option<String>,

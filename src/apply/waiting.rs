@@ -65,9 +65,7 @@ pub fn note_deferred() {
     }
     let waiting = crate::spi::prepared(
         "SELECT EXISTS (SELECT 1 FROM converge.pending q WHERE q.origin NOT LIKE 'peer:%'
-                          AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d
-                                           WHERE NOT converge.is_applied(d)
-                                             AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = d)))",
+                          AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d)))",
         &[],
         |t| t.first().get_one::<bool>(),
     )
