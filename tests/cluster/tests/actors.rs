@@ -173,7 +173,7 @@ fn random_history_with_devices_and_revocations_converges() {
             devices[d].totals.entry(id).or_default().push((op.counter(), own));
             if rng.below(3) == 0 {
                 let at = live[rng.below(live.len() as u64) as usize];
-                devices[d].client.push(&mut nodes[at].client()).unwrap();
+                devices[d].client.push(&mut nodes[at].client()).unwrap_or_else(|e| panic!("push to {}: {e:?}", nodes[at].name));
             }
         }
     };
@@ -220,6 +220,15 @@ fn random_history_with_devices_and_revocations_converges() {
     pause(&nodes, 2, 1, false);
     for d in devices.iter_mut() {
         let _ = d.client.push(&mut nodes[0].client()).unwrap();
+    }
+    converge_all(&nodes, Duration::from_secs(120));
+    // Client ops that waited for a peer's ops are applied in a transaction
+    // of their own right after that peer's batch, then shipped: peers being
+    // caught up does not mean that transaction has run yet. Give it time,
+    // then let what it shipped arrive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while nodes.iter().any(|n| text(n, "SELECT count(*)::text FROM converge.pending") != "0") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
     }
     converge_all(&nodes, Duration::from_secs(120));
     for n in &nodes {
