@@ -58,9 +58,15 @@ BEGIN
         IF ty IS NULL AND NOT col = ANY (r.other_columns) THEN
             RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = '42703';
         END IF;
-        IF removes_only THEN
-            RAISE EXCEPTION 'removes_only is not supported yet' USING ERRCODE = '0A000',
-                DETAIL = 'Removals routed through the authority come with converge.request.';
+        -- Only an orset's removals can be told from its adds by the op
+        -- alone (every node must decide alike); a gset never removes.
+        IF removes_only AND ty = 'ormap' THEN
+            RAISE EXCEPTION 'removes_only is not supported for ormap columns yet' USING ERRCODE = '0A000',
+                DETAIL = 'An ormap op that assigns a key covers the dots it replaces, so a removal cannot be told from it by the op alone.',
+                HINT = 'Give the column a plain authority (removes_only => false).';
+        ELSIF removes_only AND ty IS DISTINCT FROM 'orset' AND ty IS DISTINCT FROM 'gset' THEN
+            RAISE EXCEPTION 'removes_only needs an orset or gset column; "%" is %', col, coalesce(ty, 'a plain column')
+                USING ERRCODE = '22023';
         END IF;
         IF ty IS NULL THEN
             -- A literal default can be carried by an insert made anywhere.
@@ -108,7 +114,8 @@ DECLARE
     o  jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
 BEGIN
     FOR a IN SELECT x.column_name, x.node, x.default_value FROM converge.authority x
-              WHERE x.table_name = TG_RELID AND x.column_name <> '' AND x.node IS DISTINCT FROM me LOOP
+              WHERE x.table_name = TG_RELID AND x.column_name <> '' AND NOT x.removes_only
+                AND x.node IS DISTINCT FROM me LOOP
         IF (TG_OP = 'UPDATE' AND (n -> a.column_name) IS DISTINCT FROM (o -> a.column_name))
            OR (TG_OP = 'INSERT' AND (n -> a.column_name) <> 'null'
                AND (n -> a.column_name) IS DISTINCT FROM a.default_value) THEN

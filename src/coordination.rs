@@ -36,7 +36,7 @@ fn set_authority_on(
         })?;
         Spi::connect(|c| {
             c.select(
-                "SELECT column_name FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name <> ''
+                "SELECT column_name FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name <> '' AND NOT removes_only
                   ORDER BY column_name",
                 None,
                 &[tbl.into()],

@@ -40,6 +40,9 @@ struct Meta {
     /// Schema versions set with converge.set_schema_version: column (''
     /// for the row ops) -> version; 1 for any other.
     versions: HashMap<String, i32>,
+    /// Columns whose removals only their authority makes (set_authority
+    /// with removes_only) -> that node.
+    removes_only: HashMap<String, String>,
 }
 
 thread_local! {
@@ -95,7 +98,9 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
         let t = c.select(
             "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns,
                     (SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v
-                      WHERE v.table_name = r.table_name)
+                      WHERE v.table_name = r.table_name),
+                    (SELECT jsonb_object_agg(a.column_name, a.node)::text FROM converge.authority a
+                      WHERE a.table_name = r.table_name AND a.removes_only)
                FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.table_name = $1::oid::regclass",
             Some(1),
@@ -111,10 +116,11 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             r.get::<String>(3)?.unwrap_or_default(),
             r.get::<Vec<String>>(4)?.unwrap_or_default(),
             r.get::<String>(5)?.unwrap_or_default(),
+            r.get::<String>(6)?.unwrap_or_default(),
         )))
     })
     .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    let m = row.map(|(name, keys, crdt, other, versions)| {
+    let m = row.map(|(name, keys, crdt, other, versions, removes_only)| {
         let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
         let index_of = |n: &str| desc.iter().position(|a| a.name() == n && !a.is_dropped());
         let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
@@ -131,6 +137,7 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             other: other.iter().filter_map(|n| index_of(n).map(|i| (i, n.clone()))).collect(),
             other_names: other.clone(),
             versions: serde_json::from_str(&versions).unwrap_or_default(),
+            removes_only: serde_json::from_str(&removes_only).unwrap_or_default(),
         })
     });
     META.with(|c| c.borrow_mut().insert(relid, m.clone()));
@@ -307,6 +314,21 @@ fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
     )
 }
 
+/// A column whose removals its authority alone makes (removes_only): a
+/// local change here that removes an element fails, by the same rule the
+/// other nodes apply to this node's op (converge-core `OrSet::removes`).
+fn guard_removal(meta: &Meta, c: &Column, me: &str, delta: &[u8]) {
+    let Some(node) = meta.removes_only.get(&c.name).filter(|n| n.as_str() != me) else { return };
+    if !decode_trusted::<converge_core::OrSet>(delta).is_ok_and(|d| d.removes()) {
+        return;
+    }
+    raise_hint(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("removals from column \"{}\" of {} are decided by node \"{node}\"", c.name, meta.name),
+        format!("Adds stay local everywhere; remove it on node \"{node}\" (converge.request, which will ask it from here, is not built yet)."),
+    )
+}
+
 /// Trigger of replicated tables (AFTER INSERT OR UPDATE OR DELETE, per row).
 #[pg_trigger]
 fn record_local_ops<'a>(
@@ -355,6 +377,7 @@ fn record_local_ops<'a>(
             };
             match delta_bytes(&c.kind, nb, ob) {
                 Ok(Some(d)) => {
+                    guard_removal(&meta, c, &me, &d);
                     cols.push(c.name.clone());
                     deltas.push(d);
                 }

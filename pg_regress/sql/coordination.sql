@@ -79,13 +79,50 @@ UPDATE incident SET status = 'closed' WHERE id = 2;
 SELECT id, status FROM incident WHERE id = 2;
 SELECT target_column, node FROM converge.authorities ORDER BY target_column NULLS FIRST;
 
+-- removes_only: a safety warning does not disappear because a stale
+-- tablet removed it. Virginia decides removals from tags; adds stay local
+-- everywhere, adding an element again included.
+SET ROLE cv_clinic;
+SELECT converge.set_authority('incident', 'tags', 'virginia', removes_only => true);
+SELECT target_column, node, removes_only FROM converge.authorities WHERE target_column = 'tags';
+UPDATE incident SET tags = converge.add(tags, 'warning') WHERE id = 1;
+UPDATE incident SET tags = converge.add(converge.add(tags, 'warning'), 'sharps') WHERE id = 1;
+-- (adding 'warning' again gave it a second dot: an add covers only its own)
+SELECT jsonb_array_length(tags::text::jsonb -> 'entries') AS dots FROM incident WHERE id = 1;
+UPDATE incident SET tags = converge.remove(tags, 'sharps') WHERE id = 1;
+UPDATE incident SET tags = converge.remove(converge.add(tags, 'fresh'), 'fresh') WHERE id = 1;
+SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
+RESET ROLE;
+-- Ops of other actors: phone1's add applies; its removal, made from the
+-- row as phone1 saw it, is not_authority, and so is an add whose context
+-- covers the warning's dots (a removal dressed as an add).
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone1:7', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
+        converge.add(NULL::converge.orset, 'checked')::bytea, NULL)::converge.op,
+    ROW('phone1:8', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
+        converge.remove((SELECT tags FROM incident WHERE id = 1), 'warning')::bytea, NULL)::converge.op,
+    ROW('phone1:9', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
+        converge.add(converge.remove((SELECT tags FROM incident WHERE id = 1), 'warning'), 'ok')::bytea,
+        NULL)::converge.op]);
+SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
+-- On the authority, the removal is an ordinary local change.
+SET ROLE cv_clinic;
+SELECT converge.set_authority('incident', 'tags', 'dublin', removes_only => true);
+UPDATE incident SET tags = converge.remove(tags, 'warning') WHERE id = 1;
+SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
+
 -- Bad calls.
 \set VERBOSITY sqlstate
 SELECT converge.set_authority('incident', 'nope', 'virginia');
 SELECT converge.set_authority('incident', 'id', 'virginia');
 SELECT converge.set_authority('incident', 'status', 'bad name');
 SELECT converge.set_authority('incident', 'status', NULL);
-SELECT converge.set_authority('incident', 'tags', 'virginia', removes_only => true);
+SELECT converge.set_authority('incident', 'status', 'virginia', removes_only => true);
+SELECT converge.set_authority('incident', 'visits', 'virginia', removes_only => true);
+SELECT converge.set_authority('incident', NULL, 'virginia', removes_only => true);
+CREATE TABLE kit (id int PRIMARY KEY, parts converge.ormap);
+SELECT converge.replicate('kit');
+SELECT converge.set_authority('kit', 'parts', 'virginia', removes_only => true);
 SELECT converge.set_authority('incident', 'status', 'virginia', 'pg_catalog.now()'::regprocedure);
 CREATE TABLE plain (id int PRIMARY KEY, status text);
 SELECT converge.set_authority('plain', 'status', 'virginia');

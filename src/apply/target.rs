@@ -72,7 +72,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                         ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
-                        (SELECT jsonb_object_agg(x.column_name, jsonb_build_array(x.node, x.default_value))::text
+                        (SELECT jsonb_object_agg(x.column_name, jsonb_build_array(x.node, x.default_value, x.removes_only))::text
                            FROM converge.authority x WHERE x.table_name = t.rel AND x.column_name <> '')
                    FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel",

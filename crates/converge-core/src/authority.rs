@@ -4,40 +4,54 @@
 //! sends an op.
 
 use crate::codec::decode_trusted;
-use crate::types::LwwMap;
+use crate::types::{LwwMap, OrSet};
 use std::collections::HashMap;
 
-/// Per authority column of a table: (node, constant default as JSON).
-pub type Authorities = HashMap<String, (String, Option<serde_json::Value>)>;
+/// One authority column: its node, a plain column's constant default (an
+/// insert made anywhere may carry it), and whether only removals are routed
+/// to the node (`removes_only`: adds stay local everywhere).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Authority {
+    pub node: String,
+    pub default: Option<serde_json::Value>,
+    pub removes_only: bool,
+}
+
+/// A table's authority columns by name.
+pub type Authorities = HashMap<String, Authority>;
 
 /// Read a table's authority columns from the text of
-/// `jsonb_object_agg(column, [node, default])` (NULL: none).
+/// `jsonb_object_agg(column, [node, default, removes_only])` (NULL: none).
 pub fn parse(text: Option<String>) -> Authorities {
     let Some(text) = text else { return HashMap::new() };
-    let m: HashMap<String, (String, Option<serde_json::Value>)> = serde_json::from_str(&text).unwrap_or_default();
-    m
+    let m: HashMap<String, (String, Option<serde_json::Value>, bool)> = serde_json::from_str(&text).unwrap_or_default();
+    m.into_iter().map(|(k, (node, default, removes_only))| (k, Authority { node, default, removes_only })).collect()
 }
 
 /// Whether an op of `actor` on `column` (`""`: a row op, whose lwwmap
 /// `delta` carries plain columns) writes an authority column it may not.
 /// An insert's row op may carry such a column as NULL or its constant
-/// default: rows can be created anywhere.
+/// default: rows can be created anywhere. On a `removes_only` column only
+/// a delta that removes is the authority's ([`OrSet::removes`]; a gset
+/// delta never removes).
 pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> bool {
     if auth.is_empty() {
         return false;
     }
     if !column.is_empty() {
-        return auth.get(column).is_some_and(|(node, _)| node != actor);
+        return auth.get(column).is_some_and(|a| {
+            a.node != actor && (!a.removes_only || decode_trusted::<OrSet>(delta).is_ok_and(|d| d.removes()))
+        });
     }
     let Ok(d) = decode_trusted::<LwwMap>(delta) else { return false };
     let insert = d.get("$live").map(|v| v.to_value()) == Some(serde_json::Value::Bool(true));
     d.entries.keys().any(|k| {
-        let Some((node, default)) = auth.get(k) else { return false };
-        if node == actor {
+        let Some(a) = auth.get(k) else { return false };
+        if a.node == actor {
             return false;
         }
         let v = d.get(k).map(|j| j.to_value()); // None: a removal
-        !(insert && matches!(&v, Some(x) if x.is_null() || Some(x) == default.as_ref()))
+        !(insert && matches!(&v, Some(x) if x.is_null() || Some(x) == a.default.as_ref()))
     })
 }
 
@@ -61,7 +75,8 @@ mod tests {
 
     fn auth() -> Authorities {
         let mut a = Authorities::new();
-        a.insert("status".into(), ("virginia".into(), Some(serde_json::json!("open"))));
+        a.insert("status".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!("open")), removes_only: false });
+        a.insert("tags".into(), Authority { node: "virginia".into(), default: None, removes_only: true });
         a
     }
 
@@ -85,5 +100,26 @@ mod tests {
         assert!(violates(&a, "", "dublin", &row_op(&[live, ("status", serde_json::json!("closed"))])));
         // Not an insert: the default is a change like any other.
         assert!(violates(&a, "", "dublin", &row_op(&[("status", serde_json::json!("open"))])));
+    }
+
+    #[test]
+    fn removes_only_routes_removals_alone() {
+        let a = auth();
+        let mut s = OrSet::default();
+        let add = s.add("warning", crate::Dot::new("dublin", 1));
+        let again = s.add("warning", crate::Dot::new("dublin", 2));
+        let remove = s.remove("warning");
+        assert!(!violates(&a, "tags", "dublin", &encode(&add)));
+        assert!(!violates(&a, "tags", "dublin", &encode(&again)), "adding an element again removes nothing");
+        assert!(violates(&a, "tags", "dublin", &encode(&remove)));
+        assert!(!violates(&a, "tags", "virginia", &encode(&remove)));
+        // An add merged with a removal (one statement doing both) removes.
+        let mut both = s.add("fresh", crate::Dot::new("dublin", 3));
+        both.merge(&s.remove("fresh"));
+        assert!(violates(&a, "tags", "dublin", &encode(&both)));
+        // A forged add that covers another element's dot removes it.
+        let mut forged = OrSet::default().add("other", crate::Dot::new("dublin", 9));
+        forged.context.insert(&crate::Dot::new("dublin", 1));
+        assert!(violates(&a, "tags", "dublin", &encode(&forged)));
     }
 }

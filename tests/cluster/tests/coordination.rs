@@ -115,3 +115,58 @@ fn an_old_schema_op_is_kept_aside_on_every_node() {
     let aside = text(&nodes[1], "SELECT string_agg(op_id || ' ' || reason, ',') FROM converge.quarantine");
     assert_eq!(aside, "tab:1 old_schema");
 }
+
+/// The SPEC's promise for removes_only: a safety warning does not disappear
+/// because a stale tablet removed it. Adds stay local everywhere; only
+/// virginia removes, and an add made concurrently with its removal wins.
+#[test]
+fn a_stale_tablet_cannot_remove_a_warning_tag() {
+    let root = Scratch::new("removes_only");
+    let nodes = mesh_of_three(&root.0, base_port() + 6);
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_authority('item', 'tags', 'virginia', removes_only => true)").unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'ventilator')").unwrap();
+    nodes[0].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'warning') WHERE id = 1").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    // The tablet's stale copy of the row, taken before the partition.
+    let stale = text(&nodes[1], "SELECT encode(converge.remove(tags, 'warning')::bytea, 'hex') FROM item WHERE id = 1");
+
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    // The tablet's removal reaches dublin: rejected, and the warning stays.
+    let row = nodes[1]
+        .client()
+        .query_one(
+            &format!(
+                "SELECT outcome, reason FROM converge.apply(ROW('tab7:1', 'tab7', 'public.item', '{{\"id\":1}}', 'tags', 1, 0, '{{}}',
+                     decode('{stale}', 'hex'), NULL)::converge.op)"
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, Option<String>>(1)), ("rejected".into(), Some("not_authority".into())));
+    // A local removal on madrid fails, naming the authority; adds do not.
+    let err = nodes[0].client().batch_execute("UPDATE item SET tags = converge.remove(tags, 'warning') WHERE id = 1").unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err:?}");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("virginia")), "{err:?}");
+    nodes[1].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'checked') WHERE id = 1").unwrap();
+    // virginia removes the warning while madrid, cut off from it, raises it
+    // again: the new add is concurrent with the removal, so it wins.
+    nodes[2].client().batch_execute("UPDATE item SET tags = converge.remove(tags, 'warning') WHERE id = 1").unwrap();
+    nodes[0].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'warning') WHERE id = 1").unwrap();
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    assert_eq!(text(&nodes[2], "SELECT tags::jsonb::text FROM item WHERE id = 1"), "[\"checked\", \"warning\"]");
+    // Once virginia removes what it has seen, the warning is gone everywhere.
+    nodes[2].client().batch_execute("UPDATE item SET tags = converge.remove(tags, 'warning') WHERE id = 1").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT tags::jsonb::text FROM item WHERE id = 1"), "[\"checked\"]", "{}", n.name);
+        let bad = text(n, "SELECT coalesce(string_agg(op_id || ' ' || reason, ','), '') FROM converge.op_log WHERE outcome <> 'applied'");
+        assert_eq!(bad, if n.name == "dublin" { "tab7:1 not_authority" } else { "" }, "{}", n.name);
+    }
+}

@@ -21,8 +21,12 @@ pub struct OrSet {
 
 impl OrSet {
     /// Add `e` under the fresh dot `dot`; returns the delta, already applied.
+    /// The delta covers only its own dot, never the dots `e` already has:
+    /// an add then removes nothing, which is what lets an authority route
+    /// only removals (`removes_only`, see [`OrSet::removes`]) while adds
+    /// stay local. An element added twice holds two dots until a remove.
     pub fn add(&mut self, e: &str, dot: Dot) -> OrSet {
-        let mut d = OrSet { entries: DotMap::default(), context: self.entries.dots_where(|v| v == e) };
+        let mut d = OrSet::default();
         d.context.insert(&dot);
         d.entries.0.insert(dot, e.to_string());
         self.merge(&d);
@@ -34,6 +38,14 @@ impl OrSet {
         let d = OrSet { entries: DotMap::default(), context: self.entries.dots_where(|v| v == e) };
         self.merge(&d);
         d
+    }
+
+    /// Whether this state, taken as a delta, removes something: its
+    /// context covers a dot that it does not carry. Decided from the delta
+    /// alone, so every node decides alike whatever it has seen ([`OrSet::add`]
+    /// never covers a dot it does not carry).
+    pub fn removes(&self) -> bool {
+        !self.context.difference(&self.entries.dots_where(|_| true)).is_empty()
     }
 
     pub fn contains(&self, e: &str) -> bool {
