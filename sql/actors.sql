@@ -40,14 +40,5 @@ COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repa
 SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
 GRANT SELECT ON converge.superseded TO PUBLIC;
 
--- An op's dependency is done here when it is applied or superseded (an op
--- waiting for a superseded op would wait for ever where it was superseded
--- on arrival): converge.retry_pending and the apply (src/apply) agree.
-CREATE FUNCTION converge.dep_done(op_id text) RETURNS boolean
-LANGUAGE sql STABLE STRICT AS $$
-    SELECT converge.is_applied($1) OR EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = $1)
-$$;
-COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, or superseded by a repair.';
-
 COMMENT ON FUNCTION converge.repair(text[], text) IS 'Exclude ops on every node: they get the outcome superseded, the rows they touched are rebuilt without them (back to the compaction horizon), and ops named here that arrive later are superseded on arrival. An op of this node that replicates; it stays in converge.op_log with its reason. Returns its op_id.';
 REVOKE ALL ON FUNCTION converge.repair(text[], text) FROM PUBLIC;

@@ -529,6 +529,7 @@ END $$;
 COMMENT ON FUNCTION converge.guard_authority() IS 'Trigger of tables with authority columns: a local change of such a column on a node other than its authority fails with 42501.';
 -- <<< sql/coordination.sql
 
+-- >>> sql/actors.sql (kept equal by .ci/sync-update-script)
 -- Actors (SPEC section 5): devices with registered ed25519 keys, and
 -- revocation. src/actors.rs explains the rules; docs/coordination.md the use.
 
@@ -571,18 +572,11 @@ COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repa
 SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
 GRANT SELECT ON converge.superseded TO PUBLIC;
 
--- An op's dependency is done here when it is applied or superseded (an op
--- waiting for a superseded op would wait for ever where it was superseded
--- on arrival): converge.retry_pending and the apply (src/apply) agree.
-CREATE FUNCTION converge.dep_done(op_id text) RETURNS boolean
-LANGUAGE sql STABLE STRICT AS $$
-    SELECT converge.is_applied($1) OR EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = $1)
-$$;
-COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, or superseded by a repair.';
-
 COMMENT ON FUNCTION converge.repair(text[], text) IS 'Exclude ops on every node: they get the outcome superseded, the rows they touched are rebuilt without them (back to the compaction horizon), and ops named here that arrive later are superseded on arrival. An op of this node that replicates; it stays in converge.op_log with its reason. Returns its op_id.';
 REVOKE ALL ON FUNCTION converge.repair(text[], text) FROM PUBLIC;
+-- <<< sql/actors.sql
 
+-- >>> sql/versions.sql (kept equal by .ci/sync-update-script)
 -- Schema versions (SPEC section 5): which merge semantics a column follows.
 -- Set on every node alike with converge.set_schema_version (configuration,
 -- like set_authority: it does not replicate). src/coordination.rs.
@@ -624,6 +618,73 @@ CREATE FUNCTION converge.set_schema_version(tbl regclass, col text, version int)
 LANGUAGE sql AS $$ SELECT converge.set_schema_version_on(tbl::oid, col, version) $$;
 COMMENT ON FUNCTION converge.set_schema_version_on(oid, text, integer) IS 'Internal: the body of converge.set_schema_version (checks that the caller owns the table).';
 COMMENT ON FUNCTION converge.set_schema_version(regclass, text, integer) IS 'Declare the schema version of a CRDT column''s merge semantics (col NULL: the row ops of the plain columns). Run it on every node, as the table''s owner. Local ops carry it; an op made under an older version is quarantined with old_schema (kept for replay after translation), one made under a newer version with new_schema, and those of exactly this version are applied again now. Returns how many were.';
+-- <<< sql/versions.sql
+
+CREATE FUNCTION converge."freeze_on"(
+	"tbl" oid,
+	"key" jsonb
+) RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'freeze_on_wrapper';
+CREATE FUNCTION converge."epoch_on"(
+	"tbl" oid,
+	"key" jsonb
+) RETURNS bigint
+STABLE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'epoch_on_wrapper';
+
+-- >>> sql/epochs.sql (kept equal by .ci/sync-update-script)
+-- Epochs (SPEC section 5): converge.freeze, served by a table's authority,
+-- starts a row's next epoch. Ops of older epochs that the freeze did not
+-- include are quarantined with reason frozen on every node. src/epochs.rs.
+CREATE TABLE converge.frozen (
+    target_table text NOT NULL,          -- as ops name it (schema.table)
+    target_key   jsonb NOT NULL,         -- as ops carry it
+    epoch        bigint NOT NULL CHECK (epoch >= 1),
+    freeze_id    text NOT NULL,          -- the freeze op
+    -- What the row's state at the freeze includes: every op of an actor up
+    -- to frontier ->> actor (the authority had them all), and these ops of
+    -- the row it had applied beyond that.
+    frontier     jsonb NOT NULL,
+    extras       text[] NOT NULL,
+    PRIMARY KEY (target_table, target_key, epoch)
+);
+COMMENT ON TABLE converge.frozen IS 'Each freeze of a row (converge.freeze): the epoch it started and which ops the frozen state includes; ops of older epochs it does not include are quarantined (frozen).';
+SELECT pg_catalog.pg_extension_config_dump('converge.frozen', '');
+GRANT SELECT ON converge.frozen TO PUBLIC;
+
+CREATE FUNCTION converge.freeze(tbl regclass, key jsonb) RETURNS bigint
+LANGUAGE sql AS $$ SELECT converge.freeze_on(tbl::oid, key) $$;
+COMMENT ON FUNCTION converge.freeze_on(oid, jsonb) IS 'Internal: the body of converge.freeze.';
+COMMENT ON FUNCTION converge.freeze(regclass, jsonb) IS 'Start the next epoch of a row (served only by the table''s authority; needs UPDATE on the table): its state as this node holds it is the frozen state, and ops of older epochs it does not include are quarantined with reason frozen on every node (rows rebuilt where they were applied). Later edits carry the new epoch and apply normally. Returns the new epoch.';
+
+CREATE FUNCTION converge.epoch(tbl regclass, key jsonb) RETURNS bigint
+LANGUAGE sql STABLE AS $$ SELECT converge.epoch_on(tbl::oid, key) $$;
+COMMENT ON FUNCTION converge.epoch_on(oid, jsonb) IS 'Internal: the body of converge.epoch.';
+COMMENT ON FUNCTION converge.epoch(regclass, jsonb) IS 'The epoch of a row of a replicated table: 0 until its first freeze, then the epoch the newest freeze started.';
+
+-- Which quarantined ops a freeze keeps out, for converge.dep_done and
+-- compaction (an op frozen out is done here: its counter is used up).
+CREATE FUNCTION converge.frozen_out(op_id text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, converge, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM converge.op_log l
+                    WHERE l.op_id = $1 AND l.outcome = 'quarantined' AND l.reason = 'frozen')
+$$;
+COMMENT ON FUNCTION converge.frozen_out(text) IS 'Whether this op is quarantined here because a freeze did not include it (its counter is used up, like a superseded op''s).';
+
+-- An op's dependency is done here when it is applied, superseded by a
+-- repair, or frozen out (an op waiting for one of the last two would wait
+-- for ever on the nodes that excluded it on arrival, while nodes that had
+-- applied it went on).
+CREATE FUNCTION converge.dep_done(op_id text) RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT converge.is_applied($1) OR EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = $1)
+        OR converge.frozen_out($1)
+$$;
+COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, superseded by a repair, or frozen out by a freeze.';
+-- <<< sql/epochs.sql
 
 -- One row per op_id in the quarantine view (a replayed op is not listed twice).
 CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS

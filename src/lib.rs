@@ -34,6 +34,7 @@ mod apply;
 mod coordination;
 mod counter_cache;
 mod direct;
+mod epochs;
 mod errors;
 mod local_ops;
 mod maintenance;
@@ -101,6 +102,7 @@ extension_sql_file!(
     requires = ["coordination", actors::register_actor, actors::revoke_actor, actors::op_signing_bytes_of, repair::repair]
 );
 extension_sql_file!("../sql/versions.sql", name = "versions", requires = ["actors", coordination::set_schema_version_on]);
+extension_sql_file!("../sql/epochs.sql", name = "epochs", requires = ["versions", epochs::freeze_on, epochs::epoch_on]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

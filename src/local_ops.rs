@@ -163,7 +163,7 @@ fn last_op_counter(actor: &str) -> i64 {
 /// Log the ops of one row change of this node: one op per changed column,
 /// with consecutive counters, each with its column's schema version.
 /// `key` is the row's key as a jsonb datum.
-pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versions: &[i32], deltas: Vec<Vec<u8>>) {
+pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versions: &[i32], epoch: i64, deltas: Vec<Vec<u8>>) {
     let n = cols.len() as i64;
     let last = take_counters(me, n);
     let key = Some(key);
@@ -179,7 +179,7 @@ pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String],
             ("target_key", key),
             ("target_column", text(col)),
             ("schema_version", int4(*version)),
-            ("epoch", int8(0)),
+            ("epoch", int8(epoch)),
             ("deps", deps),
             ("delta", delta.into_datum()),
             ("origin", text("local")),
@@ -192,8 +192,22 @@ pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String],
 /// repair): target `table` (`converge.<name>`), `key`, `column`, `delta`.
 /// Returns its op_id.
 pub fn log_control_op(me: &str, table: &str, key: serde_json::Value, column: &str, delta: Vec<u8>) -> String {
+    log_control_op_with(me, table, key, column, 0, |_| delta)
+}
+
+/// The same, with an epoch, and a delta made from the counter once it is
+/// taken (held to commit: every earlier op of this node has committed).
+pub fn log_control_op_with(
+    me: &str,
+    table: &str,
+    key: serde_json::Value,
+    column: &str,
+    epoch: i64,
+    delta: impl FnOnce(i64) -> Vec<u8>,
+) -> String {
     let counter = take_counters(me, 1);
     let op_id = format!("{me}:{counter}");
+    let delta = delta(counter);
     crate::security::as_owner(|| {
         let mut log = OpLog::open();
         log.append(&[
@@ -204,7 +218,7 @@ pub fn log_control_op(me: &str, table: &str, key: serde_json::Value, column: &st
             ("target_key", pgrx::JsonB(key).into_datum()),
             ("target_column", text(column)),
             ("schema_version", int4(1)),
-            ("epoch", int8(0)),
+            ("epoch", int8(epoch)),
             ("deps", Vec::<String>::new().into_datum()),
             ("delta", delta.into_datum()),
             ("origin", text("local")),

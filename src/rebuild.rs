@@ -102,20 +102,34 @@ fn layout(table: &str) -> Option<Layout> {
 /// Lock the rows (as the writer of the table) and their row_state entries,
 /// in the order local writes take them, before their parts are read: a
 /// writer that held one commits its op first, and the read then sees it.
-fn lock_rows(table: &str, t: &Layout, json: &[JsonB]) {
+fn lock_rows(table: &str, t: &Layout, json: &[JsonB]) -> i64 {
     let matched = crate::rows::keys_match(&t.keys);
     let sql = format!(
-        "SELECT 1 FROM {table} t, unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{table}, k.key) v
-          WHERE {matched} FOR UPDATE OF t"
+        "WITH l AS (SELECT 1 FROM {table} t, unnest($1::jsonb[]) k(key),
+                         LATERAL pg_catalog.jsonb_populate_record(NULL::{table}, k.key) v
+                     WHERE {matched} FOR UPDATE OF t)
+         SELECT count(*) FROM l"
     );
     let keys: Vec<JsonB> = json.iter().map(|j| JsonB(j.0.clone())).collect();
-    crate::security::as_writer(t.rel, || Spi::run_with_args(&sql, &[keys.into()])).unwrap_or_else(|e| fail(e));
+    let locked = crate::security::as_writer(t.rel, || Spi::get_one_with_args::<i64>(&sql, &[keys.into()]))
+        .unwrap_or_else(|e| fail(e))
+        .unwrap_or(0);
     let keys: Vec<JsonB> = json.iter().map(|j| JsonB(j.0.clone())).collect();
     Spi::run_with_args(
         "SELECT 1 FROM converge.row_state s WHERE s.tbl = $1::oid::regclass AND s.target_key = ANY ($2) FOR UPDATE",
         &[t.rel.into(), keys.into()],
     )
     .unwrap_or_else(|e| fail(e));
+    locked
+}
+
+/// Lock these rows of `table` as a rebuild does (a no-op for a table no
+/// longer replicated): a local writer of one commits its op first.
+/// Returns how many of the rows exist.
+pub fn lock(table: &str, keys: &[Value]) -> i64 {
+    let Some(t) = layout(table) else { return 0 };
+    let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    lock_rows(table, &t, &json)
 }
 
 /// Rebuild these rows of `table` (its qualified name, as ops name it) from

@@ -50,6 +50,8 @@ pub struct RowChange<'a> {
     pub check_json: bool,
     /// The schema version of the row ops (`set_schema_version` with no column).
     pub version: i32,
+    /// The row's epoch (epochs.rs): the newest freeze's, 0 before any.
+    pub epoch: i64,
 }
 
 fn fail(e: impl std::fmt::Display) -> ! {
@@ -128,7 +130,7 @@ pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
         return resume;
     }
     let delta = encode(&LwwMap::delta(&clock, &before));
-    crate::local_ops::log_local_ops(me, ch.table, key_datum, &[String::new()], &[ch.version], vec![delta]);
+    crate::local_ops::log_local_ops(me, ch.table, key_datum, &[String::new()], &[ch.version], ch.epoch, vec![delta]);
     let live = ch.event != RowEvent::Delete;
     match locked {
         Some(entry) => crate::row_state::rewrite(&mut state, entry, ch.rel, key_datum, &clock, live, stash),

@@ -43,6 +43,9 @@ struct Meta {
     /// Columns whose removals only their authority makes (set_authority
     /// with removes_only) -> that node.
     removes_only: HashMap<String, String>,
+    /// The table has an authority (set_authority with no column), so its
+    /// rows can be frozen: local ops carry the row's epoch (epochs.rs).
+    freezable: bool,
 }
 
 thread_local! {
@@ -100,7 +103,8 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
                     (SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v
                       WHERE v.table_name = r.table_name),
                     (SELECT jsonb_object_agg(a.column_name, a.node)::text FROM converge.authority a
-                      WHERE a.table_name = r.table_name AND a.removes_only)
+                      WHERE a.table_name = r.table_name AND a.removes_only),
+                    EXISTS (SELECT 1 FROM converge.authority a WHERE a.table_name = r.table_name AND a.column_name = '')
                FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.table_name = $1::oid::regclass",
             Some(1),
@@ -117,10 +121,11 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             r.get::<Vec<String>>(4)?.unwrap_or_default(),
             r.get::<String>(5)?.unwrap_or_default(),
             r.get::<String>(6)?.unwrap_or_default(),
+            r.get::<bool>(7)?.unwrap_or(false),
         )))
     })
     .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    let m = row.map(|(name, keys, crdt, other, versions, removes_only)| {
+    let m = row.map(|(name, keys, crdt, other, versions, removes_only, freezable)| {
         let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
         let index_of = |n: &str| desc.iter().position(|a| a.name() == n && !a.is_dropped());
         let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
@@ -138,6 +143,7 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             other_names: other.clone(),
             versions: serde_json::from_str(&versions).unwrap_or_default(),
             removes_only: serde_json::from_str(&removes_only).unwrap_or_default(),
+            freezable,
         })
     });
     META.with(|c| c.borrow_mut().insert(relid, m.clone()));
@@ -364,6 +370,9 @@ fn record_local_ops<'a>(
             );
         }
     }
+    // The epoch the ops carry: read as last committed, after this row's
+    // lock (a freeze applied meanwhile locked it first, epochs.rs).
+    let epoch = if meta.freezable { crate::epochs::epoch_of(&meta.name, &key) } else { 0 };
     // One op per CRDT column that grew.
     if let Some(n) = &new {
         let (mut cols, mut deltas) = (Vec::new(), Vec::new());
@@ -388,7 +397,7 @@ fn record_local_ops<'a>(
         if !cols.is_empty() {
             let key = pgrx::JsonB(key.clone()).into_datum().expect("jsonb");
             let versions: Vec<i32> = cols.iter().map(|c| meta.versions.get(c).copied().unwrap_or(1)).collect();
-            crate::local_ops::log_local_ops(&me, &meta.name, key, &cols, &versions, deltas);
+            crate::local_ops::log_local_ops(&me, &meta.name, key, &cols, &versions, epoch, deltas);
         }
     }
     // The row itself: inserted, deleted, or a non-CRDT column changed.
@@ -437,6 +446,7 @@ fn record_local_ops<'a>(
             new: newrow,
             check_json: meta.check_json,
             version: meta.versions.get("").copied().unwrap_or(1),
+            epoch,
         };
         let stash = crate::row_ops::record(&me, change);
         if !stash.is_empty() {

@@ -33,6 +33,8 @@ SELECT register_actor('phone7', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7
 SELECT revoke_actor('phone8', 0) IS NOT NULL;
 SELECT set_schema_version('everything', 'os', 2);
 SELECT repair(ARRAY['phone9:1'], 'known bad import') IS NOT NULL;
+SELECT set_authority('everything', NULL, node());   -- this node freezes rows
+SELECT freeze('everything', '{"id": 1}');
 SQL
 pg_dump -h 127.0.0.1 -p "$PORT" -U postgres dump_src > "$DIR.dump.sql"
 pq "$PORT" -d dump_dst -f "$DIR.dump.sql" >/dev/null
@@ -50,8 +52,8 @@ log() { pq "$PORT" -d "$1" -At -c "SELECT count(*), converge.frontier() FROM con
 [ "$(log dump_src)" = "$(log dump_dst)" ] || { echo "op log differs: $(log dump_src) vs $(log dump_dst)"; exit 1; }
 echo "op log and frontier identical: $(log dump_dst)"
 
-auth() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s.%s=%s', target_table, target_column, node), ',') FROM converge.authorities"; }
-[ "$(auth dump_dst)" = "public.everything.lr=virginia" ] || { echo "authorities not restored: $(auth dump_dst)"; exit 1; }
+auth() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s.%s=%s', target_table, target_column, node), ',' ORDER BY target_column NULLS FIRST) FROM converge.authorities"; }
+[ "$(auth dump_dst)" = "public.everything.=madrid,public.everything.lr=virginia" ] || { echo "authorities not restored: $(auth dump_dst)"; exit 1; }
 out=$(pq "$PORT" -d dump_dst -c "UPDATE everything SET lr = converge.assign(lr, '1'::jsonb) WHERE id = 1" 2>&1 || true)
 echo "$out" | grep -q 'decided by node "virginia"' || { echo "the restored authority guard did not stop a change: $out"; exit 1; }
 echo "authority and its guard restored"
@@ -61,10 +63,12 @@ reg() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s %s %s %s', actor
 out=$(pq "$PORT" -d dump_dst -At -c "SELECT reason FROM converge.apply(ROW('phone7:1', 'phone7', 'public.everything', '{\"id\":1}', 'g', 1, 0, '{}', '{\"counts\":{\"phone7\":1}}'::converge.gcounter::bytea, NULL)::converge.op)")
 [ "$out" = "unsigned" ] || { echo "the restored registry did not reject an unsigned op: $out"; exit 1; }
 echo "actor registry restored: $(reg dump_dst)"
-ctl() { pq "$PORT" -d "$1" -At -c "SELECT (SELECT string_agg(format('%s.%s=%s', table_name, column_name, version), ',') FROM converge.schema_version) || ' ' || (SELECT string_agg(op_id || '<' || repair_id, ',') FROM converge.superseded)"; }
-[ "$(ctl dump_dst)" = "$(ctl dump_src)" ] && [ "$(ctl dump_dst)" = "everything.os=2 phone9:1<madrid:$(pq "$PORT" -d dump_src -At -c "SELECT max(counter) FROM converge.op_log WHERE actor = 'madrid'")" ] \
-    || { echo "schema versions or repairs not restored: $(ctl dump_src) vs $(ctl dump_dst)"; exit 1; }
-echo "schema versions and repairs restored: $(ctl dump_dst)"
+ctl() { pq "$PORT" -d "$1" -At -c "SELECT (SELECT string_agg(format('%s.%s=%s', table_name, column_name, version), ',') FROM converge.schema_version) || ' ' || (SELECT string_agg(op_id || '<' || repair_id, ',') FROM converge.superseded) || ' ' || (SELECT string_agg(format('%s %s epoch %s', target_table, target_key, epoch), ',') FROM converge.frozen)"; }
+[ "$(ctl dump_dst)" = "$(ctl dump_src)" ] && [ "$(ctl dump_dst)" = "everything.os=2 phone9:1<$(pq "$PORT" -d dump_src -At -c "SELECT op_id FROM converge.op_log WHERE target_table = 'converge.repair'") public.everything {\"id\": 1} epoch 1" ] \
+    || { echo "schema versions, repairs or freezes not restored: $(ctl dump_src) vs $(ctl dump_dst)"; exit 1; }
+out=$(pq "$PORT" -d dump_dst -At -c "SELECT reason FROM converge.apply(ROW('tab:1', 'tab', 'public.everything', '{\"id\":1}', 'g', 1, 0, '{}', '{\"counts\":{\"tab\":1}}'::converge.gcounter::bytea, NULL)::converge.op)")
+[ "$out" = "frozen" ] || { echo "the restored freeze did not keep out a late op: $out"; exit 1; }
+echo "schema versions, repairs and freezes restored: $(ctl dump_dst)"
 
 # The restored node keeps its identity, never reissues a dot or an op_id.
 pq "$PORT" -d dump_dst -At <<'SQL' | tee "$DIR.after"

@@ -80,6 +80,11 @@ pub(super) fn classify(
         it.coltype = Some(REPAIR_OP.into());
         return;
     }
+    if it.table.as_deref() == Some(crate::epochs::FREEZE) {
+        it.bad = freeze_op_error(it, from_peer, actor, targets, cache);
+        it.coltype = Some(FREEZE_OP.into());
+        return;
+    }
     let t = match it.table.as_deref().map(|name| resolve(name, targets, cache)) {
         Some(Ok(t)) => t,
         Some(Err(reason)) => {
@@ -149,6 +154,14 @@ pub(super) fn classify(
             std::cmp::Ordering::Equal => None,
         };
     }
+    // A row frozen since the op's epoch: kept aside unless the freeze
+    // included it (epochs.rs). Only tables with an authority are frozen.
+    if it.bad.is_none() && it.quarantine.is_none() && target.table_authority.is_some() {
+        let freezes = crate::epochs::freezes_of(&target.name, it.key.as_ref().expect("checked"));
+        if crate::epochs::kept_out(&freezes, it.op_id.as_deref().unwrap_or_default(), it.epoch.unwrap_or(0)) {
+            it.quarantine = Some("frozen".into());
+        }
+    }
     if it.bad.is_none() && registry.repairs {
         it.superseded = crate::repair::superseded_by(it.op_id.as_deref().unwrap_or_default());
     }
@@ -159,6 +172,43 @@ pub(super) fn classify(
 /// (repair.rs): they have no target table.
 pub(crate) const REGISTRY_OP: &str = "registry";
 pub(crate) const REPAIR_OP: &str = "repair";
+pub(crate) const FREEZE_OP: &str = "freeze";
+
+/// Why a freeze op is not valid (None: valid). Only the table's authority
+/// freezes, through its replication; the key names a row of a replicated
+/// table in canonical form; the delta says what the freeze includes.
+fn freeze_op_error(
+    it: &Item,
+    from_peer: bool,
+    actor: &str,
+    targets: &mut Vec<Target>,
+    cache: &mut HashMap<String, Result<usize, &'static str>>,
+) -> Option<String> {
+    if !from_peer {
+        return Some("not_authority".into());
+    }
+    if it.column.as_deref() != Some("") {
+        return Some("unknown_column".into());
+    }
+    let Some(serde_json::Value::Object(k)) = &it.key else { return Some("invalid_key".into()) };
+    let (Some(serde_json::Value::String(table)), Some(row), 2) = (k.get("table"), k.get("key"), k.len()) else {
+        return Some("invalid_key".into());
+    };
+    let t = match resolve(table, targets, cache) {
+        Ok(t) => &targets[t],
+        Err(reason) => return Some(reason.into()),
+    };
+    if &t.name != table || canonical_key(row, &t.keys, &t.key_types).as_ref() != Some(row) {
+        return Some("invalid_key".into());
+    }
+    if t.table_authority.as_deref() != Some(actor) {
+        return Some("not_authority".into());
+    }
+    if it.epoch.unwrap_or(0) < 1 {
+        return Some("invalid_epoch".into());
+    }
+    crate::epochs::Included::parse(it.delta.as_deref().unwrap_or_default()).is_none().then(|| "invalid_delta".into())
+}
 
 /// The op as it will be logged and shipped (what its signature covers).
 pub(super) fn as_op(it: &Item) -> converge_core::Op {

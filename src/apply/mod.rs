@@ -25,7 +25,7 @@ mod waiting;
 
 pub use classify::from_peer;
 pub use entry::apply_decoded;
-pub use target::forget_resolved;
+pub use target::{forget_resolved, row_target};
 pub use waiting::{advisory_xact_lock, note_deferred, take_deferred, under_peer_origin};
 use classify::*;
 use target::*;
@@ -78,6 +78,9 @@ struct Target {
     authority: crate::coordination::Authorities,
     /// Schema versions set for its columns ('' for the row ops); 1 otherwise.
     versions: HashMap<String, i32>,
+    /// The table's authority (set_authority with no column): it freezes
+    /// rows (epochs.rs), so only then do ops need their row's freezes.
+    table_authority: Option<String>,
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
@@ -248,6 +251,9 @@ fn deps_done(ids: &[String]) -> HashSet<String> {
     if crate::repair::any_superseded() {
         done.extend(ids.iter().filter(|id| !done.contains(*id) && crate::repair::superseded_by(id).is_some()).cloned().collect::<Vec<_>>());
     }
+    if crate::epochs::any_frozen() {
+        done.extend(ids.iter().filter(|id| !done.contains(*id) && crate::epochs::frozen_out(id)).cloned().collect::<Vec<_>>());
+    }
     done
 }
 
@@ -302,6 +308,7 @@ pub(crate) fn advance_frontier(actor: &str, won: &[i64]) {
         next = c;
     }
     let repairs = crate::repair::any_superseded();
+    let freezes = crate::epochs::any_frozen();
     loop {
         // Counters applied by earlier batches (out of order) may continue the
         // run: a probe of the unique index first, a range read only if so.
@@ -319,7 +326,8 @@ pub(crate) fn advance_frontier(actor: &str, won: &[i64]) {
         }
         // A counter a repair superseded is used up: the run goes on past it
         // (or the actor's frontier, and compaction with it, would stop there).
-        if repairs && crate::repair::superseded_by(&format!("{actor}:{}", next + 1)).is_some() {
+        let id = format!("{actor}:{}", next + 1);
+        if (repairs && crate::repair::superseded_by(&id).is_some()) || (freezes && crate::epochs::frozen_out(&id)) {
             next += 1;
             continue;
         }
@@ -475,6 +483,19 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     if !repairs.is_empty() {
         crate::repair::merge_repair_ops(repairs);
     }
+    let freezes: Vec<(String, String, serde_json::Value, i64, Vec<u8>)> = won
+        .iter()
+        .filter(|i| i.coltype.as_deref() == Some(FREEZE_OP))
+        .map(|i| {
+            let k = i.key.clone().unwrap_or_default();
+            let table = k.get("table").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+            let row = k.get("key").cloned().unwrap_or_default();
+            (i.op_id.clone().unwrap_or_default(), table, row, i.epoch.unwrap_or(0), i.delta.clone().unwrap_or_default())
+        })
+        .collect();
+    if !freezes.is_empty() {
+        crate::epochs::merge_freeze_ops(freezes);
+    }
     // This node's own ops, sent back by a peer (to a node restored from a
     // backup), entered the log outside the op trigger's counter. The lock
     // is taken after the rows are merged: taken before, it would wait on a
@@ -493,8 +514,9 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     out.extend(lost.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "duplicate".to_string(), None)));
     out.extend(won.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "applied".to_string(), None)));
     let t_merge = t0.elapsed();
-    // Superseded ops use up their counters too (advance_frontier).
-    let actors: std::collections::BTreeSet<String> = won.iter().chain(gone.iter()).filter_map(|i| i.actor.clone()).collect();
+    // Superseded and frozen-out ops use up their counters too (advance_frontier).
+    let frozen = aside.iter().filter(|i| i.quarantine.as_deref() == Some("frozen"));
+    let actors: std::collections::BTreeSet<String> = won.iter().chain(gone.iter()).chain(frozen).filter_map(|i| i.actor.clone()).collect();
     for a in actors {
         let mut mine: Vec<i64> = won.iter().filter(|i| i.actor.as_deref() == Some(a.as_str())).filter_map(|i| i.counter).collect();
         mine.sort_unstable();

@@ -99,7 +99,22 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
             let name = name.unwrap_or_default();
             let authority = crate::coordination::parse(authority);
             let versions = schema_versions(rel);
-            targets.push(Target { rel, keys, key_types: key_types.unwrap_or_default(), crdt, other, row_ops: false, name, authority, versions });
+            let table_authority = crate::spi::read_one::<String>(
+                "SELECT node FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name = ''",
+                &[rel.into()],
+            );
+            targets.push(Target {
+                rel,
+                keys,
+                key_types: key_types.unwrap_or_default(),
+                crdt,
+                other,
+                row_ops: false,
+                name,
+                authority,
+                versions,
+                table_authority,
+            });
             Ok(targets.len() - 1)
         }
         Ok(Ok((Some(_), _, _, _, _, _, _, _))) => Err("not_replicated"),
@@ -174,4 +189,20 @@ fn schema_versions(rel: pg_sys::Oid) -> HashMap<String, i32> {
     )
     .and_then(|j| serde_json::from_str(&j).ok())
     .unwrap_or_default()
+}
+
+/// The row an SQL call names (converge.freeze, converge.epoch): the table
+/// as ops name it, the key in canonical form (as ops carry it), and the
+/// table's authority. Err: `not_replicated`, `unknown_table`, `invalid_key`.
+pub fn row_target(rel: pg_sys::Oid, key: &serde_json::Value) -> Result<(String, serde_json::Value, Option<String>), &'static str> {
+    let name = crate::spi::read_one::<String>(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[rel.into()],
+    )
+    .ok_or("unknown_table")?;
+    let mut targets = Vec::new();
+    let i = resolve_now(&name, &mut targets)?;
+    let t = &targets[i];
+    let key = canonical_key(key, &t.keys, &t.key_types).ok_or("invalid_key")?;
+    Ok((t.name.clone(), key, t.table_authority.clone()))
 }

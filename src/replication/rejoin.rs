@@ -78,6 +78,20 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     } else {
         Vec::new()
     };
+    // The freezes, likewise: the rows copied are frozen there, and this
+    // node's own ops they keep out must be kept out here.
+    let freezes = if q("SELECT to_regclass('converge.frozen') IS NOT NULL", &[]).text(0, 0).as_deref() == Some("t") {
+        let r = q("SELECT target_table, target_key::text, epoch::text, freeze_id, frontier::text, array_to_json(extras)::text FROM converge.frozen", &[]);
+        (0..r.rows.len())
+            .filter_map(|i| {
+                let json = |c| r.text(i, c).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+                let extras = json(5)?.as_array()?.iter().filter_map(|x| x.as_str().map(String::from)).collect();
+                Some((r.text(i, 0)?, json(1)?, r.text(i, 2)?.parse().ok()?, r.text(i, 3)?, json(4)?, extras))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut merged = 0;
     for (table, cols) in local_tables() {
         let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[&table]);
@@ -125,6 +139,10 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     if !superseded.is_empty() {
         crate::actors::lock_registry(true);
         crate::repair::supersede(superseded);
+    }
+    if !freezes.is_empty() {
+        crate::actors::lock_registry(true);
+        crate::epochs::copy_freezes(freezes);
     }
     super::pull::apply_encoded(left, peer, origin, 0, 0);
     // Ops up to the peer's horizon are in this node's rows, not its log:
