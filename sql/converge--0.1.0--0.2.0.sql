@@ -631,7 +631,7 @@ CREATE FUNCTION converge."epoch_on"(
 	"tbl" oid,
 	"key" jsonb
 ) RETURNS bigint
-STABLE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'epoch_on_wrapper';
 
@@ -649,7 +649,9 @@ CREATE TABLE converge.frozen (
     -- the row it had applied beyond that.
     frontier     jsonb NOT NULL,
     extras       text[] NOT NULL,
-    PRIMARY KEY (target_table, target_key, epoch)
+    -- freeze_id too: two freezes of one epoch (an authority moved or
+    -- restored from a backup) are both kept, alike on every node.
+    PRIMARY KEY (target_table, target_key, epoch, freeze_id)
 );
 COMMENT ON TABLE converge.frozen IS 'Each freeze of a row (converge.freeze): the epoch it started and which ops the frozen state includes; ops of older epochs it does not include are quarantined (frozen).';
 SELECT pg_catalog.pg_extension_config_dump('converge.frozen', '');
@@ -658,10 +660,12 @@ GRANT SELECT ON converge.frozen TO PUBLIC;
 CREATE FUNCTION converge.freeze(tbl regclass, key jsonb) RETURNS bigint
 LANGUAGE sql AS $$ SELECT converge.freeze_on(tbl::oid, key) $$;
 COMMENT ON FUNCTION converge.freeze_on(oid, jsonb) IS 'Internal: the body of converge.freeze.';
-COMMENT ON FUNCTION converge.freeze(regclass, jsonb) IS 'Start the next epoch of a row (served only by the table''s authority; needs UPDATE on the table): its state as this node holds it is the frozen state, and ops of older epochs it does not include are quarantined with reason frozen on every node (rows rebuilt where they were applied). Later edits carry the new epoch and apply normally. Returns the new epoch.';
+REVOKE ALL ON FUNCTION converge.freeze(regclass, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION converge.freeze_on(oid, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION converge.freeze(regclass, jsonb) IS 'Start the next epoch of a row (administration: not granted to PUBLIC; served only by the table''s authority; needs SELECT and UPDATE on the table): its state as this node holds it is the frozen state, and ops of older epochs it does not include are quarantined with reason frozen on every node (rows rebuilt where they were applied). Later edits carry the new epoch and apply normally. Returns the new epoch.';
 
 CREATE FUNCTION converge.epoch(tbl regclass, key jsonb) RETURNS bigint
-LANGUAGE sql STABLE AS $$ SELECT converge.epoch_on(tbl::oid, key) $$;
+LANGUAGE sql VOLATILE AS $$ SELECT converge.epoch_on(tbl::oid, key) $$;
 COMMENT ON FUNCTION converge.epoch_on(oid, jsonb) IS 'Internal: the body of converge.epoch.';
 COMMENT ON FUNCTION converge.epoch(regclass, jsonb) IS 'The epoch of a row of a replicated table: 0 until its first freeze, then the epoch the newest freeze started.';
 

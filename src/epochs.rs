@@ -247,7 +247,8 @@ fn freeze_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>) -> i64 {
             format!("Run SELECT converge.set_authority('{table}', NULL, '<node>') on every node first."),
         ),
     }
-    crate::security::require_rights(tbl, &[(crate::security::UPDATE, "UPDATE")]);
+    use crate::security::{require_rights, SELECT, UPDATE};
+    require_rights(tbl, &[(SELECT, "SELECT"), (UPDATE, "UPDATE")]);
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -276,8 +277,10 @@ fn freeze_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>) -> i64 {
 }
 
 /// `converge.epoch(tbl, key)`: the row's epoch (0 before any freeze).
-/// Parallel unsafe: resolving the table may start a subtransaction.
-#[pg_extern(stable, parallel_unsafe)]
+/// Volatile: it reads freezes as last committed, which may change within
+/// a statement. Parallel unsafe: resolving the table may start a
+/// subtransaction.
+#[pg_extern(volatile, parallel_unsafe)]
 fn epoch_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>) -> Option<i64> {
     let (tbl, key) = (tbl?, key?);
     let (table, key, _) = row_of(tbl, &key.0);

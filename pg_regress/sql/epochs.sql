@@ -11,6 +11,9 @@ SELECT set_node('virginia') IS NOT NULL AS virginia_set;
 CREATE ROLE cv_ward;
 CREATE ROLE cv_reader;
 GRANT CREATE ON SCHEMA public TO cv_ward;
+-- freeze is administration (it holds this node's op counter to commit):
+-- granted to the ward's role, not to PUBLIC.
+GRANT EXECUTE ON FUNCTION converge.freeze(regclass, jsonb), converge.freeze_on(oid, jsonb) TO cv_ward;
 SET ROLE cv_ward;
 CREATE TABLE incident (id int PRIMARY KEY, title text, notes converge.orset, visits converge.gcounter);
 SELECT converge.replicate('incident');
@@ -82,6 +85,10 @@ SELECT converge.freeze('shift', '{"id":1}');
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT converge.freeze('incident', '{"id":2}');
 ROLLBACK;
+SET ROLE cv_reader;
+SELECT converge.freeze('incident', '{"id":2}');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION converge.freeze(regclass, jsonb), converge.freeze_on(oid, jsonb) TO cv_reader;
 SET ROLE cv_reader;
 SELECT converge.freeze('incident', '{"id":2}');
 SELECT converge.epoch('incident', '{"id":1}') AS reader_sees_epoch;
