@@ -243,16 +243,36 @@ fn applied_set(ids: &[String]) -> HashSet<String> {
     ids.iter().filter(|id| parse_op_id(id).is_some_and(|(a, c)| found.contains(&(a, c)))).cloned().collect()
 }
 
+/// Whether any op was ever excluded here without being applied: superseded
+/// by a repair, or kept out by a freeze (a probe of each, once per call).
+/// Such an op's counter is used up like an applied one's.
+struct UsedUp {
+    repairs: bool,
+    freezes: bool,
+}
+
+impl UsedUp {
+    fn probe() -> UsedUp {
+        UsedUp { repairs: crate::repair::any_superseded(), freezes: crate::epochs::any_frozen() }
+    }
+
+    fn any(&self) -> bool {
+        self.repairs || self.freezes
+    }
+
+    fn used_up(&self, op_id: &str) -> bool {
+        (self.repairs && crate::repair::superseded_by(op_id).is_some()) || (self.freezes && crate::epochs::frozen_out(op_id))
+    }
+}
+
 /// Of these deps, the ones done here: applied, or superseded by a repair
 /// (an op that waits for a superseded op would wait for ever on the nodes
 /// that superseded it on arrival, while nodes that had applied it went on).
 fn deps_done(ids: &[String]) -> HashSet<String> {
     let mut done = applied_set(ids);
-    if crate::repair::any_superseded() {
-        done.extend(ids.iter().filter(|id| !done.contains(*id) && crate::repair::superseded_by(id).is_some()).cloned().collect::<Vec<_>>());
-    }
-    if crate::epochs::any_frozen() {
-        done.extend(ids.iter().filter(|id| !done.contains(*id) && crate::epochs::frozen_out(id)).cloned().collect::<Vec<_>>());
+    let excluded = UsedUp::probe();
+    if excluded.any() {
+        done.extend(ids.iter().filter(|id| !done.contains(*id) && excluded.used_up(id)).cloned().collect::<Vec<_>>());
     }
     done
 }
@@ -307,8 +327,7 @@ pub(crate) fn advance_frontier(actor: &str, won: &[i64]) {
         }
         next = c;
     }
-    let repairs = crate::repair::any_superseded();
-    let freezes = crate::epochs::any_frozen();
+    let excluded = UsedUp::probe();
     loop {
         // Counters applied by earlier batches (out of order) may continue the
         // run: a probe of the unique index first, a range read only if so.
@@ -326,8 +345,7 @@ pub(crate) fn advance_frontier(actor: &str, won: &[i64]) {
         }
         // A counter a repair superseded is used up: the run goes on past it
         // (or the actor's frontier, and compaction with it, would stop there).
-        let id = format!("{actor}:{}", next + 1);
-        if (repairs && crate::repair::superseded_by(&id).is_some()) || (freezes && crate::epochs::frozen_out(&id)) {
+        if excluded.used_up(&format!("{actor}:{}", next + 1)) {
             next += 1;
             continue;
         }
