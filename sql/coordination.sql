@@ -45,9 +45,10 @@ BEGIN
         RAISE EXCEPTION 'invalid authority node "%": use 1-63 of A-Z a-z 0-9 _ . - (the node''s converge.node())', node
             USING ERRCODE = '22023';
     END IF;
-    IF decide IS NOT NULL THEN
-        RAISE EXCEPTION 'decide functions are not supported yet' USING ERRCODE = '0A000',
-            DETAIL = 'They decide converge.request, which is not built yet; leave decide NULL.';
+    IF decide IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM pg_proc p WHERE p.oid = decide AND p.pronargs = 1 AND p.prokind = 'f' AND NOT p.proretset
+              AND p.proargtypes[0] = 'converge.requests'::regtype AND p.prorettype = 'jsonb'::regtype) THEN
+        RAISE EXCEPTION 'decide function % must take one converge.requests and return jsonb', decide USING ERRCODE = '42P13';
     END IF;
     IF col IS NOT NULL THEN
         IF col = ANY (r.key_columns) THEN
@@ -121,7 +122,10 @@ BEGIN
                AND (n -> a.column_name) IS DISTINCT FROM a.default_value) THEN
             RAISE EXCEPTION 'column "%" of % is decided by node "%"', a.column_name, TG_RELID::regclass, a.node
                 USING ERRCODE = '42501',
-                      HINT = format('Change it on node "%s"; converge.request, which will ask it from here, is not built yet.', a.node);
+                      HINT = CASE WHEN (SELECT r.crdt_columns ? a.column_name FROM converge.replicated r WHERE r.table_name = TG_RELID)
+                                  THEN format('Change it on node "%s".', a.node)
+                                  ELSE format('Ask node "%s" with converge.request(%L, key, %L, value).', a.node,
+                                              TG_RELID::regclass::text, a.column_name) END;
         END IF;
     END LOOP;
     RETURN NEW;

@@ -207,7 +207,7 @@ fn included_now(table: &str, key: &Value) -> Included {
 
 /// The row a freeze or epoch call names: the table as ops name it, the
 /// key in canonical form, and the table's authority.
-fn row_of(tbl: pg_sys::Oid, key: &Value) -> (String, Value, Option<String>) {
+pub(crate) fn row_of(tbl: pg_sys::Oid, key: &Value) -> (String, Value, Option<String>) {
     let name = crate::spi::read_one::<String>(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[tbl.into()],

@@ -30,6 +30,7 @@ macro_rules! for_crdt_type {
 }
 
 mod actors;
+mod allocation;
 mod apply;
 mod coordination;
 mod counter_cache;
@@ -43,6 +44,7 @@ mod ops;
 mod rebuild;
 mod repair;
 mod replication;
+mod requests;
 mod row_ops;
 mod row_state;
 mod rows;
@@ -103,6 +105,11 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/versions.sql", name = "versions", requires = ["actors", coordination::set_schema_version_on]);
 extension_sql_file!("../sql/epochs.sql", name = "epochs", requires = ["versions", epochs::freeze_on, epochs::epoch_on]);
+extension_sql_file!(
+    "../sql/requests.sql",
+    name = "requests",
+    requires = ["epochs", requests::request_on, requests::decide_pending, allocation::allocate_on, security::may_read]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

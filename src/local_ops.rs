@@ -20,6 +20,12 @@ fn lock_counter() {
     unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, frontier, 1, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
 }
 
+/// Take this node's op-counter lock (to the end of the transaction) before
+/// a lock that an op recorder may take after it (allocate's).
+pub fn hold_counter() {
+    lock_counter();
+}
+
 /// Reserve `n` consecutive op counters of actor `me` (this node) and
 /// return the last; the first is `last - n + 1`.
 pub fn take_counters(me: &str, n: i64) -> i64 {

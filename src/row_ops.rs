@@ -87,6 +87,11 @@ fn row_values(row: Option<pg_sys::Datum>, check: bool) -> Map<String, Value> {
 /// resumes (its tombstone's stash), empty otherwise.
 pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
     let new = row_values(ch.new, ch.check_json);
+    record_values(me, ch, new)
+}
+
+/// `record` with the new row given as its JSON values (`row_to_json`'s).
+pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Map<String, Value> {
     let key = ch.key;
     let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
     let mut state = Table::open(c"row_state");

@@ -171,6 +171,30 @@ pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Run `f` as the owner of table `rel`, in a security-restricted
+/// operation with converge's fixed search_path, whoever calls: a decide
+/// function and the decision's write (requests.rs) are that owner's code,
+/// acting for converge, never with the caller's (or the worker's) rights.
+pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
+    let owner = relowner(rel).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "the table is gone"));
+    let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
+    unsafe { pg_sys::SetUserIdAndSecContext(owner, cur_sec | flags) };
+    let nest = set_path(FIXED_PATH);
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
+    // Inside, converge acts for the owner (caller() is the owner), not for
+    // whoever called converge around it.
+    struct Callers(Vec<Frame>);
+    impl Drop for Callers {
+        fn drop(&mut self) {
+            CALLERS.with(|c| *c.borrow_mut() = std::mem::take(&mut self.0));
+        }
+    }
+    let _callers = Callers(CALLERS.with(|c| std::mem::take(&mut *c.borrow_mut())));
+    f()
+}
+
 /// The owner of table `rel`, from the relcache (no statement: the worker
 /// asks once per applied batch).
 fn relowner(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
@@ -236,13 +260,31 @@ fn may_read(table: Option<&str>) -> bool {
     }
     // A freeze carries a table's name and a row's key, no values: every
     // reader of the log sees it, as converge.frozen (docs/security.md).
-    if t == crate::epochs::FREEZE {
+    if t == crate::epochs::FREEZE || t == crate::allocation::ALLOCATION {
         return true;
+    }
+    // Requests and decisions carry values of a row: their rows of
+    // converge.requests are shown by the right on that table instead. Peer
+    // roles read them (they read every replicated table's ops).
+    if t == crate::requests::REQUEST || t == crate::requests::DECISION {
+        let role = caller();
+        return unsafe { pg_sys::superuser_arg(role) } || is_peer_reader(role);
     }
     match lookup(t) {
         Some(rel) => has_rights(caller(), rel, &[SELECT]),
         None => false,
     }
+}
+
+/// Whether `role` is (a member of) a role given converge.grant_peer.
+fn is_peer_reader(role: pg_sys::Oid) -> bool {
+    as_owner(|| {
+        crate::spi::read_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM converge.peer_reader p WHERE pg_catalog.pg_has_role($1, p.role, 'MEMBER'))",
+            &[role.into()],
+        )
+    })
+    .unwrap_or(false)
 }
 
 /// Whether the acting role may apply ops of `column` to `table` (INSERT

@@ -331,7 +331,7 @@ fn guard_removal(meta: &Meta, c: &Column, me: &str, delta: &[u8]) {
     raise_hint(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!("removals from column \"{}\" of {} are decided by node \"{node}\"", c.name, meta.name),
-        format!("Adds stay local everywhere; remove it on node \"{node}\" (converge.request, which will ask it from here, is not built yet)."),
+        format!("Adds stay local everywhere; remove it on node \"{node}\"."),
     )
 }
 

@@ -35,6 +35,16 @@ SELECT set_schema_version('everything', 'os', 2);
 SELECT repair(ARRAY['phone9:1'], 'known bad import') IS NOT NULL;
 SELECT set_authority('everything', NULL, node());   -- this node freezes rows
 SELECT freeze('everything', '{"id": 1}');
+-- Requests (one granted here, one pending for dublin) and an allocation.
+CREATE TABLE ask (id int PRIMARY KEY, status text, note text);
+SELECT replicate('ask');
+INSERT INTO ask VALUES (1, 'open', NULL);
+SELECT set_authority('ask', 'status', 'dublin');
+SELECT set_authority('ask', 'note', node());
+SELECT request('ask', '{"id": 1}', 'status', '"closed"', 'close 1') IS NOT NULL;
+SELECT request('ask', '{"id": 1}', 'note', '"seen"') IS NOT NULL;
+SELECT set_allocator('audit', node(), 100);
+SELECT allocate('audit', 'k1') = 100;
 SQL
 pg_dump -h 127.0.0.1 -p "$PORT" -U postgres dump_src > "$DIR.dump.sql"
 pq "$PORT" -d dump_dst -f "$DIR.dump.sql" >/dev/null
@@ -53,7 +63,7 @@ log() { pq "$PORT" -d "$1" -At -c "SELECT count(*), converge.frontier() FROM con
 echo "op log and frontier identical: $(log dump_dst)"
 
 auth() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s.%s=%s', target_table, target_column, node), ',' ORDER BY target_column NULLS FIRST) FROM converge.authorities"; }
-[ "$(auth dump_dst)" = "public.everything.=madrid,public.everything.lr=virginia" ] || { echo "authorities not restored: $(auth dump_dst)"; exit 1; }
+[ "$(auth dump_dst)" = "public.everything.=madrid,public.everything.lr=virginia,public.ask.note=madrid,public.ask.status=dublin" ] || { echo "authorities not restored: $(auth dump_dst)"; exit 1; }
 out=$(pq "$PORT" -d dump_dst -c "UPDATE everything SET lr = converge.assign(lr, '1'::jsonb) WHERE id = 1" 2>&1 || true)
 echo "$out" | grep -q 'decided by node "virginia"' || { echo "the restored authority guard did not stop a change: $out"; exit 1; }
 echo "authority and its guard restored"
@@ -69,6 +79,12 @@ ctl() { pq "$PORT" -d "$1" -At -c "SELECT (SELECT string_agg(format('%s.%s=%s', 
 out=$(pq "$PORT" -d dump_dst -At -c "SELECT reason FROM converge.apply(ROW('tab:1', 'tab', 'public.everything', '{\"id\":1}', 'g', 1, 0, '{}', '{\"counts\":{\"tab\":1}}'::converge.gcounter::bytea, NULL)::converge.op)")
 [ "$out" = "frozen" ] || { echo "the restored freeze did not keep out a late op: $out"; exit 1; }
 echo "schema versions, repairs and freezes restored: $(ctl dump_dst)"
+req() { pq "$PORT" -d "$1" -At -c "SELECT string_agg(format('%s %s %s %s %s', request_id, target_column, status, decision, idempotency_key), ',' ORDER BY request_id) || ' ' || (SELECT string_agg(format('%s %s %s', name, idempotency_key, value), ',') FROM converge.allocations) || ' ' || (SELECT note FROM ask) FROM converge.requests"; }
+[ "$(req dump_dst)" = "$(req dump_src)" ] && [ "$(pq "$PORT" -d dump_dst -At -c "SELECT string_agg(status, ',' ORDER BY status) FROM converge.requests")" = "granted,pending" ] \
+    || { echo "requests or allocations not restored: $(req dump_src) vs $(req dump_dst)"; exit 1; }
+out=$(pq "$PORT" -d dump_dst -At -c "SELECT converge.allocate('audit', 'k1'), converge.allocate('audit', 'k2'), converge.request('ask', '{\"id\": 1}', 'status', '\"closed\"', 'close 1') = (SELECT request_id FROM converge.requests WHERE idempotency_key = 'close 1')")
+[ "$out" = "100|101|t" ] || { echo "the restored allocations or requests did not hold: $out"; exit 1; }
+echo "requests and allocations restored: $(req dump_dst)"
 
 # The restored node keeps its identity, never reissues a dot or an op_id.
 pq "$PORT" -d dump_dst -At <<'SQL' | tee "$DIR.after"

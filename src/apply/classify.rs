@@ -46,7 +46,8 @@ pub(super) fn classify(
     nodes: &HashSet<String>,
     registry: &crate::actors::Registry,
 ) {
-    let parsed = it.op_id.as_deref().and_then(parse_op_id);
+    let op_id = it.op_id.clone();
+    let parsed = op_id.as_deref().and_then(parse_op_id);
     it.actor = parsed.map(|(a, _)| a.to_string());
     it.counter = parsed.map(|(_, c)| c as i64);
     let Some((actor, _)) = parsed else {
@@ -70,19 +71,7 @@ pub(super) fn classify(
         return;
     }
     let from_peer = TRUSTED.with(|t| t.get());
-    if it.table.as_deref() == Some(crate::actors::REGISTRY) {
-        it.bad = crate::actors::registry_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), it.delta.as_deref());
-        it.coltype = Some(REGISTRY_OP.into());
-        return;
-    }
-    if it.table.as_deref() == Some(crate::repair::REPAIR) {
-        it.bad = crate::repair::repair_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), it.delta.as_deref());
-        it.coltype = Some(REPAIR_OP.into());
-        return;
-    }
-    if it.table.as_deref() == Some(crate::epochs::FREEZE) {
-        it.bad = freeze_op_error(it, from_peer, actor, targets, cache);
-        it.coltype = Some(FREEZE_OP.into());
+    if super::control::classify_control(it, from_peer, actor, targets, cache, registry) {
         return;
     }
     let t = match it.table.as_deref().map(|name| resolve(name, targets, cache)) {
@@ -166,48 +155,6 @@ pub(super) fn classify(
         it.superseded = crate::repair::superseded_by(it.op_id.as_deref().unwrap_or_default());
     }
     it.coltype = Some(coltype);
-}
-
-/// The coltype of ops on the actor registry (actors.rs) and of repair ops
-/// (repair.rs): they have no target table.
-pub(crate) const REGISTRY_OP: &str = "registry";
-pub(crate) const REPAIR_OP: &str = "repair";
-pub(crate) const FREEZE_OP: &str = "freeze";
-
-/// Why a freeze op is not valid (None: valid). Only the table's authority
-/// freezes, through its replication; the key names a row of a replicated
-/// table in canonical form; the delta says what the freeze includes.
-fn freeze_op_error(
-    it: &Item,
-    from_peer: bool,
-    actor: &str,
-    targets: &mut Vec<Target>,
-    cache: &mut HashMap<String, Result<usize, &'static str>>,
-) -> Option<String> {
-    if !from_peer {
-        return Some("not_authority".into());
-    }
-    if it.column.as_deref() != Some("") {
-        return Some("unknown_column".into());
-    }
-    let Some(serde_json::Value::Object(k)) = &it.key else { return Some("invalid_key".into()) };
-    let (Some(serde_json::Value::String(table)), Some(row), 2) = (k.get("table"), k.get("key"), k.len()) else {
-        return Some("invalid_key".into());
-    };
-    let t = match resolve(table, targets, cache) {
-        Ok(t) => &targets[t],
-        Err(reason) => return Some(reason.into()),
-    };
-    if &t.name != table || canonical_key(row, &t.keys, &t.key_types).as_ref() != Some(row) {
-        return Some("invalid_key".into());
-    }
-    if t.table_authority.as_deref() != Some(actor) {
-        return Some("not_authority".into());
-    }
-    if it.epoch.unwrap_or(0) < 1 {
-        return Some("invalid_epoch".into());
-    }
-    crate::epochs::Included::parse(it.delta.as_deref().unwrap_or_default()).is_none().then(|| "invalid_delta".into())
 }
 
 /// The op as it will be logged and shipped (what its signature covers).

@@ -100,6 +100,7 @@ fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     // Every batch holds it (shared) while a repair or registry change may
     // exclude what it applies: either the change sees the batch's ops in
     // the log, or the batch sees the change.
+    // (Requests, decisions and allocations exclude nothing: a shared lock.)
     let control = [crate::actors::REGISTRY, crate::repair::REPAIR, crate::epochs::FREEZE];
     let changes = items.iter().any(|i| i.table.as_deref().is_some_and(|t| control.contains(&t)));
     crate::actors::lock_registry(changes);

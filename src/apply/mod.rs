@@ -18,6 +18,7 @@ use pgrx::{JsonB, PgSqlErrorCode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 mod classify;
+mod control;
 mod entry;
 mod merge;
 mod target;
@@ -25,7 +26,7 @@ mod waiting;
 
 pub use classify::from_peer;
 pub use entry::apply_decoded;
-pub use target::{forget_resolved, row_target};
+pub use target::{forget_resolved, layout_of, row_target, Layout};
 pub use waiting::{advisory_xact_lock, note_deferred, take_deferred, under_peer_origin};
 use classify::*;
 use target::*;
@@ -477,43 +478,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     // 4. Everything else: through the dedupe gate, then merged.
     let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
     let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, targets, &origin) };
-    // Registry ops change which ops of an actor are admitted: merged after
-    // the batch's other ops, whose actors they then re-check (actors.rs).
-    let registry_ops: Vec<(String, String, Vec<u8>)> = won
-        .iter()
-        .filter(|i| i.coltype.as_deref() == Some(REGISTRY_OP))
-        .map(|i| {
-            let actor = i.key.as_ref().and_then(|k| k.get("actor")).and_then(|a| a.as_str()).unwrap_or_default();
-            (actor.to_string(), i.column.clone().unwrap_or_default(), i.delta.clone().unwrap_or_default())
-        })
-        .collect();
-    if !registry_ops.is_empty() {
-        crate::actors::merge_registry_ops(registry_ops);
-    }
-    let repairs: Vec<(String, String, Vec<u8>)> = won
-        .iter()
-        .filter(|i| i.coltype.as_deref() == Some(REPAIR_OP))
-        .map(|i| {
-            let reason = i.key.as_ref().and_then(|k| k.get("reason")).and_then(|r| r.as_str()).unwrap_or_default();
-            (i.op_id.clone().unwrap_or_default(), reason.to_string(), i.delta.clone().unwrap_or_default())
-        })
-        .collect();
-    if !repairs.is_empty() {
-        crate::repair::merge_repair_ops(repairs);
-    }
-    let freezes: Vec<(String, String, serde_json::Value, i64, Vec<u8>)> = won
-        .iter()
-        .filter(|i| i.coltype.as_deref() == Some(FREEZE_OP))
-        .map(|i| {
-            let k = i.key.clone().unwrap_or_default();
-            let table = k.get("table").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-            let row = k.get("key").cloned().unwrap_or_default();
-            (i.op_id.clone().unwrap_or_default(), table, row, i.epoch.unwrap_or(0), i.delta.clone().unwrap_or_default())
-        })
-        .collect();
-    if !freezes.is_empty() {
-        crate::epochs::merge_freeze_ops(freezes);
-    }
+    control::merge_control(&won);
     // This node's own ops, sent back by a peer (to a node restored from a
     // backup), entered the log outside the op trigger's counter. The lock
     // is taken after the rows are merged: taken before, it would wait on a
@@ -556,6 +521,11 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     }
     if top_level {
         note_deferred();
+        // Requests a client sent here that this node decides: decided now,
+        // in this transaction (under a peer's origin, by the worker after).
+        if !under_peer_origin() && crate::requests::take_arrived() {
+            crate::requests::decide_pending();
+        }
     }
     out
 }

@@ -206,3 +206,58 @@ pub fn row_target(rel: pg_sys::Oid, key: &serde_json::Value) -> Result<(String, 
     let key = canonical_key(key, &t.keys, &t.key_types).ok_or("invalid_key")?;
     Ok((t.name.clone(), key, t.table_authority.clone()))
 }
+
+/// A replicated table as requests see it (requests.rs): who decides each
+/// column, and what a decision may write.
+pub struct Layout {
+    pub rel: pg_sys::Oid,
+    /// `schema.table`, as ops name it.
+    pub name: String,
+    pub keys: Vec<String>,
+    key_types: Vec<String>,
+    pub crdt: HashMap<String, String>,
+    /// Non-CRDT, non-key columns.
+    pub other: Vec<String>,
+    /// The row ops' schema version.
+    pub row_version: i32,
+    pub table_authority: Option<String>,
+    authority: crate::coordination::Authorities,
+}
+
+impl Layout {
+    /// The node that decides requests for `col`: its column authority,
+    /// else the table's.
+    pub fn decider(&self, col: &str) -> Option<String> {
+        self.authority.get(col).map(|a| a.node.clone()).or_else(|| self.table_authority.clone())
+    }
+
+    /// The node that decides `col` itself (a column authority that is not
+    /// `removes_only`), if any.
+    pub fn column_authority(&self, col: &str) -> Option<String> {
+        self.authority.get(col).filter(|a| !a.removes_only).map(|a| a.node.clone())
+    }
+
+    /// `key` in canonical form, if it is a key of this table.
+    pub fn canonical(&self, key: &serde_json::Value) -> Option<serde_json::Value> {
+        canonical_key(key, &self.keys, &self.key_types)
+    }
+}
+
+/// The layout of the replicated table an op or a call names (qualified).
+/// Err: `not_replicated`, `unknown_table`.
+pub fn layout_of(name: &str) -> Result<Layout, &'static str> {
+    let mut targets = Vec::new();
+    let i = resolve_now(name, &mut targets)?;
+    let t = targets.swap_remove(i);
+    Ok(Layout {
+        rel: t.rel,
+        row_version: t.versions.get("").copied().unwrap_or(1),
+        name: t.name,
+        keys: t.keys,
+        key_types: t.key_types,
+        crdt: t.crdt,
+        other: t.other,
+        table_authority: t.table_authority,
+        authority: t.authority,
+    })
+}

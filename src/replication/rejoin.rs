@@ -92,6 +92,32 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     } else {
         Vec::new()
     };
+    // Requests and allocations, likewise (as state: request and decision
+    // ops are not readable through changes_since).
+    let has = |q: &mut dyn FnMut(&str, &[&str]) -> super::libpq::Rows, t: &str| {
+        q(&format!("SELECT to_regclass('{t}') IS NOT NULL"), &[]).text(0, 0).as_deref() == Some("t")
+    };
+    let micros = |c: &str| format!("(extract(epoch FROM {c}) * 1000000)::int8::text");
+    let requests: Vec<Vec<Option<String>>> = if has(&mut q, "converge.requests") {
+        let r = q(
+            &format!(
+                "SELECT request_id, target_table, target_key::text, target_column, value::text, idempotency_key, requested_by, {},
+                        status, decision::text, reason, {}, decision_id FROM converge.requests ORDER BY arrival",
+                micros("requested_at"),
+                micros("decided_at")
+            ),
+            &[],
+        );
+        (0..r.rows.len()).map(|i| (0..13).map(|c| r.text(i, c)).collect()).collect()
+    } else {
+        Vec::new()
+    };
+    let allocations: Vec<Vec<Option<String>>> = if has(&mut q, "converge.allocations") {
+        let r = q(&format!("SELECT name, idempotency_key, value::text, {}, allocated_by FROM converge.allocations", micros("allocated_at")), &[]);
+        (0..r.rows.len()).map(|i| (0..5).map(|c| r.text(i, c)).collect()).collect()
+    } else {
+        Vec::new()
+    };
     let mut merged = 0;
     for (table, cols) in local_tables() {
         let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[&table]);
@@ -144,6 +170,8 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
         crate::actors::lock_registry(true);
         crate::epochs::copy_freezes(freezes);
     }
+    crate::requests::copy_requests(requests);
+    crate::allocation::copy_allocations(allocations);
     super::pull::apply_encoded(left, peer, origin, 0, 0);
     // Ops up to the peer's horizon are in this node's rows, not its log:
     // an older cursor must get 55000 here too.

@@ -166,6 +166,9 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
             if let Err(e) = in_transaction(crate::maintenance::check_lost_peers) {
                 pgrx::warning!("converge: checking for lost peers: {e}");
             }
+            // Requests left pending (their row had not arrived, or the
+            // authority was set after them) are tried again.
+            decide_requests();
         }
         for link in links.values_mut() {
             if stop_requested() {
@@ -474,6 +477,9 @@ fn apply(link: &mut Link) -> bool {
     match result {
         Ok(true) => {
             link.flushed = lsn;
+            if crate::requests::take_arrived() {
+                decide_requests();
+            }
             pgrx::debug1!(
                 "converge: applied {n} ops ({txns} transactions, {bytes} bytes) from peer \"{}\" in {:.1} ms",
                 peer.name,
@@ -491,6 +497,20 @@ fn apply(link: &mut Link) -> bool {
             fail(link, &format!("applying: {e}"));
             false
         }
+    }
+}
+
+/// Decide the pending requests this node is the authority of, in a
+/// transaction of its own: no peer's origin, so the decisions ship.
+fn decide_requests() {
+    let pass = || {
+        // A row or request a user's transaction holds is not waited for
+        // long: the request stays pending for the next pass.
+        Spi::run("SET LOCAL lock_timeout = '2s'").unwrap_or_else(|e| pgrx::error!("converge: {e}"));
+        crate::requests::decide_pending()
+    };
+    if let Err(e) = in_transaction(pass) {
+        pgrx::warning!("converge: deciding requests: {e}");
     }
 }
 

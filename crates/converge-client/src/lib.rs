@@ -77,6 +77,9 @@ pub enum CrashPoint {
 /// An op: converge-core's envelope, the same the server decodes.
 pub use converge_core::Op;
 
+/// The `target_table` of request ops (`Client::request`).
+pub const REQUEST: &str = "converge.request";
+
 /// A cell: one CRDT column of one row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CellId {
@@ -382,7 +385,18 @@ impl Client {
         // Each op follows this client's previous one.
         let deps = if counter > 1 { vec![converge_core::format_op_id(&actor, counter - 1)] } else { vec![] };
         let op = Op::new(&actor, counter, table, &key, column, deps, delta.encode());
-        let mut line = serde_json::to_vec(&op).map_err(|e| ClientError::Format(e.to_string()))?;
+        self.append_outbox(&op)?;
+        self.cells.insert(id, value);
+        if issued.is_some() {
+            self.saved.clock = issued;
+        }
+        self.save()?;
+        Ok(op)
+    }
+
+    /// Put `op` (this client's next) in the durable outbox and count it.
+    fn append_outbox(&mut self, op: &Op) -> Result<()> {
+        let mut line = serde_json::to_vec(op).map_err(|e| ClientError::Format(e.to_string()))?;
         line.push(b'\n');
         {
             let mut f = OpenOptions::new().create(true).append(true).open(self.dir.join("outbox.jsonl"))?;
@@ -393,12 +407,38 @@ impl Client {
             return Err(ClientError::Crashed(CrashPoint::AfterOutboxAppend));
         }
         self.outbox.push(op.clone());
-        self.cells.insert(id, value);
+        let counter = op.counter();
         self.saved.next_counter = counter + 1;
-        if issued.is_some() {
-            self.saved.clock = issued;
-        }
+        let actor = self.saved.actor.clone();
         self.mark_seen(&actor, counter);
+        Ok(())
+    }
+
+    /// Ask the authority of `column` to change it on one row, offline
+    /// (SPEC section 5, what `converge.request` does on a server): a
+    /// request op in the durable outbox, sent with the next push. `table`
+    /// is schema-qualified as the server names it (`public.incident`) and
+    /// `key` has exactly its primary key columns. The request's id is the
+    /// op's id; its outcome shows in the server's `converge.requests`
+    /// once the authority decided. Requests with one `idempotency_key` are
+    /// decided once, wherever they were made.
+    pub fn request(
+        &mut self,
+        table: &str,
+        key: serde_json::Value,
+        column: &str,
+        value: serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Op> {
+        let counter = self.saved.next_counter;
+        let actor = self.saved.actor.clone();
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        let delta = serde_json::json!({ "value": value, "idempotency_key": idempotency_key, "requested_at": at });
+        let deps = if counter > 1 { vec![converge_core::format_op_id(&actor, counter - 1)] } else { vec![] };
+        let target = serde_json::json!({ "table": table, "key": key });
+        let delta = serde_json::to_vec(&delta).map_err(|e| ClientError::Format(e.to_string()))?;
+        let op = Op::new(&actor, counter, REQUEST, &target, column, deps, delta);
+        self.append_outbox(&op)?;
         self.save()?;
         Ok(op)
     }

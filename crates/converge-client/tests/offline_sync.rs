@@ -340,3 +340,47 @@ fn concurrent_batches_on_the_same_rows() {
     assert_eq!(server_cells(&mut db), folded_text);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client asks the authority for a change it may not make itself
+/// (SPEC section 5): the request travels in its outbox like an op; the
+/// server, the authority here, decides it once; a second request with the
+/// same idempotency key (a retry made offline) gets the same outcome.
+#[test]
+fn a_client_request_is_decided_once_by_the_authority() {
+    let mut db = fresh_node("converge_client_request", "virginia");
+    db.batch_execute(
+        "CREATE TABLE ticket (id int PRIMARY KEY, status text DEFAULT 'open');
+         SELECT converge.replicate('ticket');
+         SELECT converge.set_authority('ticket', 'status', 'virginia');
+         INSERT INTO ticket (id) VALUES (1);",
+    )
+    .unwrap();
+    let dir = workdir("request");
+    let mut c = Client::open(dir.join("tab7"), "tab7").unwrap();
+    let first = c.request("public.ticket", json!({"id": 1}), "status", json!("closed"), Some("close ticket 1")).unwrap();
+    let retry = c.request("public.ticket", json!({"id": 1}), "status", json!("closed"), Some("close ticket 1")).unwrap();
+    assert_eq!(c.outbox().len(), 2, "both requests wait in the outbox");
+    let outcomes = c.push(&mut db).unwrap();
+    assert!(outcomes.iter().all(|o| o.outcome == "applied"), "{outcomes:?}");
+    assert!(c.outbox().is_empty());
+    let status: String = db.query_one("SELECT status FROM ticket WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(status, "closed");
+    let rows: Vec<(String, String, String)> = db
+        .query("SELECT request_id, requested_by, status || ' ' || decision::text FROM converge.requests ORDER BY request_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let granted = "granted {\"status\": \"closed\"}".to_string();
+    assert_eq!(
+        rows,
+        vec![(first.op_id.clone(), "tab7".into(), granted.clone()), (retry.op_id.clone(), "tab7".into(), granted)]
+    );
+    // The authority wrote the row once.
+    let writes: i64 = db
+        .query_one("SELECT count(*) FROM converge.op_log WHERE actor = 'virginia' AND target_table = 'public.ticket' AND target_column = ''", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(writes, 2, "the insert and one decision");
+    let _ = std::fs::remove_dir_all(&dir);
+}

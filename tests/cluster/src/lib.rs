@@ -6,6 +6,7 @@
 //! Runs as the `postgres` user (initdb refuses root): when started as root it
 //! calls the server binaries through `runuser -u postgres`.
 
+pub mod coordinated;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

@@ -30,11 +30,23 @@ pub struct Load {
     pub done: usize,
     pub retries: usize,
     pub by_node: BTreeMap<String, usize>,
+    /// Requests, freezes, device ops and revocations mixed in (about one
+    /// op in eight), when set.
+    pub coord: Option<crate::coordinated::Coordinated>,
 }
 
 impl Load {
     /// One random operation on node `n` (an ordinary SQL statement).
     pub fn op(&mut self, n: &Node, c: &mut postgres::Client) {
+        if let Some(co) = self.coord.as_mut() {
+            if self.rng.below(8) == 0 {
+                let sql = co.op(&mut self.rng, n, c);
+                self.execute(n, c, &sql);
+                self.done += 1;
+                *self.by_node.entry(n.name.clone()).or_default() += 1;
+                return;
+            }
+        }
         let r = &mut self.rng;
         let id = 1 + r.below(40) as i32;
         let k = 1 + r.below(5) as i64;
@@ -62,12 +74,25 @@ impl Load {
                 None,
             ),
         };
-        // A deadlock with the apply of a peer's ops on the same row (40P01)
-        // rolls the statement back, as for any client: retry it.
+        let id_rows = self.execute(n, c, &sql);
+        // Acknowledged (committed, autocommit) increments are what must survive.
+        if let Some((is_g, amount)) = counted {
+            if id_rows == 1 {
+                let m = if is_g { &mut self.expect.g } else { &mut self.expect.pn };
+                *m.entry(id).or_default() += amount;
+            }
+        }
+        self.done += 1;
+        *self.by_node.entry(n.name.clone()).or_default() += 1;
+    }
+
+    /// Run `sql` on `n`. A deadlock with the apply of a peer's ops on the
+    /// same row (40P01) rolls the statement back, as for any client: retry it.
+    fn execute(&mut self, n: &Node, c: &mut postgres::Client, sql: &str) -> u64 {
         let mut tries = 0;
-        let id_rows = loop {
-            match c.execute(sql.as_str(), &[]) {
-                Ok(n) => break n,
+        loop {
+            match c.execute(sql, &[]) {
+                Ok(n) => return n,
                 Err(e) if tries < 5 && matches!(e.code().map(|s| s.code()), Some("40P01") | Some("40001")) => {
                     tries += 1;
                     self.retries += 1;
@@ -78,16 +103,7 @@ impl Load {
                     e.as_db_error().map(|d| format!("{} {} {:?}", d.code().code(), d.message(), d.where_())).unwrap_or(e.to_string())
                 ),
             }
-        };
-        // Acknowledged (committed, autocommit) increments are what must survive.
-        if let Some((is_g, amount)) = counted {
-            if id_rows == 1 {
-                let m = if is_g { &mut self.expect.g } else { &mut self.expect.pn };
-                *m.entry(id).or_default() += amount;
-            }
         }
-        self.done += 1;
-        *self.by_node.entry(n.name.clone()).or_default() += 1;
     }
 
     /// `count` ops spread over the nodes whose index is in `live`.
@@ -116,7 +132,7 @@ pub fn pause(nodes: &[Node], a: usize, b: usize, paused: bool) {
 
 impl Load {
     pub fn new(seed: u64) -> Load {
-        Load { rng: Rng(seed), expect: Expect::default(), done: 0, retries: 0, by_node: BTreeMap::new() }
+        Load { rng: Rng(seed), expect: Expect::default(), done: 0, retries: 0, by_node: BTreeMap::new(), coord: None }
     }
 }
 

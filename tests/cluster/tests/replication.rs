@@ -1,12 +1,18 @@
 //! Three real nodes (madrid, dublin, virginia) in a full mesh, each with the
 //! converge background worker, take 10 000 random operations over every
-//! CRDT type, row inserts, deletes and last-writer-wins columns, through:
+//! CRDT type, row inserts, deletes and last-writer-wins columns, with
+//! coordination mixed in (about one op in eight: requests that virginia
+//! decides, closing incidents with an audit number; freezes of item rows
+//! by virginia; ops of three devices sent to any node; revocations of those
+//! devices), through:
 //! a partition (pulls paused both ways), a kill -9 of a node while the
 //! others write and its worker is pulling, and a node down for a long
 //! stretch (stop -m immediate) then back. In the end every row is
 //! byte-identical on all nodes (text output), every counter equals the sum
 //! of the increments that were acknowledged, no op came back to the node
-//! that made it, and remove_peer leaves no slot or origin behind.
+//! that made it, every node applied the same ops and holds the same
+//! requests, decisions and allocations (one audit number per incident ever
+//! closed), and remove_peer leaves no slot or origin behind.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
 //! runs it. Ports come from CONVERGE_CLUSTER_PORT (default 5710).
@@ -30,7 +36,17 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
         assert_eq!(rows, 40, "{} has the counter rows after add_peer", n.name);
     }
 
+    // Coordination mixed in: requests (virginia decides, closing allocates
+    // an audit number), freezes of item rows by virginia, device ops sent
+    // to any node, and revocations of the devices (src/coordinated.rs).
+    for n in &nodes {
+        n.client().batch_execute(converge_cluster_tests::coordinated::SETUP).unwrap();
+    }
+    nodes[0].client().batch_execute(converge_cluster_tests::coordinated::ROWS).unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+
     let mut load = Load::new(0x9e3779b97f4a7c15);
+    load.coord = Some(Default::default());
     let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
 
     // 1. All connected.
@@ -96,8 +112,19 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
     converge_all(&nodes, Duration::from_secs(180));
     let converge_time = converge_start.elapsed();
 
+    // Requests still pending where they were made are decided once the
+    // worker's next pass reaches them.
+    for n in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while n.client().query_one("SELECT count(*) FROM converge.requests WHERE status = 'pending'", &[]).unwrap().get::<_, i64>(0) > 0 {
+            assert!(Instant::now() < deadline, "requests left pending on {}", n.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    converge_all(&nodes, Duration::from_secs(60));
     // Every row byte-identical on every node (canonical text output).
-    assert_identical(&nodes, &["ctr", "item"]);
+    assert_identical(&nodes, &["ctr", "item", "incident", "dev"]);
+    converge_cluster_tests::coordinated::check(&nodes);
     // The notes were really edited concurrently: text survives in many rows.
     let (notes, chars): (i64, Option<i64>) = {
         let r = nodes[0]
@@ -124,26 +151,28 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
                 "SELECT count(*) FILTER (WHERE outcome = 'applied' AND origin = 'local'),
                         count(*) FILTER (WHERE outcome = 'applied' AND origin <> 'local'),
                         count(*) FILTER (WHERE outcome = 'duplicate'),
-                        count(*) FILTER (WHERE outcome NOT IN ('applied', 'duplicate'))
+                        (SELECT count(*) FROM converge.pending),
+                        (SELECT string_agg(format('%s %s %s', n, outcome, reason), ', ' ORDER BY outcome, reason)
+                           FROM (SELECT outcome, reason, count(*) n FROM converge.quarantine GROUP BY 1, 2) q)
                    FROM converge.op_log",
                 &[],
             )
             .unwrap();
         let (local, remote, dup, other): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-        assert_eq!(other, 0, "rejected or buffered ops on {}", n.name);
+        assert_eq!(other, 0, "ops left pending on {}", n.name);
         let peers: i64 = c
             .query_one("SELECT count(*) FROM converge.peers WHERE state = 'ok' AND lag_bytes >= 0", &[])
             .unwrap()
             .get(0);
         assert_eq!(peers, 2, "peers of {} all ok", n.name);
-        report.push(format!("{}: {local} local ops, {remote} received, {dup} duplicates (redelivered)", n.name));
+        let aside: Option<String> = row.get(4);
+        report.push(format!(
+            "{}: {local} local ops, {remote} received, {dup} duplicates (redelivered); kept out: {}",
+            n.name,
+            aside.unwrap_or_else(|| "none".into())
+        ));
     }
-    // Each node holds every op once: its own plus the others'.
-    let totals: Vec<i64> = nodes
-        .iter()
-        .map(|n| n.client().query_one("SELECT count(*) FROM converge.op_log WHERE outcome = 'applied'", &[]).unwrap().get(0))
-        .collect();
-    assert!(totals.iter().all(|t| *t == totals[0]), "applied op counts differ: {totals:?}");
+    // (Each node holds the same applied ops: coordinated::check.)
 
     // remove_peer leaves no slot or origin behind.
     for n in &nodes {
@@ -158,9 +187,14 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
         let origins: i64 = c.query_one("SELECT count(*) FROM pg_replication_origin", &[]).unwrap().get(0);
         assert_eq!((slots, origins), (0, 0), "slots and origins left on {}", n.name);
     }
+    let co = load.coord.as_ref().unwrap();
     eprintln!(
-        "cluster: 10000 ops ({:?}, {} statements retried after 40P01); converged {:.1}s after the last write; total {:.0}s\n  {}",
+        "cluster: 10000 ops ({:?}; {} requests, {} freezes, {} device ops, {} revocations; {} statements retried after 40P01); converged {:.1}s after the last write; total {:.0}s\n  {}",
         load.by_node,
+        co.requests,
+        co.freezes,
+        co.device_ops,
+        co.revocations,
         load.retries,
         converge_time.as_secs_f64(),
         started.elapsed().as_secs_f64(),
