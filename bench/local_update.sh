@@ -7,6 +7,8 @@
 #   counter   incr on a gcounter            vs  n = n + 1 on a bigint
 #   tags      add on an orset               vs  array remove + append on text[]
 #   plaincol  a text column of a replicated table  vs  the same on a plain table
+#   auth      incr on a gcounter of a replicated table that has an authority
+#             column (decided by another node; SPEC section 5)  vs  n = n + 1
 #
 # "unreplicated" CRDT tables are plain tables with converge columns;
 # "replicated" ones are marked with converge.replicate, so every update also
@@ -27,13 +29,16 @@ CREATE TABLE crdt_counter (id int PRIMARY KEY, n converge.gcounter, note text);
 CREATE TABLE crdt_tags (id int PRIMARY KEY, tags converge.orset);
 CREATE TABLE repl_counter (id int PRIMARY KEY, n converge.gcounter, note text);
 CREATE TABLE repl_tags (id int PRIMARY KEY, tags converge.orset);
+CREATE TABLE repl_auth (id int PRIMARY KEY, n converge.gcounter, note text, status text);
 INSERT INTO plain_counter (id) SELECT generate_series(1, $ROWS);
 INSERT INTO plain_tags (id) SELECT generate_series(1, $ROWS);
 INSERT INTO crdt_counter (id) SELECT generate_series(1, $ROWS);
 INSERT INTO crdt_tags (id) SELECT generate_series(1, $ROWS);
 INSERT INTO repl_counter (id) SELECT generate_series(1, $ROWS);
 INSERT INTO repl_tags (id) SELECT generate_series(1, $ROWS);
-SELECT converge.replicate('repl_counter'), converge.replicate('repl_tags');
+INSERT INTO repl_auth (id) SELECT generate_series(1, $ROWS);
+SELECT converge.replicate('repl_counter'), converge.replicate('repl_tags'), converge.replicate('repl_auth');
+SELECT converge.set_authority('repl_auth', 'status', 'elsewhere');
 VACUUM ANALYZE;
 SQL
 script() { printf '\\set id random(1, %s)\n\\set t random(1, 20)\n%s\n' "$ROWS" "$2" > "$BENCH_DIR/$1.sql"; }
@@ -45,6 +50,8 @@ script crdt_tags "UPDATE crdt_tags SET tags = converge.add(tags, 'tag' || :t) WH
 script repl_tags "UPDATE repl_tags SET tags = converge.add(tags, 'tag' || :t) WHERE id = :id;"
 script plain_note "UPDATE plain_counter SET note = 'n' || :t WHERE id = :id;"
 script repl_note "UPDATE repl_counter SET note = 'n' || :t WHERE id = :id;"
+script plain_auth "UPDATE plain_counter SET n = n + 1 WHERE id = :id;"
+script repl_auth "UPDATE repl_auth SET n = converge.incr(n, 1) WHERE id = :id;"
 tps() {
     pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -c "$2" -j "$2" -T "$SECS" -f "$BENCH_DIR/$1.sql" postgres 2>/dev/null |
         awk '/^tps/ {print $3}'
@@ -55,10 +62,10 @@ stats() { sort -n | awk '{a[NR] = $1} END {printf "%.2f (%.2f-%.2f)", a[int((NR 
 declare -A R
 for c in $CLIENTS; do
     for run in $(seq "$RUNS"); do
-        for kind in counter tags note; do
+        for kind in counter tags note auth; do
             p=$(tps "plain_$kind" "$c")
             for side in crdt repl; do
-                [ "$kind" = note ] && [ "$side" = crdt ] && continue
+                [ "$kind" = note ] || [ "$kind" = auth ] && [ "$side" = crdt ] && continue
                 v=$(tps "${side}_$kind" "$c")
                 R[$side.$kind.$c]+="$(ratio "$p" "$v") "
                 printf 'run %s, %s client(s): %-14s plain %8.0f tps, converge %8.0f tps\n' "$run" "$c" "${side}_$kind" "$p" "$v"
@@ -74,9 +81,10 @@ label() {
         crdt.counter) echo "incr, unreplicated table" ;; crdt.tags) echo "add, unreplicated table" ;;
         repl.counter) echo "incr, replicated table (op recorded)" ;; repl.tags) echo "add, replicated table (op recorded)" ;;
         repl.note) echo "text column of a replicated table (row op)" ;;
+        repl.auth) echo "incr, replicated, authority column elsewhere" ;;
     esac
 }
-for k in crdt.counter crdt.tags repl.counter repl.tags repl.note; do
+for k in crdt.counter crdt.tags repl.counter repl.tags repl.note repl.auth; do
     printf '| %-44s |' "$(label "$k")"
     for c in $CLIENTS; do printf ' %s |' "$(echo "${R[$k.$c]}" | tr ' ' '\n' | grep . | stats)"; done
     echo

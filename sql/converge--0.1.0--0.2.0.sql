@@ -758,7 +758,9 @@ CREATE POLICY requests_readable ON converge.requests FOR SELECT USING (converge.
 CREATE FUNCTION converge.request(tbl regclass, key jsonb, col text, value jsonb, idempotency_key text DEFAULT NULL)
 RETURNS text LANGUAGE sql AS $$ SELECT converge.request_on(tbl::oid, key, col, value, idempotency_key) $$;
 COMMENT ON FUNCTION converge.request_on(oid, jsonb, text, jsonb, text) IS 'Internal: the body of converge.request.';
-COMMENT ON FUNCTION converge.request(regclass, jsonb, text, jsonb, text) IS 'Ask the authority of a column to change it on one row (needs UPDATE on the column). Returns the request''s id (an op_id); with an idempotency key this node knows, the known request''s id. The authority decides each request once, in arrival order: as proposed, or through its decide function. See converge.requests.';
+COMMENT ON FUNCTION converge.request(regclass, jsonb, text, jsonb, text) IS 'Ask the authority of a column to change it on one row (needs UPDATE on the column, and the row as the caller may lock it for update). Returns the request''s id (an op_id); with an idempotency key this node knows, the known request''s id. The authority decides each request once, in arrival order: as proposed, or through its decide function. See converge.requests. Not granted to PUBLIC (a request holds this node''s op counter until its transaction ends, like every local write at commit): grant EXECUTE on it and on converge.request_on to the roles that ask.';
+REVOKE ALL ON FUNCTION converge.request(regclass, jsonb, text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION converge.request_on(oid, jsonb, text, jsonb, text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION converge.decide_pending() FROM PUBLIC;
 COMMENT ON FUNCTION converge.decide_pending() IS 'Decide, in arrival order, the pending requests this node is the authority of (the background worker does it after each batch and every few seconds). Returns how many were decided.';

@@ -129,8 +129,7 @@ fn allocate_on(name: Option<&str>, idempotency_key: Option<&str>) -> i64 {
     // op counter first: a decide function allocates while its request
     // holds it, and locks are always taken in that order.
     crate::local_ops::hold_counter();
-    let lock = (crate::replication::peers::stable_hash(name) & 0x7fff_ffff) as i32;
-    crate::apply::advisory_xact_lock(7235, lock, true);
+    crate::local_ops::private_lock(c"allocators", name);
     let known = fresh(
         "SELECT value FROM converge.allocations WHERE name = $1 AND idempotency_key = $2",
         &[name.into(), key.into()],

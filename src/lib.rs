@@ -108,7 +108,7 @@ extension_sql_file!("../sql/epochs.sql", name = "epochs", requires = ["versions"
 extension_sql_file!(
     "../sql/requests.sql",
     name = "requests",
-    requires = ["epochs", requests::request_on, requests::decide_pending, allocation::allocate_on, security::may_read]
+    requires = ["epochs", requests::request_on, requests::decide::decide_pending, allocation::allocate_on, security::may_read]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

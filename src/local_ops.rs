@@ -20,6 +20,16 @@ fn lock_counter() {
     unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, frontier, 1, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
 }
 
+/// Hold a converge-private lock on `name` (an allocator's, an idempotency
+/// key's) to the end of the transaction. Its tag is an object lock on the
+/// pg_class entry of converge's table `table`, which no SQL statement can
+/// take (an advisory lock any role could take and hold, stalling converge
+/// while it holds the op counter). Names share 65 534 buckets.
+pub fn private_lock(table: &'static CStr, name: &str) {
+    let bucket = 2 + (crate::replication::peers::stable_hash(name).rem_euclid(65_534)) as u16;
+    unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, relid(table), bucket, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+}
+
 /// Take this node's op-counter lock (to the end of the transaction) before
 /// a lock that an op recorder may take after it (allocate's).
 pub fn hold_counter() {

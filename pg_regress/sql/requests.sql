@@ -92,11 +92,15 @@ SELECT name, idempotency_key, value, allocated_by FROM converge.allocations;
 
 -- Another node's request with the same idempotency key (here sent by a
 -- tablet through apply): it gets the first one's outcome, without a
--- second call of the decide function.
+-- second call of the decide function. Requests that arrive through apply
+-- are decided by the worker's next pass (within 5 seconds), not in the
+-- sender's transaction; decide_pending does it now.
 SELECT op_id, outcome, reason FROM converge.apply(
     ROW('tab:1', 'tab', 'converge.request', '{"table": "public.incident", "key": {"id": 1}}', 'status', 1, 0, '{}',
         convert_to('{"value": "closed", "idempotency_key": "close incident 1", "requested_at": 1796000000000000}', 'UTF8'),
         NULL)::converge.op);
+SELECT status FROM converge.requests WHERE request_id = 'tab:1';
+SELECT converge.decide_pending() AS decided;
 SELECT request_id, requested_by, status, decision FROM converge.requests WHERE idempotency_key = 'close incident 1' ORDER BY request_id;
 -- (Calls that failed rolled back with their decision: "lost", "rename".)
 SELECT request_id AS decide_called_for FROM decide_calls ORDER BY 1;
@@ -176,7 +180,7 @@ SELECT name, node, start FROM converge.allocators ORDER BY name;
 SELECT name, idempotency_key, value FROM converge.allocations ORDER BY value;
 
 -- A decide function that no longer exists decides nothing: its requests
--- wait (with a warning) until it is back.
+-- wait (with a warning) until set_authority names one again.
 SET ROLE cv_clerk;
 DROP FUNCTION close_incident(converge.requests);
 SET ROLE cv_asker;

@@ -520,12 +520,10 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         out.extend(more);
     }
     if top_level {
+        // (Requests a client sent here are decided by the worker's next
+        // pass, not in the client's transaction: deciding takes this node's
+        // op counter, and rows the batch does not touch.)
         note_deferred();
-        // Requests a client sent here that this node decides: decided now,
-        // in this transaction (under a peer's origin, by the worker after).
-        if !under_peer_origin() && crate::requests::take_arrived() {
-            crate::requests::decide_pending();
-        }
     }
     out
 }

@@ -92,8 +92,8 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     } else {
         Vec::new()
     };
-    // Requests and allocations, likewise (as state: request and decision
-    // ops are not readable through changes_since).
+    // Requests and allocations, likewise (as state: their ops may be
+    // compacted away there, and a request's outcome is state).
     let has = |q: &mut dyn FnMut(&str, &[&str]) -> super::libpq::Rows, t: &str| {
         q(&format!("SELECT to_regclass('{t}') IS NOT NULL"), &[]).text(0, 0).as_deref() == Some("t")
     };

@@ -504,9 +504,21 @@ fn apply(link: &mut Link) -> bool {
 /// transaction of its own: no peer's origin, so the decisions ship.
 fn decide_requests() {
     let pass = || {
-        // A row or request a user's transaction holds is not waited for
-        // long: the request stays pending for the next pass.
-        Spi::run("SET LOCAL lock_timeout = '2s'").unwrap_or_else(|e| pgrx::error!("converge: {e}"));
+        // The op counter, should a user's transaction hold it, is not
+        // waited for long: the pass stops, to be tried again (rows and
+        // requests other sessions hold are skipped, not waited for).
+        unsafe {
+            pg_sys::set_config_option(
+                c"lock_timeout".as_ptr(),
+                c"2s".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_LOCAL,
+                true,
+                0,
+                false,
+            );
+        }
         crate::requests::decide_pending()
     };
     if let Err(e) = in_transaction(pass) {

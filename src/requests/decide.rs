@@ -5,9 +5,11 @@
 //! request never holds up the others: an error that is the request's (its
 //! data, or the decide function refusing by raising: classes 22, 23, P0)
 //! refuses it; any other error (a privilege or setting the decide function
-//! lacks, a lock wait that timed out, a deadlock) leaves it pending with a
+//! lacks, a row another session holds, a deadlock) leaves it pending with a
 //! WARNING, to be tried again by the worker's next pass; only errors of the
-//! whole session (out of memory, a cancel, a shutdown) are raised.
+//! whole session (out of memory, a cancel, a shutdown) are raised. Nothing
+//! here waits for a lock another session holds, but this node's op counter
+//! (the worker's pass gives up on it after its lock_timeout).
 
 use super::*;
 use crate::rows::ident;
@@ -41,7 +43,25 @@ pub fn decide_pending() -> i64 {
         })
     })
     .unwrap_or_else(|e: pgrx::spi::SpiError| fail(e));
-    ids.iter().filter(|id| decide_one(&me, id)).count() as i64
+    let mut decided = 0;
+    for id in &ids {
+        match decide_one(&me, id) {
+            Done::Decided => decided += 1,
+            Done::Pending => {}
+            Done::Stop => break,
+        }
+    }
+    decided
+}
+
+/// What `decide_one` did with a request.
+pub(super) enum Done {
+    Decided,
+    /// It stays pending (see `decide_one`).
+    Pending,
+    /// It stays pending, and so do the rest of this pass: a lock this node's
+    /// deciding needs (its op counter) is held elsewhere.
+    Stop,
 }
 
 /// A pending request, locked.
@@ -84,28 +104,45 @@ fn lock_pending(id: &str) -> Option<Pending> {
     .unwrap_or_else(|e: pgrx::spi::SpiError| fail(e))
 }
 
-/// What an earlier request with the same idempotency key says.
+/// What the requests that arrived here before `p` say about it.
 enum Earlier {
     None,
-    /// One arrived earlier and is still pending: it is decided first.
+    /// One for the same row and column is still pending: it is decided first.
     Waits,
-    /// (request_id, same row and column, status, decision, reason)
-    Decided(String, bool, String, Option<Value>, Option<String>),
+    /// One with the same idempotency key was decided: its outcome.
+    Decided(String, Option<Value>, Option<String>),
+    /// One with the same idempotency key asks another change: this request_id.
+    Other(String),
 }
 
-fn earlier(p: &Pending, k: &str) -> Earlier {
+fn earlier(p: &Pending) -> Earlier {
     as_owner(|| {
         Spi::connect_mut(|c| {
+            // Arrival order per row and column: an earlier request of the
+            // target still pending (its decision failed, say) goes first.
+            let t = c.update(
+                "SELECT 1 FROM converge.requests WHERE status = 'pending' AND requested_by IS NOT NULL
+                    AND target_table = $1 AND target_key = $2 AND target_column = $3 AND arrival < $4 LIMIT 1",
+                Some(1),
+                &[p.target.table.as_str().into(), JsonB(p.target.key.clone()).into(), p.target.column.as_str().into(), p.arrival.into()],
+            )?;
+            if !t.is_empty() {
+                return Ok(Earlier::Waits);
+            }
+            let Some(k) = &p.idempotency_key else { return Ok(Earlier::None) };
+            // The same key: one for another change (whoever decides it)
+            // refuses this one; one decided for the same change gives it
+            // its outcome (a pending one for the same change waits above).
             let t = c.update(
                 "SELECT request_id, status, decision, reason,
                         target_table = $3 AND target_key = $4 AND target_column = $5
                    FROM converge.requests
                   WHERE idempotency_key = $1 AND request_id <> $2 AND requested_by IS NOT NULL
                     AND (status <> 'pending' OR arrival < $6)
-                  ORDER BY status = 'pending' DESC, decided_at, decision_id LIMIT 1",
+                  ORDER BY 5, decided_at, decision_id COLLATE \"C\" LIMIT 1",
                 Some(1),
                 &[
-                    k.into(),
+                    k.as_str().into(),
                     p.id.as_str().into(),
                     p.target.table.as_str().into(),
                     JsonB(p.target.key.clone()).into(),
@@ -117,17 +154,14 @@ fn earlier(p: &Pending, k: &str) -> Earlier {
                 return Ok(Earlier::None);
             }
             let r = t.first();
-            let status = r.get::<String>(2)?.unwrap_or_default();
-            if status == "pending" {
+            let first = r.get::<String>(1)?.unwrap_or_default();
+            if !r.get::<bool>(5)?.unwrap_or(false) {
+                return Ok(Earlier::Other(first));
+            }
+            if r.get::<String>(2)?.as_deref() == Some("pending") {
                 return Ok(Earlier::Waits);
             }
-            Ok(Earlier::Decided(
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<bool>(5)?.unwrap_or(false),
-                status,
-                r.get::<JsonB>(3)?.map(|j| j.0),
-                r.get::<String>(4)?,
-            ))
+            Ok(Earlier::Decided(r.get::<String>(2)?.unwrap_or_default(), r.get::<JsonB>(3)?.map(|j| j.0), r.get::<String>(4)?))
         })
     })
     .unwrap_or_else(|e: pgrx::spi::SpiError| fail(e))
@@ -172,73 +206,101 @@ pub(super) fn decide_function(rel: pg_sys::Oid, col: &str) -> Decide {
     }
 }
 
-/// What one decision step ended with.
-enum Step {
-    /// The row has not arrived here yet: the request waits.
-    NoRow,
-    /// The columns written (None: refused by the decide function).
-    Decided(Option<Value>),
-}
-
 /// Decide request `id` once, if this node decides it and it is pending.
-/// Returns whether it was decided. It stays pending while its table is not
-/// replicated here, its row does not exist yet, an earlier request with
-/// its idempotency key is pending, or deciding it failed for a reason that
-/// is not the request's.
-pub(super) fn decide_one(me: &str, id: &str) -> bool {
-    let Some(p) = lock_pending(id) else { return false };
-    let Ok(l) = crate::apply::layout_of(&p.target.table) else { return false };
+/// It stays pending while its table is not replicated here, its row does
+/// not exist yet (or another session holds it), an earlier request for the
+/// same row and column or with its idempotency key is pending, or deciding
+/// it failed for a reason that is not the request's.
+pub(super) fn decide_one(me: &str, id: &str) -> Done {
+    let Some(p) = lock_pending(id) else { return Done::Pending };
+    let Ok(l) = crate::apply::layout_of(&p.target.table) else { return Done::Pending };
     if l.decider(&p.target.column).as_deref() != Some(me) {
-        return false;
-    }
-    if let Some(k) = p.idempotency_key.clone() {
-        match earlier(&p, &k) {
-            Earlier::Waits => return false,
-            Earlier::Decided(first, same, status, decision, reason) => {
-                let (status, decision, reason) = if same {
-                    (status, decision, reason)
-                } else {
-                    ("refused".into(), None, Some(format!("idempotency key \"{k}\" was used by request {first} for another change")))
-                };
-                record_outcome(me, &p, Decided { status, decision, reason, decided_at: now_micros() });
-                return true;
-            }
-            Earlier::None => {}
-        }
+        return Done::Pending;
     }
     let how = decide_function(l.rel, &p.target.column);
     if how == Decide::Missing {
-        pgrx::warning!("converge: request {id} stays pending: the decide function of {}.{} no longer exists", l.name, p.target.column);
-        return false;
+        pgrx::warning!(
+            "converge: request {id} stays pending: the decide function of {}.{} no longer exists (run converge.set_authority again)",
+            l.name,
+            p.target.column
+        );
+        return Done::Pending;
     }
-    let outcome = crate::apply::subtransaction(|| {
+    // A cheap look first (no lock, no transaction id): most requests that
+    // wait, wait for their row.
+    if !row_exists(&l, &p.target.key) {
+        return Done::Pending;
+    }
+    let step = crate::apply::subtransaction(|| {
         // An xid for the subtransaction: pgrx runs SPI read-only (the
         // statement's snapshot, no writes) until the current one has one.
         unsafe { pg_sys::GetCurrentTransactionId() };
-        let Some(old) = lock_row(&l, &p.target.key) else { return Step::NoRow };
-        let decision = match &how {
-            Decide::By(f) => call_decide(&l, f, &p.id),
-            _ => Some(json!({ p.target.column.as_str(): p.value })),
-        };
-        if let Some(d) = &decision {
-            write_decision(me, &l, &p.target.key, &old, d);
-        }
-        Step::Decided(decision)
+        decide_now(me, &p, &l, &how)
     });
-    let refused = |reason: String| Decided { status: "refused".into(), decision: None, reason: Some(reason), decided_at: now_micros() };
-    let d = match outcome {
-        Ok(Step::NoRow) => return false,
-        Ok(Step::Decided(Some(d))) => Decided { status: "granted".into(), decision: Some(d), reason: None, decided_at: now_micros() },
-        Ok(Step::Decided(None)) => refused("refused by the decide function".into()),
+    let refusal = match step {
+        Ok(done) => return done,
         Err(c) if ["53", "57", "58"].iter().any(|class| c.sqlstate.starts_with(class)) => raise(c.code, c.message),
-        Err(c) if ["22", "23", "P0"].iter().any(|class| c.sqlstate.starts_with(class)) => refused(c.message),
-        Err(c) => {
-            pgrx::warning!("converge: request {id} stays pending: {} (SQLSTATE {})", c.message, c.sqlstate);
-            return false;
-        }
+        Err(c) if ["22", "23", "P0"].iter().any(|class| c.sqlstate.starts_with(class)) => c.message,
+        Err(c) => return left_pending(id, c),
     };
-    record_outcome(me, &p, d);
-    true
+    let d = Decided { status: "refused".into(), decision: None, reason: Some(refusal), decided_at: now_micros() };
+    match crate::apply::subtransaction(|| record_outcome(me, &p, d)) {
+        Ok(()) => Done::Decided,
+        Err(c) => left_pending(id, c),
+    }
+}
+
+/// A request whose deciding failed for a reason that is not its own.
+fn left_pending(id: &str, c: crate::apply::Caught) -> Done {
+    pgrx::warning!("converge: request {id} stays pending: {} (SQLSTATE {})", c.message, c.sqlstate);
+    if c.sqlstate == "55P03" { Done::Stop } else { Done::Pending }
+}
+
+/// The decision itself, in the caller's subtransaction: an idempotency
+/// copy, or the row locked, `decide` called (or the value as proposed),
+/// the decision written, and the outcome recorded.
+fn decide_now(me: &str, p: &Pending, l: &crate::apply::Layout, how: &Decide) -> Done {
+    let outcome = |status: &str, decision, reason| Decided { status: status.into(), decision, reason, decided_at: now_micros() };
+    match earlier(p) {
+        Earlier::Waits => return Done::Pending,
+        Earlier::Decided(status, decision, reason) => {
+            record_outcome(me, p, outcome(&status, decision, reason));
+            return Done::Decided;
+        }
+        Earlier::Other(first) => {
+            let k = p.idempotency_key.clone().unwrap_or_default();
+            let why = format!("idempotency key \"{k}\" was used by request {first} for another change");
+            record_outcome(me, p, outcome("refused", None, Some(why)));
+            return Done::Decided;
+        }
+        Earlier::None => {}
+    }
+    let Some(old) = lock_row(l, &p.target.key) else { return Done::Pending };
+    let decision = match how {
+        Decide::By(f) => call_decide(l, f, &p.id),
+        _ => Some(json!({ p.target.column.as_str(): p.value })),
+    };
+    match decision {
+        Some(d) => {
+            write_decision(me, l, &p.target.key, &old, &d);
+            record_outcome(me, p, outcome("granted", Some(d), None));
+        }
+        None => record_outcome(me, p, outcome("refused", None, Some("refused by the decide function".into()))),
+    }
+    Done::Decided
+}
+
+/// Whether the request's row exists here (read as the table's owner, no lock).
+fn row_exists(l: &crate::apply::Layout, key: &Value) -> bool {
+    let sql = format!(
+        "SELECT 'yes' FROM {0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}",
+        l.name,
+        keys_match(&l.keys)
+    );
+    // A key that does not fit the table's types fails here: the decision
+    // step below meets the same error and refuses the request.
+    crate::apply::subtransaction(|| as_table_owner(l.rel, || crate::spi::read_one::<String>(&sql, &[JsonB(key.clone()).into()])))
+        .map_or(true, |found| found.is_some())
 }
 
 /// Log the decision op and record the outcome here.
@@ -259,11 +321,13 @@ fn call_decide(l: &crate::apply::Layout, f: &str, id: &str) -> Option<Value> {
     .map(|j| j.0)
 }
 
-/// Lock the request's row as the table's owner; its values (as
-/// `row_to_json` renders them), None if there is no such row yet.
+/// Lock the request's row as the table's owner, without waiting (a row
+/// another session holds fails with 55P03: the request waits for the next
+/// pass); its values (as `row_to_json` renders them), None if there is no
+/// such row.
 fn lock_row(l: &crate::apply::Layout, key: &Value) -> Option<Map<String, Value>> {
     let sql = format!(
-        "SELECT pg_catalog.row_to_json(t.*)::text FROM {0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1} FOR UPDATE OF t",
+        "SELECT pg_catalog.row_to_json(t.*)::text FROM {0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1} FOR UPDATE OF t NOWAIT",
         l.name,
         keys_match(&l.keys)
     );

@@ -29,7 +29,7 @@ use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{json, Value};
 use std::cell::Cell;
 
-mod decide;
+pub(crate) mod decide;
 pub use decide::decide_pending;
 
 /// The `target_table` of request ops.
@@ -204,7 +204,6 @@ pub fn take_arrived() -> bool {
 
 /// Record a request (as converge's owner).
 fn store_request(id: &str, actor: &str, t: &Target, asked: &Asked) {
-    ARRIVED.with(|a| a.set(true));
     as_owner(|| {
         Spi::run_with_args(
             "INSERT INTO converge.requests AS q (request_id, target_table, target_key, target_column, value, idempotency_key,
@@ -240,7 +239,7 @@ fn store_decision(id: &str, t: &Target, d: &Decided, decision_id: &str) {
              ON CONFLICT (request_id) DO UPDATE
                 SET status = EXCLUDED.status, decision = EXCLUDED.decision, reason = EXCLUDED.reason,
                     decided_at = EXCLUDED.decided_at, decision_id = EXCLUDED.decision_id
-              WHERE q.decision_id IS NULL OR EXCLUDED.decision_id < q.decision_id",
+              WHERE q.decision_id IS NULL OR EXCLUDED.decision_id COLLATE \"C\" < q.decision_id COLLATE \"C\"",
             &[
                 id.into(),
                 t.table.as_str().into(),
@@ -259,6 +258,7 @@ fn store_decision(id: &str, t: &Target, d: &Decided, decision_id: &str) {
 
 /// Merge request ops (op_id, actor, key, column, delta) that passed the gate.
 pub fn merge_request_ops(ops: Vec<(String, String, Value, String, Vec<u8>)>) {
+    ARRIVED.with(|a| a.set(true));
     for (id, actor, key, column, delta) in ops {
         let asked = Asked::parse(&delta).unwrap_or_else(|| fail("invalid request op"));
         let t = Target { table: key["table"].as_str().unwrap_or_default().to_string(), key: key["key"].clone(), column };
@@ -307,6 +307,12 @@ fn request_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>, col: Option<&str>, v
         );
     }
     require_column_update(tbl, &table, col);
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "converge.request runs in READ COMMITTED transactions only (it must see every request with its idempotency key)",
+        );
+    }
     // The row, as the caller would lock it to update it: a row its row
     // security hides is no row. A typo'd key would otherwise wait for ever.
     let exists = format!(
@@ -319,8 +325,7 @@ fn request_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>, col: Option<&str>, v
     }
     if let Some(k) = idempotency_key {
         // One request per key on this node, also from concurrent sessions.
-        let lock = (crate::replication::peers::stable_hash(k) & 0x7fff_ffff) as i32;
-        crate::apply::advisory_xact_lock(7236, lock, true);
+        crate::local_ops::private_lock(c"requests", k);
         let known = as_owner(|| {
             fresh_text(
                 "SELECT request_id FROM converge.requests WHERE idempotency_key = $1 AND requested_by IS NOT NULL
@@ -339,7 +344,7 @@ fn request_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>, col: Option<&str>, v
     let id = crate::local_ops::log_control_op(&me, REQUEST, op_key, col, asked.to_bytes());
     store_request(&id, &me, &t, &asked);
     if decider == me && !crate::apply::under_peer_origin() {
-        decide::decide_one(&me, &id);
+        let _ = decide::decide_one(&me, &id);
     }
     id
 }

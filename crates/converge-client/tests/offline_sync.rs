@@ -363,6 +363,10 @@ fn a_client_request_is_decided_once_by_the_authority() {
     let outcomes = c.push(&mut db).unwrap();
     assert!(outcomes.iter().all(|o| o.outcome == "applied"), "{outcomes:?}");
     assert!(c.outbox().is_empty());
+    // The worker's next pass decides requests that came through apply
+    // (this server runs none: decide now).
+    let decided: i64 = db.query_one("SELECT converge.decide_pending()", &[]).unwrap().get(0);
+    assert_eq!(decided, 2);
     let status: String = db.query_one("SELECT status FROM ticket WHERE id = 1", &[]).unwrap().get(0);
     assert_eq!(status, "closed");
     let rows: Vec<(String, String, String)> = db
