@@ -307,7 +307,7 @@ fn delta_of<T: Crdt>(new: &[u8], old: Option<&[u8]>) -> Result<Option<Vec<u8>>, 
     Ok((!d.is_empty()).then(|| encode(&d)))
 }
 
-fn delta_bytes(kind: &str, new: &[u8], old: Option<&[u8]>) -> Result<Option<Vec<u8>>, ()> {
+pub(crate) fn delta_bytes(kind: &str, new: &[u8], old: Option<&[u8]>) -> Result<Option<Vec<u8>>, ()> {
     for_crdt_type!(kind, T => delta_of::<T>(new, old), _ => Ok(None))
 }
 

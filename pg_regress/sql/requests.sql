@@ -27,7 +27,7 @@ CREATE TABLE incident (id int PRIMARY KEY, title text, status text DEFAULT 'open
                        tags converge.orset, contractor text);
 SELECT converge.replicate('incident');
 INSERT INTO incident (id, title) VALUES (1, 'pump stopped'), (2, 'valve'), (3, 'fan');
-GRANT SELECT, UPDATE (title, status) ON incident TO cv_asker;
+GRANT SELECT, UPDATE (title, status, tags) ON incident TO cv_asker;
 -- Each call of the decide function is counted here.
 CREATE TABLE decide_calls (request_id text);
 -- Closing allocates the incident's audit number; "reopened" is refused
@@ -90,6 +90,19 @@ SELECT request_id, target_key, value, idempotency_key, status, decision, reason 
 RESET ROLE;
 SELECT name, idempotency_key, value, allocated_by FROM converge.allocations;
 
+-- A CRDT column's decision is merged in (it only changes by merge): here
+-- the removal of a safety warning, asked for with the asker's own copy of
+-- the set without it (removals of tags are virginia's, removes_only).
+SET ROLE cv_clerk;
+UPDATE incident SET tags = converge.add(converge.add(tags, 'warning'), 'sharps') WHERE id = 1;
+SET ROLE cv_asker;
+SELECT converge.request('incident', '{"id": 1}', 'tags', to_jsonb(converge.remove(tags, 'warning')::text)) AS removal
+  FROM incident WHERE id = 1 \gset
+SELECT status, decision ? 'tags' AS tags_decided FROM converge.requests WHERE request_id = :'removal';
+SELECT converge.elements(tags) AS tags FROM incident WHERE id = 1;
+RESET ROLE;
+SELECT target_table, target_column, outcome FROM converge.op_log WHERE actor = 'virginia' ORDER BY seq DESC LIMIT 3;
+
 -- Another node's request with the same idempotency key (here sent by a
 -- tablet through apply): it gets the first one's outcome, without a
 -- second call of the decide function. Requests that arrive through apply
@@ -140,10 +153,6 @@ SELECT converge.request('incident', '{"id": 1}', 'id', '5');
 SELECT converge.request('incident', '{"id": 1}', 'priority', '5');
 SELECT converge.request('incident', '{"id": 1}', 'audit_number', '5');
 SELECT converge.request('decide_calls', '{"id": 1}', 'request_id', '"x"');
--- A CRDT column's value is not written as proposed (decisions write plain
--- columns): a request for one needs a decide function.
-SET ROLE cv_clerk;
-SELECT converge.request('incident', '{"id": 1}', 'tags', '"x"');
 SET ROLE cv_nobody;
 SELECT converge.request('incident', '{"id": 1}', 'status', '"closed"');
 -- A tablet's request through apply needs the caller's UPDATE on the column too.

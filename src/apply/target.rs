@@ -222,6 +222,7 @@ pub struct Layout {
     pub row_version: i32,
     pub table_authority: Option<String>,
     authority: crate::coordination::Authorities,
+    versions: HashMap<String, i32>,
 }
 
 impl Layout {
@@ -235,6 +236,16 @@ impl Layout {
     /// `removes_only`), if any.
     pub fn column_authority(&self, col: &str) -> Option<String> {
         self.authority.get(col).filter(|a| !a.removes_only).map(|a| a.node.clone())
+    }
+
+    /// The node whose removals alone count on `col` (removes_only), if any.
+    pub fn removes_only_node(&self, col: &str) -> Option<String> {
+        self.authority.get(col).filter(|a| a.removes_only).map(|a| a.node.clone())
+    }
+
+    /// The schema version of `col`'s ops here.
+    pub fn version(&self, col: &str) -> i32 {
+        self.versions.get(col).copied().unwrap_or(1)
     }
 
     /// `key` in canonical form, if it is a key of this table.
@@ -259,5 +270,6 @@ pub fn layout_of(name: &str) -> Result<Layout, &'static str> {
         other: t.other,
         table_authority: t.table_authority,
         authority: t.authority,
+        versions: t.versions,
     })
 }

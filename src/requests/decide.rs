@@ -343,25 +343,30 @@ fn bad_decision(msg: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg)
 }
 
-/// Write a decision ({column: value} of plain columns) on the row as the
-/// table's owner, and record it as this node's row op.
+/// Write a decision ({column: value}) on the row as the table's owner, and
+/// record it as this node's ops. A plain column takes the value; a CRDT
+/// column merges it in (it only changes by merge, on every node alike: a
+/// value that removes an element removes what it covers, add wins).
 fn write_decision(me: &str, l: &crate::apply::Layout, key: &Value, old: &Map<String, Value>, decision: &Value) {
     let Value::Object(cols) = decision else { bad_decision("a decision must be a JSON object of columns (or NULL to refuse)".into()) };
     for c in cols.keys() {
         if l.keys.contains(c) {
             bad_decision(format!("a decision cannot change column \"{c}\", part of the row's key"));
         }
-        if l.crdt.contains_key(c) {
-            bad_decision(format!("a decision writes plain columns; \"{c}\" is a CRDT column"));
-        }
-        if !l.other.contains(c) {
+        if !l.other.contains(c) && !l.crdt.contains_key(c) {
             bad_decision(format!("a decision names column \"{c}\", which {} does not have", l.name));
         }
     }
     if cols.is_empty() {
         return;
     }
-    let sets: Vec<String> = cols.keys().map(|c| format!("{0} = d.{0}", ident(c))).collect();
+    let sets: Vec<String> = cols
+        .keys()
+        .map(|c| match l.crdt.contains_key(c) {
+            false => format!("{0} = d.{0}", ident(c)),
+            true => format!("{0} = CASE WHEN d.{0} IS NULL THEN t.{0} WHEN t.{0} IS NULL THEN d.{0} ELSE t.{0} OPERATOR(converge.||) d.{0} END", ident(c)),
+        })
+        .collect();
     let sql = format!(
         "UPDATE {0} t SET {1} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1) v, pg_catalog.jsonb_populate_record(NULL::{0}, $2) d
           WHERE {2} RETURNING pg_catalog.row_to_json(t.*)::text",
@@ -369,19 +374,81 @@ fn write_decision(me: &str, l: &crate::apply::Layout, key: &Value, old: &Map<Str
         sets.join(", "),
         keys_match(&l.keys)
     );
-    // converge's op trigger stays quiet (the op is recorded below), and
+    let crdt: Vec<String> = { let mut v: Vec<String> = l.crdt.keys().cloned().collect(); v.sort(); v };
+    let before = crdt_bytes(l, key, &crdt);
+    // converge's op trigger stays quiet (the ops are recorded below), and
     // nothing deferred is queued in the restricted operation. So does the
-    // authority guard: the check below takes its place.
+    // authority guard: the checks below take its place.
     crate::trigger::set_applying(true);
     let text = as_table_owner(l.rel, || fresh_text(&sql, &[JsonB(key.clone()).into(), JsonB(decision.clone()).into()]));
     crate::trigger::set_applying(false);
     let Some(Ok(Value::Object(new))) = text.map(|t| serde_json::from_str::<Value>(&t)) else {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("{} has no row with key {key}", l.name))
     };
-    // The row op puts every plain column the write changed (the table's
-    // own triggers may have changed more than the decision named); none of
-    // them may be another node's to decide (every other node would reject
-    // the op, and this row alone would keep the change).
+    let after = crdt_bytes(l, key, &crdt);
+    let epoch = if l.table_authority.is_some() { crate::epochs::epoch_of(&l.name, key) } else { 0 };
+    record_crdt_ops(me, l, key, epoch, &crdt, &before, &after);
+    record_row_op(me, l, key, epoch, old, new);
+}
+
+/// The row's CRDT columns (`names`) as stored bytes, read as the table's owner.
+fn crdt_bytes(l: &crate::apply::Layout, key: &Value, names: &[String]) -> Vec<Option<Vec<u8>>> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let cols: Vec<String> = names.iter().map(|c| format!("t.{}::bytea", ident(c))).collect();
+    let sql = format!(
+        "SELECT {1} FROM {0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {2}",
+        l.name,
+        cols.join(", "),
+        keys_match(&l.keys)
+    );
+    as_table_owner(l.rel, || {
+        Spi::connect_mut(|c| {
+            let t = c.update(&sql, Some(1), &[JsonB(key.clone()).into()])?;
+            if t.is_empty() {
+                return Ok(vec![None; names.len()]);
+            }
+            let r = t.first();
+            (1..=names.len()).map(|i| r.get::<Vec<u8>>(i)).collect::<Result<Vec<_>, _>>()
+        })
+    })
+    .unwrap_or_else(|e| fail(e))
+}
+
+/// The ops of the CRDT columns the write changed (merged in, or changed by
+/// the table's own triggers): none may be another node's to decide.
+fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, names: &[String], before: &[Option<Vec<u8>>], after: &[Option<Vec<u8>>]) {
+    let (mut cols, mut versions, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
+    for ((c, b), a) in names.iter().zip(before).zip(after) {
+        let Some(a) = a.as_deref().filter(|a| Some(*a) != b.as_deref()) else { continue };
+        let delta = match crate::trigger::delta_bytes(&l.crdt[c], a, b.as_deref()) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(()) => bad_decision(format!("a decision cannot drop state from CRDT column \"{c}\"")),
+        };
+        if let Some(node) = l.column_authority(c).filter(|n| n != me) {
+            bad_decision(format!("a decision here cannot change column \"{c}\": node \"{node}\" decides it"));
+        }
+        let removes = || converge_core::decode_trusted::<converge_core::OrSet>(&delta).is_ok_and(|d| d.removes());
+        if let Some(node) = l.removes_only_node(c).filter(|n| n != me && removes()) {
+            bad_decision(format!("a decision here cannot remove from column \"{c}\": node \"{node}\" decides removals"));
+        }
+        cols.push(c.clone());
+        versions.push(l.version(c));
+        deltas.push(delta);
+    }
+    if !cols.is_empty() {
+        let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+        crate::local_ops::log_local_ops(me, &l.name, key_datum, &cols, &versions, epoch, deltas);
+    }
+}
+
+/// The row op of the plain columns the write changed (the decision's, and
+/// any the table's own triggers changed): none may be another node's to
+/// decide (every other node would reject the op, and this row alone would
+/// keep the change).
+fn record_row_op(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, old: &Map<String, Value>, new: Map<String, Value>) {
     let changed: Vec<&str> = l.other.iter().filter(|c| new.get(*c) != old.get(*c)).map(String::as_str).collect();
     for c in &changed {
         if let Some(node) = l.column_authority(c).filter(|n| n != me) {
@@ -391,7 +458,6 @@ fn write_decision(me: &str, l: &crate::apply::Layout, key: &Value, old: &Map<Str
     if changed.is_empty() {
         return;
     }
-    let epoch = if l.table_authority.is_some() { crate::epochs::epoch_of(&l.name, key) } else { 0 };
     let ch = crate::row_ops::RowChange {
         rel: l.rel,
         table: &l.name,

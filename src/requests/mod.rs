@@ -300,12 +300,6 @@ fn request_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>, col: Option<&str>, v
             format!("Run SELECT converge.set_authority('{table}', '{col}', '<node>') on every node first."),
         )
     };
-    if l.crdt.contains_key(col) && decide::decide_function(l.rel, col) == decide::Decide::AsProposed {
-        raise(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("column \"{col}\" of {table} is a CRDT column: a request for it needs a decide function (a value as proposed is written to plain columns only)"),
-        );
-    }
     require_column_update(tbl, &table, col);
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         raise(
