@@ -1,9 +1,11 @@
 //! Requests and unique allocation on real nodes (SPEC section 5): closing
 //! an incident creates exactly one audit number, however many regions ask
-//! at once, through a partition and a kill -9 of the authority.
+//! at once, through a partition and a kill -9 of the authority; a safety
+//! warning a tablet's node may not remove is removed by the authority's
+//! decision on its request.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 110..112.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 110..115.
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
@@ -135,4 +137,47 @@ fn two_regions_closing_one_incident_while_cut_off_get_one_audit_number() {
     assert_eq!(calls, want.join(" "), "decide function calls");
     let writes = text(&nodes[2], "SELECT count(*)::text FROM converge.op_log WHERE actor = 'virginia' AND target_table = 'public.incident'");
     assert_eq!(writes, "1", "virginia's writes of incident rows");
+}
+
+/// A safety warning on a `removes_only` column: a tablet's node asks for
+/// its removal while virginia, which decides removals, is cut off; a tag
+/// added meanwhile elsewhere stays; once virginia decides, the warning is
+/// gone on every node.
+#[test]
+fn a_warning_removal_asked_for_is_made_by_the_authority() {
+    let root = Scratch::new("removal");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_authority('item', 'tags', 'virginia', removes_only => true)").unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO item (id, title, tags) VALUES (1, 'sharps bin', converge.add(NULL::converge.orset, 'warning'))").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    // madrid may not remove it itself; it asks, with its copy without it.
+    let err = nodes[0].client().batch_execute("UPDATE item SET tags = converge.remove(tags, 'warning') WHERE id = 1").unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err:?}");
+    let asked = text(
+        &nodes[0],
+        "SELECT converge.request('item', '{\"id\": 1}', 'tags', to_jsonb(converge.remove(tags, 'warning')::text)) FROM item WHERE id = 1",
+    );
+    nodes[1].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'sharps') WHERE id = 1").unwrap();
+    // Until virginia decides, the warning stays (pending).
+    assert_eq!(text(&nodes[0], "SELECT ('warning' = ANY (converge.elements(tags)))::text FROM item WHERE id = 1"), "true");
+    assert_eq!(text(&nodes[0], &format!("SELECT status FROM converge.requests WHERE request_id = '{asked}'")), "pending");
+
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+    for n in &nodes {
+        wait_for(n, &format!("SELECT status FROM converge.requests WHERE request_id = '{asked}'"), "granted", "the removal not decided");
+    }
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT array_to_string(converge.elements(tags), ',') FROM item WHERE id = 1"), "sharps", "{}", n.name);
+        // virginia's removal applied everywhere (not rejected as not_authority).
+        let rejected = text(n, "SELECT count(*)::text FROM converge.op_log WHERE outcome = 'rejected'");
+        assert_eq!(rejected, "0", "{}", n.name);
+    }
 }
