@@ -91,13 +91,19 @@ RESET ROLE;
 SELECT name, idempotency_key, value, allocated_by FROM converge.allocations;
 
 -- A CRDT column's decision is merged in (it only changes by merge): here
--- the removal of a safety warning, asked for with the asker's own copy of
--- the set without it (removals of tags are virginia's, removes_only).
+-- the removal of a safety warning (removals of tags are virginia's,
+-- removes_only). A request for a CRDT column needs a decide function: a
+-- value as proposed would be the asker's whole copy. This one removes the
+-- named element from the value the authority holds.
 SET ROLE cv_clerk;
+SELECT converge.request('incident', '{"id": 1}', 'tags', '"warning"');
+CREATE FUNCTION remove_tag(r converge.requests) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT jsonb_build_object('tags', converge.remove(i.tags, r.value #>> '{}')::text)
+      FROM public.incident i WHERE i.id = (r.target_key ->> 'id')::int $$;
+SELECT converge.set_authority('incident', 'tags', 'virginia', 'remove_tag(converge.requests)', removes_only => true);
 UPDATE incident SET tags = converge.add(converge.add(tags, 'warning'), 'sharps') WHERE id = 1;
 SET ROLE cv_asker;
-SELECT converge.request('incident', '{"id": 1}', 'tags', to_jsonb(converge.remove(tags, 'warning')::text)) AS removal
-  FROM incident WHERE id = 1 \gset
+SELECT converge.request('incident', '{"id": 1}', 'tags', '"warning"') AS removal \gset
 SELECT status, decision ? 'tags' AS tags_decided FROM converge.requests WHERE request_id = :'removal';
 SELECT converge.elements(tags) AS tags FROM incident WHERE id = 1;
 RESET ROLE;

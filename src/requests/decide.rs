@@ -240,7 +240,7 @@ pub(super) fn decide_one(me: &str, id: &str) -> Done {
     let refusal = match step {
         Ok(done) => return done,
         Err(c) if ["53", "57", "58"].iter().any(|class| c.sqlstate.starts_with(class)) => raise(c.code, c.message),
-        Err(c) if ["22", "23", "P0"].iter().any(|class| c.sqlstate.starts_with(class)) => c.message,
+        Err(c) if ["22", "23", "54", "P0"].iter().any(|class| c.sqlstate.starts_with(class)) => c.message,
         Err(c) => return left_pending(id, c),
     };
     let d = Decided { status: "refused".into(), decision: None, reason: Some(refusal), decided_at: now_micros() };
@@ -278,6 +278,11 @@ fn decide_now(me: &str, p: &Pending, l: &crate::apply::Layout, how: &Decide) -> 
     let Some(old) = lock_row(l, &p.target.key) else { return Done::Pending };
     let decision = match how {
         Decide::By(f) => call_decide(l, f, &p.id),
+        // A CRDT column's request (made before its decide function was
+        // unset, or sent through apply) is not merged as proposed.
+        _ if l.crdt.contains_key(&p.target.column) => {
+            bad_decision(format!("column \"{}\" is a CRDT column: its requests need a decide function", p.target.column))
+        }
         _ => Some(json!({ p.target.column.as_str(): p.value })),
     };
     match decision {
@@ -421,6 +426,9 @@ fn crdt_bytes(l: &crate::apply::Layout, key: &Value, names: &[String]) -> Vec<Op
 fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, names: &[String], before: &[Option<Vec<u8>>], after: &[Option<Vec<u8>>]) {
     let (mut cols, mut versions, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
     for ((c, b), a) in names.iter().zip(before).zip(after) {
+        if a.is_none() && b.is_some() {
+            bad_decision(format!("a decision cannot set CRDT column \"{c}\" to NULL"));
+        }
         let Some(a) = a.as_deref().filter(|a| Some(*a) != b.as_deref()) else { continue };
         let delta = match crate::trigger::delta_bytes(&l.crdt[c], a, b.as_deref()) {
             Ok(Some(d)) => d,

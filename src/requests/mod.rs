@@ -300,6 +300,17 @@ fn request_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>, col: Option<&str>, v
             format!("Run SELECT converge.set_authority('{table}', '{col}', '<node>') on every node first."),
         )
     };
+    // A CRDT column's value as proposed would be the requester's whole
+    // copy, merged in as the authority's own op: removals it covers,
+    // increments or registers it made up. Its authority's decide function
+    // says what to write instead (e.g. the removal of one element from the
+    // authority's current value).
+    if l.crdt.contains_key(col) && decide::decide_function(l.rel, col) == decide::Decide::AsProposed {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("column \"{col}\" of {table} is a CRDT column: a request for it needs a decide function of its authority"),
+        );
+    }
     require_column_update(tbl, &table, col);
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         raise(
