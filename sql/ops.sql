@@ -154,23 +154,44 @@ CREATE FUNCTION converge.retry_pending()
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 #variable_conflict use_column
-DECLARE p record;
+DECLARE p record; r record; passes int := 0; most int; touched text[]; last_pass text[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM converge.pending) THEN
-        RETURN;
-    END IF;
-    FOR p IN
-        WITH ready AS (
-            DELETE FROM converge.pending q
-             WHERE NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
-               AND converge.may_write((q.op).target_table, (q.op).target_column)
-               -- Under a peer's origin nothing written is shipped: ops a
-               -- client sent here wait for a transaction of their own.
-               AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())
-            RETURNING q.op, q.origin, q.received_at)
-        SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
+    -- Pass after pass (ops a pass applies may make others ready): a chain
+    -- of deps is applied by this loop, not by apply_ops calling back here,
+    -- which nested one call per link and ran out of stack on long chains.
+    -- After the first pass only ops missing one the last pass decided are
+    -- looked at (an array overlap, before the per-dep checks). Every pass
+    -- but the last takes ops out of pending for good, so there are at most
+    -- as many passes as ops pending now, plus one.
+    most := (SELECT count(*) FROM converge.pending) + 1;
     LOOP
-        RETURN QUERY SELECT * FROM converge.apply_ops(p.batch, p.origin, false);
+        IF NOT EXISTS (SELECT 1 FROM converge.pending) OR passes >= most THEN
+            RETURN;
+        END IF;
+        passes := passes + 1;
+        touched := '{}';
+        FOR p IN
+            WITH ready AS (
+                DELETE FROM converge.pending q
+                 WHERE (last_pass IS NULL OR q.missing && last_pass)
+                   AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
+                   AND converge.may_write((q.op).target_table, (q.op).target_column)
+                   -- Under a peer's origin nothing written is shipped: ops a
+                   -- client sent here wait for a transaction of their own.
+                   AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())
+                RETURNING q.op, q.origin, q.received_at)
+            SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
+        LOOP
+            FOR r IN SELECT * FROM converge.apply_ops(p.batch, p.origin, false) LOOP
+                touched := touched || r.op_id;
+                op_id := r.op_id;
+                outcome := r.outcome;
+                reason := r.reason;
+                RETURN NEXT;
+            END LOOP;
+        END LOOP;
+        EXIT WHEN cardinality(touched) = 0;
+        last_pass := touched;
     END LOOP;
 END $$;
 COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). In a transaction that applies a peer''s changes (sync) only ops that came from peers: ops clients sent wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync.';

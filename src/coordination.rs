@@ -63,6 +63,47 @@ fn set_authority_on(
     }
     // Sessions cache the table as the apply resolved it (with its authorities).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+    if let (None, Some(node)) = (col, node) {
+        unsafe { pg_sys::CommandCounterIncrement() };
+        reapply(freezes_refused(tbl, node));
+    }
+}
+
+/// Freezes of the table by `node` that its replication brought before this
+/// node knew `node` as the table's authority (rejected `not_authority`
+/// then, and applied by nothing since): set_authority applies them now.
+fn freezes_refused(tbl: pg_sys::Oid, node: &str) -> Vec<(Vec<u8>, String)> {
+    kept_aside(
+        "l.target_table = 'converge.freeze' AND l.actor = $2
+         AND l.target_key ->> 'table' = (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k
+                                          JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = $1)",
+        "q.outcome = 'rejected' AND q.reason = 'not_authority' AND q.origin = 'peer:' || $2",
+        &[tbl.into(), node.into()],
+    )
+}
+
+/// Ops kept aside here that `pick` (SQL over `q`) chooses among those of
+/// `scope` (SQL over op_log `l`) whose last outcome is rejected or
+/// quarantined and that were not applied since, oldest first: each op's
+/// binary form and where it came from (for `reapply`).
+pub(crate) fn kept_aside(scope: &str, pick: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<(Vec<u8>, String)> {
+    let sql = format!(
+        "SELECT converge.op_encode(ROW(q.op_id, q.actor, q.target_table, q.target_key, q.target_column, q.schema_version,
+                                       q.epoch, q.deps, q.delta, q.signature)::converge.op), q.origin
+           FROM (SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l
+                  WHERE l.outcome IN ('rejected', 'quarantined') AND {scope}
+                  ORDER BY l.op_id, l.seq DESC) q
+          WHERE {pick}
+            AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = q.actor AND a.counter = q.counter AND a.outcome = 'applied')
+          ORDER BY q.seq"
+    );
+    crate::security::as_owner(|| {
+        Spi::connect(|c| {
+            c.select(&sql, None, args)
+                .map(|t| t.filter_map(|r| Some((r.get::<Vec<u8>>(1).ok()??, r.get::<String>(2).ok()??))).collect())
+        })
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
 }
 
 /// `converge.set_schema_version(tbl, col, version)`: the merge semantics
@@ -98,24 +139,24 @@ fn set_schema_version_on(tbl: Option<pg_sys::Oid>, col: Option<&str>, version: O
     // The ops kept aside as new_schema that carry this version, with where
     // they came from: a peer's own ops are applied as that peer's (a client
     // may not send ops under a node's name), the others as the caller's.
-    let waiting: Vec<(Vec<u8>, String)> = crate::security::as_owner(|| {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT DISTINCT ON (q.op_id)
-                        converge.op_encode(ROW(q.op_id, q.actor, q.target_table, q.target_key, q.target_column, q.schema_version,
-                                               q.epoch, q.deps, q.delta, q.signature)::converge.op), q.origin
-                   FROM converge.quarantine q
-                  WHERE q.target_table = (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k
-                                            JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = $1)
-                    AND q.target_column = coalesce($2, '') AND q.reason = 'new_schema' AND q.schema_version = $3
-                  ORDER BY q.op_id, q.seq DESC",
-                None,
-                &[tbl.into(), col.into(), version.into()],
-            )
-            .map(|t| t.filter_map(|r| Some((r.get::<Vec<u8>>(1).ok()??, r.get::<String>(2).ok()??))).collect())
-        })
-    })
-    .unwrap_or_else(|e| err(e));
+    let waiting = kept_aside(
+        "l.target_table = (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k
+                            JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = $1)
+         AND l.target_column = coalesce($2, '')",
+        "q.outcome = 'quarantined' AND q.reason = 'new_schema' AND q.schema_version = $3",
+        &[tbl.into(), col.into(), version.into()],
+    );
+    let n = waiting.len() as i64;
+    reapply(waiting);
+    n
+}
+
+/// Apply again ops kept aside here (each op's binary form and where it
+/// came from), now that what they waited for is here: a peer's own ops as
+/// that peer's (a client may not send ops under a node's name), the others
+/// as the caller's. Not under a peer's origin (what is written there is
+/// never shipped).
+pub(crate) fn reapply(waiting: Vec<(Vec<u8>, String)>) {
     let decode = |b: &Vec<u8>| converge_core::Op::decode(b).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, e.message));
     let mut by_origin: std::collections::BTreeMap<&str, Vec<converge_core::Op>> = std::collections::BTreeMap::new();
     for (b, origin) in &waiting {
@@ -128,5 +169,4 @@ fn set_schema_version_on(tbl: Option<pg_sys::Oid>, col: Option<&str>, version: O
             crate::apply::apply_decoded(ops, "replay");
         }
     }
-    waiting.len() as i64
 }

@@ -101,6 +101,12 @@ pub fn freezes_of(table: &str, key: &Value) -> Vec<Freeze> {
     out
 }
 
+/// The name of a row's private lock (local_ops::private_lock_in), which a
+/// local INSERT takes shared before it reads the row's epoch.
+pub fn row_lock_name(table: &str, key: &Value) -> String {
+    format!("{table}\u{0}{key}")
+}
+
 /// A row's epoch: the newest freeze's, 0 before any.
 pub fn epoch_of(table: &str, key: &Value) -> i64 {
     freezes_of(table, key).iter().map(|f| f.epoch).max().unwrap_or(0)
@@ -133,7 +139,41 @@ pub fn merge_freeze_ops(ops: Vec<(String, String, Value, i64, Vec<u8>)>) {
         let inc = Included::parse(&delta).unwrap_or_else(|| fail("invalid freeze op"));
         record(&freeze_id, &table, &key, epoch, &inc);
         keep_out_applied(&table, &key);
+        // The apply's retry step (or, for ops of clients, the worker's
+        // next transaction) applies them.
+        to_pending(&waiting_for(&table, &key));
     }
+}
+
+/// Ops of the row kept aside as `new_epoch` (made in an epoch this node
+/// had not reached) that the row's epoch here now reaches: each op's
+/// binary form and where it came from.
+pub fn waiting_for(table: &str, key: &Value) -> Vec<(Vec<u8>, String)> {
+    let reached = epoch_of(table, key);
+    crate::coordination::kept_aside(
+        "l.target_table = $1 AND l.target_key = $2",
+        "q.outcome = 'quarantined' AND q.reason = 'new_epoch' AND q.epoch <= $3",
+        &[table.into(), JsonB(key.clone()).into(), reached.into()],
+    )
+}
+
+/// Put ops in converge.pending with nothing missing: the next retry
+/// applies them (within an apply, its own retry step does).
+fn to_pending(ops: &[(Vec<u8>, String)]) {
+    if ops.is_empty() {
+        return;
+    }
+    let (bytes, origins): (Vec<Vec<u8>>, Vec<String>) = ops.iter().cloned().unzip();
+    crate::security::as_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO converge.pending (op_id, op, missing, origin)
+             SELECT (o).op_id, o, '{}', u.origin
+               FROM unnest($1::bytea[], $2::text[]) u(b, origin), converge.op_decode(u.b) o
+             ON CONFLICT DO NOTHING",
+            &[bytes.into(), origins.into()],
+        )
+    })
+    .unwrap_or_else(|e| fail(e));
 }
 
 fn record(freeze_id: &str, table: &str, key: &Value, epoch: i64, inc: &Included) {
@@ -159,6 +199,9 @@ fn record(freeze_id: &str, table: &str, key: &Value, epoch: i64, inc: &Included)
 /// either committed before (and is read here) or reads the new epoch.
 pub fn keep_out_applied(table: &str, key: &Value) {
     crate::security::as_owner(|| crate::rebuild::lock(table, std::slice::from_ref(key)));
+    // A local INSERT of the key (no row here to lock yet) holds it shared:
+    // it commits before this reads the log, or reads the new epoch.
+    crate::local_ops::private_lock_in(c"frozen", &row_lock_name(table, key), pg_sys::ExclusiveLock);
     let freezes = freezes_of(table, key);
     let applied: Vec<(i64, String, i64)> = crate::security::as_owner(|| {
         Spi::connect(|c| {
@@ -273,6 +316,9 @@ fn freeze_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>) -> i64 {
         serde_json::to_vec(&inc.to_json()).unwrap_or_else(|e| fail(e))
     });
     record(&op_id, &table, &key, epoch, &inc);
+    // Ops made in this epoch that arrived before it (only the row's: this
+    // session holds its lock, taken before the op counter).
+    crate::coordination::reapply(waiting_for(&table, &key));
     epoch
 }
 
@@ -298,6 +344,8 @@ pub fn copy_freezes(rows: Vec<(String, Value, i64, String, Value, Vec<String>)>)
         touched.insert((table, key.to_string()));
     }
     for (table, key) in touched {
-        keep_out_applied(&table, &serde_json::from_str(&key).unwrap_or_else(|e| fail(e)));
+        let key: Value = serde_json::from_str(&key).unwrap_or_else(|e| fail(e));
+        keep_out_applied(&table, &key);
+        to_pending(&waiting_for(&table, &key));
     }
 }

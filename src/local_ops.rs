@@ -26,8 +26,13 @@ fn lock_counter() {
 /// take (an advisory lock any role could take and hold, stalling converge
 /// while it holds the op counter). Names share 65 534 buckets.
 pub fn private_lock(table: &'static CStr, name: &str) {
+    private_lock_in(table, name, pg_sys::ExclusiveLock);
+}
+
+/// The same in a mode of its own (ShareLock: holders share it).
+pub fn private_lock_in(table: &'static CStr, name: &str, mode: u32) {
     let bucket = 2 + (crate::replication::peers::stable_hash(name).rem_euclid(65_534)) as u16;
-    unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, relid(table), bucket, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+    unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, relid(table), bucket, mode as pg_sys::LOCKMODE) };
 }
 
 /// Take this node's op-counter lock (to the end of the transaction) before

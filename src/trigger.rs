@@ -371,8 +371,17 @@ fn record_local_ops<'a>(
         }
     }
     // The epoch the ops carry: read as last committed, after this row's
-    // lock (a freeze applied meanwhile locked it first, epochs.rs).
-    let epoch = if meta.freezable { crate::epochs::epoch_of(&meta.name, &key) } else { 0 };
+    // lock (a freeze applied meanwhile locked it first, epochs.rs). A new
+    // row has no lock a freeze could take: its key's private lock instead.
+    let epoch = if meta.freezable {
+        if is_insert {
+            let name = crate::epochs::row_lock_name(&meta.name, &key);
+            crate::local_ops::private_lock_in(c"frozen", &name, pg_sys::ShareLock);
+        }
+        crate::epochs::epoch_of(&meta.name, &key)
+    } else {
+        0
+    };
     // One op per CRDT column that grew.
     if let Some(n) = &new {
         let (mut cols, mut deltas) = (Vec::new(), Vec::new());

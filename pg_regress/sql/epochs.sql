@@ -64,6 +64,23 @@ SELECT converge.freeze('incident', '{"id":1}') AS epoch;
 RESET ROLE;
 SELECT target_key, epoch, freeze_id FROM converge.frozen ORDER BY epoch;
 
+-- An edit that claims an epoch this node has not reached (3: the row is
+-- at 2) waits for that freeze, quarantined with new_epoch: a made-up epoch
+-- must not escape the freezes before it. An epoch below 0 is invalid.
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('tab:6', 'tab', 'public.incident', '{"id":1}', 'visits', 1, 3, '{}',
+        '{"counts":{"tab":7}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('tab:7', 'tab', 'public.incident', '{"id":2}', 'visits', 1, -1, '{}',
+        '{"counts":{"tab":10}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT id, converge.value(visits) AS visits FROM incident ORDER BY id;
+-- Once the row reaches epoch 3, the op applies (the tablet's count of 7
+-- includes the 5 quarantined as frozen: counters carry running totals).
+SET ROLE cv_ward;
+SELECT converge.freeze('incident', '{"id":1}') AS epoch;
+RESET ROLE;
+SELECT op_id, outcome, reason FROM converge.op_log WHERE op_id = 'tab:6' ORDER BY seq;
+SELECT id, converge.value(visits) AS visits FROM incident ORDER BY id;
+
 -- Only a node's replication brings freezes: a client's is not_authority.
 SELECT op_id, outcome, reason FROM converge.apply(
     ROW('tab:5', 'tab', 'converge.freeze', '{"table":"public.incident","key":{"id":2}}', '', 1, 1, '{}',

@@ -119,4 +119,20 @@ SELECT * FROM changes_since('{"phone1":1}');
 SELECT count(*) FROM changes_since('{"phone1":2,"madrid":3}');
 DELETE FROM log_horizon;
 SELECT s -> 'frontier' AS frontier, jsonb_array_length(s -> 'rows') AS rows FROM (SELECT snapshot('incident') s) v;
-DROP TABLE incident, unmarked, no_pk;
+
+-- A long chain arriving backwards: each op waits for the one before it,
+-- and the first one's arrival applies all 1 000 (pass after pass, not by
+-- one nested call per link, which ran out of stack).
+CREATE TABLE chain (id int PRIMARY KEY, visits gcounter);
+SELECT replicate('chain');
+SELECT outcome, count(*) FROM apply_batch(ARRAY(
+    SELECT ROW('chain:' || g, 'chain', 'chain', '{"id":1}', 'visits', 1, 0, ARRAY['chain:' || (g - 1)],
+               format('{"counts":{"chain":%s}}', g)::gcounter::bytea, NULL)::op
+      FROM generate_series(1000, 2, -1) g))
+ GROUP BY outcome;
+SELECT outcome, count(*) FROM apply(ROW('chain:1', 'chain', 'chain', '{"id":1}', 'visits', 1, 0, '{}',
+                                        '{"counts":{"chain":1}}'::gcounter::bytea, NULL)::op)
+ GROUP BY outcome ORDER BY outcome;
+SELECT value(visits) AS visits, (SELECT count(*) FROM pending) AS still_pending,
+       frontier() -> 'chain' AS chain_frontier FROM chain;
+DROP TABLE incident, unmarked, no_pk, chain;

@@ -66,6 +66,10 @@ pub(super) fn classify(
         it.bad = Some("unsupported_schema_version".into());
         return;
     }
+    if it.epoch.is_some_and(|e| e < 0) {
+        it.bad = Some("invalid_epoch".into());
+        return;
+    }
     if it.deps.iter().flatten().any(|d| d.as_deref().and_then(parse_op_id).is_none()) {
         it.bad = Some("invalid_deps".into());
         return;
@@ -143,11 +147,17 @@ pub(super) fn classify(
             std::cmp::Ordering::Equal => None,
         };
     }
-    // A row frozen since the op's epoch: kept aside unless the freeze
-    // included it (epochs.rs). Only tables with an authority are frozen.
-    if it.bad.is_none() && it.quarantine.is_none() && target.table_authority.is_some() {
+    // Epochs (epochs.rs): an op made in an epoch this node has not reached
+    // waits for that freeze (`new_epoch`; else a made-up epoch would escape
+    // every freeze up to it); one made before a freeze that did not include
+    // it is kept out (`frozen`). Rows are frozen only in tables with a table
+    // authority, and only ops claiming an epoch can be ahead.
+    let epoch = it.epoch.unwrap_or(0);
+    if it.bad.is_none() && it.quarantine.is_none() && (target.table_authority.is_some() || epoch != 0) {
         let freezes = crate::epochs::freezes_of(&target.name, it.key.as_ref().expect("checked"));
-        if crate::epochs::kept_out(&freezes, it.op_id.as_deref().unwrap_or_default(), it.epoch.unwrap_or(0)) {
+        if epoch > freezes.iter().map(|f| f.epoch).max().unwrap_or(0) {
+            it.quarantine = Some("new_epoch".into());
+        } else if crate::epochs::kept_out(&freezes, it.op_id.as_deref().unwrap_or_default(), epoch) {
             it.quarantine = Some("frozen".into());
         }
     }

@@ -514,8 +514,9 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         t_merge - t_dups,
         t0.elapsed() - t_merge
     );
-    // 5. Pending ops whose deps are now all applied go through the same path.
-    if !won.is_empty() {
+    // 5. Pending ops whose deps are now all applied go through the same path
+    //    (retry_pending's passes: an apply it makes does not call it again).
+    if top_level && !won.is_empty() {
         let more = retry_pending();
         out.extend(more);
     }

@@ -80,6 +80,9 @@ pub use converge_core::Op;
 /// The `target_table` of request ops (`Client::request`).
 pub const REQUEST: &str = "converge.request";
 
+/// The `target_table` of freeze ops (a row's next epoch, SPEC section 5).
+pub const FREEZE: &str = "converge.freeze";
+
 /// A cell: one CRDT column of one row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CellId {
@@ -116,6 +119,15 @@ struct Saved {
     rejected: Vec<(Op, String)>,
     /// Largest LWW timestamp this client issued (so its clock never goes back).
     clock: Option<Timestamp>,
+    /// Each frozen row's epoch (the newest freeze pulled), under "table\0key"
+    /// with the table both qualified and bare: ops made here carry it.
+    #[serde(default)]
+    epochs: BTreeMap<String, i64>,
+}
+
+/// The key of `Saved::epochs`.
+fn row_name(table: &str, key: &serde_json::Value) -> String {
+    format!("{table}\u{0}{}", converge_core::Json::from_value(key).as_str())
 }
 
 /// What a push did, per op.
@@ -384,7 +396,8 @@ impl Client {
         };
         // Each op follows this client's previous one.
         let deps = if counter > 1 { vec![converge_core::format_op_id(&actor, counter - 1)] } else { vec![] };
-        let op = Op::new(&actor, counter, table, &key, column, deps, delta.encode());
+        let mut op = Op::new(&actor, counter, table, &key, column, deps, delta.encode());
+        op.epoch = self.epoch(table, &key);
         self.append_outbox(&op)?;
         self.cells.insert(id, value);
         if issued.is_some() {
@@ -480,6 +493,24 @@ impl Client {
         self.push_with(db, |ops| ops)
     }
 
+    /// The epoch of a row as this client knows it (0 before any freeze
+    /// was pulled): what an op made here of that row carries.
+    pub fn epoch(&self, table: &str, key: &serde_json::Value) -> i64 {
+        self.saved.epochs.get(&row_name(table, key)).copied().unwrap_or(0)
+    }
+
+    /// A freeze op pulled (SPEC section 5): its row's epoch is at least the
+    /// one the freeze started, under the qualified table name and the bare.
+    fn note_freeze(&mut self, op: &Op) {
+        let target = op.target_key.to_value();
+        let (Some(table), Some(key)) = (target.get("table").and_then(|t| t.as_str()), target.get("key")) else { return };
+        let bare = table.split_once('.').map(|(_, t)| t.trim_matches('"').to_string());
+        for t in std::iter::once(table.to_string()).chain(bare) {
+            let e = self.saved.epochs.entry(row_name(&t, key)).or_insert(0);
+            *e = (*e).max(op.epoch);
+        }
+    }
+
     /// Pull what this client lacks and merge it. Returns the number of ops.
     pub fn pull(&mut self, db: &mut postgres::Client) -> Result<usize> {
         let frontier = serde_json::to_string(&self.saved.frontier).map_err(|e| ClientError::Format(e.to_string()))?;
@@ -502,6 +533,9 @@ impl Client {
             }
             if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) {
                 self.merge_delta(&op)?;
+            }
+            if op.target_table == FREEZE {
+                self.note_freeze(&op);
             }
             self.mark_seen(&op.actor, op.counter());
         }

@@ -388,3 +388,44 @@ fn a_client_request_is_decided_once_by_the_authority() {
     assert_eq!(writes, 2, "the insert and one decision");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client learns a row's epoch from the freeze it pulls (SPEC section 5):
+/// its edits made after that carry the new epoch and apply, while a client
+/// that had not pulled the freeze makes a late edit, kept out (`frozen`).
+#[test]
+fn a_client_edit_carries_the_epoch_of_the_freeze_it_pulled() {
+    let mut db = fresh_node("converge_client_epoch", "virginia");
+    db.batch_execute(
+        "SELECT converge.set_authority('incident', NULL, 'virginia');
+         INSERT INTO incident (id) VALUES (1), (2);",
+    )
+    .unwrap();
+    let dir = workdir("epoch");
+    let (mut seen, mut stale) = (open(&dir, "tab1"), open(&dir, "tab2"));
+    seen.pull(&mut db).unwrap();
+    stale.pull(&mut db).unwrap();
+    let epoch: i64 = db.query_one("SELECT converge.freeze('incident', '{\"id\": 1}')", &[]).unwrap().get(0);
+    assert_eq!(epoch, 1);
+    seen.pull(&mut db).unwrap();
+    assert_eq!(seen.epoch("incident", &json!({"id": 1})), 1);
+    assert_eq!(seen.epoch("public.incident", &json!({"id": 1})), 1);
+    assert_eq!(seen.epoch("incident", &json!({"id": 2})), 0, "only the frozen row");
+    let add = |c: &mut Client, e: &'static str| {
+        c.mutate("incident", json!({"id": 1}), "tags", move |v, ctx| {
+            let AnyCrdt::OrSet(x) = v else { unreachable!() };
+            Ok(AnyCrdt::OrSet(x.add(e, ctx.dot.clone())))
+        })
+        .unwrap()
+    };
+    assert_eq!(add(&mut seen, "amended").epoch, 1);
+    assert_eq!(add(&mut stale, "late").epoch, 0);
+    let outcomes: Vec<(String, Option<String>)> =
+        [seen.push(&mut db).unwrap(), stale.push(&mut db).unwrap()].concat().into_iter().map(|o| (o.outcome, o.reason)).collect();
+    assert_eq!(outcomes, vec![("applied".into(), None), ("quarantined".into(), Some("frozen".into()))]);
+    let tags: String = db.query_one("SELECT tags::jsonb::text FROM incident WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(tags, "[\"amended\"]");
+    // The epoch is kept with the client's state.
+    drop(seen);
+    assert_eq!(open(&dir, "tab1").epoch("incident", &json!({"id": 1})), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,8 +20,12 @@ fn text(n: &Node, sql: &str) -> String {
 
 fn wait_for(n: &Node, sql: &str, want: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while text(n, sql) != want {
-        assert!(Instant::now() < deadline, "{what} on {}", n.name);
+    loop {
+        let got = text(n, sql);
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what} on {} (it shows {got:?})", n.name);
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -84,5 +88,53 @@ fn a_late_edit_after_a_freeze_is_quarantined_everywhere() {
         let frontier: i64 = text(n, "SELECT (converge.frontier() ->> 'madrid')").parse().unwrap();
         let last: i64 = late.rsplit(':').next().unwrap().parse().unwrap();
         assert!(frontier > last, "{}: madrid's frontier {frontier} stops at the late ops (last {last})", n.name);
+    }
+}
+
+/// An op made in an epoch a node has not reached waits there for the
+/// freeze (`new_epoch`) instead of escaping it, and a freeze that reached a
+/// node before it knew the table's authority is applied once it does.
+/// virginia and madrid are cut off from each other, and madrid has not been
+/// told the table's authority yet: virginia freezes an incident, dublin
+/// amends it (epoch 1) and the amendment reaches madrid first, while madrid
+/// makes a late edit (epoch 0).
+#[test]
+fn an_edit_of_an_epoch_not_reached_waits_for_its_freeze() {
+    let root = Scratch::new("epochs-wait");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    for n in [&nodes[1], &nodes[2]] {
+        n.client().batch_execute("SELECT converge.set_authority('item', NULL, 'virginia')").unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump stopped'), (2, 'valve')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+
+    pause(&nodes, 2, 0, true);
+    assert_eq!(text(&nodes[2], "SELECT converge.freeze('item', '{\"id\":1}')::text"), "1");
+    wait_for(&nodes[1], "SELECT converge.epoch('item', '{\"id\":1}')::text", "1", "virginia's freeze did not reach dublin");
+    nodes[1].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'amended') WHERE id = 1").unwrap();
+    let amended = text(&nodes[1], "SELECT op_id FROM converge.op_log WHERE actor = 'dublin' ORDER BY seq DESC LIMIT 1");
+    // An op's last outcome here other than `duplicate` (a node may forward
+    // an op it applied outside a peer's replication: a second copy).
+    let last = |id: &str| format!("SELECT coalesce((SELECT outcome || ' ' || coalesce(reason, '') FROM converge.op_log WHERE op_id = '{id}' AND outcome <> 'duplicate' ORDER BY seq DESC LIMIT 1), 'none')");
+    wait_for(&nodes[0], &last(&amended), "quarantined new_epoch", "dublin's amendment did not wait at madrid");
+    nodes[0].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'late note') WHERE id = 1").unwrap();
+    let late = text(&nodes[0], "SELECT op_id FROM converge.op_log WHERE actor = 'madrid' ORDER BY seq DESC LIMIT 1");
+    assert_eq!(text(&nodes[0], "SELECT converge.elements(tags)::text FROM item WHERE id = 1"), "{\"late note\"}");
+
+    // The partition heals; the freeze reaches madrid, which does not know
+    // virginia as the table's authority yet; once told, it applies it.
+    pause(&nodes, 2, 0, false);
+    let freeze = "SELECT coalesce((SELECT DISTINCT ON (op_id) outcome || ' ' || coalesce(reason, '') FROM converge.op_log
+                    WHERE target_table = 'converge.freeze' AND outcome <> 'duplicate' ORDER BY op_id, seq DESC), 'none')";
+    wait_for(&nodes[0], freeze, "rejected not_authority", "virginia's freeze did not reach madrid");
+    nodes[0].client().batch_execute("SELECT converge.set_authority('item', NULL, 'virginia')").unwrap();
+    assert_eq!(text(&nodes[0], freeze), "applied ", "set_authority applies the freeze that came first");
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT converge.elements(tags)::text FROM item WHERE id = 1"), "{amended}", "{}", n.name);
+        assert_eq!(text(n, &last(&amended)), "applied ", "{}: the amendment", n.name);
+        assert_eq!(text(n, &last(&late)), "quarantined frozen", "{}: madrid's late note", n.name);
+        assert_eq!(text(n, "SELECT converge.epoch('item', '{\"id\":1}')::text"), "1", "{}", n.name);
     }
 }
