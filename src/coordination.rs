@@ -73,11 +73,15 @@ fn set_authority_on(
 /// node knew `node` as the table's authority (rejected `not_authority`
 /// then, and applied by nothing since): set_authority applies them now.
 fn freezes_refused(tbl: pg_sys::Oid, node: &str) -> Vec<(Vec<u8>, String)> {
+    // Any copy that came through replication (the reason says so: a
+    // client's freeze is plain not_authority), also one a third node
+    // forwarded after applying it.
     kept_aside(
-        "l.target_table = 'converge.freeze' AND l.actor = $2
+        "l.target_table = 'converge.freeze' AND l.actor = $2 AND l.reason LIKE 'not\\_authority: %'
+         AND l.origin LIKE 'peer:%'
          AND l.target_key ->> 'table' = (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k
                                           JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = $1)",
-        "q.outcome = 'rejected' AND q.reason = 'not_authority' AND q.origin = 'peer:' || $2",
+        "true",
         &[tbl.into(), node.into()],
     )
 }

@@ -101,12 +101,6 @@ pub fn freezes_of(table: &str, key: &Value) -> Vec<Freeze> {
     out
 }
 
-/// The name of a row's private lock (local_ops::private_lock_in), which a
-/// local INSERT takes shared before it reads the row's epoch.
-pub fn row_lock_name(table: &str, key: &Value) -> String {
-    format!("{table}\u{0}{key}")
-}
-
 /// A row's epoch: the newest freeze's, 0 before any.
 pub fn epoch_of(table: &str, key: &Value) -> i64 {
     freezes_of(table, key).iter().map(|f| f.epoch).max().unwrap_or(0)
@@ -199,9 +193,10 @@ fn record(freeze_id: &str, table: &str, key: &Value, epoch: i64, inc: &Included)
 /// either committed before (and is read here) or reads the new epoch.
 pub fn keep_out_applied(table: &str, key: &Value) {
     crate::security::as_owner(|| crate::rebuild::lock(table, std::slice::from_ref(key)));
-    // A local INSERT of the key (no row here to lock yet) holds it shared:
-    // it commits before this reads the log, or reads the new epoch.
-    crate::local_ops::private_lock_in(c"frozen", &row_lock_name(table, key), pg_sys::ExclusiveLock);
+    // A local INSERT into the table (its new row is not there to lock)
+    // holds the table's private lock shared: it commits before this reads
+    // the log, or reads the new epoch.
+    crate::local_ops::private_lock_in(c"frozen", table, pg_sys::ExclusiveLock);
     let freezes = freezes_of(table, key);
     let applied: Vec<(i64, String, i64)> = crate::security::as_owner(|| {
         Spi::connect(|c| {
@@ -316,9 +311,11 @@ fn freeze_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>) -> i64 {
         serde_json::to_vec(&inc.to_json()).unwrap_or_else(|e| fail(e))
     });
     record(&op_id, &table, &key, epoch, &inc);
-    // Ops made in this epoch that arrived before it (only the row's: this
-    // session holds its lock, taken before the op counter).
-    crate::coordination::reapply(waiting_for(&table, &key));
+    // Ops made in this epoch that arrived before it: left for the next
+    // apply or the worker's next pass (applying them here, with the op
+    // counter held, could wait on rows of sessions waiting for it; and the
+    // caller need not have the rights an apply needs).
+    to_pending(&waiting_for(&table, &key));
     epoch
 }
 

@@ -372,11 +372,12 @@ fn record_local_ops<'a>(
     }
     // The epoch the ops carry: read as last committed, after this row's
     // lock (a freeze applied meanwhile locked it first, epochs.rs). A new
-    // row has no lock a freeze could take: its key's private lock instead.
+    // row has no lock a freeze could take: the table's private lock instead
+    // (one per table, not per row: a bulk insert must not fill the lock
+    // table), which applying a freeze takes exclusive for a moment.
     let epoch = if meta.freezable {
         if is_insert {
-            let name = crate::epochs::row_lock_name(&meta.name, &key);
-            crate::local_ops::private_lock_in(c"frozen", &name, pg_sys::ShareLock);
+            crate::local_ops::private_lock_in(c"frozen", &meta.name, pg_sys::ShareLock);
         }
         crate::epochs::epoch_of(&meta.name, &key)
     } else {

@@ -73,11 +73,14 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('tab:7', 'tab', 'public.incident', '{"id":2}', 'visits', 1, -1, '{}',
         '{"counts":{"tab":10}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT id, converge.value(visits) AS visits FROM incident ORDER BY id;
--- Once the row reaches epoch 3, the op applies (the tablet's count of 7
--- includes the 5 quarantined as frozen: counters carry running totals).
+-- Once the row reaches epoch 3, the op is ready: the next apply (or the
+-- worker's next pass, every 5 s) applies it. The tablet's count of 7
+-- includes the 5 quarantined as frozen: counters carry running totals.
 SET ROLE cv_ward;
 SELECT converge.freeze('incident', '{"id":1}') AS epoch;
 RESET ROLE;
+SELECT op_id, missing FROM converge.pending;
+SELECT * FROM converge.retry_pending();
 SELECT op_id, outcome, reason FROM converge.op_log WHERE op_id = 'tab:6' ORDER BY seq;
 SELECT id, converge.value(visits) AS visits FROM incident ORDER BY id;
 

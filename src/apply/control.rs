@@ -81,7 +81,9 @@ fn freeze_op_error(
         return Some("invalid_key".into());
     }
     if t.table_authority.as_deref() != Some(actor) {
-        return Some("not_authority".into());
+        // Came through replication (set_authority applies it once this
+        // node knows its node as the table's authority: coordination.rs).
+        return Some(format!("not_authority: {actor} is not the authority of {} here", t.name));
     }
     if it.epoch.unwrap_or(0) < 1 {
         return Some("invalid_epoch".into());

@@ -167,8 +167,11 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
                 pgrx::warning!("converge: checking for lost peers: {e}");
             }
             // Requests left pending (their row had not arrived, or the
-            // authority was set after them) are tried again.
+            // authority was set after them) are tried again, and so are
+            // ops made ready outside an apply (a freeze reached the epoch
+            // they waited for, epochs.rs).
             decide_requests();
+            retry_ready();
         }
         for link in links.values_mut() {
             if stop_requested() {
@@ -536,6 +539,15 @@ fn retry_deferred(peer: &str) {
     });
     if let Err(e) = r {
         pgrx::warning!("converge: applying ops that waited for peer \"{peer}\"'s: {e}");
+    }
+}
+
+/// Pending ops that are ready, applied in a transaction of its own (no
+/// peer's origin: what it applies ships).
+fn retry_ready() {
+    let r = in_transaction(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]));
+    if let Err(e) = r {
+        pgrx::warning!("converge: applying ops that waited: {e}");
     }
 }
 

@@ -80,8 +80,7 @@ pub use converge_core::Op;
 /// The `target_table` of request ops (`Client::request`).
 pub const REQUEST: &str = "converge.request";
 
-/// The `target_table` of freeze ops (a row's next epoch, SPEC section 5).
-pub const FREEZE: &str = "converge.freeze";
+
 
 /// A cell: one CRDT column of one row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -119,8 +118,9 @@ struct Saved {
     rejected: Vec<(Op, String)>,
     /// Largest LWW timestamp this client issued (so its clock never goes back).
     clock: Option<Timestamp>,
-    /// Each frozen row's epoch (the newest freeze pulled), under "table\0key"
-    /// with the table both qualified and bare: ops made here carry it.
+    /// Each frozen row's epoch (its newest freeze on the server at the last
+    /// pull), under "table\0key" with the table both qualified and bare:
+    /// ops made here carry it.
     #[serde(default)]
     epochs: BTreeMap<String, i64>,
 }
@@ -470,8 +470,12 @@ impl Client {
         let mut done = BTreeSet::new();
         for o in &outcomes {
             match o.outcome.as_str() {
-                // The server has it (buffered ops wait there for their deps).
+                // The server has it (buffered ops wait there for their deps,
+                // new_epoch ones for the freeze of their epoch).
                 "applied" | "duplicate" | "buffered" => {
+                    done.insert(o.op_id.clone());
+                }
+                "quarantined" if o.reason.as_deref() == Some("new_epoch") => {
                     done.insert(o.op_id.clone());
                 }
                 _ => {
@@ -499,15 +503,13 @@ impl Client {
         self.saved.epochs.get(&row_name(table, key)).copied().unwrap_or(0)
     }
 
-    /// A freeze op pulled (SPEC section 5): its row's epoch is at least the
-    /// one the freeze started, under the qualified table name and the bare.
-    fn note_freeze(&mut self, op: &Op) {
-        let target = op.target_key.to_value();
-        let (Some(table), Some(key)) = (target.get("table").and_then(|t| t.as_str()), target.get("key")) else { return };
-        let bare = table.split_once('.').map(|(_, t)| t.trim_matches('"').to_string());
+    /// A row's epoch on the server (SPEC section 5), under the qualified
+    /// table name and, for a plain `schema.table`, the bare name too.
+    fn note_epoch(&mut self, table: &str, key: &serde_json::Value, epoch: i64) {
+        let bare = table.split_once('.').filter(|_| !table.contains('"')).map(|(_, t)| t.to_string());
         for t in std::iter::once(table.to_string()).chain(bare) {
             let e = self.saved.epochs.entry(row_name(&t, key)).or_insert(0);
-            *e = (*e).max(op.epoch);
+            *e = (*e).max(epoch);
         }
     }
 
@@ -534,10 +536,22 @@ impl Client {
             if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) {
                 self.merge_delta(&op)?;
             }
-            if op.target_table == FREEZE {
-                self.note_freeze(&op);
-            }
+
             self.mark_seen(&op.actor, op.counter());
+        }
+        // Rows' epochs from the server's freezes, not from freeze ops: a
+        // server that rejoined from a snapshot has the freezes without
+        // their ops, and compaction takes freeze ops out of the log. A
+        // 0.1.0 server has none.
+        let has_epochs: bool = db.query_one("SELECT to_regclass('converge.frozen') IS NOT NULL", &[])?.get(0);
+        let epochs = if has_epochs {
+            db.query("SELECT target_table, target_key::text, max(epoch) FROM converge.frozen GROUP BY 1, 2", &[])?
+        } else {
+            Vec::new()
+        };
+        for r in epochs {
+            let key: serde_json::Value = serde_json::from_str(r.get::<_, &str>(1)).map_err(|e| ClientError::Format(e.to_string()))?;
+            self.note_epoch(r.get(0), &key, r.get(2));
         }
         if self.crash == Some(CrashPoint::AfterPullBeforeSave) {
             return Err(ClientError::Crashed(CrashPoint::AfterPullBeforeSave));

@@ -126,7 +126,12 @@ fn an_edit_of_an_epoch_not_reached_waits_for_its_freeze() {
     pause(&nodes, 2, 0, false);
     let freeze = "SELECT coalesce((SELECT DISTINCT ON (op_id) outcome || ' ' || coalesce(reason, '') FROM converge.op_log
                     WHERE target_table = 'converge.freeze' AND outcome <> 'duplicate' ORDER BY op_id, seq DESC), 'none')";
-    wait_for(&nodes[0], freeze, "rejected not_authority", "virginia's freeze did not reach madrid");
+    wait_for(
+        &nodes[0],
+        freeze,
+        "rejected not_authority: virginia is not the authority of public.item here",
+        "virginia's freeze did not reach madrid",
+    );
     nodes[0].client().batch_execute("SELECT converge.set_authority('item', NULL, 'virginia')").unwrap();
     assert_eq!(text(&nodes[0], freeze), "applied ", "set_authority applies the freeze that came first");
     converge_all(&nodes, Duration::from_secs(60));
