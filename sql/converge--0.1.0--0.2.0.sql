@@ -70,6 +70,10 @@ CREATE FUNCTION converge."under_peer_origin"() RETURNS bool
 STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'under_peer_origin_sql_wrapper';
+CREATE FUNCTION converge."applying_trusted"() RETURNS bool
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'applying_trusted_sql_wrapper';
 CREATE FUNCTION converge."repair"(
 	"supersedes" TEXT[],
 	"reason" TEXT
@@ -855,6 +859,9 @@ BEGIN
                    -- Under a peer's origin nothing written is shipped: ops a
                    -- client sent here wait for a transaction of their own.
                    AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())
+                   -- A peer's ops only where its replication is trusted
+                   -- (the worker): elsewhere a node's ops look forged.
+                   AND (q.origin NOT LIKE 'peer:%' OR converge.applying_trusted())
                 RETURNING q.op, q.origin, q.received_at)
             SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
         LOOP
@@ -873,6 +880,7 @@ END $$;
 COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). In a transaction that applies a peer''s changes (sync) only ops that came from peers: ops clients sent wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync.';
 
 COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
+COMMENT ON FUNCTION converge.applying_trusted() IS 'Internal: whether converge applies what came through a peer''s replication (or retries for the worker), for converge.retry_pending.';
 
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.

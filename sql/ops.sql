@@ -179,6 +179,9 @@ BEGIN
                    -- Under a peer's origin nothing written is shipped: ops a
                    -- client sent here wait for a transaction of their own.
                    AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())
+                   -- A peer's ops only where its replication is trusted
+                   -- (the worker): elsewhere a node's ops look forged.
+                   AND (q.origin NOT LIKE 'peer:%' OR converge.applying_trusted())
                 RETURNING q.op, q.origin, q.received_at)
             SELECT r.origin, array_agg(r.op ORDER BY r.received_at, (r.op).op_id) AS batch FROM ready r GROUP BY r.origin ORDER BY 1
         LOOP
@@ -345,5 +348,6 @@ COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primar
 
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
 COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
+COMMENT ON FUNCTION converge.applying_trusted() IS 'Internal: whether converge applies what came through a peer''s replication (or retries for the worker), for converge.retry_pending.';
 COMMENT ON FUNCTION converge.last_op_counter(text) IS 'Internal: the highest op counter of this node (its newest op in the log), for converge.frontier().';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

@@ -117,15 +117,19 @@ pub fn lock_registry(exclusive: bool) {
         crate::apply::advisory_xact_lock(7234, 0, exclusive);
         return;
     }
-    // Queued like any lock (so shared holders that come later wait behind
-    // it), but for 2 s at most (lock_timeout): then 55P03, and the worker
-    // tries the batch again.
+    waiting_at_most_2s(|| crate::apply::advisory_xact_lock(7234, 0, true));
+}
+
+/// Take a lock with `take`, queued like any lock (so holders that come
+/// later wait behind it), but for 2 s at most (lock_timeout): then 55P03,
+/// and the worker tries the batch again.
+pub fn waiting_at_most_2s(take: impl FnOnce()) {
     let old = crate::spi::read_one::<String>("SELECT current_setting('lock_timeout')", &[]).unwrap_or_default();
     let set = |v: &str| {
         Spi::run_with_args("SELECT set_config('lock_timeout', $1, true)", &[v.into()]).unwrap_or_else(|e| fail(e));
     };
     set("2s");
-    crate::apply::advisory_xact_lock(7234, 0, true);
+    take();
     set(&old);
 }
 

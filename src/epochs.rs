@@ -101,6 +101,16 @@ pub fn freezes_of(table: &str, key: &Value) -> Vec<Freeze> {
     out
 }
 
+/// The private lock (local_ops::private_lock_in) a local INSERT holds
+/// shared while it reads the row's epoch, and applying a freeze of the row
+/// takes exclusive: one of 32 per table, by the key's hash (one per key
+/// would let a bulk insert fill the lock table; one per table would make
+/// every insert into it wait for every freeze applied).
+pub fn insert_lock(table: &str, key: &Value) -> String {
+    let bucket = crate::replication::peers::stable_hash(&key.to_string()) & 31;
+    format!("{table}\u{0}{bucket}")
+}
+
 /// A row's epoch: the newest freeze's, 0 before any.
 pub fn epoch_of(table: &str, key: &Value) -> i64 {
     freezes_of(table, key).iter().map(|f| f.epoch).max().unwrap_or(0)
@@ -193,10 +203,16 @@ fn record(freeze_id: &str, table: &str, key: &Value, epoch: i64, inc: &Included)
 /// either committed before (and is read here) or reads the new epoch.
 pub fn keep_out_applied(table: &str, key: &Value) {
     crate::security::as_owner(|| crate::rebuild::lock(table, std::slice::from_ref(key)));
-    // A local INSERT into the table (its new row is not there to lock)
-    // holds the table's private lock shared: it commits before this reads
-    // the log, or reads the new epoch.
-    crate::local_ops::private_lock_in(c"frozen", table, pg_sys::ExclusiveLock);
+    // A local INSERT of the key (its new row is not there to lock) holds
+    // the key's insert lock shared: it commits before this reads the log,
+    // or reads the new epoch. The worker waits 2 s at most (a session idle
+    // in a transaction after such an insert must not stall replication).
+    let take = || crate::local_ops::private_lock_in(c"frozen", &insert_lock(table, key), pg_sys::ExclusiveLock);
+    if crate::apply::under_peer_origin() {
+        crate::actors::waiting_at_most_2s(take);
+    } else {
+        take();
+    }
     let freezes = freezes_of(table, key);
     let applied: Vec<(i64, String, i64)> = crate::security::as_owner(|| {
         Spi::connect(|c| {

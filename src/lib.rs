@@ -69,6 +69,7 @@ extension_sql_file!(
         ops::op_decode_fields,
         apply::entry::apply_ops_core,
         apply::waiting::under_peer_origin_sql,
+        apply::waiting::applying_trusted_sql,
         trigger::record_local_ops,
         trigger::forget_layout,
         trigger::replicate_table,

@@ -372,12 +372,10 @@ fn record_local_ops<'a>(
     }
     // The epoch the ops carry: read as last committed, after this row's
     // lock (a freeze applied meanwhile locked it first, epochs.rs). A new
-    // row has no lock a freeze could take: the table's private lock instead
-    // (one per table, not per row: a bulk insert must not fill the lock
-    // table), which applying a freeze takes exclusive for a moment.
+    // row has no lock a freeze could take: its key's insert lock instead.
     let epoch = if meta.freezable {
         if is_insert {
-            crate::local_ops::private_lock_in(c"frozen", &meta.name, pg_sys::ShareLock);
+            crate::local_ops::private_lock_in(c"frozen", &crate::epochs::insert_lock(&meta.name, &key), pg_sys::ShareLock);
         }
         crate::epochs::epoch_of(&meta.name, &key)
     } else {

@@ -135,4 +135,9 @@ SELECT outcome, count(*) FROM apply(ROW('chain:1', 'chain', 'chain', '{"id":1}',
  GROUP BY outcome ORDER BY outcome;
 SELECT value(visits) AS visits, (SELECT count(*) FROM pending) AS still_pending,
        frontier() -> 'chain' AS chain_frontier FROM chain;
+-- An SQL caller naming a peer's origin proves nothing: the op is logged
+-- (and would wait in pending) as claimed, never retried as that peer's.
+SELECT * FROM apply(ROW('claimer:1', 'claimer', 'chain', '{"id":2}', 'visits', 1, 0, '{}',
+                        '{"counts":{"claimer":1}}'::gcounter::bytea, NULL)::op, 'peer:dublin');
+SELECT op_id, outcome, origin FROM op_log WHERE op_id = 'claimer:1';
 DROP TABLE incident, unmarked, no_pk, chain;

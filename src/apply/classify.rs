@@ -22,6 +22,20 @@ pub fn from_peer<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Run `f` as an apply of ops that did not come through a peer's
+/// replication (a retry, within a trusted pass, of ops clients sent).
+pub(super) fn as_client<R>(f: impl FnOnce() -> R) -> R {
+    let before = TRUSTED.with(|t| t.replace(false));
+    struct Back(bool);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            TRUSTED.with(|t| t.set(self.0));
+        }
+    }
+    let _back = Back(before);
+    f()
+}
+
 /// This node's name, its peers' and the authorities' (set_authority):
 /// actors whose ops a client may not send (they would take over op ids
 /// the node or a peer issues, or write what only an authority may).

@@ -85,8 +85,20 @@ pub fn apply_decoded(ops: Vec<Op>, origin: &str) -> Vec<Outcome> {
 }
 
 /// Classify the batch as the caller, check the caller's rights on every
-/// target table, then apply as converge's owner.
-fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+/// target table, then apply as converge's owner. Only a batch that came
+/// through a peer's replication has an origin `peer:<name>` (logged and
+/// kept with what waits in pending, which a later retry trusts as that
+/// peer's): an SQL caller's `peer:` origin is logged as `claimed peer:...`,
+/// and ops of any other origin are never applied as a peer's.
+fn run(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+    match (trusted(), origin.starts_with("peer:")) {
+        (false, true) => run_as(items, &format!("claimed {origin}"), top_level),
+        (true, false) => super::classify::as_client(|| run_as(items, origin, top_level)),
+        _ => run_as(items, origin, top_level),
+    }
+}
+
+fn run_as(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     let t0 = std::time::Instant::now();
     let mut targets: Vec<Target> = Vec::new();
     let mut cache = HashMap::new();

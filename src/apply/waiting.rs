@@ -45,6 +45,16 @@ pub(super) fn under_peer_origin_sql() -> bool {
     under_peer_origin()
 }
 
+/// `converge.applying_trusted()`: whether converge is applying what came
+/// through a peer's replication (or retrying on the worker's behalf). For
+/// `converge.retry_pending`, which leaves the ops that came from peers to
+/// such a retry: applied for any other caller, a peer's own ops would be
+/// rejected as a client's ops under a node's name (internal).
+#[pg_extern(volatile, parallel_restricted, name = "applying_trusted")]
+pub(super) fn applying_trusted_sql() -> bool {
+    super::classify::trusted()
+}
+
 thread_local! {
     /// A transaction under a peer's origin left ready ops that did not come
     /// from a peer in converge.pending: the worker retries them right after

@@ -503,6 +503,22 @@ fn apply(link: &mut Link) -> bool {
     }
 }
 
+/// lock_timeout 2s to the end of this transaction (set without SPI).
+fn lock_timeout_2s() {
+    unsafe {
+        pg_sys::set_config_option(
+            c"lock_timeout".as_ptr(),
+            c"2s".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
 /// Decide the pending requests this node is the authority of, in a
 /// transaction of its own: no peer's origin, so the decisions ship.
 fn decide_requests() {
@@ -510,18 +526,7 @@ fn decide_requests() {
         // The op counter, should a user's transaction hold it, is not
         // waited for long: the pass stops, to be tried again (rows and
         // requests other sessions hold are skipped, not waited for).
-        unsafe {
-            pg_sys::set_config_option(
-                c"lock_timeout".as_ptr(),
-                c"2s".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_LOCAL,
-                true,
-                0,
-                false,
-            );
-        }
+        lock_timeout_2s();
         crate::requests::decide_pending()
     };
     if let Err(e) = in_transaction(pass) {
@@ -535,7 +540,7 @@ fn decide_requests() {
 /// a peer's origin, it never ships).
 fn retry_deferred(peer: &str) {
     let r = in_transaction(|| {
-        crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[])
+        crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]))
     });
     if let Err(e) = r {
         pgrx::warning!("converge: applying ops that waited for peer \"{peer}\"'s: {e}");
@@ -545,7 +550,12 @@ fn retry_deferred(peer: &str) {
 /// Pending ops that are ready, applied in a transaction of its own (no
 /// peer's origin: what it applies ships).
 fn retry_ready() {
-    let r = in_transaction(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]));
+    let r = in_transaction(|| {
+        // Not stalled by a session's locks for long (the next pass tries again).
+        lock_timeout_2s();
+        // The ops peers sent are retried as theirs (trusted, like their batches).
+        crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]))
+    });
     if let Err(e) = r {
         pgrx::warning!("converge: applying ops that waited: {e}");
     }

@@ -125,6 +125,23 @@ struct Saved {
     epochs: BTreeMap<String, i64>,
 }
 
+/// The table's name without its schema, as a client may declare it:
+/// `public.incident` → `incident`, `public."Incident"` → `Incident`.
+fn bare_name(qualified: &str) -> Option<String> {
+    let mut quoted = false;
+    let dot = qualified.char_indices().find(|(_, c)| {
+        if *c == '"' {
+            quoted = !quoted;
+        }
+        *c == '.' && !quoted
+    })?;
+    let t = &qualified[dot.0 + 1..];
+    Some(match t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => t.to_string(),
+    })
+}
+
 /// The key of `Saved::epochs`.
 fn row_name(table: &str, key: &serde_json::Value) -> String {
     format!("{table}\u{0}{}", converge_core::Json::from_value(key).as_str())
@@ -506,8 +523,9 @@ impl Client {
     /// A row's epoch on the server (SPEC section 5), under the qualified
     /// table name and, for a plain `schema.table`, the bare name too.
     fn note_epoch(&mut self, table: &str, key: &serde_json::Value, epoch: i64) {
-        let bare = table.split_once('.').filter(|_| !table.contains('"')).map(|(_, t)| t.to_string());
-        for t in std::iter::once(table.to_string()).chain(bare) {
+        let declared = |t: &str| self.saved.columns.keys().any(|c| c.strip_prefix(t).is_some_and(|rest| rest.starts_with('.')));
+        let names: Vec<String> = std::iter::once(table.to_string()).chain(bare_name(table)).filter(|t| declared(t)).collect();
+        for t in names {
             let e = self.saved.epochs.entry(row_name(&t, key)).or_insert(0);
             *e = (*e).max(epoch);
         }
@@ -515,6 +533,21 @@ impl Client {
 
     /// Pull what this client lacks and merge it. Returns the number of ops.
     pub fn pull(&mut self, db: &mut postgres::Client) -> Result<usize> {
+        // Rows' epochs from the server's freezes, not from freeze ops: a
+        // server that rejoined from a snapshot has the freezes without
+        // their ops, and compaction takes freeze ops out of the log. A
+        // 0.1.0 server has none. Read before the ops: an epoch edits will
+        // carry never claims more than the ops pulled show.
+        let has_epochs: bool = db.query_one("SELECT to_regclass('converge.frozen') IS NOT NULL", &[])?.get(0);
+        let epochs = if has_epochs {
+            db.query("SELECT target_table, target_key::text, max(epoch) FROM converge.frozen GROUP BY 1, 2", &[])?
+        } else {
+            Vec::new()
+        };
+        for r in epochs {
+            let key: serde_json::Value = serde_json::from_str(r.get::<_, &str>(1)).map_err(|e| ClientError::Format(e.to_string()))?;
+            self.note_epoch(r.get(0), &key, r.get(2));
+        }
         let frontier = serde_json::to_string(&self.saved.frontier).map_err(|e| ClientError::Format(e.to_string()))?;
         let rows = db.query(
             "SELECT converge.op_encode(o) FROM converge.changes_since($1::text::jsonb) o",
@@ -527,7 +560,7 @@ impl Client {
             // (schema.table); a client may have declared the bare name.
             let declared = |t: &str| self.saved.columns.contains_key(&format!("{t}.{}", op.target_column));
             if !declared(&op.target_table) {
-                if let Some(bare) = op.target_table.split_once('.').map(|(_, t)| t.trim_matches('"').to_string()) {
+                if let Some(bare) = bare_name(&op.target_table) {
                     if declared(&bare) {
                         op.target_table = bare;
                     }
@@ -539,24 +572,22 @@ impl Client {
 
             self.mark_seen(&op.actor, op.counter());
         }
-        // Rows' epochs from the server's freezes, not from freeze ops: a
-        // server that rejoined from a snapshot has the freezes without
-        // their ops, and compaction takes freeze ops out of the log. A
-        // 0.1.0 server has none.
-        let has_epochs: bool = db.query_one("SELECT to_regclass('converge.frozen') IS NOT NULL", &[])?.get(0);
-        let epochs = if has_epochs {
-            db.query("SELECT target_table, target_key::text, max(epoch) FROM converge.frozen GROUP BY 1, 2", &[])?
-        } else {
-            Vec::new()
-        };
-        for r in epochs {
-            let key: serde_json::Value = serde_json::from_str(r.get::<_, &str>(1)).map_err(|e| ClientError::Format(e.to_string()))?;
-            self.note_epoch(r.get(0), &key, r.get(2));
-        }
         if self.crash == Some(CrashPoint::AfterPullBeforeSave) {
             return Err(ClientError::Crashed(CrashPoint::AfterPullBeforeSave));
         }
         self.save()?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bare_names_drop_the_schema_and_the_quotes() {
+        assert_eq!(super::bare_name("public.incident").as_deref(), Some("incident"));
+        assert_eq!(super::bare_name("public.\"Incident\"").as_deref(), Some("Incident"));
+        assert_eq!(super::bare_name("\"a.b\".\"c.d\"").as_deref(), Some("c.d"));
+        assert_eq!(super::bare_name("s.\"say \"\"hi\"\"\"").as_deref(), Some("say \"hi\""));
+        assert_eq!(super::bare_name("incident"), None);
     }
 }
