@@ -11,7 +11,13 @@ thread_local! {
 /// Run `f` (an apply of ops that came through a peer's replication) with
 /// the ops of node actors accepted: a node's own ops travel that way only.
 pub fn from_peer<R>(f: impl FnOnce() -> R) -> R {
-    let before = TRUSTED.with(|t| t.replace(true));
+    with_trust(true, f)
+}
+
+/// Run `f` with the trust flag set to `trusted`, restored after (also when
+/// `f` raises).
+fn with_trust<R>(trusted: bool, f: impl FnOnce() -> R) -> R {
+    let before = TRUSTED.with(|t| t.replace(trusted));
     struct Back(bool);
     impl Drop for Back {
         fn drop(&mut self) {
@@ -25,15 +31,7 @@ pub fn from_peer<R>(f: impl FnOnce() -> R) -> R {
 /// Run `f` as an apply of ops that did not come through a peer's
 /// replication (a retry, within a trusted pass, of ops clients sent).
 pub(super) fn as_client<R>(f: impl FnOnce() -> R) -> R {
-    let before = TRUSTED.with(|t| t.replace(false));
-    struct Back(bool);
-    impl Drop for Back {
-        fn drop(&mut self) {
-            TRUSTED.with(|t| t.set(self.0));
-        }
-    }
-    let _back = Back(before);
-    f()
+    with_trust(false, f)
 }
 
 /// This node's name, its peers' and the authorities' (set_authority):
