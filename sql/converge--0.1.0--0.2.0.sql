@@ -877,7 +877,7 @@ BEGIN
         last_pass := touched;
     END LOOP;
 END $$;
-COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). In a transaction that applies a peer''s changes (sync) only ops that came from peers: ops clients sent wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync.';
+COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). Ops that came from peers are applied only where their replication is trusted (a peer''s batch, the worker''s retry every 5 s); ops clients sent, not under a peer''s origin (they wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync).';
 
 COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
 COMMENT ON FUNCTION converge.applying_trusted() IS 'Internal: whether converge applies what came through a peer''s replication (or retries for the worker), for converge.retry_pending.';

@@ -197,7 +197,7 @@ BEGIN
         last_pass := touched;
     END LOOP;
 END $$;
-COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). In a transaction that applies a peer''s changes (sync) only ops that came from peers: ops clients sent wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync.';
+COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). Ops that came from peers are applied only where their replication is trusted (a peer''s batch, the worker''s retry every 5 s); ops clients sent, not under a peer''s origin (they wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync).';
 
 -- The body of apply_batch is Rust (src/apply/): the ops go in as arrays.
 CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)

@@ -107,8 +107,10 @@ pub fn freezes_of(table: &str, key: &Value) -> Vec<Freeze> {
 /// would let a bulk insert fill the lock table; one per table would make
 /// every insert into it wait for every freeze applied).
 pub fn insert_lock(table: &str, key: &Value) -> String {
-    let bucket = crate::replication::peers::stable_hash(&key.to_string()) & 31;
-    format!("{table}\u{0}{bucket}")
+    // jsonb's own hash: keys equal as jsonb (1.5 and 1.50) share a bucket.
+    let datum = JsonB(key.clone()).into_datum().expect("jsonb");
+    let hash = unsafe { pgrx::direct_function_call::<i32>(pg_sys::jsonb_hash, &[Some(datum)]) }.unwrap_or(0);
+    format!("{table}\u{0}{}", hash & 31)
 }
 
 /// A row's epoch: the newest freeze's, 0 before any.
@@ -205,10 +207,11 @@ pub fn keep_out_applied(table: &str, key: &Value) {
     crate::security::as_owner(|| crate::rebuild::lock(table, std::slice::from_ref(key)));
     // A local INSERT of the key (its new row is not there to lock) holds
     // the key's insert lock shared: it commits before this reads the log,
-    // or reads the new epoch. The worker waits 2 s at most (a session idle
-    // in a transaction after such an insert must not stall replication).
+    // or reads the new epoch. The worker (and sync) waits 2 s at most (a
+    // session idle in a transaction after such an insert must not stall
+    // replication).
     let take = || crate::local_ops::private_lock_in(c"frozen", &insert_lock(table, key), pg_sys::ExclusiveLock);
-    if crate::apply::under_peer_origin() {
+    if crate::apply::under_peer_origin() || unsafe { pg_sys::IsBackgroundWorker } {
         crate::actors::waiting_at_most_2s(take);
     } else {
         take();

@@ -168,7 +168,24 @@ pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     unsafe { pg_sys::SetUserIdAndSecContext(role, sec) };
     let nest = set_path(&path);
     let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
-    f()
+    // The table's triggers and defaults are its owner's code: a converge
+    // call they make acts for the role they run as, and is never trusted
+    // as a peer's (the apply around them may be).
+    users_code(f)
+}
+
+/// Run `f`, code that is not converge's, with converge's caller frames
+/// set aside (inside, converge acts for the role `f` runs as) and the
+/// apply's trust off.
+fn users_code<R>(f: impl FnOnce() -> R) -> R {
+    struct Callers(Vec<Frame>);
+    impl Drop for Callers {
+        fn drop(&mut self) {
+            CALLERS.with(|c| *c.borrow_mut() = std::mem::take(&mut self.0));
+        }
+    }
+    let _callers = Callers(CALLERS.with(|c| std::mem::take(&mut *c.borrow_mut())));
+    crate::apply::as_client(f)
 }
 
 /// Run `f` as the owner of table `rel`, in a security-restricted
@@ -185,14 +202,7 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
     // Inside, converge acts for the owner (caller() is the owner), not for
     // whoever called converge around it.
-    struct Callers(Vec<Frame>);
-    impl Drop for Callers {
-        fn drop(&mut self) {
-            CALLERS.with(|c| *c.borrow_mut() = std::mem::take(&mut self.0));
-        }
-    }
-    let _callers = Callers(CALLERS.with(|c| std::mem::take(&mut *c.borrow_mut())));
-    f()
+    users_code(f)
 }
 
 /// The owner of table `rel`, from the relcache (no statement: the worker

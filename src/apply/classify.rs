@@ -29,8 +29,10 @@ fn with_trust<R>(trusted: bool, f: impl FnOnce() -> R) -> R {
 }
 
 /// Run `f` as an apply of ops that did not come through a peer's
-/// replication (a retry, within a trusted pass, of ops clients sent).
-pub(super) fn as_client<R>(f: impl FnOnce() -> R) -> R {
+/// replication (a retry, within a trusted pass, of ops clients sent), or
+/// as code that is not converge's (a table's triggers and defaults, a
+/// decide function: security.rs): nothing in it is trusted as a peer's.
+pub fn as_client<R>(f: impl FnOnce() -> R) -> R {
     with_trust(false, f)
 }
 

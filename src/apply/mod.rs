@@ -24,7 +24,7 @@ mod merge;
 mod target;
 mod waiting;
 
-pub use classify::from_peer;
+pub use classify::{as_client, from_peer};
 pub use entry::apply_decoded;
 pub use target::{forget_resolved, layout_of, row_target, Layout};
 pub use waiting::{advisory_xact_lock, note_deferred, take_deferred, under_peer_origin};

@@ -540,6 +540,7 @@ fn decide_requests() {
 /// a peer's origin, it never ships).
 fn retry_deferred(peer: &str) {
     let r = in_transaction(|| {
+        lock_timeout_2s();
         crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]))
     });
     if let Err(e) = r {

@@ -293,3 +293,36 @@ fn random_history_with_devices_and_revocations_converges() {
         assert_eq!(late, 0, "ops past a cut-off applied on {}", n.name);
     }
 }
+
+/// A table's trigger that fires while converge applies a peer's batch is
+/// the table owner's code, not the peer's: a converge call it makes is not
+/// trusted. Here it forges an op under virginia's name with virginia's
+/// origin; it is refused (`node_actor`) and logged as a claimed origin.
+#[test]
+fn a_trigger_fired_by_a_peers_batch_is_not_trusted_as_that_peer() {
+    let root = Scratch::new("trust");
+    let nodes = mesh_of_three(&root.0, base_port() + 6);
+    nodes[1]
+        .client()
+        .batch_execute(
+            "CREATE FUNCTION forge() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM * FROM converge.apply(ROW('virginia:900000', 'virginia', 'public.ctr', '{\"id\": 40}', 'g', 1, 0, '{}',
+                                                   '{\"counts\":{\"virginia\":1000}}'::converge.gcounter::bytea, NULL)::converge.op,
+                                               'peer:virginia');
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER forge AFTER INSERT ON item FOR EACH ROW EXECUTE FUNCTION forge();
+             ALTER TABLE item ENABLE ALWAYS TRIGGER forge;",
+        )
+        .unwrap();
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_eq!(text(&nodes[1], "SELECT title FROM item WHERE id = 1"), "pump");
+    let forged = text(
+        &nodes[1],
+        "SELECT coalesce(string_agg(format('%s %s, %s', outcome, reason, origin), '; '), 'none') FROM converge.op_log WHERE op_id = 'virginia:900000'",
+    );
+    assert_eq!(forged, "rejected node_actor, claimed peer:virginia");
+    assert_eq!(text(&nodes[1], "SELECT converge.value(g)::text FROM ctr WHERE id = 40"), "0");
+}
