@@ -93,47 +93,52 @@ fn a_late_edit_after_a_freeze_is_quarantined_everywhere() {
 
 /// An op made in an epoch a node has not reached waits there for the
 /// freeze (`new_epoch`) instead of escaping it, and a freeze that reached a
-/// node before it knew the table's authority is applied once it does.
-/// virginia and madrid are cut off from each other, and madrid has not been
-/// told the table's authority yet: virginia freezes an incident, dublin
-/// amends it (epoch 1) and the amendment reaches madrid first, while madrid
-/// makes a late edit (epoch 0).
+/// node before it knew the table's authority is applied once it does, also
+/// from a copy a third node forwarded. Only virginia knows it is the
+/// table's authority at first, and virginia and madrid are cut off from
+/// each other: virginia freezes an incident; dublin, told the authority
+/// after the freeze reached it, applies it (and forwards it to madrid, which
+/// refuses it), then amends the incident (epoch 1), which waits at madrid;
+/// madrid makes a late edit (epoch 0), then is told the authority.
 #[test]
 fn an_edit_of_an_epoch_not_reached_waits_for_its_freeze() {
     let root = Scratch::new("epochs-wait");
     let nodes = mesh_of_three(&root.0, base_port() + 3);
-    for n in [&nodes[1], &nodes[2]] {
-        n.client().batch_execute("SELECT converge.set_authority('item', NULL, 'virginia')").unwrap();
-    }
+    let set_authority = |n: &Node| n.client().batch_execute("SELECT converge.set_authority('item', NULL, 'virginia')").unwrap();
+    set_authority(&nodes[2]);
     nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump stopped'), (2, 'valve')").unwrap();
     converge_all(&nodes, Duration::from_secs(60));
+    // An op's last outcome here other than `duplicate` (a node forwards an
+    // op it applied outside a peer's replication: a second copy).
+    let last = |id: &str| format!("SELECT coalesce((SELECT outcome || ' ' || coalesce(reason, '') FROM converge.op_log WHERE op_id = '{id}' AND outcome <> 'duplicate' ORDER BY seq DESC LIMIT 1), 'none')");
+    let refused = "rejected not_authority: virginia is not the authority of public.item here";
 
     pause(&nodes, 2, 0, true);
     assert_eq!(text(&nodes[2], "SELECT converge.freeze('item', '{\"id\":1}')::text"), "1");
-    wait_for(&nodes[1], "SELECT converge.epoch('item', '{\"id\":1}')::text", "1", "virginia's freeze did not reach dublin");
+    let freeze = text(&nodes[2], "SELECT op_id FROM converge.op_log WHERE target_table = 'converge.freeze'");
+    wait_for(&nodes[1], &last(&freeze), refused, "virginia's freeze did not reach dublin");
+    set_authority(&nodes[1]);
+    assert_eq!(text(&nodes[1], &last(&freeze)), "applied ", "set_authority applies the freeze that came first");
+    assert_eq!(text(&nodes[1], "SELECT converge.epoch('item', '{\"id\":1}')::text"), "1");
+    wait_for(&nodes[0], &last(&freeze), refused, "dublin did not forward the freeze to madrid");
+
     nodes[1].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'amended') WHERE id = 1").unwrap();
     let amended = text(&nodes[1], "SELECT op_id FROM converge.op_log WHERE actor = 'dublin' ORDER BY seq DESC LIMIT 1");
-    // An op's last outcome here other than `duplicate` (a node may forward
-    // an op it applied outside a peer's replication: a second copy).
-    let last = |id: &str| format!("SELECT coalesce((SELECT outcome || ' ' || coalesce(reason, '') FROM converge.op_log WHERE op_id = '{id}' AND outcome <> 'duplicate' ORDER BY seq DESC LIMIT 1), 'none')");
     wait_for(&nodes[0], &last(&amended), "quarantined new_epoch", "dublin's amendment did not wait at madrid");
     nodes[0].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'late note') WHERE id = 1").unwrap();
     let late = text(&nodes[0], "SELECT op_id FROM converge.op_log WHERE actor = 'madrid' ORDER BY seq DESC LIMIT 1");
     assert_eq!(text(&nodes[0], "SELECT converge.elements(tags)::text FROM item WHERE id = 1"), "{\"late note\"}");
 
-    // The partition heals; the freeze reaches madrid, which does not know
-    // virginia as the table's authority yet; once told, it applies it.
+    // Told the authority, madrid applies the forwarded freeze: the
+    // amendment applies and the late note is taken out, still cut off
+    // from virginia.
+    set_authority(&nodes[0]);
+    assert_eq!(text(&nodes[0], &last(&freeze)), "applied ");
+    assert_eq!(text(&nodes[0], &last(&amended)), "applied ");
+    assert_eq!(text(&nodes[0], &last(&late)), "quarantined frozen");
+    assert_eq!(text(&nodes[0], "SELECT converge.elements(tags)::text FROM item WHERE id = 1"), "{amended}");
+
     pause(&nodes, 2, 0, false);
-    let freeze = "SELECT coalesce((SELECT DISTINCT ON (op_id) outcome || ' ' || coalesce(reason, '') FROM converge.op_log
-                    WHERE target_table = 'converge.freeze' AND outcome <> 'duplicate' ORDER BY op_id, seq DESC), 'none')";
-    wait_for(
-        &nodes[0],
-        freeze,
-        "rejected not_authority: virginia is not the authority of public.item here",
-        "virginia's freeze did not reach madrid",
-    );
-    nodes[0].client().batch_execute("SELECT converge.set_authority('item', NULL, 'virginia')").unwrap();
-    assert_eq!(text(&nodes[0], freeze), "applied ", "set_authority applies the freeze that came first");
     converge_all(&nodes, Duration::from_secs(60));
     assert_identical(&nodes, &["item"]);
     for n in &nodes {
