@@ -101,21 +101,26 @@ pub fn freezes_of(table: &str, key: &Value) -> Vec<Freeze> {
     out
 }
 
-/// The private lock (local_ops::private_lock_in) a local INSERT holds
-/// shared while it reads the row's epoch, and applying a freeze of the row
-/// takes exclusive: one of 32 per table, by the key's hash (one per key
-/// would let a bulk insert fill the lock table; one per table would make
-/// every insert into it wait for every freeze applied).
-pub fn insert_lock(table: &str, key: &Value) -> String {
+/// Take the insert lock of a row: a local INSERT holds it shared while it
+/// reads the row's epoch, and applying a freeze of the row takes it
+/// exclusive. One of 32 per table, by the key's hash (one per key would let
+/// a bulk insert fill the lock table; one per table would make every
+/// insert into it wait for every freeze applied).
+pub fn lock_insert(table: &str, key: &Value, mode: u32) {
     // jsonb's own hash: keys equal as jsonb (1.5 and 1.50) share a bucket.
     let datum = JsonB(key.clone()).into_datum().expect("jsonb");
     let hash = unsafe { pgrx::direct_function_call::<i32>(pg_sys::jsonb_hash, &[Some(datum)]) }.unwrap_or(0);
-    format!("{table}\u{0}{}", hash & 31)
+    crate::local_ops::private_lock_in(c"frozen", &format!("{table}\u{0}{}", hash & 31), mode);
+}
+
+/// The newest epoch among a row's freezes, 0 before any.
+pub fn newest(freezes: &[Freeze]) -> i64 {
+    freezes.iter().map(|f| f.epoch).max().unwrap_or(0)
 }
 
 /// A row's epoch: the newest freeze's, 0 before any.
 pub fn epoch_of(table: &str, key: &Value) -> i64 {
-    freezes_of(table, key).iter().map(|f| f.epoch).max().unwrap_or(0)
+    newest(&freezes_of(table, key))
 }
 
 /// Whether an op of `epoch` is kept out of the row: a freeze of a later
@@ -210,7 +215,7 @@ pub fn keep_out_applied(table: &str, key: &Value) {
     // or reads the new epoch. The worker (and sync) waits 2 s at most (a
     // session idle in a transaction after such an insert must not stall
     // replication).
-    let take = || crate::local_ops::private_lock_in(c"frozen", &insert_lock(table, key), pg_sys::ExclusiveLock);
+    let take = || lock_insert(table, key, pg_sys::ExclusiveLock);
     if crate::apply::under_peer_origin() || unsafe { pg_sys::IsBackgroundWorker } {
         crate::actors::waiting_at_most_2s(take);
     } else {

@@ -375,7 +375,7 @@ fn record_local_ops<'a>(
     // row has no lock a freeze could take: its key's insert lock instead.
     let epoch = if meta.freezable {
         if is_insert {
-            crate::local_ops::private_lock_in(c"frozen", &crate::epochs::insert_lock(&meta.name, &key), pg_sys::ShareLock);
+            crate::epochs::lock_insert(&meta.name, &key, pg_sys::ShareLock);
         }
         crate::epochs::epoch_of(&meta.name, &key)
     } else {

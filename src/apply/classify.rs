@@ -169,7 +169,7 @@ pub(super) fn classify(
     let epoch = it.epoch.unwrap_or(0);
     if it.bad.is_none() && it.quarantine.is_none() && (target.table_authority.is_some() || epoch != 0) {
         let freezes = crate::epochs::freezes_of(&target.name, it.key.as_ref().expect("checked"));
-        if epoch > freezes.iter().map(|f| f.epoch).max().unwrap_or(0) {
+        if epoch > crate::epochs::newest(&freezes) {
             it.quarantine = Some("new_epoch".into());
         } else if crate::epochs::kept_out(&freezes, it.op_id.as_deref().unwrap_or_default(), epoch) {
             it.quarantine = Some("frozen".into());

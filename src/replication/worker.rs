@@ -535,30 +535,29 @@ fn decide_requests() {
 }
 
 /// Ops that clients sent to this node and that waited for ops the batch
-/// just applied: applied in a transaction of their own, with no replication
+/// just applied: applied in a transaction of its own, with no replication
 /// origin, so that this node ships them to its peers (what it writes under
 /// a peer's origin, it never ships).
 fn retry_deferred(peer: &str) {
-    let r = in_transaction(|| {
-        lock_timeout_2s();
-        crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]))
-    });
-    if let Err(e) = r {
-        pgrx::warning!("converge: applying ops that waited for peer \"{peer}\"'s: {e}");
-    }
+    retry_pass(&format!("applying ops that waited for peer \"{peer}\"'s"));
 }
 
 /// Pending ops that are ready, applied in a transaction of its own (no
 /// peer's origin: what it applies ships).
 fn retry_ready() {
+    retry_pass("applying ops that waited");
+}
+
+/// One `retry_pending` pass in a transaction of its own: not stalled by a
+/// session's locks for long (the next pass tries again), and with the ops
+/// peers sent retried as theirs (trusted, like their batches).
+fn retry_pass(what: &str) {
     let r = in_transaction(|| {
-        // Not stalled by a session's locks for long (the next pass tries again).
         lock_timeout_2s();
-        // The ops peers sent are retried as theirs (trusted, like their batches).
         crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]))
     });
     if let Err(e) = r {
-        pgrx::warning!("converge: applying ops that waited: {e}");
+        pgrx::warning!("converge: {what}: {e}");
     }
 }
 
