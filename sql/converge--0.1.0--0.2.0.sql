@@ -882,6 +882,19 @@ COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose de
 COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
 COMMENT ON FUNCTION converge.applying_trusted() IS 'Internal: whether converge applies what came through a peer''s replication (or retries for the worker), for converge.retry_pending.';
 
+-- apply_batch reads its converge.op[] in Rust (no SQL wrapper unpacking it
+-- into arrays for apply_ops_core).
+CREATE OR REPLACE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
+RETURNS TABLE (op_id text, outcome text, reason text)
+LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_ops_wrapper';
+COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch (top_level: also retry the pending ops the batch unblocks).';
+REVOKE ALL ON FUNCTION converge.apply_ops(converge.op[], text, boolean) FROM PUBLIC;
+DROP FUNCTION converge.apply_ops_core(text[], text[], text[], jsonb[], text[], int[], bigint[], jsonb[], bytea[], bytea[], text, boolean);
+CREATE OR REPLACE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
+RETURNS TABLE (op_id text, outcome text, reason text)
+LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_batch_wrapper';
+COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: first the pending ops whose deps are applied, then the batch: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
+
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.
 SELECT converge.start_worker();

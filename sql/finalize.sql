@@ -396,6 +396,9 @@ GRANT SELECT ON converge.quarantine TO PUBLIC;
 -- Administration and internal steps: not for PUBLIC.
 REVOKE ALL ON FUNCTION converge.set_node(text), converge.start_worker(), converge.retry_pending(),
     converge.replicate_layout(regclass), converge.forget_layout(oid) FROM PUBLIC;
+-- apply_batch's body without its locks and retry (top_level false), for
+-- retry_pending's passes only.
+REVOKE ALL ON FUNCTION converge.apply_ops(converge.op[], text, boolean) FROM PUBLIC;
 
 COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log): whether the acting role may SELECT the table an op targets.';
 COMMENT ON FUNCTION converge.may_write(text, text) IS 'Internal: whether the acting role may apply ops of a column to a table (INSERT and UPDATE; DELETE too for row ops).';

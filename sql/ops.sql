@@ -199,34 +199,17 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose deps are all applied (apply_batch does this first; also useful after a repair). Ops that came from peers are applied only where their replication is trusted (a peer''s batch, the worker''s retry every 5 s); ops clients sent, not under a peer''s origin (they wait for the worker''s next transaction, or the next apply_batch or retry_pending outside sync).';
 
--- The body of apply_batch is Rust (src/apply/): the ops go in as arrays.
+-- apply_batch is Rust (src/apply/entry.rs), reading the converge.op[] it is
+-- given directly; apply_ops is the same body for retry_pending's passes.
 CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE sql AS $$
-    SELECT r.* FROM (
-        -- One sort, then the aggregates read the rows in that order.
-        SELECT array_agg(o.op_id) AS ids, array_agg(o.actor) AS actors, array_agg(o.target_table) AS tbls,
-               array_agg(o.target_key) AS keys, array_agg(o.target_column) AS cols, array_agg(o.schema_version) AS vers,
-               array_agg(o.epoch) AS eps, array_agg(to_jsonb(o.deps)) AS deps, array_agg(o.delta) AS deltas,
-               array_agg(o.signature) AS sigs
-          FROM (SELECT * FROM unnest(ops) WITH ORDINALITY u(op_id, actor, target_table, target_key, target_column,
-                                                           schema_version, epoch, deps, delta, signature, n)
-                 ORDER BY n) o) a,
-    LATERAL converge.apply_ops_core(a.ids, a.actors, a.tbls, a.keys, a.cols, a.vers, a.eps, a.deps, a.deltas, a.sigs,
-                                    origin, top_level) r
-    WHERE a.ids IS NOT NULL
-$$;
-COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch.';
-COMMENT ON FUNCTION converge.apply_ops_core(text[], text[], text[], jsonb[], text[], int[], bigint[], jsonb[], bytea[], bytea[], text, boolean) IS 'Internal: the batch apply path (Rust): validate, deduplicate, buffer, gate and merge; one outcome row per op.';
+LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_ops_wrapper';
+COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch (top_level: also retry the pending ops the batch unblocks).';
 
 CREATE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE sql AS $$
-    -- apply_ops first applies ops left pending although their deps are
-    -- applied, then the batch.
-    SELECT * FROM converge.apply_ops(ops, origin, true)
-$$;
-COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
+LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_batch_wrapper';
+COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: first the pending ops whose deps are applied, then the batch: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
 
 CREATE FUNCTION converge.apply(op converge.op, origin text DEFAULT 'client')
 RETURNS TABLE (op_id text, outcome text, reason text)

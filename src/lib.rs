@@ -67,7 +67,6 @@ extension_sql_file!(
         ops::delta_error,
         ops::op_encode_fields,
         ops::op_decode_fields,
-        apply::entry::apply_ops_core,
         apply::waiting::under_peer_origin_sql,
         apply::waiting::applying_trusted_sql,
         trigger::record_local_ops,

@@ -140,4 +140,19 @@ SELECT value(visits) AS visits, (SELECT count(*) FROM pending) AS still_pending,
 SELECT * FROM apply(ROW('claimer:1', 'claimer', 'chain', '{"id":2}', 'visits', 1, 0, '{}',
                         '{"counts":{"claimer":1}}'::gcounter::bytea, NULL)::op, 'peer:dublin');
 SELECT op_id, outcome, origin FROM op_log WHERE op_id = 'claimer:1';
+-- apply_batch reads the op array itself: an empty or NULL array (or
+-- origin) decides nothing; a NULL element or a deps array that is no list
+-- is rejected with the rest of the batch applied; a key is logged in its
+-- canonical form whatever form it came in.
+SELECT count(*) AS decided FROM apply_batch('{}');
+SELECT count(*) AS decided FROM apply_batch(NULL);
+SELECT count(*) AS decided FROM apply_batch(ARRAY[ROW('claimer:2', 'claimer', 'chain', '{"id":2}', 'visits', 1, 0, '{}',
+                                                      '{"counts":{"claimer":2}}'::gcounter::bytea, NULL)::op], NULL);
+SELECT * FROM apply_batch(ARRAY[
+    NULL::op,
+    ROW('shape:1', 'shape', 'chain', '{"id":3}', 'visits', 1, 0, '{{a,b},{c,d}}', '{"counts":{"shape":1}}'::gcounter::bytea, NULL)::op,
+    ROW('shape:2', 'shape', 'chain', '{"id": "3"}', 'visits', 1, 0, NULL, '{"counts":{"shape":2}}'::gcounter::bytea, NULL)::op,
+    ROW('shape:3', 'shape', 'chain', '{"id": 4}', 'visits', 1, 0, '{}', '{"counts":{"shape":3}}'::gcounter::bytea, NULL)::op]);
+SELECT op_id, target_key, outcome, reason FROM op_log WHERE actor IN ('shape', '') ORDER BY seq;
+SELECT id, value(visits) FROM chain WHERE id IN (3, 4) ORDER BY id;
 DROP TABLE incident, unmarked, no_pk, chain;

@@ -64,6 +64,7 @@ SELECT resume_peer('dublin');
 SELECT sync('dublin');
 SELECT grant_peer('cv_app');
 SELECT retry_pending();
+SELECT * FROM apply_ops('{}', 'client', false);
 \set VERBOSITY default
 -- The messages are plain.
 SELECT set_node('elsewhere');
@@ -89,7 +90,9 @@ SELECT replicate('sec_incident');
 -- It sees no op of a table it may not read.
 SELECT count(*) FROM op_log WHERE target_table = 'public.sec_incident';
 SELECT count(*) FROM changes_since('{}') WHERE target_table = 'public.sec_incident';
-SELECT count(*) FROM quarantine;
+-- (A rejected envelope that names no table carries no table's data: it is
+-- everyone's to see, as the regress ops file leaves one.)
+SELECT count(*) FROM quarantine WHERE target_table IS NOT NULL;
 -- Types, mutators, readers and the monitoring views are everyone's.
 SELECT value(incr(NULL::gcounter, 2)), elements(add(NULL::orset, 'x'));
 SELECT count(*) >= 0 AS readable FROM peers;

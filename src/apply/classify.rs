@@ -134,7 +134,12 @@ pub(super) fn classify(
     // The key in the form the op trigger writes (src/trigger.rs), so that the
     // same row has one key everywhere (row_state, tombstones).
     match canonical_key(it.key.as_ref().expect("checked"), &target.keys, &target.key_types) {
-        Some(k) => it.key = Some(k),
+        Some(k) => {
+            if it.key.as_ref() != Some(&k) {
+                it.key_datum = None;
+            }
+            it.key = Some(k)
+        }
         None => {
             it.bad = Some("invalid_key".into());
             return;

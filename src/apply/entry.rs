@@ -1,8 +1,9 @@
-//! The ways into the batch apply: `converge.apply_ops_core` (the body of
-//! `apply_batch`, fed arrays by its SQL wrapper) and `apply_decoded` (ops
-//! a peer sent, decoded in Rust: the worker and `sync()` apply them with no
-//! SQL statement, wrapper or array in between). Both build the batch's
-//! items and run the same steps.
+//! The ways into the batch apply: `converge.apply_batch` (and
+//! `apply_ops`, its body for `retry_pending`), which reads the
+//! `converge.op[]` it is given field by field, and `apply_decoded` (ops a
+//! peer sent, decoded in Rust: the worker and `sync()` apply them with no
+//! SQL statement in between). Both build the batch's items and run the
+//! same steps.
 
 use super::{apply_classified, classify, node_actors, retry_pending, trusted, Item, Outcome, Target};
 use converge_core::Op;
@@ -10,54 +11,128 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use std::collections::HashMap;
 
-/// The body of `converge.apply_batch` for one batch (see sql/ops.sql for the
-/// SQL wrapper that unpacks `converge.op[]` into these arrays).
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn apply_ops_core(
-    op_ids: Vec<Option<String>>,
-    actors: Vec<Option<String>>,
-    tables: Vec<Option<String>>,
-    keys: Vec<Option<JsonB>>,
-    columns: Vec<Option<String>>,
-    versions: Vec<Option<i32>>,
-    epochs: Vec<Option<i64>>,
-    deps: Vec<Option<JsonB>>,
-    deltas: pgrx::Array<&[u8]>,
-    signatures: pgrx::Array<&[u8]>,
+/// `converge.apply_batch(ops converge.op[], origin text)`: declared in
+/// sql/ops.sql (its argument type is created there), STRICT.
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn apply_batch(
+    ops: pgrx::AnyArray,
+    origin: String,
+) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
+    TableIterator::new(run_batch(unsafe { items_of(ops.datum()) }, &origin, true))
+}
+
+/// `converge.apply_ops(ops, origin, top_level)`: apply_batch's body, called
+/// by `retry_pending` with `top_level` false (no retry of its own).
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn apply_ops(
+    ops: pgrx::AnyArray,
     origin: String,
     top_level: bool,
 ) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
-    let mut items: Vec<Item> = Vec::with_capacity(op_ids.len());
-    let mut deps = deps.into_iter();
-    let mut rest = (actors.into_iter(), tables.into_iter(), keys.into_iter(), columns.into_iter());
-    let mut more = (
-        versions.into_iter(),
-        epochs.into_iter(),
-        deltas.iter().map(|d| d.map(<[u8]>::to_vec)),
-        signatures.iter().map(|d| d.map(<[u8]>::to_vec)),
-    );
-    for (n, op_id) in op_ids.into_iter().enumerate() {
-        let d = deps.next().flatten().map(|j| match j.0 {
-            serde_json::Value::Array(a) => a.into_iter().map(|v| v.as_str().map(String::from)).collect(),
-            _ => vec![None],
-        });
+    TableIterator::new(run_batch(unsafe { items_of(ops.datum()) }, &origin, top_level))
+}
+
+/// An empty batch decides nothing (not even the pending ops' retry).
+fn run_batch(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    run(items, origin, top_level)
+}
+
+/// The fields of `converge.op` and their types, in the order `Item` takes them.
+const OP_FIELDS: [(&str, pg_sys::Oid); 10] = [
+    ("op_id", pg_sys::TEXTOID),
+    ("actor", pg_sys::TEXTOID),
+    ("target_table", pg_sys::TEXTOID),
+    ("target_key", pg_sys::JSONBOID),
+    ("target_column", pg_sys::TEXTOID),
+    ("schema_version", pg_sys::INT4OID),
+    ("epoch", pg_sys::INT8OID),
+    ("deps", pg_sys::TEXTARRAYOID),
+    ("delta", pg_sys::BYTEAOID),
+    ("signature", pg_sys::BYTEAOID),
+];
+
+/// The items of a `converge.op[]` datum, read straight from its elements
+/// (no statement, no arrays per field). A target key keeps its jsonb datum
+/// too, which the log row reuses when the key is already canonical.
+unsafe fn items_of(array: pg_sys::Datum) -> Vec<Item> {
+    let arr = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+    let elem = (*arr).elemtype;
+    let (mut len, mut byval, mut align) = (0i16, false, 0 as std::ffi::c_char);
+    pg_sys::get_typlenbyvalalign(elem, &mut len, &mut byval, &mut align);
+    let (mut elems, mut nulls, mut n) = (std::ptr::null_mut(), std::ptr::null_mut(), 0i32);
+    pg_sys::deconstruct_array(arr, elem, len as i32, byval, align, &mut elems, &mut nulls, &mut n);
+    let desc = pg_sys::lookup_rowtype_tupdesc(elem, -1);
+    let natts = (*desc).natts as usize;
+    let attrs = (*desc).attrs.as_slice(natts);
+    let at: Vec<usize> = OP_FIELDS
+        .iter()
+        .map(|(f, ty)| {
+            attrs
+                .iter()
+                .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == *f && a.atttypid == *ty)
+                .unwrap_or_else(|| {
+                    crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge.op lacks field {f} of its type"))
+                })
+        })
+        .collect();
+    let (mut values, mut isnull) = (vec![pg_sys::Datum::from(0usize); natts], vec![true; natts]);
+    let mut items = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        if *nulls.add(i) {
+            items.push(Item { n: i, ..Item::default() });
+            continue;
+        }
+        let td = pg_sys::pg_detoast_datum((*elems.add(i)).cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_len = pgrx::varsize_any(td as *const pg_sys::varlena) as u32;
+        tuple.t_data = td;
+        pg_sys::heap_deform_tuple(&mut tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
+        let field = |k: usize| (values[at[k]], isnull[at[k]], attrs[at[k]].atttypid);
+        let get = |k: usize| {
+            let (v, null, ty) = field(k);
+            String::from_polymorphic_datum(v, null, ty)
+        };
+        let (key, key_null, key_ty) = field(3);
+        let (deps, deps_null, _) = field(7);
+        let bytes = |k: usize| {
+            let (v, null, ty) = field(k);
+            <Vec<u8>>::from_polymorphic_datum(v, null, ty)
+        };
         items.push(Item {
-            n,
-            op_id,
-            actor_given: rest.0.next().flatten(),
-            table: rest.1.next().flatten(),
-            key: rest.2.next().flatten().map(|j| j.0),
-            column: rest.3.next().flatten(),
-            version: more.0.next().flatten(),
-            epoch: more.1.next().flatten(),
-            deps: d,
-            delta: more.2.next().flatten(),
-            signature: more.3.next().flatten(),
+            n: i,
+            op_id: get(0),
+            actor_given: get(1),
+            table: get(2),
+            key: JsonB::from_polymorphic_datum(key, key_null, key_ty).map(|j| j.0),
+            // (Fields of a composite are never toasted out of line; kept
+            // out of the log should one ever be.)
+            key_datum: (!key_null && !pgrx::varlena::varatt_is_1b_e(key.cast_mut_ptr())).then_some(key),
+            column: get(4),
+            version: { let (v, null, ty) = field(5); i32::from_polymorphic_datum(v, null, ty) },
+            epoch: { let (v, null, ty) = field(6); i64::from_polymorphic_datum(v, null, ty) },
+            deps: (!deps_null).then(|| deps_of_array(deps)),
+            delta: bytes(8),
+            signature: bytes(9),
             ..Item::default()
         });
     }
-    TableIterator::new(run(items, &origin, top_level))
+    if (*desc).tdrefcount >= 0 {
+        pg_sys::DecrTupleDescRefCount(desc);
+    }
+    items
+}
+
+/// An op's deps (text[]) as the envelope reads them: a multidimensional
+/// array is no list of op_ids (one None marks it invalid).
+unsafe fn deps_of_array(d: pg_sys::Datum) -> Vec<Option<String>> {
+    let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+    if (*arr).ndim > 1 {
+        return vec![None];
+    }
+    <Vec<Option<String>>>::from_polymorphic_datum(pg_sys::Datum::from(arr), false, pg_sys::TEXTARRAYOID).unwrap_or_default()
 }
 
 /// Apply ops a peer sent (decoded from its slot) as

@@ -149,7 +149,7 @@ fn insert_applied(items: &[&Item], origin: &str) {
             ("actor", it.actor.as_deref().and_then(text)),
             ("counter", it.counter.and_then(int8)),
             ("target_table", it.table.as_deref().and_then(text)),
-            ("target_key", it.key.clone().and_then(|k| JsonB(k).into_datum())),
+            ("target_key", it.key_datum.or_else(|| it.key.clone().and_then(|k| JsonB(k).into_datum()))),
             ("target_column", it.column.as_deref().and_then(text)),
             ("schema_version", it.version.and_then(int4)),
             ("epoch", it.epoch.and_then(int8)),

@@ -42,6 +42,10 @@ struct Item {
     actor_given: Option<String>,
     table: Option<String>,
     key: Option<serde_json::Value>,
+    /// The key as the caller's jsonb, while `key` is that same value (the
+    /// log row stores it as given instead of encoding `key` again). It
+    /// points into apply_batch's argument: valid only until it returns.
+    key_datum: Option<pg_sys::Datum>,
     column: Option<String>,
     version: Option<i32>,
     epoch: Option<i64>,
