@@ -70,6 +70,75 @@ impl RowTable<'_> {
         !self.update(&sql, &[JsonB(key.clone()).into()]).is_empty()
     }
 
+    /// For each key, its row's ctid if it exists (as the caller, no lock).
+    fn existing(&self, keys: &[Value]) -> Vec<Option<String>> {
+        let sql = format!(
+            "SELECT u.i, t.ctid::text FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
+                    LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v, {0} t
+              WHERE {1}",
+            self.name,
+            self.key_match()
+        );
+        let mut out = vec![None; keys.len()];
+        let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+        let found: Vec<(i64, String)> = as_writer(self.rel, || {
+            crate::spi::prepared(&sql, &[json.into()], |t| {
+                Ok(t.filter_map(|r| Some((r.get::<i64>(1).ok()??, r.get::<String>(2).ok()??))).collect())
+            })
+        })
+        .unwrap_or_else(|e| fail(e));
+        for (i, ctid) in found {
+            out[i as usize - 1] = Some(ctid);
+        }
+        out
+    }
+
+    /// Lock the rows with these keys (as the caller), in the order given;
+    /// the positions of those that exist.
+    fn lock_all(&self, keys: &[Value]) -> std::collections::HashSet<usize> {
+        let sql = format!(
+            "SELECT u.i FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
+                    LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v, {0} t
+              WHERE {1} ORDER BY u.i FOR UPDATE OF t",
+            self.name,
+            self.key_match()
+        );
+        let keys: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+        as_writer(self.rel, || {
+            crate::spi::prepared(&sql, &[keys.into()], |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten()).map(|i| i as usize - 1).collect()))
+        })
+        .unwrap_or_else(|e| fail(e))
+    }
+
+    /// Write each row's winning non-CRDT values (as the caller): one
+    /// UPDATE per set of columns the rows' clocks hold.
+    fn update_all(&self, other_columns: &[String], rows: &[Update]) {
+        let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<JsonB>, Vec<JsonB>)> = Default::default();
+        for r in rows {
+            let vals = values_of(self, &r.clock);
+            let cols: Vec<String> = vals.keys().filter(|k| other_columns.contains(k)).cloned().collect();
+            if cols.is_empty() {
+                continue;
+            }
+            let e = by_columns.entry(cols).or_default();
+            e.0.push(JsonB(r.key.clone()));
+            e.1.push(JsonB(Value::Object(vals)));
+        }
+        for (cols, (keys, vals)) in by_columns {
+            let sets: Vec<String> = cols.iter().map(|k| format!("{0} = w.{0}", ident(k))).collect();
+            let sql = format!(
+                "UPDATE {0} t SET {1} FROM ROWS FROM (pg_catalog.unnest($1::jsonb[]), pg_catalog.unnest($2::jsonb[])) u(k, vals),
+                        LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v,
+                        LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.vals) w
+                  WHERE {2}",
+                self.name,
+                sets.join(", "),
+                self.key_match()
+            );
+            as_writer(self.rel, || run(&sql, &[keys.into(), vals.into()]));
+        }
+    }
+
     /// The row's CRDT values as {column: text} (as the caller).
     fn crdt_values(&self, key: &Value) -> Map<String, Value> {
         if self.crdt.is_empty() {
@@ -142,12 +211,123 @@ fn as_map(v: Option<JsonB>) -> Map<String, Value> {
     }
 }
 
+/// A row the batch only updates: present, and live after each of its ops.
+struct Update {
+    key: Value,
+    key_datum: pg_sys::Datum,
+    entry: Option<crate::row_state::Locked>,
+    clock: LwwMap,
+}
+
+fn decoded(delta: &[u8]) -> LwwMap {
+    // Validated by the apply's classification.
+    converge_core::decode::<LwwMap>(delta).unwrap_or_else(|e| fail(e.message))
+}
+
+fn is_alive(clock: &LwwMap) -> bool {
+    clock.get("$live").map(|j| j.to_value()).and_then(|v| v.as_bool()).unwrap_or(true)
+}
+
+/// The row's non-CRDT, non-key values as its clock has them.
+fn values_of(t: &RowTable, clock: &LwwMap) -> Map<String, Value> {
+    let mut vals = match clock.to_user_json() {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => Map::new(),
+        Err(e) => fail(e.message),
+    };
+    vals.remove("$live");
+    for k in t.keys {
+        vals.remove(k);
+    }
+    vals
+}
+
+type Group = (Value, Vec<Vec<u8>>);
+
 /// Apply row ops of one table, in key order then batch order: merge each
 /// lwwmap delta into the row's clock, then make the table agree with it:
 /// present with the winning non-CRDT values while "$live" is not false,
 /// absent (CRDT state stashed) otherwise. Runs inside `as_owner`.
+///
+/// Set-wise where it can: a run of keys whose rows exist is locked in one
+/// statement, and its rows that stay live through all their ops (edits of
+/// existing rows, most row ops) are written with one UPDATE per set of
+/// columns, each row's deltas merged here first (the clock's winners are
+/// what updates op by op would leave). Absent keys (inserts), rows that die
+/// or come back, and keys naming a row another key of the batch names too
+/// (equal as the table compares them, e.g. 1 and 1.0) go op by op. Rows
+/// are locked in key order throughout, as op by op: an insert, which may
+/// wait for another session's insert of its key, holds no later row.
+/// (A user's trigger sees one UPDATE of many rows, not one per row.)
 pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value, Vec<u8>)>) {
     ops.sort_by_cached_key(|(k, _)| k.to_string()); // stable: batch order within a key
+    let mut groups: Vec<Group> = Vec::new();
+    for (key, delta) in ops {
+        match groups.last_mut() {
+            Some((k, ds)) if *k == key => ds.push(delta),
+            _ => groups.push((key, vec![delta])),
+        }
+    }
+    let rows = t.existing(&groups.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
+    let mut named: HashMap<&str, usize> = HashMap::new();
+    for ctid in rows.iter().flatten() {
+        *named.entry(ctid.as_str()).or_default() += 1;
+    }
+    let fast: Vec<bool> = rows.iter().map(|r| r.as_deref().is_some_and(|c| named[c] == 1)).collect();
+    let mut run: Vec<Group> = Vec::new();
+    for (i, g) in groups.into_iter().enumerate() {
+        if fast[i] {
+            run.push(g);
+            continue;
+        }
+        merge_run(t, other_columns, std::mem::take(&mut run));
+        merge_one_by_one(t, other_columns, g.1.into_iter().map(|d| (g.0.clone(), d)).collect());
+    }
+    merge_run(t, other_columns, run);
+}
+
+/// A run of keys whose rows existed a moment ago: locked at once, the rows
+/// that only change written set-wise, the others op by op.
+fn merge_run(t: &RowTable, other_columns: &[String], run: Vec<Group>) {
+    if run.is_empty() {
+        return;
+    }
+    let present = t.lock_all(&run.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
+    let mut state = Table::open(c"row_state");
+    let (mut updates, mut slow) = (Vec::new(), Vec::new());
+    for (i, (key, deltas)) in run.into_iter().enumerate() {
+        if present.contains(&i) {
+            let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+            let entry = crate::row_state::lock(&state, t.rel, key_datum);
+            let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
+            let mut alive = true;
+            for d in &deltas {
+                clock.merge(&decoded(d));
+                alive &= is_alive(&clock);
+            }
+            if alive {
+                updates.push(Update { key, key_datum, entry, clock });
+                continue;
+            }
+        }
+        slow.extend(deltas.into_iter().map(|d| (key.clone(), d)));
+    }
+    t.update_all(other_columns, &updates);
+    for u in updates {
+        match u.entry {
+            Some(e) => {
+                let stash = e.stash.clone();
+                crate::row_state::rewrite(&mut state, e, t.rel, u.key_datum, &u.clock, true, stash)
+            }
+            None => crate::row_state::insert(t.rel, &u.key, &u.clock, true, Map::new()),
+        }
+    }
+    state.close();
+    merge_one_by_one(t, other_columns, slow);
+}
+
+/// The op-by-op path of `merge_row_ops` (ops sorted by key).
+fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec<u8>)>) {
     for (key, delta) in ops {
         // Lock order as in local writes: the row, then its row_state.
         let present = t.lock(&key);
@@ -159,18 +339,9 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
         probe.close();
         let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
         let mut stash = entry.as_ref().map(|e| e.stash.clone()).unwrap_or_default();
-        // Validated by the apply's classification.
-        clock.merge(&converge_core::decode::<LwwMap>(&delta).unwrap_or_else(|e| fail(e.message)));
-        let alive = clock.get("$live").map(|j| j.to_value()).and_then(|v| v.as_bool()).unwrap_or(true);
-        let mut vals = match clock.to_user_json() {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => Map::new(),
-            Err(e) => fail(e.message),
-        };
-        vals.remove("$live");
-        for k in t.keys {
-            vals.remove(k);
-        }
+        clock.merge(&decoded(&delta));
+        let alive = is_alive(&clock);
+        let vals = values_of(t, &clock);
         if alive && !present {
             let mut row = vals.clone();
             if let Value::Object(k) = &key {

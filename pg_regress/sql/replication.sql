@@ -130,3 +130,48 @@ CREATE TABLE dated (day date PRIMARY KEY, n gcounter);
 SELECT replicate('dated');
 DROP TABLE dated;
 DROP TABLE ticket;
+
+-- A batch of row ops: rows that stay present and live are written
+-- set-wise, each row's ops merged first (per column the newest write wins,
+-- whatever the batch order; an older write loses to what the row has);
+-- rows that die, come back or are new go op by op, in batch order.
+CREATE TABLE board (id int PRIMARY KEY, title text, owner text);
+SELECT replicate('board');
+INSERT INTO board VALUES (1, 'one', 'ann'), (2, 'two', 'bo'), (3, 'three', 'cy'), (5, 'five', 'di');
+DELETE FROM board WHERE id = 5;
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:1', 'tab', 'board', '{"id":1}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444800000,0,"tab"],{"put":"one, newest"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:2', 'tab', 'board', '{"id":1}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444700000,0,"tab"],{"put":"one, newer"}],
+                     "owner":[[4102444700000,0,"tab"],{"put":"eve"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:3', 'tab', 'board', '{"id":2}', '', 1, 0, '{}',
+        '{"entries":{"title":[[1000,0,"tab"],{"put":"stale"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:4', 'tab', 'board', '{"id":3}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444700000,0,"tab"],{"put":"three, edited"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:5', 'tab', 'board', '{"id":3}', '', 1, 0, '{}',
+        '{"entries":{"$live":[[4102444800000,0,"tab"],{"put":false}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:6', 'tab', 'board', '{"id":4}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444700000,0,"tab"],{"put":"four"}],
+                     "owner":[[4102444700000,0,"tab"],{"put":"fay"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:7', 'tab', 'board', '{"id":5}', '', 1, 0, '{}',
+        '{"entries":{"$live":[[4102444800000,0,"tab"],{"put":true}],
+                     "title":[[4102444800000,0,"tab"],{"put":"five again"}]}}'::lwwmap::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT * FROM board ORDER BY id;
+SELECT target_key, live FROM row_state WHERE tbl = 'board'::regclass ORDER BY target_key;
+DROP TABLE board;
+-- Two keys naming one row (a numeric key: 1 and 1.0 are equal) go op by
+-- op, so the row and its clock take both ops: the newest label wins.
+CREATE TABLE gauge (id numeric PRIMARY KEY, label text);
+SELECT replicate('gauge');
+INSERT INTO gauge VALUES (1, 'first');
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:8', 'tab', 'gauge', '{"id":1.0}', '', 1, 0, '{}',
+        '{"entries":{"label":[[4102444800000,0,"tab"],{"put":"newest"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:9', 'tab', 'gauge', '{"id":1}', '', 1, 0, '{}',
+        '{"entries":{"label":[[4102444700000,0,"tab"],{"put":"older"}]}}'::lwwmap::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT * FROM gauge;
+SELECT count(*) AS clocks FROM row_state WHERE tbl = 'gauge'::regclass;
+DROP TABLE gauge;

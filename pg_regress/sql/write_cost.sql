@@ -80,4 +80,18 @@ SELECT outcome, count(*) FROM ten_rows, apply_batch(ten_rows.ops, 'costpeer') GR
 SELECT * FROM written;
 COMMIT;
 
+-- 100 row ops (a plain column) of a peer on 10 rows: the rows only
+-- change, so each row's ops are merged first and the row and its clock
+-- are written once (set-wise); the newest note of each row wins.
+CREATE TEMP TABLE ten_row_ops AS SELECT ARRAY(
+    SELECT ROW('costpeer:' || i, 'costpeer', 'cost_t', jsonb_build_object('id', i % 10 + 11), '', 1, 0, '{}'::text[],
+               put(NULL::lwwmap, 'note', to_jsonb('note ' || i))::bytea, NULL)::op
+      FROM generate_series(201, 300) i) AS ops;
+SELECT pg_stat_force_next_flush();
+BEGIN;
+SELECT outcome, count(*) FROM ten_row_ops, apply_batch(ten_row_ops.ops, 'costpeer') GROUP BY 1;
+SELECT * FROM written;
+COMMIT;
+SELECT string_agg(note, ', ' ORDER BY id) AS notes FROM cost_t WHERE id BETWEEN 11 AND 20;
+
 DROP TABLE cost_t;

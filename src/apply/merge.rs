@@ -88,11 +88,11 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
             names.push(format!("k{i}"));
             casts.push(format!("u.k{i}::{ty}"));
         }
-        let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("${}::text[]", i + 3)).collect();
+        let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("pg_catalog.unnest(${}::text[])", i + 3)).collect();
         let upsert = format!(
                 "INSERT INTO {rel} AS t ({cols}, {qcol})
                  SELECT {casts}, u.v::converge.{coltype}
-                   FROM unnest($2::bytea[], {texts}) u(v, {names})
+                   FROM ROWS FROM (pg_catalog.unnest($2::bytea[]), {texts}) u(v, {names})
                   WHERE $1::oid IS NOT NULL
                   ORDER BY {order}
                  ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})",
@@ -334,7 +334,7 @@ fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value]
     let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
     if !gone.is_empty() {
         let sql = format!(
-            "DELETE FROM {name} t USING unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
+            "DELETE FROM {name} t USING pg_catalog.unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
               WHERE {matched}",
             name = t.name,
             matched = crate::rows::keys_match(&t.keys),
@@ -364,10 +364,10 @@ fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value]
         }
         let sets: Vec<String> =
             cols.iter().enumerate().map(|(i, (c, ty))| format!("{} = u.c{i}::converge.{}", quote_ident(c), quote_ident(ty))).collect();
-        let arrays: Vec<String> = (0..cols.len()).map(|i| format!("${}::bytea[]", i + 2)).collect();
+        let arrays: Vec<String> = (0..cols.len()).map(|i| format!("pg_catalog.unnest(${}::bytea[])", i + 2)).collect();
         let names: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
         let sql = format!(
-            "UPDATE {name} t SET {sets} FROM unnest($1::jsonb[], {arrays}) u(key, {names}),
+            "UPDATE {name} t SET {sets} FROM ROWS FROM (pg_catalog.unnest($1::jsonb[]), {arrays}) u(key, {names}),
                     LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, u.key) v
               WHERE {matched}",
             name = t.name,
