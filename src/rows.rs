@@ -70,14 +70,18 @@ impl RowTable<'_> {
         !self.update(&sql, &[JsonB(key.clone()).into()]).is_empty()
     }
 
-    /// For each key, its row's ctid if it exists (as the caller, no lock).
+    /// For each key, its row's key as the table holds it, if the row
+    /// exists (as the caller, no lock; the key columns only, which the
+    /// lock needs the right to read anyway).
     fn existing(&self, keys: &[Value]) -> Vec<Option<String>> {
+        let stored: Vec<String> = self.keys.iter().map(|k| format!("t.{}", ident(k))).collect();
         let sql = format!(
-            "SELECT u.i, t.ctid::text FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
+            "SELECT u.i, ROW({2})::text FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
                     LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v, {0} t
               WHERE {1}",
             self.name,
-            self.key_match()
+            self.key_match(),
+            stored.join(", ")
         );
         let mut out = vec![None; keys.len()];
         let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
@@ -87,8 +91,8 @@ impl RowTable<'_> {
             })
         })
         .unwrap_or_else(|e| fail(e));
-        for (i, ctid) in found {
-            out[i as usize - 1] = Some(ctid);
+        for (i, row) in found {
+            out[i as usize - 1] = Some(row);
         }
         out
     }
@@ -270,8 +274,8 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
     }
     let rows = t.existing(&groups.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
     let mut named: HashMap<&str, usize> = HashMap::new();
-    for ctid in rows.iter().flatten() {
-        *named.entry(ctid.as_str()).or_default() += 1;
+    for row in rows.iter().flatten() {
+        *named.entry(row.as_str()).or_default() += 1;
     }
     let fast: Vec<bool> = rows.iter().map(|r| r.as_deref().is_some_and(|c| named[c] == 1)).collect();
     let mut run: Vec<Group> = Vec::new();
