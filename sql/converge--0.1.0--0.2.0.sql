@@ -886,13 +886,13 @@ COMMENT ON FUNCTION converge.applying_trusted() IS 'Internal: whether converge a
 -- into arrays for apply_ops_core).
 CREATE OR REPLACE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_ops_wrapper';
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_ops_wrapper';
 COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch (top_level: also retry the pending ops the batch unblocks).';
 REVOKE ALL ON FUNCTION converge.apply_ops(converge.op[], text, boolean) FROM PUBLIC;
 DROP FUNCTION converge.apply_ops_core(text[], text[], text[], jsonb[], text[], int[], bigint[], jsonb[], bytea[], bytea[], text, boolean);
 CREATE OR REPLACE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_batch_wrapper';
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_batch_wrapper';
 COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: first the pending ops whose deps are applied, then the batch: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
 
 -- The worker of a database exits when the library and the extension

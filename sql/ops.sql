@@ -203,12 +203,12 @@ COMMENT ON FUNCTION converge.retry_pending() IS 'Apply every pending op whose de
 -- given directly; apply_ops is the same body for retry_pending's passes.
 CREATE FUNCTION converge.apply_ops(ops converge.op[], origin text, top_level boolean)
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_ops_wrapper';
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_ops_wrapper';
 COMMENT ON FUNCTION converge.apply_ops(converge.op[], text, boolean) IS 'Internal: the body of apply_batch (top_level: also retry the pending ops the batch unblocks).';
 
 CREATE FUNCTION converge.apply_batch(ops converge.op[], origin text DEFAULT 'client')
 RETURNS TABLE (op_id text, outcome text, reason text)
-LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_batch_wrapper';
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_batch_wrapper';
 COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: first the pending ops whose deps are applied, then the batch: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
 
 CREATE FUNCTION converge.apply(op converge.op, origin text DEFAULT 'client')

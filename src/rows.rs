@@ -260,8 +260,11 @@ type Group = (Value, Vec<Vec<u8>>);
 /// what updates op by op would leave). Absent keys (inserts), rows that die
 /// or come back, and keys naming a row another key of the batch names too
 /// (equal as the table compares them, e.g. 1 and 1.0) go op by op. Rows
-/// are locked in key order throughout, as op by op: an insert, which may
-/// wait for another session's insert of its key, holds no later row.
+/// are locked in key order, as op by op: an insert, which may wait for
+/// another session's insert of its key, holds no later row; except a row
+/// deleted between the probe and the lock of its run, inserted again after
+/// the run (a deadlock PostgreSQL then detects is possible there). "Key
+/// order" is the keys' JSON text, as it was op by op.
 /// (A user's trigger sees one UPDATE of many rows, not one per row.)
 pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value, Vec<u8>)>) {
     ops.sort_by_cached_key(|(k, _)| k.to_string()); // stable: batch order within a key

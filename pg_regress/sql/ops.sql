@@ -140,8 +140,9 @@ SELECT value(visits) AS visits, (SELECT count(*) FROM pending) AS still_pending,
 SELECT * FROM apply(ROW('claimer:1', 'claimer', 'chain', '{"id":2}', 'visits', 1, 0, '{}',
                         '{"counts":{"claimer":1}}'::gcounter::bytea, NULL)::op, 'peer:dublin');
 SELECT op_id, outcome, origin FROM op_log WHERE op_id = 'claimer:1';
--- apply_batch reads the op array itself: an empty or NULL array (or
--- origin) decides nothing; a NULL element or a deps array that is no list
+-- apply_batch reads the op array itself: an empty or NULL array decides
+-- nothing, a NULL origin is an error (the batch is not quietly dropped);
+-- a NULL element or a deps array that is no list
 -- is rejected with the rest of the batch applied; a key is logged in its
 -- canonical form whatever form it came in.
 SELECT count(*) AS decided FROM apply_batch('{}');

@@ -12,32 +12,39 @@ use pgrx::JsonB;
 use std::collections::HashMap;
 
 /// `converge.apply_batch(ops converge.op[], origin text)`: declared in
-/// sql/ops.sql (its argument type is created there), STRICT.
+/// sql/ops.sql (its argument type is created there). Not STRICT: a NULL
+/// origin is an error rather than a batch quietly dropped.
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn apply_batch(
-    ops: pgrx::AnyArray,
-    origin: String,
+    ops: Option<pgrx::AnyArray>,
+    origin: Option<String>,
 ) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
-    TableIterator::new(run_batch(unsafe { items_of(ops.datum()) }, &origin, true))
+    TableIterator::new(run_batch(ops, origin, Some(true)))
 }
 
 /// `converge.apply_ops(ops, origin, top_level)`: apply_batch's body, called
 /// by `retry_pending` with `top_level` false (no retry of its own).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn apply_ops(
-    ops: pgrx::AnyArray,
-    origin: String,
-    top_level: bool,
+    ops: Option<pgrx::AnyArray>,
+    origin: Option<String>,
+    top_level: Option<bool>,
 ) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
-    TableIterator::new(run_batch(unsafe { items_of(ops.datum()) }, &origin, top_level))
+    TableIterator::new(run_batch(ops, origin, top_level))
 }
 
-/// An empty batch decides nothing (not even the pending ops' retry).
-fn run_batch(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+/// A NULL or empty batch decides nothing (not even the pending ops' retry).
+fn run_batch(ops: Option<pgrx::AnyArray>, origin: Option<String>, top_level: Option<bool>) -> Vec<Outcome> {
+    let null = |what: &str| -> ! {
+        crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("the {what} of a batch of ops must not be NULL"))
+    };
+    let origin = origin.unwrap_or_else(|| null("origin"));
+    let top_level = top_level.unwrap_or_else(|| null("top_level"));
+    let items = ops.map(|a| unsafe { items_of(a.datum()) }).unwrap_or_default();
     if items.is_empty() {
         return Vec::new();
     }
-    run(items, origin, top_level)
+    run(items, &origin, top_level)
 }
 
 /// The fields of `converge.op` and their types, in the order `Item` takes them.
