@@ -70,31 +70,30 @@ impl RowTable<'_> {
         !self.update(&sql, &[JsonB(key.clone()).into()]).is_empty()
     }
 
-    /// For each key, its row's key as the table holds it, if the row
-    /// exists (as the caller, no lock; the key columns only, which the
-    /// lock needs the right to read anyway).
-    fn existing(&self, keys: &[Value]) -> Vec<Option<String>> {
+    /// The keys' positions in the order the table sorts them (as the column
+    /// upserts of merge.rs lock rows), each with its row's key as the table
+    /// holds it if the row exists (as the caller, no lock; the key columns
+    /// only, which the lock needs the right to read anyway).
+    fn existing(&self, keys: &[Value]) -> Vec<(usize, Option<String>)> {
         let stored: Vec<String> = self.keys.iter().map(|k| format!("t.{}", ident(k))).collect();
+        let order: Vec<String> = self.keys.iter().map(|k| format!("v.{}", ident(k))).collect();
         let sql = format!(
-            "SELECT u.i, ROW({2})::text FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
-                    LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v, {0} t
-              WHERE {1}",
+            "SELECT u.i, (SELECT ROW({2})::text FROM {0} t WHERE {1})
+               FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
+                    LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v
+              ORDER BY {3}, u.i",
             self.name,
             self.key_match(),
-            stored.join(", ")
+            stored.join(", "),
+            order.join(", ")
         );
-        let mut out = vec![None; keys.len()];
         let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
-        let found: Vec<(i64, String)> = as_writer(self.rel, || {
+        as_writer(self.rel, || {
             crate::spi::prepared(&sql, &[json.into()], |t| {
-                Ok(t.filter_map(|r| Some((r.get::<i64>(1).ok()??, r.get::<String>(2).ok()??))).collect())
+                Ok(t.filter_map(|r| Some((r.get::<i64>(1).ok()?? as usize - 1, r.get::<String>(2).ok()?))).collect())
             })
         })
-        .unwrap_or_else(|e| fail(e));
-        for (i, row) in found {
-            out[i as usize - 1] = Some(row);
-        }
-        out
+        .unwrap_or_else(|e| fail(e))
     }
 
     /// Lock the rows with these keys (as the caller), in the order given;
@@ -263,11 +262,13 @@ type Group = (Value, Vec<Vec<u8>>);
 /// are locked in key order, as op by op: an insert, which may wait for
 /// another session's insert of its key, holds no later row; except a row
 /// deleted between the probe and the lock of its run, inserted again after
-/// the run (a deadlock PostgreSQL then detects is possible there). "Key
-/// order" is the keys' JSON text, as it was op by op.
+/// the run (a deadlock PostgreSQL then detects is possible there). Key
+/// order is the table's order of its key columns, the order in which the
+/// column upserts (merge.rs) lock rows too.
 /// (A user's trigger sees one UPDATE of many rows, not one per row.)
 pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value, Vec<u8>)>) {
-    ops.sort_by_cached_key(|(k, _)| k.to_string()); // stable: batch order within a key
+    // Grouped by key (stable: batch order within a key), then in key order.
+    ops.sort_by_cached_key(|(k, _)| k.to_string());
     let mut groups: Vec<Group> = Vec::new();
     for (key, delta) in ops {
         match groups.last_mut() {
@@ -277,13 +278,14 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
     }
     let rows = t.existing(&groups.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
     let mut named: HashMap<&str, usize> = HashMap::new();
-    for row in rows.iter().flatten() {
-        *named.entry(row.as_str()).or_default() += 1;
+    for row in rows.iter().filter_map(|(_, r)| r.as_deref()) {
+        *named.entry(row).or_default() += 1;
     }
-    let fast: Vec<bool> = rows.iter().map(|r| r.as_deref().is_some_and(|c| named[c] == 1)).collect();
+    let mut slots: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
     let mut run: Vec<Group> = Vec::new();
-    for (i, g) in groups.into_iter().enumerate() {
-        if fast[i] {
+    for (i, row) in &rows {
+        let Some(g) = slots[*i].take() else { continue };
+        if row.as_deref().is_some_and(|c| named[c] == 1) {
             run.push(g);
             continue;
         }
@@ -291,6 +293,10 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
         merge_one_by_one(t, other_columns, g.1.into_iter().map(|d| (g.0.clone(), d)).collect());
     }
     merge_run(t, other_columns, run);
+    // (The probe returns every key; should one be missing, it still applies.)
+    for g in slots.into_iter().flatten() {
+        merge_one_by_one(t, other_columns, g.1.into_iter().map(|d| (g.0.clone(), d)).collect());
+    }
 }
 
 /// A run of keys whose rows existed a moment ago: locked at once, the rows
