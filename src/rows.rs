@@ -66,8 +66,7 @@ impl RowTable<'_> {
 
     /// Lock the row with this key (as the caller); whether it exists.
     fn lock(&self, key: &Value) -> bool {
-        let sql = format!("SELECT NULL::jsonb FROM {} FOR UPDATE OF t", self.key_source());
-        !self.update(&sql, &[JsonB(key.clone()).into()]).is_empty()
+        !self.lock_all(std::slice::from_ref(key)).is_empty()
     }
 
     /// The keys' positions in the order the table sorts them (as the column

@@ -98,31 +98,23 @@ unsafe fn items_of(array: pg_sys::Datum) -> Vec<Item> {
         tuple.t_data = td;
         pg_sys::heap_deform_tuple(&mut tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
         let field = |k: usize| (values[at[k]], isnull[at[k]], attrs[at[k]].atttypid);
-        let get = |k: usize| {
-            let (v, null, ty) = field(k);
-            String::from_polymorphic_datum(v, null, ty)
-        };
-        let (key, key_null, key_ty) = field(3);
+        let (key, key_null, _) = field(3);
         let (deps, deps_null, _) = field(7);
-        let bytes = |k: usize| {
-            let (v, null, ty) = field(k);
-            <Vec<u8>>::from_polymorphic_datum(v, null, ty)
-        };
         items.push(Item {
             n: i,
-            op_id: get(0),
-            actor_given: get(1),
-            table: get(2),
-            key: JsonB::from_polymorphic_datum(key, key_null, key_ty).map(|j| j.0),
+            op_id: value(field(0)),
+            actor_given: value(field(1)),
+            table: value(field(2)),
+            key: value::<JsonB>(field(3)).map(|j| j.0),
             // (Fields of a composite are never toasted out of line; kept
             // out of the log should one ever be.)
             key_datum: (!key_null && !pgrx::varlena::varatt_is_1b_e(key.cast_mut_ptr())).then_some(key),
-            column: get(4),
-            version: { let (v, null, ty) = field(5); i32::from_polymorphic_datum(v, null, ty) },
-            epoch: { let (v, null, ty) = field(6); i64::from_polymorphic_datum(v, null, ty) },
+            column: value(field(4)),
+            version: value(field(5)),
+            epoch: value(field(6)),
             deps: (!deps_null).then(|| deps_of_array(deps)),
-            delta: bytes(8),
-            signature: bytes(9),
+            delta: value(field(8)),
+            signature: value(field(9)),
             ..Item::default()
         });
     }
@@ -130,6 +122,11 @@ unsafe fn items_of(array: pg_sys::Datum) -> Vec<Item> {
         pg_sys::DecrTupleDescRefCount(desc);
     }
     items
+}
+
+/// A field of a deformed `converge.op` (datum, null, type) as `T`.
+unsafe fn value<T: FromDatum>((datum, null, ty): (pg_sys::Datum, bool, pg_sys::Oid)) -> Option<T> {
+    T::from_polymorphic_datum(datum, null, ty)
 }
 
 /// An op's deps (text[]) as the envelope reads them: a multidimensional
