@@ -166,7 +166,7 @@ fn add_peer(name: &str, conninfo: &str) {
         &[name.into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    copy_missing(name, &mut conn, oid, &interrupt);
+    copy_missing(name, &mut conn, oid, &interrupt, false);
     super::launcher::start_worker();
 }
 
@@ -194,13 +194,14 @@ pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, stop: &dyn Fn() -> b
 /// origin (or its rows, when it has compacted past our frontier: rejoin.rs). After ensure_slot: everything the peer commits from then on is
 /// kept for us, and the copy covers everything before (overlap is
 /// deduplicated). add_peer and a rejoin after being marked lost both do
-/// this. Returns the number of ops copied.
-pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool) -> usize {
+/// this (`rejoin`: this node's rows are merged with the peer's, not
+/// replaced, rejoin.rs). Returns the number of ops copied.
+pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool, rejoin: bool) -> usize {
     let frontier = read_one::<String>("SELECT converge.frontier()::text", &[]).unwrap_or("{}".into());
     let ops = match conn.query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true, QUERY_TIMEOUT, stop) {
         Ok(ops) => ops,
         // The peer compacted its log past our frontier: copy its rows.
-        Err(e) if e.sqlstate.as_deref() == Some("55000") => return super::rejoin::copy_snapshot(name, conn, origin, stop),
+        Err(e) if e.sqlstate.as_deref() == Some("55000") => return super::rejoin::copy_snapshot(name, conn, origin, stop, rejoin),
         Err(e) => peer_failed(name, e),
     };
     let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();

@@ -1,21 +1,30 @@
 //! Copying a peer's state instead of its ops (SPEC section 4): when the
 //! peer has compacted its log past this node's frontier (changes_since
 //! answers 55000), a node that joins (add_peer) or rejoins after being
-//! marked lost merges the peer's rows instead, read in one snapshot
-//! together with the peer's frontier:
-//! - every key's row clock and CRDT state (`converge.rejoin_rows` on the
-//!   peer: a deleted row's state is its stash) replaces this node's (not
-//!   merged with it: this node's old state may still hold what the peer
-//!   removed and compaction then forgot), and every op of this node's log
-//!   that the peer has not applied is merged again on top;
-//! - the peer's row bases replace this node's, and the ops still in the
-//!   peer's log (beyond those bases) are applied here as ops, so this
-//!   node's rows are again its bases plus its log;
-//! - keys this node has and the peer does not, whose every op here is one
-//!   the peer has applied: the peer deleted them and compaction forgot
-//!   them, so they go here too;
-//! - then this node counts every op up to the peer's frontier as applied
-//!   (its state holds them), so later copies and dedupe start from there.
+//! marked lost takes the peer's rows instead, read in one snapshot
+//! together with the peer's frontier: every key's row clock and CRDT state
+//! (`converge.rejoin_rows` on the peer: a deleted row's state is its
+//! stash) and its row base, then the ops still in the peer's log (beyond
+//! those bases) as ops, and every op up to the peer's frontier counts as
+//! applied here (its state holds them), so later copies and dedupe start
+//! from there.
+//!
+//! How the peer's rows meet this node's depends on why:
+//! - **A rejoin merges them.** The peer marked this node lost, and from
+//!   then on compacted only its log, never a tombstone or a value's
+//!   metadata (compact()); before that it dropped only what this node had
+//!   applied. So this node's rows hold nothing the peer removed and then
+//!   forgot, and merging is safe. It is also needed: this node may have
+//!   marked the peer lost too and folded its own ops that the peer never
+//!   received into its rows; they are in no log any more, only in those
+//!   rows. The bases are merged likewise (a row is its base plus the ops
+//!   left in the log, on both sides).
+//! - **A join replaces them.** A node added as a peer was in nobody's
+//!   stable frontier: the peer may have forgotten removals it never saw,
+//!   so its old rows would bring them back. Its rows become the peer's,
+//!   every op of its log that the peer has not applied is merged again on
+//!   top, its bases become the peer's, and keys the peer deleted and
+//!   forgot (no op here that the peer lacks) go.
 
 use super::libpq::Conn;
 use super::pull::QUERY_TIMEOUT;
@@ -57,8 +66,9 @@ fn local_tables() -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
     })
 }
 
-/// Merge the peer's rows into this node's; returns the keys merged.
-pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool) -> usize {
+/// Take the peer's rows (merged into this node's on a `rejoin`, replacing
+/// them on a join); returns the keys taken.
+pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool, rejoin: bool) -> usize {
     let mut q = |sql: &str, params: &[&str]| conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
     let frontier = q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
@@ -141,9 +151,13 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
                 }
             }
         }
-        // The peer's rows as they are there (not merged with ours: our old
-        // state may hold what the peer removed and then compacted away),
-        // then every op of ours the peer has not applied, again.
+        if rejoin {
+            merged += crate::apply::merge_states(&table, entries, false).len();
+            merge_bases(&table, bases);
+            continue;
+        }
+        // A join: the peer's rows as they are there, then every op of ours
+        // the peer has not applied, again.
         let theirs: HashSet<String> = crate::apply::merge_states(&table, entries, true).iter().map(|k| k.to_string()).collect();
         adopt_bases(&table, bases);
         crate::apply::merge_states(&table, ours_beyond(&table, &frontier), false);
@@ -193,6 +207,26 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     .unwrap_or_else(|e| fail(peer, e));
     pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
     merged
+}
+
+/// The peer's row bases merged into ours (a rejoin): our row is our base
+/// and our log, the peer's copied into it is its base and its log (whose
+/// ops are applied here next), so the merged row is the merged base and
+/// the ops left in our log.
+fn merge_bases(table: &str, bases: Vec<(serde_json::Value, serde_json::Value)>) {
+    let keys: Vec<JsonB> = bases.iter().map(|(k, _)| JsonB(k.clone())).collect();
+    let states: Vec<JsonB> = bases.into_iter().map(|(_, b)| JsonB(b)).collect();
+    Spi::run_with_args(
+        "INSERT INTO converge.row_base AS b (target_table, target_key, target_column, state)
+         SELECT $1, u.key, e.key, decode(e.value, 'base64') FROM unnest($2::jsonb[], $3::jsonb[]) u(key, base), jsonb_each_text(u.base) e
+             ON CONFLICT (target_table, target_key, target_column) DO UPDATE
+            SET state = converge.merge_deltas(CASE WHEN b.target_column = '' THEN 'lwwmap'
+                                                   ELSE (SELECT r.crdt_columns ->> b.target_column FROM converge.replicated r
+                                                          WHERE r.table_name = to_regclass(b.target_table)) END,
+                                              ARRAY[b.state, EXCLUDED.state])",
+        &[table.into(), keys.into(), states.into()],
+    )
+    .unwrap_or_else(|e| fail(table, e));
 }
 
 /// The peer's row bases replace ours for its keys: every op it folded is

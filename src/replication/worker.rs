@@ -351,7 +351,7 @@ fn rejoin(peer: &PeerRow) -> Result<(), String> {
         let Some(origin) = origin else { return Err(format!("replication origin \"{}\" is missing", peer.origin)) };
         let mut conn = Conn::connect(&peer.conninfo).map_err(|e| e.message)?;
         super::peers::ensure_slot(&peer.name, &mut conn, &peer.slot, &stop_requested);
-        let copied = super::peers::copy_missing(&peer.name, &mut conn, origin, &stop_requested);
+        let copied = super::peers::copy_missing(&peer.name, &mut conn, origin, &stop_requested, true);
         let _ = crate::spi::prepared(
             "UPDATE converge.peer_status SET rejoining = false, state = 'ok', last_error = NULL, last_success = clock_timestamp()
               WHERE name = $1",

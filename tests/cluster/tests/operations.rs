@@ -5,10 +5,11 @@
 //! an offline client through `snapshot`; a peer down past
 //! `converge.max_peer_lag_bytes` is marked lost, its slot dropped, the
 //! others compact past it, and it rejoins by itself (from their rows) with
-//! the edits the others never received.
+//! the edits the others never received; two sides that each marked the
+//! other lost and compacted past it both keep every edit.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..65.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..68.
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
@@ -42,6 +43,28 @@ fn wait_all_stable(nodes: &[Node]) {
 /// compact() on each node: the ops it removed.
 fn compact_all(nodes: &[Node]) -> Vec<i64> {
     nodes.iter().map(|n| count(n, "SELECT ops_removed FROM converge.compact()")).collect()
+}
+
+/// A mesh of three whose nodes mark a peer lost once its slot holds 1MB.
+fn mesh_losing_peers_past_1mb(root: &std::path::Path, port: u16) -> Vec<Node> {
+    let nodes = mesh_of_three(root, port);
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = '1MB'").unwrap();
+        c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+    nodes
+}
+
+/// Wait until each (node, peer) pair shows the peer `lost` on that node.
+fn wait_lost(nodes: &[Node], pairs: &[(usize, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for &(i, peer) in pairs {
+        while text(&nodes[i], &format!("SELECT state FROM converge.peers WHERE name = '{peer}'")) != "lost" {
+            assert!(Instant::now() < deadline, "{} never marked {peer} lost", nodes[i].name);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
 }
 
 #[test]
@@ -122,12 +145,7 @@ fn compaction_on_a_mesh_keeps_rows_and_replication_and_waits_for_a_paused_peer()
 #[test]
 fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     let root = Scratch::new("lost");
-    let nodes = mesh_of_three(&root.0, base_port() + 3);
-    for n in &nodes {
-        let mut c = n.client();
-        c.batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = '1MB'").unwrap();
-        c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    }
+    let nodes = mesh_losing_peers_past_1mb(&root.0, base_port() + 3);
     let mut load = Load::new(0x853c49e6748fea9b);
     let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
     load.run(&nodes, &mut clients, &[0, 1, 2], 500);
@@ -151,12 +169,8 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     for i in [0, 1] {
         nodes[i].client().batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_lost(&nodes, &[(0, "virginia"), (1, "virginia")]);
     for i in [0, 1] {
-        while text(&nodes[i], "SELECT state FROM converge.peers WHERE name = 'virginia'") != "lost" {
-            assert!(Instant::now() < deadline, "{} never marked virginia lost", nodes[i].name);
-            std::thread::sleep(Duration::from_millis(250));
-        }
         let slots = count(&nodes[i], "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'converge_virginia_%'");
         assert_eq!(slots, 0, "{} still holds virginia's slot (and its WAL)", nodes[i].name);
         assert_eq!(count(&nodes[i], "SELECT lost_peers FROM converge.stats"), 1);
@@ -211,4 +225,61 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     // that brings virginia's frontier up to date, so the second may send ops.
     assert!(log.contains("from the snapshot of peer"), "virginia did not rejoin from a snapshot: {ours:#?}");
     assert_eq!(count(&nodes[2], "SELECT count(*) FROM item WHERE id = 1000"), 0, "virginia kept the row deleted while it was lost");
+}
+
+/// Two sides that each marked the other lost, and each compacted past the
+/// other: virginia is cut off from madrid and dublin (both ways) while all
+/// three write; each side's slots for the other hold more than the limit,
+/// so each marks the other lost and folds its own ops the other never
+/// received into its rows. When the link comes back, each side rejoins
+/// the other from its rows, at the same time, and neither may lose what
+/// the other wrote while they were apart.
+#[test]
+fn two_sides_that_marked_each_other_lost_both_keep_their_edits() {
+    let root = Scratch::new("lost-both");
+    let nodes = mesh_losing_peers_past_1mb(&root.0, base_port() + 6);
+    let mut load = Load::new(0x9e3779b97f4a7c15);
+    let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 300);
+    converge_all(&nodes, Duration::from_secs(60));
+
+    // The link between virginia and the others goes; both sides write.
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    load.run(&nodes, &mut clients, &[2], 300);
+    load.run(&nodes, &mut clients, &[0, 1], 300);
+    let apart = count(&nodes[2], "SELECT (converge.frontier() ->> 'virginia')::int8");
+    let madrid_apart = count(&nodes[0], "SELECT (converge.frontier() ->> 'madrid')::int8");
+    // More than 1MB of WAL on every node: each side's slots for the other
+    // go, and each side marks the other lost.
+    for n in &nodes {
+        n.client().batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
+    }
+    wait_lost(&nodes, &[(0, "virginia"), (1, "virginia"), (2, "madrid"), (2, "dublin")]);
+    // Each side compacts past the other: virginia folds its own ops that
+    // madrid and dublin never received, and they fold theirs.
+    load.run(&nodes, &mut clients, &[2], 100);
+    load.run(&nodes, &mut clients, &[0, 1], 100);
+    wait_all_stable(&nodes[..2]);
+    compact_all(&nodes);
+    let folded = count(&nodes[2], "SELECT upto FROM converge.log_horizon WHERE actor = 'virginia'");
+    assert!(folded > apart, "virginia compacted its own ops through {folded}; it made up to {apart} before it was cut off");
+    let folded = count(&nodes[0], "SELECT upto FROM converge.log_horizon WHERE actor = 'madrid'");
+    assert!(folded > madrid_apart, "madrid compacted its own ops through {folded}; it made up to {madrid_apart} before the cut");
+
+    // The link comes back: each side finds its slots on the other gone and
+    // rejoins from the other's rows.
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+    load.run(&nodes, &mut clients, &[0, 1, 2], 100);
+    converge_all(&nodes, Duration::from_secs(120));
+    assert_same_values(&nodes, &["ctr", "item"]);
+    load.expect.check(&nodes);
+    wait_all_stable(&nodes);
+    compact_all(&nodes);
+    assert_identical(&nodes, &["ctr", "item"]);
+    for i in [0, 2] {
+        let log = std::fs::read_to_string(nodes[i].dir.join("server.log")).unwrap_or_default();
+        assert!(log.contains("from the snapshot of peer"), "{} did not rejoin from a snapshot", nodes[i].name);
+    }
 }
