@@ -241,11 +241,30 @@ fn two_sides_that_marked_each_other_lost_both_keep_their_edits() {
     let mut load = Load::new(0x9e3779b97f4a7c15);
     let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
     load.run(&nodes, &mut clients, &[0, 1, 2], 300);
+    // Rows the load never touches, for removals made while apart: merging
+    // the other side's old copy must not bring them back.
+    nodes[0]
+        .client()
+        .batch_execute(
+            "INSERT INTO item (id, title) VALUES (2000, 'kept');
+             UPDATE item SET tags = converge.add(converge.add(tags, 'm-removes'), 'v-removes'),
+                             notes = converge.insert(notes, 0, 'hello world') WHERE id = 2000;
+             INSERT INTO item (id, title) VALUES (3000, 'deleted while apart');",
+        )
+        .unwrap();
     converge_all(&nodes, Duration::from_secs(60));
 
     // The link between virginia and the others goes; both sides write.
     pause(&nodes, 2, 0, true);
     pause(&nodes, 2, 1, true);
+    nodes[0]
+        .client()
+        .batch_execute(
+            "UPDATE item SET tags = converge.remove(tags, 'm-removes'), notes = converge.delete(notes, 0, 6) WHERE id = 2000;
+             DELETE FROM item WHERE id = 3000;",
+        )
+        .unwrap();
+    nodes[2].client().batch_execute("UPDATE item SET tags = converge.remove(tags, 'v-removes') WHERE id = 2000").unwrap();
     load.run(&nodes, &mut clients, &[2], 300);
     load.run(&nodes, &mut clients, &[0, 1], 300);
     let apart = count(&nodes[2], "SELECT (converge.frontier() ->> 'virginia')::int8");
@@ -278,6 +297,11 @@ fn two_sides_that_marked_each_other_lost_both_keep_their_edits() {
     wait_all_stable(&nodes);
     compact_all(&nodes);
     assert_identical(&nodes, &["ctr", "item"]);
+    for n in &nodes {
+        let kept = text(n, "SELECT converge.elements(tags)::text || ' ' || converge.value(notes) FROM item WHERE id = 2000");
+        assert_eq!(kept, "{} world", "{}: a removal made while apart came back", n.name);
+        assert_eq!(count(n, "SELECT count(*) FROM item WHERE id = 3000"), 0, "{}: the row deleted while apart came back", n.name);
+    }
     for i in [0, 2] {
         let log = std::fs::read_to_string(nodes[i].dir.join("server.log")).unwrap_or_default();
         assert!(log.contains("from the snapshot of peer"), "{} did not rejoin from a snapshot", nodes[i].name);
