@@ -122,9 +122,14 @@ BEGIN
     -- While a peer is lost, only the log and WAL are freed: its edits made
     -- while away are concurrent with what the others remove now, and may
     -- name a seqtext character, a dot or a deleted row that the metadata
-    -- below would drop. That metadata goes once it has rejoined (its new
-    -- report then counts in the stable frontier).
-    IF EXISTS (SELECT 1 FROM converge.peer_status WHERE lost_at IS NOT NULL) THEN
+    -- below would drop. The bases then hold ops it has not applied, so
+    -- that metadata waits until every peer not lost reports having applied
+    -- every op folded so far (the stable frontier covers the horizon): a
+    -- peer that has just rejoined reports nothing until it has copied what
+    -- it missed, and a rejoin merges its old rows with ours (rejoin.rs).
+    IF EXISTS (SELECT 1 FROM converge.peer_status WHERE lost_at IS NOT NULL)
+       OR EXISTS (SELECT 1 FROM converge.log_horizon h
+                   WHERE h.upto > coalesce((stable ->> h.actor)::bigint, 0)) THEN
         INSERT INTO converge.compactions (stable, ops_removed, tombstones_removed, values_compacted, bytes_before, bytes_after, duration)
         SELECT stable, n, 0, 0, before, coalesce(sum(pg_column_size(l.*)), 0), clock_timestamp() - t0 FROM converge.op_log l
         RETURNING compactions.ops_removed, compactions.bytes_before, compactions.bytes_after

@@ -115,6 +115,31 @@ SELECT attrs::jsonb = :'before'::jsonb AS same_map, octet_length(attrs::bytea) <
        attrs::jsonb AS map FROM asset;
 SELECT rebuild('asset', '{"id":1}', 'attrs')::ormap::jsonb = attrs::jsonb AS rebuilt FROM asset;
 
+-- A peer lost, then back: tombstones and value metadata wait until every
+-- peer not lost has reported having applied every op folded so far. (The
+-- peer oslo is written into converge's tables here, paused, as add_peer
+-- and the worker would leave it; nothing connects to it.)
+INSERT INTO converge.peer (name, conninfo, slot_name, origin_name, paused) VALUES ('oslo', 'host=invalid', 'none', 'none', true);
+INSERT INTO converge.peer_status (name, lost_at) VALUES ('oslo', now());
+INSERT INTO ticket (id, title) VALUES (5, 'gauge');
+DELETE FROM ticket WHERE id = 5;
+-- While oslo is lost its ops are folded, and row 5's tombstone stays.
+SELECT ops_removed > 0 AS folded FROM compact();
+SELECT count(*) AS row5_tombstone FROM row_state WHERE target_key = '{"id": 5}';
+-- oslo is back (lost_at cleared, as when it streams again) but has not
+-- reported yet: the ops folded while it was away may be ones it lacks, and
+-- its rows, merged here when we rejoin it, may still hold row 5 live.
+UPDATE converge.peer_status SET lost_at = NULL WHERE name = 'oslo';
+SELECT ops_removed FROM compact();
+SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
+SELECT count(*) AS row5_tombstone FROM row_state WHERE target_key = '{"id": 5}';
+-- oslo reports having applied everything: the tombstone goes.
+UPDATE converge.peer_status SET frontier = frontier() WHERE name = 'oslo';
+SELECT ops_removed FROM compact();
+SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
+SELECT count(*) AS row5_tombstone FROM row_state WHERE target_key = '{"id": 5}';
+DELETE FROM converge.peer WHERE name = 'oslo';
+
 -- Settings and rights.
 SHOW converge.max_peer_lag_bytes;
 CREATE ROLE cv_compactor;

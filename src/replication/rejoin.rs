@@ -218,7 +218,11 @@ fn merge_bases(table: &str, bases: Vec<(serde_json::Value, serde_json::Value)>) 
     let states: Vec<JsonB> = bases.into_iter().map(|(_, b)| JsonB(b)).collect();
     Spi::run_with_args(
         "INSERT INTO converge.row_base AS b (target_table, target_key, target_column, state)
-         SELECT $1, u.key, e.key, decode(e.value, 'base64') FROM unnest($2::jsonb[], $3::jsonb[]) u(key, base), jsonb_each_text(u.base) e
+         SELECT $1, u.key, e.key, decode(e.value, 'base64')
+           FROM unnest($2::jsonb[], $3::jsonb[]) u(key, base), jsonb_each_text(u.base) e, converge.replicated r
+          -- A base of a column that is no CRDT column here any more has no
+          -- type to merge by (compact() skips those ops likewise).
+          WHERE r.table_name = to_regclass($1) AND (e.key = '' OR r.crdt_columns ? e.key)
              ON CONFLICT (target_table, target_key, target_column) DO UPDATE
             SET state = converge.merge_deltas(CASE WHEN b.target_column = '' THEN 'lwwmap'
                                                    ELSE (SELECT r.crdt_columns ->> b.target_column FROM converge.replicated r
