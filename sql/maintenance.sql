@@ -127,9 +127,15 @@ BEGIN
     -- every op folded so far (the stable frontier covers the horizon): a
     -- peer that has just rejoined reports nothing until it has copied what
     -- it missed, and a rejoin merges its old rows with ours (rejoin.rs).
+    -- Read now, in one statement: a peer may have come back during the
+    -- fold, unseen by the stable frontier read above. A revoked actor's
+    -- ops beyond its cut-off, folded before the revocation, are never
+    -- applied elsewhere again: they count to the cut-off only (a
+    -- revocation behind the horizon is a known divergence, coordination.md).
     IF EXISTS (SELECT 1 FROM converge.peer_status WHERE lost_at IS NOT NULL)
-       OR EXISTS (SELECT 1 FROM converge.log_horizon h
-                   WHERE h.upto > coalesce((stable ->> h.actor)::bigint, 0)) THEN
+       OR EXISTS (SELECT 1 FROM (SELECT converge.stable_frontier() AS f) now_stable, converge.log_horizon h
+                           LEFT JOIN converge.actor a ON a.actor = h.actor
+                   WHERE least(h.upto, a.revoked_after) > coalesce((now_stable.f ->> h.actor)::bigint, 0)) THEN
         INSERT INTO converge.compactions (stable, ops_removed, tombstones_removed, values_compacted, bytes_before, bytes_after, duration)
         SELECT stable, n, 0, 0, before, coalesce(sum(pg_column_size(l.*)), 0), clock_timestamp() - t0 FROM converge.op_log l
         RETURNING compactions.ops_removed, compactions.bytes_before, compactions.bytes_after

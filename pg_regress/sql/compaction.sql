@@ -117,13 +117,15 @@ SELECT rebuild('asset', '{"id":1}', 'attrs')::ormap::jsonb = attrs::jsonb AS reb
 
 -- A peer lost, then back: tombstones and value metadata wait until every
 -- peer not lost has reported having applied every op folded so far. (The
--- peer oslo is written into converge's tables here, paused, as add_peer
--- and the worker would leave it; nothing connects to it.)
+-- peer oslo is written into converge's tables here as add_peer and the
+-- worker would leave it, but paused, so that no worker connects to it.)
+SELECT frontier() AS before_oslo \gset
 INSERT INTO converge.peer (name, conninfo, slot_name, origin_name, paused) VALUES ('oslo', 'host=invalid', 'none', 'none', true);
 INSERT INTO converge.peer_status (name, lost_at) VALUES ('oslo', now());
 INSERT INTO ticket (id, title) VALUES (5, 'gauge');
 DELETE FROM ticket WHERE id = 5;
--- While oslo is lost its ops are folded, and row 5's tombstone stays.
+-- While oslo is lost, lisbon's ops on row 5 are folded, and the row's
+-- tombstone stays.
 SELECT ops_removed > 0 AS folded FROM compact();
 SELECT count(*) AS row5_tombstone FROM row_state WHERE target_key = '{"id": 5}';
 -- oslo is back (lost_at cleared, as when it streams again) but has not
@@ -133,11 +135,30 @@ UPDATE converge.peer_status SET lost_at = NULL WHERE name = 'oslo';
 SELECT ops_removed FROM compact();
 SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
 SELECT count(*) AS row5_tombstone FROM row_state WHERE target_key = '{"id": 5}';
+-- Its report from before row 5 is not enough either.
+UPDATE converge.peer_status SET frontier = :'before_oslo' WHERE name = 'oslo';
+SELECT ops_removed FROM compact();
+SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
 -- oslo reports having applied everything: the tombstone goes.
 UPDATE converge.peer_status SET frontier = frontier() WHERE name = 'oslo';
 SELECT ops_removed FROM compact();
 SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
 SELECT count(*) AS row5_tombstone FROM row_state WHERE target_key = '{"id": 5}';
+-- An actor revoked behind what was folded here (a revocation made on a
+-- node that had not compacted; written here as its arrival would leave
+-- it): its ops past the cut-off are never applied anywhere again, so only
+-- those up to the cut-off must be reported. Without that, oslo's report
+-- of phone1 (0, as that node rejected phone1:1) would hold row 6's
+-- tombstone forever.
+INSERT INTO ticket (id, title) VALUES (6, 'meter');
+DELETE FROM ticket WHERE id = 6;
+UPDATE converge.peer_status SET frontier = frontier() || '{"phone1": 0}' WHERE name = 'oslo';
+SELECT ops_removed FROM compact();
+SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
+INSERT INTO converge.actor (actor, revoked_after) VALUES ('phone1', 0);
+SELECT ops_removed FROM compact();
+SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
+DELETE FROM converge.actor WHERE actor = 'phone1';
 DELETE FROM converge.peer WHERE name = 'oslo';
 
 -- Settings and rights.
