@@ -9,7 +9,8 @@
 //! other lost and compacted past it both keep every edit.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..68.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..71 (test binaries run one
+//! after another, so the last three may be coordination.rs's too).
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
@@ -305,5 +306,60 @@ fn two_sides_that_marked_each_other_lost_both_keep_their_edits() {
     for i in [0, 2] {
         let log = std::fs::read_to_string(nodes[i].dir.join("server.log")).unwrap_or_default();
         assert!(log.contains("from the snapshot of peer"), "{} did not rejoin from a snapshot", nodes[i].name);
+    }
+}
+
+/// Partitions past the limit, again and again, each cutting off another
+/// node while every node writes and compacts: after each heal every
+/// acknowledged increment is counted once everywhere and the rows are
+/// identical.
+#[test]
+fn repeated_partitions_past_the_limit_lose_nothing() {
+    let root = Scratch::new("lost-again");
+    let nodes = mesh_losing_peers_past_1mb(&root.0, base_port() + 9);
+    let mut load = Load::new(0x2545f4914f6cdd1d);
+    let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 200);
+    converge_all(&nodes, Duration::from_secs(60));
+    for (round, cut) in [2usize, 0, 1].into_iter().enumerate() {
+        let rest: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
+        for &i in &rest {
+            pause(&nodes, cut, i, true);
+        }
+        load.run(&nodes, &mut clients, &[cut], 200);
+        load.run(&nodes, &mut clients, &rest, 200);
+        for n in &nodes {
+            n.client()
+                .batch_execute(&format!("CREATE TABLE filler{round} AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g"))
+                .unwrap();
+        }
+        let (name, others) = (nodes[cut].name.as_str(), [nodes[rest[0]].name.as_str(), nodes[rest[1]].name.as_str()]);
+        wait_lost(&nodes, &[(rest[0], name), (rest[1], name), (cut, others[0]), (cut, others[1])]);
+        load.run(&nodes, &mut clients, &[cut], 100);
+        load.run(&nodes, &mut clients, &rest, 100);
+        for &i in &rest {
+            wait_all_stable(std::slice::from_ref(&nodes[i]));
+        }
+        compact_all(&nodes);
+        for &i in &rest {
+            pause(&nodes, cut, i, false);
+        }
+        load.run(&nodes, &mut clients, &[0, 1, 2], 100);
+        converge_all(&nodes, Duration::from_secs(120));
+        load.expect.check(&nodes);
+        assert_same_values(&nodes, &["ctr", "item"]);
+        // Every lost mark cleared before the next round.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while nodes.iter().any(|n| count(n, "SELECT count(*) FROM converge.peers WHERE state <> 'ok'") > 0) {
+            assert!(Instant::now() < deadline, "round {round}: a peer is still not ok");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    wait_all_stable(&nodes);
+    compact_all(&nodes);
+    assert_identical(&nodes, &["ctr", "item"]);
+    for n in &nodes {
+        let log = std::fs::read_to_string(n.dir.join("server.log")).unwrap_or_default();
+        assert!(log.contains("from the snapshot of peer"), "{} never rejoined from a snapshot", n.name);
     }
 }
