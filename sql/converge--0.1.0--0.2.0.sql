@@ -97,7 +97,8 @@ ALTER TABLE converge.peer_status
     ADD COLUMN ops_shipped   bigint NOT NULL DEFAULT 0,
     ADD COLUMN bytes_shipped bigint NOT NULL DEFAULT 0,
     ADD COLUMN lost_at       timestamptz,
-    ADD COLUMN rejoining     boolean NOT NULL DEFAULT false;
+    ADD COLUMN rejoining     boolean NOT NULL DEFAULT false,
+    ADD COLUMN their_slot    text;
 
 CREATE OR REPLACE VIEW converge.peers AS
     SELECT p.name,

@@ -35,7 +35,11 @@ CREATE TABLE converge.peer_status (
     -- Set when its slot here held more than converge.max_peer_lag_bytes and
     -- was dropped; cleared once it has rejoined.
     lost_at        timestamptz,
-    rejoining      boolean NOT NULL DEFAULT false
+    rejoining      boolean NOT NULL DEFAULT false,
+    -- The slot the peer reads from on this node, named as the peer names
+    -- it (from its system identifier and database), learned at each
+    -- connection to it: how its slot is told from another peer's.
+    their_slot     text
 );
 COMMENT ON TABLE converge.peer_status IS 'Internal: what the last pull rounds found, per peer (read converge.peers).';
 

@@ -1,6 +1,6 @@
 //! Running for months (SPEC section 6): the merge that compaction folds
-//! ops with, and lost peers (a peer whose slot here holds more WAL than
-//! `converge.max_peer_lag_bytes` while it is not streaming loses the slot).
+//! ops with, and the setting for lost peers (`converge.max_peer_lag_bytes`;
+//! the check is replication/lost.rs).
 //! Compaction itself is SQL (sql/maintenance.sql): it is a few set-wise
 //! statements over converge's own tables.
 
@@ -91,77 +91,6 @@ fn base_form(ty: &str, base: &[u8], pending: Option<&[u8]>) -> Option<Vec<u8>> {
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         format!("\"{ty}\" is not a converge type")
     ))
-}
-
-/// How a peer names its slots on this node (peers.rs slot_name: the name
-/// part, before the hash of its system and database).
-fn slot_pattern(peer: &str) -> String {
-    let clean: String =
-        peer.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    format!("^converge_{clean}_[0-9a-f]{{8}}$")
-}
-
-/// Mark peers lost whose slot here holds more than the limit while they
-/// do not stream, dropping the slot; clear the mark of a lost peer that
-/// has made its slot again and streams. Run by the worker every few
-/// seconds, in a transaction of its own.
-pub fn check_lost_peers() {
-    let limit_kb = MAX_PEER_LAG.get() as i64;
-    let peers: Vec<(String, bool)> = Spi::connect(|c| {
-        c.select("SELECT p.name, s.lost_at IS NOT NULL FROM converge.peer p JOIN converge.peer_status s USING (name)", None, &[])
-            .map(|t| t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<bool>(2).ok()??))).collect())
-            .unwrap_or_default()
-    });
-    // Slots are found by the peer's name as slot names carry it (lowercased,
-    // other characters as '_', 40 of them): two peers whose names read the
-    // same that way cannot be told apart, and neither is judged.
-    let cleaned: Vec<String> = peers.iter().map(|(n, _)| slot_pattern(n)).collect();
-    for (i, (name, lost)) in peers.into_iter().enumerate() {
-        if cleaned.iter().filter(|c| **c == cleaned[i]).count() > 1 {
-            pgrx::warning!("converge: peer \"{name}\" has a name another peer shares in slot names; it is never marked lost");
-            continue;
-        }
-        let slots: Vec<(String, bool, i64)> = Spi::connect(|c| {
-            c.select(
-                "SELECT slot_name::text, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
-                   FROM pg_replication_slots
-                  WHERE database = current_database() AND plugin = 'converge' AND slot_name::text ~ $1",
-                None,
-                &[slot_pattern(&name).into()],
-            )
-            .map(|t| t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<bool>(2).ok()??, r.get::<i64>(3).ok()??))).collect())
-            .unwrap_or_default()
-        });
-        if lost {
-            if slots.iter().any(|s| s.1) {
-                let _ = Spi::run_with_args("UPDATE converge.peer_status SET lost_at = NULL WHERE name = $1", &[name.as_str().into()]);
-                pgrx::log!("converge: peer \"{name}\" has rejoined (it streams from a new slot here)");
-            }
-            continue;
-        }
-        if limit_kb < 0 {
-            continue;
-        }
-        for (slot, active, held) in slots {
-            if active || held <= limit_kb * 1024 {
-                continue;
-            }
-            // Dropping fails if the peer started streaming meanwhile: then it is not lost.
-            let dropped = crate::apply::subtransaction(|| {
-                Spi::run_with_args("SELECT pg_drop_replication_slot($1)", &[slot.as_str().into()]).is_ok()
-            })
-            .unwrap_or(false);
-            if dropped {
-                let _ = Spi::run_with_args(
-                    "UPDATE converge.peer_status SET lost_at = clock_timestamp(), frontier = NULL WHERE name = $1",
-                    &[name.as_str().into()],
-                );
-                pgrx::log!(
-                    "converge: peer \"{name}\" is lost: its slot \"{slot}\" held {held} bytes of WAL (converge.max_peer_lag_bytes = {limit_kb}kB); slot dropped"
-                );
-            }
-        }
-    }
 }
 
 /// converge.compact's step for the column `col` (of converge type `ty`:

@@ -5,6 +5,7 @@
 pub mod decoder;
 pub mod launcher;
 pub mod libpq;
+pub mod lost;
 pub mod peers;
 pub mod pull;
 pub mod rejoin;

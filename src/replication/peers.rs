@@ -60,18 +60,39 @@ fn validate_peer_name(name: &str) {
     }
 }
 
+/// A server's system identifier and the oid of the current database, as
+/// text: what a node's slot names are made from (readable by any role).
+pub const IDENTITY_SQL: &str =
+    "SELECT system_identifier::text, (SELECT oid FROM pg_database WHERE datname = current_database())::text FROM pg_control_system()";
+
+/// The name of the slots node `me` makes on its peers.
 fn slot_name(me: &str) -> String {
     let (sysid, db) = Spi::connect(|c| {
-        let r = c
-            .select("SELECT system_identifier::text, (SELECT oid FROM pg_database WHERE datname = current_database())::text FROM pg_control_system()", None, &[])
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
-            .first();
+        let r = c.select(IDENTITY_SQL, None, &[]).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())).first();
         (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default())
     });
-    let clean: String =
-        me.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    let tag = stable_hash(&format!("{sysid}/{db}/{me}")) as u64;
-    format!("converge_{clean}_{:08x}", tag & 0xffff_ffff)
+    slot_name_for(me, &sysid, &db)
+}
+
+/// The slot name of node `node` whose server has system identifier `sysid`
+/// and whose database has oid `db`: its name (as slot names allow, 40
+/// characters) and a hash of all three, so that two nodes never share one.
+pub fn slot_name_for(node: &str, sysid: &str, db: &str) -> String {
+    let tag = stable_hash(&format!("{sysid}/{db}/{node}")) as u64;
+    format!("converge_{}_{:08x}", slot_label(node), tag & 0xffff_ffff)
+}
+
+/// A node's name as its slot names carry it: lowercased, other characters
+/// than letters and digits as '_', 40 of them.
+pub fn slot_label(node: &str) -> String {
+    node.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
+/// The slot peer `name` reads from on this node, named as the peer names
+/// it, from what `conn` (a connection to the peer) says of its server.
+pub fn their_slot(name: &str, conn: &mut Conn, stop: &dyn Fn() -> bool) -> Result<String, super::libpq::PeerError> {
+    let r = conn.query(IDENTITY_SQL, &[], false, QUERY_TIMEOUT, stop)?;
+    Ok(slot_name_for(name, &r.text(0, 0).unwrap_or_default(), &r.text(0, 1).unwrap_or_default()))
 }
 
 fn origin_name(peer: &str) -> String {
@@ -144,6 +165,9 @@ fn add_peer(name: &str, conninfo: &str) {
             "Run SELECT converge.set_node(...) on the peer first.",
         ),
     }
+    // Unknown if the peer refuses pg_control_system() to its peer role:
+    // its slots are then found by the name they carry (lost.rs).
+    let theirs = their_slot(name, &mut conn, &interrupt).ok();
     ensure_slot(name, &mut conn, &slot, &interrupt);
     let oid = match origin_id(&origin) {
         Some(o) => o,
@@ -161,9 +185,10 @@ fn add_peer(name: &str, conninfo: &str) {
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     Spi::run_with_args(
-        "INSERT INTO converge.peer_status (name) VALUES ($1)
-         ON CONFLICT (name) DO UPDATE SET state = 'new', last_error = NULL, lost_at = NULL, rejoining = false",
-        &[name.into()],
+        "INSERT INTO converge.peer_status (name, their_slot) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET state = 'new', last_error = NULL, lost_at = NULL, rejoining = false,
+                                          their_slot = EXCLUDED.their_slot",
+        &[name.into(), theirs.into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     copy_missing(name, &mut conn, oid, &interrupt, false);

@@ -163,7 +163,7 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
         }
         if now >= next_lost_check {
             next_lost_check = now + Duration::from_secs(5);
-            if let Err(e) = in_transaction(crate::maintenance::check_lost_peers) {
+            if let Err(e) = in_transaction(super::lost::check_lost_peers) {
                 pgrx::warning!("converge: checking for lost peers: {e}");
             }
             // Requests left pending (their row had not arrived, or the
@@ -302,7 +302,10 @@ fn step(link: &mut Link) {
     };
     let probe = Conn::connect(&peer.conninfo);
     match (started, probe) {
-        (Ok(s), Ok(p)) => {
+        (Ok(s), Ok(mut p)) => {
+            // How the peer names its slot here (for check_lost_peers): its
+            // server may have been rebuilt since add_peer.
+            let theirs = super::peers::their_slot(&peer.name, &mut p, &stop_requested).ok();
             link.stream = Some(s);
             link.probe_conn = Some(p);
             link.flushed = progress;
@@ -313,8 +316,9 @@ fn step(link: &mut Link) {
             let name = peer.name.clone();
             let _ = in_transaction(move || {
                 let _ = Spi::run_with_args(
-                    "UPDATE converge.peer_status SET state = 'ok', last_success = clock_timestamp() WHERE name = $1",
-                    &[name.as_str().into()],
+                    "UPDATE converge.peer_status SET state = 'ok', last_success = clock_timestamp(),
+                            their_slot = coalesce($2, their_slot) WHERE name = $1",
+                    &[name.as_str().into(), theirs.into()],
                 );
             });
         }

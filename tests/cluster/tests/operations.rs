@@ -9,8 +9,8 @@
 //! other lost and compacted past it both keep every edit.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..71 (test binaries run one
-//! after another, so the last three may be coordination.rs's too).
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..74 (test binaries run one
+//! after another, so the last ones may be coordination.rs's too).
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
@@ -361,5 +361,61 @@ fn repeated_partitions_past_the_limit_lose_nothing() {
     for n in &nodes {
         let log = std::fs::read_to_string(n.dir.join("server.log")).unwrap_or_default();
         assert!(log.contains("from the snapshot of peer"), "{} never rejoined from a snapshot", n.name);
+    }
+}
+
+/// Two peers whose names read the same in slot names (`eu-west` and
+/// `eu_west`) are told apart by the slot each names from its own server:
+/// one down past the limit is marked lost and the other, streaming, is
+/// not; a slot left from an earlier setup of one of them is dropped
+/// without anyone being marked lost.
+#[test]
+fn peers_whose_names_read_alike_are_told_apart_by_their_slots() {
+    let root = Scratch::new("alike");
+    let port = base_port() + 12;
+    let nodes: Vec<Node> = ["eu-west", "eu_west", "us"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, true)).collect();
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute(SCHEMA).unwrap();
+        c.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
+    }
+    full_mesh(&nodes);
+    converge_all(&nodes, Duration::from_secs(60));
+    let mut us = nodes[2].client();
+    us.batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = '1MB'").unwrap();
+    us.batch_execute("SELECT pg_reload_conf()").unwrap();
+    // us has learned how each names its slot, and the two names differ.
+    let slots: Vec<String> = us
+        .query("SELECT their_slot FROM converge.peer_status ORDER BY name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+        .collect();
+    assert!(slots.len() == 2 && slots[0].starts_with("converge_eu_west_") && slots[1].starts_with("converge_eu_west_") && slots[0] != slots[1],
+            "us knows these slots of its peers: {slots:?}");
+    // A slot of an earlier setup of eu_west (another server, so another hash).
+    us.batch_execute("SELECT pg_create_logical_replication_slot('converge_eu_west_0badc0de', 'converge')").unwrap();
+
+    nodes[0].stop_immediate();
+    us.batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
+    wait_lost(&nodes, &[(2, "eu-west")]);
+    assert_eq!(text(&nodes[2], "SELECT state FROM converge.peers WHERE name = 'eu_west'"), "ok", "eu_west streams and is not lost");
+    let left: Vec<String> = us
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'converge_eu_west_%' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec![slots[1].clone()], "only eu_west's own slot is left on us");
+    let log = std::fs::read_to_string(nodes[2].dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("\"converge_eu_west_0badc0de\"") && log.contains("left from an earlier setup"), "us's log does not explain the stale slot");
+
+    // eu-west comes back and rejoins.
+    nodes[0].start();
+    converge_all(&nodes, Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while text(&nodes[2], "SELECT state FROM converge.peers WHERE name = 'eu-west'") != "ok" {
+        assert!(Instant::now() < deadline, "us still sees eu-west as lost");
+        std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -1,0 +1,139 @@
+//! Lost peers (SPEC sections 4 and 6): a peer whose slot here holds more
+//! WAL than `converge.max_peer_lag_bytes` while it is not streaming loses
+//! the slot and is marked lost; the mark goes when it streams again.
+//!
+//! A peer's slot here is the one named as the peer names it (`their_slot`,
+//! learned from its system identifier and database at each connection to
+//! it, peers.rs). Until that is known, its slots are found by the name
+//! they carry (lowercased, other characters as '_', 40 of them), unless
+//! another such peer's name reads the same. A slot that carries the name
+//! of a peer whose slot is known, and is no peer's slot, is left from an
+//! earlier setup of that peer (its server rebuilt: another system
+//! identifier): it is dropped once past the limit, and no one is lost.
+
+use super::peers::slot_label;
+use crate::maintenance::MAX_PEER_LAG;
+use pgrx::prelude::*;
+use std::collections::HashSet;
+
+struct Peer {
+    name: String,
+    lost: bool,
+    slot: Option<String>,
+}
+
+struct Slot {
+    name: String,
+    active: bool,
+    held: i64,
+}
+
+/// Whether `slot` is named as peer `peer` names its slots (peers.rs
+/// slot_name_for: the name part, then 8 hex digits of a hash).
+fn carries_name(slot: &str, peer: &str) -> bool {
+    slot.strip_prefix("converge_")
+        .and_then(|s| s.strip_prefix(slot_label(peer).as_str()))
+        .and_then(|s| s.strip_prefix('_'))
+        .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+fn load() -> (Vec<Peer>, Vec<Slot>) {
+    let peers = Spi::connect(|c| {
+        c.select(
+            "SELECT p.name, s.lost_at IS NOT NULL, s.their_slot FROM converge.peer p JOIN converge.peer_status s USING (name)",
+            None,
+            &[],
+        )
+        .map(|t| {
+            t.filter_map(|r| Some(Peer { name: r.get(1).ok()??, lost: r.get(2).ok()??, slot: r.get(3).ok()? })).collect()
+        })
+        .unwrap_or_default()
+    });
+    let slots = Spi::connect(|c| {
+        c.select(
+            "SELECT slot_name::text, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
+               FROM pg_replication_slots WHERE database = current_database() AND plugin = 'converge'",
+            None,
+            &[],
+        )
+        .map(|t| t.filter_map(|r| Some(Slot { name: r.get(1).ok()??, active: r.get(2).ok()??, held: r.get(3).ok()?? })).collect())
+        .unwrap_or_default()
+    });
+    (peers, slots)
+}
+
+/// Mark peers lost whose slot here holds more than the limit while they
+/// do not stream, dropping the slot; clear the mark of a lost peer that
+/// has made its slot again and streams; drop slots left from an earlier
+/// setup of a peer. Run by the worker every few seconds, in a transaction
+/// of its own.
+pub fn check_lost_peers() {
+    let limit = MAX_PEER_LAG.get() as i64 * 1024;
+    let (peers, slots) = load();
+    let known: HashSet<&str> = peers.iter().filter_map(|p| p.slot.as_deref()).collect();
+    for peer in &peers {
+        let theirs: Vec<&Slot> = match &peer.slot {
+            Some(exact) => slots.iter().filter(|s| &s.name == exact).collect(),
+            None => {
+                let alike = peers.iter().filter(|q| q.slot.is_none() && slot_label(&q.name) == slot_label(&peer.name)).count();
+                if alike > 1 {
+                    pgrx::warning!(
+                        "converge: peer \"{}\" has a name another peer shares in slot names, and its slot here is not known yet; it is not judged",
+                        peer.name
+                    );
+                    continue;
+                }
+                slots.iter().filter(|s| !known.contains(s.name.as_str()) && carries_name(&s.name, &peer.name)).collect()
+            }
+        };
+        if peer.lost {
+            if theirs.iter().any(|s| s.active) {
+                let _ = Spi::run_with_args("UPDATE converge.peer_status SET lost_at = NULL WHERE name = $1", &[peer.name.as_str().into()]);
+                pgrx::log!("converge: peer \"{}\" has rejoined (it streams from a new slot here)", peer.name);
+            }
+            continue;
+        }
+        if limit < 0 {
+            continue;
+        }
+        for s in theirs.into_iter().filter(|s| !s.active && s.held > limit) {
+            if drop_slot(&s.name) {
+                let _ = Spi::run_with_args(
+                    "UPDATE converge.peer_status SET lost_at = clock_timestamp(), frontier = NULL WHERE name = $1",
+                    &[peer.name.as_str().into()],
+                );
+                pgrx::log!(
+                    "converge: peer \"{}\" is lost: its slot \"{}\" held {} bytes of WAL (converge.max_peer_lag_bytes = {}kB); slot dropped",
+                    peer.name,
+                    s.name,
+                    s.held,
+                    limit / 1024
+                );
+            }
+        }
+    }
+    if limit < 0 {
+        return;
+    }
+    // A slot that a peer whose slot is not known yet may own is not stale.
+    let unsure = |s: &Slot| peers.iter().any(|q| q.slot.is_none() && carries_name(&s.name, &q.name));
+    for peer in peers.iter().filter(|p| p.slot.is_some()) {
+        for s in slots.iter().filter(|s| !known.contains(s.name.as_str()) && carries_name(&s.name, &peer.name) && !unsure(s)) {
+            if !s.active && s.held > limit && drop_slot(&s.name) {
+                pgrx::log!(
+                    "converge: slot \"{}\" held {} bytes of WAL and is not the slot of peer \"{}\" (its server names its slot \"{}\"): left from an earlier setup of it; dropped",
+                    s.name,
+                    s.held,
+                    peer.name,
+                    peer.slot.as_deref().unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// Drop a slot; false if that fails (the peer started streaming from it
+/// meanwhile: then it is not lost).
+fn drop_slot(slot: &str) -> bool {
+    crate::apply::subtransaction(|| Spi::run_with_args("SELECT pg_drop_replication_slot($1)", &[slot.into()]).is_ok()).unwrap_or(false)
+}
