@@ -36,9 +36,9 @@ CREATE TABLE converge.peer_status (
     -- was dropped; cleared once it has rejoined.
     lost_at        timestamptz,
     rejoining      boolean NOT NULL DEFAULT false,
-    -- The slot the peer reads from on this node, named as the peer names
-    -- it (from its system identifier and database), learned at each
-    -- connection to it: how its slot is told from another peer's.
+    -- The slot the peer reads from on this node, as the peer records it
+    -- (its converge.peers row for us), read at add_peer, at each
+    -- connection and with each probe: how its slot is told from another's.
     their_slot     text
 );
 COMMENT ON TABLE converge.peer_status IS 'Internal: what the last pull rounds found, per peer (read converge.peers).';

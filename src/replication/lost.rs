@@ -2,14 +2,15 @@
 //! WAL than `converge.max_peer_lag_bytes` while it is not streaming loses
 //! the slot and is marked lost; the mark goes when it streams again.
 //!
-//! A peer's slot here is the one named as the peer names it (`their_slot`,
-//! learned from its system identifier and database at each connection to
-//! it, peers.rs). Until that is known, its slots are found by the name
-//! they carry (lowercased, other characters as '_', 40 of them), unless
-//! another such peer's name reads the same. A slot that carries the name
-//! of a peer whose slot is known, and is no peer's slot, is left from an
-//! earlier setup of that peer (its server rebuilt: another system
-//! identifier): it is dropped once past the limit, and no one is lost.
+//! A peer's slot here is the one the peer records for this node
+//! (`their_slot`: its `converge.peers` row for us, read when we add it,
+//! when the worker connects to it and with every probe). Until that is
+//! known, its slots are found by the name they carry (lowercased, other
+//! characters as '_', 40 of them), unless another peer's name reads the
+//! same. A slot that carries the name of a peer whose slot is known, and
+//! is no peer's slot, is left from an earlier setup (of that peer, or of a
+//! node that is no longer a peer): it is dropped once past the limit, and
+//! no one is marked lost for it.
 
 use super::peers::slot_label;
 use crate::maintenance::MAX_PEER_LAG;
@@ -71,23 +72,32 @@ pub fn check_lost_peers() {
     let limit = MAX_PEER_LAG.get() as i64 * 1024;
     let (peers, slots) = load();
     let known: HashSet<&str> = peers.iter().filter_map(|p| p.slot.as_deref()).collect();
+    // The slots carrying `name` that are no peer's known slot.
+    let carrying = |name: &str| -> Vec<&Slot> {
+        slots.iter().filter(|s| !known.contains(s.name.as_str()) && carries_name(&s.name, name)).collect()
+    };
+    // Whether a peer other than `owner` whose slot is not known yet may
+    // own slot `s`.
+    let unsure = |s: &Slot, owner: &str| peers.iter().any(|q| q.name != owner && q.slot.is_none() && carries_name(&s.name, &q.name));
     for peer in &peers {
         let theirs: Vec<&Slot> = match &peer.slot {
             Some(exact) => slots.iter().filter(|s| &s.name == exact).collect(),
             None => {
-                let alike = peers.iter().filter(|q| q.slot.is_none() && slot_label(&q.name) == slot_label(&peer.name)).count();
-                if alike > 1 {
+                if peers.iter().any(|q| q.name != peer.name && slot_label(&q.name) == slot_label(&peer.name)) {
                     pgrx::warning!(
                         "converge: peer \"{}\" has a name another peer shares in slot names, and its slot here is not known yet; it is not judged",
                         peer.name
                     );
                     continue;
                 }
-                slots.iter().filter(|s| !known.contains(s.name.as_str()) && carries_name(&s.name, &peer.name)).collect()
+                carrying(&peer.name)
             }
         };
         if peer.lost {
-            if theirs.iter().any(|s| s.active) {
+            // Also a slot that carries its name and is no one else's: its
+            // record of the slot may have changed since we last asked.
+            let elsewhere = carrying(&peer.name).into_iter().any(|s| s.active && !unsure(s, &peer.name));
+            if theirs.iter().any(|s| s.active) || elsewhere {
                 let _ = Spi::run_with_args("UPDATE converge.peer_status SET lost_at = NULL WHERE name = $1", &[peer.name.as_str().into()]);
                 pgrx::log!("converge: peer \"{}\" has rejoined (it streams from a new slot here)", peer.name);
             }
@@ -116,12 +126,11 @@ pub fn check_lost_peers() {
         return;
     }
     // A slot that a peer whose slot is not known yet may own is not stale.
-    let unsure = |s: &Slot| peers.iter().any(|q| q.slot.is_none() && carries_name(&s.name, &q.name));
     for peer in peers.iter().filter(|p| p.slot.is_some()) {
-        for s in slots.iter().filter(|s| !known.contains(s.name.as_str()) && carries_name(&s.name, &peer.name) && !unsure(s)) {
+        for s in carrying(&peer.name).into_iter().filter(|s| !unsure(s, "")) {
             if !s.active && s.held > limit && drop_slot(&s.name) {
                 pgrx::log!(
-                    "converge: slot \"{}\" held {} bytes of WAL and is not the slot of peer \"{}\" (its server names its slot \"{}\"): left from an earlier setup of it; dropped",
+                    "converge: slot \"{}\" held {} bytes of WAL and is no peer's slot: it carries the name of peer \"{}\", whose slot is \"{}\" (left from an earlier setup of it, or of a node that is no longer a peer); dropped",
                     s.name,
                     s.held,
                     peer.name,

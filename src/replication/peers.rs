@@ -61,8 +61,8 @@ fn validate_peer_name(name: &str) {
 }
 
 /// A server's system identifier and the oid of the current database, as
-/// text: what a node's slot names are made from (readable by any role).
-pub const IDENTITY_SQL: &str =
+/// text: what a node's slot names are made from.
+const IDENTITY_SQL: &str =
     "SELECT system_identifier::text, (SELECT oid FROM pg_database WHERE datname = current_database())::text FROM pg_control_system()";
 
 /// The name of the slots node `me` makes on its peers.
@@ -77,7 +77,7 @@ fn slot_name(me: &str) -> String {
 /// The slot name of node `node` whose server has system identifier `sysid`
 /// and whose database has oid `db`: its name (as slot names allow, 40
 /// characters) and a hash of all three, so that two nodes never share one.
-pub fn slot_name_for(node: &str, sysid: &str, db: &str) -> String {
+fn slot_name_for(node: &str, sysid: &str, db: &str) -> String {
     let tag = stable_hash(&format!("{sysid}/{db}/{node}")) as u64;
     format!("converge_{}_{:08x}", slot_label(node), tag & 0xffff_ffff)
 }
@@ -88,11 +88,12 @@ pub fn slot_label(node: &str) -> String {
     node.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
 }
 
-/// The slot peer `name` reads from on this node, named as the peer names
-/// it, from what `conn` (a connection to the peer) says of its server.
-pub fn their_slot(name: &str, conn: &mut Conn, stop: &dyn Fn() -> bool) -> Result<String, super::libpq::PeerError> {
-    let r = conn.query(IDENTITY_SQL, &[], false, QUERY_TIMEOUT, stop)?;
-    Ok(slot_name_for(name, &r.text(0, 0).unwrap_or_default(), &r.text(0, 1).unwrap_or_default()))
+/// The slot the peer behind `conn` reads from on this node (node `me`), as
+/// the peer itself records it (`converge.peers` there, readable by every
+/// role); None if it has not added this node as its peer.
+pub fn their_slot(me: &str, conn: &mut Conn, stop: &dyn Fn() -> bool) -> Result<Option<String>, super::libpq::PeerError> {
+    let r = conn.query("SELECT slot FROM converge.peers WHERE name = $1", &[me], false, QUERY_TIMEOUT, stop)?;
+    Ok(r.text(0, 0))
 }
 
 fn origin_name(peer: &str) -> String {
@@ -165,9 +166,9 @@ fn add_peer(name: &str, conninfo: &str) {
             "Run SELECT converge.set_node(...) on the peer first.",
         ),
     }
-    // Unknown if the peer refuses pg_control_system() to its peer role:
-    // its slots are then found by the name they carry (lost.rs).
-    let theirs = their_slot(name, &mut conn, &interrupt).ok();
+    // Unknown until the peer adds this node too: its slots are found by
+    // the name they carry meanwhile (lost.rs).
+    let theirs = their_slot(&me, &mut conn, &interrupt).ok().flatten();
     ensure_slot(name, &mut conn, &slot, &interrupt);
     let oid = match origin_id(&origin) {
         Some(o) => o,

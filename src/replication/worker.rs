@@ -303,9 +303,10 @@ fn step(link: &mut Link) {
     let probe = Conn::connect(&peer.conninfo);
     match (started, probe) {
         (Ok(s), Ok(mut p)) => {
-            // How the peer names its slot here (for check_lost_peers): its
-            // server may have been rebuilt since add_peer.
-            let theirs = super::peers::their_slot(&peer.name, &mut p, &stop_requested).ok();
+            // Which slot the peer reads from here (lost.rs); the probes keep
+            // it current.
+            let me = in_transaction(|| crate::node::local_node_if_set().unwrap_or_default()).unwrap_or_default();
+            let theirs = super::peers::their_slot(&me, &mut p, &stop_requested).ok().flatten();
             link.stream = Some(s);
             link.probe_conn = Some(p);
             link.flushed = progress;
@@ -335,6 +336,8 @@ struct Probe {
     at: String,
     frontier: Option<String>,
     shipped: Option<String>,
+    /// The slot the peer reads from here, as it records it.
+    slot: Option<String>,
 }
 
 fn slot_missing(e: &super::libpq::PeerError) -> bool {
@@ -597,7 +600,8 @@ fn caught_up(link: &mut Link) {
     let asked = link.probe_conn.as_mut().map(|c| {
         c.query(
             "SELECT pg_current_wal_insert_lsn()::text, converge.frontier()::text,
-                    (SELECT ops_received || ' ' || bytes_received FROM converge.peers WHERE name = $1)",
+                    (SELECT ops_received || ' ' || bytes_received FROM converge.peers WHERE name = $1),
+                    (SELECT slot FROM converge.peers WHERE name = $1)",
             &[&me],
             false,
             pull::QUERY_TIMEOUT,
@@ -607,7 +611,7 @@ fn caught_up(link: &mut Link) {
     match asked {
         Some(Ok(rows)) => {
             if let Some(p) = rows.text(0, 0).and_then(|t| pull::parse_lsn(&t)) {
-                link.probe = Some(Probe { lsn: p, at, frontier: rows.text(0, 1), shipped: rows.text(0, 2) });
+                link.probe = Some(Probe { lsn: p, at, frontier: rows.text(0, 1), shipped: rows.text(0, 2), slot: rows.text(0, 3) });
                 feedback(link, true);
             }
         }
@@ -631,7 +635,8 @@ fn record_probe(name: &str, probe: &Probe, flushed: u64) {
                 confirmed_lsn = greatest(confirmed_lsn, $4::pg_lsn),
                 lag_bytes = greatest(pg_wal_lsn_diff($3::pg_lsn, $4::pg_lsn), 0)::bigint, lag_seconds = 0,
                 frontier = coalesce($5::jsonb, frontier), frontier_at = CASE WHEN $5 IS NULL THEN frontier_at ELSE $2::timestamptz END,
-                ops_shipped = coalesce($6, ops_shipped), bytes_shipped = coalesce($7, bytes_shipped)
+                ops_shipped = coalesce($6, ops_shipped), bytes_shipped = coalesce($7, bytes_shipped),
+                their_slot = coalesce($8, their_slot)
           WHERE name = $1",
         &[
             name.into(),
@@ -641,6 +646,7 @@ fn record_probe(name: &str, probe: &Probe, flushed: u64) {
             probe.frontier.clone().into(),
             ops.into(),
             bytes.into(),
+            probe.slot.clone().into(),
         ],
     );
 }
