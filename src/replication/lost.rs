@@ -76,9 +76,8 @@ pub fn check_lost_peers() {
     let carrying = |name: &str| -> Vec<&Slot> {
         slots.iter().filter(|s| !known.contains(s.name.as_str()) && carries_name(&s.name, name)).collect()
     };
-    // Whether a peer other than `owner` whose slot is not known yet may
-    // own slot `s`.
-    let unsure = |s: &Slot, owner: &str| peers.iter().any(|q| q.name != owner && q.slot.is_none() && carries_name(&s.name, &q.name));
+    // Whether a peer whose slot is not known yet may own slot `s`.
+    let unsure = |s: &Slot| peers.iter().any(|q| q.slot.is_none() && carries_name(&s.name, &q.name));
     for peer in &peers {
         let theirs: Vec<&Slot> = match &peer.slot {
             Some(exact) => slots.iter().filter(|s| &s.name == exact).collect(),
@@ -94,10 +93,10 @@ pub fn check_lost_peers() {
             }
         };
         if peer.lost {
-            // Also a slot that carries its name and is no one else's: its
-            // record of the slot may have changed since we last asked.
-            let elsewhere = carrying(&peer.name).into_iter().any(|s| s.active && !unsure(s, &peer.name));
-            if theirs.iter().any(|s| s.active) || elsewhere {
+            // Only its own slot clears the mark: a slot that merely carries
+            // its name may be another node's. (If it records a new slot, the
+            // next probe of it says so.)
+            if theirs.iter().any(|s| s.active) {
                 let _ = Spi::run_with_args("UPDATE converge.peer_status SET lost_at = NULL WHERE name = $1", &[peer.name.as_str().into()]);
                 pgrx::log!("converge: peer \"{}\" has rejoined (it streams from a new slot here)", peer.name);
             }
@@ -126,8 +125,10 @@ pub fn check_lost_peers() {
         return;
     }
     // A slot that a peer whose slot is not known yet may own is not stale.
+    // (One that a peer has recorded since our last probe of it may be
+    // dropped here: that peer then rejoins by itself.)
     for peer in peers.iter().filter(|p| p.slot.is_some()) {
-        for s in carrying(&peer.name).into_iter().filter(|s| !unsure(s, "")) {
+        for s in carrying(&peer.name).into_iter().filter(|s| !unsure(s)) {
             if !s.active && s.held > limit && drop_slot(&s.name) {
                 pgrx::log!(
                     "converge: slot \"{}\" held {} bytes of WAL and is no peer's slot: it carries the name of peer \"{}\", whose slot is \"{}\" (left from an earlier setup of it, or of a node that is no longer a peer); dropped",

@@ -365,7 +365,7 @@ fn repeated_partitions_past_the_limit_lose_nothing() {
 }
 
 /// Two peers whose names read the same in slot names (`eu-west` and
-/// `eu_west`) are told apart by the slot each names from its own server:
+/// `eu_west`) are told apart by the slot each records for this node:
 /// one down past the limit is marked lost and the other, streaming, is
 /// not; a slot left from an earlier setup of one of them is dropped
 /// without anyone being marked lost.
