@@ -11,7 +11,8 @@
 //!
 //! How the peer's rows meet this node's depends on why:
 //! - **A rejoin merges them.** The peer marked this node lost, and from
-//!   then on compacted only its log, never a tombstone or a value's
+//!   then on, until this node reports having applied every op the peer
+//!   folded, it compacts only its log, never a tombstone or a value's
 //!   metadata (compact()); before that it dropped only what this node had
 //!   applied. So this node's rows hold nothing the peer removed and then
 //!   forgot, and merging is safe. It is also needed: this node may have
