@@ -57,6 +57,21 @@ fn mesh_losing_peers_past_1mb(root: &std::path::Path, port: u16) -> Vec<Node> {
     nodes
 }
 
+/// Cut node `cut` off from every other node, both ways (or heal it).
+fn isolate(nodes: &[Node], cut: usize, paused: bool) {
+    for i in (0..nodes.len()).filter(|&i| i != cut) {
+        pause(nodes, cut, i, paused);
+    }
+}
+
+/// More than 1MB of WAL on `n` (a 2.5MB table named `table`): its
+/// non-streaming peers' slots pass the test meshes' limit.
+fn fill_wal(n: &Node, table: &str) {
+    n.client()
+        .batch_execute(&format!("CREATE TABLE {table} AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g"))
+        .unwrap();
+}
+
 /// Wait until each (node, peer) pair shows the peer `lost` on that node.
 fn wait_lost(nodes: &[Node], pairs: &[(usize, &str)]) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -155,8 +170,7 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     converge_all(&nodes, Duration::from_secs(60));
 
     // virginia is cut off, writes what nobody else receives, and goes down.
-    pause(&nodes, 2, 0, true);
-    pause(&nodes, 2, 1, true);
+    isolate(&nodes, 2, true);
     load.run(&nodes, &mut clients, &[2], 300);
     load.run(&nodes, &mut clients, &[0, 1], 300);
     let unsent = count(&nodes[2], "SELECT (converge.frontier() ->> 'virginia')::int8");
@@ -168,7 +182,7 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     }
     // More than 1MB of WAL on madrid and dublin while virginia is away.
     for i in [0, 1] {
-        nodes[i].client().batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
+        fill_wal(&nodes[i], "filler");
     }
     wait_lost(&nodes, &[(0, "virginia"), (1, "virginia")]);
     for i in [0, 1] {
@@ -256,8 +270,7 @@ fn two_sides_that_marked_each_other_lost_both_keep_their_edits() {
     converge_all(&nodes, Duration::from_secs(60));
 
     // The link between virginia and the others goes; both sides write.
-    pause(&nodes, 2, 0, true);
-    pause(&nodes, 2, 1, true);
+    isolate(&nodes, 2, true);
     nodes[0]
         .client()
         .batch_execute(
@@ -273,7 +286,7 @@ fn two_sides_that_marked_each_other_lost_both_keep_their_edits() {
     // More than 1MB of WAL on every node: each side's slots for the other
     // go, and each side marks the other lost.
     for n in &nodes {
-        n.client().batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
+        fill_wal(n, "filler");
     }
     wait_lost(&nodes, &[(0, "virginia"), (1, "virginia"), (2, "madrid"), (2, "dublin")]);
     // Each side compacts past the other: virginia folds its own ops that
@@ -289,8 +302,7 @@ fn two_sides_that_marked_each_other_lost_both_keep_their_edits() {
 
     // The link comes back: each side finds its slots on the other gone and
     // rejoins from the other's rows.
-    pause(&nodes, 2, 0, false);
-    pause(&nodes, 2, 1, false);
+    isolate(&nodes, 2, false);
     load.run(&nodes, &mut clients, &[0, 1, 2], 100);
     converge_all(&nodes, Duration::from_secs(120));
     assert_same_values(&nodes, &["ctr", "item"]);
@@ -323,15 +335,11 @@ fn repeated_partitions_past_the_limit_lose_nothing() {
     converge_all(&nodes, Duration::from_secs(60));
     for (round, cut) in [2usize, 0, 1].into_iter().enumerate() {
         let rest: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
-        for &i in &rest {
-            pause(&nodes, cut, i, true);
-        }
+        isolate(&nodes, cut, true);
         load.run(&nodes, &mut clients, &[cut], 200);
         load.run(&nodes, &mut clients, &rest, 200);
         for n in &nodes {
-            n.client()
-                .batch_execute(&format!("CREATE TABLE filler{round} AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g"))
-                .unwrap();
+            fill_wal(n, &format!("filler{round}"));
         }
         let (name, others) = (nodes[cut].name.as_str(), [nodes[rest[0]].name.as_str(), nodes[rest[1]].name.as_str()]);
         wait_lost(&nodes, &[(rest[0], name), (rest[1], name), (cut, others[0]), (cut, others[1])]);
@@ -341,9 +349,7 @@ fn repeated_partitions_past_the_limit_lose_nothing() {
             wait_all_stable(std::slice::from_ref(&nodes[i]));
         }
         compact_all(&nodes);
-        for &i in &rest {
-            pause(&nodes, cut, i, false);
-        }
+        isolate(&nodes, cut, false);
         load.run(&nodes, &mut clients, &[0, 1, 2], 100);
         converge_all(&nodes, Duration::from_secs(120));
         load.expect.check(&nodes);
@@ -397,7 +403,7 @@ fn peers_whose_names_read_alike_are_told_apart_by_their_slots() {
     us.batch_execute("SELECT pg_create_logical_replication_slot('converge_eu_west_0badc0de', 'converge')").unwrap();
 
     nodes[0].stop_immediate();
-    us.batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
+    fill_wal(&nodes[2], "filler");
     wait_lost(&nodes, &[(2, "eu-west")]);
     assert_eq!(text(&nodes[2], "SELECT state FROM converge.peers WHERE name = 'eu_west'"), "ok", "eu_west streams and is not lost");
     let left: Vec<String> = us
