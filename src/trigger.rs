@@ -322,17 +322,27 @@ fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
 
 /// A column whose removals its authority alone makes (removes_only): a
 /// local change here that removes an element fails, by the same rule the
-/// other nodes apply to this node's op (converge-core `OrSet::removes`).
+/// other nodes apply to this node's op (`converge_core::authority::removes`).
 fn guard_removal(meta: &Meta, c: &Column, me: &str, delta: &[u8]) {
     let Some(node) = meta.removes_only.get(&c.name).filter(|n| n.as_str() != me) else { return };
-    if !decode_trusted::<converge_core::OrSet>(delta).is_ok_and(|d| d.removes()) {
-        return;
-    }
-    raise_hint(
-        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        format!("removals from column \"{}\" of {} are decided by node \"{node}\"", c.name, meta.name),
-        format!("Adds stay local everywhere; remove it on node \"{node}\"."),
-    )
+    use converge_core::authority::{removal, Removal};
+    let (message, hint) = match removal(delta, me) {
+        None => return,
+        Some(Removal::Covers) => (
+            format!("removals from column \"{}\" of {} are decided by node \"{node}\"", c.name, meta.name),
+            format!("Adds stay local everywhere; remove it on node \"{node}\"."),
+        ),
+        // Copying elements made elsewhere would reuse their dots, which is
+        // also how a forged op would replace an element (see `removal`).
+        Some(Removal::OtherDots) => (
+            format!(
+                "elements made on other nodes cannot be copied into column \"{}\" of {} here: node \"{node}\" decides its removals",
+                c.name, meta.name
+            ),
+            "Add the elements here with converge.add, or copy the value on that node.".to_string(),
+        ),
+    };
+    raise_hint(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message, hint)
 }
 
 /// Trigger of replicated tables (AFTER INSERT OR UPDATE OR DELETE, per row).

@@ -93,18 +93,36 @@ UPDATE incident SET tags = converge.remove(tags, 'sharps') WHERE id = 1;
 UPDATE incident SET tags = converge.remove(converge.add(tags, 'fresh'), 'fresh') WHERE id = 1;
 SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
 RESET ROLE;
--- Ops of other actors: phone1's add applies; its removal, made from the
--- row as phone1 saw it, is not_authority, and so is an add whose context
--- covers the warning's dots (a removal dressed as an add).
+-- Ops of other actors: phone1's add (tagged with phone1's own dot, as
+-- the client crate makes it) applies; its removal, made from the row as
+-- phone1 saw it, is not_authority, and so is an add whose context covers
+-- the warning's dots (a removal dressed as an add).
 SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone1:7', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
-        converge.add(NULL::converge.orset, 'checked')::bytea, NULL)::converge.op,
+        '{"entries": [["phone1", 7, "checked"]], "context": {"phone1": [[7, 7]]}}'::converge.orset::bytea,
+        NULL)::converge.op,
     ROW('phone1:8', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
         converge.remove((SELECT tags FROM incident WHERE id = 1), 'warning')::bytea, NULL)::converge.op,
     ROW('phone1:9', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
         converge.add(converge.remove((SELECT tags FROM incident WHERE id = 1), 'warning'), 'ok')::bytea,
         NULL)::converge.op]);
 SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
+-- An op carrying the warning's own dots (dublin's) with a larger element
+-- covers nothing it does not carry, yet merging it would replace the
+-- warning (the same dot keeps the larger element): it is not_authority.
+SELECT converge.merge_agg(format('{"entries": [["dublin", %s, "zzz"]], "context": {"dublin": [[%s, %s]]}}',
+                                  e ->> 1, e ->> 1, e ->> 1)::converge.orset)::text AS forged
+FROM incident, jsonb_array_elements(tags::text::jsonb -> 'entries') e
+WHERE id = 1 AND e ->> 2 = 'warning' \gset
+SELECT converge.elements(converge.merge(tags, :'forged'::converge.orset)) AS if_merged FROM incident WHERE id = 1;
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone1:10', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
+        (:'forged'::converge.orset)::bytea, NULL)::converge.op]);
+SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
+-- By the same rule, a local change here may not copy elements made
+-- elsewhere (row 1 holds phone1's 'checked') into the column.
+SET ROLE cv_clinic;
+UPDATE incident SET tags = (SELECT tags FROM incident WHERE id = 1) WHERE id = 2;
 -- On the authority, the removal is an ordinary local change.
 SET ROLE cv_clinic;
 SELECT converge.set_authority('incident', 'tags', 'dublin', removes_only => true);

@@ -32,16 +32,13 @@ pub fn parse(text: Option<String>) -> Authorities {
 /// `delta` carries plain columns) writes an authority column it may not.
 /// An insert's row op may carry such a column as NULL or its constant
 /// default: rows can be created anywhere. On a `removes_only` column only
-/// a delta that removes is the authority's ([`OrSet::removes`]; a gset
-/// delta never removes).
+/// a delta that removes is the authority's ([`removes`]).
 pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> bool {
     if auth.is_empty() {
         return false;
     }
     if !column.is_empty() {
-        return auth.get(column).is_some_and(|a| {
-            a.node != actor && (!a.removes_only || decode_trusted::<OrSet>(delta).is_ok_and(|d| d.removes()))
-        });
+        return auth.get(column).is_some_and(|a| a.node != actor && (!a.removes_only || removes(delta, actor)));
     }
     let Ok(d) = decode_trusted::<LwwMap>(delta) else { return false };
     let insert = d.get("$live").map(|v| v.to_value()) == Some(serde_json::Value::Bool(true));
@@ -53,6 +50,36 @@ pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> 
         let v = d.get(k).map(|j| j.to_value()); // None: a removal
         !(insert && matches!(&v, Some(x) if x.is_null() || Some(x) == a.default.as_ref()))
     })
+}
+
+/// Whether `actor`'s delta on a `removes_only` column removes, by the rule
+/// every node applies alike (decided from the delta alone): an orset
+/// delta that covers a dot it does not carry ([`OrSet::removes`]) or that
+/// carries a dot of another actor ([`OrSet::carries_other_dots`]). A gset
+/// delta never removes. The extension's trigger asks the same of a local
+/// change, so a write it accepts is not rejected on the other nodes.
+pub fn removes(delta: &[u8], actor: &str) -> bool {
+    removal(delta, actor).is_some()
+}
+
+/// Why [`removes`] holds, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The delta covers a dot it does not carry.
+    Covers,
+    /// It carries a dot of another actor (a copied value, or a forgery).
+    OtherDots,
+}
+
+pub fn removal(delta: &[u8], actor: &str) -> Option<Removal> {
+    let d = decode_trusted::<OrSet>(delta).ok()?;
+    if d.removes() {
+        Some(Removal::Covers)
+    } else if d.carries_other_dots(actor) {
+        Some(Removal::OtherDots)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +148,25 @@ mod tests {
         let mut forged = OrSet::default().add("other", crate::Dot::new("dublin", 9));
         forged.context.insert(&crate::Dot::new("dublin", 1));
         assert!(violates(&a, "tags", "dublin", &encode(&forged)));
+    }
+
+    #[test]
+    fn another_actors_dot_with_a_larger_element_is_a_removal() {
+        let a = auth();
+        // virginia's warning, as every node holds it.
+        let mut held = OrSet::default();
+        held.add("fall-risk", crate::Dot::new("virginia", 4));
+        // dublin sends virginia's dot with a larger element: it covers
+        // nothing it does not carry, yet merging it replaces the warning.
+        let mut forged = OrSet::default();
+        forged.entries.0.insert(crate::Dot::new("virginia", 4), "zz".into());
+        forged.context.insert(&crate::Dot::new("virginia", 4));
+        assert!(!forged.removes());
+        assert_eq!(held.merged(&forged).elements(), vec!["zz".to_string()]);
+        assert!(violates(&a, "tags", "dublin", &encode(&forged)));
+        // The authority may; and dublin's own dots are an add.
+        assert!(!violates(&a, "tags", "virginia", &encode(&forged)));
+        let own = OrSet::default().add("x", crate::Dot::new("dublin", 5));
+        assert!(!violates(&a, "tags", "dublin", &encode(&own)));
     }
 }
