@@ -52,6 +52,9 @@ pub struct RowChange<'a> {
     pub version: i32,
     /// The row's epoch (epochs.rs): the newest freeze's, 0 before any.
     pub epoch: i64,
+    /// Called with the row op's delta before it is logged (the trigger's
+    /// authority check, which raises).
+    pub guard: Option<&'a dyn Fn(&[u8])>,
 }
 
 fn fail(e: impl std::fmt::Display) -> ! {
@@ -135,6 +138,9 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Map<St
         return resume;
     }
     let delta = encode(&LwwMap::delta(&clock, &before));
+    if let Some(guard) = ch.guard {
+        guard(&delta);
+    }
     crate::local_ops::log_local_ops(me, ch.table, key_datum, &[String::new()], &[ch.version], ch.epoch, vec![delta]);
     let live = ch.event != RowEvent::Delete;
     match locked {

@@ -12,6 +12,7 @@
 use crate::errors::raise_hint;
 use crate::node;
 use crate::row_ops::{RowChange, RowEvent};
+use converge_core::authority::Authorities;
 use converge_core::{decode_trusted, encode, Crdt};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -40,9 +41,9 @@ struct Meta {
     /// Schema versions set with converge.set_schema_version: column (''
     /// for the row ops) -> version; 1 for any other.
     versions: HashMap<String, i32>,
-    /// Columns whose removals only their authority makes (set_authority
-    /// with removes_only) -> that node.
-    removes_only: HashMap<String, String>,
+    /// The table's authority columns (converge-core's `Authorities`): a
+    /// local op of one fails here by the rule the other nodes apply to it.
+    auth: Authorities,
     /// The table has an authority (set_authority with no column), so its
     /// rows can be frozen: local ops carry the row's epoch (epochs.rs).
     freezable: bool,
@@ -102,8 +103,8 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns,
                     (SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v
                       WHERE v.table_name = r.table_name),
-                    (SELECT jsonb_object_agg(a.column_name, a.node)::text FROM converge.authority a
-                      WHERE a.table_name = r.table_name AND a.removes_only),
+                    (SELECT jsonb_object_agg(a.column_name, jsonb_build_array(a.node, a.default_value, a.removes_only))::text
+                       FROM converge.authority a WHERE a.table_name = r.table_name AND a.column_name <> ''),
                     EXISTS (SELECT 1 FROM converge.authority a WHERE a.table_name = r.table_name AND a.column_name = '')
                FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.table_name = $1::oid::regclass",
@@ -120,12 +121,12 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             r.get::<String>(3)?.unwrap_or_default(),
             r.get::<Vec<String>>(4)?.unwrap_or_default(),
             r.get::<String>(5)?.unwrap_or_default(),
-            r.get::<String>(6)?.unwrap_or_default(),
+            r.get::<String>(6)?,
             r.get::<bool>(7)?.unwrap_or(false),
         )))
     })
     .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    let m = row.map(|(name, keys, crdt, other, versions, removes_only, freezable)| {
+    let m = row.map(|(name, keys, crdt, other, versions, auth, freezable)| {
         let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
         let index_of = |n: &str| desc.iter().position(|a| a.name() == n && !a.is_dropped());
         let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
@@ -142,7 +143,7 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             other: other.iter().filter_map(|n| index_of(n).map(|i| (i, n.clone()))).collect(),
             other_names: other.clone(),
             versions: serde_json::from_str(&versions).unwrap_or_default(),
-            removes_only: serde_json::from_str(&removes_only).unwrap_or_default(),
+            auth: converge_core::authority::parse(auth),
             freezable,
         })
     });
@@ -320,24 +321,37 @@ fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
     )
 }
 
-/// A column whose removals its authority alone makes (removes_only): a
-/// local change here that removes an element fails, by the same rule the
-/// other nodes apply to this node's op (`converge_core::authority::removes`).
-fn guard_removal(meta: &Meta, c: &Column, me: &str, delta: &[u8]) {
-    let Some(node) = meta.removes_only.get(&c.name).filter(|n| n.as_str() != me) else { return };
-    use converge_core::authority::{removal, Removal};
-    let (message, hint) = match removal(delta, me) {
-        None => return,
-        Some(Removal::Covers) => (
-            format!("removals from column \"{}\" of {} are decided by node \"{node}\"", c.name, meta.name),
+/// A local change of a column with an authority elsewhere fails here, by
+/// the rule the other nodes apply to this node's op (`violation` in
+/// converge-core), so a change this node keeps is never rejected by them.
+/// The guard trigger (sql/coordination.sql) stops most such changes
+/// earlier; this also catches one it cannot see (a user's BEFORE trigger
+/// setting the column outside the UPDATE's SET list).
+fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
+    use converge_core::authority::{removal, violation, Removal};
+    let Some((name, a)) = violation(&meta.auth, column, me, delta) else { return };
+    let node = &a.node;
+    let (message, hint) = match (a.removes_only, removal(delta, me)) {
+        // As the guard trigger says it.
+        (false, _) | (true, None) => (
+            format!("column \"{name}\" of {} is decided by node \"{node}\"", meta.name),
+            if meta.crdt_types.contains_key(name) {
+                format!("Change it on node \"{node}\".")
+            } else {
+                let lit = |x: &str| x.replace('\'', "''");
+                format!("Ask node \"{node}\" with converge.request('{}', key, '{}', value).", lit(&meta.name), lit(name))
+            },
+        ),
+        (true, Some(Removal::Covers)) => (
+            format!("removals from column \"{name}\" of {} are decided by node \"{node}\"", meta.name),
             format!("Adds stay local everywhere; remove it on node \"{node}\"."),
         ),
         // Copying elements made elsewhere would reuse their dots, which is
         // also how a forged op would replace an element (see `removal`).
-        Some(Removal::OtherDots) => (
+        (true, Some(Removal::OtherDots)) => (
             format!(
-                "elements made on other nodes cannot be copied into column \"{}\" of {} here: node \"{node}\" decides its removals",
-                c.name, meta.name
+                "elements made on other nodes cannot be copied into column \"{name}\" of {} here: node \"{node}\" decides its removals",
+                meta.name
             ),
             "Add the elements here with converge.add, or copy the value on that node.".to_string(),
         ),
@@ -404,7 +418,7 @@ fn record_local_ops<'a>(
             };
             match delta_bytes(&c.kind, nb, ob) {
                 Ok(Some(d)) => {
-                    guard_removal(&meta, c, &me, &d);
+                    guard_column(&meta, &c.name, &me, &d);
                     cols.push(c.name.clone());
                     deltas.push(d);
                 }
@@ -465,6 +479,7 @@ fn record_local_ops<'a>(
             check_json: meta.check_json,
             version: meta.versions.get("").copied().unwrap_or(1),
             epoch,
+            guard: Some(&|delta| guard_column(&meta, "", &me, delta)),
         };
         let stash = crate::row_ops::record(&me, change);
         if !stash.is_empty() {

@@ -40,6 +40,25 @@ INSERT INTO incident (id, title) VALUES (2, 'valve');
 INSERT INTO incident (id, title, status) VALUES (3, 'filter', 'open');
 INSERT INTO incident (id, title, status) VALUES (4, 'hose', 'closed');
 SELECT id, title, status, tags, converge.value(visits) AS visits FROM incident ORDER BY id;
+-- The application's own BEFORE triggers cannot slip a change past: one
+-- that sets status outside the UPDATE's SET list (so the guard trigger,
+-- UPDATE OF status, does not fire), one that fires after the guard on an
+-- insert, one that adds a tag. Each change fails here, by the rule the
+-- other nodes would apply to its op.
+CREATE FUNCTION auto_close() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.status := 'closed'; RETURN NEW; END $$;
+CREATE FUNCTION auto_tag() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.tags := converge.add(NEW.tags, 'auto'); RETURN NEW; END $$;
+CREATE TRIGGER a_close BEFORE UPDATE ON incident FOR EACH ROW EXECUTE FUNCTION auto_close();
+UPDATE incident SET title = 'pump stopped (again)' WHERE id = 1;
+DROP TRIGGER a_close ON incident;
+CREATE TRIGGER zz_close BEFORE INSERT ON incident FOR EACH ROW EXECUTE FUNCTION auto_close();
+INSERT INTO incident (id, title) VALUES (5, 'gauge');
+DROP TRIGGER zz_close ON incident;
+CREATE TRIGGER a_tag BEFORE UPDATE ON incident FOR EACH ROW EXECUTE FUNCTION auto_tag();
+UPDATE incident SET title = 'pump stopped (again)' WHERE id = 1;
+DROP TRIGGER a_tag ON incident;
+SELECT id, title, status, tags FROM incident WHERE id IN (1, 5) ORDER BY id;
 RESET ROLE;
 
 -- Ops of other actors: phone1 may write title, not status or tags; its

@@ -479,6 +479,8 @@ fn record_row_op(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, ol
         check_json: false,
         version: l.row_version,
         epoch,
+        // Checked above, with the decision's own messages.
+        guard: None,
     };
     crate::row_ops::record_values(me, ch, new);
 }

@@ -34,22 +34,31 @@ pub fn parse(text: Option<String>) -> Authorities {
 /// default: rows can be created anywhere. On a `removes_only` column only
 /// a delta that removes is the authority's ([`removes`]).
 pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> bool {
+    violation(auth, column, actor, delta).is_some()
+}
+
+/// [`violates`], naming the column written and its authority.
+pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
     if auth.is_empty() {
-        return false;
+        return None;
     }
     if !column.is_empty() {
-        return auth.get(column).is_some_and(|a| a.node != actor && (!a.removes_only || removes(delta, actor)));
+        let (name, a) = auth.get_key_value(column)?;
+        let writes = a.node != actor && (!a.removes_only || removes(delta, actor));
+        return writes.then_some((name.as_str(), a));
     }
-    let Ok(d) = decode_trusted::<LwwMap>(delta) else { return false };
+    let d = decode_trusted::<LwwMap>(delta).ok()?;
     let insert = d.get("$live").map(|v| v.to_value()) == Some(serde_json::Value::Bool(true));
-    d.entries.keys().any(|k| {
-        let Some(a) = auth.get(k) else { return false };
+    let mut written = d.entries.keys().filter_map(|k| {
+        let (name, a) = auth.get_key_value(k)?;
         if a.node == actor {
-            return false;
+            return None;
         }
         let v = d.get(k).map(|j| j.to_value()); // None: a removal
-        !(insert && matches!(&v, Some(x) if x.is_null() || Some(x) == a.default.as_ref()))
-    })
+        let allowed = insert && matches!(&v, Some(x) if x.is_null() || Some(x) == a.default.as_ref());
+        (!allowed).then_some((name.as_str(), a))
+    });
+    written.next()
 }
 
 /// Whether `actor`'s delta on a `removes_only` column removes, by the rule
