@@ -48,15 +48,6 @@ impl OrSet {
         !self.context.difference(&self.entries.dots_where(|_| true)).is_empty()
     }
 
-    /// Whether this state, taken as a delta of `actor`'s op, carries a dot
-    /// of another actor. An op's own mutations carry only its actor's dots.
-    /// A dot of another's, carried with a larger element than the one it
-    /// tags, would replace that element in every merge (the same dot keeps
-    /// the larger payload) while covering nothing: a removal in disguise.
-    pub fn carries_other_dots(&self, actor: &str) -> bool {
-        self.entries.0.keys().any(|d| d.actor.as_str() != actor)
-    }
-
     pub fn contains(&self, e: &str) -> bool {
         self.entries.0.values().any(|v| v == e)
     }
