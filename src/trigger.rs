@@ -350,7 +350,7 @@ fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
         // also how a forged op would replace an element (see `removal`).
         (true, Some(Removal::OtherDots)) => (
             format!(
-                "elements made on other nodes cannot be copied into column \"{name}\" of {} here: node \"{node}\" decides its removals",
+                "elements added by other nodes or devices cannot be copied into column \"{name}\" of {} here: node \"{node}\" decides its removals",
                 meta.name
             ),
             "Add the elements here with converge.add, or copy the value on that node.".to_string(),

@@ -82,10 +82,45 @@ pub fn violation<'a>(auth: &'a Authorities, column: &str, maker: Maker, delta: &
             return None;
         }
         let v = d.get(k).map(|j| j.to_value()); // None: a removal
-        let allowed = insert && matches!(&v, Some(x) if x.is_null() || Some(x) == a.default.as_ref());
+        let allowed = insert && matches!(&v, Some(x) if x.is_null() || a.default.as_ref().is_some_and(|d| same_json(x, d)));
         (!allowed).then_some((name.as_str(), a))
     });
     written.next()
+}
+
+/// JSON equality with numbers compared by value. An insert's value is
+/// rendered in the column's type (`row_to_json`: `0.00` for a numeric(10,2)
+/// at its default 0, `0` for a float8 at 0.0) and a client may write it
+/// either way; the default was taken from the literal.
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a, b) {
+        (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
+            let (x, y) = (decimal(&x.to_string()), decimal(&y.to_string()));
+            x.is_some() && x == y
+        }
+        _ => a == b,
+    }
+}
+
+/// A JSON number as (negative, significant digits, exponent of the last
+/// digit): one form per value (zero is `(false, "", 0)`).
+fn decimal(s: &str) -> Option<(bool, String, i64)> {
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let (mantissa, exp) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()?),
+        None => (s, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
+    if significant.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    let trailing = (digits.len() - digits.trim_end_matches('0').len()) as i64;
+    Some((neg, significant.to_string(), exp.checked_sub(frac.len() as i64)?.checked_add(trailing)?))
 }
 
 /// Whether a delta on a `removes_only` column removes, by the rule every
@@ -167,6 +202,21 @@ mod tests {
         assert!(violates(&a, "", Maker::Node("dublin"), &row_op(&[live, ("status", serde_json::json!("closed"))])));
         // Not an insert: the default is a change like any other.
         assert!(violates(&a, "", Maker::Node("dublin"), &row_op(&[("status", serde_json::json!("open"))])));
+    }
+
+    #[test]
+    fn an_insert_may_carry_the_default_as_its_type_renders_it() {
+        let mut a = Authorities::new();
+        a.insert("amount".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!(0)), removes_only: false });
+        a.insert("rate".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!(1.50)), removes_only: false });
+        let live = ("$live", serde_json::json!(true));
+        let num = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        for (col, v) in [("amount", "0.00"), ("amount", "-0"), ("amount", "0e5"), ("rate", "1.5"), ("rate", "15e-1")] {
+            assert!(!violates(&a, "", Maker::Node("dublin"), &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
+        }
+        for (col, v) in [("amount", "0.01"), ("amount", "10"), ("rate", "-1.5"), ("rate", "15"), ("rate", "\"1.5\"")] {
+            assert!(violates(&a, "", Maker::Node("dublin"), &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
+        }
     }
 
     #[test]
