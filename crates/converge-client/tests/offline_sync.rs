@@ -430,3 +430,37 @@ fn a_client_edit_carries_the_epoch_of_the_freeze_it_pulled() {
     assert_eq!(open(&dir, "tab1").epoch("incident", &json!({"id": 1})), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A device's ops on a `removes_only` column (SPEC 5): its adds, tagged by
+/// the client crate with its op id as their one dot, apply on a node that
+/// is not the authority; its removal is `not_authority` and the warning
+/// stays. (The node checks that an op carries no dot but its own.)
+#[test]
+fn a_device_adds_to_a_removes_only_column_but_does_not_remove() {
+    let mut db = fresh_node("converge_client_removes_only", "dublin");
+    db.batch_execute(
+        "SELECT converge.set_authority('incident', 'tags', 'virginia', removes_only => true);
+         INSERT INTO incident (id) VALUES (1);",
+    )
+    .unwrap();
+    let dir = workdir("removes-only");
+    let mut tab = open(&dir, "tab3");
+    let set = |c: &mut Client, f: fn(&mut converge_core::OrSet, &converge_core::Dot) -> converge_core::OrSet| {
+        c.mutate("incident", json!({"id": 1}), "tags", move |v, ctx| {
+            let AnyCrdt::OrSet(x) = v else { unreachable!() };
+            Ok(AnyCrdt::OrSet(f(x, &ctx.dot)))
+        })
+        .unwrap()
+    };
+    set(&mut tab, |x, d| x.add("warning", d.clone()));
+    set(&mut tab, |x, d| x.add("warning", d.clone()));
+    set(&mut tab, |x, d| x.add("sharps", d.clone()));
+    let outcomes: Vec<String> = tab.push(&mut db).unwrap().into_iter().map(|o| o.outcome).collect();
+    assert_eq!(outcomes, vec!["applied"; 3]);
+    set(&mut tab, |x, _| x.remove("warning"));
+    let outcomes: Vec<(String, Option<String>)> = tab.push(&mut db).unwrap().into_iter().map(|o| (o.outcome, o.reason)).collect();
+    assert_eq!(outcomes, vec![("rejected".into(), Some("not_authority".into()))]);
+    let tags: String = db.query_one("SELECT tags::jsonb::text FROM incident WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(tags, "[\"sharps\", \"warning\"]");
+    let _ = std::fs::remove_dir_all(&dir);
+}
