@@ -56,6 +56,7 @@ pub fn exclude(ops: &[Excluded], outcome: &str) {
             )
             .unwrap_or_else(|e| fail(e));
         }
+        crate::requests::withdraw(&ops.iter().map(|o| o.seq).collect::<Vec<i64>>());
         let mut rows: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for o in ops {
             rows.entry(o.table.clone()).or_default().insert(o.key.to_string());

@@ -62,13 +62,7 @@ fn maker<'a>(auth: &crate::coordination::Authorities, col: &str, actor: &'a str,
     if !auth.get(col).is_some_and(|a| a.removes_only && a.node != actor) {
         return Maker::Node(actor);
     }
-    let node = crate::security::as_owner(|| {
-        const SQL: &str = "SELECT EXISTS (SELECT FROM converge.node_identity WHERE name = $1)
-                               OR EXISTS (SELECT FROM converge.peer WHERE name = $1)";
-        crate::spi::prepared(SQL, &[actor.into()], |mut t| Ok(t.next().and_then(|r| r.get::<bool>(1).ok().flatten())))
-    })
-    .unwrap_or_else(|e| spi_err(e));
-    if node == Some(true) {
+    if crate::actors::node_names().contains(actor) {
         Maker::Node(actor)
     } else {
         Maker::Device(actor, counter)

@@ -227,6 +227,26 @@ fn store_request(id: &str, actor: &str, t: &Target, asked: &Asked) {
     .unwrap_or_else(|e| fail(e));
 }
 
+/// Requests whose ops (by their op_log seq) were taken out of the history
+/// (a revocation, a repair) are withdrawn, so that every node ends with the
+/// same `converge.requests`: a node the revocation reached first rejected
+/// the op and never had the request. Pending, it goes (the authority never
+/// decides it); decided already, its row keeps only the decision, as a node
+/// that learns the decision alone has it. The decision's write stays: it is
+/// the authority's own change.
+pub fn withdraw(seqs: &[i64]) {
+    as_owner(|| {
+        Spi::run_with_args(
+            "WITH gone AS (SELECT l.op_id FROM converge.op_log l WHERE l.seq = ANY ($1) AND l.target_table = $2),
+                  dropped AS (DELETE FROM converge.requests q USING gone g WHERE q.request_id = g.op_id AND q.decision_id IS NULL)
+             UPDATE converge.requests q SET value = NULL, idempotency_key = NULL, requested_by = NULL, requested_at = NULL
+               FROM gone g WHERE q.request_id = g.op_id AND q.decision_id IS NOT NULL",
+            &[seqs.into(), REQUEST.into()],
+        )
+    })
+    .unwrap_or_else(|e| fail(e));
+}
+
 /// Record a request's outcome: of two decisions of one request (an
 /// authority moved while it was pending), the smaller decision id wins on
 /// every node, whatever the order they arrive in.

@@ -48,6 +48,18 @@ fn outcomes(n: &Node, actor: &str) -> String {
 fn a_revoked_device_stops_counting_on_every_node() {
     let root = Scratch::new("actors");
     let nodes = mesh_of_three(&root.0, base_port());
+    // A ticket whose status madrid decides and whose note virginia does.
+    for n in &nodes {
+        n.client()
+            .batch_execute(
+                "CREATE TABLE ticket (id int PRIMARY KEY, status text DEFAULT 'open', note text);
+                 SELECT converge.replicate('ticket');
+                 SELECT converge.set_authority('ticket', 'status', 'madrid');
+                 SELECT converge.set_authority('ticket', 'note', 'virginia');",
+            )
+            .unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO ticket (id) VALUES (1)").unwrap();
     let key = SigningKey::from_bytes(&[11; 32]);
     let public = key.verifying_key().to_bytes().to_vec();
     nodes[2].client().execute("SELECT converge.register_actor('phone-ana', $1)", &[&public]).unwrap();
@@ -82,8 +94,15 @@ fn a_revoked_device_stops_counting_on_every_node() {
     pause(&nodes, 2, 1, true);
     incr(&mut phone, "ctr", 1, 50);
     incr(&mut phone, "ctr", 2, 70);
+    // It also asks to close the ticket, which madrid grants at once, and
+    // to change its note, which waits for virginia.
+    phone.request("public.ticket", json!({ "id": 1 }), "status", json!("closed"), None).unwrap();
+    phone.request("public.ticket", json!({ "id": 1 }), "note", json!("stolen"), None).unwrap();
     let out = phone.push(&mut nodes[0].client()).unwrap();
     assert!(out.iter().all(|o| o.outcome == "applied"), "{out:?}");
+    // (madrid's worker may have decided it already.)
+    text(&nodes[0], "SELECT converge.decide_pending()::text");
+    assert_eq!(text(&nodes[0], "SELECT string_agg(status, ' ' ORDER BY request_id) FROM converge.requests"), "granted pending");
     nodes[0].kill9();
     nodes[0].start();
     // virginia, where the phone's counter 2 is the last applied, revokes it.
@@ -92,7 +111,7 @@ fn a_revoked_device_stops_counting_on_every_node() {
     for n in &nodes {
         if n.name != "virginia" {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while text(n, "SELECT count(*)::text FROM converge.op_log WHERE actor = 'phone-ana' AND outcome = 'applied'") != "4" {
+            while text(n, "SELECT count(*)::text FROM converge.op_log WHERE actor = 'phone-ana' AND outcome = 'applied'") != "6" {
                 assert!(std::time::Instant::now() < deadline, "{} did not get the phone's ops", n.name);
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -104,14 +123,25 @@ fn a_revoked_device_stops_counting_on_every_node() {
     pause(&nodes, 2, 1, false);
     converge_all(&nodes, Duration::from_secs(60));
     // After the phone's counter 2, nothing of it counts anywhere.
-    let expect = "phone-ana:1 applied -, phone-ana:2 applied -, phone-ana:3 rejected revoked, phone-ana:4 rejected revoked";
+    let expect = "phone-ana:1 applied -, phone-ana:2 applied -, phone-ana:3 rejected revoked, phone-ana:4 rejected revoked, \
+                  phone-ana:5 rejected revoked, phone-ana:6 rejected revoked";
     for n in &nodes {
         assert_eq!(outcomes(n, "phone-ana").replace(", phone-ana:3 rejected unsigned, phone-ana:3 rejected bad_signature", ""), expect, "{}", n.name);
         assert_eq!(text(n, "SELECT converge.value(g)::text FROM ctr WHERE id = 1"), "2", "{}", n.name);
         assert_eq!(text(n, "SELECT coalesce(converge.value(g), 0)::text FROM ctr WHERE id = 2"), "0", "{}", n.name);
         assert_eq!(text(n, "SELECT revoked_after::text FROM converge.actors WHERE actor = 'phone-ana'"), "2", "{}", n.name);
     }
-    assert_identical(&nodes, &["ctr"]);
+    assert_identical(&nodes, &["ctr", "ticket"]);
+    // Its requests are withdrawn everywhere alike (virginia rejected them
+    // on arrival): the one still pending is gone, and of the one madrid had
+    // granted only the decision is left, whose write stays (madrid's own).
+    let requests = "SELECT string_agg(format('%s %s %s %s %s', request_id, status, decision, coalesce(value::text, '-'),
+                                              coalesce(requested_by, '-')), ', ' ORDER BY request_id)
+                      FROM converge.requests";
+    for n in &nodes {
+        assert_eq!(text(n, requests), r#"phone-ana:5 granted {"status": "closed"} - -"#, "{}", n.name);
+        assert_eq!(text(n, "SELECT status || ' ' || coalesce(note, '-') FROM ticket WHERE id = 1"), "closed -", "{}", n.name);
+    }
     // Its next push is refused wherever it lands.
     incr(&mut phone, "ctr", 1, 5);
     let out = phone.push(&mut nodes[1].client()).unwrap();
