@@ -114,10 +114,10 @@ impl Registry {
 /// it again.
 pub fn lock_registry(exclusive: bool) {
     if !(exclusive && crate::apply::under_peer_origin()) {
-        crate::apply::advisory_xact_lock(7234, 0, exclusive);
+        crate::locks::xact(crate::locks::Lock::Registry, exclusive);
         return;
     }
-    waiting_at_most_2s(|| crate::apply::advisory_xact_lock(7234, 0, true));
+    waiting_at_most_2s(|| crate::locks::xact(crate::locks::Lock::Registry, true));
 }
 
 /// Take a lock with `take`, queued like any lock (so holders that come

@@ -38,6 +38,7 @@ mod direct;
 mod epochs;
 mod errors;
 mod local_ops;
+mod locks;
 mod maintenance;
 mod node;
 mod ops;

@@ -27,7 +27,7 @@ mod waiting;
 pub use classify::{as_client, from_peer};
 pub use entry::apply_decoded;
 pub use target::{forget_resolved, layout_of, row_target, Layout};
-pub use waiting::{advisory_xact_lock, note_deferred, take_deferred, under_peer_origin};
+pub use waiting::{note_deferred, take_deferred, under_peer_origin};
 use classify::*;
 use target::*;
 use waiting::*;
@@ -317,13 +317,11 @@ fn blocked(fresh: &[&Item]) -> HashSet<usize> {
 /// (`won`, sorted) and any applied earlier out of order.
 pub(crate) fn advance_frontier(actor: &str, won: &[i64]) {
     // Appliers of one actor take turns here to the end of their
-    // transactions (an advisory lock on the actor's hash: no statement, no
+    // transactions (a lock on the actor's hash, locks.rs: no statement, no
     // row version), so each reads what the one before it committed: two
     // batches of one actor applied at once cannot leave the frontier short
-    // of what both applied. (converge's advisory keys: 7231 op_id buckets,
-    // 7232 a peer's sync (peers.rs), 7233 an actor's frontier, 7234 the
-    // actor registry (actors.rs).)
-    advisory_xact_lock(7233, (crate::replication::peers::stable_hash(actor) & 0x7fff_ffff) as i32, true);
+    // of what both applied.
+    crate::locks::xact(crate::locks::Lock::Frontier(crate::replication::peers::stable_hash(actor) as u32), true);
     let cur = crate::local_ops::contiguous(actor);
     let mut next = cur;
     for c in won.iter().copied().skip_while(|c| *c <= cur) {

@@ -10,25 +10,19 @@ pub(super) fn pending_any() -> bool {
     crate::direct::any_row(c"pending", c"pending_pkey", None)
 }
 
-/// Take the advisory locks of the op_id buckets (64 per database, under
-/// key 7231), sorted, exclusive where `excl` says so and shared otherwise:
-/// see step 3 of apply_classified.
+/// Take the locks of the op_id buckets (64 per database, locks.rs),
+/// sorted, exclusive where `excl` says so and shared otherwise: see step 3
+/// of apply_classified.
 pub(super) fn lock_buckets(ids: &[String], excl: &[bool]) {
-    let mut buckets: BTreeMap<i32, bool> = BTreeMap::new();
+    let mut buckets: BTreeMap<u32, bool> = BTreeMap::new();
     for (id, e) in ids.iter().zip(excl) {
         // A hash every process computes alike (FNV-1a), whatever its build.
-        let b = (crate::replication::peers::stable_hash(id) & 63) as i32;
+        let b = (crate::replication::peers::stable_hash(id) & 63) as u32;
         *buckets.entry(b).or_default() |= *e;
     }
     for (b, e) in buckets {
-        advisory_xact_lock(7231, b, e);
+        crate::locks::xact(crate::locks::Lock::OpIds(b), e);
     }
-}
-
-/// `pg_advisory_xact_lock(key, sub)` (or its shared form), with no statement.
-pub fn advisory_xact_lock(key: i32, sub: i32, exclusive: bool) {
-    let f = if exclusive { pg_sys::pg_advisory_xact_lock_int4 } else { pg_sys::pg_advisory_xact_lock_shared_int4 };
-    unsafe { pgrx::direct_function_call_as_datum(f, &[key.into_datum(), sub.into_datum()]) };
 }
 
 /// Whether this transaction applies a peer's changes (a replication origin

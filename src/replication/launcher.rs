@@ -8,7 +8,7 @@
 //! not restarted); `CREATE EXTENSION converge` and `add_peer` start one for
 //! their database when their transaction commits, so a new database is
 //! served within seconds and without a restart. One worker per database: a
-//! worker holds a session advisory lock for its database, and a second one
+//! worker holds a session lock for its database (locks.rs), and a second one
 //! gives up. `converge.databases`, when set, restricts the workers to a list.
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -24,9 +24,6 @@ use std::time::Duration;
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-
-/// Advisory lock class of "the worker of this database" (key 2: 0).
-pub const WORKER_LOCK_CLASS: i32 = 7233;
 
 pub fn register() {
     GucRegistry::define_string_guc(

@@ -47,8 +47,7 @@ pub fn stable_hash(name: &str) -> i64 {
 /// (a slot and an origin are used by one session at a time; the worker's
 /// stream is ended by remove_peer itself).
 fn lock_peer(peer: &str) {
-    let key = (stable_hash(peer) & 0x7fff_ffff) as i32;
-    read_one::<bool>("SELECT true FROM pg_advisory_xact_lock(7232, $1::int)", &[key.into()]);
+    crate::locks::xact(crate::locks::Lock::PeerSync(stable_hash(peer) as u32), true);
 }
 
 fn validate_peer_name(name: &str) {

@@ -236,13 +236,7 @@ fn claim_database() -> bool {
         return false;
     }
     for _ in 0..20 {
-        let got = BackgroundWorker::transaction(|| {
-            crate::spi::read_one::<bool>(
-                "SELECT pg_try_advisory_lock($1, 0)",
-                &[super::launcher::WORKER_LOCK_CLASS.into()],
-            )
-        });
-        if got == Some(true) {
+        if BackgroundWorker::transaction(|| crate::locks::try_session(crate::locks::Lock::Worker)) {
             return true;
         }
         if stop_requested() || !BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {

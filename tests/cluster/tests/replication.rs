@@ -274,10 +274,17 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
     let root = Scratch::new("newdb");
     let port = base_port() + 20;
     let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, true)).collect();
+    let mut squatters = Vec::new();
     for n in &nodes {
         let mut pg = n.client();
         pg.batch_execute("CREATE DATABASE fieldcare").unwrap();
         pg.batch_execute("CREATE ROLE app LOGIN").unwrap();
+        // The application role holds, for the whole test, the advisory
+        // locks converge took before (the worker's, the registry's, an op_id
+        // bucket's): they stall nothing now (src/locks.rs).
+        let mut squatter = n.client_as("app", "fieldcare");
+        squatter.batch_execute("SELECT pg_advisory_lock(7233, 0), pg_advisory_lock(7234, 0), pg_advisory_lock(7231, 0)").unwrap();
+        squatters.push(squatter);
         let mut admin = postgres::Client::connect(&n.conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
         admin.batch_execute("CREATE EXTENSION converge; GRANT CREATE ON SCHEMA public TO app").unwrap();
         admin.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
@@ -335,6 +342,7 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
         let su: bool = admin.query_one("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('app', 'converge_peer')", &[]).unwrap().get(0);
         assert!(!su);
     }
+    drop(squatters);
 }
 
 /// SPEC section 2's seqtext examples on real servers: two regions cut off
