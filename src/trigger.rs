@@ -328,10 +328,10 @@ fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
 /// earlier; this also catches one it cannot see (a user's BEFORE trigger
 /// setting the column outside the UPDATE's SET list).
 fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
-    use converge_core::authority::{removal, violation, Maker, Removal};
-    let Some((name, a)) = violation(&meta.auth, column, Maker::Node(me), delta) else { return };
+    use converge_core::authority::{removal, violation, Removal};
+    let Some((name, a)) = violation(&meta.auth, column, me, delta) else { return };
     let node = &a.node;
-    let (message, hint) = match (a.removes_only, removal(delta, Maker::Node(me))) {
+    let (message, hint) = match (a.removes_only, removal(delta, me)) {
         // As the guard trigger says it.
         (false, _) | (true, None) => (
             format!("column \"{name}\" of {} is decided by node \"{node}\"", meta.name),

@@ -148,14 +148,6 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone1:10', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
         (:'forged'::converge.orset)::bytea, NULL)::converge.op]);
 SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
--- A device's op carries one dot, its own (actor, op counter): phone1's op
--- 11 reusing the dot of its op 7 ('checked') with a larger element is
--- not_authority too.
-SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
-    ROW('phone1:11', 'phone1', 'public.incident', '{"id":1}', 'tags', 1, 0, '{}',
-        '{"entries": [["phone1", 7, "zzz"]], "context": {"phone1": [[7, 7]]}}'::converge.orset::bytea,
-        NULL)::converge.op]);
-SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
 -- By the same rule, a local change here may not copy elements made
 -- elsewhere (row 1 holds phone1's 'checked') into the column.
 SET ROLE cv_clinic;

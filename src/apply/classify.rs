@@ -3,7 +3,6 @@
 //! repairs), and who may send ops under a node's name.
 
 use super::*;
-use converge_core::authority::Maker;
 
 thread_local! {
     static TRUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -52,21 +51,6 @@ pub(super) fn node_actors() -> HashSet<String> {
         })
     })
     .unwrap_or_else(|e| spi_err(e))
-}
-
-/// Who made the op, as the `removes_only` rule needs it (converge-core
-/// `Maker`): this node or a peer, whose dots come from its own sequence, or
-/// a client device, whose op carries one dot, (actor, the op's counter).
-/// Looked up only for an op on a `removes_only` column of another node.
-fn maker<'a>(auth: &crate::coordination::Authorities, col: &str, actor: &'a str, counter: u64) -> Maker<'a> {
-    if !auth.get(col).is_some_and(|a| a.removes_only && a.node != actor) {
-        return Maker::Node(actor);
-    }
-    if crate::actors::node_names().contains(actor) {
-        Maker::Node(actor)
-    } else {
-        Maker::Device(actor, counter)
-    }
 }
 
 pub(super) fn classify(
@@ -166,8 +150,7 @@ pub(super) fn classify(
     if it.bad.is_none() && coltype == "row" {
         it.bad = live_error(it.delta.as_deref().unwrap_or_default());
     }
-    let maker = maker(&target.authority, col.unwrap_or_default(), actor, it.counter.unwrap_or_default() as u64);
-    if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), maker, it.delta.as_deref().unwrap_or_default()) {
+    if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default()) {
         it.bad = Some("not_authority".into());
     }
     if it.bad.is_none() && !registry.is_empty() {

@@ -438,7 +438,7 @@ fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, 
         if let Some(node) = l.column_authority(c).filter(|n| n != me) {
             bad_decision(format!("a decision here cannot change column \"{c}\": node \"{node}\" decides it"));
         }
-        let removes = || converge_core::authority::removes(&delta, converge_core::authority::Maker::Node(me));
+        let removes = || converge_core::authority::removes(&delta, me);
         if let Some(node) = l.removes_only_node(c).filter(|n| n != me && removes()) {
             bad_decision(format!("a decision here cannot remove from column \"{c}\": node \"{node}\" decides removals"));
         }

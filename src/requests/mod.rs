@@ -235,12 +235,19 @@ fn store_request(id: &str, actor: &str, t: &Target, asked: &Asked) {
 /// that learns the decision alone has it. The decision's write stays: it is
 /// the authority's own change.
 pub fn withdraw(seqs: &[i64]) {
+    // Two statements: a decision committed while the DELETE waited for the
+    // row (the authority deciding it) is seen by the UPDATE's snapshot.
+    const GONE: &str = "SELECT l.op_id FROM converge.op_log l WHERE l.seq = ANY ($1) AND l.target_table = $2";
     as_owner(|| {
         Spi::run_with_args(
-            "WITH gone AS (SELECT l.op_id FROM converge.op_log l WHERE l.seq = ANY ($1) AND l.target_table = $2),
-                  dropped AS (DELETE FROM converge.requests q USING gone g WHERE q.request_id = g.op_id AND q.decision_id IS NULL)
-             UPDATE converge.requests q SET value = NULL, idempotency_key = NULL, requested_by = NULL, requested_at = NULL
-               FROM gone g WHERE q.request_id = g.op_id AND q.decision_id IS NOT NULL",
+            &format!("DELETE FROM converge.requests q WHERE q.request_id IN ({GONE}) AND q.decision_id IS NULL"),
+            &[seqs.into(), REQUEST.into()],
+        )?;
+        Spi::run_with_args(
+            &format!(
+                "UPDATE converge.requests q SET value = NULL, idempotency_key = NULL, requested_by = NULL, requested_at = NULL
+                  WHERE q.request_id IN ({GONE}) AND q.decision_id IS NOT NULL"
+            ),
             &[seqs.into(), REQUEST.into()],
         )
     })

@@ -4,7 +4,6 @@
 //! sends an op.
 
 use crate::codec::decode_trusted;
-use crate::dots::Dot;
 use crate::types::{LwwMap, OrSet};
 use std::collections::HashMap;
 
@@ -29,49 +28,23 @@ pub fn parse(text: Option<String>) -> Authorities {
     m.into_iter().map(|(k, (node, default, removes_only))| (k, Authority { node, default, removes_only })).collect()
 }
 
-/// Who made an op, as the `removes_only` rule needs it. A node's dots come
-/// from its own sequence; a client device's op carries one dot, (actor,
-/// the op's counter), as the client crate makes it.
-#[derive(Clone, Copy, Debug)]
-pub enum Maker<'a> {
-    Node(&'a str),
-    Device(&'a str, u64),
-}
-
-impl Maker<'_> {
-    pub fn actor(&self) -> &str {
-        match self {
-            Maker::Node(a) | Maker::Device(a, _) => a,
-        }
-    }
-
-    /// Whether `d` is a dot this maker's op may carry.
-    fn owns(&self, d: &Dot) -> bool {
-        match self {
-            Maker::Node(a) => d.actor.as_str() == *a,
-            Maker::Device(a, c) => d.actor.as_str() == *a && d.counter == *c,
-        }
-    }
-}
-
-/// Whether an op on `column` (`""`: a row op, whose lwwmap `delta` carries
-/// plain columns) writes an authority column its maker may not. An
+/// Whether an op of `actor` on `column` (`""`: a row op, whose lwwmap
+/// `delta` carries plain columns) writes an authority column it may not. An
 /// insert's row op may carry such a column as NULL or its constant
 /// default: rows can be created anywhere. On a `removes_only` column only
 /// a delta that removes is the authority's ([`removes`]).
-pub fn violates(auth: &Authorities, column: &str, maker: Maker, delta: &[u8]) -> bool {
-    violation(auth, column, maker, delta).is_some()
+pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> bool {
+    violation(auth, column, actor, delta).is_some()
 }
 
 /// [`violates`], naming the column written and its authority.
-pub fn violation<'a>(auth: &'a Authorities, column: &str, maker: Maker, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
+pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
     if auth.is_empty() {
         return None;
     }
-    let actor = maker.actor();
     if !column.is_empty() {
         let (name, a) = auth.get_key_value(column)?;
-        let writes = a.node != actor && (!a.removes_only || removes(delta, maker));
+        let writes = a.node != actor && (!a.removes_only || removes(delta, actor));
         return writes.then_some((name.as_str(), a));
     }
     let d = decode_trusted::<LwwMap>(delta).ok()?;
@@ -126,11 +99,11 @@ fn decimal(s: &str) -> Option<(bool, String, i64)> {
 /// Whether a delta on a `removes_only` column removes, by the rule every
 /// node applies alike (decided from the op alone): an orset delta that
 /// covers a dot it does not carry ([`OrSet::removes`]), or that carries a
-/// dot its maker's op does not make. A gset delta never removes. The
+/// dot of another actor. A gset delta never removes. The
 /// extension's trigger asks the same of a local change, so a write it
 /// accepts is not rejected on the other nodes.
-pub fn removes(delta: &[u8], maker: Maker) -> bool {
-    removal(delta, maker).is_some()
+pub fn removes(delta: &[u8], actor: &str) -> bool {
+    removal(delta, actor).is_some()
 }
 
 /// Why [`removes`] holds, for messages.
@@ -138,19 +111,21 @@ pub fn removes(delta: &[u8], maker: Maker) -> bool {
 pub enum Removal {
     /// The delta covers a dot it does not carry.
     Covers,
-    /// It carries a dot its maker does not make: another actor's (a copied
-    /// value, or a forgery), or a device's other than its op's own. The same
-    /// dot carried with a larger element than the one it tags replaces that
-    /// element in every merge (a dot keeps the larger payload) while
-    /// covering nothing: a removal in disguise.
+    /// It carries a dot of another actor (a copied value, or a forgery).
+    /// The same dot carried with a larger element than the one it tags
+    /// replaces that element in every merge (a dot keeps the larger
+    /// payload) while covering nothing: a removal in disguise. Decided from
+    /// the op alone (its actor and its delta), so every node decides alike.
+    /// An actor reusing a dot of its own is not caught: it can replace only
+    /// elements it added itself.
     OtherDots,
 }
 
-pub fn removal(delta: &[u8], maker: Maker) -> Option<Removal> {
+pub fn removal(delta: &[u8], actor: &str) -> Option<Removal> {
     let d = decode_trusted::<OrSet>(delta).ok()?;
     if d.removes() {
         Some(Removal::Covers)
-    } else if d.entries.0.keys().any(|dot| !maker.owns(dot)) {
+    } else if d.entries.0.keys().any(|dot| dot.actor.as_str() != actor) {
         Some(Removal::OtherDots)
     } else {
         None
@@ -185,23 +160,23 @@ mod tests {
     #[test]
     fn only_the_authority_writes_its_column() {
         let a = auth();
-        assert!(violates(&a, "status", Maker::Node("dublin"), b""));
-        assert!(!violates(&a, "status", Maker::Node("virginia"), b""));
-        assert!(!violates(&a, "notes", Maker::Node("dublin"), b""));
-        assert!(violates(&a, "", Maker::Node("dublin"), &row_op(&[("status", serde_json::json!("closed"))])));
-        assert!(!violates(&a, "", Maker::Node("virginia"), &row_op(&[("status", serde_json::json!("closed"))])));
-        assert!(!violates(&a, "", Maker::Node("dublin"), &row_op(&[("title", serde_json::json!("x"))])));
+        assert!(violates(&a, "status", "dublin", b""));
+        assert!(!violates(&a, "status", "virginia", b""));
+        assert!(!violates(&a, "notes", "dublin", b""));
+        assert!(violates(&a, "", "dublin", &row_op(&[("status", serde_json::json!("closed"))])));
+        assert!(!violates(&a, "", "virginia", &row_op(&[("status", serde_json::json!("closed"))])));
+        assert!(!violates(&a, "", "dublin", &row_op(&[("title", serde_json::json!("x"))])));
     }
 
     #[test]
     fn an_insert_may_carry_null_or_the_default() {
         let a = auth();
         let live = ("$live", serde_json::json!(true));
-        assert!(!violates(&a, "", Maker::Node("dublin"), &row_op(&[live.clone(), ("status", serde_json::json!("open"))])));
-        assert!(!violates(&a, "", Maker::Node("dublin"), &row_op(&[live.clone(), ("status", serde_json::Value::Null)])));
-        assert!(violates(&a, "", Maker::Node("dublin"), &row_op(&[live, ("status", serde_json::json!("closed"))])));
+        assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), ("status", serde_json::json!("open"))])));
+        assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), ("status", serde_json::Value::Null)])));
+        assert!(violates(&a, "", "dublin", &row_op(&[live, ("status", serde_json::json!("closed"))])));
         // Not an insert: the default is a change like any other.
-        assert!(violates(&a, "", Maker::Node("dublin"), &row_op(&[("status", serde_json::json!("open"))])));
+        assert!(violates(&a, "", "dublin", &row_op(&[("status", serde_json::json!("open"))])));
     }
 
     #[test]
@@ -212,10 +187,10 @@ mod tests {
         let live = ("$live", serde_json::json!(true));
         let num = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
         for (col, v) in [("amount", "0.00"), ("amount", "-0"), ("amount", "0e5"), ("rate", "1.5"), ("rate", "15e-1")] {
-            assert!(!violates(&a, "", Maker::Node("dublin"), &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
+            assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
         }
         for (col, v) in [("amount", "0.01"), ("amount", "10"), ("rate", "-1.5"), ("rate", "15"), ("rate", "\"1.5\"")] {
-            assert!(violates(&a, "", Maker::Node("dublin"), &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
+            assert!(violates(&a, "", "dublin", &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
         }
     }
 
@@ -226,18 +201,18 @@ mod tests {
         let add = s.add("warning", crate::Dot::new("dublin", 1));
         let again = s.add("warning", crate::Dot::new("dublin", 2));
         let remove = s.remove("warning");
-        assert!(!violates(&a, "tags", Maker::Node("dublin"), &encode(&add)));
-        assert!(!violates(&a, "tags", Maker::Node("dublin"), &encode(&again)), "adding an element again removes nothing");
-        assert!(violates(&a, "tags", Maker::Node("dublin"), &encode(&remove)));
-        assert!(!violates(&a, "tags", Maker::Node("virginia"), &encode(&remove)));
+        assert!(!violates(&a, "tags", "dublin", &encode(&add)));
+        assert!(!violates(&a, "tags", "dublin", &encode(&again)), "adding an element again removes nothing");
+        assert!(violates(&a, "tags", "dublin", &encode(&remove)));
+        assert!(!violates(&a, "tags", "virginia", &encode(&remove)));
         // An add merged with a removal (one statement doing both) removes.
         let mut both = s.add("fresh", crate::Dot::new("dublin", 3));
         both.merge(&s.remove("fresh"));
-        assert!(violates(&a, "tags", Maker::Node("dublin"), &encode(&both)));
+        assert!(violates(&a, "tags", "dublin", &encode(&both)));
         // A forged add that covers another element's dot removes it.
         let mut forged = OrSet::default().add("other", crate::Dot::new("dublin", 9));
         forged.context.insert(&crate::Dot::new("dublin", 1));
-        assert!(violates(&a, "tags", Maker::Node("dublin"), &encode(&forged)));
+        assert!(violates(&a, "tags", "dublin", &encode(&forged)));
     }
 
     #[test]
@@ -253,27 +228,10 @@ mod tests {
         forged.context.insert(&crate::Dot::new("virginia", 4));
         assert!(!forged.removes());
         assert_eq!(held.merged(&forged).elements(), vec!["zz".to_string()]);
-        assert!(violates(&a, "tags", Maker::Node("dublin"), &encode(&forged)));
+        assert!(violates(&a, "tags", "dublin", &encode(&forged)));
         // The authority may; and dublin's own dots are an add.
-        assert!(!violates(&a, "tags", Maker::Node("virginia"), &encode(&forged)));
+        assert!(!violates(&a, "tags", "virginia", &encode(&forged)));
         let own = OrSet::default().add("x", crate::Dot::new("dublin", 5));
-        assert!(!violates(&a, "tags", Maker::Node("dublin"), &encode(&own)));
-    }
-
-    #[test]
-    fn a_device_op_carries_its_own_dot_only() {
-        let a = auth();
-        // phone1 raised a warning with its op 4 (dot (phone1, 4)).
-        let mut held = OrSet::default();
-        let raised = held.add("fall-risk", crate::Dot::new("phone1", 4));
-        assert!(!violates(&a, "tags", Maker::Device("phone1", 4), &encode(&raised)));
-        // Its op 9 reusing that dot with a larger element would replace it.
-        let mut forged = OrSet::default();
-        forged.entries.0.insert(crate::Dot::new("phone1", 4), "zz".into());
-        forged.context.insert(&crate::Dot::new("phone1", 4));
-        assert_eq!(held.merged(&forged).elements(), vec!["zz".to_string()]);
-        assert!(violates(&a, "tags", Maker::Device("phone1", 9), &encode(&forged)));
-        // A node's dots come from its own sequence: any of its own is fine.
-        assert!(!violates(&a, "tags", Maker::Node("phone1"), &encode(&forged)));
+        assert!(!violates(&a, "tags", "dublin", &encode(&own)));
     }
 }
