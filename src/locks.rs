@@ -1,12 +1,15 @@
 //! The locks converge's own processes take turns on: appliers, a peer's
 //! sync, the actor registry and the database's worker.
 //!
-//! They are object lock tags whose class is converge's `op_log` (no
-//! catalog is), which no SQL statement can take. Advisory locks (what they
-//! were) can be taken by any role, and one held would have stalled
-//! replication or kept the worker from starting. `pg_locks` shows them as
-//! locktype `object`, classid the oid of `converge.op_log`, objsubid the
-//! kind below.
+//! They are advisory lock tags that no SQL function can make: the SQL
+//! advisory functions set the tag's fourth field to 1 (one int8 key) or 2
+//! (two int4 keys), converge's are 3 and up, with converge's `op_log` oid
+//! in the second. So no role can take one and hold it to keep the worker
+//! out or stall replication, as it could the plain advisory keys converge
+//! used before. The advisory lock method is kept for what it does: a
+//! session lock (the worker's) survives an aborted transaction and is
+//! released when the process exits. `pg_locks` shows them as locktype
+//! `advisory`, objid the key, objsubid 2 + the kind below.
 
 use pgrx::pg_sys;
 
@@ -37,9 +40,9 @@ impl Lock {
             locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
             locktag_field2: crate::direct::relid(c"op_log").to_u32(),
             locktag_field3: key,
-            locktag_field4: kind,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
-            locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+            locktag_field4: 2 + kind,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! to close or reopen incidents (virginia decides; closing allocates an
 //! audit number), freezes of item rows by virginia (the table's
 //! authority), ops of three devices sent through `converge.apply` to any
-//! node, and revocations of those devices made on any node.
+//! node (increments, and requests too), and revocations of those devices
+//! made on any node.
 
 use crate::{Node, Rng};
 
@@ -89,11 +90,22 @@ impl Coordinated {
     }
 }
 
-/// A device's gcounter increment of a `dev` row, sent through `apply` to
-/// this node (after its revocation too: those ops are rejected or undone).
+/// A device's op sent through `apply` to this node (after its revocation
+/// too: those ops are rejected or undone): a gcounter increment of a `dev`
+/// row, or now and then a request to close or reopen an incident.
 fn device_op(d: &mut Device, r: &mut Rng, count: &mut usize, _c: &mut postgres::Client) -> String {
     *count += 1;
     d.counter += 1;
+    if r.below(4) == 0 {
+        let id = 1 + r.below(40);
+        let value = if r.below(3) == 0 { "open" } else { "closed" };
+        return format!(
+            "SELECT converge.apply(ROW('{0}:{1}', '{0}', 'converge.request', '{{\"table\": \"public.incident\", \"key\": {{\"id\": {id}}}}}',
+                    'status', 1, 0, '{{}}',
+                    convert_to('{{\"value\": \"{value}\", \"idempotency_key\": \"{0} {1}\", \"requested_at\": 0}}', 'UTF8'), NULL)::converge.op)",
+            d.name, d.counter
+        );
+    }
     d.total += 1 + r.below(3) as i64;
     let id = 1 + r.below(10);
     format!(

@@ -342,6 +342,44 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
         let su: bool = admin.query_one("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('app', 'converge_peer')", &[]).unwrap().get(0);
         assert!(!su);
     }
+    // A worker keeps its database's lock through a failed transaction: an
+    // application trigger on oslo refuses lisbon's next row until it is
+    // dropped, and a reload meanwhile (the launcher starts a worker for every
+    // database again) must not bring a second worker to fieldcare.
+    let mut oslo_admin = postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
+    oslo_admin
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'not now'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON note FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .unwrap();
+    lisbon.batch_execute("INSERT INTO note VALUES (3, 'hose', NULL, NULL, NULL)").unwrap();
+    let count = |c: &mut postgres::Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut oslo_admin, "SELECT count(*) FROM converge.peers WHERE last_error LIKE '%not now%'") == 0 {
+        assert!(Instant::now() < deadline, "oslo's worker did not fail on the refused row");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    const WORKERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'converge worker' AND datname = 'fieldcare'";
+    const LOCKS: &str = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                          WHERE l.locktype = 'advisory' AND l.objsubid = 7 AND l.granted AND d.datname = 'fieldcare'";
+    assert_eq!(count(&mut oslo_admin, LOCKS), 1, "oslo's worker holds its lock after its transaction failed");
+    // The workers a reload starts try for 10 s to take the lock, then leave.
+    oslo_admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&mut oslo_admin, WORKERS) != 1 {
+        assert_eq!(count(&mut oslo_admin, LOCKS), 1, "one worker holds fieldcare's lock on oslo");
+        assert!(Instant::now() < deadline, "the workers a reload started for fieldcare on oslo did not leave");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(count(&mut oslo_admin, LOCKS), 1, "one worker holds fieldcare's lock on oslo");
+    oslo_admin.batch_execute("DROP TRIGGER refuse ON note").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut oslo, "SELECT count(*) FROM note") != 3 {
+        assert!(Instant::now() < deadline, "lisbon's row 3 did not reach oslo once the trigger was gone");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(squatters);
 }
 
