@@ -1,5 +1,7 @@
 //! The locks converge's own processes take turns on: appliers, a peer's
-//! sync, the actor registry and the database's worker.
+//! sync, the actor registry and the database's worker. (The op counter's,
+//! an allocator's and an idempotency key's are object locks on converge's
+//! pg_class rows, local_ops.rs: taken to the end of a transaction only.)
 //!
 //! They are advisory lock tags that no SQL function can make: the SQL
 //! advisory functions set the tag's fourth field to 1 (one int8 key) or 2

@@ -332,7 +332,8 @@ fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
     let Some((name, a)) = violation(&meta.auth, column, me, delta) else { return };
     let node = &a.node;
     let (message, hint) = match (a.removes_only, removal(delta, me)) {
-        // As the guard trigger says it.
+        // As the guard trigger says it. (`(true, None)` does not happen:
+        // violation holds on a removes_only column only when removal does.)
         (false, _) | (true, None) => (
             format!("column \"{name}\" of {} is decided by node \"{node}\"", meta.name),
             if meta.crdt_types.contains_key(name) {

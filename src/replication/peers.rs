@@ -34,7 +34,7 @@ fn connect(peer: &str, conninfo: &str) -> Conn {
 }
 
 /// A stable hash of a name (FNV-1a: the same in every process, unlike
-/// std's randomized hasher): slot names and advisory lock keys.
+/// std's randomized hasher): slot names and lock keys (locks.rs).
 pub fn stable_hash(name: &str) -> i64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in name.bytes() {

@@ -438,9 +438,17 @@ fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, 
         if let Some(node) = l.column_authority(c).filter(|n| n != me) {
             bad_decision(format!("a decision here cannot change column \"{c}\": node \"{node}\" decides it"));
         }
-        let removes = || converge_core::authority::removes(&delta, me);
-        if let Some(node) = l.removes_only_node(c).filter(|n| n != me && removes()) {
-            bad_decision(format!("a decision here cannot remove from column \"{c}\": node \"{node}\" decides removals"));
+        if let Some(node) = l.removes_only_node(c).filter(|n| n != me) {
+            use converge_core::authority::{removal, Removal};
+            match removal(&delta, me) {
+                None => {}
+                Some(Removal::Covers) => {
+                    bad_decision(format!("a decision here cannot remove from column \"{c}\": node \"{node}\" decides removals"))
+                }
+                Some(Removal::OtherDots) => bad_decision(format!(
+                    "a decision here cannot copy elements added by other nodes or devices into column \"{c}\": node \"{node}\" decides its removals"
+                )),
+            }
         }
         cols.push(c.clone());
         versions.push(l.version(c));

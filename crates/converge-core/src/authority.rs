@@ -121,6 +121,7 @@ pub enum Removal {
     OtherDots,
 }
 
+/// Whether, and why, `actor`'s delta on a `removes_only` column removes.
 pub fn removal(delta: &[u8], actor: &str) -> Option<Removal> {
     let d = decode_trusted::<OrSet>(delta).ok()?;
     if d.removes() {

@@ -269,22 +269,23 @@ fn shipped(c: &mut postgres::Client, sql: &str, what: &str) -> (i64, i64) {
 /// least-privilege peer role with a password: the worker of each node finds
 /// the database by itself. No-op mutators on NULL columns leave every node
 /// with the same row text (NULL and '{}' must not diverge).
-#[test]
-fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
-    let root = Scratch::new("newdb");
-    let port = base_port() + 20;
-    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, true)).collect();
+/// Two nodes, lisbon and oslo, each with a database `fieldcare` where the
+/// superuser created converge and the ordinary role `app` made and
+/// replicated table `note`; each the other's peer. With `squat`, `app`
+/// first takes the advisory locks converge took before (the worker's, the
+/// registry's, an op_id bucket's), on connections returned to be held.
+fn fieldcare_pair(root: &std::path::Path, port: u16, squat: bool) -> (Vec<Node>, Vec<postgres::Client>) {
+    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(root, n, port + i as u16, true)).collect();
     let mut squatters = Vec::new();
     for n in &nodes {
         let mut pg = n.client();
         pg.batch_execute("CREATE DATABASE fieldcare").unwrap();
         pg.batch_execute("CREATE ROLE app LOGIN").unwrap();
-        // The application role holds, for the whole test, the advisory
-        // locks converge took before (the worker's, the registry's, an op_id
-        // bucket's): they stall nothing now (src/locks.rs).
-        let mut squatter = n.client_as("app", "fieldcare");
-        squatter.batch_execute("SELECT pg_advisory_lock(7233, 0), pg_advisory_lock(7234, 0), pg_advisory_lock(7231, 0)").unwrap();
-        squatters.push(squatter);
+        if squat {
+            let mut squatter = n.client_as("app", "fieldcare");
+            squatter.batch_execute("SELECT pg_advisory_lock(7233, 0), pg_advisory_lock(7234, 0), pg_advisory_lock(7231, 0)").unwrap();
+            squatters.push(squatter);
+        }
         let mut admin = postgres::Client::connect(&n.conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
         admin.batch_execute("CREATE EXTENSION converge; GRANT CREATE ON SCHEMA public TO app").unwrap();
         admin.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
@@ -300,6 +301,19 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
         let mut admin = postgres::Client::connect(&nodes[a].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
         admin.execute("SELECT converge.add_peer($1, $2)", &[&nodes[b].name, &nodes[b].peer_conninfo("fieldcare")]).unwrap();
     }
+    (nodes, squatters)
+}
+
+fn count(c: &mut postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
+    let root = Scratch::new("newdb");
+    // The advisory locks `app` holds for the whole test stall nothing:
+    // converge's own are tags no SQL function can make (src/locks.rs).
+    let (nodes, squatters) = fieldcare_pair(&root.0, base_port() + 20, true);
     // The application role writes on both nodes, with no-op mutators on NULL columns.
     let mut lisbon = nodes[0].client_as("app", "fieldcare");
     let mut oslo = nodes[1].client_as("app", "fieldcare");
@@ -342,10 +356,25 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
         let su: bool = admin.query_one("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('app', 'converge_peer')", &[]).unwrap().get(0);
         assert!(!su);
     }
-    // A worker keeps its database's lock through a failed transaction: an
-    // application trigger on oslo refuses lisbon's next row until it is
-    // dropped, and a reload meanwhile (the launcher starts a worker for every
-    // database again) must not bring a second worker to fieldcare.
+    drop(squatters);
+}
+
+/// A worker keeps its database's lock through a failed transaction: an
+/// application trigger on oslo refuses lisbon's next row until it is
+/// dropped, and a reload meanwhile (the launcher starts a worker for every
+/// database again) must not bring a second worker to fieldcare.
+#[test]
+fn a_worker_keeps_its_database_through_a_failed_transaction() {
+    let root = Scratch::new("workerlock");
+    let (nodes, _) = fieldcare_pair(&root.0, base_port() + 25, false);
+    let mut lisbon = nodes[0].client_as("app", "fieldcare");
+    let mut oslo = nodes[1].client_as("app", "fieldcare");
+    lisbon.batch_execute("INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL), (2, 'valve', NULL, NULL, NULL)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut oslo, "SELECT count(*) FROM note") != 2 {
+        assert!(Instant::now() < deadline, "lisbon's rows did not reach oslo");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut oslo_admin = postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
     oslo_admin
         .batch_execute(
@@ -354,7 +383,6 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
         )
         .unwrap();
     lisbon.batch_execute("INSERT INTO note VALUES (3, 'hose', NULL, NULL, NULL)").unwrap();
-    let count = |c: &mut postgres::Client, sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(&mut oslo_admin, "SELECT count(*) FROM converge.peers WHERE last_error LIKE '%not now%'") == 0 {
         assert!(Instant::now() < deadline, "oslo's worker did not fail on the refused row");
@@ -380,7 +408,6 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
         assert!(Instant::now() < deadline, "lisbon's row 3 did not reach oslo once the trigger was gone");
         std::thread::sleep(Duration::from_millis(200));
     }
-    drop(squatters);
 }
 
 /// SPEC section 2's seqtext examples on real servers: two regions cut off
