@@ -228,7 +228,7 @@ fn store_request(id: &str, actor: &str, t: &Target, asked: &Asked) {
 }
 
 /// Requests whose ops (by their op_log seq) were taken out of the history
-/// (a revocation, a repair) are withdrawn, so that every node ends with the
+/// (by a revocation: a repair leaves converge's own ops alone) are withdrawn, so that every node ends with the
 /// same `converge.requests`: a node the revocation reached first rejected
 /// the op and never had the request. Pending, it goes (the authority never
 /// decides it); decided already, its row keeps only the decision, as a node

@@ -271,11 +271,22 @@ fn shipped(c: &mut postgres::Client, sql: &str, what: &str) -> (i64, i64) {
 /// with the same row text (NULL and '{}' must not diverge).
 /// Two nodes, lisbon and oslo, each with a database `fieldcare` where the
 /// superuser created converge and the ordinary role `app` made and
-/// replicated table `note`; each the other's peer. With `squat`, `app`
-/// first takes the advisory locks converge took before (the worker's, the
-/// registry's, an op_id bucket's), on connections returned to be held.
-fn fieldcare_pair(root: &std::path::Path, port: u16, squat: bool) -> (Vec<Node>, Vec<postgres::Client>) {
-    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(root, n, port + i as u16, true)).collect();
+/// replicated table `note`; each the other's peer; `app` connected to both.
+/// With `squat`, `app` first takes the advisory locks converge took before
+/// (the worker's, the registry's, an op_id bucket's), held by `squatters`.
+/// (Bind `_root, nodes` first when taking it apart: bindings drop in
+/// reverse order, so the servers stop before their files go.)
+struct Fieldcare {
+    squatters: Vec<postgres::Client>,
+    lisbon: postgres::Client,
+    oslo: postgres::Client,
+    nodes: Vec<Node>,
+    _root: Scratch,
+}
+
+fn fieldcare_pair(tag: &str, port: u16, squat: bool) -> Fieldcare {
+    let root = Scratch::new(tag);
+    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, true)).collect();
     let mut squatters = Vec::new();
     for n in &nodes {
         let mut pg = n.client();
@@ -301,7 +312,8 @@ fn fieldcare_pair(root: &std::path::Path, port: u16, squat: bool) -> (Vec<Node>,
         let mut admin = postgres::Client::connect(&nodes[a].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
         admin.execute("SELECT converge.add_peer($1, $2)", &[&nodes[b].name, &nodes[b].peer_conninfo("fieldcare")]).unwrap();
     }
-    (nodes, squatters)
+    let (lisbon, oslo) = (nodes[0].client_as("app", "fieldcare"), nodes[1].client_as("app", "fieldcare"));
+    Fieldcare { squatters, lisbon, oslo, nodes, _root: root }
 }
 
 fn count(c: &mut postgres::Client, sql: &str) -> i64 {
@@ -310,13 +322,10 @@ fn count(c: &mut postgres::Client, sql: &str) -> i64 {
 
 #[test]
 fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
-    let root = Scratch::new("newdb");
     // The advisory locks `app` holds for the whole test stall nothing:
     // converge's own are tags no SQL function can make (src/locks.rs).
-    let (nodes, squatters) = fieldcare_pair(&root.0, base_port() + 20, true);
+    let Fieldcare { _root, nodes, mut lisbon, mut oslo, squatters } = fieldcare_pair("newdb", base_port() + 20, true);
     // The application role writes on both nodes, with no-op mutators on NULL columns.
-    let mut lisbon = nodes[0].client_as("app", "fieldcare");
-    let mut oslo = nodes[1].client_as("app", "fieldcare");
     lisbon
         .batch_execute(
             "INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL);
@@ -365,10 +374,7 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
 /// database again) must not bring a second worker to fieldcare.
 #[test]
 fn a_worker_keeps_its_database_through_a_failed_transaction() {
-    let root = Scratch::new("workerlock");
-    let (nodes, _) = fieldcare_pair(&root.0, base_port() + 25, false);
-    let mut lisbon = nodes[0].client_as("app", "fieldcare");
-    let mut oslo = nodes[1].client_as("app", "fieldcare");
+    let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("workerlock", base_port() + 25, false);
     lisbon.batch_execute("INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL), (2, 'valve', NULL, NULL, NULL)").unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(&mut oslo, "SELECT count(*) FROM note") != 2 {
