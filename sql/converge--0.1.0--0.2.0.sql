@@ -268,6 +268,9 @@ BEGIN
     -- would make the same insert resume on one and start afresh on the
     -- other (docs/operations.md). A tombstone without CRDT state can go: a
     -- later insert writes every other column with a newer clock anyway.
+    -- Except a plain column with an authority, which an insert made
+    -- elsewhere writes as a placeholder that the clock's older writes
+    -- beat: the tombstones of such a table stay, as a stash does.
     -- Rows another transaction holds are left for the next compaction
     -- (SKIP LOCKED): compaction never waits on a writer, so it never
     -- deadlocks with one.
@@ -279,6 +282,8 @@ BEGIN
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
          WHERE NOT rs.live AND rs.stash = '{}'
+           AND NOT EXISTS (SELECT 1 FROM converge.authority a JOIN converge.replicated r ON r.table_name = a.table_name
+                            WHERE a.table_name = rs.tbl AND a.column_name <> '' AND NOT r.crdt_columns ? a.column_name)
            AND NOT EXISTS (SELECT 1 FROM still s
                             WHERE s.target_table = format('%I.%I', ns.nspname, c.relname) AND s.target_key = rs.target_key)
            FOR UPDATE OF rs SKIP LOCKED),

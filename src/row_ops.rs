@@ -16,9 +16,10 @@
 //! running replicate again) is skipped; one dot is drawn per row op.
 
 use crate::errors::raise;
+use converge_core::types::lwwmap::{LwwEntry, LwwSlot};
 use converge_core::types::LwwMap;
 use crate::direct::Table;
-use converge_core::{decode_trusted, encode, to_text, Crdt, Json};
+use converge_core::{decode_trusted, encode, to_text, Crdt, Json, Timestamp};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{Map, Value};
@@ -55,6 +56,18 @@ pub struct RowChange<'a> {
     /// Called with the row op's delta before it is logged (the trigger's
     /// authority check, which raises).
     pub guard: Option<&'a dyn Fn(&[u8])>,
+    /// Non-CRDT columns decided by another node (authorities): an insert
+    /// writes them as the lowest write, which any of the authority's beats.
+    pub decided_elsewhere: Vec<&'a str>,
+}
+
+/// What the new row of an insert takes over after its row op: the CRDT
+/// state a re-inserted key resumes (its tombstone's stash), and the values
+/// of columns decided elsewhere that the authority wrote before.
+#[derive(Default)]
+pub struct Resume {
+    pub crdt: Map<String, Value>,
+    pub decided: Map<String, Value>,
 }
 
 fn fail(e: impl std::fmt::Display) -> ! {
@@ -86,15 +99,14 @@ fn row_values(row: Option<pg_sys::Datum>, check: bool) -> Map<String, Value> {
     }
 }
 
-/// Record the row op of `ch`; returns the CRDT state a re-inserted key
-/// resumes (its tombstone's stash), empty otherwise.
-pub fn record(me: &str, ch: RowChange) -> Map<String, Value> {
+/// Record the row op of `ch`; returns what the new row takes over.
+pub fn record(me: &str, ch: RowChange) -> Resume {
     let new = row_values(ch.new, ch.check_json);
     record_values(me, ch, new)
 }
 
 /// `record` with the new row given as its JSON values (`row_to_json`'s).
-pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Map<String, Value> {
+pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume {
     let key = ch.key;
     let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
     let mut state = Table::open(c"row_state");
@@ -102,7 +114,8 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Map<St
     let before = locked.as_ref().map(|l| l.clock.clone()).unwrap_or_default();
     let mut clock = before.clone();
     let mut stash = locked.as_ref().map(|l| l.stash.clone()).unwrap_or_default();
-    let mut resume = Map::new();
+    let mut resume = Resume::default();
+    let mut placeholders = Vec::new();
     let (_, _) = crate::node::mutation(); // a row op is data written by this node
     let put = |clock: &mut LwwMap, k: &str, v: &Value| {
         let ts = crate::node::timestamp(me, clock.max_timestamp());
@@ -123,21 +136,43 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Map<St
         }
         RowEvent::Insert => {
             for k in ch.other {
-                if let Some(v) = new.get(k) {
+                let Some(v) = new.get(k) else { continue };
+                if ch.decided_elsewhere.contains(&k.as_str()) {
+                    // NULL or the default (the guard allows no other): a
+                    // value for the row, not a decision. A re-inserted key
+                    // keeps the authority's value from its tombstone.
+                    let ts = Timestamp::placeholder(me, clock.entries.get(k).map(|e| &e.0));
+                    let entry = LwwEntry(ts.clone(), LwwSlot::Put(Json::from_value(v)));
+                    clock.put(k, Json::from_value(v), ts);
+                    placeholders.push((k.clone(), entry));
+                    let won = match clock.entries.get(k) {
+                        Some(LwwEntry(_, LwwSlot::Put(w))) => w.to_value(),
+                        _ => Value::Null, // a removal: the apply leaves such a column NULL
+                    };
+                    if won != *v {
+                        resume.decided.insert(k.clone(), won);
+                    }
+                } else {
                     put(&mut clock, k, v);
                 }
             }
             put(&mut clock, "$live", &Value::Bool(true));
             // The key comes back from a tombstone: it resumes the CRDT
             // state the tombstone kept (every node does the same).
-            resume = std::mem::take(&mut stash);
+            resume.crdt = std::mem::take(&mut stash);
         }
     }
     if clock == before {
         state.close();
         return resume;
     }
-    let delta = encode(&LwwMap::delta(&clock, &before));
+    // A placeholder that lost to the tombstone's older write travels too:
+    // a node that no longer has that tombstone takes it, not NULL.
+    let mut delta = LwwMap::delta(&clock, &before);
+    for (k, entry) in placeholders {
+        delta.entries.entry(k).or_insert(entry);
+    }
+    let delta = encode(&delta);
     if let Some(guard) = ch.guard {
         guard(&delta);
     }

@@ -157,6 +157,23 @@ impl RowTable<'_> {
         }
     }
 
+    /// Set the row's non-CRDT columns `vals` ({column: JSON value}, as
+    /// `jsonb_populate_record` reads them) in one UPDATE (as the caller).
+    pub fn set_values(&self, key: &Value, vals: &Map<String, Value>) {
+        if vals.is_empty() {
+            return;
+        }
+        let sets: Vec<String> = vals.keys().map(|k| format!("{0} = w.{0}", ident(k))).collect();
+        let sql = format!(
+            "UPDATE {0} t SET {1} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1) v,
+                    pg_catalog.jsonb_populate_record(NULL::{0}, $2) w WHERE {2}",
+            self.name,
+            sets.join(", "),
+            self.key_match()
+        );
+        as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]));
+    }
+
     /// Merge a stash ({column: CRDT text}) into the row (as the caller).
     pub fn resume(&self, key: &Value, stash: &Map<String, Value>) {
         for (col, v) in stash {
@@ -364,18 +381,8 @@ fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec
             t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
-            let sets: Vec<String> =
-                vals.keys().filter(|k| other_columns.contains(k)).map(|k| format!("{0} = w.{0}", ident(k))).collect();
-            if !sets.is_empty() {
-                let sql = format!(
-                    "UPDATE {0} t SET {1} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1) v,
-                            pg_catalog.jsonb_populate_record(NULL::{0}, $2) w WHERE {2}",
-                    t.name,
-                    sets.join(", "),
-                    t.key_match()
-                );
-                as_writer(t.rel, || run(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]));
-            }
+            let vals: Map<String, Value> = vals.into_iter().filter(|(k, _)| other_columns.contains(k)).collect();
+            t.set_values(&key, &vals);
         } else if present {
             let gone = t.delete(&key);
             stash = merge_stash(&stash, &gone, t.crdt);

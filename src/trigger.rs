@@ -481,23 +481,31 @@ fn record_local_ops<'a>(
             version: meta.versions.get("").copied().unwrap_or(1),
             epoch,
             guard: Some(&|delta| guard_column(&meta, "", &me, delta)),
+            decided_elsewhere: meta.auth.iter().filter(|(_, a)| a.node != me).map(|(c, _)| c.as_str()).collect(),
         };
-        let stash = crate::row_ops::record(&me, change);
-        if !stash.is_empty() {
-            resume(&meta, unsafe { (*rel).rd_id }, &key, &stash);
+        let resumed = crate::row_ops::record(&me, change);
+        if !resumed.crdt.is_empty() || !resumed.decided.is_empty() {
+            resume(&meta, unsafe { (*rel).rd_id }, &key, &resumed);
         }
     }
     Ok(None)
 }
 
 /// A key inserted again resumes the CRDT state its tombstone kept (merged
-/// into the new row as the caller; already logged as ops, so not again).
-fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, stash: &serde_json::Map<String, serde_json::Value>) {
-    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[rel.into()]).unwrap_or_default();
+/// into the new row as the caller; already logged as ops, so not again),
+/// and takes the values the authorities of its columns decided before.
+/// As the table's owner: this is converge making the row agree with its
+/// merged state, which the committing role (allowed to insert, perhaps not
+/// to update that column, or not to see the row under row security) must
+/// not be able to stop.
+fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, resumed: &crate::row_ops::Resume) {
     let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
-    let t = crate::rows::RowTable { name, rel, keys: &keys, crdt: &meta.crdt_types };
+    let t = crate::rows::RowTable { name: meta.name.clone(), rel, keys: &keys, crdt: &meta.crdt_types };
     set_applying(true);
-    t.resume(key, stash);
+    crate::security::as_table_owner(rel, || {
+        t.resume(key, &resumed.crdt);
+        t.set_values(key, &resumed.decided);
+    });
     set_applying(false);
 }
 

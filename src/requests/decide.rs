@@ -489,6 +489,8 @@ fn record_row_op(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, ol
         epoch,
         // Checked above, with the decision's own messages.
         guard: None,
+        // An update: only inserts write columns decided elsewhere.
+        decided_elsewhere: Vec::new(),
     };
     crate::row_ops::record_values(me, ch, new);
 }

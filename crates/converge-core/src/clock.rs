@@ -26,6 +26,18 @@ impl Timestamp {
     pub fn validate(&self) -> Result<()> {
         validate_actor(&self.2).map_err(|e| Error::binary(e.message))
     }
+
+    /// A placeholder write of `node` over the entry timestamped `over`
+    /// (None: no entry): physical time 0, so every timestamp a clock ticks
+    /// at a wall time after 1970 beats it, and one logical step past
+    /// `over` when that is a placeholder too, so the later of two
+    /// placeholders wins. An insert made away from a column's authority
+    /// writes the column with one (SPEC section 5): the row gets a value,
+    /// and no decision of the authority is undone by it.
+    pub fn placeholder(node: &str, over: Option<&Timestamp>) -> Timestamp {
+        let after = over.filter(|t| t.0 == 0).map_or(0, |t| t.1);
+        Timestamp(0, after.saturating_add(1), node.to_string())
+    }
 }
 
 /// The clock state of one node (or one process of it).
@@ -61,5 +73,26 @@ impl Hlc {
             self.logical += 1;
         }
         Timestamp(self.ms, self.logical, node.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_writes_beat_placeholders_and_the_later_placeholder_wins() {
+        let first = Timestamp::placeholder("zz", None);
+        assert_eq!(first, Timestamp(0, 1, "zz".into()));
+        // Any tick at a real wall time, of any node, beats it.
+        assert!(Hlc::new().tick(1_700_000_000_000, "a") > first);
+        // A placeholder over a placeholder goes one step past it, whatever
+        // the nodes' names; over a real write it starts again at 1.
+        let later = Timestamp::placeholder("a", Some(&first));
+        assert!(later > first);
+        let real = Hlc::new().tick(1_700_000_000_000, "m");
+        assert_eq!(Timestamp::placeholder("a", Some(&real)), Timestamp(0, 1, "a".into()));
+        // Two made over the same entry are ordered by node.
+        assert!(Timestamp::placeholder("b", None) > Timestamp::placeholder("a", None));
     }
 }

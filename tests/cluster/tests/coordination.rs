@@ -62,6 +62,25 @@ fn only_the_authority_changes_its_column_through_a_partition() {
         let rejected = text(n, "SELECT count(*)::text FROM converge.op_log WHERE outcome <> 'applied'");
         assert_eq!(rejected, "0", "{} rejected or buffered ops", n.name);
     }
+
+    // Deleted everywhere, then inserted again on madrid with title NULL:
+    // the insert writes title as a placeholder that virginia's writes
+    // beat, so the row keeps virginia's title, on madrid at once (taken
+    // from the tombstone's clock) and everywhere after; sev is madrid's.
+    nodes[0].client().batch_execute("DELETE FROM item WHERE id = 1").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    nodes[0].client().batch_execute("INSERT INTO item (id, sev) VALUES (1, 7)").unwrap();
+    let back = "SELECT format('%s | %s', coalesce(title, 'NULL'), sev) FROM item WHERE id = 1";
+    assert_eq!(text(&nodes[0], back), "pump stopped (valve) | 7");
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    // virginia still decides it, and every node follows.
+    nodes[2].client().batch_execute("UPDATE item SET title = 'reopened' WHERE id = 1").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, back), "reopened | 7", "on {}", n.name);
+    }
 }
 
 /// Apply one op of the client `tab` to `ctr.g` on `n` with this schema version.
