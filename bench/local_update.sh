@@ -14,6 +14,12 @@
 # "replicated" ones are marked with converge.replicate, so every update also
 # records its op. The ratio is time per transaction, converge / plain
 # (plain tps / converge tps); the table prints the median and the spread.
+# With one client, the server and pgbench run on one CPU (PIN=0 turns
+# that off): on this 2-core VM an unpinned single client lands either on
+# the same core as its backend or on the other, and each round trip then
+# costs a cross-core wake-up or not, so the same update ran at 5 000 or at
+# 15 000 tps from one 5-second run to the next. Pinned, the runs agree and
+# the ratio is the CPU cost. Two clients use every CPU.
 # Usage: bash bench/local_update.sh [seconds per run, default 10] [runs, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,8 +58,17 @@ script plain_note "UPDATE plain_counter SET note = 'n' || :t WHERE id = :id;"
 script repl_note "UPDATE repl_counter SET note = 'n' || :t WHERE id = :id;"
 script plain_auth "UPDATE plain_counter SET n = n + 1 WHERE id = :id;"
 script repl_auth "UPDATE repl_auth SET n = converge.incr(n, 1) WHERE id = :id;"
+CPUS="0-$(($(nproc) - 1))"
+# pin CPUS: the server's processes, the backends it forks from now on, and
+# pgbench (tps) run on these CPUs.
+pin() {
+    CPUS=$1
+    local pm
+    pm=$(head -1 "$BENCH_DIR/pg/postmaster.pid")
+    for p in $pm $(pgrep -P "$pm"); do taskset -pc "$CPUS" "$p" >/dev/null; done
+}
 tps() {
-    pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -c "$2" -j "$2" -T "$SECS" -f "$BENCH_DIR/$1.sql" postgres 2>/dev/null |
+    taskset -c "$CPUS" pgbench -h 127.0.0.1 -p "$PORT" -U postgres -n -c "$2" -j "$2" -T "$SECS" -f "$BENCH_DIR/$1.sql" postgres 2>/dev/null |
         awk '/^tps/ {print $3}'
 }
 # ratio PLAIN_TPS CONVERGE_TPS: time per transaction, converge / plain
@@ -61,6 +76,7 @@ ratio() { echo "$1 / $2" | bc -l; }
 stats() { sort -n | awk '{a[NR] = $1} END {printf "%.2f (%.2f-%.2f)", a[int((NR + 1) / 2)], a[1], a[NR]}'; }
 declare -A R
 for c in $CLIENTS; do
+    if [ "$c" = 1 ] && [ "${PIN:-1}" = 1 ]; then pin 0; else pin "0-$(($(nproc) - 1))"; fi
     for run in $(seq "$RUNS"); do
         for kind in counter tags note auth; do
             p=$(tps "plain_$kind" "$c")
@@ -74,7 +90,7 @@ for c in $CLIENTS; do
     done
 done
 echo
-echo "Time per transaction, converge / plain: median (min-max) of $RUNS runs of ${SECS}s, $ROWS rows"
+echo "Time per transaction, converge / plain: median (min-max) of $RUNS runs of ${SECS}s, $ROWS rows (1 client pinned to one CPU: ${PIN:-1})"
 printf '| %-44s |' "update"; for c in $CLIENTS; do printf ' %s client(s) |' "$c"; done; echo
 label() {
     case $1 in
