@@ -55,20 +55,9 @@ fn current_path() -> CString {
 }
 
 fn set_path(path: &std::ffi::CStr) -> i32 {
-    unsafe {
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            path.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        nest
-    }
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    crate::spi::set_guc(c"search_path", path, pg_sys::GucContext::PGC_USERSET, pg_sys::GucAction::GUC_ACTION_SAVE);
+    nest
 }
 
 /// Restores identity (always) and search_path (on success; an error's
@@ -202,6 +191,28 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
     // Inside, converge acts for the owner (caller() is the owner), not for
     // whoever called converge around it.
+    users_code(f)
+}
+
+/// Run `f`, converge's own statement on the user's table `rel` that makes
+/// a row agree with its merged state (a row inserted again taking the
+/// values its authorities decided, trigger.rs), as the table's owner in a
+/// security-restricted operation: a committing role that may insert but
+/// not update that column, or not see the row under row security, cannot
+/// stop it. The caller's search_path stays (the table's constraints run as
+/// in the caller's own statements), and its ordinary triggers are off
+/// (`session_replication_role = replica`, as logical replication applies):
+/// no trigger changes the row here in a way no op carries.
+pub fn as_merger<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
+    let owner = relowner(rel).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "the table is gone"));
+    let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
+    let nest = set_path(&current_path());
+    // Saved at the same nest level as the path: Restore puts both back.
+    crate::spi::set_guc(c"session_replication_role", c"replica", pg_sys::GucContext::PGC_SUSET, pg_sys::GucAction::GUC_ACTION_SAVE);
+    unsafe { pg_sys::SetUserIdAndSecContext(owner, cur_sec | flags) };
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
     users_code(f)
 }
 

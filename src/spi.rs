@@ -1,7 +1,8 @@
-//! Read-only SPI helpers. pgrx's `Spi::get_one` runs its query as a
-//! possibly-writing statement and so assigns the transaction an xid; a read
-//! must not (a logical slot being created elsewhere waits for every
-//! transaction that has one, and xids are not free).
+//! Read-only SPI helpers (and `set_guc`, which needs no statement).
+//! pgrx's `Spi::get_one` runs its query as a possibly-writing statement
+//! and so assigns the transaction an xid; a read must not (a logical slot
+//! being created elsewhere waits for every transaction that has one, and
+//! xids are not free).
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -75,4 +76,14 @@ pub fn prepared<R>(
         PLANS.with(|p| p.borrow_mut().insert(key, plan));
         out
     })
+}
+
+/// Set GUC `name` to `value` without a statement, at `context`'s right
+/// (PGC_SUSET: converge's own setting, whoever calls) and for `action`'s
+/// span (GUC_ACTION_LOCAL: the transaction; GUC_ACTION_SAVE: the current
+/// GUC nest level).
+pub fn set_guc(name: &std::ffi::CStr, value: &std::ffi::CStr, context: pgrx::pg_sys::GucContext::Type, action: pgrx::pg_sys::GucAction::Type) {
+    unsafe {
+        pgrx::pg_sys::set_config_option(name.as_ptr(), value.as_ptr(), context, pgrx::pg_sys::GucSource::PGC_S_SESSION, action, true, 0, false);
+    }
 }

@@ -186,18 +186,8 @@ pub fn register_guc() {
 /// Turn `converge.applying` on or off for the rest of the transaction (or
 /// the current function's GUC level), whoever the caller is.
 pub fn set_applying(on: bool) {
-    unsafe {
-        pg_sys::set_config_option(
-            c"converge.applying".as_ptr(),
-            if on { c"on".as_ptr() } else { c"off".as_ptr() },
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    let value = if on { c"on" } else { c"off" };
+    crate::spi::set_guc(c"converge.applying", value, pg_sys::GucContext::PGC_SUSET, pg_sys::GucAction::GUC_ACTION_LOCAL);
 }
 
 /// Whether `converge.applying` is on: converge is merging changes that are
@@ -493,19 +483,16 @@ fn record_local_ops<'a>(
 
 /// A key inserted again resumes the CRDT state its tombstone kept (merged
 /// into the new row as the caller; already logged as ops, so not again),
-/// and takes the values the authorities of its columns decided before.
-/// As the table's owner: this is converge making the row agree with its
-/// merged state, which the committing role (allowed to insert, perhaps not
-/// to update that column, or not to see the row under row security) must
-/// not be able to stop.
+/// and takes the values the authorities of its columns decided before
+/// (security.rs `as_merger`: as the table's owner, its triggers off).
 fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, resumed: &crate::row_ops::Resume) {
     let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
     let t = crate::rows::RowTable { name: meta.name.clone(), rel, keys: &keys, crdt: &meta.crdt_types };
     set_applying(true);
-    crate::security::as_table_owner(rel, || {
-        t.resume(key, &resumed.crdt);
-        t.set_values(key, &resumed.decided);
-    });
+    t.resume(key, &resumed.crdt);
+    if !resumed.decided.is_empty() {
+        crate::security::as_merger(rel, || t.set_values(key, &resumed.decided));
+    }
     set_applying(false);
 }
 

@@ -180,14 +180,27 @@ DELETE FROM ticket WHERE id = 7;
 SELECT ops_removed FROM compact();
 SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
 SELECT tbl, target_key, live FROM row_state WHERE tbl = 'desk'::regclass OR target_key = '{"id": 7}';
--- Inserted again here, at its default: the row takes the decided status
--- from its tombstone when the transaction commits, and the insert's op
--- carries only the placeholder.
+-- Inserted again here, at its default, by a role that may insert but not
+-- update status: the row takes the decided status from its tombstone when
+-- the transaction commits (converge writes it as the table's owner, with
+-- the table's own triggers off: the one below would have set note, and no
+-- op would carry that), and the insert's op carries only the placeholder.
+ALTER TABLE desk ADD COLUMN note text;
+SELECT replicate('desk');
+CREATE FUNCTION desk_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.note := 'touched'; RETURN NEW; END $$;
+CREATE TRIGGER touch BEFORE UPDATE ON desk FOR EACH ROW EXECUTE FUNCTION desk_touch();
+CREATE ROLE cv_desk;
+GRANT SELECT, INSERT, UPDATE (note) ON desk TO cv_desk;
+SET ROLE cv_desk;
 INSERT INTO desk (id) VALUES (1);
+RESET ROLE;
 SELECT * FROM desk;
 SELECT (delta::lwwmap::text::jsonb) -> 'entries' -> 'status' AS status_entry
   FROM op_log WHERE target_table = 'public.desk' ORDER BY seq DESC LIMIT 1;
 DROP TABLE desk;
+DROP FUNCTION desk_touch();
+DROP ROLE cv_desk;
 
 -- Settings and rights.
 SHOW converge.max_peer_lag_bytes;

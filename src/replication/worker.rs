@@ -506,18 +506,7 @@ fn apply(link: &mut Link) -> bool {
 
 /// lock_timeout 2s to the end of this transaction (set without SPI).
 fn lock_timeout_2s() {
-    unsafe {
-        pg_sys::set_config_option(
-            c"lock_timeout".as_ptr(),
-            c"2s".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::spi::set_guc(c"lock_timeout", c"2s", pg_sys::GucContext::PGC_USERSET, pg_sys::GucAction::GUC_ACTION_LOCAL);
 }
 
 /// Decide the pending requests this node is the authority of, in a
