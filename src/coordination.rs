@@ -9,6 +9,16 @@ pub use converge_core::authority::{parse, violates, Authorities};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+/// A scalar subquery giving the authority columns of the table that the
+/// SQL expression `rel` names, as text that `parse` reads (NULL: none).
+/// The row trigger's layout and the apply's targets both read it.
+pub fn authorities_sql(rel: &str) -> String {
+    format!(
+        "(SELECT jsonb_object_agg(a.column_name, jsonb_build_array(a.node, a.default_value, a.removes_only))::text
+            FROM converge.authority a WHERE a.table_name = {rel} AND a.column_name <> '')"
+    )
+}
+
 /// `converge.set_authority`: only the table's owner may set one. The
 /// setting is recorded as converge's owner; the guard trigger is made again
 /// (as the table's owner) for the table's current authority columns.

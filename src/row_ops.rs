@@ -188,6 +188,22 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
     resume
 }
 
+/// Give `stash` back to the row_state entry of `key`: its insert took it
+/// to resume, and the row was deleted again in the same transaction before
+/// that insert's (deferred) op was recorded. The delete then stashes it
+/// with the row's own state, as every node applying the two ops does.
+pub fn restash(rel: pg_sys::Oid, crdt: &HashMap<String, String>, key: &Value, stash: &Map<String, Value>) {
+    let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+    let mut state = Table::open(c"row_state");
+    if let Some(entry) = crate::row_state::lock(&state, rel, key_datum) {
+        let merged = crate::rows::merge_stash(&entry.stash, stash, crdt);
+        let clock = entry.clock.clone();
+        let live = clock.get("$live").map(Json::to_value) != Some(Value::Bool(false));
+        crate::row_state::rewrite(&mut state, entry, rel, key_datum, &clock, live, merged);
+    }
+    state.close();
+}
+
 /// The text form of a stored CRDT value of type `kind` (for the stash).
 pub fn crdt_text(kind: &str, bytes: &[u8]) -> Option<String> {
     fn go<T: Crdt>(b: &[u8]) -> Option<String> {

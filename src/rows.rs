@@ -65,7 +65,7 @@ impl RowTable<'_> {
     }
 
     /// Lock the row with this key (as the caller); whether it exists.
-    fn lock(&self, key: &Value) -> bool {
+    pub fn lock(&self, key: &Value) -> bool {
         !self.lock_all(std::slice::from_ref(key)).is_empty()
     }
 

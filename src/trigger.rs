@@ -99,15 +99,18 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
     }
     watch_relcache();
     let row = Spi::connect(|c| {
-        let t = c.select(
+        let sql = format!(
             "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns,
                     (SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v
                       WHERE v.table_name = r.table_name),
-                    (SELECT jsonb_object_agg(a.column_name, jsonb_build_array(a.node, a.default_value, a.removes_only))::text
-                       FROM converge.authority a WHERE a.table_name = r.table_name AND a.column_name <> ''),
+                    {},
                     EXISTS (SELECT 1 FROM converge.authority a WHERE a.table_name = r.table_name AND a.column_name = '')
                FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.table_name = $1::oid::regclass",
+            crate::coordination::authorities_sql("r.table_name")
+        );
+        let t = c.select(
+            &sql,
             Some(1),
             &[relid.into()],
         )?;
@@ -489,9 +492,14 @@ fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, resumed: &crat
     let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
     let t = crate::rows::RowTable { name: meta.name.clone(), rel, keys: &keys, crdt: &meta.crdt_types };
     set_applying(true);
-    t.resume(key, &resumed.crdt);
-    if !resumed.decided.is_empty() {
-        crate::security::as_merger(rel, || t.set_values(key, &resumed.decided));
+    // Still there (as the owner: the caller may lack the right to lock it)?
+    if crate::security::as_merger(rel, || t.lock(key)) {
+        t.resume(key, &resumed.crdt);
+        if !resumed.decided.is_empty() {
+            crate::security::as_merger(rel, || t.set_values(key, &resumed.decided));
+        }
+    } else {
+        crate::row_ops::restash(rel, &meta.crdt_types, key, &resumed.crdt);
     }
     set_applying(false);
 }

@@ -175,3 +175,18 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
 SELECT * FROM gauge;
 SELECT count(*) AS clocks FROM row_state WHERE tbl = 'gauge'::regclass;
 DROP TABLE gauge;
+
+-- A key inserted again and deleted in one transaction keeps its stash: the
+-- insert resumes it, the delete stashes it again with the row's own state,
+-- as every node applying the two ops does; a later insert resumes it.
+CREATE TABLE meter (id int PRIMARY KEY, tags orset);
+SELECT replicate('meter');
+INSERT INTO meter VALUES (1, add(NULL::orset, 'first'));
+DELETE FROM meter;
+BEGIN;
+INSERT INTO meter VALUES (1, add(NULL::orset, 'second'));
+DELETE FROM meter;
+COMMIT;
+INSERT INTO meter (id) VALUES (1);
+SELECT id, elements(tags) AS tags FROM meter;
+DROP TABLE meter;

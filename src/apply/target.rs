@@ -65,17 +65,20 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
     // an op's rejection, not the batch's error.
     let found = subtransaction(|| {
         Spi::connect(|c| {
-            let t = c.select(
+            let sql = format!(
                 "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text, r.other_columns,
                         (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                           WHERE c.oid = t.rel),
                         ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
-                        (SELECT jsonb_object_agg(x.column_name, jsonb_build_array(x.node, x.default_value, x.removes_only))::text
-                           FROM converge.authority x WHERE x.table_name = t.rel AND x.column_name <> '')
+                        {}
                    FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel",
+                crate::coordination::authorities_sql("t.rel")
+            );
+            let t = c.select(
+                &sql,
                 Some(1),
                 &[name.into()],
             )?;
