@@ -65,7 +65,7 @@ impl RowTable<'_> {
     }
 
     /// Lock the row with this key (as the caller); whether it exists.
-    pub fn lock(&self, key: &Value) -> bool {
+    fn lock(&self, key: &Value) -> bool {
         !self.lock_all(std::slice::from_ref(key)).is_empty()
     }
 
@@ -163,15 +163,29 @@ impl RowTable<'_> {
         if vals.is_empty() {
             return;
         }
-        let sets: Vec<String> = vals.keys().map(|k| format!("{0} = w.{0}", ident(k))).collect();
         let sql = format!(
             "UPDATE {0} t SET {1} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1) v,
                     pg_catalog.jsonb_populate_record(NULL::{0}, $2) w WHERE {2}",
             self.name,
-            sets.join(", "),
+            sets_from_w(vals),
             self.key_match()
         );
         as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]));
+    }
+
+    /// The same for the row version at `tid`, in the role and search_path
+    /// the caller set (every name qualified: no operator of a schema on
+    /// the path is ever chosen).
+    pub fn set_values_at(&self, tid: pg_sys::ItemPointerData, vals: &Map<String, Value>) {
+        let sql = format!(
+            "UPDATE {0} t SET {1} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1) w
+              WHERE t.ctid OPERATOR(pg_catalog.=) $2::pg_catalog.tid",
+            self.name,
+            sets_from_w(vals)
+        );
+        let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
+        let tid_text = format!("({block},{offset})");
+        run(&sql, &[JsonB(Value::Object(vals.clone())).into(), tid_text.into()]);
     }
 
     /// Merge a stash ({column: CRDT text}) into the row (as the caller).
@@ -197,6 +211,31 @@ impl RowTable<'_> {
         let sql = format!("DELETE FROM {0} t USING pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match());
         as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into()]));
         state
+    }
+}
+
+/// `c1 = w.c1, ...` for the columns of `vals`.
+fn sets_from_w(vals: &Map<String, Value>) -> String {
+    vals.keys().map(|k| format!("{0} = w.{0}", ident(k))).collect::<Vec<_>>().join(", ")
+}
+
+/// The newest version of the row whose version `tid` of table `rel` this
+/// transaction wrote (its later updates followed), or None when it has
+/// deleted it since. Read directly: no statement, no privilege.
+pub fn newest_version(rel: pg_sys::Oid, tid: pg_sys::ItemPointerData) -> Option<pg_sys::ItemPointerData> {
+    unsafe {
+        let r = pg_sys::table_open(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let mut tid = tid;
+        let scan = pg_sys::table_beginscan_tid(r, snap);
+        pg_sys::table_tuple_get_latest_tid(scan, &mut tid);
+        pg_sys::table_endscan(scan);
+        let slot = pg_sys::table_slot_create(r, std::ptr::null_mut());
+        let found = pg_sys::table_tuple_fetch_row_version(r, &mut tid, snap, slot);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::UnregisterSnapshot(snap);
+        pg_sys::table_close(r, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found.then_some(tid)
     }
 }
 

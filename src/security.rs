@@ -196,24 +196,19 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 
 /// Run `f`, converge's own statement on the user's table `rel` that makes
 /// a row agree with its merged state (a row inserted again taking the
-/// values its authorities decided, trigger.rs), as the table's owner in a
-/// security-restricted operation: a committing role that may insert but
-/// not update that column, or not see the row under row security, cannot
-/// stop it. The caller's search_path stays (the table's constraints run as
-/// in the caller's own statements), and its ordinary triggers are off
-/// (`session_replication_role = replica`, as logical replication applies):
-/// no trigger changes the row here in a way no op carries.
+/// values its authorities decided, trigger.rs), as `as_table_owner` does
+/// (the owner, security-restricted, converge's fixed search_path): a
+/// committing role that may insert but not update that column, or not see
+/// the row under row security, cannot stop it. The table's ordinary
+/// triggers are off (`session_replication_role = replica`, as logical
+/// replication applies): no trigger changes the row here in a way no op
+/// carries.
 pub fn as_merger<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
-    let owner = relowner(rel).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "the table is gone"));
-    let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
-    let nest = set_path(&current_path());
-    // Saved at the same nest level as the path: Restore puts both back.
-    crate::spi::set_guc(c"session_replication_role", c"replica", pg_sys::GucContext::PGC_SUSET, pg_sys::GucAction::GUC_ACTION_SAVE);
-    unsafe { pg_sys::SetUserIdAndSecContext(owner, cur_sec | flags) };
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
-    users_code(f)
+    as_table_owner(rel, || {
+        // Saved at as_table_owner's GUC nest level: its Restore puts it back.
+        crate::spi::set_guc(c"session_replication_role", c"replica", pg_sys::GucContext::PGC_SUSET, pg_sys::GucAction::GUC_ACTION_SAVE);
+        f()
+    })
 }
 
 /// The owner of table `rel`, from the relcache (no statement: the worker

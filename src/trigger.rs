@@ -478,7 +478,8 @@ fn record_local_ops<'a>(
         };
         let resumed = crate::row_ops::record(&me, change);
         if !resumed.crdt.is_empty() || !resumed.decided.is_empty() {
-            resume(&meta, unsafe { (*rel).rd_id }, &key, &resumed);
+            let inserted = unsafe { (*td.tg_trigtuple).t_self };
+            resume(&meta, unsafe { (*rel).rd_id }, &key, inserted, &resumed);
         }
     }
     Ok(None)
@@ -488,19 +489,26 @@ fn record_local_ops<'a>(
 /// into the new row as the caller; already logged as ops, so not again),
 /// and takes the values the authorities of its columns decided before
 /// (security.rs `as_merger`: as the table's owner, its triggers off).
-fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, resumed: &crate::row_ops::Resume) {
+/// `inserted` is the insert's row version: the row is found from it, with
+/// no statement, no operator and no privilege.
+fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, inserted: pg_sys::ItemPointerData, resumed: &crate::row_ops::Resume) {
+    let Some(now) = crate::rows::newest_version(rel, inserted) else {
+        // Deleted again in this transaction before this (deferred) event:
+        // the stash goes back for the delete's event to extend. The clock
+        // already holds the decided values.
+        if !resumed.crdt.is_empty() {
+            crate::row_ops::restash(rel, &meta.crdt_types, key, &resumed.crdt);
+        }
+        return;
+    };
     let keys: Vec<String> = meta.keys.iter().map(|k| k.name.clone()).collect();
     let t = crate::rows::RowTable { name: meta.name.clone(), rel, keys: &keys, crdt: &meta.crdt_types };
     set_applying(true);
-    // Still there (as the owner: the caller may lack the right to lock it)?
-    if crate::security::as_merger(rel, || t.lock(key)) {
-        t.resume(key, &resumed.crdt);
-        if !resumed.decided.is_empty() {
-            crate::security::as_merger(rel, || t.set_values(key, &resumed.decided));
-        }
-    } else {
-        crate::row_ops::restash(rel, &meta.crdt_types, key, &resumed.crdt);
+    // The decided values first, at the version found (resume makes another).
+    if !resumed.decided.is_empty() {
+        crate::security::as_merger(rel, || t.set_values_at(now, &resumed.decided));
     }
+    t.resume(key, &resumed.crdt);
     set_applying(false);
 }
 

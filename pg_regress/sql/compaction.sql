@@ -192,9 +192,20 @@ BEGIN NEW.note := 'touched'; RETURN NEW; END $$;
 CREATE TRIGGER touch BEFORE UPDATE ON desk FOR EACH ROW EXECUTE FUNCTION desk_touch();
 CREATE ROLE cv_desk;
 GRANT SELECT, INSERT, UPDATE (note) ON desk TO cv_desk;
+-- The role's search_path puts an = of its own before pg_catalog's: what
+-- converge runs as the owner never picks it (it would fail here).
+CREATE SCHEMA cv_trap;
+CREATE FUNCTION cv_trap.int_eq(int, int) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the caller''s = ran as %', current_user; END $$;
+CREATE OPERATOR cv_trap.= (LEFTARG = int, RIGHTARG = int, FUNCTION = cv_trap.int_eq);
+GRANT USAGE ON SCHEMA cv_trap TO cv_desk;
 SET ROLE cv_desk;
+SET search_path = cv_trap, public, converge, pg_catalog;
 INSERT INTO desk (id) VALUES (1);
+RESET search_path;
 RESET ROLE;
+SET search_path = public, converge;
+DROP SCHEMA cv_trap CASCADE;
 SELECT * FROM desk;
 SELECT (delta::lwwmap::text::jsonb) -> 'entries' -> 'status' AS status_entry
   FROM op_log WHERE target_table = 'public.desk' ORDER BY seq DESC LIMIT 1;
