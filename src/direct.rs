@@ -330,3 +330,26 @@ pub fn column(slot: *mut pg_sys::TupleTableSlot, att: i32) -> Option<pg_sys::Dat
     let d = unsafe { pg_sys::slot_getattr(slot, att, &mut isnull) };
     (!isnull).then_some(d)
 }
+
+/// The newest version of the row whose version `tid` of table `rel` this
+/// transaction wrote (its later updates followed), or None when it has
+/// deleted it since. Read directly: no statement, no privilege.
+pub fn newest_version(rel: pg_sys::Oid, tid: pg_sys::ItemPointerData) -> Option<pg_sys::ItemPointerData> {
+    unsafe {
+        // Make this command's own writes (an immediate trigger's insert)
+        // visible to the snapshot below, as every earlier command's are.
+        pg_sys::CommandCounterIncrement();
+        let r = pg_sys::table_open(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let mut tid = tid;
+        let scan = pg_sys::table_beginscan_tid(r, snap);
+        pg_sys::table_tuple_get_latest_tid(scan, &mut tid);
+        pg_sys::table_endscan(scan);
+        let slot = pg_sys::table_slot_create(r, std::ptr::null_mut());
+        let found = pg_sys::table_tuple_fetch_row_version(r, &mut tid, snap, slot);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::UnregisterSnapshot(snap);
+        pg_sys::table_close(r, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found.then_some(tid)
+    }
+}

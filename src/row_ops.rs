@@ -57,7 +57,8 @@ pub struct RowChange<'a> {
     /// authority check, which raises).
     pub guard: Option<&'a dyn Fn(&[u8])>,
     /// Non-CRDT columns decided by another node (authorities): an insert
-    /// writes them as the lowest write, which any of the authority's beats.
+    /// writes them with a placeholder timestamp (`Timestamp::placeholder`),
+    /// which every real write beats. Read on inserts only.
     pub decided_elsewhere: Vec<&'a str>,
 }
 
@@ -138,18 +139,9 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
             for k in ch.other {
                 let Some(v) = new.get(k) else { continue };
                 if ch.decided_elsewhere.contains(&k.as_str()) {
-                    // NULL or the default (the guard allows no other): a
-                    // value for the row, not a decision. A re-inserted key
-                    // keeps the authority's value from its tombstone.
-                    let ts = Timestamp::placeholder(me, clock.entries.get(k).map(|e| &e.0));
-                    let entry = LwwEntry(ts.clone(), LwwSlot::Put(Json::from_value(v)));
-                    clock.put(k, Json::from_value(v), ts);
+                    let (entry, won) = put_placeholder(&mut clock, me, k, v);
                     placeholders.push((k.clone(), entry));
-                    let won = match clock.entries.get(k) {
-                        Some(LwwEntry(_, LwwSlot::Put(w))) => w.to_value(),
-                        _ => Value::Null, // a removal: the apply leaves such a column NULL
-                    };
-                    if won != *v {
+                    if let Some(won) = won {
                         resume.decided.insert(k.clone(), won);
                     }
                 } else {
@@ -188,6 +180,23 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
     resume
 }
 
+/// Put an insert's value `v` (NULL or the default: the guard allows no
+/// other) of column `k`, decided by another node, into `clock` with a
+/// placeholder timestamp, which every real write beats: a value for the
+/// row, not a decision. Returns the entry put (it travels in the op even
+/// when it loses) and, when an older write of the tombstone's wins, that
+/// winner for the new row to take.
+fn put_placeholder(clock: &mut LwwMap, me: &str, k: &str, v: &Value) -> (LwwEntry, Option<Value>) {
+    let ts = Timestamp::placeholder(me, clock.entries.get(k).map(|e| &e.0));
+    let entry = LwwEntry(ts.clone(), LwwSlot::Put(Json::from_value(v)));
+    clock.put(k, Json::from_value(v), ts);
+    let won = match clock.entries.get(k) {
+        Some(LwwEntry(_, LwwSlot::Put(w))) => w.to_value(),
+        _ => Value::Null, // a removal: the apply leaves such a column NULL
+    };
+    (entry, (won != *v).then_some(won))
+}
+
 /// Give `stash` back to the row_state entry of `key`: its insert took it
 /// to resume, and the row was deleted again in the same transaction before
 /// that insert's (deferred) op was recorded. The delete then stashes it
@@ -198,7 +207,7 @@ pub fn restash(rel: pg_sys::Oid, crdt: &HashMap<String, String>, key: &Value, st
     if let Some(entry) = crate::row_state::lock(&state, rel, key_datum) {
         let merged = crate::rows::merge_stash(&entry.stash, stash, crdt);
         let clock = entry.clock.clone();
-        let live = clock.get("$live").map(Json::to_value) != Some(Value::Bool(false));
+        let live = crate::rows::is_alive(&clock);
         crate::row_state::rewrite(&mut state, entry, rel, key_datum, &clock, live, merged);
     }
     state.close();

@@ -159,7 +159,7 @@ impl RowTable<'_> {
 
     /// Set the row's non-CRDT columns `vals` ({column: JSON value}, as
     /// `jsonb_populate_record` reads them) in one UPDATE (as the caller).
-    pub fn set_values(&self, key: &Value, vals: &Map<String, Value>) {
+    fn set_values(&self, key: &Value, vals: &Map<String, Value>) {
         if vals.is_empty() {
             return;
         }
@@ -185,7 +185,17 @@ impl RowTable<'_> {
         );
         let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
         let tid_text = format!("({block},{offset})");
-        run(&sql, &[JsonB(Value::Object(vals.clone())).into(), tid_text.into()]);
+        let written = crate::spi::prepared(&format!("{sql} RETURNING 1"), &[JsonB(Value::Object(vals.clone())).into(), tid_text.into()], |t| {
+            Ok(t.len())
+        })
+        .unwrap_or_else(|e| fail(e));
+        if written != 1 {
+            // Only row security forced on the owner hides a row from it here.
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("converge could not write the decided values into the new row of {}: does a forced row security policy hide it from the table's owner?", self.name),
+            );
+        }
     }
 
     /// Merge a stash ({column: CRDT text}) into the row (as the caller).
@@ -217,26 +227,6 @@ impl RowTable<'_> {
 /// `c1 = w.c1, ...` for the columns of `vals`.
 fn sets_from_w(vals: &Map<String, Value>) -> String {
     vals.keys().map(|k| format!("{0} = w.{0}", ident(k))).collect::<Vec<_>>().join(", ")
-}
-
-/// The newest version of the row whose version `tid` of table `rel` this
-/// transaction wrote (its later updates followed), or None when it has
-/// deleted it since. Read directly: no statement, no privilege.
-pub fn newest_version(rel: pg_sys::Oid, tid: pg_sys::ItemPointerData) -> Option<pg_sys::ItemPointerData> {
-    unsafe {
-        let r = pg_sys::table_open(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        let mut tid = tid;
-        let scan = pg_sys::table_beginscan_tid(r, snap);
-        pg_sys::table_tuple_get_latest_tid(scan, &mut tid);
-        pg_sys::table_endscan(scan);
-        let slot = pg_sys::table_slot_create(r, std::ptr::null_mut());
-        let found = pg_sys::table_tuple_fetch_row_version(r, &mut tid, snap, slot);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::UnregisterSnapshot(snap);
-        pg_sys::table_close(r, pg_sys::NoLock as pg_sys::LOCKMODE);
-        found.then_some(tid)
-    }
 }
 
 /// Merge two stashes column by column (CRDT merge of the text forms).
@@ -282,7 +272,7 @@ fn decoded(delta: &[u8]) -> LwwMap {
     converge_core::decode::<LwwMap>(delta).unwrap_or_else(|e| fail(e.message))
 }
 
-fn is_alive(clock: &LwwMap) -> bool {
+pub(crate) fn is_alive(clock: &LwwMap) -> bool {
     clock.get("$live").map(|j| j.to_value()).and_then(|v| v.as_bool()).unwrap_or(true)
 }
 

@@ -474,7 +474,10 @@ fn record_local_ops<'a>(
             version: meta.versions.get("").copied().unwrap_or(1),
             epoch,
             guard: Some(&|delta| guard_column(&meta, "", &me, delta)),
-            decided_elsewhere: meta.auth.iter().filter(|(_, a)| a.node != me).map(|(c, _)| c.as_str()).collect(),
+            decided_elsewhere: match event {
+                RowEvent::Insert => meta.auth.iter().filter(|(_, a)| a.node != me).map(|(c, _)| c.as_str()).collect(),
+                _ => Vec::new(),
+            },
         };
         let resumed = crate::row_ops::record(&me, change);
         if !resumed.crdt.is_empty() || !resumed.decided.is_empty() {
@@ -492,7 +495,7 @@ fn record_local_ops<'a>(
 /// `inserted` is the insert's row version: the row is found from it, with
 /// no statement, no operator and no privilege.
 fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, inserted: pg_sys::ItemPointerData, resumed: &crate::row_ops::Resume) {
-    let Some(now) = crate::rows::newest_version(rel, inserted) else {
+    let Some(now) = crate::direct::newest_version(rel, inserted) else {
         // Deleted again in this transaction before this (deferred) event:
         // the stash goes back for the delete's event to extend. The clock
         // already holds the decided values.

@@ -187,6 +187,23 @@ BEGIN;
 INSERT INTO meter VALUES (1, add(NULL::orset, 'second'));
 DELETE FROM meter;
 COMMIT;
+SELECT live, stash <> '{}' AS stashed FROM row_state WHERE tbl = 'meter'::regclass;
 INSERT INTO meter (id) VALUES (1);
 SELECT id, elements(tags) AS tags FROM meter;
+-- The same with an update between (the insert's row version is followed
+-- to the deleted one), and with the delete rolled back to a savepoint
+-- (the row stays, and resumes).
+INSERT INTO meter VALUES (2, add(NULL::orset, 'p')), (3, add(NULL::orset, 's'));
+DELETE FROM meter WHERE id IN (2, 3);
+BEGIN;
+INSERT INTO meter VALUES (2, add(NULL::orset, 'q'));
+UPDATE meter SET tags = add(tags, 'r') WHERE id = 2;
+DELETE FROM meter WHERE id = 2;
+INSERT INTO meter VALUES (3, add(NULL::orset, 't'));
+SAVEPOINT keep;
+DELETE FROM meter WHERE id = 3;
+ROLLBACK TO keep;
+COMMIT;
+INSERT INTO meter (id) VALUES (2);
+SELECT id, elements(tags) AS tags FROM meter ORDER BY id;
 DROP TABLE meter;

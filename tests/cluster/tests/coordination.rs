@@ -65,8 +65,9 @@ fn only_the_authority_changes_its_column_through_a_partition() {
 
     // Deleted everywhere, then inserted again on madrid with title NULL:
     // the insert writes title as a placeholder that virginia's writes
-    // beat, so the row keeps virginia's title, on madrid at once (taken
-    // from the tombstone's clock) and everywhere after; sev is madrid's.
+    // beat, so the row keeps virginia's title, on madrid when the insert
+    // commits (taken from the tombstone's clock) and everywhere after;
+    // sev is madrid's.
     nodes[0].client().batch_execute("DELETE FROM item WHERE id = 1").unwrap();
     converge_all(&nodes, Duration::from_secs(60));
     nodes[0].client().batch_execute("INSERT INTO item (id, sev) VALUES (1, 7)").unwrap();
