@@ -116,7 +116,7 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
     let mut clock = before.clone();
     let mut stash = locked.as_ref().map(|l| l.stash.clone()).unwrap_or_default();
     let mut resume = Resume::default();
-    let mut placeholders = Vec::new();
+    let mut placeholders = LwwMap::default();
     let (_, _) = crate::node::mutation(); // a row op is data written by this node
     let put = |clock: &mut LwwMap, k: &str, v: &Value| {
         let ts = crate::node::timestamp(me, clock.max_timestamp());
@@ -139,9 +139,7 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
             for k in ch.other {
                 let Some(v) = new.get(k) else { continue };
                 if ch.decided_elsewhere.contains(&k.as_str()) {
-                    let (entry, won) = put_placeholder(&mut clock, me, k, v);
-                    placeholders.push((k.clone(), entry));
-                    if let Some(won) = won {
+                    if let Some(won) = put_placeholder(&mut clock, &mut placeholders, me, k, v) {
                         resume.decided.insert(k.clone(), won);
                     }
                 } else {
@@ -161,9 +159,7 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
     // A placeholder that lost to the tombstone's older write travels too:
     // a node that no longer has that tombstone takes it, not NULL.
     let mut delta = LwwMap::delta(&clock, &before);
-    for (k, entry) in placeholders {
-        delta.entries.entry(k).or_insert(entry);
-    }
+    delta.merge(&placeholders);
     let delta = encode(&delta);
     if let Some(guard) = ch.guard {
         guard(&delta);
@@ -183,18 +179,17 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
 /// Put an insert's value `v` (NULL or the default: the guard allows no
 /// other) of column `k`, decided by another node, into `clock` with a
 /// placeholder timestamp, which every real write beats: a value for the
-/// row, not a decision. Returns the entry put (it travels in the op even
-/// when it loses) and, when an older write of the tombstone's wins, that
-/// winner for the new row to take.
-fn put_placeholder(clock: &mut LwwMap, me: &str, k: &str, v: &Value) -> (LwwEntry, Option<Value>) {
+/// row, not a decision. The write also goes into `put` (it travels in the
+/// op even when it loses). Returns the winner when an older write of the
+/// tombstone's wins, for the new row to take.
+fn put_placeholder(clock: &mut LwwMap, put: &mut LwwMap, me: &str, k: &str, v: &Value) -> Option<Value> {
     let ts = Timestamp::placeholder(me, clock.entries.get(k).map(|e| &e.0));
-    let entry = LwwEntry(ts.clone(), LwwSlot::Put(Json::from_value(v)));
-    clock.put(k, Json::from_value(v), ts);
+    put.merge(&clock.put(k, Json::from_value(v), ts));
     let won = match clock.entries.get(k) {
         Some(LwwEntry(_, LwwSlot::Put(w))) => w.to_value(),
         _ => Value::Null, // a removal: the apply leaves such a column NULL
     };
-    (entry, (won != *v).then_some(won))
+    (won != *v).then_some(won)
 }
 
 /// Give `stash` back to the row_state entry of `key`: its insert took it

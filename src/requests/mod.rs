@@ -228,12 +228,13 @@ fn store_request(id: &str, actor: &str, t: &Target, asked: &Asked) {
 }
 
 /// Requests whose ops (by their op_log seq) were taken out of the history
-/// (by a revocation: a repair leaves converge's own ops alone) are withdrawn, so that every node ends with the
-/// same `converge.requests`: a node the revocation reached first rejected
-/// the op and never had the request. Pending, it goes (the authority never
-/// decides it); decided already, its row keeps only the decision, as a node
-/// that learns the decision alone has it. The decision's write stays: it is
-/// the authority's own change.
+/// by a revocation (a repair leaves converge's own ops alone) are
+/// withdrawn, so that every node ends with the same `converge.requests`: a
+/// node the revocation reached first rejected the op and never had the
+/// request. Pending, it goes (the authority never decides it); decided
+/// already, its row keeps only the decision, as a node that learns the
+/// decision alone has it. The decision's write stays: it is the
+/// authority's own change.
 pub fn withdraw(seqs: &[i64]) {
     // Two statements: a decision committed while the DELETE waited for the
     // row (the authority deciding it) is seen by the UPDATE's snapshot.
