@@ -47,10 +47,11 @@ pq() {
 
 # bench_up PORT [postgresql.conf lines...]: install the release build, start a
 # fresh server on PORT in a temporary directory ($BENCH_DIR), and stop and
-# remove it when the calling script exits. (cargo pgrx test installs a debug
-# build; benchmarks must never measure that.)
+# remove it when the calling script exits (SKIP_INSTALL=1: measure the build
+# installed already). (cargo pgrx test installs a debug build; benchmarks
+# must never measure that.)
 bench_up() {
-    cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+    [ -n "${SKIP_INSTALL:-}" ] || cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
     BENCH_DIR=$(mktemp -d /tmp/converge-bench.XXXXXX)
     chown "$PG_USER" "$BENCH_DIR"
     trap 'pg_down "$BENCH_DIR/pg"; rm -rf "$BENCH_DIR"' EXIT

@@ -839,6 +839,37 @@ COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied
 
 COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';
 
+-- Counters handed out are durable first (src/durable.rs).
+CREATE FUNCTION converge."flush_visible"() RETURNS void
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'flush_visible_sql_wrapper';
+COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of every commit this session can see (before converge hands counters out: frontier, changes_since).';
+CREATE OR REPLACE FUNCTION converge.changes_since(frontier jsonb)
+RETURNS SETOF converge.op
+LANGUAGE plpgsql STABLE AS $$
+DECLARE h record;
+BEGIN
+    IF frontier IS NULL OR jsonb_typeof(frontier) <> 'object' THEN
+        RAISE EXCEPTION 'frontier must be a JSON object {actor: counter}' USING ERRCODE = '22023';
+    END IF;
+    FOR h IN SELECT * FROM converge.log_horizon LOOP
+        IF coalesce((frontier ->> h.actor)::bigint, 0) < h.upto THEN
+            RAISE EXCEPTION 'frontier is older than the compacted log of actor "%" (compacted through %)', h.actor, h.upto
+                USING ERRCODE = '55000', HINT = 'Rejoin from a snapshot: converge.snapshot(table), then sync from its frontier.';
+        END IF;
+    END LOOP;
+    -- The caller keeps the counters it gets: they must be durable here.
+    PERFORM converge.flush_visible();
+    -- Log order is apply order, and an op is applied only after its deps.
+    RETURN QUERY
+        SELECT l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version, l.epoch,
+               l.deps, l.delta, l.signature
+          FROM converge.op_log l
+         WHERE l.outcome = 'applied' AND l.counter > coalesce((frontier ->> l.actor)::bigint, 0)
+         ORDER BY l.seq;
+END $$;
+
 -- Repairs give ops the outcome superseded.
 ALTER TABLE converge.op_log DROP CONSTRAINT op_log_outcome_check,
     ADD CONSTRAINT op_log_outcome_check

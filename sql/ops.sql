@@ -260,6 +260,8 @@ BEGIN
                 USING ERRCODE = '55000', HINT = 'Rejoin from a snapshot: converge.snapshot(table), then sync from its frontier.';
         END IF;
     END LOOP;
+    -- The caller keeps the counters it gets: they must be durable here.
+    PERFORM converge.flush_visible();
     -- Log order is apply order, and an op is applied only after its deps.
     RETURN QUERY
         SELECT l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version, l.epoch,
@@ -332,5 +334,6 @@ COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primar
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
 COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
 COMMENT ON FUNCTION converge.applying_trusted() IS 'Internal: whether converge applies what came through a peer''s replication (or retries for the worker), for converge.retry_pending.';
+COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of every commit this session can see (before converge hands counters out: frontier, changes_since).';
 COMMENT ON FUNCTION converge.last_op_counter(text) IS 'Internal: the highest op counter of this node (its newest op in the log), for converge.frontier().';
 COMMENT ON FUNCTION converge.record_local_ops() IS 'Trigger of replicated tables: records each local change of a CRDT column, and each row insert, delete or change of other columns, as an op of this node.';

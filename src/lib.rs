@@ -35,6 +35,7 @@ mod apply;
 mod coordination;
 mod counter_cache;
 mod direct;
+mod durable;
 mod epochs;
 mod errors;
 mod local_ops;
@@ -75,6 +76,7 @@ extension_sql_file!(
         trigger::replicate_table,
         trigger::applying,
         local_ops::last_op_counter,
+        durable::flush_visible_sql,
         security::may_write
     ]
 );

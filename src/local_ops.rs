@@ -18,6 +18,8 @@ fn lock_counter() {
     // pg_class row is used by nothing else): only op recorders wait here.
     let frontier = relid(c"actor_frontier");
     unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, frontier, 1, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) };
+    // Released before the commit's WAL flush, not after (durable.rs).
+    crate::durable::flush_after_unlock();
 }
 
 /// Hold a converge-private lock on `name` (an allocator's, an idempotency
@@ -177,6 +179,8 @@ fn scan(
 /// the statement's snapshot, for `converge.frontier()` (internal).
 #[pg_extern(stable, strict, parallel_restricted)]
 fn last_op_counter(actor: &str) -> i64 {
+    // A frontier leaves the server: every op it counts must be durable.
+    crate::durable::flush_visible();
     last_counter(actor, View::Statement)
 }
 
