@@ -212,6 +212,37 @@ SELECT (delta::lwwmap::text::jsonb) -> 'entries' -> 'status' AS status_entry
 DROP TABLE desk;
 DROP FUNCTION desk_touch();
 DROP ROLE cv_desk;
+-- The decided values are written as the table's owner. A row security
+-- policy forced on the owner that hides the new row from its UPDATE would
+-- leave the row behind its clock on this node only: the insert fails at
+-- commit instead, and nothing of it stays.
+CREATE ROLE cv_owner;
+GRANT USAGE ON SCHEMA converge TO cv_owner;
+CREATE TABLE post (id int PRIMARY KEY, status text DEFAULT 'open');
+ALTER TABLE post OWNER TO cv_owner;
+SET ROLE cv_owner;
+SELECT replicate('post');
+RESET ROLE;
+SELECT set_authority('post', 'status', 'lisbon');
+INSERT INTO post (id) VALUES (1);
+UPDATE post SET status = 'closed';
+SELECT set_authority('post', 'status', 'oslo');
+DELETE FROM post;
+ALTER TABLE post ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY everything ON post USING (true);
+CREATE POLICY no_updates ON post AS RESTRICTIVE FOR UPDATE USING (false);
+SET ROLE cv_owner;
+INSERT INTO post (id) VALUES (1);
+RESET ROLE;
+SELECT count(*) AS rows_left FROM post;
+ALTER TABLE post NO FORCE ROW LEVEL SECURITY;
+SET ROLE cv_owner;
+INSERT INTO post (id) VALUES (1);
+RESET ROLE;
+SELECT * FROM post;
+DROP TABLE post;
+REVOKE USAGE ON SCHEMA converge FROM cv_owner;
+DROP ROLE cv_owner;
 
 -- Settings and rights.
 SHOW converge.max_peer_lag_bytes;
