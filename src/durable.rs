@@ -21,7 +21,8 @@
 //! query on `converge.op_log` itself can see such an op (docs/replication.md).
 //!
 //! Left as PostgreSQL does it: `synchronous_commit = off` (nothing to wait
-//! for) and synchronous standbys (`remote_write` and up with
+//! for), PREPARE TRANSACTION and COMMIT PREPARED (flushed inside, the lock
+//! held), and synchronous standbys (`remote_write` and up with
 //! `synchronous_standby_names` set), where the commit waits for them with
 //! the lock held.
 
@@ -71,7 +72,9 @@ unsafe extern "C-unwind" fn at_commit(event: pg_sys::XactEvent::Type, _arg: *mut
 }
 
 /// Whether a commit at `level` waits for synchronous standbys (this
-/// backend's setting; a reload in flight is covered after the flush).
+/// backend's setting; for a reload in flight the callback waits for them
+/// after the flush, so the commit is on the standby before COMMIT returns,
+/// though visible here a little earlier).
 fn waits_for_standbys(level: i32) -> bool {
     unsafe {
         level > pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_LOCAL_FLUSH as i32
@@ -83,7 +86,9 @@ fn waits_for_standbys(level: i32) -> bool {
 
 /// Resource release of the top transaction (commit, abort or prepare),
 /// after its locks are released: put the level back and, on a commit made
-/// asynchronous here, flush its commit record.
+/// asynchronous here, flush its commit record. The transaction has
+/// committed: an ERROR here would become a PANIC, and nothing here raises
+/// one (a failed WAL write is a PANIC inside a commit as well).
 #[pg_guard]
 unsafe extern "C-unwind" fn after_release(phase: pg_sys::ResourceReleasePhase::Type, is_commit: bool, is_top_level: bool, _arg: *mut std::ffi::c_void) {
     if phase != pg_sys::ResourceReleasePhase::RESOURCE_RELEASE_AFTER_LOCKS || !is_top_level {

@@ -191,9 +191,10 @@ impl RowTable<'_> {
         .unwrap_or_else(|e| fail(e));
         if written != 1 {
             // Only row security forced on the owner hides a row from it here.
-            raise(
+            crate::errors::raise_hint(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!("converge could not write the decided values into the new row of {}: does a forced row security policy hide it from the table's owner?", self.name),
+                format!("converge could not write the decided values into the new row of {}", self.name),
+                "Only a row security policy forced on the table's owner hides the row from it here.",
             );
         }
     }
