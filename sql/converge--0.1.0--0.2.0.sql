@@ -845,6 +845,17 @@ STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'flush_visible_sql_wrapper';
 COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of every commit this session can see (before converge hands counters out: frontier, changes_since).';
+-- Names are identities (src/ddl.rs): ops, the log, row bases and settings
+-- name a replicated table and its columns, here and on every node, so a
+-- rename of the table, its schema or a replicated column is refused.
+CREATE FUNCTION converge.keep_names() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'keep_names_wrapper';
+COMMENT ON FUNCTION converge.keep_names() IS 'Internal: the event trigger converge_keep_names (refuses renaming a replicated table, its schema or one of its replicated columns).';
+CREATE EVENT TRIGGER converge_keep_names ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
+                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE')
+    EXECUTE FUNCTION converge.keep_names();
+COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns (ops and history name them).';
 CREATE OR REPLACE FUNCTION converge.changes_since(frontier jsonb)
 RETURNS SETOF converge.op
 LANGUAGE plpgsql STABLE AS $$

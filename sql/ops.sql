@@ -331,6 +331,18 @@ CREATE FUNCTION converge.replicate(tbl regclass) RETURNS void
 LANGUAGE sql AS $$ SELECT converge.replicate_table(tbl::oid) $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Run again after changing its columns.';
 
+-- Names are identities (src/ddl.rs): ops, the log, row bases and settings
+-- name a replicated table and its columns, here and on every node, so a
+-- rename of the table, its schema or a replicated column is refused.
+CREATE FUNCTION converge.keep_names() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'keep_names_wrapper';
+COMMENT ON FUNCTION converge.keep_names() IS 'Internal: the event trigger converge_keep_names (refuses renaming a replicated table, its schema or one of its replicated columns).';
+CREATE EVENT TRIGGER converge_keep_names ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
+                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE')
+    EXECUTE FUNCTION converge.keep_names();
+COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns (ops and history name them).';
+
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
 COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';
 COMMENT ON FUNCTION converge.applying_trusted() IS 'Internal: whether converge applies what came through a peer''s replication (or retries for the worker), for converge.retry_pending.';

@@ -29,6 +29,12 @@ pub fn raise_hint(code: PgSqlErrorCode, msg: impl Into<String>, hint: impl Into<
     unreachable!("ERROR does not return")
 }
 
+/// Raise an ERROR with a detail and a hint. Never returns.
+pub fn raise_explained(code: PgSqlErrorCode, msg: impl Into<String>, detail: &str, hint: &str) -> ! {
+    ErrorReport::new(code, msg.into(), "converge").set_detail(detail).set_hint(hint).report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 pub fn raise_core(e: Error) -> ! {
     raise(sqlstate(e.kind), e.message)
 }

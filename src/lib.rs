@@ -35,6 +35,7 @@ mod apply;
 mod coordination;
 mod counter_cache;
 mod direct;
+mod ddl;
 mod durable;
 mod epochs;
 mod errors;

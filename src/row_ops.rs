@@ -12,7 +12,7 @@
 //! key inserts its entry with a statement (an upsert, for the race with
 //! an apply inserting the same key).
 //!
-//! A column listed in the layout but absent from the row (renamed without
+//! A column listed in the layout but absent from the row (dropped without
 //! running replicate again) is skipped; one dot is drawn per row op.
 
 use crate::errors::raise;

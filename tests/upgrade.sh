@@ -129,6 +129,11 @@ UNION ALL
 SELECT 'operator ' || o.oid::regoperator || ' ' || o.oprcode || ' comment ' || coalesce(obj_description(o.oid, 'pg_operator'), '')
   FROM pg_operator o, ns WHERE o.oprnamespace = ns.oid
 UNION ALL
+SELECT 'event trigger ' || t.evtname || ' ' || t.evtevent || ' ' || t.evtfoid::regproc || ' ' || t.evtenabled::text
+       || ' ' || coalesce(array_to_string(t.evttags, ','), '') || ' comment ' || coalesce(obj_description(t.oid, 'pg_event_trigger'), '')
+  FROM pg_event_trigger t JOIN pg_depend d ON d.classid = 'pg_event_trigger'::regclass AND d.objid = t.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'converge'
+UNION ALL
 SELECT 'config ' || x::regclass FROM pg_extension e, unnest(e.extconfig) x WHERE e.extname = 'converge'
 UNION ALL
 SELECT 'member ' || pg_describe_object(d.classid, d.objid, 0) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid

@@ -1,0 +1,173 @@
+//! Names are identities: converge's ops, the op log, row bases, tombstones
+//! and settings (authorities, schema versions) name a replicated table as
+//! `schema.table` and its columns by name, and so do the ops other nodes
+//! send. Renaming such a table, its schema or one of its replicated
+//! columns would leave all of those behind under the old name: the
+//! renamed column's changes stop being recorded, its authority stops
+//! guarding it, compaction finds no table for the old ops, and peers' ops
+//! miss. So converge refuses those renames with 0A000: an event trigger at
+//! `ddl_command_end`, after PostgreSQL's own checks and under the rename's
+//! lock (so a `replicate` committing meanwhile is seen), which undoes the
+//! statement by raising.
+
+use crate::errors::{raise, raise_explained};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::ffi::CStr;
+
+/// What a statement renames or moves.
+enum Renamed {
+    /// A column (or a composite type's attribute, which renames the
+    /// columns of its typed tables), by its old name.
+    Column(String),
+    /// A relation (through any of the ALTER commands that can name one),
+    /// by its old name as the statement wrote it.
+    Relation(String),
+    /// A relation moved to another schema.
+    Moved(String),
+    /// A schema, by its old name.
+    Schema(String),
+}
+
+/// `converge.keep_names()`: the event trigger's function (declared in
+/// sql/ops.sql; the statement comes in the trigger's context).
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
+    let Some(what) = (unsafe { renamed(statement(fcinfo)) }) else { return };
+    // The objects the statement changed: a relation, or a schema.
+    let objects: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
+        Spi::connect(|c| {
+            c.select("SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()", None, &[])
+                .map(|t| t.filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten()).collect())
+        })
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    for oid in objects {
+        match &what {
+            Renamed::Column(col) => refuse_column(oid, col),
+            Renamed::Relation(name) => refuse_relation(oid, &format!("rename replicated table {name}"), HINT_TABLE),
+            Renamed::Moved(name) => refuse_relation(oid, &format!("move replicated table {name} to another schema"), HINT_MOVE),
+            Renamed::Schema(name) => refuse_schema(oid, name),
+        }
+    }
+}
+
+/// The statement an event trigger fires for.
+unsafe fn statement(fcinfo: pg_sys::FunctionCallInfo) -> *mut pg_sys::Node {
+    let ctx = (*fcinfo).context;
+    if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_EventTriggerData {
+        raise(PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, "converge.keep_names() must be called as an event trigger");
+    }
+    (*(ctx as *mut pg_sys::EventTriggerData)).parsetree
+}
+
+unsafe fn renamed(tree: *mut pg_sys::Node) -> Option<Renamed> {
+    use pg_sys::ObjectType::*;
+    if tree.is_null() {
+        return None;
+    }
+    let text = |p: *const std::ffi::c_char| (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned());
+    let relation = |rv: *mut pg_sys::RangeVar| {
+        if rv.is_null() {
+            return String::new();
+        }
+        let name = pg_sys::quote_qualified_identifier((*rv).schemaname, (*rv).relname);
+        text(name).unwrap_or_default()
+    };
+    match (*tree).type_ {
+        pg_sys::NodeTag::T_RenameStmt => {
+            let s = tree as *mut pg_sys::RenameStmt;
+            match (*s).renameType {
+                OBJECT_COLUMN | OBJECT_ATTRIBUTE => text((*s).subname).map(Renamed::Column),
+                // ALTER INDEX, VIEW, ... RENAME also rename a table.
+                OBJECT_TABLE | OBJECT_INDEX | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE | OBJECT_SEQUENCE => {
+                    Some(Renamed::Relation(relation((*s).relation)))
+                }
+                OBJECT_SCHEMA => text((*s).subname).map(Renamed::Schema),
+                _ => None,
+            }
+        }
+        pg_sys::NodeTag::T_AlterObjectSchemaStmt => {
+            let s = tree as *mut pg_sys::AlterObjectSchemaStmt;
+            matches!((*s).objectType, OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE | OBJECT_SEQUENCE)
+                .then(|| Renamed::Moved(relation((*s).relation)))
+        }
+        _ => None,
+    }
+}
+
+/// A replicated table among `rel` and the tables a column rename of `rel`
+/// reaches (its inheritors and partitions; the typed tables of a
+/// composite type), whose layout names column `col`.
+fn refuse_column(rel: pg_sys::Oid, col: &str) {
+    let hit = crate::security::as_owner(|| {
+        crate::spi::read_one::<pgrx::JsonB>(
+            "WITH RECURSIVE t(oid) AS (
+                 SELECT $1::oid
+                 UNION
+                 SELECT c.oid FROM t JOIN pg_catalog.pg_class p ON p.oid = t.oid JOIN pg_catalog.pg_class c
+                     ON (c.reloftype = p.reltype AND c.reloftype <> 0)
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = p.oid AND i.inhrelid = c.oid))
+             SELECT jsonb_build_object('table', r.table_name::text, 'named', $1::regclass::text, 'key', $2 = ANY (r.key_columns))
+               FROM converge.replicated r JOIN t ON t.oid = r.table_name
+              WHERE $2 = ANY (r.key_columns) OR r.crdt_columns ? $2 OR $2 = ANY (r.other_columns)
+              ORDER BY r.table_name::text LIMIT 1",
+            &[rel.into(), col.into()],
+        )
+    });
+    let Some(hit) = hit else { return };
+    let field = |k: &str| hit.0.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let (table, named) = (field("table"), field("named"));
+    let message = if table == named {
+        format!("cannot rename column \"{col}\" of replicated table {table}")
+    } else {
+        format!("cannot rename column \"{col}\" of {named}: replicated table {table} has it")
+    };
+    let hint = if hit.0.get("key").and_then(|v| v.as_bool()) == Some(true) {
+        "A key column names its rows in every op; keep its name (a view can show another)."
+    } else {
+        "Give it another name in a view, or move its values to a new column as docs/replication.md (\"Schema changes\") describes."
+    };
+    raise_explained(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        message,
+        "converge's ops, op log, row bases and settings (authorities, schema versions) name the column, \
+         here and on every other node; under a new name its changes would no longer be recorded or guarded.",
+        hint,
+    );
+}
+
+fn refuse_schema(schema: pg_sys::Oid, name: &str) {
+    let held = crate::security::as_owner(|| {
+        crate::spi::read_one::<String>(
+            "SELECT min(c.relname::text) FROM converge.replicated r JOIN pg_catalog.pg_class c ON c.oid = r.table_name
+              WHERE c.relnamespace = $1::oid",
+            &[schema.into()],
+        )
+    });
+    if let Some(t) = held {
+        raise_explained(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot rename schema \"{name}\": it holds replicated tables (\"{t}\" among them)"),
+            "converge's ops, op log, row bases and settings name a replicated table with its schema, here and on every other node.",
+            "Keep the schema's name; views in another schema can show its tables under other names.",
+        );
+    }
+}
+
+const HINT_TABLE: &str = "Keep the table's name; a view can show it under another.";
+const HINT_MOVE: &str = "Keep the table in its schema; a view in the other schema can show it there.";
+
+fn refuse_relation(rel: pg_sys::Oid, message: &str, hint: &str) {
+    let table = crate::security::as_owner(|| {
+        crate::spi::read_one::<bool>("SELECT true FROM converge.replicated WHERE table_name = $1::oid", &[rel.into()])
+    });
+    if table.is_some() {
+        raise_explained(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot {message}"),
+            "converge's ops, op log, row bases and settings name the table as schema.table, here and on every other node.",
+            hint,
+        );
+    }
+}
