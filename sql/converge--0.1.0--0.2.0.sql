@@ -845,6 +845,58 @@ STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'flush_visible_sql_wrapper';
 COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of every commit this session can see (before converge hands counters out: frontier, changes_since).';
+-- After ALTER TABLE (the event trigger converge_follow_columns): the
+-- layout again. A row is named by its key's columns in every op, and a
+-- column's ops, history and settings are of its kind (a CRDT type, or
+-- plain), so neither may change. True when authorities of dropped columns
+-- went (the caller makes the guard trigger again).
+CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[]) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE
+    before converge.replicated;
+    after  converge.replicated;
+    c      text;
+    gone   int;
+BEGIN
+    SELECT * INTO before FROM converge.replicated WHERE table_name = tbl;
+    -- Without a primary key (dropped, or not restored yet) rows keep the
+    -- names the layout's key gave them, until a key is back.
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
+        RETURN false;
+    END IF;
+    c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl USING ERRCODE = '0A000',
+            DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.';
+    END IF;
+    PERFORM converge.replicate_layout(tbl);
+    SELECT * INTO after FROM converge.replicated WHERE table_name = tbl;
+    IF after.key_columns IS DISTINCT FROM before.key_columns THEN
+        RAISE EXCEPTION 'cannot change the primary key of replicated table % from (%) to (%)', tbl,
+              array_to_string(before.key_columns, ', '), array_to_string(after.key_columns, ', ')
+            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the values of the key''s columns, here and on every other node.';
+    END IF;
+    c := (SELECT k FROM jsonb_object_keys(before.crdt_columns) k
+           WHERE k = ANY (after.other_columns) OR after.crdt_columns ->> k <> before.crdt_columns ->> k
+          UNION ALL
+          SELECT o FROM unnest(before.other_columns) o WHERE after.crdt_columns ? o
+          LIMIT 1);
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot change column "%" of replicated table % from % to %', c, tbl,
+              coalesce(before.crdt_columns ->> c, 'a plain column'), coalesce(after.crdt_columns ->> c, 'a plain column')
+            USING ERRCODE = '0A000', DETAIL = 'Its ops, history and settings are of its kind, here and on every other node.',
+                  HINT = 'Add a column of the new type and move the values to it (docs/replication.md, "Schema changes").';
+    END IF;
+    DELETE FROM converge.authority a
+     WHERE a.table_name = tbl AND a.column_name <> ''
+       AND NOT (after.crdt_columns ? a.column_name OR a.column_name = ANY (after.other_columns));
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    PERFORM converge.forget_layout(tbl::oid);
+    RETURN gone > 0;
+END $$;
+REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.follow_layout(regclass, text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind, and dropping the authorities of dropped columns.';
+COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Columns added, dropped or retyped later are followed (the event trigger converge_follow_columns).';
 -- Names are identities (src/ddl.rs): ops, the log, row bases and settings
 -- name a replicated table and its columns, here and on every node, so a
 -- rename of the table, its schema or a replicated column is refused.
@@ -856,6 +908,12 @@ CREATE EVENT TRIGGER converge_keep_names ON ddl_command_end
                  'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE')
     EXECUTE FUNCTION converge.keep_names();
 COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns (ops and history name them).';
+CREATE FUNCTION converge.follow_columns() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'follow_columns_wrapper';
+COMMENT ON FUNCTION converge.follow_columns() IS 'Internal: the event trigger converge_follow_columns (records a replicated table''s layout again after ALTER TABLE changes its columns or constraints).';
+CREATE EVENT TRIGGER converge_follow_columns ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
+    EXECUTE FUNCTION converge.follow_columns();
+COMMENT ON EVENT TRIGGER converge_follow_columns IS 'converge: after ALTER TABLE (or ALTER TYPE of a typed table''s type) adds, drops or retypes a column of a replicated table or changes its primary key, records its layout again (as converge.replicate does); refuses a change of its key or of a column''s kind.';
 CREATE OR REPLACE FUNCTION converge.changes_since(frontier jsonb)
 RETURNS SETOF converge.op
 LANGUAGE plpgsql STABLE AS $$

@@ -19,31 +19,12 @@ pub fn authorities_sql(rel: &str) -> String {
     )
 }
 
-/// `converge.set_authority`: only the table's owner may set one. The
-/// setting is recorded as converge's owner; the guard trigger is made again
-/// (as the table's owner) for the table's current authority columns.
-#[pg_extern(volatile, parallel_unsafe)]
-fn set_authority_on(
-    tbl: Option<pg_sys::Oid>,
-    col: Option<&str>,
-    node: Option<&str>,
-    decide: Option<pg_sys::Oid>,
-    removes_only: Option<bool>,
-) {
-    let Some(tbl) = tbl else { raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "the table must not be NULL") };
-    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[tbl.into()])
-        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
-    if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
-        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {name} to set its authority"));
-    }
+/// (Re)make the guard trigger of table `tbl` (as the caller, its owner)
+/// for its current authority columns, or drop it when none is left.
+pub fn make_guard(tbl: pg_sys::Oid) {
     let err = |e: pgrx::spi::SpiError| -> ! { raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()) };
+    let Some(name) = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[tbl.into()]) else { return };
     let columns: Vec<String> = crate::security::as_owner(|| {
-        crate::errors::plain_errors(|| {
-            Spi::run_with_args(
-                "SELECT converge.store_authority($1::oid::regclass, $2, $3, $4::oid::regprocedure, $5)",
-                &[tbl.into(), col.into(), node.into(), decide.into(), removes_only.unwrap_or(false).into()],
-            )
-        })?;
         Spi::connect(|c| {
             c.select(
                 "SELECT column_name FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name <> '' AND NOT removes_only
@@ -73,6 +54,35 @@ fn set_authority_on(
     }
     // Sessions cache the table as the apply resolved it (with its authorities).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+}
+
+/// `converge.set_authority`: only the table's owner may set one. The
+/// setting is recorded as converge's owner; the guard trigger is made again
+/// (as the table's owner) for the table's current authority columns.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_authority_on(
+    tbl: Option<pg_sys::Oid>,
+    col: Option<&str>,
+    node: Option<&str>,
+    decide: Option<pg_sys::Oid>,
+    removes_only: Option<bool>,
+) {
+    let Some(tbl) = tbl else { raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "the table must not be NULL") };
+    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[tbl.into()])
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
+    if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {name} to set its authority"));
+    }
+    crate::security::as_owner(|| {
+        crate::errors::plain_errors(|| {
+            Spi::run_with_args(
+                "SELECT converge.store_authority($1::oid::regclass, $2, $3, $4::oid::regprocedure, $5)",
+                &[tbl.into(), col.into(), node.into(), decide.into(), removes_only.unwrap_or(false).into()],
+            )
+        })
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    make_guard(tbl);
     if let (None, Some(node)) = (col, node) {
         unsafe { pg_sys::CommandCounterIncrement() };
         reapply(freezes_refused(tbl, node));

@@ -9,6 +9,13 @@
 //! `ddl_command_end`, after PostgreSQL's own checks and under the rename's
 //! lock (so a `replicate` committing meanwhile is seen), which undoes the
 //! statement by raising.
+//!
+//! A second event trigger follows the columns: after an `ALTER TABLE` that
+//! adds, drops or retypes a column or changes a constraint, each
+//! replicated table it reached gets its layout again (what
+//! `converge.replicate` records), so a column added on a replicated table
+//! is recorded from its first change, with no `replicate` to forget. The
+//! primary key's columns name rows in every op: changing them is refused.
 
 use crate::errors::{raise, raise_explained};
 use pgrx::prelude::*;
@@ -33,7 +40,7 @@ enum Renamed {
 /// sql/ops.sql; the statement comes in the trigger's context).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
-    let Some(what) = (unsafe { renamed(statement(fcinfo)) }) else { return };
+    let Some(what) = (unsafe { renamed(statement(fcinfo, "converge.keep_names()")) }) else { return };
     // The objects the statement changed: a relation, or a schema.
     let objects: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
         Spi::connect(|c| {
@@ -53,10 +60,10 @@ fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
 }
 
 /// The statement an event trigger fires for.
-unsafe fn statement(fcinfo: pg_sys::FunctionCallInfo) -> *mut pg_sys::Node {
+unsafe fn statement(fcinfo: pg_sys::FunctionCallInfo, function: &str) -> *mut pg_sys::Node {
     let ctx = (*fcinfo).context;
     if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_EventTriggerData {
-        raise(PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, "converge.keep_names() must be called as an event trigger");
+        raise(PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED, format!("{function} must be called as an event trigger"));
     }
     (*(ctx as *mut pg_sys::EventTriggerData)).parsetree
 }
@@ -102,16 +109,13 @@ unsafe fn renamed(tree: *mut pg_sys::Node) -> Option<Renamed> {
 fn refuse_column(rel: pg_sys::Oid, col: &str) {
     let hit = crate::security::as_owner(|| {
         crate::spi::read_one::<pgrx::JsonB>(
-            "WITH RECURSIVE t(oid) AS (
-                 SELECT $1::oid
-                 UNION
-                 SELECT c.oid FROM t JOIN pg_catalog.pg_class p ON p.oid = t.oid JOIN pg_catalog.pg_class c
-                     ON (c.reloftype = p.reltype AND c.reloftype <> 0)
-                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = p.oid AND i.inhrelid = c.oid))
-             SELECT jsonb_build_object('table', r.table_name::text, 'named', $1::regclass::text, 'key', $2 = ANY (r.key_columns))
-               FROM converge.replicated r JOIN t ON t.oid = r.table_name
-              WHERE $2 = ANY (r.key_columns) OR r.crdt_columns ? $2 OR $2 = ANY (r.other_columns)
-              ORDER BY r.table_name::text LIMIT 1",
+            &format!(
+                "WITH RECURSIVE t(oid) AS (SELECT $1::oid {REACHES})
+                 SELECT jsonb_build_object('table', r.table_name::text, 'named', $1::regclass::text, 'key', $2 = ANY (r.key_columns))
+                   FROM converge.replicated r JOIN t ON t.oid = r.table_name
+                  WHERE $2 = ANY (r.key_columns) OR r.crdt_columns ? $2 OR $2 = ANY (r.other_columns)
+                  ORDER BY r.table_name::text LIMIT 1"
+            ),
             &[rel.into(), col.into()],
         )
     });
@@ -170,4 +174,78 @@ fn refuse_relation(rel: pg_sys::Oid, message: &str, hint: &str) {
             hint,
         );
     }
+}
+
+/// `converge.follow_columns()`: the event trigger that keeps replicated
+/// tables' layouts current (declared in sql/ops.sql).
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
+    let Some(retyped) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
+    let unguarded: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
+        crate::errors::plain_errors(|| {
+            Spi::connect_mut(|c| {
+                let sql = format!(
+                    "WITH RECURSIVE t(oid) AS (
+                         SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
+                          WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass {REACHES})
+                     SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1)
+                       FROM converge.replicated r JOIN t ON t.oid OPERATOR(pg_catalog.=) r.table_name"
+                );
+                // (In the select list: a WHERE clause would be pushed down
+                // to every replicated table.)
+                c.update(&sql, None, &[retyped.into()]).map(|t| {
+                    t.filter_map(|r| (r.get::<bool>(2).ok().flatten() == Some(true)).then(|| r.get::<pg_sys::Oid>(1).ok().flatten()).flatten())
+                        .collect()
+                })
+            })
+        })
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    // A dropped authority column took the guard trigger with it (CASCADE).
+    for tbl in unguarded {
+        crate::coordination::make_guard(tbl);
+    }
+}
+
+/// The recursive step of a query `t(oid)` of the tables an ALTER reaches
+/// from the relations it names: their inheritors and partitions, and the
+/// typed tables of a composite type (a column of those is theirs too).
+const REACHES: &str = "UNION
+    SELECT c.oid FROM t JOIN pg_catalog.pg_class p ON p.oid OPERATOR(pg_catalog.=) t.oid JOIN pg_catalog.pg_class c
+        ON (c.reloftype OPERATOR(pg_catalog.=) p.reltype AND c.reloftype OPERATOR(pg_catalog.<>) 0)
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                    WHERE i.inhparent OPERATOR(pg_catalog.=) p.oid AND i.inhrelid OPERATOR(pg_catalog.=) c.oid)";
+
+/// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may
+/// change what a replicated table's layout records: its columns, their
+/// types, or its primary key. Some: the columns it retypes.
+unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
+    use pg_sys::AlterTableType as T;
+    if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_AlterTableStmt {
+        return None;
+    }
+    let cmds = pgrx::PgList::<pg_sys::AlterTableCmd>::from_pg((*(tree as *mut pg_sys::AlterTableStmt)).cmds);
+    let (mut changes, mut retyped) = (false, Vec::new());
+    for c in cmds.iter_ptr() {
+        if c.is_null() || (*c).type_ != pg_sys::NodeTag::T_AlterTableCmd {
+            continue;
+        }
+        changes |= match (*c).subtype {
+            T::AT_AddColumn | T::AT_DropColumn | T::AT_DropExpression | T::AT_DropConstraint => true,
+            T::AT_AlterColumnType => {
+                retyped.extend((!(*c).name.is_null()).then(|| CStr::from_ptr((*c).name).to_string_lossy().into_owned()));
+                true
+            }
+            // Only a primary key: a restore adds the others (unique, check,
+            // foreign keys) before it, while the table has none.
+            T::AT_AddConstraint => {
+                let con = (*c).def as *mut pg_sys::Constraint;
+                !con.is_null()
+                    && (*con).type_ == pg_sys::NodeTag::T_Constraint
+                    && (*con).contype == pg_sys::ConstrType::CONSTR_PRIMARY
+            }
+            _ => false,
+        };
+    }
+    changes.then_some(retyped)
 }

@@ -12,8 +12,8 @@
 //! key inserts its entry with a statement (an upsert, for the race with
 //! an apply inserting the same key).
 //!
-//! A column listed in the layout but absent from the row (dropped without
-//! running replicate again) is skipped; one dot is drawn per row op.
+//! A column listed in the layout but absent from the row (a schema change
+//! the layout did not follow) is skipped; one dot is drawn per row op.
 
 use crate::errors::raise;
 use converge_core::types::lwwmap::{LwwEntry, LwwSlot};

@@ -1,8 +1,10 @@
+-- Schema changes of replicated tables, on a node of its own (lagos).
 -- Names are identities: ops, the op log, row bases and settings name a
 -- replicated table and its columns, here and on every node. Renaming the
 -- table, its schema or a replicated column would leave all of that behind
 -- (an authority column would no longer be guarded), so it is refused, for
--- the table's owner as for anyone. On a node of its own (lagos).
+-- the table's owner as for anyone. Added, dropped and retyped columns are
+-- followed: the layout is recorded again, with no replicate to forget.
 CREATE DATABASE converge_regress_lagos;
 \c converge_regress_lagos
 CREATE EXTENSION converge;
@@ -69,8 +71,52 @@ CREATE TABLE clinic.part () INHERITS (clinic.base);
 ALTER TABLE clinic.part ADD PRIMARY KEY (id);
 SELECT converge.replicate('clinic.part');
 ALTER TABLE clinic.base RENAME COLUMN v TO w;
--- The function is the event trigger's only.
+-- The functions are the event triggers' only.
 SELECT converge.keep_names();
+SELECT converge.follow_columns();
+
+-- A column added to a replicated table is recorded from its first change.
+ALTER TABLE clinic.incident ADD COLUMN visits converge.gcounter, ADD COLUMN ward text;
+SELECT crdt_columns, other_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
+UPDATE clinic.incident SET visits = converge.incr(visits, 2), ward = 'east' WHERE id = 1;
+SELECT target_column, CASE WHEN target_column = '' THEN (delta::converge.lwwmap)::jsonb
+                           ELSE (delta::converge.gcounter)::jsonb END AS change
+  FROM converge.op_log WHERE target_table = 'clinic.incident' ORDER BY seq DESC LIMIT 2;
+-- A dropped one leaves the layout; a column of a parent reaches its
+-- replicated child.
+ALTER TABLE clinic.incident DROP COLUMN ward;
+ALTER TABLE clinic.base ADD COLUMN extra int;
+SELECT table_name, other_columns FROM converge.replicated WHERE table_name IN ('clinic.incident'::regclass, 'clinic.part'::regclass)
+ ORDER BY table_name::text;
+-- A generated column made plain is replicated from then on.
+ALTER TABLE clinic.incident ALTER COLUMN reference DROP EXPRESSION;
+SELECT other_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
+-- An attribute added to a composite type is a column of its typed tables.
+ALTER TYPE clinic.visit ADD ATTRIBUTE seen date CASCADE;
+SELECT other_columns FROM converge.replicated WHERE table_name = 'clinic.visits'::regclass;
+-- A plain column may take another plain type.
+ALTER TABLE clinic.incident ALTER COLUMN title TYPE varchar(200);
+-- The key names rows in every op, and a column's ops are of its kind:
+-- neither may change (0A000).
+ALTER TABLE clinic.incident DROP CONSTRAINT incident_pk, ADD PRIMARY KEY (id, title);
+CREATE TABLE clinic.ward (id int PRIMARY KEY, name text);
+SELECT converge.replicate('clinic.ward');
+ALTER TABLE clinic.ward ALTER COLUMN id TYPE bigint;
+ALTER TABLE clinic.incident ALTER COLUMN tags TYPE jsonb USING tags::jsonb;
+ALTER TABLE clinic.ward ALTER COLUMN name TYPE converge.lwwreg USING NULL;
+-- A key dropped (as pg_restore --clean does before dropping the table)
+-- leaves the layout as it was, and the same key may come back.
+ALTER TABLE clinic.incident DROP CONSTRAINT incident_pk;
+ALTER TABLE clinic.incident ADD PRIMARY KEY (id);
+SELECT key_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
+-- A dropped authority column takes its authority along; the guard trigger
+-- (dropped with it by CASCADE) comes back for the other authority columns.
+SELECT converge.set_authority('clinic.incident', 'title', 'virginia');
+ALTER TABLE clinic.incident DROP COLUMN status;
+ALTER TABLE clinic.incident DROP COLUMN status CASCADE;
+SELECT target_column, node FROM converge.authorities;
+SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'converge_authority_guard';
+UPDATE clinic.incident SET title = 'pump fixed' WHERE id = 1;
 RESET ROLE;
 \c regression
 DROP DATABASE converge_regress_lagos;
