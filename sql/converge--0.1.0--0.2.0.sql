@@ -849,8 +849,9 @@ COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of ever
 -- layout again. A row is named by its key's columns in every op, and a
 -- column's ops, history and settings are of its kind (a CRDT type, or
 -- plain), so neither may change. True when authorities of dropped columns
--- went (the caller makes the guard trigger again).
-CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[]) RETURNS boolean
+-- went (the caller makes the guard trigger again). retyped and dropped:
+-- the columns the statement retyped or dropped.
+CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[]) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     before converge.replicated;
@@ -859,15 +860,27 @@ DECLARE
     gone   int;
 BEGIN
     SELECT * INTO before FROM converge.replicated WHERE table_name = tbl;
-    -- Without a primary key (dropped, or not restored yet) rows keep the
-    -- names the layout's key gave them, until a key is back.
-    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
-    c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+    c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+    IF c IS NULL THEN
+        c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+        IF c IS NOT NULL THEN
+            c := 'change the type of key column "' || c || '"';
+        END IF;
+    ELSE
+        c := 'drop key column "' || c || '"';
+    END IF;
     IF c IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl USING ERRCODE = '0A000',
-            DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.';
+        RAISE EXCEPTION 'cannot % of replicated table %', c, tbl
+            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
+                  HINT = 'A replicated table keeps its key columns as they are.';
+    END IF;
+    -- Without a primary key (dropped, or not restored yet) rows keep the
+    -- names the layout's key gave them, until the same key is back.
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
+        RETURN false;
     END IF;
     PERFORM converge.replicate_layout(tbl);
     SELECT * INTO after FROM converge.replicated WHERE table_name = tbl;
@@ -894,8 +907,8 @@ BEGIN
     PERFORM converge.forget_layout(tbl::oid);
     RETURN gone > 0;
 END $$;
-REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[]) FROM PUBLIC;
-COMMENT ON FUNCTION converge.follow_layout(regclass, text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind, and dropping the authorities of dropped columns.';
+REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind, and dropping the authorities of dropped columns.';
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Columns added, dropped or retyped later are followed (the event trigger converge_follow_columns).';
 -- Names are identities (src/ddl.rs): ops, the log, row bases and settings
 -- name a replicated table and its columns, here and on every node, so a

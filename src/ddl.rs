@@ -180,7 +180,7 @@ fn refuse_relation(rel: pg_sys::Oid, message: &str, hint: &str) {
 /// tables' layouts current (declared in sql/ops.sql).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
-    let Some(retyped) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
+    let Some((retyped, dropped)) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
     let unguarded: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
         crate::errors::plain_errors(|| {
             Spi::connect_mut(|c| {
@@ -188,12 +188,12 @@ fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
                     "WITH RECURSIVE t(oid) AS (
                          SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
                           WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass {REACHES})
-                     SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1)
+                     SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, $2)
                        FROM converge.replicated r JOIN t ON t.oid OPERATOR(pg_catalog.=) r.table_name"
                 );
                 // (In the select list: a WHERE clause would be pushed down
                 // to every replicated table.)
-                c.update(&sql, None, &[retyped.into()]).map(|t| {
+                c.update(&sql, None, &[retyped.into(), dropped.into()]).map(|t| {
                     t.filter_map(|r| (r.get::<bool>(2).ok().flatten() == Some(true)).then(|| r.get::<pg_sys::Oid>(1).ok().flatten()).flatten())
                         .collect()
                 })
@@ -218,22 +218,28 @@ const REACHES: &str = "UNION
 
 /// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may
 /// change what a replicated table's layout records: its columns, their
-/// types, or its primary key. Some: the columns it retypes.
-unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
+/// types, or its primary key. Some: the columns it retypes, and those it
+/// drops.
+unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<(Vec<String>, Vec<String>)> {
     use pg_sys::AlterTableType as T;
     if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_AlterTableStmt {
         return None;
     }
     let cmds = pgrx::PgList::<pg_sys::AlterTableCmd>::from_pg((*(tree as *mut pg_sys::AlterTableStmt)).cmds);
-    let (mut changes, mut retyped) = (false, Vec::new());
+    let (mut changes, mut retyped, mut dropped) = (false, Vec::new(), Vec::new());
+    let name = |c: *mut pg_sys::AlterTableCmd| (!(*c).name.is_null()).then(|| CStr::from_ptr((*c).name).to_string_lossy().into_owned());
     for c in cmds.iter_ptr() {
         if c.is_null() || (*c).type_ != pg_sys::NodeTag::T_AlterTableCmd {
             continue;
         }
         changes |= match (*c).subtype {
-            T::AT_AddColumn | T::AT_DropColumn | T::AT_DropExpression | T::AT_DropConstraint => true,
+            T::AT_AddColumn | T::AT_DropExpression | T::AT_DropConstraint => true,
             T::AT_AlterColumnType => {
-                retyped.extend((!(*c).name.is_null()).then(|| CStr::from_ptr((*c).name).to_string_lossy().into_owned()));
+                retyped.extend(name(c));
+                true
+            }
+            T::AT_DropColumn => {
+                dropped.extend(name(c));
                 true
             }
             // Only a primary key: a restore adds the others (unique, check,
@@ -247,5 +253,5 @@ unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
             _ => false,
         };
     }
-    changes.then_some(retyped)
+    changes.then_some((retyped, dropped))
 }

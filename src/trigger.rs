@@ -529,15 +529,31 @@ fn replicate_table(tbl: pg_sys::Oid) {
         );
     }
     let err = |e: pgrx::spi::SpiError| -> ! { crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()) };
-    let readers: Vec<String> = crate::security::as_owner(|| {
+    // An ALTER TABLE waits for this, or this for it: its change is then
+    // seen here, or followed by converge_follow_columns (src/ddl.rs).
+    Spi::run(&format!("LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE")).unwrap_or_else(|e| err(e));
+    let (unguarded, readers): (bool, Vec<String>) = crate::security::as_owner(|| {
+        // Run again: what the event triggers could not see (a superuser's
+        // ALTER with them off, DROP TYPE ... CASCADE) is checked and
+        // followed as they would have.
+        let unguarded = crate::errors::plain_errors(|| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT converge.follow_layout(table_name, '{}', '{}') FROM converge.replicated WHERE table_name = $1::oid",
+                &[tbl.into()],
+            )
+        });
+        let unguarded = unguarded.unwrap_or(None).unwrap_or(false);
         crate::errors::plain_errors(|| Spi::run_with_args("SELECT converge.replicate_layout($1::oid::regclass)", &[tbl.into()]))?;
         Spi::connect(|c| {
             // Roles dropped since grant_peer are skipped.
             c.select("SELECT r.role::text FROM converge.peer_reader r JOIN pg_catalog.pg_roles g ON g.oid = r.role", None, &[])
-                .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+                .map(|t| (unguarded, t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()))
         })
     })
     .unwrap_or_else(|e| err(e));
+    if unguarded {
+        crate::coordination::make_guard(tbl);
+    }
     let has_trigger = crate::spi::read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = 'converge_record_ops')",
         &[tbl.into()],

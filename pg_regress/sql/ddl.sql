@@ -105,8 +105,12 @@ ALTER TABLE clinic.ward ALTER COLUMN id TYPE bigint;
 ALTER TABLE clinic.incident ALTER COLUMN tags TYPE jsonb USING tags::jsonb;
 ALTER TABLE clinic.ward ALTER COLUMN name TYPE converge.lwwreg USING NULL;
 -- A key dropped (as pg_restore --clean does before dropping the table)
--- leaves the layout as it was, and the same key may come back.
+-- leaves the layout as it was, and the same key may come back; its
+-- columns may not change meanwhile, nor go.
 ALTER TABLE clinic.incident DROP CONSTRAINT incident_pk;
+ALTER TABLE clinic.ward DROP CONSTRAINT ward_pkey;
+ALTER TABLE clinic.ward ALTER COLUMN id TYPE text;
+ALTER TABLE clinic.ward DROP COLUMN id;
 ALTER TABLE clinic.incident ADD PRIMARY KEY (id);
 SELECT key_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
 -- A dropped authority column takes its authority along; the guard trigger
