@@ -1,0 +1,62 @@
+//! Schema changes on real nodes (docs/replication.md, "Schema changes"):
+//! columns added to a replicated table on every node replicate from their
+//! first change with no `converge.replicate` run again, through a
+//! partition too, and a dropped column leaves the others replicating.
+//!
+//! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 140..142.
+
+use converge_cluster_tests::workload::*;
+use converge_cluster_tests::*;
+use std::time::Duration;
+
+fn base_port() -> u16 {
+    std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 140
+}
+
+fn text(n: &Node, sql: &str) -> String {
+    n.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn columns_added_on_every_node_replicate_with_no_replicate_call() {
+    let root = Scratch::new("schema");
+    let nodes = mesh_of_three(&root.0, base_port());
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump'), (2, 'valve')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    for n in &nodes {
+        n.client()
+            .batch_execute("ALTER TABLE item ADD COLUMN visits converge.gcounter, ADD COLUMN ward text")
+            .unwrap();
+    }
+    // Each node counts visits to row 1; madrid names its ward; virginia,
+    // cut off from the others, counts more and names row 2's.
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    for (i, n) in nodes.iter().enumerate() {
+        n.client()
+            .batch_execute(&format!("UPDATE item SET visits = converge.incr(visits, {}) WHERE id = 1", i + 1))
+            .unwrap();
+    }
+    nodes[0].client().batch_execute("UPDATE item SET ward = 'east' WHERE id = 1").unwrap();
+    nodes[2].client().batch_execute("UPDATE item SET ward = 'west', visits = converge.incr(visits, 10) WHERE id = 2").unwrap();
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        let rows = text(n, "SELECT string_agg(format('%s %s %s', id, visits::jsonb, ward), ', ' ORDER BY id) FROM item");
+        assert_eq!(rows, "1 6 east, 2 10 west", "on {}", n.name);
+        let refused = text(n, "SELECT count(*)::text FROM converge.op_log WHERE outcome <> 'applied'");
+        assert_eq!(refused, "0", "{} rejected or buffered ops", n.name);
+    }
+
+    // ward dropped everywhere: the other columns go on replicating.
+    for n in &nodes {
+        n.client().batch_execute("ALTER TABLE item DROP COLUMN ward").unwrap();
+    }
+    nodes[1].client().batch_execute("UPDATE item SET visits = converge.incr(visits, 100), sev = 1 WHERE id = 2").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    assert_eq!(text(&nodes[2], "SELECT format('%s %s', visits::jsonb, sev) FROM item WHERE id = 2"), "110 1");
+}
