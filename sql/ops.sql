@@ -360,9 +360,12 @@ BEGIN
                   HINT = 'A replicated table keeps its key columns as they are.';
     END IF;
     -- Without a primary key (dropped, or not restored yet) rows keep the
-    -- names the layout's key gave them, until the same key is back.
+    -- names the layout's key gave them, until the same key is back; the
+    -- authorities of columns dropped meanwhile go now.
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
-        RETURN false;
+        DELETE FROM converge.authority a WHERE a.table_name = tbl AND a.column_name = ANY (dropped);
+        GET DIAGNOSTICS gone = ROW_COUNT;
+        RETURN gone > 0;
     END IF;
     PERFORM converge.replicate_layout(tbl);
     SELECT * INTO after FROM converge.replicated WHERE table_name = tbl;

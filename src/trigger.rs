@@ -530,19 +530,17 @@ fn replicate_table(tbl: pg_sys::Oid) {
     }
     let err = |e: pgrx::spi::SpiError| -> ! { crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()) };
     // An ALTER TABLE waits for this, or this for it: its change is then
-    // seen here, or followed by converge_follow_columns (src/ddl.rs).
-    Spi::run(&format!("LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE")).unwrap_or_else(|e| err(e));
+    // seen here, or followed by converge_follow_columns (src/ddl.rs). (The
+    // lock CREATE TRIGGER takes; this table only, not its children.)
+    unsafe { pg_sys::LockRelationOid(tbl, pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE) };
     let (unguarded, readers): (bool, Vec<String>) = crate::security::as_owner(|| {
-        // Run again: what the event triggers could not see (a superuser's
-        // ALTER with them off, DROP TYPE ... CASCADE) is checked and
-        // followed as they would have.
+        // Run again: what the event triggers could not see (columns
+        // dropped by DROP TYPE ... CASCADE) is checked and followed as
+        // they would have (false for a table not replicated yet).
         let unguarded = crate::errors::plain_errors(|| {
-            Spi::get_one_with_args::<bool>(
-                "SELECT converge.follow_layout(table_name, '{}', '{}') FROM converge.replicated WHERE table_name = $1::oid",
-                &[tbl.into()],
-            )
-        });
-        let unguarded = unguarded.unwrap_or(None).unwrap_or(false);
+            Spi::get_one_with_args::<bool>("SELECT converge.follow_layout($1::oid::regclass, '{}', '{}')", &[tbl.into()])
+        })?;
+        let unguarded = unguarded.unwrap_or(false);
         crate::errors::plain_errors(|| Spi::run_with_args("SELECT converge.replicate_layout($1::oid::regclass)", &[tbl.into()]))?;
         Spi::connect(|c| {
             // Roles dropped since grant_peer are skipped.
