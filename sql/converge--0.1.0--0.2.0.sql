@@ -845,13 +845,24 @@ STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'flush_visible_sql_wrapper';
 COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of every commit this session can see (before converge hands counters out: frontier, changes_since).';
--- After ALTER TABLE (the event trigger converge_follow_columns): the
--- layout again. A row is named by its key's columns in every op, and a
--- column's ops, history and settings are of its kind (a CRDT type, or
--- plain), so neither may change. True when authorities of dropped columns
--- went (the caller makes the guard trigger again). retyped and dropped:
--- the columns the statement retyped or dropped.
-CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[]) RETURNS boolean
+COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Columns added, dropped or retyped later are followed (the event trigger converge_follow_columns).';
+-- converge.replicated remembers the names of dropped columns (sql/ddl.sql).
+ALTER TABLE converge.replicated ADD COLUMN dropped_columns text[] NOT NULL DEFAULT '{}';
+-- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
+-- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
+-- log, row bases and settings name a replicated table and its columns, here
+-- and on every node: renames are refused, column changes are followed.
+
+-- After ALTER TABLE (the event trigger converge_follow_columns), and when
+-- converge.replicate runs again: the layout again. A row is named by its
+-- key's columns in every op, and a column's ops, history and settings are
+-- of its kind (a CRDT type, or plain), so neither may change; a dropped
+-- column's name stays taken (ops made before the drop, here or on nodes
+-- still sending them, and rows' bases name it). True when authorities of
+-- dropped columns went (the caller makes the guard trigger again). retyped,
+-- dropped and readded: the columns the statement retyped, dropped, and
+-- dropped then added again.
+CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[], readded text[]) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     before converge.replicated;
@@ -879,8 +890,11 @@ BEGIN
     END IF;
     -- Without a primary key (dropped, or not restored yet) rows keep the
     -- names the layout's key gave them, until the same key is back; the
-    -- authorities of columns dropped meanwhile go now.
+    -- authorities of columns dropped meanwhile go now, and their names
+    -- stay taken.
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
+        PERFORM converge.retire_columns(tbl, ARRAY(SELECT d FROM unnest(dropped) d
+                                                    WHERE before.crdt_columns ? d OR d = ANY (before.other_columns)));
         DELETE FROM converge.authority a WHERE a.table_name = tbl AND a.column_name = ANY (dropped);
         GET DIAGNOSTICS gone = ROW_COUNT;
         RETURN gone > 0;
@@ -903,6 +917,20 @@ BEGIN
             USING ERRCODE = '0A000', DETAIL = 'Its ops, history and settings are of its kind, here and on every other node.',
                   HINT = 'Add a column of the new type and move the values to it (docs/replication.md, "Schema changes").';
     END IF;
+    c := (SELECT d FROM unnest(before.dropped_columns || readded) d
+           WHERE (after.crdt_columns ? d OR d = ANY (after.other_columns))
+             AND (d = ANY (before.dropped_columns) OR before.crdt_columns ? d OR d = ANY (before.other_columns))
+           LIMIT 1);
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'column "%" of replicated table % has the name of a dropped column', c, tbl
+            USING ERRCODE = '0A000',
+                  DETAIL = 'Ops made before the drop, here or on nodes still sending them, and the rows'' bases name it: '
+                           'they would be applied to the new column.',
+                  HINT = 'Give the new column another name.';
+    END IF;
+    PERFORM converge.retire_columns(tbl, ARRAY(SELECT k FROM jsonb_object_keys(before.crdt_columns) k WHERE NOT after.crdt_columns ? k
+                                               UNION ALL
+                                               SELECT o FROM unnest(before.other_columns) o WHERE NOT o = ANY (after.other_columns)));
     DELETE FROM converge.authority a
      WHERE a.table_name = tbl AND a.column_name <> ''
        AND NOT (after.crdt_columns ? a.column_name OR a.column_name = ANY (after.other_columns));
@@ -910,9 +938,18 @@ BEGIN
     PERFORM converge.forget_layout(tbl::oid);
     RETURN gone > 0;
 END $$;
-REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[]) FROM PUBLIC;
-COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind, and dropping the authorities of dropped columns.';
-COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Columns added, dropped or retyped later are followed (the event trigger converge_follow_columns).';
+REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
+
+CREATE FUNCTION converge.retire_columns(tbl regclass, cols text[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
+    UPDATE converge.replicated
+       SET dropped_columns = ARRAY(SELECT DISTINCT d FROM unnest(dropped_columns || cols) d ORDER BY d)
+     WHERE table_name = tbl AND cols <> '{}';
+$$;
+REVOKE ALL ON FUNCTION converge.retire_columns(regclass, text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.retire_columns(regclass, text[]) IS 'Internal: remember the names of a replicated table''s dropped columns (converge.replicated.dropped_columns), which a new column may not take.';
+
 -- Names are identities (src/ddl.rs): ops, the log, row bases and settings
 -- name a replicated table and its columns, here and on every node, so a
 -- rename of the table, its schema or a replicated column is refused.
@@ -929,7 +966,8 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'follow_columns_wrapper';
 COMMENT ON FUNCTION converge.follow_columns() IS 'Internal: the event trigger converge_follow_columns (records a replicated table''s layout again after ALTER TABLE changes its columns or constraints).';
 CREATE EVENT TRIGGER converge_follow_columns ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
     EXECUTE FUNCTION converge.follow_columns();
-COMMENT ON EVENT TRIGGER converge_follow_columns IS 'converge: after ALTER TABLE (or ALTER TYPE of a typed table''s type) adds, drops or retypes a column of a replicated table or changes its primary key, records its layout again (as converge.replicate does); refuses a change of its key or of a column''s kind.';
+COMMENT ON EVENT TRIGGER converge_follow_columns IS 'converge: after ALTER TABLE (or ALTER TYPE of a typed table''s type) adds, drops or retypes a column of a replicated table or changes its primary key, records its layout again (as converge.replicate does); refuses a change of its key or of a column''s kind, and a new column taking a dropped column''s name.';
+-- <<< sql/ddl.sql
 CREATE OR REPLACE FUNCTION converge.changes_since(frontier jsonb)
 RETURNS SETOF converge.op
 LANGUAGE plpgsql STABLE AS $$

@@ -24,7 +24,8 @@ CREATE TABLE converge.replicated (
     crdt_columns jsonb NOT NULL,          -- column name -> converge type name
     other_columns text[] NOT NULL DEFAULT '{}',  -- the rest: last writer wins, shipped as row ops
     row_expr     text NOT NULL DEFAULT '',      -- jsonb_build_object arguments reading other_columns from $1
-    marked_at    timestamptz NOT NULL DEFAULT now()
+    marked_at    timestamptz NOT NULL DEFAULT now(),
+    dropped_columns text[] NOT NULL DEFAULT '{}'  -- names ops and bases may still use (sql/ddl.sql)
 );
 COMMENT ON TABLE converge.replicated IS 'Tables marked with converge.replicate(): their CRDT column changes are recorded as ops.';
 
@@ -327,95 +328,9 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the layout of a table marked by converge.replicate.';
 
--- After ALTER TABLE (the event trigger converge_follow_columns): the
--- layout again. A row is named by its key's columns in every op, and a
--- column's ops, history and settings are of its kind (a CRDT type, or
--- plain), so neither may change. True when authorities of dropped columns
--- went (the caller makes the guard trigger again). retyped and dropped:
--- the columns the statement retyped or dropped.
-CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[]) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
-DECLARE
-    before converge.replicated;
-    after  converge.replicated;
-    c      text;
-    gone   int;
-BEGIN
-    SELECT * INTO before FROM converge.replicated WHERE table_name = tbl;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
-    IF c IS NULL THEN
-        c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
-        IF c IS NOT NULL THEN
-            c := 'change the type of key column "' || c || '"';
-        END IF;
-    ELSE
-        c := 'drop key column "' || c || '"';
-    END IF;
-    IF c IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot % of replicated table %', c, tbl
-            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
-                  HINT = 'A replicated table keeps its key columns as they are.';
-    END IF;
-    -- Without a primary key (dropped, or not restored yet) rows keep the
-    -- names the layout's key gave them, until the same key is back; the
-    -- authorities of columns dropped meanwhile go now.
-    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
-        DELETE FROM converge.authority a WHERE a.table_name = tbl AND a.column_name = ANY (dropped);
-        GET DIAGNOSTICS gone = ROW_COUNT;
-        RETURN gone > 0;
-    END IF;
-    PERFORM converge.replicate_layout(tbl);
-    SELECT * INTO after FROM converge.replicated WHERE table_name = tbl;
-    IF after.key_columns IS DISTINCT FROM before.key_columns THEN
-        RAISE EXCEPTION 'cannot change the primary key of replicated table % from (%) to (%)', tbl,
-              array_to_string(before.key_columns, ', '), array_to_string(after.key_columns, ', ')
-            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the values of the key''s columns, here and on every other node.';
-    END IF;
-    c := (SELECT k FROM jsonb_object_keys(before.crdt_columns) k
-           WHERE k = ANY (after.other_columns) OR after.crdt_columns ->> k <> before.crdt_columns ->> k
-          UNION ALL
-          SELECT o FROM unnest(before.other_columns) o WHERE after.crdt_columns ? o
-          LIMIT 1);
-    IF c IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot change column "%" of replicated table % from % to %', c, tbl,
-              coalesce(before.crdt_columns ->> c, 'a plain column'), coalesce(after.crdt_columns ->> c, 'a plain column')
-            USING ERRCODE = '0A000', DETAIL = 'Its ops, history and settings are of its kind, here and on every other node.',
-                  HINT = 'Add a column of the new type and move the values to it (docs/replication.md, "Schema changes").';
-    END IF;
-    DELETE FROM converge.authority a
-     WHERE a.table_name = tbl AND a.column_name <> ''
-       AND NOT (after.crdt_columns ? a.column_name OR a.column_name = ANY (after.other_columns));
-    GET DIAGNOSTICS gone = ROW_COUNT;
-    PERFORM converge.forget_layout(tbl::oid);
-    RETURN gone > 0;
-END $$;
-REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[]) FROM PUBLIC;
-COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind, and dropping the authorities of dropped columns.';
-
 CREATE FUNCTION converge.replicate(tbl regclass) RETURNS void
 LANGUAGE sql AS $$ SELECT converge.replicate_table(tbl::oid) $$;
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Columns added, dropped or retyped later are followed (the event trigger converge_follow_columns).';
-
--- Names are identities (src/ddl.rs): ops, the log, row bases and settings
--- name a replicated table and its columns, here and on every node, so a
--- rename of the table, its schema or a replicated column is refused.
-CREATE FUNCTION converge.keep_names() RETURNS event_trigger
-LANGUAGE c AS 'MODULE_PATHNAME', 'keep_names_wrapper';
-COMMENT ON FUNCTION converge.keep_names() IS 'Internal: the event trigger converge_keep_names (refuses renaming a replicated table, its schema or one of its replicated columns).';
-CREATE EVENT TRIGGER converge_keep_names ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
-                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE')
-    EXECUTE FUNCTION converge.keep_names();
-COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns (ops and history name them).';
-CREATE FUNCTION converge.follow_columns() RETURNS event_trigger
-LANGUAGE c AS 'MODULE_PATHNAME', 'follow_columns_wrapper';
-COMMENT ON FUNCTION converge.follow_columns() IS 'Internal: the event trigger converge_follow_columns (records a replicated table''s layout again after ALTER TABLE changes its columns or constraints).';
-CREATE EVENT TRIGGER converge_follow_columns ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
-    EXECUTE FUNCTION converge.follow_columns();
-COMMENT ON EVENT TRIGGER converge_follow_columns IS 'converge: after ALTER TABLE (or ALTER TYPE of a typed table''s type) adds, drops or retypes a column of a replicated table or changes its primary key, records its layout again (as converge.replicate does); refuses a change of its key or of a column''s kind.';
 
 COMMENT ON FUNCTION converge.forget_layout(oid) IS 'Internal: make every session re-read the replicated layout of a table (relcache invalidation).';
 COMMENT ON FUNCTION converge.under_peer_origin() IS 'Internal: whether this transaction applies a peer''s changes (a replication origin is set up), for converge.retry_pending.';

@@ -15,7 +15,8 @@
 //! replicated table it reached gets its layout again (what
 //! `converge.replicate` records), so a column added on a replicated table
 //! is recorded from its first change, with no `replicate` to forget. The
-//! primary key's columns name rows in every op: changing them is refused.
+//! primary key's columns name rows in every op: changing them is refused,
+//! and so is a column taking a dropped column's name (sql/ddl.sql).
 
 use crate::errors::{raise, raise_explained};
 use pgrx::prelude::*;
@@ -37,7 +38,7 @@ enum Renamed {
 }
 
 /// `converge.keep_names()`: the event trigger's function (declared in
-/// sql/ops.sql; the statement comes in the trigger's context).
+/// sql/ddl.sql; the statement comes in the trigger's context).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
     let Some(what) = (unsafe { renamed(statement(fcinfo, "converge.keep_names()")) }) else { return };
@@ -150,10 +151,9 @@ fn refuse_schema(schema: pg_sys::Oid, name: &str) {
         )
     });
     if let Some(t) = held {
-        raise_explained(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        refuse(
             format!("cannot rename schema \"{name}\": it holds replicated tables (\"{t}\" among them)"),
-            "converge's ops, op log, row bases and settings name a replicated table with its schema, here and on every other node.",
+            "a replicated table with its schema",
             "Keep the schema's name; views in another schema can show its tables under other names.",
         );
     }
@@ -167,20 +167,25 @@ fn refuse_relation(rel: pg_sys::Oid, message: &str, hint: &str) {
         crate::spi::read_one::<bool>("SELECT true FROM converge.replicated WHERE table_name = $1::oid", &[rel.into()])
     });
     if table.is_some() {
-        raise_explained(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("cannot {message}"),
-            "converge's ops, op log, row bases and settings name the table as schema.table, here and on every other node.",
-            hint,
-        );
+        refuse(format!("cannot {message}"), "the table as schema.table", hint);
     }
 }
 
+/// Refuse a rename of what converge's state names (`named`: how it names it).
+fn refuse(message: String, named: &str, hint: &str) -> ! {
+    raise_explained(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        message,
+        &format!("converge's ops, op log, row bases and settings name {named}, here and on every other node."),
+        hint,
+    )
+}
+
 /// `converge.follow_columns()`: the event trigger that keeps replicated
-/// tables' layouts current (declared in sql/ops.sql).
+/// tables' layouts current (declared in sql/ddl.sql).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
-    let Some((retyped, dropped)) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
+    let Some(Change { retyped, dropped, readded }) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
     let unguarded: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
         crate::errors::plain_errors(|| {
             Spi::connect_mut(|c| {
@@ -188,15 +193,18 @@ fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
                     "WITH RECURSIVE t(oid) AS (
                          SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
                           WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass {REACHES})
-                     SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, $2)
+                     SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, $2, $3)
                        FROM converge.replicated r JOIN t ON t.oid OPERATOR(pg_catalog.=) r.table_name"
                 );
                 // (In the select list: a WHERE clause would be pushed down
                 // to every replicated table.)
-                c.update(&sql, None, &[retyped.into(), dropped.into()]).map(|t| {
-                    t.filter_map(|r| (r.get::<bool>(2).ok().flatten() == Some(true)).then(|| r.get::<pg_sys::Oid>(1).ok().flatten()).flatten())
-                        .collect()
-                })
+                let mut unguarded = Vec::new();
+                for r in c.update(&sql, None, &[retyped.into(), dropped.into(), readded.into()])? {
+                    if let (Some(tbl), Some(true)) = (r.get::<pg_sys::Oid>(1)?, r.get::<bool>(2)?) {
+                        unguarded.push(tbl);
+                    }
+                }
+                Ok::<_, pgrx::spi::SpiError>(unguarded)
             })
         })
     })
@@ -216,24 +224,37 @@ const REACHES: &str = "UNION
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
                     WHERE i.inhparent OPERATOR(pg_catalog.=) p.oid AND i.inhrelid OPERATOR(pg_catalog.=) c.oid)";
 
+/// The columns an `ALTER TABLE` retypes, drops, and drops then adds again.
+struct Change {
+    retyped: Vec<String>,
+    dropped: Vec<String>,
+    readded: Vec<String>,
+}
+
 /// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may
 /// change what a replicated table's layout records: its columns, their
-/// types, or its primary key. Some: the columns it retypes, and those it
-/// drops.
-unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<(Vec<String>, Vec<String>)> {
+/// types, or its primary key.
+unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Change> {
     use pg_sys::AlterTableType as T;
     if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_AlterTableStmt {
         return None;
     }
     let cmds = pgrx::PgList::<pg_sys::AlterTableCmd>::from_pg((*(tree as *mut pg_sys::AlterTableStmt)).cmds);
-    let (mut changes, mut retyped, mut dropped) = (false, Vec::new(), Vec::new());
+    let (mut changes, mut retyped, mut dropped, mut added) = (false, Vec::new(), Vec::new(), Vec::new());
     let name = |c: *mut pg_sys::AlterTableCmd| (!(*c).name.is_null()).then(|| CStr::from_ptr((*c).name).to_string_lossy().into_owned());
     for c in cmds.iter_ptr() {
         if c.is_null() || (*c).type_ != pg_sys::NodeTag::T_AlterTableCmd {
             continue;
         }
         changes |= match (*c).subtype {
-            T::AT_AddColumn | T::AT_DropExpression | T::AT_DropConstraint => true,
+            T::AT_AddColumn => {
+                let def = (*c).def as *mut pg_sys::ColumnDef;
+                if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_ColumnDef && !(*def).colname.is_null() {
+                    added.push(CStr::from_ptr((*def).colname).to_string_lossy().into_owned());
+                }
+                true
+            }
+            T::AT_DropExpression | T::AT_DropConstraint => true,
             T::AT_AlterColumnType => {
                 retyped.extend(name(c));
                 true
@@ -253,5 +274,6 @@ unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<(Vec<String>, Vec<Str
             _ => false,
         };
     }
-    changes.then_some((retyped, dropped))
+    let readded = dropped.iter().filter(|d| added.contains(d)).cloned().collect();
+    changes.then_some(Change { retyped, dropped, readded })
 }

@@ -114,6 +114,7 @@ extension_sql_file!(
     name = "requests",
     requires = ["epochs", requests::request_on, requests::decide::decide_pending, allocation::allocate_on, security::may_read]
 );
+extension_sql_file!("../sql/ddl.sql", name = "ddl", requires = ["requests"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -538,9 +538,12 @@ fn replicate_table(tbl: pg_sys::Oid) {
         // dropped by DROP TYPE ... CASCADE) is checked and followed as
         // they would have (false for a table not replicated yet).
         let unguarded = crate::errors::plain_errors(|| {
-            Spi::get_one_with_args::<bool>("SELECT converge.follow_layout($1::oid::regclass, '{}', '{}')", &[tbl.into()])
+            Spi::get_one_with_args::<bool>("SELECT converge.follow_layout($1::oid::regclass, '{}', '{}', '{}')", &[tbl.into()])
         })?;
         let unguarded = unguarded.unwrap_or(false);
+        // Records a table not replicated yet, and raises 55000 for one
+        // without a primary key (which follow_layout lets pass, for ALTER
+        // TABLE); for the rest, the layout follow_layout just recorded.
         crate::errors::plain_errors(|| Spi::run_with_args("SELECT converge.replicate_layout($1::oid::regclass)", &[tbl.into()]))?;
         Spi::connect(|c| {
             // Roles dropped since grant_peer are skipped.

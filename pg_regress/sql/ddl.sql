@@ -88,6 +88,13 @@ ALTER TABLE clinic.incident DROP COLUMN ward;
 ALTER TABLE clinic.base ADD COLUMN extra int;
 SELECT table_name, other_columns FROM converge.replicated WHERE table_name IN ('clinic.incident'::regclass, 'clinic.part'::regclass)
  ORDER BY table_name::text;
+-- Its name stays taken: ops made before the drop (here, or from a node
+-- that has not dropped it yet) and the rows' bases name it (0A000).
+SELECT dropped_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
+ALTER TABLE clinic.incident ADD COLUMN ward converge.pncounter;
+ALTER TABLE clinic.incident ADD COLUMN ward text;
+-- Also when one statement drops a column and adds one of that name.
+ALTER TABLE clinic.incident DROP COLUMN visits, ADD COLUMN visits converge.gcounter;
 -- A generated column made plain is replicated from then on.
 ALTER TABLE clinic.incident ALTER COLUMN reference DROP EXPRESSION;
 SELECT other_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
@@ -112,6 +119,11 @@ ALTER TABLE clinic.ward DROP CONSTRAINT ward_pkey;
 ALTER TABLE clinic.ward ALTER COLUMN id TYPE text;
 ALTER TABLE clinic.ward DROP COLUMN id;
 ALTER TABLE clinic.incident ADD PRIMARY KEY (id);
+-- A column dropped meanwhile: its name is taken too, and a column that
+-- takes it is refused once the key is back.
+ALTER TABLE clinic.ward DROP COLUMN name, ADD COLUMN name int;
+SELECT dropped_columns FROM converge.replicated WHERE table_name = 'clinic.ward'::regclass;
+ALTER TABLE clinic.ward ADD PRIMARY KEY (id);
 SELECT key_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
 -- A dropped authority column takes its authority along; the guard trigger
 -- (dropped with it by CASCADE) comes back for the other authority columns.

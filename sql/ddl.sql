@@ -1,0 +1,118 @@
+-- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
+-- log, row bases and settings name a replicated table and its columns, here
+-- and on every node: renames are refused, column changes are followed.
+
+-- After ALTER TABLE (the event trigger converge_follow_columns), and when
+-- converge.replicate runs again: the layout again. A row is named by its
+-- key's columns in every op, and a column's ops, history and settings are
+-- of its kind (a CRDT type, or plain), so neither may change; a dropped
+-- column's name stays taken (ops made before the drop, here or on nodes
+-- still sending them, and rows' bases name it). True when authorities of
+-- dropped columns went (the caller makes the guard trigger again). retyped,
+-- dropped and readded: the columns the statement retyped, dropped, and
+-- dropped then added again.
+CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[], readded text[]) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE
+    before converge.replicated;
+    after  converge.replicated;
+    c      text;
+    gone   int;
+BEGIN
+    SELECT * INTO before FROM converge.replicated WHERE table_name = tbl;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+    IF c IS NULL THEN
+        c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+        IF c IS NOT NULL THEN
+            c := 'change the type of key column "' || c || '"';
+        END IF;
+    ELSE
+        c := 'drop key column "' || c || '"';
+    END IF;
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot % of replicated table %', c, tbl
+            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
+                  HINT = 'A replicated table keeps its key columns as they are.';
+    END IF;
+    -- Without a primary key (dropped, or not restored yet) rows keep the
+    -- names the layout's key gave them, until the same key is back; the
+    -- authorities of columns dropped meanwhile go now, and their names
+    -- stay taken.
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
+        PERFORM converge.retire_columns(tbl, ARRAY(SELECT d FROM unnest(dropped) d
+                                                    WHERE before.crdt_columns ? d OR d = ANY (before.other_columns)));
+        DELETE FROM converge.authority a WHERE a.table_name = tbl AND a.column_name = ANY (dropped);
+        GET DIAGNOSTICS gone = ROW_COUNT;
+        RETURN gone > 0;
+    END IF;
+    PERFORM converge.replicate_layout(tbl);
+    SELECT * INTO after FROM converge.replicated WHERE table_name = tbl;
+    IF after.key_columns IS DISTINCT FROM before.key_columns THEN
+        RAISE EXCEPTION 'cannot change the primary key of replicated table % from (%) to (%)', tbl,
+              array_to_string(before.key_columns, ', '), array_to_string(after.key_columns, ', ')
+            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the values of the key''s columns, here and on every other node.';
+    END IF;
+    c := (SELECT k FROM jsonb_object_keys(before.crdt_columns) k
+           WHERE k = ANY (after.other_columns) OR after.crdt_columns ->> k <> before.crdt_columns ->> k
+          UNION ALL
+          SELECT o FROM unnest(before.other_columns) o WHERE after.crdt_columns ? o
+          LIMIT 1);
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot change column "%" of replicated table % from % to %', c, tbl,
+              coalesce(before.crdt_columns ->> c, 'a plain column'), coalesce(after.crdt_columns ->> c, 'a plain column')
+            USING ERRCODE = '0A000', DETAIL = 'Its ops, history and settings are of its kind, here and on every other node.',
+                  HINT = 'Add a column of the new type and move the values to it (docs/replication.md, "Schema changes").';
+    END IF;
+    c := (SELECT d FROM unnest(before.dropped_columns || readded) d
+           WHERE (after.crdt_columns ? d OR d = ANY (after.other_columns))
+             AND (d = ANY (before.dropped_columns) OR before.crdt_columns ? d OR d = ANY (before.other_columns))
+           LIMIT 1);
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'column "%" of replicated table % has the name of a dropped column', c, tbl
+            USING ERRCODE = '0A000',
+                  DETAIL = 'Ops made before the drop, here or on nodes still sending them, and the rows'' bases name it: '
+                           'they would be applied to the new column.',
+                  HINT = 'Give the new column another name.';
+    END IF;
+    PERFORM converge.retire_columns(tbl, ARRAY(SELECT k FROM jsonb_object_keys(before.crdt_columns) k WHERE NOT after.crdt_columns ? k
+                                               UNION ALL
+                                               SELECT o FROM unnest(before.other_columns) o WHERE NOT o = ANY (after.other_columns)));
+    DELETE FROM converge.authority a
+     WHERE a.table_name = tbl AND a.column_name <> ''
+       AND NOT (after.crdt_columns ? a.column_name OR a.column_name = ANY (after.other_columns));
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    PERFORM converge.forget_layout(tbl::oid);
+    RETURN gone > 0;
+END $$;
+REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
+
+CREATE FUNCTION converge.retire_columns(tbl regclass, cols text[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
+    UPDATE converge.replicated
+       SET dropped_columns = ARRAY(SELECT DISTINCT d FROM unnest(dropped_columns || cols) d ORDER BY d)
+     WHERE table_name = tbl AND cols <> '{}';
+$$;
+REVOKE ALL ON FUNCTION converge.retire_columns(regclass, text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.retire_columns(regclass, text[]) IS 'Internal: remember the names of a replicated table''s dropped columns (converge.replicated.dropped_columns), which a new column may not take.';
+
+-- Names are identities (src/ddl.rs): ops, the log, row bases and settings
+-- name a replicated table and its columns, here and on every node, so a
+-- rename of the table, its schema or a replicated column is refused.
+CREATE FUNCTION converge.keep_names() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'keep_names_wrapper';
+COMMENT ON FUNCTION converge.keep_names() IS 'Internal: the event trigger converge_keep_names (refuses renaming a replicated table, its schema or one of its replicated columns).';
+CREATE EVENT TRIGGER converge_keep_names ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
+                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE')
+    EXECUTE FUNCTION converge.keep_names();
+COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns (ops and history name them).';
+CREATE FUNCTION converge.follow_columns() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'follow_columns_wrapper';
+COMMENT ON FUNCTION converge.follow_columns() IS 'Internal: the event trigger converge_follow_columns (records a replicated table''s layout again after ALTER TABLE changes its columns or constraints).';
+CREATE EVENT TRIGGER converge_follow_columns ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
+    EXECUTE FUNCTION converge.follow_columns();
+COMMENT ON EVENT TRIGGER converge_follow_columns IS 'converge: after ALTER TABLE (or ALTER TYPE of a typed table''s type) adds, drops or retypes a column of a replicated table or changes its primary key, records its layout again (as converge.replicate does); refuses a change of its key or of a column''s kind, and a new column taking a dropped column''s name.';
