@@ -848,6 +848,12 @@ COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of ever
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Columns added, dropped or retyped later are followed (the event trigger converge_follow_columns).';
 -- converge.replicated remembers the names of dropped columns (sql/ddl.sql).
 ALTER TABLE converge.replicated ADD COLUMN dropped_columns text[] NOT NULL DEFAULT '{}';
+-- 0.1.0 did not follow dropped columns: the layout still names them.
+UPDATE converge.replicated r
+   SET dropped_columns = ARRAY(SELECT n FROM (SELECT jsonb_object_keys(r.crdt_columns) UNION SELECT unnest(r.other_columns)) x(n)
+                                WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                                   WHERE a.attrelid = r.table_name AND a.attname = x.n AND a.attnum > 0 AND NOT a.attisdropped)
+                                ORDER BY n);
 -- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
 -- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
 -- log, row bases and settings name a replicated table and its columns, here
@@ -874,6 +880,14 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    -- What this table lost: an inheritance child's own column stays when
+    -- its parent's goes, and merges with it when it comes back (local, and
+    -- inherited again); any other column of a dropped name is new.
+    dropped := ARRAY(SELECT d FROM unnest(dropped) d
+                      WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                         WHERE a.attrelid = tbl AND a.attname = d AND a.attnum > 0 AND NOT a.attisdropped
+                                           AND (NOT d = ANY (readded) OR (a.attislocal AND a.attinhcount > 0))));
+    readded := ARRAY(SELECT d FROM unnest(readded) d WHERE d = ANY (dropped));
     c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
     IF c IS NULL THEN
         c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
@@ -895,6 +909,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
         PERFORM converge.retire_columns(tbl, ARRAY(SELECT d FROM unnest(dropped) d
                                                     WHERE before.crdt_columns ? d OR d = ANY (before.other_columns)));
+        PERFORM converge.refuse_taken(tbl, (SELECT r.dropped_columns FROM converge.replicated r WHERE r.table_name = tbl));
         DELETE FROM converge.authority a WHERE a.table_name = tbl AND a.column_name = ANY (dropped);
         GET DIAGNOSTICS gone = ROW_COUNT;
         RETURN gone > 0;
@@ -917,17 +932,8 @@ BEGIN
             USING ERRCODE = '0A000', DETAIL = 'Its ops, history and settings are of its kind, here and on every other node.',
                   HINT = 'Add a column of the new type and move the values to it (docs/replication.md, "Schema changes").';
     END IF;
-    c := (SELECT d FROM unnest(before.dropped_columns || readded) d
-           WHERE (after.crdt_columns ? d OR d = ANY (after.other_columns))
-             AND (d = ANY (before.dropped_columns) OR before.crdt_columns ? d OR d = ANY (before.other_columns))
-           LIMIT 1);
-    IF c IS NOT NULL THEN
-        RAISE EXCEPTION 'column "%" of replicated table % has the name of a dropped column', c, tbl
-            USING ERRCODE = '0A000',
-                  DETAIL = 'Ops made before the drop, here or on nodes still sending them, and the rows'' bases name it: '
-                           'they would be applied to the new column.',
-                  HINT = 'Give the new column another name.';
-    END IF;
+    PERFORM converge.refuse_taken(tbl, before.dropped_columns
+                                       || ARRAY(SELECT d FROM unnest(readded) d WHERE before.crdt_columns ? d OR d = ANY (before.other_columns)));
     PERFORM converge.retire_columns(tbl, ARRAY(SELECT k FROM jsonb_object_keys(before.crdt_columns) k WHERE NOT after.crdt_columns ? k
                                                UNION ALL
                                                SELECT o FROM unnest(before.other_columns) o WHERE NOT o = ANY (after.other_columns)));
@@ -940,6 +946,27 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) FROM PUBLIC;
 COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
+
+-- A column may not take the name of a dropped one: ops made before the
+-- drop would be applied to it (generated columns are not replicated).
+CREATE FUNCTION converge.refuse_taken(tbl regclass, taken text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE
+    c text := (SELECT a.attname FROM pg_attribute a
+                WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                  AND a.attname = ANY (taken)
+                ORDER BY a.attnum LIMIT 1);
+BEGIN
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'column "%" of replicated table % has the name of a dropped column', c, tbl
+            USING ERRCODE = '0A000',
+                  DETAIL = 'Ops made before the drop, here or on nodes still sending them, and the rows'' bases name it: '
+                           'they would be applied to the new column.',
+                  HINT = 'Give the new column another name.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION converge.refuse_taken(regclass, text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.refuse_taken(regclass, text[]) IS 'Internal: refuse a column of a replicated table named like one of its dropped columns (converge.replicated.dropped_columns).';
 
 CREATE FUNCTION converge.retire_columns(tbl regclass, cols text[]) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
@@ -967,6 +994,12 @@ COMMENT ON FUNCTION converge.follow_columns() IS 'Internal: the event trigger co
 CREATE EVENT TRIGGER converge_follow_columns ON ddl_command_end WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
     EXECUTE FUNCTION converge.follow_columns();
 COMMENT ON EVENT TRIGGER converge_follow_columns IS 'converge: after ALTER TABLE (or ALTER TYPE of a typed table''s type) adds, drops or retypes a column of a replicated table or changes its primary key, records its layout again (as converge.replicate does); refuses a change of its key or of a column''s kind, and a new column taking a dropped column''s name.';
+CREATE FUNCTION converge.follow_drops() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'follow_drops_wrapper';
+COMMENT ON FUNCTION converge.follow_drops() IS 'Internal: the event trigger converge_follow_drops (records a replicated table''s layout again when a DROP ... CASCADE takes columns along).';
+CREATE EVENT TRIGGER converge_follow_drops ON sql_drop
+    EXECUTE FUNCTION converge.follow_drops();
+COMMENT ON EVENT TRIGGER converge_follow_drops IS 'converge: after a DROP ... CASCADE (of a domain, type, collation or extension) takes columns of a replicated table along, records its layout again as converge_follow_columns does; refuses it for a key column.';
 -- <<< sql/ddl.sql
 CREATE OR REPLACE FUNCTION converge.changes_since(frontier jsonb)
 RETURNS SETOF converge.op

@@ -186,20 +186,53 @@ fn refuse(message: String, named: &str, hint: &str) -> ! {
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
     let Some(Change { retyped, dropped, readded }) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
+    // (follow_layout in the select list: a WHERE clause would be pushed
+    // down to every replicated table.)
+    let sql = format!(
+        "WITH RECURSIVE t(oid) AS (
+             SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
+              WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass {REACHES})
+         SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, $2, $3)
+           FROM converge.replicated r JOIN t ON t.oid OPERATOR(pg_catalog.=) r.table_name"
+    );
+    follow(&sql, vec![retyped.into(), dropped.into(), readded.into()]);
+}
+
+/// `converge.follow_drops()`: the event trigger for columns a `DROP ...
+/// CASCADE` takes along with what they depend on (a domain, a type, a
+/// collation, an extension), which no `ALTER TABLE` names.
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
+    let tree = unsafe { statement(fcinfo, "converge.follow_drops()") };
+    // converge_follow_columns follows ALTER TABLE and ALTER TYPE, knowing
+    // also what they retype and add.
+    if !tree.is_null() && unsafe { (*tree).type_ } == pg_sys::NodeTag::T_AlterTableStmt {
+        return;
+    }
+    follow(FOLLOW_DROPS, Vec::new());
+}
+
+/// The replicated tables that lost columns (a table dropped as a whole is
+/// gone from the catalog), with `follow_layout`'s answer.
+const FOLLOW_DROPS: &str = "SELECT d.tbl, converge.follow_layout(d.tbl::pg_catalog.regclass, '{}', d.cols, '{}')
+      FROM (SELECT o.objid AS tbl, pg_catalog.array_agg(o.address_names[3]) AS cols
+              FROM pg_catalog.pg_event_trigger_dropped_objects() o
+              JOIN converge.replicated r ON r.table_name OPERATOR(pg_catalog.=) o.objid
+             WHERE o.object_type OPERATOR(pg_catalog.=) 'table column'
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) o.objid)
+             GROUP BY o.objid) d";
+
+/// Run `sql`, whose rows are (a replicated table, what `follow_layout`
+/// returned for it), as converge's owner, and make the guard trigger again
+/// where authorities of dropped columns went: `DROP COLUMN ... CASCADE`
+/// took it along for every authority column. As the table's owner: the
+/// owner of a dropped domain need not own the tables it reached.
+fn follow(sql: &str, args: Vec<pgrx::datum::DatumWithOid>) {
     let unguarded: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
         crate::errors::plain_errors(|| {
             Spi::connect_mut(|c| {
-                let sql = format!(
-                    "WITH RECURSIVE t(oid) AS (
-                         SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
-                          WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass {REACHES})
-                     SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, $2, $3)
-                       FROM converge.replicated r JOIN t ON t.oid OPERATOR(pg_catalog.=) r.table_name"
-                );
-                // (In the select list: a WHERE clause would be pushed down
-                // to every replicated table.)
                 let mut unguarded = Vec::new();
-                for r in c.update(&sql, None, &[retyped.into(), dropped.into(), readded.into()])? {
+                for r in c.update(sql, None, &args)? {
                     if let (Some(tbl), Some(true)) = (r.get::<pg_sys::Oid>(1)?, r.get::<bool>(2)?) {
                         unguarded.push(tbl);
                     }
@@ -209,9 +242,8 @@ fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
         })
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    // A dropped authority column took the guard trigger with it (CASCADE).
     for tbl in unguarded {
-        crate::coordination::make_guard(tbl);
+        crate::security::as_table_owner(tbl, || crate::coordination::make_guard(tbl));
     }
 }
 

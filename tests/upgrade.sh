@@ -44,6 +44,9 @@ CREATE TABLE everything (
 SELECT replicate('everything');
 SQL
 done
+# 0.1.0 did not follow dropped columns; the update learns their names.
+pq "$PORT" -d up_madrid -c "CREATE TABLE shrinking (id int PRIMARY KEY, kept text, gone text)" \
+   -c "SELECT converge.replicate('shrinking')" -c "ALTER TABLE shrinking DROP COLUMN gone"
 pq "$PORT" -d up_madrid -c "SELECT converge.add_peer('dublin', '$(conn dublin)')"
 pq "$PORT" -d up_dublin -c "SELECT converge.add_peer('madrid', '$(conn madrid)')"
 fill() {  # fill NODE FIRST_ID: rows and edits of every type, a delete
@@ -87,6 +90,12 @@ for node in madrid dublin; do
     state $node > "$DIR/after.$node"
     diff "$DIR/before.$node" "$DIR/after.$node" || { echo "the update changed what up_$node holds"; exit 1; }
 done
+
+taken=$(pq "$PORT" -d up_madrid -Atc "SELECT dropped_columns FROM converge.replicated WHERE table_name = 'shrinking'::regclass")
+[ "$taken" = "{gone}" ] || { echo "after the update, shrinking's dropped columns are '$taken', not {gone}"; exit 1; }
+if pq "$PORT" -d up_madrid -c "ALTER TABLE shrinking ADD COLUMN gone int" 2>/dev/null; then
+    echo "after the update, a column took the name of a column dropped under $OLD_VERSION"; exit 1
+fi
 
 # 3. The updated nodes go on: more edits replicate, compaction works.
 fill madrid 201; fill dublin 301; sync_both
