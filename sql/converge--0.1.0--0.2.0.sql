@@ -859,16 +859,17 @@ UPDATE converge.replicated r
 -- log, row bases and settings name a replicated table and its columns, here
 -- and on every node: renames are refused, column changes are followed.
 
--- After ALTER TABLE (the event trigger converge_follow_columns), and when
--- converge.replicate runs again: the layout again. A row is named by its
--- key's columns in every op, and a column's ops, history and settings are
--- of its kind (a CRDT type, or plain), so neither may change; a dropped
--- column's name stays taken (ops made before the drop, here or on nodes
--- still sending them, and rows' bases name it). True when authorities of
--- dropped columns went (the caller makes the guard trigger again). retyped,
--- dropped and readded: the columns the statement retyped, dropped, and
--- dropped then added again.
-CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[], readded text[]) RETURNS boolean
+-- After ALTER TABLE (the event trigger converge_follow_columns), after a
+-- statement that dropped columns (converge_follow_drops, which knows
+-- exactly which), and when converge.replicate runs again: the layout
+-- again. A row is named by its key's columns in every op, and a column's
+-- ops, history and settings are of its kind (a CRDT type, or plain), so
+-- neither may change; a dropped column's name stays taken (ops made before
+-- the drop, here or on nodes still sending them, and rows' bases name it).
+-- True when authorities of dropped columns went (the caller makes the
+-- guard trigger again). retyped and dropped: the columns of this table the
+-- statement retyped, and dropped.
+CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[]) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     before converge.replicated;
@@ -880,14 +881,6 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    -- What this table lost: an inheritance child's own column stays when
-    -- its parent's goes, and merges with it when it comes back (local, and
-    -- inherited again); any other column of a dropped name is new.
-    dropped := ARRAY(SELECT d FROM unnest(dropped) d
-                      WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
-                                         WHERE a.attrelid = tbl AND a.attname = d AND a.attnum > 0 AND NOT a.attisdropped
-                                           AND (NOT d = ANY (readded) OR (a.attislocal AND a.attinhcount > 0))));
-    readded := ARRAY(SELECT d FROM unnest(readded) d WHERE d = ANY (dropped));
     c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
     IF c IS NULL THEN
         c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
@@ -902,14 +895,15 @@ BEGIN
             USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
                   HINT = 'A replicated table keeps its key columns as they are.';
     END IF;
+    -- The names of replicated columns dropped stay taken; a column of such
+    -- a name now (added by the same statement, say) is refused.
+    PERFORM converge.retire_columns(tbl, ARRAY(SELECT d FROM unnest(dropped) d
+                                                WHERE before.crdt_columns ? d OR d = ANY (before.other_columns)));
+    PERFORM converge.refuse_taken(tbl, (SELECT r.dropped_columns FROM converge.replicated r WHERE r.table_name = tbl));
     -- Without a primary key (dropped, or not restored yet) rows keep the
     -- names the layout's key gave them, until the same key is back; the
-    -- authorities of columns dropped meanwhile go now, and their names
-    -- stay taken.
+    -- authorities of columns dropped meanwhile go now.
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary) THEN
-        PERFORM converge.retire_columns(tbl, ARRAY(SELECT d FROM unnest(dropped) d
-                                                    WHERE before.crdt_columns ? d OR d = ANY (before.other_columns)));
-        PERFORM converge.refuse_taken(tbl, (SELECT r.dropped_columns FROM converge.replicated r WHERE r.table_name = tbl));
         DELETE FROM converge.authority a WHERE a.table_name = tbl AND a.column_name = ANY (dropped);
         GET DIAGNOSTICS gone = ROW_COUNT;
         RETURN gone > 0;
@@ -932,8 +926,7 @@ BEGIN
             USING ERRCODE = '0A000', DETAIL = 'Its ops, history and settings are of its kind, here and on every other node.',
                   HINT = 'Add a column of the new type and move the values to it (docs/replication.md, "Schema changes").';
     END IF;
-    PERFORM converge.refuse_taken(tbl, before.dropped_columns
-                                       || ARRAY(SELECT d FROM unnest(readded) d WHERE before.crdt_columns ? d OR d = ANY (before.other_columns)));
+    -- Columns that left the layout unseen (the event triggers disabled).
     PERFORM converge.retire_columns(tbl, ARRAY(SELECT k FROM jsonb_object_keys(before.crdt_columns) k WHERE NOT after.crdt_columns ? k
                                                UNION ALL
                                                SELECT o FROM unnest(before.other_columns) o WHERE NOT o = ANY (after.other_columns)));
@@ -944,8 +937,8 @@ BEGIN
     PERFORM converge.forget_layout(tbl::oid);
     RETURN gone > 0;
 END $$;
-REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) FROM PUBLIC;
-COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
+REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
 
 -- A column may not take the name of a dropped one: ops made before the
 -- drop would be applied to it (generated columns are not replicated).

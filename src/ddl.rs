@@ -10,13 +10,14 @@
 //! lock (so a `replicate` committing meanwhile is seen), which undoes the
 //! statement by raising.
 //!
-//! A second event trigger follows the columns: after an `ALTER TABLE` that
-//! adds, drops or retypes a column or changes a constraint, each
-//! replicated table it reached gets its layout again (what
-//! `converge.replicate` records), so a column added on a replicated table
-//! is recorded from its first change, with no `replicate` to forget. The
-//! primary key's columns name rows in every op: changing them is refused,
-//! and so is a column taking a dropped column's name (sql/ddl.sql).
+//! Two more follow the columns: after an `ALTER TABLE` that adds, drops
+//! or retypes a column or changes a constraint, and after any statement
+//! that dropped columns (a `DROP DOMAIN ... CASCADE` too), each replicated
+//! table reached gets its layout again (what `converge.replicate`
+//! records), so a column added on a replicated table is recorded from its
+//! first change, with no `replicate` to forget. The primary key's columns
+//! name rows in every op: changing them is refused, and so is a column
+//! taking a dropped column's name (sql/ddl.sql).
 
 use crate::errors::{raise, raise_explained};
 use pgrx::prelude::*;
@@ -185,36 +186,33 @@ fn refuse(message: String, named: &str, hint: &str) -> ! {
 /// tables' layouts current (declared in sql/ddl.sql).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
-    let Some(Change { retyped, dropped, readded }) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
+    let Some(retyped) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
     // (follow_layout in the select list: a WHERE clause would be pushed
     // down to every replicated table.)
     let sql = format!(
         "WITH RECURSIVE t(oid) AS (
              SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
               WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass {REACHES})
-         SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, $2, $3)
+         SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, '{{}}')
            FROM converge.replicated r JOIN t ON t.oid OPERATOR(pg_catalog.=) r.table_name"
     );
-    follow(&sql, vec![retyped.into(), dropped.into(), readded.into()]);
+    follow(&sql, vec![retyped.into()]);
 }
 
-/// `converge.follow_drops()`: the event trigger for columns a `DROP ...
-/// CASCADE` takes along with what they depend on (a domain, a type, a
-/// collation, an extension), which no `ALTER TABLE` names.
+/// `converge.follow_drops()`: the event trigger for columns dropped, by
+/// `ALTER TABLE` (PostgreSQL lists exactly which columns of which tables:
+/// an inheritance child keeps a column it also defines itself, or
+/// inherits from another parent) or along with what they depend on by a
+/// `DROP ... CASCADE` (a domain, a type, a collation, an extension).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
-    let tree = unsafe { statement(fcinfo, "converge.follow_drops()") };
-    // converge_follow_columns follows ALTER TABLE and ALTER TYPE, knowing
-    // also what they retype and add.
-    if !tree.is_null() && unsafe { (*tree).type_ } == pg_sys::NodeTag::T_AlterTableStmt {
-        return;
-    }
+    unsafe { statement(fcinfo, "converge.follow_drops()") };
     follow(FOLLOW_DROPS, Vec::new());
 }
 
 /// The replicated tables that lost columns (a table dropped as a whole is
 /// gone from the catalog), with `follow_layout`'s answer.
-const FOLLOW_DROPS: &str = "SELECT d.tbl, converge.follow_layout(d.tbl::pg_catalog.regclass, '{}', d.cols, '{}')
+const FOLLOW_DROPS: &str = "SELECT d.tbl, converge.follow_layout(d.tbl::pg_catalog.regclass, '{}', d.cols)
       FROM (SELECT o.objid AS tbl, pg_catalog.array_agg(o.address_names[3]) AS cols
               FROM pg_catalog.pg_event_trigger_dropped_objects() o
               JOIN converge.replicated r ON r.table_name OPERATOR(pg_catalog.=) o.objid
@@ -256,43 +254,26 @@ const REACHES: &str = "UNION
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
                     WHERE i.inhparent OPERATOR(pg_catalog.=) p.oid AND i.inhrelid OPERATOR(pg_catalog.=) c.oid)";
 
-/// The columns an `ALTER TABLE` retypes, drops, and drops then adds again.
-struct Change {
-    retyped: Vec<String>,
-    dropped: Vec<String>,
-    readded: Vec<String>,
-}
-
 /// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may
 /// change what a replicated table's layout records: its columns, their
-/// types, or its primary key.
-unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Change> {
+/// types, or its primary key. Some: the columns it retypes. (Dropped
+/// columns are followed by `follow_drops`, which knows which went.)
+unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
     use pg_sys::AlterTableType as T;
     if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_AlterTableStmt {
         return None;
     }
     let cmds = pgrx::PgList::<pg_sys::AlterTableCmd>::from_pg((*(tree as *mut pg_sys::AlterTableStmt)).cmds);
-    let (mut changes, mut retyped, mut dropped, mut added) = (false, Vec::new(), Vec::new(), Vec::new());
+    let (mut changes, mut retyped) = (false, Vec::new());
     let name = |c: *mut pg_sys::AlterTableCmd| (!(*c).name.is_null()).then(|| CStr::from_ptr((*c).name).to_string_lossy().into_owned());
     for c in cmds.iter_ptr() {
         if c.is_null() || (*c).type_ != pg_sys::NodeTag::T_AlterTableCmd {
             continue;
         }
         changes |= match (*c).subtype {
-            T::AT_AddColumn => {
-                let def = (*c).def as *mut pg_sys::ColumnDef;
-                if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_ColumnDef && !(*def).colname.is_null() {
-                    added.push(CStr::from_ptr((*def).colname).to_string_lossy().into_owned());
-                }
-                true
-            }
-            T::AT_DropExpression | T::AT_DropConstraint => true,
+            T::AT_AddColumn | T::AT_DropColumn | T::AT_DropExpression | T::AT_DropConstraint => true,
             T::AT_AlterColumnType => {
                 retyped.extend(name(c));
-                true
-            }
-            T::AT_DropColumn => {
-                dropped.extend(name(c));
                 true
             }
             // Only a primary key: a restore adds the others (unique, check,
@@ -306,6 +287,5 @@ unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Change> {
             _ => false,
         };
     }
-    let readded = dropped.iter().filter(|d| added.contains(d)).cloned().collect();
-    changes.then_some(Change { retyped, dropped, readded })
+    changes.then_some(retyped)
 }

@@ -534,11 +534,11 @@ fn replicate_table(tbl: pg_sys::Oid) {
     // lock CREATE TRIGGER takes; this table only, not its children.)
     unsafe { pg_sys::LockRelationOid(tbl, pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE) };
     let (unguarded, readers): (bool, Vec<String>) = crate::security::as_owner(|| {
-        // Run again: what the event triggers could not see (columns
-        // dropped by DROP TYPE ... CASCADE) is checked and followed as
-        // they would have (false for a table not replicated yet).
+        // Run again: what the event triggers did not see (they were
+        // disabled) is checked and followed as they would have (false for
+        // a table not replicated yet).
         let unguarded = crate::errors::plain_errors(|| {
-            Spi::get_one_with_args::<bool>("SELECT converge.follow_layout($1::oid::regclass, '{}', '{}', '{}')", &[tbl.into()])
+            Spi::get_one_with_args::<bool>("SELECT converge.follow_layout($1::oid::regclass, '{}', '{}')", &[tbl.into()])
         })?;
         let unguarded = unguarded.unwrap_or(false);
         // Records a table not replicated yet, and raises 55000 for one

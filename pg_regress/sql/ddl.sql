@@ -134,6 +134,17 @@ SELECT converge.replicate('clinic.kin');
 ALTER TABLE clinic.kin_parent DROP COLUMN note, ADD COLUMN note text;
 ALTER TABLE clinic.kin_parent DROP COLUMN note, DROP COLUMN id;
 SELECT key_columns, other_columns, dropped_columns FROM converge.replicated WHERE table_name = 'clinic.kin'::regclass;
+-- The same for a column a child inherits from two parents, and for a
+-- grandchild that inherits a column its parent defines itself.
+ALTER TABLE clinic.kin_parent ADD COLUMN note text;
+CREATE TABLE clinic.kin_other (note text);
+CREATE TABLE clinic.twin (id int PRIMARY KEY) INHERITS (clinic.kin_parent, clinic.kin_other);
+CREATE TABLE clinic.grandkin () INHERITS (clinic.kin);
+ALTER TABLE clinic.grandkin ADD PRIMARY KEY (id);
+SELECT converge.replicate('clinic.twin'), converge.replicate('clinic.grandkin');
+ALTER TABLE clinic.kin_parent DROP COLUMN note, ADD COLUMN note text;
+SELECT table_name, other_columns, dropped_columns FROM converge.replicated
+ WHERE table_name IN ('clinic.twin'::regclass, 'clinic.grandkin'::regclass) ORDER BY 1;
 SELECT key_columns FROM converge.replicated WHERE table_name = 'clinic.incident'::regclass;
 -- A dropped authority column takes its authority along; the guard trigger
 -- (dropped with it by CASCADE) comes back for the other authority columns.
@@ -160,6 +171,23 @@ SELECT converge.replicate('clinic.bed');
 DROP DOMAIN clinic.bed_no CASCADE;
 -- Dropping a replicated table stays allowed.
 DROP TABLE clinic.bed;
+-- The owner of a domain may drop it with a column of another role's
+-- table: the guard trigger comes back as the table's owner.
+RESET ROLE;
+GRANT CREATE ON SCHEMA clinic TO cv_names_stranger;
+SET ROLE cv_names_stranger;
+CREATE DOMAIN clinic.grade AS text;
+GRANT USAGE ON DOMAIN clinic.grade TO cv_names;
+SET ROLE cv_names;
+ALTER TABLE clinic.incident ADD COLUMN grade clinic.grade;
+SELECT converge.set_authority('clinic.incident', 'grade', 'virginia');
+SET ROLE cv_names_stranger;
+DROP DOMAIN clinic.grade CASCADE;
+SET ROLE cv_names;
+SELECT target_column FROM converge.authorities ORDER BY 1;
+SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'converge_authority_guard';
+-- The event triggers' functions are theirs only.
+SELECT converge.follow_drops();
 RESET ROLE;
 \c regression
 DROP DATABASE converge_regress_lagos;
