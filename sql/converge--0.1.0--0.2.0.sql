@@ -854,10 +854,66 @@ UPDATE converge.replicated r
                                 WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
                                                    WHERE a.attrelid = r.table_name AND a.attname = x.n AND a.attnum > 0 AND NOT a.attisdropped)
                                 ORDER BY n);
+-- The key columns' types, for the key widening follow_layout allows.
+ALTER TABLE converge.replicated ADD COLUMN key_types text[] NOT NULL DEFAULT '{}';
+UPDATE converge.replicated r
+   SET key_types = ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
+                           FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
+                           JOIN pg_attribute a ON a.attrelid = r.table_name AND a.attname = k.name AND NOT a.attisdropped
+                          ORDER BY k.i);
 -- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
 -- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
 -- log, row bases and settings name a replicated table and its columns, here
 -- and on every node: renames are refused, column changes are followed.
+
+-- The layout half of converge.replicate (src/trigger.rs checks ownership,
+-- creates the trigger as the table's owner and calls this as converge's
+-- owner). OR REPLACE: the update script runs this file over 0.1.0's.
+CREATE OR REPLACE FUNCTION converge.replicate_layout(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE
+    keys  text[];
+    crdt  jsonb;
+    other text[];
+    expr  text;
+    types text[];
+BEGIN
+    SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum)),
+           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY array_position(i.indkey::int2[], a.attnum))
+      INTO keys, types
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = tbl AND i.indisprimary;
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', tbl USING ERRCODE = '55000',
+            HINT = 'converge replicates rows by primary key; add one first.';
+    END IF;
+    -- Keys travel as JSON; the text of these types depends on session
+    -- settings (TimeZone, DateStyle, IntervalStyle), so one row could get two keys.
+    IF EXISTS (SELECT 1 FROM pg_attribute a
+                WHERE a.attrelid = tbl AND a.attname = ANY (keys)
+                  AND a.atttypid IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
+                                     'timestamptz'::regtype, 'interval'::regtype, 'money'::regtype)) THEN
+        RAISE EXCEPTION 'the primary key of % has a date, time or money column', tbl USING ERRCODE = '0A000',
+            HINT = 'Use integer, bigint, numeric, text or uuid key columns for replicated tables.';
+    END IF;
+    SELECT coalesce(jsonb_object_agg(a.attname, t.typname), '{}') INTO crdt
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+       AND t.typnamespace = 'converge'::regnamespace
+       AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext');
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}'),
+           coalesce(string_agg(format('%L, ($1).%I', a.attname, a.attname), ', ' ORDER BY a.attnum), '')
+      INTO other, expr
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+       AND NOT a.attname = ANY (keys) AND NOT crdt ? a.attname;
+    INSERT INTO converge.replicated (table_name, key_columns, crdt_columns, other_columns, row_expr, key_types)
+    VALUES (tbl, keys, crdt, other, expr, types)
+        ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, crdt_columns = EXCLUDED.crdt_columns,
+                                               other_columns = EXCLUDED.other_columns, row_expr = EXCLUDED.row_expr,
+                                               key_types = EXCLUDED.key_types;
+END $$;
+COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the layout of a table marked by converge.replicate.';
 
 -- After ALTER TABLE (the event trigger converge_follow_columns), after a
 -- statement that dropped columns (converge_follow_drops, which knows
@@ -883,17 +939,23 @@ BEGIN
     END IF;
     c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
     IF c IS NULL THEN
-        c := (SELECT k FROM unnest(retyped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+        -- Widening keeps every key's JSON (and so its name in every op).
+        c := (SELECT k FROM unnest(retyped) k
+               WHERE k = ANY (before.key_columns)
+                 AND NOT converge.key_type_widens(before.key_types[array_position(before.key_columns, k)],
+                                                  (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                                                    WHERE a.attrelid = tbl AND a.attname = k AND NOT a.attisdropped))
+               LIMIT 1);
         IF c IS NOT NULL THEN
-            c := 'change the type of key column "' || c || '"';
+            RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl
+                USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
+                      HINT = 'A key column may only widen: smallint to integer or bigint, integer to bigint, '
+                             'varchar to a longer varchar or to text.';
         END IF;
     ELSE
-        c := 'drop key column "' || c || '"';
-    END IF;
-    IF c IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot % of replicated table %', c, tbl
+        RAISE EXCEPTION 'cannot drop key column "%" of replicated table %', c, tbl
             USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
-                  HINT = 'A replicated table keeps its key columns as they are.';
+                  HINT = 'A replicated table keeps its key columns.';
     END IF;
     -- The names of replicated columns dropped stay taken; a column of such
     -- a name now (added by the same statement, say) is refused.
@@ -939,6 +1001,23 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[]) FROM PUBLIC;
 COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
+
+-- Whether a key column's type may change from old to new: only where
+-- every key's JSON stays the same (converge's canonical key, src/apply/
+-- target.rs) and every old value fits. NULL (a layout recorded before key
+-- types were): no.
+CREATE FUNCTION converge.key_type_widens(old text, new text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(old = new
+        OR (old, new) IN (('smallint', 'integer'), ('smallint', 'bigint'), ('integer', 'bigint'),
+                          ('text', 'character varying'), ('character varying', 'text'))
+        OR (old ~ '^character varying\(\d+\)$'
+            AND (new IN ('text', 'character varying')
+                 OR (new ~ '^character varying\(\d+\)$'
+                     AND substring(new FROM '\d+')::int >= substring(old FROM '\d+')::int))), false);
+$$;
+REVOKE ALL ON FUNCTION converge.key_type_widens(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION converge.key_type_widens(text, text) IS 'Internal: whether a replicated table''s key column may change from one type to another (integer and varchar widening: the keys'' JSON stays the same).';
 
 -- A column may not take the name of a dropped one: ops made before the
 -- drop would be applied to it (generated columns are not replicated).

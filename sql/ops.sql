@@ -25,7 +25,8 @@ CREATE TABLE converge.replicated (
     other_columns text[] NOT NULL DEFAULT '{}',  -- the rest: last writer wins, shipped as row ops
     row_expr     text NOT NULL DEFAULT '',      -- jsonb_build_object arguments reading other_columns from $1
     marked_at    timestamptz NOT NULL DEFAULT now(),
-    dropped_columns text[] NOT NULL DEFAULT '{}'  -- names ops and bases may still use (sql/ddl.sql)
+    dropped_columns text[] NOT NULL DEFAULT '{}', -- names ops and bases may still use (sql/ddl.sql)
+    key_types    text[] NOT NULL DEFAULT '{}'       -- of key_columns, as format_type gives them
 );
 COMMENT ON TABLE converge.replicated IS 'Tables marked with converge.replicate(): their CRDT column changes are recorded as ops.';
 
@@ -282,51 +283,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.snapshot(regclass) IS 'Every row of a table (CRDT columns as their full-state text) with the frontier it reflects; a client rejoins from it.';
 
-
--- The layout half of converge.replicate (src/security.rs checks ownership,
--- creates the trigger as the table's owner and calls this as converge's owner).
-CREATE FUNCTION converge.replicate_layout(tbl regclass) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
-DECLARE
-    keys  text[];
-    crdt  jsonb;
-    other text[];
-    expr  text;
-BEGIN
-    SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
-      INTO keys
-      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-     WHERE i.indrelid = tbl AND i.indisprimary;
-    IF keys IS NULL THEN
-        RAISE EXCEPTION 'table % has no primary key', tbl USING ERRCODE = '55000',
-            HINT = 'converge replicates rows by primary key; add one first.';
-    END IF;
-    -- Keys travel as JSON; the text of these types depends on session
-    -- settings (TimeZone, DateStyle, IntervalStyle), so one row could get two keys.
-    IF EXISTS (SELECT 1 FROM pg_attribute a
-                WHERE a.attrelid = tbl AND a.attname = ANY (keys)
-                  AND a.atttypid IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
-                                     'timestamptz'::regtype, 'interval'::regtype, 'money'::regtype)) THEN
-        RAISE EXCEPTION 'the primary key of % has a date, time or money column', tbl USING ERRCODE = '0A000',
-            HINT = 'Use integer, bigint, numeric, text or uuid key columns for replicated tables.';
-    END IF;
-    SELECT coalesce(jsonb_object_agg(a.attname, t.typname), '{}') INTO crdt
-      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
-       AND t.typnamespace = 'converge'::regnamespace
-       AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext');
-    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}'),
-           coalesce(string_agg(format('%L, ($1).%I', a.attname, a.attname), ', ' ORDER BY a.attnum), '')
-      INTO other, expr
-      FROM pg_attribute a
-     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-       AND NOT a.attname = ANY (keys) AND NOT crdt ? a.attname;
-    INSERT INTO converge.replicated (table_name, key_columns, crdt_columns, other_columns, row_expr)
-    VALUES (tbl, keys, crdt, other, expr)
-        ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, crdt_columns = EXCLUDED.crdt_columns,
-                                               other_columns = EXCLUDED.other_columns, row_expr = EXCLUDED.row_expr;
-END $$;
-COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the layout of a table marked by converge.replicate.';
 
 CREATE FUNCTION converge.replicate(tbl regclass) RETURNS void
 LANGUAGE sql AS $$ SELECT converge.replicate_table(tbl::oid) $$;

@@ -96,6 +96,11 @@ taken=$(pq "$PORT" -d up_madrid -Atc "SELECT dropped_columns FROM converge.repli
 if pq "$PORT" -d up_madrid -c "ALTER TABLE shrinking ADD COLUMN gone int" 2>/dev/null; then
     echo "after the update, a column took the name of a column dropped under $OLD_VERSION"; exit 1
 fi
+# The key's type is learnt too: it may widen, not change otherwise.
+pq "$PORT" -d up_madrid -c "ALTER TABLE shrinking ALTER COLUMN id TYPE bigint" >/dev/null
+if pq "$PORT" -d up_madrid -c "ALTER TABLE shrinking ALTER COLUMN id TYPE text" 2>/dev/null; then
+    echo "after the update, a key column of a table replicated under $OLD_VERSION changed to text"; exit 1
+fi
 
 # 3. The updated nodes go on: more edits replicate, compaction works.
 fill madrid 201; fill dublin 301; sync_both

@@ -108,9 +108,28 @@ ALTER TABLE clinic.incident ALTER COLUMN title TYPE varchar(200);
 ALTER TABLE clinic.incident DROP CONSTRAINT incident_pk, ADD PRIMARY KEY (id, title);
 CREATE TABLE clinic.ward (id int PRIMARY KEY, name text);
 SELECT converge.replicate('clinic.ward');
-ALTER TABLE clinic.ward ALTER COLUMN id TYPE bigint;
+ALTER TABLE clinic.ward ALTER COLUMN id TYPE numeric;
+ALTER TABLE clinic.ward ALTER COLUMN id TYPE text;
 ALTER TABLE clinic.incident ALTER COLUMN tags TYPE jsonb USING tags::jsonb;
 ALTER TABLE clinic.ward ALTER COLUMN name TYPE converge.lwwreg USING NULL;
+-- A key column may widen, keeping every key's JSON: integers to a larger
+-- integer type, varchar to a longer varchar or to text. Rows keep their
+-- names in ops (a key's JSON is the same), here and on every node.
+CREATE TABLE clinic.room (ward int, code varchar(4), PRIMARY KEY (ward, code));
+SELECT converge.replicate('clinic.room');
+INSERT INTO clinic.room VALUES (1, 'a1');
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint, ALTER COLUMN code TYPE varchar(8);
+ALTER TABLE clinic.room ALTER COLUMN code TYPE text;
+SELECT key_columns, key_types FROM converge.replicated WHERE table_name = 'clinic.room'::regclass;
+-- Not back, nor to a type whose values read otherwise (0A000).
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE integer;
+ALTER TABLE clinic.room ALTER COLUMN code TYPE varchar(8);
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE numeric;
+INSERT INTO clinic.room VALUES (3000000000, 'b2');
+DELETE FROM clinic.room WHERE ward = 1;
+SELECT target_key, (delta::converge.lwwmap)::jsonb AS change
+  FROM converge.op_log WHERE target_table = 'clinic.room' ORDER BY seq;
+DROP TABLE clinic.room;
 -- A key dropped (as pg_restore --clean does before dropping the table)
 -- leaves the layout as it was, and the same key may come back; its
 -- columns may not change meanwhile, nor go.
