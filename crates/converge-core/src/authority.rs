@@ -31,10 +31,8 @@ pub fn parse(text: Option<String>) -> Authorities {
 /// Whether an op of `actor` on `column` (`""`: a row op, whose lwwmap
 /// `delta` carries plain columns) writes an authority column it may not. An
 /// insert's row op may carry such a column as NULL or its constant
-/// default, under a placeholder timestamp (`Timestamp::placeholder`, which
-/// every real write beats): rows can be created anywhere, and no decision
-/// of the authority is undone by it. On a `removes_only` column only a
-/// delta that removes is the authority's ([`removes`]).
+/// default: rows can be created anywhere. On a `removes_only` column only
+/// a delta that removes is the authority's ([`removes`]).
 pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> bool {
     violation(auth, column, actor, delta).is_some()
 }
@@ -57,10 +55,7 @@ pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[
             return None;
         }
         let v = d.get(k).map(|j| j.to_value()); // None: a removal
-        let placeholder = d.entries.get(k).is_some_and(|e| e.0.ms() == 0);
-        let allowed = insert
-            && placeholder
-            && matches!(&v, Some(x) if x.is_null() || a.default.as_ref().is_some_and(|d| same_json(x, d)));
+        let allowed = insert && matches!(&v, Some(x) if x.is_null() || a.default.as_ref().is_some_and(|d| same_json(x, d)));
         (!allowed).then_some((name.as_str(), a))
     });
     written.next()
@@ -156,17 +151,6 @@ mod tests {
         encode(&out)
     }
 
-    /// An insert's row op as a node away from the authority makes it: the
-    /// columns under placeholder timestamps, `$live` under a real one.
-    fn insert(entries: &[(&str, serde_json::Value)]) -> Vec<u8> {
-        let mut m = LwwMap::default();
-        let mut out = m.put("$live", Json::from_value(&serde_json::json!(true)), ts(1));
-        for (k, v) in entries {
-            out.merge(&m.put(k, Json::from_value(v), Timestamp::placeholder("dublin", None)));
-        }
-        encode(&out)
-    }
-
     fn auth() -> Authorities {
         let mut a = Authorities::new();
         a.insert("status".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!("open")), removes_only: false });
@@ -188,14 +172,10 @@ mod tests {
     #[test]
     fn an_insert_may_carry_null_or_the_default() {
         let a = auth();
-        assert!(!violates(&a, "", "dublin", &insert(&[("status", serde_json::json!("open"))])));
-        assert!(!violates(&a, "", "dublin", &insert(&[("status", serde_json::Value::Null)])));
-        assert!(violates(&a, "", "dublin", &insert(&[("status", serde_json::json!("closed"))])));
-        // Under a real timestamp the default would beat the authority's
-        // older decision, wherever the row was deleted and its tombstone
-        // kept it: a write like any other.
         let live = ("$live", serde_json::json!(true));
-        assert!(violates(&a, "", "dublin", &row_op(&[live, ("status", serde_json::json!("open"))])));
+        assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), ("status", serde_json::json!("open"))])));
+        assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), ("status", serde_json::Value::Null)])));
+        assert!(violates(&a, "", "dublin", &row_op(&[live, ("status", serde_json::json!("closed"))])));
         // Not an insert: the default is a change like any other.
         assert!(violates(&a, "", "dublin", &row_op(&[("status", serde_json::json!("open"))])));
     }
@@ -205,12 +185,13 @@ mod tests {
         let mut a = Authorities::new();
         a.insert("amount".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!(0)), removes_only: false });
         a.insert("rate".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!(1.50)), removes_only: false });
+        let live = ("$live", serde_json::json!(true));
         let num = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
         for (col, v) in [("amount", "0.00"), ("amount", "-0"), ("amount", "0e5"), ("rate", "1.5"), ("rate", "15e-1")] {
-            assert!(!violates(&a, "", "dublin", &insert(&[(col, num(v))])), "{col} = {v}");
+            assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
         }
         for (col, v) in [("amount", "0.01"), ("amount", "10"), ("rate", "-1.5"), ("rate", "15"), ("rate", "\"1.5\"")] {
-            assert!(violates(&a, "", "dublin", &insert(&[(col, num(v))])), "{col} = {v}");
+            assert!(violates(&a, "", "dublin", &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
         }
     }
 
