@@ -859,7 +859,7 @@ ALTER TABLE converge.replicated ADD COLUMN key_types text[] NOT NULL DEFAULT '{}
 UPDATE converge.replicated r
    SET key_types = ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                            FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
-                           JOIN pg_attribute a ON a.attrelid = r.table_name AND a.attname = k.name AND NOT a.attisdropped
+                           LEFT JOIN pg_attribute a ON a.attrelid = r.table_name AND a.attname = k.name AND NOT a.attisdropped
                           ORDER BY k.i);
 -- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
 -- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
@@ -923,9 +923,9 @@ COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the
 -- neither may change; a dropped column's name stays taken (ops made before
 -- the drop, here or on nodes still sending them, and rows' bases name it).
 -- True when authorities of dropped columns went (the caller makes the
--- guard trigger again). retyped and dropped: the columns of this table the
--- statement retyped, and dropped.
-CREATE FUNCTION converge.follow_layout(tbl regclass, retyped text[], dropped text[]) RETURNS boolean
+-- guard trigger again). rewritten and dropped: the columns of this table
+-- the statement retyped with a USING or COLLATE clause, and dropped.
+CREATE FUNCTION converge.follow_layout(tbl regclass, rewritten text[], dropped text[]) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
     before converge.replicated;
@@ -938,24 +938,27 @@ BEGIN
         RETURN false;
     END IF;
     c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
-    IF c IS NULL THEN
-        -- Widening keeps every key's JSON (and so its name in every op).
-        c := (SELECT k FROM unnest(retyped) k
-               WHERE k = ANY (before.key_columns)
-                 AND NOT converge.key_type_widens(before.key_types[array_position(before.key_columns, k)],
-                                                  (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                                                    WHERE a.attrelid = tbl AND a.attname = k AND NOT a.attisdropped))
-               LIMIT 1);
-        IF c IS NOT NULL THEN
-            RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl
-                USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
-                      HINT = 'A key column may only widen: smallint to integer or bigint, integer to bigint, '
-                             'varchar to a longer varchar or to text.';
-        END IF;
-    ELSE
+    IF c IS NOT NULL THEN
         RAISE EXCEPTION 'cannot drop key column "%" of replicated table %', c, tbl
             USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
                   HINT = 'A replicated table keeps its key columns.';
+    END IF;
+    -- A key column may only widen, keeping every key's JSON (its row's
+    -- name in every op); a USING or COLLATE clause may change the values
+    -- or which of them are equal. Types are compared with the layout's, so
+    -- a change made while the event triggers were off is caught too.
+    c := (SELECT k FROM unnest(rewritten) k WHERE k = ANY (before.key_columns) LIMIT 1);
+    IF c IS NULL AND before.key_types <> '{}' THEN
+        c := (SELECT k FROM unnest(before.key_columns) WITH ORDINALITY u(k, i)
+                JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped
+               WHERE NOT converge.key_type_widens(before.key_types[u.i], format_type(a.atttypid, a.atttypmod))
+               ORDER BY u.i LIMIT 1);
+    END IF;
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl
+            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
+                  HINT = 'A key column may only widen, with no USING or COLLATE clause: smallint to integer or bigint, '
+                         'integer to bigint, varchar to a longer varchar or to text.';
     END IF;
     -- The names of replicated columns dropped stay taken; a column of such
     -- a name now (added by the same statement, say) is refused.

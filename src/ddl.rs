@@ -186,7 +186,7 @@ fn refuse(message: String, named: &str, hint: &str) -> ! {
 /// tables' layouts current (declared in sql/ddl.sql).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
-    let Some(retyped) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
+    let Some(rewritten) = (unsafe { layout_change(statement(fcinfo, "converge.follow_columns()")) }) else { return };
     // (follow_layout in the select list: a WHERE clause would be pushed
     // down to every replicated table.)
     let sql = format!(
@@ -196,7 +196,7 @@ fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
          SELECT r.table_name::oid, converge.follow_layout(r.table_name, $1, '{{}}')
            FROM converge.replicated r JOIN t ON t.oid OPERATOR(pg_catalog.=) r.table_name"
     );
-    follow(&sql, vec![retyped.into()]);
+    follow(&sql, vec![rewritten.into()]);
 }
 
 /// `converge.follow_drops()`: the event trigger for columns dropped, by
@@ -256,15 +256,17 @@ const REACHES: &str = "UNION
 
 /// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may
 /// change what a replicated table's layout records: its columns, their
-/// types, or its primary key. Some: the columns it retypes. (Dropped
-/// columns are followed by `follow_drops`, which knows which went.)
+/// types, or its primary key. Some: the columns it retypes with a `USING`
+/// or `COLLATE` clause, which may rewrite or regroup a key's values. (Types
+/// are compared with the layout's; dropped columns are followed by
+/// `follow_drops`, which knows which went.)
 unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
     use pg_sys::AlterTableType as T;
     if tree.is_null() || (*tree).type_ != pg_sys::NodeTag::T_AlterTableStmt {
         return None;
     }
     let cmds = pgrx::PgList::<pg_sys::AlterTableCmd>::from_pg((*(tree as *mut pg_sys::AlterTableStmt)).cmds);
-    let (mut changes, mut retyped) = (false, Vec::new());
+    let (mut changes, mut rewritten) = (false, Vec::new());
     let name = |c: *mut pg_sys::AlterTableCmd| (!(*c).name.is_null()).then(|| CStr::from_ptr((*c).name).to_string_lossy().into_owned());
     for c in cmds.iter_ptr() {
         if c.is_null() || (*c).type_ != pg_sys::NodeTag::T_AlterTableCmd {
@@ -273,7 +275,13 @@ unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
         changes |= match (*c).subtype {
             T::AT_AddColumn | T::AT_DropColumn | T::AT_DropExpression | T::AT_DropConstraint => true,
             T::AT_AlterColumnType => {
-                retyped.extend(name(c));
+                let def = (*c).def as *mut pg_sys::ColumnDef;
+                let clause = !def.is_null()
+                    && (*def).type_ == pg_sys::NodeTag::T_ColumnDef
+                    && (!(*def).raw_default.is_null() || !(*def).collClause.is_null());
+                if clause {
+                    rewritten.extend(name(c));
+                }
                 true
             }
             // Only a primary key: a restore adds the others (unique, check,
@@ -287,5 +295,5 @@ unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
             _ => false,
         };
     }
-    changes.then_some(retyped)
+    changes.then_some(rewritten)
 }

@@ -119,15 +119,36 @@ CREATE TABLE clinic.room (ward int, code varchar(4), PRIMARY KEY (ward, code));
 SELECT converge.replicate('clinic.room');
 INSERT INTO clinic.room VALUES (1, 'a1');
 ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint, ALTER COLUMN code TYPE varchar(8);
+-- A key longer than the column holds is refused, not cut to another
+-- row's key (as on a node not widened yet).
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone9:1', 'phone9', 'clinic.room', '{"ward": 2, "code": "abcdefghij"}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, '$live', 'true')::bytea, NULL)::converge.op,
+    ROW('phone9:2', 'phone9', 'clinic.room', '{"ward": 2, "code": "abcdefgh"}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, '$live', 'true')::bytea, NULL)::converge.op]);
 ALTER TABLE clinic.room ALTER COLUMN code TYPE text;
 SELECT key_columns, key_types FROM converge.replicated WHERE table_name = 'clinic.room'::regclass;
--- Not back, nor to a type whose values read otherwise (0A000).
+-- Not back, nor to a type whose values read otherwise, nor with a USING
+-- or COLLATE clause (0A000).
 ALTER TABLE clinic.room ALTER COLUMN ward TYPE integer;
 ALTER TABLE clinic.room ALTER COLUMN code TYPE varchar(8);
 ALTER TABLE clinic.room ALTER COLUMN ward TYPE numeric;
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint USING ward + 1;
+ALTER TABLE clinic.room ALTER COLUMN code TYPE text COLLATE "C";
+-- A change made while the event triggers were off is refused when
+-- replicate runs again, and any ALTER of the table until it is undone.
+RESET ROLE;
+ALTER EVENT TRIGGER converge_follow_columns DISABLE;
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE numeric;
+ALTER EVENT TRIGGER converge_follow_columns ENABLE;
+SET ROLE cv_names;
+SELECT converge.replicate('clinic.room');
+ALTER TABLE clinic.room ADD COLUMN floor int;
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint;
+SELECT converge.replicate('clinic.room');
 INSERT INTO clinic.room VALUES (3000000000, 'b2');
 DELETE FROM clinic.room WHERE ward = 1;
-SELECT target_key, (delta::converge.lwwmap)::jsonb AS change
+SELECT target_key, outcome, (delta::converge.lwwmap)::jsonb AS change
   FROM converge.op_log WHERE target_table = 'clinic.room' ORDER BY seq;
 DROP TABLE clinic.room;
 -- A key dropped (as pg_restore --clean does before dropping the table)

@@ -130,9 +130,19 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
     r
 }
 
+/// The length limit of a `character varying(n)` or `character(n)` type as
+/// `format_type` writes it (unlimited without one); None if unreadable.
+fn max_length(ty: &str) -> Option<usize> {
+    match ty.split_once('(') {
+        None => Some(usize::MAX),
+        Some((_, rest)) => rest.strip_suffix(')')?.trim().parse().ok(),
+    }
+}
+
 /// A key object with exactly the key columns, each value as the op trigger
 /// renders it: integers and booleans as JSON, numeric and floating point as
-/// JSON numbers, anything else as a string. None if it cannot be.
+/// JSON numbers, anything else as a string (no longer than a varchar(n) or
+/// char(n) column holds). None if it cannot be.
 pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
     use serde_json::Value;
     let obj = key.as_object()?;
@@ -140,9 +150,9 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
         return None;
     }
     let mut out = serde_json::Map::new();
-    for (name, ty) in names.iter().zip(types) {
+    for (name, full) in names.iter().zip(types) {
         let v = obj.get(name)?;
-        let ty = ty.split('(').next().unwrap_or("").trim();
+        let ty = full.split('(').next().unwrap_or("").trim();
         let canon = match ty {
             "smallint" | "integer" | "bigint" => match v {
                 Value::Number(n) => n.as_i64().map(Value::from)?,
@@ -162,12 +172,20 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
                 },
                 _ => return None,
             },
-            _ => match v {
-                Value::String(s) => Value::String(s.clone()),
-                Value::Number(n) => Value::String(n.to_string()),
-                Value::Bool(b) => Value::String(b.to_string()),
-                _ => return None,
-            },
+            _ => {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                // A cast to varchar(n) or char(n) would cut a longer value
+                // to another row's key (a node whose column is narrower).
+                if matches!(ty, "character varying" | "character") && text.chars().count() > max_length(full)? {
+                    return None;
+                }
+                Value::String(text)
+            }
         };
         out.insert(name.clone(), canon);
     }
