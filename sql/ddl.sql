@@ -12,13 +12,18 @@ DECLARE
     crdt  jsonb;
     other text[];
     expr  text;
-    types text[];
+    types regtype[];
+    mods  int[];
+    colls text[];
 BEGIN
-    SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum)),
-           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY array_position(i.indkey::int2[], a.attnum))
-      INTO keys, types
-      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-     WHERE i.indrelid = tbl AND i.indisprimary;
+    -- The key columns, in the key's order, with their types and collations
+    -- (a type by regtype, which follows a rename and dumps as its name).
+    SELECT array_agg(k.attname::text ORDER BY k.pos), array_agg(k.atttypid::regtype ORDER BY k.pos),
+           array_agg(k.atttypmod ORDER BY k.pos), array_agg(converge.collation_of(k.attcollation) ORDER BY k.pos)
+      INTO keys, types, mods, colls
+      FROM (SELECT a.*, array_position(i.indkey::int2[], a.attnum) AS pos
+              FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = tbl AND i.indisprimary) k;
     IF keys IS NULL THEN
         RAISE EXCEPTION 'table % has no primary key', tbl USING ERRCODE = '55000',
             HINT = 'converge replicates rows by primary key; add one first.';
@@ -43,11 +48,13 @@ BEGIN
       FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
        AND NOT a.attname = ANY (keys) AND NOT crdt ? a.attname;
-    INSERT INTO converge.replicated (table_name, key_columns, crdt_columns, other_columns, row_expr, key_types)
-    VALUES (tbl, keys, crdt, other, expr, types)
+    INSERT INTO converge.replicated (table_name, key_columns, crdt_columns, other_columns, row_expr,
+                                     key_types, key_typmods, key_collations)
+    VALUES (tbl, keys, crdt, other, expr, types, mods, colls)
         ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, crdt_columns = EXCLUDED.crdt_columns,
                                                other_columns = EXCLUDED.other_columns, row_expr = EXCLUDED.row_expr,
-                                               key_types = EXCLUDED.key_types;
+                                               key_types = EXCLUDED.key_types, key_typmods = EXCLUDED.key_typmods,
+                                               key_collations = EXCLUDED.key_collations;
 END $$;
 COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the layout of a table marked by converge.replicate.';
 
@@ -60,7 +67,8 @@ COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the
 -- the drop, here or on nodes still sending them, and rows' bases name it).
 -- True when authorities of dropped columns went (the caller makes the
 -- guard trigger again). rewritten and dropped: the columns of this table
--- the statement retyped with a USING or COLLATE clause, and dropped.
+-- the statement retyped with a USING clause other than a cast of the
+-- column, and dropped.
 CREATE FUNCTION converge.follow_layout(tbl regclass, rewritten text[], dropped text[]) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
@@ -80,21 +88,25 @@ BEGIN
                   HINT = 'A replicated table keeps its key columns.';
     END IF;
     -- A key column may only widen, keeping every key's JSON (its row's
-    -- name in every op); a USING or COLLATE clause may change the values
-    -- or which of them are equal. Types are compared with the layout's, so
-    -- a change made while the event triggers were off is caught too.
+    -- name in every op) and its collation (which keys are equal); a USING
+    -- clause other than a cast of the column may change the values. Types
+    -- are compared with the layout's, so a change made while the event
+    -- triggers were off is caught too (a type not recorded is not).
     c := (SELECT k FROM unnest(rewritten) k WHERE k = ANY (before.key_columns) LIMIT 1);
-    IF c IS NULL AND before.key_types <> '{}' THEN
-        c := (SELECT k FROM unnest(before.key_columns) WITH ORDINALITY u(k, i)
+    IF c IS NULL THEN
+        c := (SELECT u.k FROM unnest(before.key_columns, before.key_types, before.key_typmods, before.key_collations)
+                              WITH ORDINALITY u(k, t, m, coll, i)
                 JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped
-               WHERE NOT converge.key_type_widens(before.key_types[u.i], format_type(a.atttypid, a.atttypmod))
+               WHERE u.t IS NOT NULL
+                 AND (NOT converge.key_type_widens(format_type(u.t, u.m), format_type(a.atttypid, a.atttypmod))
+                      OR u.coll IS DISTINCT FROM converge.collation_of(a.attcollation))
                ORDER BY u.i LIMIT 1);
     END IF;
     IF c IS NOT NULL THEN
         RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl
             USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
-                  HINT = 'A key column may only widen, with no USING or COLLATE clause: smallint to integer or bigint, '
-                         'integer to bigint, varchar to a longer varchar or to text.';
+                  HINT = 'A key column may only widen, keeping its collation, with a USING clause no more than a cast '
+                         'of the column: smallint to integer or bigint, integer to bigint, varchar to a longer varchar or to text.';
     END IF;
     -- The names of replicated columns dropped stay taken; a column of such
     -- a name now (added by the same statement, say) is refused.
@@ -157,6 +169,14 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION converge.key_type_widens(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION converge.key_type_widens(text, text) IS 'Internal: whether a replicated table''s key column may change from one type to another (integer and varchar widening: the keys'' JSON stays the same).';
+
+-- A collation by name (NULL for none): the same after a dump and restore.
+CREATE FUNCTION converge.collation_of(coll oid) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN coll <> 0 THEN coll::regcollation::text END;
+$$;
+REVOKE ALL ON FUNCTION converge.collation_of(oid) FROM PUBLIC;
+COMMENT ON FUNCTION converge.collation_of(oid) IS 'Internal: a collation''s name as converge.replicated.key_collations records it.';
 
 -- A column may not take the name of a dropped one: ops made before the
 -- drop would be applied to it (generated columns are not replicated).

@@ -26,7 +26,9 @@ CREATE TABLE converge.replicated (
     row_expr     text NOT NULL DEFAULT '',      -- jsonb_build_object arguments reading other_columns from $1
     marked_at    timestamptz NOT NULL DEFAULT now(),
     dropped_columns text[] NOT NULL DEFAULT '{}', -- names ops and bases may still use (sql/ddl.sql)
-    key_types    text[] NOT NULL DEFAULT '{}'       -- of key_columns, as format_type gives them
+    key_types    regtype[] NOT NULL DEFAULT '{}',   -- of key_columns (sql/ddl.sql: a key may only widen)
+    key_typmods  int[] NOT NULL DEFAULT '{}',
+    key_collations text[] NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE converge.replicated IS 'Tables marked with converge.replicate(): their CRDT column changes are recorded as ops.';
 

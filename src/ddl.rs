@@ -254,11 +254,34 @@ const REACHES: &str = "UNION
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
                     WHERE i.inhparent OPERATOR(pg_catalog.=) p.oid AND i.inhrelid OPERATOR(pg_catalog.=) c.oid)";
 
+/// Whether an `ALTER COLUMN ... TYPE`'s USING expression (null: none) keeps
+/// the values: none, the column itself, or a cast of it (`USING "id"::bigint`,
+/// as Django writes every retype). The new type is checked apart.
+unsafe fn plain_using(expr: *mut pg_sys::Node, col: Option<&str>) -> bool {
+    let mut e = expr;
+    if e.is_null() {
+        return true;
+    }
+    if (*e).type_ == pg_sys::NodeTag::T_TypeCast {
+        e = (*(e as *mut pg_sys::TypeCast)).arg;
+    }
+    if e.is_null() || (*e).type_ != pg_sys::NodeTag::T_ColumnRef {
+        return false;
+    }
+    let fields = pgrx::PgList::<pg_sys::Node>::from_pg((*(e as *mut pg_sys::ColumnRef)).fields);
+    let [field] = fields.iter_ptr().collect::<Vec<_>>()[..] else { return false };
+    if field.is_null() || (*field).type_ != pg_sys::NodeTag::T_String {
+        return false;
+    }
+    let sval = (*(field as *mut pg_sys::String)).sval;
+    !sval.is_null() && col.is_some_and(|c| CStr::from_ptr(sval).to_string_lossy() == c)
+}
+
 /// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may
 /// change what a replicated table's layout records: its columns, their
 /// types, or its primary key. Some: the columns it retypes with a `USING`
-/// or `COLLATE` clause, which may rewrite or regroup a key's values. (Types
-/// are compared with the layout's; dropped columns are followed by
+/// clause that may change their values. (Types and collations are
+/// compared with the layout's; dropped columns are followed by
 /// `follow_drops`, which knows which went.)
 unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
     use pg_sys::AlterTableType as T;
@@ -276,11 +299,9 @@ unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
             T::AT_AddColumn | T::AT_DropColumn | T::AT_DropExpression | T::AT_DropConstraint => true,
             T::AT_AlterColumnType => {
                 let def = (*c).def as *mut pg_sys::ColumnDef;
-                let clause = !def.is_null()
-                    && (*def).type_ == pg_sys::NodeTag::T_ColumnDef
-                    && (!(*def).raw_default.is_null() || !(*def).collClause.is_null());
-                if clause {
-                    rewritten.extend(name(c));
+                let col = name(c);
+                if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_ColumnDef && !plain_using((*def).raw_default, col.as_deref()) {
+                    rewritten.extend(col);
                 }
                 true
             }

@@ -127,7 +127,7 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone9:2', 'phone9', 'clinic.room', '{"ward": 2, "code": "abcdefgh"}', '', 1, 0, '{}',
         converge.put(NULL::converge.lwwmap, '$live', 'true')::bytea, NULL)::converge.op]);
 ALTER TABLE clinic.room ALTER COLUMN code TYPE text;
-SELECT key_columns, key_types FROM converge.replicated WHERE table_name = 'clinic.room'::regclass;
+SELECT key_columns, key_types, key_typmods, key_collations FROM converge.replicated WHERE table_name = 'clinic.room'::regclass;
 -- Not back, nor to a type whose values read otherwise, nor with a USING
 -- or COLLATE clause (0A000).
 ALTER TABLE clinic.room ALTER COLUMN ward TYPE integer;
@@ -135,6 +135,22 @@ ALTER TABLE clinic.room ALTER COLUMN code TYPE varchar(8);
 ALTER TABLE clinic.room ALTER COLUMN ward TYPE numeric;
 ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint USING ward + 1;
 ALTER TABLE clinic.room ALTER COLUMN code TYPE text COLLATE "C";
+-- A USING clause that only casts the column is a plain retype (Django
+-- writes every retype so), and a collation may be kept by naming it.
+CREATE TABLE clinic.seat (id integer, code varchar(4) COLLATE "C", PRIMARY KEY (id, code));
+SELECT converge.replicate('clinic.seat');
+ALTER TABLE clinic.seat ALTER COLUMN id TYPE bigint USING "id"::bigint;
+ALTER TABLE clinic.seat ALTER COLUMN code TYPE text;
+ALTER TABLE clinic.seat ALTER COLUMN code TYPE text COLLATE "C";
+SELECT key_types, key_collations FROM converge.replicated WHERE table_name = 'clinic.seat'::regclass;
+-- Keys of array types are not length-checked as their elements would be.
+CREATE TABLE clinic.shelf (labels varchar(5)[] PRIMARY KEY);
+SELECT converge.replicate('clinic.shelf');
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone9:3', 'phone9', 'clinic.shelf', '{"labels": "{ab,cd}"}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, '$live', 'true')::bytea, NULL)::converge.op]);
+SELECT labels FROM clinic.shelf;
+DROP TABLE clinic.seat, clinic.shelf;
 -- A change made while the event triggers were off is refused when
 -- replicate runs again, and any ALTER of the table until it is undone.
 RESET ROLE;

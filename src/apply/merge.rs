@@ -250,7 +250,7 @@ pub(super) fn gate_and_merge<'a>(
             Ok(false) => lost.push(it),
             Err(c) => {
                 reraise_if_transaction_error(&c);
-                let reason = if ["22P02", "22P03", "22023", "22003", "22007", "22008", "22001"].contains(&c.sqlstate.as_str()) {
+                let reason = if ["22P02", "22P03", "22023", "22003", "22007", "22008"].contains(&c.sqlstate.as_str()) {
                     format!("invalid_key: {}", c.message)
                 } else {
                     format!("error {}: {}", c.sqlstate, c.message)

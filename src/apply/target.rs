@@ -131,12 +131,10 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
 }
 
 /// The length limit of a `character varying(n)` or `character(n)` type as
-/// `format_type` writes it (unlimited without one); None if unreadable.
+/// `format_type` writes it; None for any other type (arrays of them too).
 fn max_length(ty: &str) -> Option<usize> {
-    match ty.split_once('(') {
-        None => Some(usize::MAX),
-        Some((_, rest)) => rest.strip_suffix(')')?.trim().parse().ok(),
-    }
+    let rest = ty.strip_prefix("character varying(").or_else(|| ty.strip_prefix("character("))?;
+    rest.strip_suffix(')')?.parse().ok()
 }
 
 /// A key object with exactly the key columns, each value as the op trigger
@@ -181,7 +179,7 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
                 };
                 // A cast to varchar(n) or char(n) would cut a longer value
                 // to another row's key (a node whose column is narrower).
-                if matches!(ty, "character varying" | "character") && text.chars().count() > max_length(full)? {
+                if max_length(full).is_some_and(|n| text.chars().count() > n) {
                     return None;
                 }
                 Value::String(text)
