@@ -254,16 +254,22 @@ const REACHES: &str = "UNION
         OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
                     WHERE i.inhparent OPERATOR(pg_catalog.=) p.oid AND i.inhrelid OPERATOR(pg_catalog.=) c.oid)";
 
-/// Whether an `ALTER COLUMN ... TYPE`'s USING expression (null: none) keeps
-/// the values: none, the column itself, or a cast of it (`USING "id"::bigint`,
-/// as Django writes every retype). The new type is checked apart.
-unsafe fn plain_using(expr: *mut pg_sys::Node, col: Option<&str>) -> bool {
-    let mut e = expr;
+/// Whether an `ALTER COLUMN ... TYPE`'s USING expression keeps the values:
+/// none, the column itself, or a cast of it to exactly the new type
+/// (`TYPE bigint USING "id"::bigint`, as Django writes every retype). A
+/// cast to another type could change them on the way (`USING id::oid`,
+/// `USING code::varchar(2)`). The new type itself is checked apart.
+unsafe fn plain_using(def: *mut pg_sys::ColumnDef, col: Option<&str>) -> bool {
+    let mut e = (*def).raw_default;
     if e.is_null() {
         return true;
     }
     if (*e).type_ == pg_sys::NodeTag::T_TypeCast {
-        e = (*(e as *mut pg_sys::TypeCast)).arg;
+        let cast = e as *mut pg_sys::TypeCast;
+        if !same_type((*cast).typeName, (*def).typeName) {
+            return false;
+        }
+        e = (*cast).arg;
     }
     if e.is_null() || (*e).type_ != pg_sys::NodeTag::T_ColumnRef {
         return false;
@@ -275,6 +281,18 @@ unsafe fn plain_using(expr: *mut pg_sys::Node, col: Option<&str>) -> bool {
     }
     let sval = (*(field as *mut pg_sys::String)).sval;
     !sval.is_null() && col.is_some_and(|c| CStr::from_ptr(sval).to_string_lossy() == c)
+}
+
+/// Whether two type names name the same type and typmod (an unknown name
+/// raises, as the ALTER itself would).
+unsafe fn same_type(a: *mut pg_sys::TypeName, b: *mut pg_sys::TypeName) -> bool {
+    if a.is_null() || b.is_null() {
+        return false;
+    }
+    let (mut ta, mut ma, mut tb, mut mb) = (pg_sys::InvalidOid, 0i32, pg_sys::InvalidOid, 0i32);
+    pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), a, &mut ta, &mut ma);
+    pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), b, &mut tb, &mut mb);
+    ta == tb && ma == mb
 }
 
 /// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may
@@ -300,7 +318,7 @@ unsafe fn layout_change(tree: *mut pg_sys::Node) -> Option<Vec<String>> {
             T::AT_AlterColumnType => {
                 let def = (*c).def as *mut pg_sys::ColumnDef;
                 let col = name(c);
-                if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_ColumnDef && !plain_using((*def).raw_default, col.as_deref()) {
+                if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_ColumnDef && !plain_using(def, col.as_deref()) {
                     rewritten.extend(col);
                 }
                 true

@@ -140,15 +140,18 @@ ALTER TABLE clinic.room ALTER COLUMN code TYPE text COLLATE "C";
 CREATE TABLE clinic.seat (id integer, code varchar(4) COLLATE "C", PRIMARY KEY (id, code));
 SELECT converge.replicate('clinic.seat');
 ALTER TABLE clinic.seat ALTER COLUMN id TYPE bigint USING "id"::bigint;
+ALTER TABLE clinic.seat ALTER COLUMN id TYPE bigint USING id::oid;
 ALTER TABLE clinic.seat ALTER COLUMN code TYPE text;
 ALTER TABLE clinic.seat ALTER COLUMN code TYPE text COLLATE "C";
 SELECT key_types, key_collations FROM converge.replicated WHERE table_name = 'clinic.seat'::regclass;
--- Keys of array types are not length-checked as their elements would be.
-CREATE TABLE clinic.shelf (labels varchar(5)[] PRIMARY KEY);
+-- An array key's elements too: one too long is refused, not cut.
+CREATE TABLE clinic.shelf (labels varchar(5)[] PRIMARY KEY, n converge.gcounter);
 SELECT converge.replicate('clinic.shelf');
 SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
-    ROW('phone9:3', 'phone9', 'clinic.shelf', '{"labels": "{ab,cd}"}', '', 1, 0, '{}',
-        converge.put(NULL::converge.lwwmap, '$live', 'true')::bytea, NULL)::converge.op]);
+    ROW('phone9:3', 'phone9', 'clinic.shelf', '{"labels": "{ab,cd}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone9:4', 'phone9', 'clinic.shelf', '{"labels": "{abcdefg}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels FROM clinic.shelf;
 DROP TABLE clinic.seat, clinic.shelf;
 -- A change made while the event triggers were off is refused when

@@ -75,7 +75,7 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         let mut args: Vec<DatumWithOid> = vec![t.rel.into(), live_merged.into()];
         let mut names = Vec::new();
         let mut casts = Vec::new();
-        for (i, (k, ty)) in t.keys.iter().zip(&t.key_types).enumerate() {
+        for (i, (k, ty)) in t.keys.iter().zip(&t.key_casts).enumerate() {
             let texts: Vec<Option<String>> = live_keys
                 .iter()
                 .map(|kv| match kv.get(k) {

@@ -70,8 +70,13 @@ struct Item {
 struct Target {
     rel: pg_sys::Oid,
     keys: Vec<String>,
-    /// SQL types of the key columns (keys travel as text and are cast).
+    /// SQL types of the key columns, as `format_type` writes them.
     key_types: Vec<String>,
+    /// The same, by their qualified names, without typmods: keys travel as
+    /// text and are cast to these; the insert's own assignment refuses a
+    /// value too long for varchar(n) (also in an array), where an explicit
+    /// cast to varchar(n) would cut it to another row's key.
+    key_casts: Vec<String>,
     crdt: HashMap<String, String>,
     /// Non-CRDT, non-key columns (row ops write them).
     other: Vec<String>,

@@ -72,7 +72,12 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                         ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
-                        {}
+                        {},
+                        ARRAY(SELECT format('%I.%I', tn.nspname, ty.typname)
+                                FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
+                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name
+                                JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+                               ORDER BY k.i)
                    FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel",
                 crate::coordination::authorities_sql("t.rel")
@@ -92,11 +97,12 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 row.get::<Vec<String>>(5)?,
                 row.get::<String>(6)?,
                 row.get::<String>(8)?,
+                row.get::<Vec<String>>(9)?,
             ))
         })
     });
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority, key_casts))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
             let other = other.unwrap_or_default();
             let name = name.unwrap_or_default();
@@ -110,6 +116,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 rel,
                 keys,
                 key_types: key_types.unwrap_or_default(),
+                key_casts: key_casts.unwrap_or_default(),
                 crdt,
                 other,
                 row_ops: false,
@@ -120,7 +127,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
             });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);
