@@ -936,7 +936,7 @@ COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the
 -- True when authorities of dropped columns went (the caller makes the
 -- guard trigger again). rewritten and dropped: the columns of this table
 -- the statement retyped with a USING clause other than a cast of the
--- column, and dropped.
+-- column to exactly the new type, and dropped.
 CREATE FUNCTION converge.follow_layout(tbl regclass, rewritten text[], dropped text[]) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE
@@ -957,7 +957,8 @@ BEGIN
     END IF;
     -- A key column may only widen, keeping every key's JSON (its row's
     -- name in every op) and its collation (which keys are equal); a USING
-    -- clause other than a cast of the column may change the values. Types
+    -- clause other than a cast of the column to the new type may change
+    -- the values. Types
     -- are compared with the layout's, so a change made while the event
     -- triggers were off is caught too (a type not recorded is not).
     c := (SELECT k FROM unnest(rewritten) k WHERE k = ANY (before.key_columns) LIMIT 1);
@@ -1019,7 +1020,7 @@ BEGIN
     RETURN gone > 0;
 END $$;
 REVOKE ALL ON FUNCTION converge.follow_layout(regclass, text[], text[]) FROM PUBLIC;
-COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[]) IS 'Internal (the event trigger converge_follow_columns): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
+COMMENT ON FUNCTION converge.follow_layout(regclass, text[], text[]) IS 'Internal (the event triggers converge_follow_columns and converge_follow_drops, and converge.replicate run again): record a replicated table''s layout again, refusing a change of its key or of a column''s kind and the reuse of a dropped column''s name, and dropping the authorities of dropped columns.';
 
 -- Whether a key column's type may change from old to new: only where
 -- every key's JSON stays the same (converge's canonical key, src/apply/
@@ -1086,7 +1087,7 @@ CREATE EVENT TRIGGER converge_keep_names ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
                  'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE')
     EXECUTE FUNCTION converge.keep_names();
-COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns (ops and history name them).';
+COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns, or a value of an enum type a replicated key or plain column holds (ops and history name them).';
 CREATE FUNCTION converge.follow_columns() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'follow_columns_wrapper';
 COMMENT ON FUNCTION converge.follow_columns() IS 'Internal: the event trigger converge_follow_columns (records a replicated table''s layout again after ALTER TABLE changes its columns or constraints).';
@@ -1095,10 +1096,10 @@ CREATE EVENT TRIGGER converge_follow_columns ON ddl_command_end WHEN TAG IN ('AL
 COMMENT ON EVENT TRIGGER converge_follow_columns IS 'converge: after ALTER TABLE (or ALTER TYPE of a typed table''s type) adds, drops or retypes a column of a replicated table or changes its primary key, records its layout again (as converge.replicate does); refuses a change of its key or of a column''s kind, and a new column taking a dropped column''s name.';
 CREATE FUNCTION converge.follow_drops() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'follow_drops_wrapper';
-COMMENT ON FUNCTION converge.follow_drops() IS 'Internal: the event trigger converge_follow_drops (records a replicated table''s layout again when a DROP ... CASCADE takes columns along).';
+COMMENT ON FUNCTION converge.follow_drops() IS 'Internal: the event trigger converge_follow_drops (records a replicated table''s layout again when a statement drops its columns; forgets a dropped replicated table).';
 CREATE EVENT TRIGGER converge_follow_drops ON sql_drop
     EXECUTE FUNCTION converge.follow_drops();
-COMMENT ON EVENT TRIGGER converge_follow_drops IS 'converge: after a DROP ... CASCADE (of a domain, type, collation or extension) takes columns of a replicated table along, records its layout again as converge_follow_columns does; refuses it for a key column.';
+COMMENT ON EVENT TRIGGER converge_follow_drops IS 'converge: after a statement drops columns of a replicated table (ALTER TABLE ... DROP COLUMN, or a DROP ... CASCADE of a domain, type, collation or extension), records its layout again and keeps their names taken; refuses it for a key column. A dropped replicated table''s layout, settings and row states go with it.';
 -- <<< sql/ddl.sql
 CREATE OR REPLACE FUNCTION converge.changes_since(frontier jsonb)
 RETURNS SETOF converge.op

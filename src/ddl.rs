@@ -36,6 +36,9 @@ enum Renamed {
     Moved(String),
     /// A schema, by its old name.
     Schema(String),
+    /// A value of an enum type, by its old label: rows' keys and plain
+    /// columns' values travel as their labels.
+    EnumValue(String),
 }
 
 /// `converge.keep_names()`: the event trigger's function (declared in
@@ -57,6 +60,7 @@ fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
             Renamed::Relation(name) => refuse_relation(oid, &format!("rename replicated table {name}"), HINT_TABLE),
             Renamed::Moved(name) => refuse_relation(oid, &format!("move replicated table {name} to another schema"), HINT_MOVE),
             Renamed::Schema(name) => refuse_schema(oid, name),
+            Renamed::EnumValue(label) => refuse_enum_value(oid, label),
         }
     }
 }
@@ -96,6 +100,7 @@ unsafe fn renamed(tree: *mut pg_sys::Node) -> Option<Renamed> {
                 _ => None,
             }
         }
+        pg_sys::NodeTag::T_AlterEnumStmt => text((*(tree as *mut pg_sys::AlterEnumStmt)).oldVal).map(Renamed::EnumValue),
         pg_sys::NodeTag::T_AlterObjectSchemaStmt => {
             let s = tree as *mut pg_sys::AlterObjectSchemaStmt;
             matches!((*s).objectType, OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE | OBJECT_SEQUENCE)
@@ -160,6 +165,30 @@ fn refuse_schema(schema: pg_sys::Oid, name: &str) {
     }
 }
 
+/// A replicated column (key or plain) of enum type `ty`, or of an array of
+/// it: its values travel as labels, in ops here and from other nodes.
+fn refuse_enum_value(ty: pg_sys::Oid, label: &str) {
+    let held = crate::security::as_owner(|| {
+        crate::spi::read_one::<String>(
+            "SELECT format('column %I of %s', a.attname, r.table_name)
+               FROM converge.replicated r JOIN pg_catalog.pg_attribute a ON a.attrelid = r.table_name
+               JOIN pg_catalog.pg_type t ON t.oid = $1::oid
+              WHERE a.attnum > 0 AND NOT a.attisdropped AND a.atttypid IN (t.oid, t.typarray)
+                AND (a.attname = ANY (r.key_columns) OR a.attname = ANY (r.other_columns))
+              ORDER BY r.table_name::text, a.attnum LIMIT 1",
+            &[ty.into()],
+        )
+    });
+    if let Some(col) = held {
+        raise_explained(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot rename value \"{label}\" of an enum type that replicated {col} holds"),
+            "Ops carry its values by label, here and on every other node (a key's label names its row).",
+            "Add the new value and move the rows to it instead.",
+        );
+    }
+}
+
 const HINT_TABLE: &str = "Keep the table's name; a view can show it under another.";
 const HINT_MOVE: &str = "Keep the table in its schema; a view in the other schema can show it there.";
 
@@ -207,8 +236,31 @@ fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
     unsafe { statement(fcinfo, "converge.follow_drops()") };
+    // A dropped replicated table takes its layout, settings and row states
+    // along: a table made later may get its oid.
+    crate::security::as_owner(|| {
+        crate::errors::plain_errors(|| {
+            for sql in FORGET_DROPPED {
+                Spi::run(sql)?;
+            }
+            Ok::<_, pgrx::spi::SpiError>(())
+        })
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     follow(FOLLOW_DROPS, Vec::new());
 }
+
+/// What converge keeps by a table's oid, for the tables a statement dropped.
+const FORGET_DROPPED: [&str; 4] = [
+    "DELETE FROM converge.row_state x USING pg_catalog.pg_event_trigger_dropped_objects() o
+      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.tbl OPERATOR(pg_catalog.=) o.objid",
+    "DELETE FROM converge.authority x USING pg_catalog.pg_event_trigger_dropped_objects() o
+      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.table_name OPERATOR(pg_catalog.=) o.objid",
+    "DELETE FROM converge.schema_version x USING pg_catalog.pg_event_trigger_dropped_objects() o
+      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.table_name OPERATOR(pg_catalog.=) o.objid",
+    "DELETE FROM converge.replicated x USING pg_catalog.pg_event_trigger_dropped_objects() o
+      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.table_name OPERATOR(pg_catalog.=) o.objid",
+];
 
 /// The replicated tables that lost columns (a table dropped as a whole is
 /// gone from the catalog), with `follow_layout`'s answer.
@@ -230,6 +282,10 @@ fn follow(sql: &str, args: Vec<pgrx::datum::DatumWithOid>) {
         crate::errors::plain_errors(|| {
             Spi::connect_mut(|c| {
                 let mut unguarded = Vec::new();
+                // Most DDL is of databases, or tables, converge has no part in.
+                if c.select("SELECT 1 FROM converge.replicated LIMIT 1", Some(1), &[])?.is_empty() {
+                    return Ok(unguarded);
+                }
                 for r in c.update(sql, None, &args)? {
                     if let (Some(tbl), Some(true)) = (r.get::<pg_sys::Oid>(1)?, r.get::<bool>(2)?) {
                         unguarded.push(tbl);
@@ -247,12 +303,14 @@ fn follow(sql: &str, args: Vec<pgrx::datum::DatumWithOid>) {
 
 /// The recursive step of a query `t(oid)` of the tables an ALTER reaches
 /// from the relations it names: their inheritors and partitions, and the
-/// typed tables of a composite type (a column of those is theirs too).
+/// typed tables of a composite type (a column of those is theirs too). One
+/// list of (parent, child) links, joined by equality: no scan per table.
 const REACHES: &str = "UNION
-    SELECT c.oid FROM t JOIN pg_catalog.pg_class p ON p.oid OPERATOR(pg_catalog.=) t.oid JOIN pg_catalog.pg_class c
-        ON (c.reloftype OPERATOR(pg_catalog.=) p.reltype AND c.reloftype OPERATOR(pg_catalog.<>) 0)
-        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
-                    WHERE i.inhparent OPERATOR(pg_catalog.=) p.oid AND i.inhrelid OPERATOR(pg_catalog.=) c.oid)";
+    SELECT l.child FROM t JOIN (
+        SELECT i.inhparent AS parent, i.inhrelid AS child FROM pg_catalog.pg_inherits i
+        UNION ALL
+        SELECT p.oid, c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class p ON p.reltype OPERATOR(pg_catalog.=) c.reloftype
+         WHERE c.reloftype OPERATOR(pg_catalog.<>) 0) l ON l.parent OPERATOR(pg_catalog.=) t.oid";
 
 /// Whether an `ALTER COLUMN ... TYPE`'s USING expression keeps the values:
 /// none, the column itself, or a cast of it to exactly the new type
@@ -283,16 +341,26 @@ unsafe fn plain_using(def: *mut pg_sys::ColumnDef, col: Option<&str>) -> bool {
     !sval.is_null() && col.is_some_and(|c| CStr::from_ptr(sval).to_string_lossy() == c)
 }
 
-/// Whether two type names name the same type and typmod (an unknown name
-/// raises, as the ALTER itself would).
+/// Whether two type names name the same type and typmod. A name that no
+/// longer resolves (`ALTER TABLE IF EXISTS` of a missing table fires the
+/// trigger too) is not the same.
 unsafe fn same_type(a: *mut pg_sys::TypeName, b: *mut pg_sys::TypeName) -> bool {
-    if a.is_null() || b.is_null() {
-        return false;
+    let (Some(x), Some(y)) = (type_of(a), type_of(b)) else { return false };
+    x == y
+}
+
+unsafe fn type_of(t: *mut pg_sys::TypeName) -> Option<(pg_sys::Oid, i32)> {
+    if t.is_null() {
+        return None;
     }
-    let (mut ta, mut ma, mut tb, mut mb) = (pg_sys::InvalidOid, 0i32, pg_sys::InvalidOid, 0i32);
-    pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), a, &mut ta, &mut ma);
-    pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), b, &mut tb, &mut mb);
-    ta == tb && ma == mb
+    let mut typmod = -1i32;
+    let tup = pg_sys::LookupTypeName(std::ptr::null_mut(), t, &mut typmod, true);
+    if tup.is_null() {
+        return None;
+    }
+    let oid = pg_sys::typeTypeId(tup);
+    pg_sys::ReleaseSysCache(tup);
+    Some((oid, typmod))
 }
 
 /// Whether an `ALTER TABLE` (or `ALTER TYPE` of a composite type) may

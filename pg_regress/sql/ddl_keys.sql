@@ -1,0 +1,75 @@
+-- Key columns of replicated tables, on a node of its own (kano). Every op
+-- names its row by the key's values as JSON, so a key column may only
+-- change where that JSON stays the same (docs/replication.md, "Schema
+-- changes"); the rest of schema changes is in ddl.sql.
+CREATE DATABASE converge_regress_kano;
+\c converge_regress_kano
+CREATE EXTENSION converge;
+SELECT converge.set_node('kano') IS NOT NULL AS kano_set;
+CREATE ROLE cv_keys;
+GRANT CREATE ON DATABASE converge_regress_kano TO cv_keys;
+CREATE SCHEMA clinic AUTHORIZATION cv_keys;
+SET ROLE cv_keys;
+
+-- A key column may widen, keeping every key's JSON: integers to a larger
+-- integer type, varchar to a longer varchar or to text. Rows keep their
+-- names in ops (a key's JSON is the same), here and on every node.
+CREATE TABLE clinic.room (ward int, code varchar(4), PRIMARY KEY (ward, code));
+SELECT converge.replicate('clinic.room');
+INSERT INTO clinic.room VALUES (1, 'a1');
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint, ALTER COLUMN code TYPE varchar(8);
+-- A key longer than the column holds is refused, not cut to another
+-- row's key (as on a node not widened yet).
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone9:1', 'phone9', 'clinic.room', '{"ward": 2, "code": "abcdefghij"}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, '$live', 'true')::bytea, NULL)::converge.op,
+    ROW('phone9:2', 'phone9', 'clinic.room', '{"ward": 2, "code": "abcdefgh"}', '', 1, 0, '{}',
+        converge.put(NULL::converge.lwwmap, '$live', 'true')::bytea, NULL)::converge.op]);
+ALTER TABLE clinic.room ALTER COLUMN code TYPE text;
+SELECT key_columns, key_types, key_typmods, key_collations FROM converge.replicated WHERE table_name = 'clinic.room'::regclass;
+-- Not back, nor to a type whose values read otherwise, nor with a USING
+-- or COLLATE clause (0A000).
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE integer;
+ALTER TABLE clinic.room ALTER COLUMN code TYPE varchar(8);
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE numeric;
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint USING ward + 1;
+ALTER TABLE clinic.room ALTER COLUMN code TYPE text COLLATE "C";
+-- A USING clause that only casts the column is a plain retype (Django
+-- writes every retype so), and a collation may be kept by naming it.
+CREATE TABLE clinic.seat (id integer, code varchar(4) COLLATE "C", PRIMARY KEY (id, code));
+SELECT converge.replicate('clinic.seat');
+ALTER TABLE clinic.seat ALTER COLUMN id TYPE bigint USING "id"::bigint;
+ALTER TABLE clinic.seat ALTER COLUMN id TYPE bigint USING id::oid;
+ALTER TABLE clinic.seat ALTER COLUMN code TYPE text;
+ALTER TABLE clinic.seat ALTER COLUMN code TYPE text COLLATE "C";
+SELECT key_types, key_collations FROM converge.replicated WHERE table_name = 'clinic.seat'::regclass;
+-- An array key's elements too: one too long is refused, not cut.
+CREATE TABLE clinic.shelf (labels varchar(5)[] PRIMARY KEY, n converge.gcounter);
+SELECT converge.replicate('clinic.shelf');
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone9:3', 'phone9', 'clinic.shelf', '{"labels": "{ab,cd}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone9:4', 'phone9', 'clinic.shelf', '{"labels": "{abcdefg}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT labels FROM clinic.shelf;
+DROP TABLE clinic.seat, clinic.shelf;
+-- A change made while the event triggers were off is refused when
+-- replicate runs again, and any ALTER of the table until it is undone.
+RESET ROLE;
+ALTER EVENT TRIGGER converge_follow_columns DISABLE;
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE numeric;
+ALTER EVENT TRIGGER converge_follow_columns ENABLE;
+SET ROLE cv_keys;
+SELECT converge.replicate('clinic.room');
+ALTER TABLE clinic.room ADD COLUMN floor int;
+ALTER TABLE clinic.room ALTER COLUMN ward TYPE bigint;
+SELECT converge.replicate('clinic.room');
+INSERT INTO clinic.room VALUES (3000000000, 'b2');
+DELETE FROM clinic.room WHERE ward = 1;
+SELECT target_key, outcome, (delta::converge.lwwmap)::jsonb AS change
+  FROM converge.op_log WHERE target_table = 'clinic.room' ORDER BY seq;
+DROP TABLE clinic.room;
+RESET ROLE;
+\c regression
+DROP DATABASE converge_regress_kano;
+DROP ROLE cv_keys;
