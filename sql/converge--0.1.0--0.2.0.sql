@@ -926,6 +926,44 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION converge.replicate_layout(regclass) IS 'Internal: record the layout of a table marked by converge.replicate.';
 
+-- The key's columns name rows in every op (as JSON): they may not be
+-- dropped, and a key column may only widen, keeping every key's JSON and
+-- its collation (which keys are equal); a USING clause other than a cast
+-- of the column to the new type may change the values. Types are compared
+-- with the layout's, so a change made while the event triggers were off is
+-- caught too (a type not recorded is not).
+CREATE FUNCTION converge.refuse_key_change(before converge.replicated, rewritten text[], dropped text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE
+    tbl regclass := before.table_name;
+    c   text;
+BEGIN
+    c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot drop key column "%" of replicated table %', c, tbl
+            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
+                  HINT = 'A replicated table keeps its key columns.';
+    END IF;
+    c := (SELECT k FROM unnest(rewritten) k WHERE k = ANY (before.key_columns) LIMIT 1);
+    IF c IS NULL THEN
+        c := (SELECT u.k FROM unnest(before.key_columns, before.key_types, before.key_typmods, before.key_collations)
+                              WITH ORDINALITY u(k, t, m, coll, i)
+                JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped
+               WHERE u.t IS NOT NULL
+                 AND (NOT converge.key_type_widens(format_type(u.t, u.m), format_type(a.atttypid, a.atttypmod))
+                      OR u.coll IS DISTINCT FROM converge.collation_of(a.attcollation))
+               ORDER BY u.i LIMIT 1);
+    END IF;
+    IF c IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl
+            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
+                  HINT = 'A key column may only widen, keeping its collation, with a USING clause no more than a cast '
+                         'of the column to the new type: smallint to integer or bigint, integer to bigint, varchar to a longer varchar or to text.';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION converge.refuse_key_change(converge.replicated, text[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION converge.refuse_key_change(converge.replicated, text[], text[]) IS 'Internal (converge.follow_layout): refuse dropping a replicated table''s key column, or changing its type other than by widening it.';
+
 -- After ALTER TABLE (the event trigger converge_follow_columns), after a
 -- statement that dropped columns (converge_follow_drops, which knows
 -- exactly which), and when converge.replicate runs again: the layout
@@ -949,34 +987,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    c := (SELECT k FROM unnest(dropped) k WHERE k = ANY (before.key_columns) LIMIT 1);
-    IF c IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot drop key column "%" of replicated table %', c, tbl
-            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
-                  HINT = 'A replicated table keeps its key columns.';
-    END IF;
-    -- A key column may only widen, keeping every key's JSON (its row's
-    -- name in every op) and its collation (which keys are equal); a USING
-    -- clause other than a cast of the column to the new type may change
-    -- the values. Types
-    -- are compared with the layout's, so a change made while the event
-    -- triggers were off is caught too (a type not recorded is not).
-    c := (SELECT k FROM unnest(rewritten) k WHERE k = ANY (before.key_columns) LIMIT 1);
-    IF c IS NULL THEN
-        c := (SELECT u.k FROM unnest(before.key_columns, before.key_types, before.key_typmods, before.key_collations)
-                              WITH ORDINALITY u(k, t, m, coll, i)
-                JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped
-               WHERE u.t IS NOT NULL
-                 AND (NOT converge.key_type_widens(format_type(u.t, u.m), format_type(a.atttypid, a.atttypmod))
-                      OR u.coll IS DISTINCT FROM converge.collation_of(a.attcollation))
-               ORDER BY u.i LIMIT 1);
-    END IF;
-    IF c IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot change the type of key column "%" of replicated table %', c, tbl
-            USING ERRCODE = '0A000', DETAIL = 'Every op names its row by the key''s values as JSON, here and on every other node.',
-                  HINT = 'A key column may only widen, keeping its collation, with a USING clause no more than a cast '
-                         'of the column: smallint to integer or bigint, integer to bigint, varchar to a longer varchar or to text.';
-    END IF;
+    PERFORM converge.refuse_key_change(before, rewritten, dropped);
     -- The names of replicated columns dropped stay taken; a column of such
     -- a name now (added by the same statement, say) is refused.
     PERFORM converge.retire_columns(tbl, ARRAY(SELECT d FROM unnest(dropped) d
