@@ -859,12 +859,6 @@ UPDATE converge.replicated r
 ALTER TABLE converge.replicated ADD COLUMN key_types regtype[] NOT NULL DEFAULT '{}',
                                 ADD COLUMN key_typmods int[] NOT NULL DEFAULT '{}',
                                 ADD COLUMN key_collations text[] NOT NULL DEFAULT '{}';
-UPDATE converge.replicated r
-   SET (key_types, key_typmods, key_collations) =
-       (SELECT array_agg(a.atttypid::regtype ORDER BY k.i), array_agg(a.atttypmod ORDER BY k.i),
-               array_agg(CASE WHEN a.attcollation <> 0 THEN a.attcollation::regcollation::text END ORDER BY k.i)
-          FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
-          LEFT JOIN pg_attribute a ON a.attrelid = r.table_name AND a.attname = k.name AND NOT a.attisdropped);
 -- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
 -- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
 -- log, row bases and settings name a replicated table and its columns, here
@@ -1112,6 +1106,15 @@ CREATE EVENT TRIGGER converge_follow_drops ON sql_drop
     EXECUTE FUNCTION converge.follow_drops();
 COMMENT ON EVENT TRIGGER converge_follow_drops IS 'converge: after a statement drops columns of a replicated table (ALTER TABLE ... DROP COLUMN, or a DROP ... CASCADE of a domain, type, collation or extension), records its layout again and keeps their names taken; refuses it for a key column. A dropped replicated table''s layout, settings and row states go with it.';
 -- <<< sql/ddl.sql
+-- The key columns' types and collations of tables replicated under 0.1.0
+-- (converge.collation_of is in the block above).
+UPDATE converge.replicated r
+   SET (key_types, key_typmods, key_collations) =
+       (SELECT array_agg(a.atttypid::regtype ORDER BY k.i), array_agg(a.atttypmod ORDER BY k.i),
+               array_agg(converge.collation_of(a.attcollation) ORDER BY k.i)
+          FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
+          LEFT JOIN pg_attribute a ON a.attrelid = r.table_name AND a.attname = k.name AND NOT a.attisdropped);
+
 CREATE OR REPLACE FUNCTION converge.changes_since(frontier jsonb)
 RETURNS SETOF converge.op
 LANGUAGE plpgsql STABLE AS $$

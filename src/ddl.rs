@@ -240,8 +240,11 @@ fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
     // along: a table made later may get its oid.
     crate::security::as_owner(|| {
         crate::errors::plain_errors(|| {
-            for sql in FORGET_DROPPED {
-                Spi::run(sql)?;
+            for (table, column) in FORGET_DROPPED {
+                Spi::run(&format!(
+                    "DELETE FROM converge.{table} x USING pg_catalog.pg_event_trigger_dropped_objects() o
+                      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.{column} OPERATOR(pg_catalog.=) o.objid"
+                ))?;
             }
             Ok::<_, pgrx::spi::SpiError>(())
         })
@@ -250,17 +253,10 @@ fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
     follow(FOLLOW_DROPS, Vec::new());
 }
 
-/// What converge keeps by a table's oid, for the tables a statement dropped.
-const FORGET_DROPPED: [&str; 4] = [
-    "DELETE FROM converge.row_state x USING pg_catalog.pg_event_trigger_dropped_objects() o
-      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.tbl OPERATOR(pg_catalog.=) o.objid",
-    "DELETE FROM converge.authority x USING pg_catalog.pg_event_trigger_dropped_objects() o
-      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.table_name OPERATOR(pg_catalog.=) o.objid",
-    "DELETE FROM converge.schema_version x USING pg_catalog.pg_event_trigger_dropped_objects() o
-      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.table_name OPERATOR(pg_catalog.=) o.objid",
-    "DELETE FROM converge.replicated x USING pg_catalog.pg_event_trigger_dropped_objects() o
-      WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.table_name OPERATOR(pg_catalog.=) o.objid",
-];
+/// What converge keeps by a table's oid (table, its oid column), for the
+/// tables a statement dropped.
+const FORGET_DROPPED: [(&str, &str); 4] =
+    [("row_state", "tbl"), ("authority", "table_name"), ("schema_version", "table_name"), ("replicated", "table_name")];
 
 /// The replicated tables that lost columns (a table dropped as a whole is
 /// gone from the catalog), with `follow_layout`'s answer.
