@@ -480,14 +480,11 @@ BEGIN
         IF ty IS NULL AND NOT col = ANY (r.other_columns) THEN
             RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = '42703';
         END IF;
-        -- Only an orset's removals can be told from its adds by the op
-        -- alone (every node must decide alike); a gset never removes.
-        IF removes_only AND ty = 'ormap' THEN
-            RAISE EXCEPTION 'removes_only is not supported for ormap columns yet' USING ERRCODE = '0A000',
-                DETAIL = 'An ormap op that assigns a key covers the dots it replaces, so a removal cannot be told from it by the op alone.',
-                HINT = 'Give the column a plain authority (removes_only => false).';
-        ELSIF removes_only AND ty IS DISTINCT FROM 'orset' AND ty IS DISTINCT FROM 'gset' THEN
-            RAISE EXCEPTION 'removes_only needs an orset or gset column; "%" is %', col, coalesce(ty, 'a plain column')
+        -- Only these types' removals can be told from their other changes
+        -- by the op alone (every node must decide alike); a gset never
+        -- removes.
+        IF removes_only AND NOT coalesce(ty IN ('orset', 'gset', 'ormap'), false) THEN
+            RAISE EXCEPTION 'removes_only needs an orset, gset or ormap column; "%" is %', col, coalesce(ty, 'a plain column')
                 USING ERRCODE = '22023';
         END IF;
         IF ty IS NULL THEN

@@ -338,7 +338,10 @@ fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
         ),
         (true, Some(Removal::Covers)) => (
             format!("removals from column \"{name}\" of {} are decided by node \"{node}\"", meta.name),
-            format!("Adds stay local everywhere; remove it on node \"{node}\"."),
+            match meta.crdt_types.get(name).map(String::as_str) {
+                Some("ormap") => format!("Adds, increments and assigns stay local everywhere; remove it on node \"{node}\"."),
+                _ => format!("Adds stay local everywhere; remove it on node \"{node}\"."),
+            },
         ),
         // Copying elements made elsewhere would reuse their dots, which is
         // also how a forged op would replace an element (see `removal`).

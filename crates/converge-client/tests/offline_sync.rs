@@ -464,3 +464,44 @@ fn a_device_adds_to_a_removes_only_column_but_does_not_remove() {
     assert_eq!(tags, "[\"sharps\", \"warning\"]");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same on an ormap column: a device's increments and assigns, which
+/// supersede its earlier ones, apply on a node that is not the authority
+/// (each op says what it superseded and what kind that was); removing an
+/// element or a key is `not_authority`.
+#[test]
+fn a_device_counts_and_assigns_in_a_removes_only_ormap_but_does_not_remove() {
+    let mut db = fresh_node("converge_client_removes_only_ormap", "dublin");
+    db.batch_execute(
+        "SELECT converge.set_authority('incident', 'items', 'virginia', removes_only => true);
+         INSERT INTO incident (id) VALUES (1);",
+    )
+    .unwrap();
+    let dir = workdir("removes-only-ormap");
+    let mut tab = open(&dir, "tab4");
+    type Change = fn(&mut converge_core::OrMap, &converge_core::Dot) -> converge_core::OrMap;
+    let change = |c: &mut Client, f: Change| {
+        c.mutate("incident", json!({"id": 1}), "items", move |v, ctx| {
+            let AnyCrdt::OrMap(x) = v else { unreachable!() };
+            Ok(AnyCrdt::OrMap(f(x, &ctx.dot)))
+        })
+        .unwrap()
+    };
+    fn note(s: &str) -> converge_core::Json {
+        converge_core::Json::parse(&format!("\"{s}\"")).unwrap()
+    }
+    change(&mut tab, |x, d| x.add("warnings", "latex", d.clone()).unwrap());
+    change(&mut tab, |x, d| x.incr("gauze", "tab4", 5, d.clone()).unwrap());
+    change(&mut tab, |x, d| x.incr("gauze", "tab4", 2, d.clone()).unwrap());
+    change(&mut tab, |x, d| x.assign("note", note("check seals"), d.clone()).unwrap());
+    change(&mut tab, |x, d| x.assign("note", note("seals checked"), d.clone()).unwrap());
+    let outcomes: Vec<String> = tab.push(&mut db).unwrap().into_iter().map(|o| o.outcome).collect();
+    assert_eq!(outcomes, vec!["applied"; 5]);
+    change(&mut tab, |x, d| x.remove_element("warnings", "latex", d.clone()).unwrap());
+    change(&mut tab, |x, _| x.remove_key("note"));
+    let outcomes: Vec<(String, Option<String>)> = tab.push(&mut db).unwrap().into_iter().map(|o| (o.outcome, o.reason)).collect();
+    assert_eq!(outcomes, vec![("rejected".into(), Some("not_authority".into())); 2]);
+    let items: String = db.query_one("SELECT converge.to_jsonb(items)::text FROM incident WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(items, r#"{"note": ["seals checked"], "gauze": 7, "warnings": ["latex"]}"#);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,8 +3,8 @@
 //! `not_authority`; an offline client can ask the same question before it
 //! sends an op.
 
-use crate::codec::decode_trusted;
-use crate::types::{LwwMap, OrSet};
+use crate::codec::{decode_trusted, Crdt};
+use crate::types::{LwwMap, OrMap, OrSet};
 use std::collections::HashMap;
 
 /// One authority column: its node, a plain column's constant default (an
@@ -98,10 +98,11 @@ fn decimal(s: &str) -> Option<(bool, String, i64)> {
 
 /// Whether a delta on a `removes_only` column removes, by the rule every
 /// node applies alike (decided from the op alone): an orset delta that
-/// covers a dot it does not carry ([`OrSet::removes`]), or that carries a
-/// dot of another actor. A gset delta never removes. The
-/// extension's trigger asks the same of a local change, so a write it
-/// accepts is not rejected on the other nodes.
+/// covers a dot it does not carry ([`OrSet::removes`]), an ormap delta that
+/// removes a key or a set element ([`OrMap::removes`]), or either carrying a
+/// dot of another actor. A gset delta never removes. The extension's
+/// trigger asks the same of a local change, so a write it accepts is not
+/// rejected on the other nodes.
 pub fn removes(delta: &[u8], actor: &str) -> bool {
     removal(delta, actor).is_some()
 }
@@ -123,10 +124,14 @@ pub enum Removal {
 
 /// Whether, and why, `actor`'s delta on a `removes_only` column removes.
 pub fn removal(delta: &[u8], actor: &str) -> Option<Removal> {
-    let d = decode_trusted::<OrSet>(delta).ok()?;
-    if d.removes() {
+    let (removes, carried) = match delta.get(1) {
+        Some(&OrSet::TAG) => decode_trusted::<OrSet>(delta).ok().map(|d| (d.removes(), d.entries.dots_where(|_| true)))?,
+        Some(&OrMap::TAG) => decode_trusted::<OrMap>(delta).ok().map(|d| (d.removes(), d.live_dots()))?,
+        _ => return None,
+    };
+    if removes {
         Some(Removal::Covers)
-    } else if d.entries.0.keys().any(|dot| dot.actor.as_str() != actor) {
+    } else if carried.dots().any(|dot| dot.actor.as_str() != actor) {
         Some(Removal::OtherDots)
     } else {
         None

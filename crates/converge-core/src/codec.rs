@@ -1,7 +1,12 @@
 //! The one contract every CRDT type fulfils, and its two encodings.
 //!
-//! Binary: `[FORMAT_VERSION, type tag, postcard body]`. Text: canonical JSON
+//! Binary: `[format version, type tag, postcard body]`. Text: canonical JSON
 //! (sorted keys, empty members left out, the empty value is `{}`).
+//!
+//! Every type writes [`FORMAT_VERSION`] except where its form grew: an
+//! ormap delta that records what it supersedes per key is version 2, and a
+//! value without that record keeps version 1 and its bytes (so stored
+//! values and every other op read the same as before).
 
 use crate::error::{Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
@@ -9,6 +14,12 @@ use serde::Serialize;
 
 /// Version byte of the binary form. 0 and unknown versions are rejected.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// The postcard body of a value, appended to `out` (cannot fail on our own
+/// structs in memory).
+pub(crate) fn write_postcard<S: Serialize + ?Sized>(v: &S, out: &mut Vec<u8>) {
+    out.extend(postcard::to_stdvec(v).expect("postcard encoding of a CRDT state"));
+}
 
 /// A join-semilattice with deltas: `merge` is commutative, associative and
 /// idempotent; `delta(new, old)` is what `old` lacks to become `merge(old, new)`.
@@ -18,9 +29,26 @@ pub trait Crdt: Sized + Clone + PartialEq + Default + Serialize + DeserializeOwn
     /// SQL type name.
     const NAME: &'static str;
 
+    /// The newest binary format version this type reads (and writes).
+    const LATEST_VERSION: u8 = FORMAT_VERSION;
+
     fn merge(&mut self, other: &Self);
 
     fn delta(new: &Self, old: &Self) -> Self;
+
+    /// The format version [`encode`] writes this value in, and its body.
+    /// The default: [`FORMAT_VERSION`] and the value as it serializes.
+    fn write_binary(&self, out: &mut Vec<u8>) -> u8 {
+        write_postcard(self, out);
+        FORMAT_VERSION
+    }
+
+    /// The value from the body of format `version` (one that
+    /// `check_header` let through), and the bytes after it.
+    fn read_binary(version: u8, body: &[u8]) -> std::result::Result<(Self, &[u8]), postcard::Error> {
+        let _ = version;
+        postcard::take_from_bytes::<Self>(body)
+    }
 
     /// Check every invariant that `merge` relies on. Run on untrusted input.
     fn validate(&self) -> Result<()>;
@@ -99,43 +127,49 @@ pub fn prune_empty_members(v: &mut serde_json::Value) {
 }
 
 pub fn encode<T: Crdt>(v: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION, T::TAG];
-    // Serializing our own structs into a Vec cannot fail.
-    out.extend(postcard::to_stdvec(v).expect("postcard encoding of a CRDT state"));
+    let mut out = vec![0, T::TAG];
+    out[0] = v.write_binary(&mut out);
     out
 }
 
-pub(crate) fn check_header<T: Crdt>(bytes: &[u8]) -> Result<&[u8]> {
+/// The format version and the body of a `T`'s binary form.
+pub(crate) fn check_header<T: Crdt>(bytes: &[u8]) -> Result<(u8, &[u8])> {
     match bytes {
         [] | [_] => Err(Error::binary(format!("{} value is truncated", T::NAME))),
         [0, ..] => Err(Error::binary(format!("{} value has format version 0, which is not supported", T::NAME))),
-        [v, ..] if *v != FORMAT_VERSION => Err(Error::binary(format!(
-            "{} value has unknown format version {v} (this build reads version {FORMAT_VERSION})",
-            T::NAME
+        [v, ..] if *v > T::LATEST_VERSION => Err(Error::binary(format!(
+            "{} value has unknown format version {v} (this build reads versions up to {})",
+            T::NAME,
+            T::LATEST_VERSION
         ))),
         [_, tag, ..] if *tag != T::TAG => Err(Error::binary(format!(
             "value is not a {} (type tag {tag}, expected {})",
             T::NAME,
             T::TAG
         ))),
-        [_, _, body @ ..] => Ok(body),
+        [v, _, body @ ..] => Ok((*v, body)),
     }
 }
 
-/// Decode a borrowed view `V` of a `T` body (for zero-copy merges).
-pub(crate) fn decode_view<'a, T: Crdt, V: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<V> {
-    let body = check_header::<T>(bytes)?;
-    let (v, rest) = postcard::take_from_bytes::<V>(body)
-        .map_err(|e| Error::binary(format!("corrupt {} value: {e}", T::NAME)))?;
+fn whole<T: Crdt, V>(read: std::result::Result<(V, &[u8]), postcard::Error>) -> Result<V> {
+    let (v, rest) = read.map_err(|e| Error::binary(format!("corrupt {} value: {e}", T::NAME)))?;
     if !rest.is_empty() {
         return Err(Error::binary(format!("corrupt {} value: {} trailing bytes", T::NAME, rest.len())));
     }
     Ok(v)
 }
 
+/// Decode a borrowed view `V` of a `T` body (for zero-copy merges; only
+/// for types with one format version).
+pub(crate) fn decode_view<'a, T: Crdt, V: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<V> {
+    let (_, body) = check_header::<T>(bytes)?;
+    whole::<T, V>(postcard::take_from_bytes::<V>(body))
+}
+
 /// Decode bytes this extension wrote itself (stored datums): structure only.
 pub fn decode_trusted<T: Crdt>(bytes: &[u8]) -> Result<T> {
-    decode_view::<T, T>(bytes)
+    let (version, body) = check_header::<T>(bytes)?;
+    whole::<T, T>(T::read_binary(version, body))
 }
 
 /// Decode bytes from outside (binary COPY, `recv`, ops from peers): the state

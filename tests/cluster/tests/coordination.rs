@@ -4,7 +4,7 @@
 //! same rows keep merging everywhere.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 70..72.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 70..81.
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
@@ -16,6 +16,27 @@ fn base_port() -> u16 {
 
 fn text(n: &Node, sql: &str) -> String {
     n.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+/// Apply a tablet's first op on `column` of item 1, its delta given in
+/// hex: its outcome and reason.
+fn apply_from_tablet(n: &Node, tablet: &str, column: &str, hex: &str) -> (String, Option<String>) {
+    let row = n
+        .client()
+        .query_one(
+            &format!(
+                "SELECT outcome, reason FROM converge.apply(ROW('{tablet}:1', '{tablet}', 'public.item', '{{\"id\":1}}', '{column}', 1, 0, '{{}}',
+                     decode('{hex}', 'hex'), NULL)::converge.op)"
+            ),
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The ops a node did not apply, with their reasons.
+fn not_applied(n: &Node) -> String {
+    text(n, "SELECT coalesce(string_agg(op_id || ' ' || reason, ','), '') FROM converge.op_log WHERE outcome <> 'applied'")
 }
 
 #[test]
@@ -155,17 +176,7 @@ fn a_stale_tablet_cannot_remove_a_warning_tag() {
     pause(&nodes, 2, 0, true);
     pause(&nodes, 2, 1, true);
     // The tablet's removal reaches dublin: rejected, and the warning stays.
-    let row = nodes[1]
-        .client()
-        .query_one(
-            &format!(
-                "SELECT outcome, reason FROM converge.apply(ROW('tab7:1', 'tab7', 'public.item', '{{\"id\":1}}', 'tags', 1, 0, '{{}}',
-                     decode('{stale}', 'hex'), NULL)::converge.op)"
-            ),
-            &[],
-        )
-        .unwrap();
-    assert_eq!((row.get::<_, String>(0), row.get::<_, Option<String>>(1)), ("rejected".into(), Some("not_authority".into())));
+    assert_eq!(apply_from_tablet(&nodes[1], "tab7", "tags", &stale), ("rejected".into(), Some("not_authority".into())));
     // A local removal on madrid fails, naming the authority; adds do not.
     let err = nodes[0].client().batch_execute("UPDATE item SET tags = converge.remove(tags, 'warning') WHERE id = 1").unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err:?}");
@@ -186,7 +197,65 @@ fn a_stale_tablet_cannot_remove_a_warning_tag() {
     assert_identical(&nodes, &["item"]);
     for n in &nodes {
         assert_eq!(text(n, "SELECT tags::jsonb::text FROM item WHERE id = 1"), "[\"checked\"]", "{}", n.name);
-        let bad = text(n, "SELECT coalesce(string_agg(op_id || ' ' || reason, ','), '') FROM converge.op_log WHERE outcome <> 'applied'");
-        assert_eq!(bad, if n.name == "dublin" { "tab7:1 not_authority" } else { "" }, "{}", n.name);
+        assert_eq!(not_applied(n), if n.name == "dublin" { "tab7:1 not_authority" } else { "" }, "{}", n.name);
+    }
+}
+
+/// removes_only on an ormap column: a stale tablet cannot remove a key, and
+/// a node cut off from the authority still increments and overwrites (its
+/// ops say what they superseded, so every node tells them from removals
+/// alike). virginia's key removal loses to an add made concurrently.
+#[test]
+fn a_stale_tablet_cannot_remove_an_ormap_key() {
+    let root = Scratch::new("removes_only_ormap");
+    let nodes = mesh_of_three(&root.0, base_port() + 9);
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_authority('item', 'inv', 'virginia', removes_only => true)").unwrap();
+    }
+    nodes[0]
+        .client()
+        .batch_execute(
+            "INSERT INTO item (id, title) VALUES (1, 'kit');
+             UPDATE item SET inv = converge.add(inv, 'warnings', 'latex') WHERE id = 1;
+             UPDATE item SET inv = converge.incr(inv, 'gauze', 5) WHERE id = 1;
+             UPDATE item SET inv = converge.assign(inv, 'note', '\"check seals\"') WHERE id = 1;",
+        )
+        .unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    // The tablet's removal of the key, made from its stale copy of the row.
+    let stale = text(&nodes[1], "SELECT encode(converge.delta(converge.remove(inv, 'warnings'), inv)::bytea, 'hex') FROM item WHERE id = 1");
+
+    pause(&nodes, 2, 0, true);
+    pause(&nodes, 2, 1, true);
+    assert_eq!(apply_from_tablet(&nodes[1], "tab8", "inv", &stale), ("rejected".into(), Some("not_authority".into())));
+    // Cut off from virginia, madrid cannot remove the key or an element,
+    // but it increments and overwrites.
+    for remove in ["converge.remove(inv, 'warnings')", "converge.remove(inv, 'warnings', 'latex')"] {
+        let err = nodes[0].client().batch_execute(&format!("UPDATE item SET inv = {remove} WHERE id = 1")).unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{remove}: {err:?}");
+    }
+    nodes[0]
+        .client()
+        .batch_execute(
+            "UPDATE item SET inv = converge.incr(inv, 'gauze', 1) WHERE id = 1;
+             UPDATE item SET inv = converge.assign(inv, 'note', '\"seals checked\"') WHERE id = 1;",
+        )
+        .unwrap();
+    // virginia removes the warnings key while dublin, cut off from it,
+    // adds to it: the add is concurrent with the removal, so it stays.
+    nodes[2].client().batch_execute("UPDATE item SET inv = converge.remove(inv, 'warnings') WHERE id = 1").unwrap();
+    nodes[1].client().batch_execute("UPDATE item SET inv = converge.add(inv, 'warnings', 'sharps') WHERE id = 1").unwrap();
+    pause(&nodes, 2, 0, false);
+    pause(&nodes, 2, 1, false);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(
+            text(n, "SELECT converge.to_jsonb(inv)::text FROM item WHERE id = 1"),
+            r#"{"note": ["seals checked"], "gauze": 6, "warnings": ["sharps"]}"#,
+            "{}",
+            n.name
+        );
+        assert_eq!(not_applied(n), if n.name == "dublin" { "tab8:1 not_authority" } else { "" }, "{}", n.name);
     }
 }

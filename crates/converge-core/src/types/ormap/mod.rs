@@ -9,14 +9,21 @@
 //! a node's increments the remover saw stay gone even if it kept incrementing.
 //!
 //! A set element's dot is also its Set presence marker, so `kinds` holds one
-//! marker per live element (bounded by the set's size) plus the element-less
-//! markers that element removes leave. A set mutation may only supersede
-//! those element-less markers and the dots of the element it touches. A
-//! counter or register mutation supersedes every marker of its kind: no
-//! counter value lives in a dot, and an assign supersedes every value it saw.
+//! marker per live element plus the element-less markers that element
+//! removes leave. An add supersedes nothing (an element added twice holds
+//! two dots until it is removed), so that only removals ever supersede a
+//! set's dots; an element remove supersedes that element's dots and the
+//! element-less markers. A counter or register mutation supersedes every
+//! marker of its kind: no counter value lives in a dot, and an assign
+//! supersedes every value it saw.
+//!
+//! A delta says, per key, what it supersedes (`covers`, see [`covers`]), so
+//! that a removal can be told from the op alone (`removes_only`).
+
+mod covers;
 
 use super::counts::{to_bigint, Counts};
-use crate::codec::{prune_empty_members, Crdt};
+use crate::codec::{prune_empty_members, write_postcard, Crdt};
 use crate::dots::{Dot, DotMap, DotSet};
 use crate::error::{Error, ErrorKind, Result};
 use crate::json::Json;
@@ -116,6 +123,10 @@ pub struct OrMap {
     pub entries: BTreeMap<String, Slot>,
     #[serde(default)]
     pub context: DotSet,
+    /// In a delta: per key, the dots it supersedes there, each with the
+    /// kind it marked. What a merge makes is a state, which holds none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub covers: BTreeMap<String, DotMap<Kind>>,
 }
 
 impl OrMap {
@@ -143,8 +154,12 @@ impl OrMap {
     }
 
     fn apply(&mut self, k: &str, slot: Slot, mut context: DotSet, dot: &Dot) -> OrMap {
+        let covers = self.slot(k).map(|s| s.attribute(&context)).unwrap_or_default();
         context.insert(dot);
-        let mut d = OrMap { entries: BTreeMap::new(), context };
+        let mut d = OrMap { context, ..Default::default() };
+        if !covers.is_empty() {
+            d.covers.insert(k.to_string(), covers);
+        }
         d.entries.insert(k.to_string(), slot);
         self.merge(&d);
         d
@@ -187,10 +202,11 @@ impl OrMap {
         ctx
     }
 
-    /// Add element `e` to the set at `k`.
+    /// Add element `e` to the set at `k`. Supersedes nothing (see the
+    /// module's note).
     pub fn add(&mut self, k: &str, e: &str, dot: Dot) -> Result<OrMap> {
         self.check_kind(k, Kind::Set)?;
-        let ctx = self.set_context(k, e);
+        let ctx = DotSet::new();
         let mut s = Slot::default();
         s.kinds.0.insert(dot.clone(), Kind::Set);
         s.set.0.insert(dot.clone(), e.to_string());
@@ -234,7 +250,7 @@ impl OrMap {
         ctx.union(&cur.set.dots_where(|_| true));
         ctx.union(&cur.reg.dots_where(|_| true));
         let s = Slot { rp: cur.p.clone(), rn: cur.n.clone(), ..Default::default() };
-        let mut d = OrMap { entries: BTreeMap::new(), context: ctx };
+        let mut d = OrMap { covers: BTreeMap::from([(k.to_string(), cur.attribute(&ctx))]), context: ctx, ..Default::default() };
         if !s.is_empty() {
             d.entries.insert(k.to_string(), s);
         }
@@ -261,7 +277,7 @@ impl OrMap {
 
     /// Every dot some entry still holds (presence markers, set elements,
     /// register values).
-    fn live_dots(&self) -> DotSet {
+    pub fn live_dots(&self) -> DotSet {
         let mut all = DotSet::new();
         for s in self.entries.values() {
             all.union(&s.kinds.dots_where(|_| true));
@@ -279,6 +295,30 @@ impl OrMap {
 impl Crdt for OrMap {
     const TAG: u8 = 9;
     const NAME: &'static str = "ormap";
+    const LATEST_VERSION: u8 = 2;
+
+    /// Version 1 (entries, context) unless `covers` says something:
+    /// version 2 (entries, context, covers). States, and every ormap value
+    /// made before covers existed, keep version 1 and their bytes.
+    fn write_binary(&self, out: &mut Vec<u8>) -> u8 {
+        if self.covers.is_empty() {
+            write_postcard(&(&self.entries, &self.context), out);
+            1
+        } else {
+            write_postcard(&(&self.entries, &self.context, &self.covers), out);
+            2
+        }
+    }
+
+    fn read_binary(version: u8, body: &[u8]) -> std::result::Result<(Self, &[u8]), postcard::Error> {
+        if version == 1 {
+            let ((entries, context), rest) = postcard::take_from_bytes(body)?;
+            Ok((OrMap { entries, context, covers: BTreeMap::new() }, rest))
+        } else {
+            let ((entries, context, covers), rest) = postcard::take_from_bytes(body)?;
+            Ok((OrMap { entries, context, covers }, rest))
+        }
+    }
 
     fn merge(&mut self, other: &Self) {
         let empty = Slot::default();
@@ -294,37 +334,47 @@ impl Crdt for OrMap {
         }
         self.entries.retain(|_, s| !s.is_empty());
         self.context.union(&other.context);
+        // A merge makes a state: what one delta superseded is no longer
+        // what this value supersedes (a merged delta then covers dots it
+        // does not attribute, which the removal rule counts as removals).
+        self.covers.clear();
     }
 
+    /// Also says per key what `new` superseded of `old` (`covers`).
     fn delta(new: &Self, old: &Self) -> Self {
         let empty = Slot::default();
+        let mut d = OrMap::default();
         let mut removed = DotSet::new();
-        let mut entries = BTreeMap::new();
+        for (k, os) in &old.entries {
+            let ns = new.entries.get(k).unwrap_or(&empty);
+            let mut gone = DotSet::new();
+            DotMap::delta(&ns.kinds, &new.context, &os.kinds, &old.context, &mut gone);
+            DotMap::delta(&ns.set, &new.context, &os.set, &old.context, &mut gone);
+            DotMap::delta(&ns.reg, &new.context, &os.reg, &old.context, &mut gone);
+            if !gone.is_empty() {
+                d.covers.insert(k.clone(), os.attribute(&gone));
+                removed.union(&gone);
+            }
+        }
         for (k, ns) in &new.entries {
             let os = old.entries.get(k).unwrap_or(&empty);
-            let d = Slot {
-                kinds: DotMap::delta(&ns.kinds, &new.context, &os.kinds, &old.context, &mut removed),
-                set: DotMap::delta(&ns.set, &new.context, &os.set, &old.context, &mut removed),
-                reg: DotMap::delta(&ns.reg, &new.context, &os.reg, &old.context, &mut removed),
+            let mut ignored = DotSet::new();
+            let s = Slot {
+                kinds: DotMap::delta(&ns.kinds, &new.context, &os.kinds, &old.context, &mut ignored),
+                set: DotMap::delta(&ns.set, &new.context, &os.set, &old.context, &mut ignored),
+                reg: DotMap::delta(&ns.reg, &new.context, &os.reg, &old.context, &mut ignored),
                 p: Counts::delta(&ns.p, &os.p),
                 n: Counts::delta(&ns.n, &os.n),
                 rp: Counts::delta(&ns.rp, &os.rp),
                 rn: Counts::delta(&ns.rn, &os.rn),
             };
-            if !d.is_empty() {
-                entries.insert(k.clone(), d);
+            if !s.is_empty() {
+                d.entries.insert(k.clone(), s);
             }
         }
-        for (k, os) in &old.entries {
-            if !new.entries.contains_key(k) {
-                DotMap::delta(&empty.kinds, &new.context, &os.kinds, &old.context, &mut removed);
-                DotMap::delta(&empty.set, &new.context, &os.set, &old.context, &mut removed);
-                DotMap::delta(&empty.reg, &new.context, &os.reg, &old.context, &mut removed);
-            }
-        }
-        let mut context = new.context.difference(&old.context);
-        context.union(&removed);
-        OrMap { entries, context }
+        d.context = new.context.difference(&old.context);
+        d.context.union(&removed);
+        d
     }
 
     /// As orset's: the context drops the dots whose removal or overwrite
@@ -338,7 +388,7 @@ impl Crdt for OrMap {
         let removed = stable.context.difference(&stable.live_dots());
         let gone = removed.difference(&self.live_dots());
         let context = self.context.difference(&gone);
-        (context != self.context).then(|| OrMap { entries: self.entries.clone(), context })
+        (context != self.context).then(|| OrMap { entries: self.entries.clone(), context, covers: BTreeMap::new() })
     }
 
     fn validate(&self) -> Result<()> {
@@ -357,7 +407,7 @@ impl Crdt for OrMap {
                 c.validate()?;
             }
         }
-        Ok(())
+        self.validate_covers()
     }
 
     fn to_user_json(&self) -> Result<serde_json::Value> {
