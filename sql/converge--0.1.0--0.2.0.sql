@@ -1210,6 +1210,10 @@ RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'apply_batch_wrapper';
 COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch of ops: first the pending ops whose deps are applied, then the batch: validate, deduplicate, buffer ops with missing deps, merge the rest set-wise. One row per op decided (an op buffered and then applied in the same call shows twice). Never aborts the batch for a bad op.';
 
+-- An ormap delta may say per key what it superseded (format version 2).
+COMMENT ON FUNCTION converge.ormap_recv(internal) IS 'Binary input of ormap: [format version, type tag, postcard body], validated and canonical (version 2: a delta that says per key what it superseded).';
+COMMENT ON FUNCTION converge.delta(converge.ormap, converge.ormap) IS 'delta(new, old): the smallest ormap d with merge(old, d) = merge(old, new), saying per key what new superseded of old (covers); NULL old is empty, NULL new gives NULL.';
+
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.
 SELECT converge.start_worker();

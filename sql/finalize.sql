@@ -282,10 +282,10 @@ CREATE AGGREGATE merge_agg(ormap) (
 COMMENT ON TYPE ormap IS 'converge CRDT: observed-remove map text -> nested pncounter, orset or mvreg. Text form is canonical JSON of the full state; the empty value is ''{}''.';
 COMMENT ON FUNCTION ormap_in(cstring) IS 'Text input of ormap: strict canonical JSON of the full state.';
 COMMENT ON FUNCTION ormap_out(ormap) IS 'Text output of ormap: canonical JSON of the full state (equal states print equal text).';
-COMMENT ON FUNCTION ormap_recv(internal) IS 'Binary input of ormap: [format version 1, type tag, postcard body], validated and canonical.';
+COMMENT ON FUNCTION ormap_recv(internal) IS 'Binary input of ormap: [format version, type tag, postcard body], validated and canonical (version 2: a delta that says per key what it superseded).';
 COMMENT ON FUNCTION ormap_send(ormap) IS 'Binary output of ormap: the stored form [format version, type tag, postcard body].';
 COMMENT ON FUNCTION merge(ormap, ormap) IS 'Join of two ormap states (commutative, associative, idempotent); NULL counts as empty, NULL with NULL is NULL.';
-COMMENT ON FUNCTION delta(ormap, ormap) IS 'delta(new, old): the smallest ormap d with merge(old, d) = merge(old, new); NULL old is empty, NULL new gives NULL.';
+COMMENT ON FUNCTION delta(ormap, ormap) IS 'delta(new, old): the smallest ormap d with merge(old, d) = merge(old, new), saying per key what new superseded of old (covers); NULL old is empty, NULL new gives NULL.';
 COMMENT ON FUNCTION ormap_eq(ormap, ormap) IS 'Full-state equality of ormap (support of =).';
 COMMENT ON FUNCTION ormap_ne(ormap, ormap) IS 'Full-state inequality of ormap (support of <>).';
 COMMENT ON FUNCTION ormap_to_jsonb(ormap) IS 'The user-level value of a ormap as jsonb (support of the cast ormap::jsonb).';

@@ -31,7 +31,11 @@ fn merge_all<T: converge_core::Crdt>(ty: &str, deltas: &[Option<&[u8]>]) -> Opti
             raise(PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION, format!("not a valid {ty} delta: {}", e.message))
         });
         match acc.as_mut() {
-            None => acc = Some(v),
+            None => {
+                let mut v = v;
+                v.as_state();
+                acc = Some(v)
+            }
             Some(a) => a.merge(&v),
         }
     }

@@ -33,6 +33,21 @@ RESET ROLE;
 -- supersedes nothing. (An op with nothing to say keeps format version 1.)
 SELECT counter, get_byte(delta, 0) AS format, (delta::converge.ormap)::text::jsonb -> 'covers' AS covers
   FROM converge.op_log WHERE target_column = 'parts' ORDER BY seq;
+-- On an ormap column whose removals are not routed, ops leave that out and
+-- keep format version 1, which nodes and clients before 0.2.0 read.
+SET ROLE cv_kit;
+CREATE TABLE kit_log (id int PRIMARY KEY, seen converge.ormap);
+SELECT converge.replicate('kit_log');
+INSERT INTO kit_log VALUES (1, converge.assign(NULL::converge.ormap, 'by', '"ana"'));
+UPDATE kit_log SET seen = converge.assign(seen, 'by', '"ben"') WHERE id = 1;
+-- converge.delta says what an overwrite superseded; what merge returns is
+-- a state, which never does.
+WITH d AS (SELECT converge.delta(converge.assign(seen, 'by', '"cy"'), seen) AS d FROM kit_log)
+SELECT get_byte(d::bytea, 0) AS delta_format, get_byte(converge.merge(NULL, d)::bytea, 0) AS merged_format,
+       (SELECT get_byte(converge.merge_agg(d)::bytea, 0) FROM d) AS merge_agg_format
+  FROM d;
+RESET ROLE;
+SELECT counter, get_byte(delta, 0) AS format FROM converge.op_log WHERE target_column = 'seen' ORDER BY seq;
 
 -- Removals here fail, naming the authority: an element, a key, and an
 -- element added and removed in one statement.
@@ -66,11 +81,11 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone1:3', 'phone1', 'public.kit', '{"id":1}', 'parts', 1, 0, '{"phone1:2"}',
         format('{"entries": {"note": {"kinds": [["phone1", 3, "mvreg"]], "reg": [["phone1", 3, "seals broken"]]}},
                  "context": {"dublin": [[%s, %s]], "phone1": [[3, 3]]}}', :note_dot, :note_dot)::converge.ormap::bytea,
-        NULL)::converge.op]);
+        NULL)::converge.op]) ORDER BY op_id;
 SELECT converge.to_jsonb(parts) FROM kit WHERE id = 1;
 -- Copying a whole value into another row is refused too: its context
--- covers what was superseded before (the note's first value), which the
--- copy cannot account for.
+-- covers what was superseded before (the counter's and the note's earlier
+-- markers), which the copy cannot account for.
 SET ROLE cv_kit;
 UPDATE kit SET parts = (SELECT parts FROM kit WHERE id = 1) WHERE id = 2;
 

@@ -452,7 +452,7 @@ fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, 
         }
         cols.push(c.clone());
         versions.push(l.version(c));
-        deltas.push(delta);
+        deltas.push(crate::trigger::wire_form(delta, l.removes_only_node(c).is_some()));
     }
     if !cols.is_empty() {
         let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");

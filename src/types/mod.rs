@@ -103,17 +103,20 @@ pub unsafe fn agg_context(fcinfo: pg_sys::FunctionCallInfo, what: &str) -> pg_sy
     ctx
 }
 
-/// Merge with NULL as the empty value; NULL with NULL is NULL.
+/// Merge with NULL as the empty value; NULL with NULL is NULL. The result
+/// is a state, also when one side is NULL (`Crdt::as_state`).
 pub fn merge_nullable<T: Crdt>(a: Option<T>, b: Option<&T>) -> Option<T> {
-    match (a, b) {
-        (None, None) => None,
-        (Some(a), None) => Some(a),
-        (None, Some(b)) => Some(b.clone()),
+    let mut m = match (a, b) {
+        (None, None) => return None,
+        (Some(a), None) => a,
+        (None, Some(b)) => b.clone(),
         (Some(mut a), Some(b)) => {
             a.merge(b);
-            Some(a)
+            a
         }
-    }
+    };
+    m.as_state();
+    Some(m)
 }
 
 macro_rules! crdt_type {
@@ -283,7 +286,8 @@ macro_rules! crdt_type {
                                 }
                             }
                             None => {
-                                let first = $crate::types::from_bytes_trusted::<$core>(v.bytes());
+                                let mut first = $crate::types::from_bytes_trusted::<$core>(v.bytes());
+                                first.as_state();
                                 let p = pgrx::PgMemoryContexts::For(ctx).leak_and_drop_on_delete(first);
                                 state = pgrx::datum::Internal::from(Some(pgrx::pg_sys::Datum::from(p)));
                             }
@@ -309,7 +313,9 @@ macro_rules! crdt_type {
                             a
                         }
                         (None, Some(y)) => {
-                            let p = pgrx::PgMemoryContexts::For(ctx).leak_and_drop_on_delete(y.clone());
+                            let mut y = y.clone();
+                            y.as_state();
+                            let p = pgrx::PgMemoryContexts::For(ctx).leak_and_drop_on_delete(y);
                             pgrx::datum::Internal::from(Some(pgrx::pg_sys::Datum::from(p)))
                         }
                     }

@@ -123,6 +123,10 @@ struct Saved {
     /// ops made here carry it.
     #[serde(default)]
     epochs: BTreeMap<String, i64>,
+    /// "table.column" of the columns declared with a `removes_only`
+    /// authority.
+    #[serde(default)]
+    removes_only: BTreeSet<String>,
 }
 
 /// The table's name without its schema, as a client may declare it:
@@ -321,6 +325,18 @@ impl Client {
         self.save()
     }
 
+    /// Say that a declared column has a `removes_only` authority
+    /// (`converge.set_authority(..., removes_only => true)`). Its ormap ops
+    /// then say what they supersede at each key, so that the servers tell
+    /// this client's increments and assigns from removals (SPEC 5); an
+    /// ormap op of another column leaves that out and stays in the format
+    /// servers and clients before 0.2.0 read.
+    pub fn declare_removes_only(&mut self, table: &str, column: &str) -> Result<()> {
+        self.column_type(table, column)?;
+        self.saved.removes_only.insert(format!("{table}.{column}"));
+        self.save()
+    }
+
     fn column_type(&self, table: &str, column: &str) -> Result<String> {
         self.saved
             .columns
@@ -413,7 +429,11 @@ impl Client {
         };
         // Each op follows this client's previous one.
         let deps = if counter > 1 { vec![converge_core::format_op_id(&actor, counter - 1)] } else { vec![] };
-        let mut op = Op::new(&actor, counter, table, &key, column, deps, delta.encode());
+        let mut delta = delta.encode();
+        if !self.saved.removes_only.contains(&format!("{table}.{column}")) {
+            delta = converge_core::without_covers(delta);
+        }
+        let mut op = Op::new(&actor, counter, table, &key, column, deps, delta);
         op.epoch = self.epoch(table, &key);
         self.append_outbox(&op)?;
         self.cells.insert(id, value);

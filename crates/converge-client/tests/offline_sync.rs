@@ -479,6 +479,7 @@ fn a_device_counts_and_assigns_in_a_removes_only_ormap_but_does_not_remove() {
     .unwrap();
     let dir = workdir("removes-only-ormap");
     let mut tab = open(&dir, "tab4");
+    tab.declare_removes_only("incident", "items").unwrap();
     type Change = fn(&mut converge_core::OrMap, &converge_core::Dot) -> converge_core::OrMap;
     let change = |c: &mut Client, f: Change| {
         c.mutate("incident", json!({"id": 1}), "items", move |v, ctx| {
@@ -495,6 +496,8 @@ fn a_device_counts_and_assigns_in_a_removes_only_ormap_but_does_not_remove() {
     change(&mut tab, |x, d| x.incr("gauze", "tab4", 2, d.clone()).unwrap());
     change(&mut tab, |x, d| x.assign("note", note("check seals"), d.clone()).unwrap());
     change(&mut tab, |x, d| x.assign("note", note("seals checked"), d.clone()).unwrap());
+    // The overwrite says what it superseded (format version 2).
+    assert_eq!(tab.outbox().iter().map(|op| op.delta[0]).collect::<Vec<_>>(), vec![1, 1, 2, 1, 2]);
     let outcomes: Vec<String> = tab.push(&mut db).unwrap().into_iter().map(|o| o.outcome).collect();
     assert_eq!(outcomes, vec!["applied"; 5]);
     change(&mut tab, |x, d| x.remove_element("warnings", "latex", d.clone()).unwrap());
@@ -503,5 +506,14 @@ fn a_device_counts_and_assigns_in_a_removes_only_ormap_but_does_not_remove() {
     assert_eq!(outcomes, vec![("rejected".into(), Some("not_authority".into())); 2]);
     let items: String = db.query_one("SELECT converge.to_jsonb(items)::text FROM incident WHERE id = 1", &[]).unwrap().get(0);
     assert_eq!(items, r#"{"note": ["seals checked"], "gauze": 7, "warnings": ["latex"]}"#);
+    // A client that was not told (or one before 0.2.0) sends its overwrite
+    // without saying what it superseded: the server cannot tell it from a
+    // removal, and it is not_authority.
+    let mut other = open(&dir, "tab5");
+    other.pull(&mut db).unwrap();
+    change(&mut other, |x, d| x.assign("note", note("seals broken"), d.clone()).unwrap());
+    assert_eq!(other.outbox()[0].delta[0], 1);
+    let outcomes: Vec<(String, Option<String>)> = other.push(&mut db).unwrap().into_iter().map(|o| (o.outcome, o.reason)).collect();
+    assert_eq!(outcomes, vec![("rejected".into(), Some("not_authority".into()))]);
     let _ = std::fs::remove_dir_all(&dir);
 }

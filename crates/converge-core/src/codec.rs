@@ -101,6 +101,11 @@ pub trait Crdt: Sized + Clone + PartialEq + Default + Serialize + DeserializeOwn
         Ok(())
     }
 
+    /// Drop what only a delta carries (an ormap's `covers`): a value a
+    /// merge function returns is a state, also when it passed one value
+    /// through unmerged (`merge(NULL, d)`, an aggregate's first row).
+    fn as_state(&mut self) {}
+
     fn merged(&self, other: &Self) -> Self {
         let mut m = self.clone();
         m.merge(other);

@@ -25,4 +25,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use json::Json;
 pub use op::{format_op_id, parse_op_id, Op, OP_TAG, SCHEMA_VERSION};
 pub use signing::SignatureCheck;
+pub use types::ormap::without_covers;
 pub use types::*;

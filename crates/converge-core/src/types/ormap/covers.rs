@@ -13,8 +13,26 @@
 //! lies in this list is a forged op, which `revoke_actor` is for.
 
 use super::{Kind, OrMap, Slot};
+use crate::codec::{decode_trusted, encode, Crdt};
 use crate::dots::{DotMap, DotSet};
 use crate::error::{Error, Result};
+
+/// An op's delta as it is recorded and sent unless its column routes
+/// removals (`removes_only`): an ormap delta without its covers (format
+/// version 1, which nodes and client crates before 0.2.0 read, and which
+/// merges the same); any other value as it is.
+pub fn without_covers(delta: Vec<u8>) -> Vec<u8> {
+    if delta.first() != Some(&2) || delta.get(1) != Some(&OrMap::TAG) {
+        return delta;
+    }
+    match decode_trusted::<OrMap>(&delta) {
+        Ok(mut d) => {
+            d.as_state();
+            encode(&d)
+        }
+        Err(_) => delta,
+    }
+}
 
 impl Slot {
     /// The kind each of `dots` marked at this key. A dot the slot does not

@@ -21,6 +21,7 @@
 //! that a removal can be told from the op alone (`removes_only`).
 
 mod covers;
+pub use covers::without_covers;
 
 use super::counts::{to_bigint, Counts};
 use crate::codec::{prune_empty_members, write_postcard, Crdt};
@@ -337,6 +338,10 @@ impl Crdt for OrMap {
         // A merge makes a state: what one delta superseded is no longer
         // what this value supersedes (a merged delta then covers dots it
         // does not attribute, which the removal rule counts as removals).
+        self.as_state();
+    }
+
+    fn as_state(&mut self) {
         self.covers.clear();
     }
 
