@@ -53,6 +53,23 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels FROM clinic.shelf;
 DROP TABLE clinic.seat, clinic.shelf;
+-- Any key a column would store changed is refused, not rounded or cut to
+-- another row's: more decimals than a numeric(p,s) keeps, a name over 63
+-- bytes, more than one character for "char". A numeric(p,s) array key, a
+-- numeric that is not a number and keys that fit apply.
+CREATE TABLE clinic.bin (price numeric(5,2), label name, grade "char", sizes numeric(4,1)[],
+                         PRIMARY KEY (price, label, grade, sizes), n converge.gcounter);
+SELECT converge.replicate('clinic.bin');
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY(
+    SELECT ROW(format('phone9:%s', 4 + i), 'phone9', 'clinic.bin',
+               format('{"price": %s, "label": %s, "grade": %s, "sizes": "{1.5,2.0}"}', p, l, g)::jsonb,
+               'n', 1, 0, '{}', '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op
+      FROM (VALUES (1, '1.5', '"gauze"', '"a"'), (2, '1.50', '"gauze"', '"b"'), (3, '"NaN"', '"gauze"', '"a"'),
+                   (4, '1.234', '"gauze"', '"a"'), (5, '1234.5', '"gauze"', '"a"'),
+                   (6, '1', to_json(repeat('x', 64))::text, '"a"'), (7, '1', '"gauze"', '"ab"')) v(i, p, l, g)
+     ORDER BY i)) ORDER BY op_id;
+SELECT price, label, grade, sizes, n::jsonb FROM clinic.bin ORDER BY price, grade;
+DROP TABLE clinic.bin;
 -- A change made while the event triggers were off is refused when
 -- replicate runs again, and any ALTER of the table until it is undone.
 RESET ROLE;

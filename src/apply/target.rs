@@ -144,10 +144,37 @@ fn max_length(ty: &str) -> Option<usize> {
     rest.strip_suffix(')')?.parse().ok()
 }
 
+/// Whether a key's text is stored as it is by a column of this type (as
+/// `format_type` writes it): a cast to varchar(n) or char(n) cuts a longer
+/// value, `name` cuts at 63 bytes and `"char"` keeps one byte, each to
+/// another row's key.
+fn text_fits(ty: &str, text: &str) -> bool {
+    match ty {
+        "name" => text.len() < pg_sys::NAMEDATALEN as usize,
+        // One byte, or the octal escape `"char"` prints a non-ASCII byte as.
+        "\"char\"" => text.len() <= 1 || (text.len() == 4 && text.starts_with('\\') && text[1..].bytes().all(|b| (b'0'..=b'7').contains(&b))),
+        _ => max_length(ty).is_none_or(|n| text.chars().count() <= n),
+    }
+}
+
+/// Whether a numeric key is stored exactly by a `numeric(p,s)` column: one
+/// with more fractional digits than `s` would be rounded to another row's
+/// key. (An unconstrained numeric, real and double keep what the trigger
+/// renders.)
+fn numeric_fits(ty: &str, n: &serde_json::Number) -> bool {
+    let Some(mods) = ty.strip_prefix("numeric(").and_then(|r| r.strip_suffix(')')) else { return true };
+    let (p, s) = match mods.split_once(',') {
+        Some((p, s)) => (p.trim().parse::<i64>(), s.trim().parse::<i64>()),
+        None => (mods.trim().parse::<i64>(), Ok(0)),
+    };
+    let (Ok(p), Ok(s), Some((_, digits, exp))) = (p, s, converge_core::json::decimal(&n.to_string())) else { return false };
+    digits.is_empty() || (exp >= -s && digits.len() as i64 + exp <= p - s)
+}
+
 /// A key object with exactly the key columns, each value as the op trigger
 /// renders it: integers and booleans as JSON, numeric and floating point as
-/// JSON numbers, anything else as a string (no longer than a varchar(n) or
-/// char(n) column holds). None if it cannot be.
+/// JSON numbers, anything else as a string; each one the column stores as
+/// it is (`text_fits`, `numeric_fits`). None if it cannot be.
 pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
     use serde_json::Value;
     let obj = key.as_object()?;
@@ -157,7 +184,8 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
     let mut out = serde_json::Map::new();
     for (name, full) in names.iter().zip(types) {
         let v = obj.get(name)?;
-        let ty = full.split('(').next().unwrap_or("").trim();
+        // An array key is its text form, whatever its element type.
+        let ty = if full.ends_with("[]") { "" } else { full.split('(').next().unwrap_or("").trim() };
         let canon = match ty {
             "smallint" | "integer" | "bigint" => match v {
                 Value::Number(n) => n.as_i64().map(Value::from)?,
@@ -170,9 +198,11 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
                 _ => return None,
             },
             "numeric" | "real" | "double precision" => match v {
-                Value::Number(_) => v.clone(),
+                // As the trigger renders the values that are not numbers.
+                Value::String(s) if ["NaN", "Infinity", "-Infinity"].contains(&s.as_str()) => v.clone(),
+                Value::Number(n) if numeric_fits(full, n) => v.clone(),
                 Value::String(s) => match serde_json::from_str::<Value>(s).ok()? {
-                    n @ Value::Number(_) => n,
+                    Value::Number(n) if numeric_fits(full, &n) => Value::Number(n),
                     _ => return None,
                 },
                 _ => return None,
@@ -184,9 +214,7 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
                     Value::Bool(b) => b.to_string(),
                     _ => return None,
                 };
-                // A cast to varchar(n) or char(n) would cut a longer value
-                // to another row's key (a node whose column is narrower).
-                if max_length(full).is_some_and(|n| text.chars().count() > n) {
+                if !text_fits(full, &text) {
                     return None;
                 }
                 Value::String(text)

@@ -75,3 +75,24 @@ impl<'de> Deserialize<'de> for Json {
         }
     }
 }
+
+/// A JSON number as (negative, significant digits, exponent of the last
+/// digit): one form per value (zero is `(false, "", 0)`).
+pub fn decimal(s: &str) -> Option<(bool, String, i64)> {
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let (mantissa, exp) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()?),
+        None => (s, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
+    if significant.is_empty() {
+        return Some((false, String::new(), 0));
+    }
+    let trailing = (digits.len() - digits.trim_end_matches('0').len()) as i64;
+    Some((neg, significant.to_string(), exp.checked_sub(frac.len() as i64)?.checked_add(trailing)?))
+}
