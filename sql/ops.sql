@@ -142,6 +142,7 @@ $$;
 COMMENT ON FUNCTION converge.parse_op_id(text) IS 'Split an op_id ''actor:counter'' into its parts (NULLs when malformed).';
 COMMENT ON FUNCTION converge.op_id_actor(text) IS 'The actor of an op_id ''actor:counter'', or NULL when malformed.';
 COMMENT ON FUNCTION converge.op_id_counter(text) IS 'The counter of an op_id ''actor:counter'', or NULL when malformed.';
+COMMENT ON FUNCTION converge.without_covers(bytea) IS 'An op''s delta as readers before 0.2.0 take it: an ormap delta without what it superseded per key (it merges the same); any other delta as it is.';
 COMMENT ON FUNCTION converge.delta_error(text, bytea) IS 'Why a delta is not a valid value of the named converge type (NULL when valid); never raises.';
 
 CREATE FUNCTION converge.is_applied(op_id text) RETURNS boolean
@@ -250,7 +251,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';
 
-CREATE FUNCTION converge.changes_since(frontier jsonb)
+CREATE FUNCTION converge.changes_since(frontier jsonb, with_covers boolean)
 RETURNS SETOF converge.op
 LANGUAGE plpgsql STABLE AS $$
 DECLARE h record;
@@ -269,12 +270,18 @@ BEGIN
     -- Log order is apply order, and an op is applied only after its deps.
     RETURN QUERY
         SELECT l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version, l.epoch,
-               l.deps, l.delta, l.signature
+               l.deps, CASE WHEN with_covers THEN l.delta ELSE converge.without_covers(l.delta) END, l.signature
           FROM converge.op_log l
          WHERE l.outcome = 'applied' AND l.counter > coalesce((frontier ->> l.actor)::bigint, 0)
          ORDER BY l.seq;
 END $$;
-COMMENT ON FUNCTION converge.changes_since(jsonb) IS 'The applied ops a caller at this frontier lacks, in an order that respects deps. 55000 if the frontier predates a compaction (rejoin from converge.snapshot).';
+COMMENT ON FUNCTION converge.changes_since(jsonb, boolean) IS 'The applied ops a caller at this frontier lacks, in an order that respects deps; with_covers false: ormap deltas without what they superseded per key, as readers before 0.2.0 take them. 55000 if the frontier predates a compaction (rejoin from converge.snapshot).';
+
+-- What clients and nodes before 0.2.0 call.
+CREATE FUNCTION converge.changes_since(frontier jsonb)
+RETURNS SETOF converge.op
+LANGUAGE sql STABLE AS $$ SELECT * FROM converge.changes_since(frontier, false) $$;
+COMMENT ON FUNCTION converge.changes_since(jsonb) IS 'changes_since(frontier, false): the applied ops a caller at this frontier lacks, in the form readers before 0.2.0 take (what the client crate pulls).';
 
 CREATE FUNCTION converge.snapshot(tbl regclass) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$

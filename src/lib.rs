@@ -68,6 +68,7 @@ extension_sql_file!(
         ops::op_id_actor,
         ops::op_id_counter,
         ops::delta_error,
+        ops::without_covers,
         ops::op_encode_fields,
         ops::op_decode_fields,
         apply::waiting::under_peer_origin_sql,

@@ -23,6 +23,14 @@ fn check<T: Crdt>(bytes: &[u8]) -> Option<String> {
     decode::<T>(bytes).err().map(|e| format!("invalid_delta: {}", e.message))
 }
 
+/// An op's delta as readers before 0.2.0 take it: an ormap delta without
+/// its per-key record of what it superseded (converge-core's
+/// `without_covers`; it merges the same), any other delta as it is.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn without_covers(delta: &[u8]) -> Vec<u8> {
+    converge_core::without_covers(delta.to_vec())
+}
+
 /// Why `delta` is not a valid value of the converge type `type_name`, or
 /// NULL when it is. Never raises.
 #[pg_extern(immutable, parallel_safe)]

@@ -301,18 +301,6 @@ fn delta_of<T: Crdt>(new: &[u8], old: Option<&[u8]>) -> Result<Option<Vec<u8>>, 
     Ok((!d.is_empty()).then(|| encode(&d)))
 }
 
-/// A local op's delta as it is recorded: an ormap delta says what it
-/// superseded only on a column whose removals are routed (converge-core's
-/// `without_covers`), so elsewhere its ops stay in the format nodes and
-/// client crates before 0.2.0 read.
-pub(crate) fn wire_form(delta: Vec<u8>, removes_only: bool) -> Vec<u8> {
-    if removes_only {
-        delta
-    } else {
-        converge_core::without_covers(delta)
-    }
-}
-
 pub(crate) fn delta_bytes(kind: &str, new: &[u8], old: Option<&[u8]>) -> Result<Option<Vec<u8>>, ()> {
     for_crdt_type!(kind, T => delta_of::<T>(new, old), _ => Ok(None))
 }
@@ -429,7 +417,7 @@ fn record_local_ops<'a>(
                 Ok(Some(d)) => {
                     guard_column(&meta, &c.name, &me, &d);
                     cols.push(c.name.clone());
-                    deltas.push(wire_form(d, meta.auth.get(&c.name).is_some_and(|a| a.removes_only)));
+                    deltas.push(d);
                 }
                 Ok(None) => {}
                 Err(()) => refuse_overwrite(&meta.name, &c.name, "overwritten with a value that lacks part of its state"),

@@ -33,8 +33,11 @@ RESET ROLE;
 -- supersedes nothing. (An op with nothing to say keeps format version 1.)
 SELECT counter, get_byte(delta, 0) AS format, (delta::converge.ormap)::text::jsonb -> 'covers' AS covers
   FROM converge.op_log WHERE target_column = 'parts' ORDER BY seq;
--- On an ormap column whose removals are not routed, ops leave that out and
--- keep format version 1, which nodes and clients before 0.2.0 read.
+-- A node's ops of every ormap column say it (so that nothing about them
+-- changes while a removes_only authority is being set on every node).
+-- What clients and nodes before 0.2.0 pull, changes_since(frontier),
+-- leaves it out (format version 1, which they read, and which merges the
+-- same); peers of this version ask for it, changes_since(frontier, true).
 SET ROLE cv_kit;
 CREATE TABLE kit_log (id int PRIMARY KEY, seen converge.ormap);
 SELECT converge.replicate('kit_log');
@@ -47,7 +50,9 @@ SELECT get_byte(d::bytea, 0) AS delta_format, get_byte(converge.merge(NULL, d)::
        (SELECT get_byte(converge.merge_agg(d)::bytea, 0) FROM d) AS merge_agg_format
   FROM d;
 RESET ROLE;
-SELECT counter, get_byte(delta, 0) AS format FROM converge.op_log WHERE target_column = 'seen' ORDER BY seq;
+SELECT l.counter, get_byte(l.delta, 0) AS logged, get_byte(c.delta, 0) AS pulled, get_byte(p.delta, 0) AS to_peers
+  FROM converge.op_log l JOIN converge.changes_since('{}') c USING (op_id) JOIN converge.changes_since('{}', true) p USING (op_id)
+ WHERE l.target_column = 'seen' ORDER BY l.seq;
 
 -- Removals here fail, naming the authority: an element, a key, and an
 -- element added and removed in one statement.

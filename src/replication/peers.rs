@@ -223,7 +223,8 @@ pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, stop: &dyn Fn() -> b
 /// replaced, rejoin.rs). Returns the number of ops copied.
 pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool, rejoin: bool) -> usize {
     let frontier = read_one::<String>("SELECT converge.frontier()::text", &[]).unwrap_or("{}".into());
-    let ops = match conn.query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&frontier], true, QUERY_TIMEOUT, stop) {
+    let query = changes_query(conn, stop).unwrap_or_else(|e| peer_failed(name, e));
+    let ops = match conn.query(query, &[&frontier], true, QUERY_TIMEOUT, stop) {
         Ok(ops) => ops,
         // The peer compacted its log past our frontier: copy its rows.
         Err(e) if e.sqlstate.as_deref() == Some("55000") => return super::rejoin::copy_snapshot(name, conn, origin, stop, rejoin),
@@ -231,6 +232,21 @@ pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, st
     };
     let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     apply_encoded(ops, name, origin, 0, 0)
+}
+
+/// The query for the ops a peer has beyond a frontier ($1), as this
+/// version applies them: ormap deltas with what they superseded per key
+/// (what `removes_only` reads), from a peer that has it (0.2.0 and later;
+/// a 0.1.0 peer's own ops never carry it).
+pub(crate) fn changes_query(conn: &mut Conn, stop: &dyn Fn() -> bool) -> Result<&'static str, PeerError> {
+    let has = conn
+        .query("SELECT to_regprocedure('converge.changes_since(jsonb,boolean)') IS NOT NULL", &[], false, QUERY_TIMEOUT, stop)?
+        .text(0, 0);
+    Ok(if has.as_deref() == Some("t") {
+        "SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb, true) o"
+    } else {
+        "SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o"
+    })
 }
 
 /// Stop replicating with a peer: drop our slot on it and its origin here.

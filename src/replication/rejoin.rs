@@ -171,9 +171,8 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     let horizon = q("SELECT coalesce(jsonb_object_agg(actor, upto), '{}')::text FROM converge.log_horizon", &[])
         .text(0, 0)
         .unwrap_or_else(|| "{}".into());
-    let left = conn
-        .query("SELECT converge.op_encode(o) FROM converge.changes_since($1::jsonb) o", &[&horizon], true, QUERY_TIMEOUT, stop)
-        .unwrap_or_else(|e| fail(peer, e));
+    let query = super::peers::changes_query(conn, stop).unwrap_or_else(|e| fail(peer, e));
+    let left = conn.query(query, &[&horizon], true, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     let left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     crate::actors::merge_registry_state(registry);

@@ -369,7 +369,11 @@ fn write_decision(me: &str, l: &crate::apply::Layout, key: &Value, old: &Map<Str
         .keys()
         .map(|c| match l.crdt.contains_key(c) {
             false => format!("{0} = d.{0}", ident(c)),
-            true => format!("{0} = CASE WHEN d.{0} IS NULL THEN t.{0} WHEN t.{0} IS NULL THEN d.{0} ELSE t.{0} OPERATOR(converge.||) d.{0} END", ident(c)),
+            // (merge with NULL: what a decision returns is stored as a state.)
+            true => format!(
+                "{0} = CASE WHEN d.{0} IS NULL THEN t.{0} WHEN t.{0} IS NULL THEN converge.merge(d.{0}, NULL) ELSE t.{0} OPERATOR(converge.||) d.{0} END",
+                ident(c)
+            ),
         })
         .collect();
     let sql = format!(
@@ -452,7 +456,7 @@ fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, 
         }
         cols.push(c.clone());
         versions.push(l.version(c));
-        deltas.push(crate::trigger::wire_form(delta, l.removes_only_node(c).is_some()));
+        deltas.push(delta);
     }
     if !cols.is_empty() {
         let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");

@@ -366,5 +366,8 @@ pub fn from_bytes_trusted<T: Crdt>(bytes: &[u8]) -> T {
 
 /// Mutators treat a NULL state as the empty value.
 pub fn or_empty<T: Crdt>(v: Option<T>) -> T {
-    v.unwrap_or_default()
+    // A mutator returns a state, also when it changes nothing.
+    let mut v = v.unwrap_or_default();
+    v.as_state();
+    v
 }
