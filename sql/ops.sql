@@ -270,12 +270,14 @@ BEGIN
     -- Log order is apply order, and an op is applied only after its deps.
     RETURN QUERY
         SELECT l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version, l.epoch,
-               l.deps, CASE WHEN with_covers THEN l.delta ELSE converge.without_covers(l.delta) END, l.signature
+               -- (A signed op goes as signed: its signature covers the delta.)
+               l.deps, CASE WHEN with_covers OR l.signature IS NOT NULL THEN l.delta ELSE converge.without_covers(l.delta) END,
+               l.signature
           FROM converge.op_log l
          WHERE l.outcome = 'applied' AND l.counter > coalesce((frontier ->> l.actor)::bigint, 0)
          ORDER BY l.seq;
 END $$;
-COMMENT ON FUNCTION converge.changes_since(jsonb, boolean) IS 'The applied ops a caller at this frontier lacks, in an order that respects deps; with_covers false: ormap deltas without what they superseded per key, as readers before 0.2.0 take them. 55000 if the frontier predates a compaction (rejoin from converge.snapshot).';
+COMMENT ON FUNCTION converge.changes_since(jsonb, boolean) IS 'The applied ops a caller at this frontier lacks, in an order that respects deps; with_covers false: ormap deltas of unsigned ops without what they superseded per key, as readers before 0.2.0 take them. 55000 if the frontier predates a compaction (rejoin from converge.snapshot).';
 
 -- What clients and nodes before 0.2.0 call.
 CREATE FUNCTION converge.changes_since(frontier jsonb)

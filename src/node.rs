@@ -15,6 +15,27 @@ thread_local! {
     static NODE: RefCell<Option<String>> = const { RefCell::new(None) };
     static CLOCK: RefCell<Hlc> = RefCell::new(Hlc::new());
     static DOT_SEQ: RefCell<Option<pg_sys::Oid>> = const { RefCell::new(None) };
+    static SCHEMA_CURRENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This library records ops in its own version's schema. Between installing
+/// a new library (and restarting) and `ALTER EXTENSION converge UPDATE` in
+/// this database, a write of a replicated table fails here with 55000
+/// saying so, not with an error about a table the old schema lacks. Asked
+/// once per session once the versions agree.
+pub(crate) fn require_current_schema() {
+    if SCHEMA_CURRENT.get() {
+        return;
+    }
+    let library = env!("CARGO_PKG_VERSION");
+    match crate::spi::read_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'converge'", &[]) {
+        Some(v) if v != library => raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("converge's library is version {library}, and the extension in this database is still version {v}"),
+            "Run ALTER EXTENSION converge UPDATE in this database: writes to replicated tables wait for it (other tables are not affected).",
+        ),
+        _ => SCHEMA_CURRENT.set(true),
+    }
 }
 
 fn dot_seq_oid() -> pg_sys::Oid {

@@ -98,6 +98,7 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
         return m;
     }
     watch_relcache();
+    crate::node::require_current_schema();
     let row = Spi::connect(|c| {
         let sql = format!(
             "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns,

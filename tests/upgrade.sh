@@ -83,6 +83,14 @@ cmp -s <(head -1 "$DIR/before.madrid") <(head -1 "$DIR/before.dublin") || { echo
 # 2. This version: install, restart (no old library left in memory), update.
 (cd "$ROOT" && cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null)
 as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -m fast -w restart -l "$DIR/data/server.log" >/dev/null
+# Until the update, a write of a replicated table fails and says why (the
+# new library cannot record ops in the old schema); other tables work.
+pq "$PORT" -d up_madrid -c "CREATE TABLE unreplicated (id int PRIMARY KEY)" -c "INSERT INTO unreplicated VALUES (1)" >/dev/null
+if out=$(pq "$PORT" -d up_madrid -c "UPDATE everything SET title = 'between' WHERE id = 1" 2>&1); then
+    echo "a write of a replicated table worked before ALTER EXTENSION UPDATE"; exit 1
+fi
+grep -q "ALTER EXTENSION converge UPDATE" <<<"$out" || { echo "the write before the update failed without saying why: $out"; exit 1; }
+pq "$PORT" -d up_madrid -c "DROP TABLE unreplicated" >/dev/null
 for node in madrid dublin; do
     pq "$PORT" -d "up_$node" -c "ALTER EXTENSION converge UPDATE"
     v=$(pq "$PORT" -d "up_$node" -Atc "SELECT extversion FROM pg_extension WHERE extname = 'converge'")
