@@ -28,14 +28,20 @@ pub(crate) fn require_current_schema() {
         return;
     }
     let library = env!("CARGO_PKG_VERSION");
-    match crate::spi::read_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'converge'", &[]) {
+    match extension_version() {
         Some(v) if v != library => raise_hint(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("converge's library is version {library}, and the extension in this database is still version {v}"),
+            format!("converge's library is version {library}, and the extension in this database is version {v}"),
             "Run ALTER EXTENSION converge UPDATE in this database: writes to replicated tables wait for it (other tables are not affected).",
         ),
-        _ => SCHEMA_CURRENT.set(true),
+        Some(_) => SCHEMA_CURRENT.set(true),
+        None => {}
     }
+}
+
+/// The version of converge installed in this database, if any.
+pub(crate) fn extension_version() -> Option<String> {
+    crate::spi::read_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'converge'", &[])
 }
 
 fn dot_seq_oid() -> pg_sys::Oid {

@@ -43,20 +43,27 @@ ALTER TABLE clinic.seat ALTER COLUMN id TYPE bigint USING id::oid;
 ALTER TABLE clinic.seat ALTER COLUMN code TYPE text;
 ALTER TABLE clinic.seat ALTER COLUMN code TYPE text COLLATE "C";
 SELECT key_types, key_collations FROM converge.replicated WHERE table_name = 'clinic.seat'::regclass;
--- An array key's elements too: one too long is refused, not cut.
+-- An array key's elements too: one too long is refused, not cut (also
+-- when only spaces are past the limit, which a cast would drop).
 CREATE TABLE clinic.shelf (labels varchar(5)[] PRIMARY KEY, n converge.gcounter);
 SELECT converge.replicate('clinic.shelf');
 SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone9:3', 'phone9', 'clinic.shelf', '{"labels": "{ab,cd}"}', 'n', 1, 0, '{}',
         '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op,
     ROW('phone9:4', 'phone9', 'clinic.shelf', '{"labels": "{abcdefg}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone9:14', 'phone9', 'clinic.shelf', '{"labels": "{\"a b\",ef}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone9:15', 'phone9', 'clinic.shelf', '{"labels": "{\"abcde  \"}"}', 'n', 1, 0, '{}',
         '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels FROM clinic.shelf;
 DROP TABLE clinic.seat, clinic.shelf;
 -- Any key a column would store changed is refused, not rounded or cut to
--- another row's: more decimals than a numeric(p,s) keeps, a name over 63
--- bytes, more than one character for "char". A numeric(p,s) array key, a
--- numeric that is not a number and keys that fit apply.
+-- another row's: more decimals than a numeric(p,s) keeps (or more integer
+-- digits than it holds), a name over 63 bytes, more than one character for
+-- "char", an array element of numeric(p,s) with more decimals. A
+-- numeric(p,s) array key, a numeric that is not a number and keys that fit
+-- apply.
 CREATE TABLE clinic.bin (price numeric(5,2), label name, grade "char", sizes numeric(4,1)[],
                          PRIMARY KEY (price, label, grade, sizes), n converge.gcounter);
 SELECT converge.replicate('clinic.bin');
@@ -67,7 +74,12 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY(
       FROM (VALUES (1, '1.5', '"gauze"', '"a"'), (2, '1.50', '"gauze"', '"b"'), (3, '"NaN"', '"gauze"', '"a"'),
                    (4, '1.234', '"gauze"', '"a"'), (5, '1234.5', '"gauze"', '"a"'),
                    (6, '1', to_json(repeat('x', 64))::text, '"a"'), (7, '1', '"gauze"', '"ab"')) v(i, p, l, g)
-     ORDER BY i)) ORDER BY op_id;
+     ORDER BY i)) ORDER BY length(op_id), op_id;
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone9:12', 'phone9', 'clinic.bin', '{"price": 2, "label": "gauze", "grade": "a", "sizes": "{1.55}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone9:13', 'phone9', 'clinic.bin', '{"price": 2, "label": "gauze", "grade": "a", "sizes": "{NULL,-1.5}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT price, label, grade, sizes, n::jsonb FROM clinic.bin ORDER BY price, grade;
 DROP TABLE clinic.bin;
 -- A change made while the event triggers were off is refused when

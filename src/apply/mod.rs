@@ -21,6 +21,7 @@ mod classify;
 mod control;
 mod entry;
 mod merge;
+mod keys;
 mod target;
 mod waiting;
 

@@ -2,6 +2,7 @@
 //! (cached across batches, cleared by relcache invalidations) and the
 //! canonical form of a row key.
 
+use super::keys::{numeric_fits, text_fits};
 use super::*;
 
 thread_local! {
@@ -137,44 +138,10 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
     r
 }
 
-/// The length limit of a `character varying(n)` or `character(n)` type as
-/// `format_type` writes it; None for any other type (arrays of them too).
-fn max_length(ty: &str) -> Option<usize> {
-    let rest = ty.strip_prefix("character varying(").or_else(|| ty.strip_prefix("character("))?;
-    rest.strip_suffix(')')?.parse().ok()
-}
-
-/// Whether a key's text is stored as it is by a column of this type (as
-/// `format_type` writes it): a cast to varchar(n) or char(n) cuts a longer
-/// value, `name` cuts at 63 bytes and `"char"` keeps one byte, each to
-/// another row's key.
-fn text_fits(ty: &str, text: &str) -> bool {
-    match ty {
-        "name" => text.len() < pg_sys::NAMEDATALEN as usize,
-        // One byte, or the octal escape `"char"` prints a non-ASCII byte as.
-        "\"char\"" => text.len() <= 1 || (text.len() == 4 && text.starts_with('\\') && text[1..].bytes().all(|b| (b'0'..=b'7').contains(&b))),
-        _ => max_length(ty).is_none_or(|n| text.chars().count() <= n),
-    }
-}
-
-/// Whether a numeric key is stored exactly by a `numeric(p,s)` column: one
-/// with more fractional digits than `s` would be rounded to another row's
-/// key. (An unconstrained numeric, real and double keep what the trigger
-/// renders.)
-fn numeric_fits(ty: &str, n: &serde_json::Number) -> bool {
-    let Some(mods) = ty.strip_prefix("numeric(").and_then(|r| r.strip_suffix(')')) else { return true };
-    let (p, s) = match mods.split_once(',') {
-        Some((p, s)) => (p.trim().parse::<i64>(), s.trim().parse::<i64>()),
-        None => (mods.trim().parse::<i64>(), Ok(0)),
-    };
-    let (Ok(p), Ok(s), Some((_, digits, exp))) = (p, s, converge_core::json::decimal(&n.to_string())) else { return false };
-    digits.is_empty() || (exp >= -s && digits.len() as i64 + exp <= p - s)
-}
-
 /// A key object with exactly the key columns, each value as the op trigger
 /// renders it: integers and booleans as JSON, numeric and floating point as
 /// JSON numbers, anything else as a string; each one the column stores as
-/// it is (`text_fits`, `numeric_fits`). None if it cannot be.
+/// it is (`keys::text_fits`, `keys::numeric_fits`). None if it cannot be.
 pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
     use serde_json::Value;
     let obj = key.as_object()?;

@@ -204,8 +204,7 @@ fn installed_and_allowed() -> bool {
 /// the worker stops until they agree (ALTER EXTENSION converge UPDATE
 /// starts it again), rather than run new code on the old schema.
 fn same_version() -> bool {
-    let installed = crate::spi::read_one::<String>("SELECT extversion FROM pg_extension WHERE extname = 'converge'", &[]);
-    match installed {
+    match crate::node::extension_version() {
         Some(v) if v != env!("CARGO_PKG_VERSION") => {
             pgrx::warning!(
                 "converge: the extension here is version {v} and the library is {}; replication waits for ALTER EXTENSION converge UPDATE",

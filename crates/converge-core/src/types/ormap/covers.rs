@@ -17,10 +17,10 @@ use crate::codec::{decode_trusted, encode, Crdt};
 use crate::dots::{DotMap, DotSet};
 use crate::error::{Error, Result};
 
-/// An op's delta as it is recorded and sent unless its column routes
-/// removals (`removes_only`): an ormap delta without its covers (format
-/// version 1, which nodes and client crates before 0.2.0 read, and which
-/// merges the same); any other value as it is.
+/// An op's delta as readers before 0.2.0 take it: an ormap delta without
+/// its covers (format version 1, which merges the same); any other value
+/// as it is. The extension's `changes_since(frontier)` serves unsigned ops
+/// so; the client crate sends its ops so unless the column routes removals.
 pub fn without_covers(delta: Vec<u8>) -> Vec<u8> {
     if delta.first() != Some(&2) || delta.get(1) != Some(&OrMap::TAG) {
         return delta;

@@ -1,0 +1,89 @@
+//! Whether a key value an op names is stored as it is by its column. A cast
+//! that rounds or cuts it (numeric(p,s), varchar(n), char(n), name,
+//! "char", and the elements of arrays of them) would write the op's
+//! changes to another row's key, so the apply refuses such a key
+//! (`invalid_key`) instead.
+
+use pgrx::pg_sys;
+
+/// The length limit of a `character varying(n)` or `character(n)` type as
+/// `format_type` writes it; None for any other type.
+fn max_length(ty: &str) -> Option<usize> {
+    let rest = ty.strip_prefix("character varying(").or_else(|| ty.strip_prefix("character("))?;
+    rest.strip_suffix(')')?.parse().ok()
+}
+
+/// Whether a key given as text is stored as it is by a column of type `ty`
+/// (as `format_type` writes it); an array's elements each.
+pub(super) fn text_fits(ty: &str, text: &str) -> bool {
+    match ty.strip_suffix("[]") {
+        Some(element) => array_elements(text).is_some_and(|els| els.iter().flatten().all(|e| element_fits(element, e))),
+        None => element_fits(ty, text),
+    }
+}
+
+fn element_fits(ty: &str, text: &str) -> bool {
+    if ty.starts_with("numeric(") {
+        return ["NaN", "Infinity", "-Infinity"].contains(&text)
+            || serde_json::from_str::<serde_json::Number>(text).is_ok_and(|n| numeric_fits(ty, &n));
+    }
+    match ty {
+        "name" => text.len() < pg_sys::NAMEDATALEN as usize,
+        // One byte, or the octal escape `"char"` prints a non-ASCII byte as.
+        "\"char\"" => {
+            text.len() <= 1
+                || (text.len() == 4
+                    && text.starts_with('\\')
+                    && matches!(text.as_bytes()[1], b'2' | b'3')
+                    && text[2..].bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        }
+        _ => max_length(ty).is_none_or(|n| text.chars().count() <= n),
+    }
+}
+
+/// Whether a numeric key is stored exactly by a `numeric(p,s)` column: one
+/// with more fractional digits than `s` would be rounded to another row's
+/// key (and one with more than `p - s` integer digits does not fit). An
+/// unconstrained numeric, real and double keep what the trigger renders.
+pub(super) fn numeric_fits(ty: &str, n: &serde_json::Number) -> bool {
+    let Some(mods) = ty.strip_prefix("numeric(").and_then(|r| r.strip_suffix(')')) else { return true };
+    let (p, s) = match mods.split_once(',') {
+        Some((p, s)) => (p.trim().parse::<i64>(), s.trim().parse::<i64>()),
+        None => (mods.trim().parse::<i64>(), Ok(0)),
+    };
+    let (Ok(p), Ok(s), Some((_, digits, exp))) = (p, s, converge_core::json::decimal(&n.to_string())) else { return false };
+    digits.is_empty() || (exp >= -s && (digits.len() as i64).checked_add(exp).is_some_and(|int| int <= p - s))
+}
+
+/// The elements of an array's text form (`{a,"b c",NULL,{d}}`, with or
+/// without a `[1:2]=` dimension prefix), unquoted; NULL elements as None.
+/// None if the text is not an array's.
+fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
+    let body = if text.starts_with('[') { text.split_once('=')?.1 } else { text };
+    let body = body.trim_start().strip_prefix('{')?;
+    let (mut out, mut cur) = (Vec::new(), String::new());
+    let (mut quoted, mut started, mut was_quoted) = (false, false, false);
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (_, '\\') => cur.push(chars.next()?),
+            (true, '"') => quoted = false,
+            (true, c) => cur.push(c),
+            (false, '"') => (quoted, started, was_quoted) = (true, true, true),
+            (false, '{' | '}' | ',') => {
+                if started {
+                    let null = !was_quoted && cur.trim().eq_ignore_ascii_case("NULL");
+                    out.push((!null).then(|| if was_quoted { cur.clone() } else { cur.trim_end().to_string() }));
+                }
+                cur.clear();
+                (started, was_quoted) = (false, false);
+            }
+            (false, c) if c.is_whitespace() && !started => {}
+            (false, c) => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    (!quoted).then_some(out)
+}
