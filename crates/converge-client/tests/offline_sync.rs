@@ -517,3 +517,43 @@ fn a_device_counts_and_assigns_in_a_removes_only_ormap_but_does_not_remove() {
     assert_eq!(outcomes, vec![("rejected".into(), Some("not_authority".into()))]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A signed device op that says what it superseded goes out of
+/// `changes_since(frontier)` as it was signed (its signature covers the
+/// delta), while the server's own ops of the same column lose the list
+/// there for older readers.
+#[test]
+fn a_signed_op_keeps_its_covers_in_changes_since() {
+    let mut db = fresh_node("converge_client_signed_covers", "dublin");
+    let key = converge_core::signing::SigningKey::from_bytes(&[21; 32]);
+    db.execute("SELECT converge.register_actor('tab6', $1)", &[&key.verifying_key().to_bytes().to_vec()]).unwrap();
+    db.batch_execute(
+        "SELECT converge.set_authority('incident', 'items', 'virginia', removes_only => true);
+         INSERT INTO incident (id) VALUES (1);
+         UPDATE incident SET items = converge.assign(items, 'by', '\"ana\"') WHERE id = 1;
+         UPDATE incident SET items = converge.assign(items, 'by', '\"ben\"') WHERE id = 1;",
+    )
+    .unwrap();
+    let dir = workdir("signed-covers");
+    let mut tab = open(&dir, "tab6");
+    tab.declare_removes_only("incident", "items").unwrap();
+    tab.sign_with(key.clone(), "public");
+    tab.pull(&mut db).unwrap();
+    tab.mutate("incident", json!({"id": 1}), "items", |v, ctx| {
+        let AnyCrdt::OrMap(x) = v else { unreachable!() };
+        Ok(AnyCrdt::OrMap(x.assign("by", Json::parse("\"cy\"").unwrap(), ctx.dot.clone())?))
+    })
+    .unwrap();
+    let outcomes: Vec<String> = tab.push(&mut db).unwrap().into_iter().map(|o| o.outcome).collect();
+    assert_eq!(outcomes, vec!["applied"]);
+    let pulled: Vec<Op> = db
+        .query("SELECT converge.op_encode(o) FROM converge.changes_since('{}') o WHERE o.target_column = 'items'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| Op::decode(r.get::<_, &[u8]>(0)).unwrap())
+        .collect();
+    let forms: Vec<(String, u8)> = pulled.iter().map(|op| (op.actor.clone(), op.delta[0])).collect();
+    assert_eq!(forms, vec![("dublin".into(), 1), ("dublin".into(), 1), ("tab6".into(), 2)]);
+    assert_eq!(pulled[2].check_signature(&key.verifying_key()), SignatureCheck::Valid);
+    let _ = std::fs::remove_dir_all(&dir);
+}
