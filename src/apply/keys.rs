@@ -24,7 +24,7 @@ pub(super) fn text_fits(ty: &str, text: &str) -> bool {
 
 fn element_fits(ty: &str, text: &str) -> bool {
     if ty.starts_with("numeric(") {
-        return ["NaN", "Infinity", "-Infinity"].contains(&text)
+        return not_a_number(text)
             || serde_json::from_str::<serde_json::Number>(text).is_ok_and(|n| numeric_fits(ty, &n));
     }
     match ty {
@@ -39,6 +39,12 @@ fn element_fits(ty: &str, text: &str) -> bool {
         }
         _ => max_length(ty).is_none_or(|n| text.chars().count() <= n),
     }
+}
+
+/// A numeric value that is not a JSON number, as PostgreSQL prints it (and
+/// the trigger renders it: a string).
+pub(super) fn not_a_number(text: &str) -> bool {
+    ["NaN", "Infinity", "-Infinity"].contains(&text)
 }
 
 /// Whether a numeric key is stored exactly by a `numeric(p,s)` column: one

@@ -2,7 +2,7 @@
 //! (cached across batches, cleared by relcache invalidations) and the
 //! canonical form of a row key.
 
-use super::keys::{numeric_fits, text_fits};
+use super::keys::{not_a_number, numeric_fits, text_fits};
 use super::*;
 
 thread_local! {
@@ -166,7 +166,7 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
             },
             "numeric" | "real" | "double precision" => match v {
                 // As the trigger renders the values that are not numbers.
-                Value::String(s) if ["NaN", "Infinity", "-Infinity"].contains(&s.as_str()) => v.clone(),
+                Value::String(s) if not_a_number(s) => v.clone(),
                 Value::Number(n) if numeric_fits(full, n) => v.clone(),
                 Value::String(s) => match serde_json::from_str::<Value>(s).ok()? {
                     Value::Number(n) if numeric_fits(full, &n) => Value::Number(n),
