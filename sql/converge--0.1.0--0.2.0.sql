@@ -1229,6 +1229,13 @@ COMMENT ON FUNCTION converge.apply_batch(converge.op[], text) IS 'Apply a batch 
 COMMENT ON FUNCTION converge.ormap_recv(internal) IS 'Binary input of ormap: [format version, type tag, postcard body], validated and canonical (version 2: a delta that says per key what it superseded).';
 COMMENT ON FUNCTION converge.delta(converge.ormap, converge.ormap) IS 'delta(new, old): the smallest ormap d with merge(old, d) = merge(old, new), saying per key what new superseded of old (covers); NULL old is empty, NULL new gives NULL.';
 
+-- replay applies a peer's op again as that peer's (in SQL it was refused
+-- as node_actor).
+CREATE OR REPLACE FUNCTION converge.replay(replay_op_id text)
+RETURNS TABLE (op_id text, outcome text, reason text)
+LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'replay_wrapper';
+COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a translation or an update of this node); an op a peer sent is applied as that peer''s. The log keeps both outcomes.';
+
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.
 SELECT converge.start_worker();

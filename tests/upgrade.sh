@@ -12,22 +12,17 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 source .ci/pg.sh
 DIR=$1 PORT=$2
-OLD_VERSION=0.1.0
-OLD_COMMIT=5bff85ef10ede4f78ddc154f622bb9377e1cd662   # tag v0.1.0
+source tests/old_version.sh
 NEW_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 mkdir -p "$DIR"; chown postgres "$DIR"
 trap 'pg_down "$DIR/data"' EXIT
 
-# 1. The released version, built from its own sources (its own target
-#    directory: two checkouts of one workspace must not share one).
-if ! git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
-    git fetch -q --unshallow 2>/dev/null || git fetch -q origin "$OLD_COMMIT" \
-        || { echo "upgrade test: commit $OLD_COMMIT (v$OLD_VERSION) is not in this clone"; exit 1; }
-fi
-OLD_SRC="$DIR/src-$OLD_VERSION"
-rm -rf "$OLD_SRC"; mkdir -p "$OLD_SRC"
-git archive "$OLD_COMMIT" | tar -x -C "$OLD_SRC"
-(cd "$OLD_SRC" && CARGO_TARGET_DIR="$DIR/target-$OLD_VERSION" cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null)
+# 1. The released version, built from its own sources (tests/old_version.sh;
+#    CONVERGE_OLD_BUILD: a build directory shared with tests/mixed_versions.sh)
+#    and installed over this one.
+OLD_BUILD=${CONVERGE_OLD_BUILD:-$DIR/old-build}
+old_package "$OLD_BUILD"
+cp -r "$OLD_BUILD/pkg/usr" /
 
 pg_up "$DIR/data" "$PORT"
 pq "$PORT" -d postgres -c "DROP DATABASE IF EXISTS up_madrid" -c "DROP DATABASE IF EXISTS up_dublin" \
