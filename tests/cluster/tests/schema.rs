@@ -1,10 +1,11 @@
 //! Schema changes on real nodes (docs/replication.md, "Schema changes"):
 //! columns added to a replicated table on every node replicate from their
 //! first change with no `converge.replicate` run again, through a
-//! partition too, and a dropped column leaves the others replicating.
+//! partition too, and a dropped column leaves the others replicating; an
+//! op for a column one node added first is replayed where it was missing.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 140..142.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 140..145.
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
@@ -59,4 +60,36 @@ fn columns_added_on_every_node_replicate_with_no_replicate_call() {
     converge_all(&nodes, Duration::from_secs(60));
     assert_identical(&nodes, &["item"]);
     assert_eq!(text(&nodes[2], "SELECT format('%s %s', visits::jsonb, sev) FROM item WHERE id = 2"), "110 1");
+}
+
+/// A column added on one node first (docs/replication.md: "Add a column on
+/// every node before anyone writes it"): its op is rejected elsewhere with
+/// `unknown_column` and kept; once the column exists there,
+/// `converge.replay` applies it, as the op of the peer that sent it.
+#[test]
+fn an_op_for_a_column_not_yet_added_is_replayed_once_it_is() {
+    let root = Scratch::new("schema-replay");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    nodes[0].client().batch_execute("ALTER TABLE item ADD COLUMN visits converge.gcounter").unwrap();
+    nodes[0].client().batch_execute("UPDATE item SET visits = converge.incr(visits, 7) WHERE id = 1").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    // (One row per peer that delivered it: a node forwards what it logged.)
+    let kept = "SELECT string_agg(DISTINCT op_id || ' ' || reason || ' ' || (origin LIKE 'peer:%')::text, ', ')
+                  FROM converge.op_log WHERE outcome = 'rejected'";
+    let op_id = text(&nodes[0], "SELECT op_id FROM converge.op_log WHERE target_column = 'visits'");
+    for n in &nodes[1..] {
+        assert_eq!(text(n, kept), format!("{op_id} unknown_column true"), "on {}", n.name);
+        n.client().batch_execute("ALTER TABLE item ADD COLUMN visits converge.gcounter").unwrap();
+        let replayed = text(n, &format!("SELECT string_agg(outcome || ' ' || coalesce(reason, ''), ', ') FROM converge.replay('{op_id}')"));
+        assert_eq!(replayed, "applied ", "replay on {}", n.name);
+    }
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT visits::jsonb::text FROM item WHERE id = 1"), "7", "on {}", n.name);
+        let frontier = "SELECT (converge.frontier() ->> 'madrid')";
+        assert_eq!(text(n, frontier), text(&nodes[0], frontier), "{}'s frontier for madrid", n.name);
+    }
 }
