@@ -221,12 +221,12 @@ RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE sql AS $$ SELECT * FROM converge.apply_batch(ARRAY[op], origin) $$;
 COMMENT ON FUNCTION converge.apply(converge.op, text) IS 'Apply one op (see apply_batch): validate, deduplicate, check deps (buffer if missing), merge into the target row. One row per op decided, including ops it unblocked.';
 
--- replay is Rust (src/coordination.rs): an op a peer sent is applied again
+-- replay is Rust (src/apply/replay.rs): an op a peer sent is applied again
 -- as that peer's, which no SQL caller of apply_batch can ask for.
 CREATE FUNCTION converge.replay(replay_op_id text)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'replay_wrapper';
-COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a translation or an update of this node); an op a peer sent is applied as that peer''s. The log keeps both outcomes.';
+COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key, an added column or an update of this node). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
 
 -- This node's own entry is its highest op counter (converge.last_op_counter):
 -- recording an op does not update a frontier row.

@@ -179,49 +179,18 @@ fn set_schema_version_on(tbl: Option<pg_sys::Oid>, col: Option<&str>, version: O
 /// came from), now that what they waited for is here: a peer's own ops as
 /// that peer's (a client may not send ops under a node's name), the others
 /// as the caller's. Not under a peer's origin (what is written there is
-/// never shipped). Returns what the apply decided.
-pub(crate) fn reapply(waiting: Vec<(Vec<u8>, String)>) -> Vec<(String, String, Option<String>)> {
+/// never shipped).
+pub(crate) fn reapply(waiting: Vec<(Vec<u8>, String)>) {
     let decode = |b: &Vec<u8>| converge_core::Op::decode(b).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, e.message));
     let mut by_origin: std::collections::BTreeMap<&str, Vec<converge_core::Op>> = std::collections::BTreeMap::new();
     for (b, origin) in &waiting {
         by_origin.entry(origin.as_str()).or_default().push(decode(b));
     }
-    let mut out = Vec::new();
     for (origin, ops) in by_origin {
-        out.extend(if origin.starts_with("peer:") {
-            crate::apply::from_peer(|| crate::apply::apply_decoded(ops, origin))
+        if origin.starts_with("peer:") {
+            crate::apply::from_peer(|| crate::apply::apply_decoded(ops, origin));
         } else {
-            crate::apply::apply_decoded(ops, "replay")
-        });
+            crate::apply::apply_decoded(ops, "replay");
+        }
     }
-    out
-}
-
-/// `converge.replay(op_id)`: apply again the last rejected or quarantined
-/// op of that id that the caller may read (the log's row security), after
-/// whatever kept it aside was mended (a repair, a translation, an update of
-/// this node). An op a peer sent is applied as that peer's, like the ops
-/// `set_schema_version` and `freeze` apply again: as a client's, a node's
-/// own op would be refused (`node_actor`). The caller needs the rights an
-/// apply needs on the op's table. Declared in sql/ops.sql.
-#[pg_extern(sql = false, volatile, strict, parallel_unsafe)]
-fn replay(
-    replay_op_id: &str,
-) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
-    let kept = Spi::connect(|c| {
-        c.select(
-            "SELECT converge.op_encode(ROW(l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version,
-                                           l.epoch, l.deps, l.delta, l.signature)::converge.op), l.origin
-               FROM converge.op_log l WHERE l.op_id = $1 AND l.outcome IN ('rejected', 'quarantined')
-              ORDER BY l.seq DESC LIMIT 1",
-            None,
-            &[replay_op_id.into()],
-        )
-        .map(|t| t.filter_map(|r| Some((r.get::<Vec<u8>>(1).ok()??, r.get::<String>(2).ok()??))).collect::<Vec<_>>())
-    })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    if kept.is_empty() {
-        raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no rejected or quarantined op with op_id {replay_op_id}"));
-    }
-    TableIterator::new(reapply(kept))
 }

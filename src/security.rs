@@ -118,12 +118,15 @@ pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Inside `as_owner`: run `f` as the caller again, with its search_path.
+/// Inside `as_owner`: run `f` as the caller again, with its search_path,
+/// and the apply's trust off: under the caller's search_path a function or
+/// operator it names may be the caller's own code, which must never act
+/// as a peer's replication (`apply::as_client`).
 pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
     // The outermost caller: a nested as_owner (an apply inside an apply)
     // still acts for the role that started it.
     let Some((user, sec, path)) = CALLERS.with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone()))) else {
-        return f();
+        return crate::apply::as_client(f);
     };
     let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
     unsafe {
@@ -132,7 +135,7 @@ pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
     }
     let nest = set_path(&path);
     let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false };
-    f()
+    crate::apply::as_client(f)
 }
 
 /// Run a statement on the user's table `rel` as the role converge acts for

@@ -5,11 +5,15 @@
 #   - each copies the other's ops at add_peer (oslo asks a 0.1.0 peer with
 #     the query 0.1.0 has; lisbon's `changes_since(frontier)` leaves out
 #     what 0.1.0 cannot read);
-#   - ops of every kind travel between the versions, except an oslo ormap
-#     op in format 2 (it lists what it superseded), which lisbon rejects and
-#     keeps (`invalid_delta`), its frontier for oslo held below that op;
+#   - the edits this test makes (counter, orset, ormap, a plain column, row
+#     inserts and deletes) travel between the versions, except an oslo
+#     ormap op in format 2 (it lists what it superseded), which lisbon
+#     rejects and keeps (`invalid_delta`), its frontier for oslo held below;
 #   - lisbon updated (new library, restart, ALTER EXTENSION UPDATE) and the
-#     documented replay run: both nodes end byte-identical.
+#     documented replay run: both nodes end byte-identical;
+#   - an op a 0.1.0 client logged under a node's name, naming a peer as
+#     its origin (0.1.0 logged any origin it was given), is not applied as
+#     that peer's by a replay after the update.
 # 0.1.0 runs from a copy of this PostgreSQL installation that holds
 # 0.1.0's files (PostgreSQL finds its library and share directories
 # relative to its own binary); this version is the one installed already
@@ -29,7 +33,7 @@ pg_down "$DIR/lisbon"; pg_down "$DIR/oslo"; rm -rf "$DIR/lisbon" "$DIR/oslo"
 [ -n "${KEEP:-}" ] || trap 'pg_down "$DIR/lisbon"; pg_down "$DIR/oslo"' EXIT
 fail() { echo "mixed versions: $*"; exit 1; }
 installed=$(sed -n "s/^default_version = '\(.*\)'$/\1/p" /usr/share/postgresql/15/extension/converge.control)
-[ "$installed" = "$NEW_VERSION" ] || fail "the installed converge is $installed, not $NEW_VERSION: run cargo pgrx install first"
+[ -n "$installed" ] && [ "$installed" = "$NEW_VERSION" ] || fail "the installed converge is $installed, not $NEW_VERSION: run cargo pgrx install first"
 
 # 1. A copy of the server installation with 0.1.0 in place of this version.
 old_package "$OLD_BUILD"
@@ -76,16 +80,32 @@ v2=$(sql oslo -c "SELECT count(*) FROM converge.op_log WHERE actor = 'oslo' AND 
 sql oslo -c "SELECT converge.add_peer('lisbon', '$(conn lisbon)')" >/dev/null
 sql lisbon -c "SELECT converge.add_peer('oslo', '$(conn oslo)')" >/dev/null
 rows() { sql "$1" -c "SELECT string_agg(t::text, E'\n' ORDER BY id) FROM kit t"; }
+same_rows() {  # same_rows WHEN: both nodes' rows, read (a failed read stops the test), equal
+    local a b
+    a=$(rows lisbon); b=$(rows oslo)
+    [ -n "$a" ] && [ "$a" = "$b" ] || fail "the nodes differ $1"$'\n'"$a"$'\n--\n'"$b"
+}
 rejected() { sql "$1" -c "SELECT count(*) FROM converge.op_log WHERE outcome = 'rejected'"; }
 [ "$(rejected lisbon)" = 0 ] || fail "lisbon rejected ops copied at add_peer: $(sql lisbon -c "SELECT op_id, reason FROM converge.op_log WHERE outcome = 'rejected'")"
 [ "$(rejected oslo)" = 0 ] || fail "oslo rejected ops copied at add_peer"
-[ "$(rows lisbon)" = "$(rows oslo)" ] || fail "the nodes differ after add_peer"$'\n'"$(rows lisbon)"$'\n--\n'"$(rows oslo)"
+same_rows "after add_peer"
 [ "$(sql oslo -c "SELECT count(*) FROM kit")" = 6 ] || fail "oslo does not hold both nodes' rows"
 
 # 4. Edits that travel through replication (each node's slot on the other).
 sql lisbon -c "UPDATE kit SET parts = converge.incr(parts, 'filter', 5), label = 'lisbon again' WHERE id = 11" >/dev/null
 sql oslo -c "UPDATE kit SET parts = converge.incr(parts, 'valve', 1) WHERE id = 2" >/dev/null
 sql oslo -c "UPDATE kit SET parts = converge.incr(parts, 'valve', 2), uses = converge.incr(uses, 10), tags = converge.add(tags, 'sealed'), label = 'oslo again' WHERE id = 2" >/dev/null
+sql oslo -c "DELETE FROM kit WHERE id = 3" >/dev/null
+sql lisbon -c "DELETE FROM kit WHERE id = 13" >/dev/null
+# A client of lisbon sends an op under oslo's name and names oslo's
+# replication as its origin: 0.1.0 refuses it (node_actor) and logs the
+# origin it was given.
+sql lisbon >/dev/null <<'SQL'
+SELECT * FROM converge.apply_batch(ARRAY[ROW('oslo:900', 'oslo', 'public.kit', '{"id": 1}', 'uses', 1, 0, '{}',
+       converge.incr(NULL::converge.gcounter, 1000)::bytea, NULL)::converge.op], 'peer:oslo');
+SQL
+[ "$(sql lisbon -c "SELECT outcome || ' ' || reason || ' ' || origin FROM converge.op_log WHERE op_id = 'oslo:900'")" = "rejected node_actor peer:oslo" ] \
+    || fail "0.1.0 did not log the client's op under oslo's name as expected"
 sync_both() {
     sql lisbon -c "SELECT converge.sync('oslo')" >/dev/null
     sql oslo -c "SELECT converge.sync('lisbon')" >/dev/null
@@ -95,11 +115,15 @@ sync_both
 # lisbon applies every oslo op but the format-2 one, and keeps that one.
 held=$(sql lisbon -c "SELECT count(*) FROM converge.op_log WHERE outcome = 'rejected' AND reason LIKE 'invalid_delta:%format version 2%'")
 [ "$held" = 1 ] || fail "lisbon holds $held ops rejected for their format, not 1: $(sql lisbon -c "SELECT op_id, outcome, reason FROM converge.op_log WHERE actor = 'oslo' ORDER BY seq")"
-[ "$(rejected lisbon)" = 1 ] || fail "lisbon rejected ops other than the format-2 one"
-row2() { sql "$1" -c "SELECT label, uses::text, tags::text, parts::text FROM kit WHERE id = 2"; }
-[ "$(row2 oslo | cut -d'|' -f1-3)" = "$(row2 lisbon | cut -d'|' -f1-3)" ] || fail "row 2's other columns differ: $(row2 lisbon) / $(row2 oslo)"
-[ "$(row2 oslo)" != "$(row2 lisbon)" ] || fail "lisbon applied oslo's format-2 op (row 2 is equal before the update)"
-held_at=$(sql lisbon -c "SELECT counter FROM converge.op_log WHERE outcome = 'rejected'")
+[ "$(rejected lisbon)" = 2 ] || fail "lisbon rejected ops other than the format-2 one and the client's"
+# Row 2 on lisbon: every change of oslo's but the second valve increment.
+row2() { sql "$1" -c "SELECT label, uses::text, tags::text, converge.get(parts, 'valve') FROM kit WHERE id = 2"; }
+got=$(row2 lisbon); want=$(row2 oslo)
+[ "${got%|*}" = "${want%|*}" ] && [ -n "${want%|*}" ] || fail "row 2's other columns differ: $got / $want"
+[ "${got##*|}|${want##*|}" = "1|3" ] || fail "row 2's valve count is ${got##*|} on lisbon and ${want##*|} on oslo, not 1 and 3"
+[ "$(sql lisbon -c "SELECT count(*) FROM kit WHERE id IN (3, 13)")" = 0 ] || fail "a delete did not travel to lisbon"
+[ "$(sql oslo -c "SELECT count(*) FROM kit WHERE id IN (3, 13)")" = 0 ] || fail "a delete did not travel to oslo"
+held_at=$(sql lisbon -c "SELECT counter FROM converge.op_log WHERE outcome = 'rejected' AND reason LIKE 'invalid_delta:%'")
 seen=$(sql lisbon -c "SELECT (converge.frontier()->>'oslo')::bigint")
 [ "$seen" -lt "$held_at" ] || fail "lisbon's frontier for oslo ($seen) passed the op it holds ($held_at)"
 
@@ -110,17 +134,21 @@ pg_down "$DIR/lisbon"
 pg_up "$DIR/lisbon" "$PORT"
 sql lisbon -c "ALTER EXTENSION converge UPDATE" >/dev/null
 [ "$(sql lisbon -c "SELECT extversion FROM pg_extension WHERE extname = 'converge'")" = "$NEW_VERSION" ] || fail "lisbon did not update"
+# The query docs/operations.md gives, as it is there.
 replayed=$(sql lisbon <<'SQL'
-SELECT r.outcome FROM converge.op_log l, converge.replay(l.op_id) r
- WHERE l.outcome = 'rejected' AND l.reason LIKE 'invalid_delta:%format version 2%';
+SELECT converge.replay(op_id) FROM converge.op_log
+ WHERE outcome = 'rejected' AND reason LIKE 'invalid_delta:%format version 2%';
 SQL
 )
-[ "$replayed" = applied ] || fail "the replay gave '$replayed', not applied"
+[[ "$replayed" =~ ^\(oslo:[0-9]+,applied,\)$ ]] || fail "the replay gave '$replayed', not one op applied"
+# The client's op is not the peer's: a replay refuses it again.
+forged=$(sql lisbon -c "SELECT outcome || ' ' || reason FROM converge.replay('oslo:900')")
+[ "$forged" = "rejected node_actor" ] || fail "a replay of the op a 0.1.0 client logged under oslo's name gave '$forged'"
 [ "$(sql lisbon -c "SELECT (converge.frontier()->>'oslo')::bigint")" = "$(sql oslo -c "SELECT (converge.frontier()->>'oslo')::bigint")" ] \
     || fail "after the replay, lisbon's frontier for oslo is not oslo's own"
 sql lisbon -c "UPDATE kit SET parts = converge.incr(parts, 'valve', 1) WHERE id = 12" >/dev/null
 sql oslo -c "UPDATE kit SET parts = converge.incr(parts, 'filter', 1) WHERE id = 1" >/dev/null
 sync_both
 [ "$(rejected oslo)" = 0 ] || fail "oslo rejected an op of the updated lisbon"
-[ "$(rows lisbon)" = "$(rows oslo)" ] || fail "the nodes differ after the update and replay"$'\n'"$(rows lisbon)"$'\n--\n'"$(rows oslo)"
-echo "mixed versions $OLD_VERSION and $NEW_VERSION: ops copied and streamed both ways, the format-2 op held by $OLD_VERSION and applied by replay after its update; rows identical"
+same_rows "after the update and replay"
+echo "mixed versions $OLD_VERSION and $NEW_VERSION: ops copied and streamed both ways, the format-2 op held by $OLD_VERSION and applied by replay after its update, rows identical; a $OLD_VERSION client's op under a node's name stays refused"

@@ -16,9 +16,11 @@ old_package() {
             || { echo "commit $OLD_COMMIT (v$OLD_VERSION) is not in this clone"; return 1; }
     fi
     mkdir -p "$build"
-    if [ ! -f "$build/src/Cargo.toml" ]; then
-        mkdir -p "$build/src"
+    # (The stamp is written once the sources are whole, and names them.)
+    if [ "$(cat "$build/src.commit" 2>/dev/null)" != "$OLD_COMMIT" ]; then
+        rm -rf "$build/src" "$build/src.commit" && mkdir -p "$build/src"
         git archive "$OLD_COMMIT" | tar -x -C "$build/src"
+        echo "$OLD_COMMIT" > "$build/src.commit"
     fi
     (cd "$build/src" && CARGO_TARGET_DIR="$build/target" \
         cargo pgrx package --debug --pg-config /usr/bin/pg_config --out-dir "$build/pkg" >"$build/build.log" 2>&1) \

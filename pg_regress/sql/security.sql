@@ -128,6 +128,48 @@ SELECT id, value(n) FROM sec_later;
 SELECT count(*) AS later_ops FROM changes_since('{}') WHERE target_table = 'public.sec_later';
 RESET ROLE;
 
+-- replay applies an op that came through a peer's replication as that
+-- peer's: the table's owner may, another writer of the table may not. (The
+-- row stands for what the worker logs: peer sec-peer's own op, refused
+-- while the column it names was missing here.)
+INSERT INTO op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version, epoch, deps, delta,
+                    outcome, reason, origin)
+VALUES ('sec-peer:1', 'sec-peer', 1, 'public.sec_incident', '{"id": 1}', 'visits', 1, 0, '{}',
+        '{"counts":{"sec-peer":4}}'::gcounter::bytea, 'rejected', 'unknown_column', 'peer:sec-peer');
+GRANT SELECT, INSERT, UPDATE ON sec_incident TO cv_intruder;
+SET ROLE cv_intruder;
+SELECT * FROM replay('sec-peer:1');
+RESET ROLE;
+REVOKE ALL ON sec_incident FROM cv_intruder;
+SET ROLE cv_app;
+SELECT * FROM replay('sec-peer:1');
+SELECT value(visits) FROM sec_incident WHERE id = 1;
+SELECT op_id, outcome, reason, origin FROM op_log WHERE op_id = 'sec-peer:1' ORDER BY seq;
+-- What converge runs as the caller (here resolving the op's table under
+-- the caller's search_path, where a function of the caller's own comes
+-- first) is never trusted as the peer's: an op it sends under this node's
+-- name is refused, its claimed origin logged as such.
+CREATE FUNCTION public.to_regclass(t text) RETURNS regclass LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM converge.apply_batch(ARRAY[ROW(n.name || ':9000', n.name, 'public.sec_incident', '{"id": 1}', 'visits', 1, 0, '{}',
+                                           converge.incr(NULL::converge.gcounter, 1000)::bytea, NULL)::converge.op], 'peer:sec-peer')
+       FROM converge.node_identity n;
+    RETURN pg_catalog.to_regclass(t);
+END $$;
+RESET ROLE;
+INSERT INTO op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version, epoch, deps, delta,
+                    outcome, reason, origin)
+VALUES ('sec-peer:2', 'sec-peer', 2, 'public.sec_incident', '{"id": 1}', 'visits', 1, 0, '{}',
+        '{"counts":{"sec-peer":5}}'::gcounter::bytea, 'rejected', 'unknown_column', 'peer:sec-peer');
+SET ROLE cv_app;
+SET search_path = public, pg_catalog, converge;
+SELECT * FROM replay('sec-peer:2');
+SET search_path = public, converge;
+SELECT outcome, reason, origin FROM op_log WHERE op_id LIKE '%:9000';
+SELECT value(visits) FROM sec_incident WHERE id = 1;
+DROP FUNCTION public.to_regclass(text);
+RESET ROLE;
+
 -- Clean up (the roles are cluster-wide).
 DELETE FROM peer_reader WHERE role::text = 'cv_peer';
 DROP TABLE sec_incident, sec_later, sec_seen;

@@ -59,6 +59,7 @@ pub(super) fn classify(
     cache: &mut HashMap<String, Result<usize, &'static str>>,
     nodes: &HashSet<String>,
     registry: &crate::actors::Registry,
+    from_peer: bool,
 ) {
     let op_id = it.op_id.clone();
     let parsed = op_id.as_deref().and_then(parse_op_id);
@@ -88,7 +89,6 @@ pub(super) fn classify(
         it.bad = Some("invalid_deps".into());
         return;
     }
-    let from_peer = TRUSTED.with(|t| t.get());
     if super::control::classify_control(it, from_peer, actor, targets, cache, registry) {
         return;
     }

@@ -169,7 +169,7 @@ pub fn apply_decoded(ops: Vec<Op>, origin: &str) -> Vec<Outcome> {
 /// kept with what waits in pending, which a later retry trusts as that
 /// peer's): an SQL caller's `peer:` origin is logged as `claimed peer:...`,
 /// and ops of any other origin are never applied as a peer's.
-fn run(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+pub(super) fn run(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     match (trusted(), origin.starts_with("peer:")) {
         (false, true) => run_as(items, &format!("claimed {origin}"), top_level),
         (true, false) => super::classify::as_client(|| run_as(items, origin, top_level)),
@@ -204,9 +204,11 @@ fn run_as(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
         crate::actors::Registry::default()
     };
     registry.repairs = crate::repair::any_superseded();
+    // (As the caller, trust is off: its search_path may run its own code.)
+    let from_peer = trusted();
     crate::security::as_caller(|| {
         for it in items.iter_mut() {
-            classify(it, &mut targets, &mut cache, &nodes, &registry);
+            classify(it, &mut targets, &mut cache, &nodes, &registry, from_peer);
         }
     });
     // A privilege error is the caller's, not an op's: the whole call fails

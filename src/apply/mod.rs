@@ -22,6 +22,7 @@ mod control;
 mod entry;
 mod merge;
 mod keys;
+mod replay;
 mod target;
 mod waiting;
 
