@@ -123,12 +123,17 @@ pub fn lock_registry(exclusive: bool) {
 /// Take a lock with `take`, queued like any lock (so holders that come
 /// later wait behind it), but for 2 s at most (lock_timeout): then 55P03,
 /// and the worker tries the batch again.
+/// (No SQL: this runs before the apply sets its own search_path, and may
+/// run with a peer's trust.)
 pub fn waiting_at_most_2s(take: impl FnOnce()) {
-    let old = crate::spi::read_one::<String>("SELECT current_setting('lock_timeout')", &[]).unwrap_or_default();
-    let set = |v: &str| {
-        Spi::run_with_args("SELECT set_config('lock_timeout', $1, true)", &[v.into()]).unwrap_or_else(|e| fail(e));
+    let old = unsafe {
+        let v = pg_sys::GetConfigOption(c"lock_timeout".as_ptr(), false, false);
+        if v.is_null() { c"0".to_owned() } else { std::ffi::CStr::from_ptr(v).to_owned() }
     };
-    set("2s");
+    let set = |v: &std::ffi::CStr| {
+        crate::spi::set_guc(c"lock_timeout", v, pg_sys::GucContext::PGC_USERSET, pg_sys::GucAction::GUC_ACTION_LOCAL)
+    };
+    set(c"2s");
     take();
     set(&old);
 }

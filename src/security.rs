@@ -54,6 +54,17 @@ fn current_path() -> CString {
     unsafe { std::ffi::CStr::from_ptr(p) }.to_owned()
 }
 
+/// The background worker's whole session runs with converge's fixed
+/// search_path (as PostgreSQL's own logical replication apply worker runs
+/// with an empty one): a path from the database's or the role's settings,
+/// which the database owner may set, must never choose what the worker,
+/// a superuser that also applies peers' ops with their trust, calls.
+pub fn fix_session_path() {
+    unsafe {
+        pg_sys::SetConfigOption(c"search_path".as_ptr(), FIXED_PATH.as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE)
+    };
+}
+
 fn set_path(path: &std::ffi::CStr) -> i32 {
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     crate::spi::set_guc(c"search_path", path, pg_sys::GucContext::PGC_USERSET, pg_sys::GucAction::GUC_ACTION_SAVE);

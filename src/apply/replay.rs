@@ -1,29 +1,31 @@
 //! `converge.replay(op_id)`: an op kept aside (rejected or quarantined)
 //! applied again from its log row, once what kept it aside was mended (a
-//! repair, a widened key, a column added, an update of this node).
+//! repair, a widened key, a column added).
 //!
 //! An op that came through a peer's replication is applied as that peer's,
 //! as `set_schema_version` applies the ops it releases: as a client's, a
 //! node's own op would be refused (`node_actor`). Only rows this version
 //! logged say truthfully where an op came from (an SQL caller's `peer:`
-//! origin is logged as `claimed peer:...`); 0.1.0 logged whatever origin
-//! its caller named, so the update to 0.2.0 marks those rows `v0.1.0 ...`
-//! and a marked row counts as the peer's only in the one case no client
-//! could have made (below). Trust is a right the caller does not have by
-//! itself: replaying an op as a peer's takes the ownership of the op's
-//! table (or a superuser, for ops of converge's own tables).
+//! origin is logged as `claimed peer:...`). 0.1.0 logged whatever origin
+//! its caller named, so the update to 0.2.0 marks its rows `v0.1.0 ...`
+//! and replay never trusts them: such ops are copied again from their peer
+//! (docs/operations.md, "Upgrades"). Trust is a right the caller does not
+//! have by itself: replaying an op as a peer's takes the ownership of the
+//! op's table (or a superuser, for ops of converge's own tables).
 
 use super::*;
 
-/// The fields of the log row replay reads, in the order `Item` takes them.
+/// The fields of the log row replay reads, in the order `Item` takes them:
+/// the op's last delivery, one through a peer's replication first (a
+/// client sending the same op id later must not hide it).
 const ROW: &str = "SELECT l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version, l.epoch,
-                          l.deps, l.delta, l.signature, l.origin, l.reason,
+                          l.deps, l.delta, l.signature, l.origin,
                           (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
                             WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) OPERATOR(pg_catalog.=) l.target_table)
                      FROM converge.op_log l
                     WHERE l.op_id OPERATOR(pg_catalog.=) $1 AND l.outcome OPERATOR(pg_catalog.=) ANY ('{rejected,quarantined}'::pg_catalog.text[])
                       AND l.origin OPERATOR(pg_catalog.<>) 'replay'
-                    ORDER BY l.seq DESC LIMIT 1";
+                    ORDER BY l.origin OPERATOR(pg_catalog.~~) 'peer:%' DESC, l.seq DESC LIMIT 1";
 
 /// Declared in sql/ops.sql.
 #[pg_extern(sql = false, volatile, strict, parallel_unsafe)]
@@ -50,62 +52,48 @@ fn replay(replay_op_id: &str) -> TableIterator<'static, (name!(op_id, String), n
                 ..Item::default()
             };
             let origin: String = r.get(11)?.unwrap_or_default();
-            let reason: Option<String> = r.get(12)?;
-            Ok::<_, pgrx::spi::SpiError>(Some((item, origin, reason, r.get::<pg_sys::Oid>(13)?)))
+            Ok::<_, pgrx::spi::SpiError>(Some((item, origin, r.get::<pg_sys::Oid>(12)?)))
         })
     })
     .unwrap_or_else(|e| spi_err(e));
-    let Some((item, origin, reason, table)) = found else {
+    let Some((item, origin, table)) = found else {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no rejected or quarantined op with op_id {replay_op_id}"));
     };
-    let outcomes = match peer_of(&origin, item.actor_given.as_deref(), reason.as_deref()) {
+    let outcomes = match origin.strip_prefix("peer:") {
         Some(peer) => {
-            may_replay_as_peer(table, &peer);
+            may_replay_as_peer(table, peer, item.table.as_deref().unwrap_or_default());
             // (No retry of other pending ops on the side: the worker's.)
-            from_peer(|| entry::run(vec![item], &format!("peer:{peer}"), false))
+            from_peer(|| entry::run(vec![item], &origin, false))
         }
         None => entry::run(vec![item], "replay", true),
     };
     TableIterator::new(outcomes)
 }
 
-/// The peer a logged op came through, if its row can say so. A row of
-/// 0.1.0 (`v0.1.0 peer:X`) counts as X's only when X is a peer, the op is
-/// X's own and it was refused for a format 0.1.0 could not read: 0.1.0
-/// refused a client's op under a node's name (`node_actor`) before
-/// reading its delta, so such a row came through X's replication.
-fn peer_of(origin: &str, actor: Option<&str>, reason: Option<&str>) -> Option<String> {
-    if let Some(peer) = origin.strip_prefix("peer:") {
-        return Some(peer.to_string());
-    }
-    let peer = origin.strip_prefix("v0.1.0 peer:")?;
-    let unreadable = reason.is_some_and(|r| r.starts_with("invalid_delta:") && r.contains("format version 2"));
-    (unreadable && actor == Some(peer) && is_peer(peer)).then(|| peer.to_string())
-}
-
-fn is_peer(name: &str) -> bool {
-    crate::security::as_owner(|| crate::spi::read_one::<bool>("SELECT EXISTS (SELECT 1 FROM converge.peer WHERE name = $1)", &[name.into()]))
-        .unwrap_or(false)
-}
-
 /// Applying an op as a peer's is the table owner's call (as for
 /// `set_schema_version`); for ops of converge's own tables (no user
 /// table), a superuser's.
-fn may_replay_as_peer(table: Option<pg_sys::Oid>, peer: &str) {
+fn may_replay_as_peer(table: Option<pg_sys::Oid>, peer: &str, name: &str) {
     let user = unsafe { pg_sys::GetUserId() };
-    let allowed = unsafe {
+    let (allowed, who, hint) = unsafe {
         match table {
-            Some(rel) if pg_sys::get_rel_namespace(rel) != pg_sys::get_namespace_oid(c"converge".as_ptr(), false) => {
-                pg_sys::pg_class_ownercheck(rel, user)
-            }
-            _ => pg_sys::superuser_arg(user),
+            Some(rel) if pg_sys::get_rel_namespace(rel) != pg_sys::get_namespace_oid(c"converge".as_ptr(), false) => (
+                pg_sys::pg_class_ownercheck(rel, user),
+                format!("the owner of {name} (or a member of its role)"),
+                "Writers of the table may replay ops that clients sent; an op that came from a peer is its owner's to replay.",
+            ),
+            _ => (
+                pg_sys::superuser_arg(user),
+                "a superuser".to_string(),
+                "Ops of converge's own tables (registry, repairs, freezes, requests) are replayed as a peer's by a superuser only.",
+            ),
         }
     };
     if !allowed {
         crate::errors::raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("replaying an op that came from peer \"{peer}\" applies it as that peer's: only the owner of its table may"),
-            "Ops of converge's own tables (registry, repairs, freezes, requests) are replayed as a peer's by a superuser only.",
+            format!("replaying an op that came from peer \"{peer}\" applies it as that peer's: only {who} may"),
+            hint,
         );
     }
 }

@@ -139,6 +139,7 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
     }
     let dboid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    crate::security::fix_session_path();
     if !claim_database() {
         return; // exit 0: not restarted
     }
@@ -543,7 +544,7 @@ fn retry_ready() {
 fn retry_pass(what: &str) {
     let r = in_transaction(|| {
         lock_timeout_2s();
-        crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT count(*) FROM converge.retry_pending()", &[]))
+        crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT pg_catalog.count(*) FROM converge.retry_pending()", &[]))
     });
     if let Err(e) = r {
         pgrx::warning!("converge: {what}: {e}");
