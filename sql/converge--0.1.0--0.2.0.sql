@@ -1230,14 +1230,17 @@ COMMENT ON FUNCTION converge.ormap_recv(internal) IS 'Binary input of ormap: [fo
 COMMENT ON FUNCTION converge.delta(converge.ormap, converge.ormap) IS 'delta(new, old): the smallest ormap d with merge(old, d) = merge(old, new), saying per key what new superseded of old (covers); NULL old is empty, NULL new gives NULL.';
 
 -- replay applies a peer's op again as that peer's (in SQL it was refused
--- as node_actor). 0.1.0 logged whatever origin an SQL caller named, so a
--- "peer:" origin of its rows not applied proves nothing: marked, replay
--- trusts such a row only where no client could have made it.
+-- as node_actor). 0.1.0 logged whatever origin an SQL caller named (and
+-- ran triggers inside its trusted apply), so a "peer:" origin of its rows
+-- not applied, or of what it left pending, proves nothing: marked, they
+-- are never taken for a peer's (a peer's ops it refused are copied again
+-- from that peer: docs/operations.md, "Upgrades").
 UPDATE converge.op_log SET origin = 'v0.1.0 ' || origin WHERE origin LIKE 'peer:%' AND outcome <> 'applied';
+UPDATE converge.pending SET origin = 'v0.1.0 ' || origin WHERE origin LIKE 'peer:%';
 CREATE OR REPLACE FUNCTION converge.replay(replay_op_id text)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'replay_wrapper';
-COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key, an added column or an update of this node). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
+COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key or an added column). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
 
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.

@@ -226,7 +226,7 @@ COMMENT ON FUNCTION converge.apply(converge.op, text) IS 'Apply one op (see appl
 CREATE FUNCTION converge.replay(replay_op_id text)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'replay_wrapper';
-COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key, an added column or an update of this node). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
+COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key or an added column). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
 
 -- This node's own entry is its highest op counter (converge.last_op_counter):
 -- recording an op does not update a frontier row.

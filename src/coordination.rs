@@ -116,7 +116,8 @@ pub(crate) fn kept_aside(scope: &str, pick: &str, args: &[pgrx::datum::DatumWith
                                        q.epoch, q.deps, q.delta, q.signature)::converge.op), q.origin
            FROM (SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l
                   WHERE l.outcome IN ('rejected', 'quarantined') AND {scope}
-                  ORDER BY l.op_id, l.seq DESC) q
+                  -- (a peer's delivery first: a client sending the op id later must not hide it)
+                  ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, l.seq DESC) q
           WHERE {pick}
             AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = q.actor AND a.counter = q.counter AND a.outcome = 'applied')
           ORDER BY q.seq"

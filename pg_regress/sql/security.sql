@@ -169,6 +169,23 @@ SELECT outcome, reason, origin FROM op_log WHERE op_id LIKE '%:9000';
 SELECT value(visits) FROM sec_incident WHERE id = 1;
 DROP FUNCTION public.to_regclass(text);
 RESET ROLE;
+-- What a table's own code sets while converge writes the table does not
+-- outlive that write (in the background worker it would choose what the
+-- worker, a superuser, runs next).
+SET ROLE cv_app;
+CREATE FUNCTION sec_sets_path() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'public, pg_catalog', false);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER sec_sets_path BEFORE INSERT OR UPDATE ON sec_incident FOR EACH ROW EXECUTE FUNCTION sec_sets_path();
+SELECT outcome, reason FROM apply(ROW('sec-phone:1', 'sec-phone', 'public.sec_incident', '{"id": 1}', 'visits', 1, 0, '{}',
+                              '{"counts":{"sec-phone":1}}'::gcounter::bytea, NULL)::op);
+SHOW search_path;
+SELECT value(visits) FROM sec_incident WHERE id = 1;
+DROP TRIGGER sec_sets_path ON sec_incident;
+DROP FUNCTION sec_sets_path();
+RESET ROLE;
 
 -- Clean up (the roles are cluster-wide).
 DELETE FROM peer_reader WHERE role::text = 'cv_peer';

@@ -53,6 +53,7 @@ extern "C" {
     fn PQgetlength(res: *const PGresult, row: c_int, col: c_int) -> c_int;
     fn PQgetisnull(res: *const PGresult, row: c_int, col: c_int) -> c_int;
     fn PQclear(res: *mut PGresult);
+    fn PQexec(conn: *mut PGconn, query: *const c_char) -> *mut PGresult;
     fn PQsendQuery(conn: *mut PGconn, command: *const c_char) -> c_int;
     fn PQgetCopyData(conn: *mut PGconn, buffer: *mut *mut c_char, is_async: c_int) -> c_int;
     fn PQputCopyData(conn: *mut PGconn, buffer: *const c_char, nbytes: c_int) -> c_int;
@@ -132,6 +133,24 @@ impl Conn {
         let conn = Conn { raw };
         if unsafe { PQstatus(raw) } != CONNECTION_OK {
             return Err(err(format!("could not connect to peer: {}", cstr(unsafe { PQerrorMessage(raw) }))));
+        }
+        // An empty search_path for the session, as PostgreSQL's own
+        // walreceiver sets on its connections: a path from the peer's
+        // database or role settings must not choose what converge's
+        // functions there call (the ops they return are applied here with
+        // that peer's trust). Every name converge sends is qualified. (The
+        // simple protocol, before non-blocking mode: a replication
+        // connection takes no other.)
+        let ok = unsafe {
+            let res = PQexec(raw, c"SELECT pg_catalog.set_config('search_path', '', false)".as_ptr());
+            let ok = !res.is_null() && PQresultStatus(res) == PGRES_TUPLES_OK;
+            if !res.is_null() {
+                PQclear(res);
+            }
+            ok
+        };
+        if !ok {
+            return Err(err(format!("could not set the peer session's search_path: {}", cstr(unsafe { PQerrorMessage(raw) }))));
         }
         unsafe { PQsetnonblocking(raw, 1) };
         Ok(conn)
