@@ -73,7 +73,7 @@ fn set_path(path: &std::ffi::CStr) -> i32 {
 
 /// Restores identity (always) and search_path (on success; an error's
 /// (sub)transaction abort resets the GUC nest level itself). Around
-/// users' code (`users: true`) every setting made inside is undone, a
+/// users' code (`undo_settings`) every setting made inside is undone, a
 /// plain `SET` too, as PostgreSQL does around an index build: a trigger's
 /// `SET search_path` must not outlive converge's write (in the worker it
 /// would choose what the superuser worker calls next).
@@ -82,14 +82,14 @@ struct Restore {
     sec: i32,
     nest: i32,
     popped: bool,
-    users: bool,
+    undo_settings: bool,
 }
 
 impl Drop for Restore {
     fn drop(&mut self) {
         unsafe {
             if !std::thread::panicking() {
-                pg_sys::AtEOXact_GUC(!self.users, self.nest);
+                pg_sys::AtEOXact_GUC(!self.undo_settings, self.nest);
             }
             pg_sys::SetUserIdAndSecContext(self.user, self.sec);
         }
@@ -109,7 +109,7 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
     unsafe { pg_sys::SetUserIdAndSecContext(owner, sec | flags) };
     let nest = set_path(FIXED_PATH);
-    let _restore = Restore { user, sec, nest, popped: true, users: false };
+    let _restore = Restore { user, sec, nest, popped: true, undo_settings: false };
     f()
 }
 
@@ -150,7 +150,7 @@ pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
         pg_sys::SetUserIdAndSecContext(user, sec);
     }
     let nest = set_path(&path);
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, users: false };
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: false };
     crate::apply::as_client(f)
 }
 
@@ -175,7 +175,7 @@ pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     };
     unsafe { pg_sys::SetUserIdAndSecContext(role, sec) };
     let nest = set_path(&path);
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, users: true };
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: true };
     // The table's triggers and defaults are its owner's code: a converge
     // call they make acts for the role they run as, and is never trusted
     // as a peer's (the apply around them may be).
@@ -207,7 +207,7 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
     unsafe { pg_sys::SetUserIdAndSecContext(owner, cur_sec | flags) };
     let nest = set_path(FIXED_PATH);
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, users: true };
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: true };
     // Inside, converge acts for the owner (caller() is the owner), not for
     // whoever called converge around it.
     users_code(f)

@@ -145,6 +145,7 @@ SELECT converge.add_peer(name, conninfo) FROM converge.peer WHERE name = 'oslo';
 SQL
 applied=$(sql lisbon -c "SELECT count(*) FROM converge.op_log WHERE op_id = '$held_id' AND outcome = 'applied'")
 [ -n "$held_id" ] && [ "$applied" = 1 ] || fail "adding oslo again did not apply the held op '$held_id' (applied rows: $applied)"
+[ "$(sql lisbon -c "SELECT paused FROM converge.peer WHERE name = 'oslo'")" = f ] || fail "add_peer left oslo paused"
 # The client's op is not the peer's: a replay refuses it again (0.1.0's
 # rows are marked, never trusted).
 forged=$(sql lisbon -c "SELECT outcome || ' ' || reason FROM converge.replay('oslo:900')")

@@ -176,6 +176,7 @@ SET ROLE cv_app;
 CREATE FUNCTION sec_sets_path() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'public, pg_catalog', false);
+    RAISE NOTICE 'the trigger set search_path to %', pg_catalog.current_setting('search_path');
     RETURN NEW;
 END $$;
 CREATE TRIGGER sec_sets_path BEFORE INSERT OR UPDATE ON sec_incident FOR EACH ROW EXECUTE FUNCTION sec_sets_path();

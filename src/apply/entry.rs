@@ -1,9 +1,9 @@
 //! The ways into the batch apply: `converge.apply_batch` (and
 //! `apply_ops`, its body for `retry_pending`), which reads the
-//! `converge.op[]` it is given field by field, and `apply_decoded` (ops a
+//! `converge.op[]` it is given field by field, `apply_decoded` (ops a
 //! peer sent, decoded in Rust: the worker and `sync()` apply them with no
-//! SQL statement in between). Both build the batch's items and run the
-//! same steps.
+//! SQL statement in between) and `run` (replay.rs: an op from its log
+//! row). All build the batch's items and run the same steps.
 
 use super::{apply_classified, classify, node_actors, retry_pending, trusted, Item, Outcome, Target};
 use converge_core::Op;
@@ -167,8 +167,10 @@ pub fn apply_decoded(ops: Vec<Op>, origin: &str) -> Vec<Outcome> {
 /// target table, then apply as converge's owner. Only a batch that came
 /// through a peer's replication has an origin `peer:<name>` (logged and
 /// kept with what waits in pending, which a later retry trusts as that
-/// peer's): an SQL caller's `peer:` origin is logged as `claimed peer:...`,
-/// and ops of any other origin are never applied as a peer's.
+/// peer's), or one converge applies again from such a row (replay,
+/// `set_schema_version`, `set_authority`: the table owner's call): an SQL
+/// caller's `peer:` origin is logged as `claimed peer:...`, and ops of any
+/// other origin are never applied as a peer's.
 pub(super) fn run(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     match (trusted(), origin.starts_with("peer:")) {
         (false, true) => run_as(items, &format!("claimed {origin}"), top_level),

@@ -53,7 +53,6 @@ extern "C" {
     fn PQgetlength(res: *const PGresult, row: c_int, col: c_int) -> c_int;
     fn PQgetisnull(res: *const PGresult, row: c_int, col: c_int) -> c_int;
     fn PQclear(res: *mut PGresult);
-    fn PQexec(conn: *mut PGconn, query: *const c_char) -> *mut PGresult;
     fn PQsendQuery(conn: *mut PGconn, command: *const c_char) -> c_int;
     fn PQgetCopyData(conn: *mut PGconn, buffer: *mut *mut c_char, is_async: c_int) -> c_int;
     fn PQputCopyData(conn: *mut PGconn, buffer: *const c_char, nbytes: c_int) -> c_int;
@@ -134,25 +133,19 @@ impl Conn {
         if unsafe { PQstatus(raw) } != CONNECTION_OK {
             return Err(err(format!("could not connect to peer: {}", cstr(unsafe { PQerrorMessage(raw) }))));
         }
+        unsafe { PQsetnonblocking(raw, 1) };
         // An empty search_path for the session, as PostgreSQL's own
         // walreceiver sets on its connections: a path from the peer's
         // database or role settings must not choose what converge's
         // functions there call (the ops they return are applied here with
-        // that peer's trust). Every name converge sends is qualified. (The
-        // simple protocol, before non-blocking mode: a replication
-        // connection takes no other.)
-        let ok = unsafe {
-            let res = PQexec(raw, c"SELECT pg_catalog.set_config('search_path', '', false)".as_ptr());
-            let ok = !res.is_null() && PQresultStatus(res) == PGRES_TUPLES_OK;
-            if !res.is_null() {
-                PQclear(res);
-            }
-            ok
+        // that peer's trust). Every name converge sends is qualified.
+        let mut conn = conn;
+        let interrupt = || {
+            pgrx::check_for_interrupts!();
+            false
         };
-        if !ok {
-            return Err(err(format!("could not set the peer session's search_path: {}", cstr(unsafe { PQerrorMessage(raw) }))));
-        }
-        unsafe { PQsetnonblocking(raw, 1) };
+        conn.exec_simple("SELECT pg_catalog.set_config('search_path', '', false)", Duration::from_secs(30), &interrupt)
+            .map_err(|e| err(format!("could not set the peer session's search_path: {}", e.message)))?;
         Ok(conn)
     }
 
@@ -289,6 +282,29 @@ impl Conn {
     /// Start streaming on a replication connection (`replication=database`):
     /// `START_REPLICATION ...` goes over the simple protocol and leaves the
     /// connection in COPY BOTH mode.
+/// Run `sql` with the simple protocol (what a replication connection
+    /// takes), bounded by `timeout` and `interrupt`, every result checked.
+    fn exec_simple(&mut self, sql: &str, timeout: Duration, interrupt: Interrupt) -> Result<(), PeerError> {
+        let c = CString::new(sql).map_err(|_| err("query contains a NUL byte"))?;
+        if unsafe { PQsendQuery(self.raw, c.as_ptr()) } == 0 {
+            return Err(err(format!("could not send to peer: {}", cstr(unsafe { PQerrorMessage(self.raw) }))));
+        }
+        let deadline = Instant::now() + timeout;
+        self.flush_all(deadline, interrupt)?;
+        let mut out = Ok(());
+        loop {
+            self.wait_result(deadline, interrupt)?;
+            let res = unsafe { PQgetResult(self.raw) };
+            if res.is_null() {
+                return out;
+            }
+            if let Err(e) = unsafe { Self::take(res) } {
+                out = Err(e);
+            }
+            unsafe { PQclear(res) };
+        }
+    }
+
     pub fn start_copy_both(&mut self, command: &str, timeout: Duration, interrupt: Interrupt) -> Result<(), PeerError> {
         let c = CString::new(command).map_err(|_| err("command contains a NUL byte"))?;
         if unsafe { PQsendQuery(self.raw, c.as_ptr()) } == 0 {
