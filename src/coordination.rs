@@ -188,10 +188,6 @@ pub(crate) fn reapply(waiting: Vec<(Vec<u8>, String)>) {
         by_origin.entry(origin.as_str()).or_default().push(decode(b));
     }
     for (origin, ops) in by_origin {
-        if origin.starts_with("peer:") {
-            crate::apply::from_peer(|| crate::apply::apply_decoded(ops, origin));
-        } else {
-            crate::apply::apply_decoded(ops, "replay");
-        }
+        crate::apply::apply_again(ops, origin);
     }
 }

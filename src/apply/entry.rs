@@ -2,8 +2,9 @@
 //! `apply_ops`, its body for `retry_pending`), which reads the
 //! `converge.op[]` it is given field by field, `apply_decoded` (ops a
 //! peer sent, decoded in Rust: the worker and `sync()` apply them with no
-//! SQL statement in between) and `run` (replay.rs: an op from its log
-//! row). All build the batch's items and run the same steps.
+//! SQL statement in between) and `apply_again` (an op kept aside, from
+//! its log row: replay.rs, coordination.rs). All build the batch's items
+//! and run the same steps.
 
 use super::{apply_classified, classify, node_actors, retry_pending, trusted, Item, Outcome, Target};
 use converge_core::Op;
@@ -142,8 +143,31 @@ unsafe fn deps_of_array(d: pg_sys::Datum) -> Vec<Option<String>> {
 /// Apply ops a peer sent (decoded from its slot) as
 /// `converge.apply_batch(ops, origin)` would, with no SQL in between.
 pub fn apply_decoded(ops: Vec<Op>, origin: &str) -> Vec<Outcome> {
-    let items = ops
-        .into_iter()
+    run(items_of_ops(ops), origin, true)
+}
+
+/// Ops kept aside applied again where they came from (`converge.replay`,
+/// and the ops `set_schema_version` or a freeze's release lets through):
+/// a peer's delivery (origin `peer:X`) as that peer's, which the caller
+/// checked it may ask for; anything else as a client's, logged `replay`.
+/// A top-level apply either way, as any other: its deps' locks taken, the
+/// pending ops it unblocks retried.
+pub(super) fn again(items: Vec<Item>, origin: &str) -> Vec<Outcome> {
+    if origin.starts_with("peer:") {
+        super::from_peer(|| run(items, origin, true))
+    } else {
+        run(items, "replay", true)
+    }
+}
+
+/// Decoded ops kept aside, applied again (see `again`).
+pub fn apply_again(ops: Vec<Op>, origin: &str) -> Vec<Outcome> {
+    again(items_of_ops(ops), origin)
+}
+
+/// The items of decoded ops.
+fn items_of_ops(ops: Vec<Op>) -> Vec<Item> {
+    ops.into_iter()
         .enumerate()
         .map(|(n, op)| Item {
             n,
@@ -159,8 +183,7 @@ pub fn apply_decoded(ops: Vec<Op>, origin: &str) -> Vec<Outcome> {
             signature: op.signature,
             ..Item::default()
         })
-        .collect();
-    run(items, origin, true)
+        .collect()
 }
 
 /// Classify the batch as the caller, check the caller's rights on every

@@ -27,7 +27,7 @@ mod target;
 mod waiting;
 
 pub use classify::{as_client, from_peer};
-pub use entry::apply_decoded;
+pub use entry::{apply_again, apply_decoded};
 pub use target::{forget_resolved, layout_of, row_target, Layout};
 pub use waiting::{note_deferred, take_deferred, under_peer_origin};
 use classify::*;

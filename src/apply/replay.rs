@@ -17,11 +17,10 @@ use super::*;
 
 /// The fields of the log row replay reads, in the order `Item` takes them:
 /// the op's last delivery, one through a peer's replication first (a
-/// client sending the same op id later must not hide it).
+/// client sending the same op id later must not hide it; the
+/// `converge.quarantine` view shows the same row).
 const ROW: &str = "SELECT l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version, l.epoch,
-                          l.deps, l.delta, l.signature, l.origin,
-                          (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-                            WHERE pg_catalog.format('%I.%I', n.nspname, c.relname) OPERATOR(pg_catalog.=) l.target_table)
+                          l.deps, l.delta, l.signature, l.origin
                      FROM converge.op_log l
                     WHERE l.op_id OPERATOR(pg_catalog.=) $1 AND l.outcome OPERATOR(pg_catalog.=) ANY ('{rejected,quarantined}'::pg_catalog.text[])
                       AND l.origin OPERATOR(pg_catalog.<>) 'replay'
@@ -52,21 +51,18 @@ fn replay(replay_op_id: &str) -> TableIterator<'static, (name!(op_id, String), n
                 ..Item::default()
             };
             let origin: String = r.get(11)?.unwrap_or_default();
-            Ok::<_, pgrx::spi::SpiError>(Some((item, origin, r.get::<pg_sys::Oid>(12)?)))
+            Ok::<_, pgrx::spi::SpiError>(Some((item, origin)))
         })
     })
     .unwrap_or_else(|e| spi_err(e));
-    let Some((item, origin, table)) = found else {
+    let Some((item, origin)) = found else {
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("no rejected or quarantined op with op_id {replay_op_id}"));
     };
-    let outcomes = match origin.strip_prefix("peer:") {
-        Some(peer) => {
-            may_replay_as_peer(table, peer, item.table.as_deref().unwrap_or_default());
-            // (No retry of other pending ops on the side: the worker's.)
-            from_peer(|| entry::run(vec![item], &origin, false))
-        }
-        None => entry::run(vec![item], "replay", true),
-    };
+    if let Some(peer) = origin.strip_prefix("peer:") {
+        let name = item.table.as_deref().unwrap_or_default();
+        may_replay_as_peer(crate::security::lookup(name), peer, name);
+    }
+    let outcomes = entry::again(vec![item], &origin);
     TableIterator::new(outcomes)
 }
 

@@ -129,7 +129,7 @@ impl Conn {
         if raw.is_null() {
             return Err(err("out of memory allocating a libpq connection"));
         }
-        let conn = Conn { raw };
+        let mut conn = Conn { raw };
         if unsafe { PQstatus(raw) } != CONNECTION_OK {
             return Err(err(format!("could not connect to peer: {}", cstr(unsafe { PQerrorMessage(raw) }))));
         }
@@ -139,13 +139,12 @@ impl Conn {
         // database or role settings must not choose what converge's
         // functions there call (the ops they return are applied here with
         // that peer's trust). Every name converge sends is qualified.
-        let mut conn = conn;
         let interrupt = || {
             pgrx::check_for_interrupts!();
             false
         };
         conn.exec_simple("SELECT pg_catalog.set_config('search_path', '', false)", Duration::from_secs(30), &interrupt)
-            .map_err(|e| err(format!("could not set the peer session's search_path: {}", e.message)))?;
+            .map_err(|e| PeerError { message: format!("could not set the peer session's search_path: {}", e.message), ..e })?;
         Ok(conn)
     }
 

@@ -7,6 +7,7 @@
 //! calls the server binaries through `runuser -u postgres`.
 
 pub mod coordinated;
+pub mod fieldcare;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
