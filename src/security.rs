@@ -6,7 +6,8 @@
 //! no role gets write access to them, and nothing a caller defines (a
 //! function or operator earlier in its search_path, a trigger) runs with
 //! the owner's rights. Inside `as_owner`, `as_caller` goes back to the
-//! caller (identity and search_path) for one user-table statement.
+//! caller's identity (under the fixed path: only a table name the caller
+//! gives is resolved under its own, `in_callers_path`).
 
 use crate::errors::raise;
 use pgrx::prelude::*;
@@ -27,6 +28,8 @@ thread_local! {
     static OWNER: RefCell<Option<pg_sys::Oid>> = const { RefCell::new(None) };
     /// The callers `as_owner` switched away from, innermost last.
     static CALLERS: RefCell<Vec<Frame>> = const { RefCell::new(Vec::new()) };
+    /// The search_paths of the callers `as_caller` acts for, innermost last.
+    static CALLER_PATHS: RefCell<Vec<CString>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The owner of converge's internal tables (who ran CREATE EXTENSION).
@@ -134,24 +137,48 @@ pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Inside `as_owner`: run `f` as the caller again, with its search_path,
-/// and the apply's trust off: under the caller's search_path a function or
-/// operator it names may be the caller's own code, which must never act
-/// as a peer's replication (`apply::as_client`).
+/// Run `f` as the caller (inside `as_owner`: as the caller again), with the
+/// apply's trust off, under converge's fixed search_path: the caller's
+/// privileges apply to what converge reads for it (a table's layout and
+/// authorities), but no function or operator of the caller's chooses what
+/// that is. Only the name of the table an op names is resolved under the
+/// caller's own path (`in_callers_path`), as the caller would resolve it.
 pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
+    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
     // The outermost caller: a nested as_owner (an apply inside an apply)
     // still acts for the role that started it.
-    let Some((user, sec, path)) = CALLERS.with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone()))) else {
-        return crate::apply::as_client(f);
-    };
-    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec);
-        pg_sys::SetUserIdAndSecContext(user, sec);
+    let (user, sec, path) =
+        CALLERS.with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone()))).unwrap_or_else(|| (cur, cur_sec, current_path()));
+    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+    let nest = set_path(FIXED_PATH);
+    CALLER_PATHS.with(|p| p.borrow_mut().push(path));
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            CALLER_PATHS.with(|p| p.borrow_mut().pop());
+        }
     }
-    let nest = set_path(&path);
+    let _pop = Pop;
     let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: false };
     crate::apply::as_client(f)
+}
+
+/// The search_path of the caller `as_caller` acts for (outside one, the
+/// current path).
+pub fn callers_path() -> CString {
+    CALLER_PATHS.with(|p| p.borrow().last().cloned()).unwrap_or_else(current_path)
+}
+
+/// Inside `as_caller`: `f` under the caller's own search_path. Only for a
+/// statement that resolves a table name the caller gave and calls nothing
+/// by an unqualified name (`pg_catalog.to_regclass($1)`).
+pub fn in_callers_path<R>(f: impl FnOnce() -> R) -> R {
+    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
+    let nest = set_path(&callers_path());
+    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: false };
+    f()
 }
 
 /// Run a statement on the user's table `rel` as the role converge acts for
@@ -382,13 +409,18 @@ fn parse_qualified(s: &str) -> Option<(String, String)> {
 }
 
 /// The table an op names: its qualified name looked up in the catalog
-/// directly (no search_path, so a temporary table cannot stand in for it;
-/// no error for a bad name or a schema the reader may not use).
+/// directly (no search_path, so a temporary table cannot stand in for it,
+/// and no SQL, so no operator of the caller's can answer for another
+/// table; no error for a bad name or a schema the reader may not use).
 pub fn lookup(name: &str) -> Option<pg_sys::Oid> {
     let (schema, table) = parse_qualified(name)?;
-    crate::spi::read_one::<pg_sys::Oid>(
-        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND c.relname = $2",
-        &[schema.into(), table.into()],
-    )
+    let (schema, table) = (CString::new(schema).ok()?, CString::new(table).ok()?);
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        let rel = pg_sys::get_relname_relid(table.as_ptr(), nsp);
+        (rel != pg_sys::InvalidOid).then_some(rel)
+    }
 }

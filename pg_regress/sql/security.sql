@@ -90,6 +90,20 @@ SELECT replicate('sec_incident');
 -- It sees no op of a table it may not read.
 SELECT count(*) FROM op_log WHERE target_table = 'public.sec_incident';
 SELECT count(*) FROM changes_since('{}') WHERE target_table = 'public.sec_incident';
+-- Nor through an operator of its own that makes the table's name match a
+-- table it owns: converge finds an op's table in the catalog directly.
+RESET ROLE;
+CREATE SCHEMA sec_mine AUTHORIZATION cv_intruder;
+SET ROLE cv_intruder;
+CREATE TABLE sec_mine.sec_own (id int);
+CREATE FUNCTION sec_mine.name_is(name, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN $2 OPERATOR(pg_catalog.=) 'public' THEN $1 OPERATOR(pg_catalog.=) 'sec_mine'::name
+                WHEN $2 OPERATOR(pg_catalog.=) 'sec_incident' THEN $1 OPERATOR(pg_catalog.=) 'sec_own'::name
+                ELSE $1 OPERATOR(pg_catalog.=) $2::name END $$;
+CREATE OPERATOR sec_mine.= (LEFTARG = name, RIGHTARG = text, FUNCTION = sec_mine.name_is);
+SET search_path = sec_mine, public, pg_catalog, converge;
+SELECT count(*) FROM op_log WHERE target_table = 'public.sec_incident';
+SET search_path = public, converge;
 -- (A rejected envelope that names no table carries no table's data: it is
 -- everyone's to see, as the regress ops file leaves one.)
 SELECT count(*) FROM quarantine WHERE target_table IS NOT NULL;
@@ -145,10 +159,10 @@ SET ROLE cv_app;
 SELECT * FROM replay('sec-peer:1');
 SELECT value(visits) FROM sec_incident WHERE id = 1;
 SELECT op_id, outcome, reason, origin FROM op_log WHERE op_id = 'sec-peer:1' ORDER BY seq;
--- What converge runs as the caller (here resolving the op's table under
--- the caller's search_path, where a function of the caller's own comes
--- first) is never trusted as the peer's: an op it sends under this node's
--- name is refused, its claimed origin logged as such.
+-- What converge resolves as the caller is the name of the op's table,
+-- under the caller's search_path, by pg_catalog's to_regclass: a function
+-- of the caller's own of that name never runs (nor would an op it sent
+-- under this node's name be trusted as the peer's: refused, node_actor).
 CREATE FUNCTION public.to_regclass(t text) RETURNS regclass LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM converge.apply_batch(ARRAY[ROW(n.name || ':9000', n.name, 'public.sec_incident', '{"id": 1}', 'visits', 1, 0, '{}',
@@ -156,6 +170,11 @@ BEGIN
        FROM converge.node_identity n;
     RETURN pg_catalog.to_regclass(t);
 END $$;
+-- Nor does what converge reads about the table as the caller (its layout,
+-- its authorities) run the caller's functions: that is read under the
+-- fixed search_path.
+CREATE FUNCTION public.format(f text, a name, b name) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN RAISE NOTICE 'the caller''s format ran'; RETURN pg_catalog.format(f, a, b); END $$;
 RESET ROLE;
 INSERT INTO op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version, epoch, deps, delta,
                     outcome, reason, origin)
@@ -167,7 +186,7 @@ SELECT * FROM replay('sec-peer:2');
 SET search_path = public, converge;
 SELECT outcome, reason, origin FROM op_log WHERE op_id LIKE '%:9000';
 SELECT value(visits) FROM sec_incident WHERE id = 1;
-DROP FUNCTION public.to_regclass(text);
+DROP FUNCTION public.to_regclass(text), public.format(text, name, name);
 RESET ROLE;
 -- What a table's own code sets while converge writes the table does not
 -- outlive that write (in the background worker it would choose what the

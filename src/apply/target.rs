@@ -22,21 +22,14 @@ pub fn forget_resolved() {
     GENERATION.with(|g| g.set(g.get() + 1));
 }
 
-pub(super) fn search_path() -> String {
-    let p = unsafe { pg_sys::GetConfigOption(c"search_path".as_ptr(), false, false) };
-    if p.is_null() {
-        return String::new();
-    }
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
 /// Resolve a target table name to a replicated table (cached per batch,
 /// and across batches in RESOLVED).
 pub(super) fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) -> Result<usize, &'static str> {
     if let Some(r) = cache.get(name) {
         return *r;
     }
-    let key = (unsafe { pg_sys::GetUserId() }, search_path(), name.to_string());
+    // (The caller's own path: the one the name is resolved under.)
+    let key = (unsafe { pg_sys::GetUserId() }, crate::security::callers_path().to_string_lossy().into_owned(), name.to_string());
     // A table created in a transaction that rolled back sent no
     // invalidation: an answer whose table is gone is not used.
     let alive = |k: &Result<Target, &'static str>| k.as_ref().map_or(true, |t| !unsafe { pg_sys::get_rel_name(t.rel) }.is_null());
@@ -62,9 +55,20 @@ pub(super) fn resolve(name: &str, targets: &mut Vec<Target>, cache: &mut HashMap
 }
 
 pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize, &'static str> {
-    // to_regclass raises on some malformed names: a subtransaction keeps that
-    // an op's rejection, not the batch's error.
-    let found = subtransaction(|| {
+    // The name as the caller would resolve it (its search_path), and only
+    // that: the rest is read under converge's fixed path. to_regclass
+    // raises on some malformed names: a subtransaction keeps that an op's
+    // rejection, not the batch's error. A name is one or two parts.
+    let plausible = !name.is_empty() && name.split('.').count() <= 2 && name.split('.').all(|p| !p.is_empty());
+    let rel = match plausible {
+        true => subtransaction(|| {
+            crate::security::in_callers_path(|| {
+                crate::spi::read_one::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::pg_catalog.oid", &[name.into()])
+            })
+        }),
+        false => Ok(None),
+    };
+    let found = rel.and_then(|rel| subtransaction(|| {
         Spi::connect(|c| {
             let sql = format!(
                 "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text, r.other_columns,
@@ -79,15 +83,11 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name
                                 JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
                                ORDER BY k.i)
-                   FROM (SELECT CASE WHEN $1 ~ '^[^.]+(\\.[^.]+)?$' THEN to_regclass($1) END AS rel) t
+                   FROM (SELECT $1::oid::regclass AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel",
                 crate::coordination::authorities_sql("t.rel")
             );
-            let t = c.select(
-                &sql,
-                Some(1),
-                &[name.into()],
-            )?;
+            let t = c.select(&sql, Some(1), &[rel.into()])?;
             let row = t.first();
             Ok::<_, pgrx::spi::SpiError>((
                 row.get::<pg_sys::Oid>(1)?,
@@ -101,7 +101,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 row.get::<Vec<String>>(9)?,
             ))
         })
-    });
+    }));
     let r = match found {
         Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority, key_casts))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();

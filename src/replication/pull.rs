@@ -104,6 +104,31 @@ pub fn origin_id(name: &str) -> Option<pg_sys::RepOriginId> {
 /// Mark the rest of this transaction as applying `origin`'s changes up to
 /// `remote_lsn`: the commit records that progress, and decoding on this node
 /// filters the transaction out (it is never shipped again).
+/// Set `origin` up for this session. Another process may have it for the
+/// length of one transaction: the worker, applying a batch of the peer's
+/// when `add_peer` or `sync` comes right after `pause_peer` (the upgrade
+/// recipe). A session waits for it, up to 10 s, where PostgreSQL raises
+/// 55006 at once; the worker does not wait (it tries again at its next
+/// batch, and must not hold up its other peers).
+fn acquire_origin(origin: pg_sys::RepOriginId) {
+    if unsafe { pg_sys::IsBackgroundWorker } {
+        unsafe { pg_sys::replorigin_session_setup(origin) };
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // (In a subtransaction: the failed attempt's lock is released.)
+        match crate::apply::subtransaction(|| unsafe { pg_sys::replorigin_session_setup(origin) }) {
+            Ok(()) => return,
+            Err(c) if c.sqlstate == "55006" && std::time::Instant::now() < deadline => {
+                pgrx::check_for_interrupts!();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(c) => raise(c.code, c.message),
+        }
+    }
+}
+
 fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) {
     unsafe {
         if !CALLBACK_REGISTERED.swap(true, Ordering::SeqCst) {
@@ -124,8 +149,7 @@ fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) 
                     "this session already has a replication origin set up (pg_replication_origin_session_setup)",
                 );
             }
-            // Raises if another process (the worker) is using the origin.
-            pg_sys::replorigin_session_setup(origin);
+            acquire_origin(origin);
             pg_sys::replorigin_session_origin = origin;
             // Only now: the end-of-transaction callback resets what is set up.
             ORIGIN_ACTIVE.store(true, Ordering::SeqCst);

@@ -370,6 +370,48 @@ fn a_worker_keeps_its_database_through_a_failed_transaction() {
     }
 }
 
+/// The upgrade recipe's `pause_peer` and `add_peer` right after it: the
+/// copy waits while another process has the peer's replication origin (the
+/// worker, in the middle of one of its batches; here a session that holds
+/// it for 2 s) instead of failing with 55006.
+#[test]
+fn add_peer_waits_while_the_peers_origin_is_busy() {
+    let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("busyorigin", base_port() + 27, false);
+    let admin = || postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
+    lisbon.batch_execute("INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut oslo, "SELECT count(*) FROM note") != 1 {
+        assert!(Instant::now() < deadline, "row 1 did not reach oslo");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut oslo_admin = admin();
+    oslo_admin.batch_execute("SELECT converge.pause_peer('lisbon')").unwrap();
+    // Row 2 is for add_peer's copy to apply, under lisbon's origin.
+    lisbon.batch_execute("INSERT INTO note VALUES (2, 'valve', NULL, NULL, NULL)").unwrap();
+    let origin: String = oslo_admin.query_one("SELECT origin_name FROM converge.peer WHERE name = 'lisbon'", &[]).unwrap().get(0);
+    let mut holder = admin();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // (The worker may still be applying under it.)
+    while let Err(e) = holder.execute("SELECT pg_replication_origin_session_setup($1)", &[&origin]) {
+        assert!(e.code().map(|c| c.code()) == Some("55006") && Instant::now() < deadline, "taking {origin}: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        holder.batch_execute("SELECT pg_replication_origin_session_reset()").unwrap();
+        holder
+    });
+    let started = Instant::now();
+    let added = oslo_admin.execute("SELECT converge.add_peer('lisbon', $1)", &[&nodes[0].peer_conninfo("fieldcare")]);
+    let waited = started.elapsed();
+    let _holder = release.join().unwrap();
+    if let Err(e) = added {
+        panic!("add_peer while the origin was busy: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
+    }
+    assert!(waited >= Duration::from_millis(1500), "add_peer returned after {waited:?}, before the origin was free");
+    assert_eq!(count(&mut oslo, "SELECT count(*) FROM note"), 2, "row 2 copied by add_peer");
+}
+
 /// SPEC section 2's seqtext examples on real servers: two regions cut off
 /// from each other type at the same place, one keystroke per statement,
 /// and one deletes a range while the other inserts inside it. After the
