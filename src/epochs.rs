@@ -270,11 +270,13 @@ fn included_now(table: &str, key: &Value) -> Included {
 /// The row a freeze or epoch call names: the table as ops name it, the
 /// key in canonical form, and the table's authority.
 pub(crate) fn row_of(tbl: pg_sys::Oid, key: &Value) -> (String, Value, Option<String>) {
-    let name = crate::spi::read_one::<String>(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[tbl.into()],
-    )
-        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
+    let name = crate::security::in_fixed_path(|| {
+        crate::spi::read_one::<String>(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[tbl.into()],
+        )
+    })
+    .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
     crate::apply::row_target(tbl, key).unwrap_or_else(|why| match why {
         "not_replicated" => crate::errors::raise_hint(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

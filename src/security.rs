@@ -174,9 +174,22 @@ pub fn callers_path() -> CString {
 /// statement that resolves a table name the caller gave and calls nothing
 /// by an unqualified name (`pg_catalog.to_regclass($1)`).
 pub fn in_callers_path<R>(f: impl FnOnce() -> R) -> R {
+    with_path(&callers_path(), f)
+}
+
+/// `f` under converge's fixed search_path, as whoever acts now: for what
+/// converge reads with SQL in a user's session (a table's layout, the name
+/// its ops carry), which no function, operator or temporary table of the
+/// user's (a temporary `pg_namespace` comes first on a path that does not
+/// list `pg_temp`) may change.
+pub fn in_fixed_path<R>(f: impl FnOnce() -> R) -> R {
+    with_path(FIXED_PATH, f)
+}
+
+fn with_path<R>(path: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
     let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
     unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
-    let nest = set_path(&callers_path());
+    let nest = set_path(path);
     let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: false };
     f()
 }
@@ -220,6 +233,13 @@ fn users_code<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     let _callers = Callers(CALLERS.with(|c| std::mem::take(&mut *c.borrow_mut())));
+    struct Paths(Vec<CString>);
+    impl Drop for Paths {
+        fn drop(&mut self) {
+            CALLER_PATHS.with(|p| *p.borrow_mut() = std::mem::take(&mut self.0));
+        }
+    }
+    let _paths = Paths(CALLER_PATHS.with(|p| std::mem::take(&mut *p.borrow_mut())));
     crate::apply::as_client(f)
 }
 

@@ -99,7 +99,10 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
     }
     watch_relcache();
     crate::node::require_current_schema();
-    let row = Spi::connect(|c| {
+    // (The writer's search_path must not choose the name its ops carry:
+    // a temporary pg_namespace would, and the ops of this node are applied
+    // on every peer as the node's.)
+    let row = crate::security::in_fixed_path(|| Spi::connect(|c| {
         let sql = format!(
             "SELECT format('%I.%I', n.nspname, c.relname), r.key_columns, r.crdt_columns::text, r.other_columns,
                     (SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v
@@ -128,7 +131,7 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             r.get::<String>(6)?,
             r.get::<bool>(7)?.unwrap_or(false),
         )))
-    })
+    }))
     .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     let m = row.map(|(name, keys, crdt, other, versions, auth, freezable)| {
         let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };

@@ -206,10 +206,22 @@ SELECT value(visits) FROM sec_incident WHERE id = 1;
 DROP TRIGGER sec_sets_path ON sec_incident;
 DROP FUNCTION sec_sets_path();
 RESET ROLE;
+-- The table a local change's op names is not the writer's to choose: a
+-- temporary table named pg_namespace (searched first on a search_path that
+-- does not list pg_temp) does not change it, so peers apply the op to
+-- this table and no other.
+SET ROLE cv_app;
+CREATE TABLE sec_named (id int PRIMARY KEY, n gcounter);
+SELECT replicate('sec_named');
+CREATE TEMP TABLE pg_namespace AS SELECT oid, 'forged'::name AS nspname FROM pg_catalog.pg_namespace;
+INSERT INTO sec_named VALUES (1, incr(NULL::gcounter, 1));
+DROP TABLE pg_temp.pg_namespace;
+RESET ROLE;
+SELECT target_table, target_column FROM op_log WHERE target_table LIKE '%sec_named' ORDER BY seq;
 
 -- Clean up (the roles are cluster-wide).
 DELETE FROM peer_reader WHERE role::text = 'cv_peer';
-DROP TABLE sec_incident, sec_later, sec_seen;
+DROP TABLE sec_incident, sec_later, sec_seen, sec_named;
 DROP OWNED BY cv_app, cv_intruder, cv_peer;
 DROP ROLE cv_app;
 DROP ROLE cv_intruder;

@@ -68,7 +68,8 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
         }),
         false => Ok(None),
     };
-    let found = rel.and_then(|rel| subtransaction(|| {
+    // (Outside an apply, for freeze, epoch and request, too.)
+    let found = rel.and_then(|rel| subtransaction(|| crate::security::in_fixed_path(|| {
         Spi::connect(|c| {
             let sql = format!(
                 "SELECT t.rel::oid, r.table_name IS NOT NULL, r.key_columns, r.crdt_columns::text, r.other_columns,
@@ -101,7 +102,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 row.get::<Vec<String>>(9)?,
             ))
         })
-    }));
+    })));
     let r = match found {
         Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority, key_casts))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
@@ -216,10 +217,12 @@ fn schema_versions(rel: pg_sys::Oid) -> HashMap<String, i32> {
 /// as ops name it, the key in canonical form (as ops carry it), and the
 /// table's authority. Err: `not_replicated`, `unknown_table`, `invalid_key`.
 pub fn row_target(rel: pg_sys::Oid, key: &serde_json::Value) -> Result<(String, serde_json::Value, Option<String>), &'static str> {
-    let name = crate::spi::read_one::<String>(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[rel.into()],
-    )
+    let name = crate::security::in_fixed_path(|| {
+        crate::spi::read_one::<String>(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[rel.into()],
+        )
+    })
     .ok_or("unknown_table")?;
     let mut targets = Vec::new();
     let i = resolve_now(&name, &mut targets)?;

@@ -170,7 +170,15 @@ fn add_peer(name: &str, conninfo: &str) {
     let theirs = their_slot(&me, &mut conn, &interrupt).ok().flatten();
     ensure_slot(name, &mut conn, &slot, &interrupt);
     let oid = match origin_id(&origin) {
-        Some(o) => o,
+        Some(o) => {
+            // A peer added again (pause_peer, then add_peer: the upgrade
+            // recipe): its origin is taken before this transaction writes
+            // the peer's rows, since the worker, mid-batch under it, writes
+            // them too before it lets go (taken after, each would wait for
+            // the other).
+            super::pull::take_origin(o);
+            o
+        }
         None => {
             Spi::run_with_args("SELECT pg_replication_origin_create($1)", &[origin.clone().into()])
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));

@@ -101,9 +101,6 @@ pub fn origin_id(name: &str) -> Option<pg_sys::RepOriginId> {
     (id != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId).then_some(id)
 }
 
-/// Mark the rest of this transaction as applying `origin`'s changes up to
-/// `remote_lsn`: the commit records that progress, and decoding on this node
-/// filters the transaction out (it is never shipped again).
 /// Set `origin` up for this session. Another process may have it for the
 /// length of one transaction: the worker, applying a batch of the peer's
 /// when `add_peer` or `sync` comes right after `pause_peer` (the upgrade
@@ -129,6 +126,18 @@ fn acquire_origin(origin: pg_sys::RepOriginId) {
     }
 }
 
+/// `origin` set up for the rest of this transaction now (waiting for it as
+/// `acquire_origin` does), unless one is already: a second peer's copy in
+/// the same transaction then fails as before, when it has ops to apply.
+pub(super) fn take_origin(origin: pg_sys::RepOriginId) {
+    if !ORIGIN_ACTIVE.load(Ordering::SeqCst) {
+        setup_origin(origin, 0, 0);
+    }
+}
+
+/// Mark the rest of this transaction as applying `origin`'s changes up to
+/// `remote_lsn`: the commit records that progress, and decoding on this node
+/// filters the transaction out (it is never shipped again).
 fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) {
     unsafe {
         if !CALLBACK_REGISTERED.swap(true, Ordering::SeqCst) {

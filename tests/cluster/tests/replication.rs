@@ -373,7 +373,8 @@ fn a_worker_keeps_its_database_through_a_failed_transaction() {
 /// The upgrade recipe's `pause_peer` and `add_peer` right after it: the
 /// copy waits while another process has the peer's replication origin (the
 /// worker, in the middle of one of its batches; here a session that holds
-/// it for 2 s) instead of failing with 55006.
+/// it for 2 s, then writes the peer's status row as the worker does before
+/// it lets go) instead of failing with 55006.
 #[test]
 fn add_peer_waits_while_the_peers_origin_is_busy() {
     let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("busyorigin", base_port() + 27, false);
@@ -398,7 +399,14 @@ fn add_peer_waits_while_the_peers_origin_is_busy() {
     }
     let release = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
-        holder.batch_execute("SELECT pg_replication_origin_session_reset()").unwrap();
+        // As the worker ends a batch: its peer_status row, the commit, then
+        // the origin (add_peer must not hold that row while it waits).
+        holder
+            .batch_execute(
+                "BEGIN; UPDATE converge.peer_status SET last_error = NULL WHERE name = 'lisbon'; COMMIT;
+                 SELECT pg_replication_origin_session_reset()",
+            )
+            .unwrap();
         holder
     });
     let started = Instant::now();
