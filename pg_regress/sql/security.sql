@@ -218,6 +218,18 @@ INSERT INTO sec_named VALUES (1, incr(NULL::gcounter, 1));
 DROP TABLE pg_temp.pg_namespace;
 RESET ROLE;
 SELECT target_table, target_column FROM op_log WHERE target_table LIKE '%sec_named' ORDER BY seq;
+-- epoch, freeze and request read the table's settings (authorities,
+-- schema versions) under the fixed path too: an = of the caller's own for
+-- regclass (PostgreSQL has none, so it would be chosen) never runs.
+SET ROLE cv_app;
+SELECT set_schema_version('sec_named', 'n', 1);
+CREATE FUNCTION public.regclass_eq(regclass, regclass) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN RAISE NOTICE 'the caller''s = ran'; RETURN $1::oid OPERATOR(pg_catalog.=) $2::oid; END $$;
+CREATE OPERATOR public.= (LEFTARG = regclass, RIGHTARG = regclass, FUNCTION = public.regclass_eq);
+SELECT epoch('sec_named', '{"id": 1}');
+DROP OPERATOR public.= (regclass, regclass);
+DROP FUNCTION public.regclass_eq(regclass, regclass);
+RESET ROLE;
 
 -- Clean up (the roles are cluster-wide).
 DELETE FROM peer_reader WHERE role::text = 'cv_peer';

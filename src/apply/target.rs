@@ -109,11 +109,13 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
             let other = other.unwrap_or_default();
             let name = name.unwrap_or_default();
             let authority = crate::coordination::parse(authority);
-            let versions = schema_versions(rel);
-            let table_authority = crate::spi::read_one::<String>(
-                "SELECT node FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name = ''",
-                &[rel.into()],
-            );
+            let (versions, table_authority) = crate::security::in_fixed_path(|| {
+                let authority = crate::spi::read_one::<String>(
+                    "SELECT node FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name = ''",
+                    &[rel.into()],
+                );
+                (schema_versions(rel), authority)
+            });
             targets.push(Target {
                 rel,
                 keys,

@@ -106,6 +106,12 @@ fn origin_name(peer: &str) -> String {
 /// register it for pulling.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn add_peer(name: &str, conninfo: &str) {
+    // (What it reads and applies here, a snapshot's rows too, under
+    // converge's fixed path, whatever the database's settings say.)
+    crate::security::in_fixed_path(|| add_peer_now(name, conninfo))
+}
+
+fn add_peer_now(name: &str, conninfo: &str) {
     validate_peer_name(name);
     let me = node::local_node();
     if me == name {
@@ -318,6 +324,10 @@ fn remove_peer(name: &str) {
 /// Returns the number of ops received.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn sync(name: &str) -> i64 {
+    crate::security::in_fixed_path(|| sync_now(name))
+}
+
+fn sync_now(name: &str) -> i64 {
     let Some(peer) = load_peers(Some(name)).pop() else {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
     };

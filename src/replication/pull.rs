@@ -12,7 +12,7 @@ use crate::errors::raise;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 /// Changes read from a slot per round (more rounds follow at once when hit).
@@ -73,10 +73,18 @@ pub struct Round {
 // not mistaken for a peer's (and are shipped).
 static ORIGIN_ACTIVE: AtomicBool = AtomicBool::new(false);
 static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+// The origin this backend holds (set up for the session, as PostgreSQL
+// counts it: no other process may use it) in the current transaction, 0 if
+// none; it tags the transaction's writes only once ORIGIN_ACTIVE.
+static ORIGIN_HELD: AtomicU16 = AtomicU16::new(0);
 
 #[pg_guard]
 unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
+    if event == XACT_EVENT_PRE_PREPARE && !ORIGIN_ACTIVE.load(Ordering::SeqCst) && ORIGIN_HELD.swap(0, Ordering::SeqCst) != 0 {
+        // Held only (nothing applied under it): let go before PREPARE.
+        pg_sys::replorigin_session_reset();
+    }
     if event == XACT_EVENT_PRE_PREPARE && ORIGIN_ACTIVE.load(Ordering::SeqCst) {
         // The origin would stay on the session after PREPARE and tag later
         // local transactions as the peer's.
@@ -85,13 +93,15 @@ unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, 
             "a transaction that applied a peer's ops (converge.sync) cannot be prepared",
         );
     }
-    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT)
-        && ORIGIN_ACTIVE.swap(false, Ordering::SeqCst)
-    {
-        pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
-        pg_sys::replorigin_session_origin_lsn = 0;
-        pg_sys::replorigin_session_origin_timestamp = 0;
-        pg_sys::replorigin_session_reset();
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT) {
+        if ORIGIN_ACTIVE.swap(false, Ordering::SeqCst) {
+            pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
+            pg_sys::replorigin_session_origin_lsn = 0;
+            pg_sys::replorigin_session_origin_timestamp = 0;
+        }
+        if ORIGIN_HELD.swap(0, Ordering::SeqCst) != 0 {
+            pg_sys::replorigin_session_reset();
+        }
     }
 }
 
@@ -126,12 +136,25 @@ fn acquire_origin(origin: pg_sys::RepOriginId) {
     }
 }
 
-/// `origin` set up for the rest of this transaction now (waiting for it as
-/// `acquire_origin` does), unless one is already: a second peer's copy in
-/// the same transaction then fails as before, when it has ops to apply.
+/// Hold `origin` for the rest of this transaction (waiting for it as
+/// `acquire_origin` does) without marking anything written as its yet:
+/// add_peer takes a re-added peer's origin before it writes the peer's
+/// rows, which the worker, mid-batch under it, writes too before it lets
+/// go. Nothing if this transaction holds an origin already.
 pub(super) fn take_origin(origin: pg_sys::RepOriginId) {
-    if !ORIGIN_ACTIVE.load(Ordering::SeqCst) {
-        setup_origin(origin, 0, 0);
+    unsafe {
+        if ORIGIN_HELD.load(Ordering::SeqCst) != 0 || pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
+            return;
+        }
+        register_callback();
+        acquire_origin(origin);
+    }
+    ORIGIN_HELD.store(origin, Ordering::SeqCst);
+}
+
+fn register_callback() {
+    if !CALLBACK_REGISTERED.swap(true, Ordering::SeqCst) {
+        unsafe { pg_sys::RegisterXactCallback(Some(reset_origin_at_end), std::ptr::null_mut()) };
     }
 }
 
@@ -139,10 +162,8 @@ pub(super) fn take_origin(origin: pg_sys::RepOriginId) {
 /// `remote_lsn`: the commit records that progress, and decoding on this node
 /// filters the transaction out (it is never shipped again).
 fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) {
+    register_callback();
     unsafe {
-        if !CALLBACK_REGISTERED.swap(true, Ordering::SeqCst) {
-            pg_sys::RegisterXactCallback(Some(reset_origin_at_end), std::ptr::null_mut());
-        }
         let none = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
         if ORIGIN_ACTIVE.load(Ordering::SeqCst) {
             if pg_sys::replorigin_session_origin != origin {
@@ -158,7 +179,18 @@ fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) 
                     "this session already has a replication origin set up (pg_replication_origin_session_setup)",
                 );
             }
-            acquire_origin(origin);
+            match ORIGIN_HELD.load(Ordering::SeqCst) {
+                h if h == origin => {}
+                0 => acquire_origin(origin),
+                // (Another peer's, held by an add_peer whose copy had
+                // nothing to apply: let it go.)
+                _ => {
+                    pg_sys::replorigin_session_reset();
+                    ORIGIN_HELD.store(0, Ordering::SeqCst);
+                    acquire_origin(origin);
+                }
+            }
+            ORIGIN_HELD.store(origin, Ordering::SeqCst);
             pg_sys::replorigin_session_origin = origin;
             // Only now: the end-of-transaction callback resets what is set up.
             ORIGIN_ACTIVE.store(true, Ordering::SeqCst);

@@ -78,7 +78,9 @@ fn a_database_owner_cannot_steer_converge_and_replays_a_peer_op_as_the_peers() {
     // changes_since runs there for the peer role, which mine's default
     // path would send to mine.jsonb_typeof.
     let mut oslo_admin = admin(&nodes[1]);
-    oslo_admin.batch_execute("SET search_path = public; SELECT converge.pause_peer('lisbon')").unwrap();
+    // (The admin's session keeps the database's path: add_peer reads and
+    // applies here under converge's own.)
+    oslo_admin.batch_execute("SELECT converge.pause_peer('lisbon')").unwrap();
     let conninfo = nodes[0].peer_conninfo("fieldcare");
     oslo_admin.execute("SELECT converge.add_peer('lisbon', $1)", &[&conninfo]).unwrap_or_else(|e| {
         panic!("add_peer lisbon again: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
@@ -113,7 +115,7 @@ fn a_database_owner_cannot_steer_converge_and_replays_a_peer_op_as_the_peers() {
     assert_eq!(text(&mut oslo, &kept), "unknown_column peer:lisbon", "the quarantine after a client sent the op again");
 
     // A writer of note may not apply a peer's op as the peer's.
-    oslo_admin.batch_execute("CREATE ROLE clerk LOGIN; GRANT SELECT, INSERT, UPDATE ON note TO clerk").unwrap();
+    oslo_admin.batch_execute("CREATE ROLE clerk LOGIN; GRANT SELECT, INSERT, UPDATE ON public.note TO clerk").unwrap();
     let mut clerk = nodes[1].client_as("clerk", "fieldcare");
     let refused = clerk.query(&format!("SELECT * FROM converge.replay('{op_id}')"), &[]).unwrap_err();
     assert_eq!(refused.code().map(|c| c.code()), Some("42501"), "clerk's replay: {:?}", refused.as_db_error());
