@@ -218,9 +218,10 @@ INSERT INTO sec_named VALUES (1, incr(NULL::gcounter, 1));
 DROP TABLE pg_temp.pg_namespace;
 RESET ROLE;
 SELECT target_table, target_column FROM op_log WHERE target_table LIKE '%sec_named' ORDER BY seq;
--- epoch, freeze and request read the table's settings (authorities,
--- schema versions) under the fixed path too: an = of the caller's own for
--- regclass (PostgreSQL has none, so it would be chosen) never runs.
+-- epoch, freeze and request read the table's settings (its schema
+-- versions here; its authority by the same path) under the fixed path
+-- too: an = of the caller's own for regclass (PostgreSQL has none, so it
+-- would be chosen) never runs.
 SET ROLE cv_app;
 SELECT set_schema_version('sec_named', 'n', 1);
 CREATE FUNCTION public.regclass_eq(regclass, regclass) RETURNS boolean LANGUAGE plpgsql AS $$

@@ -81,8 +81,12 @@ static ORIGIN_HELD: AtomicU16 = AtomicU16::new(0);
 #[pg_guard]
 unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
-    if event == XACT_EVENT_PRE_PREPARE && !ORIGIN_ACTIVE.load(Ordering::SeqCst) && ORIGIN_HELD.swap(0, Ordering::SeqCst) != 0 {
-        // Held only (nothing applied under it): let go before PREPARE.
+    if matches!(event, XACT_EVENT_PRE_PREPARE | XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT)
+        && !ORIGIN_ACTIVE.load(Ordering::SeqCst)
+        && ORIGIN_HELD.swap(0, Ordering::SeqCst) != 0
+    {
+        // Held only (nothing applied under it): let go before the commit,
+        // where an error still aborts cleanly (the commit needs no origin).
         pg_sys::replorigin_session_reset();
     }
     if event == XACT_EVENT_PRE_PREPARE && ORIGIN_ACTIVE.load(Ordering::SeqCst) {
@@ -140,11 +144,20 @@ fn acquire_origin(origin: pg_sys::RepOriginId) {
 /// `acquire_origin` does) without marking anything written as its yet:
 /// add_peer takes a re-added peer's origin before it writes the peer's
 /// rows, which the worker, mid-batch under it, writes too before it lets
-/// go. Nothing if this transaction holds an origin already.
+/// go. Nothing if this transaction applies under an origin already.
 pub(super) fn take_origin(origin: pg_sys::RepOriginId) {
     unsafe {
-        if ORIGIN_HELD.load(Ordering::SeqCst) != 0 || pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
-            return;
+        if pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
+            return; // applying under one already (the copy's check then speaks)
+        }
+        match ORIGIN_HELD.load(Ordering::SeqCst) {
+            h if h == origin => return,
+            0 => {}
+            // (Another re-added peer's, whose copy applied nothing.)
+            _ => {
+                ORIGIN_HELD.store(0, Ordering::SeqCst);
+                pg_sys::replorigin_session_reset();
+            }
         }
         register_callback();
         acquire_origin(origin);

@@ -97,10 +97,11 @@ fn rebuild_matches(s: &SeqText, w: wide::Wide) -> Result<()> {
         wide::integrate(&mut seq, r, end).ok_or_else(|| bad("seqtext run comes before its origin"))?;
     }
     for o in &w.orphans {
-        if let Some((n, q)) = &o.origin {
-            if present.contains(n, *q) {
-                return Err(bad("seqtext orphan whose origin is present"));
-            }
+        match &o.origin {
+            Some((n, q)) if present.contains(n, *q) => return Err(bad("seqtext orphan whose origin is present")),
+            Some(_) => {}
+            // (Its origin is the start of the text: it waits for nothing.)
+            None => return Err(bad("seqtext orphan with no origin")),
         }
     }
     if wide::narrow(seq, w.orphans, &deleted) != *s {

@@ -103,3 +103,23 @@ fn unicode_positions_count_code_points() {
     t.delete(4, 1).unwrap();
     assert_eq!(t.value(), "añüb");
 }
+
+/// Found by the decoder fuzzer: an orphan whose origin is the start of the
+/// text waits for nothing, so it is not canonical (a merge with itself
+/// integrated it, a merge with the empty value kept it aside: two values).
+#[test]
+fn an_orphan_with_no_origin_is_refused() {
+    let s = SeqText {
+        nodes: vec!["virginia".into()],
+        lamport: 3,
+        runs: vec![],
+        orphans: vec![Run(0, 3, 1, 3, None, false, "a".into())],
+        tombs: vec![],
+    };
+    assert!(s.validate().is_err());
+    assert!(decode::<SeqText>(&encode(&s)).is_err());
+    // The same character as a run is a value.
+    let ok = SeqText { runs: s.orphans.clone(), orphans: vec![], ..s };
+    ok.validate().unwrap();
+    assert_eq!(ok.merged(&ok), ok.merged(&SeqText::default()));
+}
