@@ -150,18 +150,24 @@ pub(super) fn take_origin(origin: pg_sys::RepOriginId) {
         if pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as pg_sys::RepOriginId {
             return; // applying under one already (the copy's check then speaks)
         }
-        match ORIGIN_HELD.load(Ordering::SeqCst) {
-            h if h == origin => return,
-            0 => {}
-            // (Another re-added peer's, whose copy applied nothing.)
-            _ => {
-                ORIGIN_HELD.store(0, Ordering::SeqCst);
-                pg_sys::replorigin_session_reset();
-            }
-        }
-        register_callback();
-        acquire_origin(origin);
     }
+    register_callback();
+    hold(origin);
+}
+
+/// This session holds `origin` (not yet tagging anything): nothing if it
+/// does already; another origin held untagged (a re-added peer whose copy
+/// applied nothing) is let go first.
+fn hold(origin: pg_sys::RepOriginId) {
+    match ORIGIN_HELD.load(Ordering::SeqCst) {
+        h if h == origin => return,
+        0 => {}
+        _ => {
+            ORIGIN_HELD.store(0, Ordering::SeqCst);
+            unsafe { pg_sys::replorigin_session_reset() };
+        }
+    }
+    acquire_origin(origin);
     ORIGIN_HELD.store(origin, Ordering::SeqCst);
 }
 
@@ -192,18 +198,7 @@ fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) 
                     "this session already has a replication origin set up (pg_replication_origin_session_setup)",
                 );
             }
-            match ORIGIN_HELD.load(Ordering::SeqCst) {
-                h if h == origin => {}
-                0 => acquire_origin(origin),
-                // (Another peer's, held by an add_peer whose copy had
-                // nothing to apply: let it go.)
-                _ => {
-                    pg_sys::replorigin_session_reset();
-                    ORIGIN_HELD.store(0, Ordering::SeqCst);
-                    acquire_origin(origin);
-                }
-            }
-            ORIGIN_HELD.store(origin, Ordering::SeqCst);
+            hold(origin);
             pg_sys::replorigin_session_origin = origin;
             // Only now: the end-of-transaction callback resets what is set up.
             ORIGIN_ACTIVE.store(true, Ordering::SeqCst);
