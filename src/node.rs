@@ -133,6 +133,10 @@ pub fn timestamp(node: &str, floor: Option<&Timestamp>) -> Timestamp {
 /// no-op; a different name is refused once the node has written data.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn set_node(name: &str) -> pgrx::Uuid {
+    crate::security::in_fixed_path(|| set_node_now(name))
+}
+
+fn set_node_now(name: &str) -> pgrx::Uuid {
     validate_actor(name).or_raise();
     let current = Spi::get_two::<String, pgrx::Uuid>(
         "SELECT name, node_uuid FROM converge.node_identity FOR UPDATE",

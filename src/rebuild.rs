@@ -106,7 +106,7 @@ fn layout(table: &str) -> Option<Layout> {
 fn lock_rows(table: &str, t: &Layout, json: &[JsonB]) -> i64 {
     let matched = crate::rows::keys_match(&t.keys);
     let sql = format!(
-        "WITH l AS (SELECT 1 FROM {table} t, unnest($1::jsonb[]) k(key),
+        "WITH l AS (SELECT 1 FROM {table} t, pg_catalog.unnest($1::jsonb[]) k(key),
                          LATERAL pg_catalog.jsonb_populate_record(NULL::{table}, k.key) v
                      WHERE {matched} FOR UPDATE OF t)
          SELECT count(*) FROM l"

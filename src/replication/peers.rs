@@ -266,10 +266,18 @@ pub(crate) fn changes_query(conn: &mut Conn, stop: &dyn Fn() -> bool) -> Result<
 /// Stop replicating with a peer: drop our slot on it and its origin here.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn remove_peer(name: &str) {
+    crate::security::in_fixed_path(|| remove_peer_now(name))
+}
+
+fn remove_peer_now(name: &str) {
     let Some(peer) = load_peers(Some(name)).pop() else {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
     };
     lock_peer(name);
+    // Before the slot on the peer goes (that cannot be rolled back).
+    if let Some(origin) = origin_id(&peer.origin) {
+        super::pull::let_go_of(origin, name);
+    }
     match Conn::connect(&peer.conninfo) {
         Ok(mut conn) => {
             // The worker may be streaming from the slot: end that session
@@ -388,6 +396,10 @@ fn worker_running() -> bool {
 /// it only checks each peer's slot (pull with converge.sync() meanwhile).
 #[pg_extern(volatile, parallel_unsafe)]
 fn wait_for_peers(timeout: default!(pgrx::datum::Interval, "'10 seconds'")) -> bool {
+    crate::security::in_fixed_path(|| wait_now(timeout))
+}
+
+fn wait_now(timeout: pgrx::datum::Interval) -> bool {
     let micros = timeout.as_micros().max(0) as u64;
     let deadline = Instant::now() + Duration::from_micros(micros);
     let peers = load_peers(None);
@@ -425,13 +437,13 @@ fn resume_peer(name: &str) {
 }
 
 fn set_paused(name: &str, paused: bool) {
-    let n = Spi::get_one_with_args::<i64>(
+    let n = crate::security::in_fixed_path(|| Spi::get_one_with_args::<i64>(
         "WITH u AS (UPDATE converge.peer SET paused = $2 WHERE name = $1 RETURNING 1) SELECT count(*) FROM u",
         &[name.into(), paused.into()],
     )
     .ok()
     .flatten()
-    .unwrap_or(0);
+    .unwrap_or(0));
     if n == 0 {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("no peer named \"{name}\""));
     }

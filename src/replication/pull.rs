@@ -98,6 +98,7 @@ unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, 
         );
     }
     if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT) {
+        BEFORE.with(|b| b.borrow_mut().clear());
         if ORIGIN_ACTIVE.swap(false, Ordering::SeqCst) {
             pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
             pg_sys::replorigin_session_origin_lsn = 0;
@@ -155,6 +156,23 @@ pub(super) fn take_origin(origin: pg_sys::RepOriginId) {
     hold(origin);
 }
 
+/// Let go of `origin` if this transaction holds it without having applied
+/// under it (a peer re-added, then removed, in one transaction), so that
+/// it can be dropped. Applied under it: refused (its commit records the
+/// peer's progress on that origin).
+pub(super) fn let_go_of(origin: pg_sys::RepOriginId, peer: &str) {
+    if ORIGIN_ACTIVE.load(Ordering::SeqCst) && unsafe { pg_sys::replorigin_session_origin } == origin {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("peer \"{peer}\"'s ops were applied in this transaction; remove it in a transaction of its own"),
+        );
+    }
+    if ORIGIN_HELD.load(Ordering::SeqCst) == origin {
+        ORIGIN_HELD.store(0, Ordering::SeqCst);
+        unsafe { pg_sys::replorigin_session_reset() };
+    }
+}
+
 /// This session holds `origin` (not yet tagging anything): nothing if it
 /// does already; another origin held untagged (a re-added peer whose copy
 /// applied nothing) is let go first.
@@ -173,8 +191,53 @@ fn hold(origin: pg_sys::RepOriginId) {
 
 fn register_callback() {
     if !CALLBACK_REGISTERED.swap(true, Ordering::SeqCst) {
-        unsafe { pg_sys::RegisterXactCallback(Some(reset_origin_at_end), std::ptr::null_mut()) };
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(reset_origin_at_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(undo_in_aborted_subxact), std::ptr::null_mut());
+        }
     }
+}
+
+/// What `setup_origin` replaced, and in which subtransaction: a savepoint
+/// (or a PL/pgSQL exception block) rolled back around `sync` undoes the
+/// apply, so it must undo the progress too, or the commit would record the
+/// peer's LSN past ops it did not keep and the next round would skip them.
+struct Before {
+    subxact: pg_sys::SubTransactionId,
+    was_active: bool,
+    lsn: u64,
+    time: i64,
+}
+
+thread_local! {
+    static BEFORE: std::cell::RefCell<Vec<Before>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn undo_in_aborted_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        return;
+    }
+    // Subtransaction ids grow: what was set up in `sub` or in a child of
+    // it (released into it) is on top, each entry older than the one above.
+    BEFORE.with(|b| {
+        let mut b = b.borrow_mut();
+        while b.last().is_some_and(|e| e.subxact >= sub) {
+            let e = b.pop().unwrap();
+            pg_sys::replorigin_session_origin_lsn = e.lsn;
+            pg_sys::replorigin_session_origin_timestamp = e.time;
+            if !e.was_active && ORIGIN_ACTIVE.swap(false, Ordering::SeqCst) {
+                // Still held: let go at the commit, as an origin nothing
+                // was applied under.
+                pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
+            }
+        }
+    });
 }
 
 /// Mark the rest of this transaction as applying `origin`'s changes up to
@@ -184,7 +247,14 @@ fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) 
     register_callback();
     unsafe {
         let none = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
-        if ORIGIN_ACTIVE.load(Ordering::SeqCst) {
+        let was_active = ORIGIN_ACTIVE.load(Ordering::SeqCst);
+        let before = Before {
+            subxact: pg_sys::GetCurrentSubTransactionId(),
+            was_active,
+            lsn: pg_sys::replorigin_session_origin_lsn,
+            time: pg_sys::replorigin_session_origin_timestamp,
+        };
+        if was_active {
             if pg_sys::replorigin_session_origin != origin {
                 raise(
                     PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
@@ -203,6 +273,7 @@ fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) 
             // Only now: the end-of-transaction callback resets what is set up.
             ORIGIN_ACTIVE.store(true, Ordering::SeqCst);
         }
+        BEFORE.with(|b| b.borrow_mut().push(before));
         pg_sys::replorigin_session_origin_lsn = remote_lsn;
         pg_sys::replorigin_session_origin_timestamp = remote_time;
     }

@@ -248,6 +248,19 @@ fn add_to_a_10k_orset_ships_a_few_dozen_bytes() {
     assert!(total < 200, "{total} bytes shipped for one add");
 }
 
+/// Two nodes in the `postgres` database, each with converge, its node
+/// name, and `ddl` run (not yet peers).
+fn two_nodes(root: &Scratch, names: [&str; 2], port: u16, worker: bool, ddl: &str) -> Vec<Node> {
+    let nodes: Vec<Node> = names.iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, worker)).collect();
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute("CREATE EXTENSION converge").unwrap();
+        c.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
+        c.batch_execute(ddl).unwrap();
+    }
+    nodes
+}
+
 /// Run `sql` and read what a peer's slot gets for it: (messages, bytes).
 fn shipped(c: &mut postgres::Client, sql: &str, what: &str) -> (i64, i64) {
     c.batch_execute("SELECT pg_create_logical_replication_slot('measure', 'converge')").unwrap();
@@ -420,6 +433,66 @@ fn add_peer_waits_while_the_peers_origin_is_busy() {
     assert_eq!(count(&mut oslo, "SELECT count(*) FROM note"), 2, "row 2 copied by add_peer");
 }
 
+/// `sync` whose apply is rolled back (a savepoint, a PL/pgSQL exception
+/// block) must not let the commit record the peer's progress: the next
+/// round would skip ops this node never kept. A rolled-back first sync also
+/// leaves the rest of the transaction this node's own (shipped), and one
+/// rolled back after a kept sync goes back to the kept sync's progress.
+/// Then a peer added again and removed in one transaction.
+#[test]
+fn a_sync_rolled_back_in_a_savepoint_loses_nothing() {
+    let root = Scratch::new("syncsavepoint");
+    let nodes = two_nodes(&root, ["madrid", "dublin"], base_port() + 33, false, "CREATE TABLE t (id int PRIMARY KEY, g converge.gcounter); SELECT converge.replicate('t');");
+    full_mesh(&nodes);
+    let (mut madrid, mut dublin) = (nodes[0].client(), nodes[1].client());
+    let rows = |c: &mut postgres::Client| -> String {
+        c.query_one("SELECT coalesce(string_agg(id || '=' || converge.value(g), ' ' ORDER BY id), '') FROM t", &[]).unwrap().get(0)
+    };
+    madrid.batch_execute("INSERT INTO t VALUES (1, converge.incr(NULL::converge.gcounter, 5)), (2, converge.incr(NULL::converge.gcounter, 7))").unwrap();
+
+    dublin.batch_execute("BEGIN; SAVEPOINT s; SELECT converge.sync('madrid'); ROLLBACK TO s; INSERT INTO t VALUES (9, converge.incr(NULL::converge.gcounter, 1)); COMMIT").unwrap();
+    assert_eq!(rows(&mut dublin), "9=1", "the rolled-back sync kept nothing");
+    dublin.batch_execute("DO $$ BEGIN PERFORM converge.sync('madrid'); RAISE EXCEPTION 'undo'; EXCEPTION WHEN raise_exception THEN NULL; END $$").unwrap();
+    assert_eq!(rows(&mut dublin), "9=1", "the sync in the exception block kept nothing");
+    let got: i64 = dublin.query_one("SELECT converge.sync('madrid')", &[]).unwrap().get(0);
+    assert_eq!(rows(&mut dublin), "1=5 2=7 9=1", "the next sync brings madrid's rows ({got} ops)");
+    // Row 9 was written after the rollback: dublin's own, shipped to madrid.
+    madrid.batch_execute("SELECT converge.sync('dublin')").unwrap();
+    assert_eq!(rows(&mut madrid), "1=5 2=7 9=1", "dublin's row 9 reached madrid");
+
+    // A kept sync, then one rolled back: the commit records the first's progress.
+    madrid.batch_execute("UPDATE t SET g = converge.incr(g, 10) WHERE id = 1").unwrap();
+    dublin.batch_execute("BEGIN; SELECT converge.sync('madrid'); SAVEPOINT s").unwrap();
+    madrid.batch_execute("UPDATE t SET g = converge.incr(g, 100) WHERE id = 2").unwrap();
+    dublin.batch_execute("SELECT converge.sync('madrid'); ROLLBACK TO s; COMMIT").unwrap();
+    assert_eq!(rows(&mut dublin), "1=15 2=7 9=1", "the first sync kept, the second undone");
+    dublin.batch_execute("SELECT converge.sync('madrid')").unwrap();
+    assert_eq!(rows(&mut dublin), "1=15 2=107 9=1", "the undone sync's op arrives with the next");
+    madrid.batch_execute("SELECT converge.sync('dublin')").unwrap();
+    assert_eq!(rows(&mut madrid), rows(&mut dublin));
+
+    // A peer added again and removed in one transaction: the origin the
+    // re-add holds is let go (it was refused with 55006, in use), unless
+    // the copy applied ops under it.
+    let conninfo = nodes[0].peer_conninfo("postgres");
+    madrid.batch_execute("UPDATE t SET g = converge.incr(g, 1000) WHERE id = 1").unwrap();
+    dublin.batch_execute("BEGIN").unwrap();
+    dublin.execute("SELECT converge.add_peer('madrid', $1)", &[&conninfo]).unwrap();
+    let err = dublin.batch_execute("SELECT converge.remove_peer('madrid')").unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!((db.code().code(), db.message()), ("55006", "peer \"madrid\"'s ops were applied in this transaction; remove it in a transaction of its own"));
+    dublin.batch_execute("ROLLBACK").unwrap();
+    dublin.batch_execute("SELECT converge.sync('madrid')").unwrap();
+    assert_eq!(rows(&mut dublin), "1=1015 2=107 9=1");
+    dublin.batch_execute("BEGIN").unwrap();
+    dublin.execute("SELECT converge.add_peer('madrid', $1)", &[&conninfo]).unwrap();
+    dublin.batch_execute("SELECT converge.remove_peer('madrid'); COMMIT").unwrap();
+    assert_eq!(count(&mut dublin, "SELECT count(*) FROM converge.peer"), 0, "madrid removed on dublin");
+    assert_eq!(count(&mut dublin, "SELECT count(*) FROM pg_replication_origin"), 0, "its origin dropped");
+    assert_eq!(count(&mut madrid, "SELECT count(*) FROM pg_replication_slots"), 0, "dublin's slot on madrid dropped");
+    assert_eq!(count(&mut dublin, "SELECT count(*) FROM pg_replication_slots"), 1, "madrid's slot on dublin stays");
+}
+
 /// SPEC section 2's seqtext examples on real servers: two regions cut off
 /// from each other type at the same place, one keystroke per statement,
 /// and one deletes a range while the other inserts inside it. After the
@@ -428,15 +501,8 @@ fn add_peer_waits_while_the_peers_origin_is_busy() {
 #[test]
 fn seqtext_concurrent_edits_on_two_real_nodes() {
     let root = Scratch::new("seqtext");
-    let port = base_port() + 30;
-    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, port + i as u16, true)).collect();
-    for n in &nodes {
-        let mut c = n.client();
-        c.batch_execute("CREATE EXTENSION converge; CREATE TABLE note (id int PRIMARY KEY, body converge.seqtext);
-                         SELECT converge.replicate('note');")
-            .unwrap();
-        c.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
-    }
+    let ddl = "CREATE TABLE note (id int PRIMARY KEY, body converge.seqtext); SELECT converge.replicate('note');";
+    let nodes = two_nodes(&root, ["lisbon", "oslo"], base_port() + 30, true, ddl);
     nodes[0].client().batch_execute("INSERT INTO note VALUES (1, converge.insert(NULL, 0, 'Pump [] stopped; valve ok.'))").unwrap();
     full_mesh(&nodes);
     converge_all(&nodes, Duration::from_secs(60));
