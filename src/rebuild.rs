@@ -109,7 +109,7 @@ fn lock_rows(table: &str, t: &Layout, json: &[JsonB]) -> i64 {
         "WITH l AS (SELECT 1 FROM {table} t, pg_catalog.unnest($1::jsonb[]) k(key),
                          LATERAL pg_catalog.jsonb_populate_record(NULL::{table}, k.key) v
                      WHERE {matched} FOR UPDATE OF t)
-         SELECT count(*) FROM l"
+         SELECT pg_catalog.count(*) FROM l"
     );
     let keys: Vec<JsonB> = json.iter().map(|j| JsonB(j.0.clone())).collect();
     let locked = crate::security::as_writer(t.rel, || Spi::get_one_with_args::<i64>(&sql, &[keys.into()]))

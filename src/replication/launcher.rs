@@ -100,11 +100,13 @@ pub fn start_worker() -> bool {
     if !PRELOADED.load(Ordering::Relaxed) {
         return false;
     }
-    let running = crate::spi::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'converge worker' AND datid = $1)
-             OR (SELECT datistemplate OR NOT datallowconn FROM pg_database WHERE oid = $1)",
-        &[unsafe { pg_sys::MyDatabaseId }.into()],
-    );
+    let running = crate::security::in_fixed_path(|| {
+        crate::spi::read_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'converge worker' AND datid = $1)
+                 OR (SELECT datistemplate OR NOT datallowconn FROM pg_database WHERE oid = $1)",
+            &[unsafe { pg_sys::MyDatabaseId }.into()],
+        )
+    });
     if running == Some(true) {
         return true;
     }

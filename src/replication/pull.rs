@@ -97,8 +97,10 @@ unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, 
             "a transaction that applied a peer's ops (converge.sync) cannot be prepared",
         );
     }
-    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT) {
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE) {
         BEFORE.with(|b| b.borrow_mut().clear());
+    }
+    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT) {
         if ORIGIN_ACTIVE.swap(false, Ordering::SeqCst) {
             pg_sys::replorigin_session_origin = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;
             pg_sys::replorigin_session_origin_lsn = 0;
@@ -274,6 +276,8 @@ fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) 
             ORIGIN_ACTIVE.store(true, Ordering::SeqCst);
         }
         BEFORE.with(|b| b.borrow_mut().push(before));
+        // A copy (remote LSN 0) after a kept round keeps that round's progress.
+        let remote_lsn = if was_active { remote_lsn.max(pg_sys::replorigin_session_origin_lsn) } else { remote_lsn };
         pg_sys::replorigin_session_origin_lsn = remote_lsn;
         pg_sys::replorigin_session_origin_timestamp = remote_time;
     }
