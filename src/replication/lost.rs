@@ -97,7 +97,7 @@ pub fn check_lost_peers() {
             // its name may be another node's. (If it records a new slot, the
             // next probe of it says so.)
             if theirs.iter().any(|s| s.active) {
-                let _ = Spi::run_with_args("UPDATE converge.peer_status SET lost_at = NULL WHERE name = $1", &[peer.name.as_str().into()]);
+                let _ = Spi::run_with_args(&super::pull::status_update("lost_at = NULL"), &[peer.name.as_str().into()]);
                 pgrx::log!("converge: peer \"{}\" has rejoined (it streams from a new slot here)", peer.name);
             }
             continue;
@@ -106,7 +106,9 @@ pub fn check_lost_peers() {
             continue;
         }
         for s in theirs.into_iter().filter(|s| !s.active && s.held > limit) {
-            if drop_slot(&s.name) {
+            // The mark goes with the drop; not while add_peer holds the row
+            // (the next pass judges again).
+            if super::pull::claim_status(&peer.name) && drop_slot(&s.name) {
                 let _ = Spi::run_with_args(
                     "UPDATE converge.peer_status SET lost_at = clock_timestamp(), frontier = NULL WHERE name = $1",
                     &[peer.name.as_str().into()],

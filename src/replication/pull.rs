@@ -433,10 +433,36 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     Ok(round)
 }
 
-/// Record a failure to reach or pull from a peer (in its own transaction).
+/// The worker's update of peer `$1`'s status row: `set` (columns of
+/// `converge.peer_status`), skipped while another transaction holds that
+/// row (add_peer adding the peer again, which holds it to its commit): the
+/// worker must not wait on it while its other peers wait on the worker.
+/// What is skipped is only reporting, written again by the next probe or
+/// round (or by add_peer itself).
+pub fn status_update(set: &str) -> String {
+    format!(
+        "UPDATE converge.peer_status s SET {set}
+           FROM (SELECT name FROM converge.peer_status WHERE name = $1 FOR UPDATE SKIP LOCKED) l WHERE s.name = l.name"
+    )
+}
+
+/// Lock peer `name`'s status row for the rest of this transaction, unless
+/// another transaction holds it (false): for the worker's changes that
+/// must go with the row (a lost mark with its slot's drop, a rejoin), done
+/// later instead of waiting.
+pub fn claim_status(name: &str) -> bool {
+    // (Not read-only: it locks.)
+    Spi::connect_mut(|c| {
+        c.update("SELECT 1 FROM converge.peer_status WHERE name = $1 FOR UPDATE SKIP LOCKED", None, &[name.into()]).map(|t| t.len() == 1)
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("locking peer {name}'s status: {e}")))
+}
+
+/// Record a failure to reach or pull from a peer (in its own transaction;
+/// the worker's, see status_update).
 pub fn record_error(peer: &str, message: &str) {
     let _ = Spi::run_with_args(
-        "UPDATE converge.peer_status SET state = 'down', last_error = $2, last_error_at = clock_timestamp() WHERE name = $1",
+        &status_update("state = 'down', last_error = $2, last_error_at = clock_timestamp()"),
         &[peer.into(), message.into()],
     );
 }

@@ -314,8 +314,7 @@ fn step(link: &mut Link) {
             let name = peer.name.clone();
             let _ = in_transaction(move || {
                 let _ = Spi::run_with_args(
-                    "UPDATE converge.peer_status SET state = 'ok', last_success = clock_timestamp(),
-                            their_slot = coalesce($2, their_slot) WHERE name = $1",
+                    &pull::status_update("state = 'ok', last_success = clock_timestamp(), their_slot = coalesce($2, s.their_slot)"),
                     &[name.as_str().into(), theirs.into()],
                 );
             });
@@ -332,12 +331,19 @@ fn slot_missing(e: &super::libpq::PeerError) -> bool {
 /// `rejoining` until done; the copy and the new slot are add_peer's.
 fn rejoin(peer: &PeerRow) -> Result<(), String> {
     let name = peer.name.clone();
-    let _ = in_transaction(move || {
-        Spi::run_with_args("UPDATE converge.peer_status SET rejoining = true WHERE name = $1", &[name.as_str().into()])
+    let marked = in_transaction(move || {
+        pull::claim_status(&name)
+            && Spi::run_with_args("UPDATE converge.peer_status SET rejoining = true WHERE name = $1", &[name.as_str().into()]).is_ok()
     });
+    if marked != Ok(true) {
+        return Err("the peer is being added again (its status row is held); trying later".into());
+    }
     pgrx::log!("converge: rejoining peer \"{}\" (our slot there was dropped: it marked us lost)", peer.name);
     let peer = peer.clone();
     in_transaction(std::panic::AssertUnwindSafe(move || {
+        if !pull::claim_status(&peer.name) {
+            return Err("the peer is being added again (its status row is held); trying later".into());
+        }
         let origin = pull::origin_id(&peer.origin);
         let Some(origin) = origin else { return Err(format!("replication origin \"{}\" is missing", peer.origin)) };
         let mut conn = Conn::connect(&peer.conninfo).map_err(|e| e.message)?;
@@ -450,6 +456,9 @@ fn apply(link: &mut Link) -> bool {
         let Some(origin) = origin else { return false };
         pull::apply_encoded(ops, &peer.name, origin, lsn, time);
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        // (Not skipped when locked: the counts would be lost. add_peer
+        // takes the origin before it writes this row, so an apply never
+        // gets here while add_peer holds it.)
         let _ = crate::spi::prepared(
             "UPDATE converge.peer_status SET state = 'ok', confirmed_lsn = $2::pg_lsn, last_success = clock_timestamp(),
                     lag_seconds = $3, ops_received = ops_received + $4, bytes_received = bytes_received + $5

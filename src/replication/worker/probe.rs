@@ -83,13 +83,14 @@ fn record_probe(name: &str, probe: &Probe, flushed: u64) {
         .and_then(|(o, b)| Some((o.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
         .unzip();
     let _ = Spi::run_with_args(
-        "UPDATE converge.peer_status SET caught_up_at = $2::timestamptz, peer_lsn = $3::pg_lsn,
-                confirmed_lsn = greatest(confirmed_lsn, $4::pg_lsn),
-                lag_bytes = greatest(pg_wal_lsn_diff($3::pg_lsn, $4::pg_lsn), 0)::bigint, lag_seconds = 0,
-                frontier = coalesce($5::jsonb, frontier), frontier_at = CASE WHEN $5 IS NULL THEN frontier_at ELSE $2::timestamptz END,
-                ops_shipped = coalesce($6, ops_shipped), bytes_shipped = coalesce($7, bytes_shipped),
-                their_slot = coalesce($8, their_slot)
-          WHERE name = $1",
+        &pull::status_update(
+            "caught_up_at = $2::timestamptz, peer_lsn = $3::pg_lsn,
+             confirmed_lsn = greatest(s.confirmed_lsn, $4::pg_lsn),
+             lag_bytes = greatest(pg_wal_lsn_diff($3::pg_lsn, $4::pg_lsn), 0)::bigint, lag_seconds = 0,
+             frontier = coalesce($5::jsonb, s.frontier), frontier_at = CASE WHEN $5 IS NULL THEN s.frontier_at ELSE $2::timestamptz END,
+             ops_shipped = coalesce($6, s.ops_shipped), bytes_shipped = coalesce($7, s.bytes_shipped),
+             their_slot = coalesce($8, s.their_slot)",
+        ),
         &[
             name.into(),
             probe.at.as_str().into(),

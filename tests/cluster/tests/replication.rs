@@ -494,6 +494,62 @@ fn a_sync_rolled_back_in_a_savepoint_loses_nothing() {
     assert_eq!(count(&mut dublin, "SELECT count(*) FROM pg_replication_slots"), 1, "madrid's slot on dublin stays");
 }
 
+/// While an administrator adds a peer again (holding its origin and its
+/// status row until commit), the worker's failed batches for that peer
+/// (the origin is in use) do not wait on the status row: a worker stuck
+/// there would hold up every other peer of the database.
+#[test]
+fn a_worker_does_not_wait_on_a_peer_being_added_again() {
+    let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("readd", base_port() + 35, false);
+    lisbon.batch_execute("INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut oslo, "SELECT count(*) FROM note") != 1 {
+        assert!(Instant::now() < deadline, "row 1 did not reach oslo");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut admin = postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
+    let mut watch = postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
+    let mut lisbon_admin = nodes[0].client();
+    // The worker that serves fieldcare holds its lock (another one that a
+    // commit started may be waiting for it a few seconds, then leaves).
+    const WORKER: &str = "SELECT coalesce(string_agg(l.pid::text, ' '), '') FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                           WHERE l.locktype = 'advisory' AND l.objsubid = 7 AND l.granted AND d.datname = 'fieldcare'";
+    const STREAMING: &str = "SELECT coalesce(max(active_pid), 0)::int8 FROM pg_replication_slots WHERE slot_name LIKE 'converge\\_oslo\\_%'";
+    let worker: String = watch.query_one(WORKER, &[]).unwrap().get(0);
+    assert!(!worker.is_empty(), "oslo has a worker for fieldcare");
+    admin.batch_execute("BEGIN").unwrap();
+    admin.execute("SELECT converge.add_peer('lisbon', $1)", &[&nodes[0].peer_conninfo("fieldcare")]).unwrap();
+    // The worker now fails each batch of lisbon's (55006, the origin is held).
+    lisbon.batch_execute("INSERT INTO note VALUES (2, 'valve', NULL, NULL, NULL)").unwrap();
+    const STUCK: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'converge worker' AND wait_event_type = 'Lock'";
+    const WAITS_ON: &str = "SELECT string_agg(l.locktype || ' ' || l.mode || ' ' || coalesce(l.relation::regclass::text, l.transactionid::text, ''), ', ')
+                              FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted WHERE a.backend_type = 'converge worker'";
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut streams = std::collections::BTreeSet::new();
+    while Instant::now() < until {
+        if count(&mut watch, STUCK) != 0 {
+            let on: Option<String> = watch.query_one(WAITS_ON, &[]).unwrap().get(0);
+            panic!("oslo's worker waits on a lock while lisbon is added again: {on:?}");
+        }
+        streams.insert(count(&mut lisbon_admin, STREAMING));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The worker kept going: each failed batch ends its stream from lisbon
+    // and it streams again (a new walsender there), row 2 never applied.
+    streams.remove(&0);
+    eprintln!("worker {worker}; walsenders on lisbon for it during the re-add: {streams:?}");
+    assert!(streams.len() >= 2, "oslo's worker streamed from lisbon again after failed batches (walsenders {streams:?})");
+    assert_eq!(count(&mut oslo, "SELECT count(*) FROM note"), 1, "row 2 waits for the re-add");
+    let now: String = watch.query_one(WORKER, &[]).unwrap().get(0);
+    assert_eq!(now, worker, "the same worker");
+    admin.batch_execute("COMMIT").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut oslo, "SELECT count(*) FROM note") != 2 {
+        assert!(Instant::now() < deadline, "row 2 did not reach oslo after the re-add");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// SPEC section 2's seqtext examples on real servers: two regions cut off
 /// from each other type at the same place, one keystroke per statement,
 /// and one deletes a range while the other inserts inside it. After the
