@@ -68,6 +68,29 @@ pub fn fix_session_path() {
     };
 }
 
+/// The identity acting now: (user, security context).
+fn current() -> (pg_sys::Oid, i32) {
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
+    (user, sec)
+}
+
+/// The security context of a switch to another role for converge's step:
+/// a local user-id change in a security-restricted operation (as
+/// PostgreSQL runs index expressions and maintenance as a table's owner).
+const RESTRICTED: i32 = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
+
+/// Act as `to` (user, security context; None: as now) under `path` until
+/// the guard drops, which puts back the identity of now and the path.
+fn enter(to: Option<(pg_sys::Oid, i32)>, path: &std::ffi::CStr, popped: bool, undo_settings: bool) -> Restore {
+    let (user, sec) = current();
+    if let Some((u, s)) = to {
+        unsafe { pg_sys::SetUserIdAndSecContext(u, s) };
+    }
+    let nest = set_path(path);
+    Restore { user, sec, nest, popped, undo_settings }
+}
+
 fn set_path(path: &std::ffi::CStr) -> i32 {
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     crate::spi::set_guc(c"search_path", path, pg_sys::GucContext::PGC_USERSET, pg_sys::GucAction::GUC_ACTION_SAVE);
@@ -106,13 +129,9 @@ impl Drop for Restore {
 /// search_path and as a security-restricted operation.
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner = owner();
-    let (mut user, mut sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
+    let (user, sec) = current();
     CALLERS.with(|c| c.borrow_mut().push(Frame { user, sec, path: current_path() }));
-    let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
-    unsafe { pg_sys::SetUserIdAndSecContext(owner, sec | flags) };
-    let nest = set_path(FIXED_PATH);
-    let _restore = Restore { user, sec, nest, popped: true, undo_settings: false };
+    let _restore = enter(Some((owner, sec | RESTRICTED)), FIXED_PATH, true, false);
     f()
 }
 
@@ -144,14 +163,10 @@ pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
 /// that is. Only the name of the table an op names is resolved under the
 /// caller's own path (`in_callers_path`), as the caller would resolve it.
 pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
-    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
     // The outermost caller: a nested as_owner (an apply inside an apply)
     // still acts for the role that started it.
-    let (user, sec, path) =
-        CALLERS.with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone()))).unwrap_or_else(|| (cur, cur_sec, current_path()));
-    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
-    let nest = set_path(FIXED_PATH);
+    let (user, sec, path) = outermost();
+    let _restore = enter(Some((user, sec)), FIXED_PATH, false, false);
     CALLER_PATHS.with(|p| p.borrow_mut().push(path));
     struct Pop;
     impl Drop for Pop {
@@ -160,8 +175,16 @@ pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     let _pop = Pop;
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: false };
     crate::apply::as_client(f)
+}
+
+/// The caller of the outermost `as_owner` (outside one, who acts now),
+/// with its search_path.
+fn outermost() -> (pg_sys::Oid, i32, CString) {
+    CALLERS.with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone()))).unwrap_or_else(|| {
+        let (user, sec) = current();
+        (user, sec, current_path())
+    })
 }
 
 /// The search_path of the caller `as_caller` acts for (outside one, the
@@ -187,10 +210,7 @@ pub fn in_fixed_path<R>(f: impl FnOnce() -> R) -> R {
 }
 
 fn with_path<R>(path: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
-    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
-    let nest = set_path(path);
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: false };
+    let _restore = enter(None, path, false, false);
     f()
 }
 
@@ -201,21 +221,14 @@ fn with_path<R>(path: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
 /// and expressions are its owner's code and never get superuser rights
 /// (what PostgreSQL 16 does for logical replication apply).
 pub fn as_writer<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
-    let (user, sec, path) = CALLERS
-        .with(|c| c.borrow().first().map(|f| (f.user, f.sec, f.path.clone())))
-        .unwrap_or_else(|| (cur, cur_sec, current_path()));
+    let (user, sec, path) = outermost();
     let (role, sec) = if unsafe { pg_sys::superuser_arg(user) } {
         let owner = relowner(rel).unwrap_or(user);
-        let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
-        (owner, if owner == user { sec } else { sec | flags })
+        (owner, if owner == user { sec } else { sec | RESTRICTED })
     } else {
         (user, sec)
     };
-    unsafe { pg_sys::SetUserIdAndSecContext(role, sec) };
-    let nest = set_path(&path);
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: true };
+    let _restore = enter(Some((role, sec)), &path, false, true);
     // The table's triggers and defaults are its owner's code: a converge
     // call they make acts for the role they run as, and is never trusted
     // as a peer's (the apply around them may be).
@@ -248,13 +261,8 @@ fn users_code<R>(f: impl FnOnce() -> R) -> R {
 /// function and the decision's write (requests.rs) are that owner's code,
 /// acting for converge, never with the caller's (or the worker's) rights.
 pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let (mut cur, mut cur_sec) = (pg_sys::InvalidOid, 0i32);
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut cur, &mut cur_sec) };
     let owner = relowner(rel).unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "the table is gone"));
-    let flags = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
-    unsafe { pg_sys::SetUserIdAndSecContext(owner, cur_sec | flags) };
-    let nest = set_path(FIXED_PATH);
-    let _restore = Restore { user: cur, sec: cur_sec, nest, popped: false, undo_settings: true };
+    let _restore = enter(Some((owner, current().1 | RESTRICTED)), FIXED_PATH, false, true);
     // Inside, converge acts for the owner (caller() is the owner), not for
     // whoever called converge around it.
     users_code(f)

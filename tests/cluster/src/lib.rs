@@ -187,6 +187,25 @@ impl Drop for Node {
     }
 }
 
+/// The first column of the one row `sql` returns on `n`, as text.
+pub fn text(n: &Node, sql: &str) -> String {
+    n.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+/// Poll `sql` on `n` (the first column of its row as text, "" for no row)
+/// until it reads `want`, for up to 60 s; `what` names the wait.
+pub fn wait_for(n: &Node, sql: &str, want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: String = n.client().query_opt(sql, &[]).unwrap().map(|r| r.get(0)).unwrap_or_default();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} on {} (it shows {got:?})", n.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Every node adds every other as a peer (one at a time: creating a slot on
 /// a server waits for its running transactions).
 pub fn full_mesh(nodes: &[Node]) {

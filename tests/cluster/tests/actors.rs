@@ -20,10 +20,6 @@ fn base_port() -> u16 {
     std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 80
 }
 
-fn text(n: &Node, sql: &str) -> String {
-    n.client().query_one(sql, &[]).unwrap().get(0)
-}
-
 fn incr(phone: &mut Client, table: &str, id: i32, by: i64) -> Op {
     phone
         .mutate(table, json!({ "id": id }), "g", move |v, ctx| match v {

@@ -14,10 +14,6 @@ fn base_port() -> u16 {
     std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 70
 }
 
-fn text(n: &Node, sql: &str) -> String {
-    n.client().query_one(sql, &[]).unwrap().get(0)
-}
-
 /// Apply a tablet's first op on `column` of item 1, its delta given in
 /// hex: its outcome and reason.
 fn apply_from_tablet(n: &Node, tablet: &str, column: &str, hex: &str) -> (String, Option<String>) {

@@ -24,10 +24,6 @@ fn count(n: &Node, sql: &str) -> i64 {
     n.client().query_one(sql, &[]).unwrap().get(0)
 }
 
-fn text(n: &Node, sql: &str) -> String {
-    n.client().query_one(sql, &[]).unwrap().get(0)
-}
-
 /// Wait until every node's stable frontier is its whole frontier: each
 /// peer has reported having everything (what the workers' probes learn).
 fn wait_all_stable(nodes: &[Node]) {

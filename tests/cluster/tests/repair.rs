@@ -13,10 +13,6 @@ fn base_port() -> u16 {
     std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 90
 }
 
-fn text(n: &Node, sql: &str) -> String {
-    n.client().query_one(sql, &[]).unwrap().get(0)
-}
-
 /// A row op of `clerk` setting item `id`'s title, with a clock far ahead
 /// (it wins over every node's own write).
 fn wrong_title(n: &Node, counter: i32, id: i32, title: &str) {

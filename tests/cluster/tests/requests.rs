@@ -9,26 +9,10 @@
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn base_port() -> u16 {
     std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 110
-}
-
-fn text(n: &Node, sql: &str) -> String {
-    n.client().query_one(sql, &[]).unwrap().get(0)
-}
-
-fn wait_for(n: &Node, sql: &str, want: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: String = n.client().query_opt(sql, &[]).unwrap().map(|r| r.get(0)).unwrap_or_default();
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} on {}: {got}", n.name);
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const SETUP: &str = "

@@ -15,10 +15,6 @@ fn base_port() -> u16 {
     std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 140
 }
 
-fn text(n: &Node, sql: &str) -> String {
-    n.client().query_one(sql, &[]).unwrap().get(0)
-}
-
 #[test]
 fn columns_added_on_every_node_replicate_with_no_replicate_call() {
     let root = Scratch::new("schema");
