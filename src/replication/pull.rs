@@ -451,11 +451,9 @@ pub fn status_update(set: &str) -> String {
 /// must go with the row (a lost mark with its slot's drop, a rejoin), done
 /// later instead of waiting.
 pub fn claim_status(name: &str) -> bool {
-    // (Not read-only: it locks.)
-    Spi::connect_mut(|c| {
-        c.update("SELECT 1 FROM converge.peer_status WHERE name = $1 FOR UPDATE SKIP LOCKED", None, &[name.into()]).map(|t| t.len() == 1)
-    })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("locking peer {name}'s status: {e}")))
+    // (Planned once per session: the worker asks per applied batch.)
+    crate::spi::prepared("SELECT 1 FROM converge.peer_status WHERE name = $1 FOR UPDATE SKIP LOCKED", &[name.into()], |t| Ok(t.len() == 1))
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("locking peer {name}'s status: {e}")))
 }
 
 /// Record a failure to reach or pull from a peer (in its own transaction;

@@ -336,13 +336,13 @@ fn rejoin(peer: &PeerRow) -> Result<(), String> {
             && Spi::run_with_args("UPDATE converge.peer_status SET rejoining = true WHERE name = $1", &[name.as_str().into()]).is_ok()
     });
     if marked != Ok(true) {
-        return Err("the peer is being added again (its status row is held); trying later".into());
+        return Err("the peer's status row is held by another transaction (add_peer?) or gone; trying later".into());
     }
     pgrx::log!("converge: rejoining peer \"{}\" (our slot there was dropped: it marked us lost)", peer.name);
     let peer = peer.clone();
     in_transaction(std::panic::AssertUnwindSafe(move || {
         if !pull::claim_status(&peer.name) {
-            return Err("the peer is being added again (its status row is held); trying later".into());
+            return Err("the peer's status row is held by another transaction (add_peer?) or gone; trying later".into());
         }
         let origin = pull::origin_id(&peer.origin);
         let Some(origin) = origin else { return Err(format!("replication origin \"{}\" is missing", peer.origin)) };
@@ -452,13 +452,20 @@ fn apply(link: &mut Link) -> bool {
         if active != Some(true) {
             return false;
         }
+        // The peer's status row first (its counts go with the batch):
+        // while another transaction holds it (add_peer adding this peer
+        // again, which may also have written some of these ops), the batch
+        // is applied again later rather than wait on it.
+        if !pull::claim_status(&peer.name) {
+            crate::errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                format!("the status row of peer \"{}\" is held by another transaction (add_peer?); the batch is applied again later", peer.name),
+            );
+        }
         let origin = pull::origin_id(&peer.origin);
         let Some(origin) = origin else { return false };
         pull::apply_encoded(ops, &peer.name, origin, lsn, time);
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
-        // (Not skipped when locked: the counts would be lost. add_peer
-        // takes the origin before it writes this row, so an apply never
-        // gets here while add_peer holds it.)
         let _ = crate::spi::prepared(
             "UPDATE converge.peer_status SET state = 'ok', confirmed_lsn = $2::pg_lsn, last_success = clock_timestamp(),
                     lag_seconds = $3, ops_received = ops_received + $4, bytes_received = bytes_received + $5
