@@ -521,19 +521,10 @@ fn a_worker_does_not_wait_on_a_peer_being_added_again() {
     admin.execute("SELECT converge.add_peer('lisbon', $1)", &[&nodes[0].peer_conninfo("fieldcare")]).unwrap();
     // The worker now fails each batch of lisbon's (55006, the origin is held).
     lisbon.batch_execute("INSERT INTO note VALUES (2, 'valve', NULL, NULL, NULL)").unwrap();
-    const STUCK: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'converge worker' AND wait_event_type = 'Lock'";
-    const WAITS_ON: &str = "SELECT string_agg(l.locktype || ' ' || l.mode || ' ' || coalesce(l.relation::regclass::text, l.transactionid::text, ''), ', ')
-                              FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted WHERE a.backend_type = 'converge worker'";
-    let until = Instant::now() + Duration::from_secs(6);
     let mut streams = std::collections::BTreeSet::new();
-    while Instant::now() < until {
-        if count(&mut watch, STUCK) != 0 {
-            let on: Option<String> = watch.query_one(WAITS_ON, &[]).unwrap().get(0);
-            panic!("oslo's worker waits on a lock while lisbon is added again: {on:?}");
-        }
+    never_waits(&mut watch, "oslo's worker, while lisbon is added again", || {
         streams.insert(count(&mut lisbon_admin, STREAMING));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     // The worker kept going: each failed batch ends its stream from lisbon
     // and it streams again (a new walsender there), row 2 never applied.
     streams.remove(&0);
@@ -548,6 +539,47 @@ fn a_worker_does_not_wait_on_a_peer_being_added_again() {
         assert!(Instant::now() < deadline, "row 2 did not reach oslo after the re-add");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// For 6 s, no converge worker of `c`'s server waits on a lock (`also`
+/// runs at each look).
+fn never_waits(c: &mut postgres::Client, who: &str, mut also: impl FnMut()) {
+    const STUCK: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'converge worker' AND wait_event_type = 'Lock'";
+    const WAITS_ON: &str = "SELECT string_agg(l.locktype || ' ' || l.mode || ' ' || coalesce(l.relation::regclass::text, l.transactionid::text, ''), ', ')
+                              FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted WHERE a.backend_type = 'converge worker'";
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if count(c, STUCK) != 0 {
+            let on: Option<String> = c.query_one(WAITS_ON, &[]).unwrap().get(0);
+            panic!("{who} waits on a lock: {on:?}");
+        }
+        also();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two peers added again in one transaction: the second takes its origin
+/// and lets go of the first's, so the worker can apply the first peer's
+/// batch under it, while the transaction still holds that peer's status
+/// row. The batch must wait for the commit without the worker waiting.
+#[test]
+fn a_worker_does_not_wait_on_two_peers_added_again_in_one_transaction() {
+    let root = Scratch::new("readdtwo");
+    let nodes = mesh_of_three(&root.0, base_port() + 37);
+    let mut admin = nodes[0].client();
+    let mut watch = nodes[0].client();
+    const G1: &str = "SELECT converge.value(g)::text FROM ctr WHERE id = 1";
+    let before = text(&nodes[0], G1);
+    admin.batch_execute("BEGIN").unwrap();
+    for n in &nodes[1..] {
+        admin.execute("SELECT converge.add_peer($1, $2)", &[&n.name, &n.peer_conninfo("postgres")]).unwrap();
+    }
+    nodes[1].client().batch_execute("UPDATE ctr SET g = converge.incr(g, 5) WHERE id = 1").unwrap();
+    never_waits(&mut watch, "madrid's worker, while dublin and virginia are added again", || {});
+    assert_eq!(text(&nodes[0], G1), before, "dublin's increment waits for the re-adds");
+    admin.batch_execute("COMMIT").unwrap();
+    let want = (before.parse::<i64>().unwrap() + 5).to_string();
+    wait_for(&nodes[0], G1, &want, "dublin's increment after the re-adds");
 }
 
 /// SPEC section 2's seqtext examples on real servers: two regions cut off
