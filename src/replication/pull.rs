@@ -81,13 +81,10 @@ static ORIGIN_HELD: AtomicU16 = AtomicU16::new(0);
 #[pg_guard]
 unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
-    if matches!(event, XACT_EVENT_PRE_PREPARE | XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT)
-        && !ORIGIN_ACTIVE.load(Ordering::SeqCst)
-        && ORIGIN_HELD.swap(0, Ordering::SeqCst) != 0
-    {
+    if matches!(event, XACT_EVENT_PRE_PREPARE | XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT) && !ORIGIN_ACTIVE.load(Ordering::SeqCst) {
         // Held only (nothing applied under it): let go before the commit,
         // where an error still aborts cleanly (the commit needs no origin).
-        pg_sys::replorigin_session_reset();
+        release_held();
     }
     if event == XACT_EVENT_PRE_PREPARE && ORIGIN_ACTIVE.load(Ordering::SeqCst) {
         // The origin would stay on the session after PREPARE and tag later
@@ -106,9 +103,14 @@ unsafe extern "C-unwind" fn reset_origin_at_end(event: pg_sys::XactEvent::Type, 
             pg_sys::replorigin_session_origin_lsn = 0;
             pg_sys::replorigin_session_origin_timestamp = 0;
         }
-        if ORIGIN_HELD.swap(0, Ordering::SeqCst) != 0 {
-            pg_sys::replorigin_session_reset();
-        }
+        release_held();
+    }
+}
+
+/// Let go of the origin this session holds, if any.
+fn release_held() {
+    if ORIGIN_HELD.swap(0, Ordering::SeqCst) != 0 {
+        unsafe { pg_sys::replorigin_session_reset() };
     }
 }
 
@@ -170,8 +172,7 @@ pub(super) fn let_go_of(origin: pg_sys::RepOriginId, peer: &str) {
         );
     }
     if ORIGIN_HELD.load(Ordering::SeqCst) == origin {
-        ORIGIN_HELD.store(0, Ordering::SeqCst);
-        unsafe { pg_sys::replorigin_session_reset() };
+        release_held();
     }
 }
 
@@ -179,14 +180,10 @@ pub(super) fn let_go_of(origin: pg_sys::RepOriginId, peer: &str) {
 /// does already; another origin held untagged (a re-added peer whose copy
 /// applied nothing) is let go first.
 fn hold(origin: pg_sys::RepOriginId) {
-    match ORIGIN_HELD.load(Ordering::SeqCst) {
-        h if h == origin => return,
-        0 => {}
-        _ => {
-            ORIGIN_HELD.store(0, Ordering::SeqCst);
-            unsafe { pg_sys::replorigin_session_reset() };
-        }
+    if ORIGIN_HELD.load(Ordering::SeqCst) == origin {
+        return;
     }
+    release_held();
     acquire_origin(origin);
     ORIGIN_HELD.store(origin, Ordering::SeqCst);
 }

@@ -343,11 +343,7 @@ fn a_new_database_replicates_for_ordinary_roles_with_no_setting() {
 fn a_worker_keeps_its_database_through_a_failed_transaction() {
     let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("workerlock", base_port() + 25, false);
     lisbon.batch_execute("INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL), (2, 'valve', NULL, NULL, NULL)").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&mut oslo, "SELECT count(*) FROM note") != 2 {
-        assert!(Instant::now() < deadline, "lisbon's rows did not reach oslo");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    notes_reach(&mut oslo, 2, "lisbon's rows did not reach oslo");
     let mut oslo_admin = postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
     oslo_admin
         .batch_execute(
@@ -376,11 +372,7 @@ fn a_worker_keeps_its_database_through_a_failed_transaction() {
     }
     assert_eq!(count(&mut oslo_admin, LOCKS), 1, "one worker holds fieldcare's lock on oslo");
     oslo_admin.batch_execute("DROP TRIGGER refuse ON note").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&mut oslo, "SELECT count(*) FROM note") != 3 {
-        assert!(Instant::now() < deadline, "lisbon's row 3 did not reach oslo once the trigger was gone");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    notes_reach(&mut oslo, 3, "lisbon's row 3 did not reach oslo once the trigger was gone");
 }
 
 /// The upgrade recipe's `pause_peer` and `add_peer` right after it: the
@@ -393,11 +385,7 @@ fn add_peer_waits_while_the_peers_origin_is_busy() {
     let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("busyorigin", base_port() + 27, false);
     let admin = || postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
     lisbon.batch_execute("INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL)").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&mut oslo, "SELECT count(*) FROM note") != 1 {
-        assert!(Instant::now() < deadline, "row 1 did not reach oslo");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    notes_reach(&mut oslo, 1, "row 1 did not reach oslo");
     let mut oslo_admin = admin();
     oslo_admin.batch_execute("SELECT converge.pause_peer('lisbon')").unwrap();
     // Row 2 is for add_peer's copy to apply, under lisbon's origin.
@@ -502,11 +490,7 @@ fn a_sync_rolled_back_in_a_savepoint_loses_nothing() {
 fn a_worker_does_not_wait_on_a_peer_being_added_again() {
     let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("readd", base_port() + 35, false);
     lisbon.batch_execute("INSERT INTO note VALUES (1, 'pump', NULL, NULL, NULL)").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&mut oslo, "SELECT count(*) FROM note") != 1 {
-        assert!(Instant::now() < deadline, "row 1 did not reach oslo");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    notes_reach(&mut oslo, 1, "row 1 did not reach oslo");
     let mut admin = postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
     let mut watch = postgres::Client::connect(&nodes[1].conninfo_as("postgres", "fieldcare"), postgres::NoTls).unwrap();
     let mut lisbon_admin = nodes[0].client();
@@ -534,9 +518,14 @@ fn a_worker_does_not_wait_on_a_peer_being_added_again() {
     let now: String = watch.query_one(WORKER, &[]).unwrap().get(0);
     assert_eq!(now, worker, "the same worker");
     admin.batch_execute("COMMIT").unwrap();
+    notes_reach(&mut oslo, 2, "row 2 did not reach oslo after the re-add");
+}
+
+/// Wait up to 60 s until `c` sees `n` rows in `note` (`what` names them).
+fn notes_reach(c: &mut postgres::Client, n: i64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&mut oslo, "SELECT count(*) FROM note") != 2 {
-        assert!(Instant::now() < deadline, "row 2 did not reach oslo after the re-add");
+    while count(c, "SELECT count(*) FROM note") != n {
+        assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
