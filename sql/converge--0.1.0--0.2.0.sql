@@ -4,6 +4,10 @@
 -- the result is the schema a fresh 0.2.0 install makes.
 \echo Use "ALTER EXTENSION converge UPDATE TO '0.2.0'" to load this file. \quit
 
+-- Room on each page for the entries' HOT updates (sql/ops.sql); pages
+-- written from now on keep it.
+ALTER TABLE converge.row_state SET (fillfactor = 75);
+
 -- New functions of the library.
 CREATE FUNCTION converge."merge_deltas"(
 	"ty" TEXT,

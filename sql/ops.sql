@@ -47,7 +47,9 @@ CREATE TABLE converge.row_state (
     live       boolean NOT NULL,
     stash      jsonb NOT NULL DEFAULT '{}',   -- column -> CRDT text, while deleted
     PRIMARY KEY (tbl, target_key)
-);
+) WITH (fillfactor = 75);
+-- Every row op rewrites its row's entry: room left on each page keeps
+-- those updates HOT (no new entry in the jsonb-keyed primary key).
 -- Finds a table's tombstones at once (most tables have none).
 CREATE INDEX row_state_dead ON converge.row_state (tbl) WHERE NOT live;
 COMMENT ON TABLE converge.row_state IS 'Per replicated row: last-writer-wins clock of its non-CRDT columns and liveness (row tombstones), and the CRDT state of deleted rows.';

@@ -39,6 +39,7 @@ mod ddl;
 mod durable;
 mod epochs;
 mod errors;
+mod jsonb;
 mod local_ops;
 mod locks;
 mod maintenance;

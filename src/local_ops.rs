@@ -240,7 +240,7 @@ pub fn log_control_op_with(
             ("actor", text(me)),
             ("counter", int8(counter)),
             ("target_table", text(table)),
-            ("target_key", pgrx::JsonB(key).into_datum()),
+            ("target_key", Some(crate::jsonb::datum(&key))),
             ("target_column", text(column)),
             ("schema_version", int4(1)),
             ("epoch", int8(epoch)),

@@ -21,7 +21,7 @@ use converge_core::types::LwwMap;
 use crate::direct::Table;
 use converge_core::{decode_trusted, encode, to_text, Crdt, Json, Timestamp};
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -109,7 +109,7 @@ pub fn record(me: &str, ch: RowChange) -> Resume {
 /// `record` with the new row given as its JSON values (`row_to_json`'s).
 pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume {
     let key = ch.key;
-    let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+    let key_datum = crate::jsonb::datum(key);
     let mut state = Table::open(c"row_state");
     let locked = crate::row_state::lock(&state, ch.rel, key_datum);
     let before = locked.as_ref().map(|l| l.clock.clone()).unwrap_or_default();
@@ -197,7 +197,7 @@ fn put_placeholder(clock: &mut LwwMap, put: &mut LwwMap, me: &str, k: &str, v: &
 /// that insert's (deferred) op was recorded. The delete then stashes it
 /// with the row's own state, as every node applying the two ops does.
 pub fn restash(rel: pg_sys::Oid, crdt: &HashMap<String, String>, key: &Value, stash: &Map<String, Value>) {
-    let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+    let key_datum = crate::jsonb::datum(key);
     let mut state = Table::open(c"row_state");
     if let Some(entry) = crate::row_state::lock(&state, rel, key_datum) {
         let merged = crate::rows::merge_stash(&entry.stash, stash, crdt);

@@ -17,7 +17,8 @@ use converge_core::to_text;
 use converge_core::types::LwwMap;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use crate::jsonb::Jb;
+use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 
 /// A row_state entry this transaction holds locked.
@@ -73,8 +74,8 @@ unsafe fn read(heap: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot, tid: p
     let clock = pg_sys::slot_getattr(slot, attnum(heap, "clock"), &mut null);
     let clock = if null { LwwMap::default() } else { crate::types::from_datum::<LwwMap>(clock) };
     let stash = pg_sys::slot_getattr(slot, attnum(heap, "stash"), &mut null);
-    let stash = match JsonB::from_datum(stash, null) {
-        Some(JsonB(Value::Object(m))) => m,
+    let stash = match (!null).then(|| crate::jsonb::value(stash)) {
+        Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
     Locked { tid, clock, stash }
@@ -89,7 +90,7 @@ pub fn rewrite(t: &mut Table, mut entry: Locked, rel: pg_sys::Oid, key: pg_sys::
             ("target_key", Some(key)),
             ("clock", Some(crate::types::to_datum(clock))),
             ("live", live.into_datum()),
-            ("stash", JsonB(Value::Object(stash)).into_datum()),
+            ("stash", Some(crate::jsonb::datum(&Value::Object(stash)))),
         ],
     );
 }
@@ -98,7 +99,7 @@ pub fn rewrite(t: &mut Table, mut entry: Locked, rel: pg_sys::Oid, key: pg_sys::
 /// an entry another transaction is inserting. As converge's owner.
 pub fn insert(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: Map<String, Value>) {
     let args: Vec<DatumWithOid> =
-        vec![rel.into(), JsonB(key.clone()).into(), to_text(clock).into(), live.into(), JsonB(Value::Object(stash)).into()];
+        vec![rel.into(), Jb(key.clone()).into(), to_text(clock).into(), live.into(), Jb(Value::Object(stash)).into()];
     crate::spi::prepared(
         "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
          VALUES ($1::pg_catalog.regclass, $2, $3::converge.lwwmap, $4, $5)

@@ -13,7 +13,8 @@ use converge_core::types::LwwMap;
 use converge_core::Crdt;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use crate::jsonb::Jb;
+use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -59,8 +60,8 @@ impl RowTable<'_> {
         format!("{0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match())
     }
 
-    fn update(&self, sql: &str, args: &[DatumWithOid]) -> Vec<Option<JsonB>> {
-        as_writer(self.rel, || crate::spi::prepared(sql, args, |t| Ok(t.map(|r| r.get::<JsonB>(1).ok().flatten()).collect())))
+    fn update(&self, sql: &str, args: &[DatumWithOid]) -> Vec<Option<Jb>> {
+        as_writer(self.rel, || crate::spi::prepared(sql, args, |t| Ok(t.map(|r| r.get::<Jb>(1).ok().flatten()).collect())))
             .unwrap_or_else(|e| fail(e))
     }
 
@@ -86,7 +87,7 @@ impl RowTable<'_> {
             stored.join(", "),
             order.join(", ")
         );
-        let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+        let json: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
         as_writer(self.rel, || {
             crate::spi::prepared(&sql, &[json.into()], |t| {
                 Ok(t.filter_map(|r| Some((r.get::<i64>(1).ok()?? as usize - 1, r.get::<String>(2).ok()?))).collect())
@@ -105,7 +106,7 @@ impl RowTable<'_> {
             self.name,
             self.key_match()
         );
-        let keys: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+        let keys: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
         as_writer(self.rel, || {
             crate::spi::prepared(&sql, &[keys.into()], |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten()).map(|i| i as usize - 1).collect()))
         })
@@ -115,7 +116,7 @@ impl RowTable<'_> {
     /// Write each row's winning non-CRDT values (as the caller): one
     /// UPDATE per set of columns the rows' clocks hold.
     fn update_all(&self, other_columns: &[String], rows: &[Update]) {
-        let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<JsonB>, Vec<JsonB>)> = Default::default();
+        let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<Jb>, Vec<Jb>)> = Default::default();
         for r in rows {
             let vals = values_of(self, &r.clock);
             let cols: Vec<String> = vals.keys().filter(|k| other_columns.contains(k)).cloned().collect();
@@ -123,8 +124,8 @@ impl RowTable<'_> {
                 continue;
             }
             let e = by_columns.entry(cols).or_default();
-            e.0.push(JsonB(r.key.clone()));
-            e.1.push(JsonB(Value::Object(vals)));
+            e.0.push(Jb(r.key.clone()));
+            e.1.push(Jb(Value::Object(vals)));
         }
         for (cols, (keys, vals)) in by_columns {
             let sets: Vec<String> = cols.iter().map(|k| format!("{0} = w.{0}", ident(k))).collect();
@@ -151,8 +152,8 @@ impl RowTable<'_> {
         names.sort();
         let cols: Vec<String> = names.iter().map(|c| format!("'{}', t.{}::text", c.replace('\'', "''"), ident(c))).collect();
         let sql = format!("SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({})) FROM {}", cols.join(", "), self.key_source());
-        match self.update(&sql, &[JsonB(key.clone()).into()]).pop().flatten() {
-            Some(JsonB(Value::Object(m))) => m,
+        match self.update(&sql, &[Jb(key.clone()).into()]).pop().flatten() {
+            Some(Jb(Value::Object(m))) => m,
             _ => Map::new(),
         }
     }
@@ -170,7 +171,7 @@ impl RowTable<'_> {
             sets_from_w(vals),
             self.key_match()
         );
-        as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into(), JsonB(Value::Object(vals.clone())).into()]));
+        as_writer(self.rel, || run(&sql, &[Jb(key.clone()).into(), Jb(Value::Object(vals.clone())).into()]));
     }
 
     /// The same for the row version at `tid`, in the role and search_path
@@ -185,7 +186,7 @@ impl RowTable<'_> {
         );
         let (block, offset) = pgrx::itemptr::item_pointer_get_both(tid);
         let tid_text = format!("({block},{offset})");
-        let written = crate::spi::prepared(&format!("{sql} RETURNING 1"), &[JsonB(Value::Object(vals.clone())).into(), tid_text.into()], |t| {
+        let written = crate::spi::prepared(&format!("{sql} RETURNING 1"), &[Jb(Value::Object(vals.clone())).into(), tid_text.into()], |t| {
             Ok(t.len())
         })
         .unwrap_or_else(|e| fail(e));
@@ -212,7 +213,7 @@ impl RowTable<'_> {
                 self.key_match()
             );
             let text = v.as_str().unwrap_or("{}").to_string();
-            as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into(), text.into()]));
+            as_writer(self.rel, || run(&sql, &[Jb(key.clone()).into(), text.into()]));
         }
     }
 
@@ -220,7 +221,7 @@ impl RowTable<'_> {
     fn delete(&self, key: &Value) -> Map<String, Value> {
         let state = self.crdt_values(key);
         let sql = format!("DELETE FROM {0} t USING pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1}", self.name, self.key_match());
-        as_writer(self.rel, || run(&sql, &[JsonB(key.clone()).into()]));
+        as_writer(self.rel, || run(&sql, &[Jb(key.clone()).into()]));
         state
     }
 }
@@ -253,9 +254,9 @@ fn merge_text(ty: &str, a: &str, b: &str) -> String {
     for_crdt_type!(ty, T => go::<T>(a, b), _ => fail(format!("unknown type {ty}")))
 }
 
-fn as_map(v: Option<JsonB>) -> Map<String, Value> {
+fn as_map(v: Option<Jb>) -> Map<String, Value> {
     match v {
-        Some(JsonB(Value::Object(m))) => m,
+        Some(Jb(Value::Object(m))) => m,
         _ => Map::new(),
     }
 }
@@ -356,7 +357,7 @@ fn merge_run(t: &RowTable, other_columns: &[String], run: Vec<Group>) {
     let (mut updates, mut slow) = (Vec::new(), Vec::new());
     for (i, (key, deltas)) in run.into_iter().enumerate() {
         if present.contains(&i) {
-            let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+            let key_datum = crate::jsonb::datum(&key);
             let entry = crate::row_state::lock(&state, t.rel, key_datum);
             let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
             let mut alive = true;
@@ -392,7 +393,7 @@ fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec
         let present = t.lock(&key);
         // The row's clock and stash, locked in their newest version, and
         // the delta merged in (row_state.rs: no statement).
-        let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
+        let key_datum = crate::jsonb::datum(&key);
         let probe = Table::open(c"row_state");
         let entry = crate::row_state::lock(&probe, t.rel, key_datum);
         probe.close();
@@ -407,7 +408,7 @@ fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec
                 row.extend(k.clone());
             }
             let sql = format!("INSERT INTO {0} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
-            as_writer(t.rel, || run(&sql, &[JsonB(Value::Object(row)).into()]));
+            as_writer(t.rel, || run(&sql, &[Jb(Value::Object(row)).into()]));
             t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
@@ -437,15 +438,15 @@ pub fn bury(t: &RowTable, keys: &[Value]) {
             c.update(
                 "SELECT stash FROM converge.row_state WHERE tbl = $1::oid::regclass AND target_key = $2 FOR UPDATE",
                 Some(1),
-                &[t.rel.into(), JsonB(key.clone()).into()],
+                &[t.rel.into(), Jb(key.clone()).into()],
             )
-            .and_then(|r| if r.is_empty() { Ok(None) } else { r.first().get::<JsonB>(1) })
+            .and_then(|r| if r.is_empty() { Ok(None) } else { r.first().get::<Jb>(1) })
         })
         .unwrap_or_else(|e| fail(e));
         let merged = merge_stash(&as_map(stash), &gone, t.crdt);
         Spi::run_with_args(
             "UPDATE converge.row_state SET stash = $3 WHERE tbl = $1::oid::regclass AND target_key = $2",
-            &[t.rel.into(), JsonB(key.clone()).into(), JsonB(Value::Object(merged)).into()],
+            &[t.rel.into(), Jb(key.clone()).into(), Jb(Value::Object(merged)).into()],
         )
         .unwrap_or_else(|e| fail(e));
     }

@@ -9,7 +9,7 @@
 use super::{apply_classified, classify, node_actors, retry_pending, trusted, Item, Outcome, Target};
 use converge_core::Op;
 use pgrx::prelude::*;
-use pgrx::JsonB;
+
 use std::collections::HashMap;
 
 /// `converge.apply_batch(ops converge.op[], origin text)`: declared in
@@ -106,7 +106,7 @@ unsafe fn items_of(array: pg_sys::Datum) -> Vec<Item> {
             op_id: value(field(0)),
             actor_given: value(field(1)),
             table: value(field(2)),
-            key: value::<JsonB>(field(3)).map(|j| j.0),
+            key: value::<crate::jsonb::Jb>(field(3)).map(|j| j.0),
             // (Fields of a composite are never toasted out of line; kept
             // out of the log should one ever be.)
             key_datum: (!key_null && !pgrx::varlena::varatt_is_1b_e(key.cast_mut_ptr())).then_some(key),

@@ -10,7 +10,7 @@ use crate::errors::raise;
 use crate::rows::ident as quote_ident;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use crate::jsonb::Jb;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::trigger::set_applying;
@@ -53,7 +53,7 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         let dead: HashSet<usize> = tombstones(t.rel, &key_json).into_iter().collect();
         if !dead.is_empty() {
             let pick = |v: &[Vec<u8>]| dead.iter().map(|&i| v[i].clone()).collect::<Vec<Vec<u8>>>();
-            let keys_dead: Vec<JsonB> = dead.iter().map(|&i| JsonB(key_json[i].clone())).collect();
+            let keys_dead: Vec<Jb> = dead.iter().map(|&i| Jb(key_json[i].clone())).collect();
             run(
                 &format!(
                     "UPDATE converge.row_state rs
@@ -124,7 +124,7 @@ fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
     if keys.is_empty() || !any {
         return Vec::new();
     }
-    let keys: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    let keys: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
     crate::spi::prepared(
         "SELECT u.i FROM unnest($2::jsonb[]) WITH ORDINALITY u(k, i)
                JOIN converge.row_state rs ON rs.tbl = $1::oid::regclass AND rs.target_key = u.k
@@ -149,7 +149,7 @@ fn insert_applied(items: &[&Item], origin: &str) {
             ("actor", it.actor.as_deref().and_then(text)),
             ("counter", it.counter.and_then(int8)),
             ("target_table", it.table.as_deref().and_then(text)),
-            ("target_key", it.key_datum.or_else(|| it.key.clone().and_then(|k| JsonB(k).into_datum()))),
+            ("target_key", it.key_datum.or_else(|| it.key.as_ref().map(crate::jsonb::datum))),
             ("target_column", it.column.as_deref().and_then(text)),
             ("schema_version", it.version.and_then(int4)),
             ("epoch", it.epoch.and_then(int8)),
@@ -331,7 +331,7 @@ fn state_items(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>) 
 /// (NULL where none), delete the rows in `gone`, and forget their row state
 /// (clock, tombstone, stash), recording no op.
 fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value], items: &[Item]) {
-    let json: Vec<JsonB> = keys.iter().cloned().map(JsonB).collect();
+    let json: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
     if !gone.is_empty() {
         let sql = format!(
             "DELETE FROM {name} t USING pg_catalog.unnest($1::jsonb[]) k(key), LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, k.key) v
@@ -339,7 +339,7 @@ fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value]
             name = t.name,
             matched = crate::rows::keys_match(&t.keys),
         );
-        let gone: Vec<JsonB> = gone.iter().cloned().map(JsonB).collect();
+        let gone: Vec<Jb> = gone.iter().cloned().map(Jb).collect();
         set_applying(true);
         crate::security::as_writer(t.rel, || run(&sql, &[gone.into()]));
         set_applying(false);
@@ -356,7 +356,7 @@ fn empty_rows(t: &Target, keys: &[serde_json::Value], gone: &[serde_json::Value]
             let col = it.column.as_deref().unwrap_or_default();
             finals.entry(key).or_default().insert(col, it.delta.as_deref().unwrap_or_default());
         }
-        let mut args: Vec<DatumWithOid> = vec![json.iter().map(|j| JsonB(j.0.clone())).collect::<Vec<_>>().into()];
+        let mut args: Vec<DatumWithOid> = vec![json.iter().map(|j| Jb(j.0.clone())).collect::<Vec<_>>().into()];
         for (col, _) in &cols {
             let values: Vec<Option<Vec<u8>>> =
                 keys.iter().map(|k| finals.get(&k.to_string()).and_then(|m| m.get(col.as_str())).map(|d| d.to_vec())).collect();

@@ -14,7 +14,8 @@ use crate::errors::raise;
 use converge_core::{parse_op_id, Crdt};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use crate::jsonb::Jb;
+use pgrx::PgSqlErrorCode;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 mod classify;
@@ -203,14 +204,14 @@ fn envelope_args<'a>(items: &[&Item], extra: Option<(&str, &[Option<String>], &s
             .into(),
         items.iter().map(|i| i.counter.unwrap_or(0)).collect::<Vec<i64>>().into(),
         items.iter().map(|i| i.table.clone()).collect::<Vec<Option<String>>>().into(),
-        items.iter().map(|i| i.key.clone().map(JsonB)).collect::<Vec<Option<JsonB>>>().into(),
+        items.iter().map(|i| i.key.clone().map(Jb)).collect::<Vec<Option<Jb>>>().into(),
         items.iter().map(|i| i.column.clone()).collect::<Vec<Option<String>>>().into(),
         items.iter().map(|i| i.version).collect::<Vec<Option<i32>>>().into(),
         items.iter().map(|i| i.epoch).collect::<Vec<Option<i64>>>().into(),
         items
             .iter()
-            .map(|i| i.deps.clone().map(|d| JsonB(serde_json::json!(d))))
-            .collect::<Vec<Option<JsonB>>>()
+            .map(|i| i.deps.clone().map(|d| Jb(serde_json::json!(d))))
+            .collect::<Vec<Option<Jb>>>()
             .into(),
         items.iter().map(|i| i.delta.clone()).collect::<Vec<Option<Vec<u8>>>>().into(),
         items.iter().map(|i| i.signature.clone()).collect::<Vec<Option<Vec<u8>>>>().into(),
@@ -464,7 +465,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
             .collect();
         let reasons: Vec<Option<String>> = missing.iter().map(|m| Some(format!("missing {}", m.join(", ")))).collect();
         let mut args = envelope_args(&buffered, None);
-        args.push(missing.iter().map(|m| JsonB(serde_json::json!(m))).collect::<Vec<JsonB>>().into());
+        args.push(missing.iter().map(|m| Jb(serde_json::json!(m))).collect::<Vec<Jb>>().into());
         args.push(origin.clone().into());
         run(
             "INSERT INTO converge.pending (op_id, op, missing, origin)

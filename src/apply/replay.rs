@@ -41,7 +41,7 @@ fn replay(replay_op_id: &str) -> TableIterator<'static, (name!(op_id, String), n
                 op_id: r.get(1)?,
                 actor_given: r.get(2)?,
                 table: r.get(3)?,
-                key: r.get::<JsonB>(4)?.map(|j| j.0),
+                key: r.get::<crate::jsonb::Jb>(4)?.map(|j| j.0),
                 column: r.get(5)?,
                 version: r.get(6)?,
                 epoch: r.get(7)?,
