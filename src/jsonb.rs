@@ -39,6 +39,19 @@ impl FromDatum for Jb {
     }
 }
 
+/// A jsonb datum already made (by `datum`), passed on again as it is.
+pub struct Made(pub pg_sys::Datum);
+
+impl IntoDatum for Made {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
 /// The jsonb datum of `v` (palloc'd in the current memory context).
 pub fn datum(v: &Value) -> pg_sys::Datum {
     unsafe {

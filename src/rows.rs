@@ -13,10 +13,10 @@ use converge_core::types::LwwMap;
 use converge_core::Crdt;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use crate::jsonb::Jb;
+use crate::jsonb::{Jb, Made};
 use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A replicated table as row code needs it.
 pub struct RowTable<'a> {
@@ -70,13 +70,20 @@ impl RowTable<'_> {
         !self.lock_all(std::slice::from_ref(key)).is_empty()
     }
 
+    /// The row's key columns as stored (`t.k1, ...`, which name a row: 1
+    /// and 1.0 of a numeric key alike) and as given (`v.k1, ...`, the
+    /// table's key order).
+    fn stored_and_order(&self) -> (String, String) {
+        let list = |alias: &str| self.keys.iter().map(|k| format!("{alias}.{}", ident(k))).collect::<Vec<_>>().join(", ");
+        (list("t"), list("v"))
+    }
+
     /// The keys' positions in the order the table sorts them (as the column
     /// upserts of merge.rs lock rows), each with its row's key as the table
     /// holds it if the row exists (as the caller, no lock; the key columns
     /// only, which the lock needs the right to read anyway).
     fn existing(&self, keys: &[Value]) -> Vec<(usize, Option<String>)> {
-        let stored: Vec<String> = self.keys.iter().map(|k| format!("t.{}", ident(k))).collect();
-        let order: Vec<String> = self.keys.iter().map(|k| format!("v.{}", ident(k))).collect();
+        let (stored, order) = self.stored_and_order();
         let sql = format!(
             "SELECT u.i, (SELECT ROW({2})::text FROM {0} t WHERE {1})
                FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
@@ -84,8 +91,8 @@ impl RowTable<'_> {
               ORDER BY {3}, u.i",
             self.name,
             self.key_match(),
-            stored.join(", "),
-            order.join(", ")
+            stored,
+            order
         );
         let json: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
         as_writer(self.rel, || {
@@ -94,6 +101,35 @@ impl RowTable<'_> {
             })
         })
         .unwrap_or_else(|e| fail(e))
+    }
+
+    /// The common case of a batch of row ops, edits of rows that exist:
+    /// when every key names a row of its own, lock them all in one
+    /// statement, in the order `existing` gives, and return their positions
+    /// in that order. Otherwise None, with no row left locked (the
+    /// statement's subtransaction is rolled back), for `existing`'s path.
+    fn lock_if_all_present(&self, keys: &[Value]) -> Option<Vec<usize>> {
+        let (stored, order) = self.stored_and_order();
+        let sql = format!(
+            "SELECT u.i, ROW({2})::text FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
+                    LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v, {0} t
+              WHERE {1} ORDER BY {3}, u.i FOR UPDATE OF t",
+            self.name,
+            self.key_match(),
+            stored,
+            order
+        );
+        let json: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
+        crate::apply::tentatively(|| {
+            let rows: Vec<(usize, String)> = as_writer(self.rel, || {
+                crate::spi::prepared(&sql, &[json.into()], |t| {
+                    Ok(t.filter_map(|r| Some((r.get::<i64>(1).ok()?? as usize - 1, r.get::<String>(2).ok()??))).collect())
+                })
+            })
+            .unwrap_or_else(|e| fail(e));
+            let rows_named: std::collections::HashSet<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
+            (rows.len() == keys.len() && rows_named.len() == rows.len()).then(|| rows.into_iter().map(|(i, _)| i).collect())
+        })
     }
 
     /// Lock the rows with these keys (as the caller), in the order given;
@@ -116,7 +152,8 @@ impl RowTable<'_> {
     /// Write each row's winning non-CRDT values (as the caller): one
     /// UPDATE per set of columns the rows' clocks hold.
     fn update_all(&self, other_columns: &[String], rows: &[Update]) {
-        let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<Jb>, Vec<Jb>)> = Default::default();
+        // Keys as the row_state lookup made them (no second conversion).
+        let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<Made>, Vec<Jb>)> = Default::default();
         for r in rows {
             let vals = values_of(self, &r.clock);
             let cols: Vec<String> = vals.keys().filter(|k| other_columns.contains(k)).cloned().collect();
@@ -124,7 +161,7 @@ impl RowTable<'_> {
                 continue;
             }
             let e = by_columns.entry(cols).or_default();
-            e.0.push(Jb(r.key.clone()));
+            e.0.push(Made(r.key_datum));
             e.1.push(Jb(Value::Object(vals)));
         }
         for (cols, (keys, vals)) in by_columns {
@@ -299,11 +336,13 @@ type Group = (Value, Vec<Vec<u8>>);
 /// present with the winning non-CRDT values while "$live" is not false,
 /// absent (CRDT state stashed) otherwise. Runs inside `as_owner`.
 ///
-/// Set-wise where it can: a run of keys whose rows exist is locked in one
-/// statement, and its rows that stay live through all their ops (edits of
-/// existing rows, most row ops) are written with one UPDATE per set of
-/// columns, each row's deltas merged here first (the clock's winners are
-/// what updates op by op would leave). Absent keys (inserts), rows that die
+/// Set-wise where it can: when every key names an existing row of its own
+/// (batches of edits, most of them), all are locked in one statement;
+/// otherwise each run of keys whose rows exist is. The locked rows that
+/// stay live through all their ops (edits of existing rows, most row ops)
+/// are written with one UPDATE per set of columns, each row's deltas
+/// merged here first (the clock's winners are what updates op by op would
+/// leave). Absent keys (inserts), rows that die
 /// or come back, and keys naming a row another key of the batch names too
 /// (equal as the table compares them, e.g. 1 and 1.0) go op by op. Rows
 /// are locked in key order, as op by op: an insert, which may wait for
@@ -323,7 +362,15 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
             _ => groups.push((key, vec![delta])),
         }
     }
-    let rows = t.existing(&groups.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
+    let keys: Vec<Value> = groups.iter().map(|(k, _)| k.clone()).collect();
+    if let Some(order) = t.lock_if_all_present(&keys) {
+        let mut slots: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
+        let run: Vec<Group> = order.iter().filter_map(|&i| slots[i].take()).collect();
+        let all = (0..run.len()).collect();
+        merge_locked(t, other_columns, run, all);
+        return;
+    }
+    let rows = t.existing(&keys);
     let mut named: HashMap<&str, usize> = HashMap::new();
     for row in rows.iter().filter_map(|(_, r)| r.as_deref()) {
         *named.entry(row).or_default() += 1;
@@ -353,6 +400,12 @@ fn merge_run(t: &RowTable, other_columns: &[String], run: Vec<Group>) {
         return;
     }
     let present = t.lock_all(&run.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
+    merge_locked(t, other_columns, run, present);
+}
+
+/// A run whose rows at the positions `present` this transaction holds
+/// locked: those that stay live written set-wise, the others op by op.
+fn merge_locked(t: &RowTable, other_columns: &[String], run: Vec<Group>, present: HashSet<usize>) {
     let mut state = Table::open(c"row_state");
     let (mut updates, mut slow) = (Vec::new(), Vec::new());
     for (i, (key, deltas)) in run.into_iter().enumerate() {

@@ -160,6 +160,21 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
 ]) ORDER BY op_id;
 SELECT * FROM board ORDER BY id;
 SELECT target_key, live FROM row_state WHERE tbl = 'board'::regclass ORDER BY target_key;
+-- A batch whose keys all name existing rows (edits, the common case) locks
+-- them in one statement; each row takes its own ops, and a row that dies
+-- in it still goes op by op.
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:10', 'tab', 'board', '{"id":4}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444900000,0,"tab"],{"put":"four, edited"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:11', 'tab', 'board', '{"id":2}', '', 1, 0, '{}',
+        '{"entries":{"owner":[[4102444900000,0,"tab"],{"put":"gil"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:12', 'tab', 'board', '{"id":5}', '', 1, 0, '{}',
+        '{"entries":{"$live":[[4102444900000,0,"tab"],{"put":false}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:13', 'tab', 'board', '{"id":1}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444900000,0,"tab"],{"put":"one, last"}]}}'::lwwmap::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT * FROM board ORDER BY id;
+SELECT target_key, live FROM row_state WHERE tbl = 'board'::regclass ORDER BY target_key;
 DROP TABLE board;
 -- Two keys naming one row (a numeric key: 1 and 1.0 are equal) go op by
 -- op, so the row and its clock take both ops: the newest label wins.

@@ -122,6 +122,16 @@ pub struct Caught {
 /// Run `f` in a subtransaction: on a PostgreSQL error its work is rolled
 /// back and the error returned (what PL/pgSQL's BEGIN .. EXCEPTION does).
 pub fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
+    in_subtransaction(f, |_| true)
+}
+
+/// Run `f` in a subtransaction kept only when it returns Some: None rolls
+/// its work back (locks included). An error is raised again.
+pub fn tentatively<R>(f: impl FnOnce() -> Option<R>) -> Option<R> {
+    in_subtransaction(f, |r| r.is_some()).unwrap_or_else(|c| raise(c.code, c.message))
+}
+
+fn in_subtransaction<R>(f: impl FnOnce() -> R, keep: impl FnOnce(&R) -> bool) -> Result<R, Caught> {
     unsafe {
         let cxt = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
@@ -138,9 +148,9 @@ pub fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
                 Err(Caught { sqlstate, code, message })
             })
             .execute();
-        match r {
-            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
-            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        match &r {
+            Ok(v) if keep(v) => pg_sys::ReleaseCurrentSubTransaction(),
+            _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
         }
         pg_sys::MemoryContextSwitchTo(cxt);
         pg_sys::CurrentResourceOwner = owner;
