@@ -4,13 +4,14 @@
 # equivalent (an INSERT .. ON CONFLICT DO UPDATE of a bigint per op) on the
 # same rows, in one run on one throwaway server. Each batch commits.
 # Then the same for row ops (a text column of a replicated table, last
-# writer wins; ROW_OPS of them, default OPS / 5) against an upsert of text.
+# writer wins; ROW_OPS of them, default OPS / 5) against an upsert of text
+# (ROW_MIX, ROW_ABSENT: see row_batches below).
 # Usage: bash bench/apply_throughput.sh [ops, default 50000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/pg.sh
 OPS=${1:-50000} PORT=${PORT:-55497}
-ROW_OPS=${ROW_OPS:-$((OPS / 5))}
+ROW_OPS=${ROW_OPS:-$((OPS / 5))} ROW_MIX=${ROW_MIX:-0} ROW_ABSENT=${ROW_ABSENT:-0}
 bench_up "$PORT" "shared_buffers = 512MB" "synchronous_commit = off"
 pq "$PORT" -d postgres <<SQL
 CREATE EXTENSION converge;
@@ -22,12 +23,19 @@ CREATE TABLE notes (id int PRIMARY KEY, note text);
 CREATE TABLE plain_notes (id int PRIMARY KEY, note text);
 SELECT converge.replicate('notes');
 -- Row ops of one remote actor: an lwwmap delta putting the text column.
+-- With ROW_MIX=N, after the first batch one op in N is for a new row: an
+-- insert ("\$live" put), or with ROW_ABSENT=1 an edit of a row that does
+-- not exist here (no "\$live": a row deleted here, say).
 CREATE TABLE row_batches AS
 SELECT (i - 1) / 1000 AS b,
-       array_agg(ROW('tablet:' || i, 'tablet', 'notes', jsonb_build_object('id', i % 1000), '', 1, 0, '{}'::text[],
-                     converge.put(NULL::converge.lwwmap, 'note', to_jsonb('note ' || i))::bytea, NULL)::converge.op
+       array_agg(ROW('tablet:' || i, 'tablet', 'notes', jsonb_build_object('id', CASE WHEN new THEN 100000 + i ELSE i % 1000 END),
+                     '', 1, 0, '{}'::text[],
+                     CASE WHEN new AND $ROW_ABSENT = 0
+                          THEN converge.put(converge.put(NULL::converge.lwwmap, '\$live', 'true'), 'note', to_jsonb('note ' || i))
+                          ELSE converge.put(NULL::converge.lwwmap, 'note', to_jsonb('note ' || i)) END::bytea, NULL)::converge.op
                  ORDER BY i) AS ops
-  FROM generate_series(1, $ROW_OPS) i GROUP BY 1;
+  FROM generate_series(1, $ROW_OPS) i, LATERAL (SELECT $ROW_MIX > 0 AND i > 1000 AND i % greatest($ROW_MIX, 1) = 0 AS new) m
+ GROUP BY 1;
 -- Ops from one remote actor, 1 000 rows, in batches of 1 000.
 CREATE TABLE batches AS
 SELECT (i - 1) / 1000 AS b,

@@ -105,10 +105,12 @@ impl RowTable<'_> {
 
     /// The common case of a batch of row ops, edits of rows that exist:
     /// when every key names a row of its own, lock them all in one
-    /// statement, in the order `existing` gives, and return their positions
-    /// in that order. Otherwise None, with no row left locked (the
-    /// statement's subtransaction is rolled back), for `existing`'s path.
-    fn lock_if_all_present(&self, keys: &[Value]) -> Option<Vec<usize>> {
+    /// statement, in the order `existing` gives, and hand their positions
+    /// in that order to `write`, in the same subtransaction (so that the
+    /// rows are locked and written by one transaction id: no MultiXact).
+    /// Otherwise false, with nothing left locked or written (the
+    /// subtransaction is rolled back), for `existing`'s path.
+    fn with_all_present(&self, keys: &[Value], write: impl FnOnce(Vec<usize>)) -> bool {
         let (stored, order) = self.stored_and_order();
         let sql = format!(
             "SELECT u.i, ROW({2})::text FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
@@ -127,9 +129,14 @@ impl RowTable<'_> {
                 })
             })
             .unwrap_or_else(|e| fail(e));
-            let rows_named: std::collections::HashSet<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
-            (rows.len() == keys.len() && rows_named.len() == rows.len()).then(|| rows.into_iter().map(|(i, _)| i).collect())
+            let rows_named: HashSet<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
+            if rows.len() != keys.len() || rows_named.len() != rows.len() {
+                return None;
+            }
+            write(rows.into_iter().map(|(i, _)| i).collect());
+            Some(())
         })
+        .is_some()
     }
 
     /// Lock the rows with these keys (as the caller), in the order given;
@@ -363,13 +370,23 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
         }
     }
     let keys: Vec<Value> = groups.iter().map(|(k, _)| k.clone()).collect();
-    if let Some(order) = t.lock_if_all_present(&keys) {
-        let mut slots: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
-        let run: Vec<Group> = order.iter().filter_map(|&i| slots[i].take()).collect();
-        let all = (0..run.len()).collect();
-        merge_locked(t, other_columns, run, all);
+    // Batches of edits take one statement; a batch that inserts, deletes
+    // or brings back a row (its ops put "$live"; a value that merely holds
+    // the text only sends the batch this way) would lock every existing
+    // row to roll back, so it takes the probe's path at once.
+    let edits = groups.len() > 1 && !groups.iter().flat_map(|(_, ds)| ds).any(|d| d.windows(5).any(|w| w == b"$live"));
+    let mut pending = Some(groups);
+    if edits
+        && t.with_all_present(&keys, |order| {
+            let mut slots: Vec<Option<Group>> = pending.take().unwrap_or_default().into_iter().map(Some).collect();
+            let run: Vec<Group> = order.iter().filter_map(|&i| slots[i].take()).collect();
+            let all = (0..run.len()).collect();
+            merge_locked(t, other_columns, run, all);
+        })
+    {
         return;
     }
+    let groups = pending.take().unwrap_or_default();
     let rows = t.existing(&keys);
     let mut named: HashMap<&str, usize> = HashMap::new();
     for row in rows.iter().filter_map(|(_, r)| r.as_deref()) {

@@ -93,5 +93,13 @@ SELECT outcome, count(*) FROM ten_row_ops, apply_batch(ten_row_ops.ops, 'costpee
 SELECT * FROM written;
 COMMIT;
 SELECT string_agg(note, ', ' ORDER BY id) AS notes FROM cost_t WHERE id BETWEEN 11 AND 20;
+-- Those rows were locked and written by one transaction id: no row
+-- version of the table has a MultiXact as its xmax (one per row would
+-- wear down the MultiXact space and cost a lookup on each later read).
+CREATE EXTENSION pageinspect;
+SELECT count(*) AS multixact_xmax
+  FROM generate_series(0, pg_relation_size('cost_t') / 8192 - 1) p, heap_page_items(get_raw_page('cost_t', p::int))
+ WHERE t_infomask & 4096 <> 0;  -- HEAP_XMAX_IS_MULTI
+DROP EXTENSION pageinspect;
 
 DROP TABLE cost_t;

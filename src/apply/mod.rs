@@ -122,32 +122,31 @@ pub struct Caught {
 /// Run `f` in a subtransaction: on a PostgreSQL error its work is rolled
 /// back and the error returned (what PL/pgSQL's BEGIN .. EXCEPTION does).
 pub fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
-    in_subtransaction(f, |_| true)
+    in_subtransaction(f, |_| true).map_err(|e| {
+        use pg_sys::panic::CaughtError::*;
+        let (code, message) = match e {
+            PostgresError(r) | ErrorReport(r) => (r.sql_error_code(), r.message().to_string()),
+            RustPanic { ereport, .. } => (ereport.sql_error_code(), ereport.message().to_string()),
+        };
+        let sqlstate = unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code as i32)) }.to_string_lossy().into_owned();
+        Caught { sqlstate, code, message }
+    })
 }
 
 /// Run `f` in a subtransaction kept only when it returns Some: None rolls
-/// its work back (locks included). An error is raised again.
+/// its work back (row locks included). An error is raised again whole
+/// (detail, hint, context), after the rollback.
 pub fn tentatively<R>(f: impl FnOnce() -> Option<R>) -> Option<R> {
-    in_subtransaction(f, |r| r.is_some()).unwrap_or_else(|c| raise(c.code, c.message))
+    in_subtransaction(f, |r| r.is_some()).unwrap_or_else(|e| e.rethrow())
 }
 
-fn in_subtransaction<R>(f: impl FnOnce() -> R, keep: impl FnOnce(&R) -> bool) -> Result<R, Caught> {
+fn in_subtransaction<R>(f: impl FnOnce() -> R, keep: impl FnOnce(&R) -> bool) -> Result<R, pg_sys::panic::CaughtError> {
     unsafe {
         let cxt = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(cxt);
-        let r = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
-            .catch_others(|e| {
-                use pg_sys::panic::CaughtError::*;
-                let (code, message) = match e {
-                    PostgresError(r) | ErrorReport(r) => (r.sql_error_code(), r.message().to_string()),
-                    RustPanic { ereport, .. } => (ereport.sql_error_code(), ereport.message().to_string()),
-                };
-                let sqlstate = std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code as i32)).to_string_lossy().into_owned();
-                Err(Caught { sqlstate, code, message })
-            })
-            .execute();
+        let r = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f()))).catch_others(Err).execute();
         match &r {
             Ok(v) if keep(v) => pg_sys::ReleaseCurrentSubTransaction(),
             _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
