@@ -23,9 +23,9 @@ CREATE TABLE notes (id int PRIMARY KEY, note text);
 CREATE TABLE plain_notes (id int PRIMARY KEY, note text);
 SELECT converge.replicate('notes');
 -- Row ops of one remote actor: an lwwmap delta putting the text column.
--- With ROW_MIX=N, after the first batch one op in N is for a new row: an
--- insert ("\$live" put), or with ROW_ABSENT=1 an edit of a row that does
--- not exist here (no "\$live": a row deleted here, say).
+-- With ROW_MIX=N, after the first batch one op in N is for a new key: an
+-- insert ("\$live" put), or with ROW_ABSENT=1 an op that only puts the
+-- column, for a key with no row and no row state here (it makes the row).
 CREATE TABLE row_batches AS
 SELECT (i - 1) / 1000 AS b,
        array_agg(ROW('tablet:' || i, 'tablet', 'notes', jsonb_build_object('id', CASE WHEN new THEN 100000 + i ELSE i % 1000 END),

@@ -378,7 +378,7 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
     let mut pending = Some(groups);
     if edits
         && t.with_all_present(&keys, |order| {
-            let mut slots: Vec<Option<Group>> = pending.take().unwrap_or_default().into_iter().map(Some).collect();
+            let mut slots: Vec<Option<Group>> = pending.take().expect("the groups are taken once").into_iter().map(Some).collect();
             let run: Vec<Group> = order.iter().filter_map(|&i| slots[i].take()).collect();
             let all = (0..run.len()).collect();
             merge_locked(t, other_columns, run, all);
@@ -386,7 +386,7 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
     {
         return;
     }
-    let groups = pending.take().unwrap_or_default();
+    let groups = pending.take().expect("the groups are taken once");
     let rows = t.existing(&keys);
     let mut named: HashMap<&str, usize> = HashMap::new();
     for row in rows.iter().filter_map(|(_, r)| r.as_deref()) {

@@ -161,17 +161,36 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
 SELECT * FROM board ORDER BY id;
 SELECT target_key, live FROM row_state WHERE tbl = 'board'::regclass ORDER BY target_key;
 -- A batch whose keys all name existing rows (edits, the common case) locks
--- them in one statement; each row takes its own ops, and a row that dies
--- in it still goes op by op.
+-- and writes them with one statement each; each row takes its own ops.
 SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
     ROW('tab:10', 'tab', 'board', '{"id":4}', '', 1, 0, '{}',
         '{"entries":{"title":[[4102444900000,0,"tab"],{"put":"four, edited"}]}}'::lwwmap::bytea, NULL)::op,
     ROW('tab:11', 'tab', 'board', '{"id":2}', '', 1, 0, '{}',
         '{"entries":{"owner":[[4102444900000,0,"tab"],{"put":"gil"}]}}'::lwwmap::bytea, NULL)::op,
     ROW('tab:12', 'tab', 'board', '{"id":5}', '', 1, 0, '{}',
-        '{"entries":{"$live":[[4102444900000,0,"tab"],{"put":false}]}}'::lwwmap::bytea, NULL)::op,
+        '{"entries":{"owner":[[4102444900000,0,"tab"],{"put":"hal"}]}}'::lwwmap::bytea, NULL)::op,
     ROW('tab:13', 'tab', 'board', '{"id":1}', '', 1, 0, '{}',
         '{"entries":{"title":[[4102444900000,0,"tab"],{"put":"one, last"}]}}'::lwwmap::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT * FROM board ORDER BY id;
+-- Edits where one key has no row here: that lock is given up (no row
+-- stays locked) and the batch goes the way of inserts; the row is made
+-- with the columns its op puts.
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:14', 'tab', 'board', '{"id":2}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102445000000,0,"tab"],{"put":"two, edited"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:15', 'tab', 'board', '{"id":9}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102445000000,0,"tab"],{"put":"nine"}]}}'::lwwmap::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT * FROM board ORDER BY id;
+-- An edit the table refuses (a CHECK) fails the batch's one statement;
+-- then op by op, only that op is rejected and the others apply.
+ALTER TABLE board ADD CONSTRAINT board_title_check CHECK (title <> 'forbidden');
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:16', 'tab', 'board', '{"id":1}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102445100000,0,"tab"],{"put":"forbidden"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:17', 'tab', 'board', '{"id":4}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102445100000,0,"tab"],{"put":"four, allowed"}]}}'::lwwmap::bytea, NULL)::op
 ]) ORDER BY op_id;
 SELECT * FROM board ORDER BY id;
 SELECT target_key, live FROM row_state WHERE tbl = 'board'::regclass ORDER BY target_key;

@@ -82,24 +82,25 @@ COMMIT;
 
 -- 100 row ops (a plain column) of a peer on 10 rows: the rows only
 -- change, so each row's ops are merged first and the row and its clock
--- are written once (set-wise); the newest note of each row wins.
+-- are written once (set-wise); the newest note of each row wins. The rows
+-- are locked and written by one transaction id: no row version gets a
+-- MultiXact as its xmax (one per row would wear down the MultiXact space
+-- and cost a lookup on each later read).
 CREATE TEMP TABLE ten_row_ops AS SELECT ARRAY(
     SELECT ROW('costpeer:' || i, 'costpeer', 'cost_t', jsonb_build_object('id', i % 10 + 11), '', 1, 0, '{}'::text[],
                put(NULL::lwwmap, 'note', to_jsonb('note ' || i))::bytea, NULL)::op
       FROM generate_series(201, 300) i) AS ops;
+CREATE EXTENSION pageinspect;
 SELECT pg_stat_force_next_flush();
 BEGIN;
 SELECT outcome, count(*) FROM ten_row_ops, apply_batch(ten_row_ops.ops, 'costpeer') GROUP BY 1;
 SELECT * FROM written;
-COMMIT;
-SELECT string_agg(note, ', ' ORDER BY id) AS notes FROM cost_t WHERE id BETWEEN 11 AND 20;
--- Those rows were locked and written by one transaction id: no row
--- version of the table has a MultiXact as its xmax (one per row would
--- wear down the MultiXact space and cost a lookup on each later read).
-CREATE EXTENSION pageinspect;
 SELECT count(*) AS multixact_xmax
-  FROM generate_series(0, pg_relation_size('cost_t') / 8192 - 1) p, heap_page_items(get_raw_page('cost_t', p::int))
+  FROM generate_series(0, pg_relation_size('cost_t') / current_setting('block_size')::int - 1) p,
+       heap_page_items(get_raw_page('cost_t', p::int))
  WHERE t_infomask & 4096 <> 0;  -- HEAP_XMAX_IS_MULTI
+COMMIT;
 DROP EXTENSION pageinspect;
+SELECT string_agg(note, ', ' ORDER BY id) AS notes FROM cost_t WHERE id BETWEEN 11 AND 20;
 
 DROP TABLE cost_t;

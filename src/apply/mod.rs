@@ -134,8 +134,8 @@ pub fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
 }
 
 /// Run `f` in a subtransaction kept only when it returns Some: None rolls
-/// its work back (row locks included). An error is raised again whole
-/// (detail, hint, context), after the rollback.
+/// its work back (row locks included). An error is raised again after the
+/// rollback, with its code, message, detail and hint.
 pub fn tentatively<R>(f: impl FnOnce() -> Option<R>) -> Option<R> {
     in_subtransaction(f, |r| r.is_some()).unwrap_or_else(|e| e.rethrow())
 }
