@@ -141,7 +141,7 @@ impl RowTable<'_> {
 
     /// Lock the rows with these keys (as the caller), in the order given;
     /// the positions of those that exist.
-    fn lock_all(&self, keys: &[Value]) -> std::collections::HashSet<usize> {
+    fn lock_all(&self, keys: &[Value]) -> HashSet<usize> {
         let sql = format!(
             "SELECT u.i FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
                     LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v, {0} t
@@ -373,7 +373,8 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
     // Batches of edits take one statement; a batch that inserts, deletes
     // or brings back a row (its ops put "$live"; a value that merely holds
     // the text only sends the batch this way) would lock every existing
-    // row to roll back, so it takes the probe's path at once.
+    // row to roll back, so it takes the probe's path at once, as does a
+    // single key (the op-by-op fallback: no subtransaction for one row).
     let edits = groups.len() > 1 && !groups.iter().flat_map(|(_, ds)| ds).any(|d| d.windows(5).any(|w| w == b"$live"));
     let mut pending = Some(groups);
     if edits

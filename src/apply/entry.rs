@@ -9,7 +9,6 @@
 use super::{apply_classified, classify, node_actors, retry_pending, trusted, Item, Outcome, Target};
 use converge_core::Op;
 use pgrx::prelude::*;
-
 use std::collections::HashMap;
 
 /// `converge.apply_batch(ops converge.op[], origin text)`: declared in
