@@ -103,14 +103,11 @@ impl RowTable<'_> {
         .unwrap_or_else(|e| fail(e))
     }
 
-    /// The common case of a batch of row ops, edits of rows that exist:
-    /// when every key names a row of its own, lock them all in one
-    /// statement, in the order `existing` gives, and hand their positions
-    /// in that order to `write`, in the same subtransaction (so that the
-    /// rows are locked and written by one transaction id: no MultiXact).
-    /// Otherwise false, with nothing left locked or written (the
-    /// subtransaction is rolled back), for `existing`'s path.
-    fn with_all_present(&self, keys: &[Value], write: impl FnOnce(Vec<usize>)) -> bool {
+    /// Lock the rows with these keys (as the caller) in the table's key
+    /// order (ties in the order given: a run of `existing`'s keys is locked
+    /// in its own order); each one found with its position and its key as
+    /// the table holds it.
+    fn lock_rows(&self, keys: &[Value]) -> Vec<(usize, String)> {
         let (stored, order) = self.stored_and_order();
         let sql = format!(
             "SELECT u.i, ROW({2})::text FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
@@ -122,13 +119,24 @@ impl RowTable<'_> {
             order
         );
         let json: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
-        crate::apply::tentatively(|| {
-            let rows: Vec<(usize, String)> = as_writer(self.rel, || {
-                crate::spi::prepared(&sql, &[json.into()], |t| {
-                    Ok(t.filter_map(|r| Some((r.get::<i64>(1).ok()?? as usize - 1, r.get::<String>(2).ok()??))).collect())
-                })
+        as_writer(self.rel, || {
+            crate::spi::prepared(&sql, &[json.into()], |t| {
+                Ok(t.filter_map(|r| Some((r.get::<i64>(1).ok()?? as usize - 1, r.get::<String>(2).ok()??))).collect())
             })
-            .unwrap_or_else(|e| fail(e));
+        })
+        .unwrap_or_else(|e| fail(e))
+    }
+
+    /// The common case of a batch of row ops, edits of rows that exist:
+    /// when every key names a row of its own, lock them all in one
+    /// statement, in the order `existing` gives, and hand their positions
+    /// in that order to `write`, in the same subtransaction (so that the
+    /// rows are locked and written by one transaction id: no MultiXact).
+    /// Otherwise false, with nothing left locked or written (the
+    /// subtransaction is rolled back), for `existing`'s path.
+    fn with_all_present(&self, keys: &[Value], write: impl FnOnce(Vec<usize>)) -> bool {
+        crate::apply::tentatively(|| {
+            let rows = self.lock_rows(keys);
             let rows_named: HashSet<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
             if rows.len() != keys.len() || rows_named.len() != rows.len() {
                 return None;
@@ -139,21 +147,10 @@ impl RowTable<'_> {
         .is_some()
     }
 
-    /// Lock the rows with these keys (as the caller), in the order given;
-    /// the positions of those that exist.
+    /// Lock the rows with these keys (as the caller); the positions of
+    /// those that exist.
     fn lock_all(&self, keys: &[Value]) -> HashSet<usize> {
-        let sql = format!(
-            "SELECT u.i FROM pg_catalog.unnest($1::jsonb[]) WITH ORDINALITY u(k, i),
-                    LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v, {0} t
-              WHERE {1} ORDER BY u.i FOR UPDATE OF t",
-            self.name,
-            self.key_match()
-        );
-        let keys: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
-        as_writer(self.rel, || {
-            crate::spi::prepared(&sql, &[keys.into()], |t| Ok(t.filter_map(|r| r.get::<i64>(1).ok().flatten()).map(|i| i as usize - 1).collect()))
-        })
-        .unwrap_or_else(|e| fail(e))
+        self.lock_rows(keys).into_iter().map(|(i, _)| i).collect()
     }
 
     /// Write each row's winning non-CRDT values (as the caller): one
