@@ -121,8 +121,8 @@ pub fn lock_registry(exclusive: bool) {
 }
 
 /// Take a lock with `take`, queued like any lock (so holders that come
-/// later wait behind it), but for 2 s at most (lock_timeout): then 55P03,
-/// and the worker tries the batch again.
+/// later wait behind it), but for 2 s at most (lock_timeout, or less if a
+/// shorter one is set): then 55P03, and the worker tries the batch again.
 /// (No SQL: this runs before the apply sets its own search_path, and may
 /// run with a peer's trust.)
 pub fn waiting_at_most_2s(take: impl FnOnce()) {
@@ -133,6 +133,11 @@ pub fn waiting_at_most_2s(take: impl FnOnce()) {
     let set = |v: &std::ffi::CStr| {
         crate::spi::set_guc(c"lock_timeout", v, pg_sys::GucContext::PGC_USERSET, pg_sys::GucAction::GUC_ACTION_LOCAL)
     };
+    // A shorter limit already set (the worker's apply_lock_timeout) stays.
+    let shorter = old.to_str().ok().and_then(|v| v.parse::<i64>().ok()).is_some_and(|ms| ms > 0 && ms < 2000);
+    if shorter {
+        return take();
+    }
     set(c"2s");
     take();
     set(&old);

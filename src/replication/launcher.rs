@@ -25,6 +25,9 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `converge.apply_lock_timeout`, in ms (0: wait as long as it takes).
+pub static APPLY_LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 pub fn register() {
     GucRegistry::define_string_guc(
         c"converge.databases",
@@ -33,6 +36,18 @@ pub fn register() {
         &DATABASES,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    // One worker applies every peer of a database: a batch waiting on a row
+    // a user holds would hold up all of them, so it waits only this long.
+    GucRegistry::define_int_guc(
+        c"converge.apply_lock_timeout",
+        c"How long the background worker waits for a lock while applying a peer's batch (0: as long as it takes).",
+        c"Past it the batch is rolled back and applied again later (0.5 s, doubling to 30 s), and the worker serves its other peers meanwhile. Takes effect on reload.",
+        &APPLY_LOCK_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;

@@ -461,3 +461,9 @@ pub fn record_error(peer: &str, message: &str) {
         &[peer.into(), message.into()],
     );
 }
+
+/// A batch from `peer` rolled back on a lock held here: the error, with
+/// the state left as it is (the peer is reachable).
+pub fn record_held(peer: &str, message: &str) {
+    let _ = Spi::run_with_args(&status_update("last_error = $2, last_error_at = clock_timestamp()"), &[peer.into(), message.into()]);
+}

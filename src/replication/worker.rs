@@ -13,12 +13,14 @@
 use super::libpq::{poll_fds, Conn};
 use super::decoder;
 use super::pull::{self, PeerRow};
+use batches::{apply, apply_lock_timeout, decide_requests, retry_ready};
 use probe::{caught_up, Probe};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+mod batches;
 mod probe;
 
 struct Link {
@@ -48,6 +50,10 @@ struct Link {
     last_feedback: Instant,
     next_connect: Instant,
     backoff: Duration,
+    /// Batches rolled back in a row because a lock they needed was held
+    /// (`hold`): the wait before the next try doubles with each. Since when.
+    held: u32,
+    held_since: Option<Instant>,
 }
 
 impl Link {
@@ -70,6 +76,8 @@ impl Link {
             last_feedback: now,
             next_connect: now,
             backoff: Duration::from_millis(500),
+            held: 0,
+            held_since: None,
         }
     }
 
@@ -89,6 +97,11 @@ impl Link {
 /// comes back as Err (the worker logs it in converge.peers and goes on,
 /// instead of exiting and waiting to be restarted).
 fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    in_transaction_coded(f).map_err(|(message, _)| message)
+}
+
+/// `in_transaction`, with the error's SQLSTATE kept.
+fn in_transaction_coded<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, (String, Option<PgSqlErrorCode>)> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -98,9 +111,9 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
         .catch_others(|e| {
             Err(match e {
                 pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    format!("{} ({:?})", r.message(), r.sql_error_code())
+                    (format!("{} ({:?})", r.message(), r.sql_error_code()), Some(r.sql_error_code()))
                 }
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => (ereport.message().to_string(), None),
             })
         })
         .execute();
@@ -341,6 +354,7 @@ fn rejoin(peer: &PeerRow) -> Result<(), String> {
     pgrx::log!("converge: rejoining peer \"{}\" (our slot there was dropped: it marked us lost)", peer.name);
     let peer = peer.clone();
     in_transaction(std::panic::AssertUnwindSafe(move || {
+        apply_lock_timeout();
         if !pull::claim_status(&peer.name) {
             return Err("the peer's status row is held by another transaction (add_peer?) or gone; trying later".into());
         }
@@ -430,129 +444,5 @@ fn drain(link: &mut Link) {
     }
     if link.stream.is_some() && (reply || link.last_feedback.elapsed() >= Duration::from_secs(1)) {
         feedback(link, false);
-    }
-}
-
-/// Apply the complete transactions received, in one local transaction
-/// under the peer's origin (progress = the last commit's LSN). False if the
-/// link was dropped (error, or the peer was paused or removed meanwhile).
-fn apply(link: &mut Link) -> bool {
-    let t0 = Instant::now();
-    let peer = link.peer.clone();
-    let ops = std::mem::take(&mut link.ready);
-    let (n, lsn, time, txns, bytes) = (ops.len(), link.ready_lsn, link.ready_time, link.ready_txns, link.ready_bytes);
-    link.ready_txns = 0;
-    link.ready_bytes = 0;
-    let result = in_transaction(std::panic::AssertUnwindSafe(|| {
-        // Prepared once per worker (these two run per applied batch).
-        let active = crate::spi::prepared("SELECT NOT paused FROM converge.peer WHERE name = $1", &[peer.name.as_str().into()], |t| {
-            if t.is_empty() { Ok(None) } else { t.first().get_one::<bool>() }
-        })
-        .unwrap_or_else(|e| crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading converge.peer: {e}")));
-        if active != Some(true) {
-            return false;
-        }
-        // The peer's status row first (its counts go with the batch):
-        // while another transaction holds it (add_peer adding this peer
-        // again, which may also have written some of these ops), the batch
-        // is applied again later rather than wait on it.
-        if !pull::claim_status(&peer.name) {
-            crate::errors::raise(
-                pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-                format!("the status row of peer \"{}\" is held by another transaction (add_peer?); the batch is applied again later", peer.name),
-            );
-        }
-        let origin = pull::origin_id(&peer.origin);
-        let Some(origin) = origin else { return false };
-        pull::apply_encoded(ops, &peer.name, origin, lsn, time);
-        let now = unsafe { pg_sys::GetCurrentTimestamp() };
-        let _ = crate::spi::prepared(
-            "UPDATE converge.peer_status SET state = 'ok', confirmed_lsn = $2::pg_lsn, last_success = clock_timestamp(),
-                    lag_seconds = $3, ops_received = ops_received + $4, bytes_received = bytes_received + $5
-              WHERE name = $1",
-            &[
-                peer.name.as_str().into(),
-                pull::fmt_lsn(lsn).into(),
-                ((now - time).max(0) as f64 / 1e6).into(),
-                (n as i64).into(),
-                (bytes as i64).into(),
-            ],
-            |_| Ok(()),
-        );
-        true
-    }));
-    if matches!(result, Ok(true)) && crate::apply::take_deferred() {
-        retry_deferred(&peer.name);
-    }
-    match result {
-        Ok(true) => {
-            link.flushed = lsn;
-            if crate::requests::take_arrived() {
-                decide_requests();
-            }
-            pgrx::debug1!(
-                "converge: applied {n} ops ({txns} transactions, {bytes} bytes) from peer \"{}\" in {:.1} ms",
-                peer.name,
-                t0.elapsed().as_secs_f64() * 1000.0
-            );
-            true
-        }
-        Ok(false) => {
-            // Paused or removed: drop what we hold; the slot still has it.
-            link.disconnect();
-            link.next_connect = Instant::now() + Duration::from_secs(1);
-            false
-        }
-        Err(e) => {
-            fail(link, &format!("applying: {e}"));
-            false
-        }
-    }
-}
-
-/// lock_timeout 2s to the end of this transaction (set without SPI).
-fn lock_timeout_2s() {
-    crate::spi::set_guc(c"lock_timeout", c"2s", pg_sys::GucContext::PGC_USERSET, pg_sys::GucAction::GUC_ACTION_LOCAL);
-}
-
-/// Decide the pending requests this node is the authority of, in a
-/// transaction of its own: no peer's origin, so the decisions ship.
-fn decide_requests() {
-    let pass = || {
-        // The op counter, should a user's transaction hold it, is not
-        // waited for long: the pass stops, to be tried again (rows and
-        // requests other sessions hold are skipped, not waited for).
-        lock_timeout_2s();
-        crate::requests::decide_pending()
-    };
-    if let Err(e) = in_transaction(pass) {
-        pgrx::warning!("converge: deciding requests: {e}");
-    }
-}
-
-/// Ops that clients sent to this node and that waited for ops the batch
-/// just applied: applied in a transaction of its own, with no replication
-/// origin, so that this node ships them to its peers (what it writes under
-/// a peer's origin, it never ships).
-fn retry_deferred(peer: &str) {
-    retry_pass(&format!("applying ops that waited for peer \"{peer}\"'s"));
-}
-
-/// Pending ops that are ready, applied in a transaction of its own (no
-/// peer's origin: what it applies ships).
-fn retry_ready() {
-    retry_pass("applying ops that waited");
-}
-
-/// One `retry_pending` pass in a transaction of its own: not stalled by a
-/// session's locks for long (the next pass tries again), and with the ops
-/// peers sent retried as theirs (trusted, like their batches).
-fn retry_pass(what: &str) {
-    let r = in_transaction(|| {
-        lock_timeout_2s();
-        crate::apply::from_peer(|| crate::spi::read_one::<i64>("SELECT pg_catalog.count(*) FROM converge.retry_pending()", &[]))
-    });
-    if let Err(e) = r {
-        pgrx::warning!("converge: {what}: {e}");
     }
 }

@@ -1,0 +1,168 @@
+//! One background worker applies every peer of a database. A user's
+//! transaction that holds a row for a long time must hold up only the
+//! batches that need that row, not the node's whole replication: the
+//! worker waits for a lock at most `converge.apply_lock_timeout` (default
+//! 1 s), rolls the batch back, serves its other peers, and applies the
+//! batch again later. With the setting at 0 it follows the server's
+//! `lock_timeout` (none here) and waits as long as it takes.
+//!
+//! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
+//! runs it. Ports come from CONVERGE_CLUSTER_PORT (default 5710).
+
+use converge_cluster_tests::workload::*;
+use converge_cluster_tests::*;
+use std::time::{Duration, Instant};
+
+fn base_port() -> u16 {
+    std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710)
+}
+
+const WAITING: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'converge worker' AND wait_event_type = 'Lock'";
+
+fn g(n: &Node, id: i32) -> i64 {
+    n.client().query_one("SELECT converge.value(g) FROM ctr WHERE id = $1", &[&id]).unwrap().get(0)
+}
+
+/// Until `within` is over, look every 20 ms whether `n`'s worker waits on
+/// a lock; true at the first look that it does.
+fn worker_waits(n: &Node, within: Duration) -> bool {
+    let mut c = n.client();
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if c.query_one(WAITING, &[]).unwrap().get::<_, i64>(0) > 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_row_a_user_holds_holds_up_only_the_batches_that_need_it() {
+    let root = Scratch::new("heldrow");
+    let nodes = mesh_of_three(&root.0, base_port());
+    let (madrid, dublin, virginia) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (one, two) = (g(madrid, 1), g(madrid, 2));
+
+    let mut holder = madrid.client();
+    holder.batch_execute("BEGIN; SELECT * FROM ctr WHERE id = 1 FOR UPDATE").unwrap();
+    dublin.client().batch_execute("UPDATE ctr SET g = converge.incr(g, 5) WHERE id = 1").unwrap();
+    assert!(worker_waits(madrid, Duration::from_secs(20)), "madrid's worker never waited on the row held there");
+    virginia.client().batch_execute("UPDATE ctr SET g = converge.incr(g, 7) WHERE id = 2").unwrap();
+    let since = Instant::now();
+    while g(madrid, 2) != two + 7 {
+        assert!(since.elapsed() < Duration::from_secs(20), "virginia's increment of row 2 is held up behind dublin's of the held row 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("virginia's increment reached madrid in {:?} while row 1 was held", since.elapsed());
+    assert_eq!(g(madrid, 1), one, "dublin's increment waits for the row");
+    let row = madrid.client().query_one("SELECT state, coalesce(last_error, '') FROM converge.peers WHERE name = 'dublin'", &[]).unwrap();
+    let (state, error): (String, String) = (row.get(0), row.get(1));
+    eprintln!("madrid's peers row for dublin: {state}: {error}");
+    assert_eq!(state, "ok", "dublin is reachable; only its batch waits");
+    assert!(error.contains("lock timeout") && error.contains("applied again in"), "the error says why: {error}");
+    // Held for long, the peer is shown down (its batches do not apply).
+    wait_for(madrid, "SELECT state FROM converge.peers WHERE name = 'dublin'", "down", "dublin shown down after 10 s of held batches");
+    holder.batch_execute("COMMIT").unwrap();
+    wait_for(madrid, "SELECT converge.value(g)::text FROM ctr WHERE id = 1", &(one + 5).to_string(), "dublin's increment after the commit");
+    wait_for(madrid, "SELECT state FROM converge.peers WHERE name = 'dublin'", "ok", "dublin ok again once its batch applied");
+
+    // 0: the worker waits as long as it takes (and its other peers wait).
+    let mut admin = madrid.client();
+    admin.batch_execute("ALTER SYSTEM SET converge.apply_lock_timeout = 0").unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    // (The idle worker reloads within one turn of its loop, 50 ms.)
+    std::thread::sleep(Duration::from_secs(2));
+    let (three, four) = (g(madrid, 3), g(madrid, 4));
+    holder.batch_execute("BEGIN; SELECT * FROM ctr WHERE id = 3 FOR UPDATE").unwrap();
+    dublin.client().batch_execute("UPDATE ctr SET g = converge.incr(g, 5) WHERE id = 3").unwrap();
+    assert!(worker_waits(madrid, Duration::from_secs(20)), "madrid's worker never waited on row 3");
+    virginia.client().batch_execute("UPDATE ctr SET g = converge.incr(g, 7) WHERE id = 4").unwrap();
+    let mut c = madrid.client();
+    for _ in 0..40 {
+        assert_eq!(c.query_one(WAITING, &[]).unwrap().get::<_, i64>(0), 1, "with no limit the worker keeps waiting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(g(madrid, 4), four, "with no limit virginia's batch waits behind dublin's");
+    holder.batch_execute("COMMIT").unwrap();
+    wait_for(madrid, "SELECT converge.value(g)::text FROM ctr WHERE id = 3", &(three + 5).to_string(), "row 3 after the commit");
+    wait_for(madrid, "SELECT converge.value(g)::text FROM ctr WHERE id = 4", &(four + 7).to_string(), "row 4 after the commit");
+}
+
+/// For `secs` seconds, `n`'s worker never waits on a lock.
+fn never_waits(n: &Node, secs: u64, who: &str) {
+    let mut c = n.client();
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        assert_eq!(c.query_one(WAITING, &[]).unwrap().get::<_, i64>(0), 0, "{who} waits on a lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A session of `n` holding `peer`'s status row there (as `add_peer` does
+/// while it adds that peer again) until it ends.
+fn hold_status(n: &Node, peer: &str) -> postgres::Client {
+    let mut c = n.client();
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT 1 FROM converge.peer_status WHERE name = $1 FOR UPDATE", &[&peer]).unwrap();
+    c
+}
+
+/// The worker's own writes to a peer's status row (its probe's report, a
+/// lost mark, a rejoin) are put off, never waited for, while another
+/// transaction holds that row: the worker serves every peer of the
+/// database, so a wait there would hold all of them up.
+#[test]
+fn the_worker_never_waits_on_a_held_status_row() {
+    let root = Scratch::new("heldstatus");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = '1MB'").unwrap();
+        c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+    let (madrid, virginia) = (&nodes[0], &nodes[2]);
+    const CAUGHT_UP: &str = "SELECT caught_up_at::text FROM converge.peers WHERE name = 'dublin'";
+
+    // The probe: dublin is idle and caught up, so madrid's worker reports
+    // it every 200 ms or so; held, the report is skipped.
+    let holder = hold_status(madrid, "dublin");
+    let held_at = text(madrid, CAUGHT_UP);
+    never_waits(madrid, 3, "madrid's worker, its probe of dublin held");
+    assert_eq!(text(madrid, CAUGHT_UP), held_at, "no probe report while the row is held");
+    drop(holder);
+    let since = Instant::now();
+    while text(madrid, CAUGHT_UP) == held_at {
+        assert!(since.elapsed() < Duration::from_secs(20), "madrid's probes of dublin never reported again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The lost mark: virginia cut off, madrid's slot for it past the limit.
+    isolate(&nodes, 2);
+    let holder = hold_status(madrid, "virginia");
+    madrid.client().batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g").unwrap();
+    never_waits(madrid, 12, "madrid's worker, its lost mark of virginia held");
+    assert_eq!(text(madrid, "SELECT state FROM converge.peers WHERE name = 'virginia'"), "paused", "not marked lost while held");
+    drop(holder);
+    wait_for(madrid, "SELECT (lost_at IS NOT NULL)::text FROM converge.peer_status WHERE name = 'virginia'", "true", "madrid marks virginia lost once the row is free");
+
+    // The rejoin: virginia finds its slot on madrid gone; it rejoins only
+    // once its own status row for madrid is free.
+    let holder = hold_status(virginia, "madrid");
+    for (a, b) in [(2, 0), (0, 2), (2, 1), (1, 2)] {
+        nodes[a].client().execute("SELECT converge.resume_peer($1)", &[&nodes[b].name]).unwrap();
+    }
+    never_waits(virginia, 6, "virginia's worker, its rejoin of madrid held");
+    drop(holder);
+    wait_for(madrid, "SELECT state FROM converge.peers WHERE name = 'virginia'", "ok", "virginia rejoined madrid");
+    virginia.client().batch_execute("UPDATE ctr SET g = converge.incr(g, 3) WHERE id = 9").unwrap();
+    let want = text(virginia, "SELECT converge.value(g)::text FROM ctr WHERE id = 9");
+    wait_for(madrid, "SELECT converge.value(g)::text FROM ctr WHERE id = 9", &want, "virginia's increment after the rejoin");
+}
+
+/// Pause node `cut`'s links with every other node, both ways.
+fn isolate(nodes: &[Node], cut: usize) {
+    for i in (0..nodes.len()).filter(|&i| i != cut) {
+        pause(nodes, cut, i, true);
+    }
+}
