@@ -325,10 +325,15 @@ fn step(link: &mut Link) {
             link.backoff = Duration::from_millis(500);
             link.next_probe = Instant::now();
             let name = peer.name.clone();
+            // A peer shown down because its batches keep meeting a held
+            // lock (batches.rs, `hold`) stays down until one applies.
+            let held_long = link.held_since.is_some_and(|t| t.elapsed() > batches::HELD_DOWN_AFTER);
             let _ = in_transaction(move || {
                 let _ = Spi::run_with_args(
-                    &pull::status_update("state = 'ok', last_success = clock_timestamp(), their_slot = coalesce($2, s.their_slot)"),
-                    &[name.as_str().into(), theirs.into()],
+                    &pull::status_update(
+                        "state = CASE WHEN $3 THEN s.state ELSE 'ok' END, last_success = clock_timestamp(), their_slot = coalesce($2, s.their_slot)",
+                    ),
+                    &[name.as_str().into(), theirs.into(), held_long.into()],
                 );
             });
         }

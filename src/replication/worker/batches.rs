@@ -107,6 +107,10 @@ pub(super) fn apply(link: &mut Link) -> bool {
     }
 }
 
+/// How long a peer's batches may keep meeting held locks before the peer
+/// is shown `down`.
+pub(super) const HELD_DOWN_AFTER: Duration = Duration::from_secs(10);
+
 /// A batch rolled back because a lock it needed stayed held past
 /// `converge.apply_lock_timeout` (a user's long transaction), or chosen
 /// as a deadlock's victim: applied
@@ -121,7 +125,7 @@ fn hold(link: &mut Link, message: &str) {
     link.next_connect = Instant::now() + wait;
     let name = link.peer.name.clone();
     let msg = format!("applying: {message}; the batch is applied again in {:.1} s", wait.as_secs_f64());
-    if since.elapsed() > Duration::from_secs(10) {
+    if since.elapsed() > HELD_DOWN_AFTER {
         let _ = in_transaction(move || pull::record_error(&name, &msg));
     } else {
         let _ = in_transaction(move || pull::record_held(&name, &msg));

@@ -63,6 +63,21 @@ fn a_row_a_user_holds_holds_up_only_the_batches_that_need_it() {
     assert!(error.contains("lock timeout") && error.contains("applied again in"), "the error says why: {error}");
     // Held for long, the peer is shown down (its batches do not apply).
     wait_for(madrid, "SELECT state FROM converge.peers WHERE name = 'dublin'", "down", "dublin shown down after 10 s of held batches");
+    // and stays down through the next reconnect (a new walsender on dublin).
+    const STREAM: &str = "SELECT coalesce(max(active_pid), 0) FROM pg_replication_slots WHERE slot_name LIKE 'converge\\_madrid\\_%'";
+    let (mut m, mut d) = (madrid.client(), dublin.client());
+    let mut streams = std::collections::BTreeSet::new();
+    let since = Instant::now();
+    while streams.len() < 2 {
+        assert!(since.elapsed() < Duration::from_secs(60), "madrid's worker never streamed from dublin again (walsenders {streams:?})");
+        let state: String = m.query_one("SELECT state FROM converge.peers WHERE name = 'dublin'", &[]).unwrap().get(0);
+        assert_eq!(state, "down", "dublin's batches still do not apply");
+        let pid: i32 = d.query_one(STREAM, &[]).unwrap().get(0);
+        if pid != 0 {
+            streams.insert(pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     holder.batch_execute("COMMIT").unwrap();
     wait_for(madrid, "SELECT converge.value(g)::text FROM ctr WHERE id = 1", &(one + 5).to_string(), "dublin's increment after the commit");
     wait_for(madrid, "SELECT state FROM converge.peers WHERE name = 'dublin'", "ok", "dublin ok again once its batch applied");
