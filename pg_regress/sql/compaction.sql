@@ -250,6 +250,7 @@ DROP ROLE cv_owner;
 
 -- Settings and rights.
 SHOW converge.max_peer_lag_bytes;
+SHOW converge.apply_lock_timeout;
 CREATE ROLE cv_compactor;
 SET ROLE cv_compactor;
 \set VERBOSITY sqlstate
