@@ -25,7 +25,7 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// `converge.apply_lock_timeout`, in ms (0: wait as long as it takes).
+/// `converge.apply_lock_timeout`, in ms (0: the server's lock_timeout).
 pub static APPLY_LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 pub fn register() {
@@ -41,7 +41,7 @@ pub fn register() {
     // a user holds would hold up all of them, so it waits only this long.
     GucRegistry::define_int_guc(
         c"converge.apply_lock_timeout",
-        c"How long the background worker waits for a lock while applying a peer's batch (0: as long as it takes).",
+        c"How long the background worker waits for a lock while applying a peer's batch (0: the server's lock_timeout, by default no limit).",
         c"Past it the batch is rolled back and applied again later (0.5 s, doubling to 30 s), and the worker serves its other peers meanwhile. Takes effect on reload.",
         &APPLY_LOCK_TIMEOUT,
         0,

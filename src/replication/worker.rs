@@ -81,6 +81,13 @@ impl Link {
         }
     }
 
+    /// No batch of this peer is held any more (one applied, or a copy or
+    /// the stream brought everything there was).
+    fn unhold(&mut self) {
+        self.held = 0;
+        self.held_since = None;
+    }
+
     fn disconnect(&mut self) {
         self.stream = None;
         self.probe_conn = None;
@@ -107,24 +114,28 @@ fn in_transaction_coded<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Re
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let r = PgTryBuilder::new(|| Ok(f()))
-        .catch_others(|e| {
-            Err(match e {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    (format!("{} ({:?})", r.message(), r.sql_error_code()), Some(r.sql_error_code()))
-                }
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => (ereport.message().to_string(), None),
-            })
-        })
-        .execute();
-    unsafe {
-        match &r {
-            Ok(_) => {
-                pg_sys::PopActiveSnapshot();
-                pg_sys::CommitTransactionCommand();
-            }
-            Err(_) => pg_sys::AbortCurrentTransaction(),
+    // The commit inside the try: an error it raises (a deferred constraint
+    // of the user's, a lock it waits on past lock_timeout) rolls back and
+    // is reported like any other, instead of ending the worker.
+    let r = PgTryBuilder::new(|| {
+        let r = f();
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
         }
+        Ok(r)
+    })
+    .catch_others(|e| {
+        Err(match e {
+            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                (format!("{} ({:?})", r.message(), r.sql_error_code()), Some(r.sql_error_code()))
+            }
+            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => (ereport.message().to_string(), None),
+        })
+    })
+    .execute();
+    if r.is_err() {
+        unsafe { pg_sys::AbortCurrentTransaction() };
     }
     r
 }
@@ -286,6 +297,7 @@ fn step(link: &mut Link) {
         if let Err(m) = rejoin(&peer) {
             return fail(link, &format!("rejoining: {m}"));
         }
+        link.unhold();
     }
     let progress = in_transaction(|| pull::origin_id(&peer.origin).map(|o| unsafe { pg_sys::replorigin_get_progress(o, false) }));
     let progress = match progress {
@@ -305,7 +317,7 @@ fn step(link: &mut Link) {
     // away. Rejoin (copy what we miss, make a new slot), then stream.
     let started = match started {
         Err(e) if slot_missing(&e) => match rejoin(&peer) {
-            Ok(()) => return,
+            Ok(()) => return link.unhold(),
             Err(m) => return fail(link, &format!("rejoining: {m}")),
         },
         other => other,
@@ -331,7 +343,7 @@ fn step(link: &mut Link) {
             let _ = in_transaction(move || {
                 let _ = Spi::run_with_args(
                     &pull::status_update(
-                        "state = CASE WHEN $3 THEN s.state ELSE 'ok' END, last_success = clock_timestamp(), their_slot = coalesce($2, s.their_slot)",
+                        "state = CASE WHEN $3 AND s.state = 'down' THEN 'down' ELSE 'ok' END, last_success = clock_timestamp(), their_slot = coalesce($2, s.their_slot)",
                     ),
                     &[name.as_str().into(), theirs.into(), held_long.into()],
                 );

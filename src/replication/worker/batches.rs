@@ -69,8 +69,7 @@ pub(super) fn apply(link: &mut Link) -> bool {
     match result {
         Ok(Batch::Applied) => {
             link.flushed = lsn;
-            link.held = 0;
-            link.held_since = None;
+            link.unhold();
             if crate::requests::take_arrived() {
                 decide_requests();
             }

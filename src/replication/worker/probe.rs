@@ -28,6 +28,7 @@ pub(super) fn caught_up(link: &mut Link) {
     if let Some(probe) = link.probe.clone() {
         if link.sent_ptr >= probe.lsn {
             link.probe = None;
+            link.unhold(); // nothing is left to apply: no batch is held
             // Nothing for us up to sent_ptr is waiting: release that WAL.
             link.reported = link.reported.max(link.sent_ptr).max(link.flushed);
             let (name, flushed) = (link.peer.name.clone(), link.reported);

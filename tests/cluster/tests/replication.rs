@@ -503,7 +503,8 @@ fn a_worker_does_not_wait_on_a_peer_being_added_again() {
     assert!(!worker.is_empty(), "oslo has a worker for fieldcare");
     admin.batch_execute("BEGIN").unwrap();
     admin.execute("SELECT converge.add_peer('lisbon', $1)", &[&nodes[0].peer_conninfo("fieldcare")]).unwrap();
-    // The worker now fails each batch of lisbon's (55006, the origin is held).
+    // The worker now puts back each batch of lisbon's (the status row and
+    // the origin are held) and tries it again every 0.5 s.
     lisbon.batch_execute("INSERT INTO note VALUES (2, 'valve', NULL, NULL, NULL)").unwrap();
     let mut streams = std::collections::BTreeSet::new();
     never_waits(&mut watch, "oslo's worker, while lisbon is added again", || {
