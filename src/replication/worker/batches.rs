@@ -94,9 +94,14 @@ pub(super) fn apply(link: &mut Link) -> bool {
             false
         }
         // A lock held too long, or a deadlock with a user's transaction
-        // (one of the two is cancelled): the peer is not down.
-        Err((e, Some(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED))) => {
-            hold(link, &e);
+        // (one of the two is cancelled): the peer is not down. A deadlock
+        // is over once one side gave up: tried again soon, not backed off.
+        Err((e, Some(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE))) => {
+            hold(link, &e, true);
+            false
+        }
+        Err((e, Some(PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED))) => {
+            hold(link, &e, false);
             false
         }
         Err((e, _)) => {
@@ -111,15 +116,16 @@ pub(super) fn apply(link: &mut Link) -> bool {
 pub(super) const HELD_DOWN_AFTER: Duration = Duration::from_secs(10);
 
 /// A batch rolled back because a lock it needed stayed held past
-/// `converge.apply_lock_timeout` (a user's long transaction), or chosen
-/// as a deadlock's victim: applied
-/// again later, waiting 0.5 s, doubling to 30 s, while the worker serves
-/// its other peers. The error says so; the peer is shown `down` only once
-/// its batches have been held for more than 10 s.
-fn hold(link: &mut Link, message: &str) {
+/// `converge.apply_lock_timeout` (a user's long transaction): applied
+/// again later, waiting 0.5 s, doubling to 30 s (`back_off`), while the
+/// worker serves its other peers; or chosen as a deadlock's victim: again
+/// in 0.5 s. The error says so; the peer is shown `down` only once its
+/// batches have been held for more than 10 s.
+fn hold(link: &mut Link, message: &str, back_off: bool) {
     link.disconnect();
     let wait = (Duration::from_millis(500) * 2u32.pow(link.held.min(6))).min(Duration::from_secs(30));
-    link.held += 1;
+    let wait = if back_off { wait } else { Duration::from_millis(500) };
+    link.held += back_off as u32;
     let since = *link.held_since.get_or_insert_with(Instant::now);
     link.next_connect = Instant::now() + wait;
     let name = link.peer.name.clone();
