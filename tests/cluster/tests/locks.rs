@@ -9,6 +9,7 @@
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
 //! runs it. Ports come from CONVERGE_CLUSTER_PORT (default 5710).
 
+use converge_cluster_tests::fieldcare::*;
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
 use std::time::{Duration, Instant};
@@ -225,6 +226,41 @@ fn an_error_at_the_commit_of_a_batch_does_not_end_the_worker() {
     assert_eq!(count(madrid, WORKER), worker, "the same worker serves madrid");
     holder.batch_execute("COMMIT").unwrap();
     wait_for(madrid, "SELECT count(*)::text FROM child", "1", "dublin's child row after the parent is free");
+}
+
+/// As users run it: an ordinary role (`app`, no superuser) holds a row of
+/// its own table in its database; the peer's change of that row waits,
+/// `app` reads why in `converge.peers`, and the change applies once `app`
+/// commits.
+#[test]
+fn an_ordinary_role_holding_a_row_sees_the_batch_held_and_then_applied() {
+    let Fieldcare { _root, nodes, mut lisbon, mut oslo, .. } = fieldcare_pair("heldapp", base_port() + 9, false);
+    lisbon.batch_execute("INSERT INTO note (id, body) VALUES (1, 'pump')").unwrap();
+    const BODY: &str = "SELECT coalesce((SELECT body FROM note WHERE id = 1), '')";
+    let since = Instant::now();
+    while oslo.query_one(BODY, &[]).unwrap().get::<_, String>(0) != "pump" {
+        assert!(since.elapsed() < Duration::from_secs(60), "row 1 never reached oslo");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut holder = nodes[1].client_as("app", "fieldcare");
+    holder.batch_execute("BEGIN; SELECT * FROM note WHERE id = 1 FOR UPDATE").unwrap();
+    lisbon.batch_execute("UPDATE note SET body = 'valve' WHERE id = 1").unwrap();
+    let since = Instant::now();
+    loop {
+        let error: String = oslo.query_one("SELECT coalesce(last_error, '') FROM converge.peers WHERE name = 'lisbon'", &[]).unwrap().get(0);
+        if error.contains("lock timeout") {
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "app on oslo never saw lisbon's batch held (last_error {error:?})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(oslo.query_one(BODY, &[]).unwrap().get::<_, String>(0), "pump", "lisbon's change waits for app's row");
+    holder.batch_execute("COMMIT").unwrap();
+    let since = Instant::now();
+    while oslo.query_one(BODY, &[]).unwrap().get::<_, String>(0) != "valve" {
+        assert!(since.elapsed() < Duration::from_secs(60), "lisbon's change never applied after app's commit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn count(n: &Node, sql: &str) -> i64 {
