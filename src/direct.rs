@@ -97,13 +97,27 @@ impl Table {
 
     /// A tuple of this table from (column, value) pairs; columns not named are NULL.
     fn form(&self, values: &[(&str, Option<pg_sys::Datum>)]) -> pg_sys::HeapTuple {
+        self.form_at(&self.positions(values), values)
+    }
+
+    /// Where each named column is in the table's tuples.
+    fn positions(&self, values: &[(&str, Option<pg_sys::Datum>)]) -> Vec<usize> {
+        values
+            .iter()
+            .map(|(name, _)| {
+                self.names.iter().position(|c| c == name).unwrap_or_else(|| {
+                    raise(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("converge table lacks column {name}"))
+                })
+            })
+            .collect()
+    }
+
+    /// `form` with the columns' positions known (`positions` of the same names).
+    fn form_at(&self, at: &[usize], values: &[(&str, Option<pg_sys::Datum>)]) -> pg_sys::HeapTuple {
         let n = self.names.len();
         let mut datums = vec![pg_sys::Datum::from(0usize); n];
         let mut nulls = vec![true; n];
-        for (name, v) in values {
-            let Some(i) = self.names.iter().position(|c| c == name) else {
-                raise(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("converge table lacks column {name}"));
-            };
+        for (&i, (_, v)) in at.iter().zip(values) {
             if let Some(d) = v {
                 datums[i] = *d;
                 nulls[i] = false;
@@ -119,6 +133,36 @@ impl Table {
             pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
             pg_sys::simple_table_tuple_insert(self.rel, self.slot);
             self.index(false);
+        }
+    }
+
+    /// Insert many rows: the heap takes them a page at a time (one WAL
+    /// record per page, as COPY does), then each gets its index entries
+    /// (unique indexes are enforced, as by `insert`).
+    pub fn insert_many(&mut self, rows: &[Vec<(&str, Option<pg_sys::Datum>)>]) {
+        const CHUNK: usize = 256;
+        unsafe {
+            let desc = (*self.rel).rd_att;
+            let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(CHUNK))
+                .map(|_| pg_sys::ExecInitExtraTupleSlot(self.estate, desc, &pg_sys::TTSOpsHeapTuple))
+                .collect();
+            let cid = (*self.estate).es_output_cid;
+            // Rows naming the same columns in the same order (as `OpLog` makes
+            // them) share one lookup of their positions.
+            let mut at: Option<(Vec<&str>, Vec<usize>)> = None;
+            for chunk in rows.chunks(CHUNK) {
+                for (slot, row) in slots.iter().zip(chunk) {
+                    if !at.as_ref().is_some_and(|(names, _)| names.iter().copied().eq(row.iter().map(|(n, _)| *n))) {
+                        at = Some((row.iter().map(|(n, _)| *n).collect(), self.positions(row)));
+                    }
+                    let tuple = self.form_at(&at.as_ref().expect("just set").1, row);
+                    pg_sys::ExecStoreHeapTuple(tuple, *slot, true);
+                }
+                pg_sys::heap_multi_insert(self.rel, slots.as_mut_ptr(), chunk.len() as i32, cid, 0, std::ptr::null_mut());
+                for &slot in &slots[..chunk.len()] {
+                    self.slot_index(slot, false);
+                }
+            }
         }
     }
 
@@ -147,10 +191,14 @@ impl Table {
     }
 
     unsafe fn index(&mut self, update: bool) {
+        self.slot_index(self.slot, update);
+    }
+
+    unsafe fn slot_index(&mut self, slot: *mut pg_sys::TupleTableSlot, update: bool) {
         if (*self.rri).ri_NumIndices > 0 {
             let found = pg_sys::ExecInsertIndexTuples(
                 self.rri,
-                self.slot,
+                slot,
                 self.estate,
                 update,
                 false,
@@ -223,15 +271,30 @@ impl OpLog {
     /// One applied op; `envelope` names op_id, actor, counter, target_*,
     /// schema_version, epoch, deps, delta, signature and origin.
     pub fn append(&mut self, envelope: &[(&str, Option<pg_sys::Datum>)]) {
-        let seq = self.seq;
-        // As converge's owner: callers need no right on the sequence.
-        let seqno = crate::security::as_owner_id(|| unsafe {
-            pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
-        });
         let mut row: Vec<(&str, Option<pg_sys::Datum>)> =
-            vec![("seq", seqno.and_then(int8)), ("outcome", text("applied")), ("received_at", self.now)];
+            vec![("seq", self.next_seq()), ("outcome", text("applied")), ("received_at", self.now)];
         row.extend_from_slice(envelope);
         self.table.insert(&row);
+    }
+
+    /// Many applied ops at once (`append`'s rows, inserted together).
+    pub fn append_all<'a>(&mut self, envelopes: impl Iterator<Item = Vec<(&'a str, Option<pg_sys::Datum>)>>) {
+        let rows: Vec<Vec<(&str, Option<pg_sys::Datum>)>> = envelopes
+            .map(|envelope| {
+                let mut row = vec![("seq", self.next_seq()), ("outcome", text("applied")), ("received_at", self.now)];
+                row.extend(envelope);
+                row
+            })
+            .collect();
+        self.table.insert_many(&rows);
+    }
+
+    /// The row's place in the log: nextval of its sequence, taken as
+    /// converge's owner (callers need no right on the sequence).
+    fn next_seq(&self) -> Option<pg_sys::Datum> {
+        let seq = self.seq;
+        crate::security::as_owner_id(|| unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) })
+            .and_then(int8)
     }
 
     pub fn close(self) {

@@ -156,4 +156,15 @@ SELECT * FROM apply_batch(ARRAY[
     ROW('shape:3', 'shape', 'chain', '{"id": 4}', 'visits', 1, 0, '{}', '{"counts":{"shape":3}}'::gcounter::bytea, NULL)::op]);
 SELECT op_id, target_key, outcome, reason FROM op_log WHERE actor IN ('shape', '') ORDER BY seq;
 SELECT id, value(visits) FROM chain WHERE id IN (3, 4) ORDER BY id;
-DROP TABLE incident, unmarked, no_pk, chain;
+-- converge.max_value_bytes holds for what a batch merges into one row:
+-- two ops within the limit each but over it together make the batch fail
+-- (54000), and nothing of it is applied or logged.
+CREATE TABLE big (id int PRIMARY KEY, tags gset);
+SELECT replicate('big');
+SET converge.max_value_bytes = 1024;
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('big:1', 'big', 'big', '{"id":1}', 'tags', 1, 0, '{}', ('{"elements":["' || repeat('a', 600) || '"]}')::gset::bytea, NULL)::op,
+    ROW('big:2', 'big', 'big', '{"id":1}', 'tags', 1, 0, '{}', ('{"elements":["' || repeat('b', 600) || '"]}')::gset::bytea, NULL)::op]);
+RESET converge.max_value_bytes;
+SELECT (SELECT count(*) FROM big) AS rows, (SELECT count(*) FROM op_log WHERE actor = 'big') AS logged;
+DROP TABLE incident, unmarked, no_pk, chain, big;

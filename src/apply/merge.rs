@@ -65,14 +65,16 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
                 &[t.rel.into(), keys_dead.into(), pick(&merged).into(), col.clone().into()],
             );
         }
-        let live: Vec<usize> = (0..key_json.len()).filter(|i| !dead.contains(i)).collect();
-        if live.is_empty() {
+        if dead.len() == key_json.len() {
             continue;
         }
-        let live_keys: Vec<serde_json::Value> = live.iter().map(|&i| key_json[i].clone()).collect();
-        let live_merged: Vec<Vec<u8>> = live.iter().map(|&i| merged[i].clone()).collect();
+        let (live_keys, live_merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) = if dead.is_empty() {
+            (key_json, merged)
+        } else {
+            key_json.into_iter().zip(merged).enumerate().filter(|(i, _)| !dead.contains(i)).map(|(_, km)| km).unzip()
+        };
         // Keys travel as text per key column and are cast to the column's type.
-        let mut args: Vec<DatumWithOid> = vec![t.rel.into(), live_merged.into()];
+        let mut args: Vec<DatumWithOid> = vec![t.rel.into(), typed_array(coltype, &live_merged)];
         let mut names = Vec::new();
         let mut casts = Vec::new();
         for (i, (k, ty)) in t.keys.iter().zip(&t.key_casts).enumerate() {
@@ -91,8 +93,8 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         let texts: Vec<String> = (0..t.keys.len()).map(|i| format!("pg_catalog.unnest(${}::text[])", i + 3)).collect();
         let upsert = format!(
                 "INSERT INTO {rel} AS t ({cols}, {qcol})
-                 SELECT {casts}, u.v::converge.{coltype}
-                   FROM ROWS FROM (pg_catalog.unnest($2::bytea[]), {texts}) u(v, {names})
+                 SELECT {casts}, u.v
+                   FROM ROWS FROM (pg_catalog.unnest($2::converge.{coltype}[]), {texts}) u(v, {names})
                   WHERE $1::oid IS NOT NULL
                   ORDER BY {order}
                  ON CONFLICT ({cols}) DO UPDATE SET {qcol} = converge.merge(t.{qcol}, EXCLUDED.{qcol})",
@@ -113,6 +115,25 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         }
     }
     set_applying(false);
+}
+
+/// `values` (encodings merge_bytes made, so valid and canonical) as an
+/// array of converge's SQL type `coltype`, whose stored form they are: the
+/// upsert takes them as they are, with no cast decoding and encoding each
+/// again. The size limit the cast applied still holds (54000, which sends
+/// the batch op by op as before).
+fn typed_array<'a>(coltype: &str, values: &[Vec<u8>]) -> DatumWithOid<'a> {
+    values.iter().for_each(|v| crate::types::check_size(v.len(), coltype));
+    let name = std::ffi::CString::new(format!("converge.{coltype}")).expect("a type name has no NUL");
+    unsafe {
+        let elem = pgrx::direct_function_call::<pg_sys::Oid>(pg_sys::regtypein, &[name.as_c_str().into_datum()])
+            .unwrap_or_else(|| spi_err(format!("no type converge.{coltype}")));
+        let (mut len, mut byval, mut align) = (0i16, false, 0 as std::ffi::c_char);
+        pg_sys::get_typlenbyvalalign(elem, &mut len, &mut byval, &mut align);
+        let mut datums: Vec<pg_sys::Datum> = values.iter().map(|v| v.as_slice().into_datum().expect("bytes make a datum")).collect();
+        let arr = pg_sys::construct_array(datums.as_mut_ptr(), datums.len() as i32, elem, len as i32, byval, align);
+        DatumWithOid::new(pg_sys::Datum::from(arr), pg_sys::get_array_type(elem))
+    }
 }
 
 /// Positions (in `keys`) of the rows of `rel` that are tombstones here,
@@ -143,8 +164,8 @@ fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
 fn insert_applied(items: &[&Item], origin: &str) {
     use crate::direct::{int4, int8, text, OpLog};
     let mut log = OpLog::open();
-    for it in items {
-        log.append(&[
+    log.append_all(items.iter().map(|it| {
+        vec![
             ("op_id", it.op_id.as_deref().and_then(text)),
             ("actor", it.actor.as_deref().and_then(text)),
             ("counter", it.counter.and_then(int8)),
@@ -157,8 +178,8 @@ fn insert_applied(items: &[&Item], origin: &str) {
             ("delta", it.delta.as_deref().and_then(|d| d.into_datum())),
             ("signature", it.signature.as_deref().and_then(|d| d.into_datum())),
             ("origin", text(origin)),
-        ]);
-    }
+        ]
+    }));
     log.close();
 }
 
