@@ -158,7 +158,8 @@ impl Table {
                     let tuple = self.form_at(&at.as_ref().expect("just set").1, row);
                     pg_sys::ExecStoreHeapTuple(tuple, *slot, true);
                 }
-                pg_sys::heap_multi_insert(self.rel, slots.as_mut_ptr(), chunk.len() as i32, cid, 0, std::ptr::null_mut());
+                // Through the table's access method, as every other write here.
+                pg_sys::table_multi_insert(self.rel, slots.as_mut_ptr(), chunk.len() as i32, cid, 0, std::ptr::null_mut());
                 for &slot in &slots[..chunk.len()] {
                     self.slot_index(slot, false);
                 }

@@ -31,42 +31,89 @@ pub struct Locked {
 /// The entry of `key` (a jsonb datum) of table `rel`, locked; None when
 /// the key has none (or it was deleted concurrently).
 pub fn lock(t: &Table, rel: pg_sys::Oid, key: pg_sys::Datum) -> Option<Locked> {
-    use crate::direct::Key;
-    let heap = t.rel();
-    unsafe {
-        let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        let keys = [Key::eq(1, pg_sys::F_OIDEQ.into(), pg_sys::Datum::from(rel)), Key::eq(2, pg_sys::F_JSONB_EQ.into(), key)];
-        let mut found = None;
-        crate::direct::index_scan(heap, c"row_state_pkey", &keys, snap, pg_sys::ScanDirection::ForwardScanDirection, |slot| {
-            found = Some((*slot).tts_tid);
-            false
-        });
-        let mut out = None;
-        if let Some(mut tid) = found {
-            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-            let mut tmfd: pg_sys::TM_FailureData = std::mem::zeroed();
-            let res = pg_sys::table_tuple_lock(
-                heap,
-                &mut tid,
-                snap,
-                slot,
-                pg_sys::GetCurrentCommandId(false),
-                pg_sys::LockTupleMode::LockTupleExclusive,
-                pg_sys::LockWaitPolicy::LockWaitBlock,
-                pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8,
-                &mut tmfd,
-            );
-            match res {
-                pg_sys::TM_Result::TM_Ok => out = Some(read(heap, slot, tid)),
-                // Deleted meanwhile (compaction of a tombstone): no entry.
-                pg_sys::TM_Result::TM_Deleted => {}
-                other => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("locking converge.row_state: result {other}")),
-            }
-            pg_sys::ExecDropSingleTupleTableSlot(slot);
+    let mut probe = Probe::open(t);
+    let out = probe.lock(t, rel, key);
+    probe.close();
+    out
+}
+
+/// One scan of row_state's primary key, kept open to lock the entries of
+/// many keys in turn (a batch of row ops): opening the index, starting a
+/// B-tree scan (a large allocation) and making a slot were paid per key.
+pub struct Probe {
+    index: pg_sys::Relation,
+    scan: pg_sys::IndexScanDesc,
+    found: *mut pg_sys::TupleTableSlot,
+    locked: *mut pg_sys::TupleTableSlot,
+}
+
+impl Probe {
+    pub fn open(t: &Table) -> Probe {
+        let heap = t.rel();
+        unsafe {
+            let index = pg_sys::index_open(crate::direct::relid(c"row_state_pkey"), pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            // Each lock sets the scan's snapshot (the newest) before it runs.
+            let scan = pg_sys::index_beginscan(heap, index, std::ptr::null_mut(), 2, 0);
+            let found = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            let locked = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            Probe { index, scan, found, locked }
         }
-        pg_sys::UnregisterSnapshot(snap);
-        out
     }
+
+    /// As `lock` above, through this scan.
+    pub fn lock(&mut self, t: &Table, rel: pg_sys::Oid, key: pg_sys::Datum) -> Option<Locked> {
+        let heap = t.rel();
+        unsafe {
+            let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+            (*self.scan).xs_snapshot = snap;
+            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+            pg_sys::ScanKeyInit(&mut keys[0], 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_OIDEQ.into(), pg_sys::Datum::from(rel));
+            pg_sys::ScanKeyInit(&mut keys[1], 2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_JSONB_EQ.into(), key);
+            pg_sys::index_rescan(self.scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+            let found = pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, self.found)
+                .then(|| (*self.found).tts_tid);
+            pg_sys::ExecClearTuple(self.found);
+            let out = found.and_then(|tid| lock_found(heap, tid, snap, self.locked));
+            (*self.scan).xs_snapshot = std::ptr::null_mut();
+            pg_sys::UnregisterSnapshot(snap);
+            out
+        }
+    }
+
+    pub fn close(self) {
+        unsafe {
+            pg_sys::index_endscan(self.scan);
+            pg_sys::ExecDropSingleTupleTableSlot(self.found);
+            pg_sys::ExecDropSingleTupleTableSlot(self.locked);
+            pg_sys::index_close(self.index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
+/// Lock the entry found at `tid` in its newest version (None when it was
+/// deleted meanwhile) and read it.
+unsafe fn lock_found(heap: pg_sys::Relation, tid: pg_sys::ItemPointerData, snap: pg_sys::Snapshot, slot: *mut pg_sys::TupleTableSlot) -> Option<Locked> {
+    let mut tid = tid;
+    let mut tmfd: pg_sys::TM_FailureData = std::mem::zeroed();
+    let res = pg_sys::table_tuple_lock(
+        heap,
+        &mut tid,
+        snap,
+        slot,
+        pg_sys::GetCurrentCommandId(false),
+        pg_sys::LockTupleMode::LockTupleExclusive,
+        pg_sys::LockWaitPolicy::LockWaitBlock,
+        pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8,
+        &mut tmfd,
+    );
+    let out = match res {
+        pg_sys::TM_Result::TM_Ok => Some(read(heap, slot, tid)),
+        // Deleted meanwhile (compaction of a tombstone): no entry.
+        pg_sys::TM_Result::TM_Deleted => None,
+        other => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("locking converge.row_state: result {other}")),
+    };
+    pg_sys::ExecClearTuple(slot);
+    out
 }
 
 unsafe fn read(heap: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot, tid: pg_sys::ItemPointerData) -> Locked {

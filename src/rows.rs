@@ -422,11 +422,12 @@ fn merge_run(t: &RowTable, other_columns: &[String], run: Vec<Group>) {
 /// locked: those that stay live written set-wise, the others op by op.
 fn merge_locked(t: &RowTable, other_columns: &[String], run: Vec<Group>, present: HashSet<usize>) {
     let mut state = Table::open(c"row_state");
+    let mut probe = crate::row_state::Probe::open(&state);
     let (mut updates, mut slow) = (Vec::new(), Vec::new());
     for (i, (key, deltas)) in run.into_iter().enumerate() {
         if present.contains(&i) {
             let key_datum = crate::jsonb::datum(&key);
-            let entry = crate::row_state::lock(&state, t.rel, key_datum);
+            let entry = probe.lock(&state, t.rel, key_datum);
             let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
             let mut alive = true;
             for d in &deltas {
@@ -440,6 +441,7 @@ fn merge_locked(t: &RowTable, other_columns: &[String], run: Vec<Group>, present
         }
         slow.extend(deltas.into_iter().map(|d| (key.clone(), d)));
     }
+    probe.close();
     t.update_all(other_columns, &updates);
     for u in updates {
         match u.entry {

@@ -120,8 +120,8 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
 /// `values` (encodings merge_bytes made, so valid and canonical) as an
 /// array of converge's SQL type `coltype`, whose stored form they are: the
 /// upsert takes them as they are, with no cast decoding and encoding each
-/// again. The size limit the cast applied still holds (54000, which sends
-/// the batch op by op as before).
+/// again. The size limit the cast applied still holds (54000 fails the
+/// whole batch, as the cast's did).
 fn typed_array<'a>(coltype: &str, values: &[Vec<u8>]) -> DatumWithOid<'a> {
     values.iter().for_each(|v| crate::types::check_size(v.len(), coltype));
     let name = std::ffi::CString::new(format!("converge.{coltype}")).expect("a type name has no NUL");
