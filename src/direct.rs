@@ -97,14 +97,15 @@ impl Table {
 
     /// A tuple of this table from (column, value) pairs; columns not named are NULL.
     fn form(&self, values: &[(&str, Option<pg_sys::Datum>)]) -> pg_sys::HeapTuple {
-        self.form_at(&self.positions(values), values)
+        let at = self.positions(values.iter().map(|(name, _)| *name));
+        let values: Vec<Option<pg_sys::Datum>> = values.iter().map(|(_, v)| *v).collect();
+        self.form_at(&at, &values)
     }
 
     /// Where each named column is in the table's tuples.
-    fn positions(&self, values: &[(&str, Option<pg_sys::Datum>)]) -> Vec<usize> {
-        values
-            .iter()
-            .map(|(name, _)| {
+    fn positions<'n>(&self, names: impl Iterator<Item = &'n str>) -> Vec<usize> {
+        names
+            .map(|name| {
                 self.names.iter().position(|c| c == name).unwrap_or_else(|| {
                     raise(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN, format!("converge table lacks column {name}"))
                 })
@@ -112,12 +113,12 @@ impl Table {
             .collect()
     }
 
-    /// `form` with the columns' positions known (`positions` of the same names).
-    fn form_at(&self, at: &[usize], values: &[(&str, Option<pg_sys::Datum>)]) -> pg_sys::HeapTuple {
+    /// A tuple from the values of the columns at positions `at`.
+    fn form_at(&self, at: &[usize], values: &[Option<pg_sys::Datum>]) -> pg_sys::HeapTuple {
         let n = self.names.len();
         let mut datums = vec![pg_sys::Datum::from(0usize); n];
         let mut nulls = vec![true; n];
-        for (&i, (_, v)) in at.iter().zip(values) {
+        for (&i, v) in at.iter().zip(values) {
             if let Some(d) = v {
                 datums[i] = *d;
                 nulls[i] = false;
@@ -136,27 +137,22 @@ impl Table {
         }
     }
 
-    /// Insert many rows: the heap takes them a page at a time (one WAL
-    /// record per page, as COPY does), then each gets its index entries
-    /// (unique indexes are enforced, as by `insert`).
-    pub fn insert_many(&mut self, rows: &[Vec<(&str, Option<pg_sys::Datum>)>]) {
+    /// Insert many rows, each the values of the columns `names` in order:
+    /// the heap takes them a page at a time (one WAL record per page, as
+    /// COPY does), then each gets its index entries (unique indexes are
+    /// enforced, as by `insert`).
+    pub fn insert_many(&mut self, names: &[&str], rows: &[Vec<Option<pg_sys::Datum>>]) {
         const CHUNK: usize = 256;
+        let at = self.positions(names.iter().copied());
         unsafe {
             let desc = (*self.rel).rd_att;
             let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(CHUNK))
                 .map(|_| pg_sys::ExecInitExtraTupleSlot(self.estate, desc, &pg_sys::TTSOpsHeapTuple))
                 .collect();
             let cid = (*self.estate).es_output_cid;
-            // Rows naming the same columns in the same order (as `OpLog` makes
-            // them) share one lookup of their positions.
-            let mut at: Option<(Vec<&str>, Vec<usize>)> = None;
             for chunk in rows.chunks(CHUNK) {
                 for (slot, row) in slots.iter().zip(chunk) {
-                    if !at.as_ref().is_some_and(|(names, _)| names.iter().copied().eq(row.iter().map(|(n, _)| *n))) {
-                        at = Some((row.iter().map(|(n, _)| *n).collect(), self.positions(row)));
-                    }
-                    let tuple = self.form_at(&at.as_ref().expect("just set").1, row);
-                    pg_sys::ExecStoreHeapTuple(tuple, *slot, true);
+                    pg_sys::ExecStoreHeapTuple(self.form_at(&at, row), *slot, true);
                 }
                 // Through the table's access method, as every other write here.
                 pg_sys::table_multi_insert(self.rel, slots.as_mut_ptr(), chunk.len() as i32, cid, 0, std::ptr::null_mut());
@@ -272,22 +268,24 @@ impl OpLog {
     /// One applied op; `envelope` names op_id, actor, counter, target_*,
     /// schema_version, epoch, deps, delta, signature and origin.
     pub fn append(&mut self, envelope: &[(&str, Option<pg_sys::Datum>)]) {
-        let mut row: Vec<(&str, Option<pg_sys::Datum>)> =
-            vec![("seq", self.next_seq()), ("outcome", text("applied")), ("received_at", self.now)];
+        let mut row: Vec<(&str, Option<pg_sys::Datum>)> = Self::HEAD.into_iter().zip(self.head()).collect();
         row.extend_from_slice(envelope);
         self.table.insert(&row);
     }
 
-    /// Many applied ops at once (`append`'s rows, inserted together).
-    pub fn append_all<'a>(&mut self, envelopes: impl Iterator<Item = Vec<(&'a str, Option<pg_sys::Datum>)>>) {
-        let rows: Vec<Vec<(&str, Option<pg_sys::Datum>)>> = envelopes
-            .map(|envelope| {
-                let mut row = vec![("seq", self.next_seq()), ("outcome", text("applied")), ("received_at", self.now)];
-                row.extend(envelope);
-                row
-            })
-            .collect();
-        self.table.insert_many(&rows);
+    /// Many applied ops at once: each envelope gives the values of the
+    /// columns `names`, in order.
+    pub fn append_all(&mut self, names: &[&str], envelopes: impl Iterator<Item = Vec<Option<pg_sys::Datum>>>) {
+        let names: Vec<&str> = Self::HEAD.into_iter().chain(names.iter().copied()).collect();
+        let rows: Vec<Vec<Option<pg_sys::Datum>>> = envelopes.map(|e| self.head().into_iter().chain(e).collect()).collect();
+        self.table.insert_many(&names, &rows);
+    }
+
+    /// The columns every applied op row has besides its envelope.
+    const HEAD: [&'static str; 3] = ["seq", "outcome", "received_at"];
+
+    fn head(&self) -> [Option<pg_sys::Datum>; 3] {
+        [self.next_seq(), text("applied"), self.now]
     }
 
     /// The row's place in the log: nextval of its sequence, taken as

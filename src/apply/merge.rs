@@ -163,21 +163,25 @@ fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
 /// which then goes op by op through the guarded SQL insert.
 fn insert_applied(items: &[&Item], origin: &str) {
     use crate::direct::{int4, int8, text, OpLog};
+    const ENVELOPE: [&str; 12] = [
+        "op_id", "actor", "counter", "target_table", "target_key", "target_column",
+        "schema_version", "epoch", "deps", "delta", "signature", "origin",
+    ];
     let mut log = OpLog::open();
-    log.append_all(items.iter().map(|it| {
+    log.append_all(&ENVELOPE, items.iter().map(|it| {
         vec![
-            ("op_id", it.op_id.as_deref().and_then(text)),
-            ("actor", it.actor.as_deref().and_then(text)),
-            ("counter", it.counter.and_then(int8)),
-            ("target_table", it.table.as_deref().and_then(text)),
-            ("target_key", it.key_datum.or_else(|| it.key.as_ref().map(crate::jsonb::datum))),
-            ("target_column", it.column.as_deref().and_then(text)),
-            ("schema_version", it.version.and_then(int4)),
-            ("epoch", it.epoch.and_then(int8)),
-            ("deps", it.deps.as_ref().and_then(|_| deps_of(it).into_datum())),
-            ("delta", it.delta.as_deref().and_then(|d| d.into_datum())),
-            ("signature", it.signature.as_deref().and_then(|d| d.into_datum())),
-            ("origin", text(origin)),
+            it.op_id.as_deref().and_then(text),
+            it.actor.as_deref().and_then(text),
+            it.counter.and_then(int8),
+            it.table.as_deref().and_then(text),
+            it.key_datum.or_else(|| it.key.as_ref().map(crate::jsonb::datum)),
+            it.column.as_deref().and_then(text),
+            it.version.and_then(int4),
+            it.epoch.and_then(int8),
+            it.deps.as_ref().and_then(|_| deps_of(it).into_datum()),
+            it.delta.as_deref().and_then(|d| d.into_datum()),
+            it.signature.as_deref().and_then(|d| d.into_datum()),
+            text(origin),
         ]
     }));
     log.close();
