@@ -1,13 +1,24 @@
 //! Coordination boundaries (SPEC section 5): authorities. A column with an
 //! authority is written only by that node: elsewhere a local change fails
 //! (the guard trigger, sql/coordination.sql), and an op of it made by any
-//! other actor is rejected with `not_authority` (`violates` in converge-core,
-//! called by the apply's classification).
+//! other actor is rejected with `not_authority` (`violates`, called by the
+//! apply's classification).
 
 use crate::errors::raise;
-pub use converge_core::authority::{parse, violates, Authorities};
+pub use converge_core::authority::{parse, Authorities};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+
+/// Whether an op writes an authority column it may not (converge-core's
+/// rule): a client's, sent through `apply`, by the stricter
+/// `client_violation` (an insert carries authority columns only under
+/// placeholder timestamps), a node's, delivered by replication, by
+/// `violation`.
+pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8], from_peer: bool) -> bool {
+    use converge_core::authority::{client_violation, violation};
+    let check = if from_peer { violation } else { client_violation };
+    check(auth, column, actor, delta).is_some()
+}
 
 /// A scalar subquery giving the authority columns of the table that the
 /// SQL expression `rel` names, as text that `parse` reads (NULL: none).

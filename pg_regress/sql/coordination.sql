@@ -81,7 +81,8 @@ SELECT id, title, status, tags FROM incident WHERE id IN (1, 5) ORDER BY id;
 RESET ROLE;
 
 -- Ops of other actors: phone1 may write title, not status or tags; its
--- insert may carry status's default. The authority's own ops come through
+-- insert may carry status's default under a placeholder timestamp, as a
+-- node's insert does (phone1:4). The authority's own ops come through
 -- replication (tests/cluster/tests/coordination.rs): a client sending ops
 -- under an authority's name is refused as node_actor, like one sending
 -- under a peer's name.
@@ -93,11 +94,20 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone1:3', 'phone1', 'public.incident', '{"id":1}', '', 1, 0, '{}',
         converge.put(NULL::converge.lwwmap, 'title', '"pump (phone)"')::bytea, NULL)::converge.op,
     ROW('phone1:4', 'phone1', 'public.incident', '{"id":5}', '', 1, 0, '{}',
-        converge.put(converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'title', '"seal"'),
-                     'status', '"open"')::bytea, NULL)::converge.op,
+        ('{"entries":{"$live":[[1767225600000,0,"phone1"],{"put":true}],"title":[[1767225600000,0,"phone1"],{"put":"seal"}],'
+         '"status":[[0,1,"phone1"],{"put":"open"}]}}')::converge.lwwmap::bytea, NULL)::converge.op,
     ROW('phone1:5', 'phone1', 'public.incident', '{"id":6}', '', 1, 0, '{}',
         converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'status', '"closed"')::bytea, NULL)::converge.op]);
 SELECT id, title, status FROM incident ORDER BY id;
+-- The same insert with status under a real timestamp is refused: it would
+-- beat virginia's older value wherever the row is (live, or in its
+-- tombstone) and reset it on every node. Ops that nodes send are not held
+-- to this (a node writes real timestamps until its own set_authority has
+-- run), and only applied ops travel, so this refusal holds everywhere.
+SELECT op_id, outcome, reason FROM converge.apply(ROW('phone1:11', 'phone1', 'public.incident', '{"id":7}', '', 1, 0, '{}',
+    converge.put(converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'title', '"seal"'),
+                 'status', '"open"')::bytea, NULL)::converge.op);
+SELECT count(*) AS row_7 FROM incident WHERE id = 7;
 
 -- A second set_authority replaces the first: phone2 now decides status,
 -- and a client can no longer send ops as phone2.

@@ -40,6 +40,23 @@ pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> 
 
 /// [`violates`], naming the column written and its authority.
 pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
+    check(auth, column, actor, delta, false)
+}
+
+/// [`violation`] for an op a client sends through `apply`: its insert may
+/// carry an authority column (NULL or the default) only under a
+/// placeholder timestamp (`Timestamp::placeholder`, physical time 0), as a
+/// node's insert does. Under a real one it would beat the authority's
+/// older value wherever the row is (live, or kept in a tombstone) and
+/// reset it on every node. Nodes' ops are not held to it: a node writes
+/// real timestamps until its own `set_authority` runs, and rejecting its
+/// row ops would lose whole rows while the setting rolls out. Only
+/// applied ops travel, so the entry node's decision holds everywhere.
+pub fn client_violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
+    check(auth, column, actor, delta, true)
+}
+
+fn check<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8], placeholders: bool) -> Option<(&'a str, &'a Authority)> {
     if auth.is_empty() {
         return None;
     }
@@ -56,7 +73,8 @@ pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[
             return None;
         }
         let v = d.get(k).map(|j| j.to_value()); // None: a removal
-        let allowed = insert && matches!(&v, Some(x) if x.is_null() || a.default.as_ref().is_some_and(|d| same_json(x, d)));
+        let placeholder = !placeholders || d.entries.get(k).is_some_and(|e| e.0.ms() == 0);
+        let allowed = insert && placeholder && matches!(&v, Some(x) if x.is_null() || a.default.as_ref().is_some_and(|d| same_json(x, d)));
         (!allowed).then_some((name.as_str(), a))
     });
     written.next()
@@ -164,6 +182,40 @@ mod tests {
         assert!(violates(&a, "", "dublin", &row_op(&[live, ("status", serde_json::json!("closed"))])));
         // Not an insert: the default is a change like any other.
         assert!(violates(&a, "", "dublin", &row_op(&[("status", serde_json::json!("open"))])));
+    }
+
+    /// An insert's row op of `actor`: "$live" under a real timestamp, the
+    /// columns under placeholders (as a node away from the authority
+    /// writes them) or under real ones.
+    fn insert(actor: &str, entries: &[(&str, serde_json::Value)], placeholders: bool) -> Vec<u8> {
+        let mut m = LwwMap::default();
+        let mut out = m.put("$live", Json::from_value(&serde_json::json!(true)), ts(1));
+        for (k, v) in entries {
+            let t = if placeholders { Timestamp::placeholder(actor, None) } else { ts(2) };
+            out.merge(&m.put(k, Json::from_value(v), t));
+        }
+        encode(&out)
+    }
+
+    #[test]
+    fn a_clients_insert_carries_them_only_under_a_placeholder() {
+        let a = auth();
+        let (open, null, closed) = (serde_json::json!("open"), serde_json::Value::Null, serde_json::json!("closed"));
+        let title = ("title", serde_json::json!("seal"));
+        for v in [&open, &null] {
+            let held = insert("phone1", &[("status", v.clone()), title.clone()], true);
+            assert!(client_violation(&a, "", "phone1", &held).is_none(), "{v} under a placeholder");
+            // Under a real timestamp it would reset the authority's value:
+            // a node's insert may (its own setting may not have run yet), a
+            // client's may not.
+            let real = insert("phone1", &[("status", v.clone()), title.clone()], false);
+            assert!(violation(&a, "", "phone1", &real).is_none());
+            assert_eq!(client_violation(&a, "", "phone1", &real).map(|(c, _)| c), Some("status"), "{v} under a real timestamp");
+            assert!(client_violation(&a, "", "virginia", &real).is_none(), "the authority may");
+        }
+        // Plain columns take real timestamps; a placeholder allows no other value.
+        assert!(client_violation(&a, "", "phone1", &insert("phone1", &[title], false)).is_none());
+        assert!(client_violation(&a, "", "phone1", &insert("phone1", &[("status", closed)], true)).is_some());
     }
 
     #[test]

@@ -101,6 +101,44 @@ fn only_the_authority_changes_its_column_through_a_partition() {
     }
 }
 
+/// A client's insert of an existing row writes an authority column only
+/// under a placeholder timestamp, which the authority's value beats; under
+/// a real one it would reset that value on every node, so its entry node
+/// refuses it, and only applied ops travel.
+#[test]
+fn a_clients_insert_cannot_reset_the_authoritys_value() {
+    let root = Scratch::new("authority-insert");
+    let nodes = mesh_of_three(&root.0, base_port());
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_authority('item', 'title', 'virginia')").unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO item (id, sev) VALUES (1, 2)").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    nodes[2].client().batch_execute("UPDATE item SET title = 'closed by virginia' WHERE id = 1").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    // An insert with title NULL under the tablet's clock (put's timestamp
+    // is now, after virginia's write) and one with title under a
+    // placeholder, both with sev under a real timestamp.
+    let real = "encode(converge.put(converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'title', 'null'),
+                                    'sev', '5')::bytea, 'hex')";
+    let placeholder = "encode(format('{\"entries\":{\"$live\":[[%1$s,0,\"tab10\"],{\"put\":true}],\"title\":[[0,1,\"tab10\"],{\"put\":null}],\"sev\":[[%1$s,0,\"tab10\"],{\"put\":6}]}}',
+                                       (extract(epoch FROM clock_timestamp()) * 1000)::bigint)::converge.lwwmap::bytea, 'hex')";
+    let hex = |sql: &str| text(&nodes[1], &format!("SELECT {sql}"));
+    assert_eq!(apply_from_tablet(&nodes[1], "tab9", "", &hex(real)), ("rejected".into(), Some("not_authority".into())));
+    assert_eq!(item_1(&nodes[1]), "closed by virginia | 2");
+    assert_eq!(apply_from_tablet(&nodes[1], "tab10", "", &hex(placeholder)), ("applied".into(), None));
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(item_1(n), "closed by virginia | 6", "on {}", n.name);
+        assert_eq!(not_applied(n), if n.name == "dublin" { "tab9:1 not_authority" } else { "" }, "on {}", n.name);
+    }
+}
+
+fn item_1(n: &Node) -> String {
+    text(n, "SELECT format('%s | %s', coalesce(title, 'NULL'), sev) FROM item WHERE id = 1")
+}
+
 /// Apply one op of the client `tab` to `ctr.g` on `n` with this schema version.
 fn tab_op(n: &Node, counter: i32, version: i32, total: i32) -> (String, Option<String>) {
     let row = n
