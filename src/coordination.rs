@@ -1,23 +1,26 @@
 //! Coordination boundaries (SPEC section 5): authorities. A column with an
 //! authority is written only by that node: elsewhere a local change fails
 //! (the guard trigger, sql/coordination.sql), and an op of it made by any
-//! other actor is rejected with `not_authority` (`violates`, called by the
-//! apply's classification).
+//! other actor is rejected with `not_authority` (`authority_error`, called
+//! by the apply's classification).
 
 use crate::errors::raise;
 pub use converge_core::authority::{parse, Authorities};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-/// Whether an op writes an authority column it may not (converge-core's
-/// rule): a client's, sent through `apply`, by the stricter
+/// Why an op writes an authority column it may not (None: it may), by
+/// converge-core's rules: an op that came through replication by
+/// `violation`, one a client sends through `apply` by the stricter
 /// `client_violation` (an insert carries authority columns only under
-/// placeholder timestamps), a node's, delivered by replication, by
-/// `violation`.
-pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8], from_peer: bool) -> bool {
+/// placeholder timestamps; the reason then says so).
+pub fn authority_error(auth: &Authorities, column: &str, actor: &str, delta: &[u8], from_peer: bool) -> Option<String> {
     use converge_core::authority::{client_violation, violation};
-    let check = if from_peer { violation } else { client_violation };
-    check(auth, column, actor, delta).is_some()
+    if violation(auth, column, actor, delta).is_some() {
+        return Some("not_authority".into());
+    }
+    let (col, _) = client_violation(auth, column, actor, delta).filter(|_| !from_peer)?;
+    Some(format!("not_authority: a client's insert carries {col} only under a placeholder timestamp"))
 }
 
 /// A scalar subquery giving the authority columns of the table that the

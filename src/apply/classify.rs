@@ -150,8 +150,8 @@ pub(super) fn classify(
     if it.bad.is_none() && coltype == "row" {
         it.bad = live_error(it.delta.as_deref().unwrap_or_default());
     }
-    if it.bad.is_none() && crate::coordination::violates(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default(), from_peer) {
-        it.bad = Some("not_authority".into());
+    if it.bad.is_none() {
+        it.bad = crate::coordination::authority_error(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default(), from_peer);
     }
     if it.bad.is_none() && !registry.is_empty() {
         it.bad = registry.refuse(&as_op(it)).map(String::from);

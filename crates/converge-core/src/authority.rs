@@ -1,7 +1,8 @@
 //! Authorities (SPEC section 5): a column with an authority is written
 //! only by that node. The extension rejects ops that break this with
-//! `not_authority`; an offline client can ask the same question before it
-//! sends an op.
+//! `not_authority`: ops that came through replication by [`violation`],
+//! ops a client sends through `apply` by [`client_violation`], which an
+//! offline client can ask before it sends an op.
 
 use crate::codec::{decode_trusted, Crdt};
 use crate::json::decimal;
@@ -33,7 +34,8 @@ pub fn parse(text: Option<String>) -> Authorities {
 /// `delta` carries plain columns) writes an authority column it may not. An
 /// insert's row op may carry such a column as NULL or its constant
 /// default: rows can be created anywhere. On a `removes_only` column only
-/// a delta that removes is the authority's ([`removes`]).
+/// a delta that removes is the authority's ([`removes`]). This is the rule
+/// for nodes' ops; a client's are held to [`client_violation`].
 pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> bool {
     violation(auth, column, actor, delta).is_some()
 }
