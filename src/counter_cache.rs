@@ -1,14 +1,19 @@
 //! A shared-memory copy of each database's last op counter (when converge
 //! is preloaded), so taking a counter reads no index.
 //!
-//! Only a backend holding the op-counter lock of its database (see
-//! `local_ops::take_counters`) reads or writes its database's entry, and
-//! the lock is held to the end of the transaction that took the counters.
-//! An entry is therefore exact while it is set: a transaction that took
-//! counters and then aborts (or whose subtransaction aborts) clears it
-//! from its abort callback, which runs before its locks are released, and
-//! the next taker reads the log again. A server crash resets shared memory.
-//! Without preloading there is no cache and every take reads the log.
+//! Only a backend that holds the right to take counters of its database
+//! reads or writes its database's entry: the op-counter lock in its
+//! exclusive mode, held to the end of the transaction
+//! (`local_ops::take_counters`), or at a commit the lock in its shared
+//! mode and this database's commit order, an LWLock held until the commit
+//! is visible (`local_ops::enter_order`, commit_ops.rs). The two exclude
+//! each other. An entry is therefore exact while it is set: a transaction
+//! that took counters in the exclusive mode and then aborts (or whose
+//! subtransaction aborts) clears it from its abort callback, which runs
+//! before its locks are released; a commit in the order writes it only
+//! once it is visible (`store`). The next taker reads the log again. A
+//! server crash resets shared memory. Without preloading there is no
+//! cache, no commit order, and every take reads the log.
 
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
@@ -47,6 +52,21 @@ unsafe impl PGRXSharedMemory for Counters {}
 
 static COUNTERS: PgLwLock<Counters> = unsafe { PgLwLock::new(c"converge_op_counters") };
 static READY: AtomicBool = AtomicBool::new(false);
+/// The order of this node's commits that take counters at PRE_COMMIT
+/// (commit_ops.rs): LWLocks, which the next waiter takes as it runs, one
+/// per database (of `ORDER_LOCKS`, by its oid).
+struct OrderLocks;
+const ORDER_LOCKS: u32 = 16;
+static ORDER: OrderLocks = OrderLocks;
+const ORDER_NAME: &std::ffi::CStr = c"converge_op_order";
+
+impl pgrx::shmem::PgSharedMemoryInitialization for OrderLocks {
+    type Value = u64;
+    unsafe fn on_shmem_request(&'static self) {
+        unsafe { pg_sys::RequestNamedLWLockTranche(ORDER_NAME.as_ptr(), ORDER_LOCKS as i32) };
+    }
+    unsafe fn on_shmem_startup(&'static self, _value: u64) {}
+}
 
 thread_local! {
     /// This backend took counters in the current transaction.
@@ -59,6 +79,7 @@ thread_local! {
 pub fn init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(COUNTERS);
+        pg_shmem_init!(ORDER);
         READY.store(true, Ordering::Relaxed);
     }
 }
@@ -92,6 +113,41 @@ pub fn set(actor: &str, log: u64, last: i64) {
     }
     hook();
     TOOK.with(|t| t.set(true));
+    store(actor, log, last);
+}
+
+/// Whether converge is preloaded: the cache and the commit order exist.
+pub fn ready() -> bool {
+    READY.load(Ordering::Relaxed)
+}
+
+/// Take this database's commit order (only when `ready`). Held until
+/// `leave_order`, or until an abort releases every LWLock.
+pub fn enter_order() {
+    unsafe { pg_sys::LWLockAcquire(order_lock(), pg_sys::LWLockMode::LW_EXCLUSIVE) };
+}
+
+/// Release the commit order taken by `enter_order`. (Held unless
+/// something inside the commit released every LWLock, such as a
+/// subtransaction that another extension's commit callback rolled back;
+/// releasing it again would fail inside the commit.)
+pub fn leave_order() {
+    unsafe {
+        let lock = order_lock();
+        if pg_sys::LWLockHeldByMe(lock) {
+            pg_sys::LWLockRelease(lock);
+        }
+    }
+}
+
+fn order_lock() -> *mut pg_sys::LWLock {
+    unsafe { &raw mut (*pg_sys::GetNamedLWLockTranche(ORDER_NAME.as_ptr()).add((db() % ORDER_LOCKS) as usize)).lock }
+}
+
+/// Record `last` as the last counter of `actor` in this database, by a
+/// commit that holds the commit order and the counter lock in its shared
+/// mode, now visible (nothing to forget on an abort: it has committed).
+pub fn store(actor: &str, log: u64, last: i64) {
     let (d, actor) = (db(), actor_hash(actor));
     let mut c = COUNTERS.exclusive();
     if let Some(s) = c.slots.iter_mut().find(|s| s.db == d) {

@@ -63,6 +63,28 @@ unsafe extern "C-unwind" fn at_commit(event: pg_sys::XactEvent::Type, _arg: *mut
     if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT || !ARMED.get() {
         return;
     }
+    make_async();
+}
+
+/// Called at PRE_COMMIT by a commit that has just taken the op counter
+/// (commit_ops.rs), whichever of the PRE_COMMIT callbacks runs first.
+pub fn flush_after_unlock_now() {
+    flush_after_unlock();
+    unsafe { make_async() };
+}
+
+/// Whether this commit will wait for synchronous standbys (which
+/// `make_async` leaves to PostgreSQL, with the counter lock held).
+pub fn commit_waits_for_standbys() -> bool {
+    let level = unsafe { pg_sys::synchronous_commit };
+    level > pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32 && waits_for_standbys(level)
+}
+
+/// Make this commit asynchronous (once), remembering the level it wanted.
+unsafe fn make_async() {
+    if WANTED.get().is_some() {
+        return;
+    }
     let level = pg_sys::synchronous_commit;
     if level <= pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as i32 || waits_for_standbys(level) {
         return;

@@ -33,6 +33,7 @@ mod actors;
 mod allocation;
 mod apply;
 mod coordination;
+mod commit_ops;
 mod counter_cache;
 mod direct;
 mod ddl;

@@ -1,14 +1,19 @@
 //! Recording this node's own ops: the op counter and the op rows.
 //!
 //! The counter is the highest counter of this node's ops in the log.
-//! Taking counters locks a converge-private lock tag until the transaction
-//! ends, so this node's ops commit in counter order and its counters have
-//! no gaps (a rolled-back transaction gives its counters back). Inside the
-//! lock the log is read with SnapshotSelf (every committed row and this
-//! transaction's own), so a REPEATABLE READ or SERIALIZABLE transaction
-//! never fails on it: the counter is not data a snapshot should see.
+//! Taking counters holds a converge-private lock tag until the transaction
+//! ends (in mid-transaction, `take_counters`: its exclusive mode; at a
+//! commit, `enter_order`: its shared mode and the database's commit order
+//! until the commit is visible), so this node's ops commit in counter
+//! order and its counters have no gaps (a rolled-back transaction gives
+//! its counters back). The ops of row changes wait for the commit
+//! (commit_ops.rs). Inside the lock the log is read with SnapshotSelf
+//! (every committed row and this transaction's own), so a REPEATABLE READ
+//! or SERIALIZABLE transaction never fails on it: the counter is not data
+//! a snapshot should see.
 
 use crate::direct::{attnum, int4, int8, relid, text, OpLog};
+use std::cell::RefCell;
 use std::ffi::CStr;
 use pgrx::prelude::*;
 
@@ -187,30 +192,70 @@ fn last_op_counter(actor: &str) -> i64 {
 
 /// Log the ops of one row change of this node: one op per changed column,
 /// with consecutive counters, each with its column's schema version.
-/// `key` is the row's key as a jsonb datum.
+/// `key` is the row's key as a jsonb datum. They enter the log at the
+/// commit (commit_ops.rs).
 pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versions: &[i32], epoch: i64, deltas: Vec<Vec<u8>>) {
-    let n = cols.len() as i64;
-    let last = take_counters(me, n);
-    let key = Some(key);
-    let deps = Vec::<String>::new().into_datum();
-    let mut log = OpLog::open();
-    for (i, ((col, delta), version)) in cols.iter().zip(deltas).zip(versions).enumerate() {
-        let counter = last - n + 1 + i as i64;
-        log.append(&[
-            ("op_id", text(&format!("{me}:{counter}"))),
-            ("actor", text(me)),
-            ("counter", int8(counter)),
-            ("target_table", text(table)),
-            ("target_key", key),
-            ("target_column", text(col)),
-            ("schema_version", int4(*version)),
-            ("epoch", int8(epoch)),
-            ("deps", deps),
-            ("delta", delta.into_datum()),
-            ("origin", text("local")),
-        ]);
+    crate::commit_ops::record(me, table, key, cols, versions, epoch, deltas);
+}
+
+thread_local! {
+    /// This commit holds the commit order: the last counter it took.
+    static IN_ORDER: RefCell<Option<(String, u64, i64)>> = const { RefCell::new(None) };
+}
+
+/// At PRE_COMMIT, before `take_order`: hold the counter lock in a shared
+/// mode (RowExclusiveLock, which the ExclusiveLock of `lock_counter`
+/// conflicts with and no other taker at commit does) to the end of the
+/// transaction. False: converge is not preloaded (no order; take counters
+/// with `take_counters`).
+pub fn enter_order() -> bool {
+    if !crate::counter_cache::ready() {
+        return false;
     }
-    log.close();
+    let frontier = relid(c"actor_frontier");
+    unsafe { pg_sys::LockDatabaseObject(pg_sys::RelationRelationId, frontier, 1, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+    true
+}
+
+/// Take the order's LWLock (after `enter_order`), until the commit is
+/// visible (`leave_order`).
+pub fn take_order() {
+    crate::counter_cache::enter_order();
+    IN_ORDER.with(|o| *o.borrow_mut() = Some((String::new(), log_identity(), 0)));
+}
+
+/// Reserve `n` consecutive op counters of `me` in the order held, and
+/// return the last.
+pub fn next_in_order(me: &str, n: i64) -> i64 {
+    IN_ORDER.with(|o| {
+        let mut o = o.borrow_mut();
+        let (actor, log, last) = o.as_mut().expect("the commit order is held");
+        let base = if actor == me {
+            *last
+        } else if actor.is_empty() {
+            crate::counter_cache::get(me, *log).unwrap_or_else(|| last_counter(me, View::Newest))
+        } else {
+            // Another actor earlier in this commit (a renamed node): the
+            // cache has neither's counters of this commit; the log has.
+            last_counter(me, View::Newest)
+        };
+        *actor = me.to_string();
+        *last = base + n;
+        *last
+    })
+}
+
+/// The commit is visible (`committed`): its last counter goes to the
+/// cache and the order to the next commit. Or it aborted, which released
+/// the order's LWLock already.
+pub fn leave_order(committed: bool) {
+    let Some((actor, log, last)) = IN_ORDER.with(|o| o.borrow_mut().take()) else { return };
+    if committed {
+        if !actor.is_empty() {
+            crate::counter_cache::store(&actor, log, last);
+        }
+        crate::counter_cache::leave_order();
+    }
 }
 
 /// Log one op of this node on converge's own state (the actor registry, a
@@ -230,6 +275,9 @@ pub fn log_control_op_with(
     epoch: i64,
     delta: impl FnOnce(i64) -> Vec<u8>,
 ) -> String {
+    // Ops that this transaction's triggers recorded first go first.
+    lock_counter();
+    crate::commit_ops::write_now();
     let counter = take_counters(me, 1);
     let op_id = format!("{me}:{counter}");
     let delta = delta(counter);

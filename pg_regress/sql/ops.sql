@@ -27,7 +27,7 @@ SELECT frontier();
 -- rolled-back savepoint: the next op continues the sequence, no gap.
 BEGIN;
 UPDATE incident SET visits = incr(visits, 1) WHERE id = 1;
-SET CONSTRAINTS ALL IMMEDIATE;   -- record the op now, inside the transaction
+SET CONSTRAINTS ALL IMMEDIATE;   -- the op trigger fires now; its op waits for the commit
 ROLLBACK;
 BEGIN;
 SAVEPOINT s;

@@ -161,6 +161,20 @@ fn op_counters_stay_gapless_through_rollbacks_savepoints_and_prepared_transactio
     )
     .unwrap();
     check(&mut c, "a rolled-back savepoint");
+    // An op recorded in a subtransaction waits for the commit with it: kept
+    // when the savepoint is released, dropped when its parent rolls back.
+    c.batch_execute(
+        "BEGIN; SAVEPOINT a; UPDATE t SET n = converge.incr(n, 1) WHERE id = 7; SET CONSTRAINTS ALL IMMEDIATE; RELEASE a; COMMIT;
+         BEGIN; SAVEPOINT a; SAVEPOINT b; UPDATE t SET n = converge.incr(n, 1) WHERE id = 8; SET CONSTRAINTS ALL IMMEDIATE;
+         RELEASE b; ROLLBACK TO a; COMMIT",
+    )
+    .unwrap();
+    check(&mut c, "released and rolled-back nested savepoints");
+    let logged: String = c
+        .query_one("SELECT string_agg(target_key ->> 'id', ',' ORDER BY counter) FROM converge.op_log WHERE actor = 'madrid'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, "1,2,4,7", "ops of the rows whose changes committed");
     c.batch_execute("BEGIN; UPDATE t SET n = converge.incr(n, 1) WHERE id = 5; PREPARE TRANSACTION 'p1'").unwrap();
     c.batch_execute("ROLLBACK PREPARED 'p1'").unwrap();
     c.batch_execute("UPDATE t SET n = converge.incr(n, 1) WHERE id = 5").unwrap();
@@ -191,6 +205,57 @@ fn op_counters_stay_gapless_through_rollbacks_savepoints_and_prepared_transactio
     }
     check(&mut c, "two concurrent writers with rollbacks");
     let ops: i64 = c.query_one("SELECT count(*) FROM converge.op_log WHERE actor = 'madrid'", &[]).unwrap().get(0);
-    assert_eq!(ops, 6 + 2 * 200, "every committed update and only those logged an op");
+    assert_eq!(ops, 7 + 2 * 200, "every committed update and only those logged an op");
+
+    // An op recorded before a savepoint in which a control op (an
+    // allocation) writes what waits: rolling the savepoint back leaves it
+    // waiting, and the commit logs it.
+    c.batch_execute("SELECT converge.set_allocator('tickets', 'madrid')").unwrap();
+    let before = ops_of(&mut c);
+    c.batch_execute(
+        "BEGIN; UPDATE t SET n = converge.incr(n, 1) WHERE id = 9; SET CONSTRAINTS ALL IMMEDIATE;
+         SAVEPOINT s; SELECT converge.allocate('tickets', 'k1'); ROLLBACK TO s; COMMIT",
+    )
+    .unwrap();
+    check(&mut c, "a control op in a rolled-back savepoint");
+    assert_eq!(ops_of(&mut c) - before, 1, "the update's op, not the allocation's");
+
+    // Transactions that take a counter in mid-transaction (an allocation)
+    // and write a replicated table, against two writers that record at
+    // their commits: every commit goes through (no wait the deadlock
+    // detector cannot see), counters stay gapless. (An allocating
+    // transaction that then updates a row another writer holds, while
+    // that writer waits at its commit for the counter, is a deadlock
+    // PostgreSQL detects: the client retries, as it would for any.)
+    let before = ops_of(&mut c);
+    let (done, finished) = std::sync::mpsc::channel();
+    for w in 0..3 {
+        let (info, done) = (node.conninfo(), done.clone());
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&info, postgres::NoTls).unwrap();
+            for i in 0..100 {
+                let id = 1 + (i * 7 + w * 13) % 50;
+                let sql = if w == 0 {
+                    format!("BEGIN; SELECT converge.allocate('tickets', 'w{i}'); UPDATE t SET n = converge.incr(n, 1) WHERE id = {id}; COMMIT")
+                } else {
+                    format!("UPDATE t SET n = converge.incr(n, 1) WHERE id = {id}")
+                };
+                while let Err(e) = c.batch_execute(&sql) {
+                    assert_eq!(e.code(), Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED), "{e}");
+                    c.batch_execute("ROLLBACK").unwrap();
+                }
+            }
+            done.send(()).unwrap();
+        });
+    }
+    for _ in 0..3 {
+        finished.recv_timeout(std::time::Duration::from_secs(120)).expect("writers still waiting after 120 s");
+    }
+    check(&mut c, "allocations and updates at once");
+    assert_eq!(ops_of(&mut c) - before, 100 + 300, "an allocation and an update per mixed transaction, an update per other");
+}
+
+fn ops_of(c: &mut postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM converge.op_log WHERE actor = 'madrid'", &[]).unwrap().get(0)
 }
 

@@ -1,0 +1,257 @@
+//! This node's ops that its triggers record wait for the transaction's
+//! commit, and take their counters there.
+//!
+//! Ops commit in counter order (local_ops.rs), so a transaction holds the
+//! order from the moment it takes counters until its commit is visible,
+//! and every other writer of the node waits. Taking them in the first
+//! deferred trigger that fired held the order across the rest of the
+//! commit's triggers (the user's among them), through PostgreSQL's
+//! heavyweight lock, which hands the lock to the next waiter while that
+//! waiter still has to be scheduled: at 8 clients on 2 cores replicated
+//! writes ran at a fifth of the plain update's rate (README, Benchmarks).
+//!
+//! So a small transaction's ops wait here (their keys copied into the
+//! transaction's memory) and at PRE_COMMIT, after every trigger, take
+//! consecutive counters and enter the log in the order they were recorded.
+//! When converge is preloaded the order is then held by
+//! `local_ops::enter_order`: the counter lock in a mode that only the
+//! takers in mid-transaction conflict with, taken first so that every
+//! wait for it is one the deadlock detector sees; the log opened; then a
+//! per-database LWLock, which waiters take as they run, held until the
+//! commit is visible (XACT_EVENT_COMMIT). Inside it: the log's inserts and
+//! the rest of the commit. The heavyweight path (the counter lock in its
+//! exclusive mode, as in mid-transaction) serves the rest: a transaction
+//! with more than `AT_ONCE_AFTER` ops, or that took a counter in
+//! mid-transaction, writes its ops as they are recorded from then on (its
+//! memory stays flat and it can be cancelled); and PREPARE TRANSACTION, a
+//! commit that waits for synchronous standbys, or a server where converge
+//! is not preloaded take the exclusive lock at the commit.
+//!
+//! Subtransactions: an op recorded in a subtransaction that rolls back is
+//! dropped; one written to the log inside a subtransaction younger than
+//! the one that recorded it (a control op in a savepoint writes what
+//! waits) is kept, and waits again if that subtransaction rolls back.
+
+use crate::direct::{int4, int8, text, OpLog};
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+
+/// Ops of a transaction past which they are written as they are recorded.
+const AT_ONCE_AFTER: usize = 64;
+
+/// One row change's ops, waiting for the commit.
+struct Waiting {
+    /// The subtransaction that recorded them.
+    sub: pg_sys::SubTransactionId,
+    /// The subtransaction that wrote them to the log, if one has.
+    written: Option<pg_sys::SubTransactionId>,
+    me: String,
+    table: String,
+    /// The key as a jsonb datum in the transaction's memory.
+    key: pg_sys::Datum,
+    cols: Vec<String>,
+    versions: Vec<i32>,
+    epoch: i64,
+    deltas: Vec<Vec<u8>>,
+}
+
+thread_local! {
+    static WAITING: RefCell<Vec<Waiting>> = const { RefCell::new(Vec::new()) };
+    /// This transaction writes its ops as they are recorded.
+    static AT_ONCE: Cell<bool> = const { Cell::new(false) };
+    static HOOKED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn current_sub() -> pg_sys::SubTransactionId {
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// Record the ops of one row change of this node for the commit: one op
+/// per changed column, each with its column's schema version. `key` is
+/// the row's key as a jsonb datum.
+pub fn record(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versions: &[i32], epoch: i64, deltas: Vec<Vec<u8>>) {
+    hook();
+    let key = unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
+        let copy = pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(key.cast_mut_ptr()));
+        pg_sys::MemoryContextSwitchTo(old);
+        copy
+    };
+    let w = Waiting {
+        sub: current_sub(),
+        written: None,
+        me: me.to_string(),
+        table: table.to_string(),
+        key,
+        cols: cols.to_vec(),
+        versions: versions.to_vec(),
+        epoch,
+        deltas,
+    };
+    let many = WAITING.with(|q| {
+        let mut q = q.borrow_mut();
+        q.push(w);
+        q.len() > AT_ONCE_AFTER
+    });
+    if many || AT_ONCE.get() {
+        crate::local_ops::hold_counter();
+        write_now();
+    }
+}
+
+/// Write the ops still waiting, with counters taken under the counter
+/// lock in its exclusive mode (the caller holds it; this transaction keeps
+/// it to its end), and write later ones as they are recorded.
+pub fn write_now() {
+    AT_ONCE.set(true);
+    let mut waiting = WAITING.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    if waiting.iter().any(|w| w.written.is_none()) {
+        let now = current_sub();
+        let mut log = OpLog::open();
+        for w in waiting.iter_mut().filter(|w| w.written.is_none()) {
+            let last = crate::local_ops::take_counters(&w.me, w.cols.len() as i64);
+            append(&mut log, w, last);
+            w.written = Some(now);
+        }
+        log.close();
+    }
+    // Written where they were recorded: a rollback takes both away.
+    waiting.retain(|w| w.written != Some(w.sub));
+    WAITING.with(|q| q.borrow_mut().extend(waiting));
+}
+
+/// At PRE_COMMIT: the waiting ops take their counters, in one stretch of
+/// the order, and enter the log.
+fn write_at_commit() {
+    let waiting: Vec<Waiting> = WAITING.with(|q| std::mem::take(&mut *q.borrow_mut())).into_iter().filter(|w| w.written.is_none()).collect();
+    if waiting.is_empty() {
+        return;
+    }
+    let ordered = !AT_ONCE.get() && !crate::durable::commit_waits_for_standbys() && crate::local_ops::enter_order();
+    // The log and its indexes are locked before the order's LWLock.
+    let mut log = OpLog::open();
+    if ordered {
+        crate::local_ops::take_order();
+    }
+    for w in &waiting {
+        let n = w.cols.len() as i64;
+        let last = if ordered { crate::local_ops::next_in_order(&w.me, n) } else { crate::local_ops::take_counters(&w.me, n) };
+        append(&mut log, w, last);
+    }
+    log.close();
+    // The commit's WAL flush waits for neither lock (durable.rs).
+    crate::durable::flush_after_unlock_now();
+}
+
+/// Log `w`'s ops with the counters ending at `last`.
+fn append(log: &mut OpLog, w: &Waiting, last: i64) {
+    let n = w.cols.len() as i64;
+    let deps = Vec::<String>::new().into_datum();
+    for (i, ((col, delta), version)) in w.cols.iter().zip(&w.deltas).zip(&w.versions).enumerate() {
+        let counter = last - n + 1 + i as i64;
+        log.append(&[
+            ("op_id", text(&format!("{}:{counter}", w.me))),
+            ("actor", text(&w.me)),
+            ("counter", int8(counter)),
+            ("target_table", text(&w.table)),
+            ("target_key", Some(w.key)),
+            ("target_column", text(col)),
+            ("schema_version", int4(*version)),
+            ("epoch", int8(w.epoch)),
+            ("deps", deps),
+            ("delta", delta.as_slice().into_datum()),
+            ("origin", text("local")),
+        ]);
+    }
+}
+
+/// Run `f` with an active snapshot: a COMMIT statement has none, and the
+/// first lookups of a session read the catalog through SPI.
+fn with_snapshot(f: impl FnOnce()) {
+    let push = unsafe { !pg_sys::ActiveSnapshotSet() };
+    if push {
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    }
+    f();
+    if push {
+        unsafe { pg_sys::PopActiveSnapshot() };
+    }
+}
+
+fn hook() {
+    if HOOKED.replace(true) {
+        return;
+    }
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+/// The transaction is over: nothing of it may wait on.
+fn reset() {
+    AT_ONCE.set(false);
+    let left = WAITING.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    if left.iter().any(|w| w.written.is_none()) {
+        pgrx::warning!("converge: {} ops recorded after the commit began were not logged", left.len());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT => with_snapshot(write_at_commit),
+        // Held to COMMIT PREPARED, from another session: the heavyweight lock.
+        XACT_EVENT_PRE_PREPARE => {
+            if WAITING.with(|q| q.borrow().iter().any(|w| w.written.is_none())) {
+                with_snapshot(|| {
+                    crate::local_ops::hold_counter();
+                    write_now();
+                });
+            }
+        }
+        XACT_EVENT_COMMIT => {
+            crate::local_ops::leave_order(true);
+            reset();
+        }
+        XACT_EVENT_PREPARE => reset(),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            WAITING.with(|q| q.borrow_mut().clear());
+            AT_ONCE.set(false);
+            crate::local_ops::leave_order(false);
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    WAITING.with(|q| {
+        let mut q = q.borrow_mut();
+        match event {
+            SUBXACT_EVENT_ABORT_SUB => {
+                q.retain(|w| w.sub != sub);
+                q.iter_mut().filter(|w| w.written == Some(sub)).for_each(|w| w.written = None);
+            }
+            SUBXACT_EVENT_COMMIT_SUB => {
+                for w in q.iter_mut() {
+                    if w.sub == sub {
+                        w.sub = parent;
+                    }
+                    if w.written == Some(sub) {
+                        w.written = Some(parent);
+                    }
+                }
+                q.retain(|w| w.written != Some(w.sub));
+            }
+            _ => {}
+        }
+    });
+}
