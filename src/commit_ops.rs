@@ -91,7 +91,7 @@ pub fn record(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versio
     let many = WAITING.with(|q| {
         let mut q = q.borrow_mut();
         q.push(w);
-        q.len() > AT_ONCE_AFTER
+        q.iter().filter(|w| w.written.is_none()).count() > AT_ONCE_AFTER
     });
     if many || AT_ONCE.get() {
         crate::local_ops::hold_counter();
@@ -103,21 +103,30 @@ pub fn record(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versio
 /// lock in its exclusive mode (the caller holds it; this transaction keeps
 /// it to its end), and write later ones as they are recorded.
 pub fn write_now() {
+    hook();
     AT_ONCE.set(true);
-    let mut waiting = WAITING.with(|q| std::mem::take(&mut *q.borrow_mut()));
-    if waiting.iter().any(|w| w.written.is_none()) {
+    // The list goes back even if an error (caught by a savepoint) stops
+    // the writing: ops of the outer transaction must not be lost with it.
+    struct Back(Vec<Waiting>);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            let mut waiting = std::mem::take(&mut self.0);
+            // Written where they were recorded: a rollback takes both away.
+            waiting.retain(|w| w.written != Some(w.sub));
+            WAITING.with(|q| q.borrow_mut().extend(waiting));
+        }
+    }
+    let mut back = Back(WAITING.with(|q| std::mem::take(&mut *q.borrow_mut())));
+    if back.0.iter().any(|w| w.written.is_none()) {
         let now = current_sub();
         let mut log = OpLog::open();
-        for w in waiting.iter_mut().filter(|w| w.written.is_none()) {
+        for w in back.0.iter_mut().filter(|w| w.written.is_none()) {
             let last = crate::local_ops::take_counters(&w.me, w.cols.len() as i64);
             append(&mut log, w, last);
             w.written = Some(now);
         }
         log.close();
     }
-    // Written where they were recorded: a rollback takes both away.
-    waiting.retain(|w| w.written != Some(w.sub));
-    WAITING.with(|q| q.borrow_mut().extend(waiting));
 }
 
 /// At PRE_COMMIT: the waiting ops take their counters, in one stretch of
@@ -128,9 +137,11 @@ fn write_at_commit() {
         return;
     }
     let ordered = !AT_ONCE.get() && !crate::durable::commit_waits_for_standbys() && crate::local_ops::enter_order();
-    // The log and its indexes are locked before the order's LWLock.
+    // The log, its indexes and sequence are locked before the order's
+    // LWLock (no wait inside it is one the deadlock detector sees).
     let mut log = OpLog::open();
     if ordered {
+        log.prepare();
         crate::local_ops::take_order();
     }
     for w in &waiting {
@@ -192,8 +203,9 @@ fn hook() {
 fn reset() {
     AT_ONCE.set(false);
     let left = WAITING.with(|q| std::mem::take(&mut *q.borrow_mut()));
-    if left.iter().any(|w| w.written.is_none()) {
-        pgrx::warning!("converge: {} ops recorded after the commit began were not logged", left.len());
+    let lost = left.iter().filter(|w| w.written.is_none()).count();
+    if lost > 0 {
+        pgrx::warning!("converge: {lost} row changes recorded after the commit began were not logged");
     }
 }
 

@@ -265,6 +265,14 @@ impl OpLog {
         OpLog { table: Table::open(c"op_log"), seq: relid(c"op_log_seq_seq"), now }
     }
 
+    /// Take now what the first `append` of a transaction would wait for:
+    /// the sequence's lock and the lookup of converge's owner (for a
+    /// caller about to hold a lock that no one may wait behind).
+    pub fn prepare(&self) {
+        unsafe { pg_sys::LockRelationOid(self.seq, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+        crate::security::as_owner_id(|| ());
+    }
+
     /// One applied op; `envelope` names op_id, actor, counter, target_*,
     /// schema_version, epoch, deps, delta, signature and origin.
     pub fn append(&mut self, envelope: &[(&str, Option<pg_sys::Datum>)]) {

@@ -211,6 +211,10 @@ fn op_counters_stay_gapless_through_rollbacks_savepoints_and_prepared_transactio
     // allocation) writes what waits: rolling the savepoint back leaves it
     // waiting, and the commit logs it.
     c.batch_execute("SELECT converge.set_allocator('tickets', 'madrid')").unwrap();
+    // A counter taken in mid-transaction (an allocation), then a rollback.
+    c.batch_execute("BEGIN; SELECT converge.allocate('tickets', 'rolled back'); ROLLBACK").unwrap();
+    c.batch_execute("UPDATE t SET n = converge.incr(n, 1) WHERE id = 10").unwrap();
+    check(&mut c, "a rollback after an allocation took a counter");
     let before = ops_of(&mut c);
     c.batch_execute(
         "BEGIN; UPDATE t SET n = converge.incr(n, 1) WHERE id = 9; SET CONSTRAINTS ALL IMMEDIATE;
@@ -248,6 +252,7 @@ fn op_counters_stay_gapless_through_rollbacks_savepoints_and_prepared_transactio
             done.send(()).unwrap();
         });
     }
+    drop(done); // a writer that panics ends the wait below at once
     for _ in 0..3 {
         finished.recv_timeout(std::time::Duration::from_secs(120)).expect("writers still waiting after 120 s");
     }
