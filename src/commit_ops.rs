@@ -121,8 +121,7 @@ pub fn write_now() {
         let now = current_sub();
         let mut log = OpLog::open();
         for w in back.0.iter_mut().filter(|w| w.written.is_none()) {
-            let last = crate::local_ops::take_counters(&w.me, w.cols.len() as i64);
-            append(&mut log, w, last);
+            append(&mut log, w, crate::local_ops::take_counters);
             w.written = Some(now);
         }
         log.close();
@@ -144,19 +143,20 @@ fn write_at_commit() {
         log.prepare();
         crate::local_ops::take_order();
     }
+    let take: fn(&str, i64) -> i64 = if ordered { crate::local_ops::next_in_order } else { crate::local_ops::take_counters };
     for w in &waiting {
-        let n = w.cols.len() as i64;
-        let last = if ordered { crate::local_ops::next_in_order(&w.me, n) } else { crate::local_ops::take_counters(&w.me, n) };
-        append(&mut log, w, last);
+        append(&mut log, w, take);
     }
     log.close();
     // The commit's WAL flush waits for neither lock (durable.rs).
     crate::durable::flush_after_unlock_now();
 }
 
-/// Log `w`'s ops with the counters ending at `last`.
-fn append(log: &mut OpLog, w: &Waiting, last: i64) {
+/// Log `w`'s ops with consecutive counters, the last of which
+/// `take(actor, count)` gives.
+fn append(log: &mut OpLog, w: &Waiting, take: fn(&str, i64) -> i64) {
     let n = w.cols.len() as i64;
+    let last = take(&w.me, n);
     let deps = Vec::<String>::new().into_datum();
     for (i, ((col, delta), version)) in w.cols.iter().zip(&w.deltas).zip(&w.versions).enumerate() {
         let counter = last - n + 1 + i as i64;

@@ -19,7 +19,10 @@ pub fn authority_error(auth: &Authorities, column: &str, actor: &str, delta: &[u
     if violation(auth, column, actor, delta).is_some() {
         return Some("not_authority".into());
     }
-    let (col, _) = client_violation(auth, column, actor, delta).filter(|_| !from_peer)?;
+    if from_peer {
+        return None;
+    }
+    let (col, _) = client_violation(auth, column, actor, delta)?;
     Some(format!("not_authority: a client's insert carries {col} only under a placeholder timestamp"))
 }
 
