@@ -21,8 +21,8 @@ CREATE VIEW converge.actors AS
 COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops with counters above signed_after must be signed with, and the counter after which it is revoked (NULL: not revoked).';
 GRANT SELECT ON converge.actors TO PUBLIC;
 
-CREATE FUNCTION converge.op_signing_bytes(o converge.op) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT converge.op_signing_bytes_of(converge.op_encode(o)) $$;
+CREATE FUNCTION converge.op_signing_bytes(op converge.op) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT converge.op_signing_bytes_of(converge.op_encode(op)) $$;
 COMMENT ON FUNCTION converge.op_signing_bytes(converge.op) IS 'The bytes an actor signs with its ed25519 key: a fixed domain tag and the op''s binary form without its signature. Sign the op as nodes log it: target_table schema-qualified, target_key with integer and boolean key columns as JSON numbers and booleans.';
 COMMENT ON FUNCTION converge.op_signing_bytes_of(bytea) IS 'Internal: the body of converge.op_signing_bytes (from the op''s binary form).';
 

@@ -8,6 +8,12 @@
 -- written from now on keep it.
 ALTER TABLE converge.row_state SET (fillfactor = 75);
 
+-- The buffered ops' table makes room for the view users read
+-- (converge.pending, with age; created at the end).
+ALTER TABLE converge.pending RENAME TO pending_ops;
+ALTER INDEX converge.pending_pkey RENAME TO pending_ops_pkey;
+COMMENT ON TABLE converge.pending_ops IS 'Ops buffered until the ops they depend on arrive; applied automatically then. Read them through converge.pending.';
+
 -- New functions of the library.
 CREATE FUNCTION converge."merge_deltas"(
 	"ty" TEXT,
@@ -133,13 +139,15 @@ CREATE TABLE converge.row_base (
 );
 COMMENT ON TABLE converge.row_base IS 'Per row and column: the merge of the deltas of every op that converge.compact() removed from the log (the base a row is rebuilt from).';
 
--- Cumulative counts that compaction must not reset (converge.stats adds
--- the rows still in the log).
-CREATE TABLE converge.compacted (
-    outcome text PRIMARY KEY,
-    ops     bigint NOT NULL DEFAULT 0
+-- What left the rows that converge.stats counts, so that its counters
+-- never fall (it adds these to what is still there): op_log rows that
+-- compaction removed, per outcome; applied ops that a repair, revocation
+-- or freeze took out (under applied); the traffic of removed peers.
+CREATE TABLE converge.retired (
+    counter text PRIMARY KEY,
+    total   bigint NOT NULL DEFAULT 0
 );
-COMMENT ON TABLE converge.compacted IS 'Per outcome, how many op_log rows converge.compact() has removed so far.';
+COMMENT ON TABLE converge.retired IS 'Per counter of converge.stats, what has left the rows it counts: op_log rows converge.compact() removed (per outcome), applied ops a repair, revocation or freeze took out (applied), and removed peers'' traffic (ops_shipped, bytes_shipped, ops_received, bytes_received).';
 
 CREATE TABLE converge.compactions (
     ran_at      timestamptz PRIMARY KEY DEFAULT clock_timestamp(),
@@ -154,7 +162,7 @@ CREATE TABLE converge.compactions (
 COMMENT ON TABLE converge.compactions IS 'One row per converge.compact() run: the stable frontier it used and what it removed.';
 
 SELECT pg_catalog.pg_extension_config_dump('converge.row_base', '');
-SELECT pg_catalog.pg_extension_config_dump('converge.compacted', '');
+SELECT pg_catalog.pg_extension_config_dump('converge.retired', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.compactions', '');
 
 -- The stable frontier: per actor, the highest counter that this node and
@@ -233,9 +241,9 @@ BEGIN
         SELECT g.actor, max(g.counter) FROM gone g WHERE g.outcome = 'applied' GROUP BY g.actor
             ON CONFLICT (actor) DO UPDATE SET upto = greatest(h.upto, EXCLUDED.upto)),
     counted AS (
-        INSERT INTO converge.compacted AS c (outcome, ops)
+        INSERT INTO converge.retired AS c (counter, total)
         SELECT g.outcome, count(*) FROM gone g GROUP BY g.outcome
-            ON CONFLICT (outcome) DO UPDATE SET ops = c.ops + EXCLUDED.ops)
+            ON CONFLICT (counter) DO UPDATE SET total = c.total + EXCLUDED.total)
     SELECT count(*) INTO n FROM gone;
 
     -- While a peer is lost, only the log and WAL are freed: its edits made
@@ -281,7 +289,7 @@ BEGIN
     WITH still AS (
         SELECT DISTINCT l.target_table, l.target_key FROM converge.op_log l WHERE l.outcome = 'applied'
         UNION
-        SELECT (q.op).target_table, (q.op).target_key FROM converge.pending q),
+        SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
@@ -385,10 +393,14 @@ CREATE VIEW converge.stats AS
                         count(DISTINCT op_id) FILTER (WHERE outcome = 'superseded') AS superseded,
                         count(*) AS rows
                    FROM converge.op_log),
-         gone AS (SELECT coalesce(sum(ops) FILTER (WHERE outcome = 'applied'), 0) AS applied,
-                         coalesce(sum(ops) FILTER (WHERE outcome = 'duplicate'), 0) AS duplicate,
-                         coalesce(sum(ops) FILTER (WHERE outcome = 'buffered'), 0) AS buffered
-                    FROM converge.compacted),
+         gone AS (SELECT coalesce(sum(total) FILTER (WHERE counter = 'applied'), 0) AS applied,
+                         coalesce(sum(total) FILTER (WHERE counter = 'duplicate'), 0) AS duplicate,
+                         coalesce(sum(total) FILTER (WHERE counter = 'buffered'), 0) AS buffered,
+                         coalesce(sum(total) FILTER (WHERE counter = 'ops_shipped'), 0) AS ops_shipped,
+                         coalesce(sum(total) FILTER (WHERE counter = 'bytes_shipped'), 0) AS bytes_shipped,
+                         coalesce(sum(total) FILTER (WHERE counter = 'ops_received'), 0) AS ops_received,
+                         coalesce(sum(total) FILTER (WHERE counter = 'bytes_received'), 0) AS bytes_received
+                    FROM converge.retired),
          peers AS (SELECT coalesce(sum(s.ops_shipped), 0) AS ops_shipped, coalesce(sum(s.bytes_shipped), 0) AS bytes_shipped,
                           coalesce(sum(s.ops_received), 0) AS ops_received, coalesce(sum(s.bytes_received), 0) AS bytes_received,
                           count(*) FILTER (WHERE s.lost_at IS NOT NULL) AS lost,
@@ -400,12 +412,14 @@ CREATE VIEW converge.stats AS
            log.rejected AS rejected,
            log.quarantined AS quarantined,
            log.superseded AS superseded,
-           peers.ops_shipped::bigint AS ops_shipped, peers.bytes_shipped::bigint AS bytes_shipped,
-           peers.ops_received::bigint AS ops_received, peers.bytes_received::bigint AS bytes_received,
+           (peers.ops_shipped + gone.ops_shipped)::bigint AS ops_shipped,
+           (peers.bytes_shipped + gone.bytes_shipped)::bigint AS bytes_shipped,
+           (peers.ops_received + gone.ops_received)::bigint AS ops_received,
+           (peers.bytes_received + gone.bytes_received)::bigint AS bytes_received,
            log.rows AS op_log_rows,
            pg_total_relation_size('converge.op_log') AS op_log_bytes,
-           (SELECT count(*) FROM converge.pending) AS pending,
-           extract(epoch FROM clock_timestamp() - (SELECT min(received_at) FROM converge.pending))::double precision
+           (SELECT count(*) FROM converge.pending_ops) AS pending,
+           extract(epoch FROM clock_timestamp() - (SELECT min(received_at) FROM converge.pending_ops))::double precision
                AS oldest_pending_age_seconds,
            coalesce(extract(epoch FROM clock_timestamp() - peers.oldest_report), 0)::double precision
                AS stable_frontier_age_seconds,
@@ -419,7 +433,9 @@ REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, tex
 COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset, mvreg or ormap column, and their bases, their stable form against each row''s base.';
 COMMENT ON FUNCTION converge.base_form(text, bytea, bytea) IS 'Internal (converge.compact): a row''s base (binary form of the named type) without what its stable ops removed, or NULL when it has nothing to drop or when an op still in the log (the third value: their deltas merged) would read differently on it.';
 COMMENT ON FUNCTION converge.stable_form(text, bytea, bytea) IS 'Internal (converge.compact): a value (binary form of the named type) without the metadata of what its stable ops (the second value: the row''s base) removed and nothing needs any more, or NULL when it has none.';
-REVOKE ALL ON converge.row_base, converge.compacted, converge.compactions FROM PUBLIC;
+REVOKE ALL ON converge.row_base, converge.retired FROM PUBLIC;
+-- The runs' log names no table and no value: monitoring reads it.
+GRANT SELECT ON converge.compactions TO PUBLIC;
 COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';
 
 -- >>> sql/coordination.sql (kept equal by .ci/sync-update-script)
@@ -536,7 +552,7 @@ DECLARE
     n  jsonb := to_jsonb(NEW);
     o  jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
 BEGIN
-    FOR a IN SELECT x.column_name, x.node, x.default_value FROM converge.authority x
+    FOR a IN SELECT x.column_name, x.node, x.default_value, x.decide FROM converge.authority x
               WHERE x.table_name = TG_RELID AND x.column_name <> '' AND NOT x.removes_only
                 AND x.node IS DISTINCT FROM me LOOP
         IF (TG_OP = 'UPDATE' AND (n -> a.column_name) IS DISTINCT FROM (o -> a.column_name))
@@ -545,7 +561,10 @@ BEGIN
             RAISE EXCEPTION 'column "%" of % is decided by node "%"', a.column_name, TG_RELID::regclass, a.node
                 USING ERRCODE = '42501',
                       HINT = CASE WHEN (SELECT r.crdt_columns ? a.column_name FROM converge.replicated r WHERE r.table_name = TG_RELID)
-                                  THEN format('Change it on node "%s".', a.node)
+                                  THEN format('Change it on node "%s"%s.', a.node,
+                                              CASE WHEN a.decide IS NOT NULL  -- a request for a CRDT column needs one
+                                                   THEN format(', or ask node "%s" with converge.request(%L, key, %L, value), which its decide function decides',
+                                                               a.node, TG_RELID::regclass::text, a.column_name) ELSE '' END)
                                   ELSE format('Ask node "%s" with converge.request(%L, key, %L, value).', a.node,
                                               TG_RELID::regclass::text, a.column_name) END;
         END IF;
@@ -579,8 +598,8 @@ CREATE VIEW converge.actors AS
 COMMENT ON VIEW converge.actors IS 'Registered actors: the key each one''s ops with counters above signed_after must be signed with, and the counter after which it is revoked (NULL: not revoked).';
 GRANT SELECT ON converge.actors TO PUBLIC;
 
-CREATE FUNCTION converge.op_signing_bytes(o converge.op) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT converge.op_signing_bytes_of(converge.op_encode(o)) $$;
+CREATE FUNCTION converge.op_signing_bytes(op converge.op) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT converge.op_signing_bytes_of(converge.op_encode(op)) $$;
 COMMENT ON FUNCTION converge.op_signing_bytes(converge.op) IS 'The bytes an actor signs with its ed25519 key: a fixed domain tag and the op''s binary form without its signature. Sign the op as nodes log it: target_table schema-qualified, target_key with integer and boolean key columns as JSON numbers and booleans.';
 COMMENT ON FUNCTION converge.op_signing_bytes_of(bytea) IS 'Internal: the body of converge.op_signing_bytes (from the op''s binary form).';
 
@@ -1179,16 +1198,16 @@ BEGIN
     -- looked at (an array overlap, before the per-dep checks). Every pass
     -- but the last takes ops out of pending for good, so there are at most
     -- as many passes as ops pending now, plus one.
-    most := (SELECT count(*) FROM converge.pending) + 1;
+    most := (SELECT count(*) FROM converge.pending_ops) + 1;
     LOOP
-        IF NOT EXISTS (SELECT 1 FROM converge.pending) OR passes >= most THEN
+        IF NOT EXISTS (SELECT 1 FROM converge.pending_ops) OR passes >= most THEN
             RETURN;
         END IF;
         passes := passes + 1;
         touched := '{}';
         FOR p IN
             WITH ready AS (
-                DELETE FROM converge.pending q
+                DELETE FROM converge.pending_ops q
                  WHERE (last_pass IS NULL OR q.missing && last_pass)
                    AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
                    AND converge.may_write((q.op).target_table, (q.op).target_column)
@@ -1242,11 +1261,62 @@ COMMENT ON FUNCTION converge.delta(converge.ormap, converge.ormap) IS 'delta(new
 -- are never taken for a peer's (a peer's ops it refused are copied again
 -- from that peer: docs/operations.md, "Upgrades").
 UPDATE converge.op_log SET origin = 'v0.1.0 ' || origin WHERE origin LIKE 'peer:%' AND outcome <> 'applied';
-UPDATE converge.pending SET origin = 'v0.1.0 ' || origin WHERE origin LIKE 'peer:%';
+UPDATE converge.pending_ops SET origin = 'v0.1.0 ' || origin WHERE origin LIKE 'peer:%';
 CREATE OR REPLACE FUNCTION converge.replay(replay_op_id text)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'replay_wrapper';
 COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key or an added column). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
+
+-- Buffered ops with their age, readable per table (sql/ops.sql, sql/finalize.sql).
+CREATE VIEW converge.pending WITH (security_invoker = true) AS
+    SELECT q.op_id, (q.op).actor, (q.op).target_table, (q.op).target_key, (q.op).target_column,
+           q.missing, q.origin, q.received_at, clock_timestamp() - q.received_at AS age, q.op
+      FROM converge.pending_ops q;
+COMMENT ON VIEW converge.pending IS 'Ops buffered until the ops they depend on (missing) arrive, with how long each has waited (age); applied automatically then. Each role sees those of the tables it may SELECT.';
+ALTER TABLE converge.pending_ops ENABLE ROW LEVEL SECURITY;
+CREATE POLICY pending_ops_readable ON converge.pending_ops FOR SELECT USING (converge.may_read((op).target_table));
+GRANT SELECT ON converge.pending_ops, converge.pending TO PUBLIC;
+
+-- op_outcomes counts by the reason's code (sql/ops.sql).
+CREATE OR REPLACE VIEW converge.op_outcomes AS
+    SELECT outcome,
+           CASE outcome WHEN 'applied' THEN NULL WHEN 'superseded' THEN 'repair'
+                        ELSE substring(reason FROM '^[a-z_]+') END AS reason,
+           count(*) AS ops
+      FROM converge.op_log GROUP BY 1, 2;
+COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
+
+-- TRUNCATE fires no row trigger: the rows would go here and stay on every
+-- other node, with their row states still live here. converge.replicate
+-- puts this statement trigger on each table it marks.
+CREATE FUNCTION converge.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'cannot truncate replicated table %', TG_RELID::regclass
+        USING ERRCODE = '0A000',
+              DETAIL = 'TRUNCATE records no ops: the rows would be gone on this node only.',
+              HINT = format('DELETE FROM %s deletes them on every node.', TG_RELID::regclass);
+END $$;
+COMMENT ON FUNCTION converge.refuse_truncate() IS 'Trigger of replicated tables (BEFORE TRUNCATE): TRUNCATE records no ops, so it is refused with 0A000; DELETE deletes rows on every node.';
+DO $$
+DECLARE t regclass;
+BEGIN
+    FOR t IN SELECT r.table_name FROM converge.replicated r LOOP
+        EXECUTE format('CREATE TRIGGER converge_no_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT
+                        EXECUTE FUNCTION converge.refuse_truncate()', t);
+    END LOOP;
+END $$;
+
+COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log, pending_ops and requests): whether the acting role may SELECT the table an op targets, with no row security of that table applying to it (peer roles read every op).';
+
+-- Without the worker, wait_for_peers connects to the peers with their
+-- stored credentials (sql/replication.sql).
+REVOKE ALL ON FUNCTION converge.wait_for_peers(interval) FROM PUBLIC;
+
+-- A NULL table or role gives NULL, not an error about a table named "t"
+-- or a NOT NULL violation.
+ALTER FUNCTION converge.snapshot(regclass) STRICT;
+ALTER FUNCTION converge.grant_peer(regrole) STRICT;
 
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.

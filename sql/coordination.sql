@@ -111,7 +111,7 @@ DECLARE
     n  jsonb := to_jsonb(NEW);
     o  jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
 BEGIN
-    FOR a IN SELECT x.column_name, x.node, x.default_value FROM converge.authority x
+    FOR a IN SELECT x.column_name, x.node, x.default_value, x.decide FROM converge.authority x
               WHERE x.table_name = TG_RELID AND x.column_name <> '' AND NOT x.removes_only
                 AND x.node IS DISTINCT FROM me LOOP
         IF (TG_OP = 'UPDATE' AND (n -> a.column_name) IS DISTINCT FROM (o -> a.column_name))
@@ -120,7 +120,10 @@ BEGIN
             RAISE EXCEPTION 'column "%" of % is decided by node "%"', a.column_name, TG_RELID::regclass, a.node
                 USING ERRCODE = '42501',
                       HINT = CASE WHEN (SELECT r.crdt_columns ? a.column_name FROM converge.replicated r WHERE r.table_name = TG_RELID)
-                                  THEN format('Change it on node "%s".', a.node)
+                                  THEN format('Change it on node "%s"%s.', a.node,
+                                              CASE WHEN a.decide IS NOT NULL  -- a request for a CRDT column needs one
+                                                   THEN format(', or ask node "%s" with converge.request(%L, key, %L, value), which its decide function decides',
+                                                               a.node, TG_RELID::regclass::text, a.column_name) ELSE '' END)
                                   ELSE format('Ask node "%s" with converge.request(%L, key, %L, value).', a.node,
                                               TG_RELID::regclass::text, a.column_name) END;
         END IF;

@@ -393,6 +393,10 @@ CREATE POLICY op_log_readable ON converge.op_log FOR SELECT USING (converge.may_
 GRANT SELECT ON converge.op_log TO PUBLIC;
 ALTER VIEW converge.quarantine SET (security_invoker = true);
 GRANT SELECT ON converge.quarantine TO PUBLIC;
+-- Buffered ops, the same way.
+ALTER TABLE converge.pending_ops ENABLE ROW LEVEL SECURITY;
+CREATE POLICY pending_ops_readable ON converge.pending_ops FOR SELECT USING (converge.may_read((op).target_table));
+GRANT SELECT ON converge.pending_ops, converge.pending TO PUBLIC;
 -- Administration and internal steps: not for PUBLIC.
 REVOKE ALL ON FUNCTION converge.set_node(text), converge.start_worker(), converge.retry_pending(),
     converge.replicate_layout(regclass), converge.forget_layout(oid) FROM PUBLIC;
@@ -400,7 +404,7 @@ REVOKE ALL ON FUNCTION converge.set_node(text), converge.start_worker(), converg
 -- retry_pending's passes only.
 REVOKE ALL ON FUNCTION converge.apply_ops(converge.op[], text, boolean) FROM PUBLIC;
 
-COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log): whether the acting role may SELECT the table an op targets.';
+COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log, pending_ops and requests): whether the acting role may SELECT the table an op targets, with no row security of that table applying to it (peer roles read every op).';
 COMMENT ON FUNCTION converge.may_write(text, text) IS 'Internal: whether the acting role may apply ops of a column to a table (INSERT and UPDATE; DELETE too for row ops).';
 COMMENT ON FUNCTION converge.applying() IS 'Internal: whether converge is merging changes that are already ops (the op trigger''s WHEN clause skips those rows).';
 COMMENT ON FUNCTION converge.acting_role() IS 'The role converge acts for: the caller of the current converge function, also inside converge''s internal steps.';

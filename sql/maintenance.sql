@@ -14,13 +14,15 @@ CREATE TABLE converge.row_base (
 );
 COMMENT ON TABLE converge.row_base IS 'Per row and column: the merge of the deltas of every op that converge.compact() removed from the log (the base a row is rebuilt from).';
 
--- Cumulative counts that compaction must not reset (converge.stats adds
--- the rows still in the log).
-CREATE TABLE converge.compacted (
-    outcome text PRIMARY KEY,
-    ops     bigint NOT NULL DEFAULT 0
+-- What left the rows that converge.stats counts, so that its counters
+-- never fall (it adds these to what is still there): op_log rows that
+-- compaction removed, per outcome; applied ops that a repair, revocation
+-- or freeze took out (under applied); the traffic of removed peers.
+CREATE TABLE converge.retired (
+    counter text PRIMARY KEY,
+    total   bigint NOT NULL DEFAULT 0
 );
-COMMENT ON TABLE converge.compacted IS 'Per outcome, how many op_log rows converge.compact() has removed so far.';
+COMMENT ON TABLE converge.retired IS 'Per counter of converge.stats, what has left the rows it counts: op_log rows converge.compact() removed (per outcome), applied ops a repair, revocation or freeze took out (applied), and removed peers'' traffic (ops_shipped, bytes_shipped, ops_received, bytes_received).';
 
 CREATE TABLE converge.compactions (
     ran_at      timestamptz PRIMARY KEY DEFAULT clock_timestamp(),
@@ -35,7 +37,7 @@ CREATE TABLE converge.compactions (
 COMMENT ON TABLE converge.compactions IS 'One row per converge.compact() run: the stable frontier it used and what it removed.';
 
 SELECT pg_catalog.pg_extension_config_dump('converge.row_base', '');
-SELECT pg_catalog.pg_extension_config_dump('converge.compacted', '');
+SELECT pg_catalog.pg_extension_config_dump('converge.retired', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.compactions', '');
 
 -- The stable frontier: per actor, the highest counter that this node and
@@ -114,9 +116,9 @@ BEGIN
         SELECT g.actor, max(g.counter) FROM gone g WHERE g.outcome = 'applied' GROUP BY g.actor
             ON CONFLICT (actor) DO UPDATE SET upto = greatest(h.upto, EXCLUDED.upto)),
     counted AS (
-        INSERT INTO converge.compacted AS c (outcome, ops)
+        INSERT INTO converge.retired AS c (counter, total)
         SELECT g.outcome, count(*) FROM gone g GROUP BY g.outcome
-            ON CONFLICT (outcome) DO UPDATE SET ops = c.ops + EXCLUDED.ops)
+            ON CONFLICT (counter) DO UPDATE SET total = c.total + EXCLUDED.total)
     SELECT count(*) INTO n FROM gone;
 
     -- While a peer is lost, only the log and WAL are freed: its edits made
@@ -162,7 +164,7 @@ BEGIN
     WITH still AS (
         SELECT DISTINCT l.target_table, l.target_key FROM converge.op_log l WHERE l.outcome = 'applied'
         UNION
-        SELECT (q.op).target_table, (q.op).target_key FROM converge.pending q),
+        SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
@@ -266,10 +268,14 @@ CREATE VIEW converge.stats AS
                         count(DISTINCT op_id) FILTER (WHERE outcome = 'superseded') AS superseded,
                         count(*) AS rows
                    FROM converge.op_log),
-         gone AS (SELECT coalesce(sum(ops) FILTER (WHERE outcome = 'applied'), 0) AS applied,
-                         coalesce(sum(ops) FILTER (WHERE outcome = 'duplicate'), 0) AS duplicate,
-                         coalesce(sum(ops) FILTER (WHERE outcome = 'buffered'), 0) AS buffered
-                    FROM converge.compacted),
+         gone AS (SELECT coalesce(sum(total) FILTER (WHERE counter = 'applied'), 0) AS applied,
+                         coalesce(sum(total) FILTER (WHERE counter = 'duplicate'), 0) AS duplicate,
+                         coalesce(sum(total) FILTER (WHERE counter = 'buffered'), 0) AS buffered,
+                         coalesce(sum(total) FILTER (WHERE counter = 'ops_shipped'), 0) AS ops_shipped,
+                         coalesce(sum(total) FILTER (WHERE counter = 'bytes_shipped'), 0) AS bytes_shipped,
+                         coalesce(sum(total) FILTER (WHERE counter = 'ops_received'), 0) AS ops_received,
+                         coalesce(sum(total) FILTER (WHERE counter = 'bytes_received'), 0) AS bytes_received
+                    FROM converge.retired),
          peers AS (SELECT coalesce(sum(s.ops_shipped), 0) AS ops_shipped, coalesce(sum(s.bytes_shipped), 0) AS bytes_shipped,
                           coalesce(sum(s.ops_received), 0) AS ops_received, coalesce(sum(s.bytes_received), 0) AS bytes_received,
                           count(*) FILTER (WHERE s.lost_at IS NOT NULL) AS lost,
@@ -281,12 +287,14 @@ CREATE VIEW converge.stats AS
            log.rejected AS rejected,
            log.quarantined AS quarantined,
            log.superseded AS superseded,
-           peers.ops_shipped::bigint AS ops_shipped, peers.bytes_shipped::bigint AS bytes_shipped,
-           peers.ops_received::bigint AS ops_received, peers.bytes_received::bigint AS bytes_received,
+           (peers.ops_shipped + gone.ops_shipped)::bigint AS ops_shipped,
+           (peers.bytes_shipped + gone.bytes_shipped)::bigint AS bytes_shipped,
+           (peers.ops_received + gone.ops_received)::bigint AS ops_received,
+           (peers.bytes_received + gone.bytes_received)::bigint AS bytes_received,
            log.rows AS op_log_rows,
            pg_total_relation_size('converge.op_log') AS op_log_bytes,
-           (SELECT count(*) FROM converge.pending) AS pending,
-           extract(epoch FROM clock_timestamp() - (SELECT min(received_at) FROM converge.pending))::double precision
+           (SELECT count(*) FROM converge.pending_ops) AS pending,
+           extract(epoch FROM clock_timestamp() - (SELECT min(received_at) FROM converge.pending_ops))::double precision
                AS oldest_pending_age_seconds,
            coalesce(extract(epoch FROM clock_timestamp() - peers.oldest_report), 0)::double precision
                AS stable_frontier_age_seconds,
@@ -300,5 +308,7 @@ REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, tex
 COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset, mvreg or ormap column, and their bases, their stable form against each row''s base.';
 COMMENT ON FUNCTION converge.base_form(text, bytea, bytea) IS 'Internal (converge.compact): a row''s base (binary form of the named type) without what its stable ops removed, or NULL when it has nothing to drop or when an op still in the log (the third value: their deltas merged) would read differently on it.';
 COMMENT ON FUNCTION converge.stable_form(text, bytea, bytea) IS 'Internal (converge.compact): a value (binary form of the named type) without the metadata of what its stable ops (the second value: the row''s base) removed and nothing needs any more, or NULL when it has none.';
-REVOKE ALL ON converge.row_base, converge.compacted, converge.compactions FROM PUBLIC;
+REVOKE ALL ON converge.row_base, converge.retired FROM PUBLIC;
+-- The runs' log names no table and no value: monitoring reads it.
+GRANT SELECT ON converge.compactions TO PUBLIC;
 COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';

@@ -78,14 +78,22 @@ CREATE UNIQUE INDEX op_log_applied_once ON converge.op_log (actor, counter) WHER
 CREATE INDEX op_log_problems ON converge.op_log (op_id) WHERE outcome IN ('rejected', 'quarantined');
 COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair: reason names it).';
 
-CREATE TABLE converge.pending (
+CREATE TABLE converge.pending_ops (
     op_id       text PRIMARY KEY,
     op          converge.op NOT NULL,
     missing     text[] NOT NULL,
     origin      text NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE converge.pending IS 'Ops buffered until the ops they depend on arrive; applied automatically then.';
+COMMENT ON TABLE converge.pending_ops IS 'Ops buffered until the ops they depend on arrive; applied automatically then. Read them through converge.pending.';
+-- What users read (SPEC section 6): the buffered ops with their age, each
+-- role those of the tables it may SELECT (row security of pending_ops,
+-- sql/finalize.sql).
+CREATE VIEW converge.pending WITH (security_invoker = true) AS
+    SELECT q.op_id, (q.op).actor, (q.op).target_table, (q.op).target_key, (q.op).target_column,
+           q.missing, q.origin, q.received_at, clock_timestamp() - q.received_at AS age, q.op
+      FROM converge.pending_ops q;
+COMMENT ON VIEW converge.pending IS 'Ops buffered until the ops they depend on (missing) arrive, with how long each has waited (age); applied automatically then. Each role sees those of the tables it may SELECT.';
 
 CREATE TABLE converge.actor_frontier (
     actor      text PRIMARY KEY,
@@ -105,14 +113,21 @@ COMMENT ON TABLE converge.log_horizon IS 'Per actor, up to which counter the log
 SELECT pg_catalog.pg_extension_config_dump('converge.replicated', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.op_log', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.op_log_seq_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('converge.pending', '');
+SELECT pg_catalog.pg_extension_config_dump('converge.pending_ops', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.actor_frontier', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.log_horizon', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.row_state', '');
 
+-- By the reason's code, not its text: a reason may name ops, columns or
+-- errors (missing phone1:2, not_authority: ..., a repair's op id), and a
+-- metrics exporter takes each distinct value for a series of its own.
 CREATE VIEW converge.op_outcomes AS
-    SELECT outcome, reason, count(*) AS ops FROM converge.op_log GROUP BY outcome, reason;
-COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and reason.';
+    SELECT outcome,
+           CASE outcome WHEN 'applied' THEN NULL WHEN 'superseded' THEN 'repair'
+                        ELSE substring(reason FROM '^[a-z_]+') END AS reason,
+           count(*) AS ops
+      FROM converge.op_log GROUP BY 1, 2;
+COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
 
 CREATE VIEW converge.quarantine AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
@@ -172,16 +187,16 @@ BEGIN
     -- looked at (an array overlap, before the per-dep checks). Every pass
     -- but the last takes ops out of pending for good, so there are at most
     -- as many passes as ops pending now, plus one.
-    most := (SELECT count(*) FROM converge.pending) + 1;
+    most := (SELECT count(*) FROM converge.pending_ops) + 1;
     LOOP
-        IF NOT EXISTS (SELECT 1 FROM converge.pending) OR passes >= most THEN
+        IF NOT EXISTS (SELECT 1 FROM converge.pending_ops) OR passes >= most THEN
             RETURN;
         END IF;
         passes := passes + 1;
         touched := '{}';
         FOR p IN
             WITH ready AS (
-                DELETE FROM converge.pending q
+                DELETE FROM converge.pending_ops q
                  WHERE (last_pass IS NULL OR q.missing && last_pass)
                    AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
                    AND converge.may_write((q.op).target_table, (q.op).target_column)
@@ -280,7 +295,7 @@ LANGUAGE sql STABLE AS $$ SELECT * FROM converge.changes_since(frontier, false) 
 COMMENT ON FUNCTION converge.changes_since(jsonb) IS 'changes_since(frontier, false): the applied ops a caller at this frontier lacks, in the form readers before 0.2.0 take (what the client crate pulls).';
 
 CREATE FUNCTION converge.snapshot(tbl regclass) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE STRICT AS $$
 DECLARE rows jsonb;
 BEGIN
     EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(t)), ''[]'') FROM %s t', tbl) INTO rows;

@@ -77,8 +77,21 @@ CREATE TABLE converge.peer_reader (
 );
 COMMENT ON TABLE converge.peer_reader IS 'Roles given converge.grant_peer: converge.replicate grants them SELECT on each table it marks.';
 
-CREATE FUNCTION converge.grant_peer(role regrole) RETURNS void
+-- TRUNCATE fires no row trigger: the rows would go here and stay on every
+-- other node, with their row states still live here. converge.replicate
+-- puts this statement trigger on each table it marks.
+CREATE FUNCTION converge.refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'cannot truncate replicated table %', TG_RELID::regclass
+        USING ERRCODE = '0A000',
+              DETAIL = 'TRUNCATE records no ops: the rows would be gone on this node only.',
+              HINT = format('DELETE FROM %s deletes them on every node.', TG_RELID::regclass);
+END $$;
+COMMENT ON FUNCTION converge.refuse_truncate() IS 'Trigger of replicated tables (BEFORE TRUNCATE): TRUNCATE records no ops, so it is refused with 0A000; DELETE deletes rows on every node.';
+
+CREATE FUNCTION converge.grant_peer(role regrole) RETURNS void
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, converge, pg_temp AS $$
 DECLARE t record;
 BEGIN
     INSERT INTO converge.peer_reader (role) VALUES (grant_peer.role) ON CONFLICT DO NOTHING;
@@ -95,6 +108,9 @@ REVOKE ALL ON converge.peer, converge.peer_status, converge.peer_reader FROM PUB
 REVOKE ALL ON FUNCTION converge.grant_peer(regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION converge.add_peer(text, text), converge.remove_peer(text), converge.sync(text),
                converge.pause_peer(text), converge.resume_peer(text) FROM PUBLIC;
+-- Without the worker it connects to the peers with their stored
+-- credentials to read their slots: administration too.
+REVOKE ALL ON FUNCTION converge.wait_for_peers(interval) FROM PUBLIC;
 
 
 COMMENT ON FUNCTION converge.add_peer(text, text) IS 'Connect to a peer: create our logical slot there (plugin converge) and its replication origin here, copy the ops it has that this node lacks, then pull continuously (background worker) or on converge.sync().';

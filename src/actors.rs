@@ -242,7 +242,7 @@ pub fn merge_registry_state(rows: Vec<(Option<String>, Option<String>, Option<St
 }
 
 thread_local! {
-    /// Readmitted ops go to converge.pending instead of being applied now.
+    /// Readmitted ops go to converge.pending_ops instead of being applied now.
     static PARKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -364,13 +364,13 @@ fn reevaluate(actor: &str) {
     }
 }
 
-/// Put ops in converge.pending with nothing missing: the next retry
+/// Put ops in converge.pending_ops with nothing missing: the next retry
 /// applies them (or buffers them again if their deps are not applied).
 fn park(ops: &[Op]) {
     let encoded: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
     crate::security::as_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO converge.pending (op_id, op, missing, origin)
+            "INSERT INTO converge.pending_ops (op_id, op, missing, origin)
              SELECT (x.o).op_id, x.o, '{}', 'reverify' FROM (SELECT converge.op_decode(b) AS o FROM unnest($1::bytea[]) b) x
                  ON CONFLICT DO NOTHING",
             &[encoded.into()],
@@ -379,11 +379,11 @@ fn park(ops: &[Op]) {
     .unwrap_or_else(|e| fail(e));
 }
 
-/// The ops of `actor` waiting in converge.pending, taken out of it.
+/// The ops of `actor` waiting in converge.pending_ops, taken out of it.
 fn take_pending(actor: &str) -> Vec<Op> {
     crate::security::as_owner(|| {
         Spi::connect_mut(|c| {
-            c.update("DELETE FROM converge.pending q WHERE (q.op).actor = $1 RETURNING converge.op_encode(q.op)", None, &[actor.into()])?
+            c.update("DELETE FROM converge.pending_ops q WHERE (q.op).actor = $1 RETURNING converge.op_encode(q.op)", None, &[actor.into()])?
                 .filter_map(|r| r.get::<Vec<u8>>(1).transpose())
                 .map(|b| b.map(|b| Op::decode(&b).unwrap_or_else(|e| fail(e.message))))
                 .collect::<Result<Vec<Op>, _>>()
@@ -489,7 +489,9 @@ fn raise_hint_55000(actor: &str) -> ! {
 /// above `after` (default: the highest counter of it applied here) are
 /// rejected with `revoked` on every node, also those applied already.
 #[pg_extern(volatile, parallel_unsafe)]
-fn revoke_actor(actor: &str, after: default!(Option<i64>, "NULL")) -> String {
+fn revoke_actor(actor: Option<&str>, after: default!(Option<i64>, "NULL")) -> String {
+    // Not STRICT (after is optional), so a NULL actor reaches here.
+    let actor = crate::errors::required(actor, "actor");
     check_not_node(actor);
     let after = after.unwrap_or_else(|| {
         crate::security::as_owner(|| {

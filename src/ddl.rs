@@ -246,6 +246,12 @@ fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
                       WHERE o.object_type OPERATOR(pg_catalog.=) 'table' AND x.{column} OPERATOR(pg_catalog.=) o.objid"
                 ))?;
             }
+            // Row bases go by the table's name, which a later table may take.
+            Spi::run(
+                "DELETE FROM converge.row_base x USING pg_catalog.pg_event_trigger_dropped_objects() o
+                  WHERE o.object_type OPERATOR(pg_catalog.=) 'table'
+                    AND x.target_table OPERATOR(pg_catalog.=) pg_catalog.format('%I.%I', o.schema_name, o.object_name)",
+            )?;
             Ok::<_, pgrx::spi::SpiError>(())
         })
     })

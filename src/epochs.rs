@@ -168,7 +168,7 @@ pub fn waiting_for(table: &str, key: &Value) -> Vec<(Vec<u8>, String)> {
     )
 }
 
-/// Put ops in converge.pending with nothing missing: the next retry
+/// Put ops in converge.pending_ops with nothing missing: the next retry
 /// applies them (within an apply, its own retry step does).
 fn to_pending(ops: &[(Vec<u8>, String)]) {
     if ops.is_empty() {
@@ -177,7 +177,7 @@ fn to_pending(ops: &[(Vec<u8>, String)]) {
     let (bytes, origins): (Vec<Vec<u8>>, Vec<String>) = ops.iter().cloned().unzip();
     crate::security::as_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO converge.pending (op_id, op, missing, origin)
+            "INSERT INTO converge.pending_ops (op_id, op, missing, origin)
              SELECT (o).op_id, o, '{}', u.origin
                FROM unnest($1::bytea[], $2::text[]) u(b, origin), converge.op_decode(u.b) o
              ON CONFLICT DO NOTHING",

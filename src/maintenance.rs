@@ -90,7 +90,9 @@ fn base_of<T: converge_core::Crdt>(ty: &str, base: &[u8], pending: Option<&[u8]>
 /// differently: a removal may be folded before the add it removed. NULL
 /// when the base stays as it is.
 #[pg_extern(immutable, parallel_safe)]
-fn base_form(ty: &str, base: &[u8], pending: Option<&[u8]>) -> Option<Vec<u8>> {
+fn base_form(ty: Option<&str>, base: Option<&[u8]>, pending: Option<&[u8]>) -> Option<Vec<u8>> {
+    // Not STRICT (pending may be NULL): no type or no base, nothing to drop.
+    let (ty, base) = (ty?, base?);
     for_crdt_type!(ty, T => base_of::<T>(ty, base, pending), _ => raise(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         format!("\"{ty}\" is not a converge type")

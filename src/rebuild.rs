@@ -33,9 +33,13 @@ pub fn exclude(ops: &[Excluded], outcome: &str) {
         return;
     }
     crate::security::as_owner(|| {
+        // converge.stats keeps counting them as applied (they were).
         Spi::run_with_args(
-            "UPDATE converge.op_log l SET outcome = $3, reason = u.reason
-               FROM unnest($1::int8[], $2::text[]) u(seq, reason) WHERE l.seq = u.seq AND l.outcome = 'applied'",
+            "WITH out AS (UPDATE converge.op_log l SET outcome = $3, reason = u.reason
+                            FROM unnest($1::int8[], $2::text[]) u(seq, reason) WHERE l.seq = u.seq AND l.outcome = 'applied'
+                          RETURNING 1)
+             INSERT INTO converge.retired AS r (counter, total) SELECT 'applied', count(*) FROM out HAVING count(*) > 0
+                 ON CONFLICT (counter) DO UPDATE SET total = r.total + EXCLUDED.total",
             &[
                 ops.iter().map(|o| o.seq).collect::<Vec<i64>>().into(),
                 ops.iter().map(|o| o.reason.clone()).collect::<Vec<String>>().into(),

@@ -1,7 +1,7 @@
 //! Two identities (SPEC section 7). Statements on a user's table run as the
 //! calling role, so its privileges, row security and the table's own
 //! triggers apply as for any write of that role. Statements on converge's
-//! internal tables (op_log, row_state, pending, actor_frontier, ...) run as
+//! internal tables (op_log, row_state, pending_ops, actor_frontier, ...) run as
 //! the role that owns them, through `as_owner`, with a fixed search_path:
 //! no role gets write access to them, and nothing a caller defines (a
 //! function or operator earlier in its search_path, a trigger) runs with
@@ -338,8 +338,10 @@ fn acting_role() -> pg_sys::Oid {
 
 /// Whether the acting role may read ops of `table` (a name as in an op):
 /// it may SELECT that table (converge.grant_peer grants that on every
-/// replicated table). Row security of converge.op_log uses it; it never
-/// raises, and a name it cannot resolve exactly is not readable.
+/// replicated table), and the table's row security does not apply to it
+/// (peer roles aside). Row security of converge.op_log, pending_ops and
+/// requests uses it; it never raises, and a name it cannot resolve
+/// exactly is not readable.
 #[pg_extern(stable, parallel_safe)]
 fn may_read(table: Option<&str>) -> bool {
     let Some(t) = table else { return true };
@@ -358,12 +360,38 @@ fn may_read(table: Option<&str>) -> bool {
     // roles read them (they read every replicated table's ops).
     if t == crate::requests::REQUEST || t == crate::requests::DECISION {
         let role = caller();
-        return unsafe { pg_sys::superuser_arg(role) } || is_peer_reader(role);
+        return unsafe { pg_sys::superuser_arg(role) } || is_peer_reader_now(role);
     }
-    match lookup(t) {
-        Some(rel) => has_rights(caller(), rel, &[SELECT]),
-        None => false,
+    let Some(rel) = lookup(t) else { return false };
+    let role = caller();
+    has_rights(role, rel, &[SELECT]) && (!rows_hidden_from(role, rel) || is_peer_reader_now(role))
+}
+
+thread_local! {
+    /// `is_peer_reader` of one role in one transaction: row security asks
+    /// it for each op row read.
+    static PEER_READER: std::cell::Cell<Option<(pg_sys::LocalTransactionId, pg_sys::Oid, bool)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// `is_peer_reader`, asked once per role and transaction.
+fn is_peer_reader_now(role: pg_sys::Oid) -> bool {
+    let lxid = unsafe { (*pg_sys::MyProc).lxid };
+    match PEER_READER.get() {
+        Some((x, r, answer)) if x == lxid && r == role => answer,
+        _ => {
+            let answer = is_peer_reader(role);
+            PEER_READER.set(Some((lxid, role, answer)));
+            answer
+        }
     }
+}
+
+/// Whether row security of `rel` applies to `role` (it may hide rows): an
+/// op names its row's key and carries its values, so such a role reads
+/// none of the table's ops. Peer roles read every op regardless.
+fn rows_hidden_from(role: pg_sys::Oid, rel: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::check_enable_rls(rel, role, true) == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 }
 }
 
 /// Whether `role` is (a member of) a role given converge.grant_peer.

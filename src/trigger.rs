@@ -328,23 +328,29 @@ fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
     use converge_core::authority::{removal, violation, Removal};
     let Some((name, a)) = violation(&meta.auth, column, me, delta) else { return };
     let node = &a.node;
+    let lit = |x: &str| x.replace('\'', "''");
+    // A request for a CRDT column needs a decide function (requests/mod.rs).
+    let ask = if crate::requests::decide::has_decide_function(&meta.name, name) {
+        format!(", or ask node \"{node}\" with converge.request('{}', key, '{}', value), which its decide function decides", lit(&meta.name), lit(name))
+    } else {
+        String::new()
+    };
     let (message, hint) = match (a.removes_only, removal(delta, me)) {
         // As the guard trigger says it. (`(true, None)` does not happen:
         // violation holds on a removes_only column only when removal does.)
         (false, _) | (true, None) => (
             format!("column \"{name}\" of {} is decided by node \"{node}\"", meta.name),
             if meta.crdt_types.contains_key(name) {
-                format!("Change it on node \"{node}\".")
+                format!("Change it on node \"{node}\"{ask}.")
             } else {
-                let lit = |x: &str| x.replace('\'', "''");
                 format!("Ask node \"{node}\" with converge.request('{}', key, '{}', value).", lit(&meta.name), lit(name))
             },
         ),
         (true, Some(Removal::Covers)) => (
             format!("removals from column \"{name}\" of {} are decided by node \"{node}\"", meta.name),
             match meta.crdt_types.get(name).map(String::as_str) {
-                Some("ormap") => format!("Adds, increments and assigns stay local everywhere; remove it on node \"{node}\"."),
-                _ => format!("Adds stay local everywhere; remove it on node \"{node}\"."),
+                Some("ormap") => format!("Adds, increments and assigns stay local everywhere; remove it on node \"{node}\"{ask}."),
+                _ => format!("Adds stay local everywhere; remove it on node \"{node}\"{ask}."),
             },
         ),
         // Copying elements made elsewhere would reuse their dots, which is
@@ -576,6 +582,17 @@ fn replicate_table(tbl: pg_sys::Oid) {
              DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
              WHEN (NOT converge.applying())
              EXECUTE FUNCTION converge.record_local_ops()"
+        ))
+        .unwrap_or_else(|e| err(e));
+    }
+    let refuses_truncate = crate::spi::read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = 'converge_no_truncate')",
+        &[tbl.into()],
+    );
+    if refuses_truncate != Some(true) {
+        Spi::run(&format!(
+            "CREATE TRIGGER converge_no_truncate BEFORE TRUNCATE ON {name} FOR EACH STATEMENT
+             EXECUTE FUNCTION converge.refuse_truncate()"
         ))
         .unwrap_or_else(|e| err(e));
     }

@@ -94,6 +94,12 @@ for node in madrid dublin; do
     diff "$DIR/before.$node" "$DIR/after.$node" || { echo "the update changed what up_$node holds"; exit 1; }
 done
 
+# A table replicated under the old version refuses TRUNCATE now, as one
+# replicated from now on does (it would record no ops).
+if out=$(pq "$PORT" -d up_madrid -c "TRUNCATE everything" 2>&1); then
+    echo "after the update, TRUNCATE of a table replicated under $OLD_VERSION worked"; exit 1
+fi
+grep -q "cannot truncate replicated table" <<<"$out" || { echo "TRUNCATE after the update failed otherwise: $out"; exit 1; }
 taken=$(pq "$PORT" -d up_madrid -Atc "SELECT dropped_columns FROM converge.replicated WHERE table_name = 'shrinking'::regclass")
 [ "$taken" = "{gone}" ] || { echo "after the update, shrinking's dropped columns are '$taken', not {gone}"; exit 1; }
 if pq "$PORT" -d up_madrid -c "ALTER TABLE shrinking ADD COLUMN gone int" 2>/dev/null; then

@@ -29,6 +29,7 @@ SELECT converge.register_actor('phone7', '\x010000000000000000000000000000000000
 SELECT converge.register_actor('faro', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c');
 SELECT converge.register_actor('no good', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c');
 SELECT converge.revoke_actor('phone8', -1);
+SELECT converge.revoke_actor(NULL);
 
 -- phone7 registers; the registration is an op of this node (it replicates).
 SELECT converge.register_actor('phone7', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c') AS op_id;
@@ -71,6 +72,10 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         '{"counts":{"phone7":5}}'::converge.gcounter::bytea,
         '\xcae6ff18528d3703c471c0407528263ccd4276d7efe584f28d496a0d92fd3bffca68d8145dee0a19fcab9233cf5b40abed1d0052cd6bd343c959bf8e433fa701')::converge.op]);
 SELECT id, note, converge.value(hits) AS hits FROM reading ORDER BY id;
+-- Its signature is checked before its delta is decoded: an unsigned op with
+-- bytes that are no gcounter is unsigned, not invalid_delta.
+SELECT op_id, outcome, reason FROM converge.apply(ROW('phone7:3', 'phone7', 'public.reading', '{"id":1}', 'hits', 1, 0, '{}',
+    '\x01020304', NULL)::converge.op);
 
 -- phone8 has no key: its ops need no signature. It counts, changes a
 -- note (with a clock far ahead, so it wins) and creates a row.

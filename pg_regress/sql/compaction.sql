@@ -31,6 +31,8 @@ SELECT octet_length(notes::bytea) AS notes_bytes FROM ticket WHERE id = 1 \gset
 -- compact() folds every applied op into the rows' bases and removes it; the
 -- rejected op stays (never dropped), and so do the values.
 SELECT ops_removed, bytes_after < bytes_before AS smaller FROM compact();
+-- (Its internal step takes NULL as nothing to drop, not an error.)
+SELECT converge.base_form(NULL, NULL, NULL) IS NULL AS nothing_to_drop;
 SELECT op_id, outcome, reason FROM op_log ORDER BY seq;
 SELECT id, title, elements(tags) AS tags, value(visits) AS visits, value(notes) AS notes FROM ticket ORDER BY id;
 SELECT * FROM log_horizon ORDER BY actor;
@@ -94,7 +96,10 @@ RESET ROLE;
 SELECT ops_removed FROM compact();
 SELECT values_compacted FROM compactions ORDER BY ran_at DESC LIMIT 1;
 SELECT elements(tags) FROM owned;
+SELECT count(*) AS bases FROM row_base WHERE target_table = 'public.owned';
 DROP TABLE owned;
+-- Its rows' bases go with it: a table made later under its name starts with none.
+SELECT count(*) AS bases FROM row_base WHERE target_table = 'public.owned';
 DROP OWNED BY cv_owner;
 DROP ROLE cv_owner;
 

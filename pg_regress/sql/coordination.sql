@@ -141,6 +141,13 @@ UPDATE incident SET tags = converge.remove(tags, 'sharps') WHERE id = 1;
 UPDATE incident SET tags = converge.remove(converge.add(tags, 'fresh'), 'fresh') WHERE id = 1;
 SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
 RESET ROLE;
+-- With a decide function there, the hint also names the request that asks
+-- virginia (a request for a CRDT column needs one).
+CREATE FUNCTION keep_tags(r converge.requests) RETURNS jsonb LANGUAGE sql AS $$ SELECT NULL::jsonb $$;
+SELECT converge.set_authority('incident', 'tags', 'virginia', 'keep_tags(converge.requests)', removes_only => true);
+UPDATE incident SET tags = converge.remove(tags, 'sharps') WHERE id = 1;
+SELECT converge.set_authority('incident', 'tags', 'virginia', removes_only => true);
+DROP FUNCTION keep_tags(converge.requests);
 -- Ops of other actors: phone1's add (tagged with phone1's own dot, as
 -- the client crate makes it) applies; its removal, made from the row as
 -- phone1 saw it, is not_authority, and so is an add whose context covers

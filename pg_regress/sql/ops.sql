@@ -119,6 +119,7 @@ SELECT * FROM changes_since('{"phone1":1}');
 SELECT count(*) FROM changes_since('{"phone1":2,"madrid":3}');
 DELETE FROM log_horizon;
 SELECT s -> 'frontier' AS frontier, jsonb_array_length(s -> 'rows') AS rows FROM (SELECT snapshot('incident') s) v;
+SELECT snapshot(NULL) IS NULL AS no_table_no_snapshot;
 
 -- A long chain arriving backwards: each op waits for the one before it,
 -- and the first one's arrival applies all 1 000 (pass after pass, not by

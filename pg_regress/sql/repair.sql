@@ -28,7 +28,14 @@ SELECT id, title, converge.value(n) AS n FROM task ORDER BY id;
 -- The repair: the title op is excluded, task 1 has its title back; the
 -- history keeps the op (superseded, naming the repair) and the repair with
 -- its reason.
+SELECT applied AS applied_before FROM converge.stats \gset
 SELECT converge.repair(ARRAY['phone1:1'], 'title typed into the wrong task') AS repair_id;
+-- converge.stats counts one more applied op, the repair's own: the op it
+-- took out was applied, and the counter never falls.
+SELECT applied - :applied_before AS applied_since FROM converge.stats;
+-- op_outcomes counts by the code of a reason: the repair's own text (on
+-- its applied op) and its op id (on the op it superseded) are not codes.
+SELECT outcome, reason FROM converge.op_outcomes WHERE outcome IN ('applied', 'superseded') ORDER BY 1;
 SELECT id, title, converge.value(n) AS n FROM task ORDER BY id;
 SELECT op_id, actor, target_table, outcome, reason FROM converge.op_log WHERE actor = 'phone1' OR target_table = 'converge.repair' ORDER BY seq;
 SELECT * FROM converge.superseded;

@@ -240,4 +240,8 @@ ROLLBACK TO keep;
 COMMIT;
 INSERT INTO meter (id) VALUES (2);
 SELECT id, elements(tags) AS tags FROM meter ORDER BY id;
+-- TRUNCATE records no ops (it fires no row trigger): refused, and nothing
+-- is gone. DELETE deletes on every node.
+TRUNCATE meter;
+SELECT count(*) FROM meter;
 DROP TABLE meter;

@@ -34,6 +34,12 @@ SELECT * FROM sec_seen;
 -- An op may not claim op ids of this node (or of a peer): rejected.
 SELECT * FROM apply(ROW('madrid:900000', 'madrid', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{}',
                         '{"counts":{"madrid":1}}'::gcounter::bytea, NULL)::op);
+-- An op waiting for another it depends on: this role sees it in
+-- converge.pending, with how long it has waited.
+SELECT * FROM apply(ROW('phone:9', 'phone', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{phone:8}',
+                        '{"counts":{"phone":12}}'::gcounter::bytea, NULL)::op);
+SELECT op_id, actor, target_table, target_key, missing, origin, age >= interval '0' AS waited FROM pending
+ WHERE target_table = 'public.sec_incident';
 -- Op recording is converge's to switch off, not a role's.
 \set VERBOSITY sqlstate
 SET converge.applying = on;
@@ -62,6 +68,7 @@ SELECT remove_peer('dublin');
 SELECT pause_peer('dublin');
 SELECT resume_peer('dublin');
 SELECT sync('dublin');
+SELECT wait_for_peers('1 second');
 SELECT grant_peer('cv_app');
 SELECT retry_pending();
 SELECT * FROM apply_ops('{}', 'client', false);
@@ -90,6 +97,8 @@ SELECT replicate('sec_incident');
 -- It sees no op of a table it may not read.
 SELECT count(*) FROM op_log WHERE target_table = 'public.sec_incident';
 SELECT count(*) FROM changes_since('{}') WHERE target_table = 'public.sec_incident';
+SELECT count(*) FROM pending WHERE target_table = 'public.sec_incident';
+SELECT count(*) FROM pending_ops WHERE (op).target_table = 'public.sec_incident';
 -- Nor through an operator of its own that makes the table's name match a
 -- table it owns: converge finds an op's table in the catalog directly.
 RESET ROLE;
@@ -111,6 +120,7 @@ SELECT count(*) FROM quarantine WHERE target_table IS NOT NULL;
 SELECT value(incr(NULL::gcounter, 2)), elements(add(NULL::orset, 'x'));
 SELECT count(*) >= 0 AS readable FROM peers;
 SELECT count(*) >= 0 AS readable FROM op_outcomes;
+SELECT count(*) >= 0 AS readable FROM compactions;
 RESET ROLE;
 -- Nothing of the refused call was recorded.
 SELECT count(*) FROM op_log WHERE op_id = 'phone:2';
@@ -125,6 +135,7 @@ RESET ROLE;
 -- The peer role: reads every replicated table's ops and snapshots, also of
 -- tables replicated later, and writes nothing.
 SELECT grant_peer('cv_peer');
+SELECT grant_peer(NULL) IS NULL AS no_role_nothing_granted;
 SET ROLE cv_peer;
 SELECT count(*) > 0 AS reads_ops FROM changes_since('{}') WHERE target_table = 'public.sec_incident';
 SELECT snapshot('sec_incident') -> 'rows' -> 0 ->> 'status' AS status;
@@ -232,9 +243,28 @@ DROP OPERATOR public.= (regclass, regclass);
 DROP FUNCTION public.regclass_eq(regclass, regclass);
 RESET ROLE;
 
+-- A role that may SELECT a table only through row security reads none of
+-- its ops: an op names its row's key and carries its values, also of rows
+-- the policy hides. The owner (not subject to the policy) reads them all.
+SET ROLE cv_app;
+CREATE TABLE sec_rls (id int PRIMARY KEY, who name, n gcounter);
+SELECT replicate('sec_rls');
+INSERT INTO sec_rls VALUES (1, 'cv_app', incr(NULL::gcounter, 1)), (2, 'cv_intruder', incr(NULL::gcounter, 2));
+ALTER TABLE sec_rls ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON sec_rls FOR SELECT USING (who = current_user);
+GRANT SELECT ON sec_rls TO cv_intruder;
+SELECT count(*) AS ops_the_owner_reads FROM op_log WHERE target_table = 'public.sec_rls';
+SET ROLE cv_intruder;
+SELECT id FROM sec_rls;
+SELECT count(*) FROM op_log WHERE target_table = 'public.sec_rls';
+SELECT count(*) FROM changes_since('{}') WHERE target_table = 'public.sec_rls';
+RESET ROLE;
+DROP TABLE sec_rls;
+
 -- Clean up (the roles are cluster-wide).
 DELETE FROM peer_reader WHERE role::text = 'cv_peer';
 DROP TABLE sec_incident, sec_later, sec_seen, sec_named;
+DELETE FROM converge.pending_ops WHERE op_id = 'phone:9';
 DROP OWNED BY cv_app, cv_intruder, cv_peer;
 DROP ROLE cv_app;
 DROP ROLE cv_intruder;

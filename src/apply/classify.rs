@@ -145,16 +145,20 @@ pub(super) fn classify(
             return;
         }
     }
+    // Authenticate first (SPEC section 3: signature, then revocation): a
+    // forged or revoked op is rejected as such, its delta never decoded.
+    if !registry.is_empty() {
+        it.bad = registry.refuse(&as_op(it)).map(String::from);
+    }
     let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
-    it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
+    if it.bad.is_none() {
+        it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
+    }
     if it.bad.is_none() && coltype == "row" {
         it.bad = live_error(it.delta.as_deref().unwrap_or_default());
     }
     if it.bad.is_none() {
         it.bad = crate::coordination::authority_error(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default(), from_peer);
-    }
-    if it.bad.is_none() && !registry.is_empty() {
-        it.bad = registry.refuse(&as_op(it)).map(String::from);
     }
     // A column's merge semantics are those of its schema version here: an
     // op made under another version is kept aside, not merged.

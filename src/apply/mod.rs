@@ -8,7 +8,7 @@
 //!
 //! The outcomes and reasons are those of SPEC section 3 and the pg_regress
 //! contract (`ops`): rejected, duplicate, buffered, applied, in that order,
-//! then whatever the batch unblocked in `converge.pending`.
+//! then whatever the batch unblocked in `converge.pending_ops`.
 
 use crate::errors::raise;
 use converge_core::{parse_op_id, Crdt};
@@ -410,7 +410,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
             Vec::new()
         } else {
             crate::spi::prepared(
-            "SELECT q.op_id FROM converge.pending q WHERE EXISTS (SELECT 1 FROM converge.pending) AND q.op_id = ANY ($1)",
+            "SELECT q.op_id FROM converge.pending_ops q WHERE EXISTS (SELECT 1 FROM converge.pending_ops) AND q.op_id = ANY ($1)",
             &[ids.clone().into()],
             |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
             )
@@ -477,7 +477,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         args.push(missing.iter().map(|m| Jb(serde_json::json!(m))).collect::<Vec<Jb>>().into());
         args.push(origin.clone().into());
         run(
-            "INSERT INTO converge.pending (op_id, op, missing, origin)
+            "INSERT INTO converge.pending_ops (op_id, op, missing, origin)
              SELECT u.op_id,
                     ROW(u.op_id, u.actor, u.tbl, u.key, u.col, u.ver, u.ep,
                         CASE WHEN u.deps IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(u.deps)) END,

@@ -1,13 +1,13 @@
-//! Ops that wait and the locks that order appliers: converge.pending
+//! Ops that wait and the locks that order appliers: converge.pending_ops
 //! (ops missing deps) and its retries, the op_id bucket locks, and client
 //! ops left for a transaction outside a peer's replication origin.
 
 use super::*;
 
-/// Whether converge.pending holds any op (a probe, no statement: most
+/// Whether converge.pending_ops holds any op (a probe, no statement: most
 /// batches find it empty and skip the statements that read it).
 pub(super) fn pending_any() -> bool {
-    crate::direct::any_row(c"pending", c"pending_pkey", None)
+    crate::direct::any_row(c"pending_ops", c"pending_ops_pkey", None)
 }
 
 /// Take the locks of the op_id buckets (64 per database, locks.rs),
@@ -51,7 +51,7 @@ pub(super) fn applying_trusted_sql() -> bool {
 
 thread_local! {
     /// A transaction under a peer's origin left ready ops that did not come
-    /// from a peer in converge.pending: the worker retries them right after
+    /// from a peer in converge.pending_ops: the worker retries them right after
     /// (take_deferred).
     static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -62,13 +62,13 @@ pub fn take_deferred() -> bool {
 }
 
 /// Note, under a peer's origin, that ops of clients (or readmitted ones)
-/// wait in converge.pending for a transaction of their own.
+/// wait in converge.pending_ops for a transaction of their own.
 pub fn note_deferred() {
     if !under_peer_origin() || !pending_any() {
         return;
     }
     let waiting = crate::spi::prepared(
-        "SELECT EXISTS (SELECT 1 FROM converge.pending q WHERE q.origin NOT LIKE 'peer:%'
+        "SELECT EXISTS (SELECT 1 FROM converge.pending_ops q WHERE q.origin NOT LIKE 'peer:%'
                           AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d)))",
         &[],
         |t| t.first().get_one::<bool>(),

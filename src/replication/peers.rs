@@ -320,7 +320,17 @@ fn remove_peer_now(name: &str) {
         Spi::run_with_args("SELECT pg_replication_origin_drop($1)", &[peer.origin.clone().into()])
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, e.to_string()));
     }
-    Spi::run_with_args("DELETE FROM converge.peer WHERE name = $1", &[name.into()])
+    // Its traffic stays in converge.stats' totals (they never fall).
+    Spi::run_with_args(
+        "WITH kept AS (INSERT INTO converge.retired AS r (counter, total)
+                       SELECT t.counter, t.total FROM converge.peer_status s,
+                              LATERAL (VALUES ('ops_shipped', s.ops_shipped), ('bytes_shipped', s.bytes_shipped),
+                                              ('ops_received', s.ops_received), ('bytes_received', s.bytes_received)) t(counter, total)
+                        WHERE s.name = $1 AND t.total > 0
+                           ON CONFLICT (counter) DO UPDATE SET total = r.total + EXCLUDED.total)
+         DELETE FROM converge.peer WHERE name = $1",
+        &[name.into()],
+    )
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
 }
 

@@ -178,6 +178,14 @@ pub(super) enum Decide {
     Missing,
 }
 
+/// Whether a request for column `col` of the table named `table` would be
+/// decided by a decide function (for the guards' hints: a request for a
+/// CRDT column needs one).
+pub(crate) fn has_decide_function(table: &str, col: &str) -> bool {
+    let rel = crate::spi::read_one::<pg_sys::Oid>("SELECT $1::regclass::oid", &[table.into()]);
+    rel.is_some_and(|rel| decide_function(rel, col) != Decide::AsProposed)
+}
+
 /// The decide function of a column (its own authority's, else the table's).
 pub(super) fn decide_function(rel: pg_sys::Oid, col: &str) -> Decide {
     let found = as_owner(|| {

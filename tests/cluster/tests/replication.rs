@@ -175,15 +175,21 @@ fn three_regions_converge_through_partition_kill9_and_long_outage() {
     }
     // (Each node holds the same applied ops: coordinated::check.)
 
-    // remove_peer leaves no slot or origin behind.
+    // remove_peer leaves no slot or origin behind, and converge.stats keeps
+    // the removed peers' traffic (its counters never fall).
+    let traffic = "SELECT ARRAY[ops_received, bytes_received, ops_shipped, bytes_shipped] FROM converge.stats";
+    let mut before = Vec::new();
     for n in &nodes {
         let mut c = n.client();
+        before.push(c.query_one(traffic, &[]).unwrap().get::<_, Vec<i64>>(0));
         for other in NAMES.iter().filter(|o| **o != n.name) {
             c.execute("SELECT converge.remove_peer($1)", &[other]).unwrap();
         }
     }
-    for n in &nodes {
+    for (n, before) in nodes.iter().zip(&before) {
         let mut c = n.client();
+        let after: Vec<i64> = c.query_one(traffic, &[]).unwrap().get(0);
+        assert!(before[0] > 0 && after.iter().zip(before).all(|(a, b)| a >= b), "traffic on {}: {before:?}, then {after:?}", n.name);
         let slots: i64 = c.query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
         let origins: i64 = c.query_one("SELECT count(*) FROM pg_replication_origin", &[]).unwrap().get(0);
         assert_eq!((slots, origins), (0, 0), "slots and origins left on {}", n.name);
