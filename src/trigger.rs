@@ -172,7 +172,10 @@ unsafe fn json_unchecked(typid: pg_sys::Oid) -> bool {
 /// after changing what it records).
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn forget_layout(tbl: pg_sys::Oid) {
-    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+    // (No such relation: no session caches it.)
+    if unsafe { pg_sys::get_rel_relkind(tbl) } != 0 {
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+    }
 }
 
 pub static APPLYING: pgrx::guc::GucSetting<bool> = pgrx::guc::GucSetting::<bool>::new(false);

@@ -31,8 +31,9 @@ SELECT octet_length(notes::bytea) AS notes_bytes FROM ticket WHERE id = 1 \gset
 -- compact() folds every applied op into the rows' bases and removes it; the
 -- rejected op stays (never dropped), and so do the values.
 SELECT ops_removed, bytes_after < bytes_before AS smaller FROM compact();
--- (Its internal step takes NULL as nothing to drop, not an error.)
+-- (Internal steps take what names nothing as nothing to do, not an error.)
 SELECT converge.base_form(NULL, NULL, NULL) IS NULL AS nothing_to_drop;
+SELECT converge.forget_layout(0);
 SELECT op_id, outcome, reason FROM op_log ORDER BY seq;
 SELECT id, title, elements(tags) AS tags, value(visits) AS visits, value(notes) AS notes FROM ticket ORDER BY id;
 SELECT * FROM log_horizon ORDER BY actor;
