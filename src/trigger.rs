@@ -531,6 +531,18 @@ fn resume(meta: &Meta, rel: pg_sys::Oid, key: &serde_json::Value, inserted: pg_s
     set_applying(false);
 }
 
+/// Run `create` (a CREATE TRIGGER) unless table `tbl` has a trigger named
+/// `trigger` already (replicate runs again on a replicated table).
+fn make_trigger(tbl: pg_sys::Oid, trigger: &str, create: &str) {
+    let exists = crate::spi::read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+        &[tbl.into(), trigger.into()],
+    );
+    if exists != Some(true) {
+        Spi::run(create).unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    }
+}
+
 /// `converge.replicate(t)`: only the table's owner may mark it. The layout
 /// is recorded as converge's owner; the trigger is created, and SELECT
 /// granted to the peer roles (converge.grant_peer), as the table's owner.
@@ -571,34 +583,26 @@ fn replicate_table(tbl: pg_sys::Oid) {
     if unguarded {
         crate::coordination::make_guard(tbl);
     }
-    let has_trigger = crate::spi::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = 'converge_record_ops')",
-        &[tbl.into()],
-    );
-    if has_trigger != Some(true) {
-        // The WHEN clause keeps converge.apply's own changes (already logged
-        // as the op being applied) from even queueing a trigger event.
-        // Deferred to commit: the node's op counter is locked from then to
-        // the end of commit only, not for the whole transaction.
-        Spi::run(&format!(
+    // The WHEN clause keeps converge.apply's own changes (already logged
+    // as the op being applied) from even queueing a trigger event.
+    // Deferred to commit: the node's op counter is locked from then to
+    // the end of commit only, not for the whole transaction.
+    make_trigger(
+        tbl,
+        "converge_record_ops",
+        &format!(
             "CREATE CONSTRAINT TRIGGER converge_record_ops AFTER INSERT OR UPDATE OR DELETE ON {name}
              DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
              WHEN (NOT converge.applying())
              EXECUTE FUNCTION converge.record_local_ops()"
-        ))
-        .unwrap_or_else(|e| err(e));
-    }
-    let refuses_truncate = crate::spi::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = 'converge_no_truncate')",
-        &[tbl.into()],
+        ),
     );
-    if refuses_truncate != Some(true) {
-        Spi::run(&format!(
-            "CREATE TRIGGER converge_no_truncate BEFORE TRUNCATE ON {name} FOR EACH STATEMENT
-             EXECUTE FUNCTION converge.refuse_truncate()"
-        ))
-        .unwrap_or_else(|e| err(e));
-    }
+    // TRUNCATE fires no row trigger: it would record nothing.
+    make_trigger(
+        tbl,
+        "converge_no_truncate",
+        &format!("CREATE TRIGGER converge_no_truncate BEFORE TRUNCATE ON {name} FOR EACH STATEMENT EXECUTE FUNCTION converge.refuse_truncate()"),
+    );
     for role in readers {
         Spi::run(&format!("GRANT SELECT ON {name} TO {role}")).unwrap_or_else(|e| err(e));
     }
