@@ -32,7 +32,7 @@
 //! the one that recorded it (a control op in a savepoint writes what
 //! waits) is kept, and waits again if that subtransaction rolls back.
 
-use crate::direct::{int4, int8, text, OpLog};
+use crate::direct::OpLog;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 
@@ -157,22 +157,9 @@ fn write_at_commit() {
 fn append(log: &mut OpLog, w: &Waiting, take: fn(&str, i64) -> i64) {
     let n = w.cols.len() as i64;
     let last = take(&w.me, n);
-    let deps = Vec::<String>::new().into_datum();
     for (i, ((col, delta), version)) in w.cols.iter().zip(&w.deltas).zip(&w.versions).enumerate() {
         let counter = last - n + 1 + i as i64;
-        log.append(&[
-            ("op_id", text(&format!("{}:{counter}", w.me))),
-            ("actor", text(&w.me)),
-            ("counter", int8(counter)),
-            ("target_table", text(&w.table)),
-            ("target_key", Some(w.key)),
-            ("target_column", text(col)),
-            ("schema_version", int4(*version)),
-            ("epoch", int8(w.epoch)),
-            ("deps", deps),
-            ("delta", delta.as_slice().into_datum()),
-            ("origin", text("local")),
-        ]);
+        crate::local_ops::append_local(log, &w.me, counter, &w.table, w.key, col, *version, w.epoch, delta);
     }
 }
 

@@ -190,12 +190,23 @@ fn last_op_counter(actor: &str) -> i64 {
 }
 
 
-/// Log the ops of one row change of this node: one op per changed column,
-/// with consecutive counters, each with its column's schema version.
-/// `key` is the row's key as a jsonb datum. They enter the log at the
-/// commit (commit_ops.rs).
-pub fn log_local_ops(me: &str, table: &str, key: pg_sys::Datum, cols: &[String], versions: &[i32], epoch: i64, deltas: Vec<Vec<u8>>) {
-    crate::commit_ops::record(me, table, key, cols, versions, epoch, deltas);
+/// Append one op of this node (`me`'s op `counter`) to the log: no deps,
+/// origin `local`. `key` is the row's key as a jsonb datum.
+#[allow(clippy::too_many_arguments)]
+pub fn append_local(log: &mut OpLog, me: &str, counter: i64, table: &str, key: pg_sys::Datum, column: &str, version: i32, epoch: i64, delta: &[u8]) {
+    log.append(&[
+        ("op_id", text(&format!("{me}:{counter}"))),
+        ("actor", text(me)),
+        ("counter", int8(counter)),
+        ("target_table", text(table)),
+        ("target_key", Some(key)),
+        ("target_column", text(column)),
+        ("schema_version", int4(version)),
+        ("epoch", int8(epoch)),
+        ("deps", Vec::<String>::new().into_datum()),
+        ("delta", delta.into_datum()),
+        ("origin", text("local")),
+    ]);
 }
 
 thread_local! {
@@ -283,19 +294,7 @@ pub fn log_control_op_with(
     let delta = delta(counter);
     crate::security::as_owner(|| {
         let mut log = OpLog::open();
-        log.append(&[
-            ("op_id", text(&op_id)),
-            ("actor", text(me)),
-            ("counter", int8(counter)),
-            ("target_table", text(table)),
-            ("target_key", Some(crate::jsonb::datum(&key))),
-            ("target_column", text(column)),
-            ("schema_version", int4(1)),
-            ("epoch", int8(epoch)),
-            ("deps", Vec::<String>::new().into_datum()),
-            ("delta", delta.into_datum()),
-            ("origin", text("local")),
-        ]);
+        append_local(&mut log, me, counter, table, crate::jsonb::datum(&key), column, 1, epoch, &delta);
         log.close();
     });
     op_id

@@ -164,7 +164,7 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
     if let Some(guard) = ch.guard {
         guard(&delta);
     }
-    crate::local_ops::log_local_ops(me, ch.table, key_datum, &[String::new()], &[ch.version], ch.epoch, vec![delta]);
+    crate::commit_ops::record(me, ch.table, key_datum, &[String::new()], &[ch.version], ch.epoch, vec![delta]);
     let live = ch.event != RowEvent::Delete;
     match locked {
         Some(entry) => crate::row_state::rewrite(&mut state, entry, ch.rel, key_datum, &clock, live, stash),

@@ -439,7 +439,7 @@ fn record_local_ops<'a>(
         if !cols.is_empty() {
             let key = crate::jsonb::datum(&key);
             let versions: Vec<i32> = cols.iter().map(|c| meta.versions.get(c).copied().unwrap_or(1)).collect();
-            crate::local_ops::log_local_ops(&me, &meta.name, key, &cols, &versions, epoch, deltas);
+            crate::commit_ops::record(&me, &meta.name, key, &cols, &versions, epoch, deltas);
         }
     }
     // The row itself: inserted, deleted, or a non-CRDT column changed.

@@ -468,7 +468,7 @@ fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, 
     }
     if !cols.is_empty() {
         let key_datum = JsonB(key.clone()).into_datum().expect("jsonb");
-        crate::local_ops::log_local_ops(me, &l.name, key_datum, &cols, &versions, epoch, deltas);
+        crate::commit_ops::record(me, &l.name, key_datum, &cols, &versions, epoch, deltas);
     }
 }
 
