@@ -13,6 +13,14 @@ CREATE TABLE converge.authority (
     -- A plain column's constant default as JSON: an INSERT elsewhere may
     -- carry it (rows can be created anywhere). NULL: only NULL may.
     default_value jsonb,
+    -- Moved by a handover (docs/coordination.md, "Moving an authority"):
+    -- the node's ops with a counter above `since` are the authority's
+    -- (NULL: handed over to it, not taken yet, so nobody holds it); and
+    -- the earlier holders' terms, [{node, after, until}], whose ops with
+    -- after < counter < until were. Every node applies the same handover
+    -- ops, so every node judges an op alike (src/coordination.rs).
+    since         bigint DEFAULT 0,
+    earlier       jsonb NOT NULL DEFAULT '[]',
     PRIMARY KEY (table_name, column_name)
 );
 COMMENT ON TABLE converge.authority IS 'Per replicated table and column, the node that decides it (set with converge.set_authority on every node).';
@@ -21,9 +29,9 @@ GRANT SELECT ON converge.authority TO PUBLIC;
 
 CREATE VIEW converge.authorities AS
     SELECT format('%I.%I', n.nspname, c.relname) AS target_table, nullif(a.column_name, '') AS target_column,
-           a.node, a.decide, a.removes_only
+           a.node, a.decide, a.removes_only, a.since, a.earlier
       FROM converge.authority a JOIN pg_class c ON c.oid = a.table_name JOIN pg_namespace n ON n.oid = c.relnamespace;
-COMMENT ON VIEW converge.authorities IS 'The authorities set on this node: per table (target_column NULL) or column, the node that decides it.';
+COMMENT ON VIEW converge.authorities IS 'The authorities set on this node: per table (target_column NULL) or column, the node that decides it; since: its ops above that counter are the authority''s (NULL: handed over to it, not taken yet); earlier: the holders before it and their terms.';
 GRANT SELECT ON converge.authorities TO PUBLIC;
 
 -- Internal: validate and record an authority (run as converge's owner by
@@ -87,7 +95,10 @@ BEGIN
     VALUES (tbl, coalesce(col, ''), node, decide, removes_only, def)
         ON CONFLICT (table_name, column_name) DO UPDATE
        SET node = EXCLUDED.node, decide = EXCLUDED.decide, removes_only = EXCLUDED.removes_only,
-           default_value = EXCLUDED.default_value;
+           default_value = EXCLUDED.default_value,
+           -- Replacing a holder that is no peer here (src/handover.rs):
+           -- every op of the node named counts, as for a first setting.
+           since = CASE WHEN a.node = EXCLUDED.node THEN a.since ELSE 0 END;
 END $$;
 REVOKE ALL ON FUNCTION converge.store_authority(regclass, text, text, regprocedure, boolean) FROM PUBLIC;
 COMMENT ON FUNCTION converge.store_authority(regclass, text, text, regprocedure, boolean) IS 'Internal (converge.set_authority): validate and record an authority.';
@@ -113,10 +124,17 @@ DECLARE
 BEGIN
     FOR a IN SELECT x.column_name, x.node, x.default_value, x.decide FROM converge.authority x
               WHERE x.table_name = TG_RELID AND x.column_name <> '' AND NOT x.removes_only
-                AND x.node IS DISTINCT FROM me LOOP
-        IF (TG_OP = 'UPDATE' AND (n -> a.column_name) IS DISTINCT FROM (o -> a.column_name))
-           OR (TG_OP = 'INSERT' AND (n -> a.column_name) <> 'null'
-               AND (n -> a.column_name) IS DISTINCT FROM a.default_value) THEN
+                AND (x.node IS DISTINCT FROM me OR x.since IS NULL) LOOP
+        IF NOT ((TG_OP = 'UPDATE' AND (n -> a.column_name) IS DISTINCT FROM (o -> a.column_name))
+                OR (TG_OP = 'INSERT' AND (n -> a.column_name) <> 'null'
+                    AND (n -> a.column_name) IS DISTINCT FROM a.default_value)) THEN
+            CONTINUE;
+        END IF;
+        IF a.node = me THEN
+            RAISE EXCEPTION 'column "%" of % was handed over to this node, which has not taken it', a.column_name, TG_RELID::regclass
+                USING ERRCODE = '42501',
+                      HINT = format('Take it with converge.set_authority(%L, %L, %L).', TG_RELID::regclass::text, a.column_name, me);
+        ELSE
             RAISE EXCEPTION 'column "%" of % is decided by node "%"', a.column_name, TG_RELID::regclass, a.node
                 USING ERRCODE = '42501',
                       HINT = CASE WHEN (SELECT r.crdt_columns ? a.column_name FROM converge.replicated r WHERE r.table_name = TG_RELID)

@@ -91,8 +91,9 @@ BEGIN
         DELETE FROM converge.op_log l USING jsonb_each_text(stable) s(actor, upto)
          WHERE l.actor = s.actor AND l.counter <= s.upto::bigint
            AND l.outcome IN ('applied', 'duplicate', 'buffered')
-           -- A repair stays in the history with its reason (SPEC 5).
-           AND l.target_table IS DISTINCT FROM 'converge.repair'
+           -- A repair stays in the history with its reason (SPEC 5); a
+           -- handover, for a node that rejoins from this log.
+           AND l.target_table IS DISTINCT FROM 'converge.repair' AND l.target_table IS DISTINCT FROM 'converge.handover'
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,

@@ -34,6 +34,7 @@
 
 use crate::direct::OpLog;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 use std::cell::{Cell, RefCell};
 
 /// Ops of a transaction past which they are written as they are recorded.
@@ -60,6 +61,57 @@ thread_local! {
     /// This transaction writes its ops as they are recorded.
     static AT_ONCE: Cell<bool> = const { Cell::new(false) };
     static HOOKED: Cell<bool> = const { Cell::new(false) };
+    /// Tables and authority columns this transaction wrote as their holder
+    /// (`note_held`).
+    static HELD: RefCell<Vec<(String, Vec<String>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This transaction writes authority columns `cols` of `table` as their
+/// holder. A handover of them may commit before this transaction takes its
+/// counters (its snapshot, or its layout, older than the handover): the
+/// counters would then fall after the holder's term, and every other node
+/// would reject the writes this node keeps. So they are checked again
+/// once the counters are this transaction's to take (`check_held`).
+pub fn note_held(table: &str, cols: &[&str]) {
+    hook();
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        match h.iter_mut().find(|(t, _)| t == table) {
+            Some((_, known)) => known.extend(cols.iter().filter(|c| !known.iter().any(|k| k == *c)).map(|c| c.to_string()).collect::<Vec<_>>()),
+            None => h.push((table.to_string(), cols.iter().map(|c| c.to_string()).collect())),
+        }
+    });
+}
+
+/// Raise 40001 if this node no longer holds a column `note_held` noted,
+/// as the latest commits say. Called holding the op counter (or the commit
+/// order's lock mode), which a handover takes until its commit is visible:
+/// none can commit after this, so what was checked is not checked again.
+pub(crate) fn check_held() {
+    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    if held.is_empty() {
+        return;
+    }
+    let me = crate::node::local_node();
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    for (table, cols) in held {
+        let sql = format!(
+            "SELECT c FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) c WHERE NOT EXISTS (
+                SELECT FROM converge.authority a WHERE a.table_name = pg_catalog.to_regclass({}) AND a.column_name OPERATOR(pg_catalog.=) c
+                   AND a.node OPERATOR(pg_catalog.=) {} AND a.since IS NOT NULL)",
+            cols.iter().map(|c| lit(c)).collect::<Vec<_>>().join(", "),
+            lit(&table),
+            lit(&me)
+        );
+        if let Some(c) = crate::security::as_owner(|| crate::spi::read_latest_text(&sql)) {
+            let what = if c.is_empty() { format!("table {table}") } else { format!("column \"{c}\" of {table}") };
+            crate::errors::raise_hint(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!("the authority of {what} moved to another node while this transaction wrote it"),
+                "Retry the transaction: the node that holds it now decides it.",
+            );
+        }
+    }
 }
 
 fn current_sub() -> pg_sys::SubTransactionId {
@@ -118,6 +170,8 @@ pub fn write_now() {
     }
     let mut back = Back(WAITING.with(|q| std::mem::take(&mut *q.borrow_mut())));
     if back.0.iter().any(|w| w.written.is_none()) {
+        // (Every caller holds the counter lock.)
+        check_held();
         let now = current_sub();
         let mut log = OpLog::open();
         for w in back.0.iter_mut().filter(|w| w.written.is_none()) {
@@ -136,6 +190,10 @@ fn write_at_commit() {
         return;
     }
     let ordered = !AT_ONCE.get() && !crate::durable::commit_waits_for_standbys() && crate::local_ops::enter_order();
+    if !ordered {
+        crate::local_ops::hold_counter();
+    }
+    check_held();
     // The log, its indexes and sequence are locked before the order's
     // LWLock (no wait inside it is one the deadlock detector sees).
     let mut log = OpLog::open();
@@ -189,6 +247,7 @@ fn hook() {
 /// The transaction is over: nothing of it may wait on.
 fn reset() {
     AT_ONCE.set(false);
+    HELD.with(|h| h.borrow_mut().clear());
     let left = WAITING.with(|q| std::mem::take(&mut *q.borrow_mut()));
     let lost = left.iter().filter(|w| w.written.is_none()).count();
     if lost > 0 {

@@ -5,7 +5,7 @@
 //! by the apply's classification).
 
 use crate::errors::raise;
-pub use converge_core::authority::{parse, Authorities};
+pub use converge_core::authority::{parse, Authorities, Authority};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
@@ -14,15 +14,15 @@ use pgrx::PgSqlErrorCode;
 /// `violation`, one a client sends through `apply` by the stricter
 /// `client_violation` (an insert carries authority columns only under
 /// placeholder timestamps; the reason then says so).
-pub fn authority_error(auth: &Authorities, column: &str, actor: &str, delta: &[u8], from_peer: bool) -> Option<String> {
+pub fn authority_error(auth: &Authorities, column: &str, actor: &str, counter: i64, delta: &[u8], from_peer: bool) -> Option<String> {
     use converge_core::authority::{client_violation, violation};
-    if violation(auth, column, actor, delta).is_some() {
+    if violation(auth, column, actor, Some(counter), delta).is_some() {
         return Some("not_authority".into());
     }
     if from_peer {
         return None;
     }
-    let (col, _) = client_violation(auth, column, actor, delta)?;
+    let (col, _) = client_violation(auth, column, actor, Some(counter), delta)?;
     Some(format!("not_authority: a client's insert carries {col} only under a placeholder timestamp"))
 }
 
@@ -30,9 +30,18 @@ pub fn authority_error(auth: &Authorities, column: &str, actor: &str, delta: &[u
 /// SQL expression `rel` names, as text that `parse` reads (NULL: none).
 /// The row trigger's layout and the apply's targets both read it.
 pub fn authorities_sql(rel: &str) -> String {
+    authority_sql(rel, "a.column_name <> ''")
+}
+
+/// The same for the table's authority (under the name `""`).
+pub fn table_authority_sql(rel: &str) -> String {
+    authority_sql(rel, "a.column_name = ''")
+}
+
+fn authority_sql(rel: &str, which: &str) -> String {
     format!(
-        "(SELECT jsonb_object_agg(a.column_name, jsonb_build_array(a.node, a.default_value, a.removes_only))::text
-            FROM converge.authority a WHERE a.table_name = {rel} AND a.column_name <> '')"
+        "(SELECT jsonb_object_agg(a.column_name, jsonb_build_array(a.node, a.default_value, a.removes_only, a.since, a.earlier))::text
+            FROM converge.authority a WHERE a.table_name = {rel} AND {which})"
     )
 }
 
@@ -90,19 +99,44 @@ fn set_authority_on(
     if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
         raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {name} to set its authority"));
     }
+    use crate::handover::Plan;
+    if let Some(n) = node.filter(|n| converge_core::actor::validate_actor(n).is_err()) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid authority node \"{n}\": use 1-63 of A-Z a-z 0-9 _ . - (the node's converge.node())"),
+        );
+    }
+    let plan = node.map_or(Plan::Store, |node| crate::handover::plan(tbl, &name, col, node));
+    // A handover keeps the holder in the setting until it is recorded.
+    let stored = match &plan {
+        Plan::End { .. } => crate::handover::current_node(tbl, col),
+        _ => node.map(String::from),
+    };
     crate::security::as_owner(|| {
         crate::errors::plain_errors(|| {
             Spi::run_with_args(
                 "SELECT converge.store_authority($1::oid::regclass, $2, $3, $4::oid::regprocedure, $5)",
-                &[tbl.into(), col.into(), node.into(), decide.into(), removes_only.unwrap_or(false).into()],
+                &[tbl.into(), col.into(), stored.into(), decide.into(), removes_only.unwrap_or(false).into()],
             )
         })
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    make_guard(tbl);
-    if let (None, Some(node)) = (col, node) {
-        unsafe { pg_sys::CommandCounterIncrement() };
-        reapply(freezes_refused(tbl, node));
+    match plan {
+        // (The guard's columns stay: no DDL while the op counter is held.)
+        Plan::End { since, earlier } => crate::handover::end(tbl, &name, col, node.expect("named"), since, earlier),
+        Plan::Take { earlier } => {
+            crate::handover::take(tbl, col, earlier);
+            unsafe { pg_sys::CommandCounterIncrement() };
+            // Requests that waited while nobody held it.
+            crate::requests::decide_pending();
+        }
+        Plan::Store => {
+            make_guard(tbl);
+            unsafe { pg_sys::CommandCounterIncrement() };
+            if let (None, Some(node)) = (col, node) {
+                reapply(freezes_refused(tbl, node));
+            }
+        }
     }
 }
 

@@ -269,7 +269,7 @@ fn included_now(table: &str, key: &Value) -> Included {
 
 /// The row a freeze or epoch call names: the table as ops name it, the
 /// key in canonical form, and the table's authority.
-pub(crate) fn row_of(tbl: pg_sys::Oid, key: &Value) -> (String, Value, Option<String>) {
+pub(crate) fn row_of(tbl: pg_sys::Oid, key: &Value) -> (String, Value, Option<crate::coordination::Authority>) {
     let name = crate::security::in_fixed_path(|| {
         crate::spi::read_one::<String>(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
@@ -300,10 +300,11 @@ fn freeze_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>) -> i64 {
     let (table, key, authority) = row_of(tbl, &key.0);
     let me = crate::node::local_node();
     match authority {
-        Some(a) if a == me => {}
+        Some(a) if a.holds(&me, None) => {}
         Some(a) => raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("only node \"{a}\", the authority of {table}, freezes its rows"),
+            format!("only node \"{}\", the authority of {table}, freezes its rows{}", a.node,
+                    if a.since.is_none() { " (once it has taken it over with converge.set_authority)" } else { "" }),
         ),
         None => crate::errors::raise_hint(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -311,6 +312,8 @@ fn freeze_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>) -> i64 {
             format!("Run SELECT converge.set_authority('{table}', NULL, '<node>') on every node first."),
         ),
     }
+    // Checked again under the op counter (a handover may commit first).
+    crate::commit_ops::note_held(&table, &[""]);
     use crate::security::{require_rights, SELECT, UPDATE};
     require_rights(tbl, &[(SELECT, "SELECT"), (UPDATE, "UPDATE")]);
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {

@@ -39,6 +39,7 @@ mod direct;
 mod ddl;
 mod durable;
 mod epochs;
+mod handover;
 mod errors;
 mod jsonb;
 mod local_ops;

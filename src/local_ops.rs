@@ -288,6 +288,8 @@ pub fn log_control_op_with(
 ) -> String {
     // Ops that this transaction's triggers recorded first go first.
     lock_counter();
+    // (A freeze or decision of an authority handed over meanwhile fails.)
+    crate::commit_ops::check_held();
     crate::commit_ops::write_now();
     let counter = take_counters(me, 1);
     let op_id = format!("{me}:{counter}");

@@ -350,9 +350,10 @@ fn may_read(table: Option<&str>) -> bool {
     if t == crate::repair::REPAIR || t == crate::actors::REGISTRY {
         return true;
     }
-    // A freeze carries a table's name and a row's key, no values: every
+    // A freeze carries a table's name and a row's key, no values (a
+    // handover a table's and a column's name, and nodes'): every
     // reader of the log sees it, as converge.frozen (docs/security.md).
-    if t == crate::epochs::FREEZE || t == crate::allocation::ALLOCATION {
+    if t == crate::epochs::FREEZE || t == crate::allocation::ALLOCATION || t == crate::handover::HANDOVER {
         return true;
     }
     // Requests and decisions carry values of a row: their rows of

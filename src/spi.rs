@@ -43,6 +43,33 @@ pub fn read_fresh_i64(sql: &str) -> Option<i64> {
     }
 }
 
+/// The first column of `sql`'s first row as text, read with the latest
+/// snapshot (other sessions' commits up to now, also in a REPEATABLE READ
+/// transaction, and this one's own changes).
+pub fn read_latest_text(sql: &str) -> Option<String> {
+    let c = std::ffi::CString::new(sql).ok()?;
+    unsafe {
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            pg_sys::PopActiveSnapshot();
+            return None;
+        }
+        // read_only = true: SPI runs it under the active snapshot.
+        let rc = pg_sys::SPI_execute(c.as_ptr(), true, 1);
+        let mut out = None;
+        if rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed == 1 {
+            let tt = pg_sys::SPI_tuptable;
+            let v = pg_sys::SPI_getvalue(*(*tt).vals, (*tt).tupdesc, 1);
+            if !v.is_null() {
+                out = Some(std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned());
+            }
+        }
+        pg_sys::SPI_finish();
+        pg_sys::PopActiveSnapshot();
+        out
+    }
+}
+
 thread_local! {
     /// Plans of statements run often (by SQL text and argument types),
     /// prepared once per backend.

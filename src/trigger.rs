@@ -329,7 +329,28 @@ fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
 /// setting the column outside the UPDATE's SET list).
 fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
     use converge_core::authority::{removal, violation, Removal};
-    let Some((name, a)) = violation(&meta.auth, column, me, delta) else { return };
+    if meta.auth.is_empty() {
+        return;
+    }
+    let Some((name, a)) = violation(&meta.auth, column, me, None, delta) else {
+        // Held here: checked again at commit (commit_ops::note_held). A
+        // row op's plain columns are not told apart: all of them.
+        let held: Vec<&str> = match column {
+            "" => meta.auth.iter().filter(|(c, a)| a.holds(me, None) && !meta.crdt_types.contains_key(*c)).map(|(c, _)| c.as_str()).collect(),
+            c => meta.auth.get(c).filter(|a| a.holds(me, None)).map(|_| vec![c]).unwrap_or_default(),
+        };
+        if !held.is_empty() {
+            crate::commit_ops::note_held(&meta.name, &held);
+        }
+        return;
+    };
+    if a.node == me {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("column \"{name}\" of {} was handed over to this node, which has not taken it", meta.name),
+            format!("Take it with converge.set_authority('{}', '{}', '{me}').", meta.name.replace('\'', "''"), name.replace('\'', "''")),
+        );
+    }
     let node = &a.node;
     let lit = |x: &str| x.replace('\'', "''");
     // A request for a CRDT column needs a decide function (requests/mod.rs).
@@ -491,7 +512,7 @@ fn record_local_ops<'a>(
             epoch,
             guard: Some(&|delta| guard_column(&meta, "", &me, delta)),
             decided_elsewhere: match event {
-                RowEvent::Insert => meta.auth.iter().filter(|(_, a)| a.node != me).map(|(c, _)| c.as_str()).collect(),
+                RowEvent::Insert => meta.auth.iter().filter(|(_, a)| !a.holds(&me, None)).map(|(c, _)| c.as_str()).collect(),
                 _ => Vec::new(),
             },
         };

@@ -183,6 +183,29 @@ SELECT converge.set_authority('incident', 'tags', 'dublin', removes_only => true
 UPDATE incident SET tags = converge.remove(tags, 'warning') WHERE id = 1;
 SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
 
+-- Moving an authority (docs/coordination.md, "Moving an authority"): on
+-- the node that holds it, set_authority ends its term with a handover op
+-- (replicated; the new node takes it when it runs set_authority there).
+-- Elsewhere a holder that is a peer must start the move; virginia is no
+-- peer here, so this node may name another node directly.
+CREATE TABLE handed (id int PRIMARY KEY, owner text);
+SELECT converge.replicate('handed');
+SELECT converge.set_authority('handed', 'owner', 'dublin');
+INSERT INTO handed VALUES (1, 'ana');
+UPDATE handed SET owner = 'bo' WHERE id = 1;
+SELECT converge.set_authority('handed', 'owner', 'virginia');
+SELECT node, since, earlier -> 0 ->> 'node' AS held_by, (earlier -> 0 ->> 'after')::int AS after
+  FROM converge.authorities WHERE target_table = 'public.handed';
+SELECT target_key, convert_from(delta, 'UTF8')::jsonb - 'until' - 'earlier' AS handover,
+       (convert_from(delta, 'UTF8')::jsonb ->> 'until')::bigint = counter AS ends_at_its_own_counter,
+       convert_from(delta, 'UTF8')::jsonb -> 'earlier' = (SELECT earlier FROM converge.authorities WHERE target_table = 'public.handed') AS terms_as_here
+  FROM converge.op_log WHERE target_table = 'converge.handover';
+UPDATE handed SET owner = 'cy' WHERE id = 1;
+SELECT converge.set_authority('handed', 'owner', 'dublin');
+SELECT node, since, jsonb_array_length(earlier) AS earlier_terms FROM converge.authorities WHERE target_table = 'public.handed';
+UPDATE handed SET owner = 'cy' WHERE id = 1;
+SELECT * FROM handed;
+
 -- Bad calls.
 \set VERBOSITY sqlstate
 SELECT converge.set_authority('incident', 'nope', 'virginia');

@@ -45,7 +45,8 @@ pub(super) fn node_actors() -> HashSet<String> {
     }
     crate::security::as_owner(|| {
         const SQL: &str = "SELECT name FROM converge.node_identity UNION SELECT name FROM converge.peer
-                           UNION SELECT node FROM converge.authority";
+                           UNION SELECT node FROM converge.authority
+                           UNION SELECT e ->> 'node' FROM converge.authority, jsonb_array_elements(earlier) e";
         crate::spi::prepared(SQL, &[], |t| {
             Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
         })
@@ -158,7 +159,8 @@ pub(super) fn classify(
         it.bad = live_error(it.delta.as_deref().unwrap_or_default());
     }
     if it.bad.is_none() {
-        it.bad = crate::coordination::authority_error(&target.authority, col.unwrap_or_default(), actor, it.delta.as_deref().unwrap_or_default(), from_peer);
+        let counter = it.counter.unwrap_or_default();
+        it.bad = crate::coordination::authority_error(&target.authority, col.unwrap_or_default(), actor, counter, it.delta.as_deref().unwrap_or_default(), from_peer);
     }
     // A column's merge semantics are those of its schema version here: an
     // op made under another version is kept aside, not merged.

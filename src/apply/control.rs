@@ -33,6 +33,7 @@ pub(super) fn classify_control(
         Some(crate::requests::DECISION) => {
             (crate::requests::decision_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), &delta), DECISION_OP)
         }
+        Some(crate::handover::HANDOVER) => (handover_op_error(it, from_peer, actor, targets, cache), HANDOVER_OP),
         Some(crate::allocation::ALLOCATION) => {
             (crate::allocation::allocation_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), &delta), ALLOCATION_OP)
         }
@@ -52,6 +53,64 @@ pub(crate) const FREEZE_OP: &str = "freeze";
 pub(crate) const REQUEST_OP: &str = "request";
 pub(crate) const DECISION_OP: &str = "decision";
 pub(crate) const ALLOCATION_OP: &str = "allocation";
+/// Handovers of an authority (handover.rs).
+pub(crate) const HANDOVER_OP: &str = "handover";
+
+/// The envelope of a node's op about a replicated table (a freeze, a
+/// handover): through a peer's replication, column `""`, key `{"table":
+/// t, <field>: v}` with `t` a replicated table's name as ops give it.
+/// The target, `t` and `v`; Err: the reason to reject it.
+fn table_op<'a>(
+    it: &'a Item,
+    from_peer: bool,
+    field: &str,
+    targets: &mut Vec<Target>,
+    cache: &mut HashMap<String, Result<usize, &'static str>>,
+) -> Result<(usize, &'a String, &'a serde_json::Value), String> {
+    if !from_peer {
+        return Err("not_authority".into());
+    }
+    if it.column.as_deref() != Some("") {
+        return Err("unknown_column".into());
+    }
+    let Some(serde_json::Value::Object(k)) = &it.key else { return Err("invalid_key".into()) };
+    let (Some(serde_json::Value::String(table)), Some(v), 2) = (k.get("table"), k.get(field), k.len()) else {
+        return Err("invalid_key".into());
+    };
+    let t = resolve(table, targets, cache)?;
+    if &targets[t].name != table {
+        return Err("invalid_key".into());
+    }
+    Ok((t, table, v))
+}
+
+/// Why a handover op is not valid (None: valid). Only a node makes one,
+/// through its replication, for a table replicated here whose setting
+/// names one of the nodes of its chain of handovers (else this node's
+/// configuration differs: `not_authority`, as for a freeze).
+fn handover_op_error(
+    it: &Item,
+    from_peer: bool,
+    actor: &str,
+    targets: &mut Vec<Target>,
+    cache: &mut HashMap<String, Result<usize, &'static str>>,
+) -> Option<String> {
+    let (t, table, column) = match table_op(it, from_peer, "column", targets, cache) {
+        Ok(found) => found,
+        Err(why) => return Some(why),
+    };
+    let (t, Some(column)) = (&targets[t], column.as_str()) else { return Some("invalid_key".into()) };
+    let counter = it.counter.unwrap_or_default();
+    let Some((h, _)) = crate::handover::Handover::read(it.delta.as_deref().unwrap_or_default(), actor, counter) else {
+        return Some("invalid_delta".into());
+    };
+    let here = if column.is_empty() { t.table_authority.as_ref() } else { t.authority.get(column) };
+    match here {
+        Some(a) if h.involves(&a.node) => None,
+        Some(a) => Some(format!("not_authority: the authority of {table} {column} is {} here", a.node)),
+        None => Some(format!("not_authority: {table} {column} has no authority here")),
+    }
+}
 
 /// Why a freeze op is not valid (None: valid). Only the table's authority
 /// freezes, through its replication; the key names a row of a replicated
@@ -63,24 +122,15 @@ fn freeze_op_error(
     targets: &mut Vec<Target>,
     cache: &mut HashMap<String, Result<usize, &'static str>>,
 ) -> Option<String> {
-    if !from_peer {
-        return Some("not_authority".into());
-    }
-    if it.column.as_deref() != Some("") {
-        return Some("unknown_column".into());
-    }
-    let Some(serde_json::Value::Object(k)) = &it.key else { return Some("invalid_key".into()) };
-    let (Some(serde_json::Value::String(table)), Some(row), 2) = (k.get("table"), k.get("key"), k.len()) else {
-        return Some("invalid_key".into());
+    let (t, _, row) = match table_op(it, from_peer, "key", targets, cache) {
+        Ok(found) => found,
+        Err(why) => return Some(why),
     };
-    let t = match resolve(table, targets, cache) {
-        Ok(t) => &targets[t],
-        Err(reason) => return Some(reason.into()),
-    };
-    if &t.name != table || canonical_key(row, &t.keys, &t.key_types).as_ref() != Some(row) {
+    let t = &targets[t];
+    if canonical_key(row, &t.keys, &t.key_types).as_ref() != Some(row) {
         return Some("invalid_key".into());
     }
-    if t.table_authority.as_deref() != Some(actor) {
+    if !t.table_authority.as_ref().is_some_and(|a| a.holds(actor, it.counter)) {
         // Came through replication (set_authority applies it once this
         // node knows its node as the table's authority: coordination.rs).
         return Some(format!("not_authority: {actor} is not the authority of {} here", t.name));
@@ -130,6 +180,12 @@ pub(super) fn merge_control(won: &[&Item]) {
     let decisions: Vec<(String, serde_json::Value, Vec<u8>)> = of(DECISION_OP).map(whole).collect();
     if !decisions.is_empty() {
         crate::requests::merge_decision_ops(decisions);
+    }
+    let handovers: Vec<(String, i64, String, String, Vec<u8>)> = of(HANDOVER_OP)
+        .map(|i| (i.actor.clone().unwrap_or_default(), i.counter.unwrap_or_default(), key_str(i, "table"), key_str(i, "column"), i.delta.clone().unwrap_or_default()))
+        .collect();
+    if !handovers.is_empty() {
+        crate::handover::merge_handover_ops(handovers);
     }
     let allocations: Vec<(String, serde_json::Value, Vec<u8>)> =
         of(ALLOCATION_OP).map(|i| (i.actor.clone().unwrap_or_default(), i.key.clone().unwrap_or_default(), i.delta.clone().unwrap_or_default())).collect();

@@ -193,7 +193,16 @@ fn items_of_ops(ops: Vec<Op>) -> Vec<Item> {
 /// `set_schema_version`, `set_authority`: the table owner's call): an SQL
 /// caller's `peer:` origin is logged as `claimed peer:...`, and ops of any
 /// other origin are never applied as a peer's.
-pub(super) fn run(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+pub(super) fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
+    // A handover changes how the ops after it are judged: they are
+    // classified once it is merged (handover.rs).
+    let handover = items.iter().position(|i| i.table.as_deref() == Some(crate::handover::HANDOVER));
+    if let Some(at) = handover.filter(|at| at + 1 < items.len()) {
+        let rest = items.split_off(at + 1);
+        let mut out = run(items, origin, top_level);
+        out.extend(run(rest, origin, top_level));
+        return out;
+    }
     match (trusted(), origin.starts_with("peer:")) {
         (false, true) => run_as(items, &format!("claimed {origin}"), top_level),
         (true, false) => super::classify::as_client(|| run_as(items, origin, top_level)),
@@ -216,7 +225,7 @@ fn run_as(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     // exclude what it applies: either the change sees the batch's ops in
     // the log, or the batch sees the change.
     // (Requests, decisions and allocations exclude nothing: a shared lock.)
-    let control = [crate::actors::REGISTRY, crate::repair::REPAIR, crate::epochs::FREEZE];
+    let control = [crate::actors::REGISTRY, crate::repair::REPAIR, crate::epochs::FREEZE, crate::handover::HANDOVER];
     let changes = items.iter().any(|i| i.table.as_deref().is_some_and(|t| control.contains(&t)));
     crate::actors::lock_registry(changes);
     // Only a batch that came through a peer's replication is that peer's

@@ -93,7 +93,7 @@ struct Target {
     versions: HashMap<String, i32>,
     /// The table's authority (set_authority with no column): it freezes
     /// rows (epochs.rs), so only then do ops need their row's freezes.
-    table_authority: Option<String>,
+    table_authority: Option<crate::coordination::Authority>,
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {

@@ -78,15 +78,13 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                         ARRAY(SELECT format_type(a.atttypid, a.atttypmod)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
-                        {},
                         ARRAY(SELECT format('%I.%I', tn.nspname, ty.typname)
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name
                                 JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
                                ORDER BY k.i)
                    FROM (SELECT $1::oid::regclass AS rel) t
-                   LEFT JOIN converge.replicated r ON r.table_name = t.rel",
-                crate::coordination::authorities_sql("t.rel")
+                   LEFT JOIN converge.replicated r ON r.table_name = t.rel"
             );
             let t = c.select(&sql, Some(1), &[rel.into()])?;
             let row = t.first();
@@ -98,23 +96,23 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 row.get::<Vec<String>>(7)?,
                 row.get::<Vec<String>>(5)?,
                 row.get::<String>(6)?,
-                row.get::<String>(8)?,
-                row.get::<Vec<String>>(9)?,
+                row.get::<Vec<String>>(8)?,
             ))
         })
     })));
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, authority, key_casts))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, key_casts))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
             let other = other.unwrap_or_default();
             let name = name.unwrap_or_default();
-            let authority = crate::coordination::parse(authority);
-            let (versions, table_authority) = crate::security::in_fixed_path(|| {
-                let authority = crate::spi::read_one::<String>(
-                    "SELECT node FROM converge.authority WHERE table_name = $1::oid::regclass AND column_name = ''",
-                    &[rel.into()],
-                );
-                (schema_versions(rel), authority)
+            // (The authorities are read here, outside the subtransaction:
+            // there reads see the statement's start, not a setting changed
+            // since in this statement, as set_authority applying the
+            // freezes it refused, or a batch after a handover it applied.)
+            let (versions, authority, table_authority) = crate::security::in_fixed_path(|| {
+                let read = |sql: String| crate::coordination::parse(crate::spi::read_one::<String>(&format!("SELECT {sql}"), &[rel.into()]));
+                let r = "$1::oid::regclass";
+                (schema_versions(rel), read(crate::coordination::authorities_sql(r)), read(crate::coordination::table_authority_sql(r)).remove(""))
             });
             targets.push(Target {
                 rel,
@@ -131,7 +129,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
             });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);
@@ -218,7 +216,7 @@ fn schema_versions(rel: pg_sys::Oid) -> HashMap<String, i32> {
 /// The row an SQL call names (converge.freeze, converge.epoch): the table
 /// as ops name it, the key in canonical form (as ops carry it), and the
 /// table's authority. Err: `not_replicated`, `unknown_table`, `invalid_key`.
-pub fn row_target(rel: pg_sys::Oid, key: &serde_json::Value) -> Result<(String, serde_json::Value, Option<String>), &'static str> {
+pub fn row_target(rel: pg_sys::Oid, key: &serde_json::Value) -> Result<(String, serde_json::Value, Option<crate::coordination::Authority>), &'static str> {
     let name = crate::security::in_fixed_path(|| {
         crate::spi::read_one::<String>(
             "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
@@ -246,7 +244,7 @@ pub struct Layout {
     pub other: Vec<String>,
     /// The row ops' schema version.
     pub row_version: i32,
-    pub table_authority: Option<String>,
+    pub table_authority: Option<crate::coordination::Authority>,
     authority: crate::coordination::Authorities,
     versions: HashMap<String, i32>,
 }
@@ -255,18 +253,36 @@ impl Layout {
     /// The node that decides requests for `col`: its column authority,
     /// else the table's.
     pub fn decider(&self, col: &str) -> Option<String> {
-        self.authority.get(col).map(|a| a.node.clone()).or_else(|| self.table_authority.clone())
+        self.authority.get(col).or(self.table_authority.as_ref()).map(|a| a.node.clone())
+    }
+
+    /// Whether `me` decides requests for `col` now (not while the authority
+    /// is handed over to it and not taken: handover.rs).
+    pub fn decides_now(&self, col: &str, me: &str) -> bool {
+        self.authority.get(col).or(self.table_authority.as_ref()).is_some_and(|a| a.holds(me, None))
     }
 
     /// The node that decides `col` itself (a column authority that is not
-    /// `removes_only`), if any.
-    pub fn column_authority(&self, col: &str) -> Option<String> {
-        self.authority.get(col).filter(|a| !a.removes_only).map(|a| a.node.clone())
+    /// `removes_only`), if `me` does not hold it now.
+    pub fn column_authority(&self, col: &str, me: &str) -> Option<String> {
+        self.authority.get(col).filter(|a| !a.removes_only && !a.holds(me, None)).map(|a| a.node.clone())
     }
 
-    /// The node whose removals alone count on `col` (removes_only), if any.
-    pub fn removes_only_node(&self, col: &str) -> Option<String> {
-        self.authority.get(col).filter(|a| a.removes_only).map(|a| a.node.clone())
+    /// The node whose removals alone count on `col` (removes_only), if `me`
+    /// does not hold it now.
+    pub fn removes_only_node(&self, col: &str, me: &str) -> Option<String> {
+        self.authority.get(col).filter(|a| a.removes_only && !a.holds(me, None)).map(|a| a.node.clone())
+    }
+
+    /// The authority that decides requests for `col`: `col` if it has
+    /// one of its own, else `""` (the table's).
+    pub fn deciding<'a>(&self, col: &'a str) -> &'a str {
+        if self.authority.contains_key(col) { col } else { "" }
+    }
+
+    /// Whether `col` has an authority of its own that `me` holds now.
+    pub fn holds(&self, col: &str, me: &str) -> bool {
+        self.authority.get(col).is_some_and(|a| a.holds(me, None))
     }
 
     /// The schema version of `col`'s ops here.

@@ -129,6 +129,22 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     } else {
         Vec::new()
     };
+    // Handovers of authorities, likewise (their ops are below the horizon
+    // a copy starts from).
+    let moved = "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('converge.authority') AND attname = 'earlier')";
+    let handovers: Vec<(String, String, String, Option<i64>, String)> = if q(moved, &[]).text(0, 0).as_deref() == Some("t") {
+        let r = q(
+            "SELECT format('%I.%I', n.nspname, c.relname), a.column_name, a.node, a.since::text, a.earlier::text
+               FROM converge.authority a JOIN pg_class c ON c.oid = a.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE a.earlier <> '[]'",
+            &[],
+        );
+        (0..r.rows.len())
+            .filter_map(|i| Some((r.text(i, 0)?, r.text(i, 1)?, r.text(i, 2)?, r.text(i, 3).and_then(|s| s.parse().ok()), r.text(i, 4)?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut merged = 0;
     for (table, cols) in local_tables() {
         let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[&table]);
@@ -184,6 +200,7 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
         crate::actors::lock_registry(true);
         crate::epochs::copy_freezes(freezes);
     }
+    crate::handover::copy_handovers(handovers);
     crate::requests::copy_requests(requests);
     crate::allocation::copy_allocations(allocations);
     super::pull::apply_encoded(left, peer, origin, 0, 0);

@@ -32,7 +32,8 @@ pub fn decide_pending() -> i64 {
             c.select(
                 "SELECT q.request_id FROM converge.requests q
                   WHERE q.status = 'pending' AND q.requested_by IS NOT NULL
-                    AND (SELECT a.node FROM converge.authority a
+                    -- (not while it is handed over and not taken)
+                    AND (SELECT CASE WHEN a.since IS NOT NULL THEN a.node END FROM converge.authority a
                           WHERE a.table_name = to_regclass(q.target_table) AND a.column_name IN (q.target_column, '')
                           ORDER BY a.column_name DESC LIMIT 1) = $1
                   ORDER BY q.arrival",
@@ -222,9 +223,11 @@ pub(super) fn decide_function(rel: pg_sys::Oid, col: &str) -> Decide {
 pub(super) fn decide_one(me: &str, id: &str) -> Done {
     let Some(p) = lock_pending(id) else { return Done::Pending };
     let Ok(l) = crate::apply::layout_of(&p.target.table) else { return Done::Pending };
-    if l.decider(&p.target.column).as_deref() != Some(me) {
+    if !l.decides_now(&p.target.column, me) {
         return Done::Pending;
     }
+    // Checked again under the op counter (a handover may commit first).
+    crate::commit_ops::note_held(&l.name, &[l.deciding(&p.target.column)]);
     let how = decide_function(l.rel, &p.target.column);
     if how == Decide::Missing {
         pgrx::warning!(
@@ -373,6 +376,12 @@ fn write_decision(me: &str, l: &crate::apply::Layout, key: &Value, old: &Map<Str
     if cols.is_empty() {
         return;
     }
+    // Checked again under the op counter, in case a handover of them
+    // commits first.
+    let held: Vec<&str> = cols.keys().map(String::as_str).filter(|c| l.holds(c, me)).collect();
+    if !held.is_empty() {
+        crate::commit_ops::note_held(&l.name, &held);
+    }
     let sets: Vec<String> = cols
         .keys()
         .map(|c| match l.crdt.contains_key(c) {
@@ -447,10 +456,10 @@ fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, 
             Ok(None) => continue,
             Err(()) => bad_decision(format!("a decision cannot drop state from CRDT column \"{c}\"")),
         };
-        if let Some(node) = l.column_authority(c).filter(|n| n != me) {
+        if let Some(node) = l.column_authority(c, me) {
             bad_decision(format!("a decision here cannot change column \"{c}\": node \"{node}\" decides it"));
         }
-        if let Some(node) = l.removes_only_node(c).filter(|n| n != me) {
+        if let Some(node) = l.removes_only_node(c, me) {
             use converge_core::authority::{removal, Removal};
             match removal(&delta, me) {
                 None => {}
@@ -479,7 +488,7 @@ fn record_crdt_ops(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, 
 fn record_row_op(me: &str, l: &crate::apply::Layout, key: &Value, epoch: i64, old: &Map<String, Value>, new: Map<String, Value>) {
     let changed: Vec<&str> = l.other.iter().filter(|c| new.get(*c) != old.get(*c)).map(String::as_str).collect();
     for c in &changed {
-        if let Some(node) = l.column_authority(c).filter(|n| n != me) {
+        if let Some(node) = l.column_authority(c, me) {
             bad_decision(format!("a decision here cannot change column \"{c}\": node \"{node}\" decides it"));
         }
     }

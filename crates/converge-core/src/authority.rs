@@ -10,39 +10,151 @@ use crate::types::{LwwMap, OrMap, OrSet};
 use std::collections::HashMap;
 
 /// One authority column: its node, a plain column's constant default (an
-/// insert made anywhere may carry it), and whether only removals are routed
-/// to the node (`removes_only`: adds stay local everywhere).
+/// insert made anywhere may carry it), whether only removals are routed to
+/// the node (`removes_only`: adds stay local everywhere), and since when
+/// the node holds it and who held it before (an authority moved by a
+/// handover: [`Authority::holds`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Authority {
     pub node: String,
     pub default: Option<serde_json::Value>,
     pub removes_only: bool,
+    /// The node's ops with a counter above this are the authority's. None:
+    /// handed over to the node, which has not taken it yet (nobody holds it).
+    pub since: Option<i64>,
+    /// Earlier holders, oldest first.
+    pub earlier: Vec<Term>,
+}
+
+/// An earlier holder's term: its ops with `after < counter < until` were
+/// the authority's (`until` is the counter of its handover).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Term {
+    pub node: String,
+    pub after: i64,
+    pub until: i64,
+}
+
+impl Authority {
+    /// An authority set on a node with no handover: all of `node`'s ops.
+    pub fn new(node: &str, default: Option<serde_json::Value>, removes_only: bool) -> Authority {
+        Authority { node: node.into(), default, removes_only, since: Some(0), earlier: Vec::new() }
+    }
+
+    /// Whether an op of `actor` with `counter` counts as the authority's.
+    /// The judgment depends on the op and the handovers alone, so every
+    /// node judges an op alike whenever it does (a handover reaches each
+    /// node before its sender's later ops). `counter` None: a local change
+    /// about to be made, which only the current holder may.
+    pub fn holds(&self, actor: &str, counter: Option<i64>) -> bool {
+        let Some(c) = counter else { return self.node == actor && self.since.is_some() };
+        (self.node == actor && self.since.is_some_and(|s| c > s))
+            || self.earlier.iter().any(|t| t.node == actor && t.after < c && c < t.until)
+    }
 }
 
 /// A table's authority columns by name.
 pub type Authorities = HashMap<String, Authority>;
 
-/// Read a table's authority columns from the text of
-/// `jsonb_object_agg(column, [node, default, removes_only])` (NULL: none).
-pub fn parse(text: Option<String>) -> Authorities {
-    let Some(text) = text else { return HashMap::new() };
-    let m: HashMap<String, (String, Option<serde_json::Value>, bool)> = serde_json::from_str(&text).unwrap_or_default();
-    m.into_iter().map(|(k, (node, default, removes_only))| (k, Authority { node, default, removes_only })).collect()
+/// An op handing an authority over (`converge.handover` in the
+/// extension): `from` hands it to `to`, after the holders' terms
+/// `earlier` (oldest first), whose last is `from`'s, ended at its op
+/// `until`: the END, `from`'s op. The TAKE is `to`'s op, made once the END
+/// reached it: `to` holds the authority above the TAKE's counter.
+///
+/// A move cannot be judged by the actor alone: nodes switch at different
+/// times, and an op of the old holder made before the move would be
+/// rejected by the nodes that switched first. Judged by actor and counter
+/// ([`Authority::holds`]) against terms that every node learns alike, each
+/// op is judged the same on every node whenever it is judged: a node gets
+/// each actor's ops in that actor's counter order, so the END reaches it
+/// before anything `from` did after it, and the TAKE before anything `to`
+/// did after it; `from` makes no op of the column above `until`, `to` none
+/// below its TAKE.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handover {
+    pub from: String,
+    pub to: String,
+    pub until: i64,
+    pub earlier: Vec<Term>,
 }
 
-/// Whether an op of `actor` on `column` (`""`: a row op, whose lwwmap
+impl Handover {
+    /// The handover a delta carries, if it is a valid one for an op of
+    /// `actor` with `counter`, and the TAKE's counter (None: an END).
+    pub fn read(delta: &[u8], actor: &str, counter: i64) -> Option<(Handover, Option<i64>)> {
+        let h: Handover = serde_json::from_slice(delta).ok()?;
+        let name = |n: &str| crate::actor::validate_actor(n).is_ok();
+        let last = h.earlier.last()?;
+        let terms_ok = h.earlier.iter().all(|t| name(&t.node) && 0 <= t.after && t.after < t.until);
+        if !name(&h.to) || h.from == h.to || last.node != h.from || last.until != h.until || !terms_ok {
+            return None;
+        }
+        let taken = if actor == h.from && h.until == counter {
+            None
+        } else if actor == h.to && counter > 0 {
+            Some(counter)
+        } else {
+            return None;
+        };
+        Some((h, taken))
+    }
+
+    /// Whether a setting naming `node` takes part in this chain of
+    /// handovers (else the node's configuration differs).
+    pub fn involves(&self, node: &str) -> bool {
+        self.to == node || self.earlier.iter().any(|t| t.node == node)
+    }
+}
+
+impl Authority {
+    /// Apply a handover op (`taken`: the TAKE's counter; None: an END).
+    /// Terms only grow, one per handover, and only the holder adds one, so
+    /// the longest list seen is the newest: ops of a chain of handovers
+    /// may come in any order (a node cut off from some holders). Whether
+    /// anything changed.
+    pub fn hand_over(&mut self, h: &Handover, taken: Option<i64>) -> bool {
+        if h.earlier.len() > self.earlier.len() {
+            (self.earlier, self.node, self.since) = (h.earlier.clone(), h.to.clone(), taken);
+            true
+        } else if h.earlier.len() == self.earlier.len() && self.node == h.to && self.since.is_none() && taken.is_some() {
+            self.since = taken;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Read a table's authority columns from the text of
+/// `jsonb_object_agg(column, [node, default, removes_only, since, earlier])`
+/// (NULL: none), where `earlier` is an array of `{node, after, until}`.
+pub fn parse(text: Option<String>) -> Authorities {
+    type Row = (String, Option<serde_json::Value>, bool, Option<i64>, Option<Vec<Term>>);
+    let Some(text) = text else { return HashMap::new() };
+    let m: HashMap<String, Row> = serde_json::from_str(&text).unwrap_or_default();
+    m.into_iter()
+        .map(|(k, (node, default, removes_only, since, earlier))| {
+            (k, Authority { node, default, removes_only, since, earlier: earlier.unwrap_or_default() })
+        })
+        .collect()
+}
+
+/// Whether an op of `actor` with `counter` (None: a local change about to
+/// be made) on `column` (`""`: a row op, whose lwwmap
 /// `delta` carries plain columns) writes an authority column it may not. An
 /// insert's row op may carry such a column as NULL or its constant
 /// default: rows can be created anywhere. On a `removes_only` column only
 /// a delta that removes is the authority's ([`removes`]). This is the rule
 /// for nodes' ops; a client's are held to [`client_violation`].
-pub fn violates(auth: &Authorities, column: &str, actor: &str, delta: &[u8]) -> bool {
-    violation(auth, column, actor, delta).is_some()
+pub fn violates(auth: &Authorities, column: &str, actor: &str, counter: Option<i64>, delta: &[u8]) -> bool {
+    violation(auth, column, actor, counter, delta).is_some()
 }
 
 /// [`violates`], naming the column written and its authority.
-pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
-    check(auth, column, actor, delta, false)
+pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, counter: Option<i64>, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
+    check(auth, column, (actor, counter), delta, false)
 }
 
 /// [`violation`] for an op a client sends through `apply`: its insert may
@@ -54,24 +166,25 @@ pub fn violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[
 /// real timestamps until its own `set_authority` runs, and rejecting its
 /// row ops would lose whole rows while the setting rolls out. Only
 /// applied ops travel, so the entry node's decision holds everywhere.
-pub fn client_violation<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
-    check(auth, column, actor, delta, true)
+pub fn client_violation<'a>(auth: &'a Authorities, column: &str, actor: &str, counter: Option<i64>, delta: &[u8]) -> Option<(&'a str, &'a Authority)> {
+    check(auth, column, (actor, counter), delta, true)
 }
 
-fn check<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8], placeholders: bool) -> Option<(&'a str, &'a Authority)> {
+fn check<'a>(auth: &'a Authorities, column: &str, by: (&str, Option<i64>), delta: &[u8], placeholders: bool) -> Option<(&'a str, &'a Authority)> {
     if auth.is_empty() {
         return None;
     }
+    let (actor, counter) = by;
     if !column.is_empty() {
         let (name, a) = auth.get_key_value(column)?;
-        let writes = a.node != actor && (!a.removes_only || removes(delta, actor));
+        let writes = !a.holds(actor, counter) && (!a.removes_only || removes(delta, actor));
         return writes.then_some((name.as_str(), a));
     }
     let d = decode_trusted::<LwwMap>(delta).ok()?;
     let insert = d.get("$live").map(|v| v.to_value()) == Some(serde_json::Value::Bool(true));
     let mut written = d.entries.keys().filter_map(|k| {
         let (name, a) = auth.get_key_value(k)?;
-        if a.node == actor {
+        if a.holds(actor, counter) {
             return None;
         }
         let v = d.get(k).map(|j| j.to_value()); // None: a removal
@@ -159,31 +272,31 @@ mod tests {
 
     fn auth() -> Authorities {
         let mut a = Authorities::new();
-        a.insert("status".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!("open")), removes_only: false });
-        a.insert("tags".into(), Authority { node: "virginia".into(), default: None, removes_only: true });
+        a.insert("status".into(), Authority::new("virginia", Some(serde_json::json!("open")), false));
+        a.insert("tags".into(), Authority::new("virginia", None, true));
         a
     }
 
     #[test]
     fn only_the_authority_writes_its_column() {
         let a = auth();
-        assert!(violates(&a, "status", "dublin", b""));
-        assert!(!violates(&a, "status", "virginia", b""));
-        assert!(!violates(&a, "notes", "dublin", b""));
-        assert!(violates(&a, "", "dublin", &row_op(&[("status", serde_json::json!("closed"))])));
-        assert!(!violates(&a, "", "virginia", &row_op(&[("status", serde_json::json!("closed"))])));
-        assert!(!violates(&a, "", "dublin", &row_op(&[("title", serde_json::json!("x"))])));
+        assert!(violates(&a, "status", "dublin", None, b""));
+        assert!(!violates(&a, "status", "virginia", None, b""));
+        assert!(!violates(&a, "notes", "dublin", None, b""));
+        assert!(violates(&a, "", "dublin", None, &row_op(&[("status", serde_json::json!("closed"))])));
+        assert!(!violates(&a, "", "virginia", None, &row_op(&[("status", serde_json::json!("closed"))])));
+        assert!(!violates(&a, "", "dublin", None, &row_op(&[("title", serde_json::json!("x"))])));
     }
 
     #[test]
     fn an_insert_may_carry_null_or_the_default() {
         let a = auth();
         let live = ("$live", serde_json::json!(true));
-        assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), ("status", serde_json::json!("open"))])));
-        assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), ("status", serde_json::Value::Null)])));
-        assert!(violates(&a, "", "dublin", &row_op(&[live, ("status", serde_json::json!("closed"))])));
+        assert!(!violates(&a, "", "dublin", None, &row_op(&[live.clone(), ("status", serde_json::json!("open"))])));
+        assert!(!violates(&a, "", "dublin", None, &row_op(&[live.clone(), ("status", serde_json::Value::Null)])));
+        assert!(violates(&a, "", "dublin", None, &row_op(&[live, ("status", serde_json::json!("closed"))])));
         // Not an insert: the default is a change like any other.
-        assert!(violates(&a, "", "dublin", &row_op(&[("status", serde_json::json!("open"))])));
+        assert!(violates(&a, "", "dublin", None, &row_op(&[("status", serde_json::json!("open"))])));
     }
 
     /// An insert's row op of `actor`: "$live" under a real timestamp, the
@@ -206,32 +319,32 @@ mod tests {
         let title = ("title", serde_json::json!("seal"));
         for v in [&open, &null] {
             let held = insert("phone1", &[("status", v.clone()), title.clone()], true);
-            assert!(client_violation(&a, "", "phone1", &held).is_none(), "{v} under a placeholder");
+            assert!(client_violation(&a, "", "phone1", None, &held).is_none(), "{v} under a placeholder");
             // Under a real timestamp it would reset the authority's value:
             // a node's insert may (its own setting may not have run yet), a
             // client's may not.
             let real = insert("phone1", &[("status", v.clone()), title.clone()], false);
-            assert!(violation(&a, "", "phone1", &real).is_none());
-            assert_eq!(client_violation(&a, "", "phone1", &real).map(|(c, _)| c), Some("status"), "{v} under a real timestamp");
-            assert!(client_violation(&a, "", "virginia", &real).is_none(), "the authority may");
+            assert!(violation(&a, "", "phone1", None, &real).is_none());
+            assert_eq!(client_violation(&a, "", "phone1", None, &real).map(|(c, _)| c), Some("status"), "{v} under a real timestamp");
+            assert!(client_violation(&a, "", "virginia", None, &real).is_none(), "the authority may");
         }
         // Plain columns take real timestamps; a placeholder allows no other value.
-        assert!(client_violation(&a, "", "phone1", &insert("phone1", &[title], false)).is_none());
-        assert!(client_violation(&a, "", "phone1", &insert("phone1", &[("status", closed)], true)).is_some());
+        assert!(client_violation(&a, "", "phone1", None, &insert("phone1", &[title], false)).is_none());
+        assert!(client_violation(&a, "", "phone1", None, &insert("phone1", &[("status", closed)], true)).is_some());
     }
 
     #[test]
     fn an_insert_may_carry_the_default_as_its_type_renders_it() {
         let mut a = Authorities::new();
-        a.insert("amount".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!(0)), removes_only: false });
-        a.insert("rate".into(), Authority { node: "virginia".into(), default: Some(serde_json::json!(1.50)), removes_only: false });
+        a.insert("amount".into(), Authority::new("virginia", Some(serde_json::json!(0)), false));
+        a.insert("rate".into(), Authority::new("virginia", Some(serde_json::json!(1.50)), false));
         let live = ("$live", serde_json::json!(true));
         let num = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
         for (col, v) in [("amount", "0.00"), ("amount", "-0"), ("amount", "0e5"), ("rate", "1.5"), ("rate", "15e-1")] {
-            assert!(!violates(&a, "", "dublin", &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
+            assert!(!violates(&a, "", "dublin", None, &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
         }
         for (col, v) in [("amount", "0.01"), ("amount", "10"), ("rate", "-1.5"), ("rate", "15"), ("rate", "\"1.5\"")] {
-            assert!(violates(&a, "", "dublin", &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
+            assert!(violates(&a, "", "dublin", None, &row_op(&[live.clone(), (col, num(v))])), "{col} = {v}");
         }
     }
 
@@ -242,18 +355,18 @@ mod tests {
         let add = s.add("warning", crate::Dot::new("dublin", 1));
         let again = s.add("warning", crate::Dot::new("dublin", 2));
         let remove = s.remove("warning");
-        assert!(!violates(&a, "tags", "dublin", &encode(&add)));
-        assert!(!violates(&a, "tags", "dublin", &encode(&again)), "adding an element again removes nothing");
-        assert!(violates(&a, "tags", "dublin", &encode(&remove)));
-        assert!(!violates(&a, "tags", "virginia", &encode(&remove)));
+        assert!(!violates(&a, "tags", "dublin", None, &encode(&add)));
+        assert!(!violates(&a, "tags", "dublin", None, &encode(&again)), "adding an element again removes nothing");
+        assert!(violates(&a, "tags", "dublin", None, &encode(&remove)));
+        assert!(!violates(&a, "tags", "virginia", None, &encode(&remove)));
         // An add merged with a removal (one statement doing both) removes.
         let mut both = s.add("fresh", crate::Dot::new("dublin", 3));
         both.merge(&s.remove("fresh"));
-        assert!(violates(&a, "tags", "dublin", &encode(&both)));
+        assert!(violates(&a, "tags", "dublin", None, &encode(&both)));
         // A forged add that covers another element's dot removes it.
         let mut forged = OrSet::default().add("other", crate::Dot::new("dublin", 9));
         forged.context.insert(&crate::Dot::new("dublin", 1));
-        assert!(violates(&a, "tags", "dublin", &encode(&forged)));
+        assert!(violates(&a, "tags", "dublin", None, &encode(&forged)));
     }
 
     #[test]
@@ -269,10 +382,44 @@ mod tests {
         forged.context.insert(&crate::Dot::new("virginia", 4));
         assert!(!forged.removes());
         assert_eq!(held.merged(&forged).elements(), vec!["zz".to_string()]);
-        assert!(violates(&a, "tags", "dublin", &encode(&forged)));
+        assert!(violates(&a, "tags", "dublin", None, &encode(&forged)));
         // The authority may; and dublin's own dots are an add.
-        assert!(!violates(&a, "tags", "virginia", &encode(&forged)));
+        assert!(!violates(&a, "tags", "virginia", None, &encode(&forged)));
         let own = OrSet::default().add("x", crate::Dot::new("dublin", 5));
-        assert!(!violates(&a, "tags", "dublin", &encode(&own)));
+        assert!(!violates(&a, "tags", "dublin", None, &encode(&own)));
+    }
+
+    #[test]
+    fn a_handover_judges_by_actor_and_counter() {
+        // virginia held status until its handover at counter 10; dublin took
+        // it at its counter 20.
+        let mut moved = Authority::new("dublin", Some(serde_json::json!("open")), false);
+        moved.since = Some(20);
+        moved.earlier.push(Term { node: "virginia".into(), after: 0, until: 10 });
+        let a: Authorities = [("status".to_string(), moved.clone())].into();
+        let closed = row_op(&[("status", serde_json::json!("closed"))]);
+        assert!(!violates(&a, "", "virginia", Some(9), &closed), "before its handover");
+        assert!(violates(&a, "", "virginia", Some(11), &closed), "after its handover");
+        assert!(violates(&a, "", "dublin", Some(20), &closed), "before it took over");
+        assert!(!violates(&a, "", "dublin", Some(21), &closed));
+        assert!(violates(&a, "", "madrid", Some(15), &closed));
+        assert!(!violates(&a, "", "dublin", None, &closed), "dublin holds it now");
+        assert!(violates(&a, "", "virginia", None, &closed));
+        // Handed over, not taken yet: nobody holds it now.
+        moved.since = None;
+        let a: Authorities = [("status".to_string(), moved)].into();
+        assert!(violates(&a, "", "dublin", Some(21), &closed));
+        assert!(violates(&a, "", "dublin", None, &closed));
+        assert!(!violates(&a, "", "virginia", Some(9), &closed));
+    }
+
+    #[test]
+    fn parse_reads_terms_and_an_untaken_handover() {
+        let text = r#"{"status": ["dublin", "open", false, null, [{"node": "virginia", "after": 0, "until": 10}]],
+                       "tags": ["virginia", null, true, 0, []]}"#;
+        let a = parse(Some(text.into()));
+        assert_eq!(a["status"].since, None);
+        assert_eq!(a["status"].earlier, vec![Term { node: "virginia".into(), after: 0, until: 10 }]);
+        assert_eq!(a["tags"], Authority::new("virginia", None, true));
     }
 }

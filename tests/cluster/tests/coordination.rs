@@ -294,3 +294,84 @@ fn a_stale_tablet_cannot_remove_an_ormap_key() {
         assert_eq!(not_applied(n), if n.name == "dublin" { "tab8:1 not_authority" } else { "" }, "{}", n.name);
     }
 }
+
+/// A change of authority is atomic (docs/coordination.md, "Moving an
+/// authority"): virginia hands title over to dublin while madrid is cut
+/// off from virginia, so madrid gets dublin's take and write before
+/// virginia's last write and its handover. Each op is judged by its actor
+/// and counter, so every node applies every op, and every node ends with
+/// the same setting and rows.
+#[test]
+fn an_authority_moves_atomically_through_a_partition() {
+    let root = Scratch::new("handover");
+    let nodes = mesh_of_three(&root.0, base_port());
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_authority('item', 'title', 'virginia')").unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO item (id, sev) VALUES (1, 2)").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    let code = |r: Result<(), postgres::Error>| r.unwrap_err().code().map(|c| c.code().to_string());
+
+    pause(&nodes, 2, 0, true);
+    nodes[2].client().batch_execute("UPDATE item SET title = 'virginia''s last' WHERE id = 1").unwrap();
+    // A move starts on the holder (virginia, a peer here).
+    let here = nodes[0].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')");
+    assert_eq!(code(here), Some("55000".into()));
+    // A transaction of virginia whose snapshot is older than the handover
+    // passes the guards, which read with it; it fails when it takes its
+    // counters, which would come after virginia's term.
+    let mut stale = nodes[2].client();
+    let mut tx = stale.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+    tx.batch_execute("SELECT 1").unwrap();
+    nodes[2].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap();
+    tx.batch_execute("UPDATE item SET title = 'stale snapshot' WHERE id = 1").unwrap();
+    assert_eq!(code(tx.commit()), Some("40001".into()));
+    let after = nodes[2].client().batch_execute("UPDATE item SET title = 'too late' WHERE id = 1");
+    assert_eq!(code(after), Some("42501".into()));
+    // dublin gets the handover; it decides only once it has taken it.
+    let setting = "SELECT format('%s %s %s', node, coalesce(since::text, 'untaken'), earlier) FROM converge.authorities WHERE target_column = 'title'";
+    let handed = text(&nodes[2], setting);
+    assert!(handed.starts_with("dublin untaken [{\"node\": \"virginia\", \"after\": 0, \"until\": "), "{handed}");
+    wait_for(&nodes[1], setting, &handed, "virginia's handover");
+    let early = nodes[1].client().batch_execute("UPDATE item SET title = 'early' WHERE id = 1");
+    assert_eq!(code(early), Some("42501".into()));
+    // A request made meanwhile waits: nobody holds the column.
+    let asked: String = nodes[0]
+        .client()
+        .query_one("SELECT converge.request('item', '{\"id\": 1}', 'title', '\"asked meanwhile\"')", &[])
+        .unwrap()
+        .get(0);
+    let status = format!("SELECT status FROM converge.requests WHERE request_id = '{asked}'");
+    wait_for(&nodes[1], &status, "pending", "madrid's request");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(text(&nodes[1], &status), "pending", "decided before dublin took the column");
+    assert_eq!(text(&nodes[1], "SELECT title FROM item WHERE id = 1"), "virginia's last");
+    // Taking it decides what waited (then, or in the worker's next pass
+    // if the worker held the request's row at that moment). madrid, cut
+    // off from dublin meanwhile too, gets dublin's take and its writes in
+    // one batch, and judges the writes after the take.
+    pause(&nodes, 1, 0, true);
+    nodes[1].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap();
+    wait_for(&nodes[1], &status, "granted", "the request decided once dublin took the column");
+    assert_eq!(text(&nodes[1], "SELECT title FROM item WHERE id = 1"), "asked meanwhile");
+    nodes[1].client().batch_execute("UPDATE item SET title = 'dublin decides' WHERE id = 1").unwrap();
+    pause(&nodes, 1, 0, false);
+    // madrid has dublin's take and write, not yet virginia's last write.
+    wait_for(&nodes[0], "SELECT coalesce(title, 'NULL') FROM item WHERE id = 1", "dublin decides", "dublin's write");
+    assert!(!text(&nodes[0], setting).contains("untaken"));
+
+    pause(&nodes, 2, 0, false);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    let taken = text(&nodes[1], setting);
+    for n in &nodes {
+        assert_eq!(not_applied(n), "", "on {}", n.name);
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "dublin decides", "on {}", n.name);
+        assert_eq!(text(n, setting), taken, "the setting on {}", n.name);
+        assert_eq!(text(n, &status), "granted", "madrid's request on {}", n.name);
+        let last = "SELECT count(*)::text FROM converge.op_log WHERE actor = 'virginia' AND target_table = 'public.item' AND outcome = 'applied'";
+        if n.name != "virginia" {
+            assert_eq!(text(n, last), "1", "virginia's last write on {}", n.name);
+        }
+    }
+}
