@@ -93,17 +93,13 @@ pub(crate) fn check_held() {
         return;
     }
     let me = crate::node::local_node();
-    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    const SQL: &str = "SELECT c FROM pg_catalog.unnest($2) c WHERE NOT EXISTS (
+        SELECT FROM converge.authority a WHERE a.table_name = pg_catalog.to_regclass($1) AND a.column_name OPERATOR(pg_catalog.=) c
+           AND a.node OPERATOR(pg_catalog.=) $3 AND a.since IS NOT NULL)";
     for (table, cols) in held {
-        let sql = format!(
-            "SELECT c FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) c WHERE NOT EXISTS (
-                SELECT FROM converge.authority a WHERE a.table_name = pg_catalog.to_regclass({}) AND a.column_name OPERATOR(pg_catalog.=) c
-                   AND a.node OPERATOR(pg_catalog.=) {} AND a.since IS NOT NULL)",
-            cols.iter().map(|c| lit(c)).collect::<Vec<_>>().join(", "),
-            lit(&table),
-            lit(&me)
-        );
-        if let Some(c) = crate::security::as_owner(|| crate::spi::read_latest_text(&sql)) {
+        let text = |s: &str| (pg_sys::TEXTOID, s.into_datum().expect("text"));
+        let args = [text(&table), (pg_sys::TEXTARRAYOID, cols.into_datum().expect("text[]")), text(&me)];
+        if let Some(c) = crate::security::as_owner(|| crate::spi::read_latest_text(SQL, &args)) {
             let what = if c.is_empty() { format!("table {table}") } else { format!("column \"{c}\" of {table}") };
             crate::errors::raise_hint(
                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
@@ -276,6 +272,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_PREPARE => reset(),
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             WAITING.with(|q| q.borrow_mut().clear());
+            HELD.with(|h| h.borrow_mut().clear());
             AT_ONCE.set(false);
             crate::local_ops::leave_order(false);
         }

@@ -107,9 +107,10 @@ fn set_authority_on(
         );
     }
     let plan = node.map_or(Plan::Store, |node| crate::handover::plan(tbl, &name, col, node));
-    // A handover keeps the holder in the setting until it is recorded.
+    // A handover keeps the holder in the setting until it is recorded (and
+    // a refusal, raised once the arguments are checked, changes nothing).
     let stored = match &plan {
-        Plan::End { .. } => crate::handover::current_node(tbl, col),
+        Plan::End { .. } | Plan::Refuse(..) => crate::handover::current_node(tbl, col),
         _ => node.map(String::from),
     };
     crate::security::as_owner(|| {
@@ -121,8 +122,13 @@ fn set_authority_on(
         })
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+    if let Plan::Refuse(message, hint) = plan {
+        crate::errors::raise_hint(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, hint);
+    }
+    // (Before a handover takes the op counter: no DDL while it is held.)
+    make_guard(tbl);
+    unsafe { pg_sys::CommandCounterIncrement() };
     match plan {
-        // (The guard's columns stay: no DDL while the op counter is held.)
         Plan::End { since, earlier } => crate::handover::end(tbl, &name, col, node.expect("named"), since, earlier),
         Plan::Take { earlier } => {
             crate::handover::take(tbl, col, earlier);
@@ -131,12 +137,11 @@ fn set_authority_on(
             crate::requests::decide_pending();
         }
         Plan::Store => {
-            make_guard(tbl);
-            unsafe { pg_sys::CommandCounterIncrement() };
             if let (None, Some(node)) = (col, node) {
                 reapply(freezes_refused(tbl, node));
             }
         }
+        Plan::Refuse(..) => unreachable!("raised above"),
     }
 }
 

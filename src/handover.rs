@@ -15,7 +15,7 @@
 //! every node then judges each op alike; its tests/handover.rs checks it
 //! against a model.
 
-use crate::errors::{raise, raise_hint};
+use crate::errors::raise;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 pub use converge_core::authority::Handover;
@@ -64,14 +64,15 @@ fn hand_over(table: &str, column: &str, h: &Handover, taken: Option<i64>) {
             let (Some(rel), Some(node)) = (r.get::<pg_sys::Oid>(1)?, r.get::<String>(2)?) else { return Ok(None) };
             let earlier = r.get::<String>(4)?.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
             let mut a = Authority { node, default: None, removes_only: false, since: r.get::<i64>(3)?, earlier };
-            if a.hand_over(h, taken) {
-                let terms = serde_json::to_string(&a.earlier).expect("terms serialize");
-                c.update(
-                    "UPDATE converge.authority SET node = $3, since = $4, earlier = $5::jsonb WHERE table_name = $1 AND column_name = $2",
-                    None,
-                    &[rel.into(), column.into(), a.node.as_str().into(), a.since.into(), terms.into()],
-                )?;
+            if !a.hand_over(h, taken) {
+                return Ok(None);
             }
+            let terms = serde_json::to_string(&a.earlier).expect("terms serialize");
+            c.update(
+                "UPDATE converge.authority SET node = $3, since = $4, earlier = $5::jsonb WHERE table_name = $1 AND column_name = $2",
+                None,
+                &[rel.into(), column.into(), a.node.as_str().into(), a.since.into(), terms.into()],
+            )?;
             Ok(Some(rel))
         })
     })
@@ -80,8 +81,8 @@ fn hand_over(table: &str, column: &str, h: &Handover, taken: Option<i64>) {
     // this one's at once: the rest of its batch is judged after this).
     if let Some(rel) = rel {
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel) };
+        crate::apply::forget_resolved();
     }
-    crate::apply::forget_resolved();
 }
 
 /// What `set_authority` does about the node that holds the setting now.
@@ -95,10 +96,12 @@ pub(crate) enum Plan {
     /// It was handed over to this node (after the holders' terms
     /// `earlier`): take it.
     Take { earlier: Vec<Term> },
+    /// Cannot be done here: raised once the arguments are validated.
+    Refuse(String, String),
 }
 
 /// How `set_authority(tbl, col, node)` goes on this node, given the
-/// setting here. Raises what cannot be done here.
+/// setting here.
 pub(crate) fn plan(tbl: pg_sys::Oid, name: &str, col: Option<&str>, node: &str) -> Plan {
     let Some(me) = crate::node::local_node_if_set() else { return Plan::Store };
     let what = match col {
@@ -110,23 +113,24 @@ pub(crate) fn plan(tbl: pg_sys::Oid, name: &str, col: Option<&str>, node: &str) 
         (true, Some(_)) => Plan::Store,
         (true, None) if node == me && !earlier.is_empty() => Plan::Take { earlier },
         (true, None) => Plan::Store,
+        (false, Some(_)) if holder == me && !is_peer(node) => Plan::Refuse(
+            format!("node \"{node}\" is not a peer of this node: it could not take the authority of {what} over"),
+            "Hand it over to a node in converge.peers (its name is its converge.node()).".into(),
+        ),
         (false, Some(since)) if holder == me => Plan::End { since, earlier },
-        (false, None) if holder == me => raise_hint(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        (false, None) if holder == me => Plan::Refuse(
             format!("the authority of {what} was handed over to this node, which has not taken it"),
             format!("Take it with converge.set_authority naming node \"{me}\" first."),
         ),
         (false, _) if !is_peer(&holder) => Plan::Store,
-        (false, _) if node == me => raise_hint(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        (false, _) if node == me => Plan::Refuse(
             format!("node \"{holder}\" has not handed the authority of {what} over to this node"),
             format!(
                 "Run converge.set_authority naming node \"{me}\" on node \"{holder}\" first; its handover reaches every node \
                  through replication, and this node takes the authority when you run it here again."
             ),
         ),
-        (false, _) => raise_hint(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        (false, _) => Plan::Refuse(
             format!("the authority of {what} is node \"{holder}\": a change of it starts there"),
             format!(
                 "Run it on node \"{holder}\"; its handover reaches every node through replication. If node \"{holder}\" is gone \
@@ -144,13 +148,15 @@ pub(crate) fn current_node(tbl: pg_sys::Oid, col: Option<&str>) -> Option<String
     current(tbl, col).map(|(node, _, _)| node)
 }
 
-/// The setting of (table, column) here.
+/// The setting of (table, column) here, locked to the end of the
+/// transaction (a set_authority or a handover applied meanwhile waits).
 fn current(tbl: pg_sys::Oid, col: Option<&str>) -> Option<Current> {
     crate::security::as_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
+        Spi::connect_mut(|c| {
+            let t = c.update(
                 "SELECT a.node, a.since, a.earlier::text
-                   FROM converge.authority a WHERE a.table_name = $1::oid::regclass AND a.column_name = coalesce($2, '')",
+                   FROM converge.authority a WHERE a.table_name = $1::oid::regclass AND a.column_name = coalesce($2, '')
+                    FOR UPDATE",
                 Some(1),
                 &[tbl.into(), col.into()],
             )?;

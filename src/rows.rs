@@ -43,6 +43,15 @@ pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// `s` as an SQL string literal, read alike whatever the session's
+/// `standard_conforming_strings` (as PostgreSQL's quote_literal writes it).
+pub fn literal(s: &str) -> String {
+    match s.contains('\\') {
+        true => format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''")),
+        false => format!("'{}'", s.replace('\'', "''")),
+    }
+}
+
 /// `t.k1 = v.k1 AND ...`: row t has the key of record v (a key given as
 /// JSON and read with jsonb_populate_record, so types compare as stored).
 pub fn keys_match(keys: &[String]) -> String {
@@ -191,7 +200,7 @@ impl RowTable<'_> {
         // Sorted: the statement's text is its plan's key (spi::prepared).
         let mut names: Vec<&String> = self.crdt.keys().collect();
         names.sort();
-        let cols: Vec<String> = names.iter().map(|c| format!("'{}', t.{}::text", c.replace('\'', "''"), ident(c))).collect();
+        let cols: Vec<String> = names.iter().map(|c| format!("{}, t.{}::text", literal(c), ident(c))).collect();
         let sql = format!("SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object({})) FROM {}", cols.join(", "), self.key_source());
         match self.update(&sql, &[Jb(key.clone()).into()]).pop().flatten() {
             Some(Jb(Value::Object(m))) => m,

@@ -45,9 +45,13 @@ pub fn read_fresh_i64(sql: &str) -> Option<i64> {
 
 /// The first column of `sql`'s first row as text, read with the latest
 /// snapshot (other sessions' commits up to now, also in a REPEATABLE READ
-/// transaction, and this one's own changes).
-pub fn read_latest_text(sql: &str) -> Option<String> {
+/// transaction, and this one's own changes). `args`: $1, $2, ... as
+/// non-NULL values of their types.
+pub fn read_latest_text(sql: &str, args: &[(pg_sys::Oid, pg_sys::Datum)]) -> Option<String> {
     let c = std::ffi::CString::new(sql).ok()?;
+    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+    let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
+    let nulls = vec![b' ' as std::ffi::c_char; args.len()];
     unsafe {
         pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
@@ -55,7 +59,15 @@ pub fn read_latest_text(sql: &str) -> Option<String> {
             return None;
         }
         // read_only = true: SPI runs it under the active snapshot.
-        let rc = pg_sys::SPI_execute(c.as_ptr(), true, 1);
+        let rc = pg_sys::SPI_execute_with_args(
+            c.as_ptr(),
+            args.len() as i32,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            true,
+            1,
+        );
         let mut out = None;
         if rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed == 1 {
             let tt = pg_sys::SPI_tuptable;

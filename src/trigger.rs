@@ -333,14 +333,15 @@ fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
         return;
     }
     let Some((name, a)) = violation(&meta.auth, column, me, None, delta) else {
-        // Held here: checked again at commit (commit_ops::note_held). A
-        // row op's plain columns are not told apart: all of them.
-        let held: Vec<&str> = match column {
-            "" => meta.auth.iter().filter(|(c, a)| a.holds(me, None) && !meta.crdt_types.contains_key(*c)).map(|(c, _)| c.as_str()).collect(),
-            c => meta.auth.get(c).filter(|a| a.holds(me, None)).map(|_| vec![c]).unwrap_or_default(),
-        };
-        if !held.is_empty() {
-            crate::commit_ops::note_held(&meta.name, &held);
+        // Held here. A transaction whose snapshot is older than a handover
+        // committed since passed the guards: checked again when it takes
+        // its counters (commit_ops::note_held). A newer snapshot sees the
+        // handover (its table lock made this wait).
+        if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+            let held = converge_core::authority::held_written(&meta.auth, column, me, delta);
+            if !held.is_empty() {
+                crate::commit_ops::note_held(&meta.name, &held);
+            }
         }
         return;
     };

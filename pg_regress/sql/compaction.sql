@@ -173,13 +173,16 @@ DELETE FROM converge.peer WHERE name = 'oslo';
 -- here and kept on a node that has not compacted, the same insert would
 -- take the placeholder here and the older value there). Row 7's table has
 -- no such column: its tombstone goes. Here lisbon closes desk 1 while it
--- decides status, then oslo takes over, and the row is deleted.
+-- decides status, then hands it over to oslo (a peer for that moment),
+-- and the row is deleted.
 CREATE TABLE desk (id int PRIMARY KEY, status text DEFAULT 'open');
 SELECT replicate('desk');
 SELECT set_authority('desk', 'status', 'lisbon');
 INSERT INTO desk (id) VALUES (1);
 UPDATE desk SET status = 'closed';
+INSERT INTO converge.peer (name, conninfo, slot_name, origin_name, paused) VALUES ('oslo', 'host=invalid', 'none', 'none', true);
 SELECT set_authority('desk', 'status', 'oslo');
+DELETE FROM converge.peer WHERE name = 'oslo';
 DELETE FROM desk;
 INSERT INTO ticket (id, title) VALUES (7, 'gasket');
 DELETE FROM ticket WHERE id = 7;
@@ -232,7 +235,9 @@ RESET ROLE;
 SELECT set_authority('post', 'status', 'lisbon');
 INSERT INTO post (id) VALUES (1);
 UPDATE post SET status = 'closed';
+INSERT INTO converge.peer (name, conninfo, slot_name, origin_name, paused) VALUES ('oslo', 'host=invalid', 'none', 'none', true);
 SELECT set_authority('post', 'status', 'oslo');
+DELETE FROM converge.peer WHERE name = 'oslo';
 DELETE FROM post;
 ALTER TABLE post ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 CREATE POLICY everything ON post USING (true);

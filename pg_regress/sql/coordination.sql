@@ -186,13 +186,19 @@ SELECT id, converge.elements(tags) AS tags FROM incident WHERE id = 1;
 -- Moving an authority (docs/coordination.md, "Moving an authority"): on
 -- the node that holds it, set_authority ends its term with a handover op
 -- (replicated; the new node takes it when it runs set_authority there).
--- Elsewhere a holder that is a peer must start the move; virginia is no
--- peer here, so this node may name another node directly.
+-- virginia is made a peer here, as add_peer would (paused: nothing
+-- connects to it).
+RESET ROLE;
+INSERT INTO converge.peer (name, conninfo, slot_name, origin_name, paused) VALUES ('virginia', 'host=invalid', 'none', 'none', true);
+SET ROLE cv_clinic;
 CREATE TABLE handed (id int PRIMARY KEY, owner text);
 SELECT converge.replicate('handed');
 SELECT converge.set_authority('handed', 'owner', 'dublin');
 INSERT INTO handed VALUES (1, 'ana');
 UPDATE handed SET owner = 'bo' WHERE id = 1;
+\set VERBOSITY sqlstate
+SELECT converge.set_authority('handed', 'owner', 'oslo');       -- no peer of this node: 55000
+\set VERBOSITY default
 SELECT converge.set_authority('handed', 'owner', 'virginia');
 SELECT node, since, earlier -> 0 ->> 'node' AS held_by, (earlier -> 0 ->> 'after')::int AS after
   FROM converge.authorities WHERE target_table = 'public.handed';
@@ -201,6 +207,12 @@ SELECT target_key, convert_from(delta, 'UTF8')::jsonb - 'until' - 'earlier' AS h
        convert_from(delta, 'UTF8')::jsonb -> 'earlier' = (SELECT earlier FROM converge.authorities WHERE target_table = 'public.handed') AS terms_as_here
   FROM converge.op_log WHERE target_table = 'converge.handover';
 UPDATE handed SET owner = 'cy' WHERE id = 1;
+-- virginia, a peer, holds it now: only it hands it on (back here included).
+SELECT converge.set_authority('handed', 'owner', 'dublin');
+-- A holder that is no peer (removed for good) may be replaced directly.
+RESET ROLE;
+DELETE FROM converge.peer WHERE name = 'virginia';
+SET ROLE cv_clinic;
 SELECT converge.set_authority('handed', 'owner', 'dublin');
 SELECT node, since, jsonb_array_length(earlier) AS earlier_terms FROM converge.authorities WHERE target_table = 'public.handed';
 UPDATE handed SET owner = 'cy' WHERE id = 1;
@@ -226,6 +238,23 @@ SELECT converge.set_authority('incident', 'title', 'virginia');
 RESET ROLE;
 SELECT converge.set_authority('incident', 'nope', 'virginia');
 SELECT converge.set_authority('incident', 'id', 'virginia');
+
+-- A CRDT column whose name has a backslash, in a session with
+-- standard_conforming_strings off: a peer's delete of its row stashes the
+-- column's state under its own name (converge quotes it for either
+-- setting), and an insert of the key again resumes it.
+SET search_path = public, converge;
+SET standard_conforming_strings = off;
+CREATE TABLE odd (id int PRIMARY KEY, "a\b" gcounter);
+SELECT replicate('odd');
+INSERT INTO odd VALUES (1, incr(NULL::gcounter, 2));
+SELECT outcome, reason FROM apply(ROW('phone9:1', 'phone9', 'public.odd', '{"id":1}', '', 1, 0, '{}',
+    '{"entries":{"$live":[[9999999999999,0,"phone9"],{"put":false}]}}'::lwwmap::bytea, NULL)::op);
+SELECT count(*) AS rows_left, (SELECT stash FROM row_state WHERE tbl = 'odd'::regclass) AS stash FROM odd;
+INSERT INTO odd (id) VALUES (1);
+SELECT id, value("a\b") AS resumed FROM odd;
+RESET standard_conforming_strings;
+DROP TABLE odd;
 
 \c regression
 DROP DATABASE converge_regress_dublin;

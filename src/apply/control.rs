@@ -85,9 +85,9 @@ fn table_op<'a>(
 }
 
 /// Why a handover op is not valid (None: valid). Only a node makes one,
-/// through its replication, for a table replicated here whose setting
-/// names one of the nodes of its chain of handovers (else this node's
-/// configuration differs: `not_authority`, as for a freeze).
+/// through its replication, for a table replicated here whose setting it
+/// follows (`Authority::follows`; else this node's configuration differs:
+/// `not_authority`, as for a freeze).
 fn handover_op_error(
     it: &Item,
     from_peer: bool,
@@ -106,8 +106,8 @@ fn handover_op_error(
     };
     let here = if column.is_empty() { t.table_authority.as_ref() } else { t.authority.get(column) };
     match here {
-        Some(a) if h.involves(&a.node) => None,
-        Some(a) => Some(format!("not_authority: the authority of {table} {column} is {} here", a.node)),
+        Some(a) if a.follows(&h) => None,
+        Some(a) => Some(format!("not_authority: the handover of {table} {column} does not follow the setting here ({})", a.node)),
         None => Some(format!("not_authority: {table} {column} has no authority here")),
     }
 }

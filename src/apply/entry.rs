@@ -195,14 +195,19 @@ fn items_of_ops(ops: Vec<Op>) -> Vec<Item> {
 /// other origin are never applied as a peer's.
 pub(super) fn run(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     // A handover changes how the ops after it are judged: they are
-    // classified once it is merged (handover.rs).
-    let handover = items.iter().position(|i| i.table.as_deref() == Some(crate::handover::HANDOVER));
-    if let Some(at) = handover.filter(|at| at + 1 < items.len()) {
+    // classified once it is merged (handover.rs). Only a peer's batch
+    // carries one that can be applied.
+    let mut out = Vec::new();
+    let handover = |i: &Item| i.table.as_deref() == Some(crate::handover::HANDOVER);
+    while let Some(at) = items.iter().position(handover).filter(|at| trusted() && at + 1 < items.len()) {
         let rest = items.split_off(at + 1);
-        let mut out = run(items, origin, top_level);
-        out.extend(run(rest, origin, top_level));
-        return out;
+        out.extend(run_part(std::mem::replace(&mut items, rest), origin, top_level));
     }
+    out.extend(run_part(items, origin, top_level));
+    out
+}
+
+fn run_part(items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     match (trusted(), origin.starts_with("peer:")) {
         (false, true) => run_as(items, &format!("claimed {origin}"), top_level),
         (true, false) => super::classify::as_client(|| run_as(items, origin, top_level)),

@@ -110,9 +110,13 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
             // since in this statement, as set_authority applying the
             // freezes it refused, or a batch after a handover it applied.)
             let (versions, authority, table_authority) = crate::security::in_fixed_path(|| {
-                let read = |sql: String| crate::coordination::parse(crate::spi::read_one::<String>(&format!("SELECT {sql}"), &[rel.into()]));
+                use crate::coordination::{authorities_sql, parse, table_authority_sql};
                 let r = "$1::oid::regclass";
-                (schema_versions(rel), read(crate::coordination::authorities_sql(r)), read(crate::coordination::table_authority_sql(r)).remove(""))
+                let sql = format!("SELECT ARRAY[{}, {}]", authorities_sql(r), table_authority_sql(r));
+                let [columns, table]: [Option<String>; 2] = crate::spi::read_one::<Vec<Option<String>>>(&sql, &[rel.into()])
+                    .and_then(|v| v.try_into().ok())
+                    .unwrap_or_default();
+                (schema_versions(rel), parse(columns), parse(table).remove(""))
             });
             targets.push(Target {
                 rel,

@@ -101,14 +101,26 @@ impl Handover {
         Some((h, taken))
     }
 
-    /// Whether a setting naming `node` takes part in this chain of
-    /// handovers (else the node's configuration differs).
-    pub fn involves(&self, node: &str) -> bool {
-        self.to == node || self.earlier.iter().any(|t| t.node == node)
-    }
 }
 
 impl Authority {
+    /// Whether handover `h` follows this setting: the terms of one are the
+    /// start of the other's, each handover's node is the next holder, and
+    /// a term it adds begins with this setting's holder (at its `since`,
+    /// if known here). Else the two come from settings that differ (set
+    /// differently on some node), and applying it would fork the terms.
+    pub fn follows(&self, h: &Handover) -> bool {
+        let (mine, theirs) = (&self.earlier[..], &h.earlier[..]);
+        let n = theirs.len();
+        if n <= mine.len() {
+            // Known already: the same handover, or one before it.
+            let next = mine.get(n).map_or(self.node.as_str(), |t| t.node.as_str());
+            return mine[..n] == *theirs && h.to == next;
+        }
+        let new = &theirs[mine.len()];
+        theirs[..mine.len()] == *mine && new.node == self.node && self.since.is_none_or(|s| s == new.after)
+    }
+
     /// Apply a handover op (`taken`: the TAKE's counter; None: an END).
     /// Terms only grow, one per handover, and only the holder adds one, so
     /// the longest list seen is the newest: ops of a chain of handovers
@@ -193,6 +205,21 @@ fn check<'a>(auth: &'a Authorities, column: &str, by: (&str, Option<i64>), delta
         (!allowed).then_some((name.as_str(), a))
     });
     written.next()
+}
+
+/// The authority columns an op of `actor` on `column` (`""`: a row op)
+/// writes that `actor` holds now: those a handover committed meanwhile
+/// could take from it (the extension checks them again at commit).
+pub fn held_written<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Vec<&'a str> {
+    let held = |c: &str| auth.get_key_value(c).filter(|(_, a)| a.holds(actor, None)).map(|(k, _)| k.as_str());
+    if !column.is_empty() {
+        return held(column).into_iter().collect();
+    }
+    if !auth.values().any(|a| a.holds(actor, None)) {
+        return Vec::new();
+    }
+    let Ok(d) = decode_trusted::<LwwMap>(delta) else { return Vec::new() };
+    d.entries.keys().filter_map(|k| held(k)).collect()
 }
 
 /// JSON equality with numbers compared by value. An insert's value is
@@ -404,6 +431,9 @@ mod tests {
         assert!(!violates(&a, "", "dublin", Some(21), &closed));
         assert!(violates(&a, "", "madrid", Some(15), &closed));
         assert!(!violates(&a, "", "dublin", None, &closed), "dublin holds it now");
+        assert_eq!(held_written(&a, "", "dublin", &closed), vec!["status"]);
+        assert!(held_written(&a, "", "dublin", &row_op(&[("title", serde_json::json!("x"))])).is_empty());
+        assert!(held_written(&a, "", "virginia", &closed).is_empty());
         assert!(violates(&a, "", "virginia", None, &closed));
         // Handed over, not taken yet: nobody holds it now.
         moved.since = None;

@@ -97,6 +97,7 @@ fn observe(r: &mut Rng, ops: &[Op]) -> (Authority, Vec<bool>) {
                 let delta = serde_json::to_vec(h).unwrap();
                 let (read, t) = Handover::read(&delta, actor, *counter).expect("a valid handover");
                 assert_eq!((&read, t), (h, *taken));
+                assert!(setting.follows(&read), "{read:?} after {setting:?}");
                 setting.hand_over(&read, t);
             }
             Op::Other { .. } => {}
@@ -149,4 +150,28 @@ fn a_handover_is_read_only_from_its_two_nodes() {
     assert!(bad(&|x| x.to = "a".into()));
     assert!(bad(&|x| x.to = "no way".into()));
     assert!(Handover::read(b"{\"from\":\"a\"}", "a", 5).is_none());
+}
+
+#[test]
+fn a_handover_from_a_setting_that_differs_does_not_follow() {
+    let term = |node: &str, after, until| Term { node: node.into(), after, until };
+    let a = Authority::new("a", None, false);
+    let h = |from: &str, to: &str, earlier: Vec<Term>| Handover { from: from.into(), to: to.into(), until: earlier.last().unwrap().until, earlier };
+    assert!(a.follows(&h("a", "b", vec![term("a", 0, 5)])));
+    // d held it on some node (a first setting that differed) and hands it to a.
+    assert!(!a.follows(&h("d", "a", vec![term("d", 0, 5)])));
+    // a's term as another node saw it.
+    assert!(!a.follows(&h("a", "b", vec![term("a", 3, 5)])));
+    let mut b = a.clone();
+    assert!(b.hand_over(&h("a", "b", vec![term("a", 0, 5)]), None));
+    // The same handover again, its TAKE, and one before it: known.
+    assert!(b.follows(&h("a", "b", vec![term("a", 0, 5)])));
+    // Another END of equal length: a fork.
+    assert!(!b.follows(&h("a", "c", vec![term("a", 0, 5)])));
+    assert!(!b.follows(&h("a", "b", vec![term("a", 0, 6)])));
+    // b's own END, before its TAKE reached this node: b took it at 7.
+    assert!(b.follows(&h("b", "c", vec![term("a", 0, 5), term("b", 7, 9)])));
+    assert!(b.hand_over(&h("b", "c", vec![term("a", 0, 5), term("b", 7, 9)]), None));
+    assert!(b.follows(&h("a", "b", vec![term("a", 0, 5)])), "a's END arriving late is old news");
+    assert!(!b.follows(&h("a", "c", vec![term("a", 0, 5)])));
 }

@@ -431,3 +431,51 @@ fn peers_whose_names_read_alike_are_told_apart_by_their_slots() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// A node lost while an authority moved rejoins from a peer's snapshot
+/// (the others compacted past it) and takes the handover as state: it then
+/// judges the new holder's writes as the others do.
+#[test]
+fn a_node_lost_while_an_authority_moved_takes_the_move_when_it_rejoins() {
+    let root = Scratch::new("lost-handover");
+    let nodes = mesh_losing_peers_past_1mb(&root.0, base_port() + 3);
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_authority('item', 'title', 'madrid')").unwrap();
+    }
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'open')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+
+    isolate(&nodes, 2, true);
+    nodes[2].stop_immediate();
+    for i in [0, 1] {
+        nodes[i].client().execute("SELECT converge.resume_peer('virginia')", &[]).unwrap();
+        fill_wal(&nodes[i], "filler");
+    }
+    wait_lost(&nodes, &[(0, "virginia"), (1, "virginia")]);
+    // madrid hands title over to dublin, which takes it and writes it.
+    nodes[0].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap();
+    let setting = "SELECT format('%s %s %s', node, coalesce(since::text, 'untaken'), earlier) FROM converge.authorities WHERE target_column = 'title'";
+    wait_for(&nodes[1], setting, &text(&nodes[0], setting), "madrid's handover");
+    nodes[1].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap();
+    nodes[1].client().batch_execute("UPDATE item SET title = 'dublin decides' WHERE id = 1").unwrap();
+    wait_all_stable(&nodes[..2]);
+    compact_all(&nodes[..2]);
+    assert_eq!(text(&nodes[0], setting), text(&nodes[1], setting));
+
+    nodes[2].start();
+    nodes[2].client().execute("SELECT converge.resume_peer('madrid')", &[]).unwrap();
+    nodes[2].client().execute("SELECT converge.resume_peer('dublin')", &[]).unwrap();
+    converge_all(&nodes, Duration::from_secs(120));
+    let log = std::fs::read_to_string(nodes[2].dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("from the snapshot of peer"), "virginia did not rejoin from a snapshot");
+    // dublin decides after the rejoin, and virginia follows.
+    nodes[1].client().batch_execute("UPDATE item SET title = 'closed' WHERE id = 1").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, setting), text(&nodes[1], setting), "the setting on {}", n.name);
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "closed", "on {}", n.name);
+        let refused = count(n, "SELECT count(*) FROM converge.op_log WHERE reason LIKE 'not\\_authority%'");
+        assert_eq!(refused, 0, "{} refused ops as not_authority", n.name);
+    }
+}
