@@ -465,7 +465,7 @@ CREATE TABLE converge.authority (
     earlier       jsonb NOT NULL DEFAULT '[]',
     PRIMARY KEY (table_name, column_name)
 );
-COMMENT ON TABLE converge.authority IS 'Per replicated table and column, the node that decides it (set with converge.set_authority on every node).';
+COMMENT ON TABLE converge.authority IS 'Per replicated table and column, the node that decides it (set with converge.set_authority on every node; a change of node arrives as handover ops), since when, and the earlier holders'' terms.';
 SELECT pg_catalog.pg_extension_config_dump('converge.authority', '');
 GRANT SELECT ON converge.authority TO PUBLIC;
 
@@ -549,7 +549,7 @@ CREATE FUNCTION converge.set_authority(tbl regclass, col text, node text, decide
                                        removes_only boolean DEFAULT false)
 RETURNS void LANGUAGE sql AS $$ SELECT converge.set_authority_on(tbl::oid, col, node, decide::oid, removes_only) $$;
 COMMENT ON FUNCTION converge.set_authority_on(oid, text, text, oid, boolean) IS 'Internal: the body of converge.set_authority (checks that the caller owns the table).';
-COMMENT ON FUNCTION converge.set_authority(regclass, text, text, regprocedure, boolean) IS 'Name the node that decides a column of a replicated table (col NULL: the table''s authority). Run it on every node, as the table''s owner. Elsewhere a local change of that column fails with 42501, and an op of it made by another actor is rejected with not_authority. A second call for the same table and column replaces the first.';
+COMMENT ON FUNCTION converge.set_authority(regclass, text, text, regprocedure, boolean) IS 'Name the node that decides a column of a replicated table (col NULL: the table''s authority). Run it on every node, as the table''s owner. Elsewhere a local change of that column fails with 42501, and an op of it made by another actor is rejected with not_authority. A second call naming another node hands the authority over: it starts on the node that holds it, replicates, and the new node takes it when it runs set_authority (docs/coordination.md, "Moving an authority").';
 
 -- The guard on a table with authority columns (converge.set_authority
 -- creates it, firing only for updates of those columns): on every node but

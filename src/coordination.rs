@@ -4,7 +4,8 @@
 //! other actor is rejected with `not_authority` (`authority_error`, called
 //! by the apply's classification).
 
-use crate::errors::raise;
+use crate::errors::{raise, raise_hint};
+use std::collections::HashMap;
 pub use converge_core::authority::{parse, Authorities, Authority};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -24,6 +25,76 @@ pub fn authority_error(auth: &Authorities, column: &str, actor: &str, counter: i
     }
     let (col, _) = client_violation(auth, column, actor, Some(counter), delta)?;
     Some(format!("not_authority: a client's insert carries {col} only under a placeholder timestamp"))
+}
+
+/// A local change of a column with an authority elsewhere fails here, by
+/// the rule the other nodes apply to this node's op (`violation` in
+/// converge-core), so a change this node keeps is never rejected by them.
+/// The guard trigger (sql/coordination.sql) stops most such changes
+/// earlier; this also catches one it cannot see (a user's BEFORE trigger
+/// setting the column outside the UPDATE's SET list).
+pub fn guard_local(auth: &Authorities, table: &str, crdt_types: &HashMap<String, String>, column: &str, me: &str, delta: &[u8]) {
+    use converge_core::authority::{removal, violation, Removal};
+    if auth.is_empty() {
+        return;
+    }
+    let Some((name, a)) = violation(&auth, column, me, None, delta) else {
+        // Held here. A transaction whose snapshot is older than a handover
+        // committed since passed the guards: checked again when it takes
+        // its counters (commit_ops::note_held). A newer snapshot sees the
+        // handover (its table lock made this wait).
+        if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+            let held = converge_core::authority::held_written(&auth, column, me, delta);
+            if !held.is_empty() {
+                crate::commit_ops::note_held(table, &held);
+            }
+        }
+        return;
+    };
+    if a.node == me {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("column \"{name}\" of {} was handed over to this node, which has not taken it", table),
+            format!("Take it with converge.set_authority('{}', '{}', '{me}').", table.replace('\'', "''"), name.replace('\'', "''")),
+        );
+    }
+    let node = &a.node;
+    let lit = |x: &str| x.replace('\'', "''");
+    // A request for a CRDT column needs a decide function (requests/mod.rs).
+    let ask = if crate::requests::decide::has_decide_function(table, name) {
+        format!(", or ask node \"{node}\" with converge.request('{}', key, '{}', value), which its decide function decides", lit(table), lit(name))
+    } else {
+        String::new()
+    };
+    let (message, hint) = match (a.removes_only, removal(delta, me)) {
+        // As the guard trigger says it. (`(true, None)` does not happen:
+        // violation holds on a removes_only column only when removal does.)
+        (false, _) | (true, None) => (
+            format!("column \"{name}\" of {} is decided by node \"{node}\"", table),
+            if crdt_types.contains_key(name) {
+                format!("Change it on node \"{node}\"{ask}.")
+            } else {
+                format!("Ask node \"{node}\" with converge.request('{}', key, '{}', value).", lit(table), lit(name))
+            },
+        ),
+        (true, Some(Removal::Covers)) => (
+            format!("removals from column \"{name}\" of {} are decided by node \"{node}\"", table),
+            match crdt_types.get(name).map(String::as_str) {
+                Some("ormap") => format!("Adds, increments and assigns stay local everywhere; remove it on node \"{node}\"{ask}."),
+                _ => format!("Adds stay local everywhere; remove it on node \"{node}\"{ask}."),
+            },
+        ),
+        // Copying elements made elsewhere would reuse their dots, which is
+        // also how a forged op would replace an element (see `removal`).
+        (true, Some(Removal::OtherDots)) => (
+            format!(
+                "elements added by other nodes or devices cannot be copied into column \"{name}\" of {} here: node \"{node}\" decides its removals",
+                table
+            ),
+            "Add the elements here with converge.add, or copy the value on that node.".to_string(),
+        ),
+    };
+    raise_hint(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message, hint)
 }
 
 /// A scalar subquery giving the authority columns of the table that the
@@ -63,11 +134,19 @@ pub fn make_guard(tbl: pg_sys::Oid) {
     })
     .unwrap_or_else(|e| err(e));
     let cols: Vec<String> = columns.iter().map(|c| crate::rows::ident(c)).collect();
-    let has_guard = crate::spi::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = 'converge_authority_guard')",
+    // The guard's columns now (None: no guard). Unchanged, no DDL: it
+    // would lock the table against readers (a handover runs this).
+    let guarded = crate::spi::read_one::<Vec<String>>(
+        "SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(t.tgattr) k JOIN pg_catalog.pg_attribute a
+                        ON a.attrelid = t.tgrelid AND a.attnum = k ORDER BY 1)
+           FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = 'converge_authority_guard'",
         &[tbl.into()],
     );
-    if has_guard == Some(true) {
+    if guarded.as_ref() == Some(&columns) || (guarded.is_none() && columns.is_empty()) {
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+        return;
+    }
+    if guarded.is_some() {
         Spi::run(&format!("DROP TRIGGER converge_authority_guard ON {name}")).unwrap_or_else(|e| err(e));
     }
     if !cols.is_empty() {
@@ -110,7 +189,8 @@ fn set_authority_on(
     // A handover keeps the holder in the setting until it is recorded (and
     // a refusal, raised once the arguments are checked, changes nothing).
     let stored = match &plan {
-        Plan::End { .. } | Plan::Refuse(..) => crate::handover::current_node(tbl, col),
+        Plan::End { .. } => crate::node::local_node_if_set(),
+        Plan::Refuse { holder, .. } => Some(holder.clone()),
         _ => node.map(String::from),
     };
     crate::security::as_owner(|| {
@@ -122,7 +202,7 @@ fn set_authority_on(
         })
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    if let Plan::Refuse(message, hint) = plan {
+    if let Plan::Refuse { message, hint, .. } = plan {
         crate::errors::raise_hint(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, hint);
     }
     // (Before a handover takes the op counter: no DDL while it is held.)
@@ -140,8 +220,41 @@ fn set_authority_on(
             if let (None, Some(node)) = (col, node) {
                 reapply(freezes_refused(tbl, node));
             }
+            settle_handovers(tbl, &name, col);
         }
-        Plan::Refuse(..) => unreachable!("raised above"),
+        Plan::Refuse { .. } => unreachable!("raised above"),
+    }
+}
+
+/// Handovers of (table `tbl`, `col`) that came through replication before
+/// this node had a setting they follow (rejected `not_authority`): applied
+/// now if they follow this one. One that still does not would leave this
+/// node judging the column apart from the others: refused (the setting
+/// is not recorded).
+fn settle_handovers(tbl: pg_sys::Oid, name: &str, col: Option<&str>) {
+    let refused = || {
+        kept_aside(
+            "l.target_table = 'converge.handover' AND l.reason LIKE 'not\\_authority: %' AND l.origin LIKE 'peer:%'
+             AND l.target_key ->> 'column' = coalesce($2, '')
+             AND l.target_key ->> 'table' = (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_class k
+                                              JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = $1)",
+            "true",
+            &[tbl.into(), col.into()],
+        )
+    };
+    let waiting = refused();
+    if waiting.is_empty() {
+        return;
+    }
+    reapply(waiting);
+    unsafe { pg_sys::CommandCounterIncrement() };
+    if !refused().is_empty() {
+        let what = col.map_or(format!("table {name}"), |c| format!("column \"{c}\" of {name}"));
+        crate::errors::raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("a handover of the authority of {what} reached this node before this setting, and does not follow it"),
+            "Set it here as it was set on the other nodes before the handover (their converge.authorities show its terms), then again.",
+        );
     }
 }
 

@@ -64,7 +64,9 @@ fn hand_over(table: &str, column: &str, h: &Handover, taken: Option<i64>) {
             let (Some(rel), Some(node)) = (r.get::<pg_sys::Oid>(1)?, r.get::<String>(2)?) else { return Ok(None) };
             let earlier = r.get::<String>(4)?.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
             let mut a = Authority { node, default: None, removes_only: false, since: r.get::<i64>(3)?, earlier };
-            if !a.hand_over(h, taken) {
+            // (Checked again under the row's lock: a set_authority may have
+            // committed since the op was classified.)
+            if !a.follows(h) || !a.hand_over(h, taken) {
                 return Ok(None);
             }
             let terms = serde_json::to_string(&a.earlier).expect("terms serialize");
@@ -96,8 +98,9 @@ pub(crate) enum Plan {
     /// It was handed over to this node (after the holders' terms
     /// `earlier`): take it.
     Take { earlier: Vec<Term> },
-    /// Cannot be done here: raised once the arguments are validated.
-    Refuse(String, String),
+    /// Cannot be done here (the setting names `holder`): raised once the
+    /// arguments are validated.
+    Refuse { holder: String, message: String, hint: String },
 }
 
 /// How `set_authority(tbl, col, node)` goes on this node, given the
@@ -113,40 +116,39 @@ pub(crate) fn plan(tbl: pg_sys::Oid, name: &str, col: Option<&str>, node: &str) 
         (true, Some(_)) => Plan::Store,
         (true, None) if node == me && !earlier.is_empty() => Plan::Take { earlier },
         (true, None) => Plan::Store,
-        (false, Some(_)) if holder == me && !is_peer(node) => Plan::Refuse(
-            format!("node \"{node}\" is not a peer of this node: it could not take the authority of {what} over"),
-            "Hand it over to a node in converge.peers (its name is its converge.node()).".into(),
-        ),
+        (false, Some(_)) if holder == me && !is_peer(node) => Plan::Refuse {
+            holder: holder.clone(),
+            message: format!("node \"{node}\" is not a peer of this node: it could not take the authority of {what} over"),
+            hint: "Hand it over to a node in converge.peers (its name is its converge.node()).".into(),
+        },
         (false, Some(since)) if holder == me => Plan::End { since, earlier },
-        (false, None) if holder == me => Plan::Refuse(
-            format!("the authority of {what} was handed over to this node, which has not taken it"),
-            format!("Take it with converge.set_authority naming node \"{me}\" first."),
-        ),
+        (false, None) if holder == me => Plan::Refuse {
+            holder: holder.clone(),
+            message: format!("the authority of {what} was handed over to this node, which has not taken it"),
+            hint: format!("Take it with converge.set_authority naming node \"{me}\" first."),
+        },
         (false, _) if !is_peer(&holder) => Plan::Store,
-        (false, _) if node == me => Plan::Refuse(
-            format!("node \"{holder}\" has not handed the authority of {what} over to this node"),
-            format!(
+        (false, _) if node == me => Plan::Refuse {
+            holder: holder.clone(),
+            message: format!("node \"{holder}\" has not handed the authority of {what} over to this node"),
+            hint: format!(
                 "Run converge.set_authority naming node \"{me}\" on node \"{holder}\" first; its handover reaches every node \
                  through replication, and this node takes the authority when you run it here again."
             ),
-        ),
-        (false, _) => Plan::Refuse(
-            format!("the authority of {what} is node \"{holder}\": a change of it starts there"),
-            format!(
+        },
+        (false, _) => Plan::Refuse {
+            holder: holder.clone(),
+            message: format!("the authority of {what} is node \"{holder}\": a change of it starts there"),
+            hint: format!(
                 "Run it on node \"{holder}\"; its handover reaches every node through replication. If node \"{holder}\" is gone \
                  for good, remove it with converge.remove_peer first."
             ),
-        ),
+        },
     }
 }
 
 /// A setting: its node, since, and the earlier holders' terms.
 type Current = (String, Option<i64>, Vec<Term>);
-
-/// The node of the setting of (table, column) here, if any.
-pub(crate) fn current_node(tbl: pg_sys::Oid, col: Option<&str>) -> Option<String> {
-    current(tbl, col).map(|(node, _, _)| node)
-}
 
 /// The setting of (table, column) here, locked to the end of the
 /// transaction (a set_authority or a handover applied meanwhile waits).

@@ -46,9 +46,11 @@ pub fn read_fresh_i64(sql: &str) -> Option<i64> {
 /// The first column of `sql`'s first row as text, read with the latest
 /// snapshot (other sessions' commits up to now, also in a REPEATABLE READ
 /// transaction, and this one's own changes). `args`: $1, $2, ... as
-/// non-NULL values of their types.
+/// non-NULL values of their types. A statement that fails to run raises
+/// (nothing reads as "no row" then).
 pub fn read_latest_text(sql: &str, args: &[(pg_sys::Oid, pg_sys::Datum)]) -> Option<String> {
-    let c = std::ffi::CString::new(sql).ok()?;
+    let fail = || crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("converge could not run: {sql}"));
+    let c = std::ffi::CString::new(sql).unwrap_or_else(|_| fail());
     let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
     let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
     let nulls = vec![b' ' as std::ffi::c_char; args.len()];
@@ -56,7 +58,7 @@ pub fn read_latest_text(sql: &str, args: &[(pg_sys::Oid, pg_sys::Datum)]) -> Opt
         pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             pg_sys::PopActiveSnapshot();
-            return None;
+            fail();
         }
         // read_only = true: SPI runs it under the active snapshot.
         let rc = pg_sys::SPI_execute_with_args(
@@ -78,6 +80,9 @@ pub fn read_latest_text(sql: &str, args: &[(pg_sys::Oid, pg_sys::Datum)]) -> Opt
         }
         pg_sys::SPI_finish();
         pg_sys::PopActiveSnapshot();
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            fail();
+        }
         out
     }
 }

@@ -321,74 +321,10 @@ fn refuse_overwrite(table: &str, column: &str, what: &str) -> ! {
     )
 }
 
-/// A local change of a column with an authority elsewhere fails here, by
-/// the rule the other nodes apply to this node's op (`violation` in
-/// converge-core), so a change this node keeps is never rejected by them.
-/// The guard trigger (sql/coordination.sql) stops most such changes
-/// earlier; this also catches one it cannot see (a user's BEFORE trigger
-/// setting the column outside the UPDATE's SET list).
+/// A local change of a column with an authority elsewhere fails here
+/// (coordination.rs `guard_local`).
 fn guard_column(meta: &Meta, column: &str, me: &str, delta: &[u8]) {
-    use converge_core::authority::{removal, violation, Removal};
-    if meta.auth.is_empty() {
-        return;
-    }
-    let Some((name, a)) = violation(&meta.auth, column, me, None, delta) else {
-        // Held here. A transaction whose snapshot is older than a handover
-        // committed since passed the guards: checked again when it takes
-        // its counters (commit_ops::note_held). A newer snapshot sees the
-        // handover (its table lock made this wait).
-        if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-            let held = converge_core::authority::held_written(&meta.auth, column, me, delta);
-            if !held.is_empty() {
-                crate::commit_ops::note_held(&meta.name, &held);
-            }
-        }
-        return;
-    };
-    if a.node == me {
-        raise_hint(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("column \"{name}\" of {} was handed over to this node, which has not taken it", meta.name),
-            format!("Take it with converge.set_authority('{}', '{}', '{me}').", meta.name.replace('\'', "''"), name.replace('\'', "''")),
-        );
-    }
-    let node = &a.node;
-    let lit = |x: &str| x.replace('\'', "''");
-    // A request for a CRDT column needs a decide function (requests/mod.rs).
-    let ask = if crate::requests::decide::has_decide_function(&meta.name, name) {
-        format!(", or ask node \"{node}\" with converge.request('{}', key, '{}', value), which its decide function decides", lit(&meta.name), lit(name))
-    } else {
-        String::new()
-    };
-    let (message, hint) = match (a.removes_only, removal(delta, me)) {
-        // As the guard trigger says it. (`(true, None)` does not happen:
-        // violation holds on a removes_only column only when removal does.)
-        (false, _) | (true, None) => (
-            format!("column \"{name}\" of {} is decided by node \"{node}\"", meta.name),
-            if meta.crdt_types.contains_key(name) {
-                format!("Change it on node \"{node}\"{ask}.")
-            } else {
-                format!("Ask node \"{node}\" with converge.request('{}', key, '{}', value).", lit(&meta.name), lit(name))
-            },
-        ),
-        (true, Some(Removal::Covers)) => (
-            format!("removals from column \"{name}\" of {} are decided by node \"{node}\"", meta.name),
-            match meta.crdt_types.get(name).map(String::as_str) {
-                Some("ormap") => format!("Adds, increments and assigns stay local everywhere; remove it on node \"{node}\"{ask}."),
-                _ => format!("Adds stay local everywhere; remove it on node \"{node}\"{ask}."),
-            },
-        ),
-        // Copying elements made elsewhere would reuse their dots, which is
-        // also how a forged op would replace an element (see `removal`).
-        (true, Some(Removal::OtherDots)) => (
-            format!(
-                "elements added by other nodes or devices cannot be copied into column \"{name}\" of {} here: node \"{node}\" decides its removals",
-                meta.name
-            ),
-            "Add the elements here with converge.add, or copy the value on that node.".to_string(),
-        ),
-    };
-    raise_hint(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message, hint)
+    crate::coordination::guard_local(&meta.auth, &meta.name, &meta.crdt_types, column, me, delta);
 }
 
 /// Trigger of replicated tables (AFTER INSERT OR UPDATE OR DELETE, per row).

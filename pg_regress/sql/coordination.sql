@@ -199,6 +199,13 @@ UPDATE handed SET owner = 'bo' WHERE id = 1;
 \set VERBOSITY sqlstate
 SELECT converge.set_authority('handed', 'owner', 'oslo');       -- no peer of this node: 55000
 \set VERBOSITY default
+-- A change of the column in the transaction that hands it over is
+-- recorded at the commit, after the handover: the commit fails.
+BEGIN;
+UPDATE handed SET owner = 'di' WHERE id = 1;
+SELECT converge.set_authority('handed', 'owner', 'virginia');
+COMMIT;
+SELECT node, since FROM converge.authorities WHERE target_table = 'public.handed';
 SELECT converge.set_authority('handed', 'owner', 'virginia');
 SELECT node, since, earlier -> 0 ->> 'node' AS held_by, (earlier -> 0 ->> 'after')::int AS after
   FROM converge.authorities WHERE target_table = 'public.handed';

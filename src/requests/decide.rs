@@ -226,8 +226,6 @@ pub(super) fn decide_one(me: &str, id: &str) -> Done {
     if !l.decides_now(&p.target.column, me) {
         return Done::Pending;
     }
-    // Checked again under the op counter (a handover may commit first).
-    crate::commit_ops::note_held(&l.name, &[l.deciding(&p.target.column)]);
     let how = decide_function(l.rel, &p.target.column);
     if how == Decide::Missing {
         pgrx::warning!(
@@ -242,6 +240,8 @@ pub(super) fn decide_one(me: &str, id: &str) -> Done {
     if !row_exists(&l, &p.target.key) {
         return Done::Pending;
     }
+    // Checked again under the op counter (a handover may commit first).
+    crate::commit_ops::note_held(&l.name, &[l.deciding(&p.target.column)]);
     let step = crate::apply::subtransaction(|| {
         // An xid for the subtransaction: pgrx runs SPI read-only (the
         // statement's snapshot, no writes) until the current one has one.

@@ -207,19 +207,22 @@ fn check<'a>(auth: &'a Authorities, column: &str, by: (&str, Option<i64>), delta
     written.next()
 }
 
-/// The authority columns an op of `actor` on `column` (`""`: a row op)
-/// writes that `actor` holds now: those a handover committed meanwhile
-/// could take from it (the extension checks them again at commit).
+/// The authority columns `actor` holds now that its op on `column` (`""`:
+/// a row op) writes as only their holder may: those a handover committed
+/// meanwhile could take from it (the extension checks them again when
+/// the op takes its counter). Adds to a `removes_only` column, and an
+/// insert's NULL or default, are anyone's: not listed.
 pub fn held_written<'a>(auth: &'a Authorities, column: &str, actor: &str, delta: &[u8]) -> Vec<&'a str> {
-    let held = |c: &str| auth.get_key_value(c).filter(|(_, a)| a.holds(actor, None)).map(|(k, _)| k.as_str());
-    if !column.is_empty() {
-        return held(column).into_iter().collect();
-    }
-    if !auth.values().any(|a| a.holds(actor, None)) {
-        return Vec::new();
-    }
-    let Ok(d) = decode_trusted::<LwwMap>(delta) else { return Vec::new() };
-    d.entries.keys().filter_map(|k| held(k)).collect()
+    auth.iter()
+        .filter(|(_, a)| a.holds(actor, None))
+        .filter(|(c, a)| {
+            // As any other node would be judged for the same op.
+            // (No actor is named " ": the column is held by nobody here.)
+            let alone: Authorities = [((*c).clone(), Authority { node: " ".into(), since: Some(0), earlier: Vec::new(), ..(*a).clone() })].into();
+            check(&alone, column, ("", None), delta, false).is_some()
+        })
+        .map(|(c, _)| c.as_str())
+        .collect()
 }
 
 /// JSON equality with numbers compared by value. An insert's value is
@@ -432,6 +435,8 @@ mod tests {
         assert!(violates(&a, "", "madrid", Some(15), &closed));
         assert!(!violates(&a, "", "dublin", None, &closed), "dublin holds it now");
         assert_eq!(held_written(&a, "", "dublin", &closed), vec!["status"]);
+        let live = ("$live", serde_json::json!(true));
+        assert!(held_written(&a, "", "dublin", &row_op(&[live, ("status", serde_json::json!("open"))])).is_empty(), "an insert's default");
         assert!(held_written(&a, "", "dublin", &row_op(&[("title", serde_json::json!("x"))])).is_empty());
         assert!(held_written(&a, "", "virginia", &closed).is_empty());
         assert!(violates(&a, "", "virginia", None, &closed));

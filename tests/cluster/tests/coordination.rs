@@ -375,3 +375,33 @@ fn an_authority_moves_atomically_through_a_partition() {
         }
     }
 }
+
+/// A handover that reaches a node before that node has the setting is
+/// rejected there, and applied when the setting is recorded; a setting
+/// the handover does not follow is refused.
+#[test]
+fn a_handover_that_came_before_the_setting_is_applied_with_it() {
+    let root = Scratch::new("handover-late");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    for n in &nodes[1..] {
+        n.client().batch_execute("SELECT converge.set_authority('item', 'title', 'virginia')").unwrap();
+    }
+    nodes[2].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap();
+    let setting = "SELECT coalesce((SELECT format('%s %s', node, coalesce(since::text, 'untaken')) FROM converge.authorities WHERE target_column = 'title'), 'none')";
+    wait_for(&nodes[1], setting, "dublin untaken", "virginia's handover");
+    nodes[1].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap();
+    let taken = text(&nodes[1], setting);
+    let refused = "SELECT count(*)::text FROM converge.op_log WHERE target_table = 'converge.handover' AND outcome = 'rejected'";
+    wait_for(&nodes[0], refused, "2", "the handovers rejected on madrid, which has no setting");
+    // Set as dublin (the holder now) directly: the handovers do not follow it.
+    let err = nodes[0].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("55000"), "{err:?}");
+    assert_eq!(text(&nodes[0], setting), "none");
+    // Set as the others had it before the move: the handovers follow.
+    nodes[0].client().batch_execute("SELECT converge.set_authority('item', 'title', 'virginia')").unwrap();
+    assert_eq!(text(&nodes[0], setting), taken);
+    nodes[1].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'dublin decides')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    assert_eq!(text(&nodes[0], "SELECT title FROM item WHERE id = 1"), "dublin decides");
+}
