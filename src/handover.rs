@@ -48,43 +48,28 @@ pub fn copy_handovers(rows: Vec<(String, String, String, Option<i64>, String)>) 
 /// Apply handover `h` (`taken`: its TAKE's counter; None: its END) to
 /// this node's setting of (table, column), if it has one.
 fn hand_over(table: &str, column: &str, h: &Handover, taken: Option<i64>) {
-    let err = |e: pgrx::spi::SpiError| -> ! { raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()) };
-    let rel = crate::security::as_owner(|| {
-        Spi::connect_mut(|c| {
-            let t = c.update(
-                "SELECT a.table_name::oid, a.node, a.since, a.earlier::text FROM converge.authority a
-                  WHERE a.table_name = to_regclass($1) AND a.column_name = $2 FOR UPDATE",
-                Some(1),
-                &[table.into(), column.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            let r = t.first();
-            let (Some(rel), Some(node)) = (r.get::<pg_sys::Oid>(1)?, r.get::<String>(2)?) else { return Ok(None) };
-            let earlier = r.get::<String>(4)?.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
-            let mut a = Authority { node, default: None, removes_only: false, since: r.get::<i64>(3)?, earlier };
-            // (Checked again under the row's lock: a set_authority may have
-            // committed since the op was classified.)
-            if !a.follows(h) || !a.hand_over(h, taken) {
-                return Ok(None);
-            }
-            let terms = serde_json::to_string(&a.earlier).expect("terms serialize");
-            c.update(
-                "UPDATE converge.authority SET node = $3, since = $4, earlier = $5::jsonb WHERE table_name = $1 AND column_name = $2",
-                None,
-                &[rel.into(), column.into(), a.node.as_str().into(), a.since.into(), terms.into()],
-            )?;
-            Ok(Some(rel))
-        })
+    let Some(rel) = crate::security::as_owner(|| crate::spi::read_one::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table.into()]))
+    else {
+        return;
+    };
+    let Some(mut a) = locked(rel, column) else { return };
+    // (Checked again under the row's lock: a set_authority may have
+    // committed since the op was classified.)
+    if !a.follows(h) || !a.hand_over(h, taken) {
+        return;
+    }
+    let terms = serde_json::to_string(&a.earlier).expect("terms serialize");
+    crate::security::as_owner(|| {
+        Spi::run_with_args(
+            "UPDATE converge.authority SET node = $3, since = $4, earlier = $5::jsonb WHERE table_name = $1 AND column_name = $2",
+            &[rel.into(), column.into(), a.node.as_str().into(), a.since.into(), terms.into()],
+        )
     })
-    .unwrap_or_else(|e| err(e));
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     // Sessions cache the table's authorities (the row trigger, the apply;
     // this one's at once: the rest of its batch is judged after this).
-    if let Some(rel) = rel {
-        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel) };
-        crate::apply::forget_resolved();
-    }
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel) };
+    crate::apply::forget_resolved();
 }
 
 /// What `set_authority` does about the node that holds the setting now.
@@ -150,24 +135,30 @@ pub(crate) fn plan(tbl: pg_sys::Oid, name: &str, col: Option<&str>, node: &str) 
 /// A setting: its node, since, and the earlier holders' terms.
 type Current = (String, Option<i64>, Vec<Term>);
 
-/// The setting of (table, column) here, locked to the end of the
-/// transaction (a set_authority or a handover applied meanwhile waits).
+/// The setting of (table, column) here.
 fn current(tbl: pg_sys::Oid, col: Option<&str>) -> Option<Current> {
+    locked(tbl, col.unwrap_or_default()).map(|a| (a.node, a.since, a.earlier))
+}
+
+/// The holder part of this node's setting of (table `tbl`, `column`: `""`
+/// the table's), its row locked to the end of the transaction (a
+/// set_authority or a handover applied meanwhile waits).
+fn locked(tbl: pg_sys::Oid, column: &str) -> Option<Authority> {
     crate::security::as_owner(|| {
         Spi::connect_mut(|c| {
             let t = c.update(
-                "SELECT a.node, a.since, a.earlier::text
-                   FROM converge.authority a WHERE a.table_name = $1::oid::regclass AND a.column_name = coalesce($2, '')
-                    FOR UPDATE",
+                "SELECT a.node, a.since, a.earlier::text FROM converge.authority a
+                  WHERE a.table_name = $1::oid::regclass AND a.column_name = $2 FOR UPDATE",
                 Some(1),
-                &[tbl.into(), col.into()],
+                &[tbl.into(), column.into()],
             )?;
             if t.is_empty() {
                 return Ok(None);
             }
             let r = t.first();
-            let earlier = r.get::<String>(3)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-            Ok(r.get::<String>(1)?.map(|node| (node, r.get::<i64>(2).ok().flatten(), earlier)))
+            let earlier = r.get::<String>(3)?.and_then(|e| serde_json::from_str(&e).ok()).unwrap_or_default();
+            let since = r.get::<i64>(2)?;
+            Ok(r.get::<String>(1)?.map(|node| Authority { node, default: None, removes_only: false, since, earlier }))
         })
     })
     .unwrap_or_else(|e: pgrx::spi::SpiError| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()))
