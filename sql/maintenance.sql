@@ -177,10 +177,18 @@ BEGIN
            FOR UPDATE OF rs SKIP LOCKED),
     dropped AS (
         DELETE FROM converge.row_state rs USING cand WHERE rs.ctid = cand.tid
-        RETURNING cand.target_table, cand.target_key),
+        RETURNING cand.target_table, cand.target_key, rs.tbl, rs.clock),
     unbased AS (
         DELETE FROM converge.row_base b USING dropped d
-         WHERE b.target_table = d.target_table AND b.target_key = d.target_key)
+         WHERE b.target_table = d.target_table AND b.target_key = d.target_key),
+    -- Their clocks are kept, merged per table: a key inserted again here
+    -- must write newer than its delete, as it did with the tombstone (a
+    -- node that kept it compares with it), also when the delete came from
+    -- a node whose clock runs ahead of this one (src/row_ops.rs).
+    floors AS (
+        UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock || f.clock, f.clock)
+          FROM (SELECT d.tbl, converge.merge_agg(d.clock) AS clock FROM dropped d GROUP BY d.tbl) f
+         WHERE r.table_name = f.tbl)
     SELECT count(*) INTO dead FROM dropped;
 
     -- Metadata inside values, against each row's base (its stable ops):
@@ -242,7 +250,13 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'table % is not replicated', tbl USING ERRCODE = '55000';
     END IF;
-    SELECT string_agg(format('%L, t.%I', k, k), ', ') INTO keys FROM unnest(r.key_columns) k;
+    -- Each key as the op trigger names it (src/trigger.rs key_value): integers,
+    -- booleans and numbers as JSON, any other type as its text form, made by
+    -- its output function (format), so that no cast a table owner made (to
+    -- json, or to text) runs here, as converge's owner.
+    SELECT string_agg(format('%L, %s', k, CASE WHEN a.atttypid = ANY ('{int2,int4,int8,bool,numeric,float4,float8}'::regtype[])
+                                             THEN format('t.%I', k) ELSE format('pg_catalog.format(''%%s'', t.%I)', k) END), ', ')
+      INTO keys FROM unnest(r.key_columns) k JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = k;
     SELECT coalesce(string_agg(format('%L, t.%I::text', c, c), ', '), '') INTO cols FROM jsonb_object_keys(r.crdt_columns) c;
     RETURN QUERY EXECUTE format(
         'SELECT r.key, r.crdt, r.clock, r.live,

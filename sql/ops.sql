@@ -28,7 +28,10 @@ CREATE TABLE converge.replicated (
     dropped_columns text[] NOT NULL DEFAULT '{}', -- names ops and bases may still use (sql/ddl.sql)
     key_types    regtype[] NOT NULL DEFAULT '{}',   -- of key_columns (sql/ddl.sql: a key may only widen)
     key_typmods  int[] NOT NULL DEFAULT '{}',
-    key_collations text[] NOT NULL DEFAULT '{}'
+    key_collations text[] NOT NULL DEFAULT '{}',
+    -- The newest clock of the row tombstones compact() dropped: a local
+    -- write of a key with no row state writes newer (src/row_ops.rs).
+    tombstone_clock converge.lwwmap
 );
 COMMENT ON TABLE converge.replicated IS 'Tables marked with converge.replicate(): their CRDT column changes are recorded as ops.';
 

@@ -62,8 +62,8 @@ thread_local! {
     static AT_ONCE: Cell<bool> = const { Cell::new(false) };
     static HOOKED: Cell<bool> = const { Cell::new(false) };
     /// Tables and authority columns this transaction wrote as their holder
-    /// (`note_held`).
-    static HELD: RefCell<Vec<(String, Vec<String>)>> = const { RefCell::new(Vec::new()) };
+    /// (`note_held`), each with the subtransaction that wrote it.
+    static HELD: RefCell<Vec<(pg_sys::SubTransactionId, String, String)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// This transaction writes authority columns `cols` of `table` as their
@@ -74,11 +74,13 @@ thread_local! {
 /// once the counters are this transaction's to take (`check_held`).
 pub fn note_held(table: &str, cols: &[&str]) {
     hook();
+    let sub = current_sub();
     HELD.with(|h| {
         let mut h = h.borrow_mut();
-        match h.iter_mut().find(|(t, _)| t == table) {
-            Some((_, known)) => known.extend(cols.iter().filter(|c| !known.iter().any(|k| k == *c)).map(|c| c.to_string()).collect::<Vec<_>>()),
-            None => h.push((table.to_string(), cols.iter().map(|c| c.to_string()).collect())),
+        for c in cols {
+            if !h.iter().any(|(s, t, k)| *s == sub && t == table && k == c) {
+                h.push((sub, table.to_string(), c.to_string()));
+            }
         }
     });
 }
@@ -88,7 +90,14 @@ pub fn note_held(table: &str, cols: &[&str]) {
 /// order's lock mode), which a handover takes until its commit is visible:
 /// none can commit after this, so what was checked is not checked again.
 pub(crate) fn check_held() {
-    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    let mut held: Vec<(String, Vec<String>)> = Vec::new();
+    for (_, table, column) in HELD.with(|h| std::mem::take(&mut *h.borrow_mut())) {
+        match held.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, cols)) if cols.contains(&column) => {}
+            Some((_, cols)) => cols.push(column),
+            None => held.push((table, vec![column])),
+        }
+    }
     if held.is_empty() {
         return;
     }
@@ -288,6 +297,16 @@ unsafe extern "C-unwind" fn on_subxact(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::SubXactEvent::*;
+    // What a rolled-back subtransaction wrote is not written: nothing to
+    // check again for it (`note_held`).
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        match event {
+            SUBXACT_EVENT_ABORT_SUB => h.retain(|(s, _, _)| *s != sub),
+            SUBXACT_EVENT_COMMIT_SUB => h.iter_mut().filter(|(s, _, _)| *s == sub).for_each(|(s, _, _)| *s = parent),
+            _ => {}
+        }
+    });
     WAITING.with(|q| {
         let mut q = q.borrow_mut();
         match event {

@@ -118,6 +118,11 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The timestamps this backend issues from now on are newer than `ts`.
+pub fn observe(ts: &Timestamp) {
+    CLOCK.with(|c| c.borrow_mut().observe(ts));
+}
+
 /// A timestamp newer than `floor` and than anything this backend issued.
 pub fn timestamp(node: &str, floor: Option<&Timestamp>) -> Timestamp {
     CLOCK.with(|c| {

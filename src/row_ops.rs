@@ -114,6 +114,13 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
     let locked = crate::row_state::lock(&state, ch.rel, key_datum);
     let before = locked.as_ref().map(|l| l.clock.clone()).unwrap_or_default();
     let mut clock = before.clone();
+    if locked.is_none() && ch.event == RowEvent::Insert {
+        // Its tombstone may have been dropped (compact()): write newer
+        // than it still, or a node that kept it would keep the row deleted.
+        if let Some(ts) = crate::row_state::dropped_floor(ch.rel).as_ref().and_then(|f| f.max_timestamp()) {
+            crate::node::observe(ts);
+        }
+    }
     let mut stash = locked.as_ref().map(|l| l.stash.clone()).unwrap_or_default();
     let mut resume = Resume::default();
     let mut placeholders = LwwMap::default();

@@ -157,3 +157,23 @@ pub fn insert(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: 
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("writing converge.row_state: {e}")));
 }
+
+/// The newest clock of the row tombstones of table `rel` that compaction
+/// dropped (`converge.replicated.tombstone_clock`), as the latest commits
+/// say: a local write of a key with no entry writes newer than it, as it
+/// would have written newer than its tombstone (compact() in
+/// sql/maintenance.sql). Read only for such keys.
+pub fn dropped_floor(rel: pg_sys::Oid) -> Option<LwwMap> {
+    use crate::direct::{column, index_scan, reading, Key};
+    let mut floor = None;
+    reading(c"replicated", |heap| unsafe {
+        let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let keys = [Key::eq(1, pg_sys::F_OIDEQ.into(), pg_sys::Datum::from(rel))];
+        index_scan(heap, c"replicated_pkey", &keys, snap, pg_sys::ScanDirection::ForwardScanDirection, |slot| {
+            floor = column(slot, attnum(heap, "tombstone_clock")).map(|d| crate::types::from_datum::<LwwMap>(d));
+            false
+        });
+        pg_sys::UnregisterSnapshot(snap);
+    });
+    floor
+}

@@ -339,107 +339,45 @@ fn record_local_ops<'a>(
     let rel = td.tg_relation;
     let Some(meta) = meta(rel) else { return Ok(None) };
     let desc = unsafe { (*rel).rd_att };
-    let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
-    let (is_insert, is_delete) = (event == pg_sys::TRIGGER_EVENT_INSERT, event == pg_sys::TRIGGER_EVENT_DELETE);
+    let event = match td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
+        pg_sys::TRIGGER_EVENT_INSERT => RowEvent::Insert,
+        pg_sys::TRIGGER_EVENT_DELETE => RowEvent::Delete,
+        _ => RowEvent::Update,
+    };
     // tg_trigtuple: the inserted row, or the old row of an UPDATE/DELETE.
     let first = unsafe { deform(td.tg_trigtuple, desc) };
-    let (new, old) = if is_insert {
-        (Some(first), None)
-    } else if is_delete {
-        (None, Some(first))
-    } else {
-        (Some(unsafe { deform(td.tg_newtuple, desc) }), Some(first))
+    let (new, old) = match event {
+        RowEvent::Insert => (Some(first), None),
+        RowEvent::Delete => (None, Some(first)),
+        RowEvent::Update => (Some(unsafe { deform(td.tg_newtuple, desc) }), Some(first)),
     };
     let me = node::local_node();
     let key = unsafe { key_of(&meta, new.as_ref().or(old.as_ref()).expect("a row"), desc) };
-    // A changed key (compared as stored values: no second JSON rendering).
     if let (Some(n), Some(o)) = (&new, &old) {
-        if meta.keys.iter().any(|k| unsafe { !same_value(attr(desc, k.index), n.values[k.index], o.values[k.index]) }) {
-            raise_hint(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("the primary key of replicated table {} cannot be changed", meta.name),
-                "Delete the row and insert it with the new key.",
-            );
-        }
+        refuse_key_change(&meta, desc, n, o);
     }
-    // The epoch the ops carry: read as last committed, after this row's
-    // lock (a freeze applied meanwhile locked it first, epochs.rs). A new
-    // row has no lock a freeze could take: its key's insert lock instead.
-    let epoch = if meta.freezable {
-        if is_insert {
-            crate::epochs::lock_insert(&meta.name, &key, pg_sys::ShareLock);
-        }
-        crate::epochs::epoch_of(&meta.name, &key)
-    } else {
-        0
-    };
-    // One op per CRDT column that grew.
+    let epoch = epoch_of(&meta, &key, event);
     if let Some(n) = &new {
-        let (mut cols, mut deltas) = (Vec::new(), Vec::new());
-        for c in &meta.crdt {
-            let ob = old.as_ref().and_then(|o| unsafe { bytes_of(o, c.index) });
-            let Some(nb) = (unsafe { bytes_of(n, c.index) }) else {
-                if ob.is_some() {
-                    refuse_overwrite(&meta.name, &c.name, "set to NULL");
-                }
-                continue;
-            };
-            match delta_bytes(&c.kind, nb, ob) {
-                Ok(Some(d)) => {
-                    guard_column(&meta, &c.name, &me, &d);
-                    cols.push(c.name.clone());
-                    deltas.push(d);
-                }
-                Ok(None) => {}
-                Err(()) => refuse_overwrite(&meta.name, &c.name, "overwritten with a value that lacks part of its state"),
-            }
-        }
-        if !cols.is_empty() {
-            let key = crate::jsonb::datum(&key);
-            let versions: Vec<i32> = cols.iter().map(|c| meta.versions.get(c).copied().unwrap_or(1)).collect();
-            crate::commit_ops::record(&me, &meta.name, key, &cols, &versions, epoch, deltas);
-        }
+        record_crdt_ops(&meta, &me, &key, epoch, n, old.as_ref());
     }
     // The row itself: inserted, deleted, or a non-CRDT column changed.
-    let changed: Vec<&str> = match (&new, &old) {
-        (Some(n), Some(o)) => meta
-            .other
-            .iter()
-            .filter(|(i, _)| unsafe {
-                let i = *i;
-                n.nulls[i] != o.nulls[i] || (!n.nulls[i] && !same_value(attr(desc, i), n.values[i], o.values[i]))
-            })
-            .map(|(_, name)| name.as_str())
-            .collect(),
+    let changed = match (&new, &old) {
+        (Some(n), Some(o)) => changed_columns(&meta, desc, n, o),
         _ => Vec::new(),
     };
-    if is_insert || is_delete || !changed.is_empty() {
-        let as_datum = |t: pg_sys::HeapTuple| unsafe { Some(pg_sys::heap_copy_tuple_as_datum(t, desc)) };
-        let (newrow, event) = if is_insert {
-            (as_datum(td.tg_trigtuple), RowEvent::Insert)
-        } else if is_delete {
-            (None, RowEvent::Delete)
-        } else {
-            (as_datum(td.tg_newtuple), RowEvent::Update)
-        };
-        // A deleted row's CRDT state, for its tombstone.
-        let gone = match (&old, event) {
-            (Some(o), RowEvent::Delete) => meta
-                .crdt
-                .iter()
-                .filter_map(|c| {
-                    let b = unsafe { bytes_of(o, c.index) }?;
-                    crate::row_ops::crdt_text(&c.kind, b).map(|t| (c.name.clone(), serde_json::Value::String(t)))
-                })
-                .collect(),
-            _ => serde_json::Map::new(),
-        };
+    if event != RowEvent::Update || !changed.is_empty() {
+        let newrow = match event {
+            RowEvent::Insert => Some(td.tg_trigtuple),
+            RowEvent::Delete => None,
+            RowEvent::Update => Some(td.tg_newtuple),
+        }
+        .map(|t| unsafe { pg_sys::heap_copy_tuple_as_datum(t, desc) });
         let change = RowChange {
             rel: unsafe { (*rel).rd_id },
             table: &meta.name,
             other: &meta.other_names,
             changed,
-            gone,
+            gone: old.as_ref().filter(|_| event == RowEvent::Delete).map(|o| crdt_state(&meta, o)).unwrap_or_default(),
             crdt: &meta.crdt_types,
             event,
             key: &key,
@@ -460,6 +398,83 @@ fn record_local_ops<'a>(
         }
     }
     Ok(None)
+}
+
+/// A changed key (compared as stored values: no second JSON rendering)
+/// is refused.
+fn refuse_key_change(meta: &Meta, desc: pg_sys::TupleDesc, n: &Row, o: &Row) {
+    if meta.keys.iter().any(|k| unsafe { !same_value(attr(desc, k.index), n.values[k.index], o.values[k.index]) }) {
+        raise_hint(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("the primary key of replicated table {} cannot be changed", meta.name),
+            "Delete the row and insert it with the new key.",
+        );
+    }
+}
+
+/// The epoch the ops carry: read as last committed, after this row's
+/// lock (a freeze applied meanwhile locked it first, epochs.rs). A new
+/// row has no lock a freeze could take: its key's insert lock instead.
+fn epoch_of(meta: &Meta, key: &serde_json::Value, event: RowEvent) -> i64 {
+    if !meta.freezable {
+        return 0;
+    }
+    if event == RowEvent::Insert {
+        crate::epochs::lock_insert(&meta.name, key, pg_sys::ShareLock);
+    }
+    crate::epochs::epoch_of(&meta.name, key)
+}
+
+/// One op per CRDT column that grew (a column set to NULL, or to a value
+/// that lacks part of its state, is refused).
+fn record_crdt_ops(meta: &Meta, me: &str, key: &serde_json::Value, epoch: i64, n: &Row, old: Option<&Row>) {
+    let (mut cols, mut deltas) = (Vec::new(), Vec::new());
+    for c in &meta.crdt {
+        let ob = old.and_then(|o| unsafe { bytes_of(o, c.index) });
+        let Some(nb) = (unsafe { bytes_of(n, c.index) }) else {
+            if ob.is_some() {
+                refuse_overwrite(&meta.name, &c.name, "set to NULL");
+            }
+            continue;
+        };
+        match delta_bytes(&c.kind, nb, ob) {
+            Ok(Some(d)) => {
+                guard_column(meta, &c.name, me, &d);
+                cols.push(c.name.clone());
+                deltas.push(d);
+            }
+            Ok(None) => {}
+            Err(()) => refuse_overwrite(&meta.name, &c.name, "overwritten with a value that lacks part of its state"),
+        }
+    }
+    if !cols.is_empty() {
+        let key = crate::jsonb::datum(key);
+        let versions: Vec<i32> = cols.iter().map(|c| meta.versions.get(c).copied().unwrap_or(1)).collect();
+        crate::commit_ops::record(me, &meta.name, key, &cols, &versions, epoch, deltas);
+    }
+}
+
+/// The non-CRDT columns an UPDATE changed.
+fn changed_columns<'m>(meta: &'m Meta, desc: pg_sys::TupleDesc, n: &Row, o: &Row) -> Vec<&'m str> {
+    meta.other
+        .iter()
+        .filter(|(i, _)| unsafe {
+            let i = *i;
+            n.nulls[i] != o.nulls[i] || (!n.nulls[i] && !same_value(attr(desc, i), n.values[i], o.values[i]))
+        })
+        .map(|(_, name)| name.as_str())
+        .collect()
+}
+
+/// A deleted row's CRDT state, for its tombstone: column -> text form.
+fn crdt_state(meta: &Meta, o: &Row) -> serde_json::Map<String, serde_json::Value> {
+    meta.crdt
+        .iter()
+        .filter_map(|c| {
+            let b = unsafe { bytes_of(o, c.index) }?;
+            crate::row_ops::crdt_text(&c.kind, b).map(|t| (c.name.clone(), serde_json::Value::String(t)))
+        })
+        .collect()
 }
 
 /// A key inserted again resumes the CRDT state its tombstone kept (merged

@@ -167,6 +167,23 @@ SELECT tombstones_removed FROM compactions ORDER BY ran_at DESC LIMIT 1;
 DELETE FROM converge.actor WHERE actor = 'phone1';
 DELETE FROM converge.peer WHERE name = 'oslo';
 
+-- A key inserted again once its tombstone was dropped writes newer than
+-- its delete, also when the delete came from a clock running ahead (an
+-- hour here): compact() keeps the newest clock of the tombstones it drops
+-- (replicated.tombstone_clock) and an insert of a key with no row state
+-- writes newer than it. Otherwise a node that kept the tombstone would
+-- keep the row deleted while this one has it.
+INSERT INTO ticket (id, title) VALUES (8, 'hose');
+SELECT format('{"entries":{"$live":[[%s,0,"phone3"],{"put":false}]}}', (extract(epoch FROM now()) * 1000)::int8 + 3600000)
+    AS ahead \gset
+SELECT outcome FROM apply(ROW('phone3:1', 'phone3', 'public.ticket', '{"id":8}', '', 1, 0, '{}', :'ahead'::lwwmap::bytea, NULL)::op);
+SELECT ops_removed > 0 AS folded FROM compact();
+SELECT count(*) AS row8_tombstone FROM row_state WHERE target_key = '{"id": 8}';
+SELECT tombstone_clock || :'ahead'::lwwmap = tombstone_clock AS floor_has_the_delete FROM replicated WHERE table_name = 'ticket'::regclass;
+INSERT INTO ticket (id, title) VALUES (8, 'hose again');
+-- Merged with the tombstone another node may still have, the row is live.
+SELECT get(clock || :'ahead'::lwwmap, '$live') AS live_where_the_tombstone_stayed FROM row_state WHERE target_key = '{"id": 8}';
+
 -- A plain column with an authority: an insert made away from it writes
 -- the column as a placeholder that the row's older writes beat, so the
 -- tombstones of such a table stay like ones with a stash (with one gone

@@ -57,7 +57,27 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone9:15', 'phone9', 'clinic.shelf', '{"labels": "{\"abcde  \"}"}', 'n', 1, 0, '{}',
         '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels FROM clinic.shelf;
-DROP TABLE clinic.seat, clinic.shelf;
+-- What a peer copies from here when it joins or rejoins past the
+-- compacted log (converge.rejoin_rows) names each row by the same key as
+-- its ops: an array key by its text form, one row per key.
+SELECT target_key, crdt, live FROM converge.rejoin_rows('clinic.shelf') ORDER BY target_key::text;
+-- And it runs no cast the table's owner made: a key of a type of its own
+-- is its text form there too.
+CREATE TYPE clinic.shade AS ENUM ('red', 'amber');
+CREATE FUNCTION clinic.shade_json(s clinic.shade) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'the owner''s cast ran as a superuser';
+    END IF;
+    RETURN to_json(s::text);
+END $$;
+CREATE CAST (clinic.shade AS json) WITH FUNCTION clinic.shade_json(clinic.shade);
+CREATE TABLE clinic.lamp (shade clinic.shade PRIMARY KEY, n converge.gcounter);
+SELECT converge.replicate('clinic.lamp');
+INSERT INTO clinic.lamp VALUES ('amber', converge.incr(NULL::converge.gcounter, 2));
+SELECT target_key, crdt, live FROM converge.rejoin_rows('clinic.lamp');
+DROP TABLE clinic.seat, clinic.shelf, clinic.lamp;
+DROP TYPE clinic.shade CASCADE;
 -- Any key a column would store changed is refused, not rounded or cut to
 -- another row's: more decimals than a numeric(p,s) keeps (or more integer
 -- digits than it holds), a name over 63 bytes, more than one character for
@@ -81,6 +101,7 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone9:13', 'phone9', 'clinic.bin', '{"price": 2, "label": "gauze", "grade": "a", "sizes": "{NULL,-1.5}"}', 'n', 1, 0, '{}',
         '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT price, label, grade, sizes, n::jsonb FROM clinic.bin ORDER BY price, grade;
+SELECT target_key FROM converge.rejoin_rows('clinic.bin') ORDER BY target_key::text;
 DROP TABLE clinic.bin;
 -- A change made while the event triggers were off is refused when
 -- replicate runs again, and any ALTER of the table until it is undone.

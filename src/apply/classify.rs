@@ -70,107 +70,108 @@ pub(super) fn classify(
         it.bad = Some("invalid_op_id".into());
         return;
     };
-    if it.actor_given.as_deref() != Some(actor) {
-        it.bad = Some("actor_mismatch".into());
-        return;
-    }
-    if nodes.contains(actor) {
-        it.bad = Some("node_actor".into());
-        return;
-    }
-    if it.version.is_none_or(|v| v < 1) {
-        it.bad = Some("unsupported_schema_version".into());
-        return;
-    }
-    if it.epoch.is_some_and(|e| e < 0) {
-        it.bad = Some("invalid_epoch".into());
-        return;
-    }
-    if it.deps.iter().flatten().any(|d| d.as_deref().and_then(parse_op_id).is_none()) {
-        it.bad = Some("invalid_deps".into());
+    if let Some(reason) = envelope_error(it, actor, nodes) {
+        it.bad = Some(reason.into());
         return;
     }
     if super::control::classify_control(it, from_peer, actor, targets, cache, registry) {
         return;
     }
-    let t = match it.table.as_deref().map(|name| resolve(name, targets, cache)) {
-        Some(Ok(t)) => t,
-        Some(Err(reason)) => {
+    let coltype = match place(it, targets, cache) {
+        Ok(coltype) => coltype,
+        Err(reason) => {
             it.bad = Some(reason.into());
             return;
         }
-        None => {
-            it.bad = Some("unknown_table".into());
-            return;
-        }
     };
+    let target = &targets[it.target.expect("placed")];
+    it.bad = judge(it, target, &coltype, actor, registry, from_peer);
+    if it.bad.is_none() {
+        it.quarantine = kept_aside(it, target);
+        if registry.repairs {
+            it.superseded = crate::repair::superseded_by(it.op_id.as_deref().unwrap_or_default());
+        }
+    }
+    it.coltype = Some(coltype);
+}
+
+/// What is wrong with the op's envelope, if anything: its actor, schema
+/// version, epoch and deps.
+fn envelope_error(it: &Item, actor: &str, nodes: &HashSet<String>) -> Option<&'static str> {
+    if it.actor_given.as_deref() != Some(actor) {
+        Some("actor_mismatch")
+    } else if nodes.contains(actor) {
+        Some("node_actor")
+    } else if it.version.is_none_or(|v| v < 1) {
+        Some("unsupported_schema_version")
+    } else if it.epoch.is_some_and(|e| e < 0) {
+        Some("invalid_epoch")
+    } else if it.deps.iter().flatten().any(|d| d.as_deref().and_then(parse_op_id).is_none()) {
+        Some("invalid_deps")
+    } else {
+        None
+    }
+}
+
+/// The op's table, column and key as this node has them: sets its target,
+/// its table's qualified name and its canonical key; returns the column's
+/// CRDT type ("row" for a row op).
+fn place(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String, Result<usize, &'static str>>) -> Result<String, &'static str> {
+    let t = resolve(it.table.as_deref().ok_or("unknown_table")?, targets, cache)?;
     it.target = Some(t);
     let target = &targets[t];
     // Logged (and shipped) under its qualified name, so that readers find
     // it whatever their search_path, and no other table can stand in.
     it.table = Some(target.name.clone());
-    let key_ok = |key: &Option<serde_json::Value>| match key {
-        Some(serde_json::Value::Object(m)) => target.keys.iter().all(|k| m.contains_key(k)),
-        _ => false,
-    };
-    let col = it.column.as_deref();
-    let coltype = match col {
-        Some("") => "row".to_string(),
-        Some(c) => match target.crdt.get(c) {
+    let coltype = match it.column.as_deref().ok_or("unknown_column")? {
+        "" => "row".to_string(),
+        c => match target.crdt.get(c) {
             Some(ty) => ty.clone(),
-            None => {
-                it.bad = Some(if column_exists(target.rel, c) { "not_crdt_column" } else { "unknown_column" }.into());
-                return;
-            }
+            None => return Err(if column_exists(target.rel, c) { "not_crdt_column" } else { "unknown_column" }),
         },
-        None => {
-            it.bad = Some("unknown_column".into());
-            return;
-        }
     };
-    if !key_ok(&it.key) {
-        it.bad = Some("invalid_key".into());
-        return;
-    }
+    let key = match &it.key {
+        Some(k @ serde_json::Value::Object(m)) if target.keys.iter().all(|k| m.contains_key(k)) => k,
+        _ => return Err("invalid_key"),
+    };
     // The key in the form the op trigger writes (src/trigger.rs), so that the
     // same row has one key everywhere (row_state, tombstones).
-    match canonical_key(it.key.as_ref().expect("checked"), &target.keys, &target.key_types) {
-        Some(k) => {
-            if it.key.as_ref() != Some(&k) {
-                it.key_datum = None;
-            }
-            it.key = Some(k)
-        }
-        None => {
-            it.bad = Some("invalid_key".into());
-            return;
-        }
+    let k = canonical_key(key, &target.keys, &target.key_types).ok_or("invalid_key")?;
+    if it.key.as_ref() != Some(&k) {
+        it.key_datum = None;
     }
-    // Authenticate first (SPEC section 3: signature, then revocation): a
-    // forged or revoked op is rejected as such, its delta never decoded.
+    it.key = Some(k);
+    Ok(coltype)
+}
+
+/// Why the op is rejected, if it is: authenticated first (SPEC section 3:
+/// signature, then revocation), so that a forged or revoked op is rejected
+/// as such, its delta never decoded; then its delta and the authorities.
+fn judge(it: &Item, target: &Target, coltype: &str, actor: &str, registry: &crate::actors::Registry, from_peer: bool) -> Option<String> {
     if !registry.is_empty() {
-        it.bad = registry.refuse(&as_op(it)).map(String::from);
+        if let Some(reason) = registry.refuse(&as_op(it)) {
+            return Some(reason.into());
+        }
     }
-    let check_as = if coltype == "row" { "lwwmap" } else { coltype.as_str() };
-    if it.bad.is_none() {
-        it.bad = crate::ops::delta_error(Some(check_as), it.delta.as_deref());
-    }
-    if it.bad.is_none() && coltype == "row" {
-        it.bad = live_error(it.delta.as_deref().unwrap_or_default());
-    }
-    if it.bad.is_none() {
-        let counter = it.counter.unwrap_or_default();
-        it.bad = crate::coordination::authority_error(&target.authority, col.unwrap_or_default(), actor, counter, it.delta.as_deref().unwrap_or_default(), from_peer);
-    }
+    let delta = it.delta.as_deref().unwrap_or_default();
+    let check_as = if coltype == "row" { "lwwmap" } else { coltype };
+    crate::ops::delta_error(Some(check_as), it.delta.as_deref())
+        .or_else(|| if coltype == "row" { live_error(delta) } else { None })
+        .or_else(|| {
+            let column = it.column.as_deref().unwrap_or_default();
+            crate::coordination::authority_error(&target.authority, column, actor, it.counter.unwrap_or_default(), delta, from_peer)
+        })
+}
+
+/// Why the op is kept aside (quarantined), if it is.
+fn kept_aside(it: &Item, target: &Target) -> Option<String> {
     // A column's merge semantics are those of its schema version here: an
     // op made under another version is kept aside, not merged.
-    let declared = target.versions.get(col.unwrap_or_default()).copied().unwrap_or(1);
-    if it.bad.is_none() {
-        it.quarantine = match it.version.unwrap_or(1).cmp(&declared) {
-            std::cmp::Ordering::Less => Some("old_schema".into()),
-            std::cmp::Ordering::Greater => Some("new_schema".into()),
-            std::cmp::Ordering::Equal => None,
-        };
+    let declared = target.versions.get(it.column.as_deref().unwrap_or_default()).copied().unwrap_or(1);
+    match it.version.unwrap_or(1).cmp(&declared) {
+        std::cmp::Ordering::Less => return Some("old_schema".into()),
+        std::cmp::Ordering::Greater => return Some("new_schema".into()),
+        std::cmp::Ordering::Equal => {}
     }
     // Epochs (epochs.rs): an op made in an epoch this node has not reached
     // waits for that freeze (`new_epoch`; else a made-up epoch would escape
@@ -178,18 +179,17 @@ pub(super) fn classify(
     // it is kept out (`frozen`). Rows are frozen only in tables with a table
     // authority, and only ops claiming an epoch can be ahead.
     let epoch = it.epoch.unwrap_or(0);
-    if it.bad.is_none() && it.quarantine.is_none() && (target.table_authority.is_some() || epoch != 0) {
-        let freezes = crate::epochs::freezes_of(&target.name, it.key.as_ref().expect("checked"));
-        if epoch > crate::epochs::newest(&freezes) {
-            it.quarantine = Some("new_epoch".into());
-        } else if crate::epochs::kept_out(&freezes, it.op_id.as_deref().unwrap_or_default(), epoch) {
-            it.quarantine = Some("frozen".into());
-        }
+    if target.table_authority.is_none() && epoch == 0 {
+        return None;
     }
-    if it.bad.is_none() && registry.repairs {
-        it.superseded = crate::repair::superseded_by(it.op_id.as_deref().unwrap_or_default());
+    let freezes = crate::epochs::freezes_of(&target.name, it.key.as_ref().expect("placed"));
+    if epoch > crate::epochs::newest(&freezes) {
+        Some("new_epoch".into())
+    } else if crate::epochs::kept_out(&freezes, it.op_id.as_deref().unwrap_or_default(), epoch) {
+        Some("frozen".into())
+    } else {
+        None
     }
-    it.coltype = Some(coltype);
 }
 
 /// The op as it will be logged and shipped (what its signature covers).

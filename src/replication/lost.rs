@@ -99,6 +99,15 @@ pub fn check_lost_peers() {
             if theirs.iter().any(|s| s.active) {
                 let _ = Spi::run_with_args(&super::pull::status_update("lost_at = NULL"), &[peer.name.as_str().into()]);
                 pgrx::log!("converge: peer \"{}\" has rejoined (it streams from a new slot here)", peer.name);
+            } else if limit >= 0 {
+                // A slot it made again to rejoin, then left (its copy
+                // failed, or it went down again), holds WAL like any:
+                // dropped past the limit; it stays lost.
+                for s in theirs.into_iter().filter(|s| s.held > limit) {
+                    if drop_slot(&s.name) {
+                        pgrx::log!("converge: lost peer \"{}\" left its slot \"{}\" idle holding {} bytes of WAL; slot dropped", peer.name, s.name, s.held);
+                    }
+                }
             }
             continue;
         }

@@ -67,120 +67,17 @@ fn local_tables() -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
     })
 }
 
+/// A query on the peer's connection, in the snapshot's transaction.
+type Query<'a> = dyn FnMut(&str, &[&str]) -> super::libpq::Rows + 'a;
+
 /// Take the peer's rows (merged into this node's on a `rejoin`, replacing
 /// them on a join); returns the keys taken.
 pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool, rejoin: bool) -> usize {
     let mut q = |sql: &str, params: &[&str]| conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
     let frontier = q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
-    // The actor registry: its ops may be compacted away there, so it is
-    // copied as state (a peer of a release without it has none).
-    let registry = if q("SELECT to_regclass('converge.actor') IS NOT NULL", &[]).text(0, 0).as_deref() == Some("t") {
-        let r = q("SELECT actor, encode(key_state, 'hex'), revoked_after::text FROM converge.actor", &[]);
-        (0..r.rows.len()).map(|i| (r.text(i, 0), r.text(i, 1), r.text(i, 2))).collect()
-    } else {
-        Vec::new()
-    };
-    // The repairs, likewise (their ops stay in the log, but below the
-    // horizon a copy starts from).
-    let superseded: Vec<(String, String)> = if q("SELECT to_regclass('converge.superseded') IS NOT NULL", &[]).text(0, 0).as_deref() == Some("t") {
-        let r = q("SELECT op_id, repair_id FROM converge.superseded", &[]);
-        (0..r.rows.len()).filter_map(|i| Some((r.text(i, 0)?, r.text(i, 1)?))).collect()
-    } else {
-        Vec::new()
-    };
-    // The freezes, likewise: the rows copied are frozen there, and this
-    // node's own ops they keep out must be kept out here.
-    let freezes = if q("SELECT to_regclass('converge.frozen') IS NOT NULL", &[]).text(0, 0).as_deref() == Some("t") {
-        let r = q("SELECT target_table, target_key::text, epoch::text, freeze_id, frontier::text, array_to_json(extras)::text FROM converge.frozen", &[]);
-        (0..r.rows.len())
-            .filter_map(|i| {
-                let json = |c| r.text(i, c).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-                let extras = json(5)?.as_array()?.iter().filter_map(|x| x.as_str().map(String::from)).collect();
-                Some((r.text(i, 0)?, json(1)?, r.text(i, 2)?.parse().ok()?, r.text(i, 3)?, json(4)?, extras))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    // Requests and allocations, likewise (as state: their ops may be
-    // compacted away there, and a request's outcome is state).
-    let has = |q: &mut dyn FnMut(&str, &[&str]) -> super::libpq::Rows, t: &str| {
-        q(&format!("SELECT to_regclass('{t}') IS NOT NULL"), &[]).text(0, 0).as_deref() == Some("t")
-    };
-    let micros = |c: &str| format!("(extract(epoch FROM {c}) * 1000000)::int8::text");
-    let requests: Vec<Vec<Option<String>>> = if has(&mut q, "converge.requests") {
-        let r = q(
-            &format!(
-                "SELECT request_id, target_table, target_key::text, target_column, value::text, idempotency_key, requested_by, {},
-                        status, decision::text, reason, {}, decision_id FROM converge.requests ORDER BY arrival",
-                micros("requested_at"),
-                micros("decided_at")
-            ),
-            &[],
-        );
-        (0..r.rows.len()).map(|i| (0..13).map(|c| r.text(i, c)).collect()).collect()
-    } else {
-        Vec::new()
-    };
-    let allocations: Vec<Vec<Option<String>>> = if has(&mut q, "converge.allocations") {
-        let r = q(&format!("SELECT name, idempotency_key, value::text, {}, allocated_by FROM converge.allocations", micros("allocated_at")), &[]);
-        (0..r.rows.len()).map(|i| (0..5).map(|c| r.text(i, c)).collect()).collect()
-    } else {
-        Vec::new()
-    };
-    // Handovers of authorities, likewise (their ops are below the horizon
-    // a copy starts from).
-    let moved = "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('converge.authority') AND attname = 'earlier')";
-    let handovers: Vec<(String, String, String, Option<i64>, String)> = if q(moved, &[]).text(0, 0).as_deref() == Some("t") {
-        let r = q(
-            "SELECT format('%I.%I', n.nspname, c.relname), a.column_name, a.node, a.since::text, a.earlier::text
-               FROM converge.authority a JOIN pg_class c ON c.oid = a.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE a.earlier <> '[]'",
-            &[],
-        );
-        (0..r.rows.len())
-            .filter_map(|i| Some((r.text(i, 0)?, r.text(i, 1)?, r.text(i, 2)?, r.text(i, 3).and_then(|s| s.parse().ok()), r.text(i, 4)?)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut merged = 0;
-    for (table, cols) in local_tables() {
-        let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[&table]);
-        let mut entries = Vec::new();
-        let mut bases: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
-        for i in 0..rows.rows.len() {
-            let key: serde_json::Value = serde_json::from_str(&rows.text(i, 0).unwrap_or_default()).unwrap_or_default();
-            if let Some(clock) = rows.text(i, 2).and_then(|c| binary("lwwmap", &c)) {
-                entries.push((key.clone(), String::new(), clock));
-            }
-            if let Some(b) = rows.text(i, 4).and_then(|b| serde_json::from_str(&b).ok()) {
-                bases.push((key.clone(), b));
-            }
-            let crdt: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&rows.text(i, 1).unwrap_or_default()).unwrap_or_default();
-            for (col, v) in crdt {
-                let (Some(ty), Some(text)) = (cols.get(&col).and_then(|t| t.as_str()), v.as_str()) else { continue };
-                match binary(ty, text) {
-                    Some(b) => entries.push((key.clone(), col, b)),
-                    None => fail(peer, format!("{table}.{col} of {key} is not a valid {ty}")),
-                }
-            }
-        }
-        if rejoin {
-            merged += crate::apply::merge_states(&table, entries, false).len();
-            merge_bases(&table, bases);
-            continue;
-        }
-        // A join: the peer's rows as they are there, then every op of ours
-        // the peer has not applied, again.
-        let theirs: HashSet<String> = crate::apply::merge_states(&table, entries, true).iter().map(|k| k.to_string()).collect();
-        adopt_bases(&table, bases);
-        crate::apply::merge_states(&table, ours_beyond(&table, &frontier), false);
-        merged += theirs.len();
-        forget_missing(&table, &theirs, &frontier);
-    }
+    let state = State::read(&mut q);
+    let merged = local_tables().into_iter().map(|(table, cols)| copy_rows(peer, &mut q, &table, &cols, &frontier, rejoin)).sum();
     // The ops still in the peer's log (those beyond its rows' bases): they
     // are in the rows just copied, and applied here as ops too, so this
     // node's bases fold them when they are stable, as the peer's will.
@@ -191,39 +88,169 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     let left = conn.query(query, &[&horizon], true, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     let left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
-    crate::actors::merge_registry_state(registry);
-    if !superseded.is_empty() {
-        crate::actors::lock_registry(true);
-        crate::repair::supersede(superseded);
-    }
-    if !freezes.is_empty() {
-        crate::actors::lock_registry(true);
-        crate::epochs::copy_freezes(freezes);
-    }
-    crate::handover::copy_handovers(handovers);
-    crate::requests::copy_requests(requests);
-    crate::allocation::copy_allocations(allocations);
+    state.store();
     super::pull::apply_encoded(left, peer, origin, 0, 0);
-    // Ops up to the peer's horizon are in this node's rows, not its log:
-    // an older cursor must get 55000 here too.
+    note_copied(peer, &horizon, &frontier);
+    pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
+    merged
+}
+
+/// converge's own state on the peer, copied as state: its ops may be
+/// compacted away there, or lie below the horizon a copy starts from. A
+/// peer of an older release may lack a table (then nothing is copied).
+struct State {
+    /// The actor registry.
+    registry: Vec<(Option<String>, Option<String>, Option<String>)>,
+    /// The repairs.
+    superseded: Vec<(String, String)>,
+    /// The freezes: the rows copied are frozen there, and this node's own
+    /// ops they keep out must be kept out here.
+    freezes: Vec<(String, serde_json::Value, i64, String, serde_json::Value, Vec<String>)>,
+    /// Requests (an outcome is state) and allocations.
+    requests: Vec<Vec<Option<String>>>,
+    allocations: Vec<Vec<Option<String>>>,
+    /// Handovers of authorities.
+    handovers: Vec<(String, String, String, Option<i64>, String)>,
+}
+
+impl State {
+    fn read(q: &mut Query) -> State {
+        let mut has = |sql: &str| q(sql, &[]).text(0, 0).as_deref() == Some("t");
+        let table = |t: &str| format!("SELECT to_regclass('{t}') IS NOT NULL");
+        let (registry, superseded, freezes, requests, allocations) = (
+            has(&table("converge.actor")),
+            has(&table("converge.superseded")),
+            has(&table("converge.frozen")),
+            has(&table("converge.requests")),
+            has(&table("converge.allocations")),
+        );
+        let handovers = has("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('converge.authority') AND attname = 'earlier')");
+        let micros = |c: &str| format!("(extract(epoch FROM {c}) * 1000000)::int8::text");
+        let all = |q: &mut Query, sql: &str, n: usize| -> Vec<Vec<Option<String>>> {
+            let r = q(sql, &[]);
+            (0..r.rows.len()).map(|i| (0..n).map(|c| r.text(i, c)).collect()).collect()
+        };
+        let mut state = State { registry: vec![], superseded: vec![], freezes: vec![], requests: vec![], allocations: vec![], handovers: vec![] };
+        if registry {
+            let rows = all(q, "SELECT actor, encode(key_state, 'hex'), revoked_after::text FROM converge.actor", 3);
+            state.registry = rows.into_iter().map(|mut r| (r.remove(0), r.remove(0), r.remove(0))).collect();
+        }
+        if superseded {
+            let rows = all(q, "SELECT op_id, repair_id FROM converge.superseded", 2);
+            state.superseded = rows.into_iter().filter_map(|mut r| Some((r.remove(0)?, r.remove(0)?))).collect();
+        }
+        if freezes {
+            let sql = "SELECT target_table, target_key::text, epoch::text, freeze_id, frontier::text, array_to_json(extras)::text FROM converge.frozen";
+            state.freezes = all(q, sql, 6).into_iter().filter_map(|r| freeze(&r)).collect();
+        }
+        if requests {
+            let sql = format!(
+                "SELECT request_id, target_table, target_key::text, target_column, value::text, idempotency_key, requested_by, {},
+                        status, decision::text, reason, {}, decision_id FROM converge.requests ORDER BY arrival",
+                micros("requested_at"),
+                micros("decided_at")
+            );
+            state.requests = all(q, &sql, 13);
+        }
+        if allocations {
+            let sql = format!("SELECT name, idempotency_key, value::text, {}, allocated_by FROM converge.allocations", micros("allocated_at"));
+            state.allocations = all(q, &sql, 5);
+        }
+        if handovers {
+            let sql = "SELECT format('%I.%I', n.nspname, c.relname), a.column_name, a.node, a.since::text, a.earlier::text
+                         FROM converge.authority a JOIN pg_class c ON c.oid = a.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE a.earlier <> '[]'";
+            state.handovers = all(q, sql, 5)
+                .into_iter()
+                .filter_map(|mut r| {
+                    let since = r[3].take().and_then(|s| s.parse().ok());
+                    Some((r[0].take()?, r[1].take()?, r[2].take()?, since, r[4].take()?))
+                })
+                .collect();
+        }
+        state
+    }
+
+    /// Stored here (after the peer's transaction ended).
+    fn store(self) {
+        crate::actors::merge_registry_state(self.registry);
+        if !self.superseded.is_empty() {
+            crate::actors::lock_registry(true);
+            crate::repair::supersede(self.superseded);
+        }
+        if !self.freezes.is_empty() {
+            crate::actors::lock_registry(true);
+            crate::epochs::copy_freezes(self.freezes);
+        }
+        crate::handover::copy_handovers(self.handovers);
+        crate::requests::copy_requests(self.requests);
+        crate::allocation::copy_allocations(self.allocations);
+    }
+}
+
+/// One row of `converge.frozen` as `copy_freezes` takes it.
+fn freeze(r: &[Option<String>]) -> Option<(String, serde_json::Value, i64, String, serde_json::Value, Vec<String>)> {
+    let json = |c: usize| r[c].as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+    let extras = json(5)?.as_array()?.iter().filter_map(|x| x.as_str().map(String::from)).collect();
+    Some((r[0].clone()?, json(1)?, r[2].as_deref()?.parse().ok()?, r[3].clone()?, json(4)?, extras))
+}
+
+/// The peer's rows of one table, merged into this node's (a rejoin) or
+/// replacing them (a join); returns the keys taken.
+fn copy_rows(peer: &str, q: &mut Query, table: &str, cols: &serde_json::Map<String, serde_json::Value>, frontier: &str, rejoin: bool) -> usize {
+    let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[table]);
+    let mut entries = Vec::new();
+    let mut bases: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
+    for i in 0..rows.rows.len() {
+        let key: serde_json::Value = serde_json::from_str(&rows.text(i, 0).unwrap_or_default()).unwrap_or_default();
+        if let Some(clock) = rows.text(i, 2).and_then(|c| binary("lwwmap", &c)) {
+            entries.push((key.clone(), String::new(), clock));
+        }
+        if let Some(b) = rows.text(i, 4).and_then(|b| serde_json::from_str(&b).ok()) {
+            bases.push((key.clone(), b));
+        }
+        let crdt: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&rows.text(i, 1).unwrap_or_default()).unwrap_or_default();
+        for (col, v) in crdt {
+            let (Some(ty), Some(text)) = (cols.get(&col).and_then(|t| t.as_str()), v.as_str()) else { continue };
+            match binary(ty, text) {
+                Some(b) => entries.push((key.clone(), col, b)),
+                None => fail(peer, format!("{table}.{col} of {key} is not a valid {ty}")),
+            }
+        }
+    }
+    if rejoin {
+        let merged = crate::apply::merge_states(table, entries, false).len();
+        merge_bases(table, bases);
+        return merged;
+    }
+    // A join: the peer's rows as they are there, then every op of ours
+    // the peer has not applied, again.
+    let theirs: HashSet<String> = crate::apply::merge_states(table, entries, true).iter().map(|k| k.to_string()).collect();
+    adopt_bases(table, bases);
+    crate::apply::merge_states(table, ours_beyond(table, frontier), false);
+    forget_missing(table, &theirs, frontier);
+    theirs.len()
+}
+
+/// What the copy brought, noted: ops up to the peer's horizon are in this
+/// node's rows, not its log (an older cursor must get 55000 here too), and
+/// every op up to the peer's frontier is in this node's state.
+fn note_copied(peer: &str, horizon: &str, frontier: &str) {
     Spi::run_with_args(
         "INSERT INTO converge.log_horizon AS h (actor, upto)
          SELECT e.key, e.value::int8 FROM jsonb_each_text($1::jsonb) e
              ON CONFLICT (actor) DO UPDATE SET upto = greatest(h.upto, EXCLUDED.upto)",
-        &[horizon.as_str().into()],
+        &[horizon.into()],
     )
     .unwrap_or_else(|e| fail(peer, e));
-    // Every op up to the peer's frontier is in this node's state now.
     let me = crate::node::local_node_if_set().unwrap_or_default();
     Spi::run_with_args(
         "INSERT INTO converge.actor_frontier AS f (actor, contiguous)
          SELECT e.key, e.value::int8 FROM jsonb_each_text($1::jsonb) e WHERE e.key <> $2
              ON CONFLICT (actor) DO UPDATE SET contiguous = greatest(f.contiguous, EXCLUDED.contiguous)",
-        &[frontier.as_str().into(), me.as_str().into()],
+        &[frontier.into(), me.as_str().into()],
     )
     .unwrap_or_else(|e| fail(peer, e));
-    pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
-    merged
 }
 
 /// The peer's row bases merged into ours (a rejoin): our row is our base

@@ -196,6 +196,19 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
         assert_eq!(slots, 0, "{} still holds virginia's slot (and its WAL)", nodes[i].name);
         assert_eq!(count(&nodes[i], "SELECT lost_peers FROM converge.stats"), 1);
     }
+    // A slot virginia makes again to rejoin and then leaves idle (its copy
+    // failed, or it went down again) holds WAL like any: dropped past the
+    // limit, virginia still lost.
+    let slot = text(&nodes[0], "SELECT their_slot FROM converge.peer_status WHERE name = 'virginia'");
+    assert!(slot.starts_with("converge_virginia_"), "{slot}");
+    nodes[0].client().execute("SELECT pg_create_logical_replication_slot($1, 'converge')", &[&slot]).unwrap();
+    fill_wal(&nodes[0], "refiller");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&nodes[0], &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")) > 0 {
+        assert!(Instant::now() < deadline, "madrid keeps the idle slot {slot} of lost virginia");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(text(&nodes[0], "SELECT state FROM converge.peers WHERE name = 'virginia'"), "lost");
     // A lost peer no longer holds the horizon back: with virginia's report
     // counted, madrid's and dublin's newest ops could never be stable.
     load.run(&nodes, &mut clients, &[0, 1], 100);
