@@ -66,7 +66,7 @@ CREATE FUNCTION converge."register_actor"(
 	"actor" TEXT,
 	"public_key" bytea
 ) RETURNS TEXT
-STRICT VOLATILE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'register_actor_wrapper';
 CREATE FUNCTION converge."revoke_actor"(
@@ -88,7 +88,7 @@ CREATE FUNCTION converge."repair"(
 	"supersedes" TEXT[],
 	"reason" TEXT
 ) RETURNS TEXT
-STRICT VOLATILE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'repair_wrapper';
 CREATE FUNCTION converge."set_schema_version_on"(
@@ -109,6 +109,19 @@ ALTER TABLE converge.peer_status
     ADD COLUMN lost_at       timestamptz,
     ADD COLUMN rejoining     boolean NOT NULL DEFAULT false,
     ADD COLUMN their_slot    text;
+
+COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here, as the caller sees the op log (its row security: ops of tables the caller may not read are not seen).';
+-- How far a peer's ops are applied here (pg_replication_origin_progress is
+-- for superusers; an LSN is no secret). Only for a peer's origin, and NULL
+-- for one that is missing (dropped by hand), so that converge.peers still
+-- answers.
+CREATE OR REPLACE FUNCTION converge.origin_progress(origin text) RETURNS pg_lsn
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_replication_origin_progress(origin, false)
+     WHERE EXISTS (SELECT 1 FROM converge.peer p WHERE p.origin_name OPERATOR(pg_catalog.=) origin)
+       AND pg_catalog.pg_replication_origin_oid(origin) IS NOT NULL
+$$;
+COMMENT ON FUNCTION converge.origin_progress(text) IS 'The remote LSN up to which a peer''s replication origin''s changes are applied here (for converge.peers); NULL for any other name.';
 
 CREATE OR REPLACE VIEW converge.peers AS
     SELECT p.name,
@@ -291,10 +304,13 @@ BEGIN
         SELECT DISTINCT l.target_table, l.target_key FROM converge.op_log l WHERE l.outcome = 'applied'
         UNION
         SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
+    -- The tables whose floor (below) this compaction may raise: one whose
+    -- layout another transaction holds keeps its tombstones this time.
+    layouts AS (SELECT r.table_name FROM converge.replicated r FOR NO KEY UPDATE SKIP LOCKED),
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
-         WHERE NOT rs.live AND rs.stash = '{}'
+         WHERE NOT rs.live AND rs.stash = '{}' AND rs.tbl IN (SELECT l.table_name FROM layouts l)
            AND NOT EXISTS (SELECT 1 FROM converge.authority a JOIN converge.replicated r ON r.table_name = a.table_name
                             WHERE a.table_name = rs.tbl AND a.column_name <> '' AND NOT r.crdt_columns ? a.column_name)
            AND NOT EXISTS (SELECT 1 FROM still s
@@ -828,6 +844,7 @@ SELECT pg_catalog.pg_extension_config_dump('converge.request_arrival', '');
 GRANT SELECT ON converge.requests TO PUBLIC;
 ALTER TABLE converge.requests ENABLE ROW LEVEL SECURITY;
 CREATE POLICY requests_readable ON converge.requests FOR SELECT USING (converge.may_read(target_table));
+COMMENT ON POLICY requests_readable ON converge.requests IS 'A role reads the requests of the tables it may SELECT (converge.may_read); peer roles read every request.';
 
 CREATE FUNCTION converge.request(tbl regclass, key jsonb, col text, value jsonb, idempotency_key text DEFAULT NULL)
 RETURNS text LANGUAGE sql AS $$ SELECT converge.request_on(tbl::oid, key, col, value, idempotency_key) $$;
@@ -1352,6 +1369,23 @@ REVOKE ALL ON FUNCTION converge.wait_for_peers(interval) FROM PUBLIC;
 -- or a NOT NULL violation.
 ALTER FUNCTION converge.snapshot(regclass) STRICT;
 ALTER FUNCTION converge.grant_peer(regrole) STRICT;
+
+-- The casts and the row security policies say what they are too.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext'] LOOP
+        EXECUTE format('COMMENT ON CAST (converge.%I AS jsonb) IS %L', t,
+                       format('The user-level value of a %s as jsonb (as converge.to_jsonb gives it).', t));
+        EXECUTE format('COMMENT ON CAST (converge.%I AS bytea) IS %L', t,
+                       format('The binary form of a %s: [format version, type tag, postcard body].', t));
+        EXECUTE format('COMMENT ON CAST (bytea AS converge.%I) IS %L', t,
+                       format('A %s from its binary form, validated as binary input is (22P03 on bad bytes).', t));
+    END LOOP;
+END $$;
+COMMENT ON POLICY op_log_readable ON converge.op_log IS 'A role reads the ops of the tables it may SELECT (converge.may_read); peer roles read every op.';
+COMMENT ON POLICY pending_ops_readable ON converge.pending_ops IS 'A role reads the waiting ops of the tables it may SELECT (converge.may_read); peer roles read every op.';
 
 -- The worker of a database exits when the library and the extension
 -- disagree on the version; start it again now that they agree.

@@ -412,5 +412,22 @@ COMMENT ON FUNCTION converge.worker_problem_here() IS 'Why no background worker 
 COMMENT ON FUNCTION converge.start_worker() IS 'Internal: start this database''s background worker when the transaction commits (CREATE EXTENSION and add_peer do).';
 COMMENT ON FUNCTION converge.replicate_table(oid) IS 'Internal: the body of converge.replicate (checks that the caller owns the table).';
 
+-- The casts and the row security policies say what they are too.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext'] LOOP
+        EXECUTE format('COMMENT ON CAST (converge.%I AS jsonb) IS %L', t,
+                       format('The user-level value of a %s as jsonb (as converge.to_jsonb gives it).', t));
+        EXECUTE format('COMMENT ON CAST (converge.%I AS bytea) IS %L', t,
+                       format('The binary form of a %s: [format version, type tag, postcard body].', t));
+        EXECUTE format('COMMENT ON CAST (bytea AS converge.%I) IS %L', t,
+                       format('A %s from its binary form, validated as binary input is (22P03 on bad bytes).', t));
+    END LOOP;
+END $$;
+COMMENT ON POLICY op_log_readable ON converge.op_log IS 'A role reads the ops of the tables it may SELECT (converge.may_read); peer roles read every op.';
+COMMENT ON POLICY pending_ops_readable ON converge.pending_ops IS 'A role reads the waiting ops of the tables it may SELECT (converge.may_read); peer roles read every op.';
+
 -- This database gets its background worker as soon as CREATE EXTENSION commits.
 SELECT converge.start_worker();

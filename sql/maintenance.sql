@@ -166,10 +166,13 @@ BEGIN
         SELECT DISTINCT l.target_table, l.target_key FROM converge.op_log l WHERE l.outcome = 'applied'
         UNION
         SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
+    -- The tables whose floor (below) this compaction may raise: one whose
+    -- layout another transaction holds keeps its tombstones this time.
+    layouts AS (SELECT r.table_name FROM converge.replicated r FOR NO KEY UPDATE SKIP LOCKED),
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
-         WHERE NOT rs.live AND rs.stash = '{}'
+         WHERE NOT rs.live AND rs.stash = '{}' AND rs.tbl IN (SELECT l.table_name FROM layouts l)
            AND NOT EXISTS (SELECT 1 FROM converge.authority a JOIN converge.replicated r ON r.table_name = a.table_name
                             WHERE a.table_name = rs.tbl AND a.column_name <> '' AND NOT r.crdt_columns ? a.column_name)
            AND NOT EXISTS (SELECT 1 FROM still s

@@ -173,7 +173,7 @@ LANGUAGE sql STABLE STRICT AS $$
                     WHERE l.actor = converge.op_id_actor($1) AND l.counter = converge.op_id_counter($1)
                       AND l.outcome = 'applied')
 $$;
-COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here.';
+COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here, as the caller sees the op log (its row security: ops of tables the caller may not read are not seen).';
 
 
 -- Pending ops whose deps are all applied, applied now.

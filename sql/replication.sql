@@ -44,12 +44,16 @@ CREATE TABLE converge.peer_status (
 COMMENT ON TABLE converge.peer_status IS 'Internal: what the last pull rounds found, per peer (read converge.peers).';
 
 -- How far a peer's ops are applied here (pg_replication_origin_progress is
--- for superusers; an LSN is no secret).
+-- for superusers; an LSN is no secret). Only for a peer's origin, and NULL
+-- for one that is missing (dropped by hand), so that converge.peers still
+-- answers.
 CREATE FUNCTION converge.origin_progress(origin text) RETURNS pg_lsn
 LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_replication_origin_progress(origin, false)
+     WHERE EXISTS (SELECT 1 FROM converge.peer p WHERE p.origin_name OPERATOR(pg_catalog.=) origin)
+       AND pg_catalog.pg_replication_origin_oid(origin) IS NOT NULL
 $$;
-COMMENT ON FUNCTION converge.origin_progress(text) IS 'The remote LSN up to which a replication origin''s changes are applied here (for converge.peers).';
+COMMENT ON FUNCTION converge.origin_progress(text) IS 'The remote LSN up to which a peer''s replication origin''s changes are applied here (for converge.peers); NULL for any other name.';
 
 -- Readable by every role (monitoring): the conninfo without its password.
 -- no_worker: no background worker can serve this database (and says why).

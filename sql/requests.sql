@@ -36,6 +36,7 @@ SELECT pg_catalog.pg_extension_config_dump('converge.request_arrival', '');
 GRANT SELECT ON converge.requests TO PUBLIC;
 ALTER TABLE converge.requests ENABLE ROW LEVEL SECURITY;
 CREATE POLICY requests_readable ON converge.requests FOR SELECT USING (converge.may_read(target_table));
+COMMENT ON POLICY requests_readable ON converge.requests IS 'A role reads the requests of the tables it may SELECT (converge.may_read); peer roles read every request.';
 
 CREATE FUNCTION converge.request(tbl regclass, key jsonb, col text, value jsonb, idempotency_key text DEFAULT NULL)
 RETURNS text LANGUAGE sql AS $$ SELECT converge.request_on(tbl::oid, key, col, value, idempotency_key) $$;

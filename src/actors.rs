@@ -453,7 +453,9 @@ impl Registry {
 /// `actor` must carry an ed25519 signature by this key, on every node.
 /// Returns the registry op's id (NULL when the actor already has this key).
 #[pg_extern(volatile, parallel_unsafe)]
-fn register_actor(actor: &str, public_key: &[u8]) -> Option<String> {
+fn register_actor(actor: Option<&str>, public_key: Option<&[u8]>) -> Option<String> {
+    // Not STRICT: a NULL would read as "already registered".
+    let (actor, public_key) = (crate::errors::required(actor, "actor"), crate::errors::required(public_key, "public_key"));
     check_not_node(actor);
     parse_public_key(public_key).or_raise();
     let me = crate::node::local_node();

@@ -87,11 +87,12 @@ pub fn note_held(table: &str, cols: &[&str]) {
 
 /// Raise 40001 if this node no longer holds a column `note_held` noted,
 /// as the latest commits say. Called holding the op counter (or the commit
-/// order's lock mode), which a handover takes until its commit is visible:
-/// none can commit after this, so what was checked is not checked again.
+/// order's lock mode), which a handover takes until its commit is visible.
+/// The notes stay until the transaction ends: a counter lock taken in a
+/// savepoint that rolls back is released, and the commit checks again.
 pub(crate) fn check_held() {
     let mut held: Vec<(String, Vec<String>)> = Vec::new();
-    for (_, table, column) in HELD.with(|h| std::mem::take(&mut *h.borrow_mut())) {
+    for (_, table, column) in HELD.with(|h| h.borrow().clone()) {
         match held.iter_mut().find(|(t, _)| *t == table) {
             Some((_, cols)) if cols.contains(&column) => {}
             Some((_, cols)) => cols.push(column),

@@ -176,8 +176,10 @@ fn applied_of(ids: &[String]) -> Vec<Excluded> {
 /// (outcome `superseded`, their rows rebuilt without them). Returns the
 /// repair op's id.
 #[pg_extern(volatile, parallel_unsafe)]
-fn repair(supersedes: Vec<Option<String>>, reason: &str) -> String {
-    let ids: Vec<String> = supersedes.into_iter().flatten().collect();
+fn repair(supersedes: Option<Vec<Option<String>>>, reason: Option<&str>) -> String {
+    // Not STRICT: a NULL argument is an error, not a repair that did nothing.
+    let reason = crate::errors::required(reason, "reason");
+    let ids: Vec<String> = crate::errors::required(supersedes, "supersedes").into_iter().flatten().collect();
     if ids.is_empty() {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "supersedes must name at least one op");
     }

@@ -28,6 +28,9 @@ SELECT converge.register_actor('phone7', '\x0102');
 SELECT converge.register_actor('phone7', '\x0100000000000000000000000000000000000000000000000000000000000000');
 SELECT converge.register_actor('faro', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c');
 SELECT converge.register_actor('no good', '\xea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c');
+-- A NULL key is an error, not a registration that did nothing (NULL is
+-- its answer when the actor already has the key).
+SELECT converge.register_actor('phone7', NULL);
 SELECT converge.revoke_actor('phone8', -1);
 SELECT converge.revoke_actor(NULL);
 

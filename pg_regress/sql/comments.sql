@@ -15,3 +15,12 @@ SELECT c.oid::regclass AS uncommented_relation
  WHERE c.relnamespace = 'converge'::regnamespace AND c.relkind IN ('r', 'v')
    AND obj_description(c.oid, 'pg_class') IS NULL
  ORDER BY 1::text;
+SELECT c.castsource::regtype AS uncommented_cast_from, c.casttarget::regtype AS to_type
+  FROM pg_cast c
+ WHERE EXISTS (SELECT 1 FROM pg_type t WHERE t.oid IN (c.castsource, c.casttarget) AND t.typnamespace = 'converge'::regnamespace)
+   AND obj_description(c.oid, 'pg_cast') IS NULL
+ ORDER BY 1::text, 2::text;
+SELECT p.polname AS uncommented_policy
+  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+ WHERE c.relnamespace = 'converge'::regnamespace AND obj_description(p.oid, 'pg_policy') IS NULL
+ ORDER BY 1;

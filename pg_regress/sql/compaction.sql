@@ -74,8 +74,8 @@ SELECT frontier();
 -- on every node), row 3 had none and starts afresh.
 INSERT INTO ticket (id, title) VALUES (2, 'valve again'), (3, 'filter again');
 SELECT id, title, elements(tags) AS tags, value(visits) AS visits FROM ticket WHERE id IN (2, 3) ORDER BY id;
--- A second compaction takes only what is new: the two ops since and the
--- record of the duplicate.
+-- A second compaction takes only what is new: the three ops since (an
+-- increment and two inserts) and the record of the duplicate.
 SELECT ops_removed FROM compact();
 SELECT count(*) AS ops_left FROM op_log WHERE outcome = 'applied';
 -- With none of its ops left in the log, the node still counts on.
@@ -128,6 +128,10 @@ SELECT rebuild('asset', '{"id":1}', 'attrs')::ormap::jsonb = attrs::jsonb AS reb
 SELECT frontier() AS before_oslo \gset
 INSERT INTO converge.peer (name, conninfo, slot_name, origin_name, paused) VALUES ('oslo', 'host=invalid', 'none', 'none', true);
 INSERT INTO converge.peer_status (name, lost_at) VALUES ('oslo', now());
+-- (Its origin was never made: converge.peers still answers, with no LSN;
+-- origin_progress answers for peers' origins only.)
+SELECT name, state, origin, origin_lsn FROM converge.peers;
+SELECT converge.origin_progress('converge_none') AS not_a_peers_origin;
 INSERT INTO ticket (id, title) VALUES (5, 'gauge');
 DELETE FROM ticket WHERE id = 5;
 -- While oslo is lost, lisbon's ops on row 5 are folded, and the row's

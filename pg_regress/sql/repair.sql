@@ -67,6 +67,8 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
 SELECT converge.repair('{}', 'nothing');
 SELECT converge.repair(ARRAY['not an op'], 'typo');
 SELECT converge.repair(ARRAY['phone1:2'], ' ');
+SELECT converge.repair(ARRAY['phone1:2'], NULL);
+SELECT converge.repair(NULL, 'nothing named');
 SELECT converge.repair(ARRAY['lagos:99'], 'not made yet');
 
 -- Compaction keeps the repairs (the history) and the superseded ops; an op

@@ -67,21 +67,36 @@ fn local_tables() -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
     })
 }
 
-/// A query on the peer's connection, in the snapshot's transaction.
-type Query<'a> = dyn FnMut(&str, &[&str]) -> super::libpq::Rows + 'a;
+/// The peer's connection, in the snapshot's transaction.
+struct Snap<'a> {
+    peer: &'a str,
+    conn: &'a mut Conn,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl Snap<'_> {
+    fn q(&mut self, sql: &str, params: &[&str]) -> super::libpq::Rows {
+        self.q_within(sql, params, QUERY_TIMEOUT)
+    }
+
+    fn q_within(&mut self, sql: &str, params: &[&str], timeout: std::time::Duration) -> super::libpq::Rows {
+        self.conn.query(sql, params, false, timeout, self.stop).unwrap_or_else(|e| fail(self.peer, e))
+    }
+}
 
 /// Take the peer's rows (merged into this node's on a `rejoin`, replacing
 /// them on a join); returns the keys taken.
 pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool, rejoin: bool) -> usize {
-    let mut q = |sql: &str, params: &[&str]| conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
-    q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
-    let frontier = q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
-    let state = State::read(&mut q);
-    let merged = local_tables().into_iter().map(|(table, cols)| copy_rows(peer, &mut q, &table, &cols, &frontier, rejoin)).sum();
+    let mut snap = Snap { peer, conn, stop };
+    snap.q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
+    let frontier = snap.q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
+    let state = State::read(&mut snap);
+    let merged = local_tables().into_iter().map(|(table, cols)| copy_rows(&mut snap, &table, &cols, &frontier, rejoin)).sum();
     // The ops still in the peer's log (those beyond its rows' bases): they
     // are in the rows just copied, and applied here as ops too, so this
     // node's bases fold them when they are stable, as the peer's will.
-    let horizon = q("SELECT coalesce(jsonb_object_agg(actor, upto), '{}')::text FROM converge.log_horizon", &[])
+    let horizon = snap
+        .q("SELECT coalesce(jsonb_object_agg(actor, upto), '{}')::text FROM converge.log_horizon", &[])
         .text(0, 0)
         .unwrap_or_else(|| "{}".into());
     let query = super::peers::changes_query(conn, stop).unwrap_or_else(|e| fail(peer, e));
@@ -111,11 +126,14 @@ struct State {
     allocations: Vec<Vec<Option<String>>>,
     /// Handovers of authorities.
     handovers: Vec<(String, String, String, Option<i64>, String)>,
+    /// The clocks of the row tombstones the peer dropped, per table (a
+    /// key inserted again here must write newer than them too).
+    floors: Vec<Vec<Option<String>>>,
 }
 
 impl State {
-    fn read(q: &mut Query) -> State {
-        let mut has = |sql: &str| q(sql, &[]).text(0, 0).as_deref() == Some("t");
+    fn read(q: &mut Snap) -> State {
+        let mut has = |sql: &str| q.q(sql, &[]).text(0, 0).as_deref() == Some("t");
         let table = |t: &str| format!("SELECT to_regclass('{t}') IS NOT NULL");
         let (registry, superseded, freezes, requests, allocations) = (
             has(&table("converge.actor")),
@@ -124,13 +142,16 @@ impl State {
             has(&table("converge.requests")),
             has(&table("converge.allocations")),
         );
-        let handovers = has("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('converge.authority') AND attname = 'earlier')");
+        let column = |t: &str, c: &str| format!("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('{t}') AND attname = '{c}')");
+        let handovers = has(&column("converge.authority", "earlier"));
+        let floors = has(&column("converge.replicated", "tombstone_clock"));
         let micros = |c: &str| format!("(extract(epoch FROM {c}) * 1000000)::int8::text");
-        let all = |q: &mut Query, sql: &str, n: usize| -> Vec<Vec<Option<String>>> {
-            let r = q(sql, &[]);
+        let all = |q: &mut Snap, sql: &str, n: usize| -> Vec<Vec<Option<String>>> {
+            let r = q.q(sql, &[]);
             (0..r.rows.len()).map(|i| (0..n).map(|c| r.text(i, c)).collect()).collect()
         };
-        let mut state = State { registry: vec![], superseded: vec![], freezes: vec![], requests: vec![], allocations: vec![], handovers: vec![] };
+        let mut state =
+            State { registry: vec![], superseded: vec![], freezes: vec![], requests: vec![], allocations: vec![], handovers: vec![], floors: vec![] };
         if registry {
             let rows = all(q, "SELECT actor, encode(key_state, 'hex'), revoked_after::text FROM converge.actor", 3);
             state.registry = rows.into_iter().map(|mut r| (r.remove(0), r.remove(0), r.remove(0))).collect();
@@ -168,6 +189,12 @@ impl State {
                 })
                 .collect();
         }
+        if floors {
+            let sql = "SELECT format('%I.%I', n.nspname, c.relname), r.tombstone_clock::text
+                         FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE r.tombstone_clock IS NOT NULL";
+            state.floors = all(q, sql, 2);
+        }
         state
     }
 
@@ -185,6 +212,16 @@ impl State {
         crate::handover::copy_handovers(self.handovers);
         crate::requests::copy_requests(self.requests);
         crate::allocation::copy_allocations(self.allocations);
+        for floor in self.floors {
+            if let [Some(table), Some(clock)] = &floor[..] {
+                Spi::run_with_args(
+                    "UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock OPERATOR(converge.||) c.clock, c.clock)
+                       FROM (SELECT $2::converge.lwwmap AS clock) c WHERE r.table_name = pg_catalog.to_regclass($1)",
+                    &[table.as_str().into(), clock.as_str().into()],
+                )
+                .unwrap_or_else(|e| fail(table, e));
+            }
+        }
     }
 }
 
@@ -195,12 +232,60 @@ fn freeze(r: &[Option<String>]) -> Option<(String, serde_json::Value, i64, Strin
     Some((r[0].clone()?, json(1)?, r[2].as_deref()?.parse().ok()?, r[3].clone()?, json(4)?, extras))
 }
 
+/// Rows of `rejoin_rows` read per fetch: each fetch has a timeout of its
+/// own, and this node holds one batch at a time.
+const FETCH: usize = 2000;
+
+/// How long the peer may take to read one table for a copy.
+const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The peer's rows of one table, merged into this node's (a rejoin) or
-/// replacing them (a join); returns the keys taken.
-fn copy_rows(peer: &str, q: &mut Query, table: &str, cols: &serde_json::Map<String, serde_json::Value>, frontier: &str, rejoin: bool) -> usize {
-    let rows = q("SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows($1::regclass)", &[table]);
+/// replacing them (a join), a batch of keys at a time (each key whole);
+/// returns the keys taken.
+fn copy_rows(q: &mut Snap, table: &str, cols: &serde_json::Map<String, serde_json::Value>, frontier: &str, rejoin: bool) -> usize {
+    let sql = "SELECT target_key::text, crdt::text, clock, live, base::text FROM converge.rejoin_rows";
+    q.q(&format!("DECLARE converge_rows NO SCROLL CURSOR FOR {sql}({}::regclass)", crate::rows::literal(table)), &[]);
+    // A join needs the peer's keys (forget_missing); a rejoin counts them.
+    let (mut theirs, mut merged): (HashSet<String>, usize) = (HashSet::new(), 0);
+    let mut first = true;
+    loop {
+        // The first fetch runs rejoin_rows, which reads the whole table
+        // before it returns a row: it may take longer than a query.
+        let within = if std::mem::take(&mut first) { COPY_TIMEOUT } else { QUERY_TIMEOUT };
+        let rows = q.q_within(&format!("FETCH {FETCH} FROM converge_rows"), &[], within);
+        if rows.rows.is_empty() {
+            break;
+        }
+        let (entries, bases) = read_rows(q.peer, &rows, table, cols);
+        merged += rows.rows.len();
+        if rejoin {
+            crate::apply::merge_states(table, entries, false);
+            merge_bases(table, bases);
+        } else {
+            // A join takes the peer's rows as they are there.
+            theirs.extend(crate::apply::merge_states(table, entries, true).iter().map(|k| k.to_string()));
+            adopt_bases(table, bases);
+        }
+    }
+    q.q("CLOSE converge_rows", &[]);
+    if !rejoin {
+        // Then every op of ours the peer has not applied, again.
+        crate::apply::merge_states(table, ours_beyond(table, frontier), false);
+        forget_missing(table, &theirs, frontier);
+    }
+    merged
+}
+
+/// One fetch of `rejoin_rows` as entries (key, column, binary state: the
+/// row clock under "") and row bases.
+fn read_rows(
+    peer: &str,
+    rows: &super::libpq::Rows,
+    table: &str,
+    cols: &serde_json::Map<String, serde_json::Value>,
+) -> (Vec<(serde_json::Value, String, Vec<u8>)>, Vec<(serde_json::Value, serde_json::Value)>) {
     let mut entries = Vec::new();
-    let mut bases: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
+    let mut bases = Vec::new();
     for i in 0..rows.rows.len() {
         let key: serde_json::Value = serde_json::from_str(&rows.text(i, 0).unwrap_or_default()).unwrap_or_default();
         if let Some(clock) = rows.text(i, 2).and_then(|c| binary("lwwmap", &c)) {
@@ -218,18 +303,7 @@ fn copy_rows(peer: &str, q: &mut Query, table: &str, cols: &serde_json::Map<Stri
             }
         }
     }
-    if rejoin {
-        let merged = crate::apply::merge_states(table, entries, false).len();
-        merge_bases(table, bases);
-        return merged;
-    }
-    // A join: the peer's rows as they are there, then every op of ours
-    // the peer has not applied, again.
-    let theirs: HashSet<String> = crate::apply::merge_states(table, entries, true).iter().map(|k| k.to_string()).collect();
-    adopt_bases(table, bases);
-    crate::apply::merge_states(table, ours_beyond(table, frontier), false);
-    forget_missing(table, &theirs, frontier);
-    theirs.len()
+    (entries, bases)
 }
 
 /// What the copy brought, noted: ops up to the peer's horizon are in this
@@ -351,8 +425,11 @@ fn forget_missing(table: &str, theirs: &HashSet<String>, frontier: &str) {
     let keys = || gone.iter().map(|k| JsonB(k.0.clone())).collect::<Vec<JsonB>>();
     crate::security::as_writer(rel, || Spi::run_with_args(&sql, &[keys().into()])).unwrap_or_else(|e| fail(table, e));
     crate::trigger::set_applying(false);
+    // Their clocks stay, in the table's floor (compact() in maintenance.sql).
     Spi::run_with_args(
-        "DELETE FROM converge.row_state WHERE tbl = $1::regclass AND target_key = ANY ($2::jsonb[])",
+        "WITH gone AS (DELETE FROM converge.row_state WHERE tbl = $1::regclass AND target_key = ANY ($2::jsonb[]) RETURNING tbl, clock)
+         UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock OPERATOR(converge.||) f.clock, f.clock)
+           FROM (SELECT tbl, converge.merge_agg(clock) AS clock FROM gone GROUP BY tbl) f WHERE r.table_name = f.tbl",
         &[table.into(), keys().into()],
     )
     .unwrap_or_else(|e| fail(table, e));

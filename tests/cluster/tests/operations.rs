@@ -173,12 +173,26 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     load.run(&nodes, &mut clients, &[0, 1, 2], 500);
     // A row with no CRDT state: its tombstone is what compaction drops.
     nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1000, 'plain')").unwrap();
+    // A table keyed by an array: its rows are copied too (a key is named
+    // alike in ops and copies).
+    for n in &nodes {
+        n.client()
+            .batch_execute("CREATE TABLE shelf (labels text[] PRIMARY KEY, id int, n converge.gcounter); SELECT converge.replicate('shelf')")
+            .unwrap();
+    }
+    nodes[0]
+        .client()
+        .batch_execute("INSERT INTO shelf SELECT ARRAY['bay ' || g, 'b'], g, converge.incr(NULL::converge.gcounter, g) FROM generate_series(1, 20) g")
+        .unwrap();
     converge_all(&nodes, Duration::from_secs(60));
 
     // virginia is cut off, writes what nobody else receives, and goes down.
     isolate(&nodes, 2, true);
     load.run(&nodes, &mut clients, &[2], 300);
     load.run(&nodes, &mut clients, &[0, 1], 300);
+    for i in [0, 2] {
+        nodes[i].client().batch_execute("UPDATE shelf SET n = converge.incr(n, 100) WHERE id <= 10").unwrap();
+    }
     let unsent = count(&nodes[2], "SELECT (converge.frontier() ->> 'virginia')::int8");
     let virginia_had = count(&nodes[2], "SELECT (converge.frontier() ->> 'madrid')::int8");
     nodes[2].stop_immediate();
@@ -247,7 +261,8 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     }
     wait_all_stable(&nodes);
     compact_all(&nodes);
-    assert_identical(&nodes, &["ctr", "item"]);
+    assert_identical(&nodes, &["ctr", "item", "shelf"]);
+    assert_eq!(count(&nodes[0], "SELECT sum(converge.value(n))::int8 FROM shelf"), 210 + 2000);
     for n in &nodes {
         // Rejoined and stable: the deleted row's tombstone goes everywhere.
         assert_eq!(count(n, "SELECT count(*) FROM converge.row_state WHERE target_key = '{\"id\": 1000}'"), 0, "{}", n.name);
