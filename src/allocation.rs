@@ -135,6 +135,9 @@ fn allocate_on(name: Option<&str>, idempotency_key: Option<&str>) -> i64 {
         &[name.into(), key.into()],
     );
     if let Some(v) = known {
+        // Committed, and maybe not yet on disk (durable.rs): a number
+        // handed out survives a crash.
+        crate::durable::flush_visible();
         return v;
     }
     let value = fresh("SELECT greatest(max(value) + 1, $2) FROM converge.allocations WHERE name = $1", &[name.into(), start.into()])

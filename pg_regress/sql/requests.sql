@@ -204,6 +204,21 @@ SELECT status FROM converge.requests WHERE request_id = :'waiting';
 SELECT status FROM incident WHERE id = 2;
 RESET ROLE;
 
+-- Two requests with one idempotency key for different rows: the first to
+-- arrive decides. The second is refused, naming the first; the first,
+-- decided once its row arrives, is not refused in turn.
+SELECT op_id, outcome FROM converge.apply_batch(ARRAY[
+    ROW('tab:50', 'tab', 'converge.request', '{"table": "public.incident", "key": {"id": 6}}', 'title', 1, 0, '{}',
+        convert_to('{"value": "first", "idempotency_key": "one key", "requested_at": 1796000000000000}', 'UTF8'), NULL)::converge.op,
+    ROW('tab:51', 'tab', 'converge.request', '{"table": "public.incident", "key": {"id": 1}}', 'title', 1, 0, '{}',
+        convert_to('{"value": "second", "idempotency_key": "one key", "requested_at": 1796000000000000}', 'UTF8'), NULL)::converge.op]);
+SELECT converge.decide_pending() AS decided;
+INSERT INTO incident (id) VALUES (6);
+SELECT converge.decide_pending() AS decided;
+SELECT request_id, status, coalesce(decision::text, reason) AS outcome
+  FROM converge.requests WHERE idempotency_key = 'one key' ORDER BY request_id;
+SELECT id, title FROM incident WHERE id IN (1, 6) ORDER BY id;
+
 \c regression
 DROP DATABASE converge_regress_requests;
 DROP ROLE cv_clerk;

@@ -174,7 +174,7 @@ fn add_peer_now(name: &str, conninfo: &str) {
     // Unknown until the peer adds this node too: its slots are found by
     // the name they carry meanwhile (lost.rs).
     let theirs = their_slot(&me, &mut conn, &interrupt).ok().flatten();
-    ensure_slot(name, &mut conn, &slot, &interrupt);
+    ensure_slot(name, &mut conn, &slot, &origin, &interrupt);
     let oid = match origin_id(&origin) {
         Some(o) => {
             // A peer added again (pause_peer, then add_peer: the upgrade
@@ -212,7 +212,11 @@ fn add_peer_now(name: &str, conninfo: &str) {
 /// Make our slot on the peer, or take over one left from an earlier setup.
 /// Before this transaction writes anything: a logical slot waits for every
 /// transaction running on its server, and the peer may be this server.
-pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, stop: &dyn Fn() -> bool) {
+/// A slot made here starts the peer's stream anew: `origin`'s progress
+/// goes to the slot's start (also backwards, for a peer rebuilt with a new
+/// WAL history, whose old progress would skip its first changes), and the
+/// copy that follows covers everything before it.
+pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, origin: &str, stop: &dyn Fn() -> bool) {
     let mut q = |sql: &str, params: &[&str]| {
         conn.query(sql, params, false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| peer_failed(name, e))
     };
@@ -224,7 +228,11 @@ pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, stop: &dyn Fn() -> b
             format!("peer \"{name}\" already has a slot \"{slot}\" using plugin \"{p}\"; drop it there first"),
         ),
         None => {
-            q("SELECT lsn FROM pg_create_logical_replication_slot($1, 'converge')", &[slot]);
+            let start = q("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'converge')", &[slot]).text(0, 0);
+            if let (Some(start), Some(_)) = (start, origin_id(origin)) {
+                Spi::run_with_args("SELECT pg_replication_origin_advance($1, $2::pg_lsn)", &[origin.into(), start.as_str().into()])
+                    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("peer \"{name}\": setting origin {origin} to the new slot's start: {e}")));
+            }
         }
     }
 }

@@ -315,7 +315,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     let perr = |m: String| PeerError { sqlstate: None, message: m };
     let origin = origin_id(&peer.origin)
         .ok_or_else(|| perr(format!("replication origin \"{}\" is missing; run converge.add_peer again", peer.origin)))?;
-    let progress = unsafe { pg_sys::replorigin_get_progress(origin, false) };
+    let progress = unsafe { pg_sys::replorigin_get_progress(origin, true) };
     let round_start = crate::spi::read_one::<TimestampWithTimeZone>("SELECT clock_timestamp()", &[]);
 
     let t0 = std::time::Instant::now();

@@ -299,7 +299,7 @@ fn step(link: &mut Link) {
         }
         link.unhold();
     }
-    let progress = in_transaction(|| pull::origin_id(&peer.origin).map(|o| unsafe { pg_sys::replorigin_get_progress(o, false) }));
+    let progress = in_transaction(|| pull::origin_id(&peer.origin).map(|o| unsafe { pg_sys::replorigin_get_progress(o, true) }));
     let progress = match progress {
         Ok(Some(p)) => p,
         Ok(None) => return fail(link, &format!("replication origin \"{}\" is missing; run converge.add_peer again", peer.origin)),
@@ -334,7 +334,9 @@ fn step(link: &mut Link) {
             link.flushed = progress;
             link.reported = progress;
             link.sent_ptr = 0;
-            link.backoff = Duration::from_millis(500);
+            // (The backoff is reset once a batch applies or the link has
+            // caught up, not here: a batch that fails each time it is
+            // streamed again must not be retried twice a second.)
             link.next_probe = Instant::now();
             let name = peer.name.clone();
             // A peer shown down because its batches keep meeting a held
@@ -372,13 +374,15 @@ fn rejoin(peer: &PeerRow) -> Result<(), String> {
     let peer = peer.clone();
     in_transaction(std::panic::AssertUnwindSafe(move || {
         apply_lock_timeout();
+        let origin = pull::origin_id(&peer.origin);
+        let Some(origin) = origin else { return Err(format!("replication origin \"{}\" is missing", peer.origin)) };
+        // The slot before any row lock here (which takes a transaction id
+        // that a slot made on this same server would wait for).
+        let mut conn = Conn::connect(&peer.conninfo).map_err(|e| e.message)?;
+        super::peers::ensure_slot(&peer.name, &mut conn, &peer.slot, &peer.origin, &stop_requested);
         if !pull::claim_status(&peer.name) {
             return Err("the peer's status row is held by another transaction (add_peer?) or gone; trying later".into());
         }
-        let origin = pull::origin_id(&peer.origin);
-        let Some(origin) = origin else { return Err(format!("replication origin \"{}\" is missing", peer.origin)) };
-        let mut conn = Conn::connect(&peer.conninfo).map_err(|e| e.message)?;
-        super::peers::ensure_slot(&peer.name, &mut conn, &peer.slot, &stop_requested);
         let copied = super::peers::copy_missing(&peer.name, &mut conn, origin, &stop_requested, true);
         let _ = crate::spi::prepared(
             "UPDATE converge.peer_status SET rejoining = false, state = 'ok', last_error = NULL, last_success = clock_timestamp()

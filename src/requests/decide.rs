@@ -131,16 +131,18 @@ fn earlier(p: &Pending) -> Earlier {
                 return Ok(Earlier::Waits);
             }
             let Some(k) = &p.idempotency_key else { return Ok(Earlier::None) };
-            // The same key: one for another change (whoever decides it)
-            // refuses this one; one decided for the same change gives it
-            // its outcome (a pending one for the same change waits above).
+            // The same key: the first such request here decides. One for
+            // the same change gives this one its outcome once decided (or
+            // makes it wait); one for another change refuses it if it
+            // arrived first or was granted (whoever decided it), not if it
+            // was refused, maybe because of this one.
             let t = c.update(
-                "SELECT request_id, status, decision, reason,
-                        target_table = $3 AND target_key = $4 AND target_column = $5
-                   FROM converge.requests
-                  WHERE idempotency_key = $1 AND request_id <> $2 AND requested_by IS NOT NULL
-                    AND (status <> 'pending' OR arrival < $6)
-                  ORDER BY 5, decided_at, decision_id COLLATE \"C\" LIMIT 1",
+                "SELECT request_id, status, decision, reason, same
+                   FROM (SELECT *, target_table = $3 AND target_key = $4 AND target_column = $5 AS same
+                           FROM converge.requests
+                          WHERE idempotency_key = $1 AND request_id <> $2 AND requested_by IS NOT NULL) q
+                  WHERE arrival < $6 OR status = 'granted' OR (same AND status <> 'pending')
+                  ORDER BY arrival, decision_id COLLATE \"C\" LIMIT 1",
                 Some(1),
                 &[
                     k.as_str().into(),
@@ -240,8 +242,6 @@ pub(super) fn decide_one(me: &str, id: &str) -> Done {
     if !row_exists(&l, &p.target.key) {
         return Done::Pending;
     }
-    // Checked again under the op counter (a handover may commit first).
-    crate::commit_ops::note_held(&l.name, &[l.deciding(&p.target.column)]);
     let step = crate::apply::subtransaction(|| {
         // An xid for the subtransaction: pgrx runs SPI read-only (the
         // statement's snapshot, no writes) until the current one has one.
@@ -272,13 +272,18 @@ fn left_pending(id: &str, c: crate::apply::Caught) -> Done {
 /// the decision written, and the outcome recorded.
 fn decide_now(me: &str, p: &Pending, l: &crate::apply::Layout, how: &Decide) -> Done {
     let outcome = |status: &str, decision, reason| Decided { status: status.into(), decision, reason, decided_at: now_micros() };
+    // Once it is decided here: checked again under the op counter (a
+    // handover may commit first). Dropped with this subtransaction.
+    let deciding = || crate::commit_ops::note_held(&l.name, &[l.deciding(&p.target.column)]);
     match earlier(p) {
         Earlier::Waits => return Done::Pending,
         Earlier::Decided(status, decision, reason) => {
+            deciding();
             record_outcome(me, p, outcome(&status, decision, reason));
             return Done::Decided;
         }
         Earlier::Other(first) => {
+            deciding();
             let k = p.idempotency_key.clone().unwrap_or_default();
             let why = format!("idempotency key \"{k}\" was used by request {first} for another change");
             record_outcome(me, p, outcome("refused", None, Some(why)));
@@ -287,6 +292,7 @@ fn decide_now(me: &str, p: &Pending, l: &crate::apply::Layout, how: &Decide) -> 
         Earlier::None => {}
     }
     let Some(old) = lock_row(l, &p.target.key) else { return Done::Pending };
+    deciding();
     let decision = match how {
         Decide::By(f) => call_decide(l, f, &p.id),
         // A CRDT column's request (made before its decide function was
@@ -338,12 +344,12 @@ fn call_decide(l: &crate::apply::Layout, f: &str, id: &str) -> Option<Value> {
 }
 
 /// Lock the request's row as the table's owner, without waiting (a row
-/// another session holds fails with 55P03: the request waits for the next
-/// pass); its values (as `row_to_json` renders them), None if there is no
-/// such row.
+/// another session holds is skipped: the request waits for the next pass,
+/// and the pass goes on with the others); its values (as `row_to_json`
+/// renders them), None if there is no such row or it is held.
 fn lock_row(l: &crate::apply::Layout, key: &Value) -> Option<Map<String, Value>> {
     let sql = format!(
-        "SELECT pg_catalog.row_to_json(t.*)::text FROM {0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1} FOR UPDATE OF t NOWAIT",
+        "SELECT pg_catalog.row_to_json(t.*)::text FROM {0} t, pg_catalog.jsonb_populate_record(NULL::{0}, $1) v WHERE {1} FOR UPDATE OF t SKIP LOCKED",
         l.name,
         keys_match(&l.keys)
     );

@@ -367,6 +367,7 @@ fn request_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>, col: Option<&str>, v
             )
         });
         if let Some(id) = known {
+            crate::durable::flush_visible(); // (as allocate does)
             return id;
         }
     }

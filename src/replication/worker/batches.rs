@@ -63,12 +63,19 @@ pub(super) fn apply(link: &mut Link) -> bool {
         );
         Batch::Applied
     }));
+    if matches!(result, Ok(Batch::Applied)) {
+        // The peer is told this batch is ours once its commit is on disk
+        // here (feedback, below): under synchronous_commit = off a crash
+        // could lose it after the peer let it go.
+        unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
+    }
     if matches!(result, Ok(Batch::Applied)) && crate::apply::take_deferred() {
         retry_deferred(&peer.name);
     }
     match result {
         Ok(Batch::Applied) => {
             link.flushed = lsn;
+            link.backoff = Duration::from_millis(500);
             link.unhold();
             if crate::requests::take_arrived() {
                 decide_requests();

@@ -29,6 +29,8 @@ pub(super) fn caught_up(link: &mut Link) {
         if link.sent_ptr >= probe.lsn {
             link.probe = None;
             link.unhold(); // nothing is left to apply: no batch is held
+            // Caught up: the link works, so the next failure backs off anew.
+            link.backoff = Duration::from_millis(500);
             // Nothing for us up to sent_ptr is waiting: release that WAL.
             link.reported = link.reported.max(link.sent_ptr).max(link.flushed);
             let (name, flushed) = (link.peer.name.clone(), link.reported);

@@ -169,3 +169,41 @@ fn a_commit_waits_for_its_flush_without_the_op_counter_lock() {
     assert!(active >= 10, "only {active} samples of the writer at work");
     assert!(locked * 4 < active, "the writer held the op-counter lock in {locked} of {active} samples: across its flushes");
 }
+
+/// A batch the worker applied is confirmed to its peer only once its
+/// commit is on disk here (worker/batches.rs). dublin commits
+/// asynchronously (`synchronous_commit = off`, its WAL writer slowed to
+/// 10 s): without the flush, an immediate stop after dublin confirmed the
+/// batch would lose it, and madrid, whose slot has let it go, would never
+/// send it again.
+#[test]
+fn an_applied_batch_survives_an_immediate_stop_under_asynchronous_commit() {
+    let scratch = Scratch::new("durable-apply");
+    let nodes: Vec<Node> = ["madrid", "dublin"].iter().enumerate().map(|(i, n)| Node::new(&scratch.0, n, port() + 10 + i as u16, true)).collect();
+    for n in &nodes {
+        n.client()
+            .batch_execute(&format!(
+                "CREATE EXTENSION converge; SELECT converge.set_node('{}');
+                 CREATE TABLE t (id int PRIMARY KEY, note text); SELECT converge.replicate('t');",
+                n.name
+            ))
+            .unwrap();
+    }
+    let mut dublin = nodes[1].client();
+    for setting in ["ALTER SYSTEM SET wal_writer_delay = '10s'", "ALTER SYSTEM SET synchronous_commit = off", "SELECT pg_reload_conf()"] {
+        dublin.batch_execute(setting).unwrap();
+    }
+    drop(dublin);
+    // One way only (dublin pulls from madrid, serves nobody): with a full
+    // mesh, dublin's WAL was found flushed before the stop in our runs
+    // (by its walsender for madrid, presumably), and the case did not show.
+    Node::grant_peer(&mut nodes[0].client());
+    nodes[1].client().execute("SELECT converge.add_peer('madrid', $1)", &[&nodes[0].peer_conninfo("postgres")]).unwrap();
+    nodes[0].client().batch_execute("INSERT INTO t VALUES (1, 'sent once')").unwrap();
+    wait_for(&nodes[1], "SELECT note FROM t WHERE id = 1", "sent once", "madrid's insert");
+    // dublin's feedback reaches madrid (every 200 ms while idle).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nodes[1].stop_immediate();
+    nodes[1].start();
+    wait_for(&nodes[1], "SELECT note FROM t WHERE id = 1", "sent once", "madrid's insert after dublin's crash");
+}

@@ -121,6 +121,19 @@ fn two_regions_closing_one_incident_while_cut_off_get_one_audit_number() {
     assert_eq!(calls, want.join(" "), "decide function calls");
     let writes = text(&nodes[2], "SELECT count(*)::text FROM converge.op_log WHERE actor = 'virginia' AND target_table = 'public.incident'");
     assert_eq!(writes, "1", "virginia's writes of incident rows");
+
+    // A row another session holds on virginia holds up only its own
+    // requests: the pass skips it and decides the others.
+    let mut holder = nodes[2].client();
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("SELECT 1 FROM incident WHERE id = 1 FOR UPDATE").unwrap();
+    let held = text(&nodes[0], "SELECT converge.request('incident', '{\"id\": 1}', 'status', '\"reopened\"')");
+    let free = text(&nodes[0], "SELECT converge.request('incident', '{\"id\": 2}', 'status', '\"reopened\"')");
+    let status = |id: &str| format!("SELECT status FROM converge.requests WHERE request_id = '{id}'");
+    wait_for(&nodes[2], &status(&free), "refused", "the request for a row nobody holds");
+    assert_eq!(text(&nodes[2], &status(&held)), "pending");
+    tx.commit().unwrap();
+    wait_for(&nodes[2], &status(&held), "refused", "the request once its row is free");
 }
 
 /// A safety warning on a `removes_only` column: a tablet's node asks for
