@@ -482,12 +482,7 @@ fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec
         let alive = is_alive(&clock);
         let vals = values_of(t, &clock);
         if alive && !present {
-            let mut row = vals.clone();
-            if let Value::Object(k) = &key {
-                row.extend(k.clone());
-            }
-            let sql = format!("INSERT INTO {0} SELECT * FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
-            as_writer(t.rel, || run(&sql, &[Jb(Value::Object(row)).into()]));
+            insert_row(t, other_columns, &key, vals.clone());
             t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
@@ -506,6 +501,36 @@ fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec
             None => crate::row_state::insert(t.rel, &key, &clock, alive, stash),
         }
     }
+}
+
+/// Create the row of `key` from the clock's values `vals` (its non-CRDT
+/// columns), as the caller: every column it names, and its CRDT columns
+/// empty (NULL, or the empty value where the column is NOT NULL: their
+/// ops merge in), so no default of this node's stands in for a value the
+/// inserting node wrote. Columns the clock does not name yet take their
+/// defaults; generated columns are computed, identity ones take the value
+/// sent.
+fn insert_row(t: &RowTable, other_columns: &[String], key: &Value, mut row: Map<String, Value>) {
+    // (A column dropped here that older ops still name is not written.)
+    row.retain(|c, _| other_columns.contains(c));
+    if let Value::Object(k) = key {
+        row.extend(k.clone());
+    }
+    let crdt: Vec<&String> = t.crdt.keys().collect();
+    let not_null: Vec<String> = crate::spi::read_one::<Vec<String>>(
+        "SELECT coalesce(array_agg(attname::text), '{}') FROM pg_catalog.pg_attribute
+          WHERE attrelid = $1 AND attnotnull AND attname::text = ANY ($2)",
+        &[t.rel.into(), crdt.iter().map(|c| c.to_string()).collect::<Vec<String>>().into()],
+    )
+    .unwrap_or_default();
+    for c in crdt {
+        row.insert(c.clone(), if not_null.contains(c) { Value::String("{}".into()) } else { Value::Null });
+    }
+    let mut cols: Vec<String> = row.keys().map(|c| ident(c)).collect();
+    cols.sort();
+    let cols = cols.join(", ");
+    let sql = format!("INSERT INTO {0} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
+    as_writer(t.rel, || run(&sql, &[Jb(Value::Object(row)).into()]));
 }
 
 /// Rows the apply re-created while a local DELETE of them committed: their

@@ -325,6 +325,19 @@ pub fn require_rights(rel: pg_sys::Oid, modes: &[(pg_sys::AclMode, &str)]) {
     }
 }
 
+/// A client's row ops need every row of `rel` in sight: under row
+/// security a row hidden from the caller is not deleted here, yet its
+/// delete would be applied on every other node (as the table's owner).
+pub fn require_rows_visible(rel: pg_sys::Oid) {
+    if rows_hidden_from(caller(), rel) {
+        crate::errors::raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("row security of table {} applies to this role: converge applies no row ops of it for this role", table_name(rel)),
+            "A row this role cannot see would be left here and changed on every other node. Apply them as a role row security does not restrict.",
+        );
+    }
+}
+
 pub const INSERT: pg_sys::AclMode = pg_sys::ACL_INSERT as pg_sys::AclMode;
 pub const UPDATE: pg_sys::AclMode = pg_sys::ACL_UPDATE as pg_sys::AclMode;
 pub const DELETE: pg_sys::AclMode = pg_sys::ACL_DELETE as pg_sys::AclMode;

@@ -212,6 +212,22 @@ SELECT target_column FROM converge.authorities ORDER BY 1;
 SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'converge_authority_guard';
 -- The event triggers' functions are theirs only.
 SELECT converge.follow_drops();
+
+-- A row another node inserted is made here with the columns its ops
+-- name: a NOT NULL CRDT column starts empty (its own op merges in), a
+-- generated column is computed here, and an identity column takes the
+-- value sent; no default of this node stands in for what the inserting
+-- node wrote.
+CREATE TABLE clinic.page (id int PRIMARY KEY, seq int GENERATED ALWAYS AS IDENTITY,
+                          views converge.gcounter NOT NULL DEFAULT '{}', title text,
+                          half int GENERATED ALWAYS AS (id / 2) STORED);
+SELECT converge.replicate('clinic.page');
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('tab:1', 'tab', 'clinic.page', '{"id": 4}', '', 1, 0, '{}',
+        converge.put(converge.put(converge.put(NULL::converge.lwwmap, '$live', 'true'), 'title', '"home"'), 'seq', '7')::bytea,
+        NULL)::converge.op,
+    ROW('tab:2', 'tab', 'clinic.page', '{"id": 4}', 'views', 1, 0, '{}', '{"counts":{"tab":3}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT id, seq, converge.value(views) AS views, title, half FROM clinic.page;
 RESET ROLE;
 \c regression
 DROP DATABASE converge_regress_lagos;

@@ -258,7 +258,17 @@ SET ROLE cv_intruder;
 SELECT id FROM sec_rls;
 SELECT count(*) FROM op_log WHERE target_table = 'public.sec_rls';
 SELECT count(*) FROM changes_since('{}') WHERE target_table = 'public.sec_rls';
+-- Nor does it apply row ops there, even with the rights to write: a row it
+-- cannot see would stay here and be deleted on every other node (42501,
+-- nothing recorded).
 RESET ROLE;
+GRANT INSERT, UPDATE, DELETE ON sec_rls TO cv_intruder;
+SET ROLE cv_intruder;
+SELECT op_id, outcome FROM apply(ROW('phone5:1', 'phone5', 'public.sec_rls', '{"id": 1}', '', 1, 0, '{}',
+                                     put(NULL::lwwmap, '$live', 'false')::bytea, NULL)::op);
+RESET ROLE;
+SELECT id, who FROM sec_rls ORDER BY id;
+SELECT count(*) AS logged FROM op_log WHERE op_id = 'phone5:1';
 DROP TABLE sec_rls;
 
 -- Clean up (the roles are cluster-wide).

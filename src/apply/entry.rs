@@ -261,6 +261,9 @@ fn run_as(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
         require_rights(t.rel, &[(INSERT, "INSERT"), (UPDATE, "UPDATE")]);
         if t.row_ops {
             require_rights(t.rel, &[(DELETE, "DELETE (row ops delete rows)")]);
+            if !from_peer {
+                crate::security::require_rows_visible(t.rel);
+            }
         }
     }
     crate::security::as_owner(|| {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -219,18 +219,13 @@ impl Client {
         if saved.actor != actor {
             return Err(ClientError::Format(format!("{} belongs to actor \"{}\"", dir.display(), saved.actor)));
         }
-        let mut outbox = Vec::new();
-        if let Ok(f) = File::open(dir.join("outbox.jsonl")) {
-            for line in BufReader::new(f).lines() {
-                let line = line?;
-                // A torn last line (killed mid-write) was never acknowledged: drop it.
-                match serde_json::from_str::<Op>(&line) {
-                    Ok(op) => outbox.push(op),
-                    Err(_) => break,
-                }
-            }
-        }
+        let (outbox, torn) = read_outbox(&dir.join("outbox.jsonl"))?;
         let mut c = Client { dir, saved, cells: BTreeMap::new(), outbox, clock: Hlc::new(), crash: None, signer: None };
+        if torn {
+            // The next op is appended after the last whole line, not glued
+            // to the torn one (which the next open would drop with it).
+            c.rewrite_outbox()?;
+        }
         if let Some(ts) = c.saved.clock.clone() {
             c.clock.observe(&ts);
         }
@@ -258,11 +253,15 @@ impl Client {
     }
 
     /// The op as it is sent: signed, under its qualified table name, when
-    /// this client signs.
+    /// this client signs. The name is written as the server writes it
+    /// (`format('%I.%I')`), which the signature covers: a part that is not
+    /// all lower-case letters, digits and underscores is double-quoted. (A
+    /// table named by an SQL keyword, such as `order`, must be declared as
+    /// the server writes it: `public."order"`.)
     fn outgoing(&self, mut op: Op) -> Op {
         if let Some((key, schema)) = &self.signer {
             if !op.target_table.contains('.') {
-                op.target_table = format!("{schema}.{}", op.target_table);
+                op.target_table = format!("{}.{}", quote_ident(schema), quote_ident(&op.target_table));
             }
             op.sign(key);
         }
@@ -555,6 +554,42 @@ impl Client {
     }
 }
 
+/// The ops of the outbox file at `path`, and whether it ends in a torn
+/// line (a write cut short: killed, or the disk full), which was never
+/// acknowledged and is dropped. Read as bytes: a tear may split a
+/// character.
+fn read_outbox(path: &Path) -> Result<(Vec<Op>, bool)> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+        Err(e) => return Err(e.into()),
+    };
+    let mut ops = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else { return Ok((ops, true)) };
+        match serde_json::from_slice::<Op>(&rest[..end]) {
+            Ok(op) => ops.push(op),
+            Err(_) => return Ok((ops, true)),
+        }
+        rest = &rest[end + 1..];
+    }
+    Ok((ops, false))
+}
+
+/// An identifier as PostgreSQL's `quote_ident` writes it, keywords aside:
+/// double-quoted unless it is all lower-case letters, digits and
+/// underscores, not starting with a digit.
+fn quote_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -564,5 +599,13 @@ mod tests {
         assert_eq!(super::bare_name("\"a.b\".\"c.d\"").as_deref(), Some("c.d"));
         assert_eq!(super::bare_name("s.\"say \"\"hi\"\"\"").as_deref(), Some("say \"hi\""));
         assert_eq!(super::bare_name("incident"), None);
+    }
+
+    #[test]
+    fn names_are_quoted_as_the_server_writes_them() {
+        assert_eq!(super::quote_ident("ward_2"), "ward_2");
+        assert_eq!(super::quote_ident("Ward Notes"), "\"Ward Notes\"");
+        assert_eq!(super::quote_ident("2nd"), "\"2nd\"");
+        assert_eq!(super::quote_ident("say\"hi"), "\"say\"\"hi\"");
     }
 }

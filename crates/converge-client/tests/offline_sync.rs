@@ -557,3 +557,55 @@ fn a_signed_op_keeps_its_covers_in_changes_since() {
     assert_eq!(pulled[2].check_signature(&key.verifying_key()), SignatureCheck::Valid);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A signed op names its table as the server writes it (`format('%I.%I')`,
+/// which the signature covers): a table whose name needs quotes is sent
+/// quoted, and its ops are applied (sent unquoted, they were rejected).
+#[test]
+fn a_signed_op_on_a_table_whose_name_needs_quotes_is_applied() {
+    let mut db = fresh_node("converge_client_signed_quoted", "dublin");
+    let key = converge_core::signing::SigningKey::from_bytes(&[22; 32]);
+    db.execute("SELECT converge.register_actor('tab7', $1)", &[&key.verifying_key().to_bytes().to_vec()]).unwrap();
+    db.batch_execute("CREATE TABLE \"Ward Notes\" (id int PRIMARY KEY, n converge.gcounter); SELECT converge.replicate('\"Ward Notes\"');")
+        .unwrap();
+    let dir = workdir("signed-quoted");
+    let mut tab = Client::open(dir.join("tab7"), "tab7").unwrap();
+    tab.declare("Ward Notes", "n", "gcounter").unwrap();
+    tab.sign_with(key, "public");
+    tab.mutate("Ward Notes", json!({"id": 1}), "n", |v, ctx| {
+        let AnyCrdt::GCounter(x) = v else { unreachable!() };
+        Ok(AnyCrdt::GCounter(x.incr(ctx.actor, 2)?))
+    })
+    .unwrap();
+    let outcomes: Vec<(String, Option<String>)> = tab.push(&mut db).unwrap().into_iter().map(|o| (o.outcome, o.reason)).collect();
+    assert_eq!(outcomes, vec![("applied".into(), None)]);
+    let n: i64 = db.query_one("SELECT converge.value(n) FROM \"Ward Notes\" WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!(n, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A write cut short leaves a torn last line in the outbox (here with a
+/// character split in two). Opening drops it and rewrites the outbox, so
+/// the next op is a line of its own and survives the next open.
+#[test]
+fn an_op_written_after_a_torn_outbox_line_survives() {
+    let dir = workdir("torn-outbox");
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut c = open(&dir, "tab8");
+    for _ in 0..2 {
+        random_mutation(&mut c, &mut rng).unwrap();
+    }
+    drop(c);
+    let path = dir.join("tab8").join("outbox.jsonl");
+    let mut torn = std::fs::read(&path).unwrap();
+    torn.extend_from_slice(b"{\"op_id\":\"tab8:3\",\"note\":\"caf\xc3");
+    std::fs::write(&path, torn).unwrap();
+    let mut c = open(&dir, "tab8");
+    assert_eq!(c.outbox().len(), 2);
+    let third = random_mutation(&mut c, &mut rng).unwrap();
+    drop(c);
+    let c = open(&dir, "tab8");
+    let ids: Vec<String> = c.outbox().iter().map(|op| op.op_id.clone()).collect();
+    assert_eq!(ids, vec!["tab8:1".to_string(), "tab8:2".to_string(), third.op_id.clone()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
