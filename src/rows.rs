@@ -482,7 +482,7 @@ fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec
         let alive = is_alive(&clock);
         let vals = values_of(t, &clock);
         if alive && !present {
-            insert_row(t, other_columns, &key, vals.clone());
+            insert_row(t, other_columns, &key, vals);
             t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
@@ -517,12 +517,12 @@ fn insert_row(t: &RowTable, other_columns: &[String], key: &Value, mut row: Map<
         row.extend(k.clone());
     }
     let crdt: Vec<&String> = t.crdt.keys().collect();
-    let not_null: Vec<String> = crate::spi::read_one::<Vec<String>>(
+    let not_null: Vec<String> = if crdt.is_empty() { Vec::new() } else { crate::spi::read_one::<Vec<String>>(
         "SELECT coalesce(array_agg(attname::text), '{}') FROM pg_catalog.pg_attribute
           WHERE attrelid = $1 AND attnotnull AND attname::text = ANY ($2)",
         &[t.rel.into(), crdt.iter().map(|c| c.to_string()).collect::<Vec<String>>().into()],
     )
-    .unwrap_or_default();
+    .unwrap_or_default() };
     for c in crdt {
         row.insert(c.clone(), if not_null.contains(c) { Value::String("{}".into()) } else { Value::Null });
     }

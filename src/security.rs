@@ -429,7 +429,8 @@ fn may_write(table: Option<&str>, column: Option<&str>) -> bool {
         modes.push(DELETE);
     }
     match lookup(t) {
-        Some(rel) => has_rights(caller(), rel, &modes),
+        // (Row ops also need every row in sight: require_rows_visible.)
+        Some(rel) => has_rights(caller(), rel, &modes) && !(column == Some("") && rows_hidden_from(caller(), rel)),
         None => false,
     }
 }

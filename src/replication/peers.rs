@@ -230,8 +230,20 @@ pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, origin: &str, stop: 
         None => {
             let start = q("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'converge')", &[slot]).text(0, 0);
             if let (Some(start), Some(_)) = (start, origin_id(origin)) {
-                Spi::run_with_args("SELECT pg_replication_origin_advance($1, $2::pg_lsn)", &[origin.into(), start.as_str().into()])
-                    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("peer \"{name}\": setting origin {origin} to the new slot's start: {e}")));
+                let reset = crate::apply::subtransaction(|| {
+                    Spi::run_with_args("SELECT pg_replication_origin_advance($1, $2::pg_lsn)", &[origin.into(), start.as_str().into()])
+                });
+                let failed = match reset {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(c) => Some(c.message),
+                };
+                if let Some(why) = failed {
+                    // (The slot goes too: one taken over later would keep
+                    // the progress this reset did not make.)
+                    q("SELECT pg_drop_replication_slot($1)", &[slot]);
+                    raise(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, format!("peer \"{name}\": setting origin {origin} to the new slot's start: {why}; try again"));
+                }
             }
         }
     }

@@ -5,8 +5,9 @@
 //! request never holds up the others: an error that is the request's (its
 //! data, or the decide function refusing by raising: classes 22, 23, P0)
 //! refuses it; any other error (a privilege or setting the decide function
-//! lacks, a row another session holds, a deadlock) leaves it pending with a
-//! WARNING, to be tried again by the worker's next pass; only errors of the
+//! lacks, a deadlock) leaves it pending with a WARNING, to be tried again
+//! by the worker's next pass (a row another session holds leaves it
+//! pending too, skipped without a warning); only errors of the
 //! whole session (out of memory, a cancel, a shutdown) are raised. Nothing
 //! here waits for a lock another session holds, but this node's op counter
 //! (the worker's pass gives up on it after its lock_timeout).
@@ -255,7 +256,7 @@ pub(super) fn decide_one(me: &str, id: &str) -> Done {
         Err(c) => return left_pending(id, c),
     };
     let d = Decided { status: "refused".into(), decision: None, reason: Some(refusal), decided_at: now_micros() };
-    match crate::apply::subtransaction(|| record_outcome(me, &p, d)) {
+    match crate::apply::subtransaction(|| record_outcome(me, &l, &p, d)) {
         Ok(()) => Done::Decided,
         Err(c) => left_pending(id, c),
     }
@@ -272,27 +273,21 @@ fn left_pending(id: &str, c: crate::apply::Caught) -> Done {
 /// the decision written, and the outcome recorded.
 fn decide_now(me: &str, p: &Pending, l: &crate::apply::Layout, how: &Decide) -> Done {
     let outcome = |status: &str, decision, reason| Decided { status: status.into(), decision, reason, decided_at: now_micros() };
-    // Once it is decided here: checked again under the op counter (a
-    // handover may commit first). Dropped with this subtransaction.
-    let deciding = || crate::commit_ops::note_held(&l.name, &[l.deciding(&p.target.column)]);
     match earlier(p) {
         Earlier::Waits => return Done::Pending,
         Earlier::Decided(status, decision, reason) => {
-            deciding();
-            record_outcome(me, p, outcome(&status, decision, reason));
+            record_outcome(me, l, p, outcome(&status, decision, reason));
             return Done::Decided;
         }
         Earlier::Other(first) => {
-            deciding();
             let k = p.idempotency_key.clone().unwrap_or_default();
             let why = format!("idempotency key \"{k}\" was used by request {first} for another change");
-            record_outcome(me, p, outcome("refused", None, Some(why)));
+            record_outcome(me, l, p, outcome("refused", None, Some(why)));
             return Done::Decided;
         }
         Earlier::None => {}
     }
     let Some(old) = lock_row(l, &p.target.key) else { return Done::Pending };
-    deciding();
     let decision = match how {
         Decide::By(f) => call_decide(l, f, &p.id),
         // A CRDT column's request (made before its decide function was
@@ -305,9 +300,9 @@ fn decide_now(me: &str, p: &Pending, l: &crate::apply::Layout, how: &Decide) -> 
     match decision {
         Some(d) => {
             write_decision(me, l, &p.target.key, &old, &d);
-            record_outcome(me, p, outcome("granted", Some(d), None));
+            record_outcome(me, l, p, outcome("granted", Some(d), None));
         }
-        None => record_outcome(me, p, outcome("refused", None, Some("refused by the decide function".into()))),
+        None => record_outcome(me, l, p, outcome("refused", None, Some("refused by the decide function".into()))),
     }
     Done::Decided
 }
@@ -326,7 +321,11 @@ fn row_exists(l: &crate::apply::Layout, key: &Value) -> bool {
 }
 
 /// Log the decision op and record the outcome here.
-fn record_outcome(me: &str, p: &Pending, d: Decided) {
+fn record_outcome(me: &str, l: &crate::apply::Layout, p: &Pending, d: Decided) {
+    // Decided here: checked again under the op counter, which a handover
+    // of the column may have taken first (dropped with a subtransaction
+    // that rolls back).
+    crate::commit_ops::note_held(&l.name, &[l.deciding(&p.target.column)]);
     let key = json!({ "request_id": p.id, "table": p.target.table, "key": p.target.key, "column": p.target.column });
     let decision_id = crate::local_ops::log_control_op(me, DECISION, key, "", d.to_bytes());
     store_decision(&p.id, &p.target, &d, &decision_id);

@@ -247,7 +247,8 @@ impl Client {
     /// public key registered on the server with `converge.register_actor`).
     /// A table declared without a schema is signed and sent as
     /// `schema.table`: nodes check the op as they log and forward it, under
-    /// its qualified name. The key is kept in memory only, never in `dir`.
+    /// its qualified name. `schema` is the schema's name as it is, unquoted
+    /// (it is quoted as the server quotes it). The key is kept in memory only, never in `dir`.
     pub fn sign_with(&mut self, key: converge_core::signing::SigningKey, schema: &str) {
         self.signer = Some((key, schema.to_string()));
     }
@@ -554,10 +555,11 @@ impl Client {
     }
 }
 
-/// The ops of the outbox file at `path`, and whether it ends in a torn
-/// line (a write cut short: killed, or the disk full), which was never
-/// acknowledged and is dropped. Read as bytes: a tear may split a
-/// character.
+/// The ops of the outbox file at `path`, and whether something unreadable
+/// was dropped: a torn last line (a write cut short: killed, or the disk
+/// full; it has no newline and was never acknowledged), or a whole line
+/// that does not parse (one an older release glued to a torn line), whose
+/// neighbours are kept. Read as bytes: a tear may split a character.
 fn read_outbox(path: &Path) -> Result<(Vec<Op>, bool)> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
@@ -565,16 +567,17 @@ fn read_outbox(path: &Path) -> Result<(Vec<Op>, bool)> {
         Err(e) => return Err(e.into()),
     };
     let mut ops = Vec::new();
+    let mut dropped = false;
     let mut rest = &bytes[..];
     while !rest.is_empty() {
         let Some(end) = rest.iter().position(|&b| b == b'\n') else { return Ok((ops, true)) };
         match serde_json::from_slice::<Op>(&rest[..end]) {
             Ok(op) => ops.push(op),
-            Err(_) => return Ok((ops, true)),
+            Err(_) => dropped = true,
         }
         rest = &rest[end + 1..];
     }
-    Ok((ops, false))
+    Ok((ops, dropped))
 }
 
 /// An identifier as PostgreSQL's `quote_ident` writes it, keywords aside:
