@@ -321,16 +321,13 @@ BEGIN
         RETURNING cand.target_table, cand.target_key, rs.tbl, rs.clock),
     unbased AS (
         DELETE FROM converge.row_base b USING dropped d
-         WHERE b.target_table = d.target_table AND b.target_key = d.target_key),
+         WHERE b.target_table = d.target_table AND b.target_key = d.target_key)
     -- Their clocks are kept, merged per table: a key inserted again here
     -- must write newer than its delete, as it did with the tombstone (a
     -- node that kept it compares with it), also when the delete came from
     -- a node whose clock runs ahead of this one (src/row_ops.rs).
-    floors AS (
-        UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock || f.clock, f.clock)
-          FROM (SELECT d.tbl, converge.merge_agg(d.clock) AS clock FROM dropped d GROUP BY d.tbl) f
-         WHERE r.table_name = f.tbl)
-    SELECT count(*) INTO dead FROM dropped;
+    SELECT coalesce(sum(f.n), 0)::bigint INTO dead
+      FROM (SELECT count(*) AS n, converge.raise_tombstone_floor(d.tbl, converge.merge_agg(d.clock)) FROM dropped d GROUP BY d.tbl) f;
 
     -- Metadata inside values, against each row's base (its stable ops):
     -- seqtext's deleted characters that nothing hangs on, the context dots
@@ -773,15 +770,17 @@ $$;
 COMMENT ON FUNCTION converge.frozen_out(text) IS 'Whether this op is quarantined here because a freeze did not include it (its counter is used up, like a superseded op''s).';
 
 -- An op's dependency is done here when it is applied, superseded by a
--- repair, or frozen out (an op waiting for one of the last two would wait
--- for ever on the nodes that excluded it on arrival, while nodes that had
--- applied it went on).
+-- repair, frozen out (an op waiting for one of these two would wait for
+-- ever on the nodes that excluded it on arrival, while nodes that had
+-- applied it went on), or rejected here (a client's later ops waited for
+-- ever behind one op the server refused; they are judged on their own).
 CREATE FUNCTION converge.dep_done(op_id text) RETURNS boolean
 LANGUAGE sql STABLE STRICT AS $$
     SELECT converge.is_applied($1) OR EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = $1)
         OR converge.frozen_out($1)
+        OR EXISTS (SELECT 1 FROM converge.op_log l WHERE l.op_id = $1 AND l.outcome = 'rejected')
 $$;
-COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, superseded by a repair, or frozen out by a freeze.';
+COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, superseded by a repair, frozen out by a freeze, or rejected.';
 -- <<< sql/epochs.sql
 
 CREATE FUNCTION converge."request_on"(
@@ -933,6 +932,18 @@ ALTER TABLE converge.replicated ADD COLUMN key_types regtype[] NOT NULL DEFAULT 
                                 ADD COLUMN key_collations text[] NOT NULL DEFAULT '{}';
 -- The newest clock of the row tombstones compact() dropped (sql/ops.sql).
 ALTER TABLE converge.replicated ADD COLUMN tombstone_clock converge.lwwmap;
+
+-- The clocks of row tombstones dropped from a table (by compact(), a
+-- join's rows the peer no longer has, a copy from a peer's snapshot),
+-- merged into the table's floor: a key inserted again here writes newer
+-- than them, as it did with the tombstones (src/row_ops.rs).
+CREATE FUNCTION converge.raise_tombstone_floor(tbl regclass, clock converge.lwwmap) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
+    UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock || $2, $2) WHERE r.table_name = $1
+$$;
+COMMENT ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) IS 'Internal (converge.compact, joins and copies from a snapshot): merge the clock of dropped row tombstones into the table''s converge.replicated.tombstone_clock.';
+REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) FROM PUBLIC;
+
 -- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
 -- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
 -- log, row bases and settings name a replicated table and its columns, here

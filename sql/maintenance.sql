@@ -60,6 +60,17 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, converge, pg_
 $$;
 COMMENT ON FUNCTION converge.stable_frontier() IS 'Per actor, the highest counter every node (this one and each peer not lost) has applied: what converge.compact() may fold away.';
 
+-- The clocks of row tombstones dropped from a table (by compact(), a
+-- join's rows the peer no longer has, a copy from a peer's snapshot),
+-- merged into the table's floor: a key inserted again here writes newer
+-- than them, as it did with the tombstones (src/row_ops.rs).
+CREATE FUNCTION converge.raise_tombstone_floor(tbl regclass, clock converge.lwwmap) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
+    UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock || $2, $2) WHERE r.table_name = $1
+$$;
+COMMENT ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) IS 'Internal (converge.compact, joins and copies from a snapshot): merge the clock of dropped row tombstones into the table''s converge.replicated.tombstone_clock.';
+REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) FROM PUBLIC;
+
 CREATE FUNCTION converge.compact()
 RETURNS TABLE (ops_removed bigint, bytes_before bigint, bytes_after bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
@@ -183,16 +194,13 @@ BEGIN
         RETURNING cand.target_table, cand.target_key, rs.tbl, rs.clock),
     unbased AS (
         DELETE FROM converge.row_base b USING dropped d
-         WHERE b.target_table = d.target_table AND b.target_key = d.target_key),
+         WHERE b.target_table = d.target_table AND b.target_key = d.target_key)
     -- Their clocks are kept, merged per table: a key inserted again here
     -- must write newer than its delete, as it did with the tombstone (a
     -- node that kept it compares with it), also when the delete came from
     -- a node whose clock runs ahead of this one (src/row_ops.rs).
-    floors AS (
-        UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock || f.clock, f.clock)
-          FROM (SELECT d.tbl, converge.merge_agg(d.clock) AS clock FROM dropped d GROUP BY d.tbl) f
-         WHERE r.table_name = f.tbl)
-    SELECT count(*) INTO dead FROM dropped;
+    SELECT coalesce(sum(f.n), 0)::bigint INTO dead
+      FROM (SELECT count(*) AS n, converge.raise_tombstone_floor(d.tbl, converge.merge_agg(d.clock)) FROM dropped d GROUP BY d.tbl) f;
 
     -- Metadata inside values, against each row's base (its stable ops):
     -- seqtext's deleted characters that nothing hangs on, the context dots

@@ -9,8 +9,8 @@
 //! compares them), the clock is computed here, the row's row_state entry
 //! is read, locked and rewritten in place (`row_state`), and the op row
 //! goes straight into the log (`local_ops`). Only the first row op of a
-//! key inserts its entry with a statement (an upsert, for the race with
-//! an apply inserting the same key).
+//! key inserts its entry with a statement; when another transaction wrote
+//! that entry first, the row op is computed again against it.
 //!
 //! A column listed in the layout but absent from the row (a schema change
 //! the layout did not follow) is skipped; one dot is drawn per row op.
@@ -108,23 +108,64 @@ pub fn record(me: &str, ch: RowChange) -> Resume {
 
 /// `record` with the new row given as its JSON values (`row_to_json`'s).
 pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume {
-    let key = ch.key;
-    let key_datum = crate::jsonb::datum(key);
+    let key_datum = crate::jsonb::datum(ch.key);
     let mut state = Table::open(c"row_state");
-    let locked = crate::row_state::lock(&state, ch.rel, key_datum);
-    let before = locked.as_ref().map(|l| l.clock.clone()).unwrap_or_default();
-    let mut clock = before.clone();
-    if locked.is_none() && ch.event == RowEvent::Insert {
-        // Its tombstone may have been dropped (compact()): write newer
-        // than it still, or a node that kept it would keep the row deleted.
-        if let Some(ts) = crate::row_state::dropped_floor(ch.rel).as_ref().and_then(|f| f.max_timestamp()) {
-            crate::node::observe(ts);
+    let (_, _) = crate::node::mutation(); // a row op is data written by this node
+    loop {
+        let locked = crate::row_state::lock(&state, ch.rel, key_datum);
+        let before = locked.as_ref().map(|l| l.clock.clone()).unwrap_or_default();
+        if locked.is_none() && ch.event == RowEvent::Insert {
+            // Its tombstone may have been dropped (compact()): write newer
+            // than it still, or a node that kept it would keep the row deleted.
+            if let Some(ts) = crate::row_state::dropped_floor(ch.rel).as_ref().and_then(|f| f.max_timestamp()) {
+                crate::node::observe(ts);
+            }
         }
+        let stash = locked.as_ref().map(|l| l.stash.clone()).unwrap_or_default();
+        let Planned { clock, stash, resume, placeholders } = plan(me, &ch, &new, &before, stash);
+        if clock == before {
+            state.close();
+            return resume;
+        }
+        // A placeholder that lost to the tombstone's older write travels too:
+        // a node that no longer has that tombstone takes it, not NULL.
+        let mut delta = LwwMap::delta(&clock, &before);
+        delta.merge(&placeholders);
+        let delta = encode(&delta);
+        if let Some(guard) = ch.guard {
+            guard(&delta);
+        }
+        let live = ch.event != RowEvent::Delete;
+        match locked {
+            Some(entry) => crate::row_state::rewrite(&mut state, entry, ch.rel, key_datum, &clock, live, stash),
+            None => {
+                if !crate::row_state::try_insert(ch.rel, ch.key, &clock, live, stash) {
+                    // Another transaction wrote the key's first entry and
+                    // committed: this row op is computed again against it.
+                    continue;
+                }
+            }
+        }
+        crate::commit_ops::record(me, ch.table, key_datum, &[String::new()], &[ch.version], ch.epoch, vec![delta]);
+        state.close();
+        return resume;
     }
-    let mut stash = locked.as_ref().map(|l| l.stash.clone()).unwrap_or_default();
+}
+
+/// What a row op writes: the row's new clock and stash, what the new row
+/// takes over, and the placeholders put for columns decided elsewhere.
+struct Planned {
+    clock: LwwMap,
+    stash: Map<String, Value>,
+    resume: Resume,
+    placeholders: LwwMap,
+}
+
+/// The row op of `ch` against the row's clock `before` and stash.
+fn plan(me: &str, ch: &RowChange, new: &Map<String, Value>, before: &LwwMap, mut stash: Map<String, Value>) -> Planned {
+    let mut clock = before.clone();
     let mut resume = Resume::default();
     let mut placeholders = LwwMap::default();
-    let (_, _) = crate::node::mutation(); // a row op is data written by this node
     let put = |clock: &mut LwwMap, k: &str, v: &Value| {
         let ts = crate::node::timestamp(me, clock.max_timestamp());
         clock.put(k, Json::from_value(v), ts);
@@ -159,28 +200,7 @@ pub fn record_values(me: &str, ch: RowChange, new: Map<String, Value>) -> Resume
             resume.crdt = std::mem::take(&mut stash);
         }
     }
-    if clock == before {
-        state.close();
-        return resume;
-    }
-    // A placeholder that lost to the tombstone's older write travels too:
-    // a node that no longer has that tombstone takes it, not NULL.
-    let mut delta = LwwMap::delta(&clock, &before);
-    delta.merge(&placeholders);
-    let delta = encode(&delta);
-    if let Some(guard) = ch.guard {
-        guard(&delta);
-    }
-    crate::commit_ops::record(me, ch.table, key_datum, &[String::new()], &[ch.version], ch.epoch, vec![delta]);
-    let live = ch.event != RowEvent::Delete;
-    match locked {
-        Some(entry) => crate::row_state::rewrite(&mut state, entry, ch.rel, key_datum, &clock, live, stash),
-        // A new key: an upsert, which waits for (and then overwrites) an
-        // entry another transaction is inserting.
-        None => crate::security::as_owner_id(|| crate::row_state::insert(ch.rel, key, &clock, live, stash)),
-    }
-    state.close();
-    resume
+    Planned { clock, stash, resume, placeholders }
 }
 
 /// Put an insert's value `v` (NULL or the default: the guard allows no

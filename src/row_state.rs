@@ -142,20 +142,25 @@ pub fn rewrite(t: &mut Table, mut entry: Locked, rel: pg_sys::Oid, key: pg_sys::
     );
 }
 
-/// A key's first entry: an upsert, which waits for (and then overwrites)
-/// an entry another transaction is inserting. As converge's owner.
-pub fn insert(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: Map<String, Value>) {
+/// A key's first entry, unless another transaction wrote one first: then
+/// (after waiting for it to end) nothing is written and false comes back,
+/// and the caller computes again against that entry (`lock` finds it now).
+/// An upsert that overwrote it lost that transaction's clock on this node
+/// only: two first writers of a key (a local insert and an applied delete,
+/// two workers applying two peers' ops) left nodes with different rows.
+pub fn try_insert(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, stash: Map<String, Value>) -> bool {
     let args: Vec<DatumWithOid> =
         vec![rel.into(), Jb(key.clone()).into(), to_text(clock).into(), live.into(), Jb(Value::Object(stash)).into()];
-    crate::spi::prepared(
-        "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
-         VALUES ($1::pg_catalog.regclass, $2, $3::converge.lwwmap, $4, $5)
-         ON CONFLICT (tbl, target_key) DO UPDATE
-            SET clock = EXCLUDED.clock, live = EXCLUDED.live, stash = EXCLUDED.stash",
-        &args,
-        |_| Ok(()),
-    )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("writing converge.row_state: {e}")));
+    crate::security::as_owner_id(|| {
+        crate::spi::prepared(
+            "INSERT INTO converge.row_state AS s (tbl, target_key, clock, live, stash)
+             VALUES ($1::pg_catalog.regclass, $2, $3::converge.lwwmap, $4, $5)
+             ON CONFLICT (tbl, target_key) DO NOTHING",
+            &args,
+            |t| Ok(t.len() == 1),
+        )
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("writing converge.row_state: {e}")))
 }
 
 /// The newest clock of the row tombstones of table `rel` that compaction

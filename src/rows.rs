@@ -8,6 +8,7 @@
 
 use crate::errors::raise;
 use crate::direct::Table;
+use crate::row_state::Locked;
 use crate::security::as_writer;
 use converge_core::types::LwwMap;
 use converge_core::Crdt;
@@ -17,6 +18,14 @@ use crate::jsonb::{Jb, Made};
 use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
+
+/// The columns an applied row op writes, from the apply's cached layout.
+pub struct Written<'a> {
+    /// Non-CRDT, non-key columns.
+    pub other: &'a [String],
+    /// CRDT columns declared NOT NULL: a row made here takes their empty value.
+    pub not_null_crdt: &'a [String],
+}
 
 /// A replicated table as row code needs it.
 pub struct RowTable<'a> {
@@ -164,21 +173,21 @@ impl RowTable<'_> {
 
     /// Write each row's winning non-CRDT values (as the caller): one
     /// UPDATE per set of columns the rows' clocks hold.
-    fn update_all(&self, other_columns: &[String], rows: &[Update]) {
+    fn update_all(&self, cols: &Written, rows: &[Update]) {
         // Keys as the row_state lookup made them (no second conversion).
         let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<Made>, Vec<Jb>)> = Default::default();
         for r in rows {
             let vals = values_of(self, &r.clock);
-            let cols: Vec<String> = vals.keys().filter(|k| other_columns.contains(k)).cloned().collect();
-            if cols.is_empty() {
+            let names: Vec<String> = vals.keys().filter(|k| cols.other.contains(k)).cloned().collect();
+            if names.is_empty() {
                 continue;
             }
-            let e = by_columns.entry(cols).or_default();
+            let e = by_columns.entry(names).or_default();
             e.0.push(Made(r.key_datum));
             e.1.push(Jb(Value::Object(vals)));
         }
-        for (cols, (keys, vals)) in by_columns {
-            let sets: Vec<String> = cols.iter().map(|k| format!("{0} = w.{0}", ident(k))).collect();
+        for (names, (keys, vals)) in by_columns {
+            let sets: Vec<String> = names.iter().map(|k| format!("{0} = w.{0}", ident(k))).collect();
             let sql = format!(
                 "UPDATE {0} t SET {1} FROM ROWS FROM (pg_catalog.unnest($1::jsonb[]), pg_catalog.unnest($2::jsonb[])) u(k, vals),
                         LATERAL pg_catalog.jsonb_populate_record(NULL::{0}, u.k) v,
@@ -365,15 +374,19 @@ type Group = (Value, Vec<Vec<u8>>);
 /// order is the table's order of its key columns, the order in which the
 /// column upserts (merge.rs) lock rows too.
 /// (A user's trigger sees one UPDATE of many rows, not one per row.)
-pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value, Vec<u8>)>) {
-    // Grouped by key (stable: batch order within a key), then in key order.
-    ops.sort_by_cached_key(|(k, _)| k.to_string());
+pub fn merge_row_ops(t: &RowTable, cols: &Written, ops: Vec<(Value, Vec<u8>)>) {
+    // Grouped by row (stable: batch order within a row), under the row's
+    // first spelling of its key.
+    let mut ops: Vec<(String, Value, Vec<u8>)> = ops.into_iter().map(|(k, d)| (crate::apply::row_identity(&k), k, d)).collect();
+    ops.sort_by(|a, b| a.0.cmp(&b.0));
     let mut groups: Vec<Group> = Vec::new();
-    for (key, delta) in ops {
+    let mut last: Option<String> = None;
+    for (row, key, delta) in ops {
         match groups.last_mut() {
-            Some((k, ds)) if *k == key => ds.push(delta),
+            Some((_, ds)) if last.as_ref() == Some(&row) => ds.push(delta),
             _ => groups.push((key, vec![delta])),
         }
+        last = Some(row);
     }
     let keys: Vec<Value> = groups.iter().map(|(k, _)| k.clone()).collect();
     // Batches of edits take one statement; a batch that inserts, deletes
@@ -388,7 +401,7 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
             let mut slots: Vec<Option<Group>> = pending.take().expect("the groups are taken once").into_iter().map(Some).collect();
             let run: Vec<Group> = order.iter().filter_map(|&i| slots[i].take()).collect();
             let all = (0..run.len()).collect();
-            merge_locked(t, other_columns, run, all);
+            merge_locked(t, cols, run, all);
         })
     {
         return;
@@ -407,29 +420,29 @@ pub fn merge_row_ops(t: &RowTable, other_columns: &[String], mut ops: Vec<(Value
             run.push(g);
             continue;
         }
-        merge_run(t, other_columns, std::mem::take(&mut run));
-        merge_one_by_one(t, other_columns, g.1.into_iter().map(|d| (g.0.clone(), d)).collect());
+        merge_run(t, cols, std::mem::take(&mut run));
+        merge_one_by_one(t, cols, g.1.into_iter().map(|d| (g.0.clone(), d)).collect());
     }
-    merge_run(t, other_columns, run);
+    merge_run(t, cols, run);
     // (The probe returns every key; should one be missing, it still applies.)
     for g in slots.into_iter().flatten() {
-        merge_one_by_one(t, other_columns, g.1.into_iter().map(|d| (g.0.clone(), d)).collect());
+        merge_one_by_one(t, cols, g.1.into_iter().map(|d| (g.0.clone(), d)).collect());
     }
 }
 
 /// A run of keys whose rows existed a moment ago: locked at once, the rows
 /// that only change written set-wise, the others op by op.
-fn merge_run(t: &RowTable, other_columns: &[String], run: Vec<Group>) {
+fn merge_run(t: &RowTable, cols: &Written, run: Vec<Group>) {
     if run.is_empty() {
         return;
     }
     let present = t.lock_all(&run.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>());
-    merge_locked(t, other_columns, run, present);
+    merge_locked(t, cols, run, present);
 }
 
 /// A run whose rows at the positions `present` this transaction holds
 /// locked: those that stay live written set-wise, the others op by op.
-fn merge_locked(t: &RowTable, other_columns: &[String], run: Vec<Group>, present: HashSet<usize>) {
+fn merge_locked(t: &RowTable, cols: &Written, run: Vec<Group>, present: HashSet<usize>) {
     let mut state = Table::open(c"row_state");
     let mut probe = crate::row_state::Probe::open(&state);
     let (mut updates, mut slow) = (Vec::new(), Vec::new());
@@ -451,54 +464,84 @@ fn merge_locked(t: &RowTable, other_columns: &[String], run: Vec<Group>, present
         slow.extend(deltas.into_iter().map(|d| (key.clone(), d)));
     }
     probe.close();
-    t.update_all(other_columns, &updates);
+    t.update_all(cols, &updates);
     for u in updates {
         match u.entry {
             Some(e) => {
                 let stash = e.stash.clone();
                 crate::row_state::rewrite(&mut state, e, t.rel, u.key_datum, &u.clock, true, stash)
             }
-            None => crate::row_state::insert(t.rel, &u.key, &u.clock, true, Map::new()),
+            // (The row was locked and present with no entry: a first entry
+            // another transaction wrote meanwhile is not expected; the batch
+            // is tried again should it happen.)
+            None if crate::row_state::try_insert(t.rel, &u.key, &u.clock, true, Map::new()) => {}
+            None => raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!("another transaction wrote the row state of {} {} first", t.name, u.key),
+            ),
         }
     }
     state.close();
-    merge_one_by_one(t, other_columns, slow);
+    merge_one_by_one(t, cols, slow);
 }
 
 /// The op-by-op path of `merge_row_ops` (ops sorted by key).
-fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec<u8>)>) {
+fn merge_one_by_one(t: &RowTable, cols: &Written, ops: Vec<(Value, Vec<u8>)>) {
     for (key, delta) in ops {
         // Lock order as in local writes: the row, then its row_state.
         let present = t.lock(&key);
-        // The row's clock and stash, locked in their newest version, and
-        // the delta merged in (row_state.rs: no statement).
         let key_datum = crate::jsonb::datum(&key);
-        let probe = Table::open(c"row_state");
-        let entry = crate::row_state::lock(&probe, t.rel, key_datum);
-        probe.close();
-        let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
-        let mut stash = entry.as_ref().map(|e| e.stash.clone()).unwrap_or_default();
-        clock.merge(&decoded(&delta));
+        let (entry, clock, mut stash) = entry_with(t.rel, &key, key_datum, &decoded(&delta));
         let alive = is_alive(&clock);
         let vals = values_of(t, &clock);
         if alive && !present {
-            insert_row(t, other_columns, &key, vals);
+            insert_row(t, cols, &key, vals);
             t.resume(&key, &stash); // back from a tombstone: resume the state it kept
             stash.clear();
         } else if alive {
-            let vals: Map<String, Value> = vals.into_iter().filter(|(k, _)| other_columns.contains(k)).collect();
+            let vals: Map<String, Value> = vals.into_iter().filter(|(k, _)| cols.other.contains(k)).collect();
             t.set_values(&key, &vals);
         } else if present {
             let gone = t.delete(&key);
             stash = merge_stash(&stash, &gone, t.crdt);
         }
+        // (A first entry, written by entry_with, is locked again only to
+        // take the deleted row's CRDT state.)
+        let entry = match entry {
+            None if stash.is_empty() => continue,
+            None => {
+                let probe = Table::open(c"row_state");
+                let own = crate::row_state::lock(&probe, t.rel, key_datum);
+                probe.close();
+                own.unwrap_or_else(|| fail(format!("the row state of {} {} is gone", t.name, key)))
+            }
+            Some(e) => e,
+        };
+        let mut state = Table::open(c"row_state");
+        crate::row_state::rewrite(&mut state, entry, t.rel, key_datum, &clock, alive, stash);
+        state.close();
+    }
+}
+
+/// The row_state entry of `key`, locked in its newest version (row_state.rs:
+/// no statement), with its clock merged with `delta` and its stash. A key
+/// with no entry gets its first one at once (the merged clock, no stash),
+/// before its row is written, and None stands for it; when another
+/// transaction wrote one first, that one is taken instead.
+fn entry_with(rel: pg_sys::Oid, key: &Value, key_datum: pg_sys::Datum, delta: &LwwMap) -> (Option<Locked>, LwwMap, Map<String, Value>) {
+    loop {
+        let probe = Table::open(c"row_state");
+        let entry = crate::row_state::lock(&probe, rel, key_datum);
+        probe.close();
+        let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
+        clock.merge(delta);
         match entry {
             Some(e) => {
-                let mut state = Table::open(c"row_state");
-                crate::row_state::rewrite(&mut state, e, t.rel, key_datum, &clock, alive, stash);
-                state.close();
+                let stash = e.stash.clone();
+                return (Some(e), clock, stash);
             }
-            None => crate::row_state::insert(t.rel, &key, &clock, alive, stash),
+            None if crate::row_state::try_insert(rel, key, &clock, is_alive(&clock), Map::new()) => return (None, clock, Map::new()),
+            None => continue,
         }
     }
 }
@@ -510,26 +553,20 @@ fn merge_one_by_one(t: &RowTable, other_columns: &[String], ops: Vec<(Value, Vec
 /// inserting node wrote. Columns the clock does not name yet take their
 /// defaults; generated columns are computed, identity ones take the value
 /// sent.
-fn insert_row(t: &RowTable, other_columns: &[String], key: &Value, mut row: Map<String, Value>) {
+fn insert_row(t: &RowTable, cols: &Written, key: &Value, mut row: Map<String, Value>) {
     // (A column dropped here that older ops still name is not written.)
-    row.retain(|c, _| other_columns.contains(c));
+    row.retain(|c, _| cols.other.contains(c));
     if let Value::Object(k) = key {
         row.extend(k.clone());
     }
-    let crdt: Vec<&String> = t.crdt.keys().collect();
-    let not_null: Vec<String> = if crdt.is_empty() { Vec::new() } else { crate::spi::read_one::<Vec<String>>(
-        "SELECT coalesce(array_agg(attname::text), '{}') FROM pg_catalog.pg_attribute
-          WHERE attrelid = $1 AND attnotnull AND attname::text = ANY ($2)",
-        &[t.rel.into(), crdt.iter().map(|c| c.to_string()).collect::<Vec<String>>().into()],
-    )
-    .unwrap_or_default() };
-    for c in crdt {
-        row.insert(c.clone(), if not_null.contains(c) { Value::String("{}".into()) } else { Value::Null });
+    for c in t.crdt.keys() {
+        let empty = if cols.not_null_crdt.contains(c) { Value::String("{}".into()) } else { Value::Null };
+        row.insert(c.clone(), empty);
     }
-    let mut cols: Vec<String> = row.keys().map(|c| ident(c)).collect();
-    cols.sort();
-    let cols = cols.join(", ");
-    let sql = format!("INSERT INTO {0} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
+    let mut names: Vec<String> = row.keys().map(|c| ident(c)).collect();
+    names.sort();
+    let names = names.join(", ");
+    let sql = format!("INSERT INTO {0} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM pg_catalog.jsonb_populate_record(NULL::{0}, $1)", t.name);
     as_writer(t.rel, || run(&sql, &[Jb(Value::Object(row)).into()]));
 }
 

@@ -195,9 +195,9 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
 SELECT * FROM board ORDER BY id;
 SELECT target_key, live FROM row_state WHERE tbl = 'board'::regclass ORDER BY target_key;
 DROP TABLE board;
--- Two keys naming one row (a numeric key: 1 and 1.0 are equal) go op by
--- op, so the row and its clock take both ops: the newest label wins.
-CREATE TABLE gauge (id numeric PRIMARY KEY, label text);
+-- Two keys naming one row (a numeric key: 1 and 1.0 are equal) are one
+-- row's ops: the row and its clock take both, and the newest label wins.
+CREATE TABLE gauge (id numeric PRIMARY KEY, label text, n gcounter);
 SELECT replicate('gauge');
 INSERT INTO gauge VALUES (1, 'first');
 SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
@@ -206,8 +206,15 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
     ROW('tab:9', 'tab', 'gauge', '{"id":1}', '', 1, 0, '{}',
         '{"entries":{"label":[[4102444700000,0,"tab"],{"put":"older"}]}}'::lwwmap::bytea, NULL)::op
 ]) ORDER BY op_id;
-SELECT * FROM gauge;
+SELECT id, label FROM gauge;
 SELECT count(*) AS clocks FROM row_state WHERE tbl = 'gauge'::regclass;
+-- So do a CRDT column's: tab's 2 and pad's 5 make 7, written to the row
+-- once.
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:18', 'tab', 'gauge', '{"id":1.0}', 'n', 1, 0, '{}', '{"counts":{"tab":2}}'::gcounter::bytea, NULL)::op,
+    ROW('pad:1', 'pad', 'gauge', '{"id":1}', 'n', 1, 0, '{}', '{"counts":{"pad":5}}'::gcounter::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT id, label, value(n) AS n FROM gauge;
 DROP TABLE gauge;
 
 -- A key inserted again and deleted in one transaction keeps its stash: the

@@ -33,14 +33,14 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         if coltype == "row" {
             let ops: Vec<(serde_json::Value, Vec<u8>)> =
                 items.iter().map(|i| (i.key.clone().unwrap_or_default(), i.delta.clone().unwrap_or_default())).collect();
-            crate::rows::merge_row_ops(&row_table(t), &t.other, ops);
+            crate::rows::merge_row_ops(&row_table(t), &crate::rows::Written { other: &t.other, not_null_crdt: &t.not_null_crdt }, ops);
             continue;
         }
-        // The deltas of one row, merged (canonical JSON of the key as its name).
+        // The deltas of one row, merged (the row's first spelling of its key).
         let mut per_key: BTreeMap<String, (serde_json::Value, Vec<&[u8]>)> = BTreeMap::new();
         for it in items {
             let key = it.key.clone().unwrap_or_default();
-            per_key.entry(key.to_string()).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
+            per_key.entry(super::keys::row_identity(&key)).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
         }
         let (key_json, merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) =
             per_key.into_values().map(|(k, ds)| (k, merge_bytes(coltype, &ds))).unzip();

@@ -82,7 +82,9 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                                 FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
                                 JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name
                                 JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
-                               ORDER BY k.i)
+                               ORDER BY k.i),
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a
+                               WHERE a.attrelid = t.rel AND a.attnotnull AND NOT a.attisdropped AND r.crdt_columns ? a.attname::text)
                    FROM (SELECT $1::oid::regclass AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel"
             );
@@ -97,11 +99,12 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 row.get::<Vec<String>>(5)?,
                 row.get::<String>(6)?,
                 row.get::<Vec<String>>(8)?,
+                row.get::<Vec<String>>(9)?,
             ))
         })
     })));
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, key_casts))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, key_casts, not_null_crdt))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
             let other = other.unwrap_or_default();
             let name = name.unwrap_or_default();
@@ -125,6 +128,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 key_casts: key_casts.unwrap_or_default(),
                 crdt,
                 other,
+                not_null_crdt: not_null_crdt.unwrap_or_default(),
                 row_ops: false,
                 name,
                 authority,
@@ -133,7 +137,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
             });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);

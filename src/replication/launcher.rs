@@ -11,10 +11,10 @@
 //! worker holds a session lock for its database (locks.rs), and a second one
 //! gives up. `converge.databases`, when set, restricts the workers to a list.
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -94,7 +94,7 @@ fn worker_problem_here() -> Option<String> {
     worker_problem(&db.to_string_lossy())
 }
 
-fn start_worker_for(db: pg_sys::Oid) -> bool {
+fn start_worker_for(db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
     BackgroundWorkerBuilder::new(&format!("converge worker for database {}", db.to_u32()))
         .set_type("converge worker")
         .set_library("converge")
@@ -104,7 +104,7 @@ fn start_worker_for(db: pg_sys::Oid) -> bool {
         .set_restart_time(Some(Duration::from_secs(2)))
         .set_notify_pid(0)
         .load_dynamic()
-        .is_ok()
+        .ok()
 }
 
 /// Start this database's worker once the current transaction commits (so
@@ -127,7 +127,7 @@ pub fn start_worker() -> bool {
     }
     let db = unsafe { pg_sys::MyDatabaseId };
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-        start_worker_for(db);
+        let _ = start_worker_for(db);
     });
     true
 }
@@ -157,26 +157,62 @@ fn list_databases() -> Vec<pg_sys::Oid> {
     out
 }
 
+/// Databases a converge worker runs in now, from the backends' status
+/// (as pg_stat_activity shows them; read in a transaction, which drops
+/// the copy it makes).
+fn served_databases() -> HashSet<pg_sys::Oid> {
+    let mut out = HashSet::new();
+    unsafe {
+        for i in 1..=pg_sys::pgstat_fetch_stat_numbackends() {
+            let local = pg_sys::pgstat_fetch_stat_local_beentry(i);
+            if local.is_null() {
+                continue;
+            }
+            let be = &(*local).backendStatus;
+            if be.st_backendType != pg_sys::BackendType::B_BG_WORKER {
+                continue;
+            }
+            let ty = pg_sys::GetBackgroundWorkerTypeByPid(be.st_procpid);
+            if !ty.is_null() && std::ffi::CStr::from_ptr(ty) == c"converge worker" {
+                out.insert(be.st_databaseid);
+            }
+        }
+    }
+    out
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn converge_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
-    let mut seen: HashSet<pg_sys::Oid> = HashSet::new();
+    // The worker started for each database seen (its handle, in the
+    // launcher's top memory context).
+    let mut seen: HashMap<pg_sys::Oid, DynamicBackgroundWorker> = HashMap::new();
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
         }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            seen.clear(); // a database may have been added to converge.databases
+            // A database may have been added to converge.databases: those
+            // with no worker get one again. A database a worker serves (the
+            // launcher's, or one CREATE EXTENSION started) gets no second
+            // one: it waited for the first one's lock and exited, holding a
+            // worker slot meanwhile, on every reload.
+            let served = BackgroundWorker::transaction(served_databases);
+            seen.retain(|db, w| {
+                served.contains(db) || !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied))
+            });
         }
         let dbs = BackgroundWorker::transaction(list_databases);
         for db in dbs {
             // A worker that finds no converge exits; it is tried again only
             // for a new database (CREATE EXTENSION starts its own).
-            if !seen.contains(&db) && start_worker_for(db) {
-                seen.insert(db);
+            if !seen.contains_key(&db) {
+                if let Some(w) = start_worker_for(db) {
+                    seen.insert(db, w);
+                }
             }
         }
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(5))) {

@@ -215,8 +215,7 @@ impl State {
         for floor in self.floors {
             if let [Some(table), Some(clock)] = &floor[..] {
                 Spi::run_with_args(
-                    "UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock OPERATOR(converge.||) c.clock, c.clock)
-                       FROM (SELECT $2::converge.lwwmap AS clock) c WHERE r.table_name = pg_catalog.to_regclass($1)",
+                    "SELECT converge.raise_tombstone_floor(pg_catalog.to_regclass($1), $2::converge.lwwmap)",
                     &[table.as_str().into(), clock.as_str().into()],
                 )
                 .unwrap_or_else(|e| fail(table, e));
@@ -428,8 +427,7 @@ fn forget_missing(table: &str, theirs: &HashSet<String>, frontier: &str) {
     // Their clocks stay, in the table's floor (compact() in maintenance.sql).
     Spi::run_with_args(
         "WITH gone AS (DELETE FROM converge.row_state WHERE tbl = $1::regclass AND target_key = ANY ($2::jsonb[]) RETURNING tbl, clock)
-         UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock OPERATOR(converge.||) f.clock, f.clock)
-           FROM (SELECT tbl, converge.merge_agg(clock) AS clock FROM gone GROUP BY tbl) f WHERE r.table_name = f.tbl",
+         SELECT converge.raise_tombstone_floor(tbl, converge.merge_agg(clock)) FROM gone GROUP BY tbl",
         &[table.into(), keys().into()],
     )
     .unwrap_or_else(|e| fail(table, e));

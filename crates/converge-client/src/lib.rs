@@ -33,6 +33,9 @@ pub enum ClientError {
     Core(converge_core::Error),
     Db(postgres::Error),
     Format(String),
+    /// Another open `Client` (this process's or another's) holds the
+    /// directory: two would hand out the same op counters.
+    InUse(PathBuf),
     /// A simulated crash (test hook): the process "died" at this point.
     Crashed(CrashPoint),
 }
@@ -44,6 +47,7 @@ impl fmt::Display for ClientError {
             ClientError::Core(e) => write!(f, "{e}"),
             ClientError::Db(e) => write!(f, "database: {e}"),
             ClientError::Format(e) => write!(f, "bad client file: {e}"),
+            ClientError::InUse(d) => write!(f, "{} is open in another Client (this process or another)", d.display()),
             ClientError::Crashed(p) => write!(f, "simulated crash at {p:?}"),
         }
     }
@@ -188,6 +192,22 @@ pub struct Client {
     pub crash: Option<CrashPoint>,
     /// The device's key and the schema of its tables, when its ops are signed.
     signer: Option<(converge_core::signing::SigningKey, String)>,
+    /// An exclusive lock on the directory's `lock` file while this Client
+    /// is open (None once a simulated crash "killed" it).
+    lock: Option<File>,
+}
+
+/// Lock `dir` for one open Client: a second one (a second process, or the
+/// same process opening it again) would take the same op counters, and
+/// two different ops under one id lose one of them everywhere. The lock
+/// goes with the Client (or the process).
+fn lock_dir(dir: &Path) -> Result<File> {
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(ClientError::InUse(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => Err(ClientError::Io(e)),
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -210,6 +230,7 @@ impl Client {
         converge_core::validate_actor(actor)?;
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
+        let lock = lock_dir(&dir)?;
         let state_path = dir.join("state.json");
         let saved: Saved = if state_path.exists() {
             serde_json::from_slice(&fs::read(&state_path)?).map_err(|e| ClientError::Format(e.to_string()))?
@@ -220,7 +241,7 @@ impl Client {
             return Err(ClientError::Format(format!("{} belongs to actor \"{}\"", dir.display(), saved.actor)));
         }
         let (outbox, torn) = read_outbox(&dir.join("outbox.jsonl"))?;
-        let mut c = Client { dir, saved, cells: BTreeMap::new(), outbox, clock: Hlc::new(), crash: None, signer: None };
+        let mut c = Client { dir, saved, cells: BTreeMap::new(), outbox, clock: Hlc::new(), crash: None, signer: None, lock: Some(lock) };
         if torn {
             // The next op is appended after the last whole line, not glued
             // to the torn one (which the next open would drop with it).
@@ -346,6 +367,13 @@ impl Client {
         }
     }
 
+    /// The test hook's crash at `p`: as a killed process, this Client
+    /// holds the directory no more.
+    fn crashed(&mut self, p: CrashPoint) -> ClientError {
+        self.lock = None;
+        ClientError::Crashed(p)
+    }
+
     fn save(&mut self) -> Result<()> {
         self.saved.cells = self.cells.iter().map(|(k, v)| (k.clone(), v.to_text())).collect();
         let bytes = serde_json::to_vec(&self.saved).map_err(|e| ClientError::Format(e.to_string()))?;
@@ -409,7 +437,7 @@ impl Client {
             f.sync_all()?;
         }
         if self.crash == Some(CrashPoint::AfterOutboxAppend) {
-            return Err(ClientError::Crashed(CrashPoint::AfterOutboxAppend));
+            return Err(self.crashed(CrashPoint::AfterOutboxAppend));
         }
         self.outbox.push(op.clone());
         let counter = op.counter();
@@ -457,7 +485,7 @@ impl Client {
         }
         let outcomes = send_ops(db, &ops, &self.saved.actor)?;
         if self.crash == Some(CrashPoint::AfterPushBeforeAck) {
-            return Err(ClientError::Crashed(CrashPoint::AfterPushBeforeAck));
+            return Err(self.crashed(CrashPoint::AfterPushBeforeAck));
         }
         let mut done = BTreeSet::new();
         for o in &outcomes {
@@ -548,7 +576,7 @@ impl Client {
             self.mark_seen(&op.actor, op.counter());
         }
         if self.crash == Some(CrashPoint::AfterPullBeforeSave) {
-            return Err(ClientError::Crashed(CrashPoint::AfterPullBeforeSave));
+            return Err(self.crashed(CrashPoint::AfterPullBeforeSave));
         }
         self.save()?;
         Ok(n)
@@ -602,6 +630,18 @@ mod tests {
         assert_eq!(super::bare_name("\"a.b\".\"c.d\"").as_deref(), Some("c.d"));
         assert_eq!(super::bare_name("s.\"say \"\"hi\"\"\"").as_deref(), Some("say \"hi\""));
         assert_eq!(super::bare_name("incident"), None);
+    }
+
+    #[test]
+    fn a_directory_is_open_in_one_client_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("converge-client-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = super::Client::open(&dir, "tab9").unwrap();
+        let second = super::Client::open(&dir, "tab9");
+        assert!(matches!(second, Err(super::ClientError::InUse(_))), "a second Client of one directory is refused");
+        drop(first);
+        super::Client::open(&dir, "tab9").expect("open again once the first is gone");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -266,3 +266,91 @@ fn an_ordinary_role_holding_a_row_sees_the_batch_held_and_then_applied() {
 fn count(n: &Node, sql: &str) -> i64 {
     n.client().query_one(sql, &[]).unwrap().get(0)
 }
+
+/// A row op of `actor` (its first op) applied to key `id` of table t: the
+/// row's "$live" (and its note, if one is given) put at time `ts`.
+const ROW_OP: &str = "
+    CREATE FUNCTION row_op(actor text, id int, live bool, ts int8, note text) RETURNS text LANGUAGE sql AS $$
+        SELECT outcome FROM converge.apply(ROW(actor || ':1', actor, 'public.t', jsonb_build_object('id', id), '', 1, 0, '{}',
+            jsonb_build_object('entries', jsonb_build_object('$live', jsonb_build_array(jsonb_build_array(ts, 0, actor), jsonb_build_object('put', live)))
+                || CASE WHEN note IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object('note', jsonb_build_array(jsonb_build_array(ts, 0, actor), jsonb_build_object('put', note))) END
+            )::text::converge.lwwmap::bytea, NULL)::converge.op)
+    $$";
+
+/// Run `sql` on a connection of its own in a thread, once `first` (which
+/// holds a key's uncommitted first row_state entry) has made it wait for
+/// that entry; then commit `first` and let it finish.
+fn second_writer_waits(node: &Node, first: &mut postgres::Client, sql: &'static str) {
+    let mut c = node.client();
+    let second = std::thread::spawn(move || c.batch_execute(sql).unwrap());
+    let since = std::time::Instant::now();
+    while count(node, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0 {
+        assert!(!second.is_finished(), "the second writer ended without waiting: {:?}", second.join().err());
+        assert!(since.elapsed() < Duration::from_secs(20), "the second writer never waited for the first's entry");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.batch_execute("COMMIT").unwrap();
+    second.join().unwrap();
+}
+
+/// Two transactions each writing the first row_state entry of one key (two
+/// peers' ops applied by two sessions, or a local insert and an applied
+/// op): the second waits for the first's entry and then works against it.
+/// It used to overwrite it, so that this node alone lost the first's clock:
+/// here an applied delete that a later-applied, older insert undid, and a
+/// far-ahead delete that a local insert wrote under instead of over (every
+/// other node kept that row deleted).
+#[test]
+fn the_second_first_writer_of_a_key_works_against_the_first() {
+    let root = Scratch::new("firstwriters");
+    let node = Node::new(&root.0, "madrid", base_port() + 12, true);
+    let mut first = node.client();
+    first.batch_execute("CREATE EXTENSION converge; CREATE TABLE t (id int PRIMARY KEY, note text); SELECT converge.replicate('t'); SELECT converge.set_node('madrid')").unwrap();
+    first.batch_execute(ROW_OP).unwrap();
+
+    // x deleted key 1 at 2000; y inserted it at 1000: the delete wins.
+    first.batch_execute("BEGIN; SELECT row_op('x', 1, false, 2000, NULL)").unwrap();
+    second_writer_waits(&node, &mut first, "SELECT row_op('y', 1, true, 1000, 'late')");
+    assert_eq!(count(&node, "SELECT count(*) FROM t WHERE id = 1"), 0, "y's older insert undid x's newer delete");
+    let clock = text(&node, "SELECT clock::text FROM converge.row_state WHERE target_key = '{\"id\": 1}'");
+    assert!(clock.contains("\"x\"") && clock.contains("late"), "both ops are in the row's clock: {clock}");
+
+    // z deleted key 2 with a clock far ahead; this node inserts it after.
+    first.batch_execute("BEGIN; SELECT row_op('z', 2, false, 9999999999999, NULL)").unwrap();
+    second_writer_waits(&node, &mut first, "INSERT INTO t VALUES (2, 'mine')");
+    let row = node
+        .client()
+        .query_one(
+            "SELECT (e #>> '{0,0}')::int8, e #>> '{0,2}', e #>> '{1,put}'
+               FROM (SELECT clock::text::jsonb #> '{entries,$live}' AS e FROM converge.row_state WHERE target_key = '{\"id\": 2}') s",
+            &[],
+        )
+        .unwrap();
+    let (at, by, put): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert!(
+        at >= 9_999_999_999_999 && by == "madrid" && put == "true",
+        "the row is live by madrid's insert, written newer than the delete it waited for (at {at} by {by}: {put})"
+    );
+    assert_eq!(count(&node, "SELECT count(*) FROM t WHERE id = 2"), 1);
+}
+
+/// A reload starts no second worker for a database whose worker runs (the
+/// launcher started one for every database on each reload, and it waited
+/// about 10 s for the first one's lock, holding a worker slot).
+#[test]
+fn a_reload_starts_no_second_worker() {
+    let root = Scratch::new("reload");
+    let node = Node::new(&root.0, "madrid", base_port() + 13, true);
+    node.client().batch_execute("CREATE EXTENSION converge; SELECT converge.set_node('madrid')").unwrap();
+    const WORKERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'converge worker' AND datname = current_database()";
+    wait_for(&node, &format!("SELECT ({WORKERS})::text"), "1", "madrid's worker started");
+    for _ in 0..3 {
+        node.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+        let since = std::time::Instant::now();
+        while since.elapsed() < Duration::from_secs(2) {
+            assert_eq!(count(&node, WORKERS), 1, "one worker for the database after a reload");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
