@@ -12,6 +12,8 @@ DECLARE
     crdt  jsonb;
     other text[];
     expr  text;
+    populated boolean;
+    first boolean;
     types regtype[];
     mods  int[];
     colls text[];
@@ -28,14 +30,54 @@ BEGIN
         RAISE EXCEPTION 'table % has no primary key', tbl USING ERRCODE = '55000',
             HINT = 'converge replicates rows by primary key; add one first.';
     END IF;
+    -- Every write must pass the table's own op trigger: a partitioned
+    -- table's rows are in its partitions (their copies of the trigger find
+    -- no layout), an inheritance parent's statements reach its children's
+    -- rows, which its trigger does not record, a temporary table is one
+    -- session's, and an unlogged one is emptied by a crash while its rows'
+    -- clocks stay. (A child table, a partition, is a table of its own.)
+    -- (Checked when the table is first replicated; a child added later
+    -- is not caught: docs/replication.md.)
+    first := NOT EXISTS (SELECT 1 FROM converge.replicated r WHERE r.table_name = tbl);
+    IF first AND (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = tbl) THEN
+        RAISE EXCEPTION 'converge does not replicate partitioned table %', tbl USING ERRCODE = '0A000',
+            HINT = 'Replicate each partition as a table of its own.';
+    END IF;
+    IF first AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = tbl) THEN
+        RAISE EXCEPTION 'converge does not replicate table %, which has inheritance children', tbl
+            USING ERRCODE = '0A000', HINT = 'Replicate the children, each a table of its own.';
+    END IF;
+    IF first AND (SELECT c.relpersistence <> 'p' FROM pg_class c WHERE c.oid = tbl) THEN
+        RAISE EXCEPTION 'converge does not replicate temporary or unlogged table %', tbl USING ERRCODE = '0A000',
+            HINT = 'An unlogged table can be made logged first: ALTER TABLE ... SET LOGGED.';
+    END IF;
     -- Keys travel as JSON; the text of these types depends on session
-    -- settings (TimeZone, DateStyle, IntervalStyle), so one row could get two keys.
-    IF EXISTS (SELECT 1 FROM pg_attribute a
-                WHERE a.attrelid = tbl AND a.attname = ANY (keys)
-                  AND a.atttypid IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
-                                     'timestamptz'::regtype, 'interval'::regtype, 'money'::regtype)) THEN
-        RAISE EXCEPTION 'the primary key of % has a date, time or money column', tbl USING ERRCODE = '0A000',
+    -- settings (TimeZone, DateStyle, IntervalStyle, bytea_output,
+    -- extra_float_digits), so one row could get two keys; also under a
+    -- domain or in an array.
+    IF EXISTS (WITH RECURSIVE ty(oid) AS (
+                   SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = ANY (keys)
+                   UNION
+                   SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END
+                     FROM ty JOIN pg_type t ON t.oid = ty.oid
+                    WHERE t.typtype = 'd' OR (t.typelem <> 0 AND t.typlen = -1))
+               SELECT 1 FROM ty
+                WHERE ty.oid IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
+                                 'timestamptz'::regtype, 'interval'::regtype, 'money'::regtype, 'bytea'::regtype,
+                                 'real'::regtype, 'double precision'::regtype)) THEN
+        RAISE EXCEPTION 'the primary key of % has a date, time, money, bytea or floating-point column', tbl USING ERRCODE = '0A000',
             HINT = 'Use integer, bigint, numeric, text or uuid key columns for replicated tables.';
+    END IF;
+    -- A column of a domain over a converge type would be taken for a plain
+    -- column (last writer wins), and concurrent changes to it lost.
+    IF EXISTS (WITH RECURSIVE dom(base) AS (
+                   SELECT d.typbasetype FROM pg_attribute a JOIN pg_type d ON d.oid = a.atttypid
+                    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND d.typtype = 'd'
+                   UNION
+                   SELECT t.typbasetype FROM dom JOIN pg_type t ON t.oid = dom.base WHERE t.typtype = 'd')
+               SELECT 1 FROM dom JOIN pg_type t ON t.oid = dom.base WHERE t.typnamespace = 'converge'::regnamespace) THEN
+        RAISE EXCEPTION 'table % has a column whose type is a domain over a converge type', tbl USING ERRCODE = '0A000',
+            HINT = 'Declare the column with the converge type itself.';
     END IF;
     SELECT coalesce(jsonb_object_agg(a.attname, t.typname), '{}') INTO crdt
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -48,6 +90,15 @@ BEGIN
       FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
        AND NOT a.attname = ANY (keys) AND NOT crdt ? a.attname;
+    -- Rows already there are not ops: no peer receives them. Loud, not
+    -- refused: loading the same rows on every node first is a way to start.
+    IF first THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s)', tbl) INTO STRICT populated;
+        IF populated THEN
+            RAISE WARNING 'table % already has rows: they are not ops, and no peer receives them', tbl
+                USING HINT = 'Load the same rows on every node, or insert them after converge.replicate.';
+        END IF;
+    END IF;
     INSERT INTO converge.replicated (table_name, key_columns, crdt_columns, other_columns, row_expr,
                                      key_types, key_typmods, key_collations)
     VALUES (tbl, keys, crdt, other, expr, types, mods, colls)

@@ -41,14 +41,12 @@ $$;
 COMMENT ON FUNCTION converge.frozen_out(text) IS 'Whether this op is quarantined here because a freeze did not include it (its counter is used up, like a superseded op''s).';
 
 -- An op's dependency is done here when it is applied, superseded by a
--- repair, frozen out (an op waiting for one of these two would wait for
--- ever on the nodes that excluded it on arrival, while nodes that had
--- applied it went on), or rejected here (a client's later ops waited for
--- ever behind one op the server refused; they are judged on their own).
+-- repair, or frozen out (an op waiting for one of the last two would wait
+-- for ever on the nodes that excluded it on arrival, while nodes that had
+-- applied it went on).
 CREATE FUNCTION converge.dep_done(op_id text) RETURNS boolean
 LANGUAGE sql STABLE STRICT AS $$
     SELECT converge.is_applied($1) OR EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = $1)
         OR converge.frozen_out($1)
-        OR EXISTS (SELECT 1 FROM converge.op_log l WHERE l.op_id = $1 AND l.outcome = 'rejected')
 $$;
-COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, superseded by a repair, frozen out by a freeze, or rejected.';
+COMMENT ON FUNCTION converge.dep_done(text) IS 'Whether an op a pending op depends on is done here: applied, superseded by a repair, or frozen out by a freeze.';

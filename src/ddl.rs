@@ -45,7 +45,11 @@ enum Renamed {
 /// sql/ddl.sql; the statement comes in the trigger's context).
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
-    let Some(what) = (unsafe { renamed(statement(fcinfo, "converge.keep_names()")) }) else { return };
+    let tree = unsafe { statement(fcinfo, "converge.keep_names()") };
+    if unsafe { (*tree).type_ == pg_sys::NodeTag::T_AlterTableStmt } {
+        keep_recording();
+    }
+    let Some(what) = (unsafe { renamed(tree) }) else { return };
     // The objects the statement changed: a relation, or a schema.
     let objects: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
         Spi::connect(|c| {
@@ -62,6 +66,31 @@ fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
             Renamed::Schema(name) => refuse_schema(oid, name),
             Renamed::EnumValue(label) => refuse_enum_value(oid, label),
         }
+    }
+}
+
+/// Refuse an `ALTER TABLE ... DISABLE TRIGGER` (or `ENABLE REPLICA
+/// TRIGGER`) that switched off a replicated table's op trigger: its writes
+/// would commit with no op, and the other nodes' ops would overwrite them.
+fn keep_recording() {
+    let off = crate::security::as_owner(|| {
+        crate::spi::read_one::<String>(
+            "SELECT tg.tgrelid::pg_catalog.regclass::text
+               FROM pg_catalog.pg_event_trigger_ddl_commands() d
+               JOIN converge.replicated r ON r.table_name OPERATOR(pg_catalog.=) d.objid
+               JOIN pg_catalog.pg_trigger tg ON tg.tgrelid OPERATOR(pg_catalog.=) d.objid
+              WHERE tg.tgname OPERATOR(pg_catalog.=) 'converge_record_ops' AND tg.tgenabled NOT IN ('O', 'A')
+              LIMIT 1",
+            &[],
+        )
+    });
+    if let Some(table) = off {
+        raise_explained(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot switch off trigger converge_record_ops of replicated table {table}"),
+            "It records every write of the table as an op: without it, writes would reach no other node.",
+            "Keep the trigger enabled.",
+        );
     }
 }
 
@@ -236,6 +265,26 @@ fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
     unsafe { statement(fcinfo, "converge.follow_drops()") };
+    // The op trigger dropped from a table that stays replicated (a
+    // dropped table takes it along): as keep_recording.
+    let kept = crate::security::as_owner(|| {
+        crate::spi::read_one::<String>(
+            "SELECT r.table_name::pg_catalog.text FROM pg_catalog.pg_event_trigger_dropped_objects() o
+               JOIN converge.replicated r
+                 ON r.table_name OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', o.address_names[1], o.address_names[2]))
+              WHERE o.object_type OPERATOR(pg_catalog.=) 'trigger' AND o.address_names[3] OPERATOR(pg_catalog.=) 'converge_record_ops'
+              LIMIT 1",
+            &[],
+        )
+    });
+    if let Some(table) = kept {
+        raise_explained(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot drop trigger converge_record_ops of replicated table {table}"),
+            "It records every write of the table as an op: without it, writes would reach no other node.",
+            "Keep the trigger.",
+        );
+    }
     // A dropped replicated table takes its layout, settings and row states
     // along: a table made later may get its oid.
     crate::security::as_owner(|| {

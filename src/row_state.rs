@@ -145,6 +145,8 @@ pub fn rewrite(t: &mut Table, mut entry: Locked, rel: pg_sys::Oid, key: pg_sys::
 /// A key's first entry, unless another transaction wrote one first: then
 /// (after waiting for it to end) nothing is written and false comes back,
 /// and the caller computes again against that entry (`lock` finds it now).
+/// Under REPEATABLE READ or SERIALIZABLE, PostgreSQL raises 40001 instead
+/// when that entry is newer than the snapshot (as the upsert did).
 /// An upsert that overwrote it lost that transaction's clock on this node
 /// only: two first writers of a key (a local insert and an applied delete,
 /// two workers applying two peers' ops) left nodes with different rows.
@@ -169,16 +171,31 @@ pub fn try_insert(rel: pg_sys::Oid, key: &Value, clock: &LwwMap, live: bool, sta
 /// would have written newer than its tombstone (compact() in
 /// sql/maintenance.sql). Read only for such keys.
 pub fn dropped_floor(rel: pg_sys::Oid) -> Option<LwwMap> {
-    use crate::direct::{column, index_scan, reading, Key};
-    let mut floor = None;
+    use crate::direct::column;
+    // (A stored lwwmap, read as the column holds it.)
+    latest_layout(rel, |heap, slot| column(slot, attnum(heap, "tombstone_clock")).map(|d| unsafe { crate::types::from_datum::<LwwMap>(d) })).flatten()
+}
+
+/// Whether table `rel` is replicated as the latest commits say (its layout
+/// row), whatever this transaction's snapshot sees.
+pub fn replicated_now(rel: pg_sys::Oid) -> bool {
+    latest_layout(rel, |_, _| ()).is_some()
+}
+
+/// `read` of table `rel`'s row of converge.replicated in its newest
+/// committed version (direct index scan, latest snapshot); None without one.
+fn latest_layout<R>(rel: pg_sys::Oid, read: impl FnOnce(pg_sys::Relation, *mut pg_sys::TupleTableSlot) -> R) -> Option<R> {
+    use crate::direct::{index_scan, reading, Key};
+    let mut read = Some(read);
+    let mut out = None;
     reading(c"replicated", |heap| unsafe {
         let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
         let keys = [Key::eq(1, pg_sys::F_OIDEQ.into(), pg_sys::Datum::from(rel))];
         index_scan(heap, c"replicated_pkey", &keys, snap, pg_sys::ScanDirection::ForwardScanDirection, |slot| {
-            floor = column(slot, attnum(heap, "tombstone_clock")).map(|d| crate::types::from_datum::<LwwMap>(d));
+            out = read.take().map(|f| f(heap, slot));
             false
         });
         pg_sys::UnregisterSnapshot(snap);
     });
-    floor
+    out
 }

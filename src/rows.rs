@@ -8,7 +8,6 @@
 
 use crate::errors::raise;
 use crate::direct::Table;
-use crate::row_state::Locked;
 use crate::security::as_writer;
 use converge_core::types::LwwMap;
 use converge_core::Crdt;
@@ -171,14 +170,14 @@ impl RowTable<'_> {
         self.lock_rows(keys).into_iter().map(|(i, _)| i).collect()
     }
 
-    /// Write each row's winning non-CRDT values (as the caller): one
-    /// UPDATE per set of columns the rows' clocks hold.
+    /// Write each row's winning non-CRDT values of the columns its ops name
+    /// (as the caller): one UPDATE per set of columns.
     fn update_all(&self, cols: &Written, rows: &[Update]) {
         // Keys as the row_state lookup made them (no second conversion).
         let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<Made>, Vec<Jb>)> = Default::default();
         for r in rows {
             let vals = values_of(self, &r.clock);
-            let names: Vec<String> = vals.keys().filter(|k| cols.other.contains(k)).cloned().collect();
+            let names: Vec<String> = vals.keys().filter(|k| cols.other.contains(k) && r.named.contains(*k)).cloned().collect();
             if names.is_empty() {
                 continue;
             }
@@ -326,6 +325,8 @@ struct Update {
     key_datum: pg_sys::Datum,
     entry: Option<crate::row_state::Locked>,
     clock: LwwMap,
+    /// The columns the row's ops name: only those are written (see `named`).
+    named: HashSet<String>,
 }
 
 fn decoded(delta: &[u8]) -> LwwMap {
@@ -452,12 +453,15 @@ fn merge_locked(t: &RowTable, cols: &Written, run: Vec<Group>, present: HashSet<
             let entry = probe.lock(&state, t.rel, key_datum);
             let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
             let mut alive = true;
+            let mut named = HashSet::new();
             for d in &deltas {
-                clock.merge(&decoded(d));
+                let d = decoded(d);
+                named.extend(d.entries.keys().cloned());
+                clock.merge(&d);
                 alive &= is_alive(&clock);
             }
             if alive {
-                updates.push(Update { key, key_datum, entry, clock });
+                updates.push(Update { key, key_datum, entry, clock, named });
                 continue;
             }
         }
@@ -488,62 +492,65 @@ fn merge_locked(t: &RowTable, cols: &Written, run: Vec<Group>, present: HashSet<
 /// The op-by-op path of `merge_row_ops` (ops sorted by key).
 fn merge_one_by_one(t: &RowTable, cols: &Written, ops: Vec<(Value, Vec<u8>)>) {
     for (key, delta) in ops {
-        // Lock order as in local writes: the row, then its row_state.
-        let present = t.lock(&key);
-        let key_datum = crate::jsonb::datum(&key);
-        let (entry, clock, mut stash) = entry_with(t.rel, &key, key_datum, &decoded(&delta));
-        let alive = is_alive(&clock);
-        let vals = values_of(t, &clock);
-        if alive && !present {
-            insert_row(t, cols, &key, vals);
-            t.resume(&key, &stash); // back from a tombstone: resume the state it kept
-            stash.clear();
-        } else if alive {
-            let vals: Map<String, Value> = vals.into_iter().filter(|(k, _)| cols.other.contains(k)).collect();
-            t.set_values(&key, &vals);
-        } else if present {
-            let gone = t.delete(&key);
-            stash = merge_stash(&stash, &gone, t.crdt);
-        }
-        // (A first entry, written by entry_with, is locked again only to
-        // take the deleted row's CRDT state.)
-        let entry = match entry {
-            None if stash.is_empty() => continue,
-            None => {
-                let probe = Table::open(c"row_state");
-                let own = crate::row_state::lock(&probe, t.rel, key_datum);
-                probe.close();
-                own.unwrap_or_else(|| fail(format!("the row state of {} {} is gone", t.name, key)))
-            }
-            Some(e) => e,
-        };
-        let mut state = Table::open(c"row_state");
-        crate::row_state::rewrite(&mut state, entry, t.rel, key_datum, &clock, alive, stash);
-        state.close();
+        let delta = decoded(&delta);
+        while !merge_one(t, cols, &key, &delta) {}
     }
 }
 
-/// The row_state entry of `key`, locked in its newest version (row_state.rs:
-/// no statement), with its clock merged with `delta` and its stash. A key
-/// with no entry gets its first one at once (the merged clock, no stash),
-/// before its row is written, and None stands for it; when another
-/// transaction wrote one first, that one is taken instead.
-fn entry_with(rel: pg_sys::Oid, key: &Value, key_datum: pg_sys::Datum, delta: &LwwMap) -> (Option<Locked>, LwwMap, Map<String, Value>) {
-    loop {
-        let probe = Table::open(c"row_state");
-        let entry = crate::row_state::lock(&probe, rel, key_datum);
-        probe.close();
-        let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
-        clock.merge(delta);
-        match entry {
-            Some(e) => {
-                let stash = e.stash.clone();
-                return (Some(e), clock, stash);
-            }
-            None if crate::row_state::try_insert(rel, key, &clock, is_alive(&clock), Map::new()) => return (None, clock, Map::new()),
-            None => continue,
-        }
+/// Merge one row op into its row and clock. False, with nothing written,
+/// when another transaction wrote the key's first clock after this one
+/// looked: the op is merged again, against it and the row as they are now.
+fn merge_one(t: &RowTable, cols: &Written, key: &Value, delta: &LwwMap) -> bool {
+    // Lock order as in local writes: the row, then its row_state.
+    let present = t.lock(key);
+    // The row's clock and stash, locked in their newest version, and the
+    // delta merged in (row_state.rs: no statement).
+    let key_datum = crate::jsonb::datum(key);
+    let probe = Table::open(c"row_state");
+    let entry = crate::row_state::lock(&probe, t.rel, key_datum);
+    probe.close();
+    let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
+    let mut stash = entry.as_ref().map(|e| e.stash.clone()).unwrap_or_default();
+    clock.merge(delta);
+    let alive = is_alive(&clock);
+    if entry.is_none() && !alive && !present {
+        // A key new here that stays deleted: its first clock is all there is.
+        return crate::row_state::try_insert(t.rel, key, &clock, false, stash);
     }
+    let vals = values_of(t, &clock);
+    if alive && !present {
+        insert_row(t, cols, key, vals);
+        t.resume(key, &stash); // back from a tombstone: resume the state it kept
+        stash.clear();
+    } else if alive {
+        // Only the columns the op names: the others' values in the clock
+        // are the row's already, or older than a change made to the row
+        // outside ops (a column's type changed with USING, every node
+        // converting its own rows), which they must not undo.
+        let vals: Map<String, Value> = vals.into_iter().filter(|(k, _)| cols.other.contains(k) && delta.entries.contains_key(k)).collect();
+        t.set_values(key, &vals);
+    } else if present {
+        let gone = t.delete(key);
+        stash = merge_stash(&stash, &gone, t.crdt);
+    }
+    match entry {
+        Some(e) => {
+            let mut state = Table::open(c"row_state");
+            crate::row_state::rewrite(&mut state, e, t.rel, key_datum, &clock, alive, stash);
+            state.close();
+        }
+        // The row was written first, as a local writer does (a local insert
+        // of the key holds its row and takes the clock at its commit). A
+        // first clock another transaction wrote meanwhile would have to be
+        // merged with what this one did to the row: the batch is applied
+        // again instead (rare: two first writers of one key at once).
+        None if crate::row_state::try_insert(t.rel, key, &clock, alive, stash) => {}
+        None => raise(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!("another transaction wrote the row state of {} {} first; apply the batch again", t.name, key),
+        ),
+    }
+    true
 }
 
 /// Create the row of `key` from the clock's values `vals` (its non-CRDT

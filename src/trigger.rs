@@ -154,6 +154,20 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             freezable,
         })
     });
+    if m.is_none() {
+        // The trigger fired, so the table is replicated, but this
+        // transaction's snapshot (REPEATABLE READ, SERIALIZABLE) is older
+        // than the converge.replicate that made it so: recording nothing
+        // would lose the write on every other node, and a cached answer
+        // every later write of this session.
+        if crate::row_state::replicated_now(relid) {
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "could not serialize access: the table was replicated (converge.replicate) after this transaction's snapshot",
+            );
+        }
+        return None;
+    }
     META.with(|c| c.borrow_mut().insert(relid, m.clone()));
     m
 }

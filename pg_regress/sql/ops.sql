@@ -168,20 +168,4 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
     ROW('big:2', 'big', 'big', '{"id":1}', 'tags', 1, 0, '{}', ('{"elements":["' || repeat('b', 600) || '"]}')::gset::bytea, NULL)::op]);
 RESET converge.max_value_bytes;
 SELECT (SELECT count(*) FROM big) AS rows, (SELECT count(*) FROM op_log WHERE actor = 'big') AS logged;
--- An op whose dependency this node rejected is judged on its own: the
--- dependency will never apply here, and the ops made after it (a client's
--- chain) do not wait for it. orphan:1 names no table; orphan:2, made
--- after it, is applied; orphan:4 waits for orphan:3 and is applied when
--- orphan:3 arrives and is rejected.
-SELECT op_id, outcome, reason FROM apply(ROW('orphan:1', 'orphan', 'nosuch', '{"id":2}', 'visits', 1, 0, '{}',
-                                             '{"counts":{"orphan":1}}'::gcounter::bytea, NULL)::op);
-SELECT op_id, outcome, reason FROM apply(ROW('orphan:2', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{orphan:1}',
-                                             '{"counts":{"orphan":2}}'::gcounter::bytea, NULL)::op);
-SELECT op_id, outcome, reason FROM apply(ROW('orphan:4', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{orphan:3}',
-                                             '{"counts":{"orphan":4}}'::gcounter::bytea, NULL)::op);
-SELECT op_id, missing FROM pending WHERE op_id LIKE 'orphan:%';
-SELECT op_id, outcome, reason FROM apply(ROW('orphan:3', 'orphan', 'chain', '{"id":5}', 'nope', 1, 0, '{orphan:2}',
-                                             '{"counts":{"orphan":3}}'::gcounter::bytea, NULL)::op) ORDER BY op_id;
-SELECT count(*) AS still_pending FROM pending WHERE op_id LIKE 'orphan:%';
-SELECT id, value(visits) FROM chain WHERE id = 5;
 DROP TABLE incident, unmarked, no_pk, chain, big;

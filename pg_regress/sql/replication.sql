@@ -129,6 +129,61 @@ SELECT id, title FROM ticket WHERE id = 7;
 CREATE TABLE dated (day date PRIMARY KEY, n gcounter);
 SELECT replicate('dated');
 DROP TABLE dated;
+-- So are bytea and floating-point keys (bytea_output, extra_float_digits),
+-- and such types under a domain or in an array.
+CREATE DOMAIN day AS date;
+CREATE TABLE days (d day[] PRIMARY KEY);
+SELECT replicate('days');
+CREATE TABLE blob (k bytea PRIMARY KEY);
+SELECT replicate('blob');
+CREATE TABLE reading_at (k float8 PRIMARY KEY);
+SELECT replicate('reading_at');
+DROP TABLE days, blob, reading_at;
+DROP DOMAIN day;
+-- Tables whose writes would not all pass their own op trigger are refused:
+-- partitioned, with inheritance children, temporary or unlogged. A
+-- partition, or a child, is a table of its own, and can be replicated.
+CREATE TABLE parted (id int PRIMARY KEY, note text) PARTITION BY RANGE (id);
+CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100);
+SELECT replicate('parted');
+SELECT replicate('parted_low');
+INSERT INTO parted VALUES (1, 'through the parent');
+SELECT target_table, target_key FROM op_log WHERE target_table LIKE '%parted%' ORDER BY seq;
+CREATE TABLE kin (id int PRIMARY KEY);
+CREATE TABLE kin_child (extra text) INHERITS (kin);
+SELECT replicate('kin');
+ALTER TABLE kin_child ADD PRIMARY KEY (id);
+SELECT replicate('kin_child');
+CREATE TEMP TABLE scratch (id int PRIMARY KEY);
+SELECT replicate('scratch');
+CREATE UNLOGGED TABLE fast (id int PRIMARY KEY);
+SELECT replicate('fast');
+-- A domain over a converge type would be taken for a plain column, whose
+-- concurrent changes overwrite each other: refused too.
+CREATE DOMAIN tally AS gcounter;
+CREATE TABLE tallied (id int PRIMARY KEY, n tally);
+SELECT replicate('tallied');
+DROP TABLE parted, kin, kin_child, scratch, fast, tallied;
+DROP DOMAIN tally;
+-- The op trigger of a replicated table stays on: switching it off, or
+-- dropping it, is refused (the writes would reach no other node).
+CREATE TABLE logbook (id int PRIMARY KEY, note text);
+SELECT replicate('logbook');
+ALTER TABLE logbook DISABLE TRIGGER converge_record_ops;
+ALTER TABLE logbook DISABLE TRIGGER USER;
+ALTER TABLE logbook ENABLE REPLICA TRIGGER converge_record_ops;
+DROP TRIGGER converge_record_ops ON logbook;
+SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'logbook'::regclass AND tgname = 'converge_record_ops';
+ALTER TABLE logbook ENABLE ALWAYS TRIGGER converge_record_ops;
+ALTER TABLE logbook ENABLE TRIGGER converge_record_ops;
+DROP TABLE logbook;
+-- A table that has rows already: replicate warns, once (rows made before
+-- are not ops, and no peer receives them).
+CREATE TABLE seeded (id int PRIMARY KEY);
+INSERT INTO seeded VALUES (1);
+SELECT replicate('seeded');
+SELECT replicate('seeded');
+DROP TABLE seeded;
 DROP TABLE ticket;
 
 -- A batch of row ops: rows that stay present and live are written
@@ -216,6 +271,17 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
 ]) ORDER BY op_id;
 SELECT id, label, value(n) AS n FROM gauge;
 DROP TABLE gauge;
+-- A peer's row op writes the columns it names, no others: a column whose
+-- type every node changed with USING (here cents for units) keeps its
+-- converted value when a peer's op renames the item.
+CREATE TABLE item (id int PRIMARY KEY, name text, price int);
+SELECT replicate('item');
+INSERT INTO item VALUES (1, 'bolt', 5);
+ALTER TABLE item ALTER COLUMN price TYPE bigint USING price * 100;
+SELECT op_id, outcome, reason FROM apply(ROW('tab:19', 'tab', 'item', '{"id":1}', '', 1, 0, '{}',
+    '{"entries":{"name":[[4102444800000,0,"tab"],{"put":"nut"}]}}'::lwwmap::bytea, NULL)::op);
+SELECT * FROM item;
+DROP TABLE item;
 
 -- A key inserted again and deleted in one transaction keeps its stash: the
 -- insert resumes it, the delete stashes it again with the row's own state,

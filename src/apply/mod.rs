@@ -294,30 +294,13 @@ impl UsedUp {
 /// Of these deps, the ones done here: applied, or superseded by a repair
 /// (an op that waits for a superseded op would wait for ever on the nodes
 /// that superseded it on arrival, while nodes that had applied it went on).
-/// An op rejected here is done too: its dependents are judged on their own
-/// (a client's later ops waited for ever behind one op the server refused,
-/// say `not_authority`; the merges need no op before another).
 fn deps_done(ids: &[String]) -> HashSet<String> {
     let mut done = applied_set(ids);
     let excluded = UsedUp::probe();
     if excluded.any() {
         done.extend(ids.iter().filter(|id| !done.contains(*id) && excluded.used_up(id)).cloned().collect::<Vec<_>>());
     }
-    let left: Vec<String> = ids.iter().filter(|id| !done.contains(*id)).cloned().collect();
-    if !left.is_empty() {
-        done.extend(rejected_here(&left));
-    }
     done
-}
-
-/// Which of these ops this node rejected (the op log's `rejected` rows).
-fn rejected_here(ids: &[String]) -> Vec<String> {
-    crate::spi::prepared(
-        "SELECT DISTINCT l.op_id FROM converge.op_log l WHERE l.op_id = ANY ($1) AND l.outcome = 'rejected'",
-        &[ids.to_vec().into()],
-        |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
-    )
-    .unwrap_or_else(|e| spi_err(e))
 }
 
 /// Positions (n) of the fresh ops that must wait: a dep neither applied
@@ -554,9 +537,9 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         t_merge - t_dups,
         t0.elapsed() - t_merge
     );
-    // 5. Pending ops whose deps are now all done go through the same path
+    // 5. Pending ops whose deps are now all applied go through the same path
     //    (retry_pending's passes: an apply it makes does not call it again).
-    if top_level && !(won.is_empty() && rejected.is_empty() && bad.is_empty()) {
+    if top_level && !won.is_empty() {
         let more = retry_pending();
         out.extend(more);
     }

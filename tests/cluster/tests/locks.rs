@@ -267,11 +267,11 @@ fn count(n: &Node, sql: &str) -> i64 {
     n.client().query_one(sql, &[]).unwrap().get(0)
 }
 
-/// A row op of `actor` (its first op) applied to key `id` of table t: the
+/// A row op of `actor` (its counter: `id`) applied to key `id` of table t: the
 /// row's "$live" (and its note, if one is given) put at time `ts`.
 const ROW_OP: &str = "
     CREATE FUNCTION row_op(actor text, id int, live bool, ts int8, note text) RETURNS text LANGUAGE sql AS $$
-        SELECT outcome FROM converge.apply(ROW(actor || ':1', actor, 'public.t', jsonb_build_object('id', id), '', 1, 0, '{}',
+        SELECT outcome FROM converge.apply(ROW(actor || ':' || id, actor, 'public.t', jsonb_build_object('id', id), '', 1, 0, '{}',
             jsonb_build_object('entries', jsonb_build_object('$live', jsonb_build_array(jsonb_build_array(ts, 0, actor), jsonb_build_object('put', live)))
                 || CASE WHEN note IS NULL THEN '{}'::jsonb
                         ELSE jsonb_build_object('note', jsonb_build_array(jsonb_build_array(ts, 0, actor), jsonb_build_object('put', note))) END
@@ -280,10 +280,18 @@ const ROW_OP: &str = "
 
 /// Run `sql` on a connection of its own in a thread, once `first` (which
 /// holds a key's uncommitted first row_state entry) has made it wait for
-/// that entry; then commit `first` and let it finish.
+/// that entry; then commit `first` and let it finish. An apply that had
+/// written the row before it met the entry fails with 40001 and is run
+/// again, as the worker runs a batch again.
 fn second_writer_waits(node: &Node, first: &mut postgres::Client, sql: &'static str) {
     let mut c = node.client();
-    let second = std::thread::spawn(move || c.batch_execute(sql).unwrap());
+    let second = std::thread::spawn(move || {
+        if let Err(e) = c.batch_execute(sql) {
+            assert_eq!(e.code(), Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE), "{e}");
+            eprintln!("the second writer is run again after: {e}");
+            c.batch_execute(sql).unwrap();
+        }
+    });
     let since = std::time::Instant::now();
     while count(node, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0 {
         assert!(!second.is_finished(), "the second writer ended without waiting: {:?}", second.join().err());
@@ -315,6 +323,13 @@ fn the_second_first_writer_of_a_key_works_against_the_first() {
     assert_eq!(count(&node, "SELECT count(*) FROM t WHERE id = 1"), 0, "y's older insert undid x's newer delete");
     let clock = text(&node, "SELECT clock::text FROM converge.row_state WHERE target_key = '{\"id\": 1}'");
     assert!(clock.contains("\"x\"") && clock.contains("late"), "both ops are in the row's clock: {clock}");
+
+    // The other way round: y inserted key 3 at 1000, x deleted it at 2000;
+    // the delete finds the row the insert made once it is committed.
+    first.batch_execute("BEGIN; SELECT row_op('y', 3, true, 1000, 'early')").unwrap();
+    second_writer_waits(&node, &mut first, "SELECT row_op('x', 3, false, 2000, NULL)");
+    assert_eq!(count(&node, "SELECT count(*) FROM t WHERE id = 3"), 0, "x's newer delete left y's row in place");
+    assert_eq!(text(&node, "SELECT live::text FROM converge.row_state WHERE target_key = '{\"id\": 3}'"), "false");
 
     // z deleted key 2 with a clock far ahead; this node inserts it after.
     first.batch_execute("BEGIN; SELECT row_op('z', 2, false, 9999999999999, NULL)").unwrap();
@@ -353,4 +368,25 @@ fn a_reload_starts_no_second_worker() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A REPEATABLE READ transaction whose snapshot is older than the
+/// converge.replicate of its table fails at commit (40001) instead of
+/// committing a write that no op records: every other node would lack it,
+/// and the session kept skipping the table's writes after it.
+#[test]
+fn a_write_under_a_snapshot_older_than_replicate_fails_instead_of_going_unrecorded() {
+    let root = Scratch::new("rrlayout");
+    let node = Node::new(&root.0, "madrid", base_port() + 14, true);
+    let mut admin = node.client();
+    admin.batch_execute("CREATE EXTENSION converge; SELECT converge.set_node('madrid'); CREATE TABLE r (id int PRIMARY KEY, v text)").unwrap();
+    let mut w = node.client();
+    w.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM r").unwrap();
+    admin.batch_execute("SELECT converge.replicate('r')").unwrap();
+    let e = w.batch_execute("INSERT INTO r VALUES (1, 'x'); COMMIT").expect_err("a commit that records no op");
+    assert_eq!(e.code(), Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE), "{e}");
+    assert_eq!(count(&node, "SELECT count(*) FROM r"), 0);
+    w.batch_execute("INSERT INTO r VALUES (2, 'y')").unwrap();
+    let ops = count(&node, "SELECT count(*) FROM converge.op_log WHERE target_table = 'public.r' AND target_key = '{\"id\": 2}'");
+    assert_eq!(ops, 1, "the session's next write is recorded");
 }
