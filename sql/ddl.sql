@@ -279,9 +279,9 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'keep_names_wrapper';
 COMMENT ON FUNCTION converge.keep_names() IS 'Internal: the event trigger converge_keep_names (refuses renaming a replicated table, its schema or one of its replicated columns).';
 CREATE EVENT TRIGGER converge_keep_names ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
-                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE')
+                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE', 'ALTER TYPE', 'ALTER TRIGGER')
     EXECUTE FUNCTION converge.keep_names();
-COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns, or a value of an enum type a replicated key or plain column holds (ops and history name them).';
+COMMENT ON EVENT TRIGGER converge_keep_names IS 'converge: refuses renaming a replicated table, moving it to another schema, renaming its schema or one of its replicated columns, or a value of an enum type a replicated key or plain column holds (ops and history name them); and, to roles other than superusers, switching off, renaming or dropping a replicated table''s converge triggers, or making it unlogged.';
 CREATE FUNCTION converge.follow_columns() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'follow_columns_wrapper';
 COMMENT ON FUNCTION converge.follow_columns() IS 'Internal: the event trigger converge_follow_columns (records a replicated table''s layout again after ALTER TABLE changes its columns or constraints).';

@@ -49,6 +49,7 @@ fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
     if unsafe { (*tree).type_ == pg_sys::NodeTag::T_AlterTableStmt } {
         keep_recording();
     }
+    keep_trigger_names(tree);
     let Some(what) = (unsafe { renamed(tree) }) else { return };
     // The objects the statement changed: a relation, or a schema.
     let objects: Vec<pg_sys::Oid> = crate::security::as_owner(|| {
@@ -69,27 +70,71 @@ fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
     }
 }
 
-/// Refuse an `ALTER TABLE ... DISABLE TRIGGER` (or `ENABLE REPLICA
-/// TRIGGER`) that switched off a replicated table's op trigger: its writes
-/// would commit with no op, and the other nodes' ops would overwrite them.
+/// Refuse an `ALTER TABLE` that left a replicated table without its
+/// triggers on (`DISABLE TRIGGER`, `ENABLE REPLICA TRIGGER`, of one by name
+/// or `ALL`/`USER`) or made it unlogged: its writes would commit with no
+/// op (or a TRUNCATE with none), and reach no other node. A superuser may
+/// (a data-only restore disables triggers); docs/replication.md.
 fn keep_recording() {
+    if unsafe { pg_sys::superuser() } {
+        return;
+    }
     let off = crate::security::as_owner(|| {
         crate::spi::read_one::<String>(
-            "SELECT tg.tgrelid::pg_catalog.regclass::text
+            "SELECT f.what
                FROM pg_catalog.pg_event_trigger_ddl_commands() d
                JOIN converge.replicated r ON r.table_name OPERATOR(pg_catalog.=) d.objid
-               JOIN pg_catalog.pg_trigger tg ON tg.tgrelid OPERATOR(pg_catalog.=) d.objid
-              WHERE tg.tgname OPERATOR(pg_catalog.=) 'converge_record_ops' AND tg.tgenabled NOT IN ('O', 'A')
+               CROSS JOIN LATERAL (
+                   SELECT pg_catalog.format('switch off trigger %s of replicated table %s', t.name, r.table_name) AS what
+                     FROM (VALUES ('converge_record_ops', 'converge.record_local_ops'), ('converge_no_truncate', 'converge.refuse_truncate')) t(name, fn)
+                    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg
+                                       WHERE tg.tgrelid OPERATOR(pg_catalog.=) d.objid AND tg.tgname OPERATOR(pg_catalog.=) t.name
+                                         AND tg.tgfoid OPERATOR(pg_catalog.=) t.fn::pg_catalog.regproc AND tg.tgenabled IN ('O', 'A'))
+                   UNION ALL
+                   SELECT pg_catalog.format('make replicated table %s unlogged', r.table_name) FROM pg_catalog.pg_class c
+                    WHERE c.oid OPERATOR(pg_catalog.=) d.objid AND c.relpersistence OPERATOR(pg_catalog.<>) 'p') f
               LIMIT 1",
             &[],
         )
     });
-    if let Some(table) = off {
+    if let Some(what) = off {
         raise_explained(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("cannot switch off trigger converge_record_ops of replicated table {table}"),
-            "It records every write of the table as an op: without it, writes would reach no other node.",
-            "Keep the trigger enabled.",
+            format!("cannot {what}"),
+            "converge's triggers record every write of a replicated table as an op (and refuse TRUNCATE), in the WAL: unrecorded, writes would reach no other node; unlogged, a crash would empty the table while its rows' clocks stay.",
+            "Keep the table's converge triggers enabled and the table logged.",
+        );
+    }
+}
+
+/// Refuse `ALTER TRIGGER ... RENAME` of a replicated table's converge
+/// trigger: the checks above, `converge.replicate` and pg_dump know them by
+/// name (a renamed one could be switched off, or made twice).
+fn keep_trigger_names(tree: *mut pg_sys::Node) {
+    let renamed_trigger = unsafe {
+        (*tree).type_ == pg_sys::NodeTag::T_RenameStmt
+            && (*(tree as *mut pg_sys::RenameStmt)).renameType == pg_sys::ObjectType::OBJECT_TRIGGER
+    };
+    if !renamed_trigger || unsafe { pg_sys::superuser() } {
+        return;
+    }
+    let held = crate::security::as_owner(|| {
+        crate::spi::read_one::<String>(
+            "SELECT r.table_name::pg_catalog.text
+               FROM pg_catalog.pg_event_trigger_ddl_commands() d
+               JOIN pg_catalog.pg_trigger tg ON tg.oid OPERATOR(pg_catalog.=) d.objid
+               JOIN converge.replicated r ON r.table_name OPERATOR(pg_catalog.=) tg.tgrelid
+              WHERE tg.tgfoid IN ('converge.record_local_ops'::pg_catalog.regproc, 'converge.refuse_truncate'::pg_catalog.regproc)
+              LIMIT 1",
+            &[],
+        )
+    });
+    if let Some(table) = held {
+        raise_explained(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot rename a converge trigger of replicated table {table}"),
+            "converge finds its triggers by name.",
+            "Keep the trigger's name.",
         );
     }
 }
@@ -265,23 +310,25 @@ fn follow_columns(fcinfo: pg_sys::FunctionCallInfo) {
 #[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn follow_drops(fcinfo: pg_sys::FunctionCallInfo) {
     unsafe { statement(fcinfo, "converge.follow_drops()") };
-    // The op trigger dropped from a table that stays replicated (a
-    // dropped table takes it along): as keep_recording.
-    let kept = crate::security::as_owner(|| {
-        crate::spi::read_one::<String>(
-            "SELECT r.table_name::pg_catalog.text FROM pg_catalog.pg_event_trigger_dropped_objects() o
+    // A converge trigger dropped from a table that stays replicated (a
+    // dropped table takes them along): as keep_recording. A superuser may
+    // (pg_restore --clean drops triggers before their tables).
+    let kept = (!unsafe { pg_sys::superuser() }).then(|| crate::security::as_owner(|| {
+        crate::spi::read_one::<Vec<String>>(
+            "SELECT ARRAY[r.table_name::pg_catalog.text, o.address_names[3]] FROM pg_catalog.pg_event_trigger_dropped_objects() o
                JOIN converge.replicated r
                  ON r.table_name OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.format('%I.%I', o.address_names[1], o.address_names[2]))
-              WHERE o.object_type OPERATOR(pg_catalog.=) 'trigger' AND o.address_names[3] OPERATOR(pg_catalog.=) 'converge_record_ops'
+              WHERE o.object_type OPERATOR(pg_catalog.=) 'trigger'
+                AND o.address_names[3] IN ('converge_record_ops', 'converge_no_truncate')
               LIMIT 1",
             &[],
         )
-    });
-    if let Some(table) = kept {
+    })).flatten();
+    if let Some([table, trigger]) = kept.as_deref() {
         raise_explained(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("cannot drop trigger converge_record_ops of replicated table {table}"),
-            "It records every write of the table as an op: without it, writes would reach no other node.",
+            format!("cannot drop trigger {trigger} of replicated table {table}"),
+            "converge's triggers record every write of a replicated table as an op (and refuse TRUNCATE): without them, writes would reach no other node.",
             "Keep the trigger.",
         );
     }

@@ -176,10 +176,19 @@ pub fn dropped_floor(rel: pg_sys::Oid) -> Option<LwwMap> {
     latest_layout(rel, |heap, slot| column(slot, attnum(heap, "tombstone_clock")).map(|d| unsafe { crate::types::from_datum::<LwwMap>(d) })).flatten()
 }
 
-/// Whether table `rel` is replicated as the latest commits say (its layout
-/// row), whatever this transaction's snapshot sees.
-pub fn replicated_now(rel: pg_sys::Oid) -> bool {
-    latest_layout(rel, |_, _| ()).is_some()
+/// The transaction that wrote table `rel`'s layout row (its raw xmin) as
+/// the latest commits say, whatever this transaction's snapshot sees; None
+/// when the table is not replicated.
+pub fn layout_writer_now(rel: pg_sys::Oid) -> Option<u32> {
+    latest_layout(rel, |_, slot| unsafe {
+        let mut free = false;
+        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut free);
+        let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin.into_inner();
+        if free {
+            pg_sys::heap_freetuple(tuple);
+        }
+        xmin
+    })
 }
 
 /// `read` of table `rel`'s row of converge.replicated in its newest

@@ -170,14 +170,14 @@ impl RowTable<'_> {
         self.lock_rows(keys).into_iter().map(|(i, _)| i).collect()
     }
 
-    /// Write each row's winning non-CRDT values of the columns its ops name
-    /// (as the caller): one UPDATE per set of columns.
+    /// Write each row's winning non-CRDT values (as the caller): one
+    /// UPDATE per set of columns the rows' clocks hold.
     fn update_all(&self, cols: &Written, rows: &[Update]) {
         // Keys as the row_state lookup made them (no second conversion).
         let mut by_columns: std::collections::BTreeMap<Vec<String>, (Vec<Made>, Vec<Jb>)> = Default::default();
         for r in rows {
             let vals = values_of(self, &r.clock);
-            let names: Vec<String> = vals.keys().filter(|k| cols.other.contains(k) && r.named.contains(*k)).cloned().collect();
+            let names: Vec<String> = vals.keys().filter(|k| cols.other.contains(k)).cloned().collect();
             if names.is_empty() {
                 continue;
             }
@@ -325,8 +325,6 @@ struct Update {
     key_datum: pg_sys::Datum,
     entry: Option<crate::row_state::Locked>,
     clock: LwwMap,
-    /// The columns the row's ops name: only those are written (see `named`).
-    named: HashSet<String>,
 }
 
 fn decoded(delta: &[u8]) -> LwwMap {
@@ -453,15 +451,12 @@ fn merge_locked(t: &RowTable, cols: &Written, run: Vec<Group>, present: HashSet<
             let entry = probe.lock(&state, t.rel, key_datum);
             let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
             let mut alive = true;
-            let mut named = HashSet::new();
             for d in &deltas {
-                let d = decoded(d);
-                named.extend(d.entries.keys().cloned());
-                clock.merge(&d);
+                clock.merge(&decoded(d));
                 alive &= is_alive(&clock);
             }
             if alive {
-                updates.push(Update { key, key_datum, entry, clock, named });
+                updates.push(Update { key, key_datum, entry, clock });
                 continue;
             }
         }
@@ -509,6 +504,9 @@ fn merge_one(t: &RowTable, cols: &Written, key: &Value, delta: &LwwMap) -> bool 
     let probe = Table::open(c"row_state");
     let entry = crate::row_state::lock(&probe, t.rel, key_datum);
     probe.close();
+    // A row and its first clock another transaction committed between the
+    // two looks: the row is there now (the clock's lock keeps it so).
+    let present = present || (entry.is_some() && t.lock(key));
     let mut clock = entry.as_ref().map(|e| e.clock.clone()).unwrap_or_default();
     let mut stash = entry.as_ref().map(|e| e.stash.clone()).unwrap_or_default();
     clock.merge(delta);
@@ -523,11 +521,7 @@ fn merge_one(t: &RowTable, cols: &Written, key: &Value, delta: &LwwMap) -> bool 
         t.resume(key, &stash); // back from a tombstone: resume the state it kept
         stash.clear();
     } else if alive {
-        // Only the columns the op names: the others' values in the clock
-        // are the row's already, or older than a change made to the row
-        // outside ops (a column's type changed with USING, every node
-        // converting its own rows), which they must not undo.
-        let vals: Map<String, Value> = vals.into_iter().filter(|(k, _)| cols.other.contains(k) && delta.entries.contains_key(k)).collect();
+        let vals: Map<String, Value> = vals.into_iter().filter(|(k, _)| cols.other.contains(k)).collect();
         t.set_values(key, &vals);
     } else if present {
         let gone = t.delete(key);

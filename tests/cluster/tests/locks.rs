@@ -389,4 +389,18 @@ fn a_write_under_a_snapshot_older_than_replicate_fails_instead_of_going_unrecord
     w.batch_execute("INSERT INTO r VALUES (2, 'y')").unwrap();
     let ops = count(&node, "SELECT count(*) FROM converge.op_log WHERE target_table = 'public.r' AND target_key = '{\"id\": 2}'");
     assert_eq!(ops, 1, "the session's next write is recorded");
+    // The same for a column added after the snapshot: the op would leave
+    // it out, and so would the session's later ops.
+    // (The snapshot is taken with no lock on r, which the ALTER would wait for.)
+    w.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").unwrap();
+    admin.batch_execute("ALTER TABLE r ADD COLUMN c int").unwrap();
+    let e = w.batch_execute("INSERT INTO r VALUES (3, 'z', 5); COMMIT").expect_err("a commit whose op leaves out c");
+    assert_eq!(e.code(), Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE), "{e}");
+    w.batch_execute("INSERT INTO r VALUES (4, 'w', 6)").unwrap();
+    let named = count(
+        &node,
+        "SELECT count(*) FROM converge.op_log WHERE target_table = 'public.r' AND target_key = '{\"id\": 4}'
+            AND delta::converge.lwwmap::text LIKE '%\"c\"%'",
+    );
+    assert_eq!(named, 1, "the session's next write names c");
 }
