@@ -70,9 +70,10 @@ fn keep_names(fcinfo: pg_sys::FunctionCallInfo) {
     }
 }
 
-/// Refuse an `ALTER TABLE` that left a replicated table without its
-/// triggers on (`DISABLE TRIGGER`, `ENABLE REPLICA TRIGGER`, of one by name
-/// or `ALL`/`USER`) or made it unlogged: its writes would commit with no
+/// Refuse an `ALTER TABLE` that switched off a replicated table's
+/// converge triggers (`DISABLE TRIGGER`, `ENABLE REPLICA TRIGGER`, of one by
+/// name or `ALL`/`USER`) or made it unlogged (a missing trigger is for
+/// follow_drops: a restore adds the table's key before its triggers): its writes would commit with no
 /// op (or a TRUNCATE with none), and reach no other node. A superuser may
 /// (a data-only restore disables triggers); docs/replication.md.
 fn keep_recording() {
@@ -87,9 +88,9 @@ fn keep_recording() {
                CROSS JOIN LATERAL (
                    SELECT pg_catalog.format('switch off trigger %s of replicated table %s', t.name, r.table_name) AS what
                      FROM (VALUES ('converge_record_ops', 'converge.record_local_ops'), ('converge_no_truncate', 'converge.refuse_truncate')) t(name, fn)
-                    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg
-                                       WHERE tg.tgrelid OPERATOR(pg_catalog.=) d.objid AND tg.tgname OPERATOR(pg_catalog.=) t.name
-                                         AND tg.tgfoid OPERATOR(pg_catalog.=) t.fn::pg_catalog.regproc AND tg.tgenabled IN ('O', 'A'))
+                    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg
+                                   WHERE tg.tgrelid OPERATOR(pg_catalog.=) d.objid AND tg.tgname OPERATOR(pg_catalog.=) t.name
+                                     AND tg.tgfoid OPERATOR(pg_catalog.=) t.fn::pg_catalog.regproc AND tg.tgenabled NOT IN ('O', 'A'))
                    UNION ALL
                    SELECT pg_catalog.format('make replicated table %s unlogged', r.table_name) FROM pg_catalog.pg_class c
                     WHERE c.oid OPERATOR(pg_catalog.=) d.objid AND c.relpersistence OPERATOR(pg_catalog.<>) 'p') f

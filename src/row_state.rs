@@ -176,18 +176,15 @@ pub fn dropped_floor(rel: pg_sys::Oid) -> Option<LwwMap> {
     latest_layout(rel, |heap, slot| column(slot, attnum(heap, "tombstone_clock")).map(|d| unsafe { crate::types::from_datum::<LwwMap>(d) })).flatten()
 }
 
-/// The transaction that wrote table `rel`'s layout row (its raw xmin) as
-/// the latest commits say, whatever this transaction's snapshot sees; None
-/// when the table is not replicated.
-pub fn layout_writer_now(rel: pg_sys::Oid) -> Option<u32> {
-    latest_layout(rel, |_, slot| unsafe {
-        let mut free = false;
-        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut free);
-        let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin.into_inner();
-        if free {
-            pg_sys::heap_freetuple(tuple);
-        }
-        xmin
+/// Table `rel`'s layout (key, CRDT and other columns) as the latest
+/// commits say, whatever this transaction's snapshot sees; None when the
+/// table is not replicated.
+pub fn layout_now(rel: pg_sys::Oid) -> Option<(Vec<String>, Value, Vec<String>)> {
+    use crate::direct::column;
+    latest_layout(rel, |heap, slot| unsafe {
+        let names = |att: &str| column(slot, attnum(heap, att)).and_then(|d| Vec::<String>::from_datum(d, false)).unwrap_or_default();
+        let crdt = column(slot, attnum(heap, "crdt_columns")).map(|d| crate::jsonb::value(d)).unwrap_or(Value::Null);
+        (names("key_columns"), crdt, names("other_columns"))
     })
 }
 

@@ -108,8 +108,7 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
                     (SELECT jsonb_object_agg(v.column_name, v.version)::text FROM converge.schema_version v
                       WHERE v.table_name = r.table_name),
                     {},
-                    EXISTS (SELECT 1 FROM converge.authority a WHERE a.table_name = r.table_name AND a.column_name = ''),
-                    r.xmin::text::int8
+                    EXISTS (SELECT 1 FROM converge.authority a WHERE a.table_name = r.table_name AND a.column_name = '')
                FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.table_name = $1::oid::regclass",
             crate::coordination::authorities_sql("r.table_name")
@@ -131,7 +130,6 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
             r.get::<String>(5)?.unwrap_or_default(),
             r.get::<String>(6)?,
             r.get::<bool>(7)?.unwrap_or(false),
-            r.get::<i64>(8)?.unwrap_or(0),
         )))
     }))
     .unwrap_or_else(|e| crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
@@ -142,14 +140,14 @@ fn meta(rel: pg_sys::Relation) -> Option<Rc<Meta>> {
     // lose the write (or part of it) on every other node, and a cached
     // answer every later write of this session.
     let snapshot_per_transaction = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
-    let seen = row.as_ref().map(|r| r.7 as u32);
-    if snapshot_per_transaction && seen != crate::row_state::layout_writer_now(relid) {
+    let seen = row.as_ref().map(|r| (r.1.clone(), serde_json::from_str::<serde_json::Value>(&r.2).unwrap_or_default(), r.3.clone()));
+    if snapshot_per_transaction && seen != crate::row_state::layout_now(relid) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             "could not serialize access: the table's converge layout changed (converge.replicate, ALTER TABLE) after this transaction's snapshot",
         );
     }
-    let m = row.map(|(name, keys, crdt, other, versions, auth, freezable, _)| {
+    let m = row.map(|(name, keys, crdt, other, versions, auth, freezable)| {
         let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
         let index_of = |n: &str| desc.iter().position(|a| a.name() == n && !a.is_dropped());
         let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
