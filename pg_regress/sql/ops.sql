@@ -168,4 +168,28 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
     ROW('big:2', 'big', 'big', '{"id":1}', 'tags', 1, 0, '{}', ('{"elements":["' || repeat('b', 600) || '"]}')::gset::bytea, NULL)::op]);
 RESET converge.max_value_bytes;
 SELECT (SELECT count(*) FROM big) AS rows, (SELECT count(*) FROM op_log WHERE actor = 'big') AS logged;
+-- A client's op behind one this node refuses in the same batch is refused
+-- with it (dependency_rejected) instead of waiting for ever. The client
+-- sends it again, under the same op_id, after the op before the refused
+-- one, and it applies (visits goes from 1 to 3); the refused op's counter
+-- stays a gap in the actor's frontier. A copy that waits in pending is a
+-- duplicate when sent again as it is, and gives way to the same op sent
+-- under other deps.
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('orphan:1', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{}', '{"counts":{"orphan":1}}'::gcounter::bytea, NULL)::op,
+    ROW('orphan:2', 'orphan', 'chain', '{"id":5}', 'nope', 1, 0, '{orphan:1}', '{"counts":{"orphan":2}}'::gcounter::bytea, NULL)::op,
+    ROW('orphan:3', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{orphan:2}', '{"counts":{"orphan":3}}'::gcounter::bytea, NULL)::op]);
+SELECT value(visits) AS visits FROM chain WHERE id = 5;
+SELECT op_id, outcome, reason FROM apply(ROW('orphan:3', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{orphan:1}',
+                                             '{"counts":{"orphan":3}}'::gcounter::bytea, NULL)::op);
+SELECT value(visits) AS visits FROM chain WHERE id = 5;
+SELECT op_id, outcome, reason FROM apply(ROW('orphan:5', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{orphan:4}',
+                                             '{"counts":{"orphan":5}}'::gcounter::bytea, NULL)::op);
+SELECT op_id, outcome, reason FROM apply(ROW('orphan:5', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{orphan:4}',
+                                             '{"counts":{"orphan":5}}'::gcounter::bytea, NULL)::op);
+SELECT op_id, outcome, reason FROM apply(ROW('orphan:5', 'orphan', 'chain', '{"id":5}', 'visits', 1, 0, '{orphan:3}',
+                                             '{"counts":{"orphan":5}}'::gcounter::bytea, NULL)::op);
+SELECT count(*) AS still_pending FROM pending WHERE op_id LIKE 'orphan:%';
+SELECT op_id, outcome, reason FROM op_log WHERE actor = 'orphan' ORDER BY seq;
+SELECT value(visits) AS visits, frontier() -> 'orphan' AS orphan_frontier FROM chain WHERE id = 5;
 DROP TABLE incident, unmarked, no_pk, chain, big;

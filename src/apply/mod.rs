@@ -406,21 +406,21 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     // 2. Duplicates: applied already, waiting in pending, or earlier in this batch.
     let valid: Vec<&Item> = items.iter().filter(|i| i.bad.is_none() && i.superseded.is_none() && i.quarantine.is_none()).collect();
     let ids: Vec<String> = valid.iter().filter_map(|i| i.op_id.clone()).collect();
+    // A copy that waits here may give way to this one (Waiting::gives_way_to):
+    // it is taken out of pending in step 3, under the op_id locks.
+    let mut stale: Vec<String> = Vec::new();
     let known: HashSet<String> = if ids.is_empty() {
         HashSet::new()
     } else {
         let mut s = applied_set(&ids);
-        let pending: Vec<String> = if !pending_any() {
-            Vec::new()
-        } else {
-            crate::spi::prepared(
-            "SELECT q.op_id FROM converge.pending_ops q WHERE EXISTS (SELECT 1 FROM converge.pending_ops) AND q.op_id = ANY ($1)",
-            &[ids.clone().into()],
-            |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
-            )
-            .unwrap_or_else(|e| spi_err(e))
-        };
-        s.extend(pending);
+        let waits = if pending_any() { waiting_copies(&ids) } else { HashMap::new() };
+        for i in &valid {
+            let id = i.op_id.clone().unwrap_or_default();
+            if !s.contains(&id) && waits.get(&id).is_some_and(|w| w.gives_way_to(i)) && !stale.contains(&id) {
+                stale.push(id);
+            }
+        }
+        s.extend(waits.into_keys().filter(|id| !stale.contains(id)));
         s
     };
     let mut seen: HashSet<(String, i64)> = HashSet::new();
@@ -461,6 +461,20 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         if !waiting.is_empty() {
             waiting = blocked(&fresh);
         }
+    }
+    if !stale.is_empty() {
+        run("DELETE FROM converge.pending_ops WHERE op_id = ANY ($1)", &[stale.into()]);
+    }
+    // A client's ops behind a dep refused here would wait for ever.
+    let orphaned = if trusted() || waiting.is_empty() { Vec::new() } else { orphans(items, &fresh, &waiting) };
+    if !orphaned.is_empty() {
+        let (items, reasons): (Vec<&Item>, Vec<Option<String>>) = orphaned.iter().map(|(i, r)| (*i, Some(r.clone()))).unzip();
+        log_rows(&items, "rejected", &reasons, &origin);
+        out.extend(items.iter().zip(&reasons).map(|(i, r)| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), r.clone())));
+        for (i, _) in &orphaned {
+            waiting.remove(&i.n);
+        }
+        fresh.retain(|i| !orphaned.iter().any(|(o, _)| o.n == i.n));
     }
     let mut buffered: Vec<&Item> = fresh.iter().copied().filter(|i| waiting.contains(&i.n)).collect();
     buffered.sort_by(|a, b| a.op_id.cmp(&b.op_id));

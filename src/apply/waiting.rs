@@ -101,3 +101,100 @@ pub(super) fn retry_pending() -> Vec<Outcome> {
     .unwrap_or_else(|e| spi_err(e))
 }
 
+/// A copy of an op that waits in pending here: its deps (sorted), whether
+/// a peer sent it, and the rest of it (target, versions, delta).
+pub(super) struct Waiting {
+    deps: Vec<String>,
+    from_peer: bool,
+    rest: (String, serde_json::Value, String, i32, i64, Vec<u8>),
+}
+
+impl Waiting {
+    /// Whether `it` may take this copy's place: the same op chained again
+    /// under other deps (a client sends it again after the op it waited
+    /// for was refused). Only a peer's apply replaces a peer's copy.
+    pub(super) fn gives_way_to(&self, it: &Item) -> bool {
+        let mut deps = deps_of(it);
+        deps.sort();
+        let rest = (
+            it.table.clone().unwrap_or_default(),
+            it.key.clone().unwrap_or_default(),
+            it.column.clone().unwrap_or_default(),
+            it.version.unwrap_or_default(),
+            it.epoch.unwrap_or_default(),
+            it.delta.clone().unwrap_or_default(),
+        );
+        deps != self.deps && rest == self.rest && (trusted() || !self.from_peer)
+    }
+}
+
+/// The copies of the ops among `ids` that wait in pending here.
+pub(super) fn waiting_copies(ids: &[String]) -> HashMap<String, Waiting> {
+    crate::spi::prepared(
+        "SELECT q.op_id, (q.op).deps, q.origin LIKE 'peer:%', (q.op).target_table, (q.op).target_key,
+                (q.op).target_column, (q.op).schema_version, (q.op).epoch, (q.op).delta
+           FROM converge.pending_ops q
+          WHERE EXISTS (SELECT 1 FROM converge.pending_ops) AND q.op_id = ANY ($1)",
+        &[ids.to_vec().into()],
+        |t| {
+            let mut out = HashMap::new();
+            for r in t {
+                let Some(id) = r.get::<String>(1)? else { continue };
+                let mut deps: Vec<String> = r.get::<Vec<Option<String>>>(2)?.unwrap_or_default().into_iter().flatten().collect();
+                deps.sort();
+                let rest = (
+                    r.get::<String>(4)?.unwrap_or_default(),
+                    r.get::<pgrx::JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
+                    r.get::<String>(6)?.unwrap_or_default(),
+                    r.get::<i32>(7)?.unwrap_or_default(),
+                    r.get::<i64>(8)?.unwrap_or_default(),
+                    r.get::<Vec<u8>>(9)?.unwrap_or_default(),
+                );
+                out.insert(id, Waiting { deps, from_peer: r.get::<bool>(3)?.unwrap_or(false), rest });
+            }
+            Ok(out)
+        },
+    )
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+/// Of the fresh ops of a client's batch that must wait (`waiting`), those
+/// behind an op of the same batch that this node refused (rejected, or
+/// quarantined under an older schema version), directly or through another
+/// such op; each with its reason, `dependency_rejected: <dep>`. They are
+/// rejected rather than buffered: waiting, they would wait for ever, and a
+/// client sends them again after the ops the server has (converge-client
+/// does, under the same op_ids). An op refused in an earlier batch is not
+/// counted: under a forged envelope it would hold back another actor's
+/// ops, and the client that made it knows. Peers' batches wait as before.
+pub(super) fn orphans<'a>(items: &[Item], fresh: &[&'a Item], waiting: &HashSet<usize>) -> Vec<(&'a Item, String)> {
+    let refused = |i: &Item| i.bad.is_some() || i.quarantine.as_deref() == Some("old_schema");
+    let alive: HashSet<&str> = fresh.iter().filter_map(|i| i.op_id.as_deref()).collect();
+    let mut dead: HashSet<String> =
+        items.iter().filter(|i| refused(i)).filter_map(|i| i.op_id.clone()).filter(|id| !alive.contains(id.as_str())).collect();
+    if dead.is_empty() {
+        return Vec::new();
+    }
+    // One refused here now and applied before (sent again) holds nothing back.
+    let ids: Vec<String> = dead.iter().cloned().collect();
+    let done = deps_done(&ids);
+    dead.retain(|d| !done.contains(d));
+    let held: Vec<&Item> = fresh.iter().copied().filter(|i| waiting.contains(&i.n)).collect();
+    let mut out: Vec<(&Item, String)> = Vec::new();
+    loop {
+        let before = out.len();
+        for it in &held {
+            let id = it.op_id.clone().unwrap_or_default();
+            if dead.contains(&id) {
+                continue;
+            }
+            if let Some(d) = deps_of(it).into_iter().find(|d| dead.contains(d)) {
+                dead.insert(id);
+                out.push((*it, format!("dependency_rejected: {d}")));
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}

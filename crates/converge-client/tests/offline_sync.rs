@@ -465,6 +465,127 @@ fn a_device_adds_to_a_removes_only_column_but_does_not_remove() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+type TagEdit = fn(&mut converge_core::OrSet, &converge_core::Dot) -> converge_core::OrSet;
+
+/// One edit of row `id`'s `tags` (an orset) by client `c`.
+fn edit_tags(c: &mut Client, id: i64, f: TagEdit) -> Op {
+    c.mutate("incident", json!({"id": id}), "tags", move |v, ctx| {
+        let AnyCrdt::OrSet(x) = v else { unreachable!() };
+        Ok(AnyCrdt::OrSet(f(x, &ctx.dot)))
+    })
+    .unwrap()
+}
+
+fn tags_of(db: &mut postgres::Client, id: i32) -> String {
+    db.query_one("SELECT tags::jsonb::text FROM incident WHERE id = $1", &[&id]).unwrap().get(0)
+}
+
+/// "op_id outcome reason" per outcome, in the server's order.
+fn outcome_lines(outcomes: Vec<converge_client::Outcome>) -> Vec<String> {
+    outcomes.into_iter().map(|o| format!("{} {} {}", o.op_id, o.outcome, o.reason.unwrap_or_default())).collect()
+}
+
+/// A device's edits made after one the server refuses are not held back
+/// by it: the server refuses them with it (`dependency_rejected`), and
+/// the client sends them again, under the same op ids, after the op
+/// before the refused one. Also when the refused op was lost on the way
+/// the first time and its successor waits on the server: that copy gives
+/// way to the one sent again. Only the refused op's counter stays a gap in
+/// the node's frontier (docs/operations-log.md).
+#[test]
+fn a_devices_edits_after_a_refused_one_are_applied() {
+    let mut db = fresh_node("converge_client_refused_dep", "dublin");
+    db.batch_execute(
+        "SELECT converge.set_authority('incident', 'tags', 'virginia', removes_only => true);
+         INSERT INTO incident (id) VALUES (1), (2);",
+    )
+    .unwrap();
+    let dir = workdir("refused-dep");
+    let (set, tags, seen) = (edit_tags, tags_of, outcome_lines);
+
+    let mut tab = open(&dir, "tab5");
+    set(&mut tab, 1, |x, d| x.add("warning", d.clone()));
+    set(&mut tab, 1, |x, _| x.remove("warning"));
+    set(&mut tab, 1, |x, d| x.add("gloves", d.clone()));
+    set(&mut tab, 1, |x, d| x.add("sharps", d.clone()));
+    assert_eq!(
+        seen(tab.push(&mut db).unwrap()),
+        vec![
+            "tab5:2 rejected not_authority",
+            "tab5:3 rejected dependency_rejected: tab5:2",
+            "tab5:4 rejected dependency_rejected: tab5:3",
+            "tab5:1 applied ",
+            "tab5:3 applied ",
+            "tab5:4 applied ",
+        ]
+    );
+    assert_eq!(tags(&mut db, 1), "[\"gloves\", \"sharps\", \"warning\"]");
+    assert_eq!(tab.rejected().iter().map(|(op, r)| format!("{} {r}", op.op_id)).collect::<Vec<_>>(), vec!["tab5:2 not_authority"]);
+    assert!(tab.outbox().is_empty());
+    // The next edit follows the last one the server has.
+    let op = set(&mut tab, 1, |x, d| x.add("mask", d.clone()));
+    assert_eq!(op.deps, vec!["tab5:4"]);
+    assert_eq!(seen(tab.push(&mut db).unwrap()), vec!["tab5:5 applied "]);
+    // After a refused last op, the next one follows the op before it.
+    set(&mut tab, 1, |x, _| x.remove("gloves"));
+    assert_eq!(seen(tab.push(&mut db).unwrap()), vec!["tab5:6 rejected not_authority"]);
+    let op = set(&mut tab, 1, |x, d| x.add("apron", d.clone()));
+    assert_eq!(op.deps, vec!["tab5:5"]);
+    assert_eq!(seen(tab.push(&mut db).unwrap()), vec!["tab5:7 applied "]);
+    // The refused op's counter is the one gap (a replay or a repair closes it).
+    let frontier: i64 = db.query_one("SELECT (converge.frontier() ->> 'tab5')::int8", &[]).unwrap().get(0);
+    assert_eq!(frontier, 1);
+
+    // The refused op lost on the way: its successor waits on the server,
+    // and stays in the outbox while the op before it does.
+    let mut tab = open(&dir, "tab6");
+    set(&mut tab, 2, |x, d| x.add("warning", d.clone()));
+    set(&mut tab, 2, |x, _| x.remove("warning"));
+    set(&mut tab, 2, |x, d| x.add("gloves", d.clone()));
+    let first = tab.push_with(&mut db, |ops| ops.into_iter().filter(|o| o.op_id != "tab6:2").collect()).unwrap();
+    assert_eq!(seen(first), vec!["tab6:3 buffered missing tab6:2", "tab6:1 applied "]);
+    assert_eq!(tab.outbox().len(), 2);
+    assert_eq!(
+        seen(tab.push(&mut db).unwrap()),
+        vec!["tab6:2 rejected not_authority", "tab6:3 duplicate ", "tab6:3 applied "]
+    );
+    assert_eq!(tags(&mut db, 2), "[\"gloves\", \"warning\"]");
+    assert!(tab.outbox().is_empty());
+    let pending: i64 = db.query_one("SELECT count(*) FROM converge.pending", &[]).unwrap().get(0);
+    assert_eq!(pending, 0, "the copy that waited gave way");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An op the server holds waiting (its dep was lost on the way), refused
+/// when it is sent again after an authority was set meanwhile: the op
+/// made after it is chained again and applied, and the waiting copy is
+/// refused as well when its dep arrives (nothing is left waiting).
+#[test]
+fn an_op_refused_after_it_waited_holds_nothing_back() {
+    let mut db = fresh_node("converge_client_refused_later", "dublin");
+    db.batch_execute("INSERT INTO incident (id) VALUES (1);").unwrap();
+    let dir = workdir("refused-later");
+    let set = |c: &mut Client, f: TagEdit| edit_tags(c, 1, f);
+    let seen = outcome_lines;
+    let mut tab = open(&dir, "tab7");
+    set(&mut tab, |x, d| x.add("warning", d.clone()));
+    set(&mut tab, |x, _| x.remove("warning"));
+    let first = tab.push_with(&mut db, |ops| ops.into_iter().filter(|o| o.op_id != "tab7:1").collect()).unwrap();
+    assert_eq!(seen(first), vec!["tab7:2 buffered missing tab7:1"]);
+    // Removals are the authority's from now on; the device adds one more.
+    db.batch_execute("SELECT converge.set_authority('incident', 'tags', 'virginia', removes_only => true);").unwrap();
+    set(&mut tab, |x, d| x.add("gloves", d.clone()));
+    let outcomes = seen(tab.push(&mut db).unwrap());
+    assert!(outcomes.contains(&"tab7:2 rejected not_authority".to_string()), "{outcomes:?}");
+    assert_eq!(outcomes.last().map(String::as_str), Some("tab7:3 applied "), "{outcomes:?}");
+    assert_eq!(tab.rejected().iter().map(|(op, r)| format!("{} {r}", op.op_id)).collect::<Vec<_>>(), vec!["tab7:2 not_authority"]);
+    assert!(tab.outbox().is_empty());
+    assert_eq!(tags_of(&mut db, 1), "[\"gloves\", \"warning\"]");
+    let pending: i64 = db.query_one("SELECT count(*) FROM converge.pending", &[]).unwrap().get(0);
+    assert_eq!(pending, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The same on an ormap column: a device's increments and assigns, which
 /// supersede its earlier ones, apply on a node that is not the authority
 /// (each op says what it superseded and what kind that was); removing an
