@@ -68,6 +68,24 @@ BEGIN
         RAISE EXCEPTION 'the primary key of % has a date, time, money, bytea or floating-point column', tbl USING ERRCODE = '0A000',
             HINT = 'Use integer, bigint, numeric, text or uuid key columns for replicated tables.';
     END IF;
+    -- Nor can a key column whose equal values differ in text: two texts of
+    -- one row would be two keys, each with its clock (citext, or a
+    -- nondeterministic collation). Checked when the table is first
+    -- replicated (a table replicated before keeps working as it did).
+    IF first AND EXISTS (WITH RECURSIVE ty(oid) AS (
+                   SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = ANY (keys)
+                   UNION
+                   SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END
+                     FROM ty JOIN pg_type t ON t.oid = ty.oid
+                    WHERE t.typtype = 'd' OR (t.typelem <> 0 AND t.typlen = -1))
+               SELECT 1 FROM ty JOIN pg_type t ON t.oid = ty.oid WHERE t.typname = 'citext'
+               UNION ALL
+               SELECT 1 FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                WHERE a.attrelid = tbl AND a.attname = ANY (keys) AND NOT c.collisdeterministic) THEN
+        RAISE EXCEPTION 'the primary key of % has a column whose equal values can differ in text (citext, or a nondeterministic collation)', tbl
+            USING ERRCODE = '0A000',
+            HINT = 'Use a key column with a deterministic collation, and store the key in one form (say lower-case text).';
+    END IF;
     -- A column of a domain over a converge type would be taken for a plain
     -- column (last writer wins), and concurrent changes to it lost.
     IF EXISTS (WITH RECURSIVE dom(base) AS (

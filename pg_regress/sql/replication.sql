@@ -285,6 +285,48 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
 ]) ORDER BY op_id;
 SELECT id, label, value(n) AS n FROM gauge;
 DROP TABLE gauge;
+-- So are a uuid in capitals or braces and its lower-case form, and a
+-- character(n) key with and without its padding: logged in the form the
+-- column prints (which the local insert's op has too), one clock each.
+CREATE TABLE badge (id uuid PRIMARY KEY, label text);
+SELECT replicate('badge');
+INSERT INTO badge VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'first');
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:30', 'tab', 'badge', '{"id":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"}', '', 1, 0, '{}',
+        '{"entries":{"label":[[4102444800000,0,"tab"],{"put":"newest"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:31', 'tab', 'badge', '{"id":"{a0eebc999c0b4ef8bb6d6bb9bd380a11}"}', '', 1, 0, '{}',
+        '{"entries":{"label":[[4102444700000,0,"tab"],{"put":"older"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:32', 'tab', 'badge', '{"id":"a0eebc99-9c0b"}', '', 1, 0, '{}',
+        '{"entries":{"label":[[4102444700000,0,"tab"],{"put":"no uuid"}]}}'::lwwmap::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT id, label FROM badge;
+SELECT target_key FROM row_state WHERE tbl = 'badge'::regclass;
+SELECT DISTINCT target_key FROM op_log WHERE target_table = 'public.badge' AND outcome = 'applied';
+DROP TABLE badge;
+CREATE TABLE tag (code char(4) PRIMARY KEY, label text);
+SELECT replicate('tag');
+INSERT INTO tag VALUES ('ab', 'first');
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('tab:33', 'tab', 'tag', '{"code":"ab"}', '', 1, 0, '{}',
+        '{"entries":{"label":[[4102444800000,0,"tab"],{"put":"newest"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('tab:34', 'tab', 'tag', '{"code":"ab  "}', '', 1, 0, '{}',
+        '{"entries":{"label":[[4102444700000,0,"tab"],{"put":"older"}]}}'::lwwmap::bytea, NULL)::op
+]) ORDER BY op_id;
+SELECT code, label FROM tag;
+SELECT target_key FROM row_state WHERE tbl = 'tag'::regclass;
+DROP TABLE tag;
+-- Keys whose equal values differ in text (citext, a nondeterministic
+-- collation) are refused when a table is first replicated.
+CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE TABLE person (name text COLLATE nocase PRIMARY KEY);
+SELECT replicate('person');
+DROP TABLE person;
+DROP COLLATION nocase;
+CREATE EXTENSION citext;
+CREATE TABLE handle (h citext PRIMARY KEY);
+SELECT replicate('handle');
+DROP TABLE handle;
+DROP EXTENSION citext;
 
 -- A key inserted again and deleted in one transaction keeps its stash: the
 -- insert resumes it, the delete stashes it again with the row's own state,

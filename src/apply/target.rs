@@ -2,7 +2,7 @@
 //! (cached across batches, cleared by relcache invalidations) and the
 //! canonical form of a row key.
 
-use super::keys::{not_a_number, numeric_fits, text_fits};
+use super::keys::{not_a_number, numeric_fits, text_fits, text_form};
 use super::*;
 
 thread_local! {
@@ -193,7 +193,7 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
                 if !text_fits(full, &text) {
                     return None;
                 }
-                Value::String(text)
+                Value::String(text_form(full, text)?)
             }
         };
         out.insert(name.clone(), canon);
