@@ -947,6 +947,32 @@ REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap)
 -- log, row bases and settings name a replicated table and its columns, here
 -- and on every node: renames are refused, column changes are followed.
 
+-- The types a column of `tbl` named in `cols` (NULL: every column) is made
+-- of, with how deep each lies (0: the column's own type): through domains,
+-- with `arrays` through arrays, and with `deep` also through ranges,
+-- multiranges and the attributes of composite types. A key's text, or a
+-- column's merge, is that of every type in it.
+CREATE OR REPLACE FUNCTION converge.column_types_within(tbl regclass, cols text[], arrays boolean, deep boolean)
+RETURNS TABLE (type_oid oid, depth int)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE ty(oid, depth) AS (
+        SELECT a.atttypid, 0 FROM pg_attribute a
+         WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND (cols IS NULL OR a.attname = ANY (cols))
+        UNION
+        SELECT inner_type, ty.depth + 1
+          FROM ty JOIN pg_type t ON t.oid = ty.oid,
+               LATERAL (SELECT t.typbasetype WHERE t.typtype = 'd'
+                        UNION ALL SELECT t.typelem WHERE arrays AND t.typelem <> 0 AND t.typlen = -1
+                        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE deep AND r.rngtypid = t.oid
+                        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE deep AND r.rngmultitypid = t.oid
+                        UNION ALL SELECT c.atttypid FROM pg_attribute c
+                                   WHERE deep AND t.typtype = 'c' AND c.attrelid = t.typrelid AND c.attnum > 0
+                                     AND NOT c.attisdropped) x(inner_type)
+         WHERE ty.depth < 16)
+    SELECT DISTINCT oid, depth FROM ty
+$$;
+COMMENT ON FUNCTION converge.column_types_within(regclass, text[], boolean, boolean) IS 'Internal: the types the named columns of a table are made of (through domains, arrays if asked, and with deep also ranges, multiranges, composites), with their depth.';
+
 -- The layout half of converge.replicate (src/trigger.rs checks ownership,
 -- creates the trigger as the table's owner and calls this as converge's
 -- owner). OR REPLACE: the update script runs this file over 0.1.0's.
@@ -998,48 +1024,43 @@ BEGIN
     END IF;
     -- Keys travel as JSON; the text of these types depends on session
     -- settings (TimeZone, DateStyle, IntervalStyle, bytea_output,
-    -- extra_float_digits), so one row could get two keys; also under a
-    -- domain or in an array.
-    IF EXISTS (WITH RECURSIVE ty(oid) AS (
-                   SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = ANY (keys)
-                   UNION
-                   SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END
-                     FROM ty JOIN pg_type t ON t.oid = ty.oid
-                    WHERE t.typtype = 'd' OR (t.typelem <> 0 AND t.typlen = -1))
-               SELECT 1 FROM ty
-                WHERE ty.oid IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
-                                 'timestamptz'::regtype, 'interval'::regtype, 'money'::regtype, 'bytea'::regtype,
-                                 'real'::regtype, 'double precision'::regtype)) THEN
-        RAISE EXCEPTION 'the primary key of % has a date, time, money, bytea or floating-point column', tbl USING ERRCODE = '0A000',
+    -- extra_float_digits, search_path for the reg* types), so one row
+    -- could get two keys; also under a domain or in an array, and (when
+    -- first replicated: a table replicated before keeps working as it
+    -- did) in a range or a composite type, and the reg* types.
+    IF EXISTS (SELECT 1 FROM converge.column_types_within(tbl, keys, true, first) w
+                WHERE w.type_oid IN ('date'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
+                                     'timestamptz'::regtype, 'interval'::regtype, 'money'::regtype, 'bytea'::regtype,
+                                     'real'::regtype, 'double precision'::regtype)
+                   OR (first AND w.type_oid IN ('regclass'::regtype, 'regproc'::regtype, 'regprocedure'::regtype,
+                                                'regoper'::regtype, 'regoperator'::regtype, 'regtype'::regtype,
+                                                'regconfig'::regtype, 'regdictionary'::regtype, 'regnamespace'::regtype,
+                                                'regrole'::regtype, 'regcollation'::regtype))) THEN
+        RAISE EXCEPTION 'the primary key of % has a date, time, money, bytea, floating-point or object name (reg*) column', tbl
+            USING ERRCODE = '0A000',
             HINT = 'Use integer, bigint, numeric, text or uuid key columns for replicated tables.';
     END IF;
     -- Nor can a key column whose equal values differ in text: two texts of
     -- one row would be two keys, each with its clock (citext, or a
     -- nondeterministic collation). Checked when the table is first
     -- replicated (a table replicated before keeps working as it did).
-    IF first AND EXISTS (WITH RECURSIVE ty(oid) AS (
-                   SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = ANY (keys)
-                   UNION
-                   SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END
-                     FROM ty JOIN pg_type t ON t.oid = ty.oid
-                    WHERE t.typtype = 'd' OR (t.typelem <> 0 AND t.typlen = -1))
-               SELECT 1 FROM ty JOIN pg_type t ON t.oid = ty.oid WHERE t.typname = 'citext'
-               UNION ALL
-               SELECT 1 FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
-                WHERE a.attrelid = tbl AND a.attname = ANY (keys) AND NOT c.collisdeterministic) THEN
+    IF first AND EXISTS (SELECT 1 FROM converge.column_types_within(tbl, keys, true, true) w JOIN pg_type t ON t.oid = w.type_oid
+                          WHERE t.typname = 'citext'
+                         UNION ALL
+                         SELECT 1 FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                          WHERE a.attrelid = tbl AND a.attname = ANY (keys) AND NOT c.collisdeterministic) THEN
         RAISE EXCEPTION 'the primary key of % has a column whose equal values can differ in text (citext, or a nondeterministic collation)', tbl
             USING ERRCODE = '0A000',
             HINT = 'Use a key column with a deterministic collation, and store the key in one form (say lower-case text).';
     END IF;
     -- A column of a domain over a converge type would be taken for a plain
-    -- column (last writer wins), and concurrent changes to it lost.
-    IF EXISTS (WITH RECURSIVE dom(base) AS (
-                   SELECT d.typbasetype FROM pg_attribute a JOIN pg_type d ON d.oid = a.atttypid
-                    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND d.typtype = 'd'
-                   UNION
-                   SELECT t.typbasetype FROM dom JOIN pg_type t ON t.oid = dom.base WHERE t.typtype = 'd')
-               SELECT 1 FROM dom JOIN pg_type t ON t.oid = dom.base WHERE t.typnamespace = 'converge'::regnamespace) THEN
-        RAISE EXCEPTION 'table % has a column whose type is a domain over a converge type', tbl USING ERRCODE = '0A000',
+    -- column (last writer wins), and concurrent changes to it lost; so would
+    -- an array or a composite of one (checked when first replicated).
+    IF EXISTS (SELECT 1 FROM converge.column_types_within(tbl, NULL, first, first) w JOIN pg_type t ON t.oid = w.type_oid
+                WHERE w.depth > 0 AND t.typnamespace = 'converge'::regnamespace
+                  AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext')) THEN
+        RAISE EXCEPTION 'table % has a column whose type holds a converge type (a domain over it, or an array, range or composite of it)', tbl
+            USING ERRCODE = '0A000',
             HINT = 'Declare the column with the converge type itself.';
     END IF;
     SELECT coalesce(jsonb_object_agg(a.attname, t.typname), '{}') INTO crdt

@@ -140,6 +140,18 @@ CREATE TABLE reading_at (k float8 PRIMARY KEY);
 SELECT replicate('reading_at');
 DROP TABLE days, blob, reading_at;
 DROP DOMAIN day;
+-- When a table is first replicated, also such types in a range or a
+-- composite type, and the object name types (reg*: their text depends on
+-- search_path).
+CREATE TABLE booking (during daterange PRIMARY KEY);
+SELECT replicate('booking');
+CREATE TYPE stamped AS (n int, at timestamptz);
+CREATE TABLE stamped_rows (k stamped PRIMARY KEY);
+SELECT replicate('stamped_rows');
+CREATE TABLE per_table (t regclass PRIMARY KEY);
+SELECT replicate('per_table');
+DROP TABLE booking, stamped_rows, per_table;
+DROP TYPE stamped;
 -- Tables whose writes would not all pass their own op trigger are refused:
 -- partitioned, with inheritance children, temporary or unlogged. A
 -- partition, or a child, is a table of its own, and can be replicated.
@@ -163,7 +175,10 @@ SELECT replicate('fast');
 CREATE DOMAIN tally AS gcounter;
 CREATE TABLE tallied (id int PRIMARY KEY, n tally);
 SELECT replicate('tallied');
-DROP TABLE parted, kin, kin_child, scratch, fast, tallied;
+-- So would an array of one (checked when the table is first replicated).
+CREATE TABLE tallies (id int PRIMARY KEY, n gcounter, m gcounter[]);
+SELECT replicate('tallies');
+DROP TABLE parted, kin, kin_child, scratch, fast, tallied, tallies;
 DROP DOMAIN tally;
 -- A replicated table's converge triggers stay on, and the table logged:
 -- switching one off, renaming or dropping it, or SET UNLOGGED, is refused

@@ -136,7 +136,7 @@ fn place(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String, R
     };
     // The key in the form the op trigger writes (src/trigger.rs), so that the
     // same row has one key everywhere (row_state, tombstones).
-    let k = canonical_key(key, &target.keys, &target.key_types).ok_or("invalid_key")?;
+    let k = key_as_logged(key, &target.keys, &target.key_types, it.signature.is_none()).ok_or("invalid_key")?;
     if it.key.as_ref() != Some(&k) {
         it.key_datum = None;
     }

@@ -162,6 +162,32 @@ mod tests {
     use pgrx::prelude::*;
 
     #[pg_test]
+    fn spellings_of_one_uuid_or_padded_key_are_one_key() {
+        use super::text_form;
+        let canon = Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string());
+        for given in [
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
+        ] {
+            assert_eq!(text_form("uuid", given.to_string()), canon, "{given}");
+        }
+        // What uuid_in refuses: a hyphen not after a group of four digits,
+        // at either end, one brace, too few or too many digits.
+        for given in ["a0eeb-c999c0b4ef8bb6d6bb9bd380a11", "-a0eebc999c0b4ef8bb6d6bb9bd380a11", "a0eebc999c0b4ef8bb6d6bb9bd380a11-",
+                      "{a0eebc999c0b4ef8bb6d6bb9bd380a11", "a0eebc99", "a0eebc999c0b4ef8bb6d6bb9bd380a1100", "g0eebc999c0b4ef8bb6d6bb9bd380a11"] {
+            assert_eq!(text_form("uuid", given.to_string()), None, "{given}");
+        }
+        assert_eq!(text_form("character(4)", "ab".into()).as_deref(), Some("ab  "));
+        assert_eq!(text_form("character(4)", "ab  ".into()).as_deref(), Some("ab  "));
+        assert_eq!(text_form("character(2)", "é".into()).as_deref(), Some("é "));
+        assert_eq!(text_form("text", "AB ".into()).as_deref(), Some("AB "));
+        assert_eq!(text_form("character(4)[]", "{ab}".into()).as_deref(), Some("{ab}"));
+    }
+
+    #[pg_test]
     fn spellings_of_one_number_are_one_row() {
         use super::number_form;
         for (a, b) in [("1", "1.0"), ("1.50", "15e-1"), ("-0.0", "0"), ("100", "1E2"), ("0.001", "1e-3"), ("-2.10", "-21e-1")] {

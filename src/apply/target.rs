@@ -149,9 +149,18 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
 
 /// A key object with exactly the key columns, each value as the op trigger
 /// renders it: integers and booleans as JSON, numeric and floating point as
-/// JSON numbers, anything else as a string; each one the column stores as
-/// it is (`keys::text_fits`, `keys::numeric_fits`). None if it cannot be.
+/// JSON numbers, a uuid or character(n) in the one form its column prints
+/// (`keys::text_form`), anything else as a string; each one the column
+/// stores as it is (`keys::text_fits`, `keys::numeric_fits`). None if it
+/// cannot be.
 pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
+    key_as_logged(key, names, types, true)
+}
+
+/// `canonical_key`, with a uuid's or character(n)'s text kept as given
+/// unless `respell`: a signed op's signature covers its key as its device
+/// wrote it (ops signed before this node respelled keys included).
+pub(super) fn key_as_logged(key: &serde_json::Value, names: &[String], types: &[String], respell: bool) -> Option<serde_json::Value> {
     use serde_json::Value;
     let obj = key.as_object()?;
     if obj.len() != names.len() {
@@ -193,7 +202,7 @@ pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[
                 if !text_fits(full, &text) {
                     return None;
                 }
-                Value::String(text_form(full, text)?)
+                Value::String(if respell { text_form(full, text)? } else { text })
             }
         };
         out.insert(name.clone(), canon);

@@ -102,11 +102,12 @@ pub(super) fn retry_pending() -> Vec<Outcome> {
 }
 
 /// A copy of an op that waits in pending here: its deps (sorted), whether
-/// a peer sent it, and the rest of it (target, versions, delta).
+/// a peer sent it, and the rest of it (target, its key as rows are told
+/// apart: 1e2 and 100 are one key, versions, delta).
 pub(super) struct Waiting {
     deps: Vec<String>,
     from_peer: bool,
-    rest: (String, serde_json::Value, String, i32, i64, Vec<u8>),
+    rest: (String, String, String, i32, i64, Vec<u8>),
 }
 
 impl Waiting {
@@ -118,7 +119,7 @@ impl Waiting {
         deps.sort();
         let rest = (
             it.table.clone().unwrap_or_default(),
-            it.key.clone().unwrap_or_default(),
+            super::keys::row_identity(it.key.as_ref().unwrap_or(&serde_json::Value::Null)),
             it.column.clone().unwrap_or_default(),
             it.version.unwrap_or_default(),
             it.epoch.unwrap_or_default(),
@@ -144,7 +145,7 @@ pub(super) fn waiting_copies(ids: &[String]) -> HashMap<String, Waiting> {
                 deps.sort();
                 let rest = (
                     r.get::<String>(4)?.unwrap_or_default(),
-                    r.get::<pgrx::JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
+                    super::keys::row_identity(&r.get::<pgrx::JsonB>(5)?.map(|j| j.0).unwrap_or_default()),
                     r.get::<String>(6)?.unwrap_or_default(),
                     r.get::<i32>(7)?.unwrap_or_default(),
                     r.get::<i64>(8)?.unwrap_or_default(),

@@ -15,13 +15,15 @@
 //!   before that pulls the same ops again, and merging them twice is harmless.
 
 pub mod any;
+mod chain;
 mod send;
+mod snapshot;
 
 pub use any::AnyCrdt;
 pub use send::{send_ops, Outcome};
 use converge_core::{Dot, Hlc, Json, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -347,14 +349,6 @@ impl Client {
         &self.saved.rejected
     }
 
-    /// The deps of this client's next op: its last op no server refused.
-    fn chain_deps(&self) -> Vec<String> {
-        match self.live(self.saved.next_counter - 1) {
-            0 => vec![],
-            h => vec![converge_core::format_op_id(&self.saved.actor, h)],
-        }
-    }
-
     fn merge_delta(&mut self, op: &Op) -> Result<()> {
         let ty = self.column_type(&op.target_table, &op.target_column)?;
         let id = CellId::of(op);
@@ -379,6 +373,23 @@ impl Client {
         if above.is_empty() {
             self.saved.seen_above.remove(actor);
         }
+    }
+
+    /// Every op of `actor` up to `counter` is seen (a snapshot reflects them).
+    fn seen_through(&mut self, actor: &str, counter: u64) {
+        let f = self.saved.frontier.entry(actor.to_string()).or_insert(0);
+        *f = (*f).max(counter);
+        let mut next = *f;
+        if let Some(above) = self.saved.seen_above.get_mut(actor) {
+            above.retain(|c| *c > next);
+            while above.remove(&(next + 1)) {
+                next += 1;
+            }
+            if above.is_empty() {
+                self.saved.seen_above.remove(actor);
+            }
+        }
+        self.saved.frontier.insert(actor.to_string(), next);
     }
 
     /// The test hook's crash at `p`: as a killed process, this Client
@@ -490,140 +501,6 @@ impl Client {
         Ok(op)
     }
 
-    /// Push the outbox (after `arrange`, which may reorder, drop or repeat
-    /// ops, as a flaky network would) with one `converge.apply_batch`. When
-    /// the server refused an op, the ops made after it wait for it there
-    /// for ever (or are refused with it, `dependency_rejected`): they are
-    /// sent again, under the same op_ids, after the op before the refused
-    /// one, by further batches of the same call. Returns the outcomes of
-    /// every batch, in order.
-    pub fn push_with(&mut self, db: &mut postgres::Client, arrange: impl FnOnce(Vec<Op>) -> Vec<Op>) -> Result<Vec<Outcome>> {
-        let mut all = Vec::new();
-        let mut arrange = Some(arrange);
-        // Each batch after the first follows a refusal, which settles an
-        // op for good: this bounds them.
-        for _ in 0..=self.outbox.len() {
-            let outbox = self.outbox.clone();
-            let ops = match arrange.take() {
-                Some(f) => f(outbox),
-                None => outbox,
-            };
-            let ops: Vec<Op> = ops.into_iter().map(|o| self.outgoing(o)).collect();
-            if ops.is_empty() {
-                break;
-            }
-            let outcomes = send_ops(db, &ops, &self.saved.actor)?;
-            if self.crash == Some(CrashPoint::AfterPushBeforeAck) {
-                return Err(self.crashed(CrashPoint::AfterPushBeforeAck));
-            }
-            let again = self.settle(&outcomes)?;
-            all.extend(outcomes);
-            if !again {
-                break;
-            }
-        }
-        Ok(all)
-    }
-
-    /// Take a batch's outcomes, walking the outbox in chain order. An op
-    /// leaves it once the server has it (applied; or a duplicate, buffered
-    /// or waiting for an epoch or schema version, with the op before it
-    /// gone too: a copy that waits there is released when its dep arrives).
-    /// A refused op leaves it for `rejected`. An op behind a refused one,
-    /// unless applied, is chained again after the last op that was not
-    /// refused. Saved before the outbox is rewritten (a crash between
-    /// sends the old chain again, and it is refused again). Returns
-    /// whether any op was chained again.
-    fn settle(&mut self, outcomes: &[Outcome]) -> Result<bool> {
-        // An op that shows twice (buffered, then applied or refused by the
-        // retry in the same call; sent twice): applied over refused over
-        // held (a refusal a held copy met must not be missed).
-        let rank = |o: &Outcome| match (o.outcome.as_str(), o.reason.as_deref()) {
-            ("applied", _) => 3,
-            ("duplicate" | "buffered", _) | ("quarantined", Some("new_epoch" | "new_schema")) => 1,
-            _ => 2,
-        };
-        let mut of: HashMap<&str, &Outcome> = HashMap::new();
-        for o in outcomes {
-            if of.get(o.op_id.as_str()).is_none_or(|x| rank(o) >= rank(x)) {
-                of.insert(&o.op_id, o);
-            }
-        }
-        let mut order = std::mem::take(&mut self.outbox);
-        order.sort_by_key(Op::counter);
-        // Refused already (the outbox was not rewritten after a crash).
-        order.retain(|o| !self.saved.dead.contains_key(&o.counter()));
-        let mut head = self.live(order.first().and_then(|o| o.deps.first()).map_or(0, |d| self.own_counter(d)));
-        let mut left: BTreeSet<String> = order.iter().map(|o| o.op_id.clone()).collect();
-        let mut again = false;
-        for mut op in order {
-            let counter = op.counter();
-            let behind = op.deps.iter().any(|d| self.saved.dead.contains_key(&self.own_counter(d)));
-            let (outcome, reason) = of.get(op.op_id.as_str()).map_or(("", None), |o| (o.outcome.as_str(), o.reason.as_deref()));
-            let kept = match (outcome, reason) {
-                ("applied", _) => false,
-                ("rejected", Some(r)) if r.starts_with("dependency_rejected") => {
-                    self.rechain(&mut op, head);
-                    again = true;
-                    true
-                }
-                ("rejected", _) | ("quarantined", Some("old_schema")) => {
-                    let before = op.deps.first().map_or(0, |d| self.own_counter(d));
-                    if self.saved.dead.insert(counter, self.live(before)).is_none() {
-                        self.saved.rejected.push((op.clone(), reason.unwrap_or_default().to_string()));
-                    }
-                    left.remove(&op.op_id);
-                    continue;
-                }
-                ("quarantined", Some("new_epoch" | "new_schema")) | ("duplicate" | "buffered" | "", _) if behind => {
-                    self.rechain(&mut op, head);
-                    again = true;
-                    true
-                }
-                ("quarantined", Some("new_epoch" | "new_schema")) | ("duplicate" | "buffered", _) => {
-                    op.deps.iter().any(|d| left.contains(d))
-                }
-                ("", _) => true,
-                // Frozen out, superseded: the counter is used up everywhere.
-                _ => {
-                    self.saved.rejected.push((op.clone(), reason.unwrap_or_default().to_string()));
-                    false
-                }
-            };
-            head = counter;
-            if kept {
-                self.outbox.push(op);
-            } else {
-                left.remove(&op.op_id);
-            }
-        }
-        self.save()?;
-        self.rewrite_outbox()?;
-        Ok(again)
-    }
-
-    /// Chain `op` again after op `head` (0: none); it is signed again when sent.
-    fn rechain(&self, op: &mut Op, head: u64) {
-        op.deps = if head == 0 { vec![] } else { vec![converge_core::format_op_id(&self.saved.actor, head)] };
-        op.signature = None;
-    }
-
-    /// The counter of `op_id` if it is this client's (0 otherwise).
-    fn own_counter(&self, op_id: &str) -> u64 {
-        match converge_core::parse_op_id(op_id) {
-            Some((a, c)) if a == self.saved.actor => c,
-            _ => 0,
-        }
-    }
-
-    /// `counter`, or the op before it if a server refused it, and so on.
-    fn live(&self, mut counter: u64) -> u64 {
-        while let Some(before) = self.saved.dead.get(&counter) {
-            counter = *before;
-        }
-        counter
-    }
-
     /// Push the whole outbox in order.
     pub fn push(&mut self, db: &mut postgres::Client) -> Result<Vec<Outcome>> {
         self.push_with(db, |ops| ops)
@@ -646,7 +523,15 @@ impl Client {
         }
     }
 
-    /// Pull what this client lacks and merge it. Returns the number of ops.
+    fn changes_since(&self, db: &mut postgres::Client) -> Result<Vec<postgres::Row>> {
+        let frontier = serde_json::to_string(&self.saved.frontier).map_err(|e| ClientError::Format(e.to_string()))?;
+        Ok(db.query("SELECT converge.op_encode(o) FROM converge.changes_since($1::text::jsonb) o", &[&frontier])?)
+    }
+
+    /// Pull what this client lacks and merge it, from the server's log, or
+    /// from its tables' snapshots when it compacted the part of the log
+    /// this client's cursor points into. Returns the number of ops pulled
+    /// from the log.
     pub fn pull(&mut self, db: &mut postgres::Client) -> Result<usize> {
         // Rows' epochs from the server's freezes, not from freeze ops: a
         // server that rejoined from a snapshot has the freezes without
@@ -663,11 +548,15 @@ impl Client {
             let key: serde_json::Value = serde_json::from_str(r.get::<_, &str>(1)).map_err(|e| ClientError::Format(e.to_string()))?;
             self.note_epoch(r.get(0), &key, r.get(2));
         }
-        let frontier = serde_json::to_string(&self.saved.frontier).map_err(|e| ClientError::Format(e.to_string()))?;
-        let rows = db.query(
-            "SELECT converge.op_encode(o) FROM converge.changes_since($1::text::jsonb) o",
-            &[&frontier],
-        )?;
+        let rows = match self.changes_since(db) {
+            // The log before this client's cursor was compacted there: the
+            // tables' rows instead, then what came after them.
+            Err(ClientError::Db(e)) if e.code() == Some(&postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                self.rejoin_from_snapshots(db)?;
+                self.changes_since(db)?
+            }
+            other => other?,
+        };
         let n = rows.len();
         for r in rows {
             let mut op = Op::decode(r.get::<_, &[u8]>(0))?;

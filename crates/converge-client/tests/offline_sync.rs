@@ -258,6 +258,57 @@ fn random_offline_histories_converge() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client whose cursor points into a part of the log the server
+/// compacted away (55000 from changes_since) rejoins from the declared
+/// tables' snapshots and goes on from the frontier they reflect (SPEC
+/// section 3). A client that had pulled before takes the snapshot's
+/// state, not a merge with its own: compaction no longer marks what was
+/// removed, and a merge would bring it back. Its unsent ops stay.
+#[test]
+fn a_client_behind_a_compacted_log_rejoins_from_snapshots() {
+    let mut db = fresh_node("converge_client_snapshot", "server");
+    let dir = workdir("snapshot");
+    let mut rng = Rng(7);
+    let mut phone = open(&dir, "phone1");
+    let mut tablet = open(&dir, "tablet1");
+    let mine = |c: &Client| -> BTreeMap<CellId, String> { c.cells().iter().map(|(k, v)| (k.clone(), v.to_text())).collect() };
+    for _ in 0..200 {
+        random_mutation(&mut phone, &mut rng).unwrap();
+    }
+    assert!(phone.push(&mut db).unwrap().iter().all(|o| o.outcome == "applied"));
+    tablet.pull(&mut db).unwrap();
+    assert_eq!(mine(&tablet), server_cells(&mut db));
+    // The phone goes on (removing some of what the tablet saw), the tablet
+    // makes an edit it has not sent, and the server compacts.
+    for _ in 0..200 {
+        random_mutation(&mut phone, &mut rng).unwrap();
+    }
+    phone.push(&mut db).unwrap();
+    random_mutation(&mut tablet, &mut rng).unwrap();
+    let removed: i64 = db.query_one("SELECT ops_removed FROM converge.compact()", &[]).unwrap().get(0);
+    assert!(removed > 0, "nothing compacted");
+    let err = db.query("SELECT * FROM converge.changes_since('{\"phone1\": 200}')", &[]).unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("55000"), "{err:?}");
+
+    tablet.pull(&mut db).unwrap();
+    assert_eq!(tablet.frontier().get("phone1"), Some(&400));
+    assert_eq!(tablet.outbox().len(), 1, "the unsent edit stays");
+    tablet.push(&mut db).unwrap();
+    tablet.pull(&mut db).unwrap();
+    assert_eq!(mine(&tablet), server_cells(&mut db), "the tablet differs from the server after its rejoin");
+    // A new client rejoins the same way; later ops come through the log.
+    let mut laptop = open(&dir, "laptop1");
+    laptop.pull(&mut db).unwrap();
+    assert_eq!(mine(&laptop), server_cells(&mut db));
+    for _ in 0..20 {
+        random_mutation(&mut phone, &mut rng).unwrap();
+    }
+    phone.push(&mut db).unwrap();
+    assert_eq!(laptop.pull(&mut db).unwrap(), 20);
+    assert_eq!(mine(&laptop), server_cells(&mut db));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn same_op_reaching_two_nodes_by_two_paths() {
     // phone -> madrid, phone -> dublin directly, and madrid forwarding to dublin.

@@ -13,12 +13,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp(pub u64, pub u32, pub Actor);
 
-/// The latest physical time a timestamp may carry: the last millisecond of
-/// the year 9999 (UTC). A value past it is refused wherever it enters, so
-/// a clock that observed every value can still tick: it never reaches the
-/// end of its range (where it would wrap, and a new write would lose).
-pub const MAX_MS: u64 = 253_402_300_799_999;
-
 impl Timestamp {
     pub fn ms(&self) -> u64 {
         self.0
@@ -30,9 +24,6 @@ impl Timestamp {
         &self.2
     }
     pub fn validate(&self) -> Result<()> {
-        if self.0 > MAX_MS {
-            return Err(Error::binary(format!("timestamp {} is after the year 9999", self.0)));
-        }
         validate_actor(&self.2).map_err(|e| Error::binary(e.message))
     }
 
@@ -71,17 +62,17 @@ impl Hlc {
 
     /// A fresh timestamp for `node`, strictly after everything this clock
     /// issued or observed. `wall_ms` is the current physical time.
-    /// At `MAX_MS` with the logical part used up it stays there (valid,
-    /// and equal to the last timestamp, not after it); only a value at the
-    /// very end of the range, which no wall clock reaches, gets it there.
+    /// At the very end of its range (a value carrying the largest time,
+    /// which no wall clock reaches) it stays there: equal to the last
+    /// timestamp, not after it. It wrapped to 0 before, and the write lost
+    /// to every other.
     pub fn tick(&mut self, wall_ms: u64, node: &str) -> Timestamp {
-        let wall_ms = wall_ms.min(MAX_MS);
         if wall_ms > self.ms {
             self.ms = wall_ms;
             self.logical = 0;
         } else if self.logical < u32::MAX {
             self.logical += 1;
-        } else if self.ms < MAX_MS {
+        } else if self.ms < u64::MAX {
             self.ms += 1;
             self.logical = 0;
         }
@@ -96,15 +87,12 @@ mod tests {
     #[test]
     fn a_clock_at_the_end_of_its_range_does_not_wrap() {
         let mut c = Hlc::new();
-        c.observe(&Timestamp(MAX_MS - 1, u32::MAX, "z".into()));
+        c.observe(&Timestamp(u64::MAX - 1, u32::MAX, "z".into()));
         let t = c.tick(1_700_000_000_000, "a");
-        assert_eq!((t.0, t.1), (MAX_MS, 0));
-        c.observe(&Timestamp(MAX_MS, u32::MAX, "z".into()));
-        let t = c.tick(u64::MAX, "a");
-        assert_eq!((t.0, t.1), (MAX_MS, u32::MAX));
-        assert!(t.validate().is_ok());
-        assert!(Timestamp(MAX_MS + 1, 0, "a".into()).validate().is_err());
-        assert!(Timestamp(MAX_MS, u32::MAX, "a".into()).validate().is_ok());
+        assert_eq!((t.0, t.1), (u64::MAX, 0));
+        c.observe(&Timestamp(u64::MAX, u32::MAX, "z".into()));
+        let t = c.tick(1_700_000_000_000, "a");
+        assert_eq!((t.0, t.1), (u64::MAX, u32::MAX));
     }
 
     #[test]
