@@ -182,7 +182,11 @@ fn kept_aside(it: &Item, target: &Target) -> Option<String> {
     if target.table_authority.is_none() && epoch == 0 {
         return None;
     }
-    let freezes = crate::epochs::freezes_of(&target.name, it.key.as_ref().expect("placed"));
+    // A signed op's key is logged as written; its row's freezes are found
+    // under the key as the row's own ops name it.
+    let key = it.key.as_ref().expect("placed");
+    let row = canonical_key(key, &target.keys, &target.key_types);
+    let freezes = crate::epochs::freezes_of(&target.name, row.as_ref().unwrap_or(key));
     if epoch > crate::epochs::newest(&freezes) {
         Some("new_epoch".into())
     } else if crate::epochs::kept_out(&freezes, it.op_id.as_deref().unwrap_or_default(), epoch) {

@@ -127,7 +127,9 @@ fn freeze_op_error(
         Err(why) => return Some(why),
     };
     let t = &targets[t];
-    if canonical_key(row, &t.keys, &t.key_types).as_ref() != Some(row) {
+    // As before keys were respelled: a freeze made on a node of an earlier
+    // release names its row as it was typed.
+    if key_as_logged(row, &t.keys, &t.key_types, false).as_ref() != Some(row) {
         return Some("invalid_key".into());
     }
     if !t.table_authority.as_ref().is_some_and(|a| a.holds(actor, it.counter)) {

@@ -307,9 +307,11 @@ impl Layout {
         self.versions.get(col).copied().unwrap_or(1)
     }
 
-    /// `key` in canonical form, if it is a key of this table.
+    /// `key` in canonical form, if it is a key of this table; a uuid's or
+    /// character(n)'s text as given (requests name rows as their makers
+    /// wrote them, as they did before keys were respelled).
     pub fn canonical(&self, key: &serde_json::Value) -> Option<serde_json::Value> {
-        canonical_key(key, &self.keys, &self.key_types)
+        key_as_logged(key, &self.keys, &self.key_types, false)
     }
 }
 

@@ -64,9 +64,10 @@ impl Client {
     /// gone too: a copy that waits there is released when its dep arrives).
     /// A refused op leaves it for `rejected`. An op behind a refused one,
     /// unless applied, is chained again after the last op that was not
-    /// refused. Saved before the outbox is rewritten (a crash between
-    /// sends the old chain again, and it is refused again). Returns
-    /// whether any op was chained again.
+    /// refused. Saved before the outbox is rewritten (after a crash
+    /// between, the refused op is dropped before sending, and the ops
+    /// behind it are held, then chained again). Returns whether any op
+    /// was chained again.
     fn settle(&mut self, outcomes: &[Outcome]) -> Result<bool> {
         // An op that shows twice (buffered, then applied or refused by the
         // retry in the same call; sent twice): applied over refused over

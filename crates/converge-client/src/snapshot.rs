@@ -1,14 +1,16 @@
 //! Rejoining from snapshots (SPEC section 3): a client whose cursor points
 //! into a part of the server's log that `converge.compact()` removed gets
-//! 55000 from `changes_since`; it takes each declared table's rows from
-//! `converge.snapshot` instead, and goes on from the frontier they reflect.
+//! 55000 from `changes_since`; it takes each declared table's rows instead
+//! (what `converge.snapshot` gives, read with each row's key as ops name
+//! it), and goes on from the frontier they reflect.
 
 use crate::{AnyCrdt, CellId, Client, ClientError, Result};
 use std::collections::BTreeMap;
 
 impl Client {
     /// Take the rows of every declared table, as `converge.snapshot` gives
-    /// them (their CRDT columns' full states), all read in one REPEATABLE
+    /// them (their CRDT columns' full states), with each row's key as ops
+    /// name it, all read with `converge.frontier()` in one REPEATABLE
     /// READ transaction so that they reflect one frontier, and move this
     /// client's cursor to that frontier. A table's cells become the
     /// snapshot's, with this client's outbox merged on top: merged into
@@ -30,22 +32,34 @@ impl Client {
         let mut replaced: Vec<&String> = Vec::new();
         let mut rows = 0;
         for (table, columns) in &tables {
-            // As declared: schema-qualified as the server writes it, or a bare name as it is.
-            let found = tx.query_one(
-                "SELECT coalesce(array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum)), '{}'),
-                        converge.snapshot(min(c.oid)::regclass)::text
-                   FROM (SELECT CASE WHEN strpos($1, '.') > 0 THEN to_regclass($1) ELSE to_regclass(quote_ident($1)) END AS oid) c
-                   JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)",
-                &[table],
-            )?;
-            let (keys, text): (Vec<String>, Option<String>) = (found.get(0), found.get(1));
-            let Some(text) = text.filter(|_| !keys.is_empty()) else { continue };
-            let snap: serde_json::Value = serde_json::from_str(&text).map_err(|e| ClientError::Format(e.to_string()))?;
-            for row in snap["rows"].as_array().into_iter().flatten() {
-                let key: serde_json::Map<String, serde_json::Value> =
-                    keys.iter().map(|k| (k.clone(), row.get(k).cloned().unwrap_or(serde_json::Value::Null))).collect();
-                let key = serde_json::Value::Object(key);
+            // As declared: schema-qualified as the server writes it, or a
+            // bare name as it is. The rows as converge.snapshot gives them,
+            // each with its key as the op trigger renders it (integers and
+            // booleans as JSON, numeric as a JSON number, anything else as
+            // its text: an array key is "{1,2}", not [1,2]), so that its
+            // cells are the ones later ops name.
+            let query: Option<String> = tx
+                .query_one(
+                    "SELECT CASE WHEN count(*) > 0 THEN format('SELECT jsonb_build_object(%s)::text, to_jsonb(t)::text FROM %s t',
+                            string_agg(format('%L, %s', a.attname,
+                                CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype)
+                                     THEN format('t.%I', a.attname)
+                                     WHEN a.atttypid = 'numeric'::regtype
+                                     THEN format('CASE WHEN t.%1$I::text IN (''NaN'', ''Infinity'', ''-Infinity'')
+                                                       THEN to_jsonb(t.%1$I::text) ELSE to_jsonb(t.%1$I) END', a.attname)
+                                     ELSE format('t.%I::text', a.attname) END), ', '
+                                ORDER BY array_position(i.indkey::int2[], a.attnum)),
+                            min(c.oid)::regclass) END
+                       FROM (SELECT CASE WHEN strpos($1, '.') > 0 THEN to_regclass($1) ELSE to_regclass(quote_ident($1)) END AS oid) c
+                       JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)",
+                    &[table],
+                )?
+                .get(0);
+            let Some(query) = query else { continue };
+            let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).map_err(|e| ClientError::Format(e.to_string()));
+            for r in tx.query(&query, &[])? {
+                let (key, row) = (json(r.get(0))?, json(r.get(1))?);
                 for column in columns {
                     if let Some(serde_json::Value::String(state)) = row.get(column) {
                         let value = AnyCrdt::empty(&self.column_type(table, column)?)?.parse_like(state)?;
