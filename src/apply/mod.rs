@@ -384,6 +384,16 @@ pub(crate) fn advance_frontier(actor: &str, won: &[i64]) {
     }
 }
 
+/// Log these ops as rejected, each with its reason, and report them.
+fn reject(ops: &[(&Item, String)], origin: &str, out: &mut Vec<Outcome>) {
+    if ops.is_empty() {
+        return;
+    }
+    let (items, reasons): (Vec<&Item>, Vec<Option<String>>) = ops.iter().map(|(i, r)| (*i, Some(r.clone()))).unzip();
+    log_rows(&items, "rejected", &reasons, origin);
+    out.extend(items.iter().zip(&reasons).map(|(i, r)| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), r.clone())));
+}
+
 /// Steps 2-5 of the apply, on converge's internal tables as their owner
 /// (the user's tables are written as the caller, in merge_into_rows).
 fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level: bool, t0: std::time::Instant) -> Vec<Outcome> {
@@ -468,9 +478,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     // A client's ops behind a dep refused here would wait for ever.
     let orphaned = if trusted() || waiting.is_empty() { Vec::new() } else { orphans(items, &fresh, &waiting) };
     if !orphaned.is_empty() {
-        let (items, reasons): (Vec<&Item>, Vec<Option<String>>) = orphaned.iter().map(|(i, r)| (*i, Some(r.clone()))).unzip();
-        log_rows(&items, "rejected", &reasons, &origin);
-        out.extend(items.iter().zip(&reasons).map(|(i, r)| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), r.clone())));
+        reject(&orphaned, &origin, &mut out);
         for (i, _) in &orphaned {
             waiting.remove(&i.n);
         }
@@ -525,11 +533,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
             crate::local_ops::own_ops_arrive();
         }
     }
-    if !rejected.is_empty() {
-        let (items, reasons): (Vec<&Item>, Vec<Option<String>>) = rejected.iter().map(|(i, r)| (*i, Some(r.clone()))).unzip();
-        log_rows(&items, "rejected", &reasons, &origin);
-        out.extend(items.iter().zip(&reasons).map(|(i, r)| (i.op_id.clone().unwrap_or_default(), "rejected".to_string(), r.clone())));
-    }
+    reject(&rejected, &origin, &mut out);
     log_rows(&lost, "duplicate", &vec![None; lost.len()], &origin);
     out.extend(lost.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "duplicate".to_string(), None)));
     out.extend(won.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "applied".to_string(), None)));

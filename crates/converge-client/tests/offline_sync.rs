@@ -282,13 +282,7 @@ fn a_client_behind_a_compacted_log_rejoins_from_snapshots() {
     for c in [&mut phone, &mut tablet] {
         c.declare("shelf", "tags", "orset").unwrap();
     }
-    let s = shelf.clone();
-    phone
-        .mutate("shelf", s, "tags", |v, ctx| {
-            let AnyCrdt::OrSet(x) = v else { unreachable!() };
-            Ok(AnyCrdt::OrSet(x.add("gloves", ctx.dot.clone())))
-        })
-        .unwrap();
+    edit_tags_of(&mut phone, "shelf", shelf.clone(), |x, d| x.add("gloves", d.clone()));
     assert!(phone.push(&mut db).unwrap().iter().all(|o| o.outcome == "applied"));
     tablet.pull(&mut db).unwrap();
     let incident = |c: &Client| -> BTreeMap<CellId, String> { mine(c).into_iter().filter(|(id, _)| id.table == "incident").collect() };
@@ -538,7 +532,12 @@ type TagEdit = fn(&mut converge_core::OrSet, &converge_core::Dot) -> converge_co
 
 /// One edit of row `id`'s `tags` (an orset) by client `c`.
 fn edit_tags(c: &mut Client, id: i64, f: TagEdit) -> Op {
-    c.mutate("incident", json!({"id": id}), "tags", move |v, ctx| {
+    edit_tags_of(c, "incident", json!({"id": id}), f)
+}
+
+/// The same on any table with an orset column `tags`.
+fn edit_tags_of(c: &mut Client, table: &str, key: serde_json::Value, f: TagEdit) -> Op {
+    c.mutate(table, key, "tags", move |v, ctx| {
         let AnyCrdt::OrSet(x) = v else { unreachable!() };
         Ok(AnyCrdt::OrSet(f(x, &ctx.dot)))
     })
