@@ -125,6 +125,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     types::register_gucs();
     maintenance::register_gucs();
+    node::register_gucs();
     trigger::register_guc();
     replication::launcher::register();
     counter_cache::init();

@@ -7,9 +7,28 @@
 
 use crate::errors::{raise, raise_hint, OrRaise};
 use converge_core::{validate_actor, Dot, Hlc, Timestamp};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
+
+/// `converge.max_clock_skew`, in seconds (-1: no bound).
+pub static MAX_CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+pub fn register_gucs() {
+    // Superuser-set: it guards every node's clocks against what clients
+    // send, so a client's own session must not lift it.
+    GucRegistry::define_int_guc(
+        c"converge.max_clock_skew",
+        c"How far ahead of this node's clock a client's op may be timestamped (-1: no bound).",
+        c"A last-writer-wins write (lwwreg, lwwmap, a row op) sent to converge.apply by a client with a timestamp further ahead is rejected with reason clock_skew. Ops peers replicate are not checked: their entry node did.",
+        &MAX_CLOCK_SKEW,
+        -1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+}
 
 thread_local! {
     static NODE: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -116,6 +135,23 @@ pub fn dots(n: usize) -> (String, Vec<u64>) {
 
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Why a client's write timestamped `ms` is refused, if it is: further
+/// ahead of this node's clock than `converge.max_clock_skew`. Every clock
+/// that merges such a write moves past it (SPEC section 2), so one device
+/// with a clock a year ahead would drag the cluster's clocks, and with them
+/// its other rows' writes, a year ahead; near the end of the clock's range
+/// later writes would no longer win. The entry node decides alone: a
+/// refused op is never shipped, an applied one is not checked again.
+pub fn skew_error(ms: u64) -> Option<String> {
+    let bound = MAX_CLOCK_SKEW.get();
+    if bound < 0 || ms <= wall_ms().saturating_add(bound as u64 * 1000) {
+        return None;
+    }
+    Some(format!(
+        "clock_skew: timestamp {ms} (ms since 1970) is more than converge.max_clock_skew ({bound} s) ahead of this node's clock"
+    ))
 }
 
 /// The timestamps this backend issues from now on are newer than `ts`.

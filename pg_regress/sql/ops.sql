@@ -192,4 +192,35 @@ SELECT op_id, outcome, reason FROM apply(ROW('orphan:5', 'orphan', 'chain', '{"i
 SELECT count(*) AS still_pending FROM pending WHERE op_id LIKE 'orphan:%';
 SELECT op_id, outcome, reason FROM op_log WHERE actor = 'orphan' ORDER BY seq;
 SELECT value(visits) AS visits, frontier() -> 'orphan' AS orphan_frontier FROM chain WHERE id = 5;
+-- A client whose clock runs ahead: a last-writer-wins write (an lwwreg,
+-- an lwwmap, a row op) timestamped more than converge.max_clock_skew
+-- (5 minutes unless set) ahead of this node's clock is refused,
+-- clock_skew. Merged, it would win over every write made elsewhere
+-- until then, and drag every clock that saw it as far ahead. A write a
+-- minute ahead, or from the past, applies; ops without a timestamp (a
+-- counter) are not concerned.
+SHOW converge.max_clock_skew;
+SELECT (extract(epoch FROM now()) * 1000)::int8 + 60000 AS minute_ahead \gset
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('skewed:1', 'skewed', 'incident', '{"id":7}', 'note', 1, 0, '{}',
+        '{"write":{"ts":[4102444800000,0,"skewed"],"value":"from 2100"}}'::lwwreg::bytea, NULL)::op,
+    ROW('skewed:2', 'skewed', 'incident', '{"id":7}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444800000,0,"skewed"],{"put":"from 2100"}]}}'::lwwmap::bytea, NULL)::op,
+    ROW('skewed:3', 'skewed', 'incident', '{"id":7}', 'visits', 1, 0, '{}', '{"counts":{"skewed":1}}'::gcounter::bytea, NULL)::op,
+    ROW('skewed:4', 'skewed', 'incident', '{"id":7}', '', 1, 0, '{}',
+        format('{"entries":{"title":[[%s,0,"skewed"],{"put":"a minute ahead"}]}}', :minute_ahead)::lwwmap::bytea, NULL)::op,
+    ROW('skewed:5', 'skewed', 'incident', '{"id":7}', 'note', 1, 0, '{}',
+        '{"write":{"ts":[1000,0,"skewed"],"value":"from 1970"}}'::lwwreg::bytea, NULL)::op]) ORDER BY op_id;
+SELECT title, value(note) AS note, value(visits) AS visits FROM incident WHERE id = 7;
+-- Only a superuser sets it (a client's own session must not lift it);
+-- with the bound lifted, the refused write is replayed and wins.
+CREATE ROLE regress_skewed;
+SET ROLE regress_skewed;
+SET converge.max_clock_skew = -1;
+RESET ROLE;
+DROP ROLE regress_skewed;
+SET converge.max_clock_skew = -1;
+SELECT op_id, outcome, reason FROM replay('skewed:1');
+RESET converge.max_clock_skew;
+SELECT title, value(note) AS note FROM incident WHERE id = 7;
 DROP TABLE incident, unmarked, no_pk, chain, big;

@@ -157,10 +157,23 @@ fn judge(it: &Item, target: &Target, coltype: &str, actor: &str, registry: &crat
     let check_as = if coltype == "row" { "lwwmap" } else { coltype };
     crate::ops::delta_error(Some(check_as), it.delta.as_deref())
         .or_else(|| if coltype == "row" { live_error(delta) } else { None })
+        .or_else(|| if from_peer { None } else { clock_error(check_as, delta) })
         .or_else(|| {
             let column = it.column.as_deref().unwrap_or_default();
             crate::coordination::authority_error(&target.authority, column, actor, it.counter.unwrap_or_default(), delta, from_peer)
         })
+}
+
+/// A client's last-writer-wins write timestamped too far ahead of this
+/// node's clock (`node::skew_error`); the delta decodes (checked before).
+fn clock_error(ty: &str, delta: &[u8]) -> Option<String> {
+    use converge_core::types::{LwwMap, LwwReg};
+    let newest = match ty {
+        "lwwreg" => converge_core::decode::<LwwReg>(delta).ok()?.max_timestamp()?.ms(),
+        "lwwmap" => converge_core::decode::<LwwMap>(delta).ok()?.max_timestamp()?.ms(),
+        _ => return None,
+    };
+    crate::node::skew_error(newest)
 }
 
 /// Why the op is kept aside (quarantined), if it is.

@@ -624,6 +624,38 @@ fn a_devices_edits_after_a_refused_one_are_applied() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A device whose clock runs a year ahead: the server refuses its register
+/// write (`clock_skew`, converge.max_clock_skew) and applies the counter
+/// edit made after it, which the refused write does not hold back.
+#[test]
+fn a_write_from_a_clock_a_year_ahead_is_refused_and_holds_nothing_back() {
+    let mut db = fresh_node("converge_client_skew", "dublin");
+    db.batch_execute("INSERT INTO incident (id) VALUES (1)").unwrap();
+    let dir = workdir("skew");
+    let mut tab = open(&dir, "tab9");
+    tab.mutate("incident", json!({"id": 1}), "note", |v, ctx| {
+        let AnyCrdt::LwwReg(x) = v else { unreachable!() };
+        let now = ctx.timestamp(x.max_timestamp());
+        let ahead = Timestamp(now.ms() + 365 * 24 * 3600 * 1000, 0, now.node().to_string());
+        Ok(AnyCrdt::LwwReg(x.assign(Json::parse("\"from next year\"")?, ahead)))
+    })
+    .unwrap();
+    tab.mutate("incident", json!({"id": 1}), "visits", |v, ctx| {
+        let AnyCrdt::GCounter(x) = v else { unreachable!() };
+        Ok(AnyCrdt::GCounter(x.incr(ctx.actor, 2)?))
+    })
+    .unwrap();
+    let lines = outcome_lines(tab.push(&mut db).unwrap());
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("tab9:1 rejected clock_skew: timestamp "), "{lines:?}");
+    assert_eq!(lines[1..], ["tab9:2 rejected dependency_rejected: tab9:1", "tab9:2 applied "]);
+    let row = db.query_one("SELECT note IS NULL, converge.value(visits) FROM incident WHERE id = 1", &[]).unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, i64>(1)), (true, 2));
+    assert_eq!(tab.rejected().iter().map(|(op, _)| op.op_id.as_str()).collect::<Vec<_>>(), ["tab9:1"]);
+    assert!(tab.outbox().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An op the server holds waiting (its dep was lost on the way), refused
 /// when it is sent again after an authority was set meanwhile: the op
 /// made after it is chained again and applied, and the waiting copy is
