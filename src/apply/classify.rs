@@ -60,7 +60,7 @@ pub(super) fn classify(
     cache: &mut HashMap<String, Result<usize, &'static str>>,
     nodes: &HashSet<String>,
     registry: &crate::actors::Registry,
-    from_peer: bool,
+    (from_peer, entering): (bool, bool),
 ) {
     let op_id = it.op_id.clone();
     let parsed = op_id.as_deref().and_then(parse_op_id);
@@ -85,7 +85,8 @@ pub(super) fn classify(
         }
     };
     let target = &targets[it.target.expect("placed")];
-    it.bad = judge(it, target, &coltype, actor, registry, from_peer);
+    it.bad = judge(it, target, &coltype, actor, registry, from_peer)
+        .or_else(|| if entering { clock_error(&coltype, it.delta.as_deref().unwrap_or_default()) } else { None });
     if it.bad.is_none() {
         it.quarantine = kept_aside(it, target);
         if registry.repairs {
@@ -157,7 +158,6 @@ fn judge(it: &Item, target: &Target, coltype: &str, actor: &str, registry: &crat
     let check_as = if coltype == "row" { "lwwmap" } else { coltype };
     crate::ops::delta_error(Some(check_as), it.delta.as_deref())
         .or_else(|| if coltype == "row" { live_error(delta) } else { None })
-        .or_else(|| if from_peer { None } else { clock_error(check_as, delta) })
         .or_else(|| {
             let column = it.column.as_deref().unwrap_or_default();
             crate::coordination::authority_error(&target.authority, column, actor, it.counter.unwrap_or_default(), delta, from_peer)
@@ -165,12 +165,13 @@ fn judge(it: &Item, target: &Target, coltype: &str, actor: &str, registry: &crat
 }
 
 /// A client's last-writer-wins write timestamped too far ahead of this
-/// node's clock (`node::skew_error`); the delta decodes (checked before).
-fn clock_error(ty: &str, delta: &[u8]) -> Option<String> {
+/// node's clock (`node::skew_error`), judged after the rest (the delta
+/// decodes) where the op enters from a client.
+fn clock_error(coltype: &str, delta: &[u8]) -> Option<String> {
     use converge_core::types::{LwwMap, LwwReg};
-    let newest = match ty {
+    let newest = match coltype {
         "lwwreg" => converge_core::decode::<LwwReg>(delta).ok()?.max_timestamp()?.ms(),
-        "lwwmap" => converge_core::decode::<LwwMap>(delta).ok()?.max_timestamp()?.ms(),
+        "lwwmap" | "row" => converge_core::decode::<LwwMap>(delta).ok()?.max_timestamp()?.ms(),
         _ => return None,
     };
     crate::node::skew_error(newest)

@@ -244,9 +244,13 @@ fn run_as(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     registry.repairs = crate::repair::any_superseded();
     // (As the caller, trust is off: its search_path may run its own code.)
     let from_peer = trusted();
+    // Clocks are judged where a client's op enters (classify::clock_error),
+    // never again: not in a peer's batch, nor when a registry change takes
+    // an actor's ops back in (they may have come from any peer).
+    let entering = !from_peer && origin != "reverify";
     crate::security::as_caller(|| {
         for it in items.iter_mut() {
-            classify(it, &mut targets, &mut cache, &nodes, &registry, from_peer);
+            classify(it, &mut targets, &mut cache, &nodes, &registry, (from_peer, entering));
         }
     });
     // A privilege error is the caller's, not an op's: the whole call fails

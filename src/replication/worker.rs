@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 mod batches;
+mod database;
 mod probe;
 
 struct Link {
@@ -165,12 +166,16 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
     }
     let dboid = pg_sys::Oid::from(arg.value() as u32);
+    if !database::on_disk(dboid.to_u32()) {
+        return; // dropped: exit 0, not restarted
+    }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
     crate::security::fix_session_path();
     if !claim_database() {
         return; // exit 0: not restarted
     }
     let mut links: HashMap<String, Link> = HashMap::new();
+    let mut step_aside = false;
     let mut next_refresh = Instant::now();
     let mut next_lost_check = Instant::now();
     while !stop_requested() {
@@ -182,6 +187,10 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
             next_refresh = now + Duration::from_secs(1);
             if !BackgroundWorker::transaction(installed_and_allowed) {
                 break; // DROP EXTENSION, or converge.databases excludes us now: exit 0
+            }
+            if BackgroundWorker::transaction(database::wanted_alone) {
+                step_aside = true;
+                break;
             }
             let peers = BackgroundWorker::transaction(|| pull::load_peers(None));
             links.retain(|name, l| peers.iter().any(|p| p.name == *name && p.conninfo == l.peer.conninfo));
@@ -218,6 +227,11 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(0))) {
             break;
         }
+    }
+    if step_aside {
+        drop(links);
+        pgrx::log!("converge: the worker leaves database {} while another session needs it alone (DROP, ALTER or a copy of the database); it starts again in 2 s", dboid.to_u32());
+        unsafe { pg_sys::proc_exit(1) };
     }
 }
 
@@ -266,7 +280,12 @@ fn claim_database() -> bool {
         if BackgroundWorker::transaction(|| crate::locks::try_session(crate::locks::Lock::Worker)) {
             return true;
         }
-        if stop_requested() || !BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+        // A worker left over from before (the launcher's or CREATE
+        // EXTENSION's) waits here connected: not while a DROP waits.
+        if stop_requested() || BackgroundWorker::transaction(database::wanted_alone) {
+            return false;
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
             return false;
         }
     }
