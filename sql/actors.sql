@@ -40,5 +40,23 @@ COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repa
 SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
 GRANT SELECT ON converge.superseded TO PUBLIC;
 
+-- Ops kept out for good that hold their actor's frontier back: an actor's
+-- frontier stops below its first counter not applied, and compaction folds
+-- its ops only up to the stable frontier, so every later op of that actor
+-- stays in the log (on every node) until the op is replayed once its cause
+-- is fixed, or given up with converge.repair. new_schema and new_epoch ops
+-- are not listed: they are applied by themselves once their version or
+-- freeze is set here.
+CREATE VIEW converge.frontier_gaps WITH (security_invoker = true) AS
+    SELECT q.actor, q.counter, q.op_id, q.outcome, q.reason, q.origin, q.received_at,
+           (SELECT count(*) FROM converge.op_log a
+             WHERE a.actor = q.actor AND a.counter > q.counter AND a.outcome = 'applied') AS ops_held
+      FROM converge.quarantine q
+     WHERE NOT (q.outcome = 'quarantined' AND q.reason IN ('new_schema', 'new_epoch'))
+       AND q.counter > coalesce((SELECT f.contiguous FROM converge.actor_frontier f WHERE f.actor = q.actor), 0)
+       AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = q.op_id);
+COMMENT ON VIEW converge.frontier_gaps IS 'Rejected and quarantined ops (not new_schema or new_epoch, which apply by themselves) above their actor''s frontier, neither applied since nor superseded: each holds its actor''s frontier, and the compaction of its later ops (ops_held here), back until it is replayed (converge.replay) or given up (converge.repair).';
+GRANT SELECT ON converge.frontier_gaps TO PUBLIC;
+
 COMMENT ON FUNCTION converge.repair(text[], text) IS 'Exclude ops on every node: they get the outcome superseded, the rows they touched are rebuilt without them (back to the compaction horizon), and ops named here that arrive later are superseded on arrival. An op of this node that replicates; it stays in converge.op_log with its reason. Returns its op_id.';
 REVOKE ALL ON FUNCTION converge.repair(text[], text) FROM PUBLIC;

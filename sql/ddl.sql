@@ -241,6 +241,20 @@ BEGIN
             USING ERRCODE = '0A000', DETAIL = 'Its ops, history and settings are of its kind, here and on every other node.',
                   HINT = 'Add a column of the new type and move the values to it (docs/replication.md, "Schema changes").';
     END IF;
+    -- A plain column added since, whose type holds a converge type (an
+    -- array, range or composite of one), would be taken for last writer
+    -- wins, and concurrent changes to it lost: refused as replicate
+    -- refuses it (which checks a table's columns this deep only when it is
+    -- first replicated, so that tables replicated before keep working).
+    IF EXISTS (SELECT 1 FROM converge.column_types_within(tbl, ARRAY(SELECT o FROM unnest(after.other_columns) o
+                                                                   WHERE NOT o = ANY (before.other_columns)), true, true) w
+                 JOIN pg_type t ON t.oid = w.type_oid
+                WHERE w.depth > 0 AND t.typnamespace = 'converge'::regnamespace
+                  AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext')) THEN
+        RAISE EXCEPTION 'cannot add to replicated table % a column whose type holds a converge type (an array, range or composite of it)', tbl
+            USING ERRCODE = '0A000',
+            HINT = 'Declare the column with the converge type itself.';
+    END IF;
     -- Columns that left the layout unseen (the event triggers disabled).
     PERFORM converge.retire_columns(tbl, ARRAY(SELECT k FROM jsonb_object_keys(before.crdt_columns) k WHERE NOT after.crdt_columns ? k
                                                UNION ALL

@@ -228,4 +228,12 @@ SET converge.max_clock_skew = '1h';
 SELECT op_id, outcome, reason FROM replay('skewed:6');
 RESET converge.max_clock_skew;
 SELECT title, value(note) AS note FROM incident WHERE id = 7;
+-- Each refused op holds its actor's frontier back, and with it the
+-- compaction of the actor's later ops (ops_held), until it is replayed or
+-- given up: converge.frontier_gaps lists them (orphan:2 above too).
+SELECT actor, counter, op_id, outcome, left(reason, 14) AS reason, ops_held FROM frontier_gaps
+ WHERE actor IN ('orphan', 'skewed') ORDER BY actor, counter;
+SELECT repair(ARRAY['skewed:1', 'skewed:2'], 'written by a clock a century ahead') IS NOT NULL AS given_up;
+SELECT op_id FROM frontier_gaps WHERE actor IN ('orphan', 'skewed') ORDER BY op_id;
+SELECT frontier() -> 'skewed' AS skewed_frontier;
 DROP TABLE incident, unmarked, no_pk, chain, big;

@@ -178,6 +178,12 @@ SELECT replicate('tallied');
 -- So would an array of one (checked when the table is first replicated).
 CREATE TABLE tallies (id int PRIMARY KEY, n gcounter, m gcounter[]);
 SELECT replicate('tallies');
+-- And a column of one added to a replicated table.
+ALTER TABLE tallies DROP COLUMN m;
+SELECT replicate('tallies');
+ALTER TABLE tallies ADD COLUMN m gcounter[];
+ALTER TABLE tallies ADD COLUMN note text, ADD COLUMN spans int4range;
+SELECT crdt_columns, other_columns FROM replicated WHERE table_name = 'tallies'::regclass;
 DROP TABLE parted, kin, kin_child, scratch, fast, tallied, tallies;
 DROP DOMAIN tally;
 -- A replicated table's converge triggers stay on, and the table logged:
