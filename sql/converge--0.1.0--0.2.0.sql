@@ -991,6 +991,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION converge.column_types_within(regclass, text[], boolean, boolean) IS 'Internal: the types the named columns of a table are made of (through domains, arrays if asked, and with deep also ranges, multiranges, composites), with their depth.';
 
+-- Whether a column of `tbl` named in `cols` (NULL: every column) holds a
+-- converge type below its own type: under a domain, and with `deep` also
+-- in an array, range, multirange or composite. Such a column would be
+-- taken for a plain one (last writer wins).
+CREATE OR REPLACE FUNCTION converge.holds_converge_type(tbl regclass, cols text[], deep boolean) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM converge.column_types_within(tbl, cols, deep, deep) w JOIN pg_type t ON t.oid = w.type_oid
+                    WHERE w.depth > 0 AND t.typnamespace = 'converge'::regnamespace
+                      AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext'))
+$$;
+COMMENT ON FUNCTION converge.holds_converge_type(regclass, text[], boolean) IS 'Internal: whether a column of the table (of the named ones) holds a converge type under a domain (with deep also in an array, range or composite), which would make it a plain column.';
+
 -- The layout half of converge.replicate (src/trigger.rs checks ownership,
 -- creates the trigger as the table's owner and calls this as converge's
 -- owner). OR REPLACE: the update script runs this file over 0.1.0's.
@@ -1074,9 +1086,7 @@ BEGIN
     -- A column of a domain over a converge type would be taken for a plain
     -- column (last writer wins), and concurrent changes to it lost; so would
     -- an array or a composite of one (checked when first replicated).
-    IF EXISTS (SELECT 1 FROM converge.column_types_within(tbl, NULL, first, first) w JOIN pg_type t ON t.oid = w.type_oid
-                WHERE w.depth > 0 AND t.typnamespace = 'converge'::regnamespace
-                  AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext')) THEN
+    IF converge.holds_converge_type(tbl, NULL, first) THEN
         RAISE EXCEPTION 'table % has a column whose type holds a converge type (a domain over it, or an array, range or composite of it)', tbl
             USING ERRCODE = '0A000',
             HINT = 'Declare the column with the converge type itself.';
@@ -1209,11 +1219,8 @@ BEGIN
     -- wins, and concurrent changes to it lost: refused as replicate
     -- refuses it (which checks a table's columns this deep only when it is
     -- first replicated, so that tables replicated before keep working).
-    IF EXISTS (SELECT 1 FROM converge.column_types_within(tbl, ARRAY(SELECT o FROM unnest(after.other_columns) o
-                                                                   WHERE NOT o = ANY (before.other_columns)), true, true) w
-                 JOIN pg_type t ON t.oid = w.type_oid
-                WHERE w.depth > 0 AND t.typnamespace = 'converge'::regnamespace
-                  AND t.typname IN ('gcounter', 'pncounter', 'bcounter', 'gset', 'orset', 'lwwreg', 'mvreg', 'lwwmap', 'ormap', 'seqtext')) THEN
+    IF converge.holds_converge_type(tbl, ARRAY(SELECT o FROM unnest(after.other_columns) o WHERE NOT o = ANY (before.other_columns)),
+                                    true) THEN
         RAISE EXCEPTION 'cannot add to replicated table % a column whose type holds a converge type (an array, range or composite of it)', tbl
             USING ERRCODE = '0A000',
             HINT = 'Declare the column with the converge type itself.';
