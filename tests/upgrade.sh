@@ -183,7 +183,7 @@ for l in lines:
         cur = None
 print("\n".join(out))
 PY
-[ "$(grep -c ';$' "$DIR/exporter.sql")" -eq 3 ] || { echo "expected 3 exporter queries"; exit 1; }
+[ "$(grep -c ';$' "$DIR/exporter.sql")" -eq 4 ] || { echo "expected 4 exporter queries"; exit 1; }
 pq "$PORT" -d up_madrid -f "$DIR/exporter.sql" >/dev/null
 
 echo "upgrade $OLD_VERSION -> $NEW_VERSION: values, ops and peers kept; replication and compaction work; schema equals a fresh install ($(wc -l < "$DIR/schema.fresh") objects compared)"

@@ -236,4 +236,19 @@ SELECT actor, counter, op_id, outcome, left(reason, 14) AS reason, ops_held FROM
 SELECT repair(ARRAY['skewed:1', 'skewed:2'], 'written by a clock a century ahead') IS NOT NULL AS given_up;
 SELECT op_id FROM frontier_gaps WHERE actor IN ('orphan', 'skewed') ORDER BY op_id;
 SELECT frontier() -> 'skewed' AS skewed_frontier;
+-- An op taken back in when its actor's registry entry changes is not
+-- judged for its clock again (it may have come from a peer, whose node
+-- judged it): late:2, accepted while the bound was lifted, still waits for
+-- late:1 after a revocation that spares it.
+SET converge.max_clock_skew = -1;
+SELECT op_id, outcome, reason FROM apply(ROW('late:2', 'late', 'incident', '{"id":7}', 'note', 1, 0, '{late:1}',
+    '{"write":{"ts":[4102444800000,0,"late"],"value":"far"}}'::lwwreg::bytea, NULL)::op);
+RESET converge.max_clock_skew;
+SELECT revoke_actor('late', 5) IS NOT NULL AS revoked;
+SELECT op_id, outcome, reason FROM op_log WHERE actor = 'late' ORDER BY seq;
+SELECT op_id, missing FROM pending WHERE actor = 'late';
+-- A caller naming that origin itself only claims it, and is judged.
+SELECT op_id, outcome, left(reason, 10) AS reason FROM apply(ROW('late:3', 'late', 'incident', '{"id":7}', 'note', 1, 0, '{}',
+    '{"write":{"ts":[4102444800000,0,"late"],"value":"far"}}'::lwwreg::bytea, NULL)::op, 'reverify');
+SELECT origin FROM op_log WHERE op_id = 'late:3';
 DROP TABLE incident, unmarked, no_pk, chain, big;

@@ -19,6 +19,10 @@ fn apply_batch(
     ops: Option<pgrx::AnyArray>,
     origin: Option<String>,
 ) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
+    // "reverify" is converge's own origin for ops a registry change takes
+    // back in (their clocks are not judged again, run_as): a caller's is
+    // only claimed, as a caller's "peer:" origin is.
+    let origin = origin.map(|o| if o == "reverify" { format!("claimed {o}") } else { o });
     TableIterator::new(run_batch(ops, origin, Some(true)))
 }
 

@@ -13,17 +13,26 @@
 use pgrx::prelude::*;
 
 /// Whether another session holds or waits for a lock on this database
-/// that those commands take: exclusive (drop, rename, move) or share
-/// (a copy of it as a template).
+/// that those commands take: exclusive (drop, rename, move) or share (a
+/// copy of it as a template). Asked as a connection asks, without waiting:
+/// the lock a new session takes on its database (row exclusive) conflicts
+/// with exactly those, held or queued.
 pub(super) fn wanted_alone() -> bool {
-    crate::spi::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
-                         WHERE locktype = 'object' AND database = 0
-                           AND classid = 'pg_catalog.pg_database'::pg_catalog.regclass AND objid = $1
-                           AND mode IN ('ShareLock', 'AccessExclusiveLock')
-                           AND pid <> pg_catalog.pg_backend_pid())",
-        &[unsafe { pg_sys::MyDatabaseId }.into()],
-    ) == Some(true)
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: 0, // a shared object: no database
+        locktag_field2: pg_sys::DatabaseRelationId.to_u32(),
+        locktag_field3: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field4: 0,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    };
+    let mode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
+    if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+        return true;
+    }
+    unsafe { pg_sys::LockRelease(&tag, mode, false) };
+    false
 }
 
 /// Whether database `db` still has its directory, in `base/` or in a
