@@ -920,12 +920,14 @@ COMMENT ON FUNCTION converge.allocate(text, text) IS 'The number of an idempoten
 -- One row per op_id in the quarantine view (a replayed op is not listed twice).
 CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
+       -- (a refused void is no op to replay: the refused op it named is)
+       AND l.target_table IS DISTINCT FROM 'converge.void'
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
                           AND a.outcome = 'applied')
      -- (a peer's delivery first, as replay takes it: a client sending the
      -- same op id later must not hide where the op came from)
      ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, l.seq DESC;
-COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since, one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one).';
+COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Refused voids are not listed.';
 
 COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';
 

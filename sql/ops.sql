@@ -134,12 +134,14 @@ COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and 
 
 CREATE VIEW converge.quarantine AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
+       -- (a refused void is no op to replay: the refused op it named is)
+       AND l.target_table IS DISTINCT FROM 'converge.void'
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
                           AND a.outcome = 'applied')
      -- (a peer's delivery first, as replay takes it: a client sending the
      -- same op id later must not hide where the op came from)
      ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, l.seq DESC;
-COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since, one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one).';
+COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Refused voids are not listed.';
 
 CREATE FUNCTION converge.op_encode(o converge.op) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$

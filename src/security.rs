@@ -366,7 +366,8 @@ fn may_read(table: Option<&str>) -> bool {
     // A freeze carries a table's name and a row's key, no values (a
     // handover a table's and a column's name, and nodes'): every
     // reader of the log sees it, as converge.frozen (docs/security.md).
-    if t == crate::epochs::FREEZE || t == crate::allocation::ALLOCATION || t == crate::handover::HANDOVER {
+    // A void (apply/voids.rs) carries an op_id and nothing else.
+    if t == crate::epochs::FREEZE || t == crate::allocation::ALLOCATION || t == crate::handover::HANDOVER || t == crate::apply::VOID {
         return true;
     }
     // Requests and decisions carry values of a row: their rows of
@@ -422,7 +423,7 @@ fn is_peer_reader(role: pg_sys::Oid) -> bool {
 /// Whether the acting role may apply ops of `column` to `table` (INSERT
 /// and UPDATE, and DELETE for row ops), as `apply` requires.
 #[pg_extern(stable, parallel_safe)]
-fn may_write(table: Option<&str>, column: Option<&str>) -> bool {
+pub(crate) fn may_write(table: Option<&str>, column: Option<&str>) -> bool {
     let Some(t) = table else { return true };
     let mut modes = vec![INSERT, UPDATE];
     if column == Some("") {

@@ -37,6 +37,7 @@ pub(super) fn classify_control(
         Some(crate::allocation::ALLOCATION) => {
             (crate::allocation::allocation_op_error(from_peer, it.key.as_ref(), it.column.as_deref(), &delta), ALLOCATION_OP)
         }
+        Some(super::voids::VOID) => (super::voids::void_op_error(it, from_peer, registry), super::voids::VOID_OP),
         _ => return false,
     };
     it.bad = bad;

@@ -25,11 +25,13 @@ mod merge;
 mod keys;
 mod replay;
 mod target;
+mod voids;
 mod waiting;
 
 pub use classify::{as_client, from_peer};
 pub use entry::{apply_again, apply_decoded};
 pub use target::{forget_resolved, layout_of, row_target, Layout};
+pub use voids::VOID;
 pub use waiting::{note_deferred, take_deferred, under_peer_origin};
 use classify::*;
 use target::*;
@@ -419,10 +421,21 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     // A copy that waits here may give way to this one (Waiting::gives_way_to):
     // it is taken out of pending in step 3, under the op_id locks.
     let mut stale: Vec<String> = Vec::new();
+    // A peer's op whose counter a void holds here takes it (voids.rs).
+    let mut overtaking: HashSet<String> = HashSet::new();
     let known: HashSet<String> = if ids.is_empty() {
         HashSet::new()
     } else {
         let mut s = applied_set(&ids);
+        if trusted() {
+            let real: Vec<&Item> = valid.iter().copied().filter(|i| !voids::is_void(i) && s.contains(i.op_id.as_deref().unwrap_or(""))).collect();
+            overtaking = voids::held_by_void(&real);
+            s.retain(|id| !overtaking.contains(id));
+        }
+        let void_ids: Vec<String> = valid.iter().filter(|i| voids::is_void(i)).filter_map(|i| i.op_id.clone()).collect();
+        if !void_ids.is_empty() {
+            s.extend(voids::held_by_peer_delivery(&void_ids));
+        }
         let waits = if pending_any() { waiting_copies(&ids) } else { HashMap::new() };
         for i in &valid {
             let id = i.op_id.clone().unwrap_or_default();
@@ -433,14 +446,24 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         s.extend(waits.into_keys().filter(|id| !stale.contains(id)));
         s
     };
-    let mut seen: HashSet<(String, i64)> = HashSet::new();
+    // The first op of each counter in the batch goes on, unless it is a void
+    // and a peer's batch also has the real op (voids.rs).
+    let mut first: HashMap<(String, i64), usize> = HashMap::new();
     let (mut dup, mut fresh): (Vec<&Item>, Vec<&Item>) = (Vec::new(), Vec::new());
     for it in valid {
-        let first = seen.insert((it.actor.clone().unwrap_or_default(), it.counter.unwrap_or(0)));
-        if !first || known.contains(it.op_id.as_deref().unwrap_or("")) {
+        if known.contains(it.op_id.as_deref().unwrap_or("")) {
             dup.push(it);
-        } else {
-            fresh.push(it);
+            continue;
+        }
+        match first.entry((it.actor.clone().unwrap_or_default(), it.counter.unwrap_or(0))) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(fresh.len());
+                fresh.push(it);
+            }
+            std::collections::hash_map::Entry::Occupied(e) if trusted() && voids::is_void(fresh[*e.get()]) && !voids::is_void(it) => {
+                dup.push(std::mem::replace(&mut fresh[*e.get()], it));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => dup.push(it),
         }
     }
     log_rows(&dup, "duplicate", &vec![None; dup.len()], &origin);
@@ -522,6 +545,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     let t_dups = t0.elapsed();
     // 4. Everything else: through the dedupe gate, then merged.
     let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
+    voids::give_way(&ready.iter().copied().filter(|i| overtaking.contains(i.op_id.as_deref().unwrap_or(""))).collect::<Vec<_>>());
     let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, targets, &origin) };
     control::merge_control(&won);
     // This node's own ops, sent back by a peer (to a node restored from a

@@ -21,8 +21,9 @@ impl Client {
     /// the server refused an op, the ops made after it wait for it there
     /// for ever (or are refused with it, `dependency_rejected`): they are
     /// sent again, under the same op_ids, after the op before the refused
-    /// one, by further batches of the same call. Returns the outcomes of
-    /// every batch, in order.
+    /// one, by further batches of the same call. Then each refused counter
+    /// is given up with a void (voids.rs). Returns the outcomes of every
+    /// batch of edits, in order.
     pub fn push_with(&mut self, db: &mut postgres::Client, arrange: impl FnOnce(Vec<Op>) -> Vec<Op>) -> Result<Vec<Outcome>> {
         // An op refused already (the outbox was not rewritten after a
         // crash) is not sent again: its refusal stands.
@@ -55,6 +56,9 @@ impl Client {
                 break;
             }
         }
+        // The counters refused are given up where they were refused (their
+        // outcomes are not the edits', and are not returned).
+        self.send_voids(db)?;
         Ok(all)
     }
 
@@ -103,6 +107,7 @@ impl Client {
                     let before = op.deps.first().map_or(0, |d| self.own_counter(d));
                     if self.saved.dead.insert(counter, self.live(before)).is_none() {
                         self.saved.rejected.push((op.clone(), reason.unwrap_or_default().to_string()));
+                        self.void_later(counter);
                     }
                     left.remove(&op.op_id);
                     continue;

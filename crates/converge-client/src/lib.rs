@@ -18,9 +18,11 @@ pub mod any;
 mod chain;
 mod send;
 mod snapshot;
+mod voids;
 
 pub use any::AnyCrdt;
 pub use send::{send_ops, Outcome};
+pub use voids::VOID;
 use converge_core::{Dot, Hlc, Json, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,6 +143,10 @@ struct Saved {
     /// after that op.
     #[serde(default)]
     dead: BTreeMap<u64, u64>,
+    /// Counters of `dead` whose void no server has answered yet
+    /// (voids.rs); None in a state saved before voids.
+    #[serde(default)]
+    voids: Option<BTreeSet<u64>>,
 }
 
 /// The table's name without its schema, as a client may declare it:

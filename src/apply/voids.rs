@@ -1,0 +1,134 @@
+//! Voids: a client gives up an op a server refused, so that its counter
+//! stops holding the actor's frontier (and the compaction of every later op
+//! of the actor) back on every node.
+//!
+//! A void is an op under the refused op's id with target `converge.void`,
+//! an empty key object, column `""` and an empty delta. It changes no row;
+//! applied, it uses the counter up, and it travels as any applied op does.
+//!
+//! A real op beats a void. Two nodes can disagree on an op: one applied it
+//! (the client lost that answer), the other refused it and then took the
+//! client's void. Where the real op arrives from a peer after the void, the
+//! void gives way (its log row becomes `superseded`, `void overtaken`) and
+//! the op is applied; where the void arrives after the real op, it is a
+//! duplicate. A void is also a duplicate where the real op waits here
+//! (pending) or where a peer's delivery of it was refused or kept aside
+//! here: a peer applied it, so it will count.
+//!
+//! A compaction cannot fold a void before the real op reached its node: the
+//! real op's entry node applied it before any void (else it would have been
+//! a duplicate there), and a node learns that peer's frontier only with the
+//! changes it committed before (replication/pull.rs).
+
+use super::*;
+
+/// The target of a void.
+pub const VOID: &str = "converge.void";
+pub(crate) const VOID_OP: &str = "void";
+
+/// The reason a void's log row gets when a real op takes its counter.
+const OVERTAKEN: &str = "void overtaken";
+
+pub(super) fn is_void(it: &Item) -> bool {
+    it.coltype.as_deref() == Some(VOID_OP)
+}
+
+/// Why a void is not valid (None: valid). Its shape first, then its
+/// signature as any op of its actor; where it enters from a client, it
+/// must name an op this node refused from a client (rejected, or kept
+/// aside as `old_schema` or `frozen`), and the caller must be allowed to
+/// write what that op wrote.
+pub(super) fn void_op_error(it: &Item, from_peer: bool, registry: &crate::actors::Registry) -> Option<String> {
+    let empty_key = matches!(&it.key, Some(serde_json::Value::Object(m)) if m.is_empty());
+    if !empty_key {
+        return Some("invalid_key: a void's key is {}".into());
+    }
+    if it.column.as_deref() != Some("") {
+        return Some("unknown_column".into());
+    }
+    if !it.delta.as_deref().unwrap_or_default().is_empty() {
+        return Some("invalid_delta: a void's delta is empty".into());
+    }
+    if !deps_of(it).is_empty() {
+        return Some("invalid_deps: a void has no deps".into());
+    }
+    if !registry.is_empty() {
+        if let Some(reason) = registry.refuse(&as_op(it)) {
+            return Some(reason.into());
+        }
+    }
+    if from_peer {
+        return None;
+    }
+    let id = it.op_id.as_deref().unwrap_or_default();
+    let Some((table, column)) = refused_here(id) else {
+        return Some(format!("nothing_to_void: no op {id} that this node refused from a client"));
+    };
+    let writes = crate::security::may_write(Some(&table), Some(&column));
+    (!writes).then(|| format!("not_permitted: voiding {id} needs the rights its op needs on {table}"))
+}
+
+/// The table and column of the op `op_id` as this node refused it from a
+/// client: rejected, or quarantined as `old_schema` or `frozen` (not as
+/// `new_schema` or `new_epoch`: those apply by themselves later). A
+/// request names the table it asks about.
+fn refused_here(op_id: &str) -> Option<(String, String)> {
+    let sql = "SELECT CASE WHEN l.target_table = 'converge.request' THEN l.target_key ->> 'table' ELSE l.target_table END,
+                      l.target_column
+                 FROM converge.op_log l
+                WHERE l.op_id = $1 AND l.outcome IN ('rejected', 'quarantined')
+                  AND NOT (l.outcome = 'quarantined' AND l.reason IN ('new_schema', 'new_epoch'))
+                  AND l.origin NOT LIKE 'peer:%' AND l.origin NOT LIKE 'claimed peer:%'
+                ORDER BY l.seq DESC LIMIT 1";
+    crate::security::as_owner(|| {
+        crate::spi::prepared(sql, &[op_id.into()], |mut t| {
+            Ok(t.next().and_then(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??))))
+        })
+    })
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+/// Of the voids among `ids`, those a peer's delivery of the real op holds
+/// here (refused or kept aside): a duplicate of that op.
+pub(super) fn held_by_peer_delivery(ids: &[String]) -> HashSet<String> {
+    crate::spi::prepared(
+        "SELECT DISTINCT l.op_id FROM converge.op_log l
+          WHERE l.op_id = ANY ($1) AND l.outcome IN ('rejected', 'quarantined') AND l.origin LIKE 'peer:%'",
+        &[ids.to_vec().into()],
+        |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
+    )
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+/// Of these ops (none a void), the ones whose counter a void holds here.
+pub(super) fn held_by_void(items: &[&Item]) -> HashSet<String> {
+    if items.is_empty() {
+        return HashSet::new();
+    }
+    let actors: Vec<String> = items.iter().map(|i| i.actor.clone().unwrap_or_default()).collect();
+    let counters: Vec<i64> = items.iter().map(|i| i.counter.unwrap_or_default()).collect();
+    crate::spi::prepared(
+        "SELECT l.op_id FROM unnest($1::text[], $2::int8[]) u(actor, counter)
+           JOIN converge.op_log l ON l.actor = u.actor AND l.counter = u.counter
+          WHERE l.outcome = 'applied' AND l.target_table = $3",
+        &[actors.into(), counters.into(), VOID.into()],
+        |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
+    )
+    .unwrap_or_else(|e| spi_err(e))
+}
+
+/// The voids applied here at these ops' counters give way to them
+/// (before the dedupe gate takes the counters).
+pub(super) fn give_way(items: &[&Item]) {
+    if items.is_empty() {
+        return;
+    }
+    let actors: Vec<String> = items.iter().map(|i| i.actor.clone().unwrap_or_default()).collect();
+    let counters: Vec<i64> = items.iter().map(|i| i.counter.unwrap_or_default()).collect();
+    run(
+        "UPDATE converge.op_log l SET outcome = 'superseded', reason = $4
+           FROM unnest($1::text[], $2::int8[]) u(actor, counter)
+          WHERE l.actor = u.actor AND l.counter = u.counter AND l.outcome = 'applied' AND l.target_table = $3",
+        &[actors.into(), counters.into(), VOID.into(), OVERTAKEN.into()],
+    );
+}

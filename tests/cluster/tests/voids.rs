@@ -1,0 +1,73 @@
+//! Voids on real nodes (docs/operations-log.md, "Offline clients"): two
+//! nodes judge one op of a device apart (their bounds on clients' clocks
+//! differ). One applies it; the other refuses it and then takes the
+//! device's void of it. A real op beats a void: every node ends with the op
+//! applied, and the void where it was applied gives way.
+//!
+//! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..172.
+
+use converge_cluster_tests::workload::*;
+use converge_cluster_tests::*;
+use std::time::Duration;
+
+fn base_port() -> u16 {
+    std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 170
+}
+
+/// Send `op` (a `converge.op` literal) as a client to `n`; its outcome and reason.
+fn send(n: &Node, op: &str, lift_bound: bool) -> String {
+    let mut c = n.client();
+    if lift_bound {
+        c.batch_execute("SET converge.max_clock_skew = -1").unwrap();
+    }
+    let row = c.query_one(&format!("SELECT outcome, coalesce(left(reason, 10), '') FROM converge.apply({op}, 'clerk')"), &[]).unwrap();
+    format!("{} {}", row.get::<_, String>(0), row.get::<_, String>(1)).trim().to_string()
+}
+
+#[test]
+fn an_op_applied_on_one_node_beats_its_void_from_another() {
+    let root = Scratch::new("voids");
+    let nodes = mesh_of_three(&root.0, base_port());
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+
+    // madrid is cut off from both others.
+    pause(&nodes, 0, 1, true);
+    pause(&nodes, 0, 2, true);
+    let title = "ROW('clerk:1', 'clerk', 'public.item', '{\"id\":1}', '', 1, 0, '{}',
+                     '{\"entries\":{\"title\":[[9999999999999,1,\"clerk\"],{\"put\":\"valve\"}]}}'::converge.lwwmap::bytea,
+                     NULL)::converge.op";
+    let void = "ROW('clerk:1', 'clerk', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::converge.op";
+    // madrid, whose bound is lifted, applies the write; the device does not
+    // hear back and sends it to dublin, which refuses it, and gives it up there.
+    assert_eq!(send(&nodes[0], title, true), "applied");
+    assert_eq!(send(&nodes[1], title, false), "rejected clock_skew");
+    assert_eq!(send(&nodes[1], void, false), "applied");
+    wait_for(
+        &nodes[2],
+        "SELECT count(*)::text FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome = 'applied'",
+        "1",
+        "dublin's void reaches virginia",
+    );
+    assert_eq!(text(&nodes[2], "SELECT converge.frontier() ->> 'clerk'"), "1");
+    assert_eq!(text(&nodes[2], "SELECT title FROM item WHERE id = 1"), "pump");
+
+    pause(&nodes, 0, 1, false);
+    pause(&nodes, 0, 2, false);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for (n, void_became) in nodes.iter().zip(["duplicate ", "superseded void overtaken", "superseded void overtaken"]) {
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "valve", "{}", n.name);
+        let applied = text(n, "SELECT string_agg(target_table, ',') FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome = 'applied'");
+        assert_eq!(applied, "public.item", "{}", n.name);
+        let void = text(
+            n,
+            "SELECT string_agg(format('%s %s', outcome, reason), ',') FROM converge.op_log
+              WHERE op_id = 'clerk:1' AND target_table = 'converge.void'",
+        );
+        assert_eq!(void, void_became, "{}", n.name);
+        assert_eq!(text(n, "SELECT converge.frontier() ->> 'clerk'"), "1", "{}", n.name);
+        assert_eq!(text(n, "SELECT count(*)::text FROM converge.frontier_gaps"), "0", "{}", n.name);
+    }
+}
