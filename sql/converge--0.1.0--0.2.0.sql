@@ -232,6 +232,9 @@ BEGIN
            -- A repair stays in the history with its reason (SPEC 5); a
            -- handover, for a node that rejoins from this log.
            AND l.target_table IS DISTINCT FROM 'converge.repair' AND l.target_table IS DISTINCT FROM 'converge.handover'
+           -- A void stays, so that the op it gave up can take its place
+           -- whenever it arrives (docs/operations-log.md, voids).
+           AND l.target_table IS DISTINCT FROM 'converge.void'
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,
@@ -917,17 +920,23 @@ REVOKE ALL ON FUNCTION converge.allocate(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION converge.allocate(text, text) IS 'The number of an idempotency key in an allocator: the same key gets the same number forever (also after a crash), different keys distinct numbers increasing in allocation order. Served only on the allocator''s node (55000 elsewhere). Not granted to PUBLIC: grant EXECUTE to roles that allocate, and to owners of decide functions that do.';
 -- <<< sql/requests.sql
 
+-- Voids (src/apply/voids.rs), found by the op they give up.
+CREATE INDEX op_log_voids ON converge.op_log (actor, counter) WHERE target_table = 'converge.void';
+
 -- One row per op_id in the quarantine view (a replayed op is not listed twice).
 CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
-       -- (a refused void is no op to replay: the refused op it named is)
-       AND l.target_table IS DISTINCT FROM 'converge.void'
+       -- (a client's refused void is no op to replay: the refused op it
+       -- named is; a peer's is, as the gap it leaves here)
+       AND NOT (l.target_table = 'converge.void' AND l.origin NOT LIKE 'peer:%')
+       -- (a void hides its maker's op refused here, not a peer's delivery:
+       -- that op was applied elsewhere, and takes the void's place here)
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
-                          AND a.outcome = 'applied')
+                          AND a.outcome = 'applied' AND (a.target_table <> 'converge.void' OR l.origin NOT LIKE 'peer:%'))
      -- (a peer's delivery first, as replay takes it: a client sending the
      -- same op id later must not hide where the op came from)
      ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, l.seq DESC;
-COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Refused voids are not listed.';
+COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Voids refused from a client are not listed.';
 
 COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';
 
@@ -1361,7 +1370,15 @@ BEGIN
                l.deps, CASE WHEN with_covers OR l.signature IS NOT NULL THEN l.delta ELSE converge.without_covers(l.delta) END,
                l.signature
           FROM converge.op_log l
-         WHERE l.outcome = 'applied' AND l.counter > coalesce((frontier ->> l.actor)::bigint, 0)
+         WHERE l.outcome = 'applied'
+           AND (l.counter > coalesce((frontier ->> l.actor)::bigint, 0)
+                -- An op a void contested here (the void arrived after it or
+                -- gave way to it): a caller past its counter may hold that
+                -- void instead, which the op takes the place of.
+                OR (l.actor, l.counter) IN (SELECT v.actor, v.counter FROM converge.op_log v
+                                              WHERE v.target_table = 'converge.void'
+                                                AND v.outcome IN ('duplicate', 'superseded'))
+                   AND l.target_table <> 'converge.void')
          ORDER BY l.seq;
 END $$;
 COMMENT ON FUNCTION converge.changes_since(jsonb, boolean) IS 'The applied ops a caller at this frontier lacks, in an order that respects deps; with_covers false: ormap deltas of unsigned ops without what they superseded per key, as readers before 0.2.0 take them. 55000 if the frontier predates a compaction (rejoin from converge.snapshot).';
@@ -1475,11 +1492,12 @@ GRANT SELECT ON converge.pending_ops, converge.pending TO PUBLIC;
 -- op_outcomes counts by the reason's code (sql/ops.sql).
 CREATE OR REPLACE VIEW converge.op_outcomes AS
     SELECT outcome,
-           CASE outcome WHEN 'applied' THEN NULL WHEN 'superseded' THEN 'repair'
+           CASE outcome WHEN 'applied' THEN NULL
+                        WHEN 'superseded' THEN CASE WHEN reason = 'void overtaken' THEN 'void_overtaken' ELSE 'repair' END
                         ELSE substring(reason FROM '^[a-z_]+') END AS reason,
            count(*) AS ops
       FROM converge.op_log GROUP BY 1, 2;
-COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
+COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops, void_overtaken for voids a real op took the place of; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
 
 -- TRUNCATE fires no row trigger: the rows would go here and stay on every
 -- other node, with their row states still live here. converge.replicate

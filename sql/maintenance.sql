@@ -105,6 +105,9 @@ BEGIN
            -- A repair stays in the history with its reason (SPEC 5); a
            -- handover, for a node that rejoins from this log.
            AND l.target_table IS DISTINCT FROM 'converge.repair' AND l.target_table IS DISTINCT FROM 'converge.handover'
+           -- A void stays, so that the op it gave up can take its place
+           -- whenever it arrives (docs/operations-log.md, voids).
+           AND l.target_table IS DISTINCT FROM 'converge.void'
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,

@@ -288,7 +288,9 @@ pub(crate) fn kept_aside(scope: &str, pick: &str, args: &[pgrx::datum::DatumWith
                   -- (a peer's delivery first: a client sending the op id later must not hide it)
                   ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, l.seq DESC) q
           WHERE {pick}
-            AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = q.actor AND a.counter = q.counter AND a.outcome = 'applied')
+            AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = q.actor AND a.counter = q.counter AND a.outcome = 'applied'
+                              -- (a peer's delivery takes a void's place: apply/voids.rs)
+                              AND (a.target_table <> 'converge.void' OR q.origin NOT LIKE 'peer:%'))
           ORDER BY q.seq"
     );
     crate::security::as_owner(|| {

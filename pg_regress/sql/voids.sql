@@ -37,20 +37,36 @@ SELECT count(*) AS in_quarantine FROM quarantine WHERE actor = 't1';
 -- Nothing else changed: the title is the row's own, the count t1:1 and t1:3's.
 SELECT title, value(n) AS n FROM job;
 SELECT op_id, target_table, outcome, left(reason, 10) AS reason, origin FROM op_log WHERE actor = 't1' ORDER BY seq;
--- The void sent again is a duplicate. A replay of the op it gave up is
+-- The void sent again is a duplicate. The op it gave up, replayed, is
 -- judged again (refused again here); with the bound raised so that it
--- passes, it is a duplicate: the void holds its counter, as on every node
--- it reaches (only a peer's op, applied elsewhere, takes a void's place).
+-- passes, it takes the void's place: a real op beats a void, wherever the
+-- two meet (a peer's copy of an op it applied does the same).
 SELECT * FROM apply(ROW('t1:2', 't1', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::op, 't1');
 SELECT op_id, outcome, left(reason, 10) AS reason FROM replay('t1:2');
 RESET ROLE;
 SET converge.max_clock_skew = -1;
 SET ROLE cv_clerk;
 SELECT op_id, outcome, left(reason, 10) AS reason FROM replay('t1:2');
+SELECT title FROM job;
+SELECT target_table, outcome, left(reason, 14) AS reason, origin FROM op_log WHERE op_id = 't1:2' ORDER BY seq;
+SELECT reason, ops FROM op_outcomes WHERE outcome = 'superseded';
+-- If the op's write then fails, the void keeps the counter.
+ALTER TABLE job ADD CONSTRAINT no_drafts CHECK (title <> 'draft');
 RESET ROLE;
 RESET converge.max_clock_skew;
 SET ROLE cv_clerk;
-SELECT title FROM job;
+SELECT op_id, outcome, left(reason, 10) AS reason FROM apply(ROW('t6:1', 't6', 'job', '{"id":1}', '', 1, 0, '{}',
+    '{"entries":{"title":[[4102444800000,0,"t6"],{"put":"draft"}]}}'::lwwmap::bytea, NULL)::op, 't6');
+SELECT op_id, outcome FROM apply(ROW('t6:1', 't6', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::op, 't6');
+RESET ROLE;
+SET converge.max_clock_skew = -1;
+SET ROLE cv_clerk;
+SELECT op_id, outcome, left(reason, 9) AS reason FROM replay('t6:1');
+RESET ROLE;
+RESET converge.max_clock_skew;
+SET ROLE cv_clerk;
+SELECT target_table, outcome, left(reason, 10) AS reason FROM op_log WHERE op_id = 't6:1' ORDER BY seq;
+SELECT frontier() -> 't6' AS t6_frontier, title FROM job;
 
 -- Voids that are refused. Only an op this node refused from a client can
 -- be given up, and the void has one form: an empty key, column '', an

@@ -421,17 +421,15 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     // A copy that waits here may give way to this one (Waiting::gives_way_to):
     // it is taken out of pending in step 3, under the op_id locks.
     let mut stale: Vec<String> = Vec::new();
-    // A peer's op whose counter a void holds here takes it (voids.rs).
+    // An op whose counter a void holds here takes it (voids.rs).
     let mut overtaking: HashSet<String> = HashSet::new();
     let known: HashSet<String> = if ids.is_empty() {
         HashSet::new()
     } else {
         let mut s = applied_set(&ids);
-        if trusted() {
-            let real: Vec<&Item> = valid.iter().copied().filter(|i| !voids::is_void(i) && s.contains(i.op_id.as_deref().unwrap_or(""))).collect();
-            overtaking = voids::held_by_void(&real);
-            s.retain(|id| !overtaking.contains(id));
-        }
+        let real: Vec<&Item> = valid.iter().copied().filter(|i| !voids::is_void(i) && s.contains(i.op_id.as_deref().unwrap_or(""))).collect();
+        overtaking = voids::held_by_void(&real);
+        s.retain(|id| !overtaking.contains(id));
         let void_ids: Vec<String> = valid.iter().filter(|i| voids::is_void(i)).filter_map(|i| i.op_id.clone()).collect();
         if !void_ids.is_empty() {
             s.extend(voids::held_by_peer_delivery(&void_ids));
@@ -447,7 +445,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         s
     };
     // The first op of each counter in the batch goes on, unless it is a void
-    // and a peer's batch also has the real op (voids.rs).
+    // and the batch also has the real op (voids.rs).
     let mut first: HashMap<(String, i64), usize> = HashMap::new();
     let (mut dup, mut fresh): (Vec<&Item>, Vec<&Item>) = (Vec::new(), Vec::new());
     for it in valid {
@@ -460,7 +458,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
                 e.insert(fresh.len());
                 fresh.push(it);
             }
-            std::collections::hash_map::Entry::Occupied(e) if trusted() && voids::is_void(fresh[*e.get()]) && !voids::is_void(it) => {
+            std::collections::hash_map::Entry::Occupied(e) if voids::is_void(fresh[*e.get()]) && !voids::is_void(it) => {
                 dup.push(std::mem::replace(&mut fresh[*e.get()], it));
             }
             std::collections::hash_map::Entry::Occupied(_) => dup.push(it),
@@ -547,6 +545,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
     voids::give_way(&ready.iter().copied().filter(|i| overtaking.contains(i.op_id.as_deref().unwrap_or(""))).collect::<Vec<_>>());
     let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, targets, &origin) };
+    voids::take_back(&rejected.iter().map(|(i, _)| *i).filter(|i| overtaking.contains(i.op_id.as_deref().unwrap_or(""))).collect::<Vec<_>>());
     control::merge_control(&won);
     // This node's own ops, sent back by a peer (to a node restored from a
     // backup), entered the log outside the op trigger's counter. The lock

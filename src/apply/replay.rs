@@ -18,14 +18,15 @@ use super::*;
 /// The fields of the log row replay reads, in the order `Item` takes them:
 /// the op's last delivery, one through a peer's replication first (a
 /// client sending the same op id later must not hide it; the
-/// `converge.quarantine` view shows the same row). A refused void is no
-/// op to replay (voids.rs): the op it named is.
+/// `converge.quarantine` view shows the same row). A void a client sent
+/// is no op to replay (voids.rs): the op it named is; a peer's is.
 const ROW: &str = "SELECT l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version, l.epoch,
                           l.deps, l.delta, l.signature, l.origin
                      FROM converge.op_log l
                     WHERE l.op_id OPERATOR(pg_catalog.=) $1 AND l.outcome OPERATOR(pg_catalog.=) ANY ('{rejected,quarantined}'::pg_catalog.text[])
                       AND l.origin OPERATOR(pg_catalog.<>) 'replay'
-                      AND NOT coalesce(l.target_table OPERATOR(pg_catalog.=) 'converge.void', false)
+                      AND NOT (coalesce(l.target_table OPERATOR(pg_catalog.=) 'converge.void', false)
+                               AND l.origin OPERATOR(pg_catalog.!~~) 'peer:%')
                     ORDER BY l.origin OPERATOR(pg_catalog.~~) 'peer:%' DESC, l.seq DESC LIMIT 1";
 
 /// Declared in sql/ops.sql.

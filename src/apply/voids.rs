@@ -8,17 +8,19 @@
 //!
 //! A real op beats a void. Two nodes can disagree on an op: one applied it
 //! (the client lost that answer), the other refused it and then took the
-//! client's void. Where the real op arrives from a peer after the void, the
-//! void gives way (its log row becomes `superseded`, `void overtaken`) and
-//! the op is applied; where the void arrives after the real op, it is a
-//! duplicate. A void is also a duplicate where the real op waits here
-//! (pending) or where a peer's delivery of it was refused or kept aside
-//! here: a peer applied it, so it will count.
+//! client's void. Where the real op arrives after the void (from a peer, a
+//! replay, a release of ops kept aside), the void gives way (its log row
+//! becomes `superseded`, `void overtaken`) and the op is applied; if the
+//! op's write then fails, the void is applied again. Where the void arrives
+//! after the real op, it is a duplicate; so it is where the real op waits
+//! here (pending) or where a peer's delivery of it was refused or kept
+//! aside here (a peer applied it; that delivery stays listed in
+//! `quarantine`, and is released or replayed as before).
 //!
-//! A compaction cannot fold a void before the real op reached its node: the
-//! real op's entry node applied it before any void (else it would have been
-//! a duplicate there), and a node learns that peer's frontier only with the
-//! changes it committed before (replication/pull.rs).
+//! Compaction keeps voids (one row per op given up), so the real op can
+//! take a void's place whenever it arrives; and `changes_since` gives, to a
+//! caller past its counter, an op a void contested here (a void that came
+//! after it, or gave way to it).
 
 use super::*;
 
@@ -64,8 +66,9 @@ pub(super) fn void_op_error(it: &Item, from_peer: bool, registry: &crate::actors
     let Some((table, column)) = refused_here(id) else {
         return Some(format!("nothing_to_void: no op {id} that this node refused from a client"));
     };
-    let writes = crate::security::may_write(Some(&table), Some(&column));
-    (!writes).then(|| format!("not_permitted: voiding {id} needs the rights its op needs on {table}"))
+    // (An op of a table that does not resolve here could never apply.)
+    let writes = crate::security::lookup(&table).is_none() || crate::security::may_write(Some(&table), Some(&column));
+    (!writes).then(|| format!("not_permitted: voiding {id} needs the rights its op needs"))
 }
 
 /// The table and column of the op `op_id` as this node refused it from a
@@ -93,7 +96,8 @@ fn refused_here(op_id: &str) -> Option<(String, String)> {
 pub(super) fn held_by_peer_delivery(ids: &[String]) -> HashSet<String> {
     crate::spi::prepared(
         "SELECT DISTINCT l.op_id FROM converge.op_log l
-          WHERE l.op_id = ANY ($1) AND l.outcome IN ('rejected', 'quarantined') AND l.origin LIKE 'peer:%'",
+          WHERE l.op_id = ANY ($1) AND l.outcome IN ('rejected', 'quarantined') AND l.origin LIKE 'peer:%'
+            AND l.target_table IS DISTINCT FROM 'converge.void'",
         &[ids.to_vec().into()],
         |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
     )
@@ -120,15 +124,35 @@ pub(super) fn held_by_void(items: &[&Item]) -> HashSet<String> {
 /// The voids applied here at these ops' counters give way to them
 /// (before the dedupe gate takes the counters).
 pub(super) fn give_way(items: &[&Item]) {
+    set_aside(items, ("applied", "superseded"), "AND l.target_table = $3", Some(OVERTAKEN));
+}
+
+/// The voids that gave way to these ops, which their write then refused
+/// (a constraint, a trigger): applied again, so that the counter stays
+/// used up here as on the nodes the void reached.
+pub(super) fn take_back(items: &[&Item]) {
+    set_aside(
+        items,
+        ("superseded", "applied"),
+        "AND l.target_table = $3 AND l.reason = $5
+         AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter AND a.outcome = 'applied')",
+        None,
+    );
+}
+
+/// Move the void rows at these ops' counters from one outcome to another.
+fn set_aside(items: &[&Item], (from, to): (&str, &str), cond: &str, reason: Option<&str>) {
     if items.is_empty() {
         return;
     }
     let actors: Vec<String> = items.iter().map(|i| i.actor.clone().unwrap_or_default()).collect();
     let counters: Vec<i64> = items.iter().map(|i| i.counter.unwrap_or_default()).collect();
     run(
-        "UPDATE converge.op_log l SET outcome = 'superseded', reason = $4
-           FROM unnest($1::text[], $2::int8[]) u(actor, counter)
-          WHERE l.actor = u.actor AND l.counter = u.counter AND l.outcome = 'applied' AND l.target_table = $3",
-        &[actors.into(), counters.into(), VOID.into(), OVERTAKEN.into()],
+        &format!(
+            "UPDATE converge.op_log l SET outcome = $6, reason = $4
+               FROM unnest($1::text[], $2::int8[]) u(actor, counter)
+              WHERE l.actor = u.actor AND l.counter = u.counter AND l.outcome = $7 {cond}"
+        ),
+        &[actors.into(), counters.into(), VOID.into(), reason.into(), OVERTAKEN.into(), to.into(), from.into()],
     );
 }

@@ -57,8 +57,10 @@ impl Client {
             }
         }
         // The counters refused are given up where they were refused (their
-        // outcomes are not the edits', and are not returned).
-        self.send_voids(db)?;
+        // outcomes are not the edits', and are not returned). The edits are
+        // settled and saved: a void that could not be sent now goes with
+        // the next push.
+        let _ = self.send_voids(db);
         Ok(all)
     }
 

@@ -16,6 +16,7 @@
 
 pub mod any;
 mod chain;
+mod freezes;
 mod send;
 mod snapshot;
 mod voids;
@@ -512,23 +513,6 @@ impl Client {
         self.push_with(db, |ops| ops)
     }
 
-    /// The epoch of a row as this client knows it (0 before any freeze
-    /// was pulled): what an op made here of that row carries.
-    pub fn epoch(&self, table: &str, key: &serde_json::Value) -> i64 {
-        self.saved.epochs.get(&row_name(table, key)).copied().unwrap_or(0)
-    }
-
-    /// A row's epoch on the server (SPEC section 5), under the qualified
-    /// table name and, for a plain `schema.table`, the bare name too.
-    fn note_epoch(&mut self, table: &str, key: &serde_json::Value, epoch: i64) {
-        let declared = |t: &str| self.saved.columns.keys().any(|c| c.strip_prefix(t).is_some_and(|rest| rest.starts_with('.')));
-        let names: Vec<String> = std::iter::once(table.to_string()).chain(bare_name(table)).filter(|t| declared(t)).collect();
-        for t in names {
-            let e = self.saved.epochs.entry(row_name(&t, key)).or_insert(0);
-            *e = (*e).max(epoch);
-        }
-    }
-
     fn changes_since(&self, db: &mut postgres::Client) -> Result<Vec<postgres::Row>> {
         let frontier = serde_json::to_string(&self.saved.frontier).map_err(|e| ClientError::Format(e.to_string()))?;
         Ok(db.query("SELECT converge.op_encode(o) FROM converge.changes_since($1::text::jsonb) o", &[&frontier])?)
@@ -539,21 +523,9 @@ impl Client {
     /// this client's cursor points into. Returns the number of ops pulled
     /// from the log.
     pub fn pull(&mut self, db: &mut postgres::Client) -> Result<usize> {
-        // Rows' epochs from the server's freezes, not from freeze ops: a
-        // server that rejoined from a snapshot has the freezes without
-        // their ops, and compaction takes freeze ops out of the log. A
-        // 0.1.0 server has none. Read before the ops: an epoch edits will
-        // carry never claims more than the ops pulled show.
-        let has_epochs: bool = db.query_one("SELECT to_regclass('converge.frozen') IS NOT NULL", &[])?.get(0);
-        let epochs = if has_epochs {
-            db.query("SELECT target_table, target_key::text, max(epoch) FROM converge.frozen GROUP BY 1, 2", &[])?
-        } else {
-            Vec::new()
-        };
-        for r in epochs {
-            let key: serde_json::Value = serde_json::from_str(r.get::<_, &str>(1)).map_err(|e| ClientError::Format(e.to_string()))?;
-            self.note_epoch(r.get(0), &key, r.get(2));
-        }
+        // Read before the ops: an epoch edits will carry never claims more
+        // than the ops pulled show.
+        let risen = self.pull_epochs(db)?;
         let rows = match self.changes_since(db) {
             // The log before this client's cursor was compacted there: the
             // tables' rows instead, then what came after them.
@@ -582,6 +554,7 @@ impl Client {
 
             self.mark_seen(&op.actor, op.counter());
         }
+        self.take_frozen_rows(db, &risen)?;
         if self.crash == Some(CrashPoint::AfterPullBeforeSave) {
             return Err(self.crashed(CrashPoint::AfterPullBeforeSave));
         }

@@ -7,6 +7,12 @@
 use crate::{AnyCrdt, CellId, Client, ClientError, Result};
 use std::collections::BTreeMap;
 
+/// The columns `a` of the primary key `i` of the table named by $1 (`c`),
+/// as declared: schema-qualified as the server writes it, or a bare name.
+pub(crate) const PRIMARY_KEY: &str = "FROM (SELECT CASE WHEN strpos($1, '.') > 0 THEN to_regclass($1) ELSE to_regclass(quote_ident($1)) END AS oid) c
+                       JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)";
+
 impl Client {
     /// Take the rows of every declared table, as `converge.snapshot` gives
     /// them (their CRDT columns' full states), with each row's key as ops
@@ -40,7 +46,8 @@ impl Client {
             // cells are the ones later ops name.
             let query: Option<String> = tx
                 .query_one(
-                    "SELECT CASE WHEN count(*) > 0 THEN format('SELECT jsonb_build_object(%s)::text, to_jsonb(t)::text FROM %s t',
+                    &format!(
+                        "SELECT CASE WHEN count(*) > 0 THEN format('SELECT jsonb_build_object(%s)::text, to_jsonb(t)::text FROM %s t',
                             string_agg(format('%L, %s', a.attname,
                                 CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype)
                                      THEN format('t.%I', a.attname)
@@ -50,9 +57,8 @@ impl Client {
                                      ELSE format('t.%I::text', a.attname) END), ', '
                                 ORDER BY array_position(i.indkey::int2[], a.attnum)),
                             min(c.oid)::regclass) END
-                       FROM (SELECT CASE WHEN strpos($1, '.') > 0 THEN to_regclass($1) ELSE to_regclass(quote_ident($1)) END AS oid) c
-                       JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
-                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)",
+                       {PRIMARY_KEY}"
+                    ),
                     &[table],
                 )?
                 .get(0);

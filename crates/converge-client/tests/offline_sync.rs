@@ -494,6 +494,53 @@ fn a_client_edit_carries_the_epoch_of_the_freeze_it_pulled() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A device that increments a counter and tags a row after it was frozen,
+/// without knowing: the server keeps those edits out (`frozen`). Once the
+/// device pulls the freeze, its cells of the row are the frozen state, so
+/// its next increment (a running total) does not carry the kept-out ones
+/// back in, and its own view drops the kept-out tag.
+#[test]
+fn a_devices_edits_after_a_freeze_it_pulled_leave_its_frozen_ones_out() {
+    let mut db = fresh_node("converge_client_frozen_counter", "virginia");
+    db.batch_execute(
+        "SELECT converge.set_authority('incident', NULL, 'virginia');
+         INSERT INTO incident (id) VALUES (1);",
+    )
+    .unwrap();
+    let dir = workdir("frozen-counter");
+    let mut tab = open(&dir, "tab8");
+    let incr = |c: &mut Client, n: i64| {
+        c.mutate("incident", json!({"id": 1}), "visits", move |v, ctx| {
+            let AnyCrdt::GCounter(x) = v else { unreachable!() };
+            Ok(AnyCrdt::GCounter(x.incr(ctx.actor, n)?))
+        })
+        .unwrap()
+    };
+    let visits = |c: &Client| match c.value("incident", &json!({"id": 1}), "visits") {
+        Some(AnyCrdt::GCounter(x)) => x.value().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    incr(&mut tab, 2);
+    assert_eq!(outcome_lines(tab.push(&mut db).unwrap()), ["tab8:1 applied "]);
+    db.batch_execute("SELECT converge.freeze('incident', '{\"id\": 1}')").unwrap();
+    // Made before the device pulled the freeze: kept out.
+    incr(&mut tab, 3);
+    edit_tags(&mut tab, 1, |x, d| x.add("late", d.clone()));
+    assert_eq!(outcome_lines(tab.push(&mut db).unwrap()), ["tab8:2 quarantined frozen", "tab8:3 quarantined frozen"]);
+    assert_eq!(visits(&tab), 5);
+    tab.pull(&mut db).unwrap();
+    assert_eq!(tab.epoch("incident", &json!({"id": 1})), 1);
+    assert_eq!(visits(&tab), 2, "the frozen state");
+    let tags = tab.value("incident", &json!({"id": 1}), "tags").map(|t| t.to_text());
+    assert!(tags.as_deref().is_none_or(|t| !t.contains("late")), "{tags:?}");
+    // Made after: applied, on top of the frozen state only.
+    assert_eq!(incr(&mut tab, 1).epoch, 1);
+    assert_eq!(outcome_lines(tab.push(&mut db).unwrap()), ["tab8:4 applied "]);
+    let n: i64 = db.query_one("SELECT converge.value(visits) FROM incident WHERE id = 1", &[]).unwrap().get(0);
+    assert_eq!((n, visits(&tab)), (3, 3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A device's ops on a `removes_only` column (SPEC 5): its adds, tagged by
 /// the client crate with its op id as their one dot, apply on a node that
 /// is not the authority; its removal is `not_authority` and the warning
@@ -663,6 +710,27 @@ fn a_write_from_a_clock_a_year_ahead_is_refused_and_holds_nothing_back() {
     // Given up with a void: the node's frontier for tab9 is past it.
     let row = db.query_one("SELECT (converge.frontier() ->> 'tab9')::int8, (SELECT count(*) FROM converge.frontier_gaps)", &[]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 0));
+
+    // A device with a registered key signs its voids as its other ops.
+    let key = converge_core::signing::SigningKey::from_bytes(&[9; 32]);
+    db.execute("SELECT converge.register_actor('tab10', $1)", &[&key.verifying_key().to_bytes().to_vec()]).unwrap();
+    let mut signed = open(&dir, "tab10");
+    signed.sign_with(key, "public");
+    signed
+        .mutate("incident", json!({"id": 1}), "note", |v, ctx| {
+            let AnyCrdt::LwwReg(x) = v else { unreachable!() };
+            let now = ctx.timestamp(x.max_timestamp());
+            let ahead = Timestamp(now.ms() + 365 * 24 * 3600 * 1000, 0, now.node().to_string());
+            Ok(AnyCrdt::LwwReg(x.assign(Json::parse("\"signed, from next year\"")?, ahead)))
+        })
+        .unwrap();
+    let lines = outcome_lines(signed.push(&mut db).unwrap());
+    assert!(lines[0].starts_with("tab10:1 rejected clock_skew"), "{lines:?}");
+    let void = db
+        .query_one("SELECT outcome, signature IS NOT NULL FROM converge.op_log WHERE op_id = 'tab10:1' AND target_table = 'converge.void'", &[])
+        .unwrap();
+    assert_eq!((void.get::<_, String>(0), void.get::<_, bool>(1)), ("applied".to_string(), true));
+    assert!(signed.voids_pending().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

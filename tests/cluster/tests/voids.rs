@@ -5,7 +5,7 @@
 //! applied, and the void where it was applied gives way.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..172.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..175.
 
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
@@ -14,6 +14,17 @@ use std::time::Duration;
 fn base_port() -> u16 {
     std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 170
 }
+
+/// madrid's write of item 1's title (a row op), far ahead of the clock,
+/// under schema version `version` of the row ops, and its void.
+fn title_op(version: i32) -> String {
+    format!(
+        "ROW('clerk:1', 'clerk', 'public.item', '{{\"id\":1}}', '', {version}, 0, '{{}}',
+             '{{\"entries\":{{\"title\":[[9999999999999,1,\"clerk\"],{{\"put\":\"valve\"}}]}}}}'::converge.lwwmap::bytea,
+             NULL)::converge.op"
+    )
+}
+const VOID: &str = "ROW('clerk:1', 'clerk', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::converge.op";
 
 /// Send `op` (a `converge.op` literal) as a client to `n`; its outcome and reason.
 fn send(n: &Node, op: &str, lift_bound: bool) -> String {
@@ -35,10 +46,7 @@ fn an_op_applied_on_one_node_beats_its_void_from_another() {
     // madrid is cut off from both others.
     pause(&nodes, 0, 1, true);
     pause(&nodes, 0, 2, true);
-    let title = "ROW('clerk:1', 'clerk', 'public.item', '{\"id\":1}', '', 1, 0, '{}',
-                     '{\"entries\":{\"title\":[[9999999999999,1,\"clerk\"],{\"put\":\"valve\"}]}}'::converge.lwwmap::bytea,
-                     NULL)::converge.op";
-    let void = "ROW('clerk:1', 'clerk', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::converge.op";
+    let (title, void) = (&title_op(1), VOID);
     // madrid, whose bound is lifted, applies the write; the device does not
     // hear back and sends it to dublin, which refuses it, and gives it up there.
     assert_eq!(send(&nodes[0], title, true), "applied");
@@ -69,5 +77,63 @@ fn an_op_applied_on_one_node_beats_its_void_from_another() {
         assert_eq!(void, void_became, "{}", n.name);
         assert_eq!(text(n, "SELECT converge.frontier() ->> 'clerk'"), "1", "{}", n.name);
         assert_eq!(text(n, "SELECT count(*)::text FROM converge.frontier_gaps"), "0", "{}", n.name);
+        // A caller whose frontier is past clerk:1 may hold the void: every
+        // node knows the contest and gives it the op.
+        let given = text(n, "SELECT coalesce(string_agg(target_table, ','), 'nothing') FROM converge.changes_since('{\"clerk\": 1}') WHERE op_id = 'clerk:1'");
+        assert_eq!(given, "public.item", "{}", n.name);
+    }
+    // Compaction, once every peer reported clerk:1, folds the op and keeps
+    // the voids (the op can still take their place).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for n in &nodes {
+        while text(n, "SELECT (converge.stable_frontier() = converge.frontier())::text") != "true" {
+            assert!(std::time::Instant::now() < deadline, "{}: the frontier never became stable", n.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.compact()").unwrap();
+        let left = text(n, "SELECT coalesce(string_agg(target_table, ',' ORDER BY seq), 'nothing') FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome <> 'rejected'");
+        assert_eq!(left, "converge.void", "{}", n.name);
+    }
+    assert_identical(&nodes, &["item"]);
+}
+
+/// The op reaches the nodes that hold its void while they keep it aside
+/// (a schema version of the row ops they have not set yet): it stays
+/// listed in `quarantine` there, and when they set that version it is
+/// released and takes the void's place.
+#[test]
+fn an_op_kept_aside_where_its_void_was_applied_takes_its_place_when_released() {
+    let root = Scratch::new("voids-aside");
+    let nodes = mesh_of_three(&root.0, base_port() + 3);
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    pause(&nodes, 0, 1, true);
+    pause(&nodes, 0, 2, true);
+    nodes[0].client().batch_execute("SELECT converge.set_schema_version('item', NULL, 2)").unwrap();
+    assert_eq!(send(&nodes[0], &title_op(2), true), "applied");
+    assert_eq!(send(&nodes[1], &title_op(2), false), "rejected clock_skew");
+    assert_eq!(send(&nodes[1], VOID, false), "applied");
+    wait_for(&nodes[2], "SELECT count(*)::text FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome = 'applied'", "1", "the void reaches virginia");
+    pause(&nodes, 0, 1, false);
+    pause(&nodes, 0, 2, false);
+    for n in &nodes[1..] {
+        wait_for(
+            n,
+            "SELECT coalesce(string_agg(format('%s %s', outcome, reason), ','), '') FROM converge.quarantine WHERE op_id = 'clerk:1' AND origin LIKE 'peer:%'",
+            "quarantined new_schema",
+            "madrid's op is kept aside, and listed, where the void holds its counter",
+        );
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "pump", "{}", n.name);
+        n.client().batch_execute("SELECT converge.set_schema_version('item', NULL, 2)").unwrap();
+    }
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "valve", "{}", n.name);
+        let applied = text(n, "SELECT string_agg(target_table, ',') FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome = 'applied'");
+        assert_eq!(applied, "public.item", "{}", n.name);
+        assert_eq!(text(n, "SELECT count(*)::text FROM converge.quarantine WHERE op_id = 'clerk:1'"), "0", "{}", n.name);
     }
 }
