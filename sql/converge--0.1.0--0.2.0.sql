@@ -233,8 +233,12 @@ BEGIN
            -- handover, for a node that rejoins from this log.
            AND l.target_table IS DISTINCT FROM 'converge.repair' AND l.target_table IS DISTINCT FROM 'converge.handover'
            -- A void stays, so that the op it gave up can take its place
-           -- whenever it arrives (docs/operations-log.md, voids).
+           -- whenever it arrives (docs/operations-log.md, voids); so does an
+           -- op a void contested, which changes_since gives to callers that
+           -- may hold the void.
            AND l.target_table IS DISTINCT FROM 'converge.void'
+           AND NOT EXISTS (SELECT 1 FROM converge.op_log v
+                            WHERE v.target_table = 'converge.void' AND v.actor = l.actor AND v.counter = l.counter)
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,
@@ -928,14 +932,15 @@ CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
        -- (a client's refused void is no op to replay: the refused op it
        -- named is; a peer's is, as the gap it leaves here)
-       AND NOT (l.target_table = 'converge.void' AND l.origin NOT LIKE 'peer:%')
+       AND NOT (coalesce(l.target_table = 'converge.void', false) AND l.origin NOT LIKE 'peer:%')
        -- (a void hides its maker's op refused here, not a peer's delivery:
        -- that op was applied elsewhere, and takes the void's place here)
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
                           AND a.outcome = 'applied' AND (a.target_table <> 'converge.void' OR l.origin NOT LIKE 'peer:%'))
      -- (a peer's delivery first, as replay takes it: a client sending the
-     -- same op id later must not hide where the op came from)
-     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, l.seq DESC;
+     -- same op id later must not hide where the op came from; the op before
+     -- a void of it)
+     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, coalesce(l.target_table = 'converge.void', false), l.seq DESC;
 COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Voids refused from a client are not listed.';
 
 COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';

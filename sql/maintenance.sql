@@ -106,8 +106,12 @@ BEGIN
            -- handover, for a node that rejoins from this log.
            AND l.target_table IS DISTINCT FROM 'converge.repair' AND l.target_table IS DISTINCT FROM 'converge.handover'
            -- A void stays, so that the op it gave up can take its place
-           -- whenever it arrives (docs/operations-log.md, voids).
+           -- whenever it arrives (docs/operations-log.md, voids); so does an
+           -- op a void contested, which changes_since gives to callers that
+           -- may hold the void.
            AND l.target_table IS DISTINCT FROM 'converge.void'
+           AND NOT EXISTS (SELECT 1 FROM converge.op_log v
+                            WHERE v.target_table = 'converge.void' AND v.actor = l.actor AND v.counter = l.counter)
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,

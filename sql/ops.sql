@@ -139,14 +139,15 @@ CREATE VIEW converge.quarantine AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
        -- (a client's refused void is no op to replay: the refused op it
        -- named is; a peer's is, as the gap it leaves here)
-       AND NOT (l.target_table = 'converge.void' AND l.origin NOT LIKE 'peer:%')
+       AND NOT (coalesce(l.target_table = 'converge.void', false) AND l.origin NOT LIKE 'peer:%')
        -- (a void hides its maker's op refused here, not a peer's delivery:
        -- that op was applied elsewhere, and takes the void's place here)
        AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
                           AND a.outcome = 'applied' AND (a.target_table <> 'converge.void' OR l.origin NOT LIKE 'peer:%'))
      -- (a peer's delivery first, as replay takes it: a client sending the
-     -- same op id later must not hide where the op came from)
-     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, l.seq DESC;
+     -- same op id later must not hide where the op came from; the op before
+     -- a void of it)
+     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, coalesce(l.target_table = 'converge.void', false), l.seq DESC;
 COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Voids refused from a client are not listed.';
 
 CREATE FUNCTION converge.op_encode(o converge.op) RETURNS bytea

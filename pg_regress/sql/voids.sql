@@ -68,6 +68,28 @@ SET ROLE cv_clerk;
 SELECT target_table, outcome, left(reason, 10) AS reason FROM op_log WHERE op_id = 't6:1' ORDER BY seq;
 SELECT frontier() -> 't6' AS t6_frontier, title FROM job;
 
+-- An op refused without a table is listed, and can be given up.
+SELECT op_id, outcome, reason FROM apply(ROW('t7:1', 't7', NULL, '{"id":1}', 'n', 1, 0, '{}', '\x00', NULL)::op, 't7');
+SELECT op_id, outcome, reason FROM quarantine WHERE actor = 't7';
+SELECT op_id, outcome FROM apply(ROW('t7:1', 't7', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::op, 't7');
+SELECT count(*) AS t7_listed FROM quarantine WHERE actor = 't7';
+-- A batch with a void and the op it gives up (sent again, and passing
+-- now): the op is applied, the void is a duplicate.
+SELECT op_id, outcome, left(reason, 10) AS reason FROM apply(ROW('t8:1', 't8', 'job', '{"id":1}', '', 1, 0, '{}',
+    '{"entries":{"title":[[4102444800000,0,"t8"],{"put":"t8 was here"}]}}'::lwwmap::bytea, NULL)::op, 't8');
+RESET ROLE;
+SET converge.max_clock_skew = -1;
+SET ROLE cv_clerk;
+SELECT op_id, outcome FROM apply_batch(ARRAY[
+    ROW('t8:1', 't8', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::op,
+    ROW('t8:1', 't8', 'job', '{"id":1}', '', 1, 0, '{}',
+        '{"entries":{"title":[[4102444800000,0,"t8"],{"put":"t8 was here"}]}}'::lwwmap::bytea, NULL)::op], 't8') ORDER BY outcome;
+RESET ROLE;
+RESET converge.max_clock_skew;
+SET ROLE cv_clerk;
+SELECT target_table, outcome, left(reason, 10) AS reason FROM op_log WHERE op_id = 't8:1' ORDER BY seq;
+SELECT title FROM job;
+
 -- Voids that are refused. Only an op this node refused from a client can
 -- be given up, and the void has one form: an empty key, column '', an
 -- empty delta, no deps.

@@ -543,9 +543,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     let t_dups = t0.elapsed();
     // 4. Everything else: through the dedupe gate, then merged.
     let ready: Vec<&Item> = fresh.iter().copied().filter(|i| !waiting.contains(&i.n)).collect();
-    voids::give_way(&ready.iter().copied().filter(|i| overtaking.contains(i.op_id.as_deref().unwrap_or(""))).collect::<Vec<_>>());
-    let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { gate_and_merge(&ready, targets, &origin) };
-    voids::take_back(&rejected.iter().map(|(i, _)| *i).filter(|i| overtaking.contains(i.op_id.as_deref().unwrap_or(""))).collect::<Vec<_>>());
+    let (won, lost, rejected) = if ready.is_empty() { Default::default() } else { voids::through_gate(&ready, &overtaking, targets, &origin) };
     control::merge_control(&won);
     // This node's own ops, sent back by a peer (to a node restored from a
     // backup), entered the log outside the op trigger's counter. The lock

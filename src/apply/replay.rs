@@ -27,7 +27,8 @@ const ROW: &str = "SELECT l.op_id, l.actor, l.target_table, l.target_key, l.targ
                       AND l.origin OPERATOR(pg_catalog.<>) 'replay'
                       AND NOT (coalesce(l.target_table OPERATOR(pg_catalog.=) 'converge.void', false)
                                AND l.origin OPERATOR(pg_catalog.!~~) 'peer:%')
-                    ORDER BY l.origin OPERATOR(pg_catalog.~~) 'peer:%' DESC, l.seq DESC LIMIT 1";
+                    ORDER BY l.origin OPERATOR(pg_catalog.~~) 'peer:%' DESC,
+                             coalesce(l.target_table OPERATOR(pg_catalog.=) 'converge.void', false), l.seq DESC LIMIT 1";
 
 /// Declared in sql/ops.sql.
 #[pg_extern(sql = false, volatile, strict, parallel_unsafe)]

@@ -37,9 +37,8 @@ pub(super) fn is_void(it: &Item) -> bool {
 
 /// Why a void is not valid (None: valid). Its shape first, then its
 /// signature as any op of its actor; where it enters from a client, it
-/// must name an op this node refused from a client (rejected, or kept
-/// aside as `old_schema` or `frozen`), and the caller must be allowed to
-/// write what that op wrote.
+/// must name an op this node refused from a client (`refused_here`), and
+/// the caller must be allowed to write what that op wrote.
 pub(super) fn void_op_error(it: &Item, from_peer: bool, registry: &crate::actors::Registry) -> Option<String> {
     let empty_key = matches!(&it.key, Some(serde_json::Value::Object(m)) if m.is_empty());
     if !empty_key {
@@ -63,21 +62,36 @@ pub(super) fn void_op_error(it: &Item, from_peer: bool, registry: &crate::actors
         return None;
     }
     let id = it.op_id.as_deref().unwrap_or_default();
-    let Some((table, column)) = refused_here(id) else {
+    let Some((table, column, request)) = refused_here(id) else {
         return Some(format!("nothing_to_void: no op {id} that this node refused from a client"));
     };
-    // (An op of a table that does not resolve here could never apply.)
-    let writes = crate::security::lookup(&table).is_none() || crate::security::may_write(Some(&table), Some(&column));
+    let writes = match crate::security::lookup(&table) {
+        // (An op of a table that does not resolve here could never apply.)
+        None => true,
+        Some(rel) if request => may_request(rel, &column),
+        Some(_) => crate::security::may_write(Some(&table), Some(&column)),
+    };
     (!writes).then(|| format!("not_permitted: voiding {id} needs the rights its op needs"))
 }
 
+/// Whether the caller may make the request a void gives up: UPDATE on its
+/// column (requests/mod.rs), if the column is there.
+fn may_request(rel: pg_sys::Oid, column: &str) -> bool {
+    crate::spi::read_one::<bool>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = $2 AND a.attname = $3 AND NOT a.attisdropped)
+                     THEN pg_catalog.has_column_privilege($1, $2, $3, 'UPDATE') ELSE true END",
+        &[crate::security::caller().into(), rel.into(), column.into()],
+    ) == Some(true)
+}
+
 /// The table and column of the op `op_id` as this node refused it from a
-/// client: rejected, or quarantined as `old_schema` or `frozen` (not as
-/// `new_schema` or `new_epoch`: those apply by themselves later). A
-/// request names the table it asks about.
-fn refused_here(op_id: &str) -> Option<(String, String)> {
-    let sql = "SELECT CASE WHEN l.target_table = 'converge.request' THEN l.target_key ->> 'table' ELSE l.target_table END,
-                      l.target_column
+/// client (rejected, or quarantined other than as `new_schema` or
+/// `new_epoch`: those apply by themselves later), and whether it is a
+/// request (it names the table it asks about).
+fn refused_here(op_id: &str) -> Option<(String, String, bool)> {
+    // (An op refused without a table or column names none: '' resolves to nothing.)
+    let sql = "SELECT coalesce(CASE WHEN l.target_table = 'converge.request' THEN l.target_key ->> 'table' ELSE l.target_table END, ''),
+                      coalesce(l.target_column, ''), coalesce(l.target_table = 'converge.request', false)
                  FROM converge.op_log l
                 WHERE l.op_id = $1 AND l.outcome IN ('rejected', 'quarantined')
                   AND NOT (l.outcome = 'quarantined' AND l.reason IN ('new_schema', 'new_epoch'))
@@ -85,7 +99,7 @@ fn refused_here(op_id: &str) -> Option<(String, String)> {
                 ORDER BY l.seq DESC LIMIT 1";
     crate::security::as_owner(|| {
         crate::spi::prepared(sql, &[op_id.into()], |mut t| {
-            Ok(t.next().and_then(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??))))
+            Ok(t.next().and_then(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??))))
         })
     })
     .unwrap_or_else(|e| spi_err(e))
@@ -121,16 +135,47 @@ pub(super) fn held_by_void(items: &[&Item]) -> HashSet<String> {
     .unwrap_or_else(|e| spi_err(e))
 }
 
+type Gated<'a> = (Vec<&'a Item>, Vec<&'a Item>, Vec<(&'a Item, String)>);
+
+/// The dedupe gate and the merge (`merge::gate_and_merge`) for ops of
+/// which those in `overtaking` take the place of a void applied here: the
+/// voids give way first, and are applied again for ops whose write then
+/// fails. An op that lost the gate to a void another session applied
+/// meanwhile (it committed while this batch waited on the gate) takes the
+/// void's place the same way.
+pub(super) fn through_gate<'a>(ready: &[&'a Item], overtaking: &HashSet<String>, targets: &[Target], origin: &str) -> Gated<'a> {
+    let among = |items: &[&'a Item], ids: &HashSet<String>| -> Vec<&'a Item> {
+        items.iter().copied().filter(|i| ids.contains(i.op_id.as_deref().unwrap_or(""))).collect()
+    };
+    let refused = |r: &[(&'a Item, String)]| -> Vec<&'a Item> { r.iter().map(|(i, _)| *i).collect() };
+    give_way(&among(ready, overtaking));
+    let (mut won, mut lost, mut rejected) = gate_and_merge(ready, targets, origin);
+    take_back(&among(&refused(&rejected), overtaking));
+    let real: Vec<&'a Item> = lost.iter().copied().filter(|i| !is_void(i)).collect();
+    let late = held_by_void(&real);
+    if !late.is_empty() {
+        let again = among(&real, &late);
+        lost.retain(|i| !late.contains(i.op_id.as_deref().unwrap_or("")));
+        give_way(&again);
+        let (w, l, r) = gate_and_merge(&again, targets, origin);
+        take_back(&among(&refused(&r), &late));
+        won.extend(w);
+        lost.extend(l);
+        rejected.extend(r);
+    }
+    (won, lost, rejected)
+}
+
 /// The voids applied here at these ops' counters give way to them
 /// (before the dedupe gate takes the counters).
-pub(super) fn give_way(items: &[&Item]) {
+fn give_way(items: &[&Item]) {
     set_aside(items, ("applied", "superseded"), "AND l.target_table = $3", Some(OVERTAKEN));
 }
 
 /// The voids that gave way to these ops, which their write then refused
 /// (a constraint, a trigger): applied again, so that the counter stays
 /// used up here as on the nodes the void reached.
-pub(super) fn take_back(items: &[&Item]) {
+fn take_back(items: &[&Item]) {
     set_aside(
         items,
         ("superseded", "applied"),

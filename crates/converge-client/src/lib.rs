@@ -270,10 +270,13 @@ impl Client {
             let v = AnyCrdt::empty(&ty)?.parse_like(&text)?;
             c.cells.insert(id, v);
         }
-        // Recovery: ops in the outbox may be newer than the saved state.
+        // Recovery: ops in the outbox may be newer than the saved state
+        // (not those a freeze pulled since keeps out: freezes.rs).
         for op in c.outbox.clone() {
             c.saved.next_counter = c.saved.next_counter.max(op.counter() + 1);
-            c.merge_delta(&op)?;
+            if !c.kept_out(&op) {
+                c.merge_delta(&op)?;
+            }
             c.mark_seen(&op.actor, op.counter());
         }
         Ok(c)

@@ -81,7 +81,7 @@ impl Client {
         self.cells.retain(|id, _| !replaced.contains(&&id.table));
         self.cells.extend(taken);
         for op in self.outbox.clone() {
-            if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) {
+            if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) && !self.kept_out(&op) {
                 self.merge_delta(&op)?;
             }
         }

@@ -82,8 +82,9 @@ fn an_op_applied_on_one_node_beats_its_void_from_another() {
         let given = text(n, "SELECT coalesce(string_agg(target_table, ','), 'nothing') FROM converge.changes_since('{\"clerk\": 1}') WHERE op_id = 'clerk:1'");
         assert_eq!(given, "public.item", "{}", n.name);
     }
-    // Compaction, once every peer reported clerk:1, folds the op and keeps
-    // the voids (the op can still take their place).
+    // Compaction, once every peer reported clerk:1, keeps the voids (the op
+    // can still take their place) and the op they contested (changes_since
+    // still gives it to a caller that may hold a void).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for n in &nodes {
         while text(n, "SELECT (converge.stable_frontier() = converge.frontier())::text") != "true" {
@@ -93,8 +94,19 @@ fn an_op_applied_on_one_node_beats_its_void_from_another() {
     }
     for n in &nodes {
         n.client().batch_execute("SELECT converge.compact()").unwrap();
-        let left = text(n, "SELECT coalesce(string_agg(target_table, ',' ORDER BY seq), 'nothing') FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome <> 'rejected'");
-        assert_eq!(left, "converge.void", "{}", n.name);
+        let left = text(
+            n,
+            "SELECT coalesce(string_agg(target_table, ',' ORDER BY target_table), 'nothing') FROM converge.op_log
+              WHERE op_id = 'clerk:1' AND outcome <> 'rejected'",
+        );
+        assert_eq!(left, "converge.void,public.item", "{}", n.name);
+        let folded = text(n, "SELECT (SELECT count(*) FROM converge.log_horizon)::text");
+        assert_ne!(folded, "0", "{}: compaction folded nothing", n.name);
+        let given = text(
+            n,
+            "SELECT coalesce(string_agg(target_table, ','), 'nothing') FROM converge.changes_since(converge.frontier()) WHERE op_id = 'clerk:1'",
+        );
+        assert_eq!(given, "public.item", "{}", n.name);
     }
     assert_identical(&nodes, &["item"]);
 }
