@@ -25,6 +25,9 @@ impl Client {
     /// is given up with a void (voids.rs). Returns the outcomes of every
     /// batch of edits, in order.
     pub fn push_with(&mut self, db: &mut postgres::Client, arrange: impl FnOnce(Vec<Op>) -> Vec<Op>) -> Result<Vec<Outcome>> {
+        // Ops the server refused after they left the outbox, found in its
+        // log (best effort: the push goes on without them).
+        let _ = self.learn_refusals(db);
         // An op refused already (the outbox was not rewritten after a
         // crash) is not sent again: its refusal stands.
         let before = self.outbox.len();
@@ -156,7 +159,7 @@ impl Client {
     }
 
     /// `counter`, or the op before it if a server refused it, and so on.
-    fn live(&self, mut counter: u64) -> u64 {
+    pub(crate) fn live(&self, mut counter: u64) -> u64 {
         while let Some(before) = self.saved.dead.get(&counter) {
             counter = *before;
         }

@@ -30,6 +30,42 @@ impl Client {
         self.saved.voids = Some(v);
     }
 
+    /// This client's ops that the server refused after they left the
+    /// outbox: it held one waiting for an op before it, and a retry then
+    /// refused it (an authority, a schema version or a freeze set
+    /// meanwhile; the bound on clocks). The ops the server holds behind
+    /// it would wait for it for ever. Each is noted as refused (in
+    /// `rejected()`) and given up with a void, which lets them go on.
+    pub(crate) fn learn_refusals(&mut self, db: &mut postgres::Client) -> Result<()> {
+        let actor = self.saved.actor.clone();
+        let rows = db.query(
+            "SELECT q.counter, converge.op_encode(ROW(q.op_id, q.actor, q.target_table, q.target_key, q.target_column,
+                    q.schema_version, q.epoch, q.deps, q.delta, q.signature)::converge.op), coalesce(q.reason, q.outcome)
+               FROM converge.quarantine q
+              WHERE q.actor = $1 AND q.origin = $1 AND q.counter < $2
+                AND NOT (q.outcome = 'quarantined' AND q.reason IN ('new_schema', 'new_epoch'))
+              ORDER BY q.counter",
+            &[&actor, &(self.saved.next_counter as i64)],
+        )?;
+        let mut learned = false;
+        for r in rows {
+            let counter = r.get::<_, i64>(0) as u64;
+            if self.saved.dead.contains_key(&counter) || self.outbox.iter().any(|o| o.counter() == counter) {
+                continue;
+            }
+            let op = Op::decode(r.get::<_, &[u8]>(1))?;
+            let before = self.live(counter.saturating_sub(1));
+            self.saved.dead.insert(counter, before);
+            self.saved.rejected.push((op, r.get::<_, String>(2)));
+            self.void_later(counter);
+            learned = true;
+        }
+        if learned {
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Send the voids still to send, and forget each one the server
     /// answered: applied or a duplicate (the counter is used up), or
     /// refused (this server cannot take it: an older release, or a counter

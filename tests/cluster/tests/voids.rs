@@ -5,10 +5,12 @@
 //! applied, and the void where it was applied gives way.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..175.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..178.
 
+use converge_client::{AnyCrdt, Client};
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
+use serde_json::json;
 use std::time::Duration;
 
 fn base_port() -> u16 {
@@ -147,5 +149,63 @@ fn an_op_kept_aside_where_its_void_was_applied_takes_its_place_when_released() {
         let applied = text(n, "SELECT string_agg(target_table, ',') FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome = 'applied'");
         assert_eq!(applied, "public.item", "{}", n.name);
         assert_eq!(text(n, "SELECT count(*)::text FROM converge.quarantine WHERE op_id = 'clerk:1'"), "0", "{}", n.name);
+    }
+}
+
+/// A device's op that a node held waiting (the op before it had not
+/// arrived there yet) and that a retry refused once it had: the device is
+/// not told (the op left its outbox), and the node held the device's next
+/// op behind it. At its next push the device finds the refusal in the
+/// node's log and gives the op up, which lets the held op go on.
+#[test]
+fn an_op_refused_after_it_left_the_outbox_is_given_up_and_frees_the_ops_behind_it() {
+    let root = Scratch::new("voids-later");
+    let nodes = mesh_of_three(&root.0, base_port() + 6);
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    let mut tab = Client::open(root.0.join("tab"), "tab").unwrap();
+    tab.declare("ctr", "g", "gcounter").unwrap();
+    tab.declare("item", "owner", "lwwreg").unwrap();
+    let incr = |c: &mut Client, n: i64| {
+        c.mutate("ctr", json!({"id": 1}), "g", move |v, ctx| {
+            let AnyCrdt::GCounter(x) = v else { unreachable!() };
+            Ok(AnyCrdt::GCounter(x.incr(ctx.actor, n)?))
+        })
+        .unwrap();
+    };
+    // dublin does not have tab:1 yet when the next two reach it, under a
+    // bound on clocks lifted for that session only.
+    pause(&nodes, 0, 1, true);
+    incr(&mut tab, 1);
+    assert!(tab.push(&mut nodes[0].client()).unwrap().iter().all(|o| o.outcome == "applied"));
+    tab.mutate("item", json!({"id": 1}), "owner", |v, ctx| {
+        let AnyCrdt::LwwReg(x) = v else { unreachable!() };
+        let now = ctx.timestamp(x.max_timestamp());
+        let ahead = converge_core::Timestamp(now.ms() + 600_000, 0, now.node().to_string());
+        Ok(AnyCrdt::LwwReg(x.assign(converge_core::Json::parse("\"ten minutes ahead\"")?, ahead)))
+    })
+    .unwrap();
+    incr(&mut tab, 2);
+    let mut lifted = nodes[1].client();
+    lifted.batch_execute("SET converge.max_clock_skew = -1").unwrap();
+    let held: Vec<String> = tab.push(&mut lifted).unwrap().into_iter().map(|o| format!("{} {}", o.op_id, o.outcome)).collect();
+    assert_eq!(held, ["tab:2 buffered", "tab:3 buffered"]);
+    assert!(tab.outbox().is_empty(), "held by the node, they left the outbox");
+    // tab:1 arrives; dublin's retry judges tab:2's clock under its own bound.
+    pause(&nodes, 0, 1, false);
+    wait_for(&nodes[1], "SELECT count(*)::text FROM converge.op_log WHERE op_id = 'tab:2' AND outcome = 'rejected'", "1", "the retry refuses tab:2");
+    assert_eq!(text(&nodes[1], "SELECT string_agg(op_id, ',') FROM converge.pending"), "tab:3");
+    incr(&mut tab, 4);
+    tab.push(&mut nodes[1].client()).unwrap();
+    let refused: Vec<String> = tab.rejected().iter().map(|(op, r)| format!("{} {}", op.op_id, &r[..10])).collect();
+    assert_eq!(refused, ["tab:2 clock_skew"]);
+    assert!(tab.voids_pending().is_empty());
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["ctr", "item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT converge.value(g)::text FROM ctr WHERE id = 1"), "7", "{}", n.name);
+        assert_eq!(text(n, "SELECT (owner IS NULL)::text FROM item WHERE id = 1"), "true", "{}", n.name);
+        assert_eq!(text(n, "SELECT converge.frontier() ->> 'tab'"), "4", "{}", n.name);
+        assert_eq!(text(n, "SELECT count(*)::text FROM converge.pending"), "0", "{}", n.name);
     }
 }
