@@ -43,7 +43,9 @@ impl Client {
                     q.schema_version, q.epoch, q.deps, q.delta, q.signature)::converge.op), coalesce(q.reason, q.outcome)
                FROM converge.quarantine q
               WHERE q.actor = $1 AND q.origin = $1 AND q.counter < $2
-                AND NOT (q.outcome = 'quarantined' AND q.reason IN ('new_schema', 'new_epoch'))
+                -- (new_schema and new_epoch apply by themselves; a frozen op's
+                -- counter is used up everywhere, and settle lists it)
+                AND NOT (q.outcome = 'quarantined' AND q.reason IN ('new_schema', 'new_epoch', 'frozen'))
               ORDER BY q.counter",
             &[&actor, &(self.saved.next_counter as i64)],
         )?;

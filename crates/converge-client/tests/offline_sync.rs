@@ -541,6 +541,10 @@ fn a_devices_edits_after_a_freeze_it_pulled_leave_its_frozen_ones_out() {
     assert_eq!(outcome_lines(tab.push(&mut db).unwrap()), ["tab8:4 applied "]);
     let n: i64 = db.query_one("SELECT converge.value(visits) FROM incident WHERE id = 1", &[]).unwrap().get(0);
     assert_eq!((n, visits(&tab)), (3, 3));
+    // Listed once each, and not given up (a frozen op's counter is used up).
+    let refused: Vec<String> = tab.rejected().iter().map(|(op, r)| format!("{} {r}", op.op_id)).collect();
+    assert_eq!(refused, ["tab8:2 frozen", "tab8:3 frozen"]);
+    assert!(tab.voids_pending().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
