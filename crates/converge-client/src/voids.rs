@@ -44,8 +44,10 @@ impl Client {
                FROM converge.quarantine q
               WHERE q.actor = $1 AND q.origin = $1 AND q.counter < $2
                 -- (new_schema and new_epoch apply by themselves; a frozen op's
-                -- counter is used up everywhere, and settle lists it)
+                -- counter is used up everywhere, and settle lists it; an op
+                -- refused with the one before it was sent again after others)
                 AND NOT (q.outcome = 'quarantined' AND q.reason IN ('new_schema', 'new_epoch', 'frozen'))
+                AND coalesce(q.reason, '') NOT LIKE 'dependency_rejected%'
               ORDER BY q.counter",
             &[&actor, &(self.saved.next_counter as i64)],
         )?;
