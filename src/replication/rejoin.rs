@@ -101,13 +101,36 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
         .unwrap_or_else(|| "{}".into());
     let query = super::peers::changes_query(conn, stop).unwrap_or_else(|e| fail(peer, e));
     let left = conn.query(query, &[&horizon], true, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
-    let left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+    let mut left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+    // After the ops they may contest, so that a void of an op applied
+    // here is a duplicate, as it is there.
+    left.extend(voids(&mut Snap { peer, conn, stop }, &horizon));
     conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     state.store();
     super::pull::apply_encoded(left, peer, origin, 0, 0);
     note_copied(peer, &horizon, &frontier);
     pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
     merged
+}
+
+/// The peer's voids that `changes_since(horizon)` does not give
+/// (apply/voids.rs): those applied at or below the horizon, each holding
+/// its counter there (a real op that comes later takes its place, here as
+/// there), and those that gave way to an op or came after it, which mark
+/// the op as contested (changes_since gives it to a caller past its
+/// counter). Compaction keeps them all. None from a peer before 0.2.0.
+fn voids(q: &mut Snap, horizon: &str) -> Vec<Vec<u8>> {
+    if q.q("SELECT to_regclass('converge.op_log_voids') IS NOT NULL", &[]).text(0, 0).as_deref() != Some("t") {
+        return Vec::new();
+    }
+    let sql = "SELECT converge.op_encode(ROW(l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version,
+                                             l.epoch, l.deps, l.delta, l.signature)::converge.op)
+                 FROM (SELECT DISTINCT ON (v.op_id) v.* FROM converge.op_log v
+                        WHERE v.target_table = 'converge.void' AND v.outcome IN ('applied', 'duplicate', 'superseded')
+                          AND (v.outcome <> 'applied' OR v.counter <= coalesce(($1::jsonb ->> v.actor)::int8, 0))
+                        ORDER BY v.op_id, v.seq) l";
+    let rows = q.conn.query(sql, &[horizon], true, QUERY_TIMEOUT, q.stop).unwrap_or_else(|e| fail(q.peer, e));
+    rows.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect()
 }
 
 /// converge's own state on the peer, copied as state: its ops may be

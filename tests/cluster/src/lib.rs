@@ -8,6 +8,7 @@
 
 pub mod coordinated;
 pub mod fieldcare;
+pub mod lost;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

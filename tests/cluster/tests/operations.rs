@@ -12,81 +12,13 @@
 //! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..74 (test binaries run one
 //! after another, so the last ones may be coordination.rs's too).
 
+use converge_cluster_tests::lost::*;
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
 use std::time::{Duration, Instant};
 
 fn base_port() -> u16 {
     std::env::var("CONVERGE_CLUSTER_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5710) + 60
-}
-
-fn count(n: &Node, sql: &str) -> i64 {
-    n.client().query_one(sql, &[]).unwrap().get(0)
-}
-
-/// Wait until every node's stable frontier is its whole frontier: each
-/// peer has reported having everything (what the workers' probes learn).
-fn wait_all_stable(nodes: &[Node]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for n in nodes {
-        while count(n, "SELECT (converge.stable_frontier() = converge.frontier())::int::int8") != 1 {
-            assert!(Instant::now() < deadline, "{} never saw its frontier stable: {}", n.name,
-                    text(n, "SELECT converge.stable_frontier()::text || ' vs ' || converge.frontier()::text"));
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// Wait until every node shows every peer `ok` (no lost mark left).
-fn wait_all_ok(nodes: &[Node]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while nodes.iter().any(|n| count(n, "SELECT count(*) FROM converge.peers WHERE state <> 'ok'") > 0) {
-        let states: Vec<String> = nodes.iter().map(|n| text(n, "SELECT coalesce(string_agg(name || ' ' || state, ', '), '') FROM converge.peers")).collect();
-        assert!(Instant::now() < deadline, "a peer is still not ok: {states:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// compact() on each node: the ops it removed.
-fn compact_all(nodes: &[Node]) -> Vec<i64> {
-    nodes.iter().map(|n| count(n, "SELECT ops_removed FROM converge.compact()")).collect()
-}
-
-/// A mesh of three whose nodes mark a peer lost once its slot holds 1MB.
-fn mesh_losing_peers_past_1mb(root: &std::path::Path, port: u16) -> Vec<Node> {
-    let nodes = mesh_of_three(root, port);
-    for n in &nodes {
-        let mut c = n.client();
-        c.batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = '1MB'").unwrap();
-        c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    }
-    nodes
-}
-
-/// Cut node `cut` off from every other node, both ways (or heal it).
-fn isolate(nodes: &[Node], cut: usize, paused: bool) {
-    for i in (0..nodes.len()).filter(|&i| i != cut) {
-        pause(nodes, cut, i, paused);
-    }
-}
-
-/// More than 1MB of WAL on `n` (a 2.5MB table named `table`): its
-/// non-streaming peers' slots pass the test meshes' limit.
-fn fill_wal(n: &Node, table: &str) {
-    n.client()
-        .batch_execute(&format!("CREATE TABLE {table} AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 5000) g"))
-        .unwrap();
-}
-
-/// Wait until each (node, peer) pair shows the peer `lost` on that node.
-fn wait_lost(nodes: &[Node], pairs: &[(usize, &str)]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for &(i, peer) in pairs {
-        while text(&nodes[i], &format!("SELECT state FROM converge.peers WHERE name = '{peer}'")) != "lost" {
-            assert!(Instant::now() < deadline, "{} never marked {peer} lost", nodes[i].name);
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
 }
 
 #[test]
@@ -473,13 +405,7 @@ fn a_node_lost_while_an_authority_moved_takes_the_move_when_it_rejoins() {
     nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'open')").unwrap();
     converge_all(&nodes, Duration::from_secs(60));
 
-    isolate(&nodes, 2, true);
-    nodes[2].stop_immediate();
-    for i in [0, 1] {
-        nodes[i].client().execute("SELECT converge.resume_peer('virginia')", &[]).unwrap();
-        fill_wal(&nodes[i], "filler");
-    }
-    wait_lost(&nodes, &[(0, "virginia"), (1, "virginia")]);
+    lose_virginia(&nodes);
     // madrid hands title over to dublin, which takes it and writes it.
     nodes[0].client().batch_execute("SELECT converge.set_authority('item', 'title', 'dublin')").unwrap();
     let setting = "SELECT format('%s %s %s', node, coalesce(since::text, 'untaken'), earlier) FROM converge.authorities WHERE target_column = 'title'";
@@ -490,12 +416,7 @@ fn a_node_lost_while_an_authority_moved_takes_the_move_when_it_rejoins() {
     compact_all(&nodes[..2]);
     assert_eq!(text(&nodes[0], setting), text(&nodes[1], setting));
 
-    nodes[2].start();
-    nodes[2].client().execute("SELECT converge.resume_peer('madrid')", &[]).unwrap();
-    nodes[2].client().execute("SELECT converge.resume_peer('dublin')", &[]).unwrap();
-    converge_all(&nodes, Duration::from_secs(120));
-    let log = std::fs::read_to_string(nodes[2].dir.join("server.log")).unwrap_or_default();
-    assert!(log.contains("from the snapshot of peer"), "virginia did not rejoin from a snapshot");
+    bring_virginia_back(&nodes);
     // dublin decides after the rejoin, and virginia follows.
     nodes[1].client().batch_execute("UPDATE item SET title = 'closed' WHERE id = 1").unwrap();
     converge_all(&nodes, Duration::from_secs(60));

@@ -5,9 +5,10 @@
 //! applied, and the void where it was applied gives way.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..178.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..184.
 
 use converge_client::{AnyCrdt, Client};
+use converge_cluster_tests::lost::*;
 use converge_cluster_tests::workload::*;
 use converge_cluster_tests::*;
 use serde_json::json;
@@ -207,5 +208,81 @@ fn an_op_refused_after_it_left_the_outbox_is_given_up_and_frees_the_ops_behind_i
         assert_eq!(text(n, "SELECT (owner IS NULL)::text FROM item WHERE id = 1"), "true", "{}", n.name);
         assert_eq!(text(n, "SELECT converge.frontier() ->> 'tab'"), "4", "{}", n.name);
         assert_eq!(text(n, "SELECT count(*)::text FROM converge.pending"), "0", "{}", n.name);
+    }
+}
+
+/// A mesh where virginia was lost while dublin refused clerk:1 and took
+/// its void (which reached madrid), and then madrid and dublin folded the
+/// device's later op: their horizon passes the void, so `changes_since`
+/// from it does not give the void. With `replay_first`, dublin replays
+/// clerk:1 (its bound raised) before the fold: it takes the void's place
+/// there and on madrid. Then virginia comes back and rejoins from a
+/// snapshot.
+fn rejoin_past_a_void(root: &Scratch, port: u16, replay_first: bool) -> Vec<Node> {
+    let nodes = mesh_losing_peers_past_1mb(&root.0, port);
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    lose_virginia(&nodes);
+    assert_eq!(send(&nodes[1], &title_op(1), false), "rejected clock_skew");
+    assert_eq!(send(&nodes[1], VOID, false), "applied");
+    // The device's next op (an old clock: it changes nothing), for compaction to fold.
+    let next = title_op(1).replace("clerk:1", "clerk:2").replace("9999999999999", "1000");
+    assert_eq!(send(&nodes[1], &next, false), "applied");
+    if replay_first {
+        replay_on_dublin(&nodes);
+    }
+    let (want, what) = if replay_first { ("3", "the void, the op and the next one reach madrid") } else { ("2", "the void and the next op reach madrid") };
+    wait_for(&nodes[0], "SELECT count(*)::text FROM converge.op_log WHERE actor = 'clerk' AND outcome IN ('applied', 'superseded')", want, what);
+    wait_all_stable(&nodes[..2]);
+    compact_all(&nodes[..2]);
+    for n in &nodes[..2] {
+        let horizon = "SELECT coalesce((SELECT upto::text FROM converge.log_horizon WHERE actor = 'clerk'), 'none')";
+        assert_eq!(text(n, horizon), "2", "{}", n.name);
+    }
+    bring_virginia_back(&nodes);
+    nodes
+}
+
+/// dublin replays clerk:1 with its bound raised: applied in the void's place.
+fn replay_on_dublin(nodes: &[Node]) {
+    let mut c = nodes[1].client();
+    c.batch_execute("SET converge.max_clock_skew = -1").unwrap();
+    let replayed = c.query_one("SELECT outcome FROM converge.replay('clerk:1')", &[]).unwrap().get::<_, String>(0);
+    assert_eq!(replayed, "applied");
+}
+
+const APPLIED_VOID: &str =
+    "SELECT count(*)::text FROM converge.op_log WHERE op_id = 'clerk:1' AND target_table = 'converge.void' AND outcome = 'applied'";
+
+/// The rejoined node takes the void with the rows (the frontier alone
+/// would make the op a duplicate there), so that when the op is replayed
+/// later it takes the void's place there too.
+#[test]
+fn a_node_that_rejoins_from_a_snapshot_takes_the_voids_below_the_horizon() {
+    let root = Scratch::new("voids-rejoin");
+    let nodes = rejoin_past_a_void(&root, base_port() + 9, false);
+    assert_eq!(text(&nodes[2], APPLIED_VOID), "1", "virginia holds the void");
+    replay_on_dublin(&nodes);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "valve", "{}", n.name);
+        assert_eq!(text(n, APPLIED_VOID), "0", "{}: the void still holds the counter", n.name);
+    }
+}
+
+/// The void had given way before the fold: the rejoined node takes the op
+/// and, from the void, that it was contested, so that it gives the op to
+/// a caller past its counter (who may hold the void) as the others do.
+#[test]
+fn a_node_that_rejoins_from_a_snapshot_knows_which_ops_a_void_contested() {
+    let root = Scratch::new("voids-rejoin-contest");
+    let nodes = rejoin_past_a_void(&root, base_port() + 12, true);
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "valve", "{}", n.name);
+        assert_eq!(text(n, APPLIED_VOID), "0", "{}", n.name);
+        let given = text(n, "SELECT coalesce(string_agg(target_table, ','), 'nothing') FROM converge.changes_since(converge.frontier()) WHERE op_id = 'clerk:1'");
+        assert_eq!(given, "public.item", "{}", n.name);
     }
 }
