@@ -238,7 +238,9 @@ BEGIN
            -- may hold the void.
            AND l.target_table IS DISTINCT FROM 'converge.void'
            AND NOT EXISTS (SELECT 1 FROM converge.op_log v
-                            WHERE v.target_table = 'converge.void' AND v.actor = l.actor AND v.counter = l.counter)
+                            WHERE v.target_table = 'converge.void' AND v.actor = l.actor AND v.counter = l.counter
+                              -- (a void refused here contested nothing)
+                              AND v.outcome IN ('applied', 'duplicate', 'superseded'))
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,
@@ -926,6 +928,9 @@ COMMENT ON FUNCTION converge.allocate(text, text) IS 'The number of an idempoten
 
 -- Voids (src/apply/voids.rs), found by the op they give up.
 CREATE INDEX op_log_voids ON converge.op_log (actor, counter) WHERE target_table = 'converge.void';
+-- A client's own refusals, read at each push (ops.sql).
+CREATE INDEX op_log_problems_by_actor ON converge.op_log (converge.op_id_actor(op_id)) WHERE outcome IN ('rejected', 'quarantined');
+ALTER FUNCTION converge.op_id_actor(text) LEAKPROOF;
 
 -- One row per op_id in the quarantine view (a replayed op is not listed twice).
 CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS

@@ -111,7 +111,9 @@ BEGIN
            -- may hold the void.
            AND l.target_table IS DISTINCT FROM 'converge.void'
            AND NOT EXISTS (SELECT 1 FROM converge.op_log v
-                            WHERE v.target_table = 'converge.void' AND v.actor = l.actor AND v.counter = l.counter)
+                            WHERE v.target_table = 'converge.void' AND v.actor = l.actor AND v.counter = l.counter
+                              -- (a void refused here contested nothing)
+                              AND v.outcome IN ('applied', 'duplicate', 'superseded'))
         RETURNING l.*),
     folded AS (
         SELECT g.target_table, g.target_key, g.target_column,

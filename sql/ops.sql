@@ -79,6 +79,10 @@ CREATE TABLE converge.op_log (
 CREATE UNIQUE INDEX op_log_applied_once ON converge.op_log (actor, counter) WHERE outcome = 'applied';
 -- Rejected and quarantined ops, found by op_id for replay and the quarantine view.
 CREATE INDEX op_log_problems ON converge.op_log (op_id) WHERE outcome IN ('rejected', 'quarantined');
+-- The same by actor, for a client that reads its own refusals at each
+-- push (crates/converge-client, learn_refusals): the quarantine view
+-- takes a condition on its op_id's actor into its scan.
+CREATE INDEX op_log_problems_by_actor ON converge.op_log (converge.op_id_actor(op_id)) WHERE outcome IN ('rejected', 'quarantined');
 -- Voids (src/apply/voids.rs), found by the op they give up.
 CREATE INDEX op_log_voids ON converge.op_log (actor, counter) WHERE target_table = 'converge.void';
 COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair: reason names it).';
@@ -172,6 +176,9 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 COMMENT ON FUNCTION converge.parse_op_id(text) IS 'Split an op_id ''actor:counter'' into its parts (NULLs when malformed).';
 COMMENT ON FUNCTION converge.op_id_actor(text) IS 'The actor of an op_id ''actor:counter'', or NULL when malformed.';
+-- It raises nothing and shows nothing but its result: a condition on it
+-- may use op_log_problems_by_actor under op_log's row security.
+ALTER FUNCTION converge.op_id_actor(text) LEAKPROOF;
 COMMENT ON FUNCTION converge.op_id_counter(text) IS 'The counter of an op_id ''actor:counter'', or NULL when malformed.';
 COMMENT ON FUNCTION converge.without_covers(bytea) IS 'An op''s delta as readers before 0.2.0 take it: an ormap delta without what it superseded per key (it merges the same); any other delta as it is.';
 COMMENT ON FUNCTION converge.delta_error(text, bytea) IS 'Why a delta is not a valid value of the named converge type (NULL when valid); never raises.';

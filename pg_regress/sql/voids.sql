@@ -101,6 +101,8 @@ SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
     ROW('t2:3', 't2', 'converge.void', '{}', '', 1, 0, '{}', '\x00', NULL)::op,
     ROW('t2:4', 't2', 'converge.void', '{}', '', 1, 0, '{t2:1}', '', NULL)::op], 't2')
  ORDER BY op_id;
+-- A void refused here is no op refused here: sent again, it is refused again.
+SELECT op_id, outcome, reason FROM apply(ROW('t1:9', 't1', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::op, 't1');
 -- An op kept aside as new_schema applies by itself once this node reaches
 -- that version: it cannot be given up.
 SELECT op_id, outcome, reason FROM apply(ROW('t3:1', 't3', 'job', '{"id":1}', 'n', 2, 0, '{}',
@@ -110,6 +112,8 @@ SELECT op_id, outcome, reason FROM apply(ROW('t3:1', 't3', 'converge.void', '{}'
 SELECT op_id, outcome, reason FROM apply(ROW('t4:1', 't4', 'job', '{"id":1}', 'title', 1, 0, '{}',
     '{"counts":{"t4":1}}'::gcounter::bytea, NULL)::op, 't4');
 SET ROLE cv_viewer;
+SELECT op_id, outcome, reason FROM apply(ROW('t4:1', 't4', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::op, 't4');
+-- (Sent again: refused again; its refused void is no refused op.)
 SELECT op_id, outcome, reason FROM apply(ROW('t4:1', 't4', 'converge.void', '{}', '', 1, 0, '{}', '', NULL)::op, 't4');
 SET ROLE cv_clerk;
 -- A registered device's void is signed as its other ops are.

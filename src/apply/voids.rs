@@ -95,6 +95,8 @@ fn refused_here(op_id: &str) -> Option<(String, String, bool)> {
                  FROM converge.op_log l
                 WHERE l.op_id = $1 AND l.outcome IN ('rejected', 'quarantined')
                   AND NOT (l.outcome = 'quarantined' AND l.reason IN ('new_schema', 'new_epoch'))
+                  -- (a void refused here is no op refused: sent again, it is refused again)
+                  AND l.target_table IS DISTINCT FROM 'converge.void'
                   AND l.origin NOT LIKE 'peer:%' AND l.origin NOT LIKE 'claimed peer:%'
                 ORDER BY l.seq DESC LIMIT 1";
     crate::security::as_owner(|| {

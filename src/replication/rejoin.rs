@@ -104,7 +104,7 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     let mut left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
     // After the ops they may contest, so that a void of an op applied
     // here is a duplicate, as it is there.
-    left.extend(voids(&mut Snap { peer, conn, stop }, &horizon));
+    left.extend(voids(&mut Snap { peer, conn, stop }, &horizon, rejoin));
     conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
     state.store();
     super::pull::apply_encoded(left, peer, origin, 0, 0);
@@ -119,7 +119,13 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
 /// there), and those that gave way to an op or came after it, which mark
 /// the op as contested (changes_since gives it to a caller past its
 /// counter). Compaction keeps them all. None from a peer before 0.2.0.
-fn voids(q: &mut Snap, horizon: &str) -> Vec<Vec<u8>> {
+///
+/// A join (not `rejoin`) leaves out a void of an op this node applied:
+/// the join replaces this node's rows with the peer's, whose frontier
+/// covers the counter, so the op's effect is gone here as it is there;
+/// taken, the void would mark the op contested here and send it to a
+/// peer whose catch-up from this node comes later, and only there.
+fn voids(q: &mut Snap, horizon: &str, rejoin: bool) -> Vec<Vec<u8>> {
     if q.q("SELECT to_regclass('converge.op_log_voids') IS NOT NULL", &[]).text(0, 0).as_deref() != Some("t") {
         return Vec::new();
     }
@@ -130,7 +136,26 @@ fn voids(q: &mut Snap, horizon: &str) -> Vec<Vec<u8>> {
                           AND (v.outcome <> 'applied' OR v.counter <= coalesce(($1::jsonb ->> v.actor)::int8, 0))
                         ORDER BY v.op_id, v.seq) l";
     let rows = q.conn.query(sql, &[horizon], true, QUERY_TIMEOUT, q.stop).unwrap_or_else(|e| fail(q.peer, e));
-    rows.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect()
+    let all: Vec<Vec<u8>> = rows.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+    if rejoin {
+        return all;
+    }
+    let ids: Vec<String> = all.iter().filter_map(|b| converge_core::Op::decode(b).ok()).map(|o| o.op_id).collect();
+    if ids.is_empty() {
+        return all;
+    }
+    let applied: HashSet<String> = Spi::connect(|c| {
+        c.select(
+            "SELECT l.op_id FROM unnest($1::text[]) u(id)
+               JOIN converge.op_log l ON l.actor = converge.op_id_actor(u.id) AND l.counter = converge.op_id_counter(u.id)
+              WHERE l.outcome = 'applied' AND l.target_table IS DISTINCT FROM 'converge.void'",
+            None,
+            &[ids.into()],
+        )
+        .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+        .unwrap_or_else(|e| fail(q.peer, e))
+    });
+    all.into_iter().filter(|b| converge_core::Op::decode(b).is_ok_and(|o| !applied.contains(&o.op_id))).collect()
 }
 
 /// converge's own state on the peer, copied as state: its ops may be

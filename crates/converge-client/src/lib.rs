@@ -144,10 +144,14 @@ struct Saved {
     /// after that op.
     #[serde(default)]
     dead: BTreeMap<u64, u64>,
-    /// Counters of `dead` whose void no server has answered yet
+    /// Counters of `dead` whose void no server has taken yet
     /// (voids.rs); None in a state saved before voids.
     #[serde(default)]
     voids: Option<BTreeSet<u64>>,
+    /// Of `voids`, the nodes that answered they refused no op under that
+    /// counter (`nothing_to_void`): it goes to the other nodes only.
+    #[serde(default)]
+    void_declined: BTreeMap<u64, BTreeSet<String>>,
 }
 
 /// The table's name without its schema, as a client may declare it:

@@ -6,6 +6,12 @@
 //! refused op's id, target `converge.void`, that changes nothing) to the
 //! server it pushed to, which refused it. An op a server applied beats its
 //! void, wherever the two meet.
+//!
+//! A server takes a void only for an op it refused itself. A void that
+//! could not be sent where the op was refused (the connection dropped
+//! after the push) and that a later push brings to another node is
+//! declined there (`nothing_to_void`): it stays to send, to the nodes that
+//! have not declined it, until one takes it.
 
 use crate::{send_ops, Client, Op, Result};
 use std::collections::BTreeSet;
@@ -14,7 +20,7 @@ use std::collections::BTreeSet;
 pub const VOID: &str = "converge.void";
 
 impl Client {
-    /// The refused counters whose void no server has answered yet.
+    /// The refused counters whose void no server has taken yet.
     pub fn voids_pending(&self) -> BTreeSet<u64> {
         match &self.saved.voids {
             Some(v) => v.clone(),
@@ -42,7 +48,8 @@ impl Client {
             "SELECT q.counter, converge.op_encode(ROW(q.op_id, q.actor, q.target_table, q.target_key, q.target_column,
                     q.schema_version, q.epoch, q.deps, q.delta, q.signature)::converge.op), coalesce(q.reason, q.outcome)
                FROM converge.quarantine q
-              WHERE q.actor = $1 AND q.origin = $1 AND q.counter < $2
+              -- (op_id's actor: the view takes it into its scan, by an index)
+              WHERE converge.op_id_actor(q.op_id) = $1 AND q.actor = $1 AND q.origin = $1 AND q.counter < $2
                 -- (new_schema and new_epoch apply by themselves; a frozen op's
                 -- counter is used up everywhere, and settle lists it; an op
                 -- refused with the one before it was sent again after others)
@@ -52,9 +59,22 @@ impl Client {
             &[&actor, &(self.saved.next_counter as i64)],
         )?;
         let mut learned = false;
+        let mut node = None;
         for r in rows {
             let counter = r.get::<_, i64>(0) as u64;
-            if self.saved.dead.contains_key(&counter) || self.outbox.iter().any(|o| o.counter() == counter) {
+            if self.saved.dead.contains_key(&counter) {
+                // Refused elsewhere first, and declined here then (held
+                // here, not refused yet): this node takes the void now.
+                if self.saved.void_declined.contains_key(&counter) {
+                    let here = match &node {
+                        Some(n) => n,
+                        None => node.insert(node_name(db)?),
+                    };
+                    learned |= self.saved.void_declined.get_mut(&counter).is_some_and(|n| n.remove(here.as_str()));
+                }
+                continue;
+            }
+            if self.outbox.iter().any(|o| o.counter() == counter) {
                 continue;
             }
             let op = Op::decode(r.get::<_, &[u8]>(1))?;
@@ -70,29 +90,46 @@ impl Client {
         Ok(())
     }
 
-    /// Send the voids still to send, and forget each one the server
-    /// answered: applied or a duplicate (the counter is used up), or
-    /// refused (this server cannot take it: an older release, or a counter
-    /// it did not refuse; it is not a refusal of an edit, so `rejected()`
-    /// does not list it).
+    /// Send the voids still to send that this node has not declined, and
+    /// forget each one it answered: applied or a duplicate (the counter is
+    /// used up), or refused (this server cannot take it: an older release,
+    /// the rights it needs; it is not a refusal of an edit, so `rejected()`
+    /// does not list it). One it declined (it refused no op under that
+    /// counter) stays, for the node that did.
     pub(crate) fn send_voids(&mut self, db: &mut postgres::Client) -> Result<()> {
-        let todo = self.voids_pending();
-        if todo.is_empty() {
+        let pending = self.voids_pending();
+        if pending.is_empty() {
             if self.saved.voids.is_none() {
-                self.saved.voids = Some(todo);
+                self.saved.voids = Some(pending);
                 self.save()?;
             }
+            return Ok(());
+        }
+        let node = node_name(db)?;
+        let declined_here = |c: &u64| self.saved.void_declined.get(c).is_some_and(|n| n.contains(&node));
+        let todo: Vec<u64> = pending.iter().copied().filter(|c| !declined_here(c)).collect();
+        if todo.is_empty() {
             return Ok(());
         }
         let actor = self.saved.actor.clone();
         let empty = serde_json::json!({});
         let ops: Vec<Op> = todo.iter().map(|c| self.outgoing(Op::new(&actor, *c, VOID, &empty, "", vec![], vec![]))).collect();
-        let outcomes = send_ops(db, &ops, &actor)?;
-        let answered: BTreeSet<u64> = outcomes
-            .iter()
-            .filter_map(|o| converge_core::parse_op_id(&o.op_id).filter(|(a, _)| *a == actor).map(|(_, c)| c))
-            .collect();
-        self.saved.voids = Some(todo.difference(&answered).copied().collect());
+        let mut left = pending;
+        for o in send_ops(db, &ops, &actor)? {
+            let Some(counter) = converge_core::parse_op_id(&o.op_id).filter(|(a, _)| *a == actor).map(|(_, c)| c) else { continue };
+            if o.outcome == "rejected" && o.reason.as_deref().is_some_and(|r| r.starts_with("nothing_to_void")) {
+                self.saved.void_declined.entry(counter).or_default().insert(node.clone());
+            } else {
+                left.remove(&counter);
+                self.saved.void_declined.remove(&counter);
+            }
+        }
+        self.saved.voids = Some(left);
         self.save()
     }
+}
+
+/// The name of the node `db` is (converge.node_identity; "" before set_node).
+fn node_name(db: &mut postgres::Client) -> Result<String> {
+    Ok(db.query_opt("SELECT name FROM converge.node_identity", &[])?.map(|r| r.get(0)).unwrap_or_default())
 }

@@ -685,6 +685,18 @@ fn a_devices_edits_after_a_refused_one_are_applied() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Set incident 1's note to `text` at a time a year ahead of the device's clock.
+fn note_a_year_ahead(c: &mut Client, text: &str) {
+    let value = Json::from_value(&json!(text));
+    c.mutate("incident", json!({"id": 1}), "note", move |v, ctx| {
+        let AnyCrdt::LwwReg(x) = v else { unreachable!() };
+        let now = ctx.timestamp(x.max_timestamp());
+        let ahead = Timestamp(now.ms() + 365 * 24 * 3600 * 1000, 0, now.node().to_string());
+        Ok(AnyCrdt::LwwReg(x.assign(value, ahead)))
+    })
+    .unwrap();
+}
+
 /// A device whose clock runs a year ahead: the server refuses its register
 /// write (`clock_skew`, converge.max_clock_skew) and applies the counter
 /// edit made after it, which the refused write does not hold back.
@@ -694,13 +706,7 @@ fn a_write_from_a_clock_a_year_ahead_is_refused_and_holds_nothing_back() {
     db.batch_execute("INSERT INTO incident (id) VALUES (1)").unwrap();
     let dir = workdir("skew");
     let mut tab = open(&dir, "tab9");
-    tab.mutate("incident", json!({"id": 1}), "note", |v, ctx| {
-        let AnyCrdt::LwwReg(x) = v else { unreachable!() };
-        let now = ctx.timestamp(x.max_timestamp());
-        let ahead = Timestamp(now.ms() + 365 * 24 * 3600 * 1000, 0, now.node().to_string());
-        Ok(AnyCrdt::LwwReg(x.assign(Json::parse("\"from next year\"")?, ahead)))
-    })
-    .unwrap();
+    note_a_year_ahead(&mut tab, "from next year");
     tab.mutate("incident", json!({"id": 1}), "visits", |v, ctx| {
         let AnyCrdt::GCounter(x) = v else { unreachable!() };
         Ok(AnyCrdt::GCounter(x.incr(ctx.actor, 2)?))
@@ -723,14 +729,7 @@ fn a_write_from_a_clock_a_year_ahead_is_refused_and_holds_nothing_back() {
     db.execute("SELECT converge.register_actor('tab10', $1)", &[&key.verifying_key().to_bytes().to_vec()]).unwrap();
     let mut signed = open(&dir, "tab10");
     signed.sign_with(key, "public");
-    signed
-        .mutate("incident", json!({"id": 1}), "note", |v, ctx| {
-            let AnyCrdt::LwwReg(x) = v else { unreachable!() };
-            let now = ctx.timestamp(x.max_timestamp());
-            let ahead = Timestamp(now.ms() + 365 * 24 * 3600 * 1000, 0, now.node().to_string());
-            Ok(AnyCrdt::LwwReg(x.assign(Json::parse("\"signed, from next year\"")?, ahead)))
-        })
-        .unwrap();
+    note_a_year_ahead(&mut signed, "signed, from next year");
     let lines = outcome_lines(signed.push(&mut db).unwrap());
     assert!(lines[0].starts_with("tab10:1 rejected clock_skew"), "{lines:?}");
     let void = db
@@ -738,6 +737,64 @@ fn a_write_from_a_clock_a_year_ahead_is_refused_and_holds_nothing_back() {
         .unwrap();
     assert_eq!((void.get::<_, String>(0), void.get::<_, bool>(1)), ("applied".to_string(), true));
     assert!(signed.voids_pending().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A void that could not be sent where its op was refused (here the
+/// server failed it; a dropped connection does the same) goes with the
+/// next push, to another node: that node refused no such op and declines
+/// it (`nothing_to_void`), once. It stays to send, and the next push to
+/// the node that refused the op gives it up there.
+#[test]
+fn a_void_another_node_declines_waits_for_the_node_that_refused_the_op() {
+    let mut dublin = fresh_node("converge_client_void_a", "dublin");
+    let mut madrid = fresh_node("converge_client_void_b", "madrid");
+    // The device pushes as an application role.
+    for db in [&mut dublin, &mut madrid] {
+        db.batch_execute(
+            "DO $$ BEGIN CREATE ROLE cv_device LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON incident TO cv_device;",
+        )
+        .unwrap();
+    }
+    dublin.batch_execute("INSERT INTO incident (id) VALUES (1)").unwrap();
+    let device = |db: &str| postgres::Client::connect(&format!("{} dbname={db} user=cv_device", dsn()), postgres::NoTls).unwrap();
+    let (mut at_dublin, mut at_madrid) = (device("converge_client_void_a"), device("converge_client_void_b"));
+    // The void cannot be sent to dublin after the push (the client cannot
+    // read which node it is for a moment: its first step).
+    dublin.batch_execute("REVOKE SELECT ON converge.node_identity FROM PUBLIC").unwrap();
+    let dir = workdir("void-elsewhere");
+    let mut tab = open(&dir, "tab11");
+    note_a_year_ahead(&mut tab, "from next year");
+    let lines = outcome_lines(tab.push(&mut at_dublin).unwrap());
+    assert!(lines[0].starts_with("tab11:1 rejected clock_skew"), "{lines:?}");
+    assert_eq!(tab.voids_pending().into_iter().collect::<Vec<_>>(), [1]);
+    dublin.batch_execute("GRANT SELECT ON converge.node_identity TO PUBLIC").unwrap();
+
+    let voids_at = |db: &mut postgres::Client| -> String {
+        db.query_one(
+            "SELECT coalesce(string_agg(outcome || ' ' || coalesce(split_part(reason, ':', 1), ''), ', ' ORDER BY seq), 'none')
+               FROM converge.op_log WHERE op_id = 'tab11:1' AND target_table = 'converge.void'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for _ in 0..2 {
+        tab.push(&mut at_madrid).unwrap();
+    }
+    assert_eq!(voids_at(&mut madrid), "rejected nothing_to_void", "madrid is asked once");
+    assert_eq!(tab.voids_pending().into_iter().collect::<Vec<_>>(), [1], "still to send");
+    // Reopened (the declining node is saved with the state), then back at dublin.
+    drop(tab);
+    let mut tab = open(&dir, "tab11");
+    tab.push(&mut at_madrid).unwrap();
+    assert_eq!(voids_at(&mut madrid), "rejected nothing_to_void");
+    tab.push(&mut at_dublin).unwrap();
+    assert!(tab.voids_pending().is_empty());
+    assert_eq!(voids_at(&mut dublin), "applied ");
+    let row = dublin.query_one("SELECT (converge.frontier() ->> 'tab11')::int8, (SELECT count(*) FROM converge.frontier_gaps)", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,7 +5,7 @@
 //! applied, and the void where it was applied gives way.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..184.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 170..187.
 
 use converge_client::{AnyCrdt, Client};
 use converge_cluster_tests::lost::*;
@@ -284,5 +284,49 @@ fn a_node_that_rejoins_from_a_snapshot_knows_which_ops_a_void_contested() {
         assert_eq!(text(n, APPLIED_VOID), "0", "{}", n.name);
         let given = text(n, "SELECT coalesce(string_agg(target_table, ','), 'nothing') FROM converge.changes_since(converge.frontier()) WHERE op_id = 'clerk:1'");
         assert_eq!(given, "public.item", "{}", n.name);
+    }
+}
+
+/// A node that joins (its rows replaced by a peer's snapshot) after it
+/// applied an op that the mesh refused and gave up: the join drops the
+/// op's effect there (the peer's frontier covers it), and the node takes
+/// no void of it, which would make it send the op to the peers whose
+/// catch-up from it comes later, and only to them. Every node ends with
+/// the same rows (docs/operations-log.md, "Not covered").
+#[test]
+fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_ends_like_the_mesh() {
+    let root = Scratch::new("voids-join");
+    let port = base_port() + 15;
+    let nodes: Vec<Node> = NAMES.iter().enumerate().map(|(i, name)| Node::new(&root.0, name, port + i as u16, true)).collect();
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute(SCHEMA).unwrap();
+        c.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
+        Node::grant_peer(&mut c);
+    }
+    let (meshed, virginia) = (&nodes[..2], &nodes[2]);
+    full_mesh(meshed);
+    meshed[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
+    converge_all(meshed, Duration::from_secs(60));
+    assert_eq!(send(virginia, &title_op(1), true), "applied");
+    assert_eq!(send(&meshed[1], &title_op(1), false), "rejected clock_skew");
+    assert_eq!(send(&meshed[1], VOID, false), "applied");
+    let next = title_op(1).replace("clerk:1", "clerk:2").replace("9999999999999", "1000");
+    assert_eq!(send(&meshed[1], &next, false), "applied");
+    wait_for(&meshed[0], "SELECT count(*)::text FROM converge.op_log WHERE actor = 'clerk' AND outcome = 'applied'", "2", "both reach madrid");
+    wait_all_stable(meshed);
+    compact_all(meshed);
+
+    // virginia joins first (from a snapshot: both compacted), then the
+    // others catch up from it.
+    for (a, b) in [(virginia, &meshed[0]), (virginia, &meshed[1]), (&meshed[0], virginia), (&meshed[1], virginia)] {
+        a.client().execute("SELECT converge.add_peer($1, $2)", &[&b.name, &b.peer_conninfo("postgres")]).unwrap();
+    }
+    converge_all(&nodes, Duration::from_secs(120));
+    let log = std::fs::read_to_string(virginia.dir.join("server.log")).unwrap_or_default();
+    assert!(log.contains("from the snapshot of peer"), "virginia did not join from a snapshot");
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "pump", "{}", n.name);
     }
 }
