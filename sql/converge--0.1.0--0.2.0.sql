@@ -930,7 +930,15 @@ COMMENT ON FUNCTION converge.allocate(text, text) IS 'The number of an idempoten
 CREATE INDEX op_log_voids ON converge.op_log (actor, counter) WHERE target_table = 'converge.void';
 -- A client's own refusals, read at each push (ops.sql).
 CREATE INDEX op_log_problems_by_actor ON converge.op_log (converge.op_id_actor(op_id)) WHERE outcome IN ('rejected', 'quarantined');
-ALTER FUNCTION converge.op_id_actor(text) LEAKPROOF;
+-- It raises nothing and shows nothing but its result, in a UTF-8
+-- database (elsewhere reading non-ASCII text as a Rust string can raise):
+-- there a condition on it may use op_log_problems_by_actor under op_log's
+-- row security.
+DO $$ BEGIN
+    IF pg_catalog.getdatabaseencoding() = 'UTF8' THEN
+        ALTER FUNCTION converge.op_id_actor(text) LEAKPROOF;
+    END IF;
+END $$;
 
 -- One row per op_id in the quarantine view (a replayed op is not listed twice).
 CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
@@ -1503,11 +1511,12 @@ GRANT SELECT ON converge.pending_ops, converge.pending TO PUBLIC;
 CREATE OR REPLACE VIEW converge.op_outcomes AS
     SELECT outcome,
            CASE outcome WHEN 'applied' THEN NULL
-                        WHEN 'superseded' THEN CASE WHEN reason = 'void overtaken' THEN 'void_overtaken' ELSE 'repair' END
+                        WHEN 'superseded' THEN CASE reason WHEN 'void overtaken' THEN 'void_overtaken'
+                                                   WHEN 'void taken at join' THEN 'void_taken_at_join' ELSE 'repair' END
                         ELSE substring(reason FROM '^[a-z_]+') END AS reason,
            count(*) AS ops
       FROM converge.op_log GROUP BY 1, 2;
-COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops, void_overtaken for voids a real op took the place of; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
+COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops, void_overtaken for voids a real op took the place of, void_taken_at_join for ops of a node that joined a peer whose void held their counter; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
 
 -- TRUNCATE fires no row trigger: the rows would go here and stay on every
 -- other node, with their row states still live here. converge.replicate

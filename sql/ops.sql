@@ -133,11 +133,12 @@ SELECT pg_catalog.pg_extension_config_dump('converge.row_state', '');
 CREATE VIEW converge.op_outcomes AS
     SELECT outcome,
            CASE outcome WHEN 'applied' THEN NULL
-                        WHEN 'superseded' THEN CASE WHEN reason = 'void overtaken' THEN 'void_overtaken' ELSE 'repair' END
+                        WHEN 'superseded' THEN CASE reason WHEN 'void overtaken' THEN 'void_overtaken'
+                                                   WHEN 'void taken at join' THEN 'void_taken_at_join' ELSE 'repair' END
                         ELSE substring(reason FROM '^[a-z_]+') END AS reason,
            count(*) AS ops
       FROM converge.op_log GROUP BY 1, 2;
-COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops, void_overtaken for voids a real op took the place of; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
+COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops, void_overtaken for voids a real op took the place of, void_taken_at_join for ops of a node that joined a peer whose void held their counter; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
 
 CREATE VIEW converge.quarantine AS
     SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
@@ -176,9 +177,15 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 COMMENT ON FUNCTION converge.parse_op_id(text) IS 'Split an op_id ''actor:counter'' into its parts (NULLs when malformed).';
 COMMENT ON FUNCTION converge.op_id_actor(text) IS 'The actor of an op_id ''actor:counter'', or NULL when malformed.';
--- It raises nothing and shows nothing but its result: a condition on it
--- may use op_log_problems_by_actor under op_log's row security.
-ALTER FUNCTION converge.op_id_actor(text) LEAKPROOF;
+-- It raises nothing and shows nothing but its result, in a UTF-8
+-- database (elsewhere reading non-ASCII text as a Rust string can raise):
+-- there a condition on it may use op_log_problems_by_actor under op_log's
+-- row security.
+DO $$ BEGIN
+    IF pg_catalog.getdatabaseencoding() = 'UTF8' THEN
+        ALTER FUNCTION converge.op_id_actor(text) LEAKPROOF;
+    END IF;
+END $$;
 COMMENT ON FUNCTION converge.op_id_counter(text) IS 'The counter of an op_id ''actor:counter'', or NULL when malformed.';
 COMMENT ON FUNCTION converge.without_covers(bytea) IS 'An op''s delta as readers before 0.2.0 take it: an ormap delta without what it superseded per key (it merges the same); any other delta as it is.';
 COMMENT ON FUNCTION converge.delta_error(text, bytea) IS 'Why a delta is not a valid value of the named converge type (NULL when valid); never raises.';

@@ -32,6 +32,7 @@ pub use classify::{as_client, from_peer};
 pub use entry::{apply_again, apply_decoded};
 pub use target::{forget_resolved, layout_of, row_target, Layout};
 pub use voids::VOID;
+pub(crate) use voids::take_at_join;
 pub use waiting::{note_deferred, take_deferred, under_peer_origin};
 use classify::*;
 use target::*;

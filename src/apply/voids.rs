@@ -31,6 +31,9 @@ pub(crate) const VOID_OP: &str = "void";
 /// The reason a void's log row gets when a real op takes its counter.
 const OVERTAKEN: &str = "void overtaken";
 
+/// The reason this node's op gets when a join takes a peer's void of it.
+const TAKEN_AT_JOIN: &str = "void taken at join";
+
 pub(super) fn is_void(it: &Item) -> bool {
     it.coltype.as_deref() == Some(VOID_OP)
 }
@@ -202,4 +205,45 @@ fn set_aside(items: &[&Item], (from, to): (&str, &str), cond: &str, reason: Opti
         ),
         &[actors.into(), counters.into(), VOID.into(), reason.into(), OVERTAKEN.into(), to.into(), from.into()],
     );
+}
+
+/// A join (rejoin.rs, a node added as a peer) replaced this node's rows
+/// with a peer's, whose frontier covers the counters these voids hold
+/// there (each encoded, applied on the peer). Where this node had applied
+/// the op itself, its effect went with the rows: the op gives way
+/// (`superseded`, `void taken at join`) and the void is applied here, so
+/// the node is as the peer is; the op takes the void's place again when it
+/// arrives (a replay where it was refused), here as everywhere. Returns
+/// the op_ids of the voids so applied.
+pub(crate) fn take_at_join(voids: &[Vec<u8>], origin: &str) -> HashSet<String> {
+    if voids.is_empty() {
+        return HashSet::new();
+    }
+    const DECODED: &str = "SELECT o.* FROM unnest($1::bytea[]) b, LATERAL converge.op_decode(b) o";
+    crate::security::as_owner(|| {
+        let gone: Vec<String> = crate::spi::prepared(
+            &format!(
+                "UPDATE converge.op_log l SET outcome = 'superseded', reason = $2 FROM ({DECODED}) v
+                  WHERE l.actor = v.actor AND l.counter = converge.op_id_counter(v.op_id) AND l.outcome = 'applied'
+                    AND l.target_table IS DISTINCT FROM 'converge.void'
+                  RETURNING v.op_id"
+            ),
+            &[voids.to_vec().into(), TAKEN_AT_JOIN.into()],
+            |t| Ok(t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect()),
+        )
+        .unwrap_or_else(|e| spi_err(e));
+        if !gone.is_empty() {
+            run(
+                &format!(
+                    "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
+                                                  epoch, deps, delta, signature, outcome, origin)
+                     SELECT v.op_id, v.actor, converge.op_id_counter(v.op_id), v.target_table, v.target_key, v.target_column,
+                            v.schema_version, v.epoch, v.deps, v.delta, v.signature, 'applied', $2
+                       FROM ({DECODED}) v WHERE v.op_id = ANY ($3)"
+                ),
+                &[voids.to_vec().into(), origin.into(), gone.clone().into()],
+            );
+        }
+        gone.into_iter().collect()
+    })
 }

@@ -82,6 +82,12 @@ impl Snap<'_> {
     fn q_within(&mut self, sql: &str, params: &[&str], timeout: std::time::Duration) -> super::libpq::Rows {
         self.conn.query(sql, params, false, timeout, self.stop).unwrap_or_else(|e| fail(self.peer, e))
     }
+
+    /// The last column of each row of `sql` (one text parameter), in binary form.
+    fn binary(&mut self, sql: &str, param: &str) -> Vec<Vec<u8>> {
+        let rows = self.conn.query(sql, &[param], true, QUERY_TIMEOUT, self.stop).unwrap_or_else(|e| fail(self.peer, e));
+        rows.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect()
+    }
 }
 
 /// Take the peer's rows (merged into this node's on a `rejoin`, replacing
@@ -99,14 +105,22 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
         .q("SELECT coalesce(jsonb_object_agg(actor, upto), '{}')::text FROM converge.log_horizon", &[])
         .text(0, 0)
         .unwrap_or_else(|| "{}".into());
-    let query = super::peers::changes_query(conn, stop).unwrap_or_else(|e| fail(peer, e));
-    let left = conn.query(query, &[&horizon], true, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
-    let mut left: Vec<Vec<u8>> = left.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+    let query = super::peers::changes_query(snap.conn, stop).unwrap_or_else(|e| fail(peer, e));
+    let mut left = snap.binary(query, &horizon);
     // After the ops they may contest, so that a void of an op applied
     // here is a duplicate, as it is there.
-    left.extend(voids(&mut Snap { peer, conn, stop }, &horizon, rejoin));
-    conn.query("COMMIT", &[], false, QUERY_TIMEOUT, stop).unwrap_or_else(|e| fail(peer, e));
+    let (more, held) = voids(&mut snap, &horizon);
+    left.extend(more);
+    snap.q("COMMIT", &[]);
     state.store();
+    if !rejoin {
+        // The voids the peer applied: where this node had applied the op,
+        // the join dropped its effect with the rows (apply/voids.rs).
+        let is_void = |b: &[u8]| converge_core::Op::decode(b).is_ok_and(|o| o.target_table == crate::apply::VOID);
+        let held: Vec<Vec<u8>> = left.iter().filter(|b| held.contains(*b) || is_void(b)).cloned().collect();
+        let taken = crate::apply::take_at_join(&held, &format!("peer:{peer}"));
+        left.retain(|b| converge_core::Op::decode(b).map_or(true, |o| !taken.contains(&o.op_id)));
+    }
     super::pull::apply_encoded(left, peer, origin, 0, 0);
     note_copied(peer, &horizon, &frontier);
     pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
@@ -119,43 +133,30 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
 /// there), and those that gave way to an op or came after it, which mark
 /// the op as contested (changes_since gives it to a caller past its
 /// counter). Compaction keeps them all. None from a peer before 0.2.0.
-///
-/// A join (not `rejoin`) leaves out a void of an op this node applied:
-/// the join replaces this node's rows with the peer's, whose frontier
-/// covers the counter, so the op's effect is gone here as it is there;
-/// taken, the void would mark the op contested here and send it to a
-/// peer whose catch-up from this node comes later, and only there.
-fn voids(q: &mut Snap, horizon: &str, rejoin: bool) -> Vec<Vec<u8>> {
+/// Also, of those, the ones applied there.
+fn voids(q: &mut Snap, horizon: &str) -> (Vec<Vec<u8>>, HashSet<Vec<u8>>) {
     if q.q("SELECT to_regclass('converge.op_log_voids') IS NOT NULL", &[]).text(0, 0).as_deref() != Some("t") {
-        return Vec::new();
+        return Default::default();
     }
     let sql = "SELECT converge.op_encode(ROW(l.op_id, l.actor, l.target_table, l.target_key, l.target_column, l.schema_version,
-                                             l.epoch, l.deps, l.delta, l.signature)::converge.op)
+                                             l.epoch, l.deps, l.delta, l.signature)::converge.op), l.outcome = 'applied'
                  FROM (SELECT DISTINCT ON (v.op_id) v.* FROM converge.op_log v
                         WHERE v.target_table = 'converge.void' AND v.outcome IN ('applied', 'duplicate', 'superseded')
                           AND (v.outcome <> 'applied' OR v.counter <= coalesce(($1::jsonb ->> v.actor)::int8, 0))
                         ORDER BY v.op_id, v.seq) l";
     let rows = q.conn.query(sql, &[horizon], true, QUERY_TIMEOUT, q.stop).unwrap_or_else(|e| fail(q.peer, e));
-    let all: Vec<Vec<u8>> = rows.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
-    if rejoin {
-        return all;
+    let (mut all, mut applied) = (Vec::new(), HashSet::new());
+    for mut r in rows.rows {
+        // (A bool in binary form is one byte, 1 for true.)
+        let held = r.pop().flatten().is_some_and(|b| b == [1]);
+        if let Some(op) = r.pop().flatten() {
+            if held {
+                applied.insert(op.clone());
+            }
+            all.push(op);
+        }
     }
-    let ids: Vec<String> = all.iter().filter_map(|b| converge_core::Op::decode(b).ok()).map(|o| o.op_id).collect();
-    if ids.is_empty() {
-        return all;
-    }
-    let applied: HashSet<String> = Spi::connect(|c| {
-        c.select(
-            "SELECT l.op_id FROM unnest($1::text[]) u(id)
-               JOIN converge.op_log l ON l.actor = converge.op_id_actor(u.id) AND l.counter = converge.op_id_counter(u.id)
-              WHERE l.outcome = 'applied' AND l.target_table IS DISTINCT FROM 'converge.void'",
-            None,
-            &[ids.into()],
-        )
-        .map(|t| t.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
-        .unwrap_or_else(|e| fail(q.peer, e))
-    });
-    all.into_iter().filter(|b| converge_core::Op::decode(b).is_ok_and(|o| !applied.contains(&o.op_id))).collect()
+    (all, applied)
 }
 
 /// converge's own state on the peer, copied as state: its ops may be

@@ -151,7 +151,7 @@ impl Client {
     }
 
     /// The counter of `op_id` if it is this client's (0 otherwise).
-    fn own_counter(&self, op_id: &str) -> u64 {
+    pub(crate) fn own_counter(&self, op_id: &str) -> u64 {
         match converge_core::parse_op_id(op_id) {
             Some((a, c)) if a == self.saved.actor => c,
             _ => 0,

@@ -20,7 +20,8 @@ use std::collections::BTreeSet;
 pub const VOID: &str = "converge.void";
 
 impl Client {
-    /// The refused counters whose void no server has taken yet.
+    /// The refused counters whose void is not settled yet: no server took
+    /// it, or refused it other than as `nothing_to_void`.
     pub fn voids_pending(&self) -> BTreeSet<u64> {
         match &self.saved.voids {
             Some(v) => v.clone(),
@@ -65,12 +66,12 @@ impl Client {
             if self.saved.dead.contains_key(&counter) {
                 // Refused elsewhere first, and declined here then (held
                 // here, not refused yet): this node takes the void now.
-                if self.saved.void_declined.contains_key(&counter) {
+                if let Some(names) = self.saved.void_declined.get_mut(&counter) {
                     let here = match &node {
                         Some(n) => n,
                         None => node.insert(node_name(db)?),
                     };
-                    learned |= self.saved.void_declined.get_mut(&counter).is_some_and(|n| n.remove(here.as_str()));
+                    learned |= names.remove(here.as_str());
                 }
                 continue;
             }
@@ -116,7 +117,10 @@ impl Client {
         let ops: Vec<Op> = todo.iter().map(|c| self.outgoing(Op::new(&actor, *c, VOID, &empty, "", vec![], vec![]))).collect();
         let mut left = pending;
         for o in send_ops(db, &ops, &actor)? {
-            let Some(counter) = converge_core::parse_op_id(&o.op_id).filter(|(a, _)| *a == actor).map(|(_, c)| c) else { continue };
+            let counter = self.own_counter(&o.op_id);
+            if counter == 0 {
+                continue;
+            }
             if o.outcome == "rejected" && o.reason.as_deref().is_some_and(|r| r.starts_with("nothing_to_void")) {
                 self.saved.void_declined.entry(counter).or_default().insert(node.clone());
             } else {

@@ -289,12 +289,11 @@ fn a_node_that_rejoins_from_a_snapshot_knows_which_ops_a_void_contested() {
 
 /// A node that joins (its rows replaced by a peer's snapshot) after it
 /// applied an op that the mesh refused and gave up: the join drops the
-/// op's effect there (the peer's frontier covers it), and the node takes
-/// no void of it, which would make it send the op to the peers whose
-/// catch-up from it comes later, and only to them. Every node ends with
-/// the same rows (docs/operations-log.md, "Not covered").
+/// op's effect there (the peer's frontier covers it), so the op gives way
+/// to the peer's void there too. When the op is replayed where it was
+/// refused, it takes the void's place on every node.
 #[test]
-fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_ends_like_the_mesh() {
+fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_gives_it_up_too() {
     let root = Scratch::new("voids-join");
     let port = base_port() + 15;
     let nodes: Vec<Node> = NAMES.iter().enumerate().map(|(i, name)| Node::new(&root.0, name, port + i as u16, true)).collect();
@@ -326,7 +325,15 @@ fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_ends_like_the_mesh() 
     let log = std::fs::read_to_string(virginia.dir.join("server.log")).unwrap_or_default();
     assert!(log.contains("from the snapshot of peer"), "virginia did not join from a snapshot");
     assert_identical(&nodes, &["item"]);
+    let rows = "SELECT string_agg(format('%s %s %s', target_table, outcome, reason), ', ' ORDER BY seq) FROM converge.op_log WHERE op_id = 'clerk:1'";
+    assert_eq!(text(virginia, rows), "public.item superseded void taken at join, converge.void applied ");
     for n in &nodes {
         assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "pump", "{}", n.name);
+    }
+    replay_on_dublin(&nodes);
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["item"]);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "valve", "{}", n.name);
     }
 }
