@@ -1411,7 +1411,7 @@ COMMENT ON FUNCTION converge.changes_since(jsonb) IS 'changes_since(frontier, fa
 ALTER TABLE converge.op_log DROP CONSTRAINT op_log_outcome_check,
     ADD CONSTRAINT op_log_outcome_check
         CHECK (outcome IN ('applied', 'duplicate', 'buffered', 'rejected', 'quarantined', 'superseded'));
-COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair: reason names it).';
+COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair, whose id the reason names; a void a real op overtook, ''void overtaken''; an op of this node whose void a join took, ''void taken at join'').';
 
 -- Ops clients sent wait out a peer's transaction (src/apply/mod.rs).
 -- Pending ops whose deps are all applied, applied now.

@@ -85,7 +85,7 @@ CREATE INDEX op_log_problems ON converge.op_log (op_id) WHERE outcome IN ('rejec
 CREATE INDEX op_log_problems_by_actor ON converge.op_log (converge.op_id_actor(op_id)) WHERE outcome IN ('rejected', 'quarantined');
 -- Voids (src/apply/voids.rs), found by the op they give up.
 CREATE INDEX op_log_voids ON converge.op_log (actor, counter) WHERE target_table = 'converge.void';
-COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair: reason names it).';
+COMMENT ON TABLE converge.op_log IS 'Every op this node made or received, with its outcome: applied, duplicate, buffered, rejected (with reason), quarantined or superseded (by a repair, whose id the reason names; a void a real op overtook, ''void overtaken''; an op of this node whose void a join took, ''void taken at join'').';
 
 CREATE TABLE converge.pending_ops (
     op_id       text PRIMARY KEY,

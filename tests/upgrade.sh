@@ -125,7 +125,7 @@ signature() {
     pq "$PORT" -d "$1" -At <<'SQL'
 WITH ns AS (SELECT 'converge'::regnamespace AS oid)
 SELECT 'function ' || p.oid::regprocedure || ' -> ' || pg_get_function_result(p.oid) || ' ' || p.provolatile::text || p.proisstrict::text
-       || p.proparallel::text || p.prosecdef::text || coalesce(array_to_string(p.proconfig, ','), '') || ' ' || md5(p.prosrc)
+       || p.proparallel::text || p.prosecdef::text || p.proleakproof::text || coalesce(array_to_string(p.proconfig, ','), '') || ' ' || md5(p.prosrc)
        || ' acl ' || coalesce(p.proacl::text, '') || ' comment ' || coalesce(obj_description(p.oid, 'pg_proc'), '')
   FROM pg_proc p, ns WHERE p.pronamespace = ns.oid
 UNION ALL

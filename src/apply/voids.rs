@@ -213,8 +213,10 @@ fn set_aside(items: &[&Item], (from, to): (&str, &str), cond: &str, reason: Opti
 /// the op itself, its effect went with the rows: the op gives way
 /// (`superseded`, `void taken at join`) and the void is applied here, so
 /// the node is as the peer is; the op takes the void's place again when it
-/// arrives (a replay where it was refused), here as everywhere. Returns
-/// the op_ids of the voids so applied.
+/// arrives (a replay where it was refused), here as everywhere. A request
+/// stays applied (the join merges requests, it does not replace them):
+/// its void is then a duplicate, as before. Returns the op_ids of the
+/// voids so applied.
 pub(crate) fn take_at_join(voids: &[Vec<u8>], origin: &str) -> HashSet<String> {
     if voids.is_empty() {
         return HashSet::new();
@@ -225,7 +227,9 @@ pub(crate) fn take_at_join(voids: &[Vec<u8>], origin: &str) -> HashSet<String> {
             &format!(
                 "UPDATE converge.op_log l SET outcome = 'superseded', reason = $2 FROM ({DECODED}) v
                   WHERE l.actor = v.actor AND l.counter = converge.op_id_counter(v.op_id) AND l.outcome = 'applied'
-                    AND l.target_table IS DISTINCT FROM 'converge.void'
+                    -- (a request's state is merged, not replaced, by a join:
+                    -- it stays applied, and the void a duplicate)
+                    AND l.target_table NOT LIKE 'converge.%'
                   RETURNING v.op_id"
             ),
             &[voids.to_vec().into(), TAKEN_AT_JOIN.into()],
@@ -237,7 +241,7 @@ pub(crate) fn take_at_join(voids: &[Vec<u8>], origin: &str) -> HashSet<String> {
                 &format!(
                     "INSERT INTO converge.op_log (op_id, actor, counter, target_table, target_key, target_column, schema_version,
                                                   epoch, deps, delta, signature, outcome, origin)
-                     SELECT v.op_id, v.actor, converge.op_id_counter(v.op_id), v.target_table, v.target_key, v.target_column,
+                     SELECT DISTINCT ON (v.op_id) v.op_id, v.actor, converge.op_id_counter(v.op_id), v.target_table, v.target_key, v.target_column,
                             v.schema_version, v.epoch, v.deps, v.delta, v.signature, 'applied', $2
                        FROM ({DECODED}) v WHERE v.op_id = ANY ($3)"
                 ),

@@ -242,7 +242,7 @@ unsafe extern "C-unwind" fn undo_in_aborted_subxact(
 /// Mark the rest of this transaction as applying `origin`'s changes up to
 /// `remote_lsn`: the commit records that progress, and decoding on this node
 /// filters the transaction out (it is never shipped again).
-fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) {
+pub(super) fn setup_origin(origin: pg_sys::RepOriginId, remote_lsn: u64, remote_time: i64) {
     register_callback();
     unsafe {
         let none = pg_sys::InvalidRepOriginId as pg_sys::RepOriginId;

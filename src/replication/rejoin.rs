@@ -110,21 +110,46 @@ pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, s
     // After the ops they may contest, so that a void of an op applied
     // here is a duplicate, as it is there.
     let (more, held) = voids(&mut snap, &horizon);
+    // (changes_since gives applied ops only: its voids hold their counters there.)
+    let given = left.len();
     left.extend(more);
     snap.q("COMMIT", &[]);
     state.store();
     if !rejoin {
-        // The voids the peer applied: where this node had applied the op,
-        // the join dropped its effect with the rows (apply/voids.rs).
-        let is_void = |b: &[u8]| converge_core::Op::decode(b).is_ok_and(|o| o.target_table == crate::apply::VOID);
-        let held: Vec<Vec<u8>> = left.iter().filter(|b| held.contains(*b) || is_void(b)).cloned().collect();
-        let taken = crate::apply::take_at_join(&held, &format!("peer:{peer}"));
-        left.retain(|b| converge_core::Op::decode(b).map_or(true, |o| !taken.contains(&o.op_id)));
+        let held: Vec<Vec<u8>> = left.iter().enumerate().filter(|(i, b)| *i < given || held.contains(*b)).map(|(_, b)| b.clone()).collect();
+        let taken = take_at_join(held, &frontier, peer, origin);
+        // (Only the voids: the op itself, contested there, is given too.)
+        left.retain(|b| converge_core::Op::decode(b).map_or(true, |o| o.target_table != crate::apply::VOID || !taken.contains(&o.op_id)));
     }
     super::pull::apply_encoded(left, peer, origin, 0, 0);
     note_copied(peer, &horizon, &frontier);
     pgrx::log!("converge: merged {merged} keys from the snapshot of peer \"{peer}\" (its log is compacted past our frontier)");
     merged
+}
+
+/// A join: of the peer's ops `held`, the voids that hold their counter
+/// there (applied, at or below its `frontier`, which the join's rows
+/// stand for). Where this node had applied the op itself, the join
+/// dropped its effect with the rows, so it gives way to the void here
+/// too (apply/voids.rs `take_at_join`, under the peer's origin, as the
+/// copy's other writes). Returns the op_ids of the voids so applied.
+fn take_at_join(held: Vec<Vec<u8>>, frontier: &str, peer: &str, origin: pg_sys::RepOriginId) -> HashSet<String> {
+    let upto: serde_json::Map<String, serde_json::Value> = serde_json::from_str(frontier).unwrap_or_default();
+    let mut seen = HashSet::new();
+    let voids: Vec<Vec<u8>> = held
+        .into_iter()
+        .filter(|b| {
+            converge_core::Op::decode(b).is_ok_and(|o| {
+                let covered = o.counter() as i64 <= upto.get(&o.actor).and_then(|v| v.as_i64()).unwrap_or(0);
+                o.target_table == crate::apply::VOID && covered && seen.insert(o.op_id)
+            })
+        })
+        .collect();
+    if voids.is_empty() {
+        return HashSet::new();
+    }
+    super::pull::setup_origin(origin, 0, 0);
+    crate::apply::take_at_join(&voids, &format!("peer:{peer}"))
 }
 
 /// The peer's voids that `changes_since(horizon)` does not give

@@ -144,9 +144,9 @@ struct Saved {
     /// after that op.
     #[serde(default)]
     dead: BTreeMap<u64, u64>,
-    /// Counters of `dead` whose void is not settled yet: taken, or refused
-    /// other than as `nothing_to_void` (voids.rs). None in a state saved
-    /// before voids.
+    /// Counters of `dead` whose void is not settled yet (a server took it,
+    /// or refused it other than as `nothing_to_void`, settles it;
+    /// voids.rs). None in a state saved before voids.
     #[serde(default)]
     voids: Option<BTreeSet<u64>>,
     /// Of `voids`, the nodes that answered they refused no op under that

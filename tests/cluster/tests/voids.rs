@@ -287,15 +287,12 @@ fn a_node_that_rejoins_from_a_snapshot_knows_which_ops_a_void_contested() {
     }
 }
 
-/// A node that joins (its rows replaced by a peer's snapshot) after it
-/// applied an op that the mesh refused and gave up: the join drops the
-/// op's effect there (the peer's frontier covers it), so the op gives way
-/// to the peer's void there too. When the op is replayed where it was
-/// refused, it takes the void's place on every node.
-#[test]
-fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_gives_it_up_too() {
-    let root = Scratch::new("voids-join");
-    let port = base_port() + 15;
+/// madrid and dublin meshed, virginia apart: virginia applies clerk:1
+/// (and, with `madrid_too`, madrid does, cut off from dublin meanwhile);
+/// dublin refuses it and takes its void; the device's next op is applied;
+/// madrid and dublin compact. Then virginia joins them (from a snapshot:
+/// its rows replaced by a peer's), and they add it after.
+fn join_past_a_void(root: &Scratch, port: u16, madrid_too: bool) -> Vec<Node> {
     let nodes: Vec<Node> = NAMES.iter().enumerate().map(|(i, name)| Node::new(&root.0, name, port + i as u16, true)).collect();
     for n in &nodes {
         let mut c = n.client();
@@ -308,16 +305,18 @@ fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_gives_it_up_too() {
     meshed[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1, 'pump')").unwrap();
     converge_all(meshed, Duration::from_secs(60));
     assert_eq!(send(virginia, &title_op(1), true), "applied");
+    pause(meshed, 0, 1, true);
+    if madrid_too {
+        assert_eq!(send(&meshed[0], &title_op(1), true), "applied");
+    }
     assert_eq!(send(&meshed[1], &title_op(1), false), "rejected clock_skew");
     assert_eq!(send(&meshed[1], VOID, false), "applied");
+    pause(meshed, 0, 1, false);
     let next = title_op(1).replace("clerk:1", "clerk:2").replace("9999999999999", "1000");
     assert_eq!(send(&meshed[1], &next, false), "applied");
-    wait_for(&meshed[0], "SELECT count(*)::text FROM converge.op_log WHERE actor = 'clerk' AND outcome = 'applied'", "2", "both reach madrid");
+    converge_all(meshed, Duration::from_secs(60));
     wait_all_stable(meshed);
     compact_all(meshed);
-
-    // virginia joins first (from a snapshot: both compacted), then the
-    // others catch up from it.
     for (a, b) in [(virginia, &meshed[0]), (virginia, &meshed[1]), (&meshed[0], virginia), (&meshed[1], virginia)] {
         a.client().execute("SELECT converge.add_peer($1, $2)", &[&b.name, &b.peer_conninfo("postgres")]).unwrap();
     }
@@ -325,8 +324,20 @@ fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_gives_it_up_too() {
     let log = std::fs::read_to_string(virginia.dir.join("server.log")).unwrap_or_default();
     assert!(log.contains("from the snapshot of peer"), "virginia did not join from a snapshot");
     assert_identical(&nodes, &["item"]);
+    nodes
+}
+
+/// A node that joins after it applied an op that the mesh refused and
+/// gave up: the join drops the op's effect there (the peer's frontier
+/// covers it), so the op gives way to the peer's void there too. When the
+/// op is replayed where it was refused, it takes the void's place on
+/// every node.
+#[test]
+fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_gives_it_up_too() {
+    let root = Scratch::new("voids-join");
+    let nodes = join_past_a_void(&root, base_port() + 15, false);
     let rows = "SELECT string_agg(format('%s %s %s', target_table, outcome, reason), ', ' ORDER BY seq) FROM converge.op_log WHERE op_id = 'clerk:1'";
-    assert_eq!(text(virginia, rows), "public.item superseded void taken at join, converge.void applied ");
+    assert_eq!(text(&nodes[2], rows), "public.item superseded void taken at join, converge.void applied ");
     for n in &nodes {
         assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "pump", "{}", n.name);
     }
@@ -335,5 +346,20 @@ fn a_node_that_joins_after_applying_an_op_the_mesh_gave_up_gives_it_up_too() {
     assert_identical(&nodes, &["item"]);
     for n in &nodes {
         assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "valve", "{}", n.name);
+    }
+}
+
+/// The same where the void gave way on the mesh (madrid applied the op
+/// too): the joining node keeps the op applied, as every node has it.
+#[test]
+fn a_node_that_joins_after_applying_an_op_the_mesh_applied_over_its_void_keeps_it() {
+    let root = Scratch::new("voids-join-kept");
+    let nodes = join_past_a_void(&root, base_port() + 15, true);
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT title FROM item WHERE id = 1"), "valve", "{}", n.name);
+        let applied = "SELECT string_agg(target_table, ',') FROM converge.op_log WHERE op_id = 'clerk:1' AND outcome = 'applied'";
+        assert_eq!(text(n, applied), "public.item", "{}", n.name);
+        let taken = "SELECT count(*)::text FROM converge.op_log WHERE op_id = 'clerk:1' AND reason = 'void taken at join'";
+        assert_eq!(text(n, taken), "0", "{}: the op gave way to a void the peer did not apply", n.name);
     }
 }
