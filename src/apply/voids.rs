@@ -128,8 +128,7 @@ pub(super) fn held_by_void(items: &[&Item]) -> HashSet<String> {
     if items.is_empty() {
         return HashSet::new();
     }
-    let actors: Vec<String> = items.iter().map(|i| i.actor.clone().unwrap_or_default()).collect();
-    let counters: Vec<i64> = items.iter().map(|i| i.counter.unwrap_or_default()).collect();
+    let (actors, counters) = actors_and_counters(items);
     crate::spi::prepared(
         "SELECT l.op_id FROM unnest($1::text[], $2::int8[]) u(actor, counter)
            JOIN converge.op_log l ON l.actor = u.actor AND l.counter = u.counter
@@ -195,8 +194,7 @@ fn set_aside(items: &[&Item], (from, to): (&str, &str), cond: &str, reason: Opti
     if items.is_empty() {
         return;
     }
-    let actors: Vec<String> = items.iter().map(|i| i.actor.clone().unwrap_or_default()).collect();
-    let counters: Vec<i64> = items.iter().map(|i| i.counter.unwrap_or_default()).collect();
+    let (actors, counters) = actors_and_counters(items);
     run(
         &format!(
             "UPDATE converge.op_log l SET outcome = $6, reason = $4
@@ -250,4 +248,9 @@ pub(crate) fn take_at_join(voids: &[Vec<u8>], origin: &str) -> HashSet<String> {
         }
         gone.into_iter().collect()
     })
+}
+
+/// The actors and counters of `items`, as two arrays for unnest.
+fn actors_and_counters(items: &[&Item]) -> (Vec<String>, Vec<i64>) {
+    items.iter().map(|i| (i.actor.clone().unwrap_or_default(), i.counter.unwrap_or_default())).unzip()
 }

@@ -45,7 +45,7 @@ impl Client {
             let (table, epoch): (&str, i64) = (r.get(0), r.get(2));
             // Under the qualified table name and, for a plain
             // `schema.table`, the bare name too (those declared).
-            let declared = |t: &str| self.saved.columns.keys().any(|c| c.strip_prefix(t).is_some_and(|rest| rest.starts_with('.')));
+            let declared = |t: &str| !self.declared_columns(t).is_empty();
             for t in std::iter::once(table.to_string()).chain(crate::bare_name(table)).filter(|t| declared(t)) {
                 if epoch > self.epoch(&t, &key) {
                     risen.push((t, key.clone(), epoch));
@@ -53,6 +53,11 @@ impl Client {
             }
         }
         Ok(risen)
+    }
+
+    /// The columns declared on `table` (as it was declared: qualified or bare).
+    fn declared_columns(&self, table: &str) -> Vec<String> {
+        self.saved.columns.keys().filter_map(|c| c.strip_prefix(table)?.strip_prefix('.').map(String::from)).collect()
     }
 
     /// Rows whose epoch rose: their epochs are noted, and their cells
@@ -69,9 +74,7 @@ impl Client {
         for (table, key, epoch, row) in read {
             self.saved.epochs.insert(crate::row_name(table, key), epoch);
             let Some(row) = row else { continue };
-            let columns: Vec<String> =
-                self.saved.columns.keys().filter_map(|c| c.strip_prefix(table.as_str())?.strip_prefix('.').map(String::from)).collect();
-            for column in columns {
+            for column in self.declared_columns(table) {
                 let cell = CellId::new(table, key, &column);
                 match row.get(&column) {
                     Some(serde_json::Value::String(state)) => {
