@@ -128,6 +128,13 @@ SELECT op_id, outcome, reason FROM replay('t4:1');
 -- The refused void of t4:1 holds nothing back: its actor's gap is t4:1 itself.
 SELECT op_id, ops_held FROM frontier_gaps ORDER BY op_id;
 
+-- Compaction folds t1's applied ops, except t1:2, which a void contested
+-- (it gave way to the op): the op stays for callers that may hold the
+-- void. t1:3's void was refused here (nothing to void): it contested
+-- nothing, and t1:3 folds.
+RESET ROLE;
+SELECT ops_removed > 0 AS compacted FROM compact();
+SELECT op_id, target_table, outcome, left(reason, 14) AS reason FROM op_log WHERE actor = 't1' ORDER BY seq;
 RESET ROLE;
 \c regression
 DROP DATABASE converge_regress_voids;
