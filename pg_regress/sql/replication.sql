@@ -110,6 +110,27 @@ SELECT count(*) AS slots_left FROM pg_replication_slots;
 SELECT count(*) AS origins_left FROM pg_replication_origin;
 DROP DATABASE converge_regress_rdub;
 
+-- A node's op ids are its name and a counter from 1. A name a client has
+-- already used (here, while no node had it) is refused as a peer's, both
+-- ways: the new node's own ops would reuse the client's op ids and every
+-- node would drop them as duplicates.
+CREATE TABLE visit (id int PRIMARY KEY, n converge.gcounter);
+SELECT converge.replicate('visit');
+SELECT outcome FROM converge.apply(ROW('kiosk:1', 'kiosk', 'visit', '{"id": 1}', 'n', 1, 0, '{}',
+                                       '{"counts":{"kiosk":1}}'::converge.gcounter::bytea, NULL)::converge.op);
+CREATE DATABASE converge_regress_rkiosk;
+\c converge_regress_rkiosk
+CREATE EXTENSION converge;
+SELECT converge.set_node('kiosk') IS NOT NULL AS kiosk_set;
+SELECT converge.add_peer('madrid', format('host=%s port=%s dbname=regression user=%s',
+                                          current_setting('unix_socket_directories'), current_setting('port'), current_user));
+\c regression
+SELECT converge.add_peer('kiosk', format('host=%s port=%s dbname=converge_regress_rkiosk user=%s',
+                                         current_setting('unix_socket_directories'), current_setting('port'), current_user));
+SELECT count(*) AS slots, (SELECT count(*) FROM converge.peers) AS peers FROM pg_replication_slots;
+DROP DATABASE converge_regress_rkiosk;
+DROP TABLE visit;
+
 -- Keys have one JSON form per key column type, whoever wrote the op.
 SET search_path = public, converge;
 SELECT outcome, reason FROM apply(ROW('phone9:1', 'phone9', 'ticket', '{"id": "7"}', 'hits', 1, 0, '{}',
