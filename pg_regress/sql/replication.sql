@@ -97,6 +97,23 @@ SELECT name, state, ops_received > 0 AS received, last_error FROM peers;
 SET search_path = public, converge;
 SELECT count(*) AS own_ops_received FROM op_log WHERE actor = node() AND origin <> 'local';
 
+-- A node restored from an older backup (here: its own ops taken out of
+-- its log) and added again: the peer's copy brings its newer ops back and
+-- its counter goes on after them. They are its own ops, not a client's
+-- under its name: add_peer takes them.
+\c converge_regress_rdub
+SET search_path = public, converge;
+SELECT count(*) AS own_ops FROM op_log WHERE actor = 'dublin' \gset
+SELECT pause_peer('madrid');
+DELETE FROM op_log WHERE actor = 'dublin';
+SELECT coalesce(frontier() ->> 'dublin', 'none') AS restored_counter;
+SELECT add_peer('madrid', format('host=%s port=%s dbname=regression user=%s',
+                                 current_setting('unix_socket_directories'), current_setting('port'), current_user));
+SELECT count(*) = :own_ops AS own_ops_back, (frontier() ->> 'dublin')::bigint = :own_ops AS counter_back
+  FROM op_log WHERE actor = 'dublin';
+\c regression
+SET search_path = public, converge;
+
 -- remove_peer drops the slot on the peer and the origin here.
 SELECT pause_peer('dublin');
 SELECT name, state FROM peers;

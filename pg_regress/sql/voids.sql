@@ -135,7 +135,6 @@ SELECT op_id, ops_held FROM frontier_gaps ORDER BY op_id;
 RESET ROLE;
 SELECT ops_removed > 0 AS compacted FROM compact();
 SELECT op_id, target_table, outcome, left(reason, 14) AS reason FROM op_log WHERE actor = 't1' ORDER BY seq;
-RESET ROLE;
 \c regression
 DROP DATABASE converge_regress_voids;
 DROP ROLE cv_clerk;

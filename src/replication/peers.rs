@@ -210,46 +210,52 @@ fn add_peer_now(name: &str, conninfo: &str) {
     super::launcher::start_worker();
 }
 
-/// A node's op ids are its name and a counter from 1. Ops applied under a
-/// node's name beyond the last one that node made came from someone else:
-/// a client that used the name while no node had it, a node of that name
-/// before this one, or the node itself before it was restored from an
-/// older backup. The node's own ops would reuse their ids, and every node
-/// would take them for duplicates and drop them. So a peer is refused,
-/// before anything is written, if it applied such ops under this node's
-/// name, or this node under the peer's.
+/// A node's op ids are its name and a counter from 1. A client may have
+/// used that name for its ops while no node had it (a node refuses
+/// clients' ops under its own name and its peers', `node_actor`, but not
+/// under names it does not know yet); the node's own ops would then reuse
+/// those op ids, and every node would drop them as duplicates. So a peer
+/// is refused, before anything is written, if it applied an op under this
+/// node's name that a client sent it, or this node one under the peer's.
+/// The node's own ops are no such ops, wherever they came from (the
+/// replication of a peer, `peer:<name>`, or its own log, `local`): a node
+/// restored from an older backup gets its own newer ops back from its
+/// peers' copies. A client's ops folded by `compact()` are no longer seen.
 fn refuse_a_used_name(peer: &str, me: &str, conn: &mut Conn) {
-    // How far the ops of actor $1, and of the node's own name (the ops it
-    // made), are applied: the frontier, or an op beyond a gap. (Read
-    // only: a transaction id taken here would make the slot made on the
-    // peer next wait for this transaction, when the peer is this server.)
-    const SQL: &str = "SELECT max(n) FILTER (WHERE i = 1), max(n) FILTER (WHERE i = 2)
-          FROM (SELECT a.i, greatest((SELECT f.contiguous FROM converge.actor_frontier f WHERE f.actor = a.actor),
-                                     (SELECT max(l.counter) FROM converge.op_log l WHERE l.actor = a.actor AND l.outcome = 'applied')) AS n
-                  FROM (VALUES (1, $1::text), (2, (SELECT name FROM converge.node_identity))) a(i, actor)) x";
+    // (An op a registry change took back in, "reverify", could be anyone's.)
+    const SQL: &str = "SELECT op_id, origin FROM converge.op_log
+                        WHERE actor = $1 AND outcome = 'applied' AND origin NOT LIKE 'peer:%' AND origin NOT IN ('local', 'reverify')
+                        LIMIT 1";
     let there = conn.query(SQL, &[me], false, QUERY_TIMEOUT, &interrupt).unwrap_or_else(|e| peer_failed(peer, e));
-    let count = |t: Option<String>| t.and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
-    let (seen_there, made_there) = (count(there.text(0, 0)), count(there.text(0, 1)));
+    if let (Some(op), Some(origin)) = (there.text(0, 0), there.text(0, 1)) {
+        used(&format!("peer \"{peer}\""), me, &op, &origin);
+    }
+    // (Read only: a transaction id taken here would make the slot made on
+    // the peer next wait for this transaction, when the peer is this server.)
     let here = crate::security::as_owner(|| {
         Spi::connect(|c| {
-            let row = c.select(SQL, Some(1), &[peer.into()])?.first();
-            Ok::<_, pgrx::spi::Error>((row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0)))
+            let row = c.select(SQL, Some(1), &[peer.into()])?;
+            if row.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let row = row.first();
+            Ok(row.get::<String>(1)?.zip(row.get::<String>(2)?))
         })
     });
-    let (seen_here, made_here) = here.unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
-    let used = |node: &str, at: &str, seen: i64, made: i64| {
-        raise_hint(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("{at} applied ops of actor \"{node}\" up to counter {seen}, but node \"{node}\" has made {made}: another client or node used that name"),
-            "The node's ops would reuse those op ids and be dropped as duplicates. Give it a name no actor has used (converge.set_node, before it writes data).",
-        )
-    };
-    if seen_there > made_here {
-        used(me, &format!("peer \"{peer}\" has"), seen_there, made_here);
+    match here {
+        Ok(Some((op, origin))) => used("this node", peer, &op, &origin),
+        Ok(None) => {}
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()),
     }
-    if seen_here > made_there {
-        used(peer, "this node has", seen_here, made_there);
-    }
+}
+
+/// Raise: `at` applied `op` of node `node`'s name, sent by a client.
+fn used(at: &str, node: &str, op: &str, origin: &str) -> ! {
+    raise_hint(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("{at} has applied op {op} from a client (origin \"{origin}\"), not from node \"{node}\": a client used that node's name"),
+        "The node's own ops would reuse that client's op ids and be dropped as duplicates. Give the node a name no client has used (converge.set_node, before it writes data).",
+    )
 }
 
 /// Make our slot on the peer, or take over one left from an earlier setup.
