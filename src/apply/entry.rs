@@ -20,9 +20,11 @@ fn apply_batch(
     origin: Option<String>,
 ) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
     // "reverify" is converge's own origin for ops a registry change takes
-    // back in (their clocks are not judged again, run_as): a caller's is
-    // only claimed, as a caller's "peer:" origin is.
-    let origin = origin.map(|o| if o == "reverify" { format!("claimed {o}") } else { o });
+    // back in (their clocks are not judged again, run_as), and "local"
+    // marks this node's own ops (add_peer tells a node's ops from a
+    // client's by it, peers.rs): a caller's is only claimed, as a caller's
+    // "peer:" origin is.
+    let origin = origin.map(|o| if o == "reverify" || o == "local" { format!("claimed {o}") } else { o });
     TableIterator::new(run_batch(ops, origin, Some(true)))
 }
 

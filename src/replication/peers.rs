@@ -212,20 +212,24 @@ fn add_peer_now(name: &str, conninfo: &str) {
 
 /// A node's op ids are its name and a counter from 1. A client may have
 /// used that name for its ops while no node had it (a node refuses
-/// clients' ops under its own name and its peers', `node_actor`, but not
-/// under names it does not know yet); the node's own ops would then reuse
-/// those op ids, and every node would drop them as duplicates. So a peer
-/// is refused, before anything is written, if it applied an op under this
-/// node's name that a client sent it, or this node one under the peer's.
-/// The node's own ops are no such ops, wherever they came from (the
-/// replication of a peer, `peer:<name>`, or its own log, `local`): a node
-/// restored from an older backup gets its own newer ops back from its
-/// peers' copies. A client's ops folded by `compact()` are no longer seen.
+/// clients' ops only under names it knows as nodes', `node_actor`); the
+/// node's own ops would then reuse those op ids, and every node would drop
+/// them as duplicates. So a peer is refused, before anything is written,
+/// if the first or the last op it applied under this node's name was sent
+/// to it by a client, or the first or last this node applied under the
+/// peer's (two index lookups a side: a client that used the name before
+/// the node has its counter 1 there; one still writing under it, the
+/// highest). The node's own ops are no such ops (`local`, or `peer:<name>`
+/// where replication or a copy brought them): a node restored from an
+/// older backup gets its own newer ops back from its peers' copies. Ops
+/// applied again by `replay` (`replay`) may be anyone's, and do not count.
 fn refuse_a_used_name(peer: &str, me: &str, conn: &mut Conn) {
-    // (An op a registry change took back in, "reverify", could be anyone's.)
-    const SQL: &str = "SELECT op_id, origin FROM converge.op_log
-                        WHERE actor = $1 AND outcome = 'applied' AND origin NOT LIKE 'peer:%' AND origin NOT IN ('local', 'reverify')
-                        LIMIT 1";
+    const SQL: &str = "SELECT e.op_id, e.origin
+          FROM ((SELECT op_id, origin FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' ORDER BY counter LIMIT 1)
+                UNION ALL
+                (SELECT op_id, origin FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' ORDER BY counter DESC LIMIT 1)) e
+         WHERE e.origin NOT LIKE 'peer:%' AND e.origin NOT IN ('local', 'replay')
+         LIMIT 1";
     let there = conn.query(SQL, &[me], false, QUERY_TIMEOUT, &interrupt).unwrap_or_else(|e| peer_failed(peer, e));
     if let (Some(op), Some(origin)) = (there.text(0, 0), there.text(0, 1)) {
         used(&format!("peer \"{peer}\""), me, &op, &origin);
