@@ -224,40 +224,29 @@ fn add_peer_now(name: &str, conninfo: &str) {
 /// older backup gets its own newer ops back from its peers' copies. Ops
 /// applied again by `replay` (`replay`) may be anyone's, and do not count.
 fn refuse_a_used_name(peer: &str, me: &str, conn: &mut Conn) {
-    const SQL: &str = "SELECT e.op_id, e.origin
+    const SQL: &str = "SELECT format('%s from a client (origin \"%s\")', e.op_id, e.origin)
           FROM ((SELECT op_id, origin FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' ORDER BY counter LIMIT 1)
                 UNION ALL
                 (SELECT op_id, origin FROM converge.op_log WHERE actor = $1 AND outcome = 'applied' ORDER BY counter DESC LIMIT 1)) e
          WHERE e.origin NOT LIKE 'peer:%' AND e.origin NOT IN ('local', 'replay')
          LIMIT 1";
     let there = conn.query(SQL, &[me], false, QUERY_TIMEOUT, &interrupt).unwrap_or_else(|e| peer_failed(peer, e));
-    if let (Some(op), Some(origin)) = (there.text(0, 0), there.text(0, 1)) {
-        used(&format!("peer \"{peer}\""), me, &op, &origin);
+    if let Some(op) = there.text(0, 0) {
+        used(&format!("peer \"{peer}\""), me, &op);
     }
-    // (Read only: a transaction id taken here would make the slot made on
+    // (read_one is read-only: an xid taken here would make the slot made on
     // the peer next wait for this transaction, when the peer is this server.)
-    let here = crate::security::as_owner(|| {
-        Spi::connect(|c| {
-            let row = c.select(SQL, Some(1), &[peer.into()])?;
-            if row.is_empty() {
-                return Ok::<_, pgrx::spi::Error>(None);
-            }
-            let row = row.first();
-            Ok(row.get::<String>(1)?.zip(row.get::<String>(2)?))
-        })
-    });
-    match here {
-        Ok(Some((op, origin))) => used("this node", peer, &op, &origin),
-        Ok(None) => {}
-        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()),
+    if let Some(op) = crate::security::as_owner(|| read_one::<String>(SQL, &[peer.into()])) {
+        used("this node", peer, &op);
     }
 }
 
-/// Raise: `at` applied `op` of node `node`'s name, sent by a client.
-fn used(at: &str, node: &str, op: &str, origin: &str) -> ! {
+/// Raise: `at` applied `op` ("<op_id> from a client (origin ...)") under
+/// node `node`'s name.
+fn used(at: &str, node: &str, op: &str) -> ! {
     raise_hint(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("{at} has applied op {op} from a client (origin \"{origin}\"), not from node \"{node}\": a client used that node's name"),
+        format!("{at} has applied op {op}, not from node \"{node}\": a client used that node's name"),
         "The node's own ops would reuse that client's op ids and be dropped as duplicates. Give the node a name no client has used (converge.set_node, before it writes data).",
     )
 }
