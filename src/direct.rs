@@ -33,6 +33,18 @@ pub fn forget_oid(relid: pg_sys::Oid) {
     OIDS.with(|o| o.borrow_mut().retain(|(_, oid)| relid != pg_sys::InvalidOid && *oid != relid));
 }
 
+unsafe extern "C-unwind" {
+    // commands/sequence.h; not in pgrx's bindings.
+    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
+/// The next value of converge's sequence `seq`. The right to use it is
+/// not checked: only converge's own writes call this (what nextval's
+/// check would ask of the caller, they needed converge's owner for).
+pub fn nextval(seq: pg_sys::Oid) -> i64 {
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seq, false)) }
+}
+
 /// The oid of `converge.<name>`, or an error saying it is missing.
 pub fn relid(name: &'static CStr) -> pg_sys::Oid {
     if let Some(oid) = OIDS.with(|o| o.borrow().iter().find(|(n, _)| *n == name).map(|(_, oid)| *oid)) {
@@ -266,11 +278,10 @@ impl OpLog {
     }
 
     /// Take now what the first `append` of a transaction would wait for:
-    /// the sequence's lock and the lookup of converge's owner (for a
-    /// caller about to hold a lock that no one may wait behind).
+    /// the sequence's lock (for a caller about to hold a lock that no one
+    /// may wait behind).
     pub fn prepare(&self) {
         unsafe { pg_sys::LockRelationOid(self.seq, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
-        crate::security::as_owner_id(|| ());
     }
 
     /// One applied op; `envelope` names op_id, actor, counter, target_*,
@@ -296,12 +307,10 @@ impl OpLog {
         [self.next_seq(), text("applied"), self.now]
     }
 
-    /// The row's place in the log: nextval of its sequence, taken as
-    /// converge's owner (callers need no right on the sequence).
+    /// The row's place in the log: nextval of its sequence (callers need
+    /// no right on the sequence).
     fn next_seq(&self) -> Option<pg_sys::Datum> {
-        let seq = self.seq;
-        crate::security::as_owner_id(|| unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) })
-            .and_then(int8)
+        int8(nextval(self.seq))
     }
 
     pub fn close(self) {

@@ -75,10 +75,8 @@ fn dot_seq_oid() -> pg_sys::Oid {
 
 fn next_counter() -> u64 {
     // nextval is durable and never repeats a value a committed transaction used.
-    // As converge's owner: callers need no right on the sequence.
-    let seq = dot_seq_oid();
-    let v = crate::security::as_owner_id(|| unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) });
-    v.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "nextval returned NULL")) as u64
+    // Callers need no right on the sequence.
+    crate::direct::nextval(dot_seq_oid()) as u64
 }
 
 /// The local node name, or an error telling the user to set it.
@@ -124,12 +122,7 @@ pub fn mutation() -> (String, Dot) {
 pub fn dots(n: usize) -> (String, Vec<u64>) {
     let node = local_node();
     let seq = dot_seq_oid();
-    let v = crate::security::as_owner_id(|| {
-        (0..n)
-            .map(|_| unsafe { pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()]) })
-            .map(|v| v.unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "nextval returned NULL")) as u64)
-            .collect()
-    });
+    let v = (0..n).map(|_| crate::direct::nextval(seq) as u64).collect();
     (node, v)
 }
 

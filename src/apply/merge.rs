@@ -37,13 +37,17 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
             continue;
         }
         // The deltas of one row, merged (the row's first spelling of its key).
-        let mut per_key: BTreeMap<String, (serde_json::Value, Vec<&[u8]>)> = BTreeMap::new();
+        let mut per_key: BTreeMap<String, (&serde_json::Value, Vec<&[u8]>)> = BTreeMap::new();
         for it in items {
-            let key = it.key.clone().unwrap_or_default();
-            per_key.entry(super::keys::row_identity(&key)).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
+            let key = it.key.as_ref().unwrap_or(&serde_json::Value::Null);
+            per_key.entry(super::keys::row_identity(key)).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
         }
-        let (key_json, merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) =
-            per_key.into_values().map(|(k, ds)| (k, merge_bytes(coltype, &ds))).unzip();
+        // A row's one delta is its own merge: valid and canonical (the
+        // batch was classified), and the empty value is merge's identity.
+        let (key_json, merged): (Vec<&serde_json::Value>, Vec<Vec<u8>>) = per_key
+            .into_values()
+            .map(|(k, ds)| (k, if let [one] = ds[..] { one.to_vec() } else { merge_bytes(coltype, &ds) }))
+            .unzip();
         let rel = t.name.clone();
         let cols = keys.join(", ");
         let qcol = quote_ident(col);
@@ -68,7 +72,7 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
         if dead.len() == key_json.len() {
             continue;
         }
-        let (live_keys, live_merged): (Vec<serde_json::Value>, Vec<Vec<u8>>) = if dead.is_empty() {
+        let (live_keys, live_merged): (Vec<&serde_json::Value>, Vec<Vec<u8>>) = if dead.is_empty() {
             (key_json, merged)
         } else {
             key_json.into_iter().zip(merged).enumerate().filter(|(i, _)| !dead.contains(i)).map(|(_, km)| km).unzip()
@@ -138,14 +142,14 @@ fn typed_array<'a>(coltype: &str, values: &[Vec<u8>]) -> DatumWithOid<'a> {
 
 /// Positions (in `keys`) of the rows of `rel` that are tombstones here,
 /// locked (a lock that had to wait re-reads the row as last committed).
-fn tombstones(rel: pg_sys::Oid, keys: &[serde_json::Value]) -> Vec<usize> {
+fn tombstones(rel: pg_sys::Oid, keys: &[&serde_json::Value]) -> Vec<usize> {
     // Most tables have no tombstone at all: one probe of a partial index.
     let any = keys.is_empty()
         || crate::direct::any_row(c"row_state", c"row_state_dead", Some((pg_sys::Datum::from(rel), pg_sys::F_OIDEQ.into())));
     if keys.is_empty() || !any {
         return Vec::new();
     }
-    let keys: Vec<Jb> = keys.iter().cloned().map(Jb).collect();
+    let keys: Vec<Jb> = keys.iter().map(|k| Jb((*k).clone())).collect();
     crate::spi::prepared(
         "SELECT u.i FROM unnest($2::jsonb[]) WITH ORDINALITY u(k, i)
                JOIN converge.row_state rs ON rs.tbl = $1::oid::regclass AND rs.target_key = u.k
@@ -168,6 +172,8 @@ fn insert_applied(items: &[&Item], origin: &str) {
         "schema_version", "epoch", "deps", "delta", "signature", "origin",
     ];
     let mut log = OpLog::open();
+    // Most ops have no deps: one empty array serves them all.
+    let no_deps = Vec::<String>::new().into_datum();
     log.append_all(&ENVELOPE, items.iter().map(|it| {
         vec![
             it.op_id.as_deref().and_then(text),
@@ -178,7 +184,10 @@ fn insert_applied(items: &[&Item], origin: &str) {
             it.column.as_deref().and_then(text),
             it.version.and_then(int4),
             it.epoch.and_then(int8),
-            it.deps.as_ref().and_then(|_| deps_of(it).into_datum()),
+            it.deps.as_ref().and_then(|_| match deps_of(it) {
+                d if d.is_empty() => no_deps,
+                d => d.into_datum(),
+            }),
             it.delta.as_deref().and_then(|d| d.into_datum()),
             it.signature.as_deref().and_then(|d| d.into_datum()),
             text(origin),
