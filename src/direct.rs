@@ -41,7 +41,7 @@ unsafe extern "C-unwind" {
 /// The next value of converge's sequence `seq`. The right to use it is
 /// not checked: only converge's own writes call this (what nextval's
 /// check would ask of the caller, they needed converge's owner for).
-pub fn nextval(seq: pg_sys::Oid) -> i64 {
+pub(crate) fn nextval(seq: pg_sys::Oid) -> i64 {
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seq, false)) }
 }
 

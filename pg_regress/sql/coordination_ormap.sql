@@ -53,6 +53,15 @@ RESET ROLE;
 SELECT l.counter, get_byte(l.delta, 0) AS logged, get_byte(c.delta, 0) AS pulled, get_byte(p.delta, 0) AS to_peers
   FROM converge.op_log l JOIN converge.changes_since('{}') c USING (op_id) JOIN converge.changes_since('{}', true) p USING (op_id)
  WHERE l.target_column = 'seen' ORDER BY l.seq;
+-- Such an op, applied where its row does not exist yet, makes the row a
+-- state as a merge would (format 1, nothing superseded), not a copy of the
+-- delta. (A device's op on row 2, carrying the overwrite above.)
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('tablet:1', 'tablet', 'public.kit_log', '{"id":2}', 'seen', 1, 0, '{}',
+        (SELECT delta FROM converge.op_log WHERE target_column = 'seen' ORDER BY seq DESC LIMIT 1), NULL)::converge.op]);
+SELECT k.id, converge.to_jsonb(k.seen) AS seen, get_byte(k.seen::bytea, 0) AS stored_format,
+       k.seen = converge.merge(NULL, l.delta::converge.ormap) AS as_merged, k.seen = l.delta::converge.ormap AS as_sent
+  FROM kit_log k, converge.op_log l WHERE k.id = 2 AND l.op_id = 'tablet:1';
 
 -- Removals here fail, naming the authority: an element, a key, and an
 -- element added and removed in one statement.

@@ -252,6 +252,12 @@ mod tests {
             assert_eq!(fast, number_form(&i.to_string()), "{i}");
             assert_eq!(super::row_identity(&serde_json::json!(i)), fast, "{i}");
         }
+        // Numbers as parsed from text take the shortcut or the long way
+        // (serde_json's integers are those without a point or exponent).
+        for t in ["-0", "0", "10", "-10", "1E2", "10.0", "100e-1", "9223372036854775807", "9223372036854775808", "-9223372036854775809", "1e30"] {
+            let parsed: serde_json::Value = serde_json::from_str(t).unwrap();
+            assert_eq!(super::row_identity(&parsed), number_form(t), "{t}");
+        }
         // Field names are written as JSON writes them, escaped or not.
         let key = serde_json::json!({"id": 10, "ré gion": "a\"b", "q\"x": [1.50], "": null});
         assert_eq!(super::row_identity(&key), r#"{"":null,"id":1e1,"q\"x":[1.5],"ré gion":"a\"b"}"#);

@@ -18,7 +18,9 @@ use crate::trigger::set_applying;
 /// Merge the deltas of `ops` (all valid, all through the gate) into their
 /// rows: row ops first, in batch order; then per (table, column) one upsert
 /// with each row's deltas merged here first, rows in key order.
-fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
+/// `classified`: the deltas passed the apply's classification (valid and
+/// canonical), so a row's one delta may be stored as it came.
+fn merge_into_rows(ops: &[&Item], targets: &[Target], classified: bool) {
     set_applying(true);
     let mut groups: BTreeMap<(u32, String), Vec<&Item>> = BTreeMap::new();
     // Registry ops have no target table (actors.rs merges them).
@@ -42,11 +44,14 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
             let key = it.key.as_ref().unwrap_or(&serde_json::Value::Null);
             per_key.entry(super::keys::row_identity(key)).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
         }
-        // A row's one delta is its own merge: valid and canonical (the
-        // batch was classified), and the empty value is merge's identity.
+        // A row's one delta is its own merge when it is valid and canonical
+        // (classified): merged into the empty value, a value is itself as a
+        // state (converge-core's laws). Only an ormap delta changes as a
+        // state: it loses what it superseded (`covers`).
+        let as_given = classified && coltype != "ormap";
         let (key_json, merged): (Vec<&serde_json::Value>, Vec<Vec<u8>>) = per_key
             .into_values()
-            .map(|(k, ds)| (k, if let [one] = ds[..] { one.to_vec() } else { merge_bytes(coltype, &ds) }))
+            .map(|(k, ds)| (k, if let ([one], true) = (&ds[..], as_given) { one.to_vec() } else { merge_bytes(coltype, &ds) }))
             .unzip();
         let rel = t.name.clone();
         let cols = keys.join(", ");
@@ -121,7 +126,7 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target]) {
     set_applying(false);
 }
 
-/// `values` (encodings merge_bytes made, so valid and canonical) as an
+/// `values` (valid and canonical: classified deltas or what merge_bytes made) as an
 /// array of converge's SQL type `coltype`, whose stored form they are: the
 /// upsert takes them as they are, with no cast decoding and encoding each
 /// again. The size limit the cast applied still holds (54000 fails the
@@ -237,7 +242,7 @@ pub(super) fn gate_and_merge<'a>(
         let won_ids = gate(ops, false);
         let (won, lost): (Vec<&Item>, Vec<&Item>) =
             ops.iter().partition(|i| i.op_id.as_ref().is_some_and(|id| won_ids.contains(id)));
-        merge_into_rows(&won, targets);
+        merge_into_rows(&won, targets, true);
         (won, lost)
     });
     match fast {
@@ -276,7 +281,7 @@ pub(super) fn gate_and_merge<'a>(
         match subtransaction(|| {
             let ok = !gate(&[it], true).is_empty();
             if ok {
-                merge_into_rows(&[it], targets);
+                merge_into_rows(&[it], targets, true);
             }
             ok
         }) {
@@ -313,7 +318,7 @@ pub fn merge_states(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8
         empty_rows(&targets[ti], &keys, &[], &items);
     }
     let refs: Vec<&Item> = items.iter().collect();
-    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
+    crate::security::as_owner(|| merge_into_rows(&refs, &targets, false));
     keys
 }
 
@@ -327,7 +332,7 @@ pub fn replace_rows(table: &str, keys: &[serde_json::Value], entries: Vec<(serde
         empty_rows(&targets[ti], keys, gone, &items);
     }
     let refs: Vec<&Item> = items.iter().collect();
-    crate::security::as_owner(|| merge_into_rows(&refs, &targets));
+    crate::security::as_owner(|| merge_into_rows(&refs, &targets, false));
 }
 
 /// The entries (key, column, state) as items of one target table, and

@@ -247,6 +247,14 @@ fn check_deltas<T: Model>(run: &Run<T>, seed: u64) -> std::result::Result<(), Te
         prop_assert!(d.validate().is_ok(), "delta(new, old) is not a valid state: {:?}", d);
         prop_assert_eq!(old.merged(&d), old.merged(&new), "merge(old, delta(new, old)) != merge(old, new)");
         prop_assert!(T::delta(&old, &old).is_empty(), "delta(s, s) is not empty");
+        let mut state = d.clone();
+        state.as_state();
+        prop_assert_eq!(T::default().merged(&d), state, "empty merged with delta(new, old) is not that delta as a state");
+    }
+    for d in &run.deltas {
+        let mut state = d.clone();
+        state.as_state();
+        prop_assert_eq!(&T::default().merged(d), &state, "empty merged with an op's delta is not that delta as a state");
     }
     Ok(())
 }
@@ -367,6 +375,12 @@ fn fuzz_case<T: Model>(
             // (A merge makes a state: an ormap delta's covers do not survive
             // it, so idempotence is against the value as a state.)
             prop_assert_eq!(v.merged(&v), v.merged(&T::default()));
+            // Merged into the empty value, a value is itself as a state (the
+            // apply stores a row's one delta as it came unless as_state
+            // changes it: src/apply/merge.rs).
+            let mut state = v.clone();
+            state.as_state();
+            prop_assert_eq!(T::default().merged(&v), state, "empty merged with a value is not the value as a state");
             prop_assert_eq!(v.merged(&base), base.merged(&v));
             let _ = v.to_user_json();
             let _ = T::delta(&v, &base);
