@@ -3,7 +3,8 @@
 //!
 //! Each request is decided in a subtransaction of its own, so that one
 //! request never holds up the others: an error that is the request's (its
-//! data, or the decide function refusing by raising: classes 22, 23, P0)
+//! data, or the decide function refusing by raising: classes 22, 23, 54
+//! (a program limit, say a value too large), P0)
 //! refuses it; any other error (a privilege or setting the decide function
 //! lacks, a deadlock) leaves it pending with a WARNING, to be tried again
 //! by the worker's next pass (a row another session holds leaves it
