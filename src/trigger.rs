@@ -240,6 +240,33 @@ unsafe fn deform(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Row {
     Row { values, nulls }
 }
 
+/// The row as a composite datum with its CRDT columns NULL: the row op
+/// renders only its other columns (`row_to_json`), and a CRDT value can be
+/// large (a long seqtext's text form is several times its characters),
+/// detoasted and rendered for nothing on every change of a plain column.
+unsafe fn without_crdt(meta: &Meta, desc: pg_sys::TupleDesc, row: &Row) -> pg_sys::Datum {
+    let mut nulls = row.nulls.clone();
+    for c in &meta.crdt {
+        nulls[c.index] = true;
+    }
+    let tuple = pg_sys::heap_form_tuple(desc, row.values.as_ptr().cast_mut(), nulls.as_mut_ptr());
+    pg_sys::heap_copy_tuple_as_datum(tuple, desc)
+}
+
+/// Whether column `i` holds the same stored value in both rows, compared
+/// as stored (a value an UPDATE did not touch keeps its bytes, or its
+/// TOAST pointer), then detoasted.
+unsafe fn same_bytes(n: &Row, o: &Row, i: usize) -> bool {
+    if n.nulls[i] || o.nulls[i] {
+        return false;
+    }
+    let raw = |d: pg_sys::Datum| {
+        let p = d.cast_mut_ptr::<u8>();
+        std::slice::from_raw_parts(p, pgrx::varlena::varsize_any(p.cast()))
+    };
+    raw(n.values[i]) == raw(o.values[i]) || bytes_of(n, i) == bytes_of(o, i)
+}
+
 unsafe fn bytes_of<'a>(row: &Row, i: usize) -> Option<&'a [u8]> {
     if row.nulls[i] {
         return None;
@@ -383,12 +410,7 @@ fn record_local_ops<'a>(
         _ => Vec::new(),
     };
     if event != RowEvent::Update || !changed.is_empty() {
-        let newrow = match event {
-            RowEvent::Insert => Some(td.tg_trigtuple),
-            RowEvent::Delete => None,
-            RowEvent::Update => Some(td.tg_newtuple),
-        }
-        .map(|t| unsafe { pg_sys::heap_copy_tuple_as_datum(t, desc) });
+        let newrow = new.as_ref().map(|n| unsafe { without_crdt(&meta, desc, n) });
         let change = RowChange {
             rel: unsafe { (*rel).rd_id },
             table: &meta.name,
@@ -447,6 +469,11 @@ fn epoch_of(meta: &Meta, key: &serde_json::Value, event: RowEvent) -> i64 {
 fn record_crdt_ops(meta: &Meta, me: &str, key: &serde_json::Value, epoch: i64, n: &Row, old: Option<&Row>) {
     let (mut cols, mut deltas) = (Vec::new(), Vec::new());
     for c in &meta.crdt {
+        // Unchanged (the UPDATE set other columns): no delta to compute,
+        // which for a long seqtext is a full decode of both values.
+        if old.is_some_and(|o| unsafe { same_bytes(n, o, c.index) }) {
+            continue;
+        }
         let ob = old.and_then(|o| unsafe { bytes_of(o, c.index) });
         let Some(nb) = (unsafe { bytes_of(n, c.index) }) else {
             if ob.is_some() {

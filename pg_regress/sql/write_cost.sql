@@ -126,3 +126,31 @@ DROP EXTENSION pageinspect;
 SELECT string_agg(note, ', ' ORDER BY id) AS notes FROM cost_t WHERE id BETWEEN 11 AND 20;
 
 DROP TABLE cost_t;
+
+-- A plain column beside a long CRDT value, stored out of line (a ticket's
+-- status beside its notes): the row op reads none of it. The trigger
+-- neither renders nor decodes a CRDT column the UPDATE left as it was
+-- (counted as the blocks of the table's TOAST data the two updates read:
+-- 12 before this was fixed), and each row op carries the status alone.
+CREATE TABLE cost_doc (id int PRIMARY KEY, status text, notes seqtext);
+SELECT replicate('cost_doc');
+INSERT INTO cost_doc VALUES (1, 'new', insert(NULL::seqtext, 0, (SELECT string_agg(md5(i::text), ' ') FROM generate_series(1, 300) i)));
+SELECT length(notes) AS characters, pg_relation_size(reltoastrelid) > 0 AS stored_out_of_line
+  FROM cost_doc, pg_class WHERE oid = 'cost_doc'::regclass;
+CREATE TEMP VIEW toast_read AS
+    SELECT coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0) AS blocks FROM pg_statio_all_tables WHERE relid = 'cost_doc'::regclass;
+CALL pg_temp.flush();
+CREATE TEMP TABLE toast_before AS SELECT blocks FROM toast_read;
+BEGIN;
+UPDATE cost_doc SET status = 'closed' WHERE id = 1;
+COMMIT;
+BEGIN;
+UPDATE cost_doc SET status = 'reopened', notes = notes WHERE id = 1;
+COMMIT;
+CALL pg_temp.flush();
+SELECT r.blocks - b.blocks AS toast_blocks_read FROM toast_read r, toast_before b;
+SELECT target_column, to_jsonb(delta::lwwmap) AS row_op FROM converge.op_log
+ WHERE target_table = 'public.cost_doc' AND counter > (SELECT min(counter) + 1 FROM converge.op_log WHERE target_table = 'public.cost_doc')
+ ORDER BY counter;
+DROP VIEW toast_read;
+DROP TABLE cost_doc;
