@@ -240,31 +240,40 @@ unsafe fn deform(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Row {
     Row { values, nulls }
 }
 
-/// The row as a composite datum with its CRDT columns NULL: the row op
-/// renders only its other columns (`row_to_json`), and a CRDT value can be
-/// large (a long seqtext's text form is several times its characters),
-/// detoasted and rendered for nothing on every change of a plain column.
-unsafe fn without_crdt(meta: &Meta, desc: pg_sys::TupleDesc, row: &Row) -> pg_sys::Datum {
-    let mut nulls = row.nulls.clone();
-    for c in &meta.crdt {
-        nulls[c.index] = true;
+/// The row as a composite datum with only the columns its row op puts
+/// (`row_ops::plan`): an insert's non-CRDT columns, or the columns an
+/// update `changed`; the others NULL. The row op renders it
+/// (`row_to_json`), and any other value can be large (a long seqtext's
+/// text form is several times its characters, a long document beside a
+/// status), fetched out of TOAST and rendered for nothing on every change.
+unsafe fn row_for_op(meta: &Meta, desc: pg_sys::TupleDesc, row: &Row, changed: Option<&[&str]>) -> pg_sys::Datum {
+    let mut nulls = vec![true; row.nulls.len()];
+    for (i, name) in &meta.other {
+        if changed.is_none_or(|c| c.contains(&name.as_str())) {
+            nulls[*i] = row.nulls[*i];
+        }
     }
     let tuple = pg_sys::heap_form_tuple(desc, row.values.as_ptr().cast_mut(), nulls.as_mut_ptr());
-    pg_sys::heap_copy_tuple_as_datum(tuple, desc)
+    let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
+    pg_sys::heap_freetuple(tuple);
+    datum
 }
 
 /// Whether column `i` holds the same stored value in both rows, compared
-/// as stored (a value an UPDATE did not touch keeps its bytes, or its
-/// TOAST pointer), then detoasted.
-unsafe fn same_bytes(n: &Row, o: &Row, i: usize) -> bool {
-    if n.nulls[i] || o.nulls[i] {
-        return false;
-    }
+/// as stored, before any detoasting: a value an UPDATE did not touch keeps
+/// its bytes, or its TOAST pointer (a new value gets a new one).
+unsafe fn same_stored(n: &Row, o: &Row, i: usize) -> bool {
+    !n.nulls[i] && !o.nulls[i] && same_varlena_bytes(n.values[i], o.values[i])
+}
+
+/// Whether two varlena datums are stored alike (inline bytes, or TOAST
+/// pointer), read without detoasting either.
+unsafe fn same_varlena_bytes(x: pg_sys::Datum, y: pg_sys::Datum) -> bool {
     let raw = |d: pg_sys::Datum| {
         let p = d.cast_mut_ptr::<u8>();
         std::slice::from_raw_parts(p, pgrx::varlena::varsize_any(p.cast()))
     };
-    raw(n.values[i]) == raw(o.values[i]) || bytes_of(n, i) == bytes_of(o, i)
+    raw(x) == raw(y)
 }
 
 unsafe fn bytes_of<'a>(row: &Row, i: usize) -> Option<&'a [u8]> {
@@ -313,6 +322,9 @@ unsafe fn same_value(a: &pg_sys::FormData_pg_attribute, x: pg_sys::Datum, y: pg_
         return x == y;
     }
     match a.attlen {
+        // Stored alike first: a long value the UPDATE did not touch keeps
+        // its TOAST pointer, and is not fetched to be compared.
+        -1 if same_varlena_bytes(x, y) => true,
         -1 => {
             let bx = pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(x.cast_mut_ptr()));
             let by = pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(y.cast_mut_ptr()));
@@ -410,7 +422,8 @@ fn record_local_ops<'a>(
         _ => Vec::new(),
     };
     if event != RowEvent::Update || !changed.is_empty() {
-        let newrow = new.as_ref().map(|n| unsafe { without_crdt(&meta, desc, n) });
+        let only = (event == RowEvent::Update).then_some(&changed[..]);
+        let newrow = new.as_ref().map(|n| unsafe { row_for_op(&meta, desc, n, only) });
         let change = RowChange {
             rel: unsafe { (*rel).rd_id },
             table: &meta.name,
@@ -471,7 +484,7 @@ fn record_crdt_ops(meta: &Meta, me: &str, key: &serde_json::Value, epoch: i64, n
     for c in &meta.crdt {
         // Unchanged (the UPDATE set other columns): no delta to compute,
         // which for a long seqtext is a full decode of both values.
-        if old.is_some_and(|o| unsafe { same_bytes(n, o, c.index) }) {
+        if old.is_some_and(|o| unsafe { same_stored(n, o, c.index) }) {
             continue;
         }
         let ob = old.and_then(|o| unsafe { bytes_of(o, c.index) });
@@ -481,6 +494,9 @@ fn record_crdt_ops(meta: &Meta, me: &str, key: &serde_json::Value, epoch: i64, n
             }
             continue;
         };
+        if ob == Some(nb) {
+            continue; // the same value, stored another way
+        }
         match delta_bytes(&c.kind, nb, ob) {
             Ok(Some(d)) => {
                 guard_column(meta, &c.name, me, &d);

@@ -127,15 +127,19 @@ SELECT string_agg(note, ', ' ORDER BY id) AS notes FROM cost_t WHERE id BETWEEN 
 
 DROP TABLE cost_t;
 
--- A plain column beside a long CRDT value, stored out of line (a ticket's
--- status beside its notes): the row op reads none of it. The trigger
--- neither renders nor decodes a CRDT column the UPDATE left as it was
+-- A plain column beside long values stored out of line (a ticket's status
+-- beside its notes, a CRDT value, and its details, a plain one): the row
+-- op reads none of them. The trigger neither decodes a CRDT column the
+-- UPDATE left as it was nor renders any column but those the row op puts
 -- (counted as the blocks of the table's TOAST data the two updates read:
--- 12 before this was fixed), and each row op carries the status alone.
-CREATE TABLE cost_doc (id int PRIMARY KEY, status text, notes seqtext);
+-- 24 with 4cea300's build, 12 with ecb9277's, which still compared and
+-- rendered the details). Each row op carries the status alone, as before.
+CREATE TABLE cost_doc (id int PRIMARY KEY, status text, details text, notes seqtext);
 SELECT replicate('cost_doc');
-INSERT INTO cost_doc VALUES (1, 'new', insert(NULL::seqtext, 0, (SELECT string_agg(md5(i::text), ' ') FROM generate_series(1, 300) i)));
-SELECT length(notes) AS characters, pg_relation_size(reltoastrelid) > 0 AS stored_out_of_line
+INSERT INTO cost_doc SELECT 1, 'new', d, insert(NULL::seqtext, 0, d)
+  FROM (SELECT string_agg(md5(i::text), ' ') AS d FROM generate_series(1, 300) i) t;
+SELECT length(notes) AS characters, pg_column_size(details) > 2000 AND pg_column_size(notes) > 2000 AS both_long,
+       pg_relation_size(reltoastrelid) > 0 AS stored_out_of_line
   FROM cost_doc, pg_class WHERE oid = 'cost_doc'::regclass;
 CREATE TEMP VIEW toast_read AS
     SELECT coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0) AS blocks FROM pg_statio_all_tables WHERE relid = 'cost_doc'::regclass;
@@ -152,5 +156,20 @@ SELECT r.blocks - b.blocks AS toast_blocks_read FROM toast_read r, toast_before 
 SELECT target_column, to_jsonb(delta::lwwmap) AS row_op FROM converge.op_log
  WHERE target_table = 'public.cost_doc' AND counter > (SELECT min(counter) + 1 FROM converge.op_log WHERE target_table = 'public.cost_doc')
  ORDER BY counter;
+-- An edit of the notes themselves: the mutator reads the value it edits,
+-- and the trigger reads the old and the new value once each to make the
+-- op's delta (counted as above: 25 with 4cea300's build, 29 with
+-- ecb9277's, which read the notes twice and compared the details by their
+-- content).
+CALL pg_temp.flush();
+DELETE FROM toast_before;
+INSERT INTO toast_before SELECT blocks FROM toast_read;
+BEGIN;
+UPDATE cost_doc SET notes = insert(notes, 0, 'Seen: ') WHERE id = 1;
+COMMIT;
+CALL pg_temp.flush();
+SELECT r.blocks - b.blocks AS toast_blocks_read FROM toast_read r, toast_before b;
+SELECT target_column, length(delta) < 200 AS a_small_delta FROM converge.op_log
+ WHERE target_table = 'public.cost_doc' ORDER BY counter DESC LIMIT 1;
 DROP VIEW toast_read;
 DROP TABLE cost_doc;
