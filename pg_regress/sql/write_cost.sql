@@ -158,9 +158,10 @@ SELECT target_column, to_jsonb(delta::lwwmap) AS row_op FROM converge.op_log
  ORDER BY counter;
 -- An edit of the notes themselves: the mutator reads the value it edits,
 -- and the trigger reads the old and the new value once each to make the
--- op's delta (counted as above: 25 with 4cea300's build, 29 with
--- ecb9277's, which read the notes twice and compared the details by their
--- content).
+-- op's delta. Counted as above, which here also counts the UPDATE's own
+-- TOAST work (the new value's chunks written, the old value's deleted),
+-- most of the number: 25 with 4cea300's build, 29 with ecb9277's, which
+-- read the notes twice and compared the details by their content.
 CALL pg_temp.flush();
 DELETE FROM toast_before;
 INSERT INTO toast_before SELECT blocks FROM toast_read;
