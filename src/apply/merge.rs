@@ -44,14 +44,16 @@ fn merge_into_rows(ops: &[&Item], targets: &[Target], classified: bool) {
             let key = it.key.as_ref().unwrap_or(&serde_json::Value::Null);
             per_key.entry(super::keys::row_identity(key)).or_insert_with(|| (key, Vec::new())).1.push(it.delta.as_deref().unwrap_or_default());
         }
-        // A row's one delta is its own merge when it is valid and canonical
-        // (classified): merged into the empty value, a value is itself as a
-        // state (converge-core's laws). Only an ormap delta changes as a
-        // state: it loses what it superseded (`covers`).
-        let as_given = classified && coltype != "ormap";
+        // A row's one delta, valid and canonical (classified), is its own
+        // merge as a state: merged into the empty value a value is itself
+        // as a state (converge-core's laws), which `without_covers` makes
+        // (only an ormap delta changes: it loses what it superseded).
         let (key_json, merged): (Vec<&serde_json::Value>, Vec<Vec<u8>>) = per_key
             .into_values()
-            .map(|(k, ds)| (k, if let ([one], true) = (&ds[..], as_given) { one.to_vec() } else { merge_bytes(coltype, &ds) }))
+            .map(|(k, ds)| match &ds[..] {
+                [one] if classified => (k, converge_core::without_covers(one.to_vec())),
+                _ => (k, merge_bytes(coltype, &ds)),
+            })
             .unzip();
         let rel = t.name.clone();
         let cols = keys.join(", ");
