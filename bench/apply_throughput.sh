@@ -48,14 +48,14 @@ CREATE PROCEDURE run_batches() LANGUAGE plpgsql AS \$\$
 DECLARE t0 timestamptz; b record;
 BEGIN
     t0 := clock_timestamp();
-    FOR b IN SELECT ops FROM batches ORDER BY 1 LOOP
+    FOR b IN SELECT x.ops FROM batches x ORDER BY x.b LOOP
         PERFORM count(*) FROM converge.apply_batch(b.ops, 'bench');
         COMMIT;
     END LOOP;
     INSERT INTO timing VALUES ('converge', extract(epoch FROM clock_timestamp() - t0));
     COMMIT;
     t0 := clock_timestamp();
-    FOR b IN SELECT ops FROM batches ORDER BY 1 LOOP
+    FOR b IN SELECT x.ops FROM batches x ORDER BY x.b LOOP
         INSERT INTO plain SELECT (o.target_key->>'id')::int, 1 FROM unnest(b.ops) o
             ON CONFLICT (id) DO UPDATE SET n = plain.n + 1;
         COMMIT;
@@ -63,14 +63,14 @@ BEGIN
     INSERT INTO timing VALUES ('plain', extract(epoch FROM clock_timestamp() - t0));
     COMMIT;
     t0 := clock_timestamp();
-    FOR b IN SELECT ops FROM row_batches ORDER BY 1 LOOP
+    FOR b IN SELECT x.ops FROM row_batches x ORDER BY x.b LOOP
         PERFORM count(*) FROM converge.apply_batch(b.ops, 'bench');
         COMMIT;
     END LOOP;
     INSERT INTO timing VALUES ('converge rows', extract(epoch FROM clock_timestamp() - t0));
     COMMIT;
     t0 := clock_timestamp();
-    FOR b IN SELECT ops FROM row_batches ORDER BY 1 LOOP
+    FOR b IN SELECT x.ops FROM row_batches x ORDER BY x.b LOOP
         INSERT INTO plain_notes SELECT (o.target_key->>'id')::int, o.op_id FROM unnest(b.ops) o
             ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.note;
         COMMIT;

@@ -1,5 +1,5 @@
-//! The one rebuild mechanism behind revocation and repair (and freeze, when
-//! it lands), SPEC section 5: a row's state is the merge of its base (what
+//! The one rebuild mechanism behind freeze, revocation and repair (epochs.rs,
+//! actors.rs, repair.rs), SPEC section 5: a row's state is the merge of its base (what
 //! compaction folded) and every op of the row that is still `applied` in the
 //! log. To leave ops out, their log rows get another outcome and every row
 //! they touched is rebuilt that way. Its limit: an op already folded into a

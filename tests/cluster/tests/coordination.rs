@@ -155,6 +155,9 @@ fn tab_op(n: &Node, counter: i32, version: i32, total: i32) -> (String, Option<S
     (row.get(0), row.get(1))
 }
 
+/// An old client's op is kept aside (`old_schema`) wherever it arrives,
+/// and a newer client's (`new_schema`) until the node moves to its
+/// version; through a partition and a kill -9 of the nodes holding them.
 #[test]
 fn an_old_schema_op_is_kept_aside_on_every_node() {
     let root = Scratch::new("versions");
@@ -173,6 +176,11 @@ fn an_old_schema_op_is_kept_aside_on_every_node() {
     pause(&nodes, 2, 0, true);
     pause(&nodes, 2, 1, true);
     assert_eq!(tab_op(&nodes[0], 3, 3, 9), ("quarantined".into(), Some("new_schema".into())));
+    // madrid and dublin crash with those ops kept aside, and come back.
+    for i in [0, 1] {
+        nodes[i].kill9();
+        nodes[i].start();
+    }
     // madrid last: the others already know version 3 when its op arrives.
     let applied: Vec<i64> = [1, 2, 0]
         .iter()
@@ -194,7 +202,9 @@ fn an_old_schema_op_is_kept_aside_on_every_node() {
 
 /// The SPEC's promise for removes_only: a safety warning does not disappear
 /// because a stale tablet removed it. Adds stay local everywhere; only
-/// virginia removes, and an add made concurrently with its removal wins.
+/// virginia removes, and an add made concurrently with its removal wins;
+/// through a partition and a kill -9 of the node that refused the removal
+/// and of the authority.
 #[test]
 fn a_stale_tablet_cannot_remove_a_warning_tag() {
     let root = Scratch::new("removes_only");
@@ -221,6 +231,15 @@ fn a_stale_tablet_cannot_remove_a_warning_tag() {
     // again: the new add is concurrent with the removal, so it wins.
     nodes[2].client().batch_execute("UPDATE item SET tags = converge.remove(tags, 'warning') WHERE id = 1").unwrap();
     nodes[0].client().batch_execute("UPDATE item SET tags = converge.add(tags, 'warning') WHERE id = 1").unwrap();
+    // dublin (which holds the refusal and an add virginia has not seen)
+    // and virginia (whose removal has not shipped) crash and come back
+    // before the partition heals: nothing they committed is lost.
+    for i in [1, 2] {
+        nodes[i].kill9();
+        nodes[i].start();
+    }
+    assert_eq!(not_applied(&nodes[1]), "tab7:1 not_authority");
+    assert_eq!(text(&nodes[2], "SELECT tags::jsonb::text FROM item WHERE id = 1"), "[]");
     pause(&nodes, 2, 0, false);
     pause(&nodes, 2, 1, false);
     converge_all(&nodes, Duration::from_secs(60));
