@@ -844,7 +844,7 @@ AS 'MODULE_PATHNAME', 'allocate_on_wrapper';
 -- travel by different paths): the row is made from whichever came first,
 -- so the request's own columns may be NULL for a while.
 CREATE SEQUENCE converge.request_arrival;
-COMMENT ON SEQUENCE converge.request_arrival IS 'Internal: the order in which requests arrived on this node (converge.requests.arrival).';
+COMMENT ON SEQUENCE converge.request_arrival IS 'Internal: the order in which requests arrived on this node (converge.request_order.arrival).';
 CREATE TABLE converge.requests (
     request_id      text PRIMARY KEY,      -- the request op's id
     target_table    text NOT NULL,         -- as ops name it (schema.table)
@@ -858,16 +858,22 @@ CREATE TABLE converge.requests (
     decision        jsonb,
     reason          text,
     decided_at      timestamptz,
-    decision_id     text,                  -- the decision op (of two, the smaller id wins everywhere)
-    -- Internal: the order in which requests arrived here (the authority
-    -- decides in it).
-    arrival         bigint NOT NULL DEFAULT nextval('converge.request_arrival')
+    decision_id     text                   -- the decision op (of two, the smaller id wins everywhere)
 );
-CREATE INDEX requests_pending ON converge.requests (arrival) WHERE status = 'pending';
+CREATE INDEX requests_pending ON converge.requests (request_id) WHERE status = 'pending';
 CREATE INDEX requests_idempotency ON converge.requests (idempotency_key) WHERE idempotency_key IS NOT NULL;
 COMMENT ON TABLE converge.requests IS 'Requests to change columns decided by an authority (converge.request): pending until the authority decides, then granted with the columns it wrote (decision) or refused with a reason. The same rows on every node once synced; each role sees the requests of tables it may SELECT.';
 SELECT pg_catalog.pg_extension_config_dump('converge.requests', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.request_arrival', '');
+-- The order in which requests arrived here (the authority decides in it),
+-- kept apart: it differs from node to node, and converge.requests shows
+-- the same rows on every node.
+CREATE TABLE converge.request_order (
+    request_id text PRIMARY KEY,
+    arrival    bigint NOT NULL DEFAULT nextval('converge.request_arrival')
+);
+COMMENT ON TABLE converge.request_order IS 'Internal: the order in which the requests of converge.requests arrived on this node (the authority decides pending requests in it).';
+SELECT pg_catalog.pg_extension_config_dump('converge.request_order', '');
 GRANT SELECT ON converge.requests TO PUBLIC;
 ALTER TABLE converge.requests ENABLE ROW LEVEL SECURITY;
 CREATE POLICY requests_readable ON converge.requests FOR SELECT USING (converge.may_read(target_table));
@@ -925,6 +931,31 @@ COMMENT ON FUNCTION converge.set_allocator(text, text, bigint) IS 'Name the node
 REVOKE ALL ON FUNCTION converge.allocate(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION converge.allocate(text, text) IS 'The number of an idempotency key in an allocator: the same key gets the same number forever (also after a crash), different keys distinct numbers increasing in allocation order. Served only on the allocator''s node (55000 elsewhere). Not granted to PUBLIC: grant EXECUTE to roles that allocate, and to owners of decide functions that do.';
 -- <<< sql/requests.sql
+
+-- Peers read the order in which requests arrived (a node that rejoins
+-- copies them in it): grant_peer grants it, also to the roles it was
+-- given before this version.
+CREATE OR REPLACE FUNCTION converge.grant_peer(role regrole) RETURNS void
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, converge, pg_temp AS $$
+DECLARE t record;
+BEGIN
+    INSERT INTO converge.peer_reader (role) VALUES (grant_peer.role) ON CONFLICT DO NOTHING;
+    EXECUTE format('GRANT USAGE ON SCHEMA converge TO %s', role);
+    -- A node that rejoins copies the requests in the order they arrived here.
+    EXECUTE format('GRANT SELECT ON converge.request_order TO %s', role);
+    FOR t IN SELECT r.table_name, n.nspname FROM converge.replicated r
+               JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %s', t.nspname, role);
+        EXECUTE format('GRANT SELECT ON %s TO %s', t.table_name, role);
+    END LOOP;
+END $$;
+DO $$
+DECLARE r text;
+BEGIN
+    FOR r IN SELECT g.rolname FROM converge.peer_reader p JOIN pg_catalog.pg_roles g ON g.oid = p.role LOOP
+        EXECUTE format('GRANT SELECT ON converge.request_order TO %I', r);
+    END LOOP;
+END $$;
 
 -- Voids (src/apply/voids.rs), found by the op they give up.
 CREATE INDEX op_log_voids ON converge.op_log (actor, counter) WHERE target_table = 'converge.void';

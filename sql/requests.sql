@@ -9,7 +9,7 @@
 -- travel by different paths): the row is made from whichever came first,
 -- so the request's own columns may be NULL for a while.
 CREATE SEQUENCE converge.request_arrival;
-COMMENT ON SEQUENCE converge.request_arrival IS 'Internal: the order in which requests arrived on this node (converge.requests.arrival).';
+COMMENT ON SEQUENCE converge.request_arrival IS 'Internal: the order in which requests arrived on this node (converge.request_order.arrival).';
 CREATE TABLE converge.requests (
     request_id      text PRIMARY KEY,      -- the request op's id
     target_table    text NOT NULL,         -- as ops name it (schema.table)
@@ -23,16 +23,22 @@ CREATE TABLE converge.requests (
     decision        jsonb,
     reason          text,
     decided_at      timestamptz,
-    decision_id     text,                  -- the decision op (of two, the smaller id wins everywhere)
-    -- Internal: the order in which requests arrived here (the authority
-    -- decides in it).
-    arrival         bigint NOT NULL DEFAULT nextval('converge.request_arrival')
+    decision_id     text                   -- the decision op (of two, the smaller id wins everywhere)
 );
-CREATE INDEX requests_pending ON converge.requests (arrival) WHERE status = 'pending';
+CREATE INDEX requests_pending ON converge.requests (request_id) WHERE status = 'pending';
 CREATE INDEX requests_idempotency ON converge.requests (idempotency_key) WHERE idempotency_key IS NOT NULL;
 COMMENT ON TABLE converge.requests IS 'Requests to change columns decided by an authority (converge.request): pending until the authority decides, then granted with the columns it wrote (decision) or refused with a reason. The same rows on every node once synced; each role sees the requests of tables it may SELECT.';
 SELECT pg_catalog.pg_extension_config_dump('converge.requests', '');
 SELECT pg_catalog.pg_extension_config_dump('converge.request_arrival', '');
+-- The order in which requests arrived here (the authority decides in it),
+-- kept apart: it differs from node to node, and converge.requests shows
+-- the same rows on every node.
+CREATE TABLE converge.request_order (
+    request_id text PRIMARY KEY,
+    arrival    bigint NOT NULL DEFAULT nextval('converge.request_arrival')
+);
+COMMENT ON TABLE converge.request_order IS 'Internal: the order in which the requests of converge.requests arrived on this node (the authority decides pending requests in it).';
+SELECT pg_catalog.pg_extension_config_dump('converge.request_order', '');
 GRANT SELECT ON converge.requests TO PUBLIC;
 ALTER TABLE converge.requests ENABLE ROW LEVEL SECURITY;
 CREATE POLICY requests_readable ON converge.requests FOR SELECT USING (converge.may_read(target_table));

@@ -86,8 +86,13 @@ SELECT converge.request('incident', '{"id": 3}', 'status', '"lost"');
 SELECT converge.request('incident', '{"id": 3}', 'status', '"rename"');
 SELECT converge.request('incident', '{"id": 3}', 'status', '"hire"');
 SELECT id, title, status, audit_number FROM incident ORDER BY id;
-SELECT request_id, target_key, value, idempotency_key, status, decision, reason FROM converge.requests ORDER BY arrival;
+SELECT request_id, target_key, value, idempotency_key, status, decision, reason FROM converge.requests ORDER BY requested_at, request_id;
 RESET ROLE;
+-- Every column of converge.requests travels with the request and its
+-- decision, so every node shows the same rows (the order requests arrived
+-- in, which differs from node to node, is kept apart).
+SELECT string_agg(attname, ', ' ORDER BY attnum) AS request_columns
+  FROM pg_attribute WHERE attrelid = 'converge.requests'::regclass AND attnum > 0 AND NOT attisdropped;
 SELECT name, idempotency_key, value, allocated_by FROM converge.allocations;
 
 -- A CRDT column's decision is merged in (it only changes by merge): here

@@ -241,7 +241,8 @@ impl State {
         if requests {
             let sql = format!(
                 "SELECT request_id, target_table, target_key::text, target_column, value::text, idempotency_key, requested_by, {},
-                        status, decision::text, reason, {}, decision_id FROM converge.requests ORDER BY arrival",
+                        status, decision::text, reason, {}, decision_id
+                   FROM converge.requests q LEFT JOIN converge.request_order o USING (request_id) ORDER BY o.arrival, request_id",
                 micros("requested_at"),
                 micros("decided_at")
             );

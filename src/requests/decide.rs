@@ -32,13 +32,13 @@ pub fn decide_pending() -> i64 {
     let ids: Vec<String> = as_owner(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT q.request_id FROM converge.requests q
+                "SELECT q.request_id FROM converge.requests q JOIN converge.request_order o USING (request_id)
                   WHERE q.status = 'pending' AND q.requested_by IS NOT NULL
                     -- (not while it is handed over and not taken)
                     AND (SELECT CASE WHEN a.since IS NOT NULL THEN a.node END FROM converge.authority a
                           WHERE a.table_name = to_regclass(q.target_table) AND a.column_name IN (q.target_column, '')
                           ORDER BY a.column_name DESC LIMIT 1) = $1
-                  ORDER BY q.arrival",
+                  ORDER BY o.arrival",
                 None,
                 &[me.as_str().into()],
             )
@@ -82,8 +82,9 @@ fn lock_pending(id: &str) -> Option<Pending> {
     as_owner(|| {
         Spi::connect_mut(|c| {
             let t = c.update(
-                "SELECT target_table, target_key, target_column, value, idempotency_key, arrival FROM converge.requests
-                  WHERE request_id = $1 AND status = 'pending' AND requested_by IS NOT NULL FOR UPDATE SKIP LOCKED",
+                "SELECT q.target_table, q.target_key, q.target_column, q.value, q.idempotency_key, o.arrival
+                   FROM converge.requests q JOIN converge.request_order o USING (request_id)
+                  WHERE q.request_id = $1 AND q.status = 'pending' AND q.requested_by IS NOT NULL FOR UPDATE OF q SKIP LOCKED",
                 Some(1),
                 &[id.into()],
             )?;
@@ -124,8 +125,9 @@ fn earlier(p: &Pending) -> Earlier {
             // Arrival order per row and column: an earlier request of the
             // target still pending (its decision failed, say) goes first.
             let t = c.update(
-                "SELECT 1 FROM converge.requests WHERE status = 'pending' AND requested_by IS NOT NULL
-                    AND target_table = $1 AND target_key = $2 AND target_column = $3 AND arrival < $4 LIMIT 1",
+                "SELECT 1 FROM converge.requests q JOIN converge.request_order o USING (request_id)
+                  WHERE q.status = 'pending' AND q.requested_by IS NOT NULL
+                    AND q.target_table = $1 AND q.target_key = $2 AND q.target_column = $3 AND o.arrival < $4 LIMIT 1",
                 Some(1),
                 &[p.target.table.as_str().into(), JsonB(p.target.key.clone()).into(), p.target.column.as_str().into(), p.arrival.into()],
             )?;
@@ -140,9 +142,9 @@ fn earlier(p: &Pending) -> Earlier {
             // was refused, maybe because of this one.
             let t = c.update(
                 "SELECT request_id, status, decision, reason, same
-                   FROM (SELECT *, target_table = $3 AND target_key = $4 AND target_column = $5 AS same
-                           FROM converge.requests
-                          WHERE idempotency_key = $1 AND request_id <> $2 AND requested_by IS NOT NULL) q
+                   FROM (SELECT r.*, o.arrival, r.target_table = $3 AND r.target_key = $4 AND r.target_column = $5 AS same
+                           FROM converge.requests r JOIN converge.request_order o USING (request_id)
+                          WHERE r.idempotency_key = $1 AND r.request_id <> $2 AND r.requested_by IS NOT NULL) q
                   WHERE arrival < $6 OR status = 'granted' OR (same AND status <> 'pending')
                   ORDER BY arrival, decision_id COLLATE \"C\" LIMIT 1",
                 Some(1),

@@ -206,7 +206,8 @@ pub fn take_arrived() -> bool {
 fn store_request(id: &str, actor: &str, t: &Target, asked: &Asked) {
     as_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO converge.requests AS q (request_id, target_table, target_key, target_column, value, idempotency_key,
+            "WITH arrived AS (INSERT INTO converge.request_order (request_id) VALUES ($1) ON CONFLICT DO NOTHING)
+             INSERT INTO converge.requests AS q (request_id, target_table, target_key, target_column, value, idempotency_key,
                                                  requested_by, requested_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.to_timestamp($8::float8 / 1e6))
              ON CONFLICT (request_id) DO UPDATE
@@ -241,7 +242,10 @@ pub fn withdraw(seqs: &[i64]) {
     const GONE: &str = "SELECT l.op_id FROM converge.op_log l WHERE l.seq = ANY ($1) AND l.target_table = $2";
     as_owner(|| {
         Spi::run_with_args(
-            &format!("DELETE FROM converge.requests q WHERE q.request_id IN ({GONE}) AND q.decision_id IS NULL"),
+            &format!(
+                "WITH gone AS (DELETE FROM converge.requests q WHERE q.request_id IN ({GONE}) AND q.decision_id IS NULL RETURNING q.request_id)
+                 DELETE FROM converge.request_order o USING gone WHERE o.request_id = gone.request_id"
+            ),
             &[seqs.into(), REQUEST.into()],
         )?;
         Spi::run_with_args(
@@ -261,7 +265,8 @@ pub fn withdraw(seqs: &[i64]) {
 fn store_decision(id: &str, t: &Target, d: &Decided, decision_id: &str) {
     as_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO converge.requests AS q (request_id, target_table, target_key, target_column, status, decision, reason,
+            "WITH arrived AS (INSERT INTO converge.request_order (request_id) VALUES ($1) ON CONFLICT DO NOTHING)
+             INSERT INTO converge.requests AS q (request_id, target_table, target_key, target_column, status, decision, reason,
                                                  decided_at, decision_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.to_timestamp($8::float8 / 1e6), $9)
              ON CONFLICT (request_id) DO UPDATE
@@ -361,8 +366,8 @@ fn request_on(tbl: Option<pg_sys::Oid>, key: Option<JsonB>, col: Option<&str>, v
         crate::local_ops::private_lock(c"requests", k);
         let known = as_owner(|| {
             fresh_text(
-                "SELECT request_id FROM converge.requests WHERE idempotency_key = $1 AND requested_by IS NOT NULL
-                  ORDER BY arrival LIMIT 1",
+                "SELECT q.request_id FROM converge.requests q JOIN converge.request_order o USING (request_id)
+                  WHERE q.idempotency_key = $1 AND q.requested_by IS NOT NULL ORDER BY o.arrival LIMIT 1",
                 &[k.into()],
             )
         });

@@ -123,8 +123,8 @@ pub fn check(nodes: &[Node]) {
     const APPLIED: &str = "SELECT md5(coalesce(string_agg(op_id, ',' ORDER BY op_id), '')) FROM
         (SELECT DISTINCT ON (op_id) op_id, outcome FROM converge.op_log WHERE outcome <> 'duplicate' ORDER BY op_id, seq DESC) o
         WHERE outcome = 'applied'";
-    const REQUESTS: &str = "SELECT coalesce(string_agg(format('%s %s %s %s %s %s', request_id, target_key, value, idempotency_key,
-                                   status, coalesce(decision::text, reason)), E'\\n' ORDER BY request_id), '') FROM converge.requests";
+    // Whole rows: converge.requests shows the same rows on every node.
+    const REQUESTS: &str = "SELECT coalesce(string_agg(r::text, E'\\n' ORDER BY r.request_id), '') FROM converge.requests r";
     const ALLOCATIONS: &str = "SELECT coalesce(string_agg(format('%s %s %s', idempotency_key, value, allocated_by), E'\\n'
                                       ORDER BY idempotency_key), '') FROM converge.allocations";
     let (applied, requests, allocations) = (q(&nodes[0], APPLIED), q(&nodes[0], REQUESTS), q(&nodes[0], ALLOCATIONS));
