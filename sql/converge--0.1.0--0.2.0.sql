@@ -932,31 +932,6 @@ REVOKE ALL ON FUNCTION converge.allocate(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION converge.allocate(text, text) IS 'The number of an idempotency key in an allocator: the same key gets the same number forever (also after a crash), different keys distinct numbers increasing in allocation order. Served only on the allocator''s node (55000 elsewhere). Not granted to PUBLIC: grant EXECUTE to roles that allocate, and to owners of decide functions that do.';
 -- <<< sql/requests.sql
 
--- Peers read the order in which requests arrived (a node that rejoins
--- copies them in it): grant_peer grants it, also to the roles it was
--- given before this version.
-CREATE OR REPLACE FUNCTION converge.grant_peer(role regrole) RETURNS void
-LANGUAGE plpgsql STRICT SET search_path = pg_catalog, converge, pg_temp AS $$
-DECLARE t record;
-BEGIN
-    INSERT INTO converge.peer_reader (role) VALUES (grant_peer.role) ON CONFLICT DO NOTHING;
-    EXECUTE format('GRANT USAGE ON SCHEMA converge TO %s', role);
-    -- A node that rejoins copies the requests in the order they arrived here.
-    EXECUTE format('GRANT SELECT ON converge.request_order TO %s', role);
-    FOR t IN SELECT r.table_name, n.nspname FROM converge.replicated r
-               JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace LOOP
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %s', t.nspname, role);
-        EXECUTE format('GRANT SELECT ON %s TO %s', t.table_name, role);
-    END LOOP;
-END $$;
-DO $$
-DECLARE r text;
-BEGIN
-    FOR r IN SELECT g.rolname FROM converge.peer_reader p JOIN pg_catalog.pg_roles g ON g.oid = p.role LOOP
-        EXECUTE format('GRANT SELECT ON converge.request_order TO %I', r);
-    END LOOP;
-END $$;
-
 -- Voids (src/apply/voids.rs), found by the op they give up.
 CREATE INDEX op_log_voids ON converge.op_log (actor, counter) WHERE target_table = 'converge.void';
 -- A client's own refusals, read at each push (ops.sql).

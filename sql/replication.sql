@@ -100,8 +100,6 @@ DECLARE t record;
 BEGIN
     INSERT INTO converge.peer_reader (role) VALUES (grant_peer.role) ON CONFLICT DO NOTHING;
     EXECUTE format('GRANT USAGE ON SCHEMA converge TO %s', role);
-    -- A node that rejoins copies the requests in the order they arrived here.
-    EXECUTE format('GRANT SELECT ON converge.request_order TO %s', role);
     FOR t IN SELECT r.table_name, n.nspname FROM converge.replicated r
                JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO %s', t.nspname, role);

@@ -242,7 +242,7 @@ impl State {
             let sql = format!(
                 "SELECT request_id, target_table, target_key::text, target_column, value::text, idempotency_key, requested_by, {},
                         status, decision::text, reason, {}, decision_id
-                   FROM converge.requests q LEFT JOIN converge.request_order o USING (request_id) ORDER BY o.arrival, request_id",
+                   FROM converge.requests ORDER BY requested_at, request_id",
                 micros("requested_at"),
                 micros("decided_at")
             );
