@@ -35,6 +35,11 @@ pub fn raise_explained(code: PgSqlErrorCode, msg: impl Into<String>, detail: &st
     unreachable!("ERROR does not return")
 }
 
+/// Report `msg` as a WARNING (SQLSTATE 01000) with a hint, and go on.
+pub fn warn_hint(msg: impl Into<String>, hint: impl Into<String>) {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_WARNING, msg.into(), "converge").set_hint(hint.into()).report(PgLogLevel::WARNING);
+}
+
 pub fn raise_core(e: Error) -> ! {
     raise(sqlstate(e.kind), e.message)
 }

@@ -192,6 +192,7 @@ fn repair(supersedes: Option<Vec<Option<String>>>, reason: Option<&str>) -> Stri
     let me = crate::node::local_node();
     crate::actors::lock_registry(true);
     check_repairable(&ids);
+    warn_running_totals(&ids);
     let mut set = GSet::default();
     for id in &ids {
         set.add(id);
@@ -220,6 +221,42 @@ fn repair(supersedes: Option<Vec<Option<String>>>, reason: Option<&str>) -> Stri
     // Ops that waited for a superseded op wait no more.
     crate::security::as_owner(|| Spi::run("SELECT count(*) FROM converge.retry_pending()")).unwrap_or_else(|e| fail(e));
     op_id
+}
+
+/// Say (WARNING) which named counter ops a repair cannot take out of their
+/// values: a counter op carries its actor's running total, so a later op of
+/// the same actor on the same row and column, applied here and not named
+/// too, still carries the increment (docs/coordination.md, "What a repair
+/// cannot undo"). The ops are superseded all the same.
+fn warn_running_totals(ids: &[String]) {
+    let stays: Vec<(String, String)> = crate::security::as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT l.op_id, (SELECT m.op_id FROM converge.op_log m
+                                   WHERE m.actor = l.actor AND m.counter > l.counter AND m.outcome = 'applied'
+                                     AND m.target_table = l.target_table AND m.target_key = l.target_key
+                                     AND m.target_column = l.target_column AND m.op_id <> ALL ($1)
+                                   ORDER BY m.counter DESC LIMIT 1)
+                   FROM converge.op_log l
+                   JOIN unnest($1::text[]) u(id) ON l.actor = converge.op_id_actor(u.id) AND l.counter = converge.op_id_counter(u.id)
+                   JOIN converge.replicated r ON r.table_name = pg_catalog.to_regclass(l.target_table)
+                  WHERE l.outcome = 'applied' AND r.crdt_columns ->> l.target_column IN ('gcounter', 'pncounter', 'bcounter')
+                  ORDER BY l.op_id",
+                None,
+                &[ids.to_vec().into()],
+            )?
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?)))
+            .filter_map(|r: Result<(String, Option<String>), pgrx::spi::SpiError>| r.map(|(op, later)| later.map(|l| (op, l))).transpose())
+            .collect::<Result<Vec<_>, _>>()
+        })
+    })
+    .unwrap_or_else(|e| fail(e));
+    for (op, later) in stays {
+        crate::errors::warn_hint(
+            format!("the increment of counter op {op} stays in its row's value: op {later}, a later op of the same actor on that row, carries it"),
+            "A counter op holds its actor's running total: a repair takes an increment out only with the actor's later ops on the row. Undo it with a compensating op (a pncounter decrement).",
+        );
+    }
 }
 
 /// Refuse what a repair here could not do alike everywhere: an op of a

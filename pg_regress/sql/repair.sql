@@ -60,6 +60,25 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         '{"counts":{"phone2":2}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT converge.frontier() - 'lagos' AS frontier;
 
+-- A counter op holds its actor's running total: phone4 counted 1, then 10
+-- by mistake (total 11), then 1 (total 12). Taking out the mistake alone
+-- leaves its 10 in the value, carried by phone4:3, and the repair says so
+-- (WARNING); the op is superseded all the same (a compensating op is the
+-- way to undo an increment). A repair that also names the later ops that
+-- carry an increment takes it out, with no warning: here phone4's first
+-- and last ops, with phone4:3 carrying phone4:1's count.
+SELECT op_id, outcome FROM converge.apply_batch(ARRAY[
+    ROW('phone4:1', 'phone4', 'public.task', '{"id":1}', 'n', 1, 0, '{}',
+        '{"counts":{"phone4":1}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone4:2', 'phone4', 'public.task', '{"id":1}', 'n', 1, 0, '{}',
+        '{"counts":{"phone4":11}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone4:3', 'phone4', 'public.task', '{"id":1}', 'n', 1, 0, '{}',
+        '{"counts":{"phone4":12}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT converge.repair(ARRAY['phone4:2'], 'ten counted by mistake') IS NOT NULL AS recorded;
+SELECT converge.value(n) AS n FROM task WHERE id = 1;
+SELECT converge.repair(ARRAY['phone4:1', 'phone4:3'], 'counted on the wrong task') IS NOT NULL AS recorded;
+SELECT converge.value(n) AS n FROM task WHERE id = 1;
+
 -- Only nodes repair, through replication: a client's repair op is refused.
 SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone3:1', 'phone3', 'converge.repair', '{"reason":"mine"}', '', 1, 0, '{}',
