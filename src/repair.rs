@@ -224,39 +224,83 @@ fn repair(supersedes: Option<Vec<Option<String>>>, reason: Option<&str>) -> Stri
 }
 
 /// Say (WARNING) which named counter ops a repair cannot take out of their
-/// values: a counter op carries its actor's running total, so a later op of
-/// the same actor on the same row and column, applied here and not named
-/// too, still carries the increment (docs/coordination.md, "What a repair
-/// cannot undo"). The ops are superseded all the same.
+/// values: a counter op carries its actor's running totals of the parts it
+/// changed (a pncounter's p or n, a bcounter's p, n or a transfer), so a
+/// later op of the same actor on the same row and column that carries one
+/// of those totals, applied here and not named too, still carries the
+/// change (docs/coordination.md, "What a repair cannot undo"). The ops are
+/// superseded all the same.
 fn warn_running_totals(ids: &[String]) {
-    let stays: Vec<(String, String)> = crate::security::as_owner(|| {
+    // (named op, its column's type, its delta, a later op, that op's delta)
+    type Pair = (String, String, Vec<u8>, String, Vec<u8>);
+    let pairs: Vec<Pair> = crate::security::as_owner(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT l.op_id, (SELECT m.op_id FROM converge.op_log m
-                                   WHERE m.actor = l.actor AND m.counter > l.counter AND m.outcome = 'applied'
-                                     AND m.target_table = l.target_table AND m.target_key = l.target_key
-                                     AND m.target_column = l.target_column AND m.op_id <> ALL ($1)
-                                   ORDER BY m.counter DESC LIMIT 1)
+                "SELECT l.op_id, r.crdt_columns ->> l.target_column, l.delta, m.op_id, m.delta
                    FROM converge.op_log l
                    JOIN unnest($1::text[]) u(id) ON l.actor = converge.op_id_actor(u.id) AND l.counter = converge.op_id_counter(u.id)
                    JOIN converge.replicated r ON r.table_name = pg_catalog.to_regclass(l.target_table)
+                   JOIN converge.op_log m ON m.actor = l.actor AND m.counter > l.counter AND m.outcome = 'applied'
+                                         AND m.target_table = l.target_table AND m.target_key = l.target_key
+                                         AND m.target_column = l.target_column AND m.op_id <> ALL ($1)
                   WHERE l.outcome = 'applied' AND r.crdt_columns ->> l.target_column IN ('gcounter', 'pncounter', 'bcounter')
-                  ORDER BY l.op_id",
+                  ORDER BY l.op_id, m.counter DESC",
                 None,
                 &[ids.to_vec().into()],
             )?
-            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?)))
-            .filter_map(|r: Result<(String, Option<String>), pgrx::spi::SpiError>| r.map(|(op, later)| later.map(|l| (op, l))).transpose())
-            .collect::<Result<Vec<_>, _>>()
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                    r.get::<String>(4)?.unwrap_or_default(),
+                    r.get::<Vec<u8>>(5)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<Pair>, pgrx::spi::SpiError>>()
         })
     })
     .unwrap_or_else(|e| fail(e));
-    for (op, later) in stays {
+    let mut warned = std::collections::BTreeSet::new();
+    for (op, ty, delta, later, later_delta) in &pairs {
+        let changed = totals(ty, delta);
+        if warned.contains(op) || !totals(ty, later_delta).iter().any(|t| changed.contains(t)) {
+            continue;
+        }
+        warned.insert(op.clone());
+        let undo = match ty.as_str() {
+            "gcounter" => "A gcounter never counts down: a column whose counts need correcting is a pncounter.",
+            _ => "Undo the change with a compensating op (the opposite incr or decr).",
+        };
         crate::errors::warn_hint(
-            format!("the increment of counter op {op} stays in its row's value: op {later}, a later op of the same actor on that row, carries it"),
-            "A counter op holds its actor's running total: a repair takes an increment out only with the actor's later ops on the row. Undo it with a compensating op (a pncounter decrement).",
+            format!("the change of counter op {op} stays in its row's value: op {later}, a later op of the same actor on that row, carries it"),
+            format!("A counter op holds its actor's running totals: a repair takes a change out only with the later ops that carry it. {undo}"),
         );
     }
+}
+
+/// The running totals a counter delta of type `ty` carries, each named by
+/// its path in the value's text form (`counts.a`, `p.a`, `t.a.b`, ...).
+fn totals(ty: &str, delta: &[u8]) -> std::collections::BTreeSet<String> {
+    use converge_core::{decode, to_text};
+    let text = match ty {
+        "gcounter" => decode::<converge_core::GCounter>(delta).map(|v| to_text(&v)),
+        "pncounter" => decode::<converge_core::PnCounter>(delta).map(|v| to_text(&v)),
+        _ => decode::<converge_core::BCounter>(delta).map(|v| to_text(&v)),
+    };
+    let mut paths = std::collections::BTreeSet::new();
+    fn walk(v: &Value, at: String, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, x)| walk(x, format!("{at}{}{k}", if at.is_empty() { "" } else { "\u{0}" }), out)),
+            _ => {
+                out.insert(at);
+            }
+        }
+    }
+    if let Some(v) = text.ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        walk(&v, String::new(), &mut paths);
+    }
+    paths
 }
 
 /// Refuse what a repair here could not do alike everywhere: an op of a

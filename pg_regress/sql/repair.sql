@@ -60,13 +60,14 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         '{"counts":{"phone2":2}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT converge.frontier() - 'lagos' AS frontier;
 
--- A counter op holds its actor's running total: phone4 counted 1, then 10
+-- A counter op holds its actor's running totals: phone4 counted 1, then 10
 -- by mistake (total 11), then 1 (total 12). Taking out the mistake alone
 -- leaves its 10 in the value, carried by phone4:3, and the repair says so
--- (WARNING); the op is superseded all the same (a compensating op is the
--- way to undo an increment). A repair that also names the later ops that
--- carry an increment takes it out, with no warning: here phone4's first
--- and last ops, with phone4:3 carrying phone4:1's count.
+-- (WARNING); the op is superseded all the same (a gcounter cannot count
+-- down: counts that need correcting belong in a pncounter). A repair that
+-- also names the later ops that carry a change takes it out, with no
+-- warning: here phone4's first and last ops (phone4:3 carries phone4:1's
+-- count).
 SELECT op_id, outcome FROM converge.apply_batch(ARRAY[
     ROW('phone4:1', 'phone4', 'public.task', '{"id":1}', 'n', 1, 0, '{}',
         '{"counts":{"phone4":1}}'::converge.gcounter::bytea, NULL)::converge.op,
@@ -78,6 +79,24 @@ SELECT converge.repair(ARRAY['phone4:2'], 'ten counted by mistake') IS NOT NULL 
 SELECT converge.value(n) AS n FROM task WHERE id = 1;
 SELECT converge.repair(ARRAY['phone4:1', 'phone4:3'], 'counted on the wrong task') IS NOT NULL AS recorded;
 SELECT converge.value(n) AS n FROM task WHERE id = 1;
+-- A pncounter op carries only the part it changed: phone5 counted 5 up,
+-- 10 up by mistake, then 2 down. The decrement does not carry the
+-- increments, so the mistake comes out (5 - 2 = 3), with no warning.
+SET ROLE cv_depot;
+CREATE TABLE part (id int PRIMARY KEY, stock converge.pncounter);
+SELECT converge.replicate('part') IS NOT NULL AS replicated;
+INSERT INTO part (id) VALUES (1);
+RESET ROLE;
+SELECT op_id, outcome FROM converge.apply_batch(ARRAY[
+    ROW('phone5:1', 'phone5', 'public.part', '{"id":1}', 'stock', 1, 0, '{}',
+        '{"p":{"phone5":5}}'::converge.pncounter::bytea, NULL)::converge.op,
+    ROW('phone5:2', 'phone5', 'public.part', '{"id":1}', 'stock', 1, 0, '{}',
+        '{"p":{"phone5":15}}'::converge.pncounter::bytea, NULL)::converge.op,
+    ROW('phone5:3', 'phone5', 'public.part', '{"id":1}', 'stock', 1, 0, '{}',
+        '{"n":{"phone5":2}}'::converge.pncounter::bytea, NULL)::converge.op]);
+SELECT converge.value(stock) AS stock FROM part;
+SELECT converge.repair(ARRAY['phone5:2'], 'ten parts counted twice') IS NOT NULL AS recorded;
+SELECT converge.value(stock) AS stock FROM part;
 
 -- Only nodes repair, through replication: a client's repair op is refused.
 SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
