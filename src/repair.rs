@@ -261,13 +261,11 @@ fn warn_running_totals(ids: &[String]) {
         })
     })
     .unwrap_or_else(|e| fail(e));
-    let mut warned = std::collections::BTreeSet::new();
-    for (op, ty, delta, later, later_delta) in &pairs {
+    // (Pairs come grouped by named op, later ops newest first.)
+    for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+        let (op, ty, delta, _, _) = &group[0];
         let changed = totals(ty, delta);
-        if warned.contains(op) || !totals(ty, later_delta).iter().any(|t| changed.contains(t)) {
-            continue;
-        }
-        warned.insert(op.clone());
+        let Some((_, _, _, later, _)) = group.iter().find(|p| totals(ty, &p.4).iter().any(|t| changed.contains(t))) else { continue };
         let undo = match ty.as_str() {
             "gcounter" => "A gcounter never counts down: a column whose counts need correcting is a pncounter.",
             _ => "Undo the change with a compensating op (the opposite incr or decr).",
@@ -282,12 +280,7 @@ fn warn_running_totals(ids: &[String]) {
 /// The running totals a counter delta of type `ty` carries, each named by
 /// its path in the value's text form (`counts.a`, `p.a`, `t.a.b`, ...).
 fn totals(ty: &str, delta: &[u8]) -> std::collections::BTreeSet<String> {
-    use converge_core::{decode, to_text};
-    let text = match ty {
-        "gcounter" => decode::<converge_core::GCounter>(delta).map(|v| to_text(&v)),
-        "pncounter" => decode::<converge_core::PnCounter>(delta).map(|v| to_text(&v)),
-        _ => decode::<converge_core::BCounter>(delta).map(|v| to_text(&v)),
-    };
+    let text = for_crdt_type!(ty, T => converge_core::decode::<T>(delta).ok().map(|v| converge_core::to_text(&v)), _ => None);
     let mut paths = std::collections::BTreeSet::new();
     fn walk(v: &Value, at: String, out: &mut std::collections::BTreeSet<String>) {
         match v {
@@ -297,7 +290,7 @@ fn totals(ty: &str, delta: &[u8]) -> std::collections::BTreeSet<String> {
             }
         }
     }
-    if let Some(v) = text.ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+    if let Some(v) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
         walk(&v, String::new(), &mut paths);
     }
     paths
