@@ -104,6 +104,21 @@ pub fn supersede(pairs: Vec<(String, String)>) {
             &[ids.clone().into(), repairs.clone().into()],
         )
         .unwrap_or_else(|e| fail(e));
+        // Deliveries kept aside here (rejected or quarantined) are
+        // superseded too, as a later delivery would be on arrival: the op
+        // leaves the quarantine, replay no longer takes it, and every node
+        // ends with the same outcome. converge.stats keeps counting them
+        // under their first outcome. (A void of the op is another op.)
+        Spi::run_with_args(
+            "WITH was AS (SELECT l.seq, l.outcome, u.r FROM converge.op_log l JOIN unnest($1::text[], $2::text[]) u(id, r) ON l.op_id = u.id
+                           WHERE l.outcome IN ('rejected', 'quarantined') AND l.target_table IS DISTINCT FROM 'converge.void'
+                             FOR UPDATE OF l),
+                  out AS (UPDATE converge.op_log l SET outcome = 'superseded', reason = was.r FROM was WHERE l.seq = was.seq)
+             INSERT INTO converge.retired AS c (counter, total) SELECT was.outcome, count(*) FROM was GROUP BY was.outcome
+                 ON CONFLICT (counter) DO UPDATE SET total = c.total + EXCLUDED.total",
+            &[ids.clone().into(), repairs.clone().into()],
+        )
+        .unwrap_or_else(|e| fail(e));
         let by: std::collections::HashMap<&String, &String> = ids.iter().zip(&repairs).collect();
         let mut excluded = applied_of(&ids);
         for e in excluded.iter_mut() {

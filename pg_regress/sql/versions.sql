@@ -54,13 +54,40 @@ SELECT id, state, converge.value(runs) AS runs FROM pump;
 SELECT op_id, schema_version, outcome, reason FROM converge.quarantine ORDER BY op_id;
 
 -- Moving runs to version 3 applies what waited for it (tab:3); the old
--- client's op stays aside (it needs translating), also when replayed.
+-- client's op stays aside (it needs translating, below), also when
+-- replayed.
 SET ROLE cv_plant;
 SELECT converge.set_schema_version('pump', 'runs', 3) AS applied_now;
 RESET ROLE;
 SELECT id, state, converge.value(runs) AS runs FROM pump;
 SELECT op_id, outcome, reason FROM converge.replay('tab:1');
 SELECT op_id, schema_version, outcome, reason FROM converge.quarantine ORDER BY op_id;
+
+-- Translating an old op: tab, still on version 2 of the row ops, sends
+-- state codes ('HALT') where version 3 writes words. An operator writes
+-- what it meant as a change of this node and supersedes the old op with
+-- a repair, in one transaction: the op leaves the quarantine, replay no
+-- longer takes it, the log says which repair superseded it, and
+-- converge.stats still counts it as quarantined once.
+SELECT op_id, outcome, reason FROM converge.apply(ROW('tab:6', 'tab', 'public.pump', '{"id":1}', '', 2, 0, '{}',
+    '{"entries":{"state":[[9999999999999,2,"tab"],{"put":"HALT"}]}}'::converge.lwwmap::bytea, NULL)::converge.op);
+SELECT quarantined AS quarantined_before, superseded AS superseded_before FROM converge.stats \gset
+BEGIN;
+SET LOCAL ROLE cv_plant;
+UPDATE pump SET state = 'halted' WHERE id = 1;
+RESET ROLE;
+SELECT converge.repair(ARRAY['tab:6'], 'translated: version 2 state codes') AS repair_id \gset
+COMMIT;
+SELECT id, state FROM pump;
+SELECT l.outcome, l.reason = :'repair_id' AS by_the_repair, r.reason AS repair_reason
+  FROM converge.op_log l, converge.op_log r WHERE l.op_id = 'tab:6' AND r.op_id = :'repair_id';
+SELECT op_id FROM converge.quarantine ORDER BY op_id;
+SELECT quarantined - :quarantined_before AS quarantined_since, superseded - :superseded_before AS superseded_since FROM converge.stats;
+SELECT * FROM converge.replay('tab:6');
+-- Sent again, it is superseded on arrival.
+SELECT op_id, outcome, reason = :'repair_id' AS by_the_repair FROM converge.apply(ROW('tab:6', 'tab', 'public.pump', '{"id":1}', '', 2, 0, '{}',
+    '{"entries":{"state":[[9999999999999,2,"tab"],{"put":"HALT"}]}}'::converge.lwwmap::bytea, NULL)::converge.op);
+SELECT id, state FROM pump;
 
 \c regression
 DROP DATABASE converge_regress_oslo;

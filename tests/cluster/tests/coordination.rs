@@ -198,6 +198,29 @@ fn an_old_schema_op_is_kept_aside_on_every_node() {
     }
     let aside = text(&nodes[1], "SELECT string_agg(op_id || ' ' || reason, ',') FROM converge.quarantine");
     assert_eq!(aside, "tab:1 old_schema");
+    // dublin translates it: what it meant (5 under version 3) as its own
+    // change, and a repair superseding it, in one transaction. Every node
+    // then counts the translation, the op is aside nowhere, and sent again
+    // anywhere it is superseded on arrival.
+    nodes[1]
+        .client()
+        .batch_execute(
+            "BEGIN;
+             UPDATE ctr SET g = converge.incr(g, 5) WHERE id = 1;
+             SELECT converge.repair(ARRAY['tab:1'], 'translated: version 1 counted tens');
+             COMMIT",
+        )
+        .unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["ctr"]);
+    let repair = text(&nodes[1], "SELECT op_id FROM converge.op_log WHERE target_table = 'converge.repair'");
+    for n in &nodes {
+        assert_eq!(text(n, "SELECT converge.value(g)::text FROM ctr WHERE id = 1"), "15", "{}", n.name);
+        assert_eq!(text(n, "SELECT count(*)::text FROM converge.quarantine"), "0", "{}", n.name);
+        assert_eq!(text(n, "SELECT string_agg(op_id || ' ' || repair_id, ',') FROM converge.superseded"), format!("tab:1 {repair}"), "{}", n.name);
+    }
+    assert_eq!(text(&nodes[1], "SELECT string_agg(outcome, ',') FROM converge.op_log WHERE op_id = 'tab:1'"), "superseded");
+    assert_eq!(tab_op(&nodes[2], 1, 1, 50), ("superseded".into(), Some(repair)));
 }
 
 /// The SPEC's promise for removes_only: a safety warning does not disappear
