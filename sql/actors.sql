@@ -40,6 +40,26 @@ COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repa
 SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
 GRANT SELECT ON converge.superseded TO PUBLIC;
 
+-- Ops kept aside here (rejected or quarantined), one row per op_id: the
+-- ones converge.replay takes (here, after converge.superseded, which it reads).
+CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
+    SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
+       -- (a client's refused void is no op to replay: the refused op it
+       -- named is; a peer's is, as the gap it leaves here)
+       AND NOT (coalesce(l.target_table = 'converge.void', false) AND l.origin NOT LIKE 'peer:%')
+       -- (a void hides its maker's op refused here, not a peer's delivery:
+       -- that op was applied elsewhere, and takes the void's place here)
+       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
+                          AND a.outcome = 'applied' AND (a.target_table <> 'converge.void' OR l.origin NOT LIKE 'peer:%'))
+       -- (an op a repair superseded is no longer kept aside: a translated
+       -- old_schema op, for one)
+       AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = l.op_id)
+     -- (a peer's delivery first, as replay takes it: a client sending the
+     -- same op id later must not hide where the op came from; the op before
+     -- a void of it)
+     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, coalesce(l.target_table = 'converge.void', false), l.seq DESC;
+COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided, nor superseded by a repair), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Voids refused from a client are not listed.';
+
 -- Ops kept out for good that hold their actor's frontier back: an actor's
 -- frontier stops below its first counter not applied, and compaction folds
 -- its ops only up to the stable frontier, so every later op of that actor

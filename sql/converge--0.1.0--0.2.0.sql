@@ -155,13 +155,12 @@ COMMENT ON TABLE converge.row_base IS 'Per row and column: the merge of the delt
 -- What left the rows that converge.stats counts, so that its counters
 -- never fall (it adds these to what is still there): op_log rows that
 -- compaction removed, per outcome; applied ops that a repair, revocation
--- or freeze took out (under applied); rejected or quarantined deliveries
--- a repair superseded (under their outcome); the traffic of removed peers.
+-- or freeze took out (under applied); the traffic of removed peers.
 CREATE TABLE converge.retired (
     counter text PRIMARY KEY,
     total   bigint NOT NULL DEFAULT 0
 );
-COMMENT ON TABLE converge.retired IS 'Per counter of converge.stats, what has left the rows it counts: op_log rows converge.compact() removed (per outcome), applied ops a repair, revocation or freeze took out (applied), rejected or quarantined deliveries a repair superseded (rejected, quarantined), and removed peers'' traffic (ops_shipped, bytes_shipped, ops_received, bytes_received).';
+COMMENT ON TABLE converge.retired IS 'Per counter of converge.stats, what has left the rows it counts: op_log rows converge.compact() removed (per outcome), applied ops a repair, revocation or freeze took out (applied), and removed peers'' traffic (ops_shipped, bytes_shipped, ops_received, bytes_received).';
 
 CREATE TABLE converge.compactions (
     ran_at      timestamptz PRIMARY KEY DEFAULT clock_timestamp(),
@@ -434,8 +433,6 @@ CREATE VIEW converge.stats AS
          gone AS (SELECT coalesce(sum(total) FILTER (WHERE counter = 'applied'), 0) AS applied,
                          coalesce(sum(total) FILTER (WHERE counter = 'duplicate'), 0) AS duplicate,
                          coalesce(sum(total) FILTER (WHERE counter = 'buffered'), 0) AS buffered,
-                         coalesce(sum(total) FILTER (WHERE counter = 'rejected'), 0) AS rejected,
-                         coalesce(sum(total) FILTER (WHERE counter = 'quarantined'), 0) AS quarantined,
                          coalesce(sum(total) FILTER (WHERE counter = 'ops_shipped'), 0) AS ops_shipped,
                          coalesce(sum(total) FILTER (WHERE counter = 'bytes_shipped'), 0) AS bytes_shipped,
                          coalesce(sum(total) FILTER (WHERE counter = 'ops_received'), 0) AS ops_received,
@@ -449,8 +446,8 @@ CREATE VIEW converge.stats AS
     SELECT (log.applied + gone.applied)::bigint AS applied,
            (log.duplicate + gone.duplicate)::bigint AS duplicate,
            (log.buffered + gone.buffered)::bigint AS buffered,
-           (log.rejected + gone.rejected)::bigint AS rejected,
-           (log.quarantined + gone.quarantined)::bigint AS quarantined,
+           log.rejected AS rejected,
+           log.quarantined AS quarantined,
            log.superseded AS superseded,
            (peers.ops_shipped + gone.ops_shipped)::bigint AS ops_shipped,
            (peers.bytes_shipped + gone.bytes_shipped)::bigint AS bytes_shipped,
@@ -675,6 +672,26 @@ COMMENT ON TABLE converge.superseded IS 'Ops excluded by a repair (converge.repa
 SELECT pg_catalog.pg_extension_config_dump('converge.superseded', '');
 GRANT SELECT ON converge.superseded TO PUBLIC;
 
+-- Ops kept aside here (rejected or quarantined), one row per op_id: the
+-- ones converge.replay takes (here, after converge.superseded, which it reads).
+CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
+    SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
+       -- (a client's refused void is no op to replay: the refused op it
+       -- named is; a peer's is, as the gap it leaves here)
+       AND NOT (coalesce(l.target_table = 'converge.void', false) AND l.origin NOT LIKE 'peer:%')
+       -- (a void hides its maker's op refused here, not a peer's delivery:
+       -- that op was applied elsewhere, and takes the void's place here)
+       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
+                          AND a.outcome = 'applied' AND (a.target_table <> 'converge.void' OR l.origin NOT LIKE 'peer:%'))
+       -- (an op a repair superseded is no longer kept aside: a translated
+       -- old_schema op, for one)
+       AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = l.op_id)
+     -- (a peer's delivery first, as replay takes it: a client sending the
+     -- same op id later must not hide where the op came from; the op before
+     -- a void of it)
+     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, coalesce(l.target_table = 'converge.void', false), l.seq DESC;
+COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided, nor superseded by a repair), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Voids refused from a client are not listed.';
+
 -- Ops kept out for good that hold their actor's frontier back: an actor's
 -- frontier stops below its first counter not applied, and compaction folds
 -- its ops only up to the stable frontier, so every later op of that actor
@@ -741,7 +758,7 @@ COMMENT ON FUNCTION converge.store_schema_version(regclass, text, int) IS 'Inter
 CREATE FUNCTION converge.set_schema_version(tbl regclass, col text, version int) RETURNS bigint
 LANGUAGE sql AS $$ SELECT converge.set_schema_version_on(tbl::oid, col, version) $$;
 COMMENT ON FUNCTION converge.set_schema_version_on(oid, text, integer) IS 'Internal: the body of converge.set_schema_version (checks that the caller owns the table).';
-COMMENT ON FUNCTION converge.set_schema_version(regclass, text, integer) IS 'Declare the schema version of a CRDT column''s merge semantics (col NULL: the row ops of the plain columns). Run it on every node, as the table''s owner. Local ops carry it; an op made under an older version is quarantined with old_schema (kept for replay after translation), one made under a newer version with new_schema, and those of exactly this version are applied again now. Returns how many were.';
+COMMENT ON FUNCTION converge.set_schema_version(regclass, text, integer) IS 'Declare the schema version of a CRDT column''s merge semantics (col NULL: the row ops of the plain columns). Run it on every node, as the table''s owner. Local ops carry it; an op made under an older version is quarantined with old_schema (kept aside until translated: converge.repair of the op and a change of your own), one made under a newer version with new_schema, and those of exactly this version are applied again now. Returns how many were.';
 -- <<< sql/versions.sql
 
 CREATE FUNCTION converge."freeze_on"(
@@ -949,21 +966,8 @@ DO $$ BEGIN
     END IF;
 END $$;
 
--- One row per op_id in the quarantine view (a replayed op is not listed twice).
-CREATE OR REPLACE VIEW converge.quarantine WITH (security_invoker = true) AS
-    SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
-       -- (a client's refused void is no op to replay: the refused op it
-       -- named is; a peer's is, as the gap it leaves here)
-       AND NOT (coalesce(l.target_table = 'converge.void', false) AND l.origin NOT LIKE 'peer:%')
-       -- (a void hides its maker's op refused here, not a peer's delivery:
-       -- that op was applied elsewhere, and takes the void's place here)
-       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
-                          AND a.outcome = 'applied' AND (a.target_table <> 'converge.void' OR l.origin NOT LIKE 'peer:%'))
-     -- (a peer's delivery first, as replay takes it: a client sending the
-     -- same op id later must not hide where the op came from; the op before
-     -- a void of it)
-     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, coalesce(l.target_table = 'converge.void', false), l.seq DESC;
-COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Voids refused from a client are not listed.';
+-- converge.quarantine (one row per op_id, not superseded) is replaced in the
+-- copy of sql/actors.sql above.
 
 COMMENT ON FUNCTION converge.frontier() IS 'This node''s version vector: {actor: highest counter such that every op 1..counter of that actor is applied (or superseded by a repair) here}.';
 
@@ -1504,7 +1508,7 @@ UPDATE converge.pending_ops SET origin = 'v0.1.0 ' || origin WHERE origin LIKE '
 CREATE OR REPLACE FUNCTION converge.replay(replay_op_id text)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'replay_wrapper';
-COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key or an added column). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
+COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again once its cause is mended (a widened key, an added column, a repaired op it waited for); not one a repair superseded (55000). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
 
 -- Buffered ops with their age, readable per table (sql/ops.sql, sql/finalize.sql).
 CREATE VIEW converge.pending WITH (security_invoker = true) AS

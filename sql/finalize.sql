@@ -391,7 +391,6 @@ GRANT SELECT ON converge.node_identity, converge.replicated, converge.actor_fron
 ALTER TABLE converge.op_log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY op_log_readable ON converge.op_log FOR SELECT USING (converge.may_read(target_table));
 GRANT SELECT ON converge.op_log TO PUBLIC;
-ALTER VIEW converge.quarantine SET (security_invoker = true);
 GRANT SELECT ON converge.quarantine TO PUBLIC;
 -- Buffered ops, the same way.
 ALTER TABLE converge.pending_ops ENABLE ROW LEVEL SECURITY;

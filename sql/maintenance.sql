@@ -17,13 +17,12 @@ COMMENT ON TABLE converge.row_base IS 'Per row and column: the merge of the delt
 -- What left the rows that converge.stats counts, so that its counters
 -- never fall (it adds these to what is still there): op_log rows that
 -- compaction removed, per outcome; applied ops that a repair, revocation
--- or freeze took out (under applied); rejected or quarantined deliveries
--- a repair superseded (under their outcome); the traffic of removed peers.
+-- or freeze took out (under applied); the traffic of removed peers.
 CREATE TABLE converge.retired (
     counter text PRIMARY KEY,
     total   bigint NOT NULL DEFAULT 0
 );
-COMMENT ON TABLE converge.retired IS 'Per counter of converge.stats, what has left the rows it counts: op_log rows converge.compact() removed (per outcome), applied ops a repair, revocation or freeze took out (applied), rejected or quarantined deliveries a repair superseded (rejected, quarantined), and removed peers'' traffic (ops_shipped, bytes_shipped, ops_received, bytes_received).';
+COMMENT ON TABLE converge.retired IS 'Per counter of converge.stats, what has left the rows it counts: op_log rows converge.compact() removed (per outcome), applied ops a repair, revocation or freeze took out (applied), and removed peers'' traffic (ops_shipped, bytes_shipped, ops_received, bytes_received).';
 
 CREATE TABLE converge.compactions (
     ran_at      timestamptz PRIMARY KEY DEFAULT clock_timestamp(),
@@ -307,8 +306,6 @@ CREATE VIEW converge.stats AS
          gone AS (SELECT coalesce(sum(total) FILTER (WHERE counter = 'applied'), 0) AS applied,
                          coalesce(sum(total) FILTER (WHERE counter = 'duplicate'), 0) AS duplicate,
                          coalesce(sum(total) FILTER (WHERE counter = 'buffered'), 0) AS buffered,
-                         coalesce(sum(total) FILTER (WHERE counter = 'rejected'), 0) AS rejected,
-                         coalesce(sum(total) FILTER (WHERE counter = 'quarantined'), 0) AS quarantined,
                          coalesce(sum(total) FILTER (WHERE counter = 'ops_shipped'), 0) AS ops_shipped,
                          coalesce(sum(total) FILTER (WHERE counter = 'bytes_shipped'), 0) AS bytes_shipped,
                          coalesce(sum(total) FILTER (WHERE counter = 'ops_received'), 0) AS ops_received,
@@ -322,8 +319,8 @@ CREATE VIEW converge.stats AS
     SELECT (log.applied + gone.applied)::bigint AS applied,
            (log.duplicate + gone.duplicate)::bigint AS duplicate,
            (log.buffered + gone.buffered)::bigint AS buffered,
-           (log.rejected + gone.rejected)::bigint AS rejected,
-           (log.quarantined + gone.quarantined)::bigint AS quarantined,
+           log.rejected AS rejected,
+           log.quarantined AS quarantined,
            log.superseded AS superseded,
            (peers.ops_shipped + gone.ops_shipped)::bigint AS ops_shipped,
            (peers.bytes_shipped + gone.bytes_shipped)::bigint AS bytes_shipped,

@@ -140,20 +140,7 @@ CREATE VIEW converge.op_outcomes AS
       FROM converge.op_log GROUP BY 1, 2;
 COMMENT ON VIEW converge.op_outcomes IS 'converge.op_log counted by outcome and the code of its reason (the reason''s leading word, such as not_authority, invalid_delta, missing or error; repair for superseded ops, void_overtaken for voids a real op took the place of, void_taken_at_join for ops of a node that joined a peer whose void held their counter; none for applied ones, whose reason is a repair''s own text): a bounded set of rows for a metrics exporter. The full reasons are in op_log and quarantine.';
 
-CREATE VIEW converge.quarantine AS
-    SELECT DISTINCT ON (l.op_id) l.* FROM converge.op_log l WHERE l.outcome IN ('rejected', 'quarantined')
-       -- (a client's refused void is no op to replay: the refused op it
-       -- named is; a peer's is, as the gap it leaves here)
-       AND NOT (coalesce(l.target_table = 'converge.void', false) AND l.origin NOT LIKE 'peer:%')
-       -- (a void hides its maker's op refused here, not a peer's delivery:
-       -- that op was applied elsewhere, and takes the void's place here)
-       AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = l.actor AND a.counter = l.counter
-                          AND a.outcome = 'applied' AND (a.target_table <> 'converge.void' OR l.origin NOT LIKE 'peer:%'))
-     -- (a peer's delivery first, as replay takes it: a client sending the
-     -- same op id later must not hide where the op came from; the op before
-     -- a void of it)
-     ORDER BY l.op_id, l.origin LIKE 'peer:%' DESC, coalesce(l.target_table = 'converge.void', false), l.seq DESC;
-COMMENT ON VIEW converge.quarantine IS 'Rejected and quarantined ops not applied since (nor voided), one row per op_id (its latest outcome, from a peer''s delivery of it if there is one: the row converge.replay(op_id) applies again; the log keeps every one). Voids refused from a client are not listed.';
+-- converge.quarantine is defined in sql/actors.sql (it reads converge.superseded).
 
 CREATE FUNCTION converge.op_encode(o converge.op) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
@@ -271,7 +258,7 @@ COMMENT ON FUNCTION converge.apply(converge.op, text) IS 'Apply one op (see appl
 CREATE FUNCTION converge.replay(replay_op_id text)
 RETURNS TABLE (op_id text, outcome text, reason text)
 LANGUAGE c STRICT VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'replay_wrapper';
-COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again (after a repair, a widened key or an added column). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
+COMMENT ON FUNCTION converge.replay(text) IS 'Apply a rejected or quarantined op again once its cause is mended (a widened key, an added column, a repaired op it waited for); not one a repair superseded (55000). An op a peer sent is applied as that peer''s, which takes the owner of its table. The log keeps both outcomes.';
 
 -- This node's own entry is its highest op counter (converge.last_op_counter):
 -- recording an op does not update a frontier row.

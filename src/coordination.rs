@@ -291,6 +291,8 @@ pub(crate) fn kept_aside(scope: &str, pick: &str, args: &[pgrx::datum::DatumWith
             AND NOT EXISTS (SELECT 1 FROM converge.op_log a WHERE a.actor = q.actor AND a.counter = q.counter AND a.outcome = 'applied'
                               -- (a peer's delivery takes a void's place: apply/voids.rs)
                               AND (a.target_table <> 'converge.void' OR q.origin NOT LIKE 'peer:%'))
+            -- (nor given up by a repair: applied again, it would be superseded)
+            AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = q.op_id)
           ORDER BY q.seq"
     );
     crate::security::as_owner(|| {

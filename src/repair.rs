@@ -104,21 +104,6 @@ pub fn supersede(pairs: Vec<(String, String)>) {
             &[ids.clone().into(), repairs.clone().into()],
         )
         .unwrap_or_else(|e| fail(e));
-        // Deliveries kept aside here (rejected or quarantined) are
-        // superseded too, as a later delivery would be on arrival: the op
-        // leaves the quarantine, replay no longer takes it, and every node
-        // ends with the same outcome. converge.stats keeps counting them
-        // under their first outcome. (A void of the op is another op.)
-        Spi::run_with_args(
-            "WITH was AS (SELECT l.seq, l.outcome, u.r FROM converge.op_log l JOIN unnest($1::text[], $2::text[]) u(id, r) ON l.op_id = u.id
-                           WHERE l.outcome IN ('rejected', 'quarantined') AND l.target_table IS DISTINCT FROM 'converge.void'
-                             FOR UPDATE OF l),
-                  out AS (UPDATE converge.op_log l SET outcome = 'superseded', reason = was.r FROM was WHERE l.seq = was.seq)
-             INSERT INTO converge.retired AS c (counter, total) SELECT was.outcome, count(*) FROM was GROUP BY was.outcome
-                 ON CONFLICT (counter) DO UPDATE SET total = c.total + EXCLUDED.total",
-            &[ids.clone().into(), repairs.clone().into()],
-        )
-        .unwrap_or_else(|e| fail(e));
         let by: std::collections::HashMap<&String, &String> = ids.iter().zip(&repairs).collect();
         let mut excluded = applied_of(&ids);
         for e in excluded.iter_mut() {
@@ -242,9 +227,11 @@ fn repair(supersedes: Option<Vec<Option<String>>>, reason: Option<&str>) -> Stri
 /// values: a counter op carries its actor's running totals of the parts it
 /// changed (a pncounter's p or n, a bcounter's p, n or a transfer), so a
 /// later op of the same actor on the same row and column that carries one
-/// of those totals, applied here and not named too, still carries the
-/// change (docs/coordination.md, "What a repair cannot undo"). The ops are
-/// superseded all the same.
+/// of those totals (at least as high), applied here and not named too,
+/// still carries the change (docs/coordination.md, "What a repair cannot
+/// undo"). Named ops kept aside here count too: their change was never
+/// merged, but a later op's total brought it in. The ops are superseded
+/// all the same.
 fn warn_running_totals(ids: &[String]) {
     // (named op, its column's type, its delta, a later op, that op's delta)
     type Pair = (String, String, Vec<u8>, String, Vec<u8>);
@@ -258,7 +245,7 @@ fn warn_running_totals(ids: &[String]) {
                    JOIN converge.op_log m ON m.actor = l.actor AND m.counter > l.counter AND m.outcome = 'applied'
                                          AND m.target_table = l.target_table AND m.target_key = l.target_key
                                          AND m.target_column = l.target_column AND m.op_id <> ALL ($1)
-                  WHERE l.outcome = 'applied' AND r.crdt_columns ->> l.target_column IN ('gcounter', 'pncounter', 'bcounter')
+                  WHERE l.outcome IN ('applied', 'rejected', 'quarantined') AND r.crdt_columns ->> l.target_column IN ('gcounter', 'pncounter', 'bcounter')
                   ORDER BY l.op_id, m.counter DESC",
                 None,
                 &[ids.to_vec().into()],
@@ -280,7 +267,8 @@ fn warn_running_totals(ids: &[String]) {
     for group in pairs.chunk_by(|a, b| a.0 == b.0) {
         let (op, ty, delta, _, _) = &group[0];
         let changed = totals(ty, delta);
-        let Some((_, _, _, later, _)) = group.iter().find(|p| totals(ty, &p.4).iter().any(|t| changed.contains(t))) else { continue };
+        let carries = |later: &[u8]| totals(ty, later).iter().any(|(path, n)| changed.get(path).is_some_and(|m| n >= m));
+        let Some((_, _, _, later, _)) = group.iter().find(|p| carries(&p.4)) else { continue };
         let undo = match ty.as_str() {
             "gcounter" => "A gcounter never counts down: a column whose counts need correcting is a pncounter.",
             _ => "Undo the change with a compensating op (the opposite incr or decr).",
@@ -294,15 +282,18 @@ fn warn_running_totals(ids: &[String]) {
 
 /// The running totals a counter delta of type `ty` carries, each named by
 /// its path in the value's text form (`counts.a`, `p.a`, `t.a.b`, ...).
-fn totals(ty: &str, delta: &[u8]) -> std::collections::BTreeSet<String> {
+fn totals(ty: &str, delta: &[u8]) -> std::collections::BTreeMap<String, i128> {
     let text = for_crdt_type!(ty, T => converge_core::decode::<T>(delta).ok().map(|v| converge_core::to_text(&v)), _ => None);
-    let mut paths = std::collections::BTreeSet::new();
-    fn walk(v: &Value, at: String, out: &mut std::collections::BTreeSet<String>) {
+    let mut paths = std::collections::BTreeMap::new();
+    fn walk(v: &Value, at: String, out: &mut std::collections::BTreeMap<String, i128>) {
         match v {
             Value::Object(m) => m.iter().for_each(|(k, x)| walk(x, format!("{at}{}{k}", if at.is_empty() { "" } else { "\u{0}" }), out)),
-            _ => {
-                out.insert(at);
+            Value::Number(n) => {
+                if let Some(n) = n.as_u64().map(i128::from).or_else(|| n.as_i64().map(i128::from)) {
+                    out.insert(at, n);
+                }
             }
+            _ => {}
         }
     }
     if let Some(v) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) {

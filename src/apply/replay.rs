@@ -33,6 +33,14 @@ const ROW: &str = "SELECT l.op_id, l.actor, l.target_table, l.target_key, l.targ
 /// Declared in sql/ops.sql.
 #[pg_extern(sql = false, volatile, strict, parallel_unsafe)]
 fn replay(replay_op_id: &str) -> TableIterator<'static, (name!(op_id, String), name!(outcome, String), name!(reason, Option<String>))> {
+    // A repair gave it up for good (a translated old_schema op, for one).
+    if let Some(by) = crate::repair::superseded_by(replay_op_id) {
+        crate::errors::raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("op {replay_op_id} was superseded by repair {by}: it is not replayed"),
+            "converge.superseded lists what each repair gave up; the repair's reason is on its row in converge.op_log.",
+        );
+    }
     // The row as the caller sees it (the log's row security), trust off.
     let found = as_client(|| {
         Spi::connect(|c| {
