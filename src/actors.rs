@@ -293,7 +293,9 @@ fn reevaluate(actor: &str) {
                 "SELECT seq, op_id, target_table, target_key, target_column, schema_version, coalesce(epoch, 0),
                         coalesce(deps, '{}'), delta, signature, outcome = 'applied'
                    FROM converge.op_log
-                  WHERE actor = $1 AND (outcome = 'applied' OR (outcome = 'rejected' AND reason IN ('unsigned', 'bad_signature')))
+                  WHERE actor = $1 AND (outcome = 'applied' OR (outcome = 'rejected' AND reason IN ('unsigned', 'bad_signature')
+                                                                 -- (not one a repair gave up)
+                                                                 AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = op_log.op_id)))
                   ORDER BY seq",
                 None,
                 &[actor.into()],

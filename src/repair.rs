@@ -246,7 +246,9 @@ fn warn_running_totals(ids: &[String]) {
                                          AND m.target_table = l.target_table AND m.target_key = l.target_key
                                          AND m.target_column = l.target_column AND m.op_id <> ALL ($1)
                   WHERE l.outcome IN ('applied', 'rejected', 'quarantined') AND r.crdt_columns ->> l.target_column IN ('gcounter', 'pncounter', 'bcounter')
-                  ORDER BY l.op_id, m.counter DESC",
+                  -- (a named op's applied delivery first, then its newest: its
+                  -- rows may differ, a forged or invalid one among them)
+                  ORDER BY l.op_id, l.outcome = 'applied' DESC, l.seq DESC, m.counter DESC",
                 None,
                 &[ids.to_vec().into()],
             )?
@@ -274,7 +276,7 @@ fn warn_running_totals(ids: &[String]) {
             _ => "Undo the change with a compensating op (the opposite incr or decr).",
         };
         crate::errors::warn_hint(
-            format!("the change of counter op {op} stays in its row's value: op {later}, a later op of the same actor on that row, carries it"),
+            format!("the change of counter op {op} likely stays in its row's value: op {later}, a later op of the same actor on that row, carries a total at least as high"),
             format!("A counter op holds its actor's running totals: a repair takes a change out only with the later ops that carry it. {undo}"),
         );
     }

@@ -64,18 +64,17 @@ SELECT op_id, outcome, reason FROM converge.replay('tab:1');
 SELECT op_id, schema_version, outcome, reason FROM converge.quarantine ORDER BY op_id;
 
 -- Translating an old op: tab, still on version 2 of the row ops, sends
--- state codes ('HALT') where version 3 writes words. An operator
--- supersedes the old op with a repair and writes what it meant as a
--- change of this node, in one transaction: the op is kept aside no more
--- (out of the quarantine, replay refuses it), its log row keeps the
--- reason it was kept aside, and the repair's row says why.
+-- state codes ('HALT') where version 3 writes words. An operator writes
+-- what it meant as a change of this node, then supersedes the old op
+-- with a repair (two transactions: docs/coordination.md): the op is kept
+-- aside no more (out of the quarantine, replay refuses it), its log row
+-- keeps the reason it was kept aside, and the repair's row says why.
 SELECT op_id, outcome, reason FROM converge.apply(ROW('tab:6', 'tab', 'public.pump', '{"id":1}', '', 2, 0, '{}',
     '{"entries":{"state":[[9999999999999,2,"tab"],{"put":"HALT"}]}}'::converge.lwwmap::bytea, NULL)::converge.op);
-BEGIN;
-SELECT converge.repair(ARRAY['tab:6'], 'translated: version 2 state codes') AS repair_id \gset
-SET LOCAL ROLE cv_plant;
+SET ROLE cv_plant;
 UPDATE pump SET state = 'halted' WHERE id = 1;
-COMMIT;
+RESET ROLE;
+SELECT converge.repair(ARRAY['tab:6'], 'translated: version 2 state codes') AS repair_id \gset
 SELECT id, state FROM pump;
 SELECT l.outcome, l.reason, s.repair_id = :'repair_id' AS by_the_repair, r.reason AS repair_reason
   FROM converge.op_log l, converge.superseded s, converge.op_log r
@@ -86,9 +85,9 @@ SELECT * FROM converge.replay('tab:6');
 SELECT op_id, outcome, reason = :'repair_id' AS by_the_repair FROM converge.apply(ROW('tab:6', 'tab', 'public.pump', '{"id":1}', '', 2, 0, '{}',
     '{"entries":{"state":[[9999999999999,2,"tab"],{"put":"HALT"}]}}'::converge.lwwmap::bytea, NULL)::converge.op);
 SELECT id, state FROM pump;
--- tab:1, an old counter op, cannot be translated so: tab:2 carries tab's
--- running total (6, with tab:1's 5), so its change is in runs already.
--- The repair says so.
+-- tab:1, an old counter op, cannot be translated so: tab:2 and tab:3
+-- carry tab's running total (6 and 8, with tab:1's 5), so its change is
+-- in runs already. The repair says so.
 SELECT converge.repair(ARRAY['tab:1'], 'translated: version 1 runs') IS NOT NULL AS repaired;
 SELECT id, converge.value(runs) AS runs FROM pump;
 -- A later op with a lower total does not carry the change: 'old' sent 50
