@@ -133,10 +133,15 @@ CREATE OR REPLACE VIEW converge.peers AS
            coalesce(w.problem, s.last_error) AS last_error,
            s.last_error_at, s.caught_up_at, s.ops_received, s.bytes_received, p.origin_name AS origin,
            converge.origin_progress(p.origin_name) AS origin_lsn,
-           s.frontier, s.frontier_at, s.ops_shipped, s.bytes_shipped, s.lost_at
+           s.frontier, s.frontier_at, s.ops_shipped, s.bytes_shipped, s.lost_at,
+           -- (what converge.max_peer_lag_bytes is compared with: the WAL
+           -- the peer's slot here keeps, src/replication/lost.rs)
+           (SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn)::bigint
+              FROM pg_catalog.pg_replication_slots r
+             WHERE r.slot_name OPERATOR(pg_catalog.=) s.their_slot AND r.database OPERATOR(pg_catalog.=) pg_catalog.current_database()) AS wal_held_bytes
       FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
            CROSS JOIN (SELECT converge.worker_problem_here() AS problem) w;
-COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password).';
+COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password), and wal_held_bytes: the WAL its slot here keeps (compared with converge.max_peer_lag_bytes; NULL while it has none).';
 
 -- The rest is new in 0.2.0, as sql/maintenance.sql makes it.
 -- The base of each row: the merge of the deltas of every op compacted away

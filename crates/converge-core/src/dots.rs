@@ -166,7 +166,7 @@ impl DotSet {
                 }
                 if let Some(p) = prev {
                     if lo <= p.saturating_add(1) {
-                        return Err(Error::binary("causal context ranges are not sorted and disjoint"));
+                        return Err(Error::binary("causal context ranges are not sorted, disjoint and apart (adjacent ranges are one range: [1,4], not [1,2],[3,4])"));
                     }
                 }
                 prev = Some(hi);

@@ -132,6 +132,12 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     for i in [0, 1] {
         nodes[i].client().execute("SELECT converge.resume_peer('virginia')", &[]).unwrap();
     }
+    // Its slot on each keeps the WAL it has not taken, and converge.peers
+    // says how much (what the limit is compared with).
+    for i in [0, 1] {
+        let held = text(&nodes[i], "SELECT (wal_held_bytes > 0)::text FROM converge.peers WHERE name = 'virginia'");
+        assert_eq!(held, "true", "{} shows the WAL virginia's slot keeps", nodes[i].name);
+    }
     // More than 1MB of WAL on madrid and dublin while virginia is away.
     for i in [0, 1] {
         fill_wal(&nodes[i], "filler");
@@ -141,6 +147,7 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
         let slots = count(&nodes[i], "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'converge_virginia_%'");
         assert_eq!(slots, 0, "{} still holds virginia's slot (and its WAL)", nodes[i].name);
         assert_eq!(count(&nodes[i], "SELECT lost_peers FROM converge.stats"), 1);
+        assert_eq!(text(&nodes[i], "SELECT (wal_held_bytes IS NULL)::text FROM converge.peers WHERE name = 'virginia'"), "true");
     }
     // A slot virginia makes again to rejoin and then leaves idle (its copy
     // failed, or it went down again) holds WAL like any: dropped past the
