@@ -141,7 +141,7 @@ CREATE OR REPLACE VIEW converge.peers AS
              WHERE r.slot_name OPERATOR(pg_catalog.=) s.their_slot AND r.database OPERATOR(pg_catalog.=) pg_catalog.current_database()) AS wal_held_bytes
       FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
            CROSS JOIN (SELECT converge.worker_problem_here() AS problem) w;
-COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password), and wal_held_bytes: the WAL its slot here keeps (compared with converge.max_peer_lag_bytes; NULL while it has none).';
+COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password), and wal_held_bytes: the WAL its slot here keeps (compared with converge.max_peer_lag_bytes; NULL while it has none, or while its name is not known yet).';
 
 -- The rest is new in 0.2.0, as sql/maintenance.sql makes it.
 -- The base of each row: the merge of the deltas of every op compacted away

@@ -238,17 +238,27 @@ fn warn_running_totals(ids: &[String]) {
     let pairs: Vec<Pair> = crate::security::as_owner(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT l.op_id, r.crdt_columns ->> l.target_column, l.delta, m.op_id, m.delta
-                   FROM converge.op_log l
-                   JOIN unnest($1::text[]) u(id) ON l.actor = converge.op_id_actor(u.id) AND l.counter = converge.op_id_counter(u.id)
+                "WITH named AS (
+                     -- one delivery per named op: its applied one, else its
+                     -- newest kept aside (its rows may differ, a forged or
+                     -- invalid one among them); not a void of it (logged
+                     -- under its id). Each half by its own index.
+                     SELECT DISTINCT ON (l.op_id) l.*
+                       FROM (SELECT l.* FROM converge.op_log l
+                               JOIN unnest($1::text[]) u(id) ON l.actor = converge.op_id_actor(u.id) AND l.counter = converge.op_id_counter(u.id)
+                              WHERE l.outcome = 'applied'
+                             UNION ALL
+                             SELECT l.* FROM converge.op_log l WHERE l.op_id = ANY ($1) AND l.outcome IN ('rejected', 'quarantined')) l
+                      WHERE l.target_table IS DISTINCT FROM 'converge.void'
+                      ORDER BY l.op_id, l.outcome = 'applied' DESC, l.seq DESC)
+                 SELECT l.op_id, r.crdt_columns ->> l.target_column, l.delta, m.op_id, m.delta
+                   FROM named l
                    JOIN converge.replicated r ON r.table_name = pg_catalog.to_regclass(l.target_table)
                    JOIN converge.op_log m ON m.actor = l.actor AND m.counter > l.counter AND m.outcome = 'applied'
                                          AND m.target_table = l.target_table AND m.target_key = l.target_key
                                          AND m.target_column = l.target_column AND m.op_id <> ALL ($1)
-                  WHERE l.outcome IN ('applied', 'rejected', 'quarantined') AND r.crdt_columns ->> l.target_column IN ('gcounter', 'pncounter', 'bcounter')
-                  -- (a named op's applied delivery first, then its newest: its
-                  -- rows may differ, a forged or invalid one among them)
-                  ORDER BY l.op_id, l.outcome = 'applied' DESC, l.seq DESC, m.counter DESC",
+                  WHERE r.crdt_columns ->> l.target_column IN ('gcounter', 'pncounter', 'bcounter')
+                  ORDER BY l.op_id, m.counter DESC",
                 None,
                 &[ids.to_vec().into()],
             )?

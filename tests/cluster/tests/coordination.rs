@@ -199,17 +199,13 @@ fn an_old_schema_op_is_kept_aside_on_every_node() {
     let aside = text(&nodes[1], "SELECT string_agg(op_id || ' ' || reason, ',') FROM converge.quarantine");
     assert_eq!(aside, "tab:1 old_schema");
     // dublin translates it: what it meant (5 under version 3) as its own
-    // change, then a repair superseding it. (tab's later
-    // totals, 7 and 9, do not carry tab:1's 50: nothing of it is in g.)
-    // Every node then counts the translation, the op is aside nowhere, and
-    // sent again anywhere it is superseded on arrival.
-    nodes[1]
-        .client()
-        .batch_execute(
-            "UPDATE ctr SET g = converge.incr(g, 5) WHERE id = 1;
-             SELECT converge.repair(ARRAY['tab:1'], 'translated: version 1 counted tens');",
-        )
-        .unwrap();
+    // change, then, in a transaction of its own, a repair superseding it.
+    // (tab's later totals, 7 and 9, do not carry tab:1's 50: nothing of it
+    // is in g.) Every node then counts the translation, the op is aside
+    // nowhere, and sent again anywhere it is superseded on arrival.
+    let mut dublin = nodes[1].client();
+    dublin.batch_execute("UPDATE ctr SET g = converge.incr(g, 5) WHERE id = 1").unwrap();
+    dublin.batch_execute("SELECT converge.repair(ARRAY['tab:1'], 'translated: version 1 counted tens')").unwrap();
     converge_all(&nodes, Duration::from_secs(60));
     assert_identical(&nodes, &["ctr"]);
     let repair = text(&nodes[1], "SELECT op_id FROM converge.op_log WHERE target_table = 'converge.repair'");
