@@ -240,8 +240,9 @@ fn warn_running_totals(ids: &[String]) {
             c.select(
                 "WITH named AS (
                      -- one delivery per named op: its applied one, else its
-                     -- newest kept aside (its rows may differ, a forged or
-                     -- invalid one among them); not a void of it (logged
+                     -- newest quarantined one (it passed every check), else
+                     -- its newest rejected one (its rows may differ, a forged
+                     -- or invalid one among them); not a void of it (logged
                      -- under its id). Each half by its own index.
                      SELECT DISTINCT ON (l.op_id) l.*
                        FROM (SELECT l.* FROM converge.op_log l
@@ -250,10 +251,14 @@ fn warn_running_totals(ids: &[String]) {
                              UNION ALL
                              SELECT l.* FROM converge.op_log l WHERE l.op_id = ANY ($1) AND l.outcome IN ('rejected', 'quarantined')) l
                       WHERE l.target_table IS DISTINCT FROM 'converge.void'
-                      ORDER BY l.op_id, l.outcome = 'applied' DESC, l.seq DESC)
+                      ORDER BY l.op_id, l.outcome = 'applied' DESC, l.outcome = 'quarantined' DESC, l.seq DESC)
                  SELECT l.op_id, r.crdt_columns ->> l.target_column, l.delta, m.op_id, m.delta
                    FROM named l
-                   JOIN converge.replicated r ON r.table_name = pg_catalog.to_regclass(l.target_table)
+                   -- (by name, not to_regclass: a rejected delivery keeps the
+                   -- table name it was sent with, which may not parse)
+                   JOIN converge.replicated r ON (SELECT format('%I.%I', n.nspname, k.relname) FROM pg_catalog.pg_class k
+                                                   JOIN pg_catalog.pg_namespace n ON n.oid = k.relnamespace
+                                                  WHERE k.oid = r.table_name) = l.target_table
                    JOIN converge.op_log m ON m.actor = l.actor AND m.counter > l.counter AND m.outcome = 'applied'
                                          AND m.target_table = l.target_table AND m.target_key = l.target_key
                                          AND m.target_column = l.target_column AND m.op_id <> ALL ($1)

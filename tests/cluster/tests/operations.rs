@@ -124,9 +124,16 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     // table's creation, far below the limit), and converge.peers says how
     // much: the number the limit is compared with.
     for i in [0, 1] {
+        let idle = "SELECT coalesce((SELECT (NOT r.active)::text FROM pg_replication_slots r JOIN converge.peer_status s ON r.slot_name = s.their_slot
+                                      WHERE s.name = 'virginia'), 'no slot')";
+        wait_for(&nodes[i], idle, "true", "virginia's slot idle once she is cut off");
+        let before = text(&nodes[i], "SELECT pg_current_wal_lsn()::text");
         nodes[i].client().batch_execute("CREATE TABLE held_probe (x int)").unwrap();
-        let held = "SELECT coalesce((wal_held_bytes > 0)::text, 'null') FROM converge.peers WHERE name = 'virginia'";
-        wait_for(&nodes[i], held, "true", "the WAL virginia's slot keeps, shown in converge.peers");
+        let held = format!(
+            "SELECT coalesce((pg_current_wal_lsn() > '{before}' AND wal_held_bytes >= pg_wal_lsn_diff(pg_current_wal_lsn(), '{before}'))::text, 'null')
+               FROM converge.peers WHERE name = 'virginia'"
+        );
+        assert_eq!(text(&nodes[i], &held), "true", "{} shows at least the WAL written since virginia was cut off", nodes[i].name);
     }
     load.run(&nodes, &mut clients, &[2], 300);
     load.run(&nodes, &mut clients, &[0, 1], 300);
