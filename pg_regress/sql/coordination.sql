@@ -44,6 +44,10 @@ DROP TABLE ledger;
 -- authority; other columns change as before.
 UPDATE incident SET status = 'closed' WHERE id = 1;
 UPDATE incident SET tags = converge.add(tags, 'warning') WHERE id = 1;
+-- (with the SQLSTATE SPEC section 5 names: 42501)
+\set VERBOSITY sqlstate
+UPDATE incident SET status = 'closed' WHERE id = 1;
+\set VERBOSITY default
 UPDATE incident SET title = 'pump stopped (basement)', visits = converge.incr(visits, 1) WHERE id = 1;
 -- Rows can be created anywhere: an insert may leave an authority column
 -- NULL or at its constant default, not set it.

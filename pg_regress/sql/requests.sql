@@ -191,6 +191,10 @@ SET ROLE cv_clerk;
 SELECT converge.allocate('audit', 'second') AS second, converge.allocate('audit', 'third') AS third,
        converge.allocate('audit', 'second') AS second_again;
 SELECT converge.allocate('dublin-tickets', 'a');
+-- (with the SQLSTATE SPEC section 5 names: 55000)
+\set VERBOSITY sqlstate
+SELECT converge.allocate('dublin-tickets', 'a');
+\set VERBOSITY default
 SELECT converge.allocate('no such', 'a');
 SELECT converge.allocate('audit', NULL);
 RESET ROLE;

@@ -93,6 +93,11 @@ SELECT snapshot('sec_incident');
 \set VERBOSITY default
 SELECT * FROM apply(ROW('phone:2', 'phone', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{}',
                         '{"counts":{"phone":9}}'::gcounter::bytea, NULL)::op);
+-- (with its SQLSTATE, SPEC section 7: 42501)
+\set VERBOSITY sqlstate
+SELECT * FROM apply(ROW('phone:2', 'phone', 'sec_incident', '{"id":1}', 'visits', 1, 0, '{}',
+                        '{"counts":{"phone":9}}'::gcounter::bytea, NULL)::op);
+\set VERBOSITY default
 SELECT replicate('sec_incident');
 -- It sees no op of a table it may not read.
 SELECT count(*) FROM op_log WHERE target_table = 'public.sec_incident';
