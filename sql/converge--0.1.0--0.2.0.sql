@@ -708,13 +708,12 @@ CREATE VIEW converge.frontier_gaps WITH (security_invoker = true) AS
     SELECT q.actor, q.counter, q.op_id, q.outcome, q.reason, q.origin, q.received_at,
            (SELECT count(*) FROM converge.op_log a
              WHERE a.actor = q.actor AND a.counter > q.counter AND a.outcome = 'applied') AS ops_held
-      FROM converge.quarantine q
+      FROM converge.quarantine q  -- (which leaves out ops a repair superseded)
      WHERE NOT (q.outcome = 'quarantined' AND q.reason IN ('new_schema', 'new_epoch'))
        -- (ops sent under this node's own name are refused node_actor: its
        -- counter is its log's, which they do not hold back)
        AND q.actor IS DISTINCT FROM (SELECT n.name FROM converge.node_identity n)
-       AND q.counter > coalesce((SELECT f.contiguous FROM converge.actor_frontier f WHERE f.actor = q.actor), 0)
-       AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = q.op_id);
+       AND q.counter > coalesce((SELECT f.contiguous FROM converge.actor_frontier f WHERE f.actor = q.actor), 0);
 COMMENT ON VIEW converge.frontier_gaps IS 'Rejected and quarantined ops (not new_schema or new_epoch, which apply by themselves) above their actor''s frontier, neither applied since nor superseded: each holds its actor''s frontier, and the compaction of its later ops (ops_held here), back until it is replayed (converge.replay) or given up (converge.repair).';
 GRANT SELECT ON converge.frontier_gaps TO PUBLIC;
 
