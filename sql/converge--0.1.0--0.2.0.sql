@@ -99,6 +99,13 @@ CREATE FUNCTION converge."set_schema_version_on"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'set_schema_version_on_wrapper';
+CREATE FUNCTION converge."set_client_writes_on"(
+	"tbl" oid,
+	"allowed" bool
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_client_writes_on_wrapper';
 
 -- What the workers learn of each peer (causal stability, lost peers).
 ALTER TABLE converge.peer_status
@@ -310,7 +317,10 @@ BEGIN
     -- later insert writes every other column with a newer clock anyway.
     -- Except a plain column with an authority, which an insert made
     -- elsewhere writes as a placeholder that the clock's older writes
-    -- beat: the tombstones of such a table stay, as a stash does.
+    -- beat: the tombstones of such a table stay, as a stash does. And
+    -- except in a table clients may write (converge.set_client_writes):
+    -- no frontier covers what an offline client still holds, and its late
+    -- edit of the row must find the tombstone on every node alike.
     -- Rows another transaction holds are left for the next compaction
     -- (SKIP LOCKED): compaction never waits on a writer, so it never
     -- deadlocks with one.
@@ -320,7 +330,7 @@ BEGIN
         SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
     -- The tables whose floor (below) this compaction may raise: one whose
     -- layout another transaction holds keeps its tombstones this time.
-    layouts AS (SELECT r.table_name FROM converge.replicated r FOR NO KEY UPDATE SKIP LOCKED),
+    layouts AS (SELECT r.table_name FROM converge.replicated r WHERE NOT r.client_writes FOR NO KEY UPDATE SKIP LOCKED),
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
@@ -997,6 +1007,9 @@ ALTER TABLE converge.replicated ADD COLUMN key_types regtype[] NOT NULL DEFAULT 
                                 ADD COLUMN key_collations text[] NOT NULL DEFAULT '{}';
 -- The newest clock of the row tombstones compact() dropped (sql/ops.sql).
 ALTER TABLE converge.replicated ADD COLUMN tombstone_clock converge.lwwmap;
+-- Whether clients may write a table here (sql/ops.sql): they could in
+-- 0.1.0, and 0.1.0 dropped no tombstone.
+ALTER TABLE converge.replicated ADD COLUMN client_writes boolean NOT NULL DEFAULT true;
 
 -- The clocks of row tombstones dropped from a table (by compact(), a
 -- join's rows the peer no longer has, a copy from a peer's snapshot),
@@ -1008,6 +1021,14 @@ LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) IS 'Internal (converge.compact, joins and copies from a snapshot): merge the clock of dropped row tombstones into the table''s converge.replicated.tombstone_clock.';
 REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) FROM PUBLIC;
+
+-- Whether offline clients (ops sent through converge.apply) may write a
+-- table here: while they may, compact() keeps its row tombstones
+-- (src/maintenance.rs, docs/operations.md).
+CREATE FUNCTION converge.set_client_writes(tbl regclass, allowed boolean) RETURNS void
+LANGUAGE sql AS $$ SELECT converge.set_client_writes_on(tbl::oid, allowed) $$;
+COMMENT ON FUNCTION converge.set_client_writes(regclass, boolean) IS 'Whether ops sent through converge.apply (offline clients) may write the table here (default true); run it on every node alike, as the table''s owner. While they may, compact() keeps the table''s row tombstones, so that a client''s late edit of a deleted row finds its tombstone on every node; while they may not, such ops are rejected with client_writes_off and the tombstones go once stable.';
+COMMENT ON FUNCTION converge.set_client_writes_on(oid, boolean) IS 'Internal: the body of converge.set_client_writes (checks that the caller owns the table).';
 
 -- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
 -- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op

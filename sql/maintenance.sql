@@ -71,6 +71,14 @@ $$;
 COMMENT ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) IS 'Internal (converge.compact, joins and copies from a snapshot): merge the clock of dropped row tombstones into the table''s converge.replicated.tombstone_clock.';
 REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) FROM PUBLIC;
 
+-- Whether offline clients (ops sent through converge.apply) may write a
+-- table here: while they may, compact() keeps its row tombstones
+-- (src/maintenance.rs, docs/operations.md).
+CREATE FUNCTION converge.set_client_writes(tbl regclass, allowed boolean) RETURNS void
+LANGUAGE sql AS $$ SELECT converge.set_client_writes_on(tbl::oid, allowed) $$;
+COMMENT ON FUNCTION converge.set_client_writes(regclass, boolean) IS 'Whether ops sent through converge.apply (offline clients) may write the table here (default true); run it on every node alike, as the table''s owner. While they may, compact() keeps the table''s row tombstones, so that a client''s late edit of a deleted row finds its tombstone on every node; while they may not, such ops are rejected with client_writes_off and the tombstones go once stable.';
+COMMENT ON FUNCTION converge.set_client_writes_on(oid, boolean) IS 'Internal: the body of converge.set_client_writes (checks that the caller owns the table).';
+
 CREATE FUNCTION converge.compact()
 RETURNS TABLE (ops_removed bigint, bytes_before bigint, bytes_after bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
@@ -178,7 +186,10 @@ BEGIN
     -- later insert writes every other column with a newer clock anyway.
     -- Except a plain column with an authority, which an insert made
     -- elsewhere writes as a placeholder that the clock's older writes
-    -- beat: the tombstones of such a table stay, as a stash does.
+    -- beat: the tombstones of such a table stay, as a stash does. And
+    -- except in a table clients may write (converge.set_client_writes):
+    -- no frontier covers what an offline client still holds, and its late
+    -- edit of the row must find the tombstone on every node alike.
     -- Rows another transaction holds are left for the next compaction
     -- (SKIP LOCKED): compaction never waits on a writer, so it never
     -- deadlocks with one.
@@ -188,7 +199,7 @@ BEGIN
         SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
     -- The tables whose floor (below) this compaction may raise: one whose
     -- layout another transaction holds keeps its tombstones this time.
-    layouts AS (SELECT r.table_name FROM converge.replicated r FOR NO KEY UPDATE SKIP LOCKED),
+    layouts AS (SELECT r.table_name FROM converge.replicated r WHERE NOT r.client_writes FOR NO KEY UPDATE SKIP LOCKED),
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace

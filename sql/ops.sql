@@ -31,7 +31,11 @@ CREATE TABLE converge.replicated (
     key_collations text[] NOT NULL DEFAULT '{}',
     -- The newest clock of the row tombstones compact() dropped: a local
     -- write of a key with no row state writes newer (src/row_ops.rs).
-    tombstone_clock converge.lwwmap
+    tombstone_clock converge.lwwmap,
+    -- Whether ops sent through converge.apply (offline clients) may write
+    -- it here; while they may, compact() keeps its row tombstones
+    -- (converge.set_client_writes, docs/operations.md).
+    client_writes boolean NOT NULL DEFAULT true
 );
 COMMENT ON TABLE converge.replicated IS 'Tables marked with converge.replicate(): their CRDT column changes are recorded as ops.';
 

@@ -103,7 +103,14 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/maintenance.sql",
     name = "maintenance",
-    requires = ["replication", maintenance::merge_deltas, maintenance::compact_values, maintenance::stable_form, maintenance::base_form]
+    requires = [
+        "replication",
+        maintenance::merge_deltas,
+        maintenance::compact_values,
+        maintenance::stable_form,
+        maintenance::base_form,
+        maintenance::set_client_writes_on
+    ]
 );
 extension_sql_file!("../sql/coordination.sql", name = "coordination", requires = ["maintenance", coordination::set_authority_on]);
 extension_sql_file!(

@@ -194,3 +194,48 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("compacting the bases of {name}.{col}: {e}")));
     n
 }
+
+/// `converge.set_client_writes(tbl, allowed)`: whether ops sent through
+/// `converge.apply` (offline clients, anything but a peer's replication)
+/// may write `tbl` here. Run on every node alike, by the table's owner,
+/// like `replicate`. While they may (the default), compact() keeps the
+/// table's row tombstones: a client's late edit of a deleted row must find
+/// the tombstone on every node, or the nodes that dropped it would take
+/// the edit as a new row and the others would not (docs/operations.md).
+/// While they may not, such ops are rejected with `client_writes_off`
+/// where they enter, and the tombstones go once stable.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
+    let (Some(tbl), Some(allowed)) = (tbl, allowed) else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "the table and the setting must not be NULL")
+    };
+    let name = crate::spi::read_one::<String>("SELECT $1::oid::regclass::text", &[tbl.into()])
+        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, "no such table"));
+    if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {name} to set its client writes"));
+    }
+    // (Read and written as converge's owner: the caller owns the table,
+    // not converge's tables.)
+    let dropped = crate::security::as_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "UPDATE converge.replicated SET client_writes = $2 WHERE table_name = $1::oid::regclass RETURNING tombstone_clock IS NOT NULL",
+            &[tbl.into(), allowed.into()],
+        )
+        .ok()
+        .flatten()
+    })
+    .unwrap_or_else(|| {
+        crate::errors::raise_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("table {name} is not replicated"),
+            "Run converge.replicate on it first.",
+        )
+    });
+    // Sessions cache what the apply reads of a table (apply/target.rs).
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
+    if allowed && dropped {
+        pgrx::warning!(
+            "row tombstones of {name} were dropped here while clients could not write it: a client's edit of such a row would re-create it on the nodes that dropped its tombstone and not on the others. Clients that read {name} before should start again from converge.snapshot."
+        );
+    }
+}

@@ -85,6 +85,14 @@ pub(super) fn classify(
         }
     };
     let target = &targets[it.target.expect("placed")];
+    // A table clients may not write keeps no tombstone a client's late
+    // edit could need (compact() in sql/maintenance.sql): refused where
+    // it enters, before anything that a registry change could re-check.
+    if entering && !target.client_writes {
+        it.bad = Some("client_writes_off".into());
+        it.coltype = Some(coltype);
+        return;
+    }
     it.bad = judge(it, target, &coltype, actor, registry, from_peer)
         .or_else(|| if entering { clock_error(&coltype, it.delta.as_deref().unwrap_or_default()) } else { None });
     if it.bad.is_none() {

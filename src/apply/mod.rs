@@ -101,6 +101,9 @@ struct Target {
     /// The table's authority (set_authority with no column): it freezes
     /// rows (epochs.rs), so only then do ops need their row's freezes.
     table_authority: Option<crate::coordination::Authority>,
+    /// Whether ops sent through `converge.apply` may write it here
+    /// (`converge.set_client_writes`).
+    client_writes: bool,
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {

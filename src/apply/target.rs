@@ -84,7 +84,8 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                                 JOIN pg_type ty ON ty.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = ty.typnamespace
                                ORDER BY k.i),
                         ARRAY(SELECT a.attname::text FROM pg_attribute a
-                               WHERE a.attrelid = t.rel AND a.attnotnull AND NOT a.attisdropped AND r.crdt_columns ? a.attname::text)
+                               WHERE a.attrelid = t.rel AND a.attnotnull AND NOT a.attisdropped AND r.crdt_columns ? a.attname::text),
+                        coalesce(r.client_writes, true)
                    FROM (SELECT $1::oid::regclass AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel"
             );
@@ -100,11 +101,12 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 row.get::<String>(6)?,
                 row.get::<Vec<String>>(8)?,
                 row.get::<Vec<String>>(9)?,
+                row.get::<bool>(10)?.unwrap_or(true),
             ))
         })
     })));
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, key_casts, not_null_crdt))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, key_casts, not_null_crdt, client_writes))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
             let other = other.unwrap_or_default();
             let name = name.unwrap_or_default();
@@ -134,10 +136,11 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 authority,
                 versions,
                 table_authority,
+                client_writes,
             });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);

@@ -94,6 +94,28 @@ fn compaction_on_a_mesh_keeps_rows_and_replication_and_waits_for_a_paused_peer()
     let applied: Vec<i64> = nodes.iter().map(|n| count(n, "SELECT applied FROM converge.stats")).collect();
     eprintln!("stats applied per node after compactions: {applied:?} (ops made: {})", load.done);
     assert!(applied.iter().all(|a| *a == applied[0]), "cumulative applied counts differ: {applied:?}");
+
+    // 5. A client's late edit of a deleted row, sent to a node that has
+    //    compacted while the others have not yet: item takes client writes
+    //    (the default), so madrid kept the row's tombstone as the others
+    //    did, and the edit leaves the row deleted on every node. Had madrid
+    //    dropped it, it would take the edit as a new row and the others
+    //    would keep the row deleted, for good.
+    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (5000, 'plain')").unwrap();
+    nodes[0].client().batch_execute("DELETE FROM item WHERE id = 5000").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    wait_all_stable(&nodes);
+    compact_all(&nodes[..1]);
+    let tombstone = "SELECT count(*) FROM converge.row_state WHERE target_key = '{\"id\": 5000}'";
+    assert_eq!(count(&nodes[0], tombstone), 1, "madrid dropped the tombstone of a table clients write");
+    let late = "SELECT outcome FROM converge.apply(ROW('tablet9:1', 'tablet9', 'public.item', '{\"id\": 5000}', 'seen', 1, 0,
+                  '{}', converge.add(NULL::converge.gset, 'late')::bytea, NULL)::converge.op)";
+    assert_eq!(text(&nodes[0], late), "applied");
+    converge_all(&nodes, Duration::from_secs(60));
+    assert_identical(&nodes, &["ctr", "item"]);
+    for n in &nodes {
+        assert_eq!(count(n, "SELECT count(*) FROM item WHERE id = 5000"), 0, "{} brought the deleted row back", n.name);
+    }
 }
 
 #[test]
@@ -103,6 +125,10 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     let mut load = Load::new(0x853c49e6748fea9b);
     let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
     load.run(&nodes, &mut clients, &[0, 1, 2], 500);
+    // Only nodes write item here, so compaction may drop its tombstones.
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_client_writes('item', false)").unwrap();
+    }
     // A row with no CRDT state: its tombstone is what compaction drops.
     nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (1000, 'plain')").unwrap();
     // A table keyed by an array: its rows are copied too (a key is named
