@@ -79,6 +79,21 @@ LANGUAGE sql AS $$ SELECT converge.set_client_writes_on(tbl::oid, allowed) $$;
 COMMENT ON FUNCTION converge.set_client_writes(regclass, boolean) IS 'Whether ops sent through converge.apply (offline clients) may write the table here (default true); run it on every node alike, as the table''s owner. While they may, compact() keeps the table''s row tombstones, so that a client''s late edit of a deleted row finds its tombstone on every node; while they may not, such ops are rejected with client_writes_off and the tombstones go once stable.';
 COMMENT ON FUNCTION converge.set_client_writes_on(oid, boolean) IS 'Internal: the body of converge.set_client_writes (checks that the caller owns the table).';
 
+-- Whether every peer not lost says, in its last report, that clients may
+-- not write the table there. The report is read with the peer's frontier,
+-- after which everything it had applied was applied here: every client
+-- op it took before saying so is here too.
+CREATE FUNCTION converge.clients_off_at_peers(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
+                        WHERE s.lost_at IS NULL
+                          AND NOT coalesce(s.closed_tables ? (SELECT format('%I.%I', n.nspname, c.relname)
+                                                                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                                               WHERE c.oid = $1), false))
+$$;
+COMMENT ON FUNCTION converge.clients_off_at_peers(regclass) IS 'Internal (converge.compact): whether every peer not lost last reported that clients may not write the table there.';
+REVOKE ALL ON FUNCTION converge.clients_off_at_peers(regclass) FROM PUBLIC;
+
 CREATE FUNCTION converge.compact()
 RETURNS TABLE (ops_removed bigint, bytes_before bigint, bytes_after bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, converge, pg_temp AS $$
@@ -187,9 +202,10 @@ BEGIN
     -- Except a plain column with an authority, which an insert made
     -- elsewhere writes as a placeholder that the clock's older writes
     -- beat: the tombstones of such a table stay, as a stash does. And
-    -- except in a table clients may write (converge.set_client_writes):
-    -- no frontier covers what an offline client still holds, and its late
-    -- edit of the row must find the tombstone on every node alike.
+    -- except in a table clients may write, here or at a peer not lost
+    -- (converge.set_client_writes): no frontier covers what an offline
+    -- client still holds, and its late edit of the row must find the
+    -- tombstone on every node alike.
     -- Rows another transaction holds are left for the next compaction
     -- (SKIP LOCKED): compaction never waits on a writer, so it never
     -- deadlocks with one.
@@ -199,7 +215,8 @@ BEGIN
         SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
     -- The tables whose floor (below) this compaction may raise: one whose
     -- layout another transaction holds keeps its tombstones this time.
-    layouts AS (SELECT r.table_name FROM converge.replicated r WHERE NOT r.client_writes FOR NO KEY UPDATE SKIP LOCKED),
+    layouts AS (SELECT r.table_name FROM converge.replicated r WHERE NOT r.client_writes AND converge.clients_off_at_peers(r.table_name)
+                 FOR NO KEY UPDATE SKIP LOCKED),
     cand AS (
         SELECT rs.ctid AS tid, format('%I.%I', ns.nspname, c.relname) AS target_table, rs.target_key
           FROM converge.row_state rs JOIN pg_class c ON c.oid = rs.tbl JOIN pg_namespace ns ON ns.oid = c.relnamespace
@@ -225,9 +242,13 @@ BEGIN
     -- Metadata inside values, against each row's base (its stable ops):
     -- seqtext's deleted characters that nothing hangs on, the context dots
     -- of removed orset elements, overwritten mvreg values and removed
-    -- ormap keys, elements and values.
+    -- ormap keys, elements and values. seqtext only where clients may not
+    -- write: an offline client's insert may name a deleted character as
+    -- its origin, and would be placed on a node that kept it and left
+    -- invisible on one that dropped it.
     FOR col IN SELECT r.table_name, c.key AS name, c.value AS ty FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
-                WHERE c.value IN ('seqtext', 'orset', 'mvreg', 'ormap') ORDER BY 1, 2 LOOP
+                WHERE c.value IN ('orset', 'mvreg', 'ormap') OR (c.value = 'seqtext' AND NOT r.client_writes AND converge.clients_off_at_peers(r.table_name))
+                ORDER BY 1, 2 LOOP
         vals := vals + converge.compact_values(col.table_name, col.name, col.ty);
     END LOOP;
 
@@ -237,7 +258,7 @@ BEGIN
          INTO ops_removed, bytes_before, bytes_after;
     RETURN NEXT;
 END $$;
-COMMENT ON FUNCTION converge.compact() IS 'Fold the ops every node not lost has applied into the rows'' bases and remove them from the op log, with the row tombstones and stashes whose ops are all folded; returns the ops removed and the log''s row bytes before and after (reclaiming the space is VACUUM''s). Runs only when called.';
+COMMENT ON FUNCTION converge.compact() IS 'Fold the ops every node not lost has applied into the rows'' bases and remove them from the op log, with the row tombstones without CRDT state whose ops are all folded, of tables no client may write here or at a peer not lost (converge.set_client_writes); returns the ops removed and the log''s row bytes before and after (reclaiming the space is VACUUM''s). Runs only when called.';
 
 -- A row's column as rebuilt from its base and its ops still in the log.
 CREATE FUNCTION converge.rebuild(tbl regclass, key jsonb, col text) RETURNS bytea

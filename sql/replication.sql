@@ -39,7 +39,11 @@ CREATE TABLE converge.peer_status (
     -- The slot the peer reads from on this node, as the peer records it
     -- (its converge.peers row for us), read at add_peer, at each
     -- connection and with each probe: how its slot is told from another's.
-    their_slot     text
+    their_slot     text,
+    -- The peer's tables that clients may not write there (qualified
+    -- names), read with its frontier: a table's row tombstones go only
+    -- once every peer not lost says so (converge.set_client_writes).
+    closed_tables  jsonb
 );
 COMMENT ON TABLE converge.peer_status IS 'Internal: what the last pull rounds found, per peer (read converge.peers).';
 
@@ -72,10 +76,11 @@ CREATE VIEW converge.peers AS
            -- the peer's slot here keeps, src/replication/lost.rs)
            (SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn)::bigint
               FROM pg_catalog.pg_replication_slots r
-             WHERE r.slot_name OPERATOR(pg_catalog.=) s.their_slot AND r.database OPERATOR(pg_catalog.=) pg_catalog.current_database()) AS wal_held_bytes
+             WHERE r.slot_name OPERATOR(pg_catalog.=) s.their_slot AND r.database OPERATOR(pg_catalog.=) pg_catalog.current_database()) AS wal_held_bytes,
+           s.closed_tables
       FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
            CROSS JOIN (SELECT converge.worker_problem_here() AS problem) w;
-COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password), and wal_held_bytes: the WAL its slot here keeps (compared with converge.max_peer_lag_bytes; NULL while it has none, or while its name is not known yet).';
+COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password), wal_held_bytes: the WAL its slot here keeps (compared with converge.max_peer_lag_bytes; NULL while it has none, or while its name is not known yet), and closed_tables: the tables clients may not write there, by its last report (compaction drops a table''s row tombstones only once every peer not lost lists it).';
 GRANT SELECT ON converge.peers TO PUBLIC;
 
 -- Roles peers connect as (converge.grant_peer): they may read the ops and

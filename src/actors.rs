@@ -291,7 +291,7 @@ fn reevaluate(actor: &str) {
         Spi::connect(|c| {
             c.select(
                 "SELECT seq, op_id, target_table, target_key, target_column, schema_version, coalesce(epoch, 0),
-                        coalesce(deps, '{}'), delta, signature, outcome = 'applied'
+                        coalesce(deps, '{}'), delta, signature, outcome = 'applied', origin
                    FROM converge.op_log
                   WHERE actor = $1 AND (outcome = 'applied' OR (outcome = 'rejected' AND reason IN ('unsigned', 'bad_signature')
                                                                  -- (not one a repair gave up)
@@ -313,7 +313,8 @@ fn reevaluate(actor: &str) {
                     delta: r.get::<Vec<u8>>(9)?.unwrap_or_default(),
                     signature: r.get::<Vec<u8>>(10)?,
                 };
-                Ok((r.get::<i64>(1)?.unwrap_or(0), op, r.get::<bool>(11)?.unwrap_or(false)))
+                let origin = r.get::<String>(12)?.unwrap_or_default();
+                Ok((r.get::<i64>(1)?.unwrap_or(0), op, r.get::<bool>(11)?.unwrap_or(false), origin))
             })
             .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
         })
@@ -331,8 +332,9 @@ fn reevaluate(actor: &str) {
         );
     }
     let mut excluded = Vec::new();
-    let mut readmit: BTreeMap<u64, Op> = BTreeMap::new();
-    for (seq, op, is_applied) in rows {
+    // (With whether a client sent it here: see `readmit_as`.)
+    let mut readmit: BTreeMap<u64, (Op, bool)> = BTreeMap::new();
+    for (seq, op, is_applied, origin) in rows {
         match (is_applied, registry.refuse(&op)) {
             (true, Some(reason)) => excluded.push(Excluded {
                 seq,
@@ -341,54 +343,76 @@ fn reevaluate(actor: &str) {
                 reason: reason.to_string(),
             }),
             (false, None) if !applied.contains(&op.op_id) => {
-                readmit.insert(op.counter(), op);
+                readmit.insert(op.counter(), (op, from_client(&origin)));
             }
             _ => {}
         }
     }
     // Ops of the actor waiting for their deps go through the checks again
     // (an op past a cut-off waits for nothing any more: it is rejected).
-    for op in take_pending(actor) {
-        readmit.insert(op.counter(), op);
+    for (op, origin) in take_pending(actor) {
+        readmit.insert(op.counter(), (op, from_client(&origin)));
     }
     warn_if_compacted(actor, &registry);
     crate::rebuild::exclude(&excluded, "rejected");
-    let readmit: Vec<Op> = readmit.into_values().collect();
-    if readmit.is_empty() {
-        return;
+    let (clients, others): (Vec<(Op, bool)>, Vec<(Op, bool)>) = readmit.into_values().partition(|(_, c)| *c);
+    for (ops, origin) in [(others, "reverify"), (clients, READMIT_CLIENTS)] {
+        let ops: Vec<Op> = ops.into_iter().map(|(op, _)| op).collect();
+        if ops.is_empty() {
+            continue;
+        }
+        if crate::apply::under_peer_origin() || PARKING.with(|p| p.get()) {
+            // Applied here they would never be shipped: the worker applies
+            // them next, in a transaction of its own (apply::note_deferred).
+            park(&ops, origin);
+        } else {
+            crate::apply::apply_decoded(ops, origin);
+        }
     }
-    if crate::apply::under_peer_origin() || PARKING.with(|p| p.get()) {
-        // Applied here they would never be shipped: the worker applies them
-        // next, in a transaction of its own (apply::note_deferred).
-        park(&readmit);
-    } else {
-        crate::apply::apply_decoded(readmit, "reverify");
-    }
+}
+
+/// The origin of ops a client sent here that a registry change takes back
+/// in: unlike "reverify" (ops a peer delivered), they are still checked
+/// against the table's client writes (apply/entry.rs), which may have been
+/// turned off since they arrived.
+pub const READMIT_CLIENTS: &str = "reverify:client";
+
+/// Whether an op logged or waiting under `origin` came from a client here
+/// (not through a peer's replication, nor readmitted as a peer's).
+fn from_client(origin: &str) -> bool {
+    !origin.starts_with("peer:") && origin != "reverify"
 }
 
 /// Put ops in converge.pending_ops with nothing missing: the next retry
 /// applies them (or buffers them again if their deps are not applied).
-fn park(ops: &[Op]) {
+fn park(ops: &[Op], origin: &str) {
     let encoded: Vec<Vec<u8>> = ops.iter().map(Op::encode).collect();
     crate::security::as_owner(|| {
         Spi::run_with_args(
             "INSERT INTO converge.pending_ops (op_id, op, missing, origin)
-             SELECT (x.o).op_id, x.o, '{}', 'reverify' FROM (SELECT converge.op_decode(b) AS o FROM unnest($1::bytea[]) b) x
+             SELECT (x.o).op_id, x.o, '{}', $2 FROM (SELECT converge.op_decode(b) AS o FROM unnest($1::bytea[]) b) x
                  ON CONFLICT DO NOTHING",
-            &[encoded.into()],
+            &[encoded.into(), origin.into()],
         )
     })
     .unwrap_or_else(|e| fail(e));
 }
 
 /// The ops of `actor` waiting in converge.pending_ops, taken out of it.
-fn take_pending(actor: &str) -> Vec<Op> {
+fn take_pending(actor: &str) -> Vec<(Op, String)> {
     crate::security::as_owner(|| {
         Spi::connect_mut(|c| {
-            c.update("DELETE FROM converge.pending_ops q WHERE (q.op).actor = $1 RETURNING converge.op_encode(q.op)", None, &[actor.into()])?
-                .filter_map(|r| r.get::<Vec<u8>>(1).transpose())
-                .map(|b| b.map(|b| Op::decode(&b).unwrap_or_else(|e| fail(e.message))))
-                .collect::<Result<Vec<Op>, _>>()
+            c.update(
+                "DELETE FROM converge.pending_ops q WHERE (q.op).actor = $1 RETURNING converge.op_encode(q.op), q.origin",
+                None,
+                &[actor.into()],
+            )?
+            .map(|r| {
+                let op = r.get::<Vec<u8>>(1)?.map(|b| Op::decode(&b).unwrap_or_else(|e| fail(e.message)));
+                Ok(op.map(|op| (op, r.get::<String>(2).ok().flatten().unwrap_or_default())))
+            })
+            .filter_map(Result::transpose)
+            .collect::<Result<Vec<(Op, String)>, pgrx::spi::SpiError>>()
         })
     })
     .unwrap_or_else(|e| fail(e))

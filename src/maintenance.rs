@@ -214,6 +214,19 @@ fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     if !unsafe { pg_sys::pg_class_ownercheck(tbl, pg_sys::GetUserId()) } {
         raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of table {name} to set its client writes"));
     }
+    // Closing: wait for the transactions writing the table, client
+    // applies among them (they lock it as writers do when they find it
+    // open, apply/classify.rs), and hold later ones until this commits,
+    // so that every client op taken before the switch is committed, and
+    // in the frontier peers report with it, and none is taken after.
+    // (Not when it is closed already: compact() may hold its setting's
+    // row while it waits to write the table.)
+    let open = crate::security::as_owner(|| {
+        crate::spi::read_one::<bool>("SELECT client_writes FROM converge.replicated WHERE table_name = $1::oid::regclass", &[tbl.into()])
+    });
+    if !allowed && open == Some(true) {
+        unsafe { pg_sys::LockRelationOid(tbl, pg_sys::ShareLock as pg_sys::LOCKMODE) };
+    }
     // (Read and written as converge's owner: the caller owns the table,
     // not converge's tables.)
     let dropped = crate::security::as_owner(|| {
@@ -235,7 +248,7 @@ fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
     if allowed && dropped {
         pgrx::warning!(
-            "row tombstones of {name} were dropped here while clients could not write it: a client's edit of such a row would re-create it on the nodes that dropped its tombstone and not on the others. Clients that read {name} before should start again from converge.snapshot."
+            "row tombstones of {name} were dropped while clients could not write it (by compaction here, or at a peer this node copied rows from): a client's edit of such a row would re-create it on the nodes without its tombstone and not on the others. Clients that read {name} before should start again from converge.snapshot."
         );
     }
 }

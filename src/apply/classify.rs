@@ -60,7 +60,7 @@ pub(super) fn classify(
     cache: &mut HashMap<String, Result<usize, &'static str>>,
     nodes: &HashSet<String>,
     registry: &crate::actors::Registry,
-    (from_peer, entering): (bool, bool),
+    (from_peer, entering, client): (bool, bool, bool),
 ) {
     let op_id = it.op_id.clone();
     let parsed = op_id.as_deref().and_then(parse_op_id);
@@ -84,15 +84,16 @@ pub(super) fn classify(
             return;
         }
     };
-    let target = &targets[it.target.expect("placed")];
-    // A table clients may not write keeps no tombstone a client's late
-    // edit could need (compact() in sql/maintenance.sql): refused where
-    // it enters, before anything that a registry change could re-check.
-    if entering && !target.client_writes {
-        it.bad = Some("client_writes_off".into());
-        it.coltype = Some(coltype);
-        return;
+    let at = it.target.expect("placed");
+    if client && targets[at].client_writes && !targets[at].client_checked {
+        targets[at].client_writes = client_writes_now(targets[at].rel);
+        targets[at].client_checked = true;
     }
+    let target = &targets[at];
+    // A table clients may not write keeps no tombstone a client's late
+    // edit could need (compact() in sql/maintenance.sql): a client's op is
+    // refused where it enters, unless it is a duplicate (mod.rs).
+    it.client_closed = client && !target.client_writes;
     it.bad = judge(it, target, &coltype, actor, registry, from_peer)
         .or_else(|| if entering { clock_error(&coltype, it.delta.as_deref().unwrap_or_default()) } else { None });
     if it.bad.is_none() {
@@ -183,6 +184,28 @@ fn clock_error(coltype: &str, delta: &[u8]) -> Option<String> {
         _ => return None,
     };
     crate::node::skew_error(newest)
+}
+
+/// Whether clients may still write table `rel`, as a client's op taken in
+/// this transaction may rely on. The table is locked as its writers lock
+/// it, which `set_client_writes(t, false)` waits for: an apply that found
+/// the table open commits before the switch does (so the op is in the
+/// frontier the peers report with the switch, sql/maintenance.sql), and
+/// one that comes after reads the switch. The setting is read again past
+/// the cache, locked: under READ COMMITTED that is the latest value; under
+/// REPEATABLE READ a switch committed after the snapshot is a
+/// serialization failure (40001, the caller retries).
+fn client_writes_now(rel: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::LockRelationOid(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+    crate::security::as_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT client_writes FROM converge.replicated WHERE table_name = $1::oid::regclass FOR SHARE",
+            &[rel.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(true)
 }
 
 /// Why the op is kept aside (quarantined), if it is.

@@ -24,7 +24,7 @@ fn apply_batch(
     // marks this node's own ops (add_peer tells a node's ops from a
     // client's by it, peers.rs): a caller's is only claimed, as a caller's
     // "peer:" origin is.
-    let origin = origin.map(|o| if o == "reverify" || o == "local" { format!("claimed {o}") } else { o });
+    let origin = origin.map(|o| if o.starts_with("reverify") || o == "local" { format!("claimed {o}") } else { o });
     TableIterator::new(run_batch(ops, origin, Some(true)))
 }
 
@@ -253,10 +253,13 @@ fn run_as(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     // Clocks are judged where a client's op enters (classify::clock_error),
     // never again: not in a peer's batch, nor when a registry change takes
     // an actor's ops back in (they may have come from any peer).
-    let entering = !from_peer && origin != "reverify";
+    let entering = !from_peer && !origin.starts_with("reverify");
+    // A table's client writes are checked for every op a client sent here,
+    // also when a registry change takes it back in (actors.rs).
+    let client = origin == crate::actors::READMIT_CLIENTS || (!from_peer && origin != "reverify");
     crate::security::as_caller(|| {
         for it in items.iter_mut() {
-            classify(it, &mut targets, &mut cache, &nodes, &registry, (from_peer, entering));
+            classify(it, &mut targets, &mut cache, &nodes, &registry, (from_peer, entering, client));
         }
     });
     // A privilege error is the caller's, not an op's: the whole call fails

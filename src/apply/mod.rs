@@ -70,6 +70,9 @@ struct Item {
     /// Why it is kept aside (`quarantined`): made with another schema
     /// version of its column than this node's (`old_schema`, `new_schema`).
     quarantine: Option<String>,
+    /// A client's op for a table clients may not write here: rejected
+    /// (`client_writes_off`) unless it is a duplicate (classify.rs).
+    client_closed: bool,
 }
 
 /// A replicated table as the batch found it.
@@ -102,8 +105,10 @@ struct Target {
     /// rows (epochs.rs), so only then do ops need their row's freezes.
     table_authority: Option<crate::coordination::Authority>,
     /// Whether ops sent through `converge.apply` may write it here
-    /// (`converge.set_client_writes`).
+    /// (`converge.set_client_writes`); as cached until `client_checked`,
+    /// then as this transaction may rely on (classify::client_writes_now).
     client_writes: bool,
+    client_checked: bool,
 }
 
 fn row_table(t: &Target) -> crate::rows::RowTable<'_> {
@@ -470,6 +475,11 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
     }
     log_rows(&dup, "duplicate", &vec![None; dup.len()], &origin);
     out.extend(dup.iter().map(|i| (i.op_id.clone().unwrap_or_default(), "duplicate".to_string(), None)));
+    // A client's op for a table clients may not write: refused, but one
+    // already here is still a duplicate (a client sending it again after a
+    // lost answer is told it arrived).
+    let (closed, mut fresh): (Vec<&Item>, Vec<&Item>) = fresh.into_iter().partition(|i| i.client_closed);
+    reject(&closed.iter().map(|i| (*i, "client_writes_off".to_string())).collect::<Vec<_>>(), &origin, &mut out);
 
     // 3. Ops whose deps are missing (not applied here, not in this batch),
     //    and ops that depend on those, wait in pending. Two sessions can race

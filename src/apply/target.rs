@@ -137,6 +137,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 versions,
                 table_authority,
                 client_writes,
+                client_checked: false,
             });
             Ok(targets.len() - 1)
         }

@@ -119,7 +119,7 @@ pub fn check_lost_peers() {
             // (the next pass judges again).
             if super::pull::claim_status(&peer.name) && drop_slot(&s.name) {
                 let _ = Spi::run_with_args(
-                    "UPDATE converge.peer_status SET lost_at = clock_timestamp(), frontier = NULL WHERE name = $1",
+                    "UPDATE converge.peer_status SET lost_at = clock_timestamp(), frontier = NULL, closed_tables = NULL WHERE name = $1",
                     &[peer.name.as_str().into()],
                 );
                 pgrx::log!(

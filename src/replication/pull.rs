@@ -307,6 +307,13 @@ fn lsn_of(rows: &super::libpq::Rows, row: usize, col: usize) -> u64 {
     rows.text(row, col).and_then(|s| parse_lsn(&s)).unwrap_or(0)
 }
 
+/// A subquery run on a peer: its tables that clients may not write there
+/// (`converge.set_client_writes`), qualified, as a jsonb array. A peer of
+/// an earlier version has no such setting: none.
+pub const CLOSED_TABLES: &str = "(SELECT coalesce(jsonb_agg(format('%I.%I', n.nspname, c.relname)), '[]')::text
+       FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE to_jsonb(r) ->> 'client_writes' = 'false')";
+
 /// One pull round from `peer` over `conn`, inside the caller's transaction.
 /// `stop` is polled while waiting on the network (true = give up).
 /// With `dry_run` it only reports what a round would apply (no writes here
@@ -322,9 +329,12 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     let st = conn.query(
         // The frontier in the statement's snapshot, and the insert position
         // after it: every commit the frontier counts lies before that.
-        "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, converge.frontier()::text,
-                pg_current_wal_insert_lsn()::text
-           FROM pg_replication_slots WHERE slot_name = $1",
+        // And, in the same snapshot, the tables clients may not write there.
+        &format!(
+            "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, converge.frontier()::text,
+                    pg_current_wal_insert_lsn()::text, {CLOSED_TABLES}
+               FROM pg_replication_slots WHERE slot_name = $1"
+        ),
         &[&peer.slot],
         false,
         QUERY_TIMEOUT,
@@ -340,6 +350,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     let mut confirmed = lsn_of(&st, 0, 1);
     let frontier_before = lsn_of(&st, 0, 3);
     let mut peer_frontier = st.text(0, 2);
+    let peer_closed = st.text(0, 4);
     // What an earlier round committed here can be released on the peer.
     if progress > confirmed && !dry_run {
         conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop)?;
@@ -412,7 +423,8 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
                 caught_up_at = CASE WHEN $5 THEN $6 ELSE caught_up_at END,
                 ops_received = ops_received + $7, bytes_received = bytes_received + $8,
                 frontier = CASE WHEN $5 AND $9::jsonb IS NOT NULL THEN $9::jsonb ELSE frontier END,
-                frontier_at = CASE WHEN $5 AND $9::jsonb IS NOT NULL THEN $6 ELSE frontier_at END
+                frontier_at = CASE WHEN $5 AND $9::jsonb IS NOT NULL THEN $6 ELSE frontier_at END,
+                closed_tables = CASE WHEN $5 AND $9::jsonb IS NOT NULL THEN $10::jsonb ELSE closed_tables END
           WHERE name = $1",
         &[
             peer.name.clone().into(),
@@ -424,6 +436,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
             (round.ops as i64).into(),
             (round.bytes as i64).into(),
             peer_frontier.into(),
+            peer_closed.into(),
         ],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("updating peer status: {e}")));

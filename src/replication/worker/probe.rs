@@ -18,6 +18,8 @@ pub(super) struct Probe {
     shipped: Option<String>,
     /// The slot the peer reads from here, as it records it.
     slot: Option<String>,
+    /// The tables clients may not write there (pull::CLOSED_TABLES).
+    closed: Option<String>,
 }
 
 /// Every 200 ms while idle: ask the peer for its WAL insert position P (and
@@ -54,9 +56,12 @@ pub(super) fn caught_up(link: &mut Link) {
     // after it: every commit the frontier counts lies before that position.
     let asked = link.probe_conn.as_mut().map(|c| {
         c.query(
-            "SELECT pg_current_wal_insert_lsn()::text, converge.frontier()::text,
-                    (SELECT ops_received || ' ' || bytes_received FROM converge.peers WHERE name = $1),
-                    (SELECT slot FROM converge.peers WHERE name = $1)",
+            &format!(
+                "SELECT pg_current_wal_insert_lsn()::text, converge.frontier()::text,
+                        (SELECT ops_received || ' ' || bytes_received FROM converge.peers WHERE name = $1),
+                        (SELECT slot FROM converge.peers WHERE name = $1), {}",
+                pull::CLOSED_TABLES
+            ),
             &[&me],
             false,
             pull::QUERY_TIMEOUT,
@@ -66,7 +71,14 @@ pub(super) fn caught_up(link: &mut Link) {
     match asked {
         Some(Ok(rows)) => {
             if let Some(p) = rows.text(0, 0).and_then(|t| pull::parse_lsn(&t)) {
-                link.probe = Some(Probe { lsn: p, at, frontier: rows.text(0, 1), shipped: rows.text(0, 2), slot: rows.text(0, 3) });
+                link.probe = Some(Probe {
+                    lsn: p,
+                    at,
+                    frontier: rows.text(0, 1),
+                    shipped: rows.text(0, 2),
+                    slot: rows.text(0, 3),
+                    closed: rows.text(0, 4),
+                });
                 feedback(link, true);
             }
         }
@@ -92,7 +104,8 @@ fn record_probe(name: &str, probe: &Probe, flushed: u64) {
              lag_bytes = greatest(pg_wal_lsn_diff($3::pg_lsn, $4::pg_lsn), 0)::bigint, lag_seconds = 0,
              frontier = coalesce($5::jsonb, s.frontier), frontier_at = CASE WHEN $5 IS NULL THEN s.frontier_at ELSE $2::timestamptz END,
              ops_shipped = coalesce($6, s.ops_shipped), bytes_shipped = coalesce($7, s.bytes_shipped),
-             their_slot = coalesce($8, s.their_slot)",
+             their_slot = coalesce($8, s.their_slot),
+             closed_tables = CASE WHEN $5 IS NULL THEN s.closed_tables ELSE $9::jsonb END",
         ),
         &[
             name.into(),
@@ -103,6 +116,7 @@ fn record_probe(name: &str, probe: &Probe, flushed: u64) {
             ops.into(),
             bytes.into(),
             probe.slot.clone().into(),
+            probe.closed.clone().into(),
         ],
     );
 }

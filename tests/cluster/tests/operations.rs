@@ -25,6 +25,11 @@ fn base_port() -> u16 {
 fn compaction_on_a_mesh_keeps_rows_and_replication_and_waits_for_a_paused_peer() {
     let root = Scratch::new("compact");
     let nodes = mesh_of_three(&root.0, base_port());
+    // Only the nodes write item (step 5 has a client write ctr): its
+    // tombstones and seqtext deleted characters are compacted.
+    for n in &nodes {
+        n.client().batch_execute("SELECT converge.set_client_writes('item', false)").unwrap();
+    }
     let mut load = Load::new(0x2545f4914f6cdd1d);
     let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
     load.run(&nodes, &mut clients, &[0, 1, 2], 3000);
@@ -96,26 +101,47 @@ fn compaction_on_a_mesh_keeps_rows_and_replication_and_waits_for_a_paused_peer()
     assert!(applied.iter().all(|a| *a == applied[0]), "cumulative applied counts differ: {applied:?}");
 
     // 5. A client's late edit of a deleted row, sent to a node that has
-    //    compacted while the others have not yet: item takes client writes
+    //    compacted while the others have not yet: ctr takes client writes
     //    (the default), so madrid kept the row's tombstone as the others
     //    did, and the edit leaves the row deleted on every node. Had madrid
     //    dropped it, it would take the edit as a new row and the others
     //    would keep the row deleted, for good.
-    nodes[0].client().batch_execute("INSERT INTO item (id, title) VALUES (5000, 'plain')").unwrap();
-    nodes[0].client().batch_execute("DELETE FROM item WHERE id = 5000").unwrap();
+    nodes[0].client().batch_execute("INSERT INTO ctr (id) VALUES (5000)").unwrap();
+    nodes[0].client().batch_execute("DELETE FROM ctr WHERE id = 5000").unwrap();
     converge_all(&nodes, Duration::from_secs(60));
     wait_all_stable(&nodes);
     compact_all(&nodes[..1]);
-    let tombstone = "SELECT count(*) FROM converge.row_state WHERE target_key = '{\"id\": 5000}'";
+    let tombstone = "SELECT count(*) FROM converge.row_state WHERE tbl = 'ctr'::regclass AND target_key = '{\"id\": 5000}'";
     assert_eq!(count(&nodes[0], tombstone), 1, "madrid dropped the tombstone of a table clients write");
-    let late = "SELECT outcome FROM converge.apply(ROW('tablet9:1', 'tablet9', 'public.item', '{\"id\": 5000}', 'seen', 1, 0,
-                  '{}', converge.add(NULL::converge.gset, 'late')::bytea, NULL)::converge.op)";
+    let late = "SELECT outcome FROM converge.apply(ROW('tablet9:1', 'tablet9', 'public.ctr', '{\"id\": 5000}', 'g', 1, 0,
+                  '{}', '{\"counts\":{\"tablet9\":1}}'::converge.gcounter::bytea, NULL)::converge.op)";
     assert_eq!(text(&nodes[0], late), "applied");
     converge_all(&nodes, Duration::from_secs(60));
     assert_identical(&nodes, &["ctr", "item"]);
     for n in &nodes {
-        assert_eq!(count(n, "SELECT count(*) FROM item WHERE id = 5000"), 0, "{} brought the deleted row back", n.name);
+        assert_eq!(count(n, "SELECT count(*) FROM ctr WHERE id = 5000"), 0, "{} brought the deleted row back", n.name);
     }
+
+    // 6. Closing ctr to clients, node by node: madrid drops no tombstone
+    //    while a peer may still take a client's edit, and drops it once
+    //    both peers have reported the table closed with their frontiers.
+    nodes[0].client().batch_execute("INSERT INTO ctr (id) VALUES (5001); DELETE FROM ctr WHERE id = 5001").unwrap();
+    converge_all(&nodes, Duration::from_secs(60));
+    wait_all_stable(&nodes);
+    let closed = "SELECT converge.set_client_writes('ctr', false)";
+    nodes[0].client().batch_execute(closed).unwrap();
+    compact_all(&nodes[..1]);
+    let tombstone = "SELECT count(*) FROM converge.row_state WHERE tbl = 'ctr'::regclass AND target_key = '{\"id\": 5001}'";
+    assert_eq!(count(&nodes[0], tombstone), 1, "madrid dropped a tombstone while its peers took client writes");
+    for n in &nodes[1..] {
+        n.client().batch_execute(closed).unwrap();
+    }
+    let refused = "SELECT reason FROM converge.apply(ROW('tablet9:2', 'tablet9', 'public.ctr', '{\"id\": 5001}', 'g', 1, 0,
+                   '{}', '{\"counts\":{\"tablet9\":2}}'::converge.gcounter::bytea, NULL)::converge.op)";
+    assert_eq!(text(&nodes[1], refused), "client_writes_off");
+    wait_for(&nodes[0], "SELECT count(*)::text FROM converge.peers WHERE closed_tables ? 'public.ctr'", "2", "the peers' reports of ctr closed");
+    compact_all(&nodes[..1]);
+    assert_eq!(count(&nodes[0], tombstone), 0, "madrid kept the tombstone once every node had closed ctr");
 }
 
 #[test]
