@@ -330,7 +330,14 @@ BEGIN
     WITH still AS (
         SELECT DISTINCT l.target_table, l.target_key FROM converge.op_log l WHERE l.outcome = 'applied'
         UNION
-        SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q),
+        SELECT (q.op).target_table, (q.op).target_key FROM converge.pending_ops q
+        -- An op kept aside here may still be applied (replay, a version or
+        -- freeze set, a registry change) after every other node took it:
+        -- its row waits for it. (A client's op refused client_writes_off
+        -- can only be refused again while the table stays closed.)
+        UNION
+        SELECT k.target_table, k.target_key FROM converge.quarantine k
+         WHERE k.target_key IS NOT NULL AND k.reason IS DISTINCT FROM 'client_writes_off'),
     -- The tables whose floor (below) this compaction may raise: one whose
     -- layout another transaction holds keeps its tombstones this time.
     layouts AS (SELECT r.table_name FROM converge.replicated r WHERE NOT r.client_writes AND converge.clients_off_at_peers(r.table_name)
@@ -364,9 +371,14 @@ BEGIN
     -- write: an offline client's insert may name a deleted character as
     -- its origin, and would be placed on a node that kept it and left
     -- invisible on one that dropped it.
+    -- (The seqtext tables' settings locked as for the tombstones above.)
     FOR col IN SELECT r.table_name, c.key AS name, c.value AS ty FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
-                WHERE c.value IN ('orset', 'mvreg', 'ormap') OR (c.value = 'seqtext' AND NOT r.client_writes AND converge.clients_off_at_peers(r.table_name))
-                ORDER BY 1, 2 LOOP
+                WHERE c.value IN ('orset', 'mvreg', 'ormap') ORDER BY 1, 2 LOOP
+        vals := vals + converge.compact_values(col.table_name, col.name, col.ty);
+    END LOOP;
+    FOR col IN SELECT r.table_name, c.key AS name, c.value AS ty FROM converge.replicated r, jsonb_each_text(r.crdt_columns) c
+                WHERE c.value = 'seqtext' AND NOT r.client_writes AND converge.clients_off_at_peers(r.table_name)
+                ORDER BY 1, 2 FOR NO KEY UPDATE OF r SKIP LOCKED LOOP
         vals := vals + converge.compact_values(col.table_name, col.name, col.ty);
     END LOOP;
 
@@ -1035,7 +1047,7 @@ REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap)
 -- (src/maintenance.rs, docs/operations.md).
 CREATE FUNCTION converge.set_client_writes(tbl regclass, allowed boolean) RETURNS void
 LANGUAGE sql AS $$ SELECT converge.set_client_writes_on(tbl::oid, allowed) $$;
-COMMENT ON FUNCTION converge.set_client_writes(regclass, boolean) IS 'Whether ops sent through converge.apply (offline clients) may write the table here (default true); run it on every node alike, as the table''s owner. While they may, compact() keeps the table''s row tombstones, so that a client''s late edit of a deleted row finds its tombstone on every node; while they may not, such ops are rejected with client_writes_off and the tombstones go once stable.';
+COMMENT ON FUNCTION converge.set_client_writes(regclass, boolean) IS 'Whether ops sent through converge.apply (offline clients) may write the table here (default true); run it on every node alike, as the table''s owner. While they may, compact() keeps the table''s row tombstones and seqtext deleted characters, so that a client''s late edit finds them on every node; while they may not, such ops are rejected with client_writes_off, and compact() drops them once stable and once every peer not lost has reported the table closed too. Closing waits for the table''s writers.';
 COMMENT ON FUNCTION converge.set_client_writes_on(oid, boolean) IS 'Internal: the body of converge.set_client_writes (checks that the caller owns the table).';
 
 -- Whether every peer not lost says, in its last report, that clients may

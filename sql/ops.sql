@@ -33,8 +33,9 @@ CREATE TABLE converge.replicated (
     -- write of a key with no row state writes newer (src/row_ops.rs).
     tombstone_clock converge.lwwmap,
     -- Whether ops sent through converge.apply (offline clients) may write
-    -- it here; while they may, compact() keeps its row tombstones
-    -- (converge.set_client_writes, docs/operations.md).
+    -- it here; while they may, here or at a peer, compact() keeps its row
+    -- tombstones and seqtext deleted characters (converge.set_client_writes,
+    -- docs/operations.md).
     client_writes boolean NOT NULL DEFAULT true
 );
 COMMENT ON TABLE converge.replicated IS 'Tables marked with converge.replicate(): their CRDT column changes are recorded as ops.';

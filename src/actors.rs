@@ -332,7 +332,8 @@ fn reevaluate(actor: &str) {
         );
     }
     let mut excluded = Vec::new();
-    // (With whether a client sent it here: see `readmit_as`.)
+    // (With whether a client sent it here, READMIT_CLIENTS: an op any
+    // peer delivered is that peer's, whichever delivery came last.)
     let mut readmit: BTreeMap<u64, (Op, bool)> = BTreeMap::new();
     for (seq, op, is_applied, origin) in rows {
         match (is_applied, registry.refuse(&op)) {
@@ -343,7 +344,8 @@ fn reevaluate(actor: &str) {
                 reason: reason.to_string(),
             }),
             (false, None) if !applied.contains(&op.op_id) => {
-                readmit.insert(op.counter(), (op, from_client(&origin)));
+                let client = from_client(&origin) && readmit.get(&op.counter()).is_none_or(|(_, c)| *c);
+                readmit.insert(op.counter(), (op, client));
             }
             _ => {}
         }
@@ -351,7 +353,8 @@ fn reevaluate(actor: &str) {
     // Ops of the actor waiting for their deps go through the checks again
     // (an op past a cut-off waits for nothing any more: it is rejected).
     for (op, origin) in take_pending(actor) {
-        readmit.insert(op.counter(), (op, from_client(&origin)));
+        let client = from_client(&origin) && readmit.get(&op.counter()).is_none_or(|(_, c)| *c);
+        readmit.insert(op.counter(), (op, client));
     }
     warn_if_compacted(actor, &registry);
     crate::rebuild::exclude(&excluded, "rejected");

@@ -125,13 +125,25 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     let keys: Vec<String> = layout["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).map(String::from).collect();
     let matched = keys_match(&keys);
     let (c, qty) = (ident(col), ident(ty));
+    // A seqtext op still waiting here (pending, or kept aside and so
+    // perhaps applied later) may be anchored on a deleted character: its
+    // row keeps them until it is applied or given up.
+    let waiting = if ty == "seqtext" {
+        "AND NOT EXISTS (SELECT 1 FROM converge.pending_ops q WHERE (q.op).target_table = b.target_table
+                            AND (q.op).target_key = b.target_key AND (q.op).target_column = b.target_column)
+         AND NOT EXISTS (SELECT 1 FROM converge.quarantine k WHERE k.target_table = b.target_table
+                            AND k.target_key = b.target_key AND k.target_column = b.target_column
+                            AND k.reason IS DISTINCT FROM 'client_writes_off')"
+    } else {
+        ""
+    };
     // 1. As the caller (compact() runs as a superuser or the extension's
     //    owner): converge's bases and the rows, the new values computed
     //    without taking a lock.
     let todo_sql = format!(
         "SELECT t.ctid::text, b.target_key, converge.stable_form($3, t.{c}::bytea, b.state)
            FROM converge.row_base b, LATERAL pg_catalog.jsonb_populate_record(NULL::{name}, b.target_key) v, {name} t
-          WHERE b.target_table = $1 AND b.target_column = $2 AND {matched} AND t.{c} IS NOT NULL"
+          WHERE b.target_table = $1 AND b.target_column = $2 AND {matched} AND t.{c} IS NOT NULL {waiting}"
     );
     type Todo = (String, pgrx::JsonB, Option<Vec<u8>>);
     let todo: Vec<Todo> = Spi::connect(|cl| {
@@ -203,7 +215,9 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
 /// the tombstone on every node, or the nodes that dropped it would take
 /// the edit as a new row and the others would not (docs/operations.md).
 /// While they may not, such ops are rejected with `client_writes_off`
-/// where they enter, and the tombstones go once stable.
+/// where they enter, and the tombstones (and seqtext deleted characters)
+/// go once stable and once every peer not lost reports the table closed
+/// too (`converge.clients_off_at_peers`).
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     let (Some(tbl), Some(allowed)) = (tbl, allowed) else {
@@ -224,6 +238,9 @@ fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     let open = crate::security::as_owner(|| {
         crate::spi::read_one::<bool>("SELECT client_writes FROM converge.replicated WHERE table_name = $1::oid::regclass", &[tbl.into()])
     });
+    if open == Some(allowed) {
+        return; // as it is: nothing written, nothing locked
+    }
     if !allowed && open == Some(true) {
         unsafe { pg_sys::LockRelationOid(tbl, pg_sys::ShareLock as pg_sys::LOCKMODE) };
     }
@@ -231,7 +248,12 @@ fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     // not converge's tables.)
     let dropped = crate::security::as_owner(|| {
         Spi::get_one_with_args::<bool>(
-            "UPDATE converge.replicated SET client_writes = $2 WHERE table_name = $1::oid::regclass RETURNING tombstone_clock IS NOT NULL",
+            "UPDATE converge.replicated r SET client_writes = $2 WHERE r.table_name = $1::oid::regclass
+             RETURNING r.tombstone_clock IS NOT NULL
+                       OR EXISTS (SELECT 1 FROM converge.peer_status s
+                                   WHERE s.closed_tables ? format('%I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n
+                                                                              ON n.oid = c.relnamespace WHERE c.oid = $1),
+                                                                  (SELECT c.relname FROM pg_class c WHERE c.oid = $1)))",
             &[tbl.into(), allowed.into()],
         )
         .ok()
@@ -248,7 +270,7 @@ fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
     if allowed && dropped {
         pgrx::warning!(
-            "row tombstones of {name} were dropped while clients could not write it (by compaction here, or at a peer this node copied rows from): a client's edit of such a row would re-create it on the nodes without its tombstone and not on the others. Clients that read {name} before should start again from converge.snapshot."
+            "row tombstones or deleted characters of {name} may have been dropped, here or at a peer, while clients could not write it: a client's edit of such a row would read differently on nodes with and without them. Open it on every node alike, and let clients that read {name} before start again from converge.snapshot."
         );
     }
 }

@@ -192,20 +192,23 @@ fn clock_error(coltype: &str, delta: &[u8]) -> Option<String> {
 /// the table open commits before the switch does (so the op is in the
 /// frontier the peers report with the switch, sql/maintenance.sql), and
 /// one that comes after reads the switch. The setting is read again past
-/// the cache, locked: under READ COMMITTED that is the latest value; under
-/// REPEATABLE READ a switch committed after the snapshot is a
-/// serialization failure (40001, the caller retries).
+/// the cache: under READ COMMITTED a new statement sees the switch; under
+/// REPEATABLE READ it is read locked, and a switch committed after the
+/// snapshot is a serialization failure (40001, the caller retries).
+/// Unreadable, it counts as closed.
 fn client_writes_now(rel: pg_sys::Oid) -> bool {
     unsafe { pg_sys::LockRelationOid(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+    let snapshot_held = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
+    let lock = if snapshot_held { " FOR SHARE" } else { "" };
     crate::security::as_owner(|| {
         Spi::get_one_with_args::<bool>(
-            "SELECT client_writes FROM converge.replicated WHERE table_name = $1::oid::regclass FOR SHARE",
+            &format!("SELECT client_writes FROM converge.replicated WHERE table_name = $1::oid::regclass{lock}"),
             &[rel.into()],
         )
     })
     .ok()
     .flatten()
-    .unwrap_or(true)
+    .unwrap_or(false)
 }
 
 /// Why the op is kept aside (quarantined), if it is.

@@ -410,3 +410,48 @@ fn a_write_under_a_snapshot_older_than_replicate_fails_instead_of_going_unrecord
     admin.batch_execute("SELECT converge.replicate('r')").unwrap();
     w.batch_execute("INSERT INTO r VALUES (5, 'v', 7); COMMIT").expect("the same layout: the commit goes through");
 }
+
+/// A client's op for key `id` of table t, as `actor` with counter `c`.
+fn client_op(actor: &str, c: i32, id: i32) -> String {
+    format!(
+        "SELECT outcome FROM converge.apply(ROW('{actor}:{c}', '{actor}', 'public.t', '{{\"id\": {id}}}', 'n', 1, 0, '{{}}',
+             '{{\"counts\":{{\"{actor}\":{c}}}}}'::converge.gcounter::bytea, NULL)::converge.op)"
+    )
+}
+
+/// Closing a table to clients (`set_client_writes(t, false)`) waits for a
+/// client's apply that found it open, so that op is committed before the
+/// switch is; a client's apply under a REPEATABLE READ snapshot older than
+/// the switch fails with 40001 instead of taking its op; one after the
+/// switch is refused with client_writes_off.
+#[test]
+fn closing_a_table_to_clients_waits_for_the_applies_that_found_it_open() {
+    let root = Scratch::new("closing");
+    let node = Node::new(&root.0, "madrid", base_port() + 15, true);
+    node.client()
+        .batch_execute("CREATE EXTENSION converge; SELECT converge.set_node('madrid');
+                        CREATE TABLE t (id int PRIMARY KEY, n converge.gcounter); SELECT converge.replicate('t')")
+        .unwrap();
+    let mut old_snapshot = node.client();
+    old_snapshot.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").unwrap();
+    let mut open_apply = node.client();
+    open_apply.batch_execute("BEGIN").unwrap();
+    assert_eq!(open_apply.query_one(client_op("tab", 1, 1).as_str(), &[]).unwrap().get::<_, String>(0), "applied");
+    let mut c = node.client();
+    let switch = std::thread::spawn(move || c.batch_execute("SELECT converge.set_client_writes('t', false)").unwrap());
+    let since = Instant::now();
+    while count(&node, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0 {
+        assert!(!switch.is_finished(), "the switch did not wait for the apply that found the table open");
+        assert!(since.elapsed() < Duration::from_secs(20), "the switch never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    open_apply.batch_execute("COMMIT").unwrap();
+    switch.join().unwrap();
+    // (Another actor and key: nothing the first apply wrote is in its way.)
+    let e = old_snapshot.query_one(client_op("pad", 1, 2).as_str(), &[]).expect_err("an apply under a snapshot older than the switch");
+    assert_eq!(e.code(), Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE), "{e}");
+    old_snapshot.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(old_snapshot.query_one(client_op("pad", 1, 2).as_str(), &[]).unwrap().get::<_, String>(0), "rejected");
+    assert_eq!(text(&node, "SELECT reason FROM converge.op_log WHERE op_id = 'pad:1'"), "client_writes_off");
+    assert_eq!(count(&node, "SELECT count(*) FROM t"), 1, "only the op taken before the switch made a row");
+}
