@@ -270,7 +270,7 @@ BEGIN
          INTO ops_removed, bytes_before, bytes_after;
     RETURN NEXT;
 END $$;
-COMMENT ON FUNCTION converge.compact() IS 'Fold the ops every node not lost has applied into the rows'' bases and remove them from the op log, with the row tombstones without CRDT state whose ops are all folded, of tables no client may write here or at a peer not lost (converge.set_client_writes); returns the ops removed and the log''s row bytes before and after (reclaiming the space is VACUUM''s). Runs only when called.';
+COMMENT ON FUNCTION converge.compact() IS 'Fold the ops every node not lost has applied into the rows'' bases and remove them from the op log; drop the row tombstones without CRDT state whose ops are all folded and none waits or is kept aside here, and compact seqtext (deleted characters), orset, mvreg and ormap values, seqtext and tombstones only in tables no client may write here or at a peer not lost (converge.set_client_writes); returns the ops removed and the log''s row bytes before and after (reclaiming the space is VACUUM''s). Runs only when called.';
 
 -- A row's column as rebuilt from its base and its ops still in the log.
 CREATE FUNCTION converge.rebuild(tbl regclass, key jsonb, col text) RETURNS bytea

@@ -295,7 +295,13 @@ fn reevaluate(actor: &str) {
                    FROM converge.op_log
                   WHERE actor = $1 AND (outcome = 'applied' OR (outcome = 'rejected' AND reason IN ('unsigned', 'bad_signature')
                                                                  -- (not one a repair gave up)
-                                                                 AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = op_log.op_id)))
+                                                                 AND NOT EXISTS (SELECT 1 FROM converge.superseded s WHERE s.op_id = op_log.op_id)
+                                                                 -- (nor one refused since for another reason:
+                                                                 -- client_writes_off, say, before a reopening)
+                                                                 AND NOT EXISTS (SELECT 1 FROM converge.op_log later
+                                                                                  WHERE later.op_id = op_log.op_id AND later.seq > op_log.seq
+                                                                                    AND later.outcome IN ('rejected', 'quarantined')
+                                                                                    AND later.reason NOT IN ('unsigned', 'bad_signature'))))
                   ORDER BY seq",
                 None,
                 &[actor.into()],
@@ -332,8 +338,7 @@ fn reevaluate(actor: &str) {
         );
     }
     let mut excluded = Vec::new();
-    // (With whether a client sent it here, READMIT_CLIENTS: an op any
-    // peer delivered is that peer's, whichever delivery came last.)
+    // (With whether a client sent it here, READMIT_CLIENTS: see `admit`.)
     let mut readmit: BTreeMap<u64, (Op, bool)> = BTreeMap::new();
     for (seq, op, is_applied, origin) in rows {
         match (is_applied, registry.refuse(&op)) {
@@ -343,18 +348,14 @@ fn reevaluate(actor: &str) {
                 key: op.target_key.to_value(),
                 reason: reason.to_string(),
             }),
-            (false, None) if !applied.contains(&op.op_id) => {
-                let client = from_client(&origin) && readmit.get(&op.counter()).is_none_or(|(_, c)| *c);
-                readmit.insert(op.counter(), (op, client));
-            }
+            (false, None) if !applied.contains(&op.op_id) => admit(&mut readmit, op, from_client(&origin)),
             _ => {}
         }
     }
     // Ops of the actor waiting for their deps go through the checks again
     // (an op past a cut-off waits for nothing any more: it is rejected).
     for (op, origin) in take_pending(actor) {
-        let client = from_client(&origin) && readmit.get(&op.counter()).is_none_or(|(_, c)| *c);
-        readmit.insert(op.counter(), (op, client));
+        admit(&mut readmit, op, from_client(&origin));
     }
     warn_if_compacted(actor, &registry);
     crate::rebuild::exclude(&excluded, "rejected");
@@ -379,6 +380,15 @@ fn reevaluate(actor: &str) {
 /// against the table's client writes (apply/entry.rs), which may have been
 /// turned off since they arrived.
 pub const READMIT_CLIENTS: &str = "reverify:client";
+
+/// Take `op` back in unless a peer's delivery of it is already taken: an
+/// op any peer delivered is that peer's, as it delivered it (a client's
+/// copy of the same op id, later or earlier, is not).
+fn admit(readmit: &mut BTreeMap<u64, (Op, bool)>, op: Op, client: bool) {
+    if !(client && matches!(readmit.get(&op.counter()), Some((_, false)))) {
+        readmit.insert(op.counter(), (op, client));
+    }
+}
 
 /// Whether an op logged or waiting under `origin` came from a client here
 /// (not through a peer's replication, nor readmitted as a peer's).

@@ -238,22 +238,19 @@ fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     let open = crate::security::as_owner(|| {
         crate::spi::read_one::<bool>("SELECT client_writes FROM converge.replicated WHERE table_name = $1::oid::regclass", &[tbl.into()])
     });
-    if open == Some(allowed) {
-        return; // as it is: nothing written, nothing locked
+    // As it is: nothing written, nothing locked. (Under REPEATABLE READ
+    // the read may predate a switch: the UPDATE below then fails 40001.)
+    if open == Some(allowed) && unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
+        return;
     }
     if !allowed && open == Some(true) {
         unsafe { pg_sys::LockRelationOid(tbl, pg_sys::ShareLock as pg_sys::LOCKMODE) };
     }
     // (Read and written as converge's owner: the caller owns the table,
     // not converge's tables.)
-    let dropped = crate::security::as_owner(|| {
+    crate::security::as_owner(|| {
         Spi::get_one_with_args::<bool>(
-            "UPDATE converge.replicated r SET client_writes = $2 WHERE r.table_name = $1::oid::regclass
-             RETURNING r.tombstone_clock IS NOT NULL
-                       OR EXISTS (SELECT 1 FROM converge.peer_status s
-                                   WHERE s.closed_tables ? format('%I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n
-                                                                              ON n.oid = c.relnamespace WHERE c.oid = $1),
-                                                                  (SELECT c.relname FROM pg_class c WHERE c.oid = $1)))",
+            "UPDATE converge.replicated r SET client_writes = $2 WHERE r.table_name = $1::oid::regclass RETURNING true",
             &[tbl.into(), allowed.into()],
         )
         .ok()
@@ -268,7 +265,9 @@ fn set_client_writes_on(tbl: Option<pg_sys::Oid>, allowed: Option<bool>) {
     });
     // Sessions cache what the apply reads of a table (apply/target.rs).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(tbl) };
-    if allowed && dropped {
+    // Reopening: whatever compaction dropped while the table was closed,
+    // here or at a peer, no client's late edit may find any more.
+    if allowed && open == Some(false) {
         pgrx::warning!(
             "row tombstones or deleted characters of {name} may have been dropped, here or at a peer, while clients could not write it: a client's edit of such a row would read differently on nodes with and without them. Open it on every node alike, and let clients that read {name} before start again from converge.snapshot."
         );

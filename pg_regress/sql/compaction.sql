@@ -142,12 +142,16 @@ INSERT INTO visit (id) VALUES (3);
 DELETE FROM visit WHERE id = 3;
 SELECT outcome, reason FROM apply(ROW('phone5:1', 'phone5', 'public.visit', '{"id":3}', 'n', 2, 0, '{}',
                                       '{"counts":{"phone5":1}}'::gcounter::bytea, NULL)::op);
+-- phone6, under version 2 of note, types in row 1's note: kept aside
+-- too, and it may be anchored on the deleted 'b'.
+SELECT outcome, reason FROM apply(ROW('phone6:1', 'phone6', 'public.visit', '{"id":1}', 'note', 2, 0, '{}',
+                                      insert(NULL::seqtext, 0, 'z')::bytea, NULL)::op);
 -- phone4 sends an op that waits for its dep.
 SELECT outcome, reason FROM apply(ROW('phone4:2', 'phone4', 'public.visit', '{"id":1}', 'n', 1, 0, '{phone4:1}',
                                       '{"counts":{"phone4":2}}'::gcounter::bytea, NULL)::op);
 -- Once only nodes write visit (on every node alike), an op a client sends
--- is refused where it enters, and the next compaction drops the deleted
--- 'b'; row 2's tombstone stays, as it now keeps CRDT state.
+-- is refused where it enters. Row 2's tombstone stays, as it now keeps
+-- CRDT state, and the deleted 'b' waits for phone6's op (below).
 SELECT set_client_writes('visit', false);
 SELECT table_name, client_writes FROM replicated ORDER BY table_name::text;
 SELECT outcome, reason FROM apply(ROW('phone2:2', 'phone2', 'public.visit', '{"id":1}', 'n', 1, 0, '{}',
@@ -164,13 +168,16 @@ SELECT tombstones_removed, values_compacted FROM compactions ORDER BY ran_at DES
 SELECT value(note), octet_length(note::bytea) < :note_bytes AS smaller FROM visit WHERE id = 1;
 SELECT count(*) AS row2_tombstone FROM row_state WHERE tbl = 'visit'::regclass AND target_key = '{"id": 2}';
 -- Row 3's tombstone waits for phone5's op, kept aside here: a version
--- set here would apply it. Set, it is taken in as a client's, so refused
--- now (the table is closed), and the tombstone goes.
+-- set here would apply it. Set, the ops of both versions are taken in as
+-- clients' ops (origin replay), so refused now (the table is closed);
+-- the tombstone and the deleted 'b' go.
 SELECT count(*) AS row3_tombstone FROM row_state WHERE tbl = 'visit'::regclass AND target_key = '{"id": 3}';
-SELECT set_schema_version('visit', 'n', 2);
-SELECT op_id, outcome, reason, origin FROM op_log WHERE actor = 'phone5' ORDER BY seq;
+SELECT set_schema_version('visit', 'n', 2), set_schema_version('visit', 'note', 2);
+SELECT op_id, outcome, reason, origin FROM op_log WHERE actor IN ('phone5', 'phone6') ORDER BY seq;
 SELECT ops_removed FROM compact();
+SELECT tombstones_removed, values_compacted FROM compactions ORDER BY ran_at DESC LIMIT 1;
 SELECT count(*) AS row3_tombstone FROM row_state WHERE tbl = 'visit'::regclass AND target_key = '{"id": 3}';
+SELECT value(note), octet_length(note::bytea) < :note_bytes AS smaller FROM visit WHERE id = 1;
 -- The table's owner sets it (as for replicate), for a replicated table.
 CREATE ROLE cv_clerk;
 SET ROLE cv_clerk;

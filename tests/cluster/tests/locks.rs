@@ -434,24 +434,38 @@ fn closing_a_table_to_clients_waits_for_the_applies_that_found_it_open() {
         .unwrap();
     let mut old_snapshot = node.client();
     old_snapshot.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").unwrap();
+    // A READ COMMITTED session that has found the table open before (its
+    // answer cached).
+    let mut later = node.client();
+    assert_eq!(later.query_one(client_op("ink", 1, 3).as_str(), &[]).unwrap().get::<_, String>(0), "applied");
     let mut open_apply = node.client();
     open_apply.batch_execute("BEGIN").unwrap();
     assert_eq!(open_apply.query_one(client_op("tab", 1, 1).as_str(), &[]).unwrap().get::<_, String>(0), "applied");
+    let waiting = |n: i64, what: &str, busy: &dyn Fn() -> bool| {
+        let since = Instant::now();
+        let sql = "SELECT count(*) FROM pg_stat_activity
+                    WHERE wait_event_type = 'Lock' AND datname = current_database() AND backend_type = 'client backend'";
+        while count(&node, sql) < n {
+            assert!(!busy(), "{what} did not wait");
+            assert!(since.elapsed() < Duration::from_secs(20), "{what} never waited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let mut c = node.client();
     let switch = std::thread::spawn(move || c.batch_execute("SELECT converge.set_client_writes('t', false)").unwrap());
-    let since = Instant::now();
-    while count(&node, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()") == 0 {
-        assert!(!switch.is_finished(), "the switch did not wait for the apply that found the table open");
-        assert!(since.elapsed() < Duration::from_secs(20), "the switch never waited");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    waiting(1, "the switch (for the apply that found the table open)", &|| switch.is_finished());
+    // Its next apply waits for the switch, and then reads it.
+    let next = std::thread::spawn(move || later.query_one(client_op("ink", 2, 3).as_str(), &[]).unwrap().get::<_, String>(0));
+    waiting(2, "the cached session's next apply (for the switch)", &|| next.is_finished());
     open_apply.batch_execute("COMMIT").unwrap();
     switch.join().unwrap();
+    assert_eq!(next.join().unwrap(), "rejected", "an apply that waited for the switch took its op");
     // (Another actor and key: nothing the first apply wrote is in its way.)
     let e = old_snapshot.query_one(client_op("pad", 1, 2).as_str(), &[]).expect_err("an apply under a snapshot older than the switch");
     assert_eq!(e.code(), Some(&postgres::error::SqlState::T_R_SERIALIZATION_FAILURE), "{e}");
     old_snapshot.batch_execute("ROLLBACK").unwrap();
     assert_eq!(old_snapshot.query_one(client_op("pad", 1, 2).as_str(), &[]).unwrap().get::<_, String>(0), "rejected");
     assert_eq!(text(&node, "SELECT reason FROM converge.op_log WHERE op_id = 'pad:1'"), "client_writes_off");
-    assert_eq!(count(&node, "SELECT count(*) FROM t"), 1, "only the op taken before the switch made a row");
+    assert_eq!(count(&node, "SELECT count(*) FROM t"), 2, "only the ops taken before the switch made rows");
+    assert_eq!(count(&node, "SELECT converge.value(n) FROM t WHERE id = 3"), 1, "the op refused after the switch does not count");
 }
