@@ -172,6 +172,7 @@ fn add_peer_now(name: &str, conninfo: &str) {
         ),
     }
     refuse_a_used_name(name, &me, &mut conn);
+    warn_of_tables_open_here(name, &mut conn);
     // Unknown until the peer adds this node too: its slots are found by
     // the name they carry meanwhile (lost.rs).
     let theirs = their_slot(&me, &mut conn, &interrupt).ok().flatten();
@@ -238,6 +239,35 @@ fn refuse_a_used_name(peer: &str, me: &str, conn: &mut Conn) {
     // the peer next wait for this transaction, when the peer is this server.)
     if let Some(op) = crate::security::as_owner(|| read_one::<String>(SQL, &[peer.into()])) {
         used("this node", peer, &op);
+    }
+}
+
+/// A table the peer closed to clients (`set_client_writes`) that is open
+/// here: the peer may have dropped row tombstones and seqtext deleted
+/// characters before it knew of this node, and neither this node's copy
+/// nor its compaction can bring them back, so a client's late edit taken
+/// here could re-create what the peer forgot. A warning, not an error:
+/// closing here (or reopening there) is the operator's choice.
+fn warn_of_tables_open_here(peer: &str, conn: &mut Conn) {
+    let there = conn
+        .query(&format!("SELECT {}", super::pull::CLOSED_TABLES), &[], false, QUERY_TIMEOUT, &interrupt)
+        .unwrap_or_else(|e| peer_failed(peer, e));
+    let Some(closed) = there.text(0, 0) else { return };
+    let open_here = crate::security::as_owner(|| {
+        read_one::<String>(
+            "SELECT string_agg(t, ', ' ORDER BY t) FROM jsonb_array_elements_text($1::jsonb) t
+              WHERE t IN (SELECT format('%I.%I', n.nspname, c.relname)
+                            FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name
+                            JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE r.client_writes)",
+            &[closed.as_str().into()],
+        )
+    });
+    if let Some(tables) = open_here {
+        crate::errors::warn_hint(
+            format!("peer \"{peer}\" lets no client write {tables}, which clients may write here"),
+            "Close them here too (converge.set_client_writes(t, false)) before clients write them here: the peer may have dropped row tombstones a client's late edit needs.",
+        );
     }
 }
 

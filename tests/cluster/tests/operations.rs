@@ -241,7 +241,20 @@ fn a_peer_down_past_the_limit_is_lost_and_rejoins_with_its_unsent_edits() {
     // virginia comes back: it finds its slots gone, rejoins, and everything
     // it wrote while cut off reaches the others.
     nodes[2].start();
+    // While a user's transaction on virginia holds the tables its copy of
+    // madrid's rows must write, the rejoin cannot finish: virginia shows
+    // madrid `rejoining` (and the lock wait as its error), madrid still shows
+    // virginia `lost`. Once the lock goes, the unfinished rejoin is done again.
+    let mut holder = nodes[2].client();
+    let mut held = holder.transaction().unwrap();
+    held.batch_execute("LOCK TABLE ctr, item, shelf IN SHARE MODE").unwrap();
     nodes[2].client().execute("SELECT converge.resume_peer('madrid')", &[]).unwrap();
+    wait_for(&nodes[2], "SELECT state FROM converge.peers WHERE name = 'madrid'", "rejoining", "virginia shows madrid rejoining while its copy waits");
+    let why = "SELECT coalesce(last_error LIKE 'rejoining: %lock timeout%', false)::text FROM converge.peers WHERE name = 'madrid'";
+    wait_for(&nodes[2], why, "true", "virginia says why the rejoin waits");
+    assert_eq!(text(&nodes[2], "SELECT state FROM converge.peers WHERE name = 'madrid'"), "rejoining");
+    assert_eq!(text(&nodes[0], "SELECT state FROM converge.peers WHERE name = 'virginia'"), "lost");
+    held.rollback().unwrap();
     nodes[2].client().execute("SELECT converge.resume_peer('dublin')", &[]).unwrap();
     load.run(&nodes, &mut clients, &[0, 1, 2], 200);
     converge_all(&nodes, Duration::from_secs(120));
