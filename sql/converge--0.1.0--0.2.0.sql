@@ -152,7 +152,29 @@ CREATE OR REPLACE VIEW converge.peers AS
            CROSS JOIN (SELECT converge.worker_problem_here() AS problem) w;
 COMMENT ON VIEW converge.peers IS 'Each peer: state (new, ok, down, paused, lost, rejoining, no_worker), our slot there, confirmed LSN, lag in bytes and seconds, last success and last error (conninfo shown without its password), wal_held_bytes: the WAL its slot here keeps (compared with converge.max_peer_lag_bytes; NULL while it has none, or while its name is not known yet), and closed_tables: the tables clients may not write there, by its last report (compaction drops a table''s row tombstones only once every peer not lost lists it).';
 
--- The rest is new in 0.2.0, as sql/maintenance.sql makes it.
+-- converge.replicated remembers the names of dropped columns (sql/ddl.sql).
+ALTER TABLE converge.replicated ADD COLUMN dropped_columns text[] NOT NULL DEFAULT '{}';
+-- 0.1.0 did not follow dropped columns: the layout still names them.
+UPDATE converge.replicated r
+   SET dropped_columns = ARRAY(SELECT n FROM (SELECT jsonb_object_keys(r.crdt_columns) UNION SELECT unnest(r.other_columns)) x(n)
+                                WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                                   WHERE a.attrelid = r.table_name AND a.attname = x.n AND a.attnum > 0 AND NOT a.attisdropped)
+                                ORDER BY n);
+-- The key columns' types and collations, for the key widening
+-- follow_layout allows (a key column gone here gets NULL: not checked).
+ALTER TABLE converge.replicated ADD COLUMN key_types regtype[] NOT NULL DEFAULT '{}',
+                                ADD COLUMN key_typmods int[] NOT NULL DEFAULT '{}',
+                                ADD COLUMN key_collations text[] NOT NULL DEFAULT '{}';
+-- The newest clock of the row tombstones compact() dropped (sql/ops.sql).
+ALTER TABLE converge.replicated ADD COLUMN tombstone_clock converge.lwwmap;
+-- Whether clients may write a table here (sql/ops.sql): they could in
+-- 0.1.0, and 0.1.0 dropped no tombstone.
+ALTER TABLE converge.replicated ADD COLUMN client_writes boolean NOT NULL DEFAULT true;
+
+-- >>> sql/maintenance.sql (kept equal by .ci/sync-update-script)
+-- Running for months (SPEC section 6): causal stability, compaction and the
+-- counters an operator watches. docs/operations.md explains each piece.
+
 -- The base of each row: the merge of the deltas of every op compacted away
 -- (per column; '' holds the row ops' lwwmap). A row is rebuilt from its
 -- base and its remaining ops (converge.rebuild); the coordination features
@@ -211,6 +233,40 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, converge, pg_
      WHERE a.c > 0
 $$;
 COMMENT ON FUNCTION converge.stable_frontier() IS 'Per actor, the highest counter every node (this one and each peer not lost) has applied: what converge.compact() may fold away.';
+
+-- The clocks of row tombstones dropped from a table (by compact(), a
+-- join's rows the peer no longer has, a copy from a peer's snapshot),
+-- merged into the table's floor: a key inserted again here writes newer
+-- than them, as it did with the tombstones (src/row_ops.rs).
+CREATE FUNCTION converge.raise_tombstone_floor(tbl regclass, clock converge.lwwmap) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
+    UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock || $2, $2) WHERE r.table_name = $1
+$$;
+COMMENT ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) IS 'Internal (converge.compact, joins and copies from a snapshot): merge the clock of dropped row tombstones into the table''s converge.replicated.tombstone_clock.';
+REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) FROM PUBLIC;
+
+-- Whether offline clients (ops sent through converge.apply) may write a
+-- table here: while they may, compact() keeps its row tombstones
+-- (src/maintenance.rs, docs/operations.md).
+CREATE FUNCTION converge.set_client_writes(tbl regclass, allowed boolean) RETURNS void
+LANGUAGE sql AS $$ SELECT converge.set_client_writes_on(tbl::oid, allowed) $$;
+COMMENT ON FUNCTION converge.set_client_writes(regclass, boolean) IS 'Whether ops sent through converge.apply (offline clients) may write the table here (default true); run it on every node alike, as the table''s owner. While they may, compact() keeps the table''s row tombstones and seqtext deleted characters, so that a client''s late edit finds them on every node; while they may not, such ops are rejected with client_writes_off, and compact() drops them once stable and once every peer not lost has reported the table closed too. Closing waits for the table''s writers.';
+COMMENT ON FUNCTION converge.set_client_writes_on(oid, boolean) IS 'Internal: the body of converge.set_client_writes (checks that the caller owns the table).';
+
+-- Whether every peer not lost says, in its last report, that clients may
+-- not write the table there. The report is read with the peer's frontier,
+-- after which everything it had applied was applied here: every client
+-- op it took before saying so is here too.
+CREATE FUNCTION converge.clients_off_at_peers(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
+                        WHERE s.lost_at IS NULL
+                          AND NOT coalesce(s.closed_tables ? (SELECT format('%I.%I', n.nspname, c.relname)
+                                                                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                                               WHERE c.oid = $1), false))
+$$;
+COMMENT ON FUNCTION converge.clients_off_at_peers(regclass) IS 'Internal (converge.compact): whether every peer not lost last reported that clients may not write the table there.';
+REVOKE ALL ON FUNCTION converge.clients_off_at_peers(regclass) FROM PUBLIC;
 
 CREATE FUNCTION converge.compact()
 RETURNS TABLE (ops_removed bigint, bytes_before bigint, bytes_after bigint)
@@ -509,6 +565,7 @@ REVOKE ALL ON converge.row_base, converge.retired FROM PUBLIC;
 -- The runs' log names no table and no value: monitoring reads it.
 GRANT SELECT ON converge.compactions TO PUBLIC;
 COMMENT ON FUNCTION converge.merge_deltas(text, bytea[]) IS 'The merge of deltas of one converge type (by name), in binary form; NULL over no non-NULL input.';
+-- <<< sql/maintenance.sql
 
 -- >>> sql/coordination.sql (kept equal by .ci/sync-update-script)
 -- Coordination boundaries (SPEC section 5): the few facts merging cannot
@@ -1012,58 +1069,6 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'flush_visible_sql_wrapper';
 COMMENT ON FUNCTION converge.flush_visible() IS 'Internal: flush the WAL of every commit this session can see (before converge hands counters out: frontier, changes_since).';
 COMMENT ON FUNCTION converge.replicate(regclass) IS 'Mark a table (with a primary key) for the op log and replication: every later change to its CRDT columns, and every row insert, delete and change of its other columns (last writer wins), is recorded as an op of this node. Columns added, dropped or retyped later are followed (the event trigger converge_follow_columns).';
--- converge.replicated remembers the names of dropped columns (sql/ddl.sql).
-ALTER TABLE converge.replicated ADD COLUMN dropped_columns text[] NOT NULL DEFAULT '{}';
--- 0.1.0 did not follow dropped columns: the layout still names them.
-UPDATE converge.replicated r
-   SET dropped_columns = ARRAY(SELECT n FROM (SELECT jsonb_object_keys(r.crdt_columns) UNION SELECT unnest(r.other_columns)) x(n)
-                                WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
-                                                   WHERE a.attrelid = r.table_name AND a.attname = x.n AND a.attnum > 0 AND NOT a.attisdropped)
-                                ORDER BY n);
--- The key columns' types and collations, for the key widening
--- follow_layout allows (a key column gone here gets NULL: not checked).
-ALTER TABLE converge.replicated ADD COLUMN key_types regtype[] NOT NULL DEFAULT '{}',
-                                ADD COLUMN key_typmods int[] NOT NULL DEFAULT '{}',
-                                ADD COLUMN key_collations text[] NOT NULL DEFAULT '{}';
--- The newest clock of the row tombstones compact() dropped (sql/ops.sql).
-ALTER TABLE converge.replicated ADD COLUMN tombstone_clock converge.lwwmap;
--- Whether clients may write a table here (sql/ops.sql): they could in
--- 0.1.0, and 0.1.0 dropped no tombstone.
-ALTER TABLE converge.replicated ADD COLUMN client_writes boolean NOT NULL DEFAULT true;
-
--- The clocks of row tombstones dropped from a table (by compact(), a
--- join's rows the peer no longer has, a copy from a peer's snapshot),
--- merged into the table's floor: a key inserted again here writes newer
--- than them, as it did with the tombstones (src/row_ops.rs).
-CREATE FUNCTION converge.raise_tombstone_floor(tbl regclass, clock converge.lwwmap) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, converge, pg_temp AS $$
-    UPDATE converge.replicated r SET tombstone_clock = coalesce(r.tombstone_clock || $2, $2) WHERE r.table_name = $1
-$$;
-COMMENT ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) IS 'Internal (converge.compact, joins and copies from a snapshot): merge the clock of dropped row tombstones into the table''s converge.replicated.tombstone_clock.';
-REVOKE ALL ON FUNCTION converge.raise_tombstone_floor(regclass, converge.lwwmap) FROM PUBLIC;
-
--- Whether offline clients (ops sent through converge.apply) may write a
--- table here: while they may, compact() keeps its row tombstones
--- (src/maintenance.rs, docs/operations.md).
-CREATE FUNCTION converge.set_client_writes(tbl regclass, allowed boolean) RETURNS void
-LANGUAGE sql AS $$ SELECT converge.set_client_writes_on(tbl::oid, allowed) $$;
-COMMENT ON FUNCTION converge.set_client_writes(regclass, boolean) IS 'Whether ops sent through converge.apply (offline clients) may write the table here (default true); run it on every node alike, as the table''s owner. While they may, compact() keeps the table''s row tombstones and seqtext deleted characters, so that a client''s late edit finds them on every node; while they may not, such ops are rejected with client_writes_off, and compact() drops them once stable and once every peer not lost has reported the table closed too. Closing waits for the table''s writers.';
-COMMENT ON FUNCTION converge.set_client_writes_on(oid, boolean) IS 'Internal: the body of converge.set_client_writes (checks that the caller owns the table).';
-
--- Whether every peer not lost says, in its last report, that clients may
--- not write the table there. The report is read with the peer's frontier,
--- after which everything it had applied was applied here: every client
--- op it took before saying so is here too.
-CREATE FUNCTION converge.clients_off_at_peers(tbl regclass) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, converge, pg_temp AS $$
-    SELECT NOT EXISTS (SELECT 1 FROM converge.peer p LEFT JOIN converge.peer_status s USING (name)
-                        WHERE s.lost_at IS NULL
-                          AND NOT coalesce(s.closed_tables ? (SELECT format('%I.%I', n.nspname, c.relname)
-                                                                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                                               WHERE c.oid = $1), false))
-$$;
-COMMENT ON FUNCTION converge.clients_off_at_peers(regclass) IS 'Internal (converge.compact): whether every peer not lost last reported that clients may not write the table there.';
-REVOKE ALL ON FUNCTION converge.clients_off_at_peers(regclass) FROM PUBLIC;
 
 -- >>> sql/ddl.sql (kept equal by .ci/sync-update-script)
 -- Schema changes of replicated tables (src/ddl.rs). converge's ops, the op
