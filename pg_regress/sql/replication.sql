@@ -151,28 +151,32 @@ SELECT count(*) AS slots, (SELECT count(*) FROM converge.peers) AS peers FROM pg
 DROP DATABASE converge_regress_rkiosk;
 DROP TABLE visit;
 
--- A node that joins a peer which closed a table to clients, while the
--- table is open here, is warned: the peer may have dropped row tombstones
--- a client's late edit would need. Here madrid closed desk and shelf;
--- lima closed shelf too, so only desk is named.
+-- A node that joins a peer whose tables' client writes differ from its own
+-- is warned, both ways: the side that closed a table may have dropped row
+-- tombstones a client's late edit would need. madrid closed desk and
+-- shelf; lima closed shelf and stool: desk and stool are named.
 CREATE TABLE desk (id int PRIMARY KEY, n converge.gcounter);
 CREATE TABLE shelf (id int PRIMARY KEY, n converge.gcounter);
-SELECT converge.replicate('desk'), converge.replicate('shelf');
-SELECT converge.set_client_writes('desk', false), converge.set_client_writes('shelf', false);
+CREATE TABLE stool (id int PRIMARY KEY, n converge.gcounter);
+SELECT converge.replicate('desk'), converge.replicate('shelf'), converge.replicate('stool');
+SELECT converge.set_client_writes('desk', false);
+SELECT converge.set_client_writes('shelf', false);
 CREATE DATABASE converge_regress_rlima;
 \c converge_regress_rlima
 CREATE EXTENSION converge;
 SELECT converge.set_node('lima') IS NOT NULL AS lima_set;
 CREATE TABLE desk (id int PRIMARY KEY, n converge.gcounter);
 CREATE TABLE shelf (id int PRIMARY KEY, n converge.gcounter);
-SELECT converge.replicate('desk'), converge.replicate('shelf');
+CREATE TABLE stool (id int PRIMARY KEY, n converge.gcounter);
+SELECT converge.replicate('desk'), converge.replicate('shelf'), converge.replicate('stool');
 SELECT converge.set_client_writes('shelf', false);
+SELECT converge.set_client_writes('stool', false);
 SELECT converge.add_peer('madrid', format('host=%s port=%s dbname=regression user=%s',
                                           current_setting('unix_socket_directories'), current_setting('port'), current_user));
 SELECT converge.remove_peer('madrid');
 \c regression
 DROP DATABASE converge_regress_rlima;
-DROP TABLE desk, shelf;
+DROP TABLE desk, shelf, stool;
 
 -- Keys have one JSON form per key column type, whoever wrote the op.
 SET search_path = public, converge;

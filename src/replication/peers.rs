@@ -172,7 +172,7 @@ fn add_peer_now(name: &str, conninfo: &str) {
         ),
     }
     refuse_a_used_name(name, &me, &mut conn);
-    warn_of_tables_open_here(name, &mut conn);
+    warn_of_client_writes_that_differ(name, &mut conn);
     // Unknown until the peer adds this node too: its slots are found by
     // the name they carry meanwhile (lost.rs).
     let theirs = their_slot(&me, &mut conn, &interrupt).ok().flatten();
@@ -242,33 +242,48 @@ fn refuse_a_used_name(peer: &str, me: &str, conn: &mut Conn) {
     }
 }
 
-/// A table the peer closed to clients (`set_client_writes`) that is open
-/// here: the peer may have dropped row tombstones and seqtext deleted
-/// characters before it knew of this node, and neither this node's copy
-/// nor its compaction can bring them back, so a client's late edit taken
-/// here could re-create what the peer forgot. A warning, not an error:
-/// closing here (or reopening there) is the operator's choice.
-fn warn_of_tables_open_here(peer: &str, conn: &mut Conn) {
-    let there = conn
-        .query(&format!("SELECT {}", super::pull::CLOSED_TABLES), &[], false, QUERY_TIMEOUT, &interrupt)
-        .unwrap_or_else(|e| peer_failed(peer, e));
-    let Some(closed) = there.text(0, 0) else { return };
-    let open_here = crate::security::as_owner(|| {
+/// Tables whose client writes (`set_client_writes`) differ between the
+/// peer and this node. Where one side closed a table, it may have dropped
+/// row tombstones and seqtext deleted characters before it knew of the
+/// other, and no copy or compaction brings them back: a client's late
+/// edit taken where the table is open could re-create what the closed side
+/// forgot. A warning, not an error: the operator aligns the settings. Only
+/// tables replicated on both sides at this moment are compared.
+fn warn_of_client_writes_that_differ(peer: &str, conn: &mut Conn) {
+    // (A peer of an earlier version has no such setting: all open there.)
+    const THERE: &str = "SELECT coalesce(jsonb_agg(x.t) FILTER (WHERE x.closed), '[]')::text,
+                                coalesce(jsonb_agg(x.t) FILTER (WHERE NOT x.closed), '[]')::text
+          FROM (SELECT format('%I.%I', n.nspname, c.relname) AS t, coalesce(to_jsonb(r) ->> 'client_writes' = 'false', false) AS closed
+                  FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name JOIN pg_namespace n ON n.oid = c.relnamespace) x";
+    let there = conn.query(THERE, &[], false, QUERY_TIMEOUT, &interrupt).unwrap_or_else(|e| peer_failed(peer, e));
+    let (Some(closed_there), Some(open_there)) = (there.text(0, 0), there.text(0, 1)) else { return };
+    if let Some(tables) = replicated_here(&closed_there, true) {
+        crate::errors::warn_hint(
+            format!("peer \"{peer}\" lets no client write {tables}, which clients may write here"),
+            "Close them here too (converge.set_client_writes(t, false)) before clients write them here: the peer may have dropped row tombstones and seqtext deleted characters a client's late edit needs.",
+        );
+    }
+    if let Some(tables) = replicated_here(&open_there, false) {
+        crate::errors::warn_hint(
+            format!("peer \"{peer}\" lets clients write {tables}, which no client may write here"),
+            "Close them there too (converge.set_client_writes(t, false) on that node) before clients write them there: this node may have dropped row tombstones and seqtext deleted characters a client's late edit needs.",
+        );
+    }
+}
+
+/// Of `names` (a jsonb array of qualified names as the peer formats them),
+/// those replicated here with client writes `open` (or closed), listed.
+fn replicated_here(names: &str, open: bool) -> Option<String> {
+    crate::security::as_owner(|| {
         read_one::<String>(
             "SELECT string_agg(t, ', ' ORDER BY t) FROM jsonb_array_elements_text($1::jsonb) t
               WHERE t IN (SELECT format('%I.%I', n.nspname, c.relname)
                             FROM converge.replicated r JOIN pg_class c ON c.oid = r.table_name
                             JOIN pg_namespace n ON n.oid = c.relnamespace
-                           WHERE r.client_writes)",
-            &[closed.as_str().into()],
+                           WHERE r.client_writes = $2)",
+            &[names.into(), open.into()],
         )
-    });
-    if let Some(tables) = open_here {
-        crate::errors::warn_hint(
-            format!("peer \"{peer}\" lets no client write {tables}, which clients may write here"),
-            "Close them here too (converge.set_client_writes(t, false)) before clients write them here: the peer may have dropped row tombstones a client's late edit needs.",
-        );
-    }
+    })
 }
 
 /// Raise: `at` applied `op` ("<op_id> from a client (origin ...)") under
