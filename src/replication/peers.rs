@@ -266,7 +266,7 @@ fn warn_of_client_writes_that_differ(peer: &str, conn: &mut Conn) {
     if let Some(tables) = replicated_here(&open_there, false) {
         crate::errors::warn_hint(
             format!("peer \"{peer}\" lets clients write {tables}, which no client may write here"),
-            "Close them there too (converge.set_client_writes(t, false) on that node) before clients write them there: this node may have dropped row tombstones and seqtext deleted characters a client's late edit needs.",
+            "Close them there too (converge.set_client_writes(t, false) on that node; a node of version 0.1.0 has no such setting and takes client writes everywhere: update it first) before clients write them there: this node may have dropped row tombstones and seqtext deleted characters a client's late edit needs.",
         );
     }
 }
