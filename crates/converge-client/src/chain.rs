@@ -123,7 +123,11 @@ impl Client {
                     true
                 }
                 ("quarantined", Some("new_epoch" | "new_schema")) | ("duplicate" | "buffered", _) => {
-                    op.deps.iter().any(|d| left.contains(d))
+                    let kept = op.deps.iter().any(|d| left.contains(d));
+                    if !kept && !self.saved.held.iter().any(|h| h.op_id == op.op_id) {
+                        self.saved.held.push(op.clone());
+                    }
+                    kept
                 }
                 ("", _) => true,
                 // Frozen out, superseded: the counter is used up everywhere.

@@ -153,6 +153,15 @@ struct Saved {
     /// counter (`nothing_to_void`): it goes to the other nodes only.
     #[serde(default)]
     void_declined: BTreeMap<u64, BTreeSet<String>>,
+    /// This client's ops that left the outbox while a server held them
+    /// (buffered, or quarantined `new_epoch`/`new_schema`): merged again
+    /// over a snapshot's rows, which may not have them yet, until a
+    /// snapshot's frontier shows them applied or a server refused them
+    /// (snapshot.rs). Without them a counter's own total would fall back
+    /// below theirs, and the next increment, carrying the lower total,
+    /// would be lost under max once they apply.
+    #[serde(default)]
+    held: Vec<Op>,
 }
 
 /// The table's name without its schema, as a client may declare it:

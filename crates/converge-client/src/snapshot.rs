@@ -19,7 +19,8 @@ impl Client {
     /// name it, all read with `converge.frontier()` in one REPEATABLE
     /// READ transaction so that they reflect one frontier, and move this
     /// client's cursor to that frontier. A table's cells become the
-    /// snapshot's, with this client's outbox merged on top: merged into
+    /// snapshot's, with this client's outbox and the ops a server holds
+    /// for it (`Saved::held`) merged on top: merged into
     /// the cells instead, a snapshot would bring back what compaction no
     /// longer marks as removed (the client had seen an element added, the
     /// server folded its later removal). A declared table the server does
@@ -80,12 +81,18 @@ impl Client {
         tx.commit()?;
         self.cells.retain(|id, _| !replaced.contains(&&id.table));
         self.cells.extend(taken);
-        for op in self.outbox.clone() {
-            if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) && !self.kept_out(&op) {
-                self.merge_delta(&op)?;
+        let frontier: BTreeMap<String, u64> = serde_json::from_str(&frontier).map_err(|e| ClientError::Format(e.to_string()))?;
+        // Ops a server holds are no longer in the outbox: applied in this
+        // snapshot (the server's frontier covers them) or refused since,
+        // they are let go; otherwise merged again, like the outbox.
+        let applied = frontier.get(&self.saved.actor).copied().unwrap_or(0);
+        let dead = &self.saved.dead;
+        self.saved.held.retain(|op| op.counter() > applied && !dead.contains_key(&op.counter()));
+        for op in self.saved.held.clone().iter().chain(self.outbox.clone().iter()) {
+            if self.saved.columns.contains_key(&format!("{}.{}", op.target_table, op.target_column)) && !self.kept_out(op) {
+                self.merge_delta(op)?;
             }
         }
-        let frontier: BTreeMap<String, u64> = serde_json::from_str(&frontier).map_err(|e| ClientError::Format(e.to_string()))?;
         for (actor, counter) in frontier {
             self.seen_through(&actor, counter);
         }
