@@ -122,4 +122,54 @@ impl AnyCrdt {
         }
         Ok(())
     }
+
+    /// Of a counter (gcounter, pncounter, bcounter), only `actor`'s own
+    /// totals: its counts, and for a bcounter the rights it moved away.
+    /// None for the other types, whose own parts are no running totals.
+    pub fn own_counts(&self, actor: &str) -> Option<AnyCrdt> {
+        let one = |c: &counts::Counts| counts::Counts::single(actor, c.get(actor));
+        Some(match self {
+            AnyCrdt::GCounter(x) => AnyCrdt::GCounter(GCounter { counts: one(&x.counts) }),
+            AnyCrdt::PnCounter(x) => AnyCrdt::PnCounter(PnCounter { p: one(&x.p), n: one(&x.n) }),
+            AnyCrdt::BCounter(x) => AnyCrdt::BCounter(BCounter {
+                p: one(&x.p),
+                n: one(&x.n),
+                t: x.t.iter().filter(|(from, _)| from.as_str() == actor).map(|(from, to)| (from.clone(), to.clone())).collect(),
+            }),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_counts_keep_only_the_actors_running_totals() {
+        let mut pn = PnCounter::default();
+        pn.incr("me", 5).unwrap();
+        pn.decr("me", 2).unwrap();
+        pn.incr("other", 7).unwrap();
+        pn.decr("other", 1).unwrap();
+        let Some(AnyCrdt::PnCounter(mine)) = AnyCrdt::PnCounter(pn).own_counts("me") else { panic!() };
+        assert_eq!((mine.p.get("me"), mine.n.get("me"), mine.p.get("other"), mine.n.get("other")), (5, 2, 0, 0));
+
+        let mut b = BCounter::default();
+        b.incr("me", 10).unwrap();
+        b.incr("other", 4).unwrap();
+        b.decr("me", 3).unwrap();
+        b.transfer("me", "other", 2).unwrap();
+        b.transfer("other", "me", 1).unwrap();
+        let Some(AnyCrdt::BCounter(mine)) = AnyCrdt::BCounter(b).own_counts("me") else { panic!() };
+        assert_eq!((mine.p.get("me"), mine.n.get("me"), mine.p.get("other")), (10, 3, 0));
+        assert_eq!(mine.t.len(), 1, "only the rights it moved away");
+        assert_eq!(mine.t["me"].get("other"), 2);
+
+        let mut g = GCounter::default();
+        g.incr("other", 3).unwrap();
+        let Some(AnyCrdt::GCounter(mine)) = AnyCrdt::GCounter(g).own_counts("me") else { panic!() };
+        assert!(mine.counts.is_empty(), "no count of its own: nothing");
+        assert_eq!(AnyCrdt::OrSet(OrSet::default()).own_counts("me"), None);
+    }
 }

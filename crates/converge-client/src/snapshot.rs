@@ -19,8 +19,8 @@ impl Client {
     /// name it, all read with `converge.frontier()` in one REPEATABLE
     /// READ transaction so that they reflect one frontier, and move this
     /// client's cursor to that frontier. A table's cells become the
-    /// snapshot's, with this client's outbox and the ops a server holds
-    /// for it (`Saved::held`) merged on top: merged into
+    /// snapshot's, with this client's outbox, the ops a server holds for
+    /// it (`Saved::held`) and its own counter totals merged on top: merged into
     /// the cells instead, a snapshot would bring back what compaction no
     /// longer marks as removed (the client had seen an element added, the
     /// server folded its later removal). A declared table the server does
@@ -79,8 +79,26 @@ impl Client {
         }
         let frontier: String = tx.query_one("SELECT converge.frontier()::text", &[])?.get(0);
         tx.commit()?;
+        // This client's own counter totals: it is their only writer, so
+        // its cells' are never behind a server's, while a snapshot's may be
+        // (an op applied on another server, or held). A next increment
+        // carrying a lower total would be lost under max where they meet.
+        let own: Vec<(CellId, AnyCrdt)> = self
+            .cells
+            .iter()
+            .filter(|(id, _)| replaced.contains(&&id.table))
+            .filter_map(|(id, v)| v.own_counts(&self.saved.actor).map(|o| (id.clone(), o)))
+            .collect();
         self.cells.retain(|id, _| !replaced.contains(&&id.table));
         self.cells.extend(taken);
+        for (id, mine) in own {
+            match self.cells.get_mut(&id) {
+                Some(cell) => cell.merge(&mine)?,
+                None => {
+                    self.cells.insert(id, mine);
+                }
+            }
+        }
         let frontier: BTreeMap<String, u64> = serde_json::from_str(&frontier).map_err(|e| ClientError::Format(e.to_string()))?;
         // Ops a server holds are no longer in the outbox: applied in this
         // snapshot (the server's frontier covers them) or refused since,

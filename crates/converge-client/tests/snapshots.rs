@@ -27,6 +27,33 @@ fn server_visits(db: &mut postgres::Client) -> i64 {
     db.query_one("SELECT converge.value(visits) FROM incident WHERE id = 1", &[]).unwrap().get(0)
 }
 
+/// Pull from `db`, whose log was compacted past the device's cursor: the
+/// device takes its rows (no op comes through the log) and its frontier.
+fn rejoin(c: &mut Client, db: &mut postgres::Client) {
+    assert_eq!(c.pull(db).unwrap(), 0, "ops pulled: no rejoin from the server's rows");
+    let theirs: i64 = db.query_one("SELECT (converge.frontier() ->> converge.node())::int8", &[]).unwrap().get(0);
+    assert_eq!(c.frontier().get(&db.query_one("SELECT converge.node()", &[]).unwrap().get::<_, String>(0)).copied(), Some(theirs as u64));
+}
+
+/// Nodes dublin and madrid (not peers), each with row 1, and a device.
+fn two_nodes_and_a_device(name: &str, actor: &str) -> (postgres::Client, postgres::Client, std::path::PathBuf, Client) {
+    let mut dublin = fresh_node(&format!("converge_client_{name}_dublin"), "dublin");
+    let mut madrid = fresh_node(&format!("converge_client_{name}_madrid"), "madrid");
+    for db in [&mut dublin, &mut madrid] {
+        db.batch_execute("INSERT INTO incident (id) VALUES (1)").unwrap();
+    }
+    let dir = workdir(name);
+    let device = open(&dir, actor);
+    (dublin, madrid, dir, device)
+}
+
+/// dublin counts and compacts: a device's next pull from it rejoins.
+fn count_and_compact(dublin: &mut postgres::Client, n: i64) {
+    dublin.batch_execute(&format!("UPDATE incident SET visits = converge.incr(visits, {n}) WHERE id = 1")).unwrap();
+    let removed: i64 = dublin.query_one("SELECT ops_removed FROM converge.compact()", &[]).unwrap().get(0);
+    assert!(removed > 0, "nothing compacted");
+}
+
 /// A device's counter op that a server holds (buffered: the op before it
 /// went to another server) has left the outbox. The device then rejoins
 /// from that server's rows, which do not have it yet. Its own total must
@@ -35,39 +62,51 @@ fn server_visits(db: &mut postgres::Client) -> i64 {
 /// op's total and lose the increment, on every node.
 #[test]
 fn a_rejoin_from_snapshots_keeps_the_counter_ops_a_server_holds() {
-    let mut dublin = fresh_node("converge_client_held_dublin", "dublin");
-    let mut madrid = fresh_node("converge_client_held_madrid", "madrid");
-    for db in [&mut dublin, &mut madrid] {
-        db.batch_execute("INSERT INTO incident (id) VALUES (1)").unwrap();
-    }
-    let dir = workdir("held");
-    let mut tab = open(&dir, "tab9");
+    let (mut dublin, mut madrid, dir, mut tab) = two_nodes_and_a_device("held", "tab9");
     let first = incr(&mut tab, 1);
     incr(&mut tab, 10);
-    // tab9:1 goes to madrid alone; dublin gets tab9:2 and holds it.
+    edit_tags(&mut tab, 1, |x, d| x.add("held", d.clone()));
+    // tab9:1 goes to madrid alone; dublin gets tab9:2 and tab9:3 and holds them.
     let sent = tab.push_with(&mut madrid, |ops| ops.into_iter().filter(|o| o.op_id == "tab9:1").collect()).unwrap();
     assert_eq!(outcome_lines(sent), ["tab9:1 applied "]);
-    assert_eq!(outcome_lines(tab.push(&mut dublin).unwrap()), ["tab9:2 buffered missing tab9:1"]);
+    assert_eq!(outcome_lines(tab.push(&mut dublin).unwrap()), ["tab9:2 buffered missing tab9:1", "tab9:3 buffered missing tab9:2"]);
     assert!(tab.outbox().is_empty(), "{:?}", tab.outbox());
     // (What the device keeps of a held op survives a restart.)
     drop(tab);
     let mut tab = open(&dir, "tab9");
     // dublin counts too, and compacts past the device's cursor: the
     // device's next pull from dublin takes its rows.
-    dublin.batch_execute("UPDATE incident SET visits = converge.incr(visits, 1000) WHERE id = 1").unwrap();
-    let removed: i64 = dublin.query_one("SELECT ops_removed FROM converge.compact()", &[]).unwrap().get(0);
-    assert!(removed > 0, "nothing compacted");
-    tab.pull(&mut dublin).unwrap();
-    let dublins: i64 = dublin.query_one("SELECT (converge.frontier() ->> 'dublin')::int8", &[]).unwrap().get(0);
-    assert_eq!(tab.frontier().get("dublin").copied(), Some(dublins as u64), "not taken from the snapshot");
+    count_and_compact(&mut dublin, 1000);
+    rejoin(&mut tab, &mut dublin);
     assert_eq!(visits(&tab), 1011, "the device's own 11 stay in its view");
-    // The next increment, held too (it follows tab9:2); then tab9:1
-    // reaches dublin and all three apply.
+    let tags = |c: &Client| c.value("incident", &json!({"id": 1}), "tags").map(|t| t.to_text()).unwrap_or_default();
+    assert!(tags(&tab).contains("held"), "the held add left the device's view: {}", tags(&tab));
+    // The next increment, held too (it follows tab9:3); then tab9:1
+    // reaches dublin and all four apply.
     incr(&mut tab, 100);
-    assert_eq!(outcome_lines(tab.push(&mut dublin).unwrap()), ["tab9:3 buffered missing tab9:2"]);
+    assert_eq!(outcome_lines(tab.push(&mut dublin).unwrap()), ["tab9:4 buffered missing tab9:3"]);
     assert_eq!(outcome_lines(send_ops(&mut dublin, &[first], "tab9").unwrap())[0], "tab9:1 applied ");
     assert_eq!(server_visits(&mut dublin), 1111, "an increment lost on the server");
     tab.pull(&mut dublin).unwrap();
     assert_eq!(visits(&tab), 1111);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same when the op went to another server and was applied there: the
+/// server the device rejoins from has not received it yet (replication
+/// lags), and applies it later.
+#[test]
+fn a_rejoin_from_snapshots_keeps_the_counts_applied_on_another_server() {
+    let (mut dublin, mut madrid, dir, mut tab) = two_nodes_and_a_device("elsewhere", "tab10");
+    let first = incr(&mut tab, 1);
+    assert_eq!(outcome_lines(tab.push(&mut madrid).unwrap()), ["tab10:1 applied "]);
+    count_and_compact(&mut dublin, 1000);
+    rejoin(&mut tab, &mut dublin);
+    assert_eq!(visits(&tab), 1001, "the device's own 1 stays in its view");
+    incr(&mut tab, 10);
+    assert_eq!(outcome_lines(tab.push(&mut dublin).unwrap()), ["tab10:2 buffered missing tab10:1"]);
+    // tab10:1 reaches dublin (as madrid would forward it).
+    assert_eq!(outcome_lines(send_ops(&mut dublin, &[first], "tab10").unwrap())[0], "tab10:1 applied ");
+    assert_eq!(server_visits(&mut dublin), 1011, "an increment lost on the server");
     let _ = std::fs::remove_dir_all(&dir);
 }
