@@ -64,25 +64,7 @@ impl Client {
         // settled and saved: a void that could not be sent now goes with
         // the next push.
         let _ = self.send_voids(db);
-        // Held ops this server has applied since are let go (best effort).
-        let _ = self.let_go_of_applied(db);
         Ok(all)
-    }
-
-    /// Drop from `Saved::held` the ops `db`'s frontier shows applied (its
-    /// rows have them; a later snapshot of them needs no reminder).
-    fn let_go_of_applied(&mut self, db: &mut postgres::Client) -> Result<()> {
-        if self.saved.held.is_empty() {
-            return Ok(());
-        }
-        let applied: Option<i64> = db.query_one("SELECT (converge.frontier() ->> $1::text)::int8", &[&self.saved.actor])?.get(0);
-        let applied = applied.unwrap_or(0).max(0) as u64;
-        let before = self.saved.held.len();
-        self.saved.held.retain(|op| op.counter() > applied);
-        if self.saved.held.len() < before {
-            self.save()?;
-        }
-        Ok(())
     }
 
     /// Take a batch's outcomes, walking the outbox in chain order. An op

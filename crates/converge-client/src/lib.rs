@@ -157,9 +157,8 @@ struct Saved {
     /// (buffered, or quarantined `new_epoch`/`new_schema`): merged again
     /// over a snapshot's rows, which may not have them yet, until a
     /// snapshot's frontier shows them applied or a server refused them
-    /// (snapshot.rs). Without them a counter's own total would fall back
-    /// below theirs, and the next increment, carrying the lower total,
-    /// would be lost under max once they apply.
+    /// (snapshot.rs): the client does not pull its own ops, so without
+    /// them their effect would leave its view.
     #[serde(default)]
     held: Vec<Op>,
 }

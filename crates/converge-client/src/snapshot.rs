@@ -79,15 +79,20 @@ impl Client {
         }
         let frontier: String = tx.query_one("SELECT converge.frontier()::text", &[])?.get(0);
         tx.commit()?;
-        // This client's own counter totals: it is their only writer, so
-        // its cells' are never behind a server's, while a snapshot's may be
-        // (an op applied on another server, or held). A next increment
-        // carrying a lower total would be lost under max where they meet.
+        // This client's own counter totals, where it has any: a snapshot's
+        // may be lower (an op applied on another server that this one has
+        // not received, or one it holds), and a next increment carrying a
+        // lower total would be lost under max where they meet. A row the
+        // snapshot lacks keeps a cell with them (a deleted row's state
+        // stays in its tombstone on the servers, and a later increment
+        // must go on from them). The amounts of refused ops stay in them,
+        // as they stay in the cells without a rejoin.
         let own: Vec<(CellId, AnyCrdt)> = self
             .cells
             .iter()
             .filter(|(id, _)| replaced.contains(&&id.table))
             .filter_map(|(id, v)| v.own_counts(&self.saved.actor).map(|o| (id.clone(), o)))
+            .filter(|(_, o)| *o != AnyCrdt::empty(o.type_name()).unwrap_or_else(|_| o.clone()))
             .collect();
         self.cells.retain(|id, _| !replaced.contains(&&id.table));
         self.cells.extend(taken);

@@ -98,11 +98,20 @@ fn a_rejoin_from_snapshots_keeps_the_counter_ops_a_server_holds() {
 #[test]
 fn a_rejoin_from_snapshots_keeps_the_counts_applied_on_another_server() {
     let (mut dublin, mut madrid, dir, mut tab) = two_nodes_and_a_device("elsewhere", "tab10");
+    // Row 2, counted by dublin alone, which the device pulls; dublin then
+    // deletes it: the rejoin takes it out of the device's view (no count of
+    // the device's own to keep).
+    dublin.batch_execute("INSERT INTO incident (id, visits) VALUES (2, converge.incr(NULL::converge.gcounter, 5))").unwrap();
+    tab.pull(&mut dublin).unwrap();
+    let row2 = |c: &Client| c.value("incident", &json!({"id": 2}), "visits").map(|v| v.to_text());
+    assert!(row2(&tab).is_some());
     let first = incr(&mut tab, 1);
     assert_eq!(outcome_lines(tab.push(&mut madrid).unwrap()), ["tab10:1 applied "]);
+    dublin.batch_execute("DELETE FROM incident WHERE id = 2").unwrap();
     count_and_compact(&mut dublin, 1000);
     rejoin(&mut tab, &mut dublin);
     assert_eq!(visits(&tab), 1001, "the device's own 1 stays in its view");
+    assert_eq!(row2(&tab), None, "a deleted row the device never counted on stays in its view");
     incr(&mut tab, 10);
     assert_eq!(outcome_lines(tab.push(&mut dublin).unwrap()), ["tab10:2 buffered missing tab10:1"]);
     // tab10:1 reaches dublin (as madrid would forward it).
