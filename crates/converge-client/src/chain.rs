@@ -124,7 +124,10 @@ impl Client {
                 }
                 ("quarantined", Some("new_epoch" | "new_schema")) | ("duplicate" | "buffered", _) => {
                     let kept = op.deps.iter().any(|d| left.contains(d));
-                    if !kept && !self.saved.held.iter().any(|h| h.op_id == op.op_id) {
+                    // (Not a duplicate: mostly an op applied there, sent
+                    // again after a lost answer; counters' own totals are
+                    // kept at a rejoin anyway, snapshot.rs.)
+                    if !kept && outcome != "duplicate" && !self.saved.held.iter().any(|h| h.op_id == op.op_id) {
                         self.saved.held.push(op.clone());
                     }
                     kept

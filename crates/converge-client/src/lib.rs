@@ -158,7 +158,8 @@ struct Saved {
     /// over a snapshot's rows, which may not have them yet, until a
     /// snapshot's frontier shows them applied or a server refused them
     /// (snapshot.rs): the client does not pull its own ops, so without
-    /// them their effect would leave its view.
+    /// them their effect would leave its view. Only shrunk at a rejoin:
+    /// it grows with the ops servers held, which are few.
     #[serde(default)]
     held: Vec<Op>,
 }

@@ -92,7 +92,6 @@ impl Client {
             .iter()
             .filter(|(id, _)| replaced.contains(&&id.table))
             .filter_map(|(id, v)| v.own_counts(&self.saved.actor).map(|o| (id.clone(), o)))
-            .filter(|(_, o)| *o != AnyCrdt::empty(o.type_name()).unwrap_or_else(|_| o.clone()))
             .collect();
         self.cells.retain(|id, _| !replaced.contains(&&id.table));
         self.cells.extend(taken);

@@ -269,23 +269,6 @@ fn an_op_refused_after_it_waited_holds_nothing_back() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Two nodes, dublin in database `a` and madrid in `b`, each with row 1,
-/// and a device's connection to each, as an application role.
-fn two_nodes(a: &str, b: &str) -> (postgres::Client, postgres::Client, postgres::Client, postgres::Client) {
-    let mut dublin = fresh_node(a, "dublin");
-    let mut madrid = fresh_node(b, "madrid");
-    for db in [&mut dublin, &mut madrid] {
-        db.batch_execute(
-            "DO $$ BEGIN CREATE ROLE cv_device LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             GRANT SELECT, INSERT, UPDATE, DELETE ON incident TO cv_device;
-             INSERT INTO incident (id) VALUES (1);",
-        )
-        .unwrap();
-    }
-    let device = |db: &str| postgres::Client::connect(&format!("{} dbname={db} user=cv_device", dsn()), postgres::NoTls).unwrap();
-    (dublin, madrid, device(a), device(b))
-}
-
 /// The voids of `op_id` in `db`'s log, in order: "outcome reason-code, ...".
 fn voids_of(db: &mut postgres::Client, op_id: &str) -> String {
     db.query_one(

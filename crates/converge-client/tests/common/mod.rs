@@ -85,3 +85,20 @@ pub fn tags_of(db: &mut postgres::Client, id: i32) -> String {
 pub fn outcome_lines(outcomes: Vec<converge_client::Outcome>) -> Vec<String> {
     outcomes.into_iter().map(|o| format!("{} {} {}", o.op_id, o.outcome, o.reason.unwrap_or_default())).collect()
 }
+
+/// Two nodes, dublin in database `a` and madrid in `b`, each with row 1,
+/// and a device's connection to each, as an application role.
+pub fn two_nodes(a: &str, b: &str) -> (postgres::Client, postgres::Client, postgres::Client, postgres::Client) {
+    let mut dublin = fresh_node(a, "dublin");
+    let mut madrid = fresh_node(b, "madrid");
+    for db in [&mut dublin, &mut madrid] {
+        db.batch_execute(
+            "DO $$ BEGIN CREATE ROLE cv_device LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON incident TO cv_device;
+             INSERT INTO incident (id) VALUES (1);",
+        )
+        .unwrap();
+    }
+    let device = |db: &str| postgres::Client::connect(&format!("{} dbname={db} user=cv_device", dsn()), postgres::NoTls).unwrap();
+    (dublin, madrid, device(a), device(b))
+}
