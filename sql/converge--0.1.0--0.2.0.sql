@@ -118,7 +118,17 @@ ALTER TABLE converge.peer_status
     ADD COLUMN their_slot    text,
     ADD COLUMN closed_tables jsonb;
 
-COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here, as the caller sees the op log (its row security: ops of tables the caller may not read are not seen).';
+-- (At or below its actor's contiguous frontier an op is applied even when
+-- compaction has taken its log row: an op waiting for it must go on.)
+CREATE OR REPLACE FUNCTION converge.is_applied(op_id text) RETURNS boolean
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT EXISTS (SELECT 1 FROM converge.op_log l
+                    WHERE l.actor = converge.op_id_actor($1) AND l.counter = converge.op_id_counter($1)
+                      AND l.outcome = 'applied')
+        OR EXISTS (SELECT 1 FROM converge.actor_frontier f
+                    WHERE f.actor = converge.op_id_actor($1) AND converge.op_id_counter($1) <= f.contiguous)
+$$;
+COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here: at or below its actor''s contiguous frontier (also once compacted), or in the op log as the caller sees it (its row security: ops of tables the caller may not read are not seen).';
 -- How far a peer's ops are applied here (pg_replication_origin_progress is
 -- for superusers; an LSN is no secret). Only for a peer's origin, and NULL
 -- for one that is missing (dropped by hand), so that converge.peers still
@@ -1518,7 +1528,10 @@ BEGIN
                 DELETE FROM converge.pending_ops q
                  WHERE (last_pass IS NULL OR q.missing && last_pass)
                    AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
-                   AND converge.may_write((q.op).target_table, (q.op).target_column)
+                   -- (A request names its table in its key.)
+                   AND converge.may_write(CASE (q.op).target_table WHEN 'converge.request' THEN (q.op).target_key ->> 'table'
+                                                                   ELSE (q.op).target_table END,
+                                          (q.op).target_column)
                    -- Under a peer's origin nothing written is shipped: ops a
                    -- client sent here wait for a transaction of their own.
                    AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())

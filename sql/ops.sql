@@ -182,13 +182,17 @@ COMMENT ON FUNCTION converge.op_id_counter(text) IS 'The counter of an op_id ''a
 COMMENT ON FUNCTION converge.without_covers(bytea) IS 'An op''s delta as readers before 0.2.0 take it: an ormap delta without what it superseded per key (it merges the same); any other delta as it is.';
 COMMENT ON FUNCTION converge.delta_error(text, bytea) IS 'Why a delta is not a valid value of the named converge type (NULL when valid); never raises.';
 
+-- (At or below its actor's contiguous frontier an op is applied even when
+-- compaction has taken its log row: an op waiting for it must go on.)
 CREATE FUNCTION converge.is_applied(op_id text) RETURNS boolean
 LANGUAGE sql STABLE STRICT AS $$
     SELECT EXISTS (SELECT 1 FROM converge.op_log l
                     WHERE l.actor = converge.op_id_actor($1) AND l.counter = converge.op_id_counter($1)
                       AND l.outcome = 'applied')
+        OR EXISTS (SELECT 1 FROM converge.actor_frontier f
+                    WHERE f.actor = converge.op_id_actor($1) AND converge.op_id_counter($1) <= f.contiguous)
 $$;
-COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here, as the caller sees the op log (its row security: ops of tables the caller may not read are not seen).';
+COMMENT ON FUNCTION converge.is_applied(text) IS 'Whether the op with this op_id has been applied here: at or below its actor''s contiguous frontier (also once compacted), or in the op log as the caller sees it (its row security: ops of tables the caller may not read are not seen).';
 
 
 -- Pending ops whose deps are all applied, applied now.
@@ -217,7 +221,10 @@ BEGIN
                 DELETE FROM converge.pending_ops q
                  WHERE (last_pass IS NULL OR q.missing && last_pass)
                    AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
-                   AND converge.may_write((q.op).target_table, (q.op).target_column)
+                   -- (A request names its table in its key.)
+                   AND converge.may_write(CASE (q.op).target_table WHEN 'converge.request' THEN (q.op).target_key ->> 'table'
+                                                                   ELSE (q.op).target_table END,
+                                          (q.op).target_column)
                    -- Under a peer's origin nothing written is shipped: ops a
                    -- client sent here wait for a transaction of their own.
                    AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())

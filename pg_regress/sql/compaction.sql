@@ -157,6 +157,16 @@ SELECT table_name, client_writes FROM replicated ORDER BY table_name::text;
 SELECT outcome, reason FROM apply(ROW('phone2:2', 'phone2', 'public.visit', '{"id":1}', 'n', 1, 0, '{}',
                                       '{"counts":{"phone2":2}}'::gcounter::bytea, NULL)::op);
 SELECT value(n) FROM visit WHERE id = 1;
+-- An op that follows such a refused op in the same batch would wait for
+-- it for ever: it is refused with it (dependency_rejected), as behind any
+-- op refused there, and the client sends it again after its other ops.
+CREATE TABLE cart (id int PRIMARY KEY, n gcounter);
+SELECT replicate('cart');
+SELECT op_id, outcome, reason FROM apply_batch(ARRAY[
+    ROW('phone7:1', 'phone7', 'public.visit', '{"id":1}', 'n', 1, 0, '{}', '{"counts":{"phone7":1}}'::gcounter::bytea, NULL)::op,
+    ROW('phone7:2', 'phone7', 'public.cart', '{"id":1}', 'n', 1, 0, '{phone7:1}', '{"counts":{"phone7":1}}'::gcounter::bytea, NULL)::op]);
+SELECT count(*) AS phone7_waiting FROM pending WHERE op_id LIKE 'phone7:%';
+DROP TABLE cart;
 -- phone4's waiting op, sent before the switch and taken in after it by a
 -- change of its registry entry (a revocation after its counter 5), is a
 -- client's op all the same: refused too.
@@ -384,6 +394,38 @@ SELECT * FROM post;
 DROP TABLE post;
 REVOKE USAGE ON SCHEMA converge FROM cv_owner;
 DROP ROLE cv_owner;
+
+-- An op waiting for one that compaction folded since goes on: compaction
+-- folds only ops applied here (up to their actor's contiguous frontier).
+-- Here the op it waits for comes from a role that may not write the
+-- waiting op's table (its call leaves that op waiting), and compact()
+-- folds it before a role that may retries.
+CREATE TABLE shelf (id int PRIMARY KEY, stock gcounter);
+CREATE TABLE bin (id int PRIMARY KEY, stock gcounter);
+SELECT replicate('shelf'), replicate('bin');
+CREATE ROLE cv_shelf;
+CREATE ROLE cv_bin;
+GRANT SELECT, INSERT, UPDATE ON shelf TO cv_shelf;
+GRANT SELECT, INSERT, UPDATE ON bin TO cv_bin;
+SET ROLE cv_shelf;
+SELECT op_id, outcome, reason FROM apply(
+    ROW('cart:2', 'cart', 'public.shelf', '{"id":1}', 'stock', 1, 0, '{cart:1}', '{"counts":{"cart":2}}'::gcounter::bytea, NULL)::op);
+SET ROLE cv_bin;
+SELECT op_id, outcome, reason FROM apply(
+    ROW('cart:1', 'cart', 'public.bin', '{"id":1}', 'stock', 1, 0, '{}', '{"counts":{"cart":1}}'::gcounter::bytea, NULL)::op);
+RESET ROLE;
+SELECT op_id, missing FROM pending;
+SELECT ops_removed > 0 AS folded FROM compact();
+SELECT op_id, outcome FROM op_log WHERE actor = 'cart' ORDER BY seq;
+SET ROLE cv_shelf;
+-- (The call retries what waits first, then takes the cart's next op.)
+SELECT op_id, outcome, reason FROM apply(
+    ROW('cart:3', 'cart', 'public.shelf', '{"id":1}', 'stock', 1, 0, '{cart:2}', '{"counts":{"cart":3}}'::gcounter::bytea, NULL)::op);
+RESET ROLE;
+SELECT id, value(stock) AS stock FROM shelf;
+SELECT count(*) AS still_pending FROM pending;
+DROP TABLE shelf, bin;
+DROP ROLE cv_shelf, cv_bin;
 
 -- Settings and rights.
 SHOW converge.max_peer_lag_bytes;

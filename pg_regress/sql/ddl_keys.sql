@@ -57,6 +57,14 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone9:15', 'phone9', 'clinic.shelf', '{"labels": "{\"abcde  \"}"}', 'n', 1, 0, '{}',
         '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels FROM clinic.shelf;
+-- Two spellings of one array key in one batch are one row's ops, as in
+-- separate batches (each logged under the key as it came).
+SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
+    ROW('phone9:16', 'phone9', 'clinic.shelf', '{"labels": "{ab,cd}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":2}}'::converge.gcounter::bytea, NULL)::converge.op,
+    ROW('phone9:17', 'phone9', 'clinic.shelf', '{"labels": "{\"ab\",cd}"}', 'n', 1, 0, '{}',
+        '{"counts":{"phone9":3}}'::converge.gcounter::bytea, NULL)::converge.op]);
+SELECT labels, converge.value(n) AS n FROM clinic.shelf ORDER BY labels;
 -- What a peer copies from here when it joins or rejoins past the
 -- compacted log (converge.rejoin_rows) names each row by the same key as
 -- its ops: an array key by its text form, one row per key.

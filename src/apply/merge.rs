@@ -249,6 +249,10 @@ pub(super) fn gate_and_merge<'a>(
     });
     match fast {
         Ok((won, lost)) => return (won, lost, Vec::new()),
+        // Two spellings of one key (`{ab,cd}` and `{"ab",cd}` of an array
+        // key) are two rows of one upsert that the table sees as one row
+        // (21000); op by op they are one row's ops, as in separate batches.
+        Err(c) if c.code == PgSqlErrorCode::ERRCODE_CARDINALITY_VIOLATION => {}
         Err(c) => reraise_if_transaction_error(&c),
     }
     // Something in the batch failed (say a key value of the wrong type):

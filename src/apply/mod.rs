@@ -511,7 +511,7 @@ fn apply_classified(items: &[Item], targets: &[Target], origin: &str, top_level:
         run("DELETE FROM converge.pending_ops WHERE op_id = ANY ($1)", &[stale.into()]);
     }
     // A client's ops behind a dep refused here would wait for ever.
-    let orphaned = if trusted() || waiting.is_empty() { Vec::new() } else { orphans(items, &fresh, &waiting) };
+    let orphaned = if trusted() || waiting.is_empty() { Vec::new() } else { orphans(items, &closed, &fresh, &waiting) };
     if !orphaned.is_empty() {
         reject(&orphaned, &origin, &mut out);
         for (i, _) in &orphaned {

@@ -160,19 +160,25 @@ pub(super) fn waiting_copies(ids: &[String]) -> HashMap<String, Waiting> {
 }
 
 /// Of the fresh ops of a client's batch that must wait (`waiting`), those
-/// behind an op of the same batch that this node refused (rejected, or
-/// quarantined under an older schema version), directly or through another
+/// behind an op of the same batch that this node refused (rejected, also
+/// as `client_writes_off`: `closed`, or quarantined under an older schema
+/// version), directly or through another
 /// such op; each with its reason, `dependency_rejected: <dep>`. They are
 /// rejected rather than buffered: waiting, they would wait for ever, and a
 /// client sends them again after the ops the server has (converge-client
 /// does, under the same op_ids). An op refused in an earlier batch is not
 /// counted: under a forged envelope it would hold back another actor's
 /// ops, and the client that made it knows. Peers' batches wait as before.
-pub(super) fn orphans<'a>(items: &[Item], fresh: &[&'a Item], waiting: &HashSet<usize>) -> Vec<(&'a Item, String)> {
+pub(super) fn orphans<'a>(items: &[Item], closed: &[&Item], fresh: &[&'a Item], waiting: &HashSet<usize>) -> Vec<(&'a Item, String)> {
     let refused = |i: &Item| i.bad.is_some() || i.quarantine.as_deref() == Some("old_schema");
     let alive: HashSet<&str> = fresh.iter().filter_map(|i| i.op_id.as_deref()).collect();
-    let mut dead: HashSet<String> =
-        items.iter().filter(|i| refused(i)).filter_map(|i| i.op_id.clone()).filter(|id| !alive.contains(id.as_str())).collect();
+    let mut dead: HashSet<String> = items
+        .iter()
+        .filter(|i| refused(i))
+        .chain(closed.iter().copied())
+        .filter_map(|i| i.op_id.clone())
+        .filter(|id| !alive.contains(id.as_str()))
+        .collect();
     if dead.is_empty() {
         return Vec::new();
     }
