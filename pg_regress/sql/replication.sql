@@ -97,6 +97,29 @@ SELECT name, state, ops_received > 0 AS received, last_error FROM peers;
 SET search_path = public, converge;
 SELECT count(*) AS own_ops_received FROM op_log WHERE actor = node() AND origin <> 'local';
 
+-- Without the worker, wait_for_peers looks at the slots: after a round of
+-- more than one peek's worth (20 000 changes), a later op is still seen
+-- (and the next sync takes it).
+CREATE TABLE bulk (id int PRIMARY KEY, n gcounter);
+SELECT replicate('bulk');
+\c converge_regress_rdub
+SET search_path = public, converge;
+CREATE TABLE bulk (id int PRIMARY KEY, n gcounter);
+SELECT replicate('bulk');
+INSERT INTO bulk (id) SELECT generate_series(1, 20001);
+\c regression
+SET search_path = public, converge;
+SELECT sync('dublin') AS pulled;
+\c converge_regress_rdub
+SET search_path = public, converge;
+UPDATE bulk SET n = incr(n, 1) WHERE id = 1;
+\c regression
+SET search_path = public, converge;
+SELECT wait_for_peers('1 second') AS caught_up;
+SELECT sync('dublin') AS pulled;
+SELECT wait_for_peers('1 second') AS caught_up;
+SELECT count(*) AS rows, sum(value(n)) AS n FROM bulk;
+
 -- A node restored from an older backup (here: its own ops taken out of
 -- its log) and added again before it writes: the peer's copy brings its
 -- newer ops back (they are its own, not a client's under its name, and

@@ -528,7 +528,7 @@ fn wait_now(timeout: pgrx::datum::Interval) -> bool {
             let all = peers.iter().all(|peer| {
                 Conn::connect(&peer.conninfo)
                     .and_then(|mut c| pull_round(peer, &mut c, &interrupt, true))
-                    .map(|r| r.txns == 0)
+                    .map(|r| r.txns == 0 && !r.more)
                     .unwrap_or(false)
             });
             if all || Instant::now() >= deadline {

@@ -316,8 +316,10 @@ pub const CLOSED_TABLES: &str = "(SELECT coalesce(jsonb_agg(format('%I.%I', n.ns
 
 /// One pull round from `peer` over `conn`, inside the caller's transaction.
 /// `stop` is polled while waiting on the network (true = give up).
-/// With `dry_run` it only reports what a round would apply (no writes here
-/// or on the peer).
+/// With `dry_run` it only reports what a round would apply (no writes here;
+/// on the peer only the slot's release of what was applied here, which the
+/// next round would make first: a peek from behind it would see only ops
+/// applied already, up to its limit, and miss what came after).
 pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_run: bool) -> Result<Round, PeerError> {
     let perr = |m: String| PeerError { sqlstate: None, message: m };
     let origin = origin_id(&peer.origin)
@@ -352,7 +354,7 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     let mut peer_frontier = st.text(0, 2);
     let peer_closed = st.text(0, 4);
     // What an earlier round committed here can be released on the peer.
-    if progress > confirmed && !dry_run {
+    if progress > confirmed {
         conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop)?;
         confirmed = progress;
     }
