@@ -15,6 +15,14 @@ ALTER INDEX converge.pending_pkey RENAME TO pending_ops_pkey;
 COMMENT ON TABLE converge.pending_ops IS 'Ops buffered until the ops they depend on arrive; applied automatically then. Read them through converge.pending.';
 
 -- New functions of the library.
+CREATE FUNCTION converge."may_ask"(
+	"table" TEXT,
+	"column" TEXT
+) RETURNS bool
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'may_ask_wrapper';
+COMMENT ON FUNCTION converge.may_ask(text, text) IS 'Internal: whether the acting role may make a request of a column of a table (UPDATE on the column), for converge.retry_pending.';
 CREATE FUNCTION converge."merge_deltas"(
 	"ty" TEXT,
 	"deltas" bytea[]
@@ -1528,10 +1536,10 @@ BEGIN
                 DELETE FROM converge.pending_ops q
                  WHERE (last_pass IS NULL OR q.missing && last_pass)
                    AND NOT EXISTS (SELECT 1 FROM unnest(q.missing) d WHERE NOT converge.dep_done(d))
-                   -- (A request names its table in its key.)
-                   AND converge.may_write(CASE (q.op).target_table WHEN 'converge.request' THEN (q.op).target_key ->> 'table'
-                                                                   ELSE (q.op).target_table END,
-                                          (q.op).target_column)
+                   -- (A request names its table in its key, and needs UPDATE on its column.)
+                   AND CASE (q.op).target_table
+                           WHEN 'converge.request' THEN converge.may_ask((q.op).target_key ->> 'table', (q.op).target_column)
+                           ELSE converge.may_write((q.op).target_table, (q.op).target_column) END
                    -- Under a peer's origin nothing written is shipped: ops a
                    -- client sent here wait for a transaction of their own.
                    AND (q.origin LIKE 'peer:%' OR NOT converge.under_peer_origin())

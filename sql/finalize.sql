@@ -405,6 +405,7 @@ REVOKE ALL ON FUNCTION converge.apply_ops(converge.op[], text, boolean) FROM PUB
 
 COMMENT ON FUNCTION converge.may_read(text) IS 'Internal (row security of converge.op_log, pending_ops and requests): whether the acting role may SELECT the table an op targets, with no row security of that table applying to it (peer roles read every op).';
 COMMENT ON FUNCTION converge.may_write(text, text) IS 'Internal: whether the acting role may apply ops of a column to a table (INSERT and UPDATE; DELETE too for row ops).';
+COMMENT ON FUNCTION converge.may_ask(text, text) IS 'Internal: whether the acting role may make a request of a column of a table (UPDATE on the column), for converge.retry_pending.';
 COMMENT ON FUNCTION converge.applying() IS 'Internal: whether converge is merging changes that are already ops (the op trigger''s WHEN clause skips those rows).';
 COMMENT ON FUNCTION converge.acting_role() IS 'The role converge acts for: the caller of the current converge function, also inside converge''s internal steps.';
 COMMENT ON FUNCTION converge.worker_problem_here() IS 'Why no background worker can serve this database (the no_worker state of converge.peers), or NULL.';

@@ -82,7 +82,8 @@ extension_sql_file!(
         trigger::applying,
         local_ops::last_op_counter,
         durable::flush_visible_sql,
-        security::may_write
+        security::may_write,
+        security::may_ask
     ]
 );
 extension_sql_file!(

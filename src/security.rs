@@ -436,6 +436,27 @@ pub(crate) fn may_write(table: Option<&str>, column: Option<&str>) -> bool {
     }
 }
 
+/// Whether the acting role may make a request of `column` of `table`, as
+/// `request` requires: UPDATE on the column (requests/mod.rs), if the
+/// column is there.
+#[pg_extern(stable, parallel_safe)]
+pub(crate) fn may_ask(table: Option<&str>, column: Option<&str>) -> bool {
+    match (table.and_then(lookup), column) {
+        (Some(rel), Some(column)) => may_update_column(rel, column),
+        _ => false,
+    }
+}
+
+/// Whether the acting role has UPDATE on `column` of `rel` (true when the
+/// column is not there: what needs it fails on its own).
+pub(crate) fn may_update_column(rel: pg_sys::Oid, column: &str) -> bool {
+    crate::spi::read_one::<bool>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = $2 AND a.attname = $3 AND NOT a.attisdropped)
+                     THEN pg_catalog.has_column_privilege($1, $2, $3, 'UPDATE') ELSE true END",
+        &[caller().into(), rel.into(), column.into()],
+    ) == Some(true)
+}
+
 /// `schema.table` (each part plain or double-quoted, as `format('%I.%I')`
 /// writes it) split into its two names; None for anything else.
 fn parse_qualified(s: &str) -> Option<(String, String)> {

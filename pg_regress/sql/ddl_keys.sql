@@ -65,6 +65,7 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone9:17', 'phone9', 'clinic.shelf', '{"labels": "{\"ab\",cd}"}', 'n', 1, 0, '{}',
         '{"counts":{"phone9":3}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels, converge.value(n) AS n FROM clinic.shelf ORDER BY labels;
+SELECT op_id, target_key, outcome FROM converge.op_log WHERE op_id IN ('phone9:16', 'phone9:17') ORDER BY op_id;
 -- What a peer copies from here when it joins or rejoins past the
 -- compacted log (converge.rejoin_rows) names each row by the same key as
 -- its ops: an array key by its text form, one row per key.

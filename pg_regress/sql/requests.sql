@@ -144,7 +144,9 @@ SELECT request_id, status, decision FROM converge.requests WHERE request_id = 't
 SELECT id, title FROM incident WHERE id = 4;
 -- A tablet's requests are chained like its other ops: one sent before
 -- the op it follows (which took another way) waits, buffered, and goes on
--- in the call that brings that op.
+-- in the call that brings that op, made by a role that may ask (UPDATE on
+-- the column).
+SET ROLE cv_asker;
 SELECT op_id, outcome, reason FROM converge.apply(
     ROW('tab:9', 'tab', 'converge.request', '{"table": "public.incident", "key": {"id": 2}}', 'title', 1, 0, '{tab:8}',
         convert_to('{"value": "valve (stuck)", "idempotency_key": null, "requested_at": 1796000000000000}', 'UTF8'),
@@ -153,6 +155,7 @@ SELECT op_id, outcome, reason FROM converge.apply(
     ROW('tab:8', 'tab', 'converge.request', '{"table": "public.incident", "key": {"id": 3}}', 'title', 1, 0, '{}',
         convert_to('{"value": "fan (noisy)", "idempotency_key": null, "requested_at": 1796000000000000}', 'UTF8'),
         NULL)::converge.op);
+RESET ROLE;
 SELECT count(*) AS still_pending FROM converge.pending;
 SELECT converge.decide_pending() AS decided;
 SELECT request_id, status FROM converge.requests WHERE request_id IN ('tab:8', 'tab:9') ORDER BY request_id;

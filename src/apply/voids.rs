@@ -71,20 +71,10 @@ pub(super) fn void_op_error(it: &Item, from_peer: bool, registry: &crate::actors
     let writes = match crate::security::lookup(&table) {
         // (An op of a table that does not resolve here could never apply.)
         None => true,
-        Some(rel) if request => may_request(rel, &column),
+        Some(rel) if request => crate::security::may_update_column(rel, &column),
         Some(_) => crate::security::may_write(Some(&table), Some(&column)),
     };
     (!writes).then(|| format!("not_permitted: voiding {id} needs the rights its op needs"))
-}
-
-/// Whether the caller may make the request a void gives up: UPDATE on its
-/// column (requests/mod.rs), if the column is there.
-fn may_request(rel: pg_sys::Oid, column: &str) -> bool {
-    crate::spi::read_one::<bool>(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = $2 AND a.attname = $3 AND NOT a.attisdropped)
-                     THEN pg_catalog.has_column_privilege($1, $2, $3, 'UPDATE') ELSE true END",
-        &[crate::security::caller().into(), rel.into(), column.into()],
-    ) == Some(true)
 }
 
 /// The table and column of the op `op_id` as this node refused it from a
