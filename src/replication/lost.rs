@@ -1,6 +1,9 @@
 //! Lost peers (SPEC sections 4 and 6): a peer whose slot here holds more
 //! WAL than `converge.max_peer_lag_bytes` while it is not streaming loses
-//! the slot and is marked lost; the mark goes when it streams again.
+//! the slot and is marked lost; the mark goes when it streams again. So
+//! does a peer whose slot PostgreSQL invalidated (past
+//! `max_slot_wal_keep_size`, whatever converge's limit): that slot can
+//! never be read again, and without the mark the peer would never rejoin.
 //!
 //! A peer's slot here is the one the peer records for this node
 //! (`their_slot`: its `converge.peers` row for us, read when we add it,
@@ -27,6 +30,8 @@ struct Slot {
     name: String,
     active: bool,
     held: i64,
+    /// PostgreSQL removed WAL it needed (`wal_status` 'lost').
+    invalidated: bool,
 }
 
 /// Whether `slot` is named as peer `peer` names its slots (peers.rs
@@ -52,12 +57,18 @@ fn load() -> (Vec<Peer>, Vec<Slot>) {
     });
     let slots = Spi::connect(|c| {
         c.select(
-            "SELECT slot_name::text, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint
+            "SELECT slot_name::text, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
+                    coalesce(wal_status = 'lost', false)
                FROM pg_replication_slots WHERE database = current_database() AND plugin = 'converge'",
             None,
             &[],
         )
-        .map(|t| t.filter_map(|r| Some(Slot { name: r.get(1).ok()??, active: r.get(2).ok()??, held: r.get(3).ok()?? })).collect())
+        .map(|t| {
+            t.filter_map(|r| {
+                Some(Slot { name: r.get(1).ok()??, active: r.get(2).ok()??, held: r.get(3).ok()??, invalidated: r.get(4).ok()?? })
+            })
+            .collect()
+        })
         .unwrap_or_default()
     });
     (peers, slots)
@@ -70,6 +81,7 @@ fn load() -> (Vec<Peer>, Vec<Slot>) {
 /// of its own.
 pub fn check_lost_peers() {
     let limit = MAX_PEER_LAG.get() as i64 * 1024;
+    let over = |s: &Slot| s.invalidated || (limit >= 0 && s.held > limit);
     let (peers, slots) = load();
     let known: HashSet<&str> = peers.iter().filter_map(|p| p.slot.as_deref()).collect();
     // The slots carrying `name` that are no peer's known slot.
@@ -99,11 +111,11 @@ pub fn check_lost_peers() {
             if theirs.iter().any(|s| s.active) {
                 let _ = Spi::run_with_args(&super::pull::status_update("lost_at = NULL"), &[peer.name.as_str().into()]);
                 pgrx::log!("converge: peer \"{}\" has rejoined (it streams from a new slot here)", peer.name);
-            } else if limit >= 0 {
+            } else {
                 // A slot it made again to rejoin, then left (its copy
                 // failed, or it went down again), holds WAL like any:
                 // dropped past the limit; it stays lost.
-                for s in theirs.into_iter().filter(|s| s.held > limit) {
+                for s in theirs.into_iter().filter(|s| over(s)) {
                     if drop_slot(&s.name) {
                         pgrx::log!("converge: lost peer \"{}\" left its slot \"{}\" idle holding {} bytes of WAL; slot dropped", peer.name, s.name, s.held);
                     }
@@ -111,10 +123,7 @@ pub fn check_lost_peers() {
             }
             continue;
         }
-        if limit < 0 {
-            continue;
-        }
-        for s in theirs.into_iter().filter(|s| !s.active && s.held > limit) {
+        for s in theirs.into_iter().filter(|s| !s.active && over(s)) {
             // The mark goes with the drop; not while add_peer holds the row
             // (the next pass judges again).
             if super::pull::claim_status(&peer.name) && drop_slot(&s.name) {
@@ -122,25 +131,30 @@ pub fn check_lost_peers() {
                     "UPDATE converge.peer_status SET lost_at = clock_timestamp(), frontier = NULL, closed_tables = NULL WHERE name = $1",
                     &[peer.name.as_str().into()],
                 );
-                pgrx::log!(
-                    "converge: peer \"{}\" is lost: its slot \"{}\" held {} bytes of WAL (converge.max_peer_lag_bytes = {}kB); slot dropped",
-                    peer.name,
-                    s.name,
-                    s.held,
-                    limit / 1024
-                );
+                if s.invalidated {
+                    pgrx::log!(
+                        "converge: peer \"{}\" is lost: PostgreSQL invalidated its slot \"{}\" (max_slot_wal_keep_size); slot dropped",
+                        peer.name,
+                        s.name
+                    );
+                } else {
+                    pgrx::log!(
+                        "converge: peer \"{}\" is lost: its slot \"{}\" held {} bytes of WAL (converge.max_peer_lag_bytes = {}kB); slot dropped",
+                        peer.name,
+                        s.name,
+                        s.held,
+                        limit / 1024
+                    );
+                }
             }
         }
-    }
-    if limit < 0 {
-        return;
     }
     // A slot that a peer whose slot is not known yet may own is not stale.
     // (One that a peer has recorded since our last probe of it may be
     // dropped here: that peer then rejoins by itself.)
     for peer in peers.iter().filter(|p| p.slot.is_some()) {
         for s in carrying(&peer.name).into_iter().filter(|s| !unsure(s)) {
-            if !s.active && s.held > limit && drop_slot(&s.name) {
+            if !s.active && over(s) && drop_slot(&s.name) {
                 pgrx::log!(
                     "converge: slot \"{}\" held {} bytes of WAL and is no peer's slot: it carries the name of peer \"{}\", whose slot is \"{}\" (left from an earlier setup of it, or of a node that is no longer a peer); dropped",
                     s.name,

@@ -6,7 +6,8 @@
 //! `converge.max_peer_lag_bytes` is marked lost, its slot dropped, the
 //! others compact past it, and it rejoins by itself (from their rows) with
 //! the edits the others never received; two sides that each marked the
-//! other lost and compacted past it both keep every edit.
+//! other lost and compacted past it both keep every edit; a slot
+//! PostgreSQL invalidated (`max_slot_wal_keep_size`) loses its peer too.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
 //! runs it. Ports: CONVERGE_CLUSTER_PORT + 60..74 (test binaries run one
@@ -512,4 +513,65 @@ fn a_node_lost_while_an_authority_moved_takes_the_move_when_it_rejoins() {
         let refused = count(n, "SELECT count(*) FROM converge.op_log WHERE reason LIKE 'not\\_authority%'");
         assert_eq!(refused, 0, "{} refused ops as not_authority", n.name);
     }
+}
+
+/// A peer's slot that PostgreSQL invalidated (it removed WAL the slot
+/// needed, past `max_slot_wal_keep_size`) can never be read again: the
+/// peer is marked lost and the slot dropped, whatever converge's own limit
+/// (off on madrid here, far above the WAL written on dublin), so the peer
+/// rejoins by itself with the edits nobody received.
+#[test]
+fn a_slot_postgresql_invalidated_marks_the_peer_lost_and_it_rejoins() {
+    let root = Scratch::new("invalidated");
+    let nodes = mesh_of_three(&root.0, base_port() + 6);
+    nodes[0].client().batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = -1").unwrap();
+    nodes[0].client().batch_execute("SELECT pg_reload_conf()").unwrap();
+    let mut load = Load::new(0x9e3779b97f4a7c15);
+    let mut clients: Vec<Option<postgres::Client>> = nodes.iter().map(|_| None).collect();
+    load.run(&nodes, &mut clients, &[0, 1, 2], 200);
+    converge_all(&nodes, Duration::from_secs(60));
+    isolate(&nodes, 2, true);
+    load.run(&nodes, &mut clients, &[2], 200);
+    nodes[2].client().batch_execute("ALTER SYSTEM SET converge.max_peer_lag_bytes = -1").unwrap();
+    nodes[2].stop_immediate();
+    clients[2] = None;
+    for i in [0, 1] {
+        let n = &nodes[i];
+        n.client().execute("SELECT converge.resume_peer('virginia')", &[]).unwrap();
+        n.client()
+            .batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 100000) g")
+            .unwrap();
+        // The streaming peers' slots catch up (a checkpoint logs where they
+        // may restart); virginia's stays behind, over 40MB of WAL.
+        let caught_up = "SELECT (bool_and(active = (slot_name NOT LIKE 'converge_virginia_%'))
+                                 AND bool_and(NOT active OR pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) < 16 * 1024 * 1024))::text
+                           FROM pg_replication_slots";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while text(n, caught_up) != "true" {
+            assert!(Instant::now() < deadline, "{}'s streaming slots never caught up", n.name);
+            n.client().batch_execute("CHECKPOINT").unwrap();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        n.client().batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'").unwrap();
+        n.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        n.client().batch_execute("SELECT pg_switch_wal(); CHECKPOINT").unwrap();
+        let status = "SELECT string_agg(wal_status, ',') FROM pg_replication_slots WHERE slot_name LIKE 'converge_virginia_%'";
+        assert_eq!(text(n, status), "lost", "{}: PostgreSQL did not invalidate virginia's slot", n.name);
+    }
+    wait_lost(&nodes, &[(0, "virginia"), (1, "virginia")]);
+    for n in &nodes[..2] {
+        let log = std::fs::read_to_string(n.dir.join("server.log")).unwrap_or_default();
+        assert!(log.contains("PostgreSQL invalidated its slot"), "{} did not say why virginia is lost", n.name);
+        assert_eq!(count(n, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'converge_virginia_%'"), 0);
+    }
+    nodes[2].start();
+    for peer in ["madrid", "dublin"] {
+        nodes[2].client().execute("SELECT converge.resume_peer($1)", &[&peer]).unwrap();
+    }
+    load.run(&nodes, &mut clients, &[0, 1, 2], 100);
+    converge_all(&nodes, Duration::from_secs(120));
+    load.expect.check(&nodes);
+    assert_same_values(&nodes, &["ctr", "item"]);
+    wait_all_ok(&nodes);
 }
