@@ -119,6 +119,17 @@ SELECT wait_for_peers('1 second') AS caught_up;
 SELECT sync('dublin') AS pulled;
 SELECT wait_for_peers('1 second') AS caught_up;
 SELECT count(*) AS rows, sum(value(n)) AS n FROM bulk;
+-- A conninfo may also be a URI, as libpq takes it (add_peer again with it).
+SELECT add_peer('dublin', format('postgresql://%s:%s/converge_regress_rdub?user=%s',
+                                 replace(current_setting('unix_socket_directories'), '/', '%2F'),
+                                 current_setting('port'), current_user));
+\c converge_regress_rdub
+SET search_path = public, converge;
+UPDATE bulk SET n = incr(n, 1) WHERE id = 2;
+\c regression
+SET search_path = public, converge;
+SELECT sync('dublin') AS pulled;
+SELECT name, state, conninfo LIKE 'postgresql://%' AS uri FROM peers ORDER BY name;
 
 -- A node restored from an older backup (here: its own ops taken out of
 -- its log) and added again before it writes: the peer's copy brings its

@@ -24,7 +24,7 @@ const PG_DIAG_SQLSTATE: c_int = b'C' as c_int;
 
 #[link(name = "pq")]
 extern "C" {
-    fn PQconnectdb(conninfo: *const c_char) -> *mut PGconn;
+    fn PQconnectdbParams(keywords: *const *const c_char, values: *const *const c_char, expand_dbname: c_int) -> *mut PGconn;
     fn PQstatus(conn: *const PGconn) -> c_int;
     fn PQerrorMessage(conn: *const PGconn) -> *const c_char;
     fn PQfinish(conn: *mut PGconn);
@@ -116,16 +116,38 @@ impl Drop for Conn {
 pub type Interrupt<'a> = &'a dyn Fn() -> bool;
 
 impl Conn {
-    /// Connect (blocking, bounded by `connect_timeout`, which converge adds
-    /// to the conninfo when the user did not set one).
+    /// Connect (blocking, bounded by `connect_timeout`: 5 s unless the
+    /// conninfo sets it). `conninfo` in either form libpq takes (key=value
+    /// or a `postgresql://` URI).
     pub fn connect(conninfo: &str) -> Result<Conn, PeerError> {
-        let info = if conninfo.contains("connect_timeout") {
-            conninfo.to_string()
-        } else {
-            format!("{conninfo} connect_timeout=5")
-        };
-        let c = CString::new(info).map_err(|_| err("conninfo contains a NUL byte"))?;
-        let raw = unsafe { PQconnectdb(c.as_ptr()) };
+        Self::connect_with(conninfo, None)
+    }
+
+    /// The same as a replication connection (`replication=database`,
+    /// whatever the conninfo says), for streaming from a slot.
+    pub fn connect_replication(conninfo: &str) -> Result<Conn, PeerError> {
+        Self::connect_with(conninfo, Some("database"))
+    }
+
+    fn connect_with(conninfo: &str, replication: Option<&str>) -> Result<Conn, PeerError> {
+        // Settings as keywords around the conninfo, which libpq expands in
+        // place (expand_dbname): a later keyword overrides what it says, an
+        // earlier one is overridden by it. So the conninfo may set its own
+        // connect_timeout, and never replication.
+        let mut pairs: Vec<(&str, &str)> = vec![("connect_timeout", "5"), ("dbname", conninfo)];
+        if let Some(r) = replication {
+            pairs.push(("replication", r));
+        }
+        let owned: Vec<(CString, CString)> = pairs
+            .iter()
+            .map(|(k, v)| Ok((CString::new(*k).expect("a keyword"), CString::new(*v)?)))
+            .collect::<Result<_, std::ffi::NulError>>()
+            .map_err(|_| err("conninfo contains a NUL byte"))?;
+        let mut keywords: Vec<*const c_char> = owned.iter().map(|(k, _)| k.as_ptr()).collect();
+        let mut values: Vec<*const c_char> = owned.iter().map(|(_, v)| v.as_ptr()).collect();
+        keywords.push(std::ptr::null());
+        values.push(std::ptr::null());
+        let raw = unsafe { PQconnectdbParams(keywords.as_ptr(), values.as_ptr(), 1) };
         if raw.is_null() {
             return Err(err("out of memory allocating a libpq connection"));
         }

@@ -324,7 +324,7 @@ fn step(link: &mut Link) {
         Ok(None) => return fail(link, &format!("replication origin \"{}\" is missing; run converge.add_peer again", peer.origin)),
         Err(e) => return fail(link, &e),
     };
-    let started = Conn::connect(&format!("{} replication=database", peer.conninfo)).and_then(|mut c| {
+    let started = Conn::connect_replication(&peer.conninfo).and_then(|mut c| {
         c.start_copy_both(
             &format!("START_REPLICATION SLOT \"{}\" LOGICAL {}", peer.slot.replace('"', ""), pull::fmt_lsn(progress)),
             pull::QUERY_TIMEOUT,
