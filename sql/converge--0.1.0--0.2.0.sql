@@ -125,6 +125,9 @@ ALTER TABLE converge.peer_status
     ADD COLUMN rejoining     boolean NOT NULL DEFAULT false,
     ADD COLUMN their_slot    text,
     ADD COLUMN closed_tables jsonb;
+-- Added by a role that is not superuser: every connection to the peer
+-- must use the conninfo's password, as add_peer's own did.
+ALTER TABLE converge.peer ADD COLUMN password_required boolean NOT NULL DEFAULT false;
 
 -- (At or below its actor's contiguous frontier an op is applied even when
 -- compaction has taken its log row: an op waiting for it must go on.)

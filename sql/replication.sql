@@ -8,7 +8,10 @@ CREATE TABLE converge.peer (
     slot_name   text NOT NULL,     -- our logical slot on the peer
     origin_name text NOT NULL,     -- the peer's replication origin here
     paused      boolean NOT NULL DEFAULT false,
-    added_at    timestamptz NOT NULL DEFAULT now()
+    added_at    timestamptz NOT NULL DEFAULT now(),
+    -- Added by a role that is not superuser: every connection to the peer
+    -- must use the conninfo's password, as add_peer's own did.
+    password_required boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE converge.peer IS 'Peers this node pulls from (converge.add_peer). Not dumped: a restored node re-adds its peers.';
 

@@ -15,7 +15,7 @@ pub fn register_gucs() {
     GucRegistry::define_int_guc(
         c"converge.max_peer_lag_bytes",
         c"WAL a peer's slot may hold while the peer is not streaming before the peer is marked lost (-1: no limit).",
-        c"Past it the slot is dropped (its WAL freed), the peer no longer holds compaction back, and it rejoins by itself when it returns.",
+        c"Past it the slot is dropped (its WAL freed), the peer no longer holds compaction back, and it rejoins by itself when it returns. A slot PostgreSQL invalidated (max_slot_wal_keep_size) loses its peer whatever this says.",
         &MAX_PEER_LAG,
         -1,
         i32::MAX,

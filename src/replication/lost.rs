@@ -34,6 +34,17 @@ struct Slot {
     invalidated: bool,
 }
 
+impl Slot {
+    /// Why it is over the limit, for the log.
+    fn why(&self) -> String {
+        if self.invalidated {
+            "invalidated by PostgreSQL (max_slot_wal_keep_size)".into()
+        } else {
+            format!("holding {} bytes of WAL", self.held)
+        }
+    }
+}
+
 /// Whether `slot` is named as peer `peer` names its slots (peers.rs
 /// slot_name_for: the name part, then 8 hex digits of a hash).
 fn carries_name(slot: &str, peer: &str) -> bool {
@@ -58,7 +69,7 @@ fn load() -> (Vec<Peer>, Vec<Slot>) {
     let slots = Spi::connect(|c| {
         c.select(
             "SELECT slot_name::text, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
-                    coalesce(wal_status = 'lost', false)
+                    coalesce(wal_status = 'lost' AND restart_lsn IS NULL, false)
                FROM pg_replication_slots WHERE database = current_database() AND plugin = 'converge'",
             None,
             &[],
@@ -108,7 +119,9 @@ pub fn check_lost_peers() {
             // Only its own slot clears the mark: a slot that merely carries
             // its name may be another node's. (If it records a new slot, the
             // next probe of it says so.)
-            if theirs.iter().any(|s| s.active) {
+            // (An invalidated slot is active a moment whenever a read of it
+            // fails: that is no stream.)
+            if theirs.iter().any(|s| s.active && !s.invalidated) {
                 let _ = Spi::run_with_args(&super::pull::status_update("lost_at = NULL"), &[peer.name.as_str().into()]);
                 pgrx::log!("converge: peer \"{}\" has rejoined (it streams from a new slot here)", peer.name);
             } else {
@@ -117,7 +130,7 @@ pub fn check_lost_peers() {
                 // dropped past the limit; it stays lost.
                 for s in theirs.into_iter().filter(|s| over(s)) {
                     if drop_slot(&s.name) {
-                        pgrx::log!("converge: lost peer \"{}\" left its slot \"{}\" idle holding {} bytes of WAL; slot dropped", peer.name, s.name, s.held);
+                        pgrx::log!("converge: lost peer \"{}\" left its slot \"{}\" idle {}; slot dropped", peer.name, s.name, s.why());
                     }
                 }
             }
@@ -156,9 +169,9 @@ pub fn check_lost_peers() {
         for s in carrying(&peer.name).into_iter().filter(|s| !unsure(s)) {
             if !s.active && over(s) && drop_slot(&s.name) {
                 pgrx::log!(
-                    "converge: slot \"{}\" held {} bytes of WAL and is no peer's slot: it carries the name of peer \"{}\", whose slot is \"{}\" (left from an earlier setup of it, or of a node that is no longer a peer); dropped",
+                    "converge: slot \"{}\" is {} and is no peer's slot: it carries the name of peer \"{}\", whose slot is \"{}\" (left from an earlier setup of it, or of a node that is no longer a peer); dropped",
                     s.name,
-                    s.held,
+                    s.why(),
                     peer.name,
                     peer.slot.as_deref().unwrap_or_default()
                 );

@@ -8,7 +8,7 @@
 //! - the peer's replication origin here: `converge_<db oid>_<peer>`.
 
 use super::libpq::{Conn, PeerError};
-use super::pull::{apply_encoded, load_peers, origin_id, pull_round, QUERY_TIMEOUT};
+use super::pull::{apply_encoded, connect_peer, load_peers, origin_id, pull_round, QUERY_TIMEOUT};
 use crate::errors::{raise, raise_hint};
 use crate::node;
 use crate::spi::read_one;
@@ -194,10 +194,11 @@ fn add_peer_now(name: &str, conninfo: &str) {
         }
     };
     Spi::run_with_args(
-        "INSERT INTO converge.peer (name, conninfo, slot_name, origin_name) VALUES ($1, $2, $3, $4)
+        "INSERT INTO converge.peer (name, conninfo, slot_name, origin_name, password_required) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name) DO UPDATE SET conninfo = EXCLUDED.conninfo, slot_name = EXCLUDED.slot_name,
-                                          origin_name = EXCLUDED.origin_name, paused = false",
-        &[name.into(), conninfo.into(), slot.clone().into(), origin.into()],
+                                          origin_name = EXCLUDED.origin_name, paused = false,
+                                          password_required = EXCLUDED.password_required",
+        &[name.into(), conninfo.into(), slot.clone().into(), origin.into(), (!su).into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
     Spi::run_with_args(
@@ -385,7 +386,7 @@ fn remove_peer_now(name: &str) {
     if let Some(origin) = origin_id(&peer.origin) {
         super::pull::let_go_of(origin, name);
     }
-    match Conn::connect(&peer.conninfo) {
+    match connect_peer(&peer, false) {
         Ok(mut conn) => {
             // The worker may be streaming from the slot: end that session
             // (it reconnects only after backoff, and finds the peer gone).
@@ -469,7 +470,7 @@ fn sync_now(name: &str) -> i64 {
         return crate::spi::read_fresh_i64(&received).unwrap_or(0) - before;
     }
     lock_peer(name);
-    let mut conn = connect(name, &peer.conninfo);
+    let mut conn = connect_peer(&peer, false).unwrap_or_else(|e| peer_failed(name, e));
     match pull_round(&peer, &mut conn, &interrupt, false) {
         Ok(r) => r.ops as i64,
         Err(e) => peer_failed(name, e),
@@ -526,7 +527,7 @@ fn wait_now(timeout: pgrx::datum::Interval) -> bool {
     if !worker_running() {
         loop {
             let all = peers.iter().all(|peer| {
-                Conn::connect(&peer.conninfo)
+                connect_peer(peer, false)
                     .and_then(|mut c| pull_round(peer, &mut c, &interrupt, true))
                     .map(|r| r.txns == 0 && !r.more)
                     .unwrap_or(false)

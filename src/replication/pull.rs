@@ -25,13 +25,34 @@ pub struct PeerRow {
     pub conninfo: String,
     pub slot: String,
     pub origin: String,
+    /// Added by a role that is not superuser (`connect_peer`).
+    pub password_required: bool,
+}
+
+/// Connect to `peer` (as a replication connection with `replication`).
+/// A peer added by a role that is not superuser must ask for the password
+/// its conninfo carries on every connection, as on add_peer's: otherwise
+/// a host list, or a name that resolves elsewhere later, could make the
+/// worker, a superuser, log in with credentials that role never held.
+pub fn connect_peer(peer: &PeerRow, replication: bool) -> Result<Conn, PeerError> {
+    let conn = if replication { Conn::connect_replication(&peer.conninfo) } else { Conn::connect(&peer.conninfo) }?;
+    if peer.password_required && !conn.used_password() {
+        return Err(PeerError {
+            sqlstate: Some("42501".into()),
+            message: format!(
+                "the connection to peer \"{}\" did not use the password in its conninfo, which it must since a role that is not superuser added it (have the peer ask for it, or add the peer again as a superuser)",
+                peer.name
+            ),
+        });
+    }
+    Ok(conn)
 }
 
 pub fn load_peers(only_name: Option<&str>) -> Vec<PeerRow> {
     Spi::connect(|c| {
         let rows = c
             .select(
-                "SELECT name, conninfo, slot_name, origin_name FROM converge.peer
+                "SELECT name, conninfo, slot_name, origin_name, password_required FROM converge.peer
                   WHERE ($1::text IS NULL AND NOT paused) OR name = $1 ORDER BY name",
                 None,
                 &[only_name.into()],
@@ -42,6 +63,8 @@ pub fn load_peers(only_name: Option<&str>) -> Vec<PeerRow> {
             conninfo: r.get(2).ok().flatten().unwrap_or_default(),
             slot: r.get(3).ok().flatten().unwrap_or_default(),
             origin: r.get(4).ok().flatten().unwrap_or_default(),
+            // (Unknown reads as required: the safe side.)
+            password_required: r.get(5).ok().flatten().unwrap_or(true),
         })
         .collect()
     })
@@ -355,8 +378,15 @@ pub fn pull_round(peer: &PeerRow, conn: &mut Conn, stop: &dyn Fn() -> bool, dry_
     let peer_closed = st.text(0, 4);
     // What an earlier round committed here can be released on the peer.
     if progress > confirmed {
-        conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop)?;
-        confirmed = progress;
+        let advanced =
+            conn.query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)", &[&peer.slot, &fmt_lsn(progress)], false, QUERY_TIMEOUT, stop);
+        match advanced {
+            Ok(_) => confirmed = progress,
+            // A dry run racing a sync that released more meanwhile: the
+            // peek below starts past `progress` all the same.
+            Err(_) if dry_run => {}
+            Err(e) => return Err(e),
+        }
     }
     // The peek decodes up to the flush position of its moment: the
     // frontier counts (for causal stability) only if that is past every

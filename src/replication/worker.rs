@@ -324,7 +324,7 @@ fn step(link: &mut Link) {
         Ok(None) => return fail(link, &format!("replication origin \"{}\" is missing; run converge.add_peer again", peer.origin)),
         Err(e) => return fail(link, &e),
     };
-    let started = Conn::connect_replication(&peer.conninfo).and_then(|mut c| {
+    let started = pull::connect_peer(&peer, true).and_then(|mut c| {
         c.start_copy_both(
             &format!("START_REPLICATION SLOT \"{}\" LOGICAL {}", peer.slot.replace('"', ""), pull::fmt_lsn(progress)),
             pull::QUERY_TIMEOUT,
@@ -341,7 +341,7 @@ fn step(link: &mut Link) {
         },
         other => other,
     };
-    let probe = Conn::connect(&peer.conninfo);
+    let probe = pull::connect_peer(&peer, false);
     match (started, probe) {
         (Ok(s), Ok(mut p)) => {
             // Which slot the peer reads from here (lost.rs); the probes keep
@@ -397,7 +397,7 @@ fn rejoin(peer: &PeerRow) -> Result<(), String> {
         let Some(origin) = origin else { return Err(format!("replication origin \"{}\" is missing", peer.origin)) };
         // The slot before any row lock here (which takes a transaction id
         // that a slot made on this same server would wait for).
-        let mut conn = Conn::connect(&peer.conninfo).map_err(|e| e.message)?;
+        let mut conn = pull::connect_peer(&peer, false).map_err(|e| e.message)?;
         super::peers::ensure_slot(&peer.name, &mut conn, &peer.slot, &peer.origin, &stop_requested);
         if !pull::claim_status(&peer.name) {
             return Err("the peer's status row is held by another transaction (add_peer?) or gone; trying later".into());

@@ -1,10 +1,12 @@
 //! Who converge acts for, on real nodes serving a database of an ordinary
 //! role (docs/security.md): the paths converge's own sessions run with
 //! cannot be chosen by a database owner who is no superuser, and an op a
-//! peer sent is replayed as that peer's by the table's owner only.
+//! peer sent is replayed as that peer's by the table's owner only; a peer
+//! that an operator (no superuser) added must ask for the conninfo's
+//! password on every connection, not only on add_peer's.
 //!
 //! Needs the extension installed (`cargo pgrx install`); `bash .ci/test`
-//! runs it. Ports: CONVERGE_CLUSTER_PORT + 150..151.
+//! runs it. Ports: CONVERGE_CLUSTER_PORT + 150..153.
 
 use converge_cluster_tests::fieldcare::*;
 use converge_cluster_tests::*;
@@ -138,4 +140,59 @@ fn a_database_owner_cannot_steer_converge_and_replays_a_peer_op_as_the_peers() {
     assert_eq!(text(&mut oslo, worker_paths), "pg_catalog, converge, pg_temp");
     let su: bool = oslo_admin.query_one("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('app', 'clerk', 'converge_peer')", &[]).unwrap().get(0);
     assert!(!su, "no role of the test but the admin is a superuser");
+}
+
+/// A peer added by a role that is not superuser must ask for the password
+/// of its conninfo on every connection, as on add_peer's: later
+/// connections (the worker's, a superuser's) keep to that. lisbon's
+/// operator, no superuser, is refused a conninfo without a password; the
+/// peer row then says so as an operator's add_peer would write it (the
+/// rest of peer administration takes a superuser today: it writes
+/// converge.peer and replication origins, docs/security.md). When oslo
+/// stops asking for the peer role's password (its pg_hba says trust), the
+/// worker refuses the connection and says why, and nothing more arrives.
+#[test]
+fn a_peer_an_operator_added_must_ask_for_the_password_every_time() {
+    let root = Scratch::new("operator-peer");
+    let nodes: Vec<Node> = ["lisbon", "oslo"].iter().enumerate().map(|(i, n)| Node::new(&root.0, n, base_port() + 2 + i as u16, true)).collect();
+    for n in &nodes {
+        let mut c = n.client();
+        c.batch_execute("CREATE EXTENSION converge; CREATE TABLE note (id int PRIMARY KEY, n converge.gcounter)").unwrap();
+        c.execute("SELECT converge.set_node($1)", &[&n.name]).unwrap();
+        c.batch_execute("SELECT converge.replicate('note')").unwrap();
+        Node::grant_peer(&mut c);
+    }
+    let (lisbon, oslo) = (&nodes[0], &nodes[1]);
+    lisbon
+        .client()
+        .batch_execute("CREATE ROLE operator LOGIN; GRANT EXECUTE ON FUNCTION converge.add_peer(text, text) TO operator")
+        .unwrap();
+    let mut operator = lisbon.client_as("operator", "postgres");
+    let refused = operator.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.conninfo_as(PEER_ROLE, "postgres")]).unwrap_err();
+    let refused = refused.as_db_error().map(|e| format!("{} {}", e.code().code(), e.message())).unwrap_or_default();
+    assert!(refused.starts_with("42501 ") && refused.contains("without a password"), "{refused}");
+    let mut at_lisbon = lisbon.client();
+    at_lisbon.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.peer_conninfo("postgres")]).unwrap();
+    at_lisbon.batch_execute("UPDATE converge.peer SET password_required = true WHERE name = 'oslo'").unwrap();
+    let mut at_oslo = oslo.client();
+    at_oslo.batch_execute("INSERT INTO note VALUES (1, converge.incr(NULL::converge.gcounter, 1))").unwrap();
+    wait_for(&mut at_lisbon, "SELECT count(*)::text FROM note", "1", "oslo's first row at lisbon");
+    // oslo trusts the peer role from now on; the worker's stream ends and
+    // its next connection does not use the password.
+    let hba = std::fs::read_to_string(oslo.dir.join("pg_hba.conf")).unwrap();
+    std::fs::write(oslo.dir.join("pg_hba.conf"), format!("host all {PEER_ROLE} 127.0.0.1/32 trust\nhost replication {PEER_ROLE} 127.0.0.1/32 trust\n{hba}")).unwrap();
+    at_oslo
+        .batch_execute(&format!(
+            "SELECT pg_reload_conf(); SELECT pg_sleep(0.2);
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{PEER_ROLE}'"
+        ))
+        .unwrap();
+    at_oslo.batch_execute("INSERT INTO note VALUES (2, converge.incr(NULL::converge.gcounter, 1))").unwrap();
+    wait_for(
+        &mut at_lisbon,
+        "SELECT (coalesce(last_error, '') LIKE '%did not use the password in its conninfo%')::text FROM converge.peers WHERE name = 'oslo'",
+        "true",
+        "lisbon's worker refusing a connection without the password",
+    );
+    assert_eq!(text(&mut at_lisbon, "SELECT count(*)::text FROM note"), "1", "a row came through a connection without the password");
 }
