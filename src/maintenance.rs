@@ -125,18 +125,18 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     let keys: Vec<String> = layout["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).map(String::from).collect();
     let matched = keys_match(&keys);
     let (c, qty) = (ident(col), ident(ty));
-    // A seqtext op still waiting here (pending, or kept aside and so
-    // perhaps applied later) may be anchored on a deleted character: its
-    // row keeps them until it is applied or given up.
-    let waiting = if ty == "seqtext" {
-        "AND NOT EXISTS (SELECT 1 FROM converge.pending_ops q WHERE (q.op).target_table = b.target_table
+    // An op still waiting here (pending, or kept aside and so perhaps
+    // applied later: a replay, a version or freeze set) was not counted
+    // by the stability that lets a removal's dots go: it may add a dot a
+    // stable removal covered (orset, mvreg, ormap), or be anchored on a
+    // deleted character (seqtext). Its row keeps them until it is applied
+    // or given up. (A client's op refused client_writes_off can only be
+    // refused again while the table stays closed.)
+    let waiting = "AND NOT EXISTS (SELECT 1 FROM converge.pending_ops q WHERE (q.op).target_table = b.target_table
                             AND (q.op).target_key = b.target_key AND (q.op).target_column = b.target_column)
          AND NOT EXISTS (SELECT 1 FROM converge.quarantine k WHERE k.target_table = b.target_table
                             AND k.target_key = b.target_key AND k.target_column = b.target_column
-                            AND k.reason IS DISTINCT FROM 'client_writes_off')"
-    } else {
-        ""
-    };
+                            AND k.reason IS DISTINCT FROM 'client_writes_off')";
     // 1. As the caller (compact() runs as a superuser or the extension's
     //    owner): converge's bases and the rows, the new values computed
     //    without taking a lock.

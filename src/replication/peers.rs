@@ -24,6 +24,8 @@ fn interrupt() -> bool {
 fn peer_failed(peer: &str, e: PeerError) -> ! {
     let code = match e.sqlstate.as_deref() {
         None => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        // (connect_peer's refusal of a connection without the password.)
+        Some("42501") => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         Some(_) => PgSqlErrorCode::ERRCODE_FDW_ERROR,
     };
     raise(code, format!("peer \"{peer}\": {}", e.message))

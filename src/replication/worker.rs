@@ -193,7 +193,11 @@ pub extern "C-unwind" fn converge_worker_main(arg: pg_sys::Datum) {
                 break;
             }
             let peers = BackgroundWorker::transaction(|| pull::load_peers(None));
-            links.retain(|name, l| peers.iter().any(|p| p.name == *name && p.conninfo == l.peer.conninfo));
+            // (A link whose peer was added again with other credentials, or
+            // by another kind of role, starts over with the new row.)
+            links.retain(|name, l| {
+                peers.iter().any(|p| p.name == *name && p.conninfo == l.peer.conninfo && p.password_required == l.peer.password_required)
+            });
             for p in peers {
                 links.entry(p.name.clone()).or_insert_with(|| Link::new(p, now));
             }
