@@ -385,7 +385,7 @@ GRANT SELECT ON converge.stats TO PUBLIC;
 
 REVOKE ALL ON FUNCTION converge.compact(), converge.rebuild(regclass, jsonb, text), converge.compact_values(oid, text, text) FROM PUBLIC;
 COMMENT ON FUNCTION converge.compact_values(oid, text, text) IS 'Internal (converge.compact): give the values of a seqtext, orset, mvreg or ormap column, and their bases, their stable form against each row''s base.';
-COMMENT ON FUNCTION converge.base_form(text, bytea, bytea) IS 'Internal (converge.compact): a row''s base (binary form of the named type) without what its stable ops removed, or NULL when it has nothing to drop or when an op still in the log (the third value: their deltas merged) would read differently on it.';
+COMMENT ON FUNCTION converge.base_form(text, bytea, bytea[]) IS 'Internal (converge.compact): a row''s base (binary form of the named type) without what its stable ops removed, or NULL when it has nothing to drop or when an op still in the log (the third value: their deltas), alone or with the others, would merge differently into it.';
 COMMENT ON FUNCTION converge.stable_form(text, bytea, bytea) IS 'Internal (converge.compact): a value (binary form of the named type) without the metadata of what its stable ops (the second value: the row''s base) removed and nothing needs any more, or NULL when it has none.';
 REVOKE ALL ON converge.row_base, converge.retired FROM PUBLIC;
 -- The runs' log names no table and no value: monitoring reads it.

@@ -74,26 +74,31 @@ fn stable_form(ty: &str, v: &[u8], stable: &[u8]) -> Option<Vec<u8>> {
     ))
 }
 
-fn base_of<T: converge_core::Crdt>(ty: &str, base: &[u8], pending: Option<&[u8]>) -> Option<Vec<u8>> {
+fn base_of<T: converge_core::Crdt>(ty: &str, base: &[u8], pending: &[&[u8]]) -> Option<Vec<u8>> {
     let read = |b: &[u8]| {
         converge_core::decode::<T>(b).unwrap_or_else(|e| {
             raise(PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION, format!("not a valid {ty} value: {}", e.message))
         })
     };
-    let pending = pending.map(read);
-    read(base).base_form(pending.as_ref()).map(|c| converge_core::encode(&c))
+    let pending: Vec<T> = pending.iter().map(|p| read(p)).collect();
+    read(base).base_form(&pending).map(|c| converge_core::encode(&c))
 }
 
 /// Internal (converge.compact): a row's base (binary form of the converge
 /// type `ty`) without what its stable ops removed, unless an op still in
-/// the log (`pending`: their deltas merged; NULL when none) would then read
-/// differently: a removal may be folded before the add it removed. NULL
-/// when the base stays as it is.
+/// the log (`pending`: their deltas; NULL when none) would then merge into
+/// it differently (converge_core's `base_form`): a removal may be folded
+/// before the add it removed, and an op not folded may be taken out by a
+/// repair. NULL when the base stays as it is.
 #[pg_extern(immutable, parallel_safe)]
-fn base_form(ty: Option<&str>, base: Option<&[u8]>, pending: Option<&[u8]>) -> Option<Vec<u8>> {
+fn base_form(ty: Option<&str>, base: Option<&[u8]>, pending: Option<pgrx::Array<&[u8]>>) -> Option<Vec<u8>> {
     // Not STRICT (pending may be NULL): no type or no base, nothing to drop.
     let (ty, base) = (ty?, base?);
-    for_crdt_type!(ty, T => base_of::<T>(ty, base, pending), _ => raise(
+    let pending: Vec<&[u8]> = match &pending {
+        Some(a) => a.iter().flatten().collect(),
+        None => Vec::new(),
+    };
+    for_crdt_type!(ty, T => base_of::<T>(ty, base, &pending), _ => raise(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         format!("\"{ty}\" is not a converge type")
     ))
@@ -131,12 +136,13 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
     // stable removal covered (orset, mvreg, ormap), or be anchored on a
     // deleted character (seqtext). Its row keeps them until it is applied
     // or given up. (A client's op refused client_writes_off can only be
-    // refused again while the table stays closed.)
+    // refused again while the table stays closed; a frozen op's counter is
+    // used up for good.)
     let waiting = "AND NOT EXISTS (SELECT 1 FROM converge.pending_ops q WHERE (q.op).target_table = b.target_table
                             AND (q.op).target_key = b.target_key AND (q.op).target_column = b.target_column)
          AND NOT EXISTS (SELECT 1 FROM converge.quarantine k WHERE k.target_table = b.target_table
                             AND k.target_key = b.target_key AND k.target_column = b.target_column
-                            AND k.reason IS DISTINCT FROM 'client_writes_off')";
+                            AND k.reason IS DISTINCT FROM 'client_writes_off' AND k.reason IS DISTINCT FROM 'frozen')";
     // 1. As the caller (compact() runs as a superuser or the extension's
     //    owner): converge's bases and the rows, the new values computed
     //    without taking a lock.
@@ -193,7 +199,7 @@ fn compact_values(tbl: pg_sys::Oid, col: &str, ty: &str) -> i64 {
         "WITH c AS MATERIALIZED (
              SELECT b.ctid AS tid, converge.base_form($3, b.state, p.pending) AS v
                FROM converge.row_base b
-               LEFT JOIN (SELECT l.target_key, converge.merge_deltas($3, array_agg(l.delta ORDER BY l.seq)) AS pending
+               LEFT JOIN (SELECT l.target_key, array_agg(l.delta ORDER BY l.seq) AS pending
                             FROM converge.op_log l
                            WHERE l.outcome = 'applied' AND l.target_table = $1 AND l.target_column = $2
                              AND l.target_key = ANY ($4::jsonb[])

@@ -24,7 +24,8 @@ fn interrupt() -> bool {
 fn peer_failed(peer: &str, e: PeerError) -> ! {
     let code = match e.sqlstate.as_deref() {
         None => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
-        // (connect_peer's refusal of a connection without the password.)
+        // (connect_peer's refusal of a connection without the password, or
+        // a privilege the peer role lacks there.)
         Some("42501") => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         Some(_) => PgSqlErrorCode::ERRCODE_FDW_ERROR,
     };

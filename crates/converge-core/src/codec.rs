@@ -71,25 +71,36 @@ pub trait Crdt: Sized + Clone + PartialEq + Default + Serialize + DeserializeOwn
     }
 
     /// A row's base (the merge of its compacted ops) in its stable form, or
-    /// None when it should stay as it is. `pending` is the merge of the
-    /// row's ops still in the log. Ops become stable in no causal order: a
-    /// removal can be folded into the base before the add it removed
-    /// (every node has the removal, one still lacks the add). The add is
-    /// then in `pending`; a base that forgot the removal would take the
-    /// removed element back when the add is folded. So the base is
-    /// compacted only if merging `pending` into it reads the same as
-    /// merging it into the base as it is.
-    fn base_form(&self, pending: Option<&Self>) -> Option<Self> {
+    /// None when it should stay as it is. `pending` are the row's ops
+    /// still in the log. Ops become stable in no causal order: a removal
+    /// can be folded into the base before the add it removed (every node
+    /// has the removal, one still lacks the add). The add is then pending;
+    /// a base that forgot the removal would take the removed element back
+    /// when the add is folded. And any pending op may yet be taken out (a
+    /// repair, a revocation, a freeze: the row is rebuilt from its base and
+    /// the ops left), such as another removal of that element that hid the
+    /// add when merged with it, or an add of it that kept it in sight. So
+    /// the base is compacted only if each pending op, and all of them
+    /// merged, make the same state (in stable form: what a user reads and
+    /// every entry that could show once ops are taken out) merged into it
+    /// as into the base as it is.
+    fn base_form(&self, pending: &[Self]) -> Option<Self> {
         let compacted = self.stable_form(self)?;
-        if let Some(p) = pending {
+        let reads_alike = |p: &Self| {
             let (mut before, mut after) = (self.clone(), compacted.clone());
             before.merge(p);
             after.merge(p);
-            if before.to_user_json().ok() != after.to_user_json().ok() {
+            let stable = |v: Self| v.stable_form(self).unwrap_or(v);
+            stable(before) == stable(after)
+        };
+        let mut all = Self::default();
+        for p in pending {
+            if !reads_alike(p) {
                 return None;
             }
+            all.merge(p);
         }
-        Some(compacted)
+        (pending.len() < 2 || reads_alike(&all)).then_some(compacted)
     }
 
     /// Merge a value given in its stored binary form. The default decodes it;

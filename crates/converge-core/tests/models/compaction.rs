@@ -118,8 +118,20 @@ fn run<T: Edits>(steps: &[(usize, u8, u8)], stable_at: usize, who: u8) -> std::r
 /// A row's base: ops fold into it in any order (a removal can be stable
 /// before the add it removed), and it is compacted (`base_form`, with the
 /// ops not folded yet as `pending`) between folds. Once every op is folded
-/// it reads as the plain merge of every op.
+/// it reads as the plain merge of every op. And at any moment, ops not
+/// folded yet may be taken out (a repair, a revocation or a freeze
+/// excludes them, and the row is rebuilt from its base and the ops left):
+/// the base and the ops left read as the plain merge of the ops kept.
 fn run_base<T: Edits>(steps: &[(usize, u8, u8)], order: &[u16], compact_every: u8) -> std::result::Result<(), TestCaseError> {
+    run_base_excluding::<T>(steps, order, compact_every, None)
+}
+
+fn run_base_excluding<T: Edits>(
+    steps: &[(usize, u8, u8)],
+    order: &[u16],
+    compact_every: u8,
+    exclude: Option<(u8, u64)>,
+) -> std::result::Result<(), TestCaseError> {
     let mut replicas = vec![T::default(); 3];
     let mut ops: Vec<T> = Vec::new();
     for (i, &(node, code, x)) in steps.iter().enumerate() {
@@ -136,19 +148,33 @@ fn run_base<T: Edits>(steps: &[(usize, u8, u8)], order: &[u16], compact_every: u
     }
     // Fold in the order given by `order` (a permutation of the ops).
     let mut left: Vec<usize> = (0..ops.len()).collect();
+    let mut folded: Vec<usize> = Vec::new();
     let mut base = T::default();
     let mut n = 0u8;
     while !left.is_empty() {
+        if let Some((at, mask)) = exclude {
+            if n == at {
+                // The ops left, but those the mask takes out, on the base.
+                let kept: Vec<usize> = left.iter().copied().filter(|&i| mask & (1 << (i % 64)) == 0).collect();
+                let (mut rebuilt, mut plain) = (base.clone(), T::default());
+                for &i in folded.iter().chain(&kept) {
+                    plain.merge(&ops[i]);
+                }
+                for &i in &kept {
+                    rebuilt.merge(&ops[i]);
+                }
+                prop_assert_eq!(rebuilt.read(), plain.read(), "the base and the ops kept after {} folds", n);
+                return Ok(());
+            }
+        }
         let pick = order.get(n as usize).copied().unwrap_or(0) as usize % left.len();
-        base.merge(&ops[left.remove(pick)]);
+        let next = left.remove(pick);
+        folded.push(next);
+        base.merge(&ops[next]);
         n = n.wrapping_add(1);
         if compact_every > 0 && n % compact_every == 0 {
-            let mut pending = T::default();
-            for &i in &left {
-                pending.merge(&ops[i]);
-            }
-            let pending = (!left.is_empty()).then_some(&pending);
-            if let Some(c) = base.base_form(pending) {
+            let pending: Vec<T> = left.iter().map(|&i| ops[i].clone()).collect();
+            if let Some(c) = base.base_form(&pending) {
                 prop_assert!(c.validate().is_ok());
                 base = c;
             }
@@ -191,6 +217,27 @@ proptest! {
         steps in prop::collection::vec((0usize..3, 0u8..10, any::<u8>()), 0..40),
         order in prop::collection::vec(any::<u16>(), 40), every in 0u8..4) {
         run_base::<MvReg>(&steps, &order, every)?;
+    }
+
+    #[test]
+    fn orset_base_compaction_survives_excluding_ops_not_folded(
+        steps in prop::collection::vec((0usize..3, 0u8..10, any::<u8>()), 0..40),
+        order in prop::collection::vec(any::<u16>(), 40), every in 1u8..4, at in 0u8..40, mask in any::<u64>()) {
+        run_base_excluding::<OrSet>(&steps, &order, every, Some((at, mask)))?;
+    }
+
+    #[test]
+    fn mvreg_base_compaction_survives_excluding_ops_not_folded(
+        steps in prop::collection::vec((0usize..3, 0u8..10, any::<u8>()), 0..40),
+        order in prop::collection::vec(any::<u16>(), 40), every in 1u8..4, at in 0u8..40, mask in any::<u64>()) {
+        run_base_excluding::<MvReg>(&steps, &order, every, Some((at, mask)))?;
+    }
+
+    #[test]
+    fn ormap_base_compaction_survives_excluding_ops_not_folded(
+        steps in prop::collection::vec((0usize..3, 0u8..10, any::<u8>()), 0..40),
+        order in prop::collection::vec(any::<u16>(), 40), every in 1u8..4, at in 0u8..40, mask in any::<u64>()) {
+        run_base_excluding::<OrMap>(&steps, &order, every, Some((at, mask)))?;
     }
 
     #[test]
