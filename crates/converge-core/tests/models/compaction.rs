@@ -149,6 +149,8 @@ fn run_base_excluding<T: Edits>(
     // Fold in the order given by `order` (a permutation of the ops).
     let mut left: Vec<usize> = (0..ops.len()).collect();
     let mut folded: Vec<usize> = Vec::new();
+    // (Within the history's length, so every case takes ops out.)
+    let exclude = exclude.map(|(at, mask)| (at % (ops.len() as u8).max(1), mask));
     let mut base = T::default();
     let mut n = 0u8;
     while !left.is_empty() {
