@@ -349,15 +349,39 @@ pub fn ensure_slot(name: &str, conn: &mut Conn, slot: &str, origin: &str, stop: 
 pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool, rejoin: bool) -> usize {
     let frontier = read_one::<String>("SELECT converge.frontier()::text", &[]).unwrap_or("{}".into());
     let query = changes_query(conn, stop).unwrap_or_else(|e| peer_failed(name, e));
-    let ops = match conn.query(query, &[&frontier], true, QUERY_TIMEOUT, stop) {
-        Ok(ops) => ops,
-        // The peer compacted its log past our frontier: copy its rows.
-        Err(e) if e.sqlstate.as_deref() == Some("55000") => return super::rejoin::copy_snapshot(name, conn, origin, stop, rejoin),
-        Err(e) => peer_failed(name, e),
-    };
-    let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
-    apply_encoded(ops, name, origin, 0, 0)
+    let mut q = |sql: &str, params: &[&str], within: Duration| conn.query(sql, params, true, within, stop);
+    // Through a cursor, a batch of ops at a time: a backlog of any size
+    // copies (one query had 30 s to send it all, and it was held here whole).
+    q("BEGIN READ ONLY", &[], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
+    q(&format!("DECLARE converge_ops NO SCROLL CURSOR FOR {query}"), &[&frontier], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
+    let mut copied = 0;
+    loop {
+        // The first fetch runs changes_since, which reads every op the
+        // copy takes before it returns one.
+        let within = if copied == 0 { super::rejoin::COPY_TIMEOUT } else { QUERY_TIMEOUT };
+        let ops = match q(&format!("FETCH {COPY_FETCH} FROM converge_ops"), &[], within) {
+            Ok(ops) => ops,
+            // The peer compacted its log past our frontier: copy its rows.
+            Err(e) if e.sqlstate.as_deref() == Some("55000") && copied == 0 => {
+                q("ROLLBACK", &[], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
+                return super::rejoin::copy_snapshot(name, conn, origin, stop, rejoin);
+            }
+            Err(e) => peer_failed(name, e),
+        };
+        let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
+        if ops.is_empty() {
+            break;
+        }
+        // (In log order, which respects deps: each batch's deps are here.)
+        copied += apply_encoded(ops, name, origin, 0, 0);
+    }
+    q("COMMIT", &[], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
+    copied
 }
+
+/// Ops of a copy read per fetch: each fetch has a timeout of its own, and
+/// this node holds one batch at a time.
+const COPY_FETCH: usize = 5000;
 
 /// The query for the ops a peer has beyond a frontier ($1), as this
 /// version applies them: ormap deltas with what they superseded per key

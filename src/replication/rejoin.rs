@@ -311,7 +311,7 @@ fn freeze(r: &[Option<String>]) -> Option<(String, serde_json::Value, i64, Strin
 const FETCH: usize = 2000;
 
 /// How long the peer may take to read one table for a copy.
-const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+pub(super) const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The peer's rows of one table, merged into this node's (a rejoin) or
 /// replacing them (a join), a batch of keys at a time (each key whole);
