@@ -353,21 +353,23 @@ pub fn copy_missing(name: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, st
     // Through a cursor, a batch of ops at a time: a backlog of any size
     // copies (one query had 30 s to send it all, and it was held here whole).
     q("BEGIN READ ONLY", &[], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
+    q(super::rejoin::NO_PEER_TIMEOUTS, &[], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
     q(&format!("DECLARE converge_ops NO SCROLL CURSOR FOR {query}"), &[&frontier], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
-    let mut copied = 0;
+    let (mut copied, mut first) = (0, true);
     loop {
         // The first fetch runs changes_since, which reads every op the
         // copy takes before it returns one.
-        let within = if copied == 0 { super::rejoin::COPY_TIMEOUT } else { QUERY_TIMEOUT };
+        let within = if first { super::rejoin::COPY_TIMEOUT } else { QUERY_TIMEOUT };
         let ops = match q(&format!("FETCH {COPY_FETCH} FROM converge_ops"), &[], within) {
             Ok(ops) => ops,
             // The peer compacted its log past our frontier: copy its rows.
-            Err(e) if e.sqlstate.as_deref() == Some("55000") && copied == 0 => {
+            Err(e) if e.sqlstate.as_deref() == Some("55000") && first => {
                 q("ROLLBACK", &[], QUERY_TIMEOUT).unwrap_or_else(|e| peer_failed(name, e));
                 return super::rejoin::copy_snapshot(name, conn, origin, stop, rejoin);
             }
             Err(e) => peer_failed(name, e),
         };
+        first = false;
         let ops: Vec<Vec<u8>> = ops.rows.into_iter().filter_map(|mut r| r.pop().flatten()).collect();
         if ops.is_empty() {
             break;

@@ -95,6 +95,7 @@ impl Snap<'_> {
 pub fn copy_snapshot(peer: &str, conn: &mut Conn, origin: pg_sys::RepOriginId, stop: &dyn Fn() -> bool, rejoin: bool) -> usize {
     let mut snap = Snap { peer, conn, stop };
     snap.q("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]);
+    snap.q(NO_PEER_TIMEOUTS, &[]);
     let frontier = snap.q("SELECT converge.frontier()::text", &[]).text(0, 0).unwrap_or_else(|| "{}".into());
     let state = State::read(&mut snap);
     let merged = local_tables().into_iter().map(|(table, cols)| copy_rows(&mut snap, &table, &cols, &frontier, rejoin)).sum();
@@ -305,6 +306,13 @@ fn freeze(r: &[Option<String>]) -> Option<(String, serde_json::Value, i64, Strin
     let extras = json(5)?.as_array()?.iter().filter_map(|x| x.as_str().map(String::from)).collect();
     Some((r[0].clone()?, json(1)?, r[2].as_deref()?.parse().ok()?, r[3].clone()?, json(4)?, extras))
 }
+
+/// For a copy's transaction on the peer, which waits idle while each
+/// fetch is applied here, and whose first fetch may run long: the peer's
+/// own limits (`idle_in_transaction_session_timeout`, often a minute,
+/// `statement_timeout`) would end it; this node's timeouts bound it.
+pub(super) const NO_PEER_TIMEOUTS: &str =
+    "SELECT set_config('idle_in_transaction_session_timeout', '0', true), set_config('statement_timeout', '0', true)";
 
 /// Rows of `rejoin_rows` read per fetch: each fetch has a timeout of its
 /// own, and this node holds one batch at a time.
