@@ -58,7 +58,8 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         '{"counts":{"phone9":1}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels FROM clinic.shelf;
 -- Two spellings of one array key in one batch are one row's ops, as in
--- separate batches (each logged under the key as it came).
+-- separate batches; both are logged under the key as the column prints it
+-- (as the op trigger writes it), the one form of the row's key everywhere.
 SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
     ROW('phone9:16', 'phone9', 'clinic.shelf', '{"labels": "{ab,cd}"}', 'n', 1, 0, '{}',
         '{"counts":{"phone9":2}}'::converge.gcounter::bytea, NULL)::converge.op,
@@ -66,6 +67,12 @@ SELECT op_id, outcome, reason FROM converge.apply_batch(ARRAY[
         '{"counts":{"phone9":3}}'::converge.gcounter::bytea, NULL)::converge.op]);
 SELECT labels, converge.value(n) AS n FROM clinic.shelf ORDER BY labels;
 SELECT op_id, target_key, outcome FROM converge.op_log WHERE op_id IN ('phone9:16', 'phone9:17') ORDER BY op_id;
+-- So a rebuild of the row (what a revocation or a repair makes) takes
+-- them all: the value it makes is the one the table holds.
+RESET ROLE;
+SELECT converge.value(converge.rebuild('clinic.shelf', '{"labels": "{ab,cd}"}', 'n')::converge.gcounter) AS rebuilt,
+       converge.value(n) AS held FROM clinic.shelf WHERE labels = '{ab,cd}';
+SET ROLE cv_keys;
 -- What a peer copies from here when it joins or rejoins past the
 -- compacted log (converge.rejoin_rows) names each row by the same key as
 -- its ops: an array key by its text form, one row per key.

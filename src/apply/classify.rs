@@ -146,7 +146,8 @@ fn place(it: &mut Item, targets: &mut Vec<Target>, cache: &mut HashMap<String, R
     };
     // The key in the form the op trigger writes (src/trigger.rs), so that the
     // same row has one key everywhere (row_state, tombstones).
-    let k = key_as_logged(key, &target.keys, &target.key_types, it.signature.is_none()).ok_or("invalid_key")?;
+    let respell = it.signature.is_none().then_some(&target.key_oids[..]);
+    let k = key_as_logged(key, &target.keys, &target.key_types, respell).ok_or("invalid_key")?;
     if it.key.as_ref() != Some(&k) {
         it.key_datum = None;
     }
@@ -233,7 +234,7 @@ fn kept_aside(it: &Item, target: &Target) -> Option<String> {
     // A signed op's key is logged as written; its row's freezes are found
     // under the key as the row's own ops name it.
     let key = it.key.as_ref().expect("placed");
-    let row = canonical_key(key, &target.keys, &target.key_types);
+    let row = canonical_key(key, target);
     let freezes = crate::epochs::freezes_of(&target.name, row.as_ref().unwrap_or(key));
     if epoch > crate::epochs::newest(&freezes) {
         Some("new_epoch".into())

@@ -130,7 +130,7 @@ fn freeze_op_error(
     let t = &targets[t];
     // As before keys were respelled: a freeze made on a node of an earlier
     // release names its row as it was typed.
-    if key_as_logged(row, &t.keys, &t.key_types, false).as_ref() != Some(row) {
+    if key_as_logged(row, &t.keys, &t.key_types, None).as_ref() != Some(row) {
         return Some("invalid_key".into());
     }
     if !t.table_authority.as_ref().is_some_and(|a| a.holds(actor, it.counter)) {

@@ -351,7 +351,7 @@ fn state_items(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>) 
     let (mut keys, mut items) = (Vec::new(), Vec::new());
     for (n, (key, col, delta)) in entries.into_iter().enumerate() {
         let t = &targets[ti];
-        let Some(key) = canonical_key(&key, &t.keys, &t.key_types) else {
+        let Some(key) = canonical_key(&key, t) else {
             raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: key {key} does not fit its columns"))
         };
         let coltype = if col.is_empty() { "row".to_string() } else if let Some(c) = t.crdt.get(&col) { c.clone() } else { continue };

@@ -87,6 +87,9 @@ struct Target {
     /// value too long for varchar(n) (also in an array), where an explicit
     /// cast to varchar(n) would cut it to another row's key.
     key_casts: Vec<String>,
+    /// The same, as type oids and typmods (`keys::io_form` reads a key's
+    /// text with them, as the column stores it).
+    key_oids: Vec<(pg_sys::Oid, i32)>,
     crdt: HashMap<String, String>,
     /// Non-CRDT, non-key columns (row ops write them).
     other: Vec<String>,

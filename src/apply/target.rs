@@ -85,7 +85,11 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                                ORDER BY k.i),
                         ARRAY(SELECT a.attname::text FROM pg_attribute a
                                WHERE a.attrelid = t.rel AND a.attnotnull AND NOT a.attisdropped AND r.crdt_columns ? a.attname::text),
-                        coalesce(r.client_writes, true)
+                        coalesce(r.client_writes, true),
+                        ARRAY(SELECT a.atttypid FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
+                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i),
+                        ARRAY(SELECT a.atttypmod FROM unnest(r.key_columns) WITH ORDINALITY k(name, i)
+                                JOIN pg_attribute a ON a.attrelid = t.rel AND a.attname = k.name ORDER BY k.i)
                    FROM (SELECT $1::oid::regclass AS rel) t
                    LEFT JOIN converge.replicated r ON r.table_name = t.rel"
             );
@@ -102,11 +106,13 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 row.get::<Vec<String>>(8)?,
                 row.get::<Vec<String>>(9)?,
                 row.get::<bool>(10)?.unwrap_or(true),
+                row.get::<Vec<pg_sys::Oid>>(11)?,
+                row.get::<Vec<i32>>(12)?,
             ))
         })
     })));
     let r = match found {
-        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, key_casts, not_null_crdt, client_writes))) => {
+        Ok(Ok((Some(rel), true, Some(keys), Some(crdt), key_types, other, name, key_casts, not_null_crdt, client_writes, key_oids, key_typmods))) => {
             let crdt: HashMap<String, String> = serde_json::from_str(&crdt).unwrap_or_default();
             let other = other.unwrap_or_default();
             let name = name.unwrap_or_default();
@@ -128,6 +134,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
                 keys,
                 key_types: key_types.unwrap_or_default(),
                 key_casts: key_casts.unwrap_or_default(),
+                key_oids: key_oids.unwrap_or_default().into_iter().zip(key_typmods.unwrap_or_default()).collect(),
                 crdt,
                 other,
                 not_null_crdt: not_null_crdt.unwrap_or_default(),
@@ -141,7 +148,7 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
             });
             Ok(targets.len() - 1)
         }
-        Ok(Ok((Some(_), _, _, _, _, _, _, _, _, _))) => Err("not_replicated"),
+        Ok(Ok((Some(_), _, _, _, _, _, _, _, _, _, _, _))) => Err("not_replicated"),
         Ok(Ok(_)) | Ok(Err(_)) => Err("unknown_table"),
         Err(c) => {
             reraise_if_transaction_error(&c);
@@ -153,25 +160,26 @@ pub(super) fn resolve_now(name: &str, targets: &mut Vec<Target>) -> Result<usize
 
 /// A key object with exactly the key columns, each value as the op trigger
 /// renders it: integers and booleans as JSON, numeric and floating point as
-/// JSON numbers, a uuid or character(n) in the one form its column prints
-/// (`keys::text_form`), anything else as a string; each one the column
-/// stores as it is (`keys::text_fits`, `keys::numeric_fits`). None if it
-/// cannot be.
-pub(super) fn canonical_key(key: &serde_json::Value, names: &[String], types: &[String]) -> Option<serde_json::Value> {
-    key_as_logged(key, names, types, true)
+/// JSON numbers, anything else as a string in the one form its column
+/// prints (`keys::text_form`; through the type's own input and output
+/// where that reads one value from several texts, `keys::io_form`); each
+/// one the column stores as it is (`keys::text_fits`,
+/// `keys::numeric_fits`). None if it cannot be.
+pub(super) fn canonical_key(key: &serde_json::Value, t: &Target) -> Option<serde_json::Value> {
+    key_as_logged(key, &t.keys, &t.key_types, Some(&t.key_oids))
 }
 
-/// `canonical_key`, with a uuid's or character(n)'s text kept as given
-/// unless `respell`: a signed op's signature covers its key as its device
-/// wrote it (ops signed before this node respelled keys included).
-pub(super) fn key_as_logged(key: &serde_json::Value, names: &[String], types: &[String], respell: bool) -> Option<serde_json::Value> {
+/// `canonical_key`, with the text of a key as given unless `respell` (the
+/// key columns' types and typmods): a signed op's signature covers its key as its
+/// device wrote it (ops signed before this node respelled keys included).
+pub(super) fn key_as_logged(key: &serde_json::Value, names: &[String], types: &[String], respell: Option<&[(pg_sys::Oid, i32)]>) -> Option<serde_json::Value> {
     use serde_json::Value;
     let obj = key.as_object()?;
     if obj.len() != names.len() {
         return None;
     }
     let mut out = serde_json::Map::new();
-    for (name, full) in names.iter().zip(types) {
+    for (i, (name, full)) in names.iter().zip(types).enumerate() {
         let v = obj.get(name)?;
         // An array key is its text form, whatever its element type.
         let ty = if full.ends_with("[]") { "" } else { full.split('(').next().unwrap_or("").trim() };
@@ -206,7 +214,10 @@ pub(super) fn key_as_logged(key: &serde_json::Value, names: &[String], types: &[
                 if !text_fits(full, &text) {
                     return None;
                 }
-                Value::String(if respell { text_form(full, text)? } else { text })
+                Value::String(match respell {
+                    Some(types) => text_form(full, text, *types.get(i)?)?,
+                    None => text,
+                })
             }
         };
         out.insert(name.clone(), canon);
@@ -248,7 +259,7 @@ pub fn row_target(rel: pg_sys::Oid, key: &serde_json::Value) -> Result<(String, 
     let mut targets = Vec::new();
     let i = resolve_now(&name, &mut targets)?;
     let t = &targets[i];
-    let key = canonical_key(key, &t.keys, &t.key_types).ok_or("invalid_key")?;
+    let key = canonical_key(key, t).ok_or("invalid_key")?;
     Ok((t.name.clone(), key, t.table_authority.clone()))
 }
 
@@ -315,7 +326,7 @@ impl Layout {
     /// character(n)'s text as given (requests name rows as their makers
     /// wrote them, as they did before keys were respelled).
     pub fn canonical(&self, key: &serde_json::Value) -> Option<serde_json::Value> {
-        key_as_logged(key, &self.keys, &self.key_types, false)
+        key_as_logged(key, &self.keys, &self.key_types, None)
     }
 }
 
