@@ -234,7 +234,8 @@ fn kept_aside(it: &Item, target: &Target) -> Option<String> {
     // A signed op's key is logged as written; its row's freezes are found
     // under the key as the row's own ops name it.
     let key = it.key.as_ref().expect("placed");
-    let row = canonical_key(key, target);
+    // (An unsigned op's key is canonical already: `place` made it so.)
+    let row = it.signature.as_ref().and_then(|_| canonical_key(key, target));
     let freezes = crate::epochs::freezes_of(&target.name, row.as_ref().unwrap_or(key));
     if epoch > crate::epochs::newest(&freezes) {
         Some("new_epoch".into())

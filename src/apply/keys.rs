@@ -45,10 +45,10 @@ fn element_fits(ty: &str, text: &str) -> bool {
 /// it, where a column reads one value from several texts: a uuid in lower
 /// case with hyphens (PostgreSQL reads upper case, braces, hyphens after
 /// any group of four digits), a `character(n)` padded with spaces to n,
-/// any other type but text, varchar and name through its own input and
-/// output (`io_form`: an array's elements quoted or not, an inet with or
-/// without /32, an enum, a domain). None when its column could not read
-/// it. (Two texts of one key made two clocks for one row, and ops of both
+/// any other base type but text, varchar and name, and arrays of base
+/// types, through its own input and output (`io_form`: an array's
+/// elements quoted or not, an inet with or without /32). None when its
+/// column could not read it. (Two texts of one key made two clocks for one row, and ops of both
 /// in one batch, or in one rebuild, failed it.)
 pub(super) fn text_form(ty: &str, text: String, (oid, typmod): (pg_sys::Oid, i32)) -> Option<String> {
     if ty == "uuid" {
@@ -60,10 +60,26 @@ pub(super) fn text_form(ty: &str, text: String, (oid, typmod): (pg_sys::Oid, i32
     // (A text is its own form; these are the types most keys have. An
     // enum's label is too, when it has one: the write refuses it if not.)
     let as_given = matches!(ty, "text" | "name" | "character varying") || ty.starts_with("character varying(") && !ty.ends_with("[]");
-    if as_given || plainly_printed(ty, &text) || unsafe { pg_sys::type_is_enum(oid) } {
+    if as_given || plainly_printed(ty, &text) || unsafe { pg_sys::type_is_enum(oid) } || !runs_no_users_code(oid) {
         Some(text)
     } else {
         io_form(oid, typmod, &text)
+    }
+}
+
+/// Whether reading a type's text runs only code a superuser installed: a
+/// base type, or an array of base types or of enums. A domain's check
+/// (also as a composite's or a range's field, or an array's element) may
+/// run any SQL of its owner's, which converge must not run for it here
+/// (in the worker as a superuser); such keys are taken as given.
+fn runs_no_users_code(oid: pg_sys::Oid) -> bool {
+    let base = pg_sys::TYPTYPE_BASE as std::ffi::c_char;
+    unsafe {
+        if pg_sys::get_typtype(oid) != base {
+            return false;
+        }
+        let element = pg_sys::get_element_type(oid);
+        element == pg_sys::InvalidOid || pg_sys::get_typtype(element) == base || pg_sys::type_is_enum(element)
     }
 }
 
@@ -85,9 +101,10 @@ fn plainly_printed(ty: &str, text: &str) -> bool {
 }
 
 /// The text a column of type `oid` and `typmod` prints for the value it
-/// stores from `text` (an array of character(n) pads its elements; the
-/// caller has refused what a typmod would cut or round); None if the
-/// type's input refuses it. In a subtransaction: an input function
+/// stores from `text` (an array of character(n) pads its elements;
+/// `text_fits` has refused what the typmod would cut or round: the types
+/// here are base types and arrays of them); None if the type's input
+/// refuses it. In a subtransaction: an input function
 /// reports bad text by raising (a domain's check may run any SQL).
 fn io_form(oid: pg_sys::Oid, typmod: i32, text: &str) -> Option<String> {
     let given = std::ffi::CString::new(text).ok()?;
@@ -311,6 +328,15 @@ mod tests {
             assert_eq!(form("text[]", pg_sys::TEXTARRAYOID, given).as_deref(), Some(printed), "{given}");
             assert_eq!(super::plainly_printed("text[]", given), given == printed && given != "{}" && !given.contains('"'), "{given}");
         }
+        // A domain (its check may run its owner's SQL) is taken as given,
+        // and so are arrays and composites that may hold one.
+        Spi::run("CREATE DOMAIN pg_temp.short_code AS text CHECK (length(VALUE) < 3); CREATE TYPE pg_temp.pair AS (a int, b int)").unwrap();
+        let domain = Spi::get_one::<pg_sys::Oid>("SELECT 'pg_temp.short_code'::regtype::oid").unwrap().unwrap();
+        let pair = Spi::get_one::<pg_sys::Oid>("SELECT 'pg_temp.pair'::regtype::oid").unwrap().unwrap();
+        let domains = Spi::get_one::<pg_sys::Oid>("SELECT 'pg_temp._short_code'::regtype::oid").unwrap().unwrap();
+        assert_eq!(form("short_code", domain, "toolong").as_deref(), Some("toolong"));
+        assert_eq!(form("pair", pair, "( 1,2)").as_deref(), Some("( 1,2)"));
+        assert_eq!(form("short_code[]", domains, "{\"ab\"}").as_deref(), Some("{\"ab\"}"));
         // text, varchar and name are taken as given (no round trip).
         assert_eq!(form("character varying(5)", pg_sys::VARCHAROID, " a").as_deref(), Some(" a"));
     }

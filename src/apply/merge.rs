@@ -349,10 +349,19 @@ fn state_items(table: &str, entries: Vec<(serde_json::Value, String, Vec<u8>)>) 
     let ti = crate::security::as_caller(|| resolve(table, &mut targets, &mut cache))
         .unwrap_or_else(|why| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: {why}")));
     let (mut keys, mut items) = (Vec::new(), Vec::new());
+    // (A key's entries come together, one per column: read it once.)
+    let mut last: Option<(serde_json::Value, serde_json::Value)> = None;
     for (n, (key, col, delta)) in entries.into_iter().enumerate() {
         let t = &targets[ti];
-        let Some(key) = canonical_key(&key, t) else {
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: key {key} does not fit its columns"))
+        let key = match last.as_ref().filter(|(given, _)| *given == key) {
+            Some((_, canon)) => canon.clone(),
+            None => {
+                let Some(canon) = canonical_key(&key, t) else {
+                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("merging states into {table}: key {key} does not fit its columns"))
+                };
+                last = Some((key, canon.clone()));
+                canon
+            }
         };
         let coltype = if col.is_empty() { "row".to_string() } else if let Some(c) = t.crdt.get(&col) { c.clone() } else { continue };
         keys.push(key.clone());
