@@ -149,10 +149,19 @@ SELECT op_id = 'dublin:' || (:own_ops + 1) AS next_op_after_them FROM op_log WHE
 \c regression
 SET search_path = public, converge;
 
--- remove_peer drops the slot on the peer and the origin here.
+-- remove_peer drops the slot on the peer and the origin here. Peer
+-- administration a superuser granted to an operator role writes
+-- converge's tables and origins as their owner: the operator needs no
+-- right on them.
+CREATE ROLE cv_operator;
+GRANT EXECUTE ON FUNCTION pause_peer(text), remove_peer(text) TO cv_operator;
+SET ROLE cv_operator;
 SELECT pause_peer('dublin');
 SELECT name, state FROM peers;
 SELECT remove_peer('dublin');
+RESET ROLE;
+DROP OWNED BY cv_operator;
+DROP ROLE cv_operator;
 SELECT count(*) AS slots FROM pg_replication_slots WHERE slot_name LIKE 'converge_madrid_%';
 SELECT count(*) AS origins FROM pg_replication_origin WHERE roname LIKE 'converge_%_dublin';
 \c converge_regress_rdub

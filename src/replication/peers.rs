@@ -109,12 +109,18 @@ fn origin_name(peer: &str) -> String {
 /// register it for pulling.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn add_peer(name: &str, conninfo: &str) {
-    // (What it reads and applies here, a snapshot's rows too, under
-    // converge's fixed path, whatever the database's settings say.)
-    crate::security::in_fixed_path(|| add_peer_now(name, conninfo))
+    // (Asked of the caller, before converge acts as its tables' owner.)
+    let su = unsafe { pg_sys::superuser() };
+    // Peer administration writes converge.peer and origins as the owner
+    // of converge's tables (so a superuser may grant it to an operator),
+    // and applies what the peer sends for the caller, with its rights, as
+    // apply_batch does (its tables written as the caller; a superuser's
+    // as each table's owner). Under converge's fixed path, whatever the
+    // database's settings say.
+    crate::security::as_owner(|| add_peer_now(name, conninfo, su))
 }
 
-fn add_peer_now(name: &str, conninfo: &str) {
+fn add_peer_now(name: &str, conninfo: &str, su: bool) {
     validate_peer_name(name);
     let me = node::local_node();
     if me == name {
@@ -126,7 +132,6 @@ fn add_peer_now(name: &str, conninfo: &str) {
     // credentials it does not hold (trust, the server's .pgpass or
     // environment): the conninfo itself must carry the password, name no
     // password file, and the peer must ask for the password.
-    let su = unsafe { pg_sys::superuser() };
     if !su {
         let v = super::libpq::conninfo_values(conninfo).unwrap_or_default();
         if v.get("password").is_none_or(|p| p.is_empty()) || v.get("passfile").is_some_and(|p| !p.is_empty()) {
@@ -403,7 +408,7 @@ pub(crate) fn changes_query(conn: &mut Conn, stop: &dyn Fn() -> bool) -> Result<
 /// Stop replicating with a peer: drop our slot on it and its origin here.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn remove_peer(name: &str) {
-    crate::security::in_fixed_path(|| remove_peer_now(name))
+    crate::security::as_owner(|| remove_peer_now(name))
 }
 
 fn remove_peer_now(name: &str) {
@@ -479,7 +484,7 @@ fn remove_peer_now(name: &str) {
 /// Returns the number of ops received.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn sync(name: &str) -> i64 {
-    crate::security::in_fixed_path(|| sync_now(name))
+    crate::security::as_owner(|| sync_now(name))
 }
 
 fn sync_now(name: &str) -> i64 {
@@ -543,7 +548,7 @@ fn worker_running() -> bool {
 /// it only checks each peer's slot (pull with converge.sync() meanwhile).
 #[pg_extern(volatile, parallel_unsafe)]
 fn wait_for_peers(timeout: default!(pgrx::datum::Interval, "'10 seconds'")) -> bool {
-    crate::security::in_fixed_path(|| wait_now(timeout))
+    crate::security::as_owner(|| wait_now(timeout))
 }
 
 fn wait_now(timeout: pgrx::datum::Interval) -> bool {
@@ -584,7 +589,7 @@ fn resume_peer(name: &str) {
 }
 
 fn set_paused(name: &str, paused: bool) {
-    let n = crate::security::in_fixed_path(|| Spi::get_one_with_args::<i64>(
+    let n = crate::security::as_owner(|| Spi::get_one_with_args::<i64>(
         "WITH u AS (UPDATE converge.peer SET paused = $2 WHERE name = $1 RETURNING 1) SELECT count(*) FROM u",
         &[name.into(), paused.into()],
     )

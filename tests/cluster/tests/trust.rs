@@ -145,12 +145,14 @@ fn a_database_owner_cannot_steer_converge_and_replays_a_peer_op_as_the_peers() {
 /// A peer added by a role that is not superuser must ask for the password
 /// of its conninfo on every connection, as on add_peer's: later
 /// connections (the worker's, a superuser's) keep to that. lisbon's
-/// operator, no superuser, is refused a conninfo without a password; the
-/// peer row then says so as an operator's add_peer would write it (the
-/// rest of peer administration takes a superuser today: it writes
-/// converge.peer and replication origins, docs/security.md). When oslo
-/// stops asking for the peer role's password (its pg_hba says trust), the
-/// worker refuses the connection and says why, and nothing more arrives.
+/// operator, no superuser but granted the peer administration, is refused
+/// a conninfo without a password, and then the copy of oslo's ops while
+/// it may not write their table (they are applied with its rights, as
+/// apply_batch applies a caller's); granted that, it adds the peer, and
+/// pauses, resumes, waits for and syncs it. When oslo stops asking for
+/// the peer role's password (its pg_hba says trust), the worker refuses
+/// the connection and says why, nothing more arrives, and the operator's
+/// remove_peer still removes the peer here.
 #[test]
 fn a_peer_an_operator_added_must_ask_for_the_password_every_time() {
     let root = Scratch::new("operator-peer");
@@ -165,18 +167,34 @@ fn a_peer_an_operator_added_must_ask_for_the_password_every_time() {
     let (lisbon, oslo) = (&nodes[0], &nodes[1]);
     lisbon
         .client()
-        .batch_execute("CREATE ROLE operator LOGIN; GRANT EXECUTE ON FUNCTION converge.add_peer(text, text) TO operator")
+        .batch_execute(
+            "CREATE ROLE operator LOGIN;
+             GRANT EXECUTE ON FUNCTION converge.add_peer(text, text), converge.remove_peer(text), converge.sync(text),
+                                       converge.pause_peer(text), converge.resume_peer(text), converge.wait_for_peers(interval)
+                TO operator",
+        )
         .unwrap();
-    let mut operator = lisbon.client_as("operator", "postgres");
-    let refused = operator.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.conninfo_as(PEER_ROLE, "postgres")]).unwrap_err();
-    let refused = refused.as_db_error().map(|e| format!("{} {}", e.code().code(), e.message())).unwrap_or_default();
-    assert!(refused.starts_with("42501 ") && refused.contains("without a password"), "{refused}");
-    let mut at_lisbon = lisbon.client();
-    at_lisbon.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.peer_conninfo("postgres")]).unwrap();
-    at_lisbon.batch_execute("UPDATE converge.peer SET password_required = true WHERE name = 'oslo'").unwrap();
     let mut at_oslo = oslo.client();
     at_oslo.batch_execute("INSERT INTO note VALUES (1, converge.incr(NULL::converge.gcounter, 1))").unwrap();
-    wait_for(&mut at_lisbon, "SELECT count(*)::text FROM note", "1", "oslo's first row at lisbon");
+    let mut operator = lisbon.client_as("operator", "postgres");
+    let code_and_message = |e: postgres::Error| e.as_db_error().map(|e| format!("{} {}", e.code().code(), e.message())).unwrap_or_default();
+    let refused = code_and_message(operator.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.conninfo_as(PEER_ROLE, "postgres")]).unwrap_err());
+    assert!(refused.starts_with("42501 ") && refused.contains("without a password"), "{refused}");
+    let refused = code_and_message(operator.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.peer_conninfo("postgres")]).unwrap_err());
+    assert!(refused.starts_with("42501 ") && refused.contains("permission denied for table note"), "{refused}");
+    let mut at_lisbon = lisbon.client();
+    at_lisbon.batch_execute("GRANT SELECT, INSERT, UPDATE, DELETE ON note TO operator").unwrap();
+    operator.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.peer_conninfo("postgres")]).unwrap();
+    assert_eq!(text(&mut at_lisbon, "SELECT count(*)::text FROM note"), "1", "oslo's row, copied by the operator's add_peer");
+    assert_eq!(text(&mut at_lisbon, "SELECT password_required::text FROM converge.peer WHERE name = 'oslo'"), "true");
+    operator.batch_execute("SELECT converge.pause_peer('oslo')").unwrap();
+    assert_eq!(text(&mut at_lisbon, "SELECT state FROM converge.peers WHERE name = 'oslo'"), "paused");
+    operator.batch_execute("SELECT converge.resume_peer('oslo')").unwrap();
+    at_oslo.batch_execute("INSERT INTO note VALUES (2, converge.incr(NULL::converge.gcounter, 1))").unwrap();
+    let caught_up: bool = operator.query_one("SELECT converge.wait_for_peers('30 seconds')", &[]).unwrap().get(0);
+    assert!(caught_up, "the operator's wait_for_peers");
+    operator.batch_execute("SELECT converge.sync('oslo')").unwrap();
+    assert_eq!(text(&mut at_lisbon, "SELECT count(*)::text FROM note"), "2", "oslo's second row at lisbon");
     // oslo trusts the peer role from now on; the worker's stream ends and
     // its next connection does not use the password.
     let hba = std::fs::read_to_string(oslo.dir.join("pg_hba.conf")).unwrap();
@@ -187,12 +205,14 @@ fn a_peer_an_operator_added_must_ask_for_the_password_every_time() {
              SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{PEER_ROLE}'"
         ))
         .unwrap();
-    at_oslo.batch_execute("INSERT INTO note VALUES (2, converge.incr(NULL::converge.gcounter, 1))").unwrap();
+    at_oslo.batch_execute("INSERT INTO note VALUES (3, converge.incr(NULL::converge.gcounter, 1))").unwrap();
     wait_for(
         &mut at_lisbon,
         "SELECT (coalesce(last_error, '') LIKE '%did not use the password in its conninfo%')::text FROM converge.peers WHERE name = 'oslo'",
         "true",
         "lisbon's worker refusing a connection without the password",
     );
-    assert_eq!(text(&mut at_lisbon, "SELECT count(*)::text FROM note"), "1", "a row came through a connection without the password");
+    assert_eq!(text(&mut at_lisbon, "SELECT count(*)::text FROM note"), "2", "a row came through a connection without the password");
+    operator.batch_execute("SELECT converge.remove_peer('oslo')").unwrap();
+    assert_eq!(text(&mut at_lisbon, "SELECT count(*)::text FROM converge.peer"), "0", "the operator's remove_peer");
 }
