@@ -338,6 +338,31 @@ pub fn require_rows_visible(rel: pg_sys::Oid) {
     }
 }
 
+/// What a role that is not superuser (an operator granted `add_peer` or
+/// `sync`) needs on `rel` to apply a peer's ops there: every right the
+/// writes use (their upserts read the row: SELECT; DELETE with row ops,
+/// `deletes`), and every row in sight. Without them the write of a
+/// peer's op fails as the op's error: it is logged rejected, the peer's
+/// stream moves past it, and this node keeps the row as it was. So the
+/// whole call fails (42501) instead. A superuser (the worker) needs none.
+pub fn require_peer_rights(rel: pg_sys::Oid, deletes: bool) {
+    let role = caller();
+    if unsafe { pg_sys::superuser_arg(role) } {
+        return;
+    }
+    require_rights(rel, &[(SELECT, "SELECT"), (INSERT, "INSERT"), (UPDATE, "UPDATE")]);
+    if deletes {
+        require_rights(rel, &[(DELETE, "DELETE (row ops delete rows)")]);
+    }
+    if rows_hidden_from(role, rel) {
+        crate::errors::raise_hint(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("row security of table {} applies to this role: converge applies no peer's ops of it for this role", table_name(rel)),
+            "A row this role cannot see would be left as it is here. Let the worker apply them, or a role row security does not restrict.",
+        );
+    }
+}
+
 pub const INSERT: pg_sys::AclMode = pg_sys::ACL_INSERT as pg_sys::AclMode;
 pub const UPDATE: pg_sys::AclMode = pg_sys::ACL_UPDATE as pg_sys::AclMode;
 pub const DELETE: pg_sys::AclMode = pg_sys::ACL_DELETE as pg_sys::AclMode;

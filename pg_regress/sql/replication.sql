@@ -149,12 +149,30 @@ SELECT op_id = 'dublin:' || (:own_ops + 1) AS next_op_after_them FROM op_log WHE
 \c regression
 SET search_path = public, converge;
 
--- remove_peer drops the slot on the peer and the origin here. Peer
--- administration a superuser granted to an operator role writes
+-- Peer administration a superuser granted to an operator role writes
 -- converge's tables and origins as their owner: the operator needs no
--- right on them.
+-- right on them. What a peer sends is applied for the operator, with its
+-- rights: one that may not read bulk (the writes read the row) is
+-- refused the whole round, and nothing of it is applied; granted SELECT,
+-- it applies it all.
+\c converge_regress_rdub
+SET search_path = public, converge;
+UPDATE bulk SET n = incr(n, 1) WHERE id = 3;
+\c regression
+SET search_path = public, converge;
 CREATE ROLE cv_operator;
-GRANT EXECUTE ON FUNCTION pause_peer(text), remove_peer(text) TO cv_operator;
+GRANT EXECUTE ON FUNCTION sync(text), pause_peer(text), remove_peer(text) TO cv_operator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ticket TO cv_operator;
+GRANT INSERT, UPDATE ON bulk TO cv_operator;
+SET ROLE cv_operator;
+SELECT sync('dublin') AS pulled;
+RESET ROLE;
+GRANT SELECT ON bulk TO cv_operator;
+SET ROLE cv_operator;
+SELECT sync('dublin') AS pulled;
+RESET ROLE;
+SELECT value(n) AS n FROM bulk WHERE id = 3;
+-- remove_peer drops the slot on the peer and the origin here.
 SET ROLE cv_operator;
 SELECT pause_peer('dublin');
 SELECT name, state FROM peers;

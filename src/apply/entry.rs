@@ -272,6 +272,9 @@ fn run_as(mut items: Vec<Item>, origin: &str, top_level: bool) -> Vec<Outcome> {
     for t in &targets {
         use crate::security::{require_rights, DELETE, INSERT, UPDATE};
         require_rights(t.rel, &[(INSERT, "INSERT"), (UPDATE, "UPDATE")]);
+        if from_peer {
+            crate::security::require_peer_rights(t.rel, t.row_ops);
+        }
         if t.row_ops {
             require_rights(t.rel, &[(DELETE, "DELETE (row ops delete rows)")]);
             if !from_peer {

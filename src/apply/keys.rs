@@ -105,7 +105,7 @@ fn plainly_printed(ty: &str, text: &str) -> bool {
 /// `text_fits` has refused what the typmod would cut or round: the types
 /// here are base types and arrays of them); None if the type's input
 /// refuses it. In a subtransaction: an input function
-/// reports bad text by raising (a domain's check may run any SQL).
+/// reports bad text by raising.
 fn io_form(oid: pg_sys::Oid, typmod: i32, text: &str) -> Option<String> {
     let given = std::ffi::CString::new(text).ok()?;
     let r = super::subtransaction(|| unsafe {

@@ -179,6 +179,14 @@ fn add_peer_now(name: &str, conninfo: &str, su: bool) {
             "Run SELECT converge.set_node(...) on the peer first.",
         ),
     }
+    if !su {
+        // Its copy may write every replicated table (from the peer's rows,
+        // when its log is compacted past ours): the rights for all first.
+        let tables = read_one::<Vec<pg_sys::Oid>>("SELECT coalesce(array_agg(table_name::oid), '{}') FROM converge.replicated", &[]);
+        for rel in tables.unwrap_or_default() {
+            crate::security::require_peer_rights(rel, true);
+        }
+    }
     refuse_a_used_name(name, &me, &mut conn);
     warn_of_client_writes_that_differ(name, &mut conn);
     // Unknown until the peer adds this node too: its slots are found by

@@ -146,9 +146,10 @@ fn a_database_owner_cannot_steer_converge_and_replays_a_peer_op_as_the_peers() {
 /// of its conninfo on every connection, as on add_peer's: later
 /// connections (the worker's, a superuser's) keep to that. lisbon's
 /// operator, no superuser but granted the peer administration, is refused
-/// a conninfo without a password, and then the copy of oslo's ops while
-/// it may not write their table (they are applied with its rights, as
-/// apply_batch applies a caller's); granted that, it adds the peer, and
+/// a conninfo without a password, and then (before a slot is made there)
+/// the peer while it may not read and write the replicated table (oslo's
+/// ops are applied with its rights, as apply_batch applies a caller's);
+/// granted them, it adds the peer, and
 /// pauses, resumes, waits for and syncs it. When oslo stops asking for
 /// the peer role's password (its pg_hba says trust), the worker refuses
 /// the connection and says why, nothing more arrives, and the operator's
@@ -182,6 +183,9 @@ fn a_peer_an_operator_added_must_ask_for_the_password_every_time() {
     assert!(refused.starts_with("42501 ") && refused.contains("without a password"), "{refused}");
     let refused = code_and_message(operator.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.peer_conninfo("postgres")]).unwrap_err());
     assert!(refused.starts_with("42501 ") && refused.contains("permission denied for table note"), "{refused}");
+    // (Checked before anything is made on the peer: a copy from its rows
+    // may write every replicated table.)
+    assert_eq!(text(&mut at_oslo, "SELECT count(*)::text FROM pg_replication_slots"), "0", "a slot made for a refused add_peer");
     let mut at_lisbon = lisbon.client();
     at_lisbon.batch_execute("GRANT SELECT, INSERT, UPDATE, DELETE ON note TO operator").unwrap();
     operator.execute("SELECT converge.add_peer('oslo', $1)", &[&oslo.peer_conninfo("postgres")]).unwrap();
