@@ -338,6 +338,13 @@ pub fn require_rows_visible(rel: pg_sys::Oid) {
     }
 }
 
+/// Whether `role` holds what `require_peer_rights` asks for on `rel`.
+fn holds_peer_rights(role: pg_sys::Oid, rel: pg_sys::Oid, deletes: bool) -> bool {
+    let modes: &[pg_sys::AclMode] = if deletes { &[SELECT, INSERT, UPDATE, DELETE] } else { &[SELECT, INSERT, UPDATE] };
+    let su = unsafe { pg_sys::superuser_arg(role) };
+    su || has_rights(role, rel, modes) && !rows_hidden_from(role, rel)
+}
+
 /// What a role that is not superuser (an operator granted `add_peer` or
 /// `sync`) needs on `rel` to apply a peer's ops there: every right the
 /// writes use (their upserts read the row: SELECT; DELETE with row ops,
@@ -358,7 +365,7 @@ pub fn require_peer_rights(rel: pg_sys::Oid, deletes: bool) {
         crate::errors::raise_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("row security of table {} applies to this role: converge applies no peer's ops of it for this role", table_name(rel)),
-            "A row this role cannot see would be left as it is here. Let the worker apply them, or a role row security does not restrict.",
+            "A row this role cannot see would be left as it is here. Run it as a role row security does not restrict.",
         );
     }
 }
@@ -455,8 +462,14 @@ pub(crate) fn may_write(table: Option<&str>, column: Option<&str>) -> bool {
         modes.push(DELETE);
     }
     match lookup(t) {
-        // (Row ops also need every row in sight: require_rows_visible.)
-        Some(rel) => has_rights(caller(), rel, &modes) && !(column == Some("") && rows_hidden_from(caller(), rel)),
+        // (Row ops also need every row in sight: require_rows_visible. A
+        // peer's ops, applied for a role that is not superuser, need what
+        // require_peer_rights asks, or they would fail its whole call.)
+        Some(rel) => {
+            has_rights(caller(), rel, &modes)
+                && !(column == Some("") && rows_hidden_from(caller(), rel))
+                && (!crate::apply::applying_trusted() || holds_peer_rights(caller(), rel, column == Some("")))
+        }
         None => false,
     }
 }

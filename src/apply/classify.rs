@@ -275,6 +275,6 @@ pub(super) fn live_error(delta: &[u8]) -> Option<String> {
 
 
 /// Whether this apply came through a peer's replication (from_peer).
-pub(super) fn trusted() -> bool {
+pub(crate) fn trusted() -> bool {
     TRUSTED.with(|t| t.get())
 }

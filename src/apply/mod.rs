@@ -29,6 +29,7 @@ mod voids;
 mod waiting;
 
 pub use classify::{as_client, from_peer};
+pub(crate) use classify::trusted as applying_trusted;
 pub use entry::{apply_again, apply_decoded};
 pub use target::{forget_resolved, layout_of, row_target, Layout};
 pub use voids::VOID;
