@@ -48,8 +48,8 @@ fn element_fits(ty: &str, text: &str) -> bool {
 /// any other base type but text, varchar and name, and arrays of base
 /// types, through its own input and output (`io_form`: an array's
 /// elements quoted or not, an inet with or without /32). None when its
-/// column could not read it. (Two texts of one key made two clocks for one row, and ops of both
-/// in one batch, or in one rebuild, failed it.)
+/// column could not read it. (Two texts of one key made two clocks for
+/// one row, and ops of both in one batch, or in one rebuild, failed it.)
 pub(super) fn text_form(ty: &str, text: String, (oid, typmod): (pg_sys::Oid, i32)) -> Option<String> {
     if ty == "uuid" {
         return uuid_form(&text);
